@@ -1,0 +1,52 @@
+//! Library errors. Every fallible entry point checks its inputs up front and returns one of these,
+//! naming what did not fit, instead of letting a tensor op panic deep inside dfdx.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    /// Two tensors (or a tensor and a configuration) disagree about a size.
+    #[error("shape mismatch in {context}: expected {expected}, got {got}")]
+    Shape {
+        context: String,
+        expected: String,
+        got: String,
+    },
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid configuration for {context}: {message}")]
+    Config { context: String, message: String },
+    /// A device error surfaced by dfdx (allocation failure, CUDA error).
+    #[error("device error: {0}")]
+    Device(String),
+    /// Reading or writing a file (fixtures, checkpoints).
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn shape(context: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
+        Error::Shape {
+            context: context.into(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+        }
+    }
+
+    pub fn config(context: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Fails with a shape error unless `got == expected`.
+pub fn ensure_dims(context: &str, expected: &[usize], got: &[usize]) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::shape(context, format!("{expected:?}"), format!("{got:?}")))
+    }
+}

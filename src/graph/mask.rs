@@ -1,0 +1,138 @@
+//! Padding and causality of a batch of graphs, and the visibility each attention pattern derives
+//! from them.
+//!
+//! Node i lives at time i; edge (i, j) at time max(i, j). In a causal graph an element reads only
+//! elements whose time is not later than its own. Edge (i, j) is real when i and j both are.
+
+use crate::error::{Error, Result};
+use crate::kernels::visibility::Visibility;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphMask {
+    batch: usize,
+    nodes: usize,
+    /// `[batch × nodes]`, true for real nodes.
+    valid: Vec<bool>,
+    causal: bool,
+}
+
+impl GraphMask {
+    /// Every node real, not causal.
+    pub fn full(batch: usize, nodes: usize) -> Self {
+        Self { batch, nodes, valid: vec![true; batch * nodes], causal: false }
+    }
+
+    /// Per-node padding, `valid` laid out `[batch × nodes]`.
+    pub fn from_valid(batch: usize, nodes: usize, valid: Vec<bool>) -> Result<Self> {
+        if valid.len() != batch * nodes {
+            return Err(Error::shape("graph mask", format!("{} entries (batch {batch} × nodes {nodes})", batch * nodes), format!("{} entries", valid.len())));
+        }
+        Ok(Self { batch, nodes, valid, causal: false })
+    }
+
+    /// From per-graph lengths: the first `len` nodes of each graph are real.
+    pub fn from_lengths(nodes: usize, lengths: &[usize]) -> Result<Self> {
+        if let Some(&bad) = lengths.iter().find(|&&l| l > nodes) {
+            return Err(Error::shape("graph lengths", format!("at most {nodes}"), bad));
+        }
+        let valid = lengths.iter().flat_map(|&l| (0..nodes).map(move |i| i < l)).collect();
+        Self::from_valid(lengths.len(), nodes, valid)
+    }
+
+    pub fn causal(mut self, causal: bool) -> Self {
+        self.causal = causal;
+        self
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+    pub fn is_causal(&self) -> bool {
+        self.causal
+    }
+    pub fn valid(&self) -> &[bool] {
+        &self.valid
+    }
+
+    pub fn node_valid(&self, b: usize, i: usize) -> bool {
+        self.valid[b * self.nodes + i]
+    }
+
+    pub fn edge_valid(&self, b: usize, i: usize, j: usize) -> bool {
+        self.node_valid(b, i) && self.node_valid(b, j)
+    }
+
+    /// Time of edge (i, j).
+    pub fn edge_time(i: usize, j: usize) -> usize {
+        i.max(j)
+    }
+
+    /// Checks that this mask describes graphs of this batch size and node count.
+    pub fn check(&self, context: &str, batch: usize, nodes: usize) -> Result<()> {
+        if (self.batch, self.nodes) != (batch, nodes) {
+            return Err(Error::shape(context, format!("mask for batch {batch} × {nodes} nodes"), format!("mask for batch {} × {} nodes", self.batch, self.nodes)));
+        }
+        Ok(())
+    }
+
+    fn with_times(&self, vis: Visibility, query: impl Fn(usize) -> Vec<usize>, key: impl Fn(usize) -> Vec<usize>) -> Result<Visibility> {
+        if !self.causal {
+            return Ok(vis);
+        }
+        let q = (0..vis.batch).flat_map(&query).collect();
+        let k = (0..vis.batch).flat_map(&key).collect();
+        vis.with_times(q, k)
+    }
+
+    /// Node attention: node i reads node j (batch `b`, n queries, n keys).
+    pub fn node_visibility(&self) -> Result<Visibility> {
+        let n = self.nodes;
+        let vis = Visibility::all(self.batch, n, n).with_key_valid(self.valid.clone())?;
+        self.with_times(vis, |_| (0..n).collect(), |_| (0..n).collect())
+    }
+
+    /// Every edge over all n² edges (flattened `i·n + j`), batch `b`.
+    pub fn all_edges_visibility(&self) -> Result<Visibility> {
+        let n = self.nodes;
+        let valid = (0..self.batch).flat_map(|b| (0..n * n).map(move |e| (b, e / n, e % n))).map(|(b, i, j)| self.edge_valid(b, i, j)).collect();
+        let vis = Visibility::all(self.batch, n * n, n * n).with_key_valid(valid)?;
+        let times = |_| (0..n * n).map(|e| Self::edge_time(e / n, e % n)).collect();
+        self.with_times(vis, times, times)
+    }
+
+    /// Edge (i, j) over its row (i, k); problems are indexed `b·n + i`, queries j, keys k.
+    /// By symmetry of padding and times this is also the column pattern on transposed edges.
+    pub fn row_visibility(&self) -> Result<Visibility> {
+        let n = self.nodes;
+        let valid = (0..self.batch * n).flat_map(|bi| (0..n).map(move |k| (bi / n, bi % n, k))).map(|(b, i, k)| self.edge_valid(b, i, k)).collect();
+        let vis = Visibility::all(self.batch * n, n, n).with_key_valid(valid)?;
+        let times = |bi: usize| (0..n).map(|j| Self::edge_time(bi % n, j)).collect();
+        self.with_times(vis, times, times)
+    }
+
+    /// Diagonal edges among themselves: the node rule (edge (i, i) lives at time i).
+    pub fn diagonal_visibility(&self) -> Result<Visibility> {
+        self.node_visibility()
+    }
+
+    /// `[batch × nodes × nodes]` 0/1: which edges (i, j) node i may read as outgoing (`incoming =
+    /// false`) or which edges (j, i) it may read as incoming, under padding and causality.
+    pub fn reduction_mask(&self, incoming: bool) -> Vec<bool> {
+        let n = self.nodes;
+        let mut out = Vec::with_capacity(self.batch * n * n);
+        for b in 0..self.batch {
+            for i in 0..n {
+                for j in 0..n {
+                    // entry (i, j) of the edge tensor, read by node i (outgoing) or node j (incoming)
+                    let reader = if incoming { j } else { i };
+                    let ok = self.edge_valid(b, i, j) && self.node_valid(b, reader) && (!self.causal || Self::edge_time(i, j) <= reader);
+                    out.push(ok);
+                }
+            }
+        }
+        out
+    }
+}

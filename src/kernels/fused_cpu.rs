@@ -1,0 +1,353 @@
+//! Fused, multi-threaded CPU forms of the hot kernels, each a dfdx op with its own backward.
+//!
+//! dfdx's CPU element-wise, softmax and reduction kernels are single-threaded and allocate per
+//! op; on `[b, h, n, n]` score tensors those passes, not the matmuls, dominate. Here one pass per
+//! query row computes scores, talking heads, the mask rule and the normalization, in parallel
+//! over rows. The backward recomputes the scores instead of storing them.
+//!
+//! Each op copies its inputs out of dfdx (`as_vec`), computes, and registers a backward closure
+//! that `+=`s into the input gradients, as dfdx's own ops do.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::visibility::Visibility;
+use super::weights::{check_weights_shapes, Normalizer, WeightsSpec};
+use crate::error::Result;
+use crate::tensor::*;
+
+/// The gradient buffer type of the CPU device (a `Vec` behind dfdx's allocation cache).
+pub type CpuBuffer<E> = <Cpu as Storage<E>>::Vec;
+
+/// A raw pointer that rayon tasks may share. Safety: each task writes a disjoint set of indices.
+#[derive(Clone, Copy)]
+struct SharedMut<E>(*mut E);
+unsafe impl<E> Send for SharedMut<E> {}
+unsafe impl<E> Sync for SharedMut<E> {}
+impl<E> SharedMut<E> {
+    /// Safety: no other task reads or writes index `i` at the same time.
+    #[inline]
+    unsafe fn write(self, i: usize, v: E) {
+        *self.0.add(i) = v;
+    }
+}
+
+#[inline]
+fn dot<E: Real>(a: &[E], b: &[E]) -> E {
+    a.iter().zip(b).fold(E::zero(), |acc, (&x, &y)| acc + x * y)
+}
+
+/// Sizes and host copies of one weights problem.
+struct WeightsProblem<E> {
+    b: usize,
+    h: usize,
+    nq: usize,
+    nk: usize,
+    d: usize,
+    scale: E,
+    normalizer: Normalizer,
+    vis: Visibility,
+    q: Vec<E>,
+    k: Vec<E>,
+    bias: Option<Vec<E>>,
+    talking: Option<Vec<E>>,
+}
+
+impl<E: Real> WeightsProblem<E> {
+    /// Pre-mix scores `s[h*nk + j]` and mixed scores `t` of query row (b, i).
+    fn scores(&self, b: usize, i: usize, s: &mut [E], t: &mut [E]) {
+        let (h, nq, nk, d) = (self.h, self.nq, self.nk, self.d);
+        for hh in 0..h {
+            let q = &self.q[((b * h + hh) * nq + i) * d..][..d];
+            let kb = &self.k[(b * h + hh) * nk * d..][..nk * d];
+            let row = &mut s[hh * nk..(hh + 1) * nk];
+            for (j, sj) in row.iter_mut().enumerate() {
+                *sj = self.scale * dot(q, &kb[j * d..(j + 1) * d]);
+            }
+            if let Some(bias) = &self.bias {
+                let br = &bias[((b * h + hh) * nq + i) * nk..][..nk];
+                row.iter_mut().zip(br).for_each(|(x, &y)| *x = *x + y);
+            }
+        }
+        match &self.talking {
+            Some(w) => {
+                t.iter_mut().for_each(|x| *x = E::zero());
+                for ho in 0..h {
+                    let out = &mut t[ho * nk..(ho + 1) * nk];
+                    for hi in 0..h {
+                        let c = w[ho * h + hi];
+                        out.iter_mut().zip(&s[hi * nk..(hi + 1) * nk]).for_each(|(o, &x)| *o = *o + c * x);
+                    }
+                }
+            }
+            None => t.copy_from_slice(s),
+        }
+    }
+
+    /// Normalizes one head's mixed-score row `t` into weights `p` over the visible keys.
+    /// Returns the normalizer's denominator information for the backward pass.
+    fn normalize(&self, b: usize, i: usize, t: &[E], p: &mut [E]) -> E {
+        let vis = |j: usize| self.vis.visible(b, i, j);
+        match self.normalizer {
+            Normalizer::Softmax => {
+                let mut max = E::neg_infinity();
+                for (j, &x) in t.iter().enumerate() {
+                    if vis(j) && x > max {
+                        max = x;
+                    }
+                }
+                if max == E::neg_infinity() {
+                    p.iter_mut().for_each(|x| *x = E::zero());
+                    return E::zero();
+                }
+                let mut sum = E::zero();
+                for (j, (pj, &x)) in p.iter_mut().zip(t).enumerate() {
+                    *pj = if vis(j) { (x - max).exp() } else { E::zero() };
+                    sum = sum + *pj;
+                }
+                let inv = E::one() / sum;
+                p.iter_mut().for_each(|x| *x = *x * inv);
+                sum
+            }
+            Normalizer::Taylor { eps } => {
+                let mut sum = E::zero();
+                for (j, (pj, &x)) in p.iter_mut().zip(t).enumerate() {
+                    *pj = if vis(j) { E::one() + x + x * x * E::of(0.5) } else { E::zero() };
+                    sum = sum + *pj;
+                }
+                let z = sum.max(E::of(eps));
+                p.iter_mut().for_each(|x| *x = *x / z);
+                sum
+            }
+        }
+    }
+
+    fn forward(&self) -> Vec<E> {
+        let (b, h, nq, nk) = (self.b, self.h, self.nq, self.nk);
+        let mut out = vec![E::zero(); b * h * nq * nk];
+        let ptr = SharedMut(out.as_mut_ptr());
+        (0..b * nq).into_par_iter().for_each_init(
+            || (vec![E::zero(); h * nk], vec![E::zero(); h * nk], vec![E::zero(); nk]),
+            |(s, t, p), row| {
+                let (bb, i) = (row / nq, row % nq);
+                self.scores(bb, i, s, t);
+                for hh in 0..h {
+                    self.normalize(bb, i, &t[hh * nk..(hh + 1) * nk], p);
+                    let base = ((bb * h + hh) * nq + i) * nk;
+                    for (j, &x) in p.iter().enumerate() {
+                        // Safety: row (bb, i) owns indices base..base+nk of every head.
+                        unsafe { ptr.write(base + j, x) };
+                    }
+                }
+            },
+        );
+        out
+    }
+
+    /// Returns (dq, dk, dscores-before-mixing = dbias, dtalking).
+    fn backward(&self, g: &[E]) -> (Vec<E>, Vec<E>, Vec<E>, Vec<E>) {
+        let (b, h, nq, nk, d) = (self.b, self.h, self.nq, self.nk, self.d);
+        let mut dq = vec![E::zero(); b * h * nq * d];
+        let mut ds_all = vec![E::zero(); b * h * nq * nk];
+        let dq_ptr = SharedMut(dq.as_mut_ptr());
+        let ds_ptr = SharedMut(ds_all.as_mut_ptr());
+        let hh2 = h * h;
+        let dtalking = (0..b * nq)
+            .into_par_iter()
+            .fold(
+                || (vec![E::zero(); hh2], vec![E::zero(); h * nk], vec![E::zero(); h * nk], vec![E::zero(); nk], vec![E::zero(); h * nk]),
+                |(mut dw, mut s, mut t, mut p, mut dt), row| {
+                    let (bb, i) = (row / nq, row % nq);
+                    self.scores(bb, i, &mut s, &mut t);
+                    for hh in 0..h {
+                        let tr = &t[hh * nk..(hh + 1) * nk];
+                        let sum = self.normalize(bb, i, tr, &mut p);
+                        let gr = &g[((bb * h + hh) * nq + i) * nk..][..nk];
+                        let dtr = &mut dt[hh * nk..(hh + 1) * nk];
+                        let pg = dot(&p, gr);
+                        match self.normalizer {
+                            Normalizer::Softmax => {
+                                for j in 0..nk {
+                                    dtr[j] = p[j] * (gr[j] - pg);
+                                }
+                            }
+                            Normalizer::Taylor { eps } => {
+                                let eps = E::of(eps);
+                                let z = sum.max(eps);
+                                // clamp passes the gradient only where Σw ≥ eps
+                                let through = if sum >= eps { pg } else { E::zero() };
+                                for j in 0..nk {
+                                    dtr[j] = if self.vis.visible(bb, i, j) { (gr[j] - through) / z * (E::one() + tr[j]) } else { E::zero() };
+                                }
+                            }
+                        }
+                    }
+                    // undo the head mixing: ds[h] = Σ_h' W[h',h] dt[h'], dW[h',h] += dt[h'] · s[h]
+                    let ds: &[E] = match &self.talking {
+                        Some(w) => {
+                            let mut ds = vec![E::zero(); h * nk];
+                            for ho in 0..h {
+                                let dto = &dt[ho * nk..(ho + 1) * nk];
+                                for hi in 0..h {
+                                    let si = &s[hi * nk..(hi + 1) * nk];
+                                    dw[ho * h + hi] = dw[ho * h + hi] + dot(dto, si);
+                                    let c = w[ho * h + hi];
+                                    ds[hi * nk..(hi + 1) * nk].iter_mut().zip(dto).for_each(|(o, &x)| *o = *o + c * x);
+                                }
+                            }
+                            // reuse t as storage for ds (t is no longer needed for this row)
+                            t.copy_from_slice(&ds);
+                            &t
+                        }
+                        None => &dt,
+                    };
+                    for hh in 0..h {
+                        let dsr = &ds[hh * nk..(hh + 1) * nk];
+                        let base = ((bb * h + hh) * nq + i) * nk;
+                        let kb = &self.k[(bb * h + hh) * nk * d..][..nk * d];
+                        let qbase = ((bb * h + hh) * nq + i) * d;
+                        for (j, &x) in dsr.iter().enumerate() {
+                            // Safety: row (bb, i) owns these indices of ds_all and dq.
+                            unsafe { ds_ptr.write(base + j, x) };
+                        }
+                        for c in 0..d {
+                            let mut acc = E::zero();
+                            for j in 0..nk {
+                                acc = acc + dsr[j] * kb[j * d + c];
+                            }
+                            unsafe { dq_ptr.write(qbase + c, acc * self.scale) };
+                        }
+                    }
+                    (dw, s, t, p, dt)
+                },
+            )
+            .map(|acc| acc.0)
+            .reduce(|| vec![E::zero(); hh2], |a, b| a.iter().zip(&b).map(|(&x, &y)| x + y).collect());
+
+        // dk[b,h,j] = scale · Σ_i ds[b,h,i,j] q[b,h,i]: parallel over (b, h), no write conflicts
+        let mut dk = vec![E::zero(); b * h * nk * d];
+        dk.par_chunks_mut(nk * d).enumerate().for_each(|(bh, dkb)| {
+            let qb = &self.q[bh * nq * d..][..nq * d];
+            let dsb = &ds_all[bh * nq * nk..][..nq * nk];
+            for i in 0..nq {
+                let qi = &qb[i * d..(i + 1) * d];
+                for j in 0..nk {
+                    let c = dsb[i * nk + j] * self.scale;
+                    if c != E::zero() {
+                        dkb[j * d..(j + 1) * d].iter_mut().zip(qi).for_each(|(o, &x)| *o = *o + c * x);
+                    }
+                }
+            }
+        });
+        (dq, dk, ds_all, dtalking)
+    }
+}
+
+fn accumulate<E: Real>(dst: &mut [E], src: &[E]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
+}
+
+/// The fused CPU form of [`super::weights::weights_composite`].
+pub fn weights_fused<E: Real, T: Tape<E, Cpu>>(
+    q: T4<E, Cpu, T>,
+    k: T4<E, Cpu, T>,
+    bias: Option<T4<E, Cpu, T>>,
+    talking: Option<T2<E, Cpu, T>>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let shape = check_weights_shapes(*q.shape(), *k.shape(), bias.as_ref().map(|t| *t.shape()), talking.as_ref().map(|t| *t.shape()), &spec.visibility)?;
+    let (b, h, nq, nk) = shape;
+    let d = q.shape().3;
+    let dev = q.device().clone();
+    let (q, tape_q) = q.split_tape();
+    let (k, tape_k) = k.split_tape();
+    let mut tape = tape_q.merge(tape_k);
+    let bias = bias.map(|t| {
+        let (t, tp) = t.split_tape();
+        tape = std::mem::take(&mut tape).merge(tp);
+        t
+    });
+    let talking = talking.map(|t| {
+        let (t, tp) = t.split_tape();
+        tape = std::mem::take(&mut tape).merge(tp);
+        t
+    });
+    let problem = WeightsProblem {
+        b,
+        h,
+        nq,
+        nk,
+        d,
+        scale: E::of(spec.scale),
+        normalizer: spec.normalizer,
+        vis: spec.visibility.clone(),
+        q: q.as_vec(),
+        k: k.as_vec(),
+        bias: bias.as_ref().map(|t| t.as_vec()),
+        talking: talking.as_ref().map(|t| t.as_vec()),
+    };
+    let out = dev.try_tensor_from_vec(problem.forward(), shape).map_err(device_err)?;
+    if T::OWNS_TAPE {
+        let (out_g, q_g, k_g) = (out.ghost(), q.ghost(), k.ghost());
+        let bias_g = bias.as_ref().map(|t| t.ghost());
+        let talking_g = talking.as_ref().map(|t| t.ghost());
+        tape.add_backward_op(move |grads| {
+            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            let (dq, dk, dbias, dw) = problem.backward(&g);
+            accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
+            accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
+            if let Some(bg) = &bias_g {
+                accumulate(grads.get_or_alloc_mut(bg)?, &dbias);
+            }
+            if let Some(wg) = &talking_g {
+                accumulate(grads.get_or_alloc_mut(wg)?, &dw);
+            }
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}
+
+/// Inclusive prefix sum along axis 2 of `[B, H, N, X]` (the causal linear-attention state).
+pub fn cumsum_fused<E: Real, T: Tape<E, Cpu>>(x: T4<E, Cpu, T>) -> Result<T4<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let shape = *x.shape();
+    let (_, _, n, w) = shape;
+    let dev = x.device().clone();
+    let (x, mut tape) = x.split_tape();
+    let mut data = x.as_vec();
+    prefix_scan(&mut data, n, w, false);
+    let out = dev.try_tensor_from_vec(data, shape).map_err(device_err)?;
+    if T::OWNS_TAPE {
+        let (out_g, x_g) = (out.ghost(), x.ghost());
+        tape.add_backward_op(move |grads| {
+            let mut g = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            prefix_scan(&mut g, n, w, true);
+            accumulate(grads.get_or_alloc_mut(&x_g)?, &g);
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}
+
+/// In-place inclusive scan over the rows of each `[n, w]` block, forward or from the end.
+fn prefix_scan<E: Real>(buf: &mut [E], n: usize, w: usize, reverse: bool) {
+    if n * w == 0 {
+        return;
+    }
+    buf.par_chunks_mut(n * w).for_each(|block| {
+        for step in 1..n {
+            let (r, prev) = if reverse { (n - 1 - step, n - step) } else { (step, step - 1) };
+            for c in 0..w {
+                block[r * w + c] = block[r * w + c] + block[prev * w + c];
+            }
+        }
+    });
+}

@@ -1,0 +1,11 @@
+//! Attention kernels: weights (softmax and Taylor), attention, Taylor linear attention, edge
+//! patterns and coordinate-descent routing. Composite forms live beside fused CPU forms.
+
+pub mod attention;
+pub mod fused_cpu;
+pub mod linear_algebra;
+pub mod patterns;
+pub mod routing;
+pub mod taylor;
+pub mod visibility;
+pub mod weights;

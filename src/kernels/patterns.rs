@@ -1,0 +1,152 @@
+//! Attention across edges. Each edge (i, j) is a query; the pattern picks its keys:
+//! - `All`: every edge (k, l) — n² queries × n² keys, cost n⁴;
+//! - `Row`: its row (i, k) — n problems of n × n, cost n³;
+//! - `Column`: its column (k, j) — the row pattern on transposed edges;
+//! - `Diagonal`: the diagonal edges (k, k) among themselves, written back onto the diagonal only.
+//!
+//! Padding and causality come from the [`GraphMask`] (edge (i, j) lives at time max(i, j)).
+//! Every pattern reshapes the edge tensor into batched sequences and calls the one attention
+//! kernel, so fused and composite forms, Taylor and softmax, apply to all patterns alike.
+
+use dfdx::prelude::*;
+
+use super::attention::{attend, AttendInputs};
+use super::taylor::{taylor_attend, TaylorForm};
+use super::visibility::Visibility;
+use super::weights::{Normalizer, WeightsSpec};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::graph::{Edges, GraphMask, Nodes};
+use crate::tensor::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EdgePattern {
+    All,
+    Row,
+    Column,
+    Diagonal,
+}
+
+/// The attention kernel used across edges.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EdgeKernel {
+    Softmax { scale: f64 },
+    Taylor { scale: f64, eps: f64, form: TaylorForm },
+}
+
+/// Options of an edge attention call beyond q, k, v.
+pub struct EdgeAttendInputs<E: Real, D: Device<E>, T> {
+    /// Additive bias in the pattern's layout `[problems, heads, queries, keys]` (see [`pattern_dims`]).
+    pub bias: Option<T4<E, D, T>>,
+    pub talking: Option<T2<E, D, T>>,
+    /// Per-head gate logits per edge, `[b, n, n, heads]`.
+    pub gates: Option<Edges<E, D, T>>,
+}
+
+impl<E: Real, D: Device<E>, T> Default for EdgeAttendInputs<E, D, T> {
+    fn default() -> Self {
+        Self { bias: None, talking: None, gates: None }
+    }
+}
+
+/// `(problems, queries, keys)` of a pattern on a batch of `b` graphs with `n` nodes.
+pub fn pattern_dims(pattern: EdgePattern, b: usize, n: usize) -> Shape3 {
+    match pattern {
+        EdgePattern::All => (b, n * n, n * n),
+        EdgePattern::Row | EdgePattern::Column => (b * n, n, n),
+        EdgePattern::Diagonal => (b, n, n),
+    }
+}
+
+/// The visibility of a pattern under a mask.
+pub fn pattern_visibility(pattern: EdgePattern, mask: &GraphMask) -> Result<Visibility> {
+    match pattern {
+        EdgePattern::All => mask.all_edges_visibility(),
+        EdgePattern::Row | EdgePattern::Column => mask.row_visibility(),
+        EdgePattern::Diagonal => mask.diagonal_visibility(),
+    }
+}
+
+/// `[b, n, n, h·d]` edges to the pattern's sequences `[problems, h, len, d]`.
+pub fn to_pattern_layout<E: Real, D: Device<E>, T: Tape<E, D>>(x: Edges<E, D, T>, heads: usize, pattern: EdgePattern) -> Result<T4<E, D, T>> {
+    let (b, n, _, c) = x.dims();
+    if heads == 0 || c % heads != 0 {
+        return Err(Error::config("edge attention", format!("{c} channels do not split into {heads} heads")));
+    }
+    let d = c / heads;
+    let (p, len, _) = pattern_dims(pattern, b, n);
+    let t = match pattern {
+        EdgePattern::All | EdgePattern::Row => x.into_tensor(),
+        EdgePattern::Column => x.transpose().into_tensor(),
+        EdgePattern::Diagonal => return Ok(x.diagonal().into_tensor().reshape_like(&(b, n, heads, d)).permute::<_, Axes4<0, 2, 1, 3>>()),
+    };
+    Ok(t.reshape_like(&(p, len, heads, d)).permute::<_, Axes4<0, 2, 1, 3>>())
+}
+
+/// The inverse of [`to_pattern_layout`]: `[problems, h, len, e]` back to `[b, n, n, h·e]`.
+/// The diagonal pattern fills the diagonal and leaves zeros elsewhere.
+pub fn from_pattern_layout<E: Real, D: Device<E>, T: Tape<E, D>>(x: T4<E, D, T>, b: usize, n: usize, pattern: EdgePattern) -> Edges<E, D, T> {
+    let (_, h, _, e) = *x.shape();
+    let merged = x.permute::<_, Axes4<0, 2, 1, 3>>();
+    match pattern {
+        EdgePattern::All | EdgePattern::Row => Edges(merged.reshape_like(&(b, n, n, h * e))),
+        EdgePattern::Column => Edges(merged.reshape_like(&(b, n, n, h * e))).transpose(),
+        EdgePattern::Diagonal => Nodes::new(merged.reshape_like(&(b, n, h * e))).onto_diagonal(),
+    }
+}
+
+/// Attention across edges: q, k `[b, n, n, h·d]`, v `[b, n, n, h·e]` → `[b, n, n, h·e]`.
+pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    q: Edges<E, D, T>,
+    k: Edges<E, D, T>,
+    v: Edges<E, D, T>,
+    heads: usize,
+    pattern: EdgePattern,
+    kernel: EdgeKernel,
+    inputs: EdgeAttendInputs<E, D, T>,
+    mask: &GraphMask,
+) -> Result<Edges<E, D, T>> {
+    let (b, n, _, cq) = q.dims();
+    for (name, t) in [("keys", k.dims()), ("values", v.dims())] {
+        if (t.0, t.1) != (b, n) {
+            return Err(Error::shape(format!("edge attention {name}"), format!("[{b}, {n}, {n}, _]"), format!("{t:?}")));
+        }
+    }
+    if k.dims().3 != cq {
+        return Err(Error::shape("edge attention keys", format!("{cq} channels like the queries"), k.dims().3));
+    }
+    mask.check("edge attention", b, n)?;
+    let vis = pattern_visibility(pattern, mask)?;
+    let gates = match inputs.gates {
+        Some(g) => {
+            let (p, len, _) = pattern_dims(pattern, b, n);
+            Some(to_pattern_layout(g, heads, pattern)?.reshape_like(&(p, heads, len)))
+        }
+        None => None,
+    };
+    let q = to_pattern_layout(q, heads, pattern)?;
+    let k = to_pattern_layout(k, heads, pattern)?;
+    let v = to_pattern_layout(v, heads, pattern)?;
+    let out = match kernel {
+        EdgeKernel::Softmax { scale } => {
+            let spec = WeightsSpec { scale, normalizer: Normalizer::Softmax, visibility: vis };
+            attend(q, k, v, AttendInputs { bias: inputs.bias, talking: inputs.talking, gates }, &spec, false)?.out
+        }
+        EdgeKernel::Taylor { scale, eps, form } => {
+            if inputs.bias.is_some() || inputs.talking.is_some() {
+                let spec = WeightsSpec { scale, normalizer: Normalizer::Taylor { eps }, visibility: vis };
+                attend(q, k, v, AttendInputs { bias: inputs.bias, talking: inputs.talking, gates }, &spec, false)?.out
+            } else {
+                let out = taylor_attend(q, k, v, scale, eps, &vis, form)?;
+                match gates {
+                    Some(g) => {
+                        let s = *out.shape();
+                        out * g.sigmoid().broadcast_like::<_, Axis<3>>(&s)
+                    }
+                    None => out,
+                }
+            }
+        }
+    };
+    Ok(from_pattern_layout(out, b, n, pattern))
+}

@@ -1,0 +1,119 @@
+//! Attention weights: the part of attention between q·k and the weighted sum of values.
+//!
+//! `scores[b,h,i,j] = scale · q[b,h,i]·k[b,h,j] + bias[b,h,i,j]`, optionally mixed across heads
+//! (talking heads: `t[h'] = Σ_h W[h',h] · scores[h]`, as the original's 1×1 conv before the
+//! softmax), then normalized over the visible keys of each query:
+//! - softmax: `exp(t) / Σ exp(t)`;
+//! - taylor (second order): `w = 1 + t + t²/2`, `w / max(Σ w, eps)`.
+//!
+//! Invisible keys get weight exactly 0, and a query with no visible key gets an all-zero row
+//! (never NaN). This module holds the composite form (dfdx ops, any device); `fused_cpu` holds
+//! the multi-threaded CPU form with its own backward. `Backend` picks one per device.
+
+use dfdx::prelude::*;
+
+use super::visibility::Visibility;
+use crate::error::{Error, Result};
+use crate::tensor::*;
+
+/// How scores become weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Normalizer {
+    Softmax,
+    /// Second-order Taylor kernel `1 + s + s²/2`, normalized by `max(Σ, eps)`.
+    Taylor { eps: f64 },
+}
+
+/// Everything about a weights call that is not a tensor.
+#[derive(Clone, Debug)]
+pub struct WeightsSpec {
+    pub scale: f64,
+    pub normalizer: Normalizer,
+    pub visibility: Visibility,
+}
+
+/// A mask value far below any score, so exp underflows to exactly 0 in f32 and f64.
+const MASKED: f64 = -1e30;
+
+/// Checks the shapes of a weights call: q `[B,H,Nq,D]`, k `[B,H,Nk,D]`, bias `[B,H,Nq,Nk]`,
+/// talking `[H,H]`, and the visibility `[B,Nq,Nk]`. Returns `(B, H, Nq, Nk)`.
+pub fn check_weights_shapes(
+    q: Shape4,
+    k: Shape4,
+    bias: Option<Shape4>,
+    talking: Option<Shape2>,
+    vis: &Visibility,
+) -> Result<Shape4> {
+    let (b, h, nq, d) = q;
+    let (kb, kh, nk, kd) = k;
+    if (kb, kh, kd) != (b, h, d) {
+        return Err(Error::shape(
+            "attention keys",
+            format!("[{b}, {h}, _, {d}] to match queries"),
+            format!("[{kb}, {kh}, {nk}, {kd}]"),
+        ));
+    }
+    if let Some(bs) = bias {
+        if bs != (b, h, nq, nk) {
+            return Err(Error::shape("attention bias", format!("{:?}", (b, h, nq, nk)), format!("{bs:?}")));
+        }
+    }
+    if let Some(ts) = talking {
+        if ts != (h, h) {
+            return Err(Error::shape("talking-heads matrix", format!("{:?}", (h, h)), format!("{ts:?}")));
+        }
+    }
+    if (vis.batch, vis.queries, vis.keys) != (b, nq, nk) {
+        return Err(Error::shape(
+            "attention visibility",
+            format!("batch {b}, {nq} queries, {nk} keys"),
+            format!("batch {}, {} queries, {} keys", vis.batch, vis.queries, vis.keys),
+        ));
+    }
+    Ok((b, h, nq, nk))
+}
+
+/// Mixes heads: `out[b,h'] = Σ_h w[h',h] · x[b,h]` for x `[B,H,I,J]`, w `[H,H]`.
+pub fn mix_heads<E: Real, D: Device<E>, T: Tape<E, D>>(x: T4<E, D, T>, w: T2<E, D, T>) -> T4<E, D, T> {
+    let (b, h, i, j) = *x.shape();
+    let flat = x.reshape_like(&(b, h, i * j));
+    // the mixing matrix carries a tape too, so it goes first in the matmul
+    let w = w.broadcast_like::<_, Axis<0>>(&(b, h, h));
+    w.matmul(flat).reshape_like(&(b, h, i, j))
+}
+
+/// The composite form: plain dfdx ops, generic over the device. The CUDA path and the oracle
+/// for the fused CPU op.
+pub fn weights_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
+    q: T4<E, D, T>,
+    k: T4<E, D, T>,
+    bias: Option<T4<E, D, T>>,
+    talking: Option<T2<E, D, T>>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    let shape = check_weights_shapes(*q.shape(), *k.shape(), bias.as_ref().map(|t| *t.shape()), talking.as_ref().map(|t| *t.shape()), &spec.visibility)?;
+    let (b, _, nq, nk) = shape;
+    let dev = q.device().clone();
+    let mut s = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * E::of(spec.scale);
+    if let Some(bias) = bias {
+        s = s + bias;
+    }
+    if let Some(w) = talking {
+        s = mix_heads(s, w);
+    }
+    let keep: T3<E, D> = constant(&dev, spec.visibility.dense(), (b, nq, nk))?;
+    let keep = keep.broadcast_like::<_, Axis<1>>(&shape);
+    Ok(match spec.normalizer {
+        Normalizer::Softmax => {
+            // 0 where visible, MASKED where not
+            let additive = (keep.clone() - E::one()) * E::of(-MASKED);
+            (s + additive).softmax::<Axis<3>>() * keep
+        }
+        Normalizer::Taylor { eps } => {
+            // 1 + s + s²/2 = (1 + s)²/2 + 1/2: one use of s keeps the tape simple
+            let w = ((s + E::one()).square() * E::of(0.5) + E::of(0.5)) * keep;
+            let den = w.with_empty_tape().sum::<Shape3, Axis<3>>().clamp(eps, f64::INFINITY);
+            w / den.broadcast_like::<_, Axis<3>>(&shape)
+        }
+    })
+}

@@ -1,0 +1,16 @@
+//! quartic-transformer: transformers over fully connected directed graphs whose n² edges carry
+//! their own features, updated by attention across edges.
+//!
+//! Layers, bottom up: [`tensor`] (aliases, the `Real` bound), [`kernels`] (attention weights,
+//! attention, Taylor linear attention, edge patterns, routing; composite and fused CPU forms),
+//! [`backend`] (which form runs on which device), [`graph`] (typed nodes, edges and masks),
+//! [`nn`] (parameters and blocks).
+
+pub mod backend;
+pub mod error;
+pub mod graph;
+pub mod kernels;
+pub mod nn;
+pub mod tensor;
+
+pub use error::{Error, Result};

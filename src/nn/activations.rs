@@ -1,0 +1,25 @@
+//! Activations dfdx lacks or gets wrong.
+
+use dfdx::prelude::*;
+
+use crate::tensor::*;
+
+/// Exact GELU, `x · Φ(x)`, with the right gradient `Φ(x) + x·φ(x)`.
+///
+/// dfdx 0.13's `accurate_gelu` computes the value right but its backward uses `Φ + √2·x·φ`.
+/// We add `(√2 − 1)·(φ(x) − stop_gradient(φ(x)))`: zero in value, `−(√2 − 1)·x·φ(x)` in gradient
+/// (since φ' = −x·φ), which cancels the excess. Composite, so it runs on every device; the
+/// gradient check in the tests fails if dfdx ever fixes its backward.
+pub fn gelu_exact<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(x: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+    let inv_sqrt_2pi = E::of(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+    let pdf = (x.with_empty_tape().square() * E::of(-0.5)).exp() * inv_sqrt_2pi;
+    let pdf_const = pdf.with_empty_tape().split_tape().0;
+    let correction = (pdf - pdf_const) * E::of(std::f64::consts::SQRT_2 - 1.0);
+    x.accurate_gelu() + correction
+}
+
+/// SiLU, `x · sigmoid(x)`.
+pub fn silu<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(x: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+    let s = x.with_empty_tape().sigmoid();
+    x * s
+}

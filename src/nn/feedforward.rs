@@ -1,0 +1,41 @@
+//! The original's feedforward: RMSNorm → Linear(c, c·mult) → exact GELU → Linear(c·mult, c).
+
+use dfdx::prelude::*;
+
+use super::activations::gelu_exact;
+use super::linear::Linear;
+use super::norms::{RmsKind, RmsNorm};
+use super::params::{HasParams, Init, Param};
+use crate::error::Result;
+use crate::tensor::*;
+
+pub struct FeedForward<E: Real, D: Device<E>> {
+    pub norm: RmsNorm<E, D>,
+    pub proj_in: Linear<E, D>,
+    pub proj_out: Linear<E, D>,
+}
+
+impl<E: Real, D: Device<E>> FeedForward<E, D> {
+    pub fn new(init: &Init<D>, channels: usize, mult: usize, norm_eps: f64) -> Result<Self> {
+        let inner = channels * mult;
+        Ok(Self {
+            norm: RmsNorm::new(&init.pp("norm"), channels, RmsKind::Scaled { eps: norm_eps }, "scale")?,
+            proj_in: Linear::new(&init.pp("proj_in"), channels, inner, false)?,
+            proj_out: Linear::new(&init.pp("proj_out"), inner, channels, false)?,
+        })
+    }
+
+    /// `[rows, c] -> [rows, c]` (no residual: the caller adds it).
+    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>> {
+        let h = self.proj_in.forward(self.norm.forward(x)?)?;
+        self.proj_out.forward(gelu_exact(h))
+    }
+}
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for FeedForward<E, D> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        self.norm.visit_params(f);
+        self.proj_in.visit_params(f);
+        self.proj_out.visit_params(f);
+    }
+}

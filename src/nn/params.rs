@@ -1,0 +1,136 @@
+//! Parameters: named, stored flat, traced on demand.
+//!
+//! A block's constructor takes an [`Init`] scoped to its path (`init.pp("to_q").pp("0")`), so
+//! parameter names fall out of the structure (`to_q.0.weight`) and match checkpoint keys. An
+//! `Init` either draws fresh values from a seeded generator or reads them from a named map
+//! (a checkpoint or the reference's `state_dict`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+use crate::error::{Error, Result};
+use crate::tensor::*;
+
+/// One parameter: its dotted name, logical dims, and values stored flat (a contiguous reshape
+/// keeps the tensor id, so gradients are found under the flat tensor).
+#[derive(Clone, Debug)]
+pub struct Param<E: Real, D: Device<E>> {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub value: T1<E, D>,
+}
+
+impl<E: Real, D: Device<E>> Param<E, D> {
+    pub fn len(&self) -> usize {
+        self.value.shape().0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The values with a fresh tape of type `T` (gradients are recorded under this param's id).
+    pub fn vector<T: Tape<E, D>>(&self) -> T1<E, D, T> {
+        self.value.retaped::<T>()
+    }
+    /// A 2-D parameter as a matrix `[dims[0], dims[1]]`.
+    pub fn matrix<T: Tape<E, D>>(&self) -> T2<E, D, T> {
+        self.value.retaped::<T>().reshape_like(&(self.dims[0], self.dims[1]))
+    }
+}
+
+/// How a fresh parameter is drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum InitKind {
+    Zeros,
+    Ones,
+    /// `U(-bound, bound)`; PyTorch's Linear uses `bound = 1/√fan_in`.
+    Uniform(f64),
+    Normal(f64),
+}
+
+enum Source {
+    Random(StdRng),
+    Named(HashMap<String, (Vec<usize>, Vec<f64>)>),
+}
+
+/// A path-scoped parameter factory.
+#[derive(Clone)]
+pub struct Init<D> {
+    dev: D,
+    path: String,
+    source: Rc<RefCell<Source>>,
+}
+
+impl<D: Clone> Init<D> {
+    /// Fresh parameters from a seed.
+    pub fn random(dev: &D, seed: u64) -> Self {
+        Self { dev: dev.clone(), path: String::new(), source: Rc::new(RefCell::new(Source::Random(StdRng::seed_from_u64(seed)))) }
+    }
+
+    /// Parameters read by name from `(dims, values)` entries.
+    pub fn from_map(dev: &D, map: HashMap<String, (Vec<usize>, Vec<f64>)>) -> Self {
+        Self { dev: dev.clone(), path: String::new(), source: Rc::new(RefCell::new(Source::Named(map))) }
+    }
+
+    /// A child scope: `init.pp("attn").pp("to_q")` names parameters `attn.to_q.*`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
+        Self { dev: self.dev.clone(), path, source: self.source.clone() }
+    }
+
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    /// The parameter `name` in this scope, of `dims`, drawn with `kind` or read from the map.
+    pub fn param<E: Real>(&self, name: &str, dims: &[usize], kind: InitKind) -> Result<Param<E, D>>
+    where
+        D: Device<E>,
+    {
+        let full = self.pp(name).path;
+        let len: usize = dims.iter().product();
+        let values: Vec<E> = match &mut *self.source.borrow_mut() {
+            Source::Random(rng) => match kind {
+                InitKind::Zeros => vec![E::zero(); len],
+                InitKind::Ones => vec![E::one(); len],
+                InitKind::Uniform(bound) => {
+                    let u = Uniform::new_inclusive(-bound, bound);
+                    (0..len).map(|_| E::of(u.sample(rng))).collect()
+                }
+                InitKind::Normal(std) => {
+                    let n = Normal::new(0.0, std).map_err(|e| Error::config(&full, e.to_string()))?;
+                    (0..len).map(|_| E::of(n.sample(rng))).collect()
+                }
+            },
+            Source::Named(map) => {
+                let (found_dims, values) = map.get(&full).ok_or_else(|| Error::config("parameters", format!("missing parameter `{full}`")))?;
+                if found_dims.as_slice() != dims {
+                    return Err(Error::shape(format!("parameter `{full}`"), format!("{dims:?}"), format!("{found_dims:?}")));
+                }
+                values.iter().map(|&v| E::of(v)).collect()
+            }
+        };
+        let value = self.dev.try_tensor_from_vec(values, (len,)).map_err(device_err)?;
+        Ok(Param { name: full, dims: dims.to_vec(), value })
+    }
+}
+
+/// Blocks that own parameters list them, in a stable order, for optimizers and checkpoints.
+pub trait HasParams<E: Real, D: Device<E>> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>));
+
+    fn params(&self) -> Vec<&Param<E, D>> {
+        let mut out = Vec::new();
+        self.visit_params(&mut |p| out.push(p));
+        out
+    }
+
+    fn num_params(&self) -> usize {
+        self.params().iter().map(|p| p.len()).sum()
+    }
+}

@@ -1,0 +1,55 @@
+//! Tensor aliases and the numeric bound shared by the whole crate.
+//!
+//! Everything is generic over the element type (f32 for models, f64 for gradient checks), the
+//! dfdx device and the tape. Shapes are runtime-sized: graphs change size from batch to batch.
+
+use dfdx::prelude::*;
+
+use crate::error::{Error, Result};
+
+pub type Shape2 = (usize, usize);
+pub type Shape3 = (usize, usize, usize);
+pub type Shape4 = (usize, usize, usize, usize);
+pub type Shape5 = (usize, usize, usize, usize, usize);
+
+pub type T1<E, D, T = NoneTape> = Tensor<(usize,), E, D, T>;
+pub type T2<E, D, T = NoneTape> = Tensor<Shape2, E, D, T>;
+pub type T3<E, D, T = NoneTape> = Tensor<Shape3, E, D, T>;
+pub type T4<E, D, T = NoneTape> = Tensor<Shape4, E, D, T>;
+pub type T5<E, D, T = NoneTape> = Tensor<Shape5, E, D, T>;
+
+/// A floating-point element type usable on every device and in the fused CPU kernels.
+pub trait Real:
+    Dtype + num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::fmt::Debug + 'static
+{
+    fn of(x: f64) -> Self {
+        <Self as num_traits::FromPrimitive>::from_f64(x).expect("every f64 converts to a float")
+    }
+    fn as_f64(self) -> f64 {
+        num_traits::ToPrimitive::to_f64(&self).expect("every float converts to f64")
+    }
+}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// Maps a dfdx device error into ours.
+pub fn device_err<Err: std::fmt::Debug>(e: Err) -> Error {
+    Error::Device(format!("{e:?}"))
+}
+
+/// The runtime dims of a tensor as a slice-friendly vector (for error messages and checks).
+pub fn dims_of<S: Shape, E, D: Storage<E>, T>(t: &Tensor<S, E, D, T>) -> Vec<usize> {
+    t.shape().concrete().into_iter().collect()
+}
+
+/// Builds a constant tensor from host data, checking that the length fits the shape.
+pub fn constant<S: Shape, E: Real, D: Device<E>>(dev: &D, data: Vec<E>, shape: S) -> Result<Tensor<S, E, D>> {
+    if data.len() != shape.num_elements() {
+        return Err(Error::shape(
+            "constant tensor",
+            format!("{} elements", shape.num_elements()),
+            format!("{} elements", data.len()),
+        ));
+    }
+    dev.try_tensor_from_vec(data, shape).map_err(device_err)
+}

@@ -1,1 +1,4 @@
-fn main(){}
+//! The one integration-test binary (each file under tests/ would link dfdx again).
+
+mod common;
+mod weights;

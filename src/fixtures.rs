@@ -1,0 +1,99 @@
+//! Reading the PyTorch reference fixtures: `NAME.safetensors` (tensors) + `NAME.json` (config).
+//!
+//! The directory comes from `QUARTIC_REFERENCE_FIXTURES`, defaulting to
+//! `../shared/fixtures/reference`. A missing directory or file is an error, never a skip.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+pub const FIXTURES_ENV: &str = "QUARTIC_REFERENCE_FIXTURES";
+
+/// One tensor of a fixture, as f64 values (int64 tensors convert exactly for ids and masks).
+#[derive(Clone, Debug)]
+pub struct FixtureTensor {
+    pub dims: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl FixtureTensor {
+    pub fn as_usize(&self) -> Vec<usize> {
+        self.values.iter().map(|&v| v as usize).collect()
+    }
+    pub fn as_bool(&self) -> Vec<bool> {
+        self.values.iter().map(|&v| v != 0.0).collect()
+    }
+}
+
+pub struct Fixture {
+    pub name: String,
+    pub config: serde_json::Value,
+    pub tensors: HashMap<String, FixtureTensor>,
+}
+
+/// The fixture directory from the environment (or the default beside the repository).
+pub fn fixture_dir() -> PathBuf {
+    std::env::var_os(FIXTURES_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared/fixtures/reference"))
+}
+
+fn io_err(path: &Path, message: impl ToString) -> Error {
+    Error::Io { path: path.display().to_string(), message: message.to_string() }
+}
+
+/// Reads every tensor of a safetensors file as f64 (F32, F64, I64, I32 are supported).
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, FixtureTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let file = ::safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io_err(path, format!("not a safetensors file: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, view) in file.tensors() {
+        let data = view.data();
+        use ::safetensors::Dtype as S;
+        let values: Vec<f64> = match view.dtype() {
+            S::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            S::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            S::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            S::I32 => data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            S::BOOL | S::U8 => data.iter().map(|&b| b as f64).collect(),
+            other => return Err(io_err(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
+        };
+        out.insert(name.to_string(), FixtureTensor { dims: view.shape().to_vec(), values });
+    }
+    Ok(out)
+}
+
+impl Fixture {
+    /// Loads fixture `name` from [`fixture_dir`].
+    pub fn load(name: &str) -> Result<Self> {
+        Self::load_from(&fixture_dir(), name)
+    }
+
+    pub fn load_from(dir: &Path, name: &str) -> Result<Self> {
+        let json_path = dir.join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&json_path).map_err(|e| io_err(&json_path, format!("{e} (set {FIXTURES_ENV} to the fixture directory)")))?;
+        let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&json_path, e))?;
+        let tensors = read_safetensors(&dir.join(format!("{name}.safetensors")))?;
+        Ok(Self { name: name.to_string(), config: meta.get("config").cloned().unwrap_or_default(), tensors })
+    }
+
+    pub fn tensor(&self, key: &str) -> Result<&FixtureTensor> {
+        self.tensors.get(key).ok_or_else(|| Error::config(format!("fixture `{}`", self.name), format!("has no tensor `{key}`")))
+    }
+
+    /// The `param.*` tensors, keyed by parameter name without the prefix.
+    pub fn params(&self) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
+        self.tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix("param.").map(|n| (n.to_string(), (t.dims.clone(), t.values.clone()))))
+            .collect()
+    }
+
+    /// A numeric config entry.
+    pub fn config_f64(&self, path: &[&str]) -> Result<f64> {
+        let mut v = &self.config;
+        for p in path {
+            v = v.get(p).ok_or_else(|| Error::config(format!("fixture `{}`", self.name), format!("config has no `{}`", path.join("."))))?;
+        }
+        v.as_f64().ok_or_else(|| Error::config(format!("fixture `{}`", self.name), format!("config `{}` is not a number", path.join("."))))
+    }
+}

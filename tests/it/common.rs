@@ -1,0 +1,79 @@
+//! Test helpers: seeded random data, tolerant comparison, and a central finite-difference
+//! gradient check in f64.
+
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub type Tp = OwnedTape<f64, Cpu>;
+pub type In = Tensor<(usize,), f64, Cpu, Tp>;
+pub type Loss = Tensor<(), f64, Cpu, Tp>;
+
+pub fn dev() -> Cpu {
+    Cpu::seed_from_u64(0)
+}
+
+pub fn randn(seed: u64, len: usize) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+/// Asserts `|a - b| <= atol + rtol·|b|` elementwise, reporting the worst entry.
+pub fn assert_close(what: &str, a: &[f64], b: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    let mut worst = (0.0, 0usize);
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        assert!(x.is_finite(), "{what}: entry {i} is {x}");
+        let excess = (x - y).abs() - (atol + rtol * y.abs());
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    let i = worst.1;
+    assert!(worst.0 <= 0.0, "{what}: entry {i}: {} vs {} (|diff| {:e})", a[i], b[i], (a[i] - b[i]).abs());
+}
+
+/// Loss of a tensor against a fixed random probe: `sum(out · probe)`, so every output entry
+/// gets its own weight and no gradient cancels by symmetry.
+pub fn probe_loss<S: Shape>(out: Tensor<S, f64, Cpu, Tp>, seed: u64) -> Loss {
+    let shape = *out.shape();
+    let probe = dev().tensor_from_vec(randn(seed, shape.num_elements()), shape);
+    (out * probe).sum()
+}
+
+/// Checks the gradients of `f` at `inputs` against central differences. `f` receives each input
+/// as a flat traced vector and returns a scalar loss. At most `samples` coordinates per input are
+/// checked (spread over the input) to keep the test fast.
+pub fn gradcheck(name: &str, inputs: &[Vec<f64>], samples: usize, f: impl Fn(Vec<In>) -> Loss) {
+    let d = dev();
+    let make = |vals: &[Vec<f64>]| -> (Vec<Tensor<(usize,), f64, Cpu>>, Vec<In>) {
+        let plain: Vec<_> = vals.iter().map(|v| d.tensor_from_vec(v.clone(), (v.len(),))).collect();
+        let traced = plain.iter().map(|t| t.leaky_trace()).collect();
+        (plain, traced)
+    };
+    let (plain, traced) = make(inputs);
+    let mut grads = f(traced).backward();
+    let eval = |vals: &[Vec<f64>]| -> f64 { f(make(vals).1).array() };
+    let h = 1e-5;
+    for (k, input) in inputs.iter().enumerate() {
+        let analytic = grad_of(&mut grads, &plain[k]);
+        let step = (input.len() / samples.max(1)).max(1);
+        for idx in (0..input.len()).step_by(step) {
+            let mut plus = inputs.to_vec();
+            plus[k][idx] += h;
+            let mut minus = inputs.to_vec();
+            minus[k][idx] -= h;
+            let numeric = (eval(&plus) - eval(&minus)) / (2.0 * h);
+            let a = analytic[idx];
+            assert!(
+                (a - numeric).abs() <= 1e-6 + 1e-5 * numeric.abs().max(a.abs()),
+                "{name}: d/d input {k}[{idx}]: analytic {a} vs numeric {numeric}"
+            );
+        }
+    }
+}
+
+/// The gradient of `t`, zeros when `t` did not take part in the loss.
+pub fn grad_of<S: Shape>(grads: &mut Gradients<f64, Cpu>, t: &Tensor<S, f64, Cpu>) -> Vec<f64> {
+    grads.get_or_alloc_mut(t).unwrap().to_vec()
+}

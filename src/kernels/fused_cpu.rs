@@ -263,16 +263,18 @@ where
     let (b, h, nq, nk) = shape;
     let d = q.shape().3;
     let dev = q.device().clone();
-    let (q, tape_q) = q.split_tape();
-    let (k, tape_k) = k.split_tape();
+    // gradient buffers follow the input's strides: work on contiguous inputs so that logical
+    // order and buffer order agree (a no-op copy-free view when already contiguous)
+    let (q, tape_q) = q.contiguous().split_tape();
+    let (k, tape_k) = k.contiguous().split_tape();
     let mut tape = tape_q.merge(tape_k);
     let bias = bias.map(|t| {
-        let (t, tp) = t.split_tape();
+        let (t, tp) = t.contiguous().split_tape();
         tape = std::mem::take(&mut tape).merge(tp);
         t
     });
     let talking = talking.map(|t| {
-        let (t, tp) = t.split_tape();
+        let (t, tp) = t.contiguous().split_tape();
         tape = std::mem::take(&mut tape).merge(tp);
         t
     });
@@ -321,7 +323,7 @@ where
     let shape = *x.shape();
     let (_, _, n, w) = shape;
     let dev = x.device().clone();
-    let (x, mut tape) = x.split_tape();
+    let (x, mut tape) = x.contiguous().split_tape();
     let mut data = x.as_vec();
     prefix_scan(&mut data, n, w, false);
     let out = dev.try_tensor_from_vec(data, shape).map_err(device_err)?;

@@ -62,12 +62,18 @@ pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(s: T2<E, D, T>, k: f64
     let mut eps = cfg.eps_init.unwrap_or(cfg.eps).max(cfg.eps);
     let mut a: Option<T1<E, D, T>> = None;
     let mut b: T2<E, D, T> = s.with_empty_tape().negate();
-    for _ in 0..cfg.n_iters {
+    for it in 0..cfg.n_iters {
         let sb = fill((s.with_empty_tape() + b) / E::of(eps));
         let lse = sb.logsumexp::<Shape1Of<E, D>, Axis<1>>();
         let a_new = (lse.negate() + logk) * E::of(eps);
-        b = (s.with_empty_tape() + a_new.with_empty_tape().broadcast_like::<_, Axis<1>>(&shape)).relu().negate();
-        a = Some(a_new);
+        // each iteration's `a` is consumed by `b`: dropping a tensor that owns history would lose
+        // its gradients. Only the last `a` is kept (owning its history) for the final scores.
+        if it + 1 == cfg.n_iters {
+            b = (s.with_empty_tape() + a_new.with_empty_tape().broadcast_like::<_, Axis<1>>(&shape)).relu().negate();
+            a = Some(a_new);
+        } else {
+            b = (s.with_empty_tape() + a_new.broadcast_like::<_, Axis<1>>(&shape)).relu().negate();
+        }
         eps = (eps * cfg.eps_decay).max(cfg.eps);
     }
     let a = a.expect("n_iters > 0");
@@ -82,6 +88,10 @@ pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(s: T2<E, D, T>, k: f64
 type Shape1Of<E, D> = <T1<E, D> as HasShape>::Shape;
 
 /// What [`soft_topk`] returns, like the original's `TopkReturn`.
+///
+/// `values` owns the tape with the whole routing history (coordinate descent included);
+/// `coor_descent_values` and `gates` are branches of it. A loss must reach `values` (or the
+/// output of [`route`], which merges it) for the router's gradients to be computed.
 pub struct TopK<E: Real, D: Device<E>, T> {
     /// `[rows, k]`: the picked scores times their straight-through gates (equal to the scores).
     pub values: T2<E, D, T>,
@@ -104,10 +114,12 @@ pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(x: T2<E, D, T>, k: usize,
     }
     let dev = x.device().clone();
     let soft = coor_descent(x.with_empty_tape(), (k as f64 * fetch_ratio).min(n as f64), mask, cfg)?;
-    // straight-through: value 1, gradient of the soft scores
-    let detached: T2<E, D> = soft.with_empty_tape().split_tape().0;
-    let gates_full = soft.with_empty_tape() + (detached.negate() + E::one());
-    let scored = x * gates_full.with_empty_tape();
+    let soft_branch = soft.with_empty_tape();
+    // straight-through: value 1, gradient of the soft scores (the detached copy gets its own id)
+    let detached: T2<E, D> = (soft.with_empty_tape() * E::one()).split_tape().0;
+    let gates_full = soft + (detached.negate() + E::one());
+    let gates_branch = gates_full.with_empty_tape();
+    let scored = x * gates_full;
     let host = scored.as_vec();
     let mut indices = Vec::with_capacity(rows * k);
     for r in 0..rows {
@@ -122,8 +134,8 @@ pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(x: T2<E, D, T>, k: usize,
     let index = dev.tensor_from_vec(indices.clone(), (rows, k));
     Ok(TopK {
         values: scored.gather(index.clone()),
-        coor_descent_values: soft.gather(index.clone()),
-        gates: gates_full.gather(index),
+        coor_descent_values: soft_branch.gather(index.clone()),
+        gates: gates_branch.gather(index),
         indices,
         k,
     })
@@ -134,7 +146,7 @@ pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(x: T2<E, D, T>, k: usize,
 /// gates; unpicked positions get zeros.
 pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
     x: T3<E, D, T>,
-    picks: &TopK<E, D, T>,
+    picks: TopK<E, D, T>,
     block: impl FnOnce(T3<E, D, T>) -> Result<T3<E, D, T>>,
 ) -> Result<T3<E, D, T>> {
     let (rows, n, _) = *x.shape();
@@ -150,7 +162,7 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
     if (yr, yk) != (rows, k) {
         return Err(Error::shape("routed block output", format!("[{rows}, {k}, _]"), format!("{:?}", y.shape())));
     }
-    let y = y * picks.gates.with_empty_tape().broadcast_like::<_, Axis<2>>(&(rows, k, c2));
+    let y = y * picks.gates.broadcast_like::<_, Axis<2>>(&(rows, k, c2));
     // scatter as a matmul with the one-hot pick matrix: out[r, :, m] = Σ_s y[r, s, m] · [pick s = m]
     let mut onehot = vec![E::zero(); rows * k * n];
     for r in 0..rows {
@@ -159,6 +171,9 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
         }
     }
     let onehot: T3<E, D> = constant(&dev, onehot, (rows, k, n))?;
-    let scattered = y.permute::<_, Axes3<0, 2, 1>>().matmul(onehot.retaped::<T>());
-    Ok(scattered.permute::<_, Axes3<0, 2, 1>>())
+    let scattered = y.permute::<_, Axes3<0, 2, 1>>().matmul(onehot.retaped::<T>()).permute::<_, Axes3<0, 2, 1>>();
+    // the routing history lives on `values`' tape: merge it so the router gets its gradients
+    let (scattered, tape) = scattered.split_tape();
+    let (_, history) = picks.values.split_tape();
+    Ok(scattered.put_tape(tape.merge(history)))
 }

@@ -77,8 +77,9 @@ pub fn taylor_attend<E: Real, D: Backend<E>, T: Tape<E, D>>(
 pub fn taylor_feature_map<E: Real, D: Device<E>, T: Tape<E, D>>(x: T4<E, D, T>) -> T4<E, D, T> {
     let (b, h, n, d) = *x.shape();
     let dev = x.device().clone();
+    // `* 1.0` gives the second factor its own id: dfdx panics on a binary op of one id with itself
     let outer = x.with_empty_tape().broadcast_like::<_, Axis<4>>(&(b, h, n, d, d))
-        * x.with_empty_tape().broadcast_like::<_, Axis<3>>(&(b, h, n, d, d));
+        * (x.with_empty_tape() * E::one()).broadcast_like::<_, Axis<3>>(&(b, h, n, d, d));
     let outer = outer.reshape_like(&(b, h, n, d * d)) * E::of(0.5f64.sqrt());
     let ones: T4<E, D> = dev.ones_like(&(b, h, n, 1));
     let linear_and_square = (x, outer).concat_along(Axis::<3>);

@@ -13,7 +13,8 @@ use crate::tensor::*;
 pub fn gelu_exact<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(x: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
     let inv_sqrt_2pi = E::of(1.0 / (2.0 * std::f64::consts::PI).sqrt());
     let pdf = (x.with_empty_tape().square() * E::of(-0.5)).exp() * inv_sqrt_2pi;
-    let pdf_const = pdf.with_empty_tape().split_tape().0;
+    // a detached copy under its own id (dfdx panics on a binary op of one id with itself)
+    let pdf_const = (pdf.with_empty_tape() * E::one()).split_tape().0;
     let correction = (pdf - pdf_const) * E::of(std::f64::consts::SQRT_2 - 1.0);
     x.accurate_gelu() + correction
 }

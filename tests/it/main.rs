@@ -1,4 +1,6 @@
 //! The one integration-test binary (each file under tests/ would link dfdx again).
 
 mod common;
+mod parity;
+mod routing;
 mod weights;

@@ -2,5 +2,6 @@
 
 mod common;
 mod parity;
+mod patterns;
 mod routing;
 mod weights;

@@ -45,12 +45,14 @@ fn routing_picks_only_selectable_elements_and_zeros_the_rest() {
     let mask = vec![false, true, true, true, true, true, true, true, true, true, true, false];
     let picks = soft_topk(scores.leaky_trace(), k, 1.0, Some(&mask), &CoorDescent::default()).unwrap();
     assert_eq!(picks.indices, vec![1, 2, 4, 3], "per-row positions, best selectable first; masked never picked");
-    let soft = coor_descent(scores.clone(), 2.0, Some(&mask), &CoorDescent::default()).unwrap().as_vec();
+    // converged (many iterations), the soft scores of each row sum to k
+    let converged = CoorDescent { n_iters: 500, ..CoorDescent::default() };
+    let soft = coor_descent(scores.clone(), 2.0, Some(&mask), &converged).unwrap().as_vec();
     assert_eq!(soft[0], 0.0);
     assert_eq!(soft[11], 0.0);
     for r in 0..rows {
         let total: f64 = soft[r * n..(r + 1) * n].iter().sum();
-        assert!((total - 2.0).abs() < 0.05, "soft top-k sums to about k, got {total}");
+        assert!((total - 2.0).abs() < 0.02, "soft top-k sums to about k, got {total}");
     }
     let feats: Tensor<_, f64, _> = d.ones_like(&(rows, n, 1));
     let out = route(feats.leaky_trace(), picks, Ok).unwrap().as_vec();

@@ -47,6 +47,10 @@ pub fn ensure_dims(context: &str, expected: &[usize], got: &[usize]) -> Result<(
     if expected == got {
         Ok(())
     } else {
-        Err(Error::shape(context, format!("{expected:?}"), format!("{got:?}")))
+        Err(Error::shape(
+            context,
+            format!("{expected:?}"),
+            format!("{got:?}"),
+        ))
     }
 }

@@ -34,30 +34,59 @@ pub struct Fixture {
 
 /// The fixture directory from the environment (or the default beside the repository).
 pub fn fixture_dir() -> PathBuf {
-    std::env::var_os(FIXTURES_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared/fixtures/reference"))
+    std::env::var_os(FIXTURES_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared/fixtures/reference"))
 }
 
 fn io_err(path: &Path, message: impl ToString) -> Error {
-    Error::Io { path: path.display().to_string(), message: message.to_string() }
+    Error::Io {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Reads every tensor of a safetensors file as f64 (F32, F64, I64, I32 are supported).
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, FixtureTensor>> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    let file = ::safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io_err(path, format!("not a safetensors file: {e}")))?;
+    let file = ::safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| io_err(path, format!("not a safetensors file: {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in file.tensors() {
         let data = view.data();
         use ::safetensors::Dtype as S;
         let values: Vec<f64> = match view.dtype() {
-            S::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            S::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-            S::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            S::I32 => data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            S::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            S::F64 => data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            S::I64 => data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            S::I32 => data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
             S::BOOL | S::U8 => data.iter().map(|&b| b as f64).collect(),
-            other => return Err(io_err(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            other => {
+                return Err(io_err(
+                    path,
+                    format!("tensor `{name}` has unsupported dtype {other:?}"),
+                ))
+            }
         };
-        out.insert(name.to_string(), FixtureTensor { dims: view.shape().to_vec(), values });
+        out.insert(
+            name.to_string(),
+            FixtureTensor {
+                dims: view.shape().to_vec(),
+                values,
+            },
+        );
     }
     Ok(out)
 }
@@ -70,21 +99,39 @@ impl Fixture {
 
     pub fn load_from(dir: &Path, name: &str) -> Result<Self> {
         let json_path = dir.join(format!("{name}.json"));
-        let text = std::fs::read_to_string(&json_path).map_err(|e| io_err(&json_path, format!("{e} (set {FIXTURES_ENV} to the fixture directory)")))?;
-        let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&json_path, e))?;
+        let text = std::fs::read_to_string(&json_path).map_err(|e| {
+            io_err(
+                &json_path,
+                format!("{e} (set {FIXTURES_ENV} to the fixture directory)"),
+            )
+        })?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| io_err(&json_path, e))?;
         let tensors = read_safetensors(&dir.join(format!("{name}.safetensors")))?;
-        Ok(Self { name: name.to_string(), config: meta.get("config").cloned().unwrap_or_default(), tensors })
+        Ok(Self {
+            name: name.to_string(),
+            config: meta.get("config").cloned().unwrap_or_default(),
+            tensors,
+        })
     }
 
     pub fn tensor(&self, key: &str) -> Result<&FixtureTensor> {
-        self.tensors.get(key).ok_or_else(|| Error::config(format!("fixture `{}`", self.name), format!("has no tensor `{key}`")))
+        self.tensors.get(key).ok_or_else(|| {
+            Error::config(
+                format!("fixture `{}`", self.name),
+                format!("has no tensor `{key}`"),
+            )
+        })
     }
 
     /// The `param.*` tensors, keyed by parameter name without the prefix.
     pub fn params(&self) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
         self.tensors
             .iter()
-            .filter_map(|(k, t)| k.strip_prefix("param.").map(|n| (n.to_string(), (t.dims.clone(), t.values.clone()))))
+            .filter_map(|(k, t)| {
+                k.strip_prefix("param.")
+                    .map(|n| (n.to_string(), (t.dims.clone(), t.values.clone())))
+            })
             .collect()
     }
 
@@ -92,8 +139,18 @@ impl Fixture {
     pub fn config_f64(&self, path: &[&str]) -> Result<f64> {
         let mut v = &self.config;
         for p in path {
-            v = v.get(p).ok_or_else(|| Error::config(format!("fixture `{}`", self.name), format!("config has no `{}`", path.join("."))))?;
+            v = v.get(p).ok_or_else(|| {
+                Error::config(
+                    format!("fixture `{}`", self.name),
+                    format!("config has no `{}`", path.join(".")),
+                )
+            })?;
         }
-        v.as_f64().ok_or_else(|| Error::config(format!("fixture `{}`", self.name), format!("config `{}` is not a number", path.join("."))))
+        v.as_f64().ok_or_else(|| {
+            Error::config(
+                format!("fixture `{}`", self.name),
+                format!("config `{}` is not a number", path.join(".")),
+            )
+        })
     }
 }

@@ -43,7 +43,11 @@ pub fn dims_of<S: Shape, E, D: Storage<E>, T>(t: &Tensor<S, E, D, T>) -> Vec<usi
 }
 
 /// Builds a constant tensor from host data, checking that the length fits the shape.
-pub fn constant<S: Shape, E: Real, D: Device<E>>(dev: &D, data: Vec<E>, shape: S) -> Result<Tensor<S, E, D>> {
+pub fn constant<S: Shape, E: Real, D: Device<E>>(
+    dev: &D,
+    data: Vec<E>,
+    shape: S,
+) -> Result<Tensor<S, E, D>> {
     if data.len() != shape.num_elements() {
         return Err(Error::shape(
             "constant tensor",

@@ -19,23 +19,44 @@ pub struct GraphMask {
 impl GraphMask {
     /// Every node real, not causal.
     pub fn full(batch: usize, nodes: usize) -> Self {
-        Self { batch, nodes, valid: vec![true; batch * nodes], causal: false }
+        Self {
+            batch,
+            nodes,
+            valid: vec![true; batch * nodes],
+            causal: false,
+        }
     }
 
     /// Per-node padding, `valid` laid out `[batch × nodes]`.
     pub fn from_valid(batch: usize, nodes: usize, valid: Vec<bool>) -> Result<Self> {
         if valid.len() != batch * nodes {
-            return Err(Error::shape("graph mask", format!("{} entries (batch {batch} × nodes {nodes})", batch * nodes), format!("{} entries", valid.len())));
+            return Err(Error::shape(
+                "graph mask",
+                format!("{} entries (batch {batch} × nodes {nodes})", batch * nodes),
+                format!("{} entries", valid.len()),
+            ));
         }
-        Ok(Self { batch, nodes, valid, causal: false })
+        Ok(Self {
+            batch,
+            nodes,
+            valid,
+            causal: false,
+        })
     }
 
     /// From per-graph lengths: the first `len` nodes of each graph are real.
     pub fn from_lengths(nodes: usize, lengths: &[usize]) -> Result<Self> {
         if let Some(&bad) = lengths.iter().find(|&&l| l > nodes) {
-            return Err(Error::shape("graph lengths", format!("at most {nodes}"), bad));
+            return Err(Error::shape(
+                "graph lengths",
+                format!("at most {nodes}"),
+                bad,
+            ));
         }
-        let valid = lengths.iter().flat_map(|&l| (0..nodes).map(move |i| i < l)).collect();
+        let valid = lengths
+            .iter()
+            .flat_map(|&l| (0..nodes).map(move |i| i < l))
+            .collect();
         Self::from_valid(lengths.len(), nodes, valid)
     }
 
@@ -73,12 +94,21 @@ impl GraphMask {
     /// Checks that this mask describes graphs of this batch size and node count.
     pub fn check(&self, context: &str, batch: usize, nodes: usize) -> Result<()> {
         if (self.batch, self.nodes) != (batch, nodes) {
-            return Err(Error::shape(context, format!("mask for batch {batch} × {nodes} nodes"), format!("mask for batch {} × {} nodes", self.batch, self.nodes)));
+            return Err(Error::shape(
+                context,
+                format!("mask for batch {batch} × {nodes} nodes"),
+                format!("mask for batch {} × {} nodes", self.batch, self.nodes),
+            ));
         }
         Ok(())
     }
 
-    fn with_times(&self, vis: Visibility, query: impl Fn(usize) -> Vec<usize>, key: impl Fn(usize) -> Vec<usize>) -> Result<Visibility> {
+    fn with_times(
+        &self,
+        vis: Visibility,
+        query: impl Fn(usize) -> Vec<usize>,
+        key: impl Fn(usize) -> Vec<usize>,
+    ) -> Result<Visibility> {
         if !self.causal {
             return Ok(vis);
         }
@@ -97,7 +127,10 @@ impl GraphMask {
     /// Every edge over all n² edges (flattened `i·n + j`), batch `b`.
     pub fn all_edges_visibility(&self) -> Result<Visibility> {
         let n = self.nodes;
-        let valid = (0..self.batch).flat_map(|b| (0..n * n).map(move |e| (b, e / n, e % n))).map(|(b, i, j)| self.edge_valid(b, i, j)).collect();
+        let valid = (0..self.batch)
+            .flat_map(|b| (0..n * n).map(move |e| (b, e / n, e % n)))
+            .map(|(b, i, j)| self.edge_valid(b, i, j))
+            .collect();
         let vis = Visibility::all(self.batch, n * n, n * n).with_key_valid(valid)?;
         let times = |_| (0..n * n).map(|e| Self::edge_time(e / n, e % n)).collect();
         self.with_times(vis, times, times)
@@ -107,7 +140,10 @@ impl GraphMask {
     /// By symmetry of padding and times this is also the column pattern on transposed edges.
     pub fn row_visibility(&self) -> Result<Visibility> {
         let n = self.nodes;
-        let valid = (0..self.batch * n).flat_map(|bi| (0..n).map(move |k| (bi / n, bi % n, k))).map(|(b, i, k)| self.edge_valid(b, i, k)).collect();
+        let valid = (0..self.batch * n)
+            .flat_map(|bi| (0..n).map(move |k| (bi / n, bi % n, k)))
+            .map(|(b, i, k)| self.edge_valid(b, i, k))
+            .collect();
         let vis = Visibility::all(self.batch * n, n, n).with_key_valid(valid)?;
         let times = |bi: usize| (0..n).map(|j| Self::edge_time(bi % n, j)).collect();
         self.with_times(vis, times, times)
@@ -128,7 +164,9 @@ impl GraphMask {
                 for j in 0..n {
                     // entry (i, j) of the edge tensor, read by node i (outgoing) or node j (incoming)
                     let reader = if incoming { j } else { i };
-                    let ok = self.edge_valid(b, i, j) && self.node_valid(b, reader) && (!self.causal || Self::edge_time(i, j) <= reader);
+                    let ok = self.edge_valid(b, i, j)
+                        && self.node_valid(b, reader)
+                        && (!self.causal || Self::edge_time(i, j) <= reader);
                     out.push(ok);
                 }
             }

@@ -68,7 +68,12 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Nodes<E, D, T> {
     pub fn onto_diagonal(self) -> Edges<E, D, T> {
         let (b, n, c) = self.dims();
         let dev = self.0.device().clone();
-        let eye: T2<E, D> = dev.tensor_from_vec((0..n * n).map(|e| if e / n == e % n { E::one() } else { E::zero() }).collect(), (n, n));
+        let eye: T2<E, D> = dev.tensor_from_vec(
+            (0..n * n)
+                .map(|e| if e / n == e % n { E::one() } else { E::zero() })
+                .collect(),
+            (n, n),
+        );
         let lifted = self.lift_source().0;
         Edges(lifted * eye.broadcast_like::<_, Axes2<0, 3>>(&(b, n, n, c)))
     }
@@ -78,7 +83,11 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Edges<E, D, T> {
     pub fn new(t: T4<E, D, T>) -> Result<Self> {
         let (_, i, j, _) = *t.shape();
         if i != j {
-            return Err(Error::shape("edges", "[batch, n, n, c]", format!("{:?}", t.shape())));
+            return Err(Error::shape(
+                "edges",
+                "[batch, n, n, c]",
+                format!("{:?}", t.shape()),
+            ));
         }
         Ok(Self(t))
     }
@@ -103,19 +112,34 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Edges<E, D, T> {
         let (b, n, _, c) = self.dims();
         let dev = self.0.device().clone();
         let flat = self.0.reshape_like(&(b, n * n, c));
-        let index = dev.tensor_from_vec((0..b).flat_map(|_| (0..n).map(|i| i * n + i)).collect(), (b, n));
+        let index = dev.tensor_from_vec(
+            (0..b).flat_map(|_| (0..n).map(|i| i * n + i)).collect(),
+            (b, n),
+        );
         Nodes(flat.gather(index))
     }
 
     /// Reduces each node's outgoing (i, ·) or incoming (·, i) edges onto it, reading only the
     /// edges the mask lets node i see (padding and causality). Padded nodes, and nodes with no
     /// readable edge, get zeros.
-    pub fn reduce(self, how: Reduce, direction: Direction, mask: &GraphMask) -> Result<Nodes<E, D, T>> {
+    pub fn reduce(
+        self,
+        how: Reduce,
+        direction: Direction,
+        mask: &GraphMask,
+    ) -> Result<Nodes<E, D, T>> {
         let (b, n, _, c) = self.dims();
         mask.check("edge reduction", b, n)?;
         let dev = self.0.device().clone();
         let readable = mask.reduction_mask(direction == Direction::Incoming);
-        let keep: T3<E, D> = constant(&dev, readable.iter().map(|&r| if r { E::one() } else { E::zero() }).collect(), (b, n, n))?;
+        let keep: T3<E, D> = constant(
+            &dev,
+            readable
+                .iter()
+                .map(|&r| if r { E::one() } else { E::zero() })
+                .collect(),
+            (b, n, n),
+        )?;
         let keep4 = keep.clone().broadcast_like::<_, Axis<3>>(&(b, n, n, c));
         let reduce_axis = |x: T4<E, D, T>, max: bool| -> T3<E, D, T> {
             match (direction, max) {
@@ -129,7 +153,15 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Edges<E, D, T> {
         let counts: Vec<usize> = (0..b * n)
             .map(|bi| {
                 let (bb, i) = (bi / n, bi % n);
-                (0..n).filter(|&j| if direction == Direction::Incoming { readable[(bb * n + j) * n + i] } else { readable[(bb * n + i) * n + j] }).count()
+                (0..n)
+                    .filter(|&j| {
+                        if direction == Direction::Incoming {
+                            readable[(bb * n + j) * n + i]
+                        } else {
+                            readable[(bb * n + i) * n + j]
+                        }
+                    })
+                    .count()
             })
             .collect();
         let per_node = |f: &dyn Fn(usize) -> E| -> Result<T3<E, D>> {
@@ -138,10 +170,14 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Edges<E, D, T> {
         };
         let out = match how {
             Reduce::Sum => reduce_axis(self.0 * keep4, false),
-            Reduce::Mean => reduce_axis(self.0 * keep4, false) * per_node(&|k| E::one() / E::of(k.max(1) as f64))?,
+            Reduce::Mean => {
+                reduce_axis(self.0 * keep4, false)
+                    * per_node(&|k| E::one() / E::of(k.max(1) as f64))?
+            }
             Reduce::Max => {
                 let additive = (keep4 - E::one()) * E::of(-MASKED);
-                reduce_axis(self.0 + additive, true) * per_node(&|k| if k > 0 { E::one() } else { E::zero() })?
+                reduce_axis(self.0 + additive, true)
+                    * per_node(&|k| if k > 0 { E::one() } else { E::zero() })?
             }
         };
         Ok(Nodes(out))

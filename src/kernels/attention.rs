@@ -21,7 +21,11 @@ pub struct AttendInputs<E: Real, D: Device<E>, T> {
 
 impl<E: Real, D: Device<E>, T> Default for AttendInputs<E, D, T> {
     fn default() -> Self {
-        Self { bias: None, talking: None, gates: None }
+        Self {
+            bias: None,
+            talking: None,
+            gates: None,
+        }
     }
 }
 
@@ -45,11 +49,19 @@ pub fn attend<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let (vb, vh, vn, e) = *v.shape();
     let nk = k.shape().2;
     if (vb, vh, vn) != (b, h, nk) {
-        return Err(Error::shape("attention values", format!("[{b}, {h}, {nk}, _]"), format!("[{vb}, {vh}, {vn}, {e}]")));
+        return Err(Error::shape(
+            "attention values",
+            format!("[{b}, {h}, {nk}, _]"),
+            format!("[{vb}, {vh}, {vn}, {e}]"),
+        ));
     }
     if let Some(g) = &inputs.gates {
         if *g.shape() != (b, h, nq) {
-            return Err(Error::shape("attention gates", format!("{:?}", (b, h, nq)), format!("{:?}", g.shape())));
+            return Err(Error::shape(
+                "attention gates",
+                format!("{:?}", (b, h, nq)),
+                format!("{:?}", g.shape()),
+            ));
         }
     }
     let w = D::attention_weights(q, k, inputs.bias, inputs.talking, spec)?;

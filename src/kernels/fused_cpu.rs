@@ -76,7 +76,9 @@ impl<E: Real> WeightsProblem<E> {
                     let out = &mut t[ho * nk..(ho + 1) * nk];
                     for hi in 0..h {
                         let c = w[ho * h + hi];
-                        out.iter_mut().zip(&s[hi * nk..(hi + 1) * nk]).for_each(|(o, &x)| *o = *o + c * x);
+                        out.iter_mut()
+                            .zip(&s[hi * nk..(hi + 1) * nk])
+                            .for_each(|(o, &x)| *o = *o + c * x);
                     }
                 }
             }
@@ -112,7 +114,11 @@ impl<E: Real> WeightsProblem<E> {
             Normalizer::Taylor { eps } => {
                 let mut sum = E::zero();
                 for (j, (pj, &x)) in p.iter_mut().zip(t).enumerate() {
-                    *pj = if vis(j) { E::one() + x + x * x * E::of(0.5) } else { E::zero() };
+                    *pj = if vis(j) {
+                        E::one() + x + x * x * E::of(0.5)
+                    } else {
+                        E::zero()
+                    };
                     sum = sum + *pj;
                 }
                 let z = sum.max(E::of(eps));
@@ -127,7 +133,13 @@ impl<E: Real> WeightsProblem<E> {
         let mut out = vec![E::zero(); b * h * nq * nk];
         let ptr = SharedMut(out.as_mut_ptr());
         (0..b * nq).into_par_iter().for_each_init(
-            || (vec![E::zero(); h * nk], vec![E::zero(); h * nk], vec![E::zero(); nk]),
+            || {
+                (
+                    vec![E::zero(); h * nk],
+                    vec![E::zero(); h * nk],
+                    vec![E::zero(); nk],
+                )
+            },
             |(s, t, p), row| {
                 let (bb, i) = (row / nq, row % nq);
                 self.scores(bb, i, s, t);
@@ -155,7 +167,15 @@ impl<E: Real> WeightsProblem<E> {
         let dtalking = (0..b * nq)
             .into_par_iter()
             .fold(
-                || (vec![E::zero(); hh2], vec![E::zero(); h * nk], vec![E::zero(); h * nk], vec![E::zero(); nk], vec![E::zero(); h * nk]),
+                || {
+                    (
+                        vec![E::zero(); hh2],
+                        vec![E::zero(); h * nk],
+                        vec![E::zero(); h * nk],
+                        vec![E::zero(); nk],
+                        vec![E::zero(); h * nk],
+                    )
+                },
                 |(mut dw, mut s, mut t, mut p, mut dt), row| {
                     let (bb, i) = (row / nq, row % nq);
                     self.scores(bb, i, &mut s, &mut t);
@@ -177,7 +197,11 @@ impl<E: Real> WeightsProblem<E> {
                                 // clamp passes the gradient only where Σw ≥ eps
                                 let through = if sum >= eps { pg } else { E::zero() };
                                 for j in 0..nk {
-                                    dtr[j] = if self.vis.visible(bb, i, j) { (gr[j] - through) / z * (E::one() + tr[j]) } else { E::zero() };
+                                    dtr[j] = if self.vis.visible(bb, i, j) {
+                                        (gr[j] - through) / z * (E::one() + tr[j])
+                                    } else {
+                                        E::zero()
+                                    };
                                 }
                             }
                         }
@@ -192,7 +216,10 @@ impl<E: Real> WeightsProblem<E> {
                                     let si = &s[hi * nk..(hi + 1) * nk];
                                     dw[ho * h + hi] = dw[ho * h + hi] + dot(dto, si);
                                     let c = w[ho * h + hi];
-                                    ds[hi * nk..(hi + 1) * nk].iter_mut().zip(dto).for_each(|(o, &x)| *o = *o + c * x);
+                                    ds[hi * nk..(hi + 1) * nk]
+                                        .iter_mut()
+                                        .zip(dto)
+                                        .for_each(|(o, &x)| *o = *o + c * x);
                                 }
                             }
                             // reuse t as storage for ds (t is no longer needed for this row)
@@ -222,7 +249,10 @@ impl<E: Real> WeightsProblem<E> {
                 },
             )
             .map(|acc| acc.0)
-            .reduce(|| vec![E::zero(); hh2], |a, b| a.iter().zip(&b).map(|(&x, &y)| x + y).collect());
+            .reduce(
+                || vec![E::zero(); hh2],
+                |a, b| a.iter().zip(&b).map(|(&x, &y)| x + y).collect(),
+            );
 
         // dk[b,h,j] = scale · Σ_i ds[b,h,i,j] q[b,h,i]: parallel over (b, h), no write conflicts
         let mut dk = vec![E::zero(); b * h * nk * d];
@@ -234,7 +264,10 @@ impl<E: Real> WeightsProblem<E> {
                 for j in 0..nk {
                     let c = dsb[i * nk + j] * self.scale;
                     if c != E::zero() {
-                        dkb[j * d..(j + 1) * d].iter_mut().zip(qi).for_each(|(o, &x)| *o = *o + c * x);
+                        dkb[j * d..(j + 1) * d]
+                            .iter_mut()
+                            .zip(qi)
+                            .for_each(|(o, &x)| *o = *o + c * x);
                     }
                 }
             }
@@ -259,7 +292,13 @@ where
     Cpu: Device<E>,
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
-    let shape = check_weights_shapes(*q.shape(), *k.shape(), bias.as_ref().map(|t| *t.shape()), talking.as_ref().map(|t| *t.shape()), &spec.visibility)?;
+    let shape = check_weights_shapes(
+        *q.shape(),
+        *k.shape(),
+        bias.as_ref().map(|t| *t.shape()),
+        talking.as_ref().map(|t| *t.shape()),
+        &spec.visibility,
+    )?;
     let (b, h, nq, nk) = shape;
     let d = q.shape().3;
     let dev = q.device().clone();
@@ -292,7 +331,9 @@ where
         bias: bias.as_ref().map(|t| t.as_vec()),
         talking: talking.as_ref().map(|t| t.as_vec()),
     };
-    let out = dev.try_tensor_from_vec(problem.forward(), shape).map_err(device_err)?;
+    let out = dev
+        .try_tensor_from_vec(problem.forward(), shape)
+        .map_err(device_err)?;
     if T::OWNS_TAPE {
         let (out_g, q_g, k_g) = (out.ghost(), q.ghost(), k.ghost());
         let bias_g = bias.as_ref().map(|t| t.ghost());
@@ -346,7 +387,11 @@ fn prefix_scan<E: Real>(buf: &mut [E], n: usize, w: usize, reverse: bool) {
     }
     buf.par_chunks_mut(n * w).for_each(|block| {
         for step in 1..n {
-            let (r, prev) = if reverse { (n - 1 - step, n - step) } else { (step, step - 1) };
+            let (r, prev) = if reverse {
+                (n - 1 - step, n - step)
+            } else {
+                (step, step - 1)
+            };
             for c in 0..w {
                 block[r * w + c] = block[r * w + c] + block[prev * w + c];
             }

@@ -30,8 +30,14 @@ pub enum EdgePattern {
 /// The attention kernel used across edges.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum EdgeKernel {
-    Softmax { scale: f64 },
-    Taylor { scale: f64, eps: f64, form: TaylorForm },
+    Softmax {
+        scale: f64,
+    },
+    Taylor {
+        scale: f64,
+        eps: f64,
+        form: TaylorForm,
+    },
 }
 
 /// Options of an edge attention call beyond q, k, v.
@@ -45,7 +51,11 @@ pub struct EdgeAttendInputs<E: Real, D: Device<E>, T> {
 
 impl<E: Real, D: Device<E>, T> Default for EdgeAttendInputs<E, D, T> {
     fn default() -> Self {
-        Self { bias: None, talking: None, gates: None }
+        Self {
+            bias: None,
+            talking: None,
+            gates: None,
+        }
     }
 }
 
@@ -68,24 +78,43 @@ pub fn pattern_visibility(pattern: EdgePattern, mask: &GraphMask) -> Result<Visi
 }
 
 /// `[b, n, n, h·d]` edges to the pattern's sequences `[problems, h, len, d]`.
-pub fn to_pattern_layout<E: Real, D: Device<E>, T: Tape<E, D>>(x: Edges<E, D, T>, heads: usize, pattern: EdgePattern) -> Result<T4<E, D, T>> {
+pub fn to_pattern_layout<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Edges<E, D, T>,
+    heads: usize,
+    pattern: EdgePattern,
+) -> Result<T4<E, D, T>> {
     let (b, n, _, c) = x.dims();
     if heads == 0 || c % heads != 0 {
-        return Err(Error::config("edge attention", format!("{c} channels do not split into {heads} heads")));
+        return Err(Error::config(
+            "edge attention",
+            format!("{c} channels do not split into {heads} heads"),
+        ));
     }
     let d = c / heads;
     let (p, len, _) = pattern_dims(pattern, b, n);
     let t = match pattern {
         EdgePattern::All | EdgePattern::Row => x.into_tensor(),
         EdgePattern::Column => x.transpose().into_tensor(),
-        EdgePattern::Diagonal => return Ok(x.diagonal().into_tensor().reshape_like(&(b, n, heads, d)).permute::<_, Axes4<0, 2, 1, 3>>()),
+        EdgePattern::Diagonal => {
+            return Ok(x
+                .diagonal()
+                .into_tensor()
+                .reshape_like(&(b, n, heads, d))
+                .permute::<_, Axes4<0, 2, 1, 3>>())
+        }
     };
-    Ok(t.reshape_like(&(p, len, heads, d)).permute::<_, Axes4<0, 2, 1, 3>>())
+    Ok(t.reshape_like(&(p, len, heads, d))
+        .permute::<_, Axes4<0, 2, 1, 3>>())
 }
 
 /// The inverse of [`to_pattern_layout`]: `[problems, h, len, e]` back to `[b, n, n, h·e]`.
 /// The diagonal pattern fills the diagonal and leaves zeros elsewhere.
-pub fn from_pattern_layout<E: Real, D: Device<E>, T: Tape<E, D>>(x: T4<E, D, T>, b: usize, n: usize, pattern: EdgePattern) -> Edges<E, D, T> {
+pub fn from_pattern_layout<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    b: usize,
+    n: usize,
+    pattern: EdgePattern,
+) -> Edges<E, D, T> {
     let (_, h, _, e) = *x.shape();
     let merged = x.permute::<_, Axes4<0, 2, 1, 3>>();
     match pattern {
@@ -109,11 +138,19 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let (b, n, _, cq) = q.dims();
     for (name, t) in [("keys", k.dims()), ("values", v.dims())] {
         if (t.0, t.1) != (b, n) {
-            return Err(Error::shape(format!("edge attention {name}"), format!("[{b}, {n}, {n}, _]"), format!("{t:?}")));
+            return Err(Error::shape(
+                format!("edge attention {name}"),
+                format!("[{b}, {n}, {n}, _]"),
+                format!("{t:?}"),
+            ));
         }
     }
     if k.dims().3 != cq {
-        return Err(Error::shape("edge attention keys", format!("{cq} channels like the queries"), k.dims().3));
+        return Err(Error::shape(
+            "edge attention keys",
+            format!("{cq} channels like the queries"),
+            k.dims().3,
+        ));
     }
     mask.check("edge attention", b, n)?;
     let vis = pattern_visibility(pattern, mask)?;
@@ -129,13 +166,45 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let v = to_pattern_layout(v, heads, pattern)?;
     let out = match kernel {
         EdgeKernel::Softmax { scale } => {
-            let spec = WeightsSpec { scale, normalizer: Normalizer::Softmax, visibility: vis };
-            attend(q, k, v, AttendInputs { bias: inputs.bias, talking: inputs.talking, gates }, &spec, false)?.out
+            let spec = WeightsSpec {
+                scale,
+                normalizer: Normalizer::Softmax,
+                visibility: vis,
+            };
+            attend(
+                q,
+                k,
+                v,
+                AttendInputs {
+                    bias: inputs.bias,
+                    talking: inputs.talking,
+                    gates,
+                },
+                &spec,
+                false,
+            )?
+            .out
         }
         EdgeKernel::Taylor { scale, eps, form } => {
             if inputs.bias.is_some() || inputs.talking.is_some() {
-                let spec = WeightsSpec { scale, normalizer: Normalizer::Taylor { eps }, visibility: vis };
-                attend(q, k, v, AttendInputs { bias: inputs.bias, talking: inputs.talking, gates }, &spec, false)?.out
+                let spec = WeightsSpec {
+                    scale,
+                    normalizer: Normalizer::Taylor { eps },
+                    visibility: vis,
+                };
+                attend(
+                    q,
+                    k,
+                    v,
+                    AttendInputs {
+                        bias: inputs.bias,
+                        talking: inputs.talking,
+                        gates,
+                    },
+                    &spec,
+                    false,
+                )?
+                .out
             } else {
                 let out = taylor_attend(q, k, v, scale, eps, &vis, form)?;
                 match gates {

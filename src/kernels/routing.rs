@@ -22,14 +22,26 @@ pub struct CoorDescent {
 
 impl Default for CoorDescent {
     fn default() -> Self {
-        Self { n_iters: 20, eps: 0.1, eps_init: None, eps_decay: 1.0 }
+        Self {
+            n_iters: 20,
+            eps: 0.1,
+            eps_init: None,
+            eps_decay: 1.0,
+        }
     }
 }
 
 impl CoorDescent {
     fn validate(&self) -> Result<()> {
-        if self.n_iters == 0 || !(self.eps > 0.0) || !(self.eps_decay > 0.0) || self.eps_init.is_some_and(|e| !(e > 0.0)) {
-            return Err(Error::config("coordinate descent", format!("needs n_iters > 0 and positive eps, eps_init, eps_decay; got {self:?}")));
+        if self.n_iters == 0
+            || !(self.eps > 0.0)
+            || !(self.eps_decay > 0.0)
+            || self.eps_init.is_some_and(|e| !(e > 0.0))
+        {
+            return Err(Error::config(
+                "coordinate descent",
+                format!("needs n_iters > 0 and positive eps, eps_init, eps_decay; got {self:?}"),
+            ));
         }
         Ok(())
     }
@@ -37,18 +49,37 @@ impl CoorDescent {
 
 /// Soft top-k scores of each row of `s` (`[rows, n]`), summing to about `k` per row.
 /// `mask` (`[rows × n]`, true = may be picked) excludes elements; they score exactly 0.
-pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(s: T2<E, D, T>, k: f64, mask: Option<&[bool]>, cfg: &CoorDescent) -> Result<T2<E, D, T>> {
+pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(
+    s: T2<E, D, T>,
+    k: f64,
+    mask: Option<&[bool]>,
+    cfg: &CoorDescent,
+) -> Result<T2<E, D, T>> {
     cfg.validate()?;
     let shape = *s.shape();
     let (rows, n) = shape;
     if !(k > 0.0) {
-        return Err(Error::config("coordinate descent", format!("k must be positive, got {k}")));
+        return Err(Error::config(
+            "coordinate descent",
+            format!("k must be positive, got {k}"),
+        ));
     }
     let dev = s.device().clone();
     let mask_value = E::of(-E::max_value().as_f64());
     let keep: Option<Tensor<Shape2, bool, D>> = match mask {
-        Some(m) if m.len() != rows * n => return Err(Error::shape("coordinate descent mask", rows * n, m.len())),
-        Some(m) => Some(constant(&dev, m.iter().map(|&x| if x { E::one() } else { E::zero() }).collect(), shape)?.gt(E::of(0.5))),
+        Some(m) if m.len() != rows * n => {
+            return Err(Error::shape("coordinate descent mask", rows * n, m.len()))
+        }
+        Some(m) => Some(
+            constant(
+                &dev,
+                m.iter()
+                    .map(|&x| if x { E::one() } else { E::zero() })
+                    .collect(),
+                shape,
+            )?
+            .gt(E::of(0.5)),
+        ),
         None => None,
     };
     let fill = |x: T2<E, D, T>| -> T2<E, D, T> {
@@ -69,10 +100,15 @@ pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(s: T2<E, D, T>, k: f64
         // each iteration's `a` is consumed by `b`: dropping a tensor that owns history would lose
         // its gradients. Only the last `a` is kept (owning its history) for the final scores.
         if it + 1 == cfg.n_iters {
-            b = (s.with_empty_tape() + a_new.with_empty_tape().broadcast_like::<_, Axis<1>>(&shape)).relu().negate();
+            b = (s.with_empty_tape()
+                + a_new.with_empty_tape().broadcast_like::<_, Axis<1>>(&shape))
+            .relu()
+            .negate();
             a = Some(a_new);
         } else {
-            b = (s.with_empty_tape() + a_new.broadcast_like::<_, Axis<1>>(&shape)).relu().negate();
+            b = (s.with_empty_tape() + a_new.broadcast_like::<_, Axis<1>>(&shape))
+                .relu()
+                .negate();
         }
         eps = (eps * cfg.eps_decay).max(cfg.eps);
     }
@@ -106,14 +142,28 @@ pub struct TopK<E: Real, D: Device<E>, T> {
 
 /// Differentiable top-k on the last axis of `x` (`[rows, n]`). The soft scores are computed for
 /// `k · fetch_ratio` elements (CoLT5 fetches 9/8 as many for better learning).
-pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(x: T2<E, D, T>, k: usize, fetch_ratio: f64, mask: Option<&[bool]>, cfg: &CoorDescent) -> Result<TopK<E, D, T>> {
+pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T2<E, D, T>,
+    k: usize,
+    fetch_ratio: f64,
+    mask: Option<&[bool]>,
+    cfg: &CoorDescent,
+) -> Result<TopK<E, D, T>> {
     let shape = *x.shape();
     let (rows, n) = shape;
     if k == 0 || k > n || !(fetch_ratio >= 1.0) {
-        return Err(Error::config("top-k routing", format!("needs 0 < k ≤ {n} and fetch ratio ≥ 1, got k = {k}, ratio = {fetch_ratio}")));
+        return Err(Error::config(
+            "top-k routing",
+            format!("needs 0 < k ≤ {n} and fetch ratio ≥ 1, got k = {k}, ratio = {fetch_ratio}"),
+        ));
     }
     let dev = x.device().clone();
-    let soft = coor_descent(x.with_empty_tape(), (k as f64 * fetch_ratio).min(n as f64), mask, cfg)?;
+    let soft = coor_descent(
+        x.with_empty_tape(),
+        (k as f64 * fetch_ratio).min(n as f64),
+        mask,
+        cfg,
+    )?;
     let soft_branch = soft.with_empty_tape();
     // straight-through: value 1, gradient of the soft scores (the detached copy gets its own id)
     let detached: T2<E, D> = (soft.with_empty_tape() * E::one()).split_tape().0;
@@ -124,10 +174,22 @@ pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(x: T2<E, D, T>, k: usize,
     let mut indices = Vec::with_capacity(rows * k);
     for r in 0..rows {
         let row = &host[r * n..(r + 1) * n];
-        let mut order: Vec<usize> = (0..n).filter(|&j| mask.map_or(true, |m| m[r * n + j])).collect();
-        order.sort_by(|&i, &j| row[j].partial_cmp(&row[i]).unwrap_or(std::cmp::Ordering::Equal));
+        let mut order: Vec<usize> = (0..n)
+            .filter(|&j| mask.map_or(true, |m| m[r * n + j]))
+            .collect();
+        order.sort_by(|&i, &j| {
+            row[j]
+                .partial_cmp(&row[i])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         if order.len() < k {
-            return Err(Error::config("top-k routing", format!("row {r} has {} selectable elements, fewer than k = {k}", order.len())));
+            return Err(Error::config(
+                "top-k routing",
+                format!(
+                    "row {r} has {} selectable elements, fewer than k = {k}",
+                    order.len()
+                ),
+            ));
         }
         indices.extend_from_slice(&order[..k]);
     }
@@ -152,7 +214,11 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
     let (rows, n, _) = *x.shape();
     let k = picks.k;
     if picks.indices.len() != rows * k {
-        return Err(Error::shape("routing", format!("{} picks ({rows} rows × k {k})", rows * k), picks.indices.len()));
+        return Err(Error::shape(
+            "routing",
+            format!("{} picks ({rows} rows × k {k})", rows * k),
+            picks.indices.len(),
+        ));
     }
     let dev = x.device().clone();
     let index = dev.tensor_from_vec(picks.indices.clone(), (rows, k));
@@ -160,7 +226,11 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
     let y = block(picked)?;
     let (yr, yk, c2) = *y.shape();
     if (yr, yk) != (rows, k) {
-        return Err(Error::shape("routed block output", format!("[{rows}, {k}, _]"), format!("{:?}", y.shape())));
+        return Err(Error::shape(
+            "routed block output",
+            format!("[{rows}, {k}, _]"),
+            format!("{:?}", y.shape()),
+        ));
     }
     let y = y * picks.gates.broadcast_like::<_, Axis<2>>(&(rows, k, c2));
     // scatter as a matmul with the one-hot pick matrix: out[r, :, m] = Σ_s y[r, s, m] · [pick s = m]
@@ -171,7 +241,10 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
         }
     }
     let onehot: T3<E, D> = constant(&dev, onehot, (rows, k, n))?;
-    let scattered = y.permute::<_, Axes3<0, 2, 1>>().matmul(onehot.retaped::<T>()).permute::<_, Axes3<0, 2, 1>>();
+    let scattered = y
+        .permute::<_, Axes3<0, 2, 1>>()
+        .matmul(onehot.retaped::<T>())
+        .permute::<_, Axes3<0, 2, 1>>();
     // the routing history lives on `values`' tape: merge it so the router gets its gradients
     let (scattered, tape) = scattered.split_tape();
     let (_, history) = picks.values.split_tape();

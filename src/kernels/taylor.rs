@@ -66,7 +66,11 @@ pub fn taylor_attend<E: Real, D: Backend<E>, T: Tape<E, D>>(
     };
     match form {
         TaylorForm::Direct => {
-            let spec = WeightsSpec { scale, normalizer: Normalizer::Taylor { eps }, visibility: vis.clone() };
+            let spec = WeightsSpec {
+                scale,
+                normalizer: Normalizer::Taylor { eps },
+                visibility: vis.clone(),
+            };
             Ok(attend(q, k, v, AttendInputs::default(), &spec, false)?.out)
         }
         _ => taylor_features(q, k, v, scale, eps, vis),
@@ -78,7 +82,9 @@ pub fn taylor_feature_map<E: Real, D: Device<E>, T: Tape<E, D>>(x: T4<E, D, T>) 
     let (b, h, n, d) = *x.shape();
     let dev = x.device().clone();
     // `* 1.0` gives the second factor its own id: dfdx panics on a binary op of one id with itself
-    let outer = x.with_empty_tape().broadcast_like::<_, Axis<4>>(&(b, h, n, d, d))
+    let outer = x
+        .with_empty_tape()
+        .broadcast_like::<_, Axis<4>>(&(b, h, n, d, d))
         * (x.with_empty_tape() * E::one()).broadcast_like::<_, Axis<3>>(&(b, h, n, d, d));
     let outer = outer.reshape_like(&(b, h, n, d * d)) * E::of(0.5f64.sqrt());
     let ones: T4<E, D> = dev.ones_like(&(b, h, n, 1));
@@ -100,7 +106,17 @@ pub fn taylor_features<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let (b, h, nq, d) = *q.shape();
     let (_, _, nk, e) = *v.shape();
     if *k.shape() != (b, h, nk, d) || (vis.batch, vis.queries, vis.keys) != (b, nq, nk) {
-        return Err(Error::shape("taylor attention", format!("k [{b}, {h}, {nk}, {d}], visibility ({b}, {nq}, {nk})"), format!("k {:?}, visibility ({}, {}, {})", k.shape(), vis.batch, vis.queries, vis.keys)));
+        return Err(Error::shape(
+            "taylor attention",
+            format!("k [{b}, {h}, {nk}, {d}], visibility ({b}, {nq}, {nk})"),
+            format!(
+                "k {:?}, visibility ({}, {}, {})",
+                k.shape(),
+                vis.batch,
+                vis.queries,
+                vis.keys
+            ),
+        ));
     }
     let f = 1 + d + d * d;
     let dev = q.device().clone();
@@ -108,22 +124,40 @@ pub fn taylor_features<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let mut fk = taylor_feature_map(k);
     let mut v = v;
     if let Some(valid) = &vis.key_valid {
-        let keep: T2<E, D> = constant(&dev, valid.iter().map(|&x| if x { E::one() } else { E::zero() }).collect(), (b, nk))?;
-        fk = fk * keep.clone().broadcast_like::<_, Axes2<1, 3>>(&(b, h, nk, f));
+        let keep: T2<E, D> = constant(
+            &dev,
+            valid
+                .iter()
+                .map(|&x| if x { E::one() } else { E::zero() })
+                .collect(),
+            (b, nk),
+        )?;
+        fk = fk
+            * keep
+                .clone()
+                .broadcast_like::<_, Axes2<1, 3>>(&(b, h, nk, f));
         v = v * keep.broadcast_like::<_, Axes2<1, 3>>(&(b, h, nk, e));
     }
     let (num, den) = match &vis.times {
         None => {
             let ksum = fk.with_empty_tape().sum::<Shape3, Axis<2>>();
             let kv = fk.permute::<_, Axes4<0, 1, 3, 2>>().matmul(v);
-            let den = (fq.with_empty_tape() * ksum.broadcast_like::<_, Axis<2>>(&(b, h, nq, f))).sum::<Shape3, Axis<3>>();
+            let den = (fq.with_empty_tape() * ksum.broadcast_like::<_, Axis<2>>(&(b, h, nq, f)))
+                .sum::<Shape3, Axis<3>>();
             (fq.matmul(kv), den)
         }
         Some(_) => {
-            let lengths = vis.prefix_lengths().ok_or_else(|| Error::config("taylor feature form", "causal times do not make each query's keys a prefix; use the direct form"))?;
+            let lengths = vis.prefix_lengths().ok_or_else(|| {
+                Error::config(
+                    "taylor feature form",
+                    "causal times do not make each query's keys a prefix; use the direct form",
+                )
+            })?;
             // per key, the state φ(k) ⊗ v, flattened; prefix sums over keys; each query reads the
             // sum over its prefix (row 0 of the padded scan is the empty prefix)
-            let state = fk.with_empty_tape().broadcast_like::<_, Axis<4>>(&(b, h, nk, f, e))
+            let state = fk
+                .with_empty_tape()
+                .broadcast_like::<_, Axis<4>>(&(b, h, nk, f, e))
                 * v.broadcast_like::<_, Axis<3>>(&(b, h, nk, f, e));
             let state = D::cumsum(state.reshape_like(&(b, h, nk, f * e)))?;
             let kstate = D::cumsum(fk)?;
@@ -134,16 +168,29 @@ pub fn taylor_features<E: Real, D: Backend<E>, T: Tape<E, D>>(
                 for _ in 0..h {
                     index.extend((0..nq).map(|i| lengths[bb * nq + i].max(1) - 1));
                 }
-                nonempty.extend((0..nq).map(|i| if lengths[bb * nq + i] > 0 { E::one() } else { E::zero() }));
+                nonempty.extend((0..nq).map(|i| {
+                    if lengths[bb * nq + i] > 0 {
+                        E::one()
+                    } else {
+                        E::zero()
+                    }
+                }));
             }
             let index = dev.tensor_from_vec(index, (b, h, nq));
             let nonempty: T2<E, D> = constant(&dev, nonempty, (b, nq))?;
             let state: T4<E, D, T> = state.gather(index.clone());
             let kstate: T4<E, D, T> = kstate.gather(index);
             let state = state.reshape_like(&(b, h, nq, f, e));
-            let num = (state * fq.with_empty_tape().broadcast_like::<_, Axis<4>>(&(b, h, nq, f, e))).sum::<Shape4, Axis<3>>();
-            let num = num * nonempty.clone().broadcast_like::<_, Axes2<1, 3>>(&(b, h, nq, e));
-            let den = (fq * kstate).sum::<Shape3, Axis<3>>() * nonempty.broadcast_like::<_, Axis<1>>(&(b, h, nq));
+            let num = (state
+                * fq.with_empty_tape()
+                    .broadcast_like::<_, Axis<4>>(&(b, h, nq, f, e)))
+            .sum::<Shape4, Axis<3>>();
+            let num = num
+                * nonempty
+                    .clone()
+                    .broadcast_like::<_, Axes2<1, 3>>(&(b, h, nq, e));
+            let den = (fq * kstate).sum::<Shape3, Axis<3>>()
+                * nonempty.broadcast_like::<_, Axis<1>>(&(b, h, nq));
             (num, den)
         }
     };

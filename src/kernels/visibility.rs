@@ -31,7 +31,13 @@ pub struct Times {
 impl Visibility {
     /// Every query sees every key.
     pub fn all(batch: usize, queries: usize, keys: usize) -> Self {
-        Self { batch, queries, keys, key_valid: None, times: None }
+        Self {
+            batch,
+            queries,
+            keys,
+            key_valid: None,
+            times: None,
+        }
     }
 
     /// Adds key padding: `valid` is `[batch × keys]`.
@@ -39,7 +45,12 @@ impl Visibility {
         if valid.len() != self.batch * self.keys {
             return Err(Error::shape(
                 "key padding mask",
-                format!("{} entries (batch {} × keys {})", self.batch * self.keys, self.batch, self.keys),
+                format!(
+                    "{} entries (batch {} × keys {})",
+                    self.batch * self.keys,
+                    self.batch,
+                    self.keys
+                ),
                 format!("{} entries", valid.len()),
             ));
         }
@@ -52,7 +63,11 @@ impl Visibility {
         if query.len() != self.batch * self.queries || key.len() != self.batch * self.keys {
             return Err(Error::shape(
                 "causal times",
-                format!("{} query and {} key times", self.batch * self.queries, self.batch * self.keys),
+                format!(
+                    "{} query and {} key times",
+                    self.batch * self.queries,
+                    self.batch * self.keys
+                ),
                 format!("{} and {}", query.len(), key.len()),
             ));
         }
@@ -88,7 +103,11 @@ impl Visibility {
         for b in 0..self.batch {
             for i in 0..self.queries {
                 for j in 0..self.keys {
-                    out.push(if self.visible(b, i, j) { E::one() } else { E::zero() });
+                    out.push(if self.visible(b, i, j) {
+                        E::one()
+                    } else {
+                        E::zero()
+                    });
                 }
             }
         }

@@ -21,7 +21,9 @@ use crate::tensor::*;
 pub enum Normalizer {
     Softmax,
     /// Second-order Taylor kernel `1 + s + s²/2`, normalized by `max(Σ, eps)`.
-    Taylor { eps: f64 },
+    Taylor {
+        eps: f64,
+    },
 }
 
 /// Everything about a weights call that is not a tensor.
@@ -55,26 +57,40 @@ pub fn check_weights_shapes(
     }
     if let Some(bs) = bias {
         if bs != (b, h, nq, nk) {
-            return Err(Error::shape("attention bias", format!("{:?}", (b, h, nq, nk)), format!("{bs:?}")));
+            return Err(Error::shape(
+                "attention bias",
+                format!("{:?}", (b, h, nq, nk)),
+                format!("{bs:?}"),
+            ));
         }
     }
     if let Some(ts) = talking {
         if ts != (h, h) {
-            return Err(Error::shape("talking-heads matrix", format!("{:?}", (h, h)), format!("{ts:?}")));
+            return Err(Error::shape(
+                "talking-heads matrix",
+                format!("{:?}", (h, h)),
+                format!("{ts:?}"),
+            ));
         }
     }
     if (vis.batch, vis.queries, vis.keys) != (b, nq, nk) {
         return Err(Error::shape(
             "attention visibility",
             format!("batch {b}, {nq} queries, {nk} keys"),
-            format!("batch {}, {} queries, {} keys", vis.batch, vis.queries, vis.keys),
+            format!(
+                "batch {}, {} queries, {} keys",
+                vis.batch, vis.queries, vis.keys
+            ),
         ));
     }
     Ok((b, h, nq, nk))
 }
 
 /// Mixes heads: `out[b,h'] = Σ_h w[h',h] · x[b,h]` for x `[B,H,I,J]`, w `[H,H]`.
-pub fn mix_heads<E: Real, D: Device<E>, T: Tape<E, D>>(x: T4<E, D, T>, w: T2<E, D, T>) -> T4<E, D, T> {
+pub fn mix_heads<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    w: T2<E, D, T>,
+) -> T4<E, D, T> {
     let (b, h, i, j) = *x.shape();
     let flat = x.reshape_like(&(b, h, i * j));
     // the mixing matrix carries a tape too, so it goes first in the matmul
@@ -91,7 +107,13 @@ pub fn weights_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
     talking: Option<T2<E, D, T>>,
     spec: &WeightsSpec,
 ) -> Result<T4<E, D, T>> {
-    let shape = check_weights_shapes(*q.shape(), *k.shape(), bias.as_ref().map(|t| *t.shape()), talking.as_ref().map(|t| *t.shape()), &spec.visibility)?;
+    let shape = check_weights_shapes(
+        *q.shape(),
+        *k.shape(),
+        bias.as_ref().map(|t| *t.shape()),
+        talking.as_ref().map(|t| *t.shape()),
+        &spec.visibility,
+    )?;
     let (b, _, nq, nk) = shape;
     let dev = q.device().clone();
     let mut s = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * E::of(spec.scale);
@@ -112,7 +134,10 @@ pub fn weights_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
         Normalizer::Taylor { eps } => {
             // 1 + s + s²/2 = (1 + s)²/2 + 1/2: one use of s keeps the tape simple
             let w = ((s + E::one()).square() * E::of(0.5) + E::of(0.5)) * keep;
-            let den = w.with_empty_tape().sum::<Shape3, Axis<3>>().clamp(eps, f64::INFINITY);
+            let den = w
+                .with_empty_tape()
+                .sum::<Shape3, Axis<3>>()
+                .clamp(eps, f64::INFINITY);
             w / den.broadcast_like::<_, Axis<3>>(&shape)
         }
     })

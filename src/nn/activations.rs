@@ -10,7 +10,9 @@ use crate::tensor::*;
 /// We add `(√2 − 1)·(φ(x) − stop_gradient(φ(x)))`: zero in value, `−(√2 − 1)·x·φ(x)` in gradient
 /// (since φ' = −x·φ), which cancels the excess. Composite, so it runs on every device; the
 /// gradient check in the tests fails if dfdx ever fixes its backward.
-pub fn gelu_exact<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(x: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+pub fn gelu_exact<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> Tensor<S, E, D, T> {
     let inv_sqrt_2pi = E::of(1.0 / (2.0 * std::f64::consts::PI).sqrt());
     let pdf = (x.with_empty_tape().square() * E::of(-0.5)).exp() * inv_sqrt_2pi;
     // a detached copy under its own id (dfdx panics on a binary op of one id with itself)
@@ -20,7 +22,9 @@ pub fn gelu_exact<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(x: Tensor<S, E
 }
 
 /// SiLU, `x · sigmoid(x)`.
-pub fn silu<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(x: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+pub fn silu<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> Tensor<S, E, D, T> {
     let s = x.with_empty_tape().sigmoid();
     x * s
 }

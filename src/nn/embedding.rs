@@ -20,18 +20,37 @@ pub struct Embedding<E: Real, D: Device<E>> {
 
 impl<E: Real, D: Device<E>> Embedding<E, D> {
     pub fn new(init: &Init<D>, count: usize, channels: usize) -> Result<Self> {
-        Ok(Self { weight: init.param("weight", &[count, channels], InitKind::Normal(1.0))?, count, channels })
+        Ok(Self {
+            weight: init.param("weight", &[count, channels], InitKind::Normal(1.0))?,
+            count,
+            channels,
+        })
     }
 
     /// Looks up `ids` laid out `[batch × n]`; an id out of range is an error naming its position.
-    pub fn forward<T: Tape<E, D>>(&self, ids: &[usize], batch: usize, n: usize) -> Result<Nodes<E, D, T>> {
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        ids: &[usize],
+        batch: usize,
+        n: usize,
+    ) -> Result<Nodes<E, D, T>> {
         if ids.len() != batch * n {
-            return Err(Error::shape(format!("embedding `{}` ids", self.weight.name), format!("{} ids (batch {batch} × {n})", batch * n), ids.len()));
+            return Err(Error::shape(
+                format!("embedding `{}` ids", self.weight.name),
+                format!("{} ids (batch {batch} × {n})", batch * n),
+                ids.len(),
+            ));
         }
         if let Some(pos) = ids.iter().position(|&t| t >= self.count) {
             return Err(Error::config(
                 format!("embedding `{}`", self.weight.name),
-                format!("id {} at batch {}, position {} is out of range 0..{}", ids[pos], pos / n.max(1), pos % n.max(1), self.count),
+                format!(
+                    "id {} at batch {}, position {} is out of range 0..{}",
+                    ids[pos],
+                    pos / n.max(1),
+                    pos % n.max(1),
+                    self.count
+                ),
             ));
         }
         let dev = self.weight.value.device().clone();
@@ -43,7 +62,10 @@ impl<E: Real, D: Device<E>> Embedding<E, D> {
     /// Positions `0..n` for every graph of the batch (a position table).
     pub fn positions<T: Tape<E, D>>(&self, batch: usize, n: usize) -> Result<Nodes<E, D, T>> {
         if n > self.count {
-            return Err(Error::config(format!("position embedding `{}`", self.weight.name), format!("{n} positions exceed the table's {}", self.count)));
+            return Err(Error::config(
+                format!("position embedding `{}`", self.weight.name),
+                format!("{n} positions exceed the table's {}", self.count),
+            ));
         }
         let ids: Vec<usize> = (0..batch).flat_map(|_| 0..n).collect();
         self.forward(&ids, batch, n)
@@ -75,10 +97,16 @@ impl<E: Real, D: Device<E>> EdgeEmbed<E, D> {
     }
 
     pub fn forward<T: Tape<E, D>>(&self, x: Nodes<E, D, T>) -> Result<Edges<E, D, T>> {
-        let rows = Nodes::new(super::rows::map_rows3(x.tensor().with_empty_tape(), |t| self.to_rows.forward(t))?);
-        let cols = Nodes::new(super::rows::map_rows3(x.into_tensor(), |t| self.to_cols.forward(t))?);
+        let rows = Nodes::new(super::rows::map_rows3(x.tensor().with_empty_tape(), |t| {
+            self.to_rows.forward(t)
+        })?);
+        let cols = Nodes::new(super::rows::map_rows3(x.into_tensor(), |t| {
+            self.to_cols.forward(t)
+        })?);
         let outer = rows.lift_source().into_tensor() + cols.lift_target().into_tensor();
-        Edges::new(map_rows4(outer, |t| self.norm.forward(self.to_edges.forward(t)?))?)
+        Edges::new(map_rows4(outer, |t| {
+            self.norm.forward(self.to_edges.forward(t)?)
+        })?)
     }
 }
 
@@ -103,11 +131,19 @@ impl<E: Real, D: Device<E>> DynamicPositionBias<E, D> {
     /// for hidden layers and `mlp.{depth}` for the last, as in x-transformers).
     pub fn new(init: &Init<D>, dim: usize, channels: usize, depth: usize) -> Result<Self> {
         if depth == 0 {
-            return Err(Error::config("dynamic position bias", "depth must be at least 1"));
+            return Err(Error::config(
+                "dynamic position bias",
+                "depth must be at least 1",
+            ));
         }
         let mut layers = Vec::with_capacity(depth + 1);
         for k in 0..depth {
-            layers.push(Linear::new(&init.pp("mlp").pp(k).pp("0"), if k == 0 { 1 } else { dim }, dim, true)?);
+            layers.push(Linear::new(
+                &init.pp("mlp").pp(k).pp("0"),
+                if k == 0 { 1 } else { dim },
+                dim,
+                true,
+            )?);
         }
         layers.push(Linear::new(&init.pp("mlp").pp(depth), dim, channels, true)?);
         Ok(Self { layers, channels })
@@ -116,7 +152,13 @@ impl<E: Real, D: Device<E>> DynamicPositionBias<E, D> {
     /// The bias `[n, n, channels]`, entry (i, j) from distance i − j.
     pub fn forward<T: Tape<E, D>>(&self, n: usize) -> Result<T3<E, D, T>> {
         let dev = self.layers[0].weight.value.device().clone();
-        let distances = constant(&dev, (0..2 * n - 1).map(|k| E::of(k as f64 - (n as f64 - 1.0))).collect(), (2 * n - 1, 1))?;
+        let distances = constant(
+            &dev,
+            (0..2 * n - 1)
+                .map(|k| E::of(k as f64 - (n as f64 - 1.0)))
+                .collect(),
+            (2 * n - 1, 1),
+        )?;
         let mut h: T2<E, D, T> = distances.retaped::<T>();
         let last = self.layers.len() - 1;
         for (k, layer) in self.layers.iter().enumerate() {
@@ -125,7 +167,10 @@ impl<E: Real, D: Device<E>> DynamicPositionBias<E, D> {
                 h = silu(h);
             }
         }
-        let index = dev.tensor_from_vec((0..n * n).map(|e| e / n + n - 1 - e % n).collect(), (n * n,));
+        let index = dev.tensor_from_vec(
+            (0..n * n).map(|e| e / n + n - 1 - e % n).collect(),
+            (n * n,),
+        );
         let table: T2<E, D, T> = h.gather(index);
         Ok(table.reshape_like(&(n, n, self.channels)))
     }

@@ -19,7 +19,12 @@ impl<E: Real, D: Device<E>> FeedForward<E, D> {
     pub fn new(init: &Init<D>, channels: usize, mult: usize, norm_eps: f64) -> Result<Self> {
         let inner = channels * mult;
         Ok(Self {
-            norm: RmsNorm::new(&init.pp("norm"), channels, RmsKind::Scaled { eps: norm_eps }, "scale")?,
+            norm: RmsNorm::new(
+                &init.pp("norm"),
+                channels,
+                RmsKind::Scaled { eps: norm_eps },
+                "scale",
+            )?,
             proj_in: Linear::new(&init.pp("proj_in"), channels, inner, false)?,
             proj_out: Linear::new(&init.pp("proj_out"), inner, channels, false)?,
         })

@@ -16,14 +16,20 @@ pub struct HeadMix<E: Real, D: Device<E>> {
 
 impl<E: Real, D: Device<E>> HeadMix<E, D> {
     pub fn new(init: &Init<D>, heads: usize, outputs: usize) -> Result<Self> {
-        Ok(Self { proj: Linear::new(init, heads, outputs, false)? })
+        Ok(Self {
+            proj: Linear::new(init, heads, outputs, false)?,
+        })
     }
 
     /// `[b, h, i, j] -> [b, i, j, out]`.
     pub fn forward<T: Tape<E, D>>(&self, x: T4<E, D, T>) -> Result<Edges<E, D, T>> {
         let (b, h, i, j) = *x.shape();
         if h != self.proj.inputs || i != j {
-            return Err(Error::shape("head mixing", format!("[b, {}, n, n]", self.proj.inputs), format!("{:?}", (b, h, i, j))));
+            return Err(Error::shape(
+                "head mixing",
+                format!("[b, {}, n, n]", self.proj.inputs),
+                format!("{:?}", (b, h, i, j)),
+            ));
         }
         let per_edge = x.permute::<_, Axes4<0, 2, 3, 1>>();
         Edges::new(map_rows4(per_edge, |t| self.proj.forward(t))?)

@@ -17,23 +17,43 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
     /// Parameters `weight` (and `bias`) in `init`'s scope, drawn as PyTorch does: U(±1/√in).
     pub fn new(init: &Init<D>, inputs: usize, outputs: usize, bias: bool) -> Result<Self> {
         if inputs == 0 || outputs == 0 {
-            return Err(Error::config("linear", format!("sizes must be positive, got {inputs} -> {outputs}")));
+            return Err(Error::config(
+                "linear",
+                format!("sizes must be positive, got {inputs} -> {outputs}"),
+            ));
         }
         let bound = 1.0 / (inputs as f64).sqrt();
         let weight = init.param("weight", &[outputs, inputs], InitKind::Uniform(bound))?;
-        let bias = if bias { Some(init.param("bias", &[outputs], InitKind::Uniform(bound))?) } else { None };
-        Ok(Self { weight, bias, inputs, outputs })
+        let bias = if bias {
+            Some(init.param("bias", &[outputs], InitKind::Uniform(bound))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            inputs,
+            outputs,
+        })
     }
 
     /// `[rows, in] -> [rows, out]`.
     pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>> {
         let (rows, c) = *x.shape();
         if c != self.inputs {
-            return Err(Error::shape(format!("linear `{}`", self.weight.name), format!("{} input channels", self.inputs), c));
+            return Err(Error::shape(
+                format!("linear `{}`", self.weight.name),
+                format!("{} input channels", self.inputs),
+                c,
+            ));
         }
         let y = x.matmul(self.weight.matrix::<T>().permute::<_, Axes2<1, 0>>());
         Ok(match &self.bias {
-            Some(b) => y + b.vector::<T>().broadcast_like::<_, Axis<0>>(&(rows, self.outputs)),
+            Some(b) => {
+                y + b
+                    .vector::<T>()
+                    .broadcast_like::<_, Axis<0>>(&(rows, self.outputs))
+            }
             None => y,
         })
     }

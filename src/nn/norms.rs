@@ -25,7 +25,11 @@ pub struct RmsNorm<E: Real, D: Device<E>> {
 
 fn check_channels(name: &str, expected: usize, got: usize) -> Result<()> {
     if expected != got {
-        return Err(Error::shape(format!("norm `{name}`"), format!("{expected} channels"), got));
+        return Err(Error::shape(
+            format!("norm `{name}`"),
+            format!("{expected} channels"),
+            got,
+        ));
     }
     Ok(())
 }
@@ -33,7 +37,11 @@ fn check_channels(name: &str, expected: usize, got: usize) -> Result<()> {
 impl<E: Real, D: Device<E>> RmsNorm<E, D> {
     /// `param` names the scale (`gamma` in the Taylor attention, `scale` in einx norms).
     pub fn new(init: &Init<D>, channels: usize, kind: RmsKind, param: &str) -> Result<Self> {
-        Ok(Self { gamma: init.param(param, &[channels], InitKind::Ones)?, kind, channels })
+        Ok(Self {
+            gamma: init.param(param, &[channels], InitKind::Ones)?,
+            kind,
+            channels,
+        })
     }
 
     pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>> {
@@ -41,11 +49,21 @@ impl<E: Real, D: Device<E>> RmsNorm<E, D> {
         check_channels(&self.gamma.name, self.channels, shape.1)?;
         let c = shape.1 as f64;
         let inv = match self.kind {
-            RmsKind::Scaled { eps } => (x.with_empty_tape().square().mean::<_, Axis<1>>() + E::of(eps)).sqrt().recip(),
+            RmsKind::Scaled { eps } => (x.with_empty_tape().square().mean::<_, Axis<1>>()
+                + E::of(eps))
+            .sqrt()
+            .recip(),
             // the tiny addend keeps the gradient of ‖x‖ finite at x = 0 without changing values
-            RmsKind::Unit => ((x.with_empty_tape().square().sum::<_, Axis<1>>() + E::of(1e-30)).sqrt().clamp(1e-12, f64::INFINITY) * E::of(1.0 / c.sqrt())).recip(),
+            RmsKind::Unit => ((x.with_empty_tape().square().sum::<_, Axis<1>>() + E::of(1e-30))
+                .sqrt()
+                .clamp(1e-12, f64::INFINITY)
+                * E::of(1.0 / c.sqrt()))
+            .recip(),
         };
-        let gamma = self.gamma.vector::<T>().broadcast_like::<_, Axis<0>>(&shape);
+        let gamma = self
+            .gamma
+            .vector::<T>()
+            .broadcast_like::<_, Axis<0>>(&shape);
         Ok(x * inv.broadcast_like::<_, Axis<1>>(&shape) * gamma)
     }
 }
@@ -66,14 +84,24 @@ pub struct LayerNorm<E: Real, D: Device<E>> {
 
 impl<E: Real, D: Device<E>> LayerNorm<E, D> {
     pub fn new(init: &Init<D>, channels: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: init.param("weight", &[channels], InitKind::Ones)?, bias: init.param("bias", &[channels], InitKind::Zeros)?, eps, channels })
+        Ok(Self {
+            weight: init.param("weight", &[channels], InitKind::Ones)?,
+            bias: init.param("bias", &[channels], InitKind::Zeros)?,
+            eps,
+            channels,
+        })
     }
 
     pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>> {
         let shape = *x.shape();
         check_channels(&self.weight.name, self.channels, shape.1)?;
         let normed = x.normalize::<Axis<1>>(self.eps);
-        Ok(normed * self.weight.vector::<T>().broadcast_like::<_, Axis<0>>(&shape) + self.bias.vector::<T>().broadcast_like::<_, Axis<0>>(&shape))
+        Ok(normed
+            * self
+                .weight
+                .vector::<T>()
+                .broadcast_like::<_, Axis<0>>(&shape)
+            + self.bias.vector::<T>().broadcast_like::<_, Axis<0>>(&shape))
     }
 }
 

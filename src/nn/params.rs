@@ -39,7 +39,9 @@ impl<E: Real, D: Device<E>> Param<E, D> {
     }
     /// A 2-D parameter as a matrix `[dims[0], dims[1]]`.
     pub fn matrix<T: Tape<E, D>>(&self) -> T2<E, D, T> {
-        self.value.retaped::<T>().reshape_like(&(self.dims[0], self.dims[1]))
+        self.value
+            .retaped::<T>()
+            .reshape_like(&(self.dims[0], self.dims[1]))
     }
 }
 
@@ -69,18 +71,34 @@ pub struct Init<D> {
 impl<D: Clone> Init<D> {
     /// Fresh parameters from a seed.
     pub fn random(dev: &D, seed: u64) -> Self {
-        Self { dev: dev.clone(), path: String::new(), source: Rc::new(RefCell::new(Source::Random(StdRng::seed_from_u64(seed)))) }
+        Self {
+            dev: dev.clone(),
+            path: String::new(),
+            source: Rc::new(RefCell::new(Source::Random(StdRng::seed_from_u64(seed)))),
+        }
     }
 
     /// Parameters read by name from `(dims, values)` entries.
     pub fn from_map(dev: &D, map: HashMap<String, (Vec<usize>, Vec<f64>)>) -> Self {
-        Self { dev: dev.clone(), path: String::new(), source: Rc::new(RefCell::new(Source::Named(map))) }
+        Self {
+            dev: dev.clone(),
+            path: String::new(),
+            source: Rc::new(RefCell::new(Source::Named(map))),
+        }
     }
 
     /// A child scope: `init.pp("attn").pp("to_q")` names parameters `attn.to_q.*`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
-        let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
-        Self { dev: self.dev.clone(), path, source: self.source.clone() }
+        let path = if self.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.path)
+        };
+        Self {
+            dev: self.dev.clone(),
+            path,
+            source: self.source.clone(),
+        }
     }
 
     pub fn device(&self) -> &D {
@@ -103,20 +121,34 @@ impl<D: Clone> Init<D> {
                     (0..len).map(|_| E::of(u.sample(rng))).collect()
                 }
                 InitKind::Normal(std) => {
-                    let n = Normal::new(0.0, std).map_err(|e| Error::config(&full, e.to_string()))?;
+                    let n =
+                        Normal::new(0.0, std).map_err(|e| Error::config(&full, e.to_string()))?;
                     (0..len).map(|_| E::of(n.sample(rng))).collect()
                 }
             },
             Source::Named(map) => {
-                let (found_dims, values) = map.get(&full).ok_or_else(|| Error::config("parameters", format!("missing parameter `{full}`")))?;
+                let (found_dims, values) = map.get(&full).ok_or_else(|| {
+                    Error::config("parameters", format!("missing parameter `{full}`"))
+                })?;
                 if found_dims.as_slice() != dims {
-                    return Err(Error::shape(format!("parameter `{full}`"), format!("{dims:?}"), format!("{found_dims:?}")));
+                    return Err(Error::shape(
+                        format!("parameter `{full}`"),
+                        format!("{dims:?}"),
+                        format!("{found_dims:?}"),
+                    ));
                 }
                 values.iter().map(|&v| E::of(v)).collect()
             }
         };
-        let value = self.dev.try_tensor_from_vec(values, (len,)).map_err(device_err)?;
-        Ok(Param { name: full, dims: dims.to_vec(), value })
+        let value = self
+            .dev
+            .try_tensor_from_vec(values, (len,))
+            .map_err(device_err)?;
+        Ok(Param {
+            name: full,
+            dims: dims.to_vec(),
+            value,
+        })
     }
 }
 

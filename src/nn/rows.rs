@@ -6,14 +6,20 @@ use dfdx::prelude::*;
 use crate::error::Result;
 use crate::tensor::*;
 
-pub fn map_rows3<E: Real, D: Device<E>, T: Tape<E, D>>(x: T3<E, D, T>, f: impl FnOnce(T2<E, D, T>) -> Result<T2<E, D, T>>) -> Result<T3<E, D, T>> {
+pub fn map_rows3<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T3<E, D, T>,
+    f: impl FnOnce(T2<E, D, T>) -> Result<T2<E, D, T>>,
+) -> Result<T3<E, D, T>> {
     let (a, b, c) = *x.shape();
     let y = f(x.reshape_like(&(a * b, c)))?;
     let c2 = y.shape().1;
     Ok(y.reshape_like(&(a, b, c2)))
 }
 
-pub fn map_rows4<E: Real, D: Device<E>, T: Tape<E, D>>(x: T4<E, D, T>, f: impl FnOnce(T2<E, D, T>) -> Result<T2<E, D, T>>) -> Result<T4<E, D, T>> {
+pub fn map_rows4<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    f: impl FnOnce(T2<E, D, T>) -> Result<T2<E, D, T>>,
+) -> Result<T4<E, D, T>> {
     let (a, b, c, d) = *x.shape();
     let y = f(x.reshape_like(&(a * b * c, d)))?;
     let d2 = y.shape().1;

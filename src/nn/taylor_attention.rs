@@ -32,7 +32,10 @@ pub struct TaylorAttention<E: Real, D: Device<E>> {
 impl<E: Real, D: Device<E>> TaylorAttention<E, D> {
     pub fn new(init: &Init<D>, dim: usize, heads: usize, dim_head: usize) -> Result<Self> {
         if heads == 0 || dim_head == 0 {
-            return Err(Error::config("taylor attention", format!("heads and dim_head must be positive, got {heads} × {dim_head}")));
+            return Err(Error::config(
+                "taylor attention",
+                format!("heads and dim_head must be positive, got {heads} × {dim_head}"),
+            ));
         }
         let inner = heads * dim_head;
         Ok(Self {
@@ -58,17 +61,32 @@ impl<E: Real, D: Device<E>> TaylorAttention<E, D> {
         let normed = map_rows3(x.with_empty_tape(), |t| self.norm.forward(t))?;
         let q = map_rows3(normed.with_empty_tape(), |t| self.to_q.forward(t))?;
         let kv = map_rows3(normed, |t| self.to_kv.forward(t))?;
-        let split = |t: T3<E, D, T>| t.reshape_like(&(b, n, h, d)).permute::<_, Axes4<0, 2, 1, 3>>();
+        let split = |t: T3<E, D, T>| {
+            t.reshape_like(&(b, n, h, d))
+                .permute::<_, Axes4<0, 2, 1, 3>>()
+        };
         // 'b n (kv h d)': keys are the first h·d channels, values the rest
         let kv = kv.reshape_like(&(b, n, 2, h * d));
         let dev = x.device().clone();
         let pick = |which: usize| dev.tensor_from_vec(vec![which; b * n], (b, n));
         let k: T3<E, D, T> = kv.with_empty_tape().select(pick(0));
         let v: T3<E, D, T> = kv.select(pick(1));
-        let out = taylor_attend(split(q), split(k), split(v), (d as f64).powf(-0.5), self.eps, vis, self.form)?;
-        let gates = map_rows3(x, |t| self.to_v_gates.forward(t))?.sigmoid().permute::<_, Axes3<0, 2, 1>>();
+        let out = taylor_attend(
+            split(q),
+            split(k),
+            split(v),
+            (d as f64).powf(-0.5),
+            self.eps,
+            vis,
+            self.form,
+        )?;
+        let gates = map_rows3(x, |t| self.to_v_gates.forward(t))?
+            .sigmoid()
+            .permute::<_, Axes3<0, 2, 1>>();
         let out = out * gates.broadcast_like::<_, Axis<3>>(&(b, h, n, d));
-        let merged = out.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, n, h * d));
+        let merged = out
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+            .reshape_like(&(b, n, h * d));
         map_rows3(merged, |t| self.to_out.forward(t))
     }
 }

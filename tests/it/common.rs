@@ -30,7 +30,13 @@ pub fn assert_close(what: &str, a: &[f64], b: &[f64], atol: f64, rtol: f64) {
         }
     }
     let i = worst.1;
-    assert!(worst.0 <= 0.0, "{what}: entry {i}: {} vs {} (|diff| {:e})", a[i], b[i], (a[i] - b[i]).abs());
+    assert!(
+        worst.0 <= 0.0,
+        "{what}: entry {i}: {} vs {} (|diff| {:e})",
+        a[i],
+        b[i],
+        (a[i] - b[i]).abs()
+    );
 }
 
 /// Loss of a tensor against a fixed random probe: `sum(out · probe)`, so every output entry
@@ -47,7 +53,10 @@ pub fn probe_loss<S: Shape>(out: Tensor<S, f64, Cpu, Tp>, seed: u64) -> Loss {
 pub fn gradcheck(name: &str, inputs: &[Vec<f64>], samples: usize, f: impl Fn(Vec<In>) -> Loss) {
     let d = dev();
     let make = |vals: &[Vec<f64>]| -> (Vec<Tensor<(usize,), f64, Cpu>>, Vec<In>) {
-        let plain: Vec<_> = vals.iter().map(|v| d.tensor_from_vec(v.clone(), (v.len(),))).collect();
+        let plain: Vec<_> = vals
+            .iter()
+            .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)))
+            .collect();
         let traced = plain.iter().map(|t| t.leaky_trace()).collect();
         (plain, traced)
     };
@@ -76,4 +85,68 @@ pub fn gradcheck(name: &str, inputs: &[Vec<f64>], samples: usize, f: impl Fn(Vec
 /// The gradient of `t`, zeros when `t` did not take part in the loss.
 pub fn grad_of<S: Shape>(grads: &mut Gradients<f64, Cpu>, t: &Tensor<S, f64, Cpu>) -> Vec<f64> {
     grads.get_or_alloc_mut(t).unwrap().to_vec()
+}
+
+/// Gradient check of a parameterized block: every parameter (set to random values, so identity
+/// inits hide nothing) and every input, against central differences.
+pub fn gradcheck_block<M: quartic::nn::HasParams<f64, Cpu>>(
+    name: &str,
+    build: impl Fn(&quartic::nn::Init<Cpu>) -> M,
+    inputs: &[Vec<f64>],
+    samples: usize,
+    forward: impl Fn(&M, Vec<In>) -> Loss,
+) {
+    use std::collections::HashMap;
+    let d = dev();
+    let fresh = build(&quartic::nn::Init::random(&d, 1));
+    let mut map: HashMap<String, (Vec<usize>, Vec<f64>)> = HashMap::new();
+    for (k, p) in fresh.params().into_iter().enumerate() {
+        map.insert(
+            p.name.clone(),
+            (p.dims.clone(), randn(1000 + k as u64, p.len())),
+        );
+    }
+    let eval = |map: &HashMap<String, (Vec<usize>, Vec<f64>)>| -> f64 {
+        let m = build(&quartic::nn::Init::from_map(&d, map.clone()));
+        forward(
+            &m,
+            inputs
+                .iter()
+                .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)).leaky_trace())
+                .collect(),
+        )
+        .array()
+    };
+    let m = build(&quartic::nn::Init::from_map(&d, map.clone()));
+    let mut grads = forward(
+        &m,
+        inputs
+            .iter()
+            .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)).leaky_trace())
+            .collect(),
+    )
+    .backward();
+    let h = 1e-5;
+    for p in m.params() {
+        let analytic = grads.get_or_alloc_mut(&p.value).unwrap().to_vec();
+        let step = (p.len() / samples.max(1)).max(1);
+        for idx in (0..p.len()).step_by(step) {
+            let mut plus = map.clone();
+            plus.get_mut(&p.name).unwrap().1[idx] += h;
+            let mut minus = map.clone();
+            minus.get_mut(&p.name).unwrap().1[idx] -= h;
+            let numeric = (eval(&plus) - eval(&minus)) / (2.0 * h);
+            let a = analytic[idx];
+            assert!(
+                (a - numeric).abs() <= 1e-6 + 1e-5 * numeric.abs().max(a.abs()),
+                "{name}: d/d {}[{idx}]: analytic {a} vs numeric {numeric}",
+                p.name
+            );
+        }
+    }
+    if !inputs.is_empty() {
+        gradcheck(&format!("{name} (inputs)"), inputs, samples, |x| {
+            forward(&m, x)
+        });
+    }
 }

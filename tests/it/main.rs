@@ -1,7 +1,10 @@
 //! The one integration-test binary (each file under tests/ would link dfdx again).
 
 mod common;
+mod graph;
+mod nn;
 mod parity;
 mod patterns;
 mod routing;
+mod taylor;
 mod weights;

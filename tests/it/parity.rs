@@ -26,7 +26,9 @@ fn run_taylor_fixture(name: &str, form: TaylorForm) {
     let dev = Dev::default();
     let cfg = |k: &str| fx.config_f64(&[k]).unwrap() as usize;
     let (dim, heads, dim_head) = (cfg("dim"), cfg("heads"), cfg("dim_head"));
-    let mut block = TaylorAttention::<f32, Dev>::new(&Init::from_map(&dev, fx.params()), dim, heads, dim_head).unwrap();
+    let mut block =
+        TaylorAttention::<f32, Dev>::new(&Init::from_map(&dev, fx.params()), dim, heads, dim_head)
+            .unwrap();
     block.form = form;
     let x = fx.tensor("input.0").unwrap();
     let (b, n) = (x.dims[0], x.dims[1]);
@@ -34,20 +36,52 @@ fn run_taylor_fixture(name: &str, form: TaylorForm) {
     if let Ok(mask) = fx.tensor("input.1") {
         vis = vis.with_key_valid(mask.as_bool()).unwrap();
     }
-    let x: Tensor<(usize, usize, usize), f32, Dev> = dev.tensor_from_vec(x.values.iter().map(|&v| v as f32).collect(), (b, n, dim));
+    let x: Tensor<(usize, usize, usize), f32, Dev> =
+        dev.tensor_from_vec(x.values.iter().map(|&v| v as f32).collect(), (b, n, dim));
     let out = block.forward(x.leaky_trace(), &vis).unwrap();
     let expected = fx.tensor("output.main").unwrap();
     let got: Vec<f64> = out.as_vec().iter().map(|&v| v as f64).collect();
-    assert_close(&format!("{name} ({form:?}): output"), &got, &expected.values, ATOL, RTOL);
+    assert_close(
+        &format!("{name} ({form:?}): output"),
+        &got,
+        &expected.values,
+        ATOL,
+        RTOL,
+    );
     let probe = fx.tensor("probe.main").unwrap();
-    let probe = dev.tensor_from_vec(probe.values.iter().map(|&v| v as f32).collect(), (b, n, dim));
+    let probe = dev.tensor_from_vec(
+        probe.values.iter().map(|&v| v as f32).collect(),
+        (b, n, dim),
+    );
     let grads = (out * probe).sum().backward();
-    let params: HashMap<String, Vec<f64>> = block.params().into_iter().map(|p| (p.name.clone(), grads.get(&p.value).as_vec().iter().map(|&v| v as f64).collect())).collect();
+    let params: HashMap<String, Vec<f64>> = block
+        .params()
+        .into_iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                grads
+                    .get(&p.value)
+                    .as_vec()
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect(),
+            )
+        })
+        .collect();
     let mut checked = 0;
     for (key, t) in &fx.tensors {
         if let Some(pname) = key.strip_prefix("grad.") {
-            let got = params.get(pname).unwrap_or_else(|| panic!("{name}: no parameter `{pname}`"));
-            assert_close(&format!("{name} ({form:?}): grad {pname}"), got, &t.values, ATOL, RTOL);
+            let got = params
+                .get(pname)
+                .unwrap_or_else(|| panic!("{name}: no parameter `{pname}`"));
+            assert_close(
+                &format!("{name} ({form:?}): grad {pname}"),
+                got,
+                &t.values,
+                ATOL,
+                RTOL,
+            );
             checked += 1;
         }
     }
@@ -74,8 +108,16 @@ fn parity_coor_descent() {
     let dev = Dev::default();
     let scores = fx.tensor("input.scores").unwrap();
     let shape = (scores.dims[0], scores.dims[1]);
-    let input: Tensor<(usize, usize), f32, Dev> = dev.tensor_from_vec(scores.values.iter().map(|&v| v as f32).collect(), shape);
-    let f32s = |name: &str| -> Vec<f32> { fx.tensor(name).unwrap().values.iter().map(|&v| v as f32).collect() };
+    let input: Tensor<(usize, usize), f32, Dev> =
+        dev.tensor_from_vec(scores.values.iter().map(|&v| v as f32).collect(), shape);
+    let f32s = |name: &str| -> Vec<f32> {
+        fx.tensor(name)
+            .unwrap()
+            .values
+            .iter()
+            .map(|&v| v as f32)
+            .collect()
+    };
     let to64 = |v: Vec<f32>| -> Vec<f64> { v.into_iter().map(|x| x as f64).collect() };
     let runs = fx.config["runs"].as_array().expect("runs").clone();
     assert_eq!(runs.len(), 3);
@@ -88,27 +130,85 @@ fn parity_coor_descent() {
         };
         let k = run["k"].as_f64().unwrap();
         let out = coor_descent(input.leaky_trace(), k, None, &cfg).unwrap();
-        assert_close(&format!("coor_descent run {i}: output"), &to64(out.as_vec()), &fx.tensor(&format!("output.coor_descent_{i}")).unwrap().values, ATOL, RTOL);
+        assert_close(
+            &format!("coor_descent run {i}: output"),
+            &to64(out.as_vec()),
+            &fx.tensor(&format!("output.coor_descent_{i}"))
+                .unwrap()
+                .values,
+            ATOL,
+            RTOL,
+        );
         let probe = dev.tensor_from_vec(f32s(&format!("probe.coor_descent_{i}")), shape);
         let grads = (out * probe).sum().backward();
-        assert_close(&format!("coor_descent run {i}: grad"), &to64(grads.get(&input).as_vec()), &fx.tensor(&format!("grad.coor_descent_{i}")).unwrap().values, ATOL, RTOL);
+        assert_close(
+            &format!("coor_descent run {i}: grad"),
+            &to64(grads.get(&input).as_vec()),
+            &fx.tensor(&format!("grad.coor_descent_{i}")).unwrap().values,
+            ATOL,
+            RTOL,
+        );
     }
     let t = &fx.config["topk"];
-    let cfg = CoorDescent { n_iters: t["n_iters"].as_u64().unwrap() as usize, eps: t["eps"].as_f64().unwrap(), eps_init: None, eps_decay: 1.0 };
+    let cfg = CoorDescent {
+        n_iters: t["n_iters"].as_u64().unwrap() as usize,
+        eps: t["eps"].as_f64().unwrap(),
+        eps_init: None,
+        eps_decay: 1.0,
+    };
     let k = t["k"].as_u64().unwrap() as usize;
-    let top = soft_topk(input.leaky_trace(), k, t["coor_descent_k_ratio"].as_f64().unwrap(), None, &cfg).unwrap();
+    let top = soft_topk(
+        input.leaky_trace(),
+        k,
+        t["coor_descent_k_ratio"].as_f64().unwrap(),
+        None,
+        &cfg,
+    )
+    .unwrap();
     let expected_idx = fx.tensor("output.topk_indices").unwrap().as_usize();
     assert_eq!(top.indices, expected_idx, "hard top-k indices");
-    assert_close("topk values", &to64(top.values.as_vec()), &fx.tensor("output.topk_values").unwrap().values, ATOL, RTOL);
-    assert_close("topk coor_descent values", &to64(top.coor_descent_values.as_vec()), &fx.tensor("output.topk_coor_descent_values").unwrap().values, ATOL, RTOL);
-    assert_close("topk gates", &to64(top.gates.as_vec()), &fx.tensor("output.topk_gates").unwrap().values, ATOL, RTOL);
+    assert_close(
+        "topk values",
+        &to64(top.values.as_vec()),
+        &fx.tensor("output.topk_values").unwrap().values,
+        ATOL,
+        RTOL,
+    );
+    assert_close(
+        "topk coor_descent values",
+        &to64(top.coor_descent_values.as_vec()),
+        &fx.tensor("output.topk_coor_descent_values").unwrap().values,
+        ATOL,
+        RTOL,
+    );
+    assert_close(
+        "topk gates",
+        &to64(top.gates.as_vec()),
+        &fx.tensor("output.topk_gates").unwrap().values,
+        ATOL,
+        RTOL,
+    );
     let probe = dev.tensor_from_vec(f32s("probe.topk_values"), (shape.0, k));
     let grads = (top.values * probe).sum().backward();
-    assert_close("topk grad", &to64(grads.get(&input).as_vec()), &fx.tensor("grad.topk").unwrap().values, ATOL, RTOL);
+    assert_close(
+        "topk grad",
+        &to64(grads.get(&input).as_vec()),
+        &fx.tensor("grad.topk").unwrap().values,
+        ATOL,
+        RTOL,
+    );
 }
 
 #[test]
 fn parity_fixtures_missing_is_an_error() {
-    let err = Fixture::load_from(std::path::Path::new("/nonexistent-fixture-dir"), "taylor_attention").err().expect("must fail");
-    assert!(err.to_string().contains("QUARTIC_REFERENCE_FIXTURES"), "{err}");
+    let err = Fixture::load_from(
+        std::path::Path::new("/nonexistent-fixture-dir"),
+        "taylor_attention",
+    )
+    .err()
+    .expect("must fail");
+    assert!(
+        err.to_string().contains("QUARTIC_REFERENCE_FIXTURES"),
+        "{err}"
+    );
 }

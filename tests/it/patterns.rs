@@ -13,7 +13,12 @@ const N: usize = 4;
 const H: usize = 2;
 const DH: usize = 3;
 const E: usize = 2;
-const PATTERNS: [EdgePattern; 4] = [EdgePattern::All, EdgePattern::Row, EdgePattern::Column, EdgePattern::Diagonal];
+const PATTERNS: [EdgePattern; 4] = [
+    EdgePattern::All,
+    EdgePattern::Row,
+    EdgePattern::Column,
+    EdgePattern::Diagonal,
+];
 
 fn mask(causal: bool) -> GraphMask {
     GraphMask::from_lengths(N, &[4, 3]).unwrap().causal(causal)
@@ -25,7 +30,11 @@ fn kernels(pattern: EdgePattern, causal: bool) -> Vec<EdgeKernel> {
     let mut out = vec![EdgeKernel::Softmax { scale: 0.6 }];
     for form in [TaylorForm::Feature, TaylorForm::Direct, TaylorForm::Auto] {
         if !(form == TaylorForm::Feature && pattern == EdgePattern::All && causal) {
-            out.push(EdgeKernel::Taylor { scale: 0.6, eps: 1e-5, form });
+            out.push(EdgeKernel::Taylor {
+                scale: 0.6,
+                eps: 1e-5,
+                form,
+            });
         }
     }
     out
@@ -33,8 +42,17 @@ fn kernels(pattern: EdgePattern, causal: bool) -> Vec<EdgeKernel> {
 
 /// The definition, in loops: edge (i, j) attends over its pattern's keys that are real and,
 /// when causal, not later than max(i, j).
-fn naive(q: &[f64], k: &[f64], v: &[f64], pattern: EdgePattern, kernel: EdgeKernel, m: &GraphMask) -> Vec<f64> {
-    let at = |x: &[f64], c: usize, b: usize, i: usize, j: usize, h: usize, t: usize| x[((b * N + i) * N + j) * (H * c) + h * c + t];
+fn naive(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    pattern: EdgePattern,
+    kernel: EdgeKernel,
+    m: &GraphMask,
+) -> Vec<f64> {
+    let at = |x: &[f64], c: usize, b: usize, i: usize, j: usize, h: usize, t: usize| {
+        x[((b * N + i) * N + j) * (H * c) + h * c + t]
+    };
     let mut out = vec![0.0; B * N * N * H * E];
     for b in 0..B {
         for i in 0..N {
@@ -47,13 +65,24 @@ fn naive(q: &[f64], k: &[f64], v: &[f64], pattern: EdgePattern, kernel: EdgeKern
                     EdgePattern::Diagonal => continue,
                 };
                 let now = i.max(j);
-                let visible: Vec<(usize, usize)> = keys.into_iter().filter(|&(a, c)| m.edge_valid(b, a, c) && (!m.is_causal() || a.max(c) <= now)).collect();
+                let visible: Vec<(usize, usize)> = keys
+                    .into_iter()
+                    .filter(|&(a, c)| m.edge_valid(b, a, c) && (!m.is_causal() || a.max(c) <= now))
+                    .collect();
                 for h in 0..H {
                     let (scale, taylor_eps) = match kernel {
                         EdgeKernel::Softmax { scale } => (scale, None),
                         EdgeKernel::Taylor { scale, eps, .. } => (scale, Some(eps)),
                     };
-                    let scores: Vec<f64> = visible.iter().map(|&(a, c)| scale * (0..DH).map(|t| at(q, DH, b, i, j, h, t) * at(k, DH, b, a, c, h, t)).sum::<f64>()).collect();
+                    let scores: Vec<f64> = visible
+                        .iter()
+                        .map(|&(a, c)| {
+                            scale
+                                * (0..DH)
+                                    .map(|t| at(q, DH, b, i, j, h, t) * at(k, DH, b, a, c, h, t))
+                                    .sum::<f64>()
+                        })
+                        .collect();
                     let weights: Vec<f64> = match taylor_eps {
                         None => {
                             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -62,13 +91,18 @@ fn naive(q: &[f64], k: &[f64], v: &[f64], pattern: EdgePattern, kernel: EdgeKern
                             ex.iter().map(|x| x / z).collect()
                         }
                         Some(eps) => {
-                            let w: Vec<f64> = scores.iter().map(|s| 1.0 + s + s * s / 2.0).collect();
+                            let w: Vec<f64> =
+                                scores.iter().map(|s| 1.0 + s + s * s / 2.0).collect();
                             let z = w.iter().sum::<f64>().max(eps);
                             w.iter().map(|x| x / z).collect()
                         }
                     };
                     for t in 0..E {
-                        out[((b * N + i) * N + j) * (H * E) + h * E + t] = visible.iter().zip(&weights).map(|(&(a, c), w)| w * at(v, E, b, a, c, h, t)).sum();
+                        out[((b * N + i) * N + j) * (H * E) + h * E + t] = visible
+                            .iter()
+                            .zip(&weights)
+                            .map(|(&(a, c), w)| w * at(v, E, b, a, c, h, t))
+                            .sum();
                     }
                 }
             }
@@ -77,14 +111,38 @@ fn naive(q: &[f64], k: &[f64], v: &[f64], pattern: EdgePattern, kernel: EdgeKern
     out
 }
 
-fn run(q: &[f64], k: &[f64], v: &[f64], pattern: EdgePattern, kernel: EdgeKernel, m: &GraphMask) -> Vec<f64> {
+fn run(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    pattern: EdgePattern,
+    kernel: EdgeKernel,
+    m: &GraphMask,
+) -> Vec<f64> {
     let d = dev();
-    let edges = |x: &[f64], c: usize| Edges::new(d.tensor_from_vec(x.to_vec(), (B, N, N, H * c))).unwrap();
-    edge_attention(edges(q, DH), edges(k, DH), edges(v, E), H, pattern, kernel, EdgeAttendInputs::default(), m).unwrap().into_tensor().as_vec()
+    let edges =
+        |x: &[f64], c: usize| Edges::new(d.tensor_from_vec(x.to_vec(), (B, N, N, H * c))).unwrap();
+    edge_attention(
+        edges(q, DH),
+        edges(k, DH),
+        edges(v, E),
+        H,
+        pattern,
+        kernel,
+        EdgeAttendInputs::default(),
+        m,
+    )
+    .unwrap()
+    .into_tensor()
+    .as_vec()
 }
 
 fn qkv() -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    (randn(41, B * N * N * H * DH), randn(42, B * N * N * H * DH), randn(43, B * N * N * H * E))
+    (
+        randn(41, B * N * N * H * DH),
+        randn(42, B * N * N * H * DH),
+        randn(43, B * N * N * H * E),
+    )
 }
 
 #[test]
@@ -96,7 +154,13 @@ fn patterns_match_the_naive_definition() {
                 let m = mask(causal);
                 let got = run(&q, &k, &v, pattern, kernel, &m);
                 let want = naive(&q, &k, &v, pattern, kernel, &m);
-                assert_close(&format!("{pattern:?} causal={causal} {kernel:?}"), &got, &want, 1e-10, 1e-9);
+                assert_close(
+                    &format!("{pattern:?} causal={causal} {kernel:?}"),
+                    &got,
+                    &want,
+                    1e-10,
+                    1e-9,
+                );
             }
         }
     }
@@ -110,9 +174,24 @@ fn causal_patterns_never_read_the_future() {
         // change every edge at time >= t
         let perturb = |x: &[f64], c: usize, seed: u64| -> Vec<f64> {
             let noise = randn(seed, x.len());
-            x.iter().enumerate().map(|(idx, &val)| { let e = idx / (H * c); let (i, j) = ((e / N) % N, e % N); if i.max(j) >= t { val + noise[idx] } else { val } }).collect()
+            x.iter()
+                .enumerate()
+                .map(|(idx, &val)| {
+                    let e = idx / (H * c);
+                    let (i, j) = ((e / N) % N, e % N);
+                    if i.max(j) >= t {
+                        val + noise[idx]
+                    } else {
+                        val
+                    }
+                })
+                .collect()
         };
-        let (q2, k2, v2) = (perturb(&q, DH, 50 + t as u64), perturb(&k, DH, 60 + t as u64), perturb(&v, E, 70 + t as u64));
+        let (q2, k2, v2) = (
+            perturb(&q, DH, 50 + t as u64),
+            perturb(&k, DH, 60 + t as u64),
+            perturb(&v, E, 70 + t as u64),
+        );
         for pattern in PATTERNS {
             for kernel in kernels(pattern, true) {
                 let a = run(&q, &k, &v, pattern, kernel, &m);
@@ -140,12 +219,30 @@ fn padded_edges_never_change_real_ones() {
         let m = mask(causal);
         // graph 1 has 3 real nodes: perturb every edge touching node 3 of graph 1
         let perturb = |x: &[f64], c: usize| -> Vec<f64> {
-            x.iter().enumerate().map(|(idx, &val)| { let e = idx / (H * c); let (b, i, j) = (e / (N * N), (e / N) % N, e % N); if b == 1 && (i == 3 || j == 3) { val + 10.0 } else { val } }).collect()
+            x.iter()
+                .enumerate()
+                .map(|(idx, &val)| {
+                    let e = idx / (H * c);
+                    let (b, i, j) = (e / (N * N), (e / N) % N, e % N);
+                    if b == 1 && (i == 3 || j == 3) {
+                        val + 10.0
+                    } else {
+                        val
+                    }
+                })
+                .collect()
         };
         for pattern in PATTERNS {
             for kernel in kernels(pattern, causal) {
                 let a = run(&q, &k, &v, pattern, kernel, &m);
-                let b = run(&perturb(&q, DH), &perturb(&k, DH), &perturb(&v, E), pattern, kernel, &m);
+                let b = run(
+                    &perturb(&q, DH),
+                    &perturb(&k, DH),
+                    &perturb(&v, E),
+                    pattern,
+                    kernel,
+                    &m,
+                );
                 for (idx, (x, y)) in a.iter().zip(&b).enumerate() {
                     let e = idx / (H * E);
                     let (bb, i, j) = (e / (N * N), (e / N) % N, e % N);
@@ -163,14 +260,44 @@ fn pattern_gradcheck_with_gates() {
     let m = GraphMask::from_lengths(3, &[3, 2]).unwrap().causal(true);
     let (b, n) = (2, 3);
     for pattern in PATTERNS {
-        let form = if pattern == EdgePattern::All { TaylorForm::Direct } else { TaylorForm::Feature };
-        for kernel in [EdgeKernel::Softmax { scale: 0.5 }, EdgeKernel::Taylor { scale: 0.5, eps: 1e-5, form }] {
-            let ins = [randn(1, b * n * n * H * DH), randn(2, b * n * n * H * DH), randn(3, b * n * n * H * E), randn(4, b * n * n * H)];
+        let form = if pattern == EdgePattern::All {
+            TaylorForm::Direct
+        } else {
+            TaylorForm::Feature
+        };
+        for kernel in [
+            EdgeKernel::Softmax { scale: 0.5 },
+            EdgeKernel::Taylor {
+                scale: 0.5,
+                eps: 1e-5,
+                form,
+            },
+        ] {
+            let ins = [
+                randn(1, b * n * n * H * DH),
+                randn(2, b * n * n * H * DH),
+                randn(3, b * n * n * H * E),
+                randn(4, b * n * n * H),
+            ];
             gradcheck(&format!("{pattern:?} {kernel:?}"), &ins, 16, |x| {
                 let mut it = x.into_iter();
-                let mut e = |c: usize| Edges::new(it.next().unwrap().reshape_like(&(b, n, n, c))).unwrap();
+                let mut e =
+                    |c: usize| Edges::new(it.next().unwrap().reshape_like(&(b, n, n, c))).unwrap();
                 let (q, k, v, g) = (e(H * DH), e(H * DH), e(H * E), e(H));
-                let out = edge_attention(q, k, v, H, pattern, kernel, EdgeAttendInputs { gates: Some(g), ..Default::default() }, &m).unwrap();
+                let out = edge_attention(
+                    q,
+                    k,
+                    v,
+                    H,
+                    pattern,
+                    kernel,
+                    EdgeAttendInputs {
+                        gates: Some(g),
+                        ..Default::default()
+                    },
+                    &m,
+                )
+                .unwrap();
                 probe_loss(out.into_tensor(), 7)
             });
         }
@@ -180,15 +307,65 @@ fn pattern_gradcheck_with_gates() {
 #[test]
 fn bad_pattern_inputs_are_errors() {
     let d = dev();
-    let e = |c: usize, n: usize| Edges::new(d.tensor_from_vec(vec![0.0f64; B * n * n * c], (B, n, n, c))).unwrap();
-    let err = edge_attention(e(5, N), e(5, N), e(4, N), H, EdgePattern::Row, EdgeKernel::Softmax { scale: 1.0 }, EdgeAttendInputs::default(), &mask(false)).err().unwrap();
+    let e = |c: usize, n: usize| {
+        Edges::new(d.tensor_from_vec(vec![0.0f64; B * n * n * c], (B, n, n, c))).unwrap()
+    };
+    let err = edge_attention(
+        e(5, N),
+        e(5, N),
+        e(4, N),
+        H,
+        EdgePattern::Row,
+        EdgeKernel::Softmax { scale: 1.0 },
+        EdgeAttendInputs::default(),
+        &mask(false),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("heads"), "{err}");
-    let err = edge_attention(e(6, N), e(6, N + 1), e(4, N), H, EdgePattern::Row, EdgeKernel::Softmax { scale: 1.0 }, EdgeAttendInputs::default(), &mask(false)).err().unwrap();
+    let err = edge_attention(
+        e(6, N),
+        e(6, N + 1),
+        e(4, N),
+        H,
+        EdgePattern::Row,
+        EdgeKernel::Softmax { scale: 1.0 },
+        EdgeAttendInputs::default(),
+        &mask(false),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("keys"), "{err}");
-    let err = edge_attention(e(6, N), e(6, N), e(4, N), H, EdgePattern::Row, EdgeKernel::Softmax { scale: 1.0 }, EdgeAttendInputs::default(), &GraphMask::full(B, N + 1)).err().unwrap();
+    let err = edge_attention(
+        e(6, N),
+        e(6, N),
+        e(4, N),
+        H,
+        EdgePattern::Row,
+        EdgeKernel::Softmax { scale: 1.0 },
+        EdgeAttendInputs::default(),
+        &GraphMask::full(B, N + 1),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("mask"), "{err}");
-    let feature = EdgeKernel::Taylor { scale: 1.0, eps: 1e-5, form: TaylorForm::Feature };
-    let err = edge_attention(e(6, N), e(6, N), e(4, N), H, EdgePattern::All, feature, EdgeAttendInputs::default(), &mask(true)).err().unwrap();
+    let feature = EdgeKernel::Taylor {
+        scale: 1.0,
+        eps: 1e-5,
+        form: TaylorForm::Feature,
+    };
+    let err = edge_attention(
+        e(6, N),
+        e(6, N),
+        e(4, N),
+        H,
+        EdgePattern::All,
+        feature,
+        EdgeAttendInputs::default(),
+        &mask(true),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("prefix"), "{err}");
     let non_square: Tensor<_, f64, _> = d.zeros_like(&(1, 2, 3, 4));
     assert!(Edges::new(non_square).is_err());

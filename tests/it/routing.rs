@@ -9,13 +9,35 @@ use crate::common::*;
 #[test]
 fn coor_descent_gradcheck() {
     let (rows, n) = (3, 10);
-    for cfg in [CoorDescent::default(), CoorDescent { n_iters: 12, eps: 0.05, eps_init: Some(2.0), eps_decay: 0.7 }] {
+    for cfg in [
+        CoorDescent::default(),
+        CoorDescent {
+            n_iters: 12,
+            eps: 0.05,
+            eps_init: Some(2.0),
+            eps_decay: 0.7,
+        },
+    ] {
         for masked in [false, true] {
             let mask: Vec<bool> = (0..rows * n).map(|i| i % 7 != 3).collect();
             let mask = masked.then_some(mask);
-            gradcheck(&format!("coor_descent {cfg:?} masked={masked}"), &[randn(21, rows * n).iter().map(|x| x * 2.0).collect()], 30, |x| {
-                probe_loss(coor_descent(x.into_iter().next().unwrap().reshape_like(&(rows, n)), 3.5, mask.as_deref(), &cfg).unwrap(), 5)
-            });
+            gradcheck(
+                &format!("coor_descent {cfg:?} masked={masked}"),
+                &[randn(21, rows * n).iter().map(|x| x * 2.0).collect()],
+                30,
+                |x| {
+                    probe_loss(
+                        coor_descent(
+                            x.into_iter().next().unwrap().reshape_like(&(rows, n)),
+                            3.5,
+                            mask.as_deref(),
+                            &cfg,
+                        )
+                        .unwrap(),
+                        5,
+                    )
+                },
+            );
         }
     }
 }
@@ -24,7 +46,14 @@ fn coor_descent_gradcheck() {
 fn soft_topk_and_route_gradcheck() {
     let (rows, n, c, k) = (2, 8, 3, 3);
     let mask: Vec<bool> = (0..rows * n).map(|i| i % 5 != 1).collect();
-    let ins = [randn(31, rows * n).iter().map(|x| x * 3.0).collect::<Vec<_>>(), randn(32, rows * n * c), randn(33, c * c)];
+    let ins = [
+        randn(31, rows * n)
+            .iter()
+            .map(|x| x * 3.0)
+            .collect::<Vec<_>>(),
+        randn(32, rows * n * c),
+        randn(33, c * c),
+    ];
     gradcheck("soft_topk + route", &ins, 24, |x| {
         let mut it = x.into_iter();
         let scores = it.next().unwrap().reshape_like(&(rows, n));
@@ -32,7 +61,10 @@ fn soft_topk_and_route_gradcheck() {
         let w = it.next().unwrap().reshape_like(&(c, c));
         let picks = soft_topk(scores, k, 1.125, Some(&mask), &CoorDescent::default()).unwrap();
         // the block: a linear map of the picked features
-        let out = route(feats, picks, |picked| Ok(picked.matmul(w.broadcast_like::<_, Axis<0>>(&(rows, c, c))))).unwrap();
+        let out = route(feats, picks, |picked| {
+            Ok(picked.matmul(w.broadcast_like::<_, Axis<0>>(&(rows, c, c))))
+        })
+        .unwrap();
         probe_loss(out, 34)
     });
 }
@@ -41,18 +73,42 @@ fn soft_topk_and_route_gradcheck() {
 fn routing_picks_only_selectable_elements_and_zeros_the_rest() {
     let d = dev();
     let (rows, n, k) = (2, 6, 2);
-    let scores = d.tensor_from_vec(vec![5.0, 4.0, 3.0, 2.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0], (rows, n));
-    let mask = vec![false, true, true, true, true, true, true, true, true, true, true, false];
-    let picks = soft_topk(scores.leaky_trace(), k, 1.0, Some(&mask), &CoorDescent::default()).unwrap();
-    assert_eq!(picks.indices, vec![1, 2, 4, 3], "per-row positions, best selectable first; masked never picked");
+    let scores = d.tensor_from_vec(
+        vec![5.0, 4.0, 3.0, 2.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        (rows, n),
+    );
+    let mask = vec![
+        false, true, true, true, true, true, true, true, true, true, true, false,
+    ];
+    let picks = soft_topk(
+        scores.leaky_trace(),
+        k,
+        1.0,
+        Some(&mask),
+        &CoorDescent::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        picks.indices,
+        vec![1, 2, 4, 3],
+        "per-row positions, best selectable first; masked never picked"
+    );
     // converged (many iterations), the soft scores of each row sum to k
-    let converged = CoorDescent { n_iters: 500, ..CoorDescent::default() };
-    let soft = coor_descent(scores.clone(), 2.0, Some(&mask), &converged).unwrap().as_vec();
+    let converged = CoorDescent {
+        n_iters: 500,
+        ..CoorDescent::default()
+    };
+    let soft = coor_descent(scores.clone(), 2.0, Some(&mask), &converged)
+        .unwrap()
+        .as_vec();
     assert_eq!(soft[0], 0.0);
     assert_eq!(soft[11], 0.0);
     for r in 0..rows {
         let total: f64 = soft[r * n..(r + 1) * n].iter().sum();
-        assert!((total - 2.0).abs() < 0.02, "soft top-k sums to about k, got {total}");
+        assert!(
+            (total - 2.0).abs() < 0.02,
+            "soft top-k sums to about k, got {total}"
+        );
     }
     let feats: Tensor<_, f64, _> = d.ones_like(&(rows, n, 1));
     let out = route(feats.leaky_trace(), picks, Ok).unwrap().as_vec();
@@ -60,6 +116,8 @@ fn routing_picks_only_selectable_elements_and_zeros_the_rest() {
         let picked = [1, 2, 10, 9].contains(&i);
         assert_eq!(v != 0.0, picked, "position {i}: {v}");
     }
-    let err = soft_topk(scores.leaky_trace(), 7, 1.0, None, &CoorDescent::default()).err().unwrap();
+    let err = soft_topk(scores.leaky_trace(), 7, 1.0, None, &CoorDescent::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("k = 7"), "{err}");
 }

@@ -17,7 +17,9 @@ const DH: usize = 3;
 
 /// Padding that leaves query 0 of batch 1 with no visible key under causal times.
 fn visibility(causal: bool) -> Visibility {
-    let valid = vec![true, true, false, true, true, false, true, true, true, false];
+    let valid = vec![
+        true, true, false, true, true, false, true, true, true, false,
+    ];
     let vis = Visibility::all(B, NQ, NK).with_key_valid(valid).unwrap();
     if causal {
         // query i at time i + 1 (so batch 0 query 0 sees key 0 and 1); key j at time j
@@ -30,15 +32,30 @@ fn visibility(causal: bool) -> Visibility {
 }
 
 fn spec(normalizer: Normalizer, causal: bool) -> WeightsSpec {
-    WeightsSpec { scale: 0.7, normalizer, visibility: visibility(causal) }
+    WeightsSpec {
+        scale: 0.7,
+        normalizer,
+        visibility: visibility(causal),
+    }
 }
 
 fn inputs() -> Vec<Vec<f64>> {
-    vec![randn(1, B * H * NQ * DH), randn(2, B * H * NK * DH), randn(3, B * H * NQ * NK), randn(4, H * H)]
+    vec![
+        randn(1, B * H * NQ * DH),
+        randn(2, B * H * NK * DH),
+        randn(3, B * H * NQ * NK),
+        randn(4, H * H),
+    ]
 }
 
 /// Runs one form on flat inputs; `with` picks which optional inputs are used.
-fn run(fused: bool, x: Vec<In>, spec: &WeightsSpec, bias: bool, talking: bool) -> Tensor<(usize, usize, usize, usize), f64, Cpu, Tp> {
+fn run(
+    fused: bool,
+    x: Vec<In>,
+    spec: &WeightsSpec,
+    bias: bool,
+    talking: bool,
+) -> Tensor<(usize, usize, usize, usize), f64, Cpu, Tp> {
     let mut it = x.into_iter();
     let q = it.next().unwrap().reshape_like(&(B, H, NQ, DH));
     let k = it.next().unwrap().reshape_like(&(B, H, NK, DH));
@@ -71,17 +88,38 @@ fn fused_and_composite_weights_agree_in_values_and_gradients() {
         let s = spec(n, causal);
         let mut results = vec![];
         for fused in [true, false] {
-            let plain: Vec<_> = inputs().into_iter().map(|v| d.tensor_from_vec(v.clone(), (v.len(),))).collect();
-            let out = run(fused, plain.iter().map(|t| t.leaky_trace()).collect(), &s, bias, talking);
+            let plain: Vec<_> = inputs()
+                .into_iter()
+                .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)))
+                .collect();
+            let out = run(
+                fused,
+                plain.iter().map(|t| t.leaky_trace()).collect(),
+                &s,
+                bias,
+                talking,
+            );
             let values = out.as_vec();
             let mut grads = probe_loss(out, 9).backward();
             let g: Vec<Vec<f64>> = plain.iter().map(|t| grad_of(&mut grads, t)).collect();
             results.push((values, g));
         }
         let what = format!("{n:?} causal={causal} bias={bias} talking={talking}");
-        assert_close(&format!("{what}: weights"), &results[0].0, &results[1].0, 1e-12, 1e-10);
+        assert_close(
+            &format!("{what}: weights"),
+            &results[0].0,
+            &results[1].0,
+            1e-12,
+            1e-10,
+        );
         for k in 0..4 {
-            assert_close(&format!("{what}: grad {k}"), &results[0].1[k], &results[1].1[k], 1e-11, 1e-9);
+            assert_close(
+                &format!("{what}: grad {k}"),
+                &results[0].1[k],
+                &results[1].1[k],
+                1e-11,
+                1e-9,
+            );
         }
     }
 }
@@ -90,7 +128,12 @@ fn fused_and_composite_weights_agree_in_values_and_gradients() {
 fn fused_weights_gradcheck() {
     for (n, causal, bias, talking) in cases() {
         let s = spec(n, causal);
-        gradcheck(&format!("fused {n:?} causal={causal} bias={bias} talking={talking}"), &inputs(), 24, |x| probe_loss(run(true, x, &s, bias, talking), 9));
+        gradcheck(
+            &format!("fused {n:?} causal={causal} bias={bias} talking={talking}"),
+            &inputs(),
+            24,
+            |x| probe_loss(run(true, x, &s, bias, talking), 9),
+        );
     }
 }
 
@@ -98,7 +141,12 @@ fn fused_weights_gradcheck() {
 fn composite_weights_gradcheck() {
     for (n, causal, _, talking) in cases().into_iter().filter(|c| c.2) {
         let s = spec(n, causal);
-        gradcheck(&format!("composite {n:?} causal={causal} talking={talking}"), &inputs(), 24, |x| probe_loss(run(false, x, &s, true, talking), 9));
+        gradcheck(
+            &format!("composite {n:?} causal={causal} talking={talking}"),
+            &inputs(),
+            24,
+            |x| probe_loss(run(false, x, &s, true, talking), 9),
+        );
     }
 }
 
@@ -107,14 +155,25 @@ fn invisible_keys_get_zero_weight_and_empty_rows_are_zero_not_nan() {
     let d = dev();
     for n in [Normalizer::Softmax, Normalizer::Taylor { eps: 1e-5 }] {
         let s = spec(n, true);
-        let plain: Vec<_> = inputs().into_iter().map(|v| d.tensor_from_vec(v.clone(), (v.len(),))).collect();
+        let plain: Vec<_> = inputs()
+            .into_iter()
+            .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)))
+            .collect();
         for fused in [true, false] {
-            let w = run(fused, plain.iter().map(|t| t.leaky_trace()).collect(), &s, true, true).as_vec();
+            let w = run(
+                fused,
+                plain.iter().map(|t| t.leaky_trace()).collect(),
+                &s,
+                true,
+                true,
+            )
+            .as_vec();
             for b in 0..B {
                 for h in 0..H {
                     for i in 0..NQ {
                         let row = &w[((b * H + h) * NQ + i) * NK..][..NK];
-                        let visible: Vec<bool> = (0..NK).map(|j| s.visibility.visible(b, i, j)).collect();
+                        let visible: Vec<bool> =
+                            (0..NK).map(|j| s.visibility.visible(b, i, j)).collect();
                         for (j, &x) in row.iter().enumerate() {
                             assert!(x.is_finite());
                             if !visible[j] {
@@ -153,7 +212,19 @@ fn attention_with_gates_and_returned_weights_gradcheck() {
         let talking = it.next().unwrap().reshape_like(&(H, H));
         let v = it.next().unwrap().reshape_like(&(B, H, NK, 2));
         let gates = it.next().unwrap().reshape_like(&(B, H, NQ));
-        let r = attend(q, k, v, AttendInputs { bias: Some(bias), talking: Some(talking), gates: Some(gates) }, &s, true).unwrap();
+        let r = attend(
+            q,
+            k,
+            v,
+            AttendInputs {
+                bias: Some(bias),
+                talking: Some(talking),
+                gates: Some(gates),
+            },
+            &s,
+            true,
+        )
+        .unwrap();
         probe_loss(r.out, 11) + probe_loss(r.weights.unwrap(), 12)
     });
 }
@@ -163,13 +234,25 @@ fn shape_errors_are_reported_not_panicked() {
     let d = dev();
     let q: Tensor<_, f64, _> = d.zeros_like(&(B, H, NQ, DH));
     let k: Tensor<_, f64, _> = d.zeros_like(&(B, H, NK, DH + 1));
-    let err = weights_fused(q.clone(), k, None, None, &spec(Normalizer::Softmax, false)).unwrap_err();
+    let err =
+        weights_fused(q.clone(), k, None, None, &spec(Normalizer::Softmax, false)).unwrap_err();
     assert!(err.to_string().contains("attention keys"), "{err}");
     let k: Tensor<_, f64, _> = d.zeros_like(&(B, H, NK, DH));
     let w: Tensor<_, f64, _> = d.zeros_like(&(H + 1, H + 1));
-    let err = weights_composite(q.clone(), k.clone(), None, Some(w), &spec(Normalizer::Softmax, false)).unwrap_err();
+    let err = weights_composite(
+        q.clone(),
+        k.clone(),
+        None,
+        Some(w),
+        &spec(Normalizer::Softmax, false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("talking-heads"), "{err}");
-    let bad_vis = WeightsSpec { scale: 1.0, normalizer: Normalizer::Softmax, visibility: Visibility::all(B, NQ + 1, NK) };
+    let bad_vis = WeightsSpec {
+        scale: 1.0,
+        normalizer: Normalizer::Softmax,
+        visibility: Visibility::all(B, NQ + 1, NK),
+    };
     let err = weights_fused(q, k, None, None, &bad_vis).unwrap_err();
     assert!(err.to_string().contains("visibility"), "{err}");
 }

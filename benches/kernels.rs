@@ -1,1 +1,173 @@
-fn main() {}
+//! Criterion benches of the core kernels, fused (CPU) and composite forms, forward + backward,
+//! at n = 16, 32, 64: the softmax attention kernel, each edge pattern, both Taylor forms.
+//!
+//! `cargo bench --bench kernels` (all) or e.g. `cargo bench --bench kernels -- pattern/row`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use dfdx::prelude::*;
+use quartic::graph::{Edges, GraphMask};
+use quartic::kernels::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
+use quartic::kernels::taylor::{taylor_attend, TaylorForm};
+use quartic::kernels::visibility::Visibility;
+use quartic::kernels::weights::{weights_composite, Normalizer, WeightsSpec};
+use quartic::kernels::{attention::attend, attention::AttendInputs, fused_cpu::weights_fused};
+use rand::{Rng, SeedableRng};
+
+type T4 = Tensor<(usize, usize, usize, usize), f32, Cpu>;
+
+fn random(dev: &Cpu, shape: (usize, usize, usize, usize), seed: u64) -> T4 {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    dev.tensor_from_vec(
+        (0..shape.0 * shape.1 * shape.2 * shape.3)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect(),
+        shape,
+    )
+}
+
+const SIZES: [usize; 3] = [16, 32, 64];
+const HEADS: usize = 4;
+const DIM_HEAD: usize = 16;
+
+/// Node-style softmax attention: batch 8, 4 heads × 16, causal, fused vs composite weights.
+fn softmax_kernel(c: &mut Criterion) {
+    let dev = Cpu::default();
+    let mut group = c.benchmark_group("softmax_attention");
+    group.sample_size(10);
+    for n in SIZES {
+        let shape = (8, HEADS, n, DIM_HEAD);
+        let (q, k, v) = (
+            random(&dev, shape, 1),
+            random(&dev, shape, 2),
+            random(&dev, shape, 3),
+        );
+        let spec = WeightsSpec {
+            scale: 0.25,
+            normalizer: Normalizer::Softmax,
+            visibility: Visibility::all(8, n, n).with_sequence_causality().unwrap(),
+        };
+        for fused in [true, false] {
+            let name = if fused { "fused" } else { "composite" };
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    let w = if fused {
+                        weights_fused(q.leaky_trace(), k.clone().retaped(), None, None, &spec)
+                            .unwrap()
+                    } else {
+                        weights_composite(q.leaky_trace(), k.clone().retaped(), None, None, &spec)
+                            .unwrap()
+                    };
+                    w.matmul(v.clone().retaped()).sum::<(), _>().backward()
+                })
+            });
+        }
+        // the public entry point (picks fused on Cpu)
+        group.bench_with_input(BenchmarkId::new("attend", n), &n, |b, _| {
+            b.iter(|| {
+                attend(
+                    q.leaky_trace(),
+                    k.clone().retaped(),
+                    v.clone().retaped(),
+                    AttendInputs::default(),
+                    &spec,
+                    false,
+                )
+                .unwrap()
+                .out
+                .sum::<(), _>()
+                .backward()
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Edge attention per pattern on one graph of n nodes, dim_edges 32 split 4 × 8, softmax, causal.
+fn patterns(c: &mut Criterion) {
+    let dev = Cpu::default();
+    for pattern in [
+        EdgePattern::All,
+        EdgePattern::Row,
+        EdgePattern::Column,
+        EdgePattern::Diagonal,
+    ] {
+        let mut group = c.benchmark_group(format!("pattern/{pattern:?}").to_lowercase());
+        group.sample_size(10);
+        for n in SIZES {
+            let shape = (1, n, n, 32);
+            let (q, k, v) = (
+                random(&dev, shape, 4),
+                random(&dev, shape, 5),
+                random(&dev, shape, 6),
+            );
+            let mask = GraphMask::full(1, n).causal(true);
+            group.bench_with_input(BenchmarkId::new("fwd+bwd", n), &n, |b, _| {
+                b.iter(|| {
+                    let e = |t: &T4| Edges::new(t.clone().retaped()).unwrap();
+                    let q = Edges::new(q.leaky_trace()).unwrap();
+                    edge_attention(
+                        q,
+                        e(&k),
+                        e(&v),
+                        4,
+                        pattern,
+                        EdgeKernel::Softmax { scale: 0.35 },
+                        EdgeAttendInputs::default(),
+                        &mask,
+                    )
+                    .unwrap()
+                    .into_tensor()
+                    .sum::<(), _>()
+                    .backward()
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Taylor attention over a row of n edges (batch n·1 problems, 16 heads × 16 as the original's
+/// axial attention), both forms, non-causal and causal.
+fn taylor_forms(c: &mut Criterion) {
+    let dev = Cpu::default();
+    let mut group = c.benchmark_group("taylor");
+    group.sample_size(10);
+    for n in SIZES {
+        let shape = (n, 16, n, 16);
+        let (q, k, v) = (
+            random(&dev, shape, 7),
+            random(&dev, shape, 8),
+            random(&dev, shape, 9),
+        );
+        for causal in [false, true] {
+            let mut vis = Visibility::all(n, n, n);
+            if causal {
+                vis = vis.with_sequence_causality().unwrap();
+            }
+            for form in [TaylorForm::Feature, TaylorForm::Direct] {
+                let name =
+                    format!("{form:?}{}", if causal { "/causal" } else { "" }).to_lowercase();
+                group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                    b.iter(|| {
+                        taylor_attend(
+                            q.leaky_trace(),
+                            k.clone().retaped(),
+                            v.clone().retaped(),
+                            0.25,
+                            1e-5,
+                            &vis,
+                            form,
+                        )
+                        .unwrap()
+                        .sum::<(), _>()
+                        .backward()
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, softmax_kernel, patterns, taylor_forms);
+criterion_main!(benches);

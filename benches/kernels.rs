@@ -51,13 +51,27 @@ fn softmax_kernel(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {
                     let w = if fused {
-                        weights_fused(q.leaky_trace(), k.clone().retaped(), None, None, &spec)
-                            .unwrap()
+                        weights_fused(
+                            q.leaky_trace(),
+                            k.clone().retaped::<OwnedTape<f32, Cpu>>(),
+                            None,
+                            None,
+                            &spec,
+                        )
+                        .unwrap()
                     } else {
-                        weights_composite(q.leaky_trace(), k.clone().retaped(), None, None, &spec)
-                            .unwrap()
+                        weights_composite(
+                            q.leaky_trace(),
+                            k.clone().retaped::<OwnedTape<f32, Cpu>>(),
+                            None,
+                            None,
+                            &spec,
+                        )
+                        .unwrap()
                     };
-                    w.matmul(v.clone().retaped()).sum::<(), _>().backward()
+                    w.matmul(v.clone().retaped::<OwnedTape<f32, Cpu>>())
+                        .sum::<(), _>()
+                        .backward()
                 })
             });
         }
@@ -66,8 +80,8 @@ fn softmax_kernel(c: &mut Criterion) {
             b.iter(|| {
                 attend(
                     q.leaky_trace(),
-                    k.clone().retaped(),
-                    v.clone().retaped(),
+                    k.clone().retaped::<OwnedTape<f32, Cpu>>(),
+                    v.clone().retaped::<OwnedTape<f32, Cpu>>(),
                     AttendInputs::default(),
                     &spec,
                     false,
@@ -103,7 +117,8 @@ fn patterns(c: &mut Criterion) {
             let mask = GraphMask::full(1, n).causal(true);
             group.bench_with_input(BenchmarkId::new("fwd+bwd", n), &n, |b, _| {
                 b.iter(|| {
-                    let e = |t: &T4| Edges::new(t.clone().retaped()).unwrap();
+                    let e =
+                        |t: &T4| Edges::new(t.clone().retaped::<OwnedTape<f32, Cpu>>()).unwrap();
                     let q = Edges::new(q.leaky_trace()).unwrap();
                     edge_attention(
                         q,
@@ -151,8 +166,8 @@ fn taylor_forms(c: &mut Criterion) {
                     b.iter(|| {
                         taylor_attend(
                             q.leaky_trace(),
-                            k.clone().retaped(),
-                            v.clone().retaped(),
+                            k.clone().retaped::<OwnedTape<f32, Cpu>>(),
+                            v.clone().retaped::<OwnedTape<f32, Cpu>>(),
                             0.25,
                             1e-5,
                             &vis,

@@ -155,6 +155,13 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     mask.check("edge attention", b, n)?;
     let vis = pattern_visibility(pattern, mask)?;
     let gates = match inputs.gates {
+        Some(g) if g.dims() != (b, n, n, heads) => {
+            return Err(Error::shape(
+                "edge attention gates",
+                format!("{:?}", (b, n, n, heads)),
+                format!("{:?}", g.dims()),
+            ));
+        }
         Some(g) => {
             let (p, len, _) = pattern_dims(pattern, b, n);
             Some(to_pattern_layout(g, heads, pattern)?.reshape_like(&(p, heads, len)))

@@ -220,6 +220,13 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
             picks.indices.len(),
         ));
     }
+    if let Some(&bad) = picks.indices.iter().find(|&&i| i >= n) {
+        return Err(Error::shape(
+            "routing",
+            format!("picks below {n} (the routed tensor's length)"),
+            bad,
+        ));
+    }
     let dev = x.device().clone();
     let index = dev.tensor_from_vec(picks.indices.clone(), (rows, k));
     let picked: T3<E, D, T> = x.gather(index);

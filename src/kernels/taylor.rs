@@ -105,13 +105,17 @@ pub fn taylor_features<E: Real, D: Backend<E>, T: Tape<E, D>>(
 ) -> Result<T4<E, D, T>> {
     let (b, h, nq, d) = *q.shape();
     let (_, _, nk, e) = *v.shape();
-    if *k.shape() != (b, h, nk, d) || (vis.batch, vis.queries, vis.keys) != (b, nq, nk) {
+    if *k.shape() != (b, h, nk, d)
+        || (v.shape().0, v.shape().1) != (b, h)
+        || (vis.batch, vis.queries, vis.keys) != (b, nq, nk)
+    {
         return Err(Error::shape(
             "taylor attention",
-            format!("k [{b}, {h}, {nk}, {d}], visibility ({b}, {nq}, {nk})"),
+            format!("k [{b}, {h}, {nk}, {d}], v [{b}, {h}, {nk}, _], visibility ({b}, {nq}, {nk})"),
             format!(
-                "k {:?}, visibility ({}, {}, {})",
+                "k {:?}, v {:?}, visibility ({}, {}, {})",
                 k.shape(),
+                v.shape(),
                 vis.batch,
                 vis.queries,
                 vis.keys

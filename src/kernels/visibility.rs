@@ -75,7 +75,7 @@ impl Visibility {
         Ok(self)
     }
 
-    /// The common sequence case: query i at time i, key j at time j (requires queries == keys).
+    /// The common sequence case: query i at time i, key j at time j, so query i reads keys 0..=i.
     pub fn with_sequence_causality(self) -> Result<Self> {
         let (b, nq, nk) = (self.batch, self.queries, self.keys);
         let q = (0..b).flat_map(|_| 0..nq).collect();

@@ -151,6 +151,12 @@ impl<E: Real, D: Device<E>> DynamicPositionBias<E, D> {
 
     /// The bias `[n, n, channels]`, entry (i, j) from distance i − j.
     pub fn forward<T: Tape<E, D>>(&self, n: usize) -> Result<T3<E, D, T>> {
+        if n == 0 {
+            return Err(Error::config(
+                "dynamic position bias",
+                "needs at least one node",
+            ));
+        }
         let dev = self.layers[0].weight.value.device().clone();
         let distances = constant(
             &dev,

@@ -370,3 +370,28 @@ fn bad_pattern_inputs_are_errors() {
     let non_square: Tensor<_, f64, _> = d.zeros_like(&(1, 2, 3, 4));
     assert!(Edges::new(non_square).is_err());
 }
+
+#[test]
+fn gates_with_wrong_channels_are_an_error() {
+    let d = dev();
+    let e = |c: usize| {
+        Edges::new(d.tensor_from_vec(vec![0.0f64; B * N * N * c], (B, N, N, c))).unwrap()
+    };
+    let inputs = EdgeAttendInputs {
+        gates: Some(e(2 * H)),
+        ..Default::default()
+    };
+    let err = edge_attention(
+        e(6),
+        e(6),
+        e(4),
+        H,
+        EdgePattern::Row,
+        EdgeKernel::Softmax { scale: 1.0 },
+        inputs,
+        &mask(false),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("gates"), "{err}");
+}

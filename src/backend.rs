@@ -4,18 +4,27 @@
 //! CPU, a fused form with its own backward. Code above this layer calls `Backend` and gets the
 //! fused form on `Cpu` and the composite form elsewhere (CUDA), so model code stays generic.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use dfdx::prelude::*;
 
 use crate::error::Result;
-#[cfg(feature = "cuda")]
-use crate::kernels::linear_algebra;
-use crate::kernels::{fused_cpu, weights};
+use crate::kernels::{fused_cpu, linear_algebra, weights};
 use crate::tensor::*;
 
-pub trait Backend<E: Real>: Device<E> {
-    /// Whether this device runs the fused kernels.
-    const FUSED: bool;
+static CPU_FUSED: AtomicBool = AtomicBool::new(true);
 
+/// Makes the CPU device run the composite forms (`false`) or the fused ones (`true`, the
+/// default). Process-wide; meant for benchmarks and side-by-side comparisons.
+pub fn set_cpu_fused(fused: bool) {
+    CPU_FUSED.store(fused, Ordering::Relaxed);
+}
+
+pub fn cpu_fused() -> bool {
+    CPU_FUSED.load(Ordering::Relaxed)
+}
+
+pub trait Backend<E: Real>: Device<E> {
     /// Attention weights (see [`weights`]).
     fn attention_weights<T: Tape<E, Self>>(
         q: T4<E, Self, T>,
@@ -34,8 +43,6 @@ where
     Cpu: Device<E>,
     fused_cpu::CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
-    const FUSED: bool = true;
-
     fn attention_weights<T: Tape<E, Self>>(
         q: T4<E, Self, T>,
         k: T4<E, Self, T>,
@@ -43,11 +50,19 @@ where
         talking: Option<T2<E, Self, T>>,
         spec: &weights::WeightsSpec,
     ) -> Result<T4<E, Self, T>> {
-        fused_cpu::weights_fused(q, k, bias, talking, spec)
+        if cpu_fused() {
+            fused_cpu::weights_fused(q, k, bias, talking, spec)
+        } else {
+            weights::weights_composite(q, k, bias, talking, spec)
+        }
     }
 
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>> {
-        fused_cpu::cumsum_fused(x)
+        if cpu_fused() {
+            fused_cpu::cumsum_fused(x)
+        } else {
+            Ok(linear_algebra::cumsum_composite(x))
+        }
     }
 }
 
@@ -56,8 +71,6 @@ impl<E: Real> Backend<E> for Cuda
 where
     Cuda: Device<E>,
 {
-    const FUSED: bool = false;
-
     fn attention_weights<T: Tape<E, Self>>(
         q: T4<E, Self, T>,
         k: T4<E, Self, T>,

@@ -32,9 +32,29 @@ impl<E> SharedMut<E> {
     }
 }
 
+/// Dot product with eight independent partial sums: a strict left-to-right sum cannot be
+/// vectorized, eight lanes can.
 #[inline]
 fn dot<E: Real>(a: &[E], b: &[E]) -> E {
-    a.iter().zip(b).fold(E::zero(), |acc, (&x, &y)| acc + x * y)
+    let mut lanes = [E::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] = lanes[l] + x[l] * y[l];
+        }
+    }
+    let tail = ra
+        .iter()
+        .zip(rb)
+        .fold(E::zero(), |acc, (&x, &y)| acc + x * y);
+    lanes.iter().fold(tail, |acc, &x| acc + x)
+}
+
+/// `y += c · x`.
+#[inline]
+fn axpy<E: Real>(y: &mut [E], c: E, x: &[E]) {
+    y.iter_mut().zip(x).for_each(|(o, &v)| *o = *o + c * v);
 }
 
 /// Sizes and host copies of one weights problem.
@@ -174,9 +194,10 @@ impl<E: Real> WeightsProblem<E> {
                         vec![E::zero(); h * nk],
                         vec![E::zero(); nk],
                         vec![E::zero(); h * nk],
+                        vec![E::zero(); d],
                     )
                 },
-                |(mut dw, mut s, mut t, mut p, mut dt), row| {
+                |(mut dw, mut s, mut t, mut p, mut dt, mut dqrow), row| {
                     let (bb, i) = (row / nq, row % nq);
                     self.scores(bb, i, &mut s, &mut t);
                     for hh in 0..h {
@@ -237,15 +258,18 @@ impl<E: Real> WeightsProblem<E> {
                             // Safety: row (bb, i) owns these indices of ds_all and dq.
                             unsafe { ds_ptr.write(base + j, x) };
                         }
-                        for c in 0..d {
-                            let mut acc = E::zero();
-                            for j in 0..nk {
-                                acc = acc + dsr[j] * kb[j * d + c];
+                        // dq row = scale · Σ_j ds[j] k[j], accumulated row-wise (contiguous in k)
+                        dqrow.iter_mut().for_each(|x| *x = E::zero());
+                        for (j, &c) in dsr.iter().enumerate() {
+                            if c != E::zero() {
+                                axpy(&mut dqrow, c, &kb[j * d..(j + 1) * d]);
                             }
-                            unsafe { dq_ptr.write(qbase + c, acc * self.scale) };
+                        }
+                        for (c, &x) in dqrow.iter().enumerate() {
+                            unsafe { dq_ptr.write(qbase + c, x * self.scale) };
                         }
                     }
-                    (dw, s, t, p, dt)
+                    (dw, s, t, p, dt, dqrow)
                 },
             )
             .map(|acc| acc.0)
@@ -264,10 +288,7 @@ impl<E: Real> WeightsProblem<E> {
                 for j in 0..nk {
                     let c = dsb[i * nk + j] * self.scale;
                     if c != E::zero() {
-                        dkb[j * d..(j + 1) * d]
-                            .iter_mut()
-                            .zip(qi)
-                            .for_each(|(o, &x)| *o = *o + c * x);
+                        axpy(&mut dkb[j * d..(j + 1) * d], c, qi);
                     }
                 }
             }

@@ -171,57 +171,35 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let q = to_pattern_layout(q, heads, pattern)?;
     let k = to_pattern_layout(k, heads, pattern)?;
     let v = to_pattern_layout(v, heads, pattern)?;
+    let plain = inputs.bias.is_none() && inputs.talking.is_none();
     let out = match kernel {
-        EdgeKernel::Softmax { scale } => {
+        // bias- and mixing-free Taylor attention may take the linear feature form
+        EdgeKernel::Taylor { scale, eps, form } if plain => {
+            let out = taylor_attend(q, k, v, scale, eps, &vis, form)?;
+            match gates {
+                Some(g) => {
+                    let s = *out.shape();
+                    out * g.sigmoid().broadcast_like::<_, Axis<3>>(&s)
+                }
+                None => out,
+            }
+        }
+        _ => {
+            let (scale, normalizer) = match kernel {
+                EdgeKernel::Softmax { scale } => (scale, Normalizer::Softmax),
+                EdgeKernel::Taylor { scale, eps, .. } => (scale, Normalizer::Taylor { eps }),
+            };
             let spec = WeightsSpec {
                 scale,
-                normalizer: Normalizer::Softmax,
+                normalizer,
                 visibility: vis,
             };
-            attend(
-                q,
-                k,
-                v,
-                AttendInputs {
-                    bias: inputs.bias,
-                    talking: inputs.talking,
-                    gates,
-                },
-                &spec,
-                false,
-            )?
-            .out
-        }
-        EdgeKernel::Taylor { scale, eps, form } => {
-            if inputs.bias.is_some() || inputs.talking.is_some() {
-                let spec = WeightsSpec {
-                    scale,
-                    normalizer: Normalizer::Taylor { eps },
-                    visibility: vis,
-                };
-                attend(
-                    q,
-                    k,
-                    v,
-                    AttendInputs {
-                        bias: inputs.bias,
-                        talking: inputs.talking,
-                        gates,
-                    },
-                    &spec,
-                    false,
-                )?
-                .out
-            } else {
-                let out = taylor_attend(q, k, v, scale, eps, &vis, form)?;
-                match gates {
-                    Some(g) => {
-                        let s = *out.shape();
-                        out * g.sigmoid().broadcast_like::<_, Axis<3>>(&s)
-                    }
-                    None => out,
-                }
-            }
+            let extra = AttendInputs {
+                bias: inputs.bias,
+                talking: inputs.talking,
+                gates,
+            };
+            attend(q, k, v, extra, &spec, false)?.out
         }
     };
     Ok(from_pattern_layout(out, b, n, pattern))

@@ -42,6 +42,14 @@ pub fn dims_of<S: Shape, E, D: Storage<E>, T>(t: &Tensor<S, E, D, T>) -> Vec<usi
     t.shape().concrete().into_iter().collect()
 }
 
+/// 1 for true, 0 for false: boolean masks as multiplicative tensors.
+pub fn indicator<E: Real>(flags: impl IntoIterator<Item = bool>) -> Vec<E> {
+    flags
+        .into_iter()
+        .map(|f| if f { E::one() } else { E::zero() })
+        .collect()
+}
+
 /// Builds a constant tensor from host data, checking that the length fits the shape.
 pub fn constant<S: Shape, E: Real, D: Device<E>>(
     dev: &D,

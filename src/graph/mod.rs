@@ -132,14 +132,7 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Edges<E, D, T> {
         mask.check("edge reduction", b, n)?;
         let dev = self.0.device().clone();
         let readable = mask.reduction_mask(direction == Direction::Incoming);
-        let keep: T3<E, D> = constant(
-            &dev,
-            readable
-                .iter()
-                .map(|&r| if r { E::one() } else { E::zero() })
-                .collect(),
-            (b, n, n),
-        )?;
+        let keep: T3<E, D> = constant(&dev, indicator(readable.iter().copied()), (b, n, n))?;
         let keep4 = keep.clone().broadcast_like::<_, Axis<3>>(&(b, n, n, c));
         let reduce_axis = |x: T4<E, D, T>, max: bool| -> T3<E, D, T> {
             match (direction, max) {

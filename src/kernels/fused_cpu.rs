@@ -230,21 +230,17 @@ impl<E: Real> WeightsProblem<E> {
                     // undo the head mixing: ds[h] = Σ_h' W[h',h] dt[h'], dW[h',h] += dt[h'] · s[h]
                     let ds: &[E] = match &self.talking {
                         Some(w) => {
-                            let mut ds = vec![E::zero(); h * nk];
+                            // t is not needed again for this row: it becomes ds
+                            t.iter_mut().for_each(|x| *x = E::zero());
                             for ho in 0..h {
                                 let dto = &dt[ho * nk..(ho + 1) * nk];
                                 for hi in 0..h {
                                     let si = &s[hi * nk..(hi + 1) * nk];
                                     dw[ho * h + hi] = dw[ho * h + hi] + dot(dto, si);
                                     let c = w[ho * h + hi];
-                                    ds[hi * nk..(hi + 1) * nk]
-                                        .iter_mut()
-                                        .zip(dto)
-                                        .for_each(|(o, &x)| *o = *o + c * x);
+                                    axpy(&mut t[hi * nk..(hi + 1) * nk], c, dto);
                                 }
                             }
-                            // reuse t as storage for ds (t is no longer needed for this row)
-                            t.copy_from_slice(&ds);
                             &t
                         }
                         None => &dt,

@@ -70,16 +70,7 @@ pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(
         Some(m) if m.len() != rows * n => {
             return Err(Error::shape("coordinate descent mask", rows * n, m.len()))
         }
-        Some(m) => Some(
-            constant(
-                &dev,
-                m.iter()
-                    .map(|&x| if x { E::one() } else { E::zero() })
-                    .collect(),
-                shape,
-            )?
-            .gt(E::of(0.5)),
-        ),
+        Some(m) => Some(constant(&dev, indicator(m.iter().copied()), shape)?.gt(E::of(0.5))),
         None => None,
     };
     let fill = |x: T2<E, D, T>| -> T2<E, D, T> {
@@ -95,7 +86,7 @@ pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(
     let mut b: T2<E, D, T> = s.with_empty_tape().negate();
     for it in 0..cfg.n_iters {
         let sb = fill((s.with_empty_tape() + b) / E::of(eps));
-        let lse = sb.logsumexp::<Shape1Of<E, D>, Axis<1>>();
+        let lse = sb.logsumexp::<(usize,), Axis<1>>();
         let a_new = (lse.negate() + logk) * E::of(eps);
         // each iteration's `a` is consumed by `b`: dropping a tensor that owns history would lose
         // its gradients. Only the last `a` is kept (owning its history) for the final scores.
@@ -119,9 +110,6 @@ pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(
         None => scores,
     })
 }
-
-/// `(rows,)`: a helper so the logsumexp target shape reads clearly.
-type Shape1Of<E, D> = <T1<E, D> as HasShape>::Shape;
 
 /// What [`soft_topk`] returns, like the original's `TopkReturn`.
 ///

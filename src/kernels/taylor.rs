@@ -128,14 +128,7 @@ pub fn taylor_features<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let mut fk = taylor_feature_map(k);
     let mut v = v;
     if let Some(valid) = &vis.key_valid {
-        let keep: T2<E, D> = constant(
-            &dev,
-            valid
-                .iter()
-                .map(|&x| if x { E::one() } else { E::zero() })
-                .collect(),
-            (b, nk),
-        )?;
+        let keep: T2<E, D> = constant(&dev, indicator(valid.iter().copied()), (b, nk))?;
         fk = fk
             * keep
                 .clone()

@@ -9,6 +9,7 @@
 //! materializes it as a dense 0/1 tensor.
 
 use crate::error::{Error, Result};
+use crate::tensor::{indicator, Real};
 
 /// Visibility for a batch of attention problems, each with `queries` queries and `keys` keys.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,20 +99,9 @@ impl Visibility {
     }
 
     /// The dense `[batch × queries × keys]` keep mask as 0/1 values.
-    pub fn dense<E: num_traits::Float>(&self) -> Vec<E> {
-        let mut out = Vec::with_capacity(self.batch * self.queries * self.keys);
-        for b in 0..self.batch {
-            for i in 0..self.queries {
-                for j in 0..self.keys {
-                    out.push(if self.visible(b, i, j) {
-                        E::one()
-                    } else {
-                        E::zero()
-                    });
-                }
-            }
-        }
-        out
+    pub fn dense<E: Real>(&self) -> Vec<E> {
+        let (b, q, k) = (self.batch, self.queries, self.keys);
+        indicator((0..b * q * k).map(|e| self.visible(e / (q * k), (e / k) % q, e % k)))
     }
 
     /// For the linear (feature) form: when key times never decrease along the key axis, the keys

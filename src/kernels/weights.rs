@@ -123,13 +123,19 @@ pub fn weights_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
     if let Some(w) = talking {
         s = mix_heads(s, w);
     }
-    let keep: T3<E, D> = constant(&dev, spec.visibility.dense(), (b, nq, nk))?;
+    let dense: Vec<E> = spec.visibility.dense();
+    let keep: T3<E, D> = constant(&dev, dense.clone(), (b, nq, nk))?;
     let keep = keep.broadcast_like::<_, Axis<1>>(&shape);
     Ok(match spec.normalizer {
         Normalizer::Softmax => {
-            // 0 where visible, MASKED where not
-            let additive = (keep.clone() - E::one()) * E::of(-MASKED);
-            (s + additive).softmax::<Axis<3>>() * keep
+            // 0 where visible, MASKED where not (invisible entries then underflow to exactly 0;
+            // the final product zeroes rows with no visible key, which softmax made uniform)
+            let additive = dense
+                .into_iter()
+                .map(|k| (E::one() - k) * E::of(MASKED))
+                .collect();
+            let additive: T3<E, D> = constant(&dev, additive, (b, nq, nk))?;
+            (s + additive.broadcast_like::<_, Axis<1>>(&shape)).softmax::<Axis<3>>() * keep
         }
         Normalizer::Taylor { eps } => {
             // 1 + s + s²/2 = (1 + s)²/2 + 1/2: one use of s keeps the tape simple

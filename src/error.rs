@@ -18,6 +18,9 @@ pub enum Error {
     /// A device error surfaced by dfdx (allocation failure, CUDA error).
     #[error("device error: {0}")]
     Device(String),
+    /// A rule program that does not check: located, with the source line and a hint.
+    #[error("{0}")]
+    Rule(Box<crate::rules::Diagnostic>),
     /// Reading or writing a file (fixtures, checkpoints).
     #[error("{path}: {message}")]
     Io { path: String, message: String },

@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod graph;
 pub mod kernels;
 pub mod nn;
+pub mod rules;
 pub mod tensor;
 
 pub use error::{Error, Result};

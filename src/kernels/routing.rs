@@ -126,6 +126,9 @@ pub struct TopK<E: Real, D: Device<E>, T> {
     /// `[rows, k]`: straight-through gates (value 1, gradient of the soft scores).
     pub gates: T2<E, D, T>,
     pub k: usize,
+    /// `[rows × k]`: whether each pick was selectable (all true unless rows were padded, see
+    /// [`soft_topk_padded`]).
+    pub valid: Vec<bool>,
 }
 
 /// Differentiable top-k on the last axis of `x` (`[rows, n]`). The soft scores are computed for
@@ -136,6 +139,30 @@ pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(
     fetch_ratio: f64,
     mask: Option<&[bool]>,
     cfg: &CoorDescent,
+) -> Result<TopK<E, D, T>> {
+    topk_with(x, k, fetch_ratio, mask, cfg, false)
+}
+
+/// [`soft_topk`] for rows that may have fewer than `k` selectable elements (padding, or a causal
+/// row early in the sequence): such rows are filled up with unselectable elements, marked
+/// invalid in [`TopK::valid`]; their soft scores are 0, so they carry no gradient.
+pub fn soft_topk_padded<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T2<E, D, T>,
+    k: usize,
+    fetch_ratio: f64,
+    mask: Option<&[bool]>,
+    cfg: &CoorDescent,
+) -> Result<TopK<E, D, T>> {
+    topk_with(x, k, fetch_ratio, mask, cfg, true)
+}
+
+fn topk_with<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T2<E, D, T>,
+    k: usize,
+    fetch_ratio: f64,
+    mask: Option<&[bool]>,
+    cfg: &CoorDescent,
+    pad_short_rows: bool,
 ) -> Result<TopK<E, D, T>> {
     let shape = *x.shape();
     let (rows, n) = shape;
@@ -160,6 +187,7 @@ pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(
     let scored = x * gates_full;
     let host = scored.as_vec();
     let mut indices = Vec::with_capacity(rows * k);
+    let mut valid = Vec::with_capacity(rows * k);
     for r in 0..rows {
         let row = &host[r * n..(r + 1) * n];
         let mut order: Vec<usize> = (0..n)
@@ -170,6 +198,11 @@ pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(
                 .partial_cmp(&row[i])
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
+        let selectable = order.len().min(k);
+        valid.extend((0..k).map(|s| s < selectable));
+        if order.len() < k && pad_short_rows {
+            order.extend((0..n).filter(|&j| !mask.map_or(true, |m| m[r * n + j])));
+        }
         if order.len() < k {
             return Err(Error::config(
                 "top-k routing",
@@ -188,6 +221,7 @@ pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(
         gates: gates_branch.gather(index),
         indices,
         k,
+        valid,
     })
 }
 

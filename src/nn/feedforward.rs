@@ -17,7 +17,16 @@ pub struct FeedForward<E: Real, D: Device<E>> {
 
 impl<E: Real, D: Device<E>> FeedForward<E, D> {
     pub fn new(init: &Init<D>, channels: usize, mult: usize, norm_eps: f64) -> Result<Self> {
-        let inner = channels * mult;
+        Self::with_hidden(init, channels, channels * mult, norm_eps)
+    }
+
+    /// With an explicit hidden width (`int(channels · mult)` for fractional multipliers).
+    pub fn with_hidden(
+        init: &Init<D>,
+        channels: usize,
+        inner: usize,
+        norm_eps: f64,
+    ) -> Result<Self> {
         Ok(Self {
             norm: RmsNorm::new(
                 &init.pp("norm"),

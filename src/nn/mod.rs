@@ -10,4 +10,7 @@ pub mod params;
 pub mod rows;
 pub mod taylor_attention;
 
+pub use feedforward::FeedForward;
+pub use linear::Linear;
+pub use norms::{LayerNorm, RmsKind, RmsNorm};
 pub use params::{HasParams, Init, InitKind, Param};

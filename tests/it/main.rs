@@ -6,5 +6,6 @@ mod nn;
 mod parity;
 mod patterns;
 mod routing;
+mod rules;
 mod taylor;
 mod weights;

@@ -1,0 +1,104 @@
+//! Errors in rule programs: a kind of data (what, where, a hint) rendered in one place, so every
+//! message looks the same and points at the source line with a caret.
+
+use std::fmt;
+
+/// A byte range in a rule's source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
+    /// The smallest span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span::new(self.start.min(other.start), self.end.max(other.end))
+    }
+}
+
+/// One error in a rule program, already located: file, line and column (1-based), the source
+/// line, the caret's width, the message and an optional hint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub width: usize,
+    pub source_line: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    /// Locates `span` in `source` (named `file`).
+    pub fn at(file: &str, source: &str, span: Span, message: String, hint: Option<String>) -> Self {
+        let start = span.start.min(source.len());
+        let line_start = source[..start].rfind('\n').map_or(0, |p| p + 1);
+        let line_end = source[start..]
+            .find('\n')
+            .map_or(source.len(), |p| start + p);
+        let line = source[..start].matches('\n').count() + 1;
+        let col = source[line_start..start].chars().count() + 1;
+        let end = span.end.clamp(start, line_end.max(start));
+        let width = source[start..end].chars().count().max(1);
+        Self {
+            file: file.to_string(),
+            line,
+            col,
+            width,
+            source_line: source[line_start..line_end].trim_end().to_string(),
+            message,
+            hint,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let gutter = self.line.to_string().len();
+        let pad = " ".repeat(gutter);
+        writeln!(f, "error: {}", self.message)?;
+        writeln!(f, "{pad}--> {}:{}:{}", self.file, self.line, self.col)?;
+        writeln!(f, "{pad} |")?;
+        writeln!(f, "{} | {}", self.line, self.source_line)?;
+        let lead: String = self
+            .source_line
+            .chars()
+            .take(self.col - 1)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        write!(f, "{pad} | {lead}{}", "^".repeat(self.width))?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n{pad} = hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An error before it is located: the span and what to say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleError {
+    pub span: Span,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl RuleError {
+    pub fn new(span: Span, message: impl Into<String>) -> Self {
+        Self {
+            span,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+pub type Checked<T> = std::result::Result<T, RuleError>;

@@ -1,0 +1,272 @@
+//! A plan with parameters: every call site of `linear`, the norms, `feedforward` and `attend`
+//! owns its blocks, named `<statement>.<site>` under the layer's scope (for example
+//! `layers.0.attn.attend0.to_q.weight`), so checkpoint keys follow from the rule text.
+
+use std::collections::HashMap;
+
+use dfdx::prelude::*;
+
+use super::ir::*;
+use super::layout::LayoutCache;
+use crate::error::Result;
+use crate::nn::{
+    FeedForward, HasParams, Init, InitKind, LayerNorm, Linear, Param, RmsKind, RmsNorm,
+};
+use crate::tensor::*;
+
+/// The parameters of one `attend` call site.
+pub struct AttendBlock<E: Real, D: Device<E>> {
+    pub to_q: Linear<E, D>,
+    pub to_k: Linear<E, D>,
+    pub to_v: Linear<E, D>,
+    pub to_out: Linear<E, D>,
+    /// Talking heads `[heads, heads]`, mixing scores across heads before normalizing.
+    pub talking: Option<Param<E, D>>,
+}
+
+pub enum Block<E: Real, D: Device<E>> {
+    Linear(Linear<E, D>),
+    Rms(RmsNorm<E, D>),
+    Layer(LayerNorm<E, D>),
+    FeedForward(FeedForward<E, D>),
+    Attend(AttendBlock<E, D>),
+}
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for Block<E, D> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        match self {
+            Block::Linear(l) => l.visit_params(f),
+            Block::Rms(n) => n.visit_params(f),
+            Block::Layer(n) => n.visit_params(f),
+            Block::FeedForward(ff) => ff.visit_params(f),
+            Block::Attend(a) => {
+                a.to_q.visit_params(f);
+                a.to_k.visit_params(f);
+                a.to_v.visit_params(f);
+                a.to_out.visit_params(f);
+                if let Some(t) = &a.talking {
+                    f(t);
+                }
+            }
+        }
+    }
+}
+
+/// A rule instantiated with parameters: one layer of a model.
+pub struct RuleLayer<E: Real, D: Device<E>> {
+    pub plan: Plan,
+    pub(crate) blocks: HashMap<String, Block<E, D>>,
+    /// Sites in the order they appear in the rule (a stable parameter order).
+    pub(crate) order: Vec<String>,
+    pub(crate) cache: LayoutCache<D>,
+}
+
+impl<E: Real, D: Device<E>> RuleLayer<E, D> {
+    /// Creates (or, from a named `Init`, loads) every parameter of `plan` under `init`'s scope.
+    pub fn new(plan: Plan, init: &Init<D>) -> Result<Self> {
+        let mut blocks = HashMap::new();
+        let mut order = Vec::new();
+        for st in &plan.statements {
+            let scope = init.pp(&st.name);
+            let root = match &st.kind {
+                PlanKind::Let { value, .. } | PlanKind::Update { value, .. } => value,
+            };
+            let mut sites = Vec::new();
+            collect_sites(root, &mut sites);
+            for (site, spec) in sites {
+                let init = scope.pp(&site);
+                let block = match spec {
+                    SiteSpec::Linear {
+                        inputs,
+                        outputs,
+                        bias,
+                    } => Block::Linear(Linear::new(&init, inputs, outputs, bias)?),
+                    SiteSpec::Norm { kind, channels } => match kind {
+                        NormKind::Rms { eps } => Block::Rms(RmsNorm::new(
+                            &init,
+                            channels,
+                            RmsKind::Scaled { eps },
+                            "weight",
+                        )?),
+                        NormKind::Unit => {
+                            Block::Rms(RmsNorm::new(&init, channels, RmsKind::Unit, "weight")?)
+                        }
+                        NormKind::Layer { eps } => {
+                            Block::Layer(LayerNorm::new(&init, channels, eps)?)
+                        }
+                    },
+                    SiteSpec::FeedForward {
+                        channels,
+                        hidden,
+                        eps,
+                    } => {
+                        Block::FeedForward(FeedForward::with_hidden(&init, channels, hidden, eps)?)
+                    }
+                    SiteSpec::Attend {
+                        query,
+                        key,
+                        inner,
+                        outputs,
+                        heads,
+                        talking,
+                    } => Block::Attend(AttendBlock {
+                        to_q: Linear::new(&init.pp("to_q"), query, inner, false)?,
+                        to_k: Linear::new(&init.pp("to_k"), key, inner, false)?,
+                        to_v: Linear::new(&init.pp("to_v"), key, inner, false)?,
+                        to_out: Linear::new(&init.pp("to_out"), inner, outputs, false)?,
+                        talking: if talking {
+                            let bound = 1.0 / (heads as f64).sqrt();
+                            Some(init.param(
+                                "talking",
+                                &[heads, heads],
+                                InitKind::Uniform(bound),
+                            )?)
+                        } else {
+                            None
+                        },
+                    }),
+                };
+                let key = format!("{}.{site}", st.name);
+                order.push(key.clone());
+                blocks.insert(key, block);
+            }
+        }
+        Ok(Self {
+            plan,
+            blocks,
+            order,
+            cache: LayoutCache::default(),
+        })
+    }
+
+    pub(crate) fn block(&self, statement: &str, site: &str) -> &Block<E, D> {
+        &self.blocks[&format!("{statement}.{site}")]
+    }
+}
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for RuleLayer<E, D> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        for key in &self.order {
+            self.blocks[key].visit_params(f);
+        }
+    }
+}
+
+/// What a site needs to build its parameters.
+pub(crate) enum SiteSpec {
+    Linear {
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+    },
+    Norm {
+        kind: NormKind,
+        channels: usize,
+    },
+    FeedForward {
+        channels: usize,
+        hidden: usize,
+        eps: f64,
+    },
+    Attend {
+        query: usize,
+        key: usize,
+        inner: usize,
+        outputs: usize,
+        heads: usize,
+        talking: bool,
+    },
+}
+
+/// Every parameter site under `node`, in evaluation order.
+pub(crate) fn collect_sites(node: &Node, out: &mut Vec<(String, SiteSpec)>) {
+    match &node.op {
+        Op::State { .. } | Op::Let { .. } => {}
+        Op::Binary { lhs, rhs, .. } => {
+            collect_sites(lhs, out);
+            collect_sites(rhs, out);
+        }
+        Op::Affine { x, .. } | Op::Pow { x, .. } | Op::Act { x, .. } => collect_sites(x, out),
+        Op::Reduce { x, .. } | Op::Softmax { x, .. } => collect_sites(x, out),
+        Op::Dot { a, b, .. } => {
+            collect_sites(a, out);
+            collect_sites(b, out);
+        }
+        Op::Concat(parts) => parts.iter().for_each(|p| collect_sites(p, out)),
+        Op::Linear {
+            site,
+            x,
+            outputs,
+            bias,
+        } => {
+            collect_sites(x, out);
+            out.push((
+                site.clone(),
+                SiteSpec::Linear {
+                    inputs: x.channels,
+                    outputs: *outputs,
+                    bias: *bias,
+                },
+            ));
+        }
+        Op::Norm { site, kind, x } => {
+            collect_sites(x, out);
+            out.push((
+                site.clone(),
+                SiteSpec::Norm {
+                    kind: *kind,
+                    channels: x.channels,
+                },
+            ));
+        }
+        Op::FeedForward {
+            site,
+            x,
+            hidden,
+            eps,
+        } => {
+            collect_sites(x, out);
+            out.push((
+                site.clone(),
+                SiteSpec::FeedForward {
+                    channels: x.channels,
+                    hidden: *hidden,
+                    eps: *eps,
+                },
+            ));
+        }
+        Op::Attend(a) => {
+            collect_sites(&a.query, out);
+            collect_sites(&a.key, out);
+            if let Some(b) = &a.bias {
+                collect_sites(b, out);
+            }
+            match &a.gates {
+                Some(Gates::Expr(g)) => collect_sites(g, out),
+                Some(Gates::FromQuery { site }) => out.push((
+                    site.clone(),
+                    SiteSpec::Linear {
+                        inputs: a.query.channels,
+                        outputs: a.heads,
+                        bias: true,
+                    },
+                )),
+                None => {}
+            }
+            if let Some(r) = &a.route {
+                collect_sites(&r.score, out);
+            }
+            out.push((
+                a.site.clone(),
+                SiteSpec::Attend {
+                    query: a.query.channels,
+                    key: a.key.channels,
+                    inner: a.heads * a.dim_head,
+                    outputs: a.outputs,
+                    heads: a.heads,
+                    talking: a.talking,
+                },
+            ));
+        }
+    }
+}

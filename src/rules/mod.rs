@@ -1,0 +1,136 @@
+//! The rule language: edge- and node-update rules written as short index-notation programs,
+//! checked when loaded and lowered onto the graph core's kernels.
+//!
+//! Passes, each in its own module: [`lexer`] (text → tokens), [`parser`] (tokens → [`ast`]),
+//! [`check`] (syntax tree → [`ir::Plan`]: indices, channels, parameter sites, lowerings, causality),
+//! [`layer`] (a plan with its parameters), [`interp`] (running it), [`explain`] (its cost).
+//! `dsl/README.md` teaches the language.
+
+pub mod ast;
+pub mod check;
+pub mod diagnostic;
+pub mod explain;
+pub mod interp;
+pub mod ir;
+pub mod layer;
+pub mod layout;
+pub mod lexer;
+pub mod parser;
+
+pub use check::RuleConfig;
+pub use diagnostic::Diagnostic;
+pub use ir::{Const, Plan};
+pub use layer::RuleLayer;
+
+use crate::error::{Error, Result};
+
+/// The built-in rules, compiled into the binary from `dsl/`.
+pub const BUILTINS: [(&str, &str); 6] = [
+    ("quartic", include_str!("../../dsl/quartic.rule")),
+    ("taylor", include_str!("../../dsl/taylor.rule")),
+    ("routed", include_str!("../../dsl/routed.rule")),
+    ("relational", include_str!("../../dsl/relational.rule")),
+    ("triangle", include_str!("../../dsl/triangle.rule")),
+    ("baseline", include_str!("../../dsl/baseline.rule")),
+];
+
+/// A parsed rule program (not yet checked against a model's sizes).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub file: String,
+    pub source: String,
+    program: ast::Program,
+}
+
+fn located(file: &str, source: &str, e: diagnostic::RuleError) -> Error {
+    Error::Rule(Box::new(Diagnostic::at(
+        file, source, e.span, e.message, e.hint,
+    )))
+}
+
+impl Rule {
+    /// Parses `source`, naming it `file` in messages.
+    pub fn parse(file: &str, source: &str) -> Result<Self> {
+        let tokens = lexer::lex(source).map_err(|e| located(file, source, e))?;
+        let program = parser::parse(&tokens).map_err(|e| located(file, source, e))?;
+        let name = match &program.header {
+            Some(h) => h.name.name.clone(),
+            None => std::path::Path::new(file)
+                .file_stem()
+                .map_or("rule".into(), |s| s.to_string_lossy().into_owned()),
+        };
+        Ok(Self {
+            name,
+            file: file.to_string(),
+            source: source.to_string(),
+            program,
+        })
+    }
+
+    /// Reads and parses a rule file.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let source = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            message: format!("cannot read the rule: {e}"),
+        })?;
+        Self::parse(&path.display().to_string(), &source)
+    }
+
+    /// A built-in rule by name.
+    pub fn builtin(name: &str) -> Result<Self> {
+        match BUILTINS.iter().find(|(n, _)| *n == name) {
+            Some((n, src)) => Self::parse(&format!("dsl/{n}.rule"), src),
+            None => {
+                let names: Vec<&str> = BUILTINS.iter().map(|(n, _)| *n).collect();
+                Err(Error::config(
+                    "rule",
+                    format!(
+                        "no built-in rule `{name}` (built-ins: {})",
+                        names.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// A built-in name, or else a path to a rule file.
+    pub fn resolve(name_or_path: &str) -> Result<Self> {
+        if BUILTINS.iter().any(|(n, _)| *n == name_or_path) {
+            Self::builtin(name_or_path)
+        } else if std::path::Path::new(name_or_path).exists() {
+            Self::load(name_or_path)
+        } else {
+            let names: Vec<&str> = BUILTINS.iter().map(|(n, _)| *n).collect();
+            Err(Error::config(
+                "rule",
+                format!(
+                    "`{name_or_path}` is neither a built-in rule ({}) nor a readable file",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// Checks the rule against a model's sizes and lowers it to a plan.
+    pub fn plan(&self, cfg: &RuleConfig) -> Result<Plan> {
+        check::check(&self.program, &self.source, &self.file, cfg)
+            .map_err(|e| located(&self.file, &self.source, e))
+    }
+
+    /// The declared parameters with their defaults as written.
+    pub fn parameters(&self) -> Vec<(String, String)> {
+        self.program.header.as_ref().map_or_else(Vec::new, |h| {
+            h.params
+                .iter()
+                .map(|(n, e)| {
+                    (
+                        n.name.clone(),
+                        self.source[e.span.start..e.span.end].to_string(),
+                    )
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,357 @@
+//! Tokens → syntax tree. Grammar (one statement per line; brackets continue lines):
+//!
+//! ```text
+//! program   := header? statement*
+//! header    := 'rule' NAME '(' (NAME '=' expr),* ')'
+//! statement := (NAME ':')? ('let' indexed (',' indexed)* '=' expr | indexed ('=' | '+=') expr)
+//! indexed   := NAME '[' NAME (',' NAME)* ']'
+//! expr      := term (('+' | '-') term)*
+//! term      := unary (('*' | '/') unary)*
+//! unary     := '-' unary | power
+//! power     := atom ('**' unary)?
+//! atom      := NUMBER | NAME | indexed | NAME ('[' NAME ']')? '(' arg,* ')' | '(' expr ')'
+//! arg       := (NAME ':')? expr ('->' expr)?
+//! ```
+
+use super::ast::*;
+use super::diagnostic::{Checked, RuleError, Span};
+use super::lexer::{Tok, Token};
+
+pub fn parse(tokens: &[Token]) -> Checked<Program> {
+    let mut p = Parser { tokens, pos: 0 };
+    p.program()
+}
+
+struct Parser<'a> {
+    tokens: &'a [Token],
+    pos: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> &Tok {
+        &self.tokens[self.pos].tok
+    }
+    fn peek_at(&self, ahead: usize) -> &Tok {
+        let i = (self.pos + ahead).min(self.tokens.len() - 1);
+        &self.tokens[i].tok
+    }
+    fn span(&self) -> Span {
+        self.tokens[self.pos].span
+    }
+    fn prev_span(&self) -> Span {
+        self.tokens[self.pos.saturating_sub(1)].span
+    }
+    fn bump(&mut self) -> &Token {
+        let t = &self.tokens[self.pos];
+        if self.pos < self.tokens.len() - 1 {
+            self.pos += 1;
+        }
+        t
+    }
+    fn eat(&mut self, tok: &Tok) -> bool {
+        if self.peek() == tok {
+            self.bump();
+            true
+        } else {
+            false
+        }
+    }
+    fn expect(&mut self, tok: Tok, what: &str) -> Checked<Span> {
+        if self.peek() == &tok {
+            Ok(self.bump().span)
+        } else {
+            Err(self.unexpected(what))
+        }
+    }
+    fn unexpected(&self, what: &str) -> RuleError {
+        RuleError::new(
+            self.span(),
+            format!("expected {what}, found {}", self.peek().describe()),
+        )
+    }
+    fn ident(&mut self, what: &str) -> Checked<Ident> {
+        match self.peek().clone() {
+            Tok::Ident(name) => {
+                let span = self.bump().span;
+                Ok(Ident { name, span })
+            }
+            _ => Err(self.unexpected(what)),
+        }
+    }
+
+    fn program(&mut self) -> Checked<Program> {
+        while self.eat(&Tok::Newline) {}
+        let header = if matches!(self.peek(), Tok::Ident(s) if s == "rule") {
+            Some(self.header()?)
+        } else {
+            None
+        };
+        let mut statements = Vec::new();
+        loop {
+            while self.eat(&Tok::Newline) {}
+            if self.peek() == &Tok::Eof {
+                break;
+            }
+            statements.push(self.statement()?);
+        }
+        Ok(Program { header, statements })
+    }
+
+    fn header(&mut self) -> Checked<Header> {
+        self.bump();
+        let name = self.ident("the rule's name after `rule`")?;
+        let mut params = Vec::new();
+        if self.eat(&Tok::LParen) {
+            while self.peek() != &Tok::RParen {
+                let pname = self.ident("a parameter name")?;
+                if self.peek() != &Tok::Assign {
+                    return Err(self.unexpected("`=` and a default value").hint(format!(
+                        "every parameter has a default: `{} = 8`",
+                        pname.name
+                    )));
+                }
+                self.bump();
+                let value = self.expr()?;
+                params.push((pname, value));
+                if !self.eat(&Tok::Comma) && self.peek() != &Tok::RParen {
+                    return Err(self.unexpected("`,` or `)` in the parameter list"));
+                }
+            }
+            self.bump();
+        }
+        self.end_of_statement()?;
+        Ok(Header { name, params })
+    }
+
+    fn end_of_statement(&mut self) -> Checked<()> {
+        match self.peek() {
+            Tok::Newline | Tok::Eof => {
+                self.eat(&Tok::Newline);
+                Ok(())
+            }
+            _ => Err(self
+                .unexpected("the end of the statement")
+                .hint("one statement per line; long calls may continue inside brackets")),
+        }
+    }
+
+    fn statement(&mut self) -> Checked<Statement> {
+        let start = self.span();
+        let label = if matches!(self.peek(), Tok::Ident(_)) && self.peek_at(1) == &Tok::Colon {
+            let l = self.ident("a label")?;
+            self.bump();
+            Some(l)
+        } else {
+            None
+        };
+        let kind = if matches!(self.peek(), Tok::Ident(s) if s == "let") {
+            self.bump();
+            let mut bindings = vec![self.indexed("a name with indices, like `x[i]`")?];
+            while self.eat(&Tok::Comma) {
+                bindings.push(self.indexed("a second name with indices")?);
+            }
+            if self.peek() != &Tok::Assign {
+                return Err(self.unexpected("`=`"));
+            }
+            self.bump();
+            let value = self.expr()?;
+            StatementKind::Let { bindings, value }
+        } else {
+            let target = self.indexed("a statement: `let x[i] = ...` or `nodes[i] += ...`")?;
+            let accumulate = match self.peek() {
+                Tok::PlusAssign => true,
+                Tok::Assign => false,
+                _ => return Err(self.unexpected("`=` or `+=`")),
+            };
+            self.bump();
+            let value = self.expr()?;
+            StatementKind::Update {
+                target,
+                accumulate,
+                value,
+            }
+        };
+        let span = start.to(self.prev_span());
+        self.end_of_statement()?;
+        Ok(Statement { label, kind, span })
+    }
+
+    fn indexed(&mut self, what: &str) -> Checked<Indexed> {
+        let name = self.ident(what)?;
+        if self.peek() != &Tok::LBracket {
+            return Err(self.unexpected("`[` and indices").hint(format!(
+                "tensors are written with their indices: `{}[i, j]`",
+                name.name
+            )));
+        }
+        let indices = self.index_list()?;
+        Ok(Indexed {
+            span: name.span.to(self.prev_span()),
+            name,
+            indices,
+        })
+    }
+
+    fn index_list(&mut self) -> Checked<Vec<Ident>> {
+        self.expect(Tok::LBracket, "`[`")?;
+        let mut out = vec![self.ident("an index name")?];
+        while self.eat(&Tok::Comma) {
+            out.push(self.ident("an index name")?);
+        }
+        self.expect(Tok::RBracket, "`]` after the indices")?;
+        Ok(out)
+    }
+
+    fn expr(&mut self) -> Checked<Expr> {
+        let mut lhs = self.term()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Plus => BinOp::Add,
+                Tok::Minus => BinOp::Sub,
+                _ => return Ok(lhs),
+            };
+            self.bump();
+            let rhs = self.term()?;
+            lhs = binary(op, lhs, rhs);
+        }
+    }
+
+    fn term(&mut self) -> Checked<Expr> {
+        let mut lhs = self.unary()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Star => BinOp::Mul,
+                Tok::Slash => BinOp::Div,
+                _ => return Ok(lhs),
+            };
+            self.bump();
+            let rhs = self.unary()?;
+            lhs = binary(op, lhs, rhs);
+        }
+    }
+
+    fn unary(&mut self) -> Checked<Expr> {
+        if self.peek() == &Tok::Minus {
+            let start = self.bump().span;
+            let inner = self.unary()?;
+            let span = start.to(inner.span);
+            return Ok(Expr {
+                kind: ExprKind::Neg(Box::new(inner)),
+                span,
+            });
+        }
+        let base = self.atom()?;
+        if self.eat(&Tok::Power) {
+            let exponent = self.unary()?;
+            return Ok(binary(BinOp::Pow, base, exponent));
+        }
+        Ok(base)
+    }
+
+    fn atom(&mut self) -> Checked<Expr> {
+        let start = self.span();
+        match self.peek().clone() {
+            Tok::Number(x) => {
+                self.bump();
+                Ok(Expr {
+                    kind: ExprKind::Number(x),
+                    span: start,
+                })
+            }
+            Tok::LParen => {
+                self.bump();
+                let inner = self.expr()?;
+                self.expect(Tok::RParen, "`)`")?;
+                Ok(Expr {
+                    span: start.to(self.prev_span()),
+                    ..inner
+                })
+            }
+            Tok::Ident(_) => {
+                let name = self.ident("a name")?;
+                let indices = if self.peek() == &Tok::LBracket {
+                    Some(self.index_list()?)
+                } else {
+                    None
+                };
+                if self.peek() == &Tok::LParen {
+                    let over = match indices {
+                        None => None,
+                        Some(list) if list.len() == 1 => list.into_iter().next(),
+                        Some(list) => {
+                            return Err(RuleError::new(
+                                list[1].span,
+                                format!("`{}` runs over one index", name.name),
+                            )
+                            .hint(format!("write `{}[{}](...)`", name.name, list[0].name)))
+                        }
+                    };
+                    let args = self.call_args()?;
+                    return Ok(Expr {
+                        kind: ExprKind::Call {
+                            func: name,
+                            over,
+                            args,
+                        },
+                        span: start.to(self.prev_span()),
+                    });
+                }
+                let span = start.to(self.prev_span());
+                Ok(Expr {
+                    kind: match indices {
+                        Some(indices) => ExprKind::Index(Indexed {
+                            name,
+                            indices,
+                            span,
+                        }),
+                        None => ExprKind::Name(name),
+                    },
+                    span,
+                })
+            }
+            _ => Err(self.unexpected("an expression")),
+        }
+    }
+
+    fn call_args(&mut self) -> Checked<Vec<Arg>> {
+        self.expect(Tok::LParen, "`(`")?;
+        let mut args = Vec::new();
+        while self.peek() != &Tok::RParen {
+            let start = self.span();
+            let name = if matches!(self.peek(), Tok::Ident(_)) && self.peek_at(1) == &Tok::Colon {
+                let n = self.ident("an option name")?;
+                self.bump();
+                Some(n)
+            } else {
+                None
+            };
+            let mut value = self.expr()?;
+            if self.eat(&Tok::Arrow) {
+                let key = self.expr()?;
+                let span = value.span.to(key.span);
+                value = Expr {
+                    kind: ExprKind::Arrow(Box::new(value), Box::new(key)),
+                    span,
+                };
+            }
+            args.push(Arg {
+                name,
+                value,
+                span: start.to(self.prev_span()),
+            });
+            if !self.eat(&Tok::Comma) && self.peek() != &Tok::RParen {
+                return Err(self.unexpected("`,` or `)` in the argument list"));
+            }
+        }
+        self.bump();
+        Ok(args)
+    }
+}
+
+fn binary(op: BinOp, lhs: Expr, rhs: Expr) -> Expr {
+    let span = lhs.span.to(rhs.span);
+    Expr {
+        kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+        span,
+    }
+}

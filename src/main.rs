@@ -1,142 +1,26 @@
-//! The `quartic` command. For now one subcommand, `check`: runs every kernel forward and
-//! backward on a small random graph, compares the fused CPU and composite forms, and prints
-//! timings. (Training, eval and the other subcommands come with the models.)
+//! The `quartic` command: parses the command line and runs one subcommand; errors are printed
+//! once, as one clear message, with a non-zero exit status.
+
+mod cli;
 
 use std::process::ExitCode;
-use std::time::Instant;
 
-use dfdx::prelude::*;
-use quartic::graph::{Edges, GraphMask};
-use quartic::kernels::fused_cpu::weights_fused;
-use quartic::kernels::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
-use quartic::kernels::taylor::TaylorForm;
-use quartic::kernels::weights::{weights_composite, Normalizer, WeightsSpec};
-use rand::{Rng, SeedableRng};
-
-type T4 = Tensor<(usize, usize, usize, usize), f32, Cpu>;
-
-fn random(dev: &Cpu, shape: (usize, usize, usize, usize), rng: &mut impl Rng) -> T4 {
-    dev.tensor_from_vec(
-        (0..shape.0 * shape.1 * shape.2 * shape.3)
-            .map(|_| rng.gen_range(-1.0..1.0))
-            .collect(),
-        shape,
-    )
-}
-
-fn check(n: usize) -> quartic::Result<()> {
-    let dev = Cpu::default();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let (b, channels, heads) = (2, 32, 4);
-    let mask = GraphMask::from_lengths(n, &[n, n - n / 4])?.causal(true);
-    println!("graph: batch {b}, {n} nodes ({} edges each), {channels} edge channels, {heads} heads, causal, padded", n * n);
-    let (q, k, v) = (
-        random(&dev, (b, n, n, channels), &mut rng),
-        random(&dev, (b, n, n, channels), &mut rng),
-        random(&dev, (b, n, n, channels), &mut rng),
-    );
-    let kernels = [
-        (
-            "softmax",
-            EdgeKernel::Softmax {
-                scale: (8f64).powf(-0.5),
-            },
-        ),
-        (
-            "taylor",
-            EdgeKernel::Taylor {
-                scale: (8f64).powf(-0.5),
-                eps: 1e-5,
-                form: TaylorForm::Auto,
-            },
-        ),
-    ];
-    for pattern in [
-        EdgePattern::All,
-        EdgePattern::Row,
-        EdgePattern::Column,
-        EdgePattern::Diagonal,
-    ] {
-        for (name, kernel) in kernels {
-            let start = Instant::now();
-            let e = |t: &T4| Edges::new(t.clone().retaped()).expect("square");
-            let out = edge_attention(
-                Edges::new(q.leaky_trace())?,
-                e(&k),
-                e(&v),
-                heads,
-                pattern,
-                kernel,
-                EdgeAttendInputs::default(),
-                &mask,
-            )?;
-            let values = out.tensor().as_vec();
-            let grads = out.into_tensor().sum::<(), _>().backward();
-            let grad_norm: f32 = grads
-                .get(&q)
-                .as_vec()
-                .iter()
-                .map(|g| g * g)
-                .sum::<f32>()
-                .sqrt();
-            let finite = values.iter().all(|x| x.is_finite()) && grad_norm.is_finite();
-            println!(
-                "  {:<9} {name:<8} forward+backward {:>8.2} ms   |dq| = {grad_norm:.4}   {}",
-                format!("{pattern:?}"),
-                start.elapsed().as_secs_f64() * 1e3,
-                if finite { "ok" } else { "NOT FINITE" }
-            );
-            if !finite {
-                return Err(quartic::Error::Device(format!(
-                    "{pattern:?} {name}: non-finite values"
-                )));
-            }
-        }
-    }
-    // fused vs composite on the node-attention problem
-    let shape = (b, heads, n, 8);
-    let (q, k) = (random(&dev, shape, &mut rng), random(&dev, shape, &mut rng));
-    let spec = WeightsSpec {
-        scale: 0.35,
-        normalizer: Normalizer::Softmax,
-        visibility: mask.node_visibility()?,
-    };
-    let fused = weights_fused(q.clone(), k.clone(), None, None, &spec)?.as_vec();
-    let composite = weights_composite(q, k, None, None, &spec)?.as_vec();
-    let diff = fused
-        .iter()
-        .zip(&composite)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    println!("fused vs composite attention weights: max |diff| = {diff:.2e}");
-    Ok(())
-}
+use clap::Parser;
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("check") => {
-            let n = match args.get(1).map(|s| s.parse::<usize>()) {
-                None => Ok(16),
-                Some(Ok(n)) if n >= 2 => Ok(n),
-                Some(_) => Err(quartic::Error::config(
-                    "check",
-                    format!("the node count must be an integer ≥ 2, got `{}`", args[1]),
-                )),
-            };
-            n.and_then(check)
-        }
-        Some("--help") | Some("-h") | None => {
-            println!("usage: quartic check [N]   run every kernel forward and backward on a graph of N nodes (default 16)");
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => Err(quartic::Error::config(
-            "quartic",
-            format!("unknown subcommand `{other}` (try --help)"),
-        )),
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Check { n } => cli::check::run(*n as usize),
+        Command::Explain(args) => cli::explain::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // rule errors render themselves (location, source line, caret, hint)
+        Err(e @ quartic::Error::Rule(_)) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -124,28 +124,35 @@ const FUNCTIONS: [&str; 22] = [
     "top",
 ];
 
-/// The closest candidate within a small edit distance, for "did you mean" hints.
+/// The closest candidate within a small edit distance (adjacent swaps count once), for
+/// "did you mean" hints.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     fn distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut prev = row[0];
-            row[0] = i + 1;
-            for j in 0..b.len() {
-                let cur = row[j + 1];
-                row[j + 1] = (prev + usize::from(ca != b[j]))
-                    .min(row[j] + 1)
-                    .min(cur + 1);
-                prev = cur;
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for j in 0..=b.len() {
+            d[0][j] = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                d[i][j] = (d[i - 1][j] + 1)
+                    .min(d[i][j - 1] + 1)
+                    .min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+                }
             }
         }
-        row[b.len()]
+        d[a.len()][b.len()]
     }
     candidates
         .into_iter()
         .map(|c| (distance(word, c), c))
-        .filter(|&(d, c)| d <= 2.max(c.len() / 3) && d < c.len().max(word.len()))
+        .filter(|&(d, c)| d <= (c.chars().count() / 3).max(1))
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
 }

@@ -1,1 +1,605 @@
-pub fn placeholder() {}
+//! `explain`: a plan statement by statement — the lowering chosen for each operation, its output
+//! shape, parameters, FLOPs and activation memory at a given n, and how each grows with n
+//! (the exponent of cost(2n)/cost(n)).
+
+use std::fmt::Write;
+
+use super::check::matmul_form;
+use super::ir::*;
+use crate::kernels::taylor::form_costs;
+
+/// The cost of one operation at a given size.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    pub flops: f64,
+    /// Activation elements kept for the backward pass.
+    pub elements: f64,
+    pub params: f64,
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, o: Cost) {
+        self.flops += o.flops;
+        self.elements += o.elements;
+        self.params += o.params;
+    }
+}
+
+/// One explained operation.
+struct Row {
+    depth: usize,
+    what: String,
+    lowering: String,
+    shape: String,
+    cost: Cost,
+    cost_2n: Cost,
+}
+
+/// Total cost of a plan on a batch of `batch` graphs with `n` nodes.
+pub fn plan_cost(plan: &Plan, batch: usize, n: usize) -> Cost {
+    let mut total = Cost::default();
+    for st in &plan.statements {
+        let mut rows = Vec::new();
+        statement_rows(plan, st, batch, n, &mut rows);
+        for r in rows {
+            total += r.cost;
+        }
+    }
+    total
+}
+
+/// The explanation of `plan` at `n` nodes per graph and `batch` graphs, as text.
+pub fn explain(plan: &Plan, batch: usize, n: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "rule `{}` ({})", plan.rule, plan.file);
+    let params: Vec<String> = plan
+        .params
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "model: dim {}, dim_edges {}, causal {}; rule parameters: {}",
+        plan.dim,
+        plan.dim_edges,
+        if plan.causal { "yes" } else { "no" },
+        if params.is_empty() {
+            "none".into()
+        } else {
+            params.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "at n = {n}, batch {batch}; memory = activations kept for backward, f32; growth = exponent p of cost ∝ n^p near this n\n"
+    );
+    let _ = writeln!(
+        out,
+        "{:<44} {:<58} {:>20} {:>9} {:>9} {:>10} {:>9}",
+        "operation", "lowering", "shape", "params", "FLOPs", "memory", "growth"
+    );
+    let mut total = Cost::default();
+    let mut total_2n = Cost::default();
+    for st in &plan.statements {
+        let _ = writeln!(out, "line {}: {}", st.line, st.source);
+        let mut rows = Vec::new();
+        statement_rows(plan, st, batch, n, &mut rows);
+        for r in rows {
+            let label = format!("{}{}", "  ".repeat(r.depth + 1), r.what);
+            let _ = writeln!(
+                out,
+                "{:<44} {:<58} {:>20} {:>9} {:>9} {:>10} {:>9}",
+                clip(&label, 44),
+                clip(&r.lowering, 58),
+                r.shape,
+                count(r.cost.params),
+                count(r.cost.flops),
+                bytes(r.cost.elements * 4.0),
+                growth(
+                    r.cost.flops.max(r.cost.elements),
+                    r.cost_2n.flops.max(r.cost_2n.elements)
+                ),
+            );
+            total += r.cost;
+            total_2n += r.cost_2n;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\ntotal: {} parameters, {} FLOPs (growth {}), {} of activations (growth {})",
+        count(total.params),
+        count(total.flops),
+        growth(total.flops, total_2n.flops),
+        bytes(total.elements * 4.0),
+        growth(total.elements, total_2n.elements),
+    );
+    out
+}
+
+fn clip(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn count(x: f64) -> String {
+    if x == 0.0 {
+        "-".into()
+    } else if x < 1e3 {
+        format!("{x:.0}")
+    } else if x < 1e6 {
+        format!("{:.1}k", x / 1e3)
+    } else if x < 1e9 {
+        format!("{:.1}M", x / 1e6)
+    } else if x < 1e12 {
+        format!("{:.1}G", x / 1e9)
+    } else {
+        format!("{:.1}T", x / 1e12)
+    }
+}
+
+fn bytes(x: f64) -> String {
+    if x == 0.0 {
+        "-".into()
+    } else if x < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", x / 1024.0)
+    } else if x < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", x / 1024.0 / 1024.0)
+    } else {
+        format!("{:.2} GiB", x / 1024.0 / 1024.0 / 1024.0)
+    }
+}
+
+fn growth(at_n: f64, at_2n: f64) -> String {
+    if at_n <= 0.0 || at_2n <= 0.0 {
+        "-".into()
+    } else {
+        format!("n^{:.1}", (at_2n / at_n).log2())
+    }
+}
+
+fn statement_rows(plan: &Plan, st: &PlanStatement, b: usize, n: usize, rows: &mut Vec<Row>) {
+    let (value, target) = match &st.kind {
+        PlanKind::Let { outputs, value } => {
+            let names: Vec<String> = outputs
+                .iter()
+                .map(|(id, slots)| format!("{}[{}]", plan.lets[*id].name, names(st, slots)))
+                .collect();
+            (value, format!("bind {}", names.join(", ")))
+        }
+        PlanKind::Update {
+            target,
+            slots,
+            diagonal,
+            accumulate,
+            ..
+        } => {
+            let t = if *target == Domain::Nodes {
+                "nodes"
+            } else {
+                "edges"
+            };
+            let how = if *accumulate { "add into" } else { "write" };
+            let diag = if *diagonal { " (diagonal only)" } else { "" };
+            (
+                match &st.kind {
+                    PlanKind::Update { value, .. } => value,
+                    _ => unreachable!(),
+                },
+                format!("{how} {t}[{}]{diag}", names(st, slots)),
+            )
+        }
+    };
+    node_rows(plan, st, value, b, n, 0, rows);
+    let size = |m: usize| elements(b, m, &value.slots, value.channels);
+    let (lowering, adds) = match &st.kind {
+        PlanKind::Let { .. } => ("stored for later statements", false),
+        PlanKind::Update {
+            accumulate: true, ..
+        } => ("element-wise add", true),
+        PlanKind::Update { .. } => ("overwrite", false),
+    };
+    let cost = |m: usize| Cost {
+        flops: if adds { size(m) } else { 0.0 },
+        elements: 0.0,
+        params: 0.0,
+    };
+    rows.push(Row {
+        depth: 0,
+        what: target,
+        lowering: lowering.into(),
+        shape: shape(st, b, n, value),
+        cost: cost(n),
+        cost_2n: cost(2 * n),
+    });
+}
+
+fn names(st: &PlanStatement, slots: &[Slot]) -> String {
+    slots
+        .iter()
+        .map(|&s| st.slots[s].as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn elements(b: usize, n: usize, slots: &[Slot], channels: usize) -> f64 {
+    b as f64 * (n as f64).powi(slots.len() as i32) * channels as f64
+}
+
+fn shape(st: &PlanStatement, b: usize, n: usize, node: &Node) -> String {
+    let _ = st;
+    let mut dims = vec![b.to_string()];
+    dims.extend(node.slots.iter().map(|_| n.to_string()));
+    dims.push(node.channels.to_string());
+    format!("[{}]", dims.join(", "))
+}
+
+fn node_rows(
+    plan: &Plan,
+    st: &PlanStatement,
+    node: &Node,
+    b: usize,
+    n: usize,
+    depth: usize,
+    rows: &mut Vec<Row>,
+) {
+    let mk = |what: String, lowering: String, cost: &dyn Fn(usize) -> Cost| Row {
+        depth,
+        what,
+        lowering,
+        shape: shape(st, b, n, node),
+        cost: cost(n),
+        cost_2n: cost(2 * n),
+    };
+    let out = |m: usize| elements(b, m, &node.slots, node.channels);
+    let rows_of = |m: usize, x: &Node| elements(b, m, &x.slots, 1);
+    match &node.op {
+        Op::State { slots, .. } | Op::Let { slots, .. } if is_plain(slots) => {}
+        Op::State { slots, .. } | Op::Let { slots, .. } => {
+            let kind = if slots.len() == 2 && slots[0] == slots[1] {
+                "the diagonal"
+            } else {
+                "transposed"
+            };
+            rows.push(mk(
+                format!("read {}", reference(plan, st, node)),
+                format!("gather ({kind})"),
+                &|m| Cost {
+                    flops: 0.0,
+                    elements: out(m),
+                    params: 0.0,
+                },
+            ));
+        }
+        Op::Binary { op, lhs, rhs } => {
+            node_rows(plan, st, lhs, b, n, depth + 1, rows);
+            node_rows(plan, st, rhs, b, n, depth + 1, rows);
+            let sym = match op {
+                Arith::Add => "+",
+                Arith::Sub => "-",
+                Arith::Mul => "×",
+                Arith::Div => "/",
+            };
+            let mut how = format!("element-wise {sym}");
+            if lhs.slots != rhs.slots {
+                how.push_str(", broadcast over indices");
+            }
+            if lhs.channels != rhs.channels {
+                how.push_str(if lhs.channels.min(rhs.channels) == 1 {
+                    ", one channel broadcast"
+                } else {
+                    ", per-head broadcast"
+                });
+            }
+            rows.push(mk(sym.to_string(), how, &|m| Cost {
+                flops: out(m),
+                elements: out(m),
+                params: 0.0,
+            }));
+        }
+        Op::Affine { x, .. } | Op::Pow { x, .. } => {
+            node_rows(plan, st, x, b, n, depth + 1, rows);
+            rows.push(mk(
+                "scalar arithmetic".into(),
+                "element-wise".into(),
+                &|m| Cost {
+                    flops: out(m),
+                    elements: out(m),
+                    params: 0.0,
+                },
+            ));
+        }
+        Op::Act { f, x } => {
+            node_rows(plan, st, x, b, n, depth + 1, rows);
+            rows.push(mk(
+                format!("{f:?}").to_lowercase(),
+                "element-wise".into(),
+                &|m| Cost {
+                    flops: 4.0 * out(m),
+                    elements: out(m),
+                    params: 0.0,
+                },
+            ));
+        }
+        Op::Linear {
+            site,
+            x,
+            outputs,
+            bias,
+        } => {
+            node_rows(plan, st, x, b, n, depth + 1, rows);
+            let (i, o) = (x.channels, *outputs);
+            rows.push(mk(
+                format!("{}.{site}", st.name),
+                format!(
+                    "matmul [rows, {i}] × [{i}, {o}]{}",
+                    if *bias { " + bias" } else { "" }
+                ),
+                &|m| Cost {
+                    flops: 2.0 * rows_of(m, x) * (i * o) as f64,
+                    elements: out(m),
+                    params: (i * o + if *bias { o } else { 0 }) as f64,
+                },
+            ));
+        }
+        Op::Norm { site, kind, x } => {
+            node_rows(plan, st, x, b, n, depth + 1, rows);
+            let c = x.channels as f64;
+            let (name, params) = match kind {
+                NormKind::Rms { .. } => ("rmsnorm", c),
+                NormKind::Unit => ("unit rmsnorm", c),
+                NormKind::Layer { .. } => ("layernorm", 2.0 * c),
+            };
+            rows.push(mk(
+                format!("{}.{site}", st.name),
+                format!("{name}, row-wise"),
+                &|m| Cost {
+                    flops: 5.0 * out(m),
+                    elements: out(m),
+                    params,
+                },
+            ));
+        }
+        Op::FeedForward {
+            site, x, hidden, ..
+        } => {
+            node_rows(plan, st, x, b, n, depth + 1, rows);
+            let (c, h) = (x.channels as f64, *hidden as f64);
+            rows.push(mk(
+                format!("{}.{site}", st.name),
+                format!("rmsnorm, matmul {c}→{h}, gelu, matmul {h}→{c}"),
+                &|m| Cost {
+                    flops: rows_of(m, x) * (4.0 * c * h + 5.0 * c + 4.0 * h),
+                    elements: rows_of(m, x) * (2.0 * c + 2.0 * h),
+                    params: 2.0 * c * h + c,
+                },
+            ));
+        }
+        Op::Concat(parts) => {
+            for p in parts {
+                node_rows(plan, st, p, b, n, depth + 1, rows);
+            }
+            rows.push(mk("concat".into(), "copy along channels".into(), &|m| {
+                Cost {
+                    flops: 0.0,
+                    elements: out(m),
+                    params: 0.0,
+                }
+            }));
+        }
+        Op::Reduce {
+            op,
+            slot,
+            x,
+            matmul,
+        } => {
+            let k = &st.slots[*slot];
+            let name = format!("{op:?}[{k}]").to_lowercase();
+            if *matmul {
+                let (a, c) = matmul_form(x, *slot).expect("the checker chose the matmul form");
+                node_rows(plan, st, a, b, n, depth + 1, rows);
+                node_rows(plan, st, c, b, n, depth + 1, rows);
+                let g = a.channels.min(c.channels);
+                rows.push(mk(
+                    name,
+                    format!("batched matmul over {k} ({} groups), masked", b * g),
+                    &|m| Cost {
+                        flops: 2.0 * elements(b, m, &node.slots, node.channels) * m as f64,
+                        elements: out(m) + elements(b, m, &a.slots, a.channels),
+                        params: 0.0,
+                    },
+                ));
+            } else {
+                node_rows(plan, st, x, b, n, depth + 1, rows);
+                rows.push(mk(
+                    name,
+                    format!("masked reduction over {k} (element-wise)"),
+                    &|m| Cost {
+                        flops: 2.0 * elements(b, m, &x.slots, x.channels),
+                        elements: out(m) + elements(b, m, &x.slots, x.channels),
+                        params: 0.0,
+                    },
+                ));
+            }
+        }
+        Op::Softmax { slot, x } => {
+            node_rows(plan, st, x, b, n, depth + 1, rows);
+            rows.push(mk(
+                format!("softmax[{}]", st.slots[*slot]),
+                format!("masked softmax over {}", st.slots[*slot]),
+                &|m| Cost {
+                    flops: 5.0 * out(m),
+                    elements: 2.0 * out(m),
+                    params: 0.0,
+                },
+            ));
+        }
+        Op::Dot { a, b: bb, heads } => {
+            node_rows(plan, st, a, b, n, depth + 1, rows);
+            node_rows(plan, st, bb, b, n, depth + 1, rows);
+            rows.push(mk(
+                format!("dot ({heads} heads)"),
+                "element-wise product, sum per head".into(),
+                &|m| Cost {
+                    flops: 2.0 * elements(b, m, &node.slots, a.channels),
+                    elements: elements(b, m, &node.slots, a.channels) + out(m),
+                    params: 0.0,
+                },
+            ));
+        }
+        Op::Attend(a) => {
+            node_rows(plan, st, &a.query, b, n, depth + 1, rows);
+            if a.route.is_none() {
+                node_rows(plan, st, &a.key, b, n, depth + 1, rows);
+            }
+            if let Some(bias) = &a.bias {
+                node_rows(plan, st, bias, b, n, depth + 1, rows);
+            }
+            if let Some(Gates::Expr(g)) = &a.gates {
+                node_rows(plan, st, g, b, n, depth + 1, rows);
+            }
+            if let Some(r) = &a.route {
+                node_rows(plan, st, &r.score, b, n, depth + 1, rows);
+            }
+            let lowering = attend_lowering(plan, st, a);
+            rows.push(mk(format!("{}.{}", st.name, a.site), lowering, &|m| {
+                attend_cost(plan, a, b, m)
+            }));
+        }
+    }
+}
+
+fn is_plain(slots: &[Slot]) -> bool {
+    slots.windows(2).all(|w| w[0] < w[1])
+}
+
+fn reference(plan: &Plan, st: &PlanStatement, node: &Node) -> String {
+    match &node.op {
+        Op::State { domain, slots } => format!(
+            "{}[{}]",
+            if *domain == Domain::Nodes {
+                "nodes"
+            } else {
+                "edges"
+            },
+            names(st, slots)
+        ),
+        Op::Let { id, slots } => format!("{}[{}]", plan.lets[*id].name, names(st, slots)),
+        _ => String::new(),
+    }
+}
+
+/// The sizes of an attention's problems: `(problems per graph, queries, keys)`.
+fn attend_dims(a: &AttendOp, n: usize) -> (usize, usize, usize) {
+    match (a.pattern, &a.route) {
+        (Pattern::All { .. }, Some(r)) if r.per_row => (n, r.k.min(n), r.k.min(n)),
+        (Pattern::All { .. }, Some(r)) => (1, r.k.min(n * n), r.k.min(n * n)),
+        (Pattern::Nodes { .. }, _) => (1, n, n),
+        (Pattern::Row { .. }, _) => (n, n, n),
+        (Pattern::All { .. }, None) => (1, n * n, n * n),
+    }
+}
+
+fn plain_taylor(a: &AttendOp) -> bool {
+    matches!(a.kernel, KernelChoice::Taylor { .. }) && a.bias.is_none() && !a.talking && !a.probs
+}
+
+/// Whether the Taylor feature form runs (as the kernel's `choose_form` decides).
+fn feature_form(plan: &Plan, a: &AttendOp, n: usize) -> bool {
+    let (_, nq, nk) = attend_dims(a, n);
+    let prefix_ok = !(plan.causal && matches!(a.pattern, Pattern::All { .. }));
+    let (feature, direct) = form_costs(nq, nk, a.dim_head, a.dim_head, plan.causal);
+    plain_taylor(a) && prefix_ok && feature < direct
+}
+
+fn attend_lowering(plan: &Plan, st: &PlanStatement, a: &AttendOp) -> String {
+    let pattern = match a.pattern {
+        Pattern::Nodes { query, key } => {
+            let _ = (query, key);
+            if matches!(a.query.op, Op::State { ref slots, .. } | Op::Let { ref slots, .. } if slots.len() == 2)
+            {
+                "diagonal (node attention on the diagonal edges)".to_string()
+            } else {
+                "node attention".to_string()
+            }
+        }
+        Pattern::Row { q0, q1, .. } => {
+            let first = q0 < q1;
+            let _ = st;
+            if first {
+                "row attention".into()
+            } else {
+                "column attention".into()
+            }
+        }
+        Pattern::All { .. } => match &a.route {
+            Some(r) if r.per_row => format!("routed: top {} per row, attention among them", r.k),
+            Some(r) => format!("routed: top {} of all edges, attention among them", r.k),
+            None => "all-edges attention (n⁴ pairs)".into(),
+        },
+    };
+    let kernel = match a.kernel {
+        KernelChoice::Softmax => "softmax".to_string(),
+        KernelChoice::Taylor { .. } => "taylor".to_string(),
+    };
+    let mut extras = vec![format!("{kernel}, {}×{}", a.heads, a.dim_head)];
+    if a.bias.is_some() {
+        extras.push("bias".into());
+    }
+    if a.talking {
+        extras.push("talking".into());
+    }
+    if a.gates.is_some() {
+        extras.push("gates".into());
+    }
+    if a.probs {
+        extras.push("returns probs".into());
+    }
+    let _ = plan;
+    format!("{pattern}; {}", extras.join(", "))
+}
+
+fn attend_cost(plan: &Plan, a: &AttendOp, b: usize, n: usize) -> Cost {
+    let (p, nq, nk) = attend_dims(a, n);
+    let (h, d) = (a.heads as f64, a.dim_head as f64);
+    let problems = (b * p) as f64;
+    let (nq_f, nk_f) = (nq as f64, nk as f64);
+    let queries = problems * nq_f;
+    let keys = match a.pattern {
+        Pattern::Nodes { .. } => (b * n) as f64,
+        _ if a.route.is_some() => queries,
+        _ => (b * n * n) as f64,
+    };
+    let inner = h * d;
+    let projections = 2.0 * queries * a.query.channels as f64 * inner
+        + 4.0 * keys * a.key.channels as f64 * inner
+        + 2.0 * queries * inner * a.outputs as f64;
+    let (core_flops, core_elements) = if feature_form(plan, a, n) {
+        let (feature, _) = form_costs(nq, nk, a.dim_head, a.dim_head, plan.causal);
+        let f = 1.0 + d + d * d;
+        (
+            2.0 * problems * h * feature,
+            problems * h * (nq_f + nk_f) * f + problems * h * f * d,
+        )
+    } else {
+        let pairs = problems * h * nq_f * nk_f;
+        // the fused kernel keeps the weights for the backward pass and recomputes the scores
+        (pairs * (4.0 * d + 6.0), pairs)
+    };
+    let params = (a.query.channels as f64 + 2.0 * a.key.channels as f64) * inner
+        + inner * a.outputs as f64
+        + if a.talking { h * h } else { 0.0 }
+        + match &a.gates {
+            Some(Gates::FromQuery { .. }) => a.query.channels as f64 * h + h,
+            _ => 0.0,
+        };
+    Cost {
+        flops: projections + core_flops,
+        elements: core_elements + 4.0 * queries * inner + queries * a.outputs as f64,
+        params,
+    }
+}

@@ -6,6 +6,7 @@ mod nn;
 mod parity;
 mod patterns;
 mod routing;
+mod rule_errors;
 mod rules;
 mod taylor;
 mod weights;

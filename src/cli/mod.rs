@@ -1,0 +1,52 @@
+//! The `quartic` command line: one module per subcommand.
+
+pub mod check;
+pub mod explain;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Transformers over fully connected directed graphs whose edges carry features.
+#[derive(Parser, Debug)]
+#[command(name = "quartic", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every edge-attention kernel forward and backward on a random graph and compare the
+    /// fused CPU kernels with the composite ones.
+    Check {
+        /// Nodes per graph.
+        #[arg(default_value_t = 16, value_parser = clap::value_parser!(u64).range(2..))]
+        n: u64,
+    },
+    /// Explain a rule: per statement, the lowering chosen, shapes, parameters, FLOPs and
+    /// activation memory at a graph size, and how they grow with it.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// A built-in rule (quartic, taylor, routed, relational, triangle, baseline) or a rule file.
+    pub rule: String,
+    /// Nodes per graph.
+    #[arg(long, default_value_t = 16)]
+    pub n: usize,
+    /// Graphs per batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Node channels.
+    #[arg(long, default_value_t = 512)]
+    pub dim: usize,
+    /// Edge channels.
+    #[arg(long, default_value_t = 32)]
+    pub dim_edges: usize,
+    /// Check and explain the rule for a causal model.
+    #[arg(long)]
+    pub causal: bool,
+    /// Override a rule parameter, e.g. `--set heads=4` (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+}

@@ -1,0 +1,113 @@
+//! Malformed rule programs: each is rejected at load with a located message (never a panic);
+//! the rendered messages are kept as snapshots in `snapshots/`.
+
+use quartic::rules::{Const, Rule, RuleConfig};
+use quartic::Error;
+
+/// `(name, causal, source)`; the model has dim 16 and dim_edges 8.
+const CORPUS: &[(&str, bool, &str)] = &[
+    ("unknown_function", false, "ff: nodes[i] += gelux(nodes[i])\n"),
+    ("unknown_option", false, "rule r()\nlet x[i] = rmsnorm(nodes[i])\nattn: nodes[i] += attend(x[i] -> x[j], head: 4)\n"),
+    ("edges_with_one_index", false, "nodes[i] += edges[i]\n"),
+    ("nodes_with_two_indices", false, "nodes[i] += nodes[i, j]\n"),
+    ("unbound_index", false, "nodes[i] += nodes[j]\n"),
+    ("update_channel_mismatch", false, "proj: nodes[i] += linear(nodes[i], 3)\n"),
+    ("binary_channel_mismatch", false, "proj: edges[i, j] += edges[i, j] * linear(edges[i, j], 3)\n"),
+    ("unclosed_paren", false, "nodes[i] += gelu(nodes[i]\n"),
+    ("mismatched_bracket", false, "nodes[i] += gelu(nodes[i)]\n"),
+    ("unexpected_character", false, "nodes[i] += nodes[i] @ 2\n"),
+    ("missing_value", false, "nodes[i] +=\n"),
+    ("let_is_immutable", false, "let x[i] = nodes[i]\nx[i] += nodes[i]\n"),
+    ("unknown_target", false, "node[i] += nodes[i]\n"),
+    ("duplicate_binding", false, "let x[i] = nodes[i]\nlet x[i] = gelu(nodes[i])\n"),
+    ("parameter_without_default", false, "rule r(heads)\nnodes[i] += nodes[i]\n"),
+    ("misspelled_parameter", false, "rule r(heads = 2)\nattn: nodes[i] += attend(nodes[i] -> nodes[j], heads: hedas)\n"),
+    ("parameters_need_a_label", false, "nodes[i] += linear(nodes[i], dim)\n"),
+    ("causal_global_routing", true, "rule r()\nlet e[i, j] = edges[i, j]\nr: edges[i, j] += attend(e[i, j] -> e[k, l], heads: 2, dim_head: 4, route: top(4, by: linear(e[i, j], 1), per: all))\n"),
+    ("causal_pooling_everything", true, "nodes[i] += mean[j](nodes[j])\n"),
+    ("reduction_index_in_use", false, "nodes[i] += sum[i](nodes[i])\n"),
+    ("reduction_over_unused_index", false, "nodes[i] += sum[k](nodes[i])\n"),
+    ("softmax_over_unbound_index", false, "let a[i] = softmax[j](nodes[i])\n"),
+    ("attend_without_arrow", false, "attn: nodes[i] += attend(nodes[i], heads: 2)\n"),
+    ("node_query_edge_key", false, "attn: nodes[i] += attend(nodes[i] -> edges[i, k], heads: 2)\n"),
+    ("key_without_new_index", false, "attn: nodes[i] += attend(nodes[i] -> nodes[i])\n"),
+    ("edge_probabilities", false, "let o[i, j], p[i, j] = attend(edges[i, j] -> edges[i, k], heads: 2, dim_head: 4)\n"),
+    ("bias_channels", false, "attn: nodes[i] += attend(nodes[i] -> nodes[j], heads: 2, bias: edges[i, j])\n"),
+    ("four_free_indices", false, "edges[i, j] += sum[k](sum[l](edges[i, k] * edges[j, l] * edges[k, l]))\n"),
+    ("unknown_word", false, "ff: nodes[i] += feedforward(nodes[i], mult: big)\n"),
+    ("eps_with_softmax", false, "attn: nodes[i] += attend(nodes[i] -> nodes[j], eps: 0.001)\n"),
+    ("unknown_kernel", false, "attn: nodes[i] += attend(nodes[i] -> nodes[j], kernel: taylr)\n"),
+    ("positional_after_named", false, "p: nodes[i] += linear(nodes[i], bias: true, 16)\n"),
+    ("number_to_tensor_power", false, "nodes[i] += 2 ** nodes[i]\n"),
+    ("empty_rule", false, "rule empty()\n# nothing here\n"),
+    ("malformed_number", false, "nodes[i] += nodes[i] * 1.2.3\n"),
+    ("repeated_binding_index", false, "let d[i, i] = edges[i, i]\n"),
+    ("routing_two_tensors", false, "let x[i, j] = edges[i, j]\nr: edges[i, j] += attend(x[i, j] -> edges[k, l], heads: 2, dim_head: 4, route: top(4, by: linear(x[i, j], 1)))\n"),
+    ("routing_score_channels", false, "let x[i, j] = edges[i, j]\nr: edges[i, j] += attend(x[i, j] -> x[k, l], heads: 2, dim_head: 4, route: top(4, by: x[i, j]))\n"),
+    ("gate_and_gates", false, "a: nodes[i] += attend(nodes[i] -> nodes[j], heads: 2, gate, gates: linear(nodes[i], 2))\n"),
+    ("division_by_zero", false, "nodes[i] += nodes[i] / 0\n"),
+    ("tensor_without_indices", false, "nodes[i] += nodes\n"),
+    ("two_statements_on_a_line", false, "nodes[i] += nodes[i] nodes[i] += nodes[i]\n"),
+    ("top_outside_route", false, "nodes[i] += top(2, by: nodes[i])\n"),
+    ("index_on_a_plain_function", false, "nodes[i] += gelu[j](nodes[i])\n"),
+];
+
+fn load(source: &str, causal: bool, overrides: Vec<(String, Const)>) -> quartic::Result<()> {
+    let rule = Rule::parse("bad.rule", source)?;
+    rule.plan(&RuleConfig {
+        dim: 16,
+        dim_edges: 8,
+        causal,
+        overrides,
+    })
+    .map(|_| ())
+}
+
+#[test]
+fn malformed_rules_are_rejected_with_located_messages() {
+    assert!(CORPUS.len() >= 30);
+    for &(name, causal, source) in CORPUS {
+        let err = match load(source, causal, vec![]) {
+            Ok(()) => panic!("{name}: the program was accepted"),
+            Err(Error::Rule(d)) => d,
+            Err(other) => panic!("{name}: expected a located rule error, got {other}"),
+        };
+        assert!(err.line >= 1 && err.col >= 1, "{name}: no location");
+        let rendered = format!("{err}");
+        assert!(rendered.contains(&format!("bad.rule:{}:{}", err.line, err.col)));
+        insta::with_settings!({
+            snapshot_path => "../../snapshots",
+            prepend_module_to_snapshot => false,
+            description => source,
+        }, {
+            insta::assert_snapshot!(format!("rule_error__{name}"), rendered);
+        });
+    }
+}
+
+#[test]
+fn overriding_an_undeclared_parameter_is_rejected() {
+    let src = "rule r(heads = 2)\nattn: nodes[i] += attend(nodes[i] -> nodes[j], heads: heads)\n";
+    let err = load(src, false, vec![("head".into(), Const::Num(4.0))]).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("`head`") && text.contains("did you mean `heads`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_builtin_rule_checks_causal_and_not() {
+    for (name, _) in quartic::rules::BUILTINS {
+        for causal in [false, true] {
+            let rule = Rule::builtin(name).unwrap();
+            rule.plan(&RuleConfig {
+                dim: 64,
+                dim_edges: 16,
+                causal,
+                overrides: vec![],
+            })
+            .unwrap_or_else(|e| panic!("{name} (causal {causal}): {e}"));
+        }
+    }
+}

@@ -370,3 +370,200 @@ fn every_lowering_matches_the_definitions() {
         );
     }
 }
+
+#[test]
+fn explain_every_builtin_rule_at_16_and_128_nodes() {
+    for (name, _) in BUILTINS {
+        let plan = Rule::builtin(name)
+            .unwrap()
+            .plan(&RuleConfig {
+                dim: 512,
+                dim_edges: 32,
+                causal: false,
+                overrides: vec![],
+            })
+            .unwrap();
+        for n in [16, 128] {
+            let text = quartic::rules::explain::explain(&plan, 1, n);
+            insta::with_settings!({
+                snapshot_path => "../../snapshots",
+                prepend_module_to_snapshot => false,
+            }, {
+                insta::assert_snapshot!(format!("explain__{name}_n{n}"), text);
+            });
+        }
+    }
+}
+
+/// Inputs at time ≥ t (nodes t.., edges with max(i, j) ≥ t) replaced by other random values.
+fn perturb_from(
+    t: usize,
+    b: usize,
+    n: usize,
+    dim: usize,
+    de: usize,
+    nodes: &mut [f64],
+    edges: &mut [f64],
+    seed: u64,
+) {
+    let noise = randn(seed, nodes.len() + edges.len());
+    for bb in 0..b {
+        for i in t..n {
+            for c in 0..dim {
+                let at = (bb * n + i) * dim + c;
+                nodes[at] = noise[at] * 3.0;
+            }
+        }
+        for i in 0..n {
+            for j in 0..n {
+                if i.max(j) >= t {
+                    for c in 0..de {
+                        let at = ((bb * n + i) * n + j) * de + c;
+                        edges[at] = noise[nodes.len() + at] * 3.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn causal_builtin_rules_never_read_the_future() {
+    use rand::{Rng, SeedableRng};
+    let d = dev();
+    let (b, n, dim, de) = (2, 7, 8, 4);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for (name, _) in BUILTINS {
+        let layer = small_layer(name, dim, de, true, &Init::random(&d, 9));
+        for trial in 0..4 {
+            let t = rng.gen_range(1..n);
+            let lengths = [n, rng.gen_range(t..=n)];
+            let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(true);
+            let nodes = randn(100 + trial, b * n * dim);
+            let edges = randn(200 + trial, b * n * n * de);
+            let (n1, e1) = run(&layer, nodes.clone(), edges.clone(), &mask);
+            let (mut nodes2, mut edges2) = (nodes, edges);
+            perturb_from(t, b, n, dim, de, &mut nodes2, &mut edges2, 300 + trial);
+            let (n2, e2) = run(&layer, nodes2, edges2, &mask);
+            for bb in 0..b {
+                for i in 0..t {
+                    let r = (bb * n + i) * dim..(bb * n + i + 1) * dim;
+                    assert_eq!(
+                        n1[r.clone()],
+                        n2[r],
+                        "{name}: node {i} changed when inputs from {t} on did"
+                    );
+                    for j in 0..t {
+                        let r = ((bb * n + i) * n + j) * de..((bb * n + i) * n + j + 1) * de;
+                        assert_eq!(
+                            e1[r.clone()],
+                            e2[r],
+                            "{name}: edge ({i}, {j}) changed when inputs from {t} on did"
+                        );
+                    }
+                }
+            }
+            // and the perturbation does reach later positions (the test can fail)
+            assert_ne!(n1, n2, "{name}: outputs ignore the inputs");
+        }
+    }
+}
+
+#[test]
+fn padding_never_changes_real_positions() {
+    let d = dev();
+    let (b, n, dim, de) = (2, 6, 8, 4);
+    let lengths = [6, 4];
+    for causal in [false, true] {
+        let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(causal);
+        for (name, _) in BUILTINS {
+            let layer = small_layer(name, dim, de, causal, &Init::random(&d, 4));
+            let nodes = randn(41, b * n * dim);
+            let edges = randn(42, b * n * n * de);
+            let (n1, e1) = run(&layer, nodes.clone(), edges.clone(), &mask);
+            let (mut nodes2, mut edges2) = (nodes, edges);
+            let noise = randn(43, nodes2.len() + edges2.len());
+            for bb in 0..b {
+                for i in 0..n {
+                    let pad_i = i >= lengths[bb];
+                    if pad_i {
+                        for c in 0..dim {
+                            nodes2[(bb * n + i) * dim + c] = noise[(bb * n + i) * dim + c] * 5.0;
+                        }
+                    }
+                    for j in 0..n {
+                        if pad_i || j >= lengths[bb] {
+                            for c in 0..de {
+                                let at = ((bb * n + i) * n + j) * de + c;
+                                edges2[at] = noise[nodes2.len() + at] * 5.0;
+                            }
+                        }
+                    }
+                }
+            }
+            let (n2, e2) = run(&layer, nodes2, edges2, &mask);
+            for bb in 0..b {
+                for i in 0..lengths[bb] {
+                    let r = (bb * n + i) * dim..(bb * n + i + 1) * dim;
+                    assert_eq!(
+                        n1[r.clone()],
+                        n2[r],
+                        "{name} (causal {causal}): real node {i} changed"
+                    );
+                    for j in 0..lengths[bb] {
+                        let r = ((bb * n + i) * n + j) * de..((bb * n + i) * n + j + 1) * de;
+                        assert_eq!(
+                            e1[r.clone()],
+                            e2[r],
+                            "{name} (causal {causal}): real edge ({i}, {j}) changed"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each rule's outputs for fixed tokens on a fixed seed: token embeddings onto nodes, the edge
+/// embedding onto edges, one layer of the rule; values rounded to 6 decimals (f64).
+#[test]
+fn builtin_rule_outputs_match_their_snapshots() {
+    use quartic::nn::embedding::{EdgeEmbed, Embedding};
+    let d = dev();
+    let tokens = [3usize, 1, 4, 1, 5, 9, 2, 6];
+    let (n, dim, de) = (tokens.len(), 8, 4);
+    let round =
+        |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(|x| (x * 1e6).round() / 1e6).collect() };
+    for causal in [false, true] {
+        for (name, _) in BUILTINS {
+            let init = Init::random(&d, 2024);
+            let embed = Embedding::<f64, Cpu>::new(&init.pp("token_emb"), 10, dim).unwrap();
+            let to_edges = EdgeEmbed::<f64, Cpu>::new(&init.pp("edge_emb"), dim, de).unwrap();
+            let layer = small_layer(name, dim, de, causal, &init.pp("layer"));
+            let nodes: Nodes<f64, Cpu> = embed.forward(&tokens, 1, n).unwrap();
+            let edges = to_edges
+                .forward(Nodes::new(nodes.tensor().clone()))
+                .unwrap();
+            let mask = GraphMask::full(1, n).causal(causal);
+            let (no, eo) = layer.forward(nodes, edges, &mask).unwrap();
+            let snapshot = serde_json::json!({
+                "rule": name,
+                "causal": causal,
+                "tokens": tokens,
+                "nodes": round(no.into_tensor().as_vec()),
+                "edge_channel_sums": round(
+                    eo.into_tensor().sum::<_, Axis<3>>().as_vec()
+                ),
+            });
+            insta::with_settings!({
+                snapshot_path => "../../snapshots",
+                prepend_module_to_snapshot => false,
+            }, {
+                insta::assert_json_snapshot!(
+                    format!("outputs__{name}{}", if causal { "_causal" } else { "" }),
+                    snapshot
+                );
+            });
+        }
+    }
+}

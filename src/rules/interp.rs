@@ -370,7 +370,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 let x = self.eval(st, x)?;
                 let rows = self.rows(&x);
                 let t2 = x.t.reshape_like(&(rows, x.channels));
-                let y = match self.layer.block(&st.name, site) {
+                let y = match self.layer.site(&st.name, site) {
                     Block::Linear(l) => l.forward(t2)?,
                     Block::Rms(nrm) => nrm.forward(t2)?,
                     Block::Layer(nrm) => nrm.forward(t2)?,
@@ -686,7 +686,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     // ---- attention ----------------------------------------------------------------------
 
     fn attend_block(&self, st: &PlanStatement, a: &AttendOp) -> &'a AttendBlock<E, D> {
-        match self.layer.block(&st.name, &a.site) {
+        match self.layer.site(&st.name, &a.site) {
             Block::Attend(b) => b,
             _ => unreachable!("attend sites hold attention blocks"),
         }
@@ -713,7 +713,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 Some(v)
             }
             Some(Gates::FromQuery { site }) => {
-                let Block::Linear(l) = self.layer.block(&st.name, site) else {
+                let Block::Linear(l) = self.layer.site(&st.name, site) else {
                     unreachable!("gate sites hold linear blocks")
                 };
                 let branch = self.val(

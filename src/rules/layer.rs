@@ -139,8 +139,14 @@ impl<E: Real, D: Device<E>> RuleLayer<E, D> {
         })
     }
 
-    pub(crate) fn block(&self, statement: &str, site: &str) -> &Block<E, D> {
-        &self.blocks[&format!("{statement}.{site}")]
+    /// The block of a parameter site: statement name and site (`"attn", "attend0"`).
+    pub fn block(&self, statement: &str, site: &str) -> Option<&Block<E, D>> {
+        self.blocks.get(&format!("{statement}.{site}"))
+    }
+
+    pub(crate) fn site(&self, statement: &str, site: &str) -> &Block<E, D> {
+        self.block(statement, site)
+            .expect("every site of the plan has a block")
     }
 }
 

@@ -567,3 +567,309 @@ fn builtin_rule_outputs_match_their_snapshots() {
         }
     }
 }
+
+/// Attention lowerings against a loop over queries and keys with the layer's own parameters:
+/// node attention (bias, talking heads, gates, probabilities), row and column attention with a
+/// bias read from a third edge, and all-edges attention, with padding, causal and not.
+const ATTEND_RULE: &str = "rule probe()
+let x[i] = nodes[i] * 1
+let bb[i, j] = edges[i, j] * 0.5
+let o[i], p[i, j] = attend(x[i] -> x[j], heads: 2, dim_head: 3, scale: 0.7, talking,
+    bias: bb[i, j], gates: x[i] * 0.3)
+node: nodes[i] += o[i]
+probs: edges[i, j] += p[i, j]
+row: edges[i, j] += attend(edges[i, j] -> edges[i, k], heads: 2, dim_head: 3, bias: bb[j, k])
+col: edges[i, j] += attend(edges[i, j] -> edges[k, j], heads: 2, dim_head: 3, bias: bb[k, i], gate)
+all: edges[i, j] += attend(edges[i, j] -> edges[k, l], heads: 2, dim_head: 3, bias: bb[j, k])
+";
+
+struct Att<'a> {
+    q: &'a [f64],
+    k: &'a [f64],
+    v: &'a [f64],
+    out: &'a [f64],
+    talking: Option<&'a [f64]>,
+    cin: usize,
+}
+
+impl Att<'_> {
+    fn lin(w: &[f64], x: &[f64], rows: usize) -> Vec<f64> {
+        let cols = x.len();
+        (0..rows)
+            .map(|r| (0..cols).map(|c| w[r * cols + c] * x[c]).sum())
+            .collect()
+    }
+
+    /// One query over its visible keys: `bias(key)` per head, `gate` logits per head.
+    fn run(
+        &self,
+        xq: &[f64],
+        keys: &[Vec<f64>],
+        bias: &[[f64; 2]],
+        gate: Option<[f64; 2]>,
+        scale: f64,
+    ) -> (Vec<f64>, Vec<[f64; 2]>) {
+        let (h, d) = (2, 3);
+        let q = Self::lin(self.q, xq, h * d);
+        let ks: Vec<Vec<f64>> = keys.iter().map(|x| Self::lin(self.k, x, h * d)).collect();
+        let vs: Vec<Vec<f64>> = keys.iter().map(|x| Self::lin(self.v, x, h * d)).collect();
+        let mut scores: Vec<[f64; 2]> = ks
+            .iter()
+            .zip(bias)
+            .map(|(k, b)| {
+                let mut s = [0.0; 2];
+                for hh in 0..h {
+                    s[hh] =
+                        scale * (0..d).map(|c| q[hh * d + c] * k[hh * d + c]).sum::<f64>() + b[hh];
+                }
+                s
+            })
+            .collect();
+        if let Some(t) = self.talking {
+            for s in scores.iter_mut() {
+                let old = *s;
+                for a in 0..h {
+                    s[a] = (0..h).map(|bq| t[a * h + bq] * old[bq]).sum();
+                }
+            }
+        }
+        let mut weights = vec![[0.0; 2]; keys.len()];
+        let mut mixed = vec![0.0; h * d];
+        for hh in 0..h {
+            if keys.is_empty() {
+                continue;
+            }
+            let mx = scores.iter().map(|s| s[hh]).fold(f64::MIN, f64::max);
+            let z: f64 = scores.iter().map(|s| (s[hh] - mx).exp()).sum();
+            let g = gate.map_or(1.0, |g| 1.0 / (1.0 + (-g[hh]).exp()));
+            for (kk, s) in scores.iter().enumerate() {
+                let w = (s[hh] - mx).exp() / z;
+                weights[kk][hh] = w;
+                for c in 0..d {
+                    mixed[hh * d + c] += g * w * vs[kk][hh * d + c];
+                }
+            }
+        }
+        (Self::lin(self.out, &mixed, self.cin), weights)
+    }
+}
+
+#[test]
+fn attention_lowerings_match_a_loop_over_queries_and_keys() {
+    use quartic::rules::layer::Block;
+    let d = dev();
+    let (b, n, dim, de) = (2, 4, 2, 2);
+    let rule = Rule::parse("attend.rule", ATTEND_RULE).unwrap();
+    for causal in [false, true] {
+        let cfg = RuleConfig {
+            dim,
+            dim_edges: de,
+            causal,
+            overrides: vec![],
+        };
+        let layer =
+            RuleLayer::<f64, Cpu>::new(rule.plan(&cfg).unwrap(), &Init::random(&d, 6)).unwrap();
+        let mask = GraphMask::from_lengths(n, &[4, 3]).unwrap().causal(causal);
+        let nodes = randn(51, b * n * dim);
+        let edges = randn(52, b * n * n * de);
+        let (got_n, got_e) = run(&layer, nodes.clone(), edges.clone(), &mask);
+
+        let weights = |stmt: &str, site: &str| -> (Vec<Vec<f64>>, Option<Vec<f64>>) {
+            let Some(Block::Attend(a)) = layer.block(stmt, site) else {
+                panic!()
+            };
+            let w = |l: &quartic::nn::Linear<f64, Cpu>| l.weight.value.as_vec();
+            (
+                vec![w(&a.to_q), w(&a.to_k), w(&a.to_v), w(&a.to_out)],
+                a.talking.as_ref().map(|t| t.value.as_vec()),
+            )
+        };
+        let att = |ws: &(Vec<Vec<f64>>, Option<Vec<f64>>),
+                   cin: usize|
+         -> (
+            Vec<f64>,
+            Vec<f64>,
+            Vec<f64>,
+            Vec<f64>,
+            Option<Vec<f64>>,
+            usize,
+        ) {
+            (
+                ws.0[0].clone(),
+                ws.0[1].clone(),
+                ws.0[2].clone(),
+                ws.0[3].clone(),
+                ws.1.clone(),
+                cin,
+            )
+        };
+        let valid = |bb: usize, i: usize| i < [4, 3][bb];
+        let visible = |bb: usize, qt: usize, kt: usize, real: bool| {
+            real && (!causal || kt <= qt) && {
+                let _ = bb;
+                true
+            }
+        };
+        let nd = |bb: usize, i: usize| nodes[(bb * n + i) * dim..(bb * n + i + 1) * dim].to_vec();
+        let mut want_n = nodes.clone();
+        let mut e = edges.clone();
+        let ed = |e: &[f64], bb: usize, i: usize, j: usize| {
+            e[((bb * n + i) * n + j) * de..((bb * n + i) * n + j + 1) * de].to_vec()
+        };
+        let bias_of = |bb: usize, i: usize, j: usize| {
+            let v = ed(&edges, bb, i, j);
+            [v[0] * 0.5, v[1] * 0.5]
+        };
+
+        // node attention and its probabilities
+        let (q, k, v, o, t, cin) = att(&weights("o", "attend0"), dim);
+        let node_att = Att {
+            q: &q,
+            k: &k,
+            v: &v,
+            out: &o,
+            talking: t.as_deref(),
+            cin,
+        };
+        let mut probs = vec![0.0; b * n * n * de];
+        for bb in 0..b {
+            for i in 0..n {
+                let keys: Vec<usize> = (0..n)
+                    .filter(|&j| visible(bb, i, j, valid(bb, j)))
+                    .collect();
+                let kv: Vec<Vec<f64>> = keys.iter().map(|&j| nd(bb, j)).collect();
+                let bias: Vec<[f64; 2]> = keys.iter().map(|&j| bias_of(bb, i, j)).collect();
+                let xi = nd(bb, i);
+                let (out, w) = node_att.run(&xi, &kv, &bias, Some([xi[0] * 0.3, xi[1] * 0.3]), 0.7);
+                for c in 0..dim {
+                    want_n[(bb * n + i) * dim + c] += out[c];
+                }
+                for (kk, &j) in keys.iter().enumerate() {
+                    for hh in 0..2 {
+                        probs[((bb * n + i) * n + j) * de + hh] = w[kk][hh];
+                    }
+                }
+            }
+        }
+        for (x, p) in e.iter_mut().zip(&probs) {
+            *x += p;
+        }
+        // row, column and all-edges attention, each reading the edges as they stand
+        let scale = 1.0 / 3f64.sqrt();
+        for (stmt, pattern) in [("row", 0), ("col", 1), ("all", 2)] {
+            let ws = weights(stmt, "attend0");
+            let (q, k, v, o, t, cin) = att(&ws, de);
+            let a = Att {
+                q: &q,
+                k: &k,
+                v: &v,
+                out: &o,
+                talking: t.as_deref(),
+                cin,
+            };
+            let gate_w = match layer.block(stmt, "gate0") {
+                Some(Block::Linear(l)) => Some((
+                    l.weight.value.as_vec(),
+                    l.bias.as_ref().unwrap().value.as_vec(),
+                )),
+                _ => None,
+            };
+            let before = e.clone();
+            for bb in 0..b {
+                for i in 0..n {
+                    for j in 0..n {
+                        let qt = i.max(j);
+                        let real_edge = |x: usize, y: usize| valid(bb, x) && valid(bb, y);
+                        let keys: Vec<(usize, usize)> = match pattern {
+                            0 => (0..n).map(|kk| (i, kk)).collect(),
+                            1 => (0..n).map(|kk| (kk, j)).collect(),
+                            _ => (0..n * n).map(|x| (x / n, x % n)).collect(),
+                        };
+                        let keys: Vec<(usize, usize)> = keys
+                            .into_iter()
+                            .filter(|&(x, y)| visible(bb, qt, x.max(y), real_edge(x, y)))
+                            .collect();
+                        let kv: Vec<Vec<f64>> =
+                            keys.iter().map(|&(x, y)| ed(&before, bb, x, y)).collect();
+                        let bias: Vec<[f64; 2]> = keys
+                            .iter()
+                            .map(|&(x, y)| match pattern {
+                                0 => bias_of(bb, j, y),
+                                1 => bias_of(bb, x, i),
+                                _ => bias_of(bb, j, x),
+                            })
+                            .collect();
+                        let xq = ed(&before, bb, i, j);
+                        let gate = gate_w.as_ref().map(|(w, bias)| {
+                            let g = Att::lin(w, &xq, 2);
+                            [g[0] + bias[0], g[1] + bias[1]]
+                        });
+                        let (out, _) = a.run(&xq, &kv, &bias, gate, scale);
+                        for c in 0..de {
+                            e[((bb * n + i) * n + j) * de + c] += out[c];
+                        }
+                    }
+                }
+            }
+        }
+        assert_close(
+            &format!("nodes (causal {causal})"),
+            &got_n,
+            &want_n,
+            1e-10,
+            1e-10,
+        );
+        assert_close(
+            &format!("edges (causal {causal})"),
+            &got_e,
+            &e,
+            1e-10,
+            1e-10,
+        );
+    }
+}
+
+#[test]
+fn parameter_names_survive_edits_elsewhere_in_the_file() {
+    let d = dev();
+    let names = |src: &str| -> Vec<String> {
+        let cfg = RuleConfig {
+            dim: 8,
+            dim_edges: 4,
+            causal: false,
+            overrides: vec![],
+        };
+        let plan = Rule::parse("r.rule", src).unwrap().plan(&cfg).unwrap();
+        let layer =
+            RuleLayer::<f64, Cpu>::new(plan, &Init::random(&d, 0).pp("layers").pp(0)).unwrap();
+        layer.params().iter().map(|p| p.name.clone()).collect()
+    };
+    let original = "let x[i] = rmsnorm(nodes[i])
+attn: nodes[i] += attend(x[i] -> x[j], heads: 2, dim_head: 4, gate)
+ff: nodes[i] += feedforward(nodes[i])
+";
+    let edited = "let e[i, j] = layernorm(edges[i, j])
+mix: edges[i, j] += linear(e[i, j], dim_edges)
+let x[i] = rmsnorm(nodes[i])
+attn: nodes[i] += attend(x[i] -> x[j], heads: 2, dim_head: 4, gate)
+pre: nodes[i] += linear(nodes[i], dim)
+ff: nodes[i] += feedforward(nodes[i])
+";
+    let before = names(original);
+    let after = names(edited);
+    assert!(
+        before.contains(&"layers.0.attn.attend0.to_q.weight".to_string()),
+        "{before:?}"
+    );
+    assert!(
+        before.contains(&"layers.0.x.rmsnorm0.weight".to_string()),
+        "{before:?}"
+    );
+    for name in &before {
+        assert!(
+            after.contains(name),
+            "`{name}` was renamed by an edit elsewhere: {after:?}"
+        );
+    }
+    assert_eq!(after.len(), before.len() + 4);
+}

@@ -9,4 +9,6 @@ mod routing;
 mod rule_errors;
 mod rules;
 mod taylor;
+#[path = "../../benches/taylor_by_hand.rs"]
+mod taylor_by_hand;
 mod weights;

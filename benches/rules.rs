@@ -1,0 +1,112 @@
+//! The interpreter against hand-written code: one `taylor` layer run from its rule and the same
+//! layer written directly against the core (`taylor_by_hand.rs`, same parameters, outputs
+//! checked equal first), forward + backward, f32.
+//!
+//! `cargo bench --bench rules`
+
+mod taylor_by_hand;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use dfdx::prelude::*;
+use quartic::graph::{Edges, GraphMask, Nodes};
+use quartic::nn::Init;
+use quartic::rules::{Const, Rule, RuleConfig, RuleLayer};
+use rand::{Rng, SeedableRng};
+use taylor_by_hand::taylor_by_hand;
+
+type Tp = OwnedTape<f32, Cpu>;
+
+fn random(dev: &Cpu, len: usize, seed: u64) -> Vec<f32> {
+    let _ = dev;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+fn rule_vs_hand(c: &mut Criterion) {
+    let dev = Cpu::default();
+    let (b, dim, de) = (2, 64, 16);
+    let (heads, dim_head, edge_heads, edge_dim_head) = (4, 16, 4, 8);
+    let num = |k: &str, v: usize| (k.to_string(), Const::Num(v as f64));
+    let cfg = RuleConfig {
+        dim,
+        dim_edges: de,
+        causal: false,
+        overrides: vec![
+            num("heads", heads),
+            num("dim_head", dim_head),
+            num("edge_heads", edge_heads),
+            num("edge_dim_head", edge_dim_head),
+        ],
+    };
+    let plan = Rule::builtin("taylor").unwrap().plan(&cfg).unwrap();
+    let layer = RuleLayer::<f32, Cpu>::new(plan, &Init::random(&dev, 0)).unwrap();
+    let scale = (dim_head as f64).powf(-0.5);
+    let mut group = c.benchmark_group("rule_vs_hand/taylor");
+    group.sample_size(20);
+    for n in [16, 32, 64] {
+        let mask = GraphMask::from_lengths(n, &[n, n - n / 4]).unwrap();
+        let nodes = dev.tensor_from_vec(random(&dev, b * n * dim, 1), (b, n, dim));
+        let edges = dev.tensor_from_vec(random(&dev, b * n * n * de, 2), (b, n, n, de));
+        let inputs = || {
+            (
+                Nodes::new(nodes.leaky_trace()),
+                Edges::new(edges.clone().retaped::<Tp>()).unwrap(),
+            )
+        };
+        let run_rule = || {
+            let (x, e) = inputs();
+            let (x, e) = layer.forward(x, e, &mask).unwrap();
+            (x.into_tensor().sum::<(), _>() + e.into_tensor().sum::<(), _>()).backward()
+        };
+        let run_hand = || {
+            let (x, e) = inputs();
+            let (x, e) = taylor_by_hand(
+                &layer,
+                x,
+                e,
+                &mask,
+                heads,
+                dim_head,
+                edge_heads,
+                edge_dim_head,
+                scale,
+            )
+            .unwrap();
+            (x.into_tensor().sum::<(), _>() + e.into_tensor().sum::<(), _>()).backward()
+        };
+        // the two compute the same thing (same parameters, same inputs)
+        let (x1, e1) = layer
+            .forward(
+                Nodes::new(nodes.clone()),
+                Edges::new(edges.clone()).unwrap(),
+                &mask,
+            )
+            .unwrap();
+        let (x2, e2) = taylor_by_hand(
+            &layer,
+            Nodes::new(nodes.clone()),
+            Edges::new(edges.clone()).unwrap(),
+            &mask,
+            heads,
+            dim_head,
+            edge_heads,
+            edge_dim_head,
+            scale,
+        )
+        .unwrap();
+        let diff = |a: Vec<f32>, b: Vec<f32>| {
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(diff(x1.into_tensor().as_vec(), x2.into_tensor().as_vec()) < 1e-4);
+        assert!(diff(e1.into_tensor().as_vec(), e2.into_tensor().as_vec()) < 1e-4);
+        group.bench_with_input(BenchmarkId::new("rule", n), &n, |bch, _| bch.iter(run_rule));
+        group.bench_with_input(BenchmarkId::new("hand", n), &n, |bch, _| bch.iter(run_hand));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, rule_vs_hand);
+criterion_main!(benches);

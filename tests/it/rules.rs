@@ -935,3 +935,54 @@ fn the_guide_s_first_rule_checks_and_runs() {
     let (x, _) = run(&layer, randn(1, 2 * 4 * 8), randn(2, 2 * 4 * 4 * 4), &mask);
     assert!(x.iter().all(|v| v.is_finite()));
 }
+
+/// `edges[i, i] += attend(edges[i, i] -> edges[k, k])` is node attention on the diagonal,
+/// written back onto the diagonal only.
+#[test]
+fn diagonal_attention_is_node_attention_on_the_diagonal() {
+    let d = dev();
+    let (b, n, c) = (2, 4, 4);
+    let mask = GraphMask::from_lengths(n, &[4, 3]).unwrap().causal(true);
+    let layer = |src: &str| {
+        let cfg = RuleConfig {
+            dim: c,
+            dim_edges: c,
+            causal: true,
+            overrides: vec![],
+        };
+        RuleLayer::<f64, Cpu>::new(
+            Rule::parse("d.rule", src).unwrap().plan(&cfg).unwrap(),
+            &Init::random(&d, 3),
+        )
+        .unwrap()
+    };
+    let on_edges = layer(
+        "d: edges[i, i] += attend(edges[i, i] -> edges[k, k], heads: 2, dim_head: 2, gate)\n",
+    );
+    let on_nodes =
+        layer("d: nodes[i] += attend(nodes[i] -> nodes[k], heads: 2, dim_head: 2, gate)\n");
+    let edges = randn(71, b * n * n * c);
+    let diag: Vec<f64> = (0..b * n * c)
+        .map(|x| {
+            let (bb, i, ch) = (x / (n * c), (x / c) % n, x % c);
+            edges[((bb * n + i) * n + i) * c + ch]
+        })
+        .collect();
+    let (_, e) = run(&on_edges, randn(72, b * n * c), edges.clone(), &mask);
+    let (x, _) = run(&on_nodes, diag, randn(73, b * n * n * c), &mask);
+    for bb in 0..b {
+        for i in 0..n {
+            for j in 0..n {
+                for ch in 0..c {
+                    let at = ((bb * n + i) * n + j) * c + ch;
+                    let want = if i == j {
+                        x[(bb * n + i) * c + ch]
+                    } else {
+                        edges[at]
+                    };
+                    assert!((e[at] - want).abs() < 1e-12, "edge ({i}, {j}) channel {ch}");
+                }
+            }
+        }
+    }
+}

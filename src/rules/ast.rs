@@ -89,6 +89,9 @@ pub enum ExprKind {
         over: Option<Ident>,
         args: Vec<Arg>,
     },
+    /// `if cond then a else b`: `cond` is known when the rule loads (a parameter, `causal`);
+    /// only the chosen branch is checked and run.
+    If(Box<Expr>, Box<Expr>, Box<Expr>),
     /// `query -> key`, only as `attend`'s first argument.
     Arrow(Box<Expr>, Box<Expr>),
 }

@@ -97,7 +97,17 @@ struct Checker<'a> {
     st: StatementState,
 }
 
-const RESERVED: [&str; 4] = ["nodes", "edges", "dim", "dim_edges"];
+const RESERVED: [&str; 9] = [
+    "nodes",
+    "edges",
+    "dim",
+    "dim_edges",
+    "causal",
+    "if",
+    "then",
+    "else",
+    "let",
+];
 
 const FUNCTIONS: [&str; 22] = [
     "attend",
@@ -666,6 +676,21 @@ impl<'a> Checker<'a> {
             ExprKind::Call { func, over, args } => {
                 self.call(func, over.as_ref(), args, e.span, probs)
             }
+            ExprKind::If(cond, yes, no) => {
+                let c = match self.expr(cond)? {
+                    Value::Num(x) => x != 0.0,
+                    Value::Word(w) if w == "true" || w == "false" => w == "true",
+                    Value::Word(w) => return Err(self.unknown_name(cond.span, &w)),
+                    Value::Tensor(_) => return Err(RuleError::new(
+                        cond.span,
+                        "the condition of `if` must be known when the rule loads",
+                    )
+                    .hint(
+                        "use a parameter or `causal`; for data-dependent choices use arithmetic",
+                    )),
+                };
+                self.expr_with(if c { yes } else { no }, probs)
+            }
             ExprKind::Arrow(..) => Err(RuleError::new(
                 e.span,
                 "`->` appears only as the first argument of `attend`",
@@ -684,6 +709,7 @@ impl<'a> Checker<'a> {
         match n {
             "dim" => return Ok(Value::Num(self.cfg.dim as f64)),
             "dim_edges" => return Ok(Value::Num(self.cfg.dim_edges as f64)),
+            "causal" => return Ok(Value::Num(if self.cfg.causal { 1.0 } else { 0.0 })),
             "nodes" | "edges" => {
                 return Err(RuleError::new(
                     id.span,
@@ -1576,6 +1602,11 @@ fn free_index_names(e: &Expr, bound: &mut Vec<String>, out: &mut Vec<String>) {
             }
         }
         ExprKind::Neg(x) => free_index_names(x, bound, out),
+        ExprKind::If(c, a, b) => {
+            free_index_names(c, bound, out);
+            free_index_names(a, bound, out);
+            free_index_names(b, bound, out);
+        }
         ExprKind::Binary(_, a, b) | ExprKind::Arrow(a, b) => {
             free_index_names(a, bound, out);
             free_index_names(b, bound, out);

@@ -7,8 +7,10 @@
 //!
 //! Tapes: a stored tensor (`nodes`, `edges`, a `let`) keeps the tape of its history and every
 //! read is a tape-less branch; when a stored tensor is replaced or goes out of scope its tape is
-//! kept aside and merged into the output nodes at the end. The loss must reach the returned
-//! nodes (it does through any model's logits) for every gradient to be computed.
+//! kept aside. At the end every tape (the edges' included) is merged into the output nodes and
+//! the output edges carry an empty one, so the whole history has one owner: a loss must reach the
+//! returned nodes (any model's logits do) for every gradient to be computed. A loss on the edges
+//! alone first moves the history over with [`move_history`].
 
 use dfdx::prelude::*;
 
@@ -91,6 +93,20 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
         }
         run.finish()
     }
+}
+
+/// Moves the recorded history from a rule's output nodes to its output edges, for losses that
+/// read the edges only (edge heads).
+pub fn move_history<E: Real, D: Device<E>, T: Tape<E, D>>(
+    nodes: Nodes<E, D, T>,
+    edges: Edges<E, D, T>,
+) -> (Nodes<E, D, T>, Edges<E, D, T>) {
+    let (n, tape) = nodes.into_tensor().split_tape();
+    let (e, edge_tape) = edges.into_tensor().split_tape();
+    (
+        Nodes::new(n.put_tape(T::default())),
+        Edges(e.put_tape(edge_tape.merge(tape))),
+    )
 }
 
 struct Run<'a, E: Real, D: Backend<E>, T> {
@@ -238,12 +254,17 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         }
         let nodes = self.nodes.take().expect("nodes are stored");
         let edges = self.edges.take().expect("edges are stored");
+        // one owner for the whole history: the nodes (the edges' own history included)
+        let (edges, edge_tape) = edges.split_tape();
         let (nodes, mut tape) = nodes.split_tape();
+        tape = tape.merge(edge_tape);
         for t in self.orphans.drain(..) {
             tape = tape.merge(t);
         }
         let nodes = nodes.put_tape(tape).reshape_like(&(b, n, plan.dim));
-        let edges = edges.reshape_like(&(b, n, n, plan.dim_edges));
+        let edges = edges
+            .put_tape(T::default())
+            .reshape_like(&(b, n, n, plan.dim_edges));
         Ok((Nodes::new(nodes), Edges::new(edges)?))
     }
 

@@ -10,6 +10,7 @@
 //! unary     := '-' unary | power
 //! power     := atom ('**' unary)?
 //! atom      := NUMBER | NAME | indexed | NAME ('[' NAME ']')? '(' arg,* ')' | '(' expr ')'
+//!            | 'if' expr 'then' expr 'else' expr
 //! arg       := (NAME ':')? expr ('->' expr)?
 //! ```
 
@@ -76,6 +77,16 @@ impl<'a> Parser<'a> {
                 Ok(Ident { name, span })
             }
             _ => Err(self.unexpected(what)),
+        }
+    }
+
+    fn keyword(&mut self, word: &str) -> Checked<()> {
+        match self.peek() {
+            Tok::Ident(w) if w == word => {
+                self.bump();
+                Ok(())
+            }
+            _ => Err(self.unexpected(&format!("`{word}`"))),
         }
     }
 
@@ -265,6 +276,19 @@ impl<'a> Parser<'a> {
                 Ok(Expr {
                     span: start.to(self.prev_span()),
                     ..inner
+                })
+            }
+            Tok::Ident(w) if w == "if" => {
+                self.bump();
+                let cond = self.expr()?;
+                self.keyword("then")?;
+                let yes = self.expr()?;
+                self.keyword("else")?;
+                let no = self.expr()?;
+                let span = start.to(no.span);
+                Ok(Expr {
+                    kind: ExprKind::If(Box::new(cond), Box::new(yes), Box::new(no)),
+                    span,
                 })
             }
             Tok::Ident(_) => {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fixtures;
 pub mod graph;
 pub mod kernels;
+pub mod models;
 pub mod nn;
 pub mod rules;
 pub mod tensor;

@@ -20,6 +20,26 @@ impl<E: Real, D: Device<E>> FeedForward<E, D> {
         Self::with_hidden(init, channels, channels * mult, norm_eps)
     }
 
+    /// The original's `nn.Sequential(norm, linear, gelu, dropout, linear)` parameter names
+    /// (`0.scale`, `1.weight`, `4.weight`).
+    pub fn sequential(
+        init: &Init<D>,
+        channels: usize,
+        inner: usize,
+        norm_eps: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm: RmsNorm::new(
+                &init.pp("0"),
+                channels,
+                RmsKind::Scaled { eps: norm_eps },
+                "scale",
+            )?,
+            proj_in: Linear::new(&init.pp("1"), channels, inner, false)?,
+            proj_out: Linear::new(&init.pp("4"), inner, channels, false)?,
+        })
+    }
+
     /// With an explicit hidden width (`int(channels · mult)` for fractional multipliers).
     pub fn with_hidden(
         init: &Init<D>,

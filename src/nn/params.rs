@@ -53,6 +53,8 @@ pub enum InitKind {
     /// `U(-bound, bound)`; PyTorch's Linear uses `bound = 1/√fan_in`.
     Uniform(f64),
     Normal(f64),
+    /// The identity matrix (dims `[n, n]`), as PyTorch's `dirac_` for 1×1 convolutions.
+    Eye,
 }
 
 enum Source {
@@ -120,6 +122,15 @@ impl<D: Clone> Init<D> {
                     let u = Uniform::new_inclusive(-bound, bound);
                     (0..len).map(|_| E::of(u.sample(rng))).collect()
                 }
+                InitKind::Eye => (0..len)
+                    .map(|e| {
+                        if e / dims[0] == e % dims[0] {
+                            E::one()
+                        } else {
+                            E::zero()
+                        }
+                    })
+                    .collect(),
                 InitKind::Normal(std) => {
                     let n =
                         Normal::new(0.0, std).map_err(|e| Error::config(&full, e.to_string()))?;

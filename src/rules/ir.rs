@@ -12,7 +12,8 @@ pub enum Domain {
 }
 
 /// A value of a rule parameter: a number or a word (`taylor`, `row`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum Const {
     Num(f64),
     Word(String),

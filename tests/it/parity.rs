@@ -212,3 +212,106 @@ fn parity_fixtures_missing_is_an_error() {
         "{err}"
     );
 }
+
+/// A whole model through `ReferenceModel::import`: logits (padded rows included), the auxiliary
+/// loss, and every parameter's gradient of `sum(logits · probe) (+ aux)` under the reference's
+/// names (a parameter the reference has no gradient for must get none from us either).
+fn model_parity(name: &str) {
+    use quartic::models::reference::ReferenceModel;
+    use quartic::models::Model;
+    use quartic::nn::{HasParams, Init};
+    use std::collections::HashMap;
+    let fx = Fixture::load(name).unwrap_or_else(|e| panic!("{e}"));
+    let reference = ReferenceModel::from_config(&fx.config).unwrap();
+    let cfg = reference.model_config().unwrap();
+    let params = reference
+        .import(&fx.params())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let dev = Cpu::default();
+    let model = Model::<f32, Cpu>::new(&cfg, None, &Init::from_map(&dev, params)).unwrap();
+    let input = fx.tensor("input.0").unwrap();
+    let (b, n) = (input.dims[0], input.dims[1]);
+    let valid = fx.tensors.get("input.1").map(|m| m.as_bool());
+    let out = model
+        .forward::<OwnedTape<f32, Cpu>>(&input.as_usize(), b, n, valid.as_deref())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let f64s = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<_>>();
+    let want = fx.tensor("output.main").unwrap();
+    assert_close(
+        &format!("{name} logits"),
+        &f64s(out.logits.as_vec()),
+        &want.values,
+        1e-4,
+        1e-3,
+    );
+    let probe = fx.tensor("probe.main").unwrap();
+    let shape = *out.logits.shape();
+    let probe = dev.tensor_from_vec(probe.values.iter().map(|&x| x as f32).collect(), shape);
+    let mut loss = (out.logits * probe).sum();
+    if let Some(aux) = out.aux {
+        let want = fx.tensor("output.aux").unwrap();
+        assert_close(
+            &format!("{name} aux loss"),
+            &[aux.array() as f64],
+            &want.values,
+            1e-4,
+            1e-3,
+        );
+        loss = loss + aux;
+    }
+    let mut grads = loss.backward();
+    let ours: HashMap<String, Vec<f64>> = model
+        .params()
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                f64s(grads.get_or_alloc_mut(&p.value).unwrap().to_vec()),
+            )
+        })
+        .collect();
+    let dims: HashMap<String, Vec<usize>> =
+        fx.params().into_iter().map(|(k, (d, _))| (k, d)).collect();
+    let theirs = reference.export(&ours, &dims).unwrap();
+    assert_eq!(
+        theirs.len(),
+        dims.len(),
+        "{name}: every reference parameter is mapped"
+    );
+    for (pname, g) in &theirs {
+        match fx.tensors.get(&format!("grad.{pname}")) {
+            Some(want) => {
+                assert_close(&format!("{name} grad {pname}"), g, &want.values, 1e-4, 1e-3)
+            }
+            None => assert!(
+                g.iter().all(|x| x.abs() < 1e-6),
+                "{name}: {pname} has no reference gradient but ours is not zero"
+            ),
+        }
+    }
+}
+
+#[test]
+fn parity_quartic_model() {
+    model_parity("quartic");
+}
+
+#[test]
+fn parity_quartic_masked_model() {
+    model_parity("quartic_masked");
+}
+
+#[test]
+fn parity_relational_model() {
+    model_parity("relational");
+}
+
+#[test]
+fn parity_relational_causal_model() {
+    model_parity("relational_causal");
+}
+
+#[test]
+fn parity_multistream_model() {
+    model_parity("multistream");
+}

@@ -1,0 +1,241 @@
+//! `GraphTransformer`: tokens become the nodes of a complete directed graph, pairs of tokens its
+//! edges, and every layer runs one rule (see `dsl/`). The original's `QuarticTransformer` and
+//! `RelationalTransformer` are configurations of it (`models::configs`).
+//!
+//! Token (+ absolute position) embeddings onto the nodes; the edge embedding (an outer sum of two
+//! projections, projected and layer-normed) plus an optional dynamic position bias onto the
+//! edges; `depth` rule layers; a final RMSNorm (optional) and the logits.
+
+use std::collections::BTreeMap;
+
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::graph::{Edges, GraphMask, Nodes};
+use crate::nn::embedding::{DynamicPositionBias, EdgeEmbed, Embedding};
+use crate::nn::rows::map_rows3;
+use crate::nn::{HasParams, Init, Linear, Param, RmsKind, RmsNorm};
+use crate::rules::{Const, Rule, RuleConfig, RuleLayer};
+use crate::tensor::*;
+
+fn default_max_seq_len() -> usize {
+    2048
+}
+fn default_true() -> bool {
+    true
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+/// Everything that defines a graph transformer's shape; saved in every checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphConfig {
+    pub num_tokens: usize,
+    pub dim: usize,
+    pub dim_edges: usize,
+    pub depth: usize,
+    /// A built-in rule name or a rule file (its text is kept in checkpoints as `rule_source`).
+    pub rule: String,
+    /// Rule parameter overrides (`heads = 4`).
+    #[serde(default)]
+    pub rule_params: BTreeMap<String, Const>,
+    #[serde(default)]
+    pub causal: bool,
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
+    /// Learned absolute position embeddings added to the tokens.
+    #[serde(default = "default_true")]
+    pub absolute_positions: bool,
+    /// The dynamic position bias (an MLP of i − j) added to the edges.
+    #[serde(default = "default_true")]
+    pub position_bias: bool,
+    /// RMSNorm before the logits (`None` = no norm).
+    #[serde(default = "default_final_norm")]
+    pub final_norm: Option<f64>,
+}
+
+fn default_final_norm() -> Option<f64> {
+    Some(default_norm_eps())
+}
+
+impl GraphConfig {
+    pub fn rule_config(&self) -> RuleConfig {
+        RuleConfig {
+            dim: self.dim,
+            dim_edges: self.dim_edges,
+            causal: self.causal,
+            overrides: self
+                .rule_params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("num_tokens", self.num_tokens),
+            ("dim", self.dim),
+            ("dim_edges", self.dim_edges),
+            ("depth", self.depth),
+            ("max_seq_len", self.max_seq_len),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::config("model", format!("`{name}` must be positive")));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct GraphTransformer<E: Real, D: Device<E>> {
+    pub config: GraphConfig,
+    /// The rule every layer runs (its source is saved with checkpoints).
+    pub rule: Rule,
+    pub token_emb: Embedding<E, D>,
+    pub pos_emb: Option<Embedding<E, D>>,
+    pub edge_emb: EdgeEmbed<E, D>,
+    pub pos_bias: Option<DynamicPositionBias<E, D>>,
+    pub layers: Vec<RuleLayer<E, D>>,
+    pub final_norm: Option<RmsNorm<E, D>>,
+    pub to_logits: Linear<E, D>,
+}
+
+impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
+    /// Builds the model, its rule resolved from `config.rule` (a built-in or a file).
+    pub fn new(config: GraphConfig, init: &Init<D>) -> Result<Self> {
+        let rule = Rule::resolve(&config.rule)?;
+        Self::with_rule(config, rule, init)
+    }
+
+    /// Builds the model around an already loaded rule (e.g. one saved in a checkpoint).
+    pub fn with_rule(config: GraphConfig, rule: Rule, init: &Init<D>) -> Result<Self> {
+        config.validate()?;
+        let plan = rule.plan(&config.rule_config())?;
+        let (dim, de) = (config.dim, config.dim_edges);
+        let mut layers = Vec::with_capacity(config.depth);
+        for k in 0..config.depth {
+            layers.push(RuleLayer::new(plan.clone(), &init.pp("layers").pp(k))?);
+        }
+        Ok(Self {
+            token_emb: Embedding::new(&init.pp("token_emb"), config.num_tokens, dim)?,
+            pos_emb: if config.absolute_positions {
+                Some(Embedding::new(
+                    &init.pp("pos_emb"),
+                    config.max_seq_len,
+                    dim,
+                )?)
+            } else {
+                None
+            },
+            edge_emb: EdgeEmbed::new(&init.pp("to_edge_emb"), dim, de)?,
+            pos_bias: if config.position_bias {
+                Some(DynamicPositionBias::new(
+                    &init.pp("dynamic_rel_pos_bias"),
+                    dim,
+                    de,
+                    2,
+                )?)
+            } else {
+                None
+            },
+            layers,
+            final_norm: match config.final_norm {
+                Some(eps) => Some(RmsNorm::new(
+                    &init.pp("final_norm"),
+                    dim,
+                    RmsKind::Scaled { eps },
+                    "weight",
+                )?),
+                None => None,
+            },
+            to_logits: Linear::new(&init.pp("to_logits"), dim, config.num_tokens, false)?,
+            rule,
+            config,
+        })
+    }
+
+    /// The padding and causality of a batch: `valid` per position `[batch × n]` (all real
+    /// when `None`).
+    pub fn mask(&self, batch: usize, n: usize, valid: Option<&[bool]>) -> Result<GraphMask> {
+        let mask = match valid {
+            Some(v) => GraphMask::from_valid(batch, n, v.to_vec())?,
+            None => GraphMask::full(batch, n),
+        };
+        Ok(mask.causal(self.config.causal))
+    }
+
+    /// Logits `[batch, n, num_tokens]` for token ids laid out `[batch × n]`.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        tokens: &[usize],
+        batch: usize,
+        n: usize,
+        mask: &GraphMask,
+    ) -> Result<T3<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        if n > self.config.max_seq_len {
+            return Err(Error::config(
+                "model input",
+                format!("{n} tokens exceed max_seq_len {}", self.config.max_seq_len),
+            ));
+        }
+        let x: Nodes<E, D, T> = self.token_emb.forward(tokens, batch, n)?;
+        let x = match &self.pos_emb {
+            Some(p) => {
+                let pos: Nodes<E, D, T> = p.positions(batch, n)?;
+                Nodes::new(x.into_tensor() + pos.into_tensor())
+            }
+            None => x,
+        };
+        let edges = self
+            .edge_emb
+            .forward(Nodes::new(x.tensor().with_empty_tape()))?;
+        let edges = match &self.pos_bias {
+            Some(pb) => {
+                let bias: T3<E, D, T> = pb.forward(n)?;
+                let shape = edges.dims();
+                Edges::new(edges.into_tensor() + bias.broadcast_like::<_, Axis<0>>(&shape))?
+            }
+            None => edges,
+        };
+        let (mut x, mut edges) = (x, edges);
+        for layer in &self.layers {
+            (x, edges) = layer.forward(x, edges, mask)?;
+        }
+        // the rule layers hand the whole history to the nodes; the edges' tape is empty
+        drop(edges);
+        let x = x.into_tensor();
+        let x = match &self.final_norm {
+            Some(norm) => map_rows3(x, |t| norm.forward(t))?,
+            None => x,
+        };
+        map_rows3(x, |t| self.to_logits.forward(t))
+    }
+}
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        self.token_emb.visit_params(f);
+        if let Some(p) = &self.pos_emb {
+            p.visit_params(f);
+        }
+        self.edge_emb.visit_params(f);
+        if let Some(p) = &self.pos_bias {
+            p.visit_params(f);
+        }
+        for l in &self.layers {
+            l.visit_params(f);
+        }
+        if let Some(n) = &self.final_norm {
+            n.visit_params(f);
+        }
+        self.to_logits.visit_params(f);
+    }
+}

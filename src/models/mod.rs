@@ -1,0 +1,133 @@
+//! Models: the graph transformer (any rule per layer; the original's `QuarticTransformer` and
+//! `RelationalTransformer` are configurations of it), the multi-stream transformer, and the
+//! import of the original's weights.
+
+pub mod configs;
+pub mod graph;
+pub mod multistream;
+pub mod reference;
+
+pub use configs::{QuarticConfig, RelationalConfig};
+pub use graph::{GraphConfig, GraphTransformer};
+pub use multistream::{MultiStreamConfig, MultiStreamTransformer};
+
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::nn::{HasParams, Init, Param};
+use crate::tensor::*;
+
+/// Any model's configuration, as saved in checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum ModelConfig {
+    Graph(GraphConfig),
+    MultiStream(MultiStreamConfig),
+}
+
+impl ModelConfig {
+    pub fn num_tokens(&self) -> usize {
+        match self {
+            Self::Graph(c) => c.num_tokens,
+            Self::MultiStream(c) => c.num_tokens,
+        }
+    }
+    pub fn max_seq_len(&self) -> usize {
+        match self {
+            Self::Graph(c) => c.max_seq_len,
+            Self::MultiStream(c) => c.max_seq_len,
+        }
+    }
+    pub fn causal(&self) -> bool {
+        match self {
+            Self::Graph(c) => c.causal,
+            Self::MultiStream(c) => c.causal,
+        }
+    }
+}
+
+/// A language model over token sequences.
+pub enum Model<E: Real, D: Device<E>> {
+    Graph(GraphTransformer<E, D>),
+    MultiStream(MultiStreamTransformer<E, D>),
+}
+
+/// A forward pass: logits `[b, n, num_tokens]` and an auxiliary loss to add, if any.
+pub struct Output<E: Real, D: Device<E>, T> {
+    pub logits: T3<E, D, T>,
+    pub aux: Option<Tensor<(), E, D, T>>,
+}
+
+impl<E: Real, D: Device<E>> Model<E, D> {
+    /// Builds a model; a graph model's rule is resolved by name or path, or taken from
+    /// `rule_source` (a checkpoint's copy of the rule text) when given.
+    pub fn new(config: &ModelConfig, rule_source: Option<&str>, init: &Init<D>) -> Result<Self> {
+        Ok(match config {
+            ModelConfig::Graph(c) => match rule_source {
+                Some(src) => {
+                    let rule = crate::rules::Rule::parse(&c.rule, src)?;
+                    Self::Graph(GraphTransformer::with_rule(c.clone(), rule, init)?)
+                }
+                None => Self::Graph(GraphTransformer::new(c.clone(), init)?),
+            },
+            ModelConfig::MultiStream(c) => {
+                Self::MultiStream(MultiStreamTransformer::new(c.clone(), init)?)
+            }
+        })
+    }
+
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Self::Graph(m) => ModelConfig::Graph(m.config.clone()),
+            Self::MultiStream(m) => ModelConfig::MultiStream(m.config.clone()),
+        }
+    }
+
+    /// The rule text a graph model runs (kept in checkpoints).
+    pub fn rule_source(&self) -> Option<&str> {
+        match self {
+            Self::Graph(m) => Some(&m.rule.source),
+            Self::MultiStream(_) => None,
+        }
+    }
+
+    /// Logits for `[b × n]` token ids; `valid` (`[b × n]`, false = padding) masks positions.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        tokens: &[usize],
+        b: usize,
+        n: usize,
+        valid: Option<&[bool]>,
+    ) -> Result<Output<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        match self {
+            Self::Graph(m) => {
+                let mask = m.mask(b, n, valid)?;
+                Ok(Output {
+                    logits: m.forward(tokens, b, n, &mask)?,
+                    aux: None,
+                })
+            }
+            Self::MultiStream(m) => {
+                let o = m.forward(tokens, b, n, valid)?;
+                Ok(Output {
+                    logits: o.logits,
+                    aux: o.aux,
+                })
+            }
+        }
+    }
+}
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for Model<E, D> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        match self {
+            Self::Graph(m) => m.visit_params(f),
+            Self::MultiStream(m) => m.visit_params(f),
+        }
+    }
+}

@@ -15,5 +15,6 @@ pub mod models;
 pub mod nn;
 pub mod rules;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};

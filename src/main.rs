@@ -11,6 +11,11 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Train(args) => cli::train::run(args),
+        Command::Eval(args) => cli::eval::run(args),
+        Command::Forward(args) => cli::forward::run(args),
+        Command::Generate(args) => cli::generate::run(args),
+        Command::ImportReference(args) => cli::import::run(args),
         Command::Check { n } => cli::check::run(*n as usize),
         Command::Explain(args) => cli::explain::run(args),
     };

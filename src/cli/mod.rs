@@ -1,7 +1,13 @@
 //! The `quartic` command line: one module per subcommand.
 
 pub mod check;
+pub mod eval;
 pub mod explain;
+pub mod forward;
+pub mod generate;
+pub mod import;
+pub mod model_args;
+pub mod train;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -15,6 +21,16 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Train a model on a built-in task (sanity, match3, relation-composition) or a text file
+    Train(train::TrainArgs),
+    /// Held-out loss and accuracy of a checkpoint
+    Eval(eval::EvalArgs),
+    /// Print a model's logits for given tokens as JSON
+    Forward(forward::ForwardArgs),
+    /// Sample text from a character-level checkpoint
+    Generate(generate::GenerateArgs),
+    /// Convert the PyTorch original's weights (safetensors state_dict + config JSON) to a checkpoint
+    ImportReference(import::ImportArgs),
     /// Run every edge-attention kernel forward and backward on a random graph and compare the
     /// fused CPU kernels with the composite ones.
     Check {

@@ -238,4 +238,22 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
         }
         self.to_logits.visit_params(f);
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        self.token_emb.visit_params_mut(f);
+        if let Some(p) = &mut self.pos_emb {
+            p.visit_params_mut(f);
+        }
+        self.edge_emb.visit_params_mut(f);
+        if let Some(p) = &mut self.pos_bias {
+            p.visit_params_mut(f);
+        }
+        for l in &mut self.layers {
+            l.visit_params_mut(f);
+        }
+        if let Some(n) = &mut self.final_norm {
+            n.visit_params_mut(f);
+        }
+        self.to_logits.visit_params_mut(f);
+    }
 }

@@ -130,4 +130,11 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for Model<E, D> {
             Self::MultiStream(m) => m.visit_params(f),
         }
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        match self {
+            Self::Graph(m) => m.visit_params_mut(f),
+            Self::MultiStream(m) => m.visit_params_mut(f),
+        }
+    }
 }

@@ -130,6 +130,17 @@ impl<E: Real, D: Device<E>> TalkingHeads<E, D> {
         }
     }
 
+    fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        match self {
+            Self::Linear(w) => f(w),
+            Self::NonLinear { norm, up, down } => {
+                norm.visit_params_mut(f);
+                up.visit_params_mut(f);
+                down.visit_params_mut(f);
+            }
+        }
+    }
+
     fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
         match self {
             Self::Linear(w) => f(w),
@@ -549,5 +560,34 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for MultiStreamTransformer<E, D> {
         }
         self.final_norm.visit_params(f);
         self.to_logits.visit_params(f);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        match &mut self.emb {
+            StreamEmbedding::Shared { token, pos, stream } => {
+                f(token);
+                f(pos);
+                f(stream);
+            }
+            StreamEmbedding::Separate { token, pos } => {
+                f(token);
+                f(pos);
+            }
+        }
+        for (a, ff) in &mut self.layers {
+            a.rmsnorm.visit_params_mut(f);
+            a.to_qkv.visit_params_mut(f);
+            a.to_gates.visit_params_mut(f);
+            a.to_out.visit_params_mut(f);
+            if let Some(t) = &mut a.pre {
+                t.visit_mut(f);
+            }
+            if let Some(t) = &mut a.post {
+                t.visit_mut(f);
+            }
+            ff.visit_params_mut(f);
+        }
+        self.final_norm.visit_params_mut(f);
+        self.to_logits.visit_params_mut(f);
     }
 }

@@ -76,6 +76,10 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for Embedding<E, D> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
         f(&self.weight);
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        f(&mut self.weight);
+    }
 }
 
 /// The original's edge embedding: `e[i, j] = LayerNorm(W · (rows(x_i) + cols(x_j)))`.
@@ -116,6 +120,13 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for EdgeEmbed<E, D> {
         self.to_cols.visit_params(f);
         self.to_edges.visit_params(f);
         self.norm.visit_params(f);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        self.to_rows.visit_params_mut(f);
+        self.to_cols.visit_params_mut(f);
+        self.to_edges.visit_params_mut(f);
+        self.norm.visit_params_mut(f);
     }
 }
 
@@ -186,6 +197,12 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for DynamicPositionBias<E, D> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
         for l in &self.layers {
             l.visit_params(f);
+        }
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        for l in &mut self.layers {
+            l.visit_params_mut(f);
         }
     }
 }

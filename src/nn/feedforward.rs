@@ -72,4 +72,10 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for FeedForward<E, D> {
         self.proj_in.visit_params(f);
         self.proj_out.visit_params(f);
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        self.norm.visit_params_mut(f);
+        self.proj_in.visit_params_mut(f);
+        self.proj_out.visit_params_mut(f);
+    }
 }

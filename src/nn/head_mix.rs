@@ -40,4 +40,8 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for HeadMix<E, D> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
         self.proj.visit_params(f);
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        self.proj.visit_params_mut(f);
+    }
 }

@@ -66,4 +66,11 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for Linear<E, D> {
             f(b);
         }
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        f(&mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
+    }
 }

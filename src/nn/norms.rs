@@ -72,6 +72,10 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for RmsNorm<E, D> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
         f(&self.gamma);
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        f(&mut self.gamma);
+    }
 }
 
 /// LayerNorm with affine parameters `weight` and `bias` (PyTorch names), eps 1e-5 by default.
@@ -109,5 +113,10 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for LayerNorm<E, D> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
         f(&self.weight);
         f(&self.bias);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        f(&mut self.weight);
+        f(&mut self.bias);
     }
 }

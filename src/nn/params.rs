@@ -166,6 +166,8 @@ impl<D: Clone> Init<D> {
 /// Blocks that own parameters list them, in a stable order, for optimizers and checkpoints.
 pub trait HasParams<E: Real, D: Device<E>> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>));
+    /// The same parameters, in the same order, mutably (for optimizers and loading).
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>));
 
     fn params(&self) -> Vec<&Param<E, D>> {
         let mut out = Vec::new();

@@ -99,4 +99,12 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for TaylorAttention<E, D> {
         self.to_v_gates.visit_params(f);
         self.to_out.visit_params(f);
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        self.norm.visit_params_mut(f);
+        self.to_q.visit_params_mut(f);
+        self.to_kv.visit_params_mut(f);
+        self.to_v_gates.visit_params_mut(f);
+        self.to_out.visit_params_mut(f);
+    }
 }

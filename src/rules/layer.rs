@@ -50,6 +50,24 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for Block<E, D> {
             }
         }
     }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        match self {
+            Block::Linear(l) => l.visit_params_mut(f),
+            Block::Rms(n) => n.visit_params_mut(f),
+            Block::Layer(n) => n.visit_params_mut(f),
+            Block::FeedForward(ff) => ff.visit_params_mut(f),
+            Block::Attend(a) => {
+                a.to_q.visit_params_mut(f);
+                a.to_k.visit_params_mut(f);
+                a.to_v.visit_params_mut(f);
+                a.to_out.visit_params_mut(f);
+                if let Some(t) = &mut a.talking {
+                    f(t);
+                }
+            }
+        }
+    }
 }
 
 /// A rule instantiated with parameters: one layer of a model.
@@ -154,6 +172,14 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for RuleLayer<E, D> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
         for key in &self.order {
             self.blocks[key].visit_params(f);
+        }
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        for key in &mut self.order {
+            if let Some(block) = self.blocks.get_mut(key) {
+                block.visit_params_mut(f);
+            }
         }
     }
 }

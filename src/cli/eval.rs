@@ -1,0 +1,64 @@
+//! `quartic eval`: held-out loss and accuracy of a checkpoint on a task.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use dfdx::prelude::*;
+use quartic::train::checkpoint;
+use quartic::train::trainer::{check_fits, evaluate, TrainConfig};
+use quartic::train::Task;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The checkpoint to evaluate
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Task (default: the one it was trained on)
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Text file for the text task (default: the training text)
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Held-out batches
+    #[arg(long, default_value_t = 16)]
+    pub batches: usize,
+    /// Sequences per batch
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Seed of the held-out data (default: the training seed's held-out stream)
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+pub fn run(args: &EvalArgs) -> quartic::Result<()> {
+    let dev = Cpu::default();
+    let ckpt = checkpoint::load(&args.checkpoint)?;
+    let model = ckpt.model::<f32, Cpu>(&dev)?;
+    let trained: Option<TrainConfig> = serde_json::from_value(ckpt.train.train_config.clone()).ok();
+    let (task_name, data, context, seed) = match &trained {
+        Some(t) => (t.task.clone(), t.data.clone(), t.context, t.seed),
+        None => ("sanity".to_string(), None, 64, 0),
+    };
+    let task = Task::from_name(
+        args.task.as_deref().unwrap_or(&task_name),
+        args.data.as_deref().or(data.as_deref()),
+        context,
+    )?;
+    check_fits(&ckpt.config, &task)?;
+    let (loss, acc) = evaluate(
+        &model,
+        &task,
+        args.seed.unwrap_or(seed),
+        args.batches,
+        args.batch,
+    )?;
+    println!(
+        "{}: task {} | {} × {} held-out sequences | loss {loss:.4} | accuracy {:.2}%",
+        args.checkpoint.display(),
+        task.name(),
+        args.batches,
+        args.batch,
+        acc * 100.0
+    );
+    Ok(())
+}

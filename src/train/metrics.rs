@@ -1,0 +1,87 @@
+//! `metrics.csv`: one row per step (eval columns filled where an evaluation ran). On resume the
+//! rows after the checkpoint's step are dropped, so the file always matches the run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::trainer::StepRecord;
+use crate::error::{Error, Result};
+
+const HEADER: &str = "step,loss,accuracy,lr,grad_norm,eval_loss,eval_accuracy,elapsed_s";
+
+pub struct Metrics {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+fn io(path: &Path, e: impl ToString) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl Metrics {
+    /// Starts the file (step 0) or keeps its rows up to `start_step` (resume).
+    pub fn open(path: &Path, start_step: usize) -> Result<Self> {
+        let kept = if start_step > 0 && path.exists() {
+            Self::read(path)?
+                .into_iter()
+                .filter(|r| r.step <= start_step)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut file = std::fs::File::create(path).map_err(|e| io(path, e))?;
+        writeln!(file, "{HEADER}").map_err(|e| io(path, e))?;
+        let mut m = Self {
+            path: path.to_path_buf(),
+            file,
+        };
+        for r in &kept {
+            m.write(r)?;
+        }
+        Ok(m)
+    }
+
+    pub fn write(&mut self, r: &StepRecord) -> Result<()> {
+        let (el, ea) = match r.eval {
+            Some((l, a)) => (format!("{l:.6}"), format!("{a:.6}")),
+            None => (String::new(), String::new()),
+        };
+        writeln!(
+            self.file,
+            "{},{:.6},{:.6},{:.6e},{:.6},{el},{ea},{:.3}",
+            r.step, r.loss, r.accuracy, r.lr, r.grad_norm, r.elapsed
+        )
+        .map_err(|e| io(&self.path, e))
+    }
+
+    pub fn read(path: &Path) -> Result<Vec<StepRecord>> {
+        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let mut out = Vec::new();
+        for (k, line) in text.lines().enumerate().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            let bad = || io(path, format!("line {}: malformed metrics row", k + 1));
+            if f.len() != 8 {
+                return Err(bad());
+            }
+            let num = |s: &str| s.parse::<f64>().map_err(|_| bad());
+            let eval = if f[5].is_empty() {
+                None
+            } else {
+                Some((num(f[5])?, num(f[6])?))
+            };
+            out.push(StepRecord {
+                step: f[0].parse().map_err(|_| bad())?,
+                loss: num(f[1])?,
+                accuracy: num(f[2])?,
+                lr: num(f[3])?,
+                grad_norm: num(f[4])?,
+                eval,
+                elapsed: num(f[7])?,
+            });
+        }
+        Ok(out)
+    }
+}

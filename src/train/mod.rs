@@ -1,0 +1,12 @@
+//! Training: built-in tasks, AdamW with a schedule, the training loop, checkpoints, metrics
+//! and plots.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod tasks;
+pub mod trainer;
+
+pub use tasks::{Batch, Task};
+pub use trainer::{train, TrainConfig};

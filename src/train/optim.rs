@@ -1,0 +1,148 @@
+//! AdamW with a warmup + cosine learning-rate schedule and global gradient-norm clipping.
+//!
+//! Moments live on the host, keyed by parameter name (so they can be saved and resumed
+//! exactly); updates are written back into the parameters in place (same tensor ids).
+
+use std::collections::HashMap;
+
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::nn::HasParams;
+use crate::tensor::*;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices only (not to norms, biases or tables of one row).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// The learning rate at `step`: linear warmup, then cosine decay to `min_ratio · lr`.
+pub fn schedule(lr: f64, step: usize, warmup: usize, total: usize, min_ratio: f64) -> f64 {
+    if step < warmup {
+        return lr * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let t = ((step - warmup) as f64 / span).min(1.0);
+    let cos = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+    lr * (min_ratio + (1.0 - min_ratio) * cos)
+}
+
+/// Optimizer state: moments per parameter name and the number of updates done.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdamState {
+    pub step: u64,
+    pub m: HashMap<String, Vec<f32>>,
+    pub v: HashMap<String, Vec<f32>>,
+}
+
+/// What one update did.
+pub struct UpdateReport {
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+impl AdamState {
+    /// Clips the gradients to `max_norm` (global L2 norm) and applies one AdamW step at `lr`.
+    pub fn update<E: Real, D: Device<E>, M: HasParams<E, D>>(
+        &mut self,
+        model: &mut M,
+        grads: &mut Gradients<E, D>,
+        cfg: &AdamW,
+        lr: f64,
+        max_norm: Option<f64>,
+    ) -> Result<UpdateReport> {
+        let mut host: Vec<(String, Vec<f64>)> = Vec::new();
+        let mut sq = 0.0f64;
+        for p in model.params() {
+            grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
+            let g: Vec<f64> = grads
+                .get(&p.value)
+                .as_vec()
+                .into_iter()
+                .map(|x| x.as_f64())
+                .collect();
+            sq += g.iter().map(|x| x * x).sum::<f64>();
+            host.push((p.name.clone(), g));
+        }
+        let grad_norm = sq.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::config(
+                "optimizer",
+                format!("the gradient norm is {grad_norm}"),
+            ));
+        }
+        let clip = match max_norm {
+            Some(m) if grad_norm > m => m / grad_norm,
+            _ => 1.0,
+        };
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let mut grads_by_name: HashMap<String, Vec<f64>> = host.into_iter().collect();
+        let mut failure = None;
+        model.visit_params_mut(&mut |p| {
+            if failure.is_some() {
+                return;
+            }
+            let g = grads_by_name.remove(&p.name).unwrap_or_default();
+            let len = p.len();
+            let m = self
+                .m
+                .entry(p.name.clone())
+                .or_insert_with(|| vec![0.0; len]);
+            let v = self
+                .v
+                .entry(p.name.clone())
+                .or_insert_with(|| vec![0.0; len]);
+            if m.len() != len || v.len() != len || g.len() != len {
+                failure = Some(Error::shape(
+                    format!("optimizer state of `{}`", p.name),
+                    len,
+                    m.len(),
+                ));
+                return;
+            }
+            let decay = if p.dims.len() >= 2 && p.dims[0] > 1 {
+                cfg.weight_decay
+            } else {
+                0.0
+            };
+            let mut w: Vec<f64> = p.value.as_vec().into_iter().map(|x| x.as_f64()).collect();
+            for i in 0..len {
+                let gi = g[i] * clip;
+                let mi = b1 * m[i] as f64 + (1.0 - b1) * gi;
+                let vi = b2 * v[i] as f64 + (1.0 - b2) * gi * gi;
+                m[i] = mi as f32;
+                v[i] = vi as f32;
+                let mh = m[i] as f64 / c1;
+                let vh = v[i] as f64 / c2;
+                w[i] -= lr * (mh / (vh.sqrt() + cfg.eps) + decay * w[i]);
+            }
+            let w: Vec<E> = w.into_iter().map(E::of).collect();
+            p.value.copy_from(&w);
+        });
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(UpdateReport { grad_norm }),
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The training loop: seeded batches (batch k depends only on the seed and k, so a resumed run
+//! sees the same data), cross-entropy on the labelled positions (+ a model's auxiliary loss),
+//! AdamW with warmup and cosine decay, gradient clipping, periodic held-out evaluation,
+//! checkpoints, a progress bar, a metrics CSV and a plot.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, TrainState};
+use super::optim::{schedule, AdamState, AdamW};
+use super::plot;
+use super::tasks::{Batch, Task};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::models::{Model, ModelConfig};
+use crate::tensor::*;
+
+fn d_context() -> usize {
+    64
+}
+
+/// Everything about a training run (the model comes separately).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub task: String,
+    /// A text file for character-level language modelling (the `text` task).
+    #[serde(default)]
+    pub data: Option<String>,
+    /// Context length of the text task.
+    #[serde(default = "d_context")]
+    pub context: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    /// The learning rate decays to this fraction of `lr`.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = none).
+    pub clip: f64,
+    pub eval_every: usize,
+    pub eval_batches: usize,
+    pub seed: u64,
+    /// Checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Directory for `checkpoint.safetensors`, `metrics.csv` and `curves.png`.
+    pub out: PathBuf,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            task: "sanity".into(),
+            data: None,
+            context: 64,
+            steps: 600,
+            batch: 32,
+            lr: 3e-3,
+            warmup: 50,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.01,
+            clip: 1.0,
+            eval_every: 100,
+            eval_batches: 8,
+            seed: 0,
+            checkpoint_every: 200,
+            out: PathBuf::from("runs/latest"),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn task(&self) -> Result<Task> {
+        Task::from_name(&self.task, self.data.as_deref(), self.context)
+    }
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.out.join("checkpoint.safetensors")
+    }
+    fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.batch == 0 || !(self.lr > 0.0) || self.eval_batches == 0 {
+            return Err(Error::config(
+                "training",
+                "steps, batch, eval_batches and lr must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One row of the metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecord {
+    pub step: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub eval: Option<(f64, f64)>,
+    pub elapsed: f64,
+}
+
+pub struct TrainReport {
+    pub records: Vec<StepRecord>,
+    /// The last evaluation: (loss, accuracy).
+    pub eval: Option<(f64, f64)>,
+    pub interrupted: bool,
+    pub checkpoint: PathBuf,
+}
+
+/// The batch for `step`, from the seed alone.
+pub fn batch_for(task: &Task, seed: u64, step: usize, batch: usize) -> Batch {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
+    task.sample(&mut rng, batch)
+}
+
+/// Held-out batches come from a different stream than training batches.
+pub fn eval_batch(task: &Task, seed: u64, k: usize, batch: usize) -> Batch {
+    batch_for(task, seed ^ 0x5EED_E7A1_0000_0000, k, batch)
+}
+
+/// Mean cross-entropy over the labelled positions, and (correct, labelled) counts.
+pub fn loss_and_accuracy<E: Real, D: Device<E>, T: Tape<E, D>>(
+    logits: T3<E, D, T>,
+    targets: &[Option<usize>],
+) -> Result<(Tensor<(), E, D, T>, usize, usize)> {
+    let (b, n, v) = *logits.shape();
+    if targets.len() != b * n {
+        return Err(Error::shape("targets", b * n, targets.len()));
+    }
+    let rows: Vec<usize> = (0..b * n).filter(|&i| targets[i].is_some()).collect();
+    if rows.is_empty() {
+        return Err(Error::config("training batch", "no position has a target"));
+    }
+    if let Some(&bad) = targets.iter().flatten().find(|&&t| t >= v) {
+        return Err(Error::config(
+            "targets",
+            format!("class {bad} is outside the {v} logits"),
+        ));
+    }
+    let host = logits.as_vec();
+    let mut correct = 0;
+    let mut onehot = vec![E::zero(); rows.len() * v];
+    for (r, &i) in rows.iter().enumerate() {
+        let t = targets[i].expect("filtered");
+        onehot[r * v + t] = E::one();
+        let row = &host[i * v..(i + 1) * v];
+        let best = (0..v).fold(0, |a, c| if row[c] > row[a] { c } else { a });
+        correct += usize::from(best == t);
+    }
+    let dev = logits.device().clone();
+    let m = rows.len();
+    let index = dev.tensor_from_vec(rows, (m,));
+    let picked: T2<E, D, T> = logits.reshape_like(&(b * n, v)).gather(index);
+    let onehot: T2<E, D> = constant(&dev, onehot, (m, v))?;
+    let logp = picked.log_softmax::<Axis<1>>();
+    let loss = (logp * onehot.retaped::<T>()).sum() * E::of(-1.0 / m as f64);
+    Ok((loss, correct, m))
+}
+
+/// Held-out loss and accuracy over `batches` fixed batches.
+pub fn evaluate<E: Real, D: Backend<E>>(
+    model: &Model<E, D>,
+    task: &Task,
+    seed: u64,
+    batches: usize,
+    batch: usize,
+) -> Result<(f64, f64)> {
+    let (mut loss, mut correct, mut total) = (0.0, 0, 0);
+    for k in 0..batches {
+        let bt = eval_batch(task, seed, k, batch);
+        let out = model.forward::<NoneTape>(&bt.tokens, bt.b, bt.n, bt.valid.as_deref())?;
+        let (l, c, t) = loss_and_accuracy(out.logits, &bt.targets)?;
+        loss += l.as_vec()[0].as_f64() * t as f64;
+        correct += c;
+        total += t;
+    }
+    Ok((loss / total as f64, correct as f64 / total as f64))
+}
+
+/// Receives progress while training (the CLI draws a progress bar from it).
+pub trait Progress {
+    fn start(&mut self, _first_step: usize, _total: usize) {}
+    fn step(&mut self, _record: &StepRecord) {}
+    fn message(&mut self, _text: &str) {}
+    fn finish(&mut self) {}
+}
+
+/// No output.
+pub struct Silent;
+impl Progress for Silent {}
+
+/// Trains `model` (resuming at `state.step` with optimizer state `adam`). Writes checkpoints
+/// (only of good states: a NaN or infinite loss stops the run naming the step, and the last
+/// checkpoint stays the last good one), `metrics.csv` and `curves.png` under `cfg.out`.
+#[allow(clippy::too_many_arguments)]
+pub fn train<E: Real, D: Backend<E>>(
+    model: &mut Model<E, D>,
+    cfg: &TrainConfig,
+    mut adam: AdamState,
+    start_step: usize,
+    stop: Option<&AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<TrainReport> {
+    cfg.validate()?;
+    let task = cfg.task()?;
+    check_fits(&model.config(), &task)?;
+    let opt = AdamW {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        ..AdamW::default()
+    };
+    let ckpt = cfg.checkpoint_path();
+    let metrics_path = cfg.out.join("metrics.csv");
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::Io {
+        path: cfg.out.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut metrics = super::metrics::Metrics::open(&metrics_path, start_step)?;
+    let train_json =
+        serde_json::to_value(cfg).map_err(|e| Error::config("training", e.to_string()))?;
+    let started = Instant::now();
+    let mut records = Vec::new();
+    let mut last_eval = None;
+    let mut interrupted = false;
+    progress.start(start_step, cfg.steps);
+    let save = |model: &Model<E, D>, adam: &AdamState, step: usize| {
+        checkpoint::save(
+            &ckpt,
+            model,
+            Some(adam),
+            &TrainState {
+                step,
+                train_config: train_json.clone(),
+            },
+        )
+    };
+    for step in start_step..cfg.steps {
+        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            save(model, &adam, step)?;
+            progress.message(&format!(
+                "interrupted at step {step}: checkpoint saved to {} (continue with --resume)",
+                ckpt.display()
+            ));
+            interrupted = true;
+            break;
+        }
+        let bt = batch_for(&task, cfg.seed, step, cfg.batch);
+        let out = model.forward::<OwnedTape<E, D>>(&bt.tokens, bt.b, bt.n, bt.valid.as_deref())?;
+        let (mut loss, correct, total) = loss_and_accuracy(out.logits, &bt.targets)?;
+        if let Some(aux) = out.aux {
+            loss = loss + aux;
+        }
+        let value = loss.as_vec()[0].as_f64();
+        if !value.is_finite() {
+            return Err(Error::config(
+                "training",
+                format!(
+                    "the loss is {value} at step {step}; stopped without saving, the last good \
+                     checkpoint is {} (lower the learning rate?)",
+                    ckpt.display()
+                ),
+            ));
+        }
+        let mut grads = loss.backward();
+        let lr = schedule(cfg.lr, step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
+        let clip = (cfg.clip > 0.0).then_some(cfg.clip);
+        let report = adam.update(model, &mut grads, &opt, lr, clip)?;
+        let done = step + 1;
+        let eval = if done % cfg.eval_every.max(1) == 0 || done == cfg.steps {
+            let e = evaluate(model, &task, cfg.seed, cfg.eval_batches, cfg.batch)?;
+            last_eval = Some(e);
+            Some(e)
+        } else {
+            None
+        };
+        let record = StepRecord {
+            step: done,
+            loss: value,
+            accuracy: correct as f64 / total as f64,
+            lr,
+            grad_norm: report.grad_norm,
+            eval,
+            elapsed: started.elapsed().as_secs_f64(),
+        };
+        metrics.write(&record)?;
+        progress.step(&record);
+        records.push(record);
+        if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps {
+            save(model, &adam, done)?;
+        }
+    }
+    progress.finish();
+    let all = super::metrics::Metrics::read(&metrics_path)?;
+    plot::curves(&cfg.out.join("curves.png"), &all, &task.name())?;
+    Ok(TrainReport {
+        records,
+        eval: last_eval,
+        interrupted,
+        checkpoint: ckpt,
+    })
+}
+
+/// The model must cover the task's vocabulary, length and causality.
+pub fn check_fits(config: &ModelConfig, task: &Task) -> Result<()> {
+    if config.num_tokens() < task.num_tokens() {
+        return Err(Error::config(
+            "model",
+            format!(
+                "{} tokens, but task {} needs {}",
+                config.num_tokens(),
+                task.name(),
+                task.num_tokens()
+            ),
+        ));
+    }
+    if config.max_seq_len() < task.max_len() {
+        return Err(Error::config(
+            "model",
+            format!(
+                "max_seq_len {} < the task's {}",
+                config.max_seq_len(),
+                task.max_len()
+            ),
+        ));
+    }
+    if task.causal() && !config.causal() {
+        return Err(Error::config(
+            "model",
+            format!("task {} needs a causal model", task.name()),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint's model, optimizer state and training config to continue a run.
+pub fn resume<E: Real, D: Backend<E>>(
+    path: &Path,
+    dev: &D,
+) -> Result<(Model<E, D>, AdamState, TrainConfig, usize)> {
+    let c = checkpoint::load(path)?;
+    let model = c.model(dev)?;
+    let cfg: TrainConfig = serde_json::from_value(c.train.train_config.clone())
+        .map_err(|e| Error::config("checkpoint", format!("no usable training config: {e}")))?;
+    Ok((model, c.adam, cfg, c.train.step))
+}

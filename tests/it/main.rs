@@ -1,5 +1,6 @@
 //! The one integration-test binary (each file under tests/ would link dfdx again).
 
+mod cli;
 mod common;
 mod graph;
 mod nn;
@@ -11,4 +12,5 @@ mod rules;
 mod taylor;
 #[path = "../../benches/taylor_by_hand.rs"]
 mod taylor_by_hand;
+mod training;
 mod weights;

@@ -1,0 +1,144 @@
+//! The `quartic` command: `--help` of every subcommand (snapshots), one clear line and a
+//! non-zero status for bad input, and the original's weights end to end through
+//! `import-reference` and `forward`.
+
+use std::process::{Command, Output};
+
+fn quartic(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quartic"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn help_of_every_subcommand() {
+    for sub in [
+        "",
+        "train",
+        "eval",
+        "forward",
+        "explain",
+        "generate",
+        "import-reference",
+        "check",
+    ] {
+        let mut args: Vec<&str> = sub.split_whitespace().collect();
+        args.push("--help");
+        let out = quartic(&args);
+        assert!(out.status.success(), "{sub} --help failed");
+        let name = if sub.is_empty() {
+            "quartic".to_string()
+        } else {
+            sub.replace('-', "_")
+        };
+        insta::with_settings!({snapshot_path => "../../snapshots", prepend_module_to_snapshot => false}, {
+            insta::assert_snapshot!(format!("help__{name}"), text(&out.stdout));
+        });
+    }
+}
+
+/// Bad input: non-zero exit, an `error:` message naming the problem, no panic.
+#[test]
+fn bad_input_exits_with_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("quartic-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"garbage").unwrap();
+    let corrupt = corrupt.to_str().unwrap().to_string();
+    let bad_rule = dir.join("bad.rule");
+    std::fs::write(&bad_rule, "nodes[i] += gelux(nodes[i])\n").unwrap();
+    let bad_rule = bad_rule.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--task", "nope", "--steps", "1"],
+            "unknown task `nope`",
+        ),
+        (
+            vec!["forward", "--tokens", "3,99"],
+            "id 99 at batch 0, position 1 is out of range",
+        ),
+        (vec!["eval", "--checkpoint", &corrupt], "not a checkpoint"),
+        (
+            vec!["eval", "--checkpoint", "/nonexistent/x.safetensors"],
+            "cannot read the checkpoint",
+        ),
+        (
+            vec!["forward", "--tokens", "1,2", "--rule", "/nonexistent.rule"],
+            "neither a built-in rule",
+        ),
+        (vec!["explain", &bad_rule], "unknown function `gelux`"),
+        (
+            vec!["train", "--data", "/nonexistent.txt", "--steps", "1"],
+            "cannot read the training text",
+        ),
+        (
+            vec!["forward", "--tokens", "1,2", "--set", "heads"],
+            "not `name=value`",
+        ),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, expect) in cases {
+        let out = quartic(&args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected `{expect}` in: {err}"
+        );
+        if !args.contains(&"explain") && args[0] != "frobnicate" {
+            assert_eq!(
+                err.trim().lines().count(),
+                1,
+                "{args:?}: one line, got: {err}"
+            );
+        }
+    }
+}
+
+/// `import-reference` on the original's weights, then `forward` from the shell prints its logits.
+#[test]
+fn parity_through_the_command_line() {
+    let fixtures = quartic::fixtures::fixture_dir();
+    let fx = quartic::fixtures::Fixture::load("quartic").unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        std::env::temp_dir().join(format!("quartic-import-{}.safetensors", std::process::id()));
+    let imported = quartic(&[
+        "import-reference",
+        "--weights",
+        fixtures.join("quartic.safetensors").to_str().unwrap(),
+        "--config",
+        fixtures.join("quartic.json").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let input = fx.tensor("input.0").unwrap();
+    let n = input.dims[1];
+    let tokens: Vec<String> = input.as_usize()[..n]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let forward = quartic(&[
+        "forward",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--tokens",
+        &tokens.join(","),
+    ]);
+    assert!(forward.status.success(), "{}", text(&forward.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&forward.stdout).unwrap();
+    let got: Vec<f64> = json["logits"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+        .collect();
+    let want = &fx.tensor("output.main").unwrap().values[..got.len()];
+    crate::common::assert_close("logits via the CLI", &got, want, 1e-4, 1e-3);
+}

@@ -1,0 +1,334 @@
+//! Training: resumed runs equal uninterrupted ones, losses and logits match their snapshots,
+//! checkpoints round-trip, bad states are not saved, task labels follow their definitions.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use dfdx::prelude::*;
+use quartic::models::{Model, ModelConfig, MultiStreamConfig, QuarticConfig, RelationalConfig};
+use quartic::nn::{HasParams, Init};
+use quartic::train::checkpoint::{self, TrainState};
+use quartic::train::optim::AdamState;
+use quartic::train::tasks::{compose, match3_labels, Task};
+use quartic::train::trainer::{self, Progress, StepRecord, TrainConfig};
+use rand::SeedableRng;
+
+fn tiny_model(causal: bool, num_tokens: usize, max_len: usize) -> ModelConfig {
+    let mut q = QuarticConfig::readme();
+    q.num_tokens = num_tokens;
+    q.dim = 16;
+    q.dim_edges = Some(4);
+    q.heads = 2;
+    q.dim_head = 4;
+    q.linear_heads = 2;
+    q.linear_dim_head = 2;
+    q.ff_mult = 2.0;
+    q.max_seq_len = max_len;
+    q.causal = causal;
+    ModelConfig::Graph(q.to_graph("taylor", false).unwrap())
+}
+
+fn tiny_train(out: &std::path::Path, steps: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch: 4,
+        eval_every: 5,
+        eval_batches: 2,
+        checkpoint_every: 100,
+        out: out.to_path_buf(),
+        ..TrainConfig::default()
+    }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("quartic-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+/// Stops the run after `at` steps, as Ctrl-C would.
+struct StopAt<'a> {
+    at: usize,
+    flag: &'a AtomicBool,
+}
+impl Progress for StopAt<'_> {
+    fn step(&mut self, r: &StepRecord) {
+        if r.step == self.at {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_resumed_run_has_the_losses_of_an_uninterrupted_one() {
+    let dev = Cpu::default();
+    let config = tiny_model(false, 16, 12);
+    let run_all = tmp("all");
+    let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
+    let full = trainer::train(
+        &mut model,
+        &tiny_train(&run_all, 10),
+        AdamState::default(),
+        0,
+        None,
+        &mut trainer::Silent,
+    )
+    .unwrap();
+    let full: Vec<f64> = full.records.iter().map(|r| r.loss).collect();
+
+    let run_split = tmp("split");
+    let cfg = tiny_train(&run_split, 10);
+    let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
+    let flag = AtomicBool::new(false);
+    let first = trainer::train(
+        &mut model,
+        &cfg,
+        AdamState::default(),
+        0,
+        Some(&flag),
+        &mut StopAt { at: 4, flag: &flag },
+    )
+    .unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.records.len(), 4);
+    let (mut resumed, adam, saved, step) =
+        trainer::resume::<f32, Cpu>(&cfg.checkpoint_path(), &dev).unwrap();
+    assert_eq!((step, &saved), (4, &cfg));
+    let second =
+        trainer::train(&mut resumed, &saved, adam, step, None, &mut trainer::Silent).unwrap();
+    let split: Vec<f64> = first
+        .records
+        .iter()
+        .chain(&second.records)
+        .map(|r| r.loss)
+        .collect();
+    assert_eq!(
+        split, full,
+        "resumed losses differ from the uninterrupted run"
+    );
+    // the metrics file holds each step once
+    let rows = quartic::train::metrics::Metrics::read(&run_split.join("metrics.csv")).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.step).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(run_split.join("curves.png").exists());
+}
+
+#[test]
+fn first_twenty_losses_of_a_fixed_seed_run() {
+    let dev = Cpu::default();
+    let config = tiny_model(false, 16, 12);
+    let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 7)).unwrap();
+    let cfg = TrainConfig {
+        seed: 7,
+        eval_every: 20,
+        ..tiny_train(&tmp("twenty"), 20)
+    };
+    let report = trainer::train(
+        &mut model,
+        &cfg,
+        AdamState::default(),
+        0,
+        None,
+        &mut trainer::Silent,
+    )
+    .unwrap();
+    let losses: Vec<f64> = report
+        .records
+        .iter()
+        .map(|r| (r.loss * 1e4).round() / 1e4)
+        .collect();
+    assert!(
+        losses[19] < losses[0],
+        "training lowers the loss: {losses:?}"
+    );
+    insta::with_settings!({snapshot_path => "../../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_json_snapshot!("training__first_20_losses", losses);
+    });
+}
+
+#[test]
+fn checkpoints_round_trip_exactly_and_leave_no_temporary_file() {
+    let dev = Cpu::default();
+    let dir = tmp("ckpt");
+    let path = dir.join("model.safetensors");
+    let config = tiny_model(true, 16, 8);
+    let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 3)).unwrap();
+    checkpoint::save(&path, &model, None, &TrainState::default()).unwrap();
+    assert!(!path.with_extension("safetensors.tmp").exists());
+    let back = checkpoint::load(&path).unwrap();
+    assert_eq!(back.config, config);
+    let reloaded = back.model::<f32, Cpu>(&dev).unwrap();
+    for (a, b) in model.params().iter().zip(reloaded.params()) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.value.as_vec(), b.value.as_vec());
+    }
+    // a corrupt file and a foreign file are errors, not panics
+    std::fs::write(dir.join("bad.safetensors"), b"not a checkpoint").unwrap();
+    let e = checkpoint::load(&dir.join("bad.safetensors"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a checkpoint"), "{e}");
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let dev = Cpu::default();
+    let config = tiny_model(false, 16, 12);
+    let out = tmp("nan");
+    let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
+    let cfg = TrainConfig {
+        lr: 1e12,
+        warmup: 1,
+        clip: 0.0,
+        checkpoint_every: 1,
+        ..tiny_train(&out, 50)
+    };
+    let err = trainer::train(
+        &mut model,
+        &cfg,
+        AdamState::default(),
+        0,
+        None,
+        &mut trainer::Silent,
+    )
+    .err()
+    .expect("such a learning rate diverges");
+    let text = err.to_string();
+    assert!(
+        text.contains("at step") || text.contains("gradient norm"),
+        "{text}"
+    );
+    let saved = checkpoint::load(&cfg.checkpoint_path()).unwrap();
+    let model = saved.model::<f32, Cpu>(&dev).unwrap();
+    assert!(model
+        .params()
+        .iter()
+        .all(|p| p.value.as_vec().iter().all(|x| x.is_finite())));
+}
+
+/// Logits of each model class on fixed tokens and a fixed seed.
+#[test]
+fn model_logits_match_their_snapshots() {
+    let dev = Cpu::default();
+    let tokens = [3usize, 1, 4, 1, 5, 9];
+    let rel = RelationalConfig {
+        num_tokens: 10,
+        dim: 16,
+        depth: 2,
+        dim_edges: 4,
+        dim_head: 4,
+        heads: 2,
+        causal: false,
+        ff_mult: 2.0,
+        max_seq_len: 8,
+    };
+    let ms = MultiStreamConfig {
+        num_tokens: 10,
+        dim: 16,
+        depth: 2,
+        num_streams: 2,
+        dim_head: 4,
+        heads: 2,
+        max_seq_len: 8,
+        ff_mult: 2.0,
+        ablate_cross_stream_talking_heads: false,
+        pre_talking_heads: true,
+        post_talking_heads: true,
+        separate_stream_emb: true,
+        non_linear_talking_heads: true,
+        causal: true,
+        reference_scale: false,
+        diversity_loss: true,
+        reference_diversity: false,
+    };
+    let models = [
+        ("quartic_taylor", tiny_model(false, 10, 8)),
+        ("quartic_causal", tiny_model(true, 10, 8)),
+        ("relational", ModelConfig::Graph(rel.to_graph(false))),
+        ("multistream", ModelConfig::MultiStream(ms)),
+    ];
+    for (name, config) in models {
+        let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 11)).unwrap();
+        let out = model
+            .forward::<NoneTape>(&tokens, 1, tokens.len(), None)
+            .unwrap();
+        let logits: Vec<f64> = out
+            .logits
+            .as_vec()
+            .iter()
+            .map(|&x| (x as f64 * 1e4).round() / 1e4)
+            .collect();
+        let aux = out.aux.map(|a| (a.array() as f64 * 1e4).round() / 1e4);
+        insta::with_settings!({snapshot_path => "../../snapshots", prepend_module_to_snapshot => false}, {
+            insta::assert_json_snapshot!(format!("logits__{name}"), serde_json::json!({"logits": logits, "aux": aux}));
+        });
+    }
+}
+
+#[test]
+fn task_labels_follow_their_definitions() {
+    // match3 against a triple loop
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let task = Task::from_name("match3", None, 0).unwrap();
+    let mut positives = 0;
+    let mut total = 0;
+    for _ in 0..20 {
+        let b = task.sample(&mut rng, 4);
+        for s in 0..b.b {
+            let x: Vec<usize> = (0..b.n)
+                .filter(|&i| b.valid.as_ref().map_or(true, |v| v[s * b.n + i]))
+                .map(|i| b.tokens[s * b.n + i])
+                .collect();
+            for (i, &xi) in x.iter().enumerate() {
+                let want = x
+                    .iter()
+                    .any(|&xj| x.iter().any(|&xk| (xi + xj + xk) % 37 == 0));
+                assert_eq!(b.targets[s * b.n + i], Some(want as usize));
+                positives += want as usize;
+                total += 1;
+            }
+        }
+    }
+    let rate = positives as f64 / total as f64;
+    assert!(
+        rate > 0.1 && rate < 0.9,
+        "match3 positives are spread: {rate}"
+    );
+    assert_eq!(match3_labels(&[1, 35], 37), vec![true, true]);
+    assert_eq!(match3_labels(&[1, 2], 37), vec![false, false]);
+    // relation composition against its definition, on the bit masks
+    let a = vec![
+        vec![false, true, false],
+        vec![false, false, true],
+        vec![true, false, false],
+    ];
+    assert_eq!(
+        compose(&a),
+        vec![
+            vec![false, false, true],
+            vec![true, false, false],
+            vec![false, true, false]
+        ]
+    );
+    let task = Task::from_name("relation-composition", None, 0).unwrap();
+    let b = task.sample(&mut rng, 8);
+    for s in 0..b.b {
+        let nodes: Vec<usize> = (0..b.n)
+            .filter(|&i| b.valid.as_ref().map_or(true, |v| v[s * b.n + i]))
+            .collect();
+        let row = |i: usize| -> Vec<bool> {
+            (0..nodes.len())
+                .map(|j| b.tokens[s * b.n + i] >> j & 1 == 1)
+                .collect()
+        };
+        let rel: Vec<Vec<bool>> = nodes.iter().map(|&i| row(i)).collect();
+        let want = compose(&rel);
+        for (i, w) in want.iter().enumerate() {
+            let mask: usize = w.iter().enumerate().map(|(j, &x)| (x as usize) << j).sum();
+            assert_eq!(b.targets[s * b.n + i], Some(mask));
+        }
+    }
+    assert!(Task::from_name("nope", None, 0).is_err());
+}

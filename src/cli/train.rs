@@ -225,9 +225,11 @@ pub fn run(args: &TrainArgs) -> quartic::Result<()> {
         let stop = stop.clone();
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
+    // without a terminal (a pipe, a CI log) the bar would draw nothing: print lines instead
+    use std::io::IsTerminal;
     let mut bar = Bar {
         bar: None,
-        quiet: args.quiet,
+        quiet: args.quiet || !std::io::stderr().is_terminal(),
     };
     let report = trainer::train(&mut model, &cfg, adam, start, Some(&stop), &mut bar)?;
     if let Some((loss, acc)) = report.eval {

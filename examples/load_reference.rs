@@ -17,7 +17,11 @@ fn main() -> quartic::Result<()> {
     let reference = ReferenceModel::from_config(&fx.config)?;
     let params = reference.import(&fx.params())?;
     let dev = Cpu::default();
-    let model = Model::<f32, Cpu>::new(&reference.model_config()?, None, &Init::from_map(&dev, params))?;
+    let model = Model::<f32, Cpu>::new(
+        &reference.model_config()?,
+        None,
+        &Init::from_map(&dev, params),
+    )?;
     let input = fx.tensor("input.0")?;
     let (b, n) = (input.dims[0], input.dims[1]);
     let valid = fx.tensors.get("input.1").map(|m| m.as_bool());

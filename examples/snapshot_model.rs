@@ -30,19 +30,33 @@ fn main() -> quartic::Result<()> {
     });
     let dev = Cpu::default();
     let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0))?;
-    let logits = model.forward::<NoneTape>(&tokens, 1, tokens.len(), None)?.logits.as_vec();
-    let rounded: Vec<f64> = logits.iter().map(|&x| (x as f64 * 1e4).round() / 1e4).collect();
-    let current = serde_json::to_string_pretty(&serde_json::json!({ "rule": rule, "tokens": tokens, "logits": rounded }))
-        .expect("plain data");
+    let logits = model
+        .forward::<NoneTape>(&tokens, 1, tokens.len(), None)?
+        .logits
+        .as_vec();
+    let rounded: Vec<f64> = logits
+        .iter()
+        .map(|&x| (x as f64 * 1e4).round() / 1e4)
+        .collect();
+    let current = serde_json::to_string_pretty(
+        &serde_json::json!({ "rule": rule, "tokens": tokens, "logits": rounded }),
+    )
+    .expect("plain data");
     let path = std::path::PathBuf::from(format!("runs/snapshots/{rule}.json"));
     match std::fs::read_to_string(&path) {
         Ok(stored) if stored == current => println!("{}: matches the snapshot", path.display()),
         Ok(_) => {
-            std::fs::write(path.with_extension("json.new"), &current).map_err(|e| quartic::Error::Io {
-                path: path.display().to_string(),
-                message: e.to_string(),
+            std::fs::write(path.with_extension("json.new"), &current).map_err(|e| {
+                quartic::Error::Io {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                }
             })?;
-            println!("{}: CHANGED (new values in {}.new)", path.display(), path.display());
+            println!(
+                "{}: CHANGED (new values in {}.new)",
+                path.display(),
+                path.display()
+            );
             std::process::exit(1);
         }
         Err(_) => {

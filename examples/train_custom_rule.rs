@@ -14,7 +14,9 @@ use quartic::train::trainer::{self, TrainConfig};
 
 fn main() -> quartic::Result<()> {
     let mut args = std::env::args().skip(1);
-    let rule = args.next().unwrap_or_else(|| "examples/rules/messages.rule".into());
+    let rule = args
+        .next()
+        .unwrap_or_else(|| "examples/rules/messages.rule".into());
     let steps = args.next().and_then(|s| s.parse().ok()).unwrap_or(300);
     let cfg = TrainConfig {
         task: "sanity".into(),
@@ -38,11 +40,24 @@ fn main() -> quartic::Result<()> {
     });
     let dev = Cpu::default();
     let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0))?;
-    println!("rule {rule}: {} parameters, {steps} steps on `sanity`", model.num_params());
-    let report = trainer::train(&mut model, &cfg, AdamState::default(), 0, None, &mut trainer::Silent)?;
+    println!(
+        "rule {rule}: {} parameters, {steps} steps on `sanity`",
+        model.num_params()
+    );
+    let report = trainer::train(
+        &mut model,
+        &cfg,
+        AdamState::default(),
+        0,
+        None,
+        &mut trainer::Silent,
+    )?;
     if let Some((loss, acc)) = report.eval {
         println!("held-out loss {loss:.4}, accuracy {:.1}%", acc * 100.0);
     }
-    println!("checkpoint {} (its rule text is saved in it)", report.checkpoint.display());
+    println!(
+        "checkpoint {} (its rule text is saved in it)",
+        report.checkpoint.display()
+    );
     Ok(())
 }

@@ -142,3 +142,39 @@ fn parity_through_the_command_line() {
     let want = &fx.tensor("output.main").unwrap().values[..got.len()];
     crate::common::assert_close("logits via the CLI", &got, want, 1e-4, 1e-3);
 }
+
+/// `train --config FILE.toml` reads `[train]` and `[model]`; flags win over the file.
+#[test]
+fn train_reads_a_toml_config() {
+    let dir = std::env::temp_dir().join(format!("quartic-toml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("run");
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[train]\ntask = \"sanity\"\nsteps = 50\nbatch = 4\neval_every = 3\neval_batches = 1\nout = \"{}\"\n\n[model]\nrule = \"baseline\"\ndim = 16\nheads = 2\ndim_head = 8\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let run = quartic(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--steps",
+        "3",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(
+        stdout.contains("rule `baseline`") && stdout.contains("3 steps × batch 4"),
+        "{stdout}"
+    );
+    let rows = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 4, "{rows}");
+    std::fs::write(&config, "[train]\nstepz = 3\n").unwrap();
+    let bad = quartic(&["train", "--config", config.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("stepz"), "{}", text(&bad.stderr));
+}

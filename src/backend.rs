@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dfdx::prelude::*;
 
 use crate::error::Result;
-use crate::kernels::{fused_cpu, linear_algebra, weights};
+use crate::kernels::{flash_cpu, fused_cpu, linear_algebra, weights};
 use crate::tensor::*;
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
@@ -34,6 +34,18 @@ pub trait Backend<E: Real>: Device<E> {
         spec: &weights::WeightsSpec,
     ) -> Result<T4<E, Self, T>>;
 
+    /// Attention output `weights(q, k, bias) · v` (no talking heads), without keeping the
+    /// weights where the device has a memory-efficient kernel.
+    fn attention<T: Tape<E, Self>>(
+        q: T4<E, Self, T>,
+        k: T4<E, Self, T>,
+        v: T4<E, Self, T>,
+        bias: Option<T4<E, Self, T>>,
+        spec: &weights::WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
+    }
+
     /// Inclusive prefix sum along axis 2 of `[B, H, N, X]`.
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>>;
 }
@@ -54,6 +66,20 @@ where
             fused_cpu::weights_fused(q, k, bias, talking, spec)
         } else {
             weights::weights_composite(q, k, bias, talking, spec)
+        }
+    }
+
+    fn attention<T: Tape<E, Self>>(
+        q: T4<E, Self, T>,
+        k: T4<E, Self, T>,
+        v: T4<E, Self, T>,
+        bias: Option<T4<E, Self, T>>,
+        spec: &weights::WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        if cpu_fused() {
+            flash_cpu::attention_fused(q, k, v, bias, spec)
+        } else {
+            Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
         }
     }
 

@@ -64,9 +64,14 @@ pub fn attend<E: Real, D: Backend<E>, T: Tape<E, D>>(
             ));
         }
     }
-    let w = D::attention_weights(q, k, inputs.bias, inputs.talking, spec)?;
-    let weights = return_weights.then(|| w.with_empty_tape());
-    let mut out = w.matmul(v);
+    let (mut out, weights) = if inputs.talking.is_none() && !return_weights {
+        // nothing needs the weights themselves: the memory-efficient kernel
+        (D::attention(q, k, v, inputs.bias, spec)?, None)
+    } else {
+        let w = D::attention_weights(q, k, inputs.bias, inputs.talking, spec)?;
+        let weights = return_weights.then(|| w.with_empty_tape());
+        (w.matmul(v), weights)
+    };
     if let Some(g) = inputs.gates {
         out = out * g.sigmoid().broadcast_like::<_, Axis<3>>(&(b, h, nq, e));
     }

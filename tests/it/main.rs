@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod flash;
 mod graph;
 mod nn;
 mod parity;

@@ -1,0 +1,551 @@
+//! Memory-efficient attention on the CPU: `out = normalize(scale · q·kᵀ + bias) · v` computed
+//! in blocks of queries and keys with matrix products (the `gemm` crate that dfdx uses), the
+//! softmax accumulated online, and a backward pass that recomputes each block's scores instead
+//! of storing them. Memory grows with the number of queries and keys, never with their product:
+//! attention across all n² edges runs at n = 128 (n⁴ pairs per head) in a few megabytes.
+//!
+//! Work is split over (problem, head) pairs with rayon; within a pair, blocks run in order, so
+//! the backward's key and value gradients have one writer each. The visibility rule (padding,
+//! causal times) is applied per element; the Taylor normalizer (`1 + s + s²/2` over
+//! `max(Σ, eps)`) accumulates without a running maximum.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::fused_cpu::CpuBuffer;
+use super::visibility::Visibility;
+use super::weights::{Normalizer, WeightsSpec};
+use crate::error::{Error, Result};
+use crate::tensor::*;
+
+const BLOCK_Q: usize = 64;
+const BLOCK_K: usize = 256;
+
+/// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`; strides given as (row, column).
+///
+/// Safety: every pointer must address its whole matrix under the given strides, and `dst` must
+/// not alias `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm<E: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut E,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const E,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const E,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: E,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                for c in 0..n {
+                    *dst.add(r * dst_rs + c * dst_cs) = E::zero();
+                }
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        E::one(),
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// Visibility of one problem, indexed without recomputing offsets.
+struct ProblemMask<'a> {
+    key_valid: Option<&'a [bool]>,
+    times: Option<(&'a [usize], &'a [usize])>,
+}
+
+impl<'a> ProblemMask<'a> {
+    fn new(vis: &'a Visibility, p: usize) -> Self {
+        let (nq, nk) = (vis.queries, vis.keys);
+        Self {
+            key_valid: vis.key_valid.as_ref().map(|v| &v[p * nk..(p + 1) * nk]),
+            times: vis
+                .times
+                .as_ref()
+                .map(|t| (&t.query[p * nq..(p + 1) * nq], &t.key[p * nk..(p + 1) * nk])),
+        }
+    }
+    fn all_visible(&self) -> bool {
+        self.key_valid.is_none() && self.times.is_none()
+    }
+    #[inline]
+    fn visible(&self, i: usize, j: usize) -> bool {
+        self.key_valid.map_or(true, |v| v[j]) && self.times.map_or(true, |(q, k)| k[j] <= q[i])
+    }
+}
+
+/// Host copies and sizes of one attention call.
+struct Problem<E> {
+    p: usize,
+    h: usize,
+    nq: usize,
+    nk: usize,
+    d: usize,
+    e: usize,
+    scale: E,
+    normalizer: Normalizer,
+    vis: Visibility,
+    q: Vec<E>,
+    k: Vec<E>,
+    v: Vec<E>,
+    bias: Option<Vec<E>>,
+}
+
+/// Per-query statistics kept from the forward pass: softmax `log Σ exp` (−∞ when no key is
+/// visible) or the Taylor sum Σw.
+struct Stats<E> {
+    out: Vec<E>,
+    stat: Vec<E>,
+}
+
+impl<E: Real> Problem<E> {
+    /// Scores of a block: `s = scale · q[i0..i0+bq] · k[j0..j0+bk]ᵀ (+ bias)`, row stride `bk`.
+    fn scores(&self, ph: usize, i0: usize, bq: usize, j0: usize, bk: usize, s: &mut [E]) {
+        let (nq, nk, d) = (self.nq, self.nk, self.d);
+        let q = &self.q[(ph * nq + i0) * d..];
+        let k = &self.k[(ph * nk + j0) * d..];
+        // Safety: q holds bq rows of d, k holds bk rows of d, s holds bq × bk.
+        unsafe {
+            mm(
+                (bq, bk, d),
+                s.as_mut_ptr(),
+                (bk, 1),
+                false,
+                q.as_ptr(),
+                (d, 1),
+                k.as_ptr(),
+                (1, d),
+                self.scale,
+            );
+        }
+        if let Some(bias) = &self.bias {
+            for r in 0..bq {
+                let br = &bias[(ph * nq + i0 + r) * nk + j0..][..bk];
+                s[r * bk..(r + 1) * bk]
+                    .iter_mut()
+                    .zip(br)
+                    .for_each(|(x, &b)| *x = *x + b);
+            }
+        }
+    }
+
+    fn forward_pair(&self, ph: usize, out: &mut [E], stat: &mut [E]) {
+        let (nq, nk, e) = (self.nq, self.nk, self.e);
+        let mask = ProblemMask::new(&self.vis, ph / self.h);
+        let mut s = vec![E::zero(); BLOCK_Q * BLOCK_K];
+        let mut acc = vec![E::zero(); BLOCK_Q * e];
+        let mut run_max = vec![E::zero(); BLOCK_Q];
+        let mut run_sum = vec![E::zero(); BLOCK_Q];
+        for i0 in (0..nq).step_by(BLOCK_Q) {
+            let bq = BLOCK_Q.min(nq - i0);
+            acc[..bq * e].iter_mut().for_each(|x| *x = E::zero());
+            run_max[..bq]
+                .iter_mut()
+                .for_each(|x| *x = E::neg_infinity());
+            run_sum[..bq].iter_mut().for_each(|x| *x = E::zero());
+            for j0 in (0..nk).step_by(BLOCK_K) {
+                let bk = BLOCK_K.min(nk - j0);
+                let s = &mut s[..bq * bk];
+                self.scores(ph, i0, bq, j0, bk, s);
+                for r in 0..bq {
+                    let row = &mut s[r * bk..(r + 1) * bk];
+                    let i = i0 + r;
+                    match self.normalizer {
+                        Normalizer::Softmax => {
+                            let mut m = E::neg_infinity();
+                            for (c, &x) in row.iter().enumerate() {
+                                if x > m && mask.visible(i, j0 + c) {
+                                    m = x;
+                                }
+                            }
+                            if m == E::neg_infinity() {
+                                row.iter_mut().for_each(|x| *x = E::zero());
+                                continue;
+                            }
+                            let new_max = if m > run_max[r] { m } else { run_max[r] };
+                            let correction = if run_max[r] == E::neg_infinity() {
+                                E::zero()
+                            } else {
+                                (run_max[r] - new_max).exp()
+                            };
+                            let mut sum = E::zero();
+                            if mask.all_visible() {
+                                for x in row.iter_mut() {
+                                    *x = (*x - new_max).exp();
+                                    sum = sum + *x;
+                                }
+                            } else {
+                                for (c, x) in row.iter_mut().enumerate() {
+                                    *x = if mask.visible(i, j0 + c) {
+                                        (*x - new_max).exp()
+                                    } else {
+                                        E::zero()
+                                    };
+                                    sum = sum + *x;
+                                }
+                            }
+                            run_sum[r] = run_sum[r] * correction + sum;
+                            run_max[r] = new_max;
+                            if correction != E::one() {
+                                acc[r * e..(r + 1) * e]
+                                    .iter_mut()
+                                    .for_each(|x| *x = *x * correction);
+                            }
+                        }
+                        Normalizer::Taylor { .. } => {
+                            let half = E::of(0.5);
+                            let mut sum = E::zero();
+                            for (c, x) in row.iter_mut().enumerate() {
+                                *x = if mask.visible(i, j0 + c) {
+                                    E::one() + *x + *x * *x * half
+                                } else {
+                                    E::zero()
+                                };
+                                sum = sum + *x;
+                            }
+                            run_sum[r] = run_sum[r] + sum;
+                        }
+                    }
+                }
+                let v = &self.v[(ph * nk + j0) * e..];
+                // Safety: s is bq × bk, v holds bk rows of e, acc holds bq × e.
+                unsafe {
+                    mm(
+                        (bq, e, bk),
+                        acc.as_mut_ptr(),
+                        (e, 1),
+                        true,
+                        s.as_ptr(),
+                        (bk, 1),
+                        v.as_ptr(),
+                        (e, 1),
+                        E::one(),
+                    );
+                }
+            }
+            for r in 0..bq {
+                let (z, st) = match self.normalizer {
+                    Normalizer::Softmax if run_sum[r] > E::zero() => {
+                        (run_sum[r], run_max[r] + run_sum[r].ln())
+                    }
+                    Normalizer::Softmax => (E::zero(), E::neg_infinity()),
+                    Normalizer::Taylor { eps } => (run_sum[r].max(E::of(eps)), run_sum[r]),
+                };
+                let inv = if z > E::zero() {
+                    E::one() / z
+                } else {
+                    E::zero()
+                };
+                let o = &mut out[(i0 + r) * e..(i0 + r + 1) * e];
+                o.iter_mut()
+                    .zip(&acc[r * e..(r + 1) * e])
+                    .for_each(|(o, &a)| *o = a * inv);
+                stat[i0 + r] = st;
+            }
+        }
+    }
+
+    fn forward(&self) -> Stats<E> {
+        let (pairs, nq, e) = (self.p * self.h, self.nq, self.e);
+        let mut out = vec![E::zero(); pairs * nq * e];
+        let mut stat = vec![E::zero(); pairs * nq];
+        out.par_chunks_mut((nq * e).max(1))
+            .zip(stat.par_chunks_mut(nq.max(1)))
+            .enumerate()
+            .for_each(|(ph, (o, st))| self.forward_pair(ph, o, st));
+        Stats { out, stat }
+    }
+
+    /// Gradients of one (problem, head) pair: dq, dk, dv (and dbias) slices it owns.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_pair(
+        &self,
+        ph: usize,
+        fwd: &Stats<E>,
+        g: &[E],
+        dq: &mut [E],
+        dk: &mut [E],
+        dv: &mut [E],
+        mut dbias: Option<&mut [E]>,
+    ) {
+        let (nq, nk, d, e) = (self.nq, self.nk, self.d, self.e);
+        let mask = ProblemMask::new(&self.vis, ph / self.h);
+        let out = &fwd.out[ph * nq * e..(ph + 1) * nq * e];
+        let stat = &fwd.stat[ph * nq..(ph + 1) * nq];
+        let g = &g[ph * nq * e..(ph + 1) * nq * e];
+        // D_i = dO_i · O_i (Σ_j P_ij dP_ij)
+        let dsum: Vec<E> = (0..nq)
+            .map(|i| {
+                g[i * e..(i + 1) * e]
+                    .iter()
+                    .zip(&out[i * e..(i + 1) * e])
+                    .fold(E::zero(), |a, (&x, &y)| a + x * y)
+            })
+            .collect();
+        let mut s = vec![E::zero(); BLOCK_Q * BLOCK_K];
+        let mut p = vec![E::zero(); BLOCK_Q * BLOCK_K];
+        let mut dp = vec![E::zero(); BLOCK_Q * BLOCK_K];
+        let q_all = &self.q[ph * nq * d..];
+        let k_all = &self.k[ph * nk * d..];
+        let v_all = &self.v[ph * nk * e..];
+        for i0 in (0..nq).step_by(BLOCK_Q) {
+            let bq = BLOCK_Q.min(nq - i0);
+            for j0 in (0..nk).step_by(BLOCK_K) {
+                let bk = BLOCK_K.min(nk - j0);
+                let (s, p, dp) = (&mut s[..bq * bk], &mut p[..bq * bk], &mut dp[..bq * bk]);
+                self.scores(ph, i0, bq, j0, bk, s);
+                for r in 0..bq {
+                    let i = i0 + r;
+                    let (srow, prow) = (&s[r * bk..(r + 1) * bk], &mut p[r * bk..(r + 1) * bk]);
+                    match self.normalizer {
+                        Normalizer::Softmax => {
+                            let lse = stat[i];
+                            for (c, pv) in prow.iter_mut().enumerate() {
+                                *pv = if lse != E::neg_infinity() && mask.visible(i, j0 + c) {
+                                    (srow[c] - lse).exp()
+                                } else {
+                                    E::zero()
+                                };
+                            }
+                        }
+                        Normalizer::Taylor { eps } => {
+                            let z = stat[i].max(E::of(eps));
+                            for (c, pv) in prow.iter_mut().enumerate() {
+                                let x = srow[c];
+                                *pv = if mask.visible(i, j0 + c) {
+                                    (E::one() + x + x * x * E::of(0.5)) / z
+                                } else {
+                                    E::zero()
+                                };
+                            }
+                        }
+                    }
+                }
+                // Safety (all products): the blocks lie within their buffers under the strides.
+                unsafe {
+                    // dP = dO · vᵀ
+                    mm(
+                        (bq, bk, e),
+                        dp.as_mut_ptr(),
+                        (bk, 1),
+                        false,
+                        g[i0 * e..].as_ptr(),
+                        (e, 1),
+                        v_all[j0 * e..].as_ptr(),
+                        (1, e),
+                        E::one(),
+                    );
+                    // dv += Pᵀ · dO
+                    mm(
+                        (bk, e, bq),
+                        dv[j0 * e..].as_mut_ptr(),
+                        (e, 1),
+                        true,
+                        p.as_ptr(),
+                        (1, bk),
+                        g[i0 * e..].as_ptr(),
+                        (e, 1),
+                        E::one(),
+                    );
+                }
+                // dS, written over dp
+                for r in 0..bq {
+                    let i = i0 + r;
+                    let prow = &p[r * bk..(r + 1) * bk];
+                    let srow = &s[r * bk..(r + 1) * bk];
+                    let drow = &mut dp[r * bk..(r + 1) * bk];
+                    match self.normalizer {
+                        Normalizer::Softmax => {
+                            for c in 0..bk {
+                                drow[c] = prow[c] * (drow[c] - dsum[i]);
+                            }
+                        }
+                        Normalizer::Taylor { eps } => {
+                            let eps = E::of(eps);
+                            let z = stat[i].max(eps);
+                            // the clamp passes the gradient only where Σw ≥ eps
+                            let through = if stat[i] >= eps { dsum[i] } else { E::zero() };
+                            for c in 0..bk {
+                                drow[c] = if mask.visible(i, j0 + c) {
+                                    (drow[c] - through) / z * (E::one() + srow[c])
+                                } else {
+                                    E::zero()
+                                };
+                            }
+                        }
+                    }
+                    if let Some(db) = dbias.as_deref_mut() {
+                        let dst = &mut db[i * nk + j0..][..bk];
+                        dst.iter_mut()
+                            .zip(drow.iter())
+                            .for_each(|(o, &x)| *o = *o + x);
+                    }
+                }
+                unsafe {
+                    // dq += scale · dS · k
+                    mm(
+                        (bq, d, bk),
+                        dq[i0 * d..].as_mut_ptr(),
+                        (d, 1),
+                        true,
+                        dp.as_ptr(),
+                        (bk, 1),
+                        k_all[j0 * d..].as_ptr(),
+                        (d, 1),
+                        self.scale,
+                    );
+                    // dk += scale · dSᵀ · q
+                    mm(
+                        (bk, d, bq),
+                        dk[j0 * d..].as_mut_ptr(),
+                        (d, 1),
+                        true,
+                        dp.as_ptr(),
+                        (1, bk),
+                        q_all[i0 * d..].as_ptr(),
+                        (d, 1),
+                        self.scale,
+                    );
+                }
+            }
+        }
+    }
+
+    fn backward(&self, fwd: &Stats<E>, g: &[E]) -> (Vec<E>, Vec<E>, Vec<E>, Option<Vec<E>>) {
+        let (pairs, nq, nk, d, e) = (self.p * self.h, self.nq, self.nk, self.d, self.e);
+        let mut dq = vec![E::zero(); pairs * nq * d];
+        let mut dk = vec![E::zero(); pairs * nk * d];
+        let mut dv = vec![E::zero(); pairs * nk * e];
+        let mut dbias = self.bias.as_ref().map(|_| vec![E::zero(); pairs * nq * nk]);
+        let chunks = dq
+            .par_chunks_mut((nq * d).max(1))
+            .zip(dk.par_chunks_mut((nk * d).max(1)))
+            .zip(dv.par_chunks_mut((nk * e).max(1)))
+            .enumerate();
+        match dbias.as_mut() {
+            Some(db) => chunks.zip(db.par_chunks_mut((nq * nk).max(1))).for_each(
+                |((ph, ((dq, dk), dv)), db)| self.backward_pair(ph, fwd, g, dq, dk, dv, Some(db)),
+            ),
+            None => chunks
+                .for_each(|(ph, ((dq, dk), dv))| self.backward_pair(ph, fwd, g, dq, dk, dv, None)),
+        }
+        (dq, dk, dv, dbias)
+    }
+}
+
+fn accumulate<E: Real>(dst: &mut [E], src: &[E]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
+}
+
+/// Attention `q [P, H, nq, d]` over `k [P, H, nk, d]`, `v [P, H, nk, e]` with an optional
+/// additive `bias [P, H, nq, nk]`, without storing the weights. (Talking heads mix scores
+/// across heads and need them all at once: they take the weights kernel.)
+pub fn attention_fused<E: Real, T: Tape<E, Cpu>>(
+    q: T4<E, Cpu, T>,
+    k: T4<E, Cpu, T>,
+    v: T4<E, Cpu, T>,
+    bias: Option<T4<E, Cpu, T>>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (p, h, nq, d) = *q.shape();
+    let (kp, kh, nk, kd) = *k.shape();
+    let (vp, vh, vn, e) = *v.shape();
+    if (kp, kh, kd) != (p, h, d) || (vp, vh, vn) != (p, h, nk) {
+        return Err(Error::shape(
+            "attention keys and values",
+            format!("[{p}, {h}, nk, {d}] and [{p}, {h}, nk, e]"),
+            format!("{:?} and {:?}", k.shape(), v.shape()),
+        ));
+    }
+    if let Some(b) = &bias {
+        if *b.shape() != (p, h, nq, nk) {
+            return Err(Error::shape(
+                "attention bias",
+                format!("{:?}", (p, h, nq, nk)),
+                format!("{:?}", b.shape()),
+            ));
+        }
+    }
+    let vis = &spec.visibility;
+    if (vis.batch, vis.queries, vis.keys) != (p, nq, nk) {
+        return Err(Error::shape(
+            "attention visibility",
+            format!("{:?}", (p, nq, nk)),
+            format!("{:?}", (vis.batch, vis.queries, vis.keys)),
+        ));
+    }
+    let dev = q.device().clone();
+    let (q, tape_q) = q.contiguous().split_tape();
+    let (k, tape_k) = k.contiguous().split_tape();
+    let (v, tape_v) = v.contiguous().split_tape();
+    let mut tape = tape_q.merge(tape_k).merge(tape_v);
+    let bias = bias.map(|t| {
+        let (t, tp) = t.contiguous().split_tape();
+        tape = std::mem::take(&mut tape).merge(tp);
+        t
+    });
+    let problem = Problem {
+        p,
+        h,
+        nq,
+        nk,
+        d,
+        e,
+        scale: E::of(spec.scale),
+        normalizer: spec.normalizer,
+        vis: vis.clone(),
+        q: q.as_vec(),
+        k: k.as_vec(),
+        v: v.as_vec(),
+        bias: bias.as_ref().map(|t| t.as_vec()),
+    };
+    let fwd = problem.forward();
+    let out = dev
+        .try_tensor_from_vec(fwd.out.clone(), (p, h, nq, e))
+        .map_err(device_err)?;
+    if T::OWNS_TAPE {
+        let (out_g, q_g, k_g, v_g) = (out.ghost(), q.ghost(), k.ghost(), v.ghost());
+        let bias_g = bias.as_ref().map(|t| t.ghost());
+        tape.add_backward_op(move |grads| {
+            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
+            accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
+            accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
+            accumulate(grads.get_or_alloc_mut(&v_g)?, &dv);
+            if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
+                accumulate(grads.get_or_alloc_mut(bg)?, db);
+            }
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}

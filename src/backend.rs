@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dfdx::prelude::*;
 
 use crate::error::Result;
+use crate::graph::Edges;
+use crate::kernels::patterns::{from_pattern_layout, pattern_dims, to_pattern_layout, EdgePattern};
 use crate::kernels::{flash_cpu, fused_cpu, linear_algebra, weights};
 use crate::tensor::*;
 
@@ -46,6 +48,24 @@ pub trait Backend<E: Real>: Device<E> {
         Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
     }
 
+    /// Plain attention (no talking heads) across edges in a pattern: q, k `[b, n, n, h·d]`,
+    /// v `[b, n, n, h·e]` → `[b, n, n, h·e]` (zeros off the diagonal for the diagonal pattern);
+    /// `bias` in the pattern's layout `[problems, h, queries, keys]`.
+    fn edge_pattern_attention<T: Tape<E, Self>>(
+        q: T4<E, Self, T>,
+        k: T4<E, Self, T>,
+        v: T4<E, Self, T>,
+        heads: usize,
+        pattern: EdgePattern,
+        bias: Option<T4<E, Self, T>>,
+        spec: &weights::WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        let (b, n, _, _) = *q.shape();
+        let to = |t: T4<E, Self, T>| to_pattern_layout(Edges(t), heads, pattern);
+        let out = Self::attention(to(q)?, to(k)?, to(v)?, bias, spec)?;
+        Ok(from_pattern_layout(out, b, n, pattern).into_tensor())
+    }
+
     /// Inclusive prefix sum along axis 2 of `[B, H, N, X]`.
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>>;
 }
@@ -81,6 +101,70 @@ where
         } else {
             Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
         }
+    }
+
+    fn edge_pattern_attention<T: Tape<E, Self>>(
+        q: T4<E, Self, T>,
+        k: T4<E, Self, T>,
+        v: T4<E, Self, T>,
+        heads: usize,
+        pattern: EdgePattern,
+        bias: Option<T4<E, Self, T>>,
+        spec: &weights::WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        let (b, n, _, c) = *q.shape();
+        let ce = v.shape().3;
+        if !cpu_fused() || heads == 0 || c % heads != 0 || ce % heads != 0 {
+            let to = |t: T4<E, Self, T>| to_pattern_layout(Edges(t), heads, pattern);
+            let out = Self::attention(to(q)?, to(k)?, to(v)?, bias, spec)?;
+            return Ok(from_pattern_layout(out, b, n, pattern).into_tensor());
+        }
+        // every pattern is a strided view of the edge tensor: no permuted copies
+        let (d, e) = (c / heads, ce / heads);
+        let layout = |ch: usize, per_head: usize| -> flash_cpu::Layout {
+            let base = flash_cpu::Layout {
+                outer: n * n * ch,
+                inner: 0,
+                count: 1,
+                head: per_head,
+                row: ch,
+            };
+            match pattern {
+                EdgePattern::All => base,
+                EdgePattern::Row => flash_cpu::Layout {
+                    outer: n * ch,
+                    ..base
+                },
+                EdgePattern::Column => flash_cpu::Layout {
+                    inner: ch,
+                    count: n,
+                    row: n * ch,
+                    ..base
+                },
+                EdgePattern::Diagonal => flash_cpu::Layout {
+                    row: (n + 1) * ch,
+                    ..base
+                },
+            }
+        };
+        let (problems, len, _) = pattern_dims(pattern, b, n);
+        let sizes = flash_cpu::Sizes {
+            problems,
+            heads,
+            queries: len,
+            keys: len,
+            dim: d,
+            dim_value: e,
+        };
+        flash_cpu::attention_strided(
+            (q, layout(c, d)),
+            (k, layout(c, d)),
+            (v, layout(ce, e)),
+            bias,
+            ((b, n, n, ce), layout(ce, e)),
+            sizes,
+            spec,
+        )
     }
 
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>> {

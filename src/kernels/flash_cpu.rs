@@ -21,6 +21,42 @@ use crate::tensor::*;
 const BLOCK_Q: usize = 64;
 const BLOCK_K: usize = 256;
 
+/// Where element `(problem, head, row, channel)` of a q/k/v/out operand lives in its flat
+/// buffer: channels are contiguous; a problem index splits into `(p / count, p % count)` with
+/// strides `(outer, inner)`. Every attention pattern over nodes or edges is such a view of the
+/// node or edge tensor, so no permuted copy is ever made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub outer: usize,
+    pub inner: usize,
+    pub count: usize,
+    pub head: usize,
+    pub row: usize,
+}
+
+impl Layout {
+    /// `[P, H, n, c]` stored contiguously.
+    pub fn contiguous(h: usize, n: usize, c: usize) -> Self {
+        Self {
+            outer: h * n * c,
+            inner: 0,
+            count: 1,
+            head: n * c,
+            row: c,
+        }
+    }
+    #[inline]
+    fn base(&self, p: usize, h: usize) -> usize {
+        (p / self.count) * self.outer + (p % self.count) * self.inner + h * self.head
+    }
+}
+
+/// A raw pointer rayon tasks may share; each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct Shared<E>(*mut E);
+unsafe impl<E> Send for Shared<E> {}
+unsafe impl<E> Sync for Shared<E> {}
+
 /// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`; strides given as (row, column).
 ///
 /// Safety: every pointer must address its whole matrix under the given strides, and `dst` must
@@ -113,6 +149,12 @@ struct Problem<E> {
     q: Vec<E>,
     k: Vec<E>,
     v: Vec<E>,
+    ql: Layout,
+    kl: Layout,
+    vl: Layout,
+    /// The output's layout (its buffer has `out_len` elements).
+    ol: Layout,
+    out_len: usize,
     bias: Option<Vec<E>>,
 }
 
@@ -127,9 +169,10 @@ impl<E: Real> Problem<E> {
     /// Scores of a block: `s = scale · q[i0..i0+bq] · k[j0..j0+bk]ᵀ (+ bias)`, row stride `bk`.
     fn scores(&self, ph: usize, i0: usize, bq: usize, j0: usize, bk: usize, s: &mut [E]) {
         let (nq, nk, d) = (self.nq, self.nk, self.d);
-        let q = &self.q[(ph * nq + i0) * d..];
-        let k = &self.k[(ph * nk + j0) * d..];
-        // Safety: q holds bq rows of d, k holds bk rows of d, s holds bq × bk.
+        let (p, h) = (ph / self.h, ph % self.h);
+        let q = &self.q[self.ql.base(p, h) + i0 * self.ql.row..];
+        let k = &self.k[self.kl.base(p, h) + j0 * self.kl.row..];
+        // Safety: the layouts address bq query rows and bk key rows of d channels.
         unsafe {
             mm(
                 (bq, bk, d),
@@ -137,9 +180,9 @@ impl<E: Real> Problem<E> {
                 (bk, 1),
                 false,
                 q.as_ptr(),
-                (d, 1),
+                (self.ql.row, 1),
                 k.as_ptr(),
-                (1, d),
+                (1, self.kl.row),
                 self.scale,
             );
         }
@@ -154,8 +197,11 @@ impl<E: Real> Problem<E> {
         }
     }
 
-    fn forward_pair(&self, ph: usize, out: &mut [E], stat: &mut [E]) {
+    fn forward_pair(&self, ph: usize, out: Shared<E>, stat: &mut [E]) {
         let (nq, nk, e) = (self.nq, self.nk, self.e);
+        let (p, h) = (ph / self.h, ph % self.h);
+        let v_base = self.vl.base(p, h);
+        let o_base = self.ol.base(p, h);
         let mask = ProblemMask::new(&self.vis, ph / self.h);
         let mut s = vec![E::zero(); BLOCK_Q * BLOCK_K];
         let mut acc = vec![E::zero(); BLOCK_Q * e];
@@ -232,8 +278,8 @@ impl<E: Real> Problem<E> {
                         }
                     }
                 }
-                let v = &self.v[(ph * nk + j0) * e..];
-                // Safety: s is bq × bk, v holds bk rows of e, acc holds bq × e.
+                let v = &self.v[v_base + j0 * self.vl.row..];
+                // Safety: s is bq × bk, v addresses bk rows of e, acc holds bq × e.
                 unsafe {
                     mm(
                         (bq, e, bk),
@@ -243,7 +289,7 @@ impl<E: Real> Problem<E> {
                         s.as_ptr(),
                         (bk, 1),
                         v.as_ptr(),
-                        (e, 1),
+                        (self.vl.row, 1),
                         E::one(),
                     );
                 }
@@ -261,23 +307,24 @@ impl<E: Real> Problem<E> {
                 } else {
                     E::zero()
                 };
-                let o = &mut out[(i0 + r) * e..(i0 + r + 1) * e];
-                o.iter_mut()
-                    .zip(&acc[r * e..(r + 1) * e])
-                    .for_each(|(o, &a)| *o = a * inv);
+                let row = o_base + (i0 + r) * self.ol.row;
+                for (c, &a) in acc[r * e..(r + 1) * e].iter().enumerate() {
+                    // Safety: pair (p, h) alone writes its rows of the output.
+                    unsafe { *out.0.add(row + c) = a * inv };
+                }
                 stat[i0 + r] = st;
             }
         }
     }
 
     fn forward(&self) -> Stats<E> {
-        let (pairs, nq, e) = (self.p * self.h, self.nq, self.e);
-        let mut out = vec![E::zero(); pairs * nq * e];
+        let (pairs, nq) = (self.p * self.h, self.nq);
+        let mut out = vec![E::zero(); self.out_len];
         let mut stat = vec![E::zero(); pairs * nq];
-        out.par_chunks_mut((nq * e).max(1))
-            .zip(stat.par_chunks_mut(nq.max(1)))
+        let ptr = Shared(out.as_mut_ptr());
+        stat.par_chunks_mut(nq.max(1))
             .enumerate()
-            .for_each(|(ph, (o, st))| self.forward_pair(ph, o, st));
+            .for_each(|(ph, st)| self.forward_pair(ph, ptr, st));
         Stats { out, stat }
     }
 
@@ -287,32 +334,41 @@ impl<E: Real> Problem<E> {
         &self,
         ph: usize,
         fwd: &Stats<E>,
-        g: &[E],
-        dq: &mut [E],
-        dk: &mut [E],
-        dv: &mut [E],
+        g_all: &[E],
+        (dq, dk, dv): (Shared<E>, Shared<E>, Shared<E>),
         mut dbias: Option<&mut [E]>,
     ) {
         let (nq, nk, d, e) = (self.nq, self.nk, self.d, self.e);
-        let mask = ProblemMask::new(&self.vis, ph / self.h);
-        let out = &fwd.out[ph * nq * e..(ph + 1) * nq * e];
+        let (p, h) = (ph / self.h, ph % self.h);
+        let mask = ProblemMask::new(&self.vis, p);
         let stat = &fwd.stat[ph * nq..(ph + 1) * nq];
-        let g = &g[ph * nq * e..(ph + 1) * nq * e];
+        let (qb, kb, vb, ob) = (
+            self.ql.base(p, h),
+            self.kl.base(p, h),
+            self.vl.base(p, h),
+            self.ol.base(p, h),
+        );
+        // this pair's output gradient, gathered into [nq, e] rows
+        let mut g = vec![E::zero(); nq * e];
+        for i in 0..nq {
+            g[i * e..(i + 1) * e].copy_from_slice(&g_all[ob + i * self.ol.row..][..e]);
+        }
         // D_i = dO_i · O_i (Σ_j P_ij dP_ij)
         let dsum: Vec<E> = (0..nq)
             .map(|i| {
                 g[i * e..(i + 1) * e]
                     .iter()
-                    .zip(&out[i * e..(i + 1) * e])
+                    .zip(&fwd.out[ob + i * self.ol.row..][..e])
                     .fold(E::zero(), |a, (&x, &y)| a + x * y)
             })
             .collect();
         let mut s = vec![E::zero(); BLOCK_Q * BLOCK_K];
         let mut p = vec![E::zero(); BLOCK_Q * BLOCK_K];
         let mut dp = vec![E::zero(); BLOCK_Q * BLOCK_K];
-        let q_all = &self.q[ph * nq * d..];
-        let k_all = &self.k[ph * nk * d..];
-        let v_all = &self.v[ph * nk * e..];
+        let q_all = &self.q[qb..];
+        let k_all = &self.k[kb..];
+        let v_all = &self.v[vb..];
+        let (qr, kr, vr) = (self.ql.row, self.kl.row, self.vl.row);
         for i0 in (0..nq).step_by(BLOCK_Q) {
             let bq = BLOCK_Q.min(nq - i0);
             for j0 in (0..nk).step_by(BLOCK_K) {
@@ -356,15 +412,15 @@ impl<E: Real> Problem<E> {
                         false,
                         g[i0 * e..].as_ptr(),
                         (e, 1),
-                        v_all[j0 * e..].as_ptr(),
-                        (1, e),
+                        v_all[j0 * vr..].as_ptr(),
+                        (1, vr),
                         E::one(),
                     );
                     // dv += Pᵀ · dO
                     mm(
                         (bk, e, bq),
-                        dv[j0 * e..].as_mut_ptr(),
-                        (e, 1),
+                        dv.0.add(vb + j0 * vr),
+                        (vr, 1),
                         true,
                         p.as_ptr(),
                         (1, bk),
@@ -410,25 +466,25 @@ impl<E: Real> Problem<E> {
                     // dq += scale · dS · k
                     mm(
                         (bq, d, bk),
-                        dq[i0 * d..].as_mut_ptr(),
-                        (d, 1),
+                        dq.0.add(qb + i0 * qr),
+                        (qr, 1),
                         true,
                         dp.as_ptr(),
                         (bk, 1),
-                        k_all[j0 * d..].as_ptr(),
-                        (d, 1),
+                        k_all[j0 * kr..].as_ptr(),
+                        (kr, 1),
                         self.scale,
                     );
                     // dk += scale · dSᵀ · q
                     mm(
                         (bk, d, bq),
-                        dk[j0 * d..].as_mut_ptr(),
-                        (d, 1),
+                        dk.0.add(kb + j0 * kr),
+                        (kr, 1),
                         true,
                         dp.as_ptr(),
                         (1, bk),
-                        q_all[i0 * d..].as_ptr(),
-                        (d, 1),
+                        q_all[i0 * qr..].as_ptr(),
+                        (qr, 1),
                         self.scale,
                     );
                 }
@@ -437,22 +493,24 @@ impl<E: Real> Problem<E> {
     }
 
     fn backward(&self, fwd: &Stats<E>, g: &[E]) -> (Vec<E>, Vec<E>, Vec<E>, Option<Vec<E>>) {
-        let (pairs, nq, nk, d, e) = (self.p * self.h, self.nq, self.nk, self.d, self.e);
-        let mut dq = vec![E::zero(); pairs * nq * d];
-        let mut dk = vec![E::zero(); pairs * nk * d];
-        let mut dv = vec![E::zero(); pairs * nk * e];
+        let (pairs, nq, nk) = (self.p * self.h, self.nq, self.nk);
+        let mut dq = vec![E::zero(); self.q.len()];
+        let mut dk = vec![E::zero(); self.k.len()];
+        let mut dv = vec![E::zero(); self.v.len()];
         let mut dbias = self.bias.as_ref().map(|_| vec![E::zero(); pairs * nq * nk]);
-        let chunks = dq
-            .par_chunks_mut((nq * d).max(1))
-            .zip(dk.par_chunks_mut((nk * d).max(1)))
-            .zip(dv.par_chunks_mut((nk * e).max(1)))
-            .enumerate();
+        let ptrs = (
+            Shared(dq.as_mut_ptr()),
+            Shared(dk.as_mut_ptr()),
+            Shared(dv.as_mut_ptr()),
+        );
         match dbias.as_mut() {
-            Some(db) => chunks.zip(db.par_chunks_mut((nq * nk).max(1))).for_each(
-                |((ph, ((dq, dk), dv)), db)| self.backward_pair(ph, fwd, g, dq, dk, dv, Some(db)),
-            ),
-            None => chunks
-                .for_each(|(ph, ((dq, dk), dv))| self.backward_pair(ph, fwd, g, dq, dk, dv, None)),
+            Some(db) => db
+                .par_chunks_mut((nq * nk).max(1))
+                .enumerate()
+                .for_each(|(ph, db)| self.backward_pair(ph, fwd, g, ptrs, Some(db))),
+            None => (0..pairs)
+                .into_par_iter()
+                .for_each(|ph| self.backward_pair(ph, fwd, g, ptrs, None)),
         }
         (dq, dk, dv, dbias)
     }
@@ -460,6 +518,134 @@ impl<E: Real> Problem<E> {
 
 fn accumulate<E: Real>(dst: &mut [E], src: &[E]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
+}
+
+/// The sizes of an attention call over strided operands.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub problems: usize,
+    pub heads: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub dim: usize,
+    pub dim_value: usize,
+}
+
+/// Attention over operands stored in any tensors whose elements the [`Layout`]s address:
+/// `out` (shape `out_shape`, laid out by `ol`) = `normalize(scale · q·kᵀ + bias) · v`, `bias`
+/// `[P, H, nq, nk]` contiguous. The weights are never stored.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_strided<S: Shape, So: Shape, E: Real, T: Tape<E, Cpu>>(
+    (q, ql): (Tensor<S, E, Cpu, T>, Layout),
+    (k, kl): (Tensor<S, E, Cpu, T>, Layout),
+    (v, vl): (Tensor<S, E, Cpu, T>, Layout),
+    bias: Option<T4<E, Cpu, T>>,
+    (out_shape, ol): (So, Layout),
+    sizes: Sizes,
+    spec: &WeightsSpec,
+) -> Result<Tensor<So, E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let Sizes {
+        problems: p,
+        heads: h,
+        queries: nq,
+        keys: nk,
+        dim: d,
+        dim_value: e,
+    } = sizes;
+    let vis = &spec.visibility;
+    if (vis.batch, vis.queries, vis.keys) != (p, nq, nk) {
+        return Err(Error::shape(
+            "attention visibility",
+            format!("{:?}", (p, nq, nk)),
+            format!("{:?}", (vis.batch, vis.queries, vis.keys)),
+        ));
+    }
+    if let Some(b) = &bias {
+        if *b.shape() != (p, h, nq, nk) {
+            return Err(Error::shape(
+                "attention bias",
+                format!("{:?}", (p, h, nq, nk)),
+                format!("{:?}", b.shape()),
+            ));
+        }
+    }
+    // every addressed element must lie inside its buffer
+    let last = |l: &Layout, rows: usize, c: usize| {
+        if p * h * rows * c == 0 || l.count == 0 {
+            0
+        } else {
+            (0..p).map(|pp| l.base(pp, h - 1)).max().unwrap_or(0) + (rows - 1) * l.row + c
+        }
+    };
+    let checks = [
+        ("queries", last(&ql, nq, d), q.shape().num_elements()),
+        ("keys", last(&kl, nk, d), k.shape().num_elements()),
+        ("values", last(&vl, nk, e), v.shape().num_elements()),
+        ("output", last(&ol, nq, e), out_shape.num_elements()),
+    ];
+    for (what, need, have) in checks {
+        if need > have {
+            return Err(Error::shape(
+                format!("attention {what} layout"),
+                format!("≥ {need} elements"),
+                have,
+            ));
+        }
+    }
+    let dev = q.device().clone();
+    let (q, tape_q) = q.contiguous().split_tape();
+    let (k, tape_k) = k.contiguous().split_tape();
+    let (v, tape_v) = v.contiguous().split_tape();
+    let mut tape = tape_q.merge(tape_k).merge(tape_v);
+    let bias = bias.map(|t| {
+        let (t, tp) = t.contiguous().split_tape();
+        tape = std::mem::take(&mut tape).merge(tp);
+        t
+    });
+    let problem = Problem {
+        p,
+        h,
+        nq,
+        nk,
+        d,
+        e,
+        scale: E::of(spec.scale),
+        normalizer: spec.normalizer,
+        vis: vis.clone(),
+        q: q.as_vec(),
+        k: k.as_vec(),
+        v: v.as_vec(),
+        ql,
+        kl,
+        vl,
+        ol,
+        out_len: out_shape.num_elements(),
+        bias: bias.as_ref().map(|t| t.as_vec()),
+    };
+    let fwd = problem.forward();
+    let out = dev
+        .try_tensor_from_vec(fwd.out.clone(), out_shape)
+        .map_err(device_err)?;
+    if T::OWNS_TAPE {
+        let (out_g, q_g, k_g, v_g) = (out.ghost(), q.ghost(), k.ghost(), v.ghost());
+        let bias_g = bias.as_ref().map(|t| t.ghost());
+        tape.add_backward_op(move |grads| {
+            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
+            accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
+            accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
+            accumulate(grads.get_or_alloc_mut(&v_g)?, &dv);
+            if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
+                accumulate(grads.get_or_alloc_mut(bg)?, db);
+            }
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
 }
 
 /// Attention `q [P, H, nq, d]` over `k [P, H, nk, d]`, `v [P, H, nk, e]` with an optional
@@ -486,66 +672,21 @@ where
             format!("{:?} and {:?}", k.shape(), v.shape()),
         ));
     }
-    if let Some(b) = &bias {
-        if *b.shape() != (p, h, nq, nk) {
-            return Err(Error::shape(
-                "attention bias",
-                format!("{:?}", (p, h, nq, nk)),
-                format!("{:?}", b.shape()),
-            ));
-        }
-    }
-    let vis = &spec.visibility;
-    if (vis.batch, vis.queries, vis.keys) != (p, nq, nk) {
-        return Err(Error::shape(
-            "attention visibility",
-            format!("{:?}", (p, nq, nk)),
-            format!("{:?}", (vis.batch, vis.queries, vis.keys)),
-        ));
-    }
-    let dev = q.device().clone();
-    let (q, tape_q) = q.contiguous().split_tape();
-    let (k, tape_k) = k.contiguous().split_tape();
-    let (v, tape_v) = v.contiguous().split_tape();
-    let mut tape = tape_q.merge(tape_k).merge(tape_v);
-    let bias = bias.map(|t| {
-        let (t, tp) = t.contiguous().split_tape();
-        tape = std::mem::take(&mut tape).merge(tp);
-        t
-    });
-    let problem = Problem {
-        p,
-        h,
-        nq,
-        nk,
-        d,
-        e,
-        scale: E::of(spec.scale),
-        normalizer: spec.normalizer,
-        vis: vis.clone(),
-        q: q.as_vec(),
-        k: k.as_vec(),
-        v: v.as_vec(),
-        bias: bias.as_ref().map(|t| t.as_vec()),
+    let sizes = Sizes {
+        problems: p,
+        heads: h,
+        queries: nq,
+        keys: nk,
+        dim: d,
+        dim_value: e,
     };
-    let fwd = problem.forward();
-    let out = dev
-        .try_tensor_from_vec(fwd.out.clone(), (p, h, nq, e))
-        .map_err(device_err)?;
-    if T::OWNS_TAPE {
-        let (out_g, q_g, k_g, v_g) = (out.ghost(), q.ghost(), k.ghost(), v.ghost());
-        let bias_g = bias.as_ref().map(|t| t.ghost());
-        tape.add_backward_op(move |grads| {
-            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
-            accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
-            accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
-            accumulate(grads.get_or_alloc_mut(&v_g)?, &dv);
-            if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
-                accumulate(grads.get_or_alloc_mut(bg)?, db);
-            }
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+    attention_strided(
+        (q, Layout::contiguous(h, nq, d)),
+        (k, Layout::contiguous(h, nk, d)),
+        (v, Layout::contiguous(h, nk, e)),
+        bias,
+        ((p, h, nq, e), Layout::contiguous(h, nq, e)),
+        sizes,
+        spec,
+    )
 }

@@ -11,7 +11,7 @@
 use dfdx::prelude::*;
 
 use super::attention::{attend, AttendInputs};
-use super::taylor::{taylor_attend, TaylorForm};
+use super::taylor::{choose_form, taylor_attend, TaylorForm};
 use super::visibility::Visibility;
 use super::weights::{Normalizer, WeightsSpec};
 use crate::backend::Backend;
@@ -162,19 +162,62 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
                 format!("{:?}", g.dims()),
             ));
         }
-        Some(g) => {
-            let (p, len, _) = pattern_dims(pattern, b, n);
-            Some(to_pattern_layout(g, heads, pattern)?.reshape_like(&(p, heads, len)))
+        other => other,
+    };
+    let (scale, normalizer) = match kernel {
+        EdgeKernel::Softmax { scale } => (scale, Normalizer::Softmax),
+        EdgeKernel::Taylor { scale, eps, .. } => (scale, Normalizer::Taylor { eps }),
+    };
+    let (p, len, _) = pattern_dims(pattern, b, n);
+    let (d, e) = (cq / heads.max(1), v.dims().3 / heads.max(1));
+    let feature_form = match kernel {
+        EdgeKernel::Taylor { form, .. } if inputs.bias.is_none() && inputs.talking.is_none() => {
+            match form {
+                TaylorForm::Auto => choose_form(len, len, d, e, &vis) == TaylorForm::Feature,
+                f => f == TaylorForm::Feature,
+            }
         }
+        _ => false,
+    };
+    if inputs.talking.is_none() && !feature_form {
+        // plain attention: the device's pattern kernel (strided, weights never stored on CPU)
+        let spec = WeightsSpec {
+            scale,
+            normalizer,
+            visibility: vis,
+        };
+        let out = D::edge_pattern_attention(
+            q.into_tensor(),
+            k.into_tensor(),
+            v.into_tensor(),
+            heads,
+            pattern,
+            inputs.bias,
+            &spec,
+        )?;
+        let out = match gates {
+            Some(g) => {
+                let g = g.into_tensor().sigmoid();
+                let shape = (b, n, n, heads, e);
+                (out.reshape_like(&shape)
+                    * g.reshape_like(&(b, n, n, heads))
+                        .broadcast_like::<_, Axis<4>>(&shape))
+                .reshape_like(&(b, n, n, heads * e))
+            }
+            None => out,
+        };
+        return Ok(Edges(out));
+    }
+    let gates = match gates {
+        Some(g) => Some(to_pattern_layout(g, heads, pattern)?.reshape_like(&(p, heads, len))),
         None => None,
     };
     let q = to_pattern_layout(q, heads, pattern)?;
     let k = to_pattern_layout(k, heads, pattern)?;
     let v = to_pattern_layout(v, heads, pattern)?;
-    let plain = inputs.bias.is_none() && inputs.talking.is_none();
     let out = match kernel {
-        // bias- and mixing-free Taylor attention may take the linear feature form
-        EdgeKernel::Taylor { scale, eps, form } if plain => {
+        // bias- and mixing-free Taylor attention in the linear feature form
+        EdgeKernel::Taylor { eps, form, .. } if feature_form => {
             let out = taylor_attend(q, k, v, scale, eps, &vis, form)?;
             match gates {
                 Some(g) => {
@@ -185,10 +228,6 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
             }
         }
         _ => {
-            let (scale, normalizer) = match kernel {
-                EdgeKernel::Softmax { scale } => (scale, Normalizer::Softmax),
-                EdgeKernel::Taylor { scale, eps, .. } => (scale, Normalizer::Taylor { eps }),
-            };
             let spec = WeightsSpec {
                 scale,
                 normalizer,

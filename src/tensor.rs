@@ -28,8 +28,16 @@ pub trait Real:
     fn as_f64(self) -> f64 {
         num_traits::ToPrimitive::to_f64(&self).expect("every float converts to f64")
     }
+    /// `x ← exp(x)` over a slice (vectorized for f32; exact `exp` otherwise).
+    fn exp_slice(xs: &mut [Self]) {
+        xs.iter_mut().for_each(|x| *x = x.exp());
+    }
 }
-impl Real for f32 {}
+impl Real for f32 {
+    fn exp_slice(xs: &mut [Self]) {
+        crate::kernels::fastmath::exp_f32(xs)
+    }
+}
 impl Real for f64 {}
 
 /// Maps a dfdx device error into ours.

@@ -109,6 +109,46 @@ unsafe fn mm<E: Real>(
     );
 }
 
+/// Sets the invisible entries of a score row to −∞ (they vanish under `exp`).
+#[inline]
+fn hide<E: Real>(row: &mut [E], visible: impl Fn(usize) -> bool) {
+    for (c, x) in row.iter_mut().enumerate() {
+        if !visible(c) {
+            *x = E::neg_infinity();
+        }
+    }
+}
+
+/// The maximum of a row, in eight lanes (a plain fold does not vectorize).
+#[inline]
+fn row_max<E: Real>(row: &[E]) -> E {
+    let mut lanes = [E::neg_infinity(); 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for l in 0..8 {
+            lanes[l] = if ch[l] > lanes[l] { ch[l] } else { lanes[l] };
+        }
+    }
+    tail.iter()
+        .chain(lanes.iter())
+        .fold(E::neg_infinity(), |m, &x| if x > m { x } else { m })
+}
+
+/// The sum of a row, in eight lanes.
+#[inline]
+fn row_sum<E: Real>(row: &[E]) -> E {
+    let mut lanes = [E::zero(); 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l] + ch[l];
+        }
+    }
+    tail.iter().chain(lanes.iter()).fold(E::zero(), |a, &x| a + x)
+}
+
 /// Visibility of one problem, indexed without recomputing offsets.
 struct ProblemMask<'a> {
     key_valid: Option<&'a [bool]>,
@@ -223,12 +263,10 @@ impl<E: Real> Problem<E> {
                     let i = i0 + r;
                     match self.normalizer {
                         Normalizer::Softmax => {
-                            let mut m = E::neg_infinity();
-                            for (c, &x) in row.iter().enumerate() {
-                                if x > m && mask.visible(i, j0 + c) {
-                                    m = x;
-                                }
+                            if !mask.all_visible() {
+                                hide(row, |c| mask.visible(i, j0 + c));
                             }
+                            let m = row_max(row);
                             if m == E::neg_infinity() {
                                 row.iter_mut().for_each(|x| *x = E::zero());
                                 continue;
@@ -239,22 +277,9 @@ impl<E: Real> Problem<E> {
                             } else {
                                 (run_max[r] - new_max).exp()
                             };
-                            let mut sum = E::zero();
-                            if mask.all_visible() {
-                                for x in row.iter_mut() {
-                                    *x = (*x - new_max).exp();
-                                    sum = sum + *x;
-                                }
-                            } else {
-                                for (c, x) in row.iter_mut().enumerate() {
-                                    *x = if mask.visible(i, j0 + c) {
-                                        (*x - new_max).exp()
-                                    } else {
-                                        E::zero()
-                                    };
-                                    sum = sum + *x;
-                                }
-                            }
+                            row.iter_mut().for_each(|x| *x = *x - new_max);
+                            E::exp_slice(row);
+                            let sum = row_sum(row);
                             run_sum[r] = run_sum[r] * correction + sum;
                             run_max[r] = new_max;
                             if correction != E::one() {
@@ -381,13 +406,15 @@ impl<E: Real> Problem<E> {
                     match self.normalizer {
                         Normalizer::Softmax => {
                             let lse = stat[i];
-                            for (c, pv) in prow.iter_mut().enumerate() {
-                                *pv = if lse != E::neg_infinity() && mask.visible(i, j0 + c) {
-                                    (srow[c] - lse).exp()
-                                } else {
-                                    E::zero()
-                                };
+                            if lse == E::neg_infinity() {
+                                prow.iter_mut().for_each(|x| *x = E::zero());
+                                continue;
                             }
+                            prow.iter_mut().zip(srow).for_each(|(pv, &x)| *pv = x - lse);
+                            if !mask.all_visible() {
+                                hide(prow, |c| mask.visible(i, j0 + c));
+                            }
+                            E::exp_slice(prow);
                         }
                         Normalizer::Taylor { eps } => {
                             let z = stat[i].max(E::of(eps));

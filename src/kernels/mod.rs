@@ -2,6 +2,7 @@
 //! patterns and coordinate-descent routing. Composite forms live beside fused CPU forms.
 
 pub mod attention;
+pub mod fastmath;
 pub mod flash_cpu;
 pub mod fused_cpu;
 pub mod linear_algebra;

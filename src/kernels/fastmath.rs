@@ -33,15 +33,18 @@ fn exp_generic(xs: &mut [f32]) {
     for x in xs.iter_mut() {
         let v = *x;
         let keep = if v < -87.3 { 0.0 } else { 1.0 };
-        let v = v.clamp(-87.3, 88.0);
-        let n = (v * LOG2E + MAGIC) - MAGIC;
+        let v = v.max(-87.3).min(88.0);
+        let m = v * LOG2E + MAGIC;
+        let n = m - MAGIC;
+        // the rounded integer sits in the low mantissa bits of m: no float→int conversion
+        let ni = (m.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
         let r = (v - n * LN2_HI) - n * LN2_LO;
         // e^r on |r| ≤ ln 2 / 2, degree 6
         let p = 1.0
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
         *x = p * scale * keep;
     }
 }

@@ -27,7 +27,7 @@ unsafe fn exp_avx2(xs: &mut [f32]) {
 fn exp_generic(xs: &mut [f32]) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
-    // ln 2 split in two (Cody–Waite), so that r = x − n·ln 2 keeps its low bits
+                                     // ln 2 split in two (Cody–Waite), so that r = x − n·ln 2 keeps its low bits
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     for x in xs.iter_mut() {

@@ -146,7 +146,9 @@ fn row_sum<E: Real>(row: &[E]) -> E {
             lanes[l] = lanes[l] + ch[l];
         }
     }
-    tail.iter().chain(lanes.iter()).fold(E::zero(), |a, &x| a + x)
+    tail.iter()
+        .chain(lanes.iter())
+        .fold(E::zero(), |a, &x| a + x)
 }
 
 /// Visibility of one problem, indexed without recomputing offsets.

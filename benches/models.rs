@@ -1,0 +1,40 @@
+//! Criterion benches of the speed table's rows (issue: speed): the README model forward and
+//! train step, the small model's train step, one `quartic` layer (all-edges attention) forward +
+//! backward at n = 64 and 128. `cargo bench --bench models`; whole-process timings with peak
+//! memory: `scripts/speed_table.sh`.
+
+mod workloads;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dfdx::prelude::*;
+use quartic::train::optim::AdamState;
+
+fn rows(c: &mut Criterion) {
+    let dev = Cpu::default();
+    let mut g = c.benchmark_group("speed");
+    g.sample_size(10);
+    let readme = workloads::readme_model(&dev);
+    g.bench_function("readme_forward", |b| {
+        b.iter(|| workloads::forward(&readme, 1, 128))
+    });
+    let mut readme = readme;
+    let mut adam = AdamState::default();
+    g.bench_function("readme_train_step", |b| {
+        b.iter(|| workloads::train_step(&mut readme, &mut adam, 1, 128))
+    });
+    let mut small = workloads::small_model(&dev);
+    let mut adam = AdamState::default();
+    g.bench_function("small_train_step", |b| {
+        b.iter(|| workloads::train_step(&mut small, &mut adam, 8, 32))
+    });
+    for n in [64, 128] {
+        let layer = workloads::quartic_layer(&dev, n);
+        g.bench_function(format!("quartic_layer_n{n}"), |b| {
+            b.iter(|| workloads::quartic_layer_step(&dev, &layer, n))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, rows);
+criterion_main!(benches);

@@ -1,0 +1,107 @@
+//! The speed workloads of the side-by-side table (issue: speed), shared by the criterion bench
+//! (`benches/models.rs`) and the whole-process harness (`examples/speed.rs`).
+
+use dfdx::prelude::*;
+use quartic::graph::{Edges, GraphMask, Nodes};
+use quartic::models::{GraphConfig, Model, ModelConfig, QuarticConfig};
+use quartic::nn::Init;
+use quartic::rules::{Const, Rule, RuleConfig, RuleLayer};
+use quartic::train::optim::{AdamState, AdamW};
+
+pub type Tp = OwnedTape<f32, Cpu>;
+
+/// The README model (num_tokens 256, dim 512, depth 2, dim_edges 32) with the `taylor` rule.
+pub fn readme_model(dev: &Cpu) -> Model<f32, Cpu> {
+    let cfg = QuarticConfig::readme()
+        .to_graph("taylor", false)
+        .expect("valid config");
+    Model::new(&ModelConfig::Graph(cfg), None, &Init::random(dev, 0)).expect("builds")
+}
+
+/// The small model: dim 64, dim_edges 16, heads 4 × 16, edge heads 4 × 8, depth 2.
+pub fn small_model(dev: &Cpu) -> Model<f32, Cpu> {
+    let p = |k: &str, v: f64| (k.to_string(), Const::Num(v));
+    let cfg = GraphConfig {
+        num_tokens: 256,
+        dim: 64,
+        dim_edges: 16,
+        depth: 2,
+        rule: "taylor".into(),
+        rule_params: [
+            p("heads", 4.0),
+            p("dim_head", 16.0),
+            p("edge_heads", 4.0),
+            p("edge_dim_head", 8.0),
+        ]
+        .into_iter()
+        .collect(),
+        causal: false,
+        max_seq_len: 128,
+        absolute_positions: true,
+        position_bias: true,
+        final_norm: Some(1e-5),
+    };
+    Model::new(&ModelConfig::Graph(cfg), None, &Init::random(dev, 0)).expect("builds")
+}
+
+pub fn tokens(b: usize, n: usize) -> Vec<usize> {
+    (0..b * n).map(|i| (i * 37 + 11) % 256).collect()
+}
+
+pub fn forward(model: &Model<f32, Cpu>, b: usize, n: usize) {
+    let out = model
+        .forward::<NoneTape>(&tokens(b, n), b, n, None)
+        .expect("runs");
+    std::hint::black_box(out.logits.as_vec());
+}
+
+/// Forward, backward (loss: mean cross-entropy against the next token) and one AdamW step.
+pub fn train_step(model: &mut Model<f32, Cpu>, adam: &mut AdamState, b: usize, n: usize) {
+    let toks = tokens(b, n);
+    let out = model.forward::<Tp>(&toks, b, n, None).expect("runs");
+    let targets: Vec<Option<usize>> = toks.iter().map(|&t| Some((t + 1) % 256)).collect();
+    let (loss, _, _) =
+        quartic::train::trainer::loss_and_accuracy(out.logits, &targets).expect("loss");
+    let mut grads = loss.backward();
+    adam.update(model, &mut grads, &AdamW::default(), 1e-4, Some(1.0))
+        .expect("update");
+}
+
+/// One `quartic` layer alone: full softmax attention across all n² edges (dim_edges 32,
+/// 4 heads × 16), node block included, forward + backward.
+pub fn quartic_layer(dev: &Cpu, n: usize) -> RuleLayer<f32, Cpu> {
+    let p = |k: &str, v: f64| (k.to_string(), Const::Num(v));
+    let cfg = RuleConfig {
+        dim: 64,
+        dim_edges: 32,
+        causal: false,
+        overrides: vec![
+            p("heads", 4.0),
+            p("dim_head", 16.0),
+            p("edge_heads", 4.0),
+            p("edge_dim_head", 16.0),
+        ],
+    };
+    let _ = n;
+    let plan = Rule::builtin("quartic")
+        .expect("built in")
+        .plan(&cfg)
+        .expect("checks");
+    RuleLayer::new(plan, &Init::random(dev, 0)).expect("builds")
+}
+
+pub fn quartic_layer_step(dev: &Cpu, layer: &RuleLayer<f32, Cpu>, n: usize) {
+    let nodes: Tensor<(usize, usize, usize), f32, Cpu> = dev.sample_normal_like(&(1, n, 64));
+    let edges: Tensor<(usize, usize, usize, usize), f32, Cpu> =
+        dev.sample_normal_like(&(1, n, n, 32));
+    let mask = GraphMask::full(1, n);
+    let (x, e) = layer
+        .forward(
+            Nodes::new(nodes.leaky_trace()),
+            Edges::new(edges.retaped::<Tp>()).expect("square"),
+            &mask,
+        )
+        .expect("runs");
+    let loss = x.into_tensor().square().mean() + e.into_tensor().square().mean();
+    std::hint::black_box(loss.backward());
+}

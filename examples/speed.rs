@@ -1,0 +1,190 @@
+//! Whole-process timings of the speed workloads (see `benches/workloads.rs`), one per run so
+//! each peak memory is its own: `cargo run --release --example speed -- WORKLOAD`, with WORKLOAD
+//! one of readme-forward, readme-train, small-train, quartic-64, quartic-128. Prints one line:
+//! workload, median seconds over the repeats, peak resident memory (VmHWM).
+
+#[path = "../benches/workloads.rs"]
+mod workloads;
+
+use std::time::Instant;
+
+use dfdx::prelude::*;
+use quartic::train::optim::AdamState;
+
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let which = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "readme-forward".into());
+    let dev = Cpu::default();
+    let mut times = Vec::new();
+    match which.as_str() {
+        "readme-forward" => {
+            let m = workloads::readme_model(&dev);
+            workloads::forward(&m, 1, 128);
+            for _ in 0..3 {
+                let t = Instant::now();
+                workloads::forward(&m, 1, 128);
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        "readme-train" => {
+            let mut m = workloads::readme_model(&dev);
+            let mut adam = AdamState::default();
+            for _ in 0..3 {
+                let t = Instant::now();
+                workloads::train_step(&mut m, &mut adam, 1, 128);
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        "small-train" => {
+            let mut m = workloads::small_model(&dev);
+            let mut adam = AdamState::default();
+            workloads::train_step(&mut m, &mut adam, 8, 32);
+            for _ in 0..5 {
+                let t = Instant::now();
+                workloads::train_step(&mut m, &mut adam, 8, 32);
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        w @ ("quartic-64" | "quartic-128") => {
+            let n = if w == "quartic-64" { 64 } else { 128 };
+            let layer = workloads::quartic_layer(&dev, n);
+            let t = Instant::now();
+            workloads::quartic_layer_step(&dev, &layer, n);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        "readme-flops" => {
+            // achieved FLOP/s of the README forward (FLOPs from `explain`'s cost model) against
+            // the machine's f32 matmul peak (512³ matmuls through dfdx/gemm, both cores)
+            let m = workloads::readme_model(&dev);
+            let quartic::models::Model::Graph(g) = &m else {
+                unreachable!()
+            };
+            let layer_flops = quartic::rules::explain::plan_cost(&g.layers[0].plan, 1, 128).flops;
+            let flops = 2.0 * layer_flops + 2.0 * 128.0 * 512.0 * 256.0;
+            workloads::forward(&m, 1, 128);
+            let t = Instant::now();
+            workloads::forward(&m, 1, 128);
+            let secs = t.elapsed().as_secs_f64();
+            let a: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&(512, 512));
+            let b: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&(512, 512));
+            std::hint::black_box(a.clone().matmul(b.clone()).as_vec());
+            let t = Instant::now();
+            for _ in 0..20 {
+                std::hint::black_box(a.clone().matmul(b.clone()));
+            }
+            let peak = 20.0 * 2.0 * 512f64.powi(3) / t.elapsed().as_secs_f64();
+            let achieved = flops / secs;
+            println!(
+                "readme-flops\t{:.1} GFLOP in {secs:.3} s = {:.1} GFLOP/s; matmul peak {:.1} GFLOP/s; {:.0}%",
+                flops / 1e9,
+                achieved / 1e9,
+                peak / 1e9,
+                100.0 * achieved / peak
+            );
+            return;
+        }
+        "scaling" => {
+            // one layer of each built-in rule, forward + backward, against n; the fitted exponent
+            // (from n = 32 to 64) next to the one explain predicts for FLOPs
+            println!("| rule | n = 16 | n = 32 | n = 64 | fitted exponent (32→64) | explain's FLOP exponent (n = 32) |");
+            println!("| --- | --- | --- | --- | --- | --- |");
+            for rule in [
+                "baseline",
+                "taylor",
+                "relational",
+                "triangle",
+                "routed",
+                "quartic",
+            ] {
+                let num = |k: &str, v: f64| (k.to_string(), quartic::rules::Const::Num(v));
+                let rule_src = quartic::rules::Rule::builtin(rule).expect("built in");
+                let declared: Vec<String> =
+                    rule_src.parameters().into_iter().map(|(n, _)| n).collect();
+                let overrides: Vec<_> = [
+                    num("heads", 4.0),
+                    num("dim_head", 16.0),
+                    num("edge_heads", 4.0),
+                    num("edge_dim_head", 8.0),
+                    num("tri_heads", 4.0),
+                    num("tri_dim_head", 8.0),
+                    num("hidden", 16.0),
+                    num("picks", 64.0),
+                ]
+                .into_iter()
+                .filter(|(k, _)| declared.contains(k))
+                .collect();
+                let cfg = quartic::rules::RuleConfig {
+                    dim: 64,
+                    dim_edges: 16,
+                    causal: false,
+                    overrides,
+                };
+                let plan = rule_src.plan(&cfg).expect("checks");
+                let predicted = {
+                    let c1 = quartic::rules::explain::plan_cost(&plan, 1, 32).flops;
+                    let c2 = quartic::rules::explain::plan_cost(&plan, 1, 64).flops;
+                    (c2 / c1).log2()
+                };
+                let layer = quartic::rules::RuleLayer::<f32, Cpu>::new(
+                    plan,
+                    &quartic::nn::Init::random(&dev, 0),
+                )
+                .expect("builds");
+                let mut cells = Vec::new();
+                for n in [16, 32, 64] {
+                    let mut ts = Vec::new();
+                    for _ in 0..3 {
+                        let nodes: Tensor<(usize, usize, usize), f32, Cpu> =
+                            dev.sample_normal_like(&(1, n, 64));
+                        let edges: Tensor<(usize, usize, usize, usize), f32, Cpu> =
+                            dev.sample_normal_like(&(1, n, n, 16));
+                        let t = Instant::now();
+                        let (x, e) = layer
+                            .forward(
+                                quartic::graph::Nodes::new(nodes.leaky_trace()),
+                                quartic::graph::Edges::new(edges.retaped::<workloads::Tp>())
+                                    .expect("square"),
+                                &quartic::graph::GraphMask::full(1, n),
+                            )
+                            .expect("runs");
+                        let loss =
+                            x.into_tensor().square().mean() + e.into_tensor().square().mean();
+                        std::hint::black_box(loss.backward());
+                        ts.push(t.elapsed().as_secs_f64());
+                    }
+                    cells.push(median(ts));
+                }
+                println!(
+                    "| {rule} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} | {:.2} |",
+                    cells[0] * 1e3,
+                    cells[1] * 1e3,
+                    cells[2] * 1e3,
+                    (cells[2] / cells[1]).log2(),
+                    predicted
+                );
+            }
+            return;
+        }
+        other => {
+            eprintln!("unknown workload `{other}`");
+            std::process::exit(2);
+        }
+    }
+    println!("{which}\t{:.4}\t{:.0}", median(times), peak_mib());
+}

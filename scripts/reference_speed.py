@@ -1,0 +1,73 @@
+"""Times the PyTorch original (quartic-transformer 0.0.18 with einx 0.3.0) on the speed table's
+workloads, one line per workload: name, median seconds, peak RSS in MiB.
+
+    python3 scripts/reference_speed.py WORKLOAD   (readme-forward, readme-train, small-train)
+
+Run it with the interpreter of a virtual environment that has the original installed:
+    python3 -m venv ../ref-venv && ../ref-venv/bin/pip install quartic-transformer==0.0.18 einx==0.3.0
+"""
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from quartic_transformer import QuarticTransformer
+
+torch.manual_seed(0)
+
+
+def readme_model():
+    # the original's README model, one residual stream, diagonal attention off (it is broken)
+    return QuarticTransformer(num_tokens=256, dim=512, depth=2, dim_edges=32,
+                              num_residual_streams=1, edges_diagonal_attn=False)
+
+
+def small_model():
+    return QuarticTransformer(num_tokens=256, dim=64, depth=2, dim_edges=16, heads=4, dim_head=16,
+                              linear_heads=4, linear_dim_head=8, num_residual_streams=1,
+                              edges_diagonal_attn=False, max_seq_len=128)
+
+
+def tokens(b, n):
+    return (torch.arange(b * n).reshape(b, n) * 37 + 11) % 256
+
+
+def train_step(model, opt, b, n):
+    x = tokens(b, n)
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), ((x + 1) % 256).reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def main():
+    which = sys.argv[1] if len(sys.argv) > 1 else "readme-forward"
+    times = []
+    if which == "readme-forward":
+        model = readme_model().eval()
+        with torch.no_grad():
+            model(tokens(1, 128))
+            for _ in range(3):
+                t = time.perf_counter()
+                model(tokens(1, 128))
+                times.append(time.perf_counter() - t)
+    elif which in ("readme-train", "small-train"):
+        model = readme_model() if which == "readme-train" else small_model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        b, n, reps = (1, 128, 3) if which == "readme-train" else (8, 32, 5)
+        train_step(model, opt, b, n)
+        for _ in range(reps):
+            t = time.perf_counter()
+            train_step(model, opt, b, n)
+            times.append(time.perf_counter() - t)
+    else:
+        sys.exit(f"unknown workload {which}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{which}\t{statistics.median(times):.4f}\t{peak:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Side-by-side speed table: this project (examples/speed.rs) and, when its virtual environment
+# exists, the PyTorch original (scripts/reference_speed.py), same workloads, same machine, one
+# process per workload. Usage: scripts/speed_table.sh [PYTHON]  (default ../ref-venv/bin/python)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py="${1:-../ref-venv/bin/python}"
+cargo build --release --example speed -q
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+printf "| workload | ours (s) | ours peak (MiB) | original (s) | original peak (MiB) | speed-up |\n| --- | --- | --- | --- | --- | --- |\n"
+for w in readme-forward readme-train small-train quartic-64 quartic-128; do
+  IFS=$'\t' read -r _ ours ours_mem < <(./target/release/examples/speed "$w")
+  ref="n/a"; ref_mem="n/a"; ratio="n/a"
+  if [[ "$w" != quartic-* && -x "$py" ]]; then
+    IFS=$'\t' read -r _ ref ref_mem < <("$py" scripts/reference_speed.py "$w" 2>/dev/null) || true
+    ratio=$(python3 -c "print(f'{$ref/$ours:.1f}×')")
+  fi
+  printf "| %s | %s | %s | %s | %s | %s |\n" "$w" "$ours" "$ours_mem" "$ref" "$ref_mem" "$ratio"
+done

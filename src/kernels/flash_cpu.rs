@@ -292,16 +292,16 @@ impl<E: Real> Problem<E> {
                         }
                         Normalizer::Taylor { .. } => {
                             let half = E::of(0.5);
-                            let mut sum = E::zero();
-                            for (c, x) in row.iter_mut().enumerate() {
-                                *x = if mask.visible(i, j0 + c) {
-                                    E::one() + *x + *x * *x * half
-                                } else {
-                                    E::zero()
-                                };
-                                sum = sum + *x;
+                            row.iter_mut()
+                                .for_each(|x| *x = E::one() + *x + *x * *x * half);
+                            if !mask.all_visible() {
+                                for (c, x) in row.iter_mut().enumerate() {
+                                    if !mask.visible(i, j0 + c) {
+                                        *x = E::zero();
+                                    }
+                                }
                             }
-                            run_sum[r] = run_sum[r] + sum;
+                            run_sum[r] = run_sum[r] + row_sum(row);
                         }
                     }
                 }

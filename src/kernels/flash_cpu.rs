@@ -12,7 +12,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused_cpu::CpuBuffer;
+use super::fused_cpu::{host_copy, CpuBuffer};
 use super::visibility::Visibility;
 use super::weights::{Normalizer, WeightsSpec};
 use crate::error::{Error, Result};
@@ -645,15 +645,15 @@ where
         scale: E::of(spec.scale),
         normalizer: spec.normalizer,
         vis: vis.clone(),
-        q: q.as_vec(),
-        k: k.as_vec(),
-        v: v.as_vec(),
+        q: host_copy(&q),
+        k: host_copy(&k),
+        v: host_copy(&v),
         ql,
         kl,
         vl,
         ol,
         out_len: out_shape.num_elements(),
-        bias: bias.as_ref().map(|t| t.as_vec()),
+        bias: bias.as_ref().map(host_copy),
     };
     let fwd = problem.forward();
     let out = dev

@@ -32,6 +32,17 @@ impl<E> SharedMut<E> {
     }
 }
 
+/// The elements of a contiguous tensor (as `.contiguous()` returns it), copied in one memcpy
+/// (dfdx's `as_vec` walks an index per element).
+pub fn host_copy<S: Shape, E: Real, T>(t: &Tensor<S, E, Cpu, T>) -> Vec<E>
+where
+    Cpu: Device<E>,
+{
+    let mut out = vec![E::zero(); t.shape().num_elements()];
+    t.copy_into(&mut out);
+    out
+}
+
 /// Dot product with eight independent partial sums: a strict left-to-right sum cannot be
 /// vectorized, eight lanes can.
 #[inline]
@@ -343,10 +354,10 @@ where
         scale: E::of(spec.scale),
         normalizer: spec.normalizer,
         vis: spec.visibility.clone(),
-        q: q.as_vec(),
-        k: k.as_vec(),
-        bias: bias.as_ref().map(|t| t.as_vec()),
-        talking: talking.as_ref().map(|t| t.as_vec()),
+        q: host_copy(&q),
+        k: host_copy(&k),
+        bias: bias.as_ref().map(host_copy),
+        talking: talking.as_ref().map(host_copy),
     };
     let out = dev
         .try_tensor_from_vec(problem.forward(), shape)
@@ -382,7 +393,7 @@ where
     let (_, _, n, w) = shape;
     let dev = x.device().clone();
     let (x, mut tape) = x.contiguous().split_tape();
-    let mut data = x.as_vec();
+    let mut data = host_copy(&x);
     prefix_scan(&mut data, n, w, false);
     let out = dev.try_tensor_from_vec(data, shape).map_err(device_err)?;
     if T::OWNS_TAPE {

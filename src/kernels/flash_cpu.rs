@@ -200,6 +200,17 @@ struct Problem<E> {
     bias: Option<Vec<E>>,
 }
 
+/// Buffers reused across the (problem, head) pairs one rayon task runs.
+struct Scratch<E> {
+    s: Vec<E>,
+    p: Vec<E>,
+    dp: Vec<E>,
+    acc: Vec<E>,
+    run_max: Vec<E>,
+    run_sum: Vec<E>,
+    g: Vec<E>,
+}
+
 /// Per-query statistics kept from the forward pass: softmax `log Σ exp` (−∞ when no key is
 /// visible) or the Taylor sum Σw.
 struct Stats<E> {
@@ -239,16 +250,34 @@ impl<E: Real> Problem<E> {
         }
     }
 
-    fn forward_pair(&self, ph: usize, out: Shared<E>, stat: &mut [E]) {
+    /// Scratch for one task: block-sized score buffers (three of them) and per-row state.
+    fn scratch(&self) -> Scratch<E> {
+        let block = BLOCK_Q.min(self.nq).max(1) * BLOCK_K.min(self.nk).max(1);
+        let rows = BLOCK_Q.min(self.nq).max(1);
+        Scratch {
+            s: vec![E::zero(); block],
+            p: vec![E::zero(); block],
+            dp: vec![E::zero(); block],
+            acc: vec![E::zero(); rows * self.e],
+            run_max: vec![E::zero(); rows],
+            run_sum: vec![E::zero(); rows],
+            g: vec![E::zero(); self.nq * self.e],
+        }
+    }
+
+    fn forward_pair(&self, ph: usize, out: Shared<E>, stat: &mut [E], scratch: &mut Scratch<E>) {
         let (nq, nk, e) = (self.nq, self.nk, self.e);
         let (p, h) = (ph / self.h, ph % self.h);
         let v_base = self.vl.base(p, h);
         let o_base = self.ol.base(p, h);
         let mask = ProblemMask::new(&self.vis, ph / self.h);
-        let mut s = vec![E::zero(); BLOCK_Q * BLOCK_K];
-        let mut acc = vec![E::zero(); BLOCK_Q * e];
-        let mut run_max = vec![E::zero(); BLOCK_Q];
-        let mut run_sum = vec![E::zero(); BLOCK_Q];
+        let Scratch {
+            s,
+            acc,
+            run_max,
+            run_sum,
+            ..
+        } = scratch;
         for i0 in (0..nq).step_by(BLOCK_Q) {
             let bq = BLOCK_Q.min(nq - i0);
             acc[..bq * e].iter_mut().for_each(|x| *x = E::zero());
@@ -349,9 +378,10 @@ impl<E: Real> Problem<E> {
         let mut out = vec![E::zero(); self.out_len];
         let mut stat = vec![E::zero(); pairs * nq];
         let ptr = Shared(out.as_mut_ptr());
-        stat.par_chunks_mut(nq.max(1))
-            .enumerate()
-            .for_each(|(ph, st)| self.forward_pair(ph, ptr, st));
+        stat.par_chunks_mut(nq.max(1)).enumerate().for_each_init(
+            || self.scratch(),
+            |scr, (ph, st)| self.forward_pair(ph, ptr, st, scr),
+        );
         Stats { out, stat }
     }
 
@@ -364,6 +394,7 @@ impl<E: Real> Problem<E> {
         g_all: &[E],
         (dq, dk, dv): (Shared<E>, Shared<E>, Shared<E>),
         mut dbias: Option<&mut [E]>,
+        scratch: &mut Scratch<E>,
     ) {
         let (nq, nk, d, e) = (self.nq, self.nk, self.d, self.e);
         let (p, h) = (ph / self.h, ph % self.h);
@@ -376,7 +407,7 @@ impl<E: Real> Problem<E> {
             self.ol.base(p, h),
         );
         // this pair's output gradient, gathered into [nq, e] rows
-        let mut g = vec![E::zero(); nq * e];
+        let Scratch { s, p, dp, g, .. } = scratch;
         for i in 0..nq {
             g[i * e..(i + 1) * e].copy_from_slice(&g_all[ob + i * self.ol.row..][..e]);
         }
@@ -389,9 +420,6 @@ impl<E: Real> Problem<E> {
                     .fold(E::zero(), |a, (&x, &y)| a + x * y)
             })
             .collect();
-        let mut s = vec![E::zero(); BLOCK_Q * BLOCK_K];
-        let mut p = vec![E::zero(); BLOCK_Q * BLOCK_K];
-        let mut dp = vec![E::zero(); BLOCK_Q * BLOCK_K];
         let q_all = &self.q[qb..];
         let k_all = &self.k[kb..];
         let v_all = &self.v[vb..];
@@ -536,10 +564,14 @@ impl<E: Real> Problem<E> {
             Some(db) => db
                 .par_chunks_mut((nq * nk).max(1))
                 .enumerate()
-                .for_each(|(ph, db)| self.backward_pair(ph, fwd, g, ptrs, Some(db))),
-            None => (0..pairs)
-                .into_par_iter()
-                .for_each(|ph| self.backward_pair(ph, fwd, g, ptrs, None)),
+                .for_each_init(
+                    || self.scratch(),
+                    |scr, (ph, db)| self.backward_pair(ph, fwd, g, ptrs, Some(db), scr),
+                ),
+            None => (0..pairs).into_par_iter().for_each_init(
+                || self.scratch(),
+                |scr, ph| self.backward_pair(ph, fwd, g, ptrs, None, scr),
+            ),
         }
         (dq, dk, dv, dbias)
     }

@@ -86,9 +86,8 @@ impl ModelArgs {
             ("ff_mult", self.ff_mult, 2.0),
         ];
         for (name, given, default) in defaults {
-            if declared.iter().any(|d| d == name) {
-                params.insert(name.to_string(), Const::Num(given.unwrap_or(default)));
-            } else if given.is_some() {
+            // a flag for a parameter the rule lacks is passed on, so the checker names it
+            if given.is_some() || declared.iter().any(|d| d == name) {
                 params.insert(name.to_string(), Const::Num(given.unwrap_or(default)));
             }
         }

@@ -18,7 +18,7 @@ use super::weights::{Normalizer, WeightsSpec};
 use crate::error::{Error, Result};
 use crate::tensor::*;
 
-const BLOCK_Q: usize = 64;
+const BLOCK_Q: usize = 128;
 const BLOCK_K: usize = 256;
 
 /// Where element `(problem, head, row, channel)` of a q/k/v/out operand lives in its flat

@@ -28,7 +28,7 @@ fn rows(c: &mut Criterion) {
         b.iter(|| workloads::train_step(&mut small, &mut adam, 8, 32))
     });
     for n in [64, 128] {
-        let layer = workloads::quartic_layer(&dev, n);
+        let layer = workloads::quartic_layer(&dev);
         g.bench_function(format!("quartic_layer_n{n}"), |b| {
             b.iter(|| workloads::quartic_layer_step(&dev, &layer, n))
         });

@@ -16,8 +16,7 @@ use taylor_by_hand::taylor_by_hand;
 
 type Tp = OwnedTape<f32, Cpu>;
 
-fn random(dev: &Cpu, len: usize, seed: u64) -> Vec<f32> {
-    let _ = dev;
+fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect()
 }
@@ -45,8 +44,8 @@ fn rule_vs_hand(c: &mut Criterion) {
     group.sample_size(20);
     for n in [16, 32, 64] {
         let mask = GraphMask::from_lengths(n, &[n, n - n / 4]).unwrap();
-        let nodes = dev.tensor_from_vec(random(&dev, b * n * dim, 1), (b, n, dim));
-        let edges = dev.tensor_from_vec(random(&dev, b * n * n * de, 2), (b, n, n, de));
+        let nodes = dev.tensor_from_vec(random(b * n * dim, 1), (b, n, dim));
+        let edges = dev.tensor_from_vec(random(b * n * n * de, 2), (b, n, n, de));
         let inputs = || {
             (
                 Nodes::new(nodes.leaky_trace()),

@@ -67,8 +67,7 @@ pub fn taylor_by_hand<E: Real, D: Backend<E>, T: Tape<E, D>>(
     edge_dim_head: usize,
     scale: f64,
 ) -> quartic::Result<(Nodes<E, D, T>, Edges<E, D, T>)> {
-    let (b, n, dim) = nodes.dims();
-    let de = edges.dims().3;
+    let (b, n, _) = nodes.dims();
     let (h, d) = (heads, dim_head);
     let nodes = nodes.into_tensor();
     let edges = edges.into_tensor();
@@ -153,6 +152,5 @@ pub fn taylor_by_hand<E: Real, D: Backend<E>, T: Tape<E, D>>(
     }
     let edges = edges + before;
     let edges = edges.with_empty_tape() + map_rows4(edges, |t| ff(l, "ff_edges").forward(t))?;
-    let _ = (dim, de);
     Ok((Nodes::new(nodes), Edges::new(edges)?))
 }

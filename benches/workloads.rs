@@ -69,7 +69,7 @@ pub fn train_step(model: &mut Model<f32, Cpu>, adam: &mut AdamState, b: usize, n
 
 /// One `quartic` layer alone: full softmax attention across all n² edges (dim_edges 32,
 /// 4 heads × 16), node block included, forward + backward.
-pub fn quartic_layer(dev: &Cpu, n: usize) -> RuleLayer<f32, Cpu> {
+pub fn quartic_layer(dev: &Cpu) -> RuleLayer<f32, Cpu> {
     let p = |k: &str, v: f64| (k.to_string(), Const::Num(v));
     let cfg = RuleConfig {
         dim: 64,
@@ -82,7 +82,6 @@ pub fn quartic_layer(dev: &Cpu, n: usize) -> RuleLayer<f32, Cpu> {
             p("edge_dim_head", 16.0),
         ],
     };
-    let _ = n;
     let plan = Rule::builtin("quartic")
         .expect("built in")
         .plan(&cfg)

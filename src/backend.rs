@@ -60,14 +60,28 @@ pub trait Backend<E: Real>: Device<E> {
         bias: Option<T4<E, Self, T>>,
         spec: &weights::WeightsSpec,
     ) -> Result<T4<E, Self, T>> {
-        let (b, n, _, _) = *q.shape();
-        let to = |t: T4<E, Self, T>| to_pattern_layout(Edges(t), heads, pattern);
-        let out = Self::attention(to(q)?, to(k)?, to(v)?, bias, spec)?;
-        Ok(from_pattern_layout(out, b, n, pattern).into_tensor())
+        pattern_attention_via_layout(q, k, v, heads, pattern, bias, spec)
     }
 
     /// Inclusive prefix sum along axis 2 of `[B, H, N, X]`.
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>>;
+}
+
+/// Pattern attention through the pattern's batched layout (permuted copies), then
+/// [`Backend::attention`]: the form for devices without a strided kernel.
+fn pattern_attention_via_layout<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    q: T4<E, D, T>,
+    k: T4<E, D, T>,
+    v: T4<E, D, T>,
+    heads: usize,
+    pattern: EdgePattern,
+    bias: Option<T4<E, D, T>>,
+    spec: &weights::WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    let (b, n, _, _) = *q.shape();
+    let to = |t: T4<E, D, T>| to_pattern_layout(Edges(t), heads, pattern);
+    let out = D::attention(to(q)?, to(k)?, to(v)?, bias, spec)?;
+    Ok(from_pattern_layout(out, b, n, pattern).into_tensor())
 }
 
 impl<E: Real> Backend<E> for Cpu
@@ -115,9 +129,7 @@ where
         let (b, n, _, c) = *q.shape();
         let ce = v.shape().3;
         if !cpu_fused() || heads == 0 || c % heads != 0 || ce % heads != 0 {
-            let to = |t: T4<E, Self, T>| to_pattern_layout(Edges(t), heads, pattern);
-            let out = Self::attention(to(q)?, to(k)?, to(v)?, bias, spec)?;
-            return Ok(from_pattern_layout(out, b, n, pattern).into_tensor());
+            return pattern_attention_via_layout(q, k, v, heads, pattern, bias, spec);
         }
         // every pattern is a strided view of the edge tensor: no permuted copies
         let (d, e) = (c / heads, ce / heads);

@@ -485,13 +485,12 @@ fn masked_softmax<E: Real, D: Device<E>, T: Tape<E, D>>(
     vis: &Visibility,
 ) -> Result<T4<E, D, T>> {
     let shape = *x.shape();
-    let (p, h, i, j) = shape;
+    let (p, _, i, j) = shape;
     let dev = x.device().clone();
     let keep: Tensor<(usize, usize, usize), E, D> = constant(&dev, vis.dense::<E>(), (p, i, j))?;
     let keep = keep.broadcast_like::<_, Axis<1>>(&shape);
     let pushed = x + (keep.clone() - E::one()).retaped::<T>() * E::of(1e30);
     let w = pushed.softmax::<Axis<3>>();
-    let _ = (h, j);
     Ok(w * keep.retaped::<T>())
 }
 

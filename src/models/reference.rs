@@ -42,23 +42,20 @@ impl ReferenceModel {
             .get("cls")
             .and_then(|c| c.as_str())
             .ok_or_else(|| err("the config names no class (`cls`)"))?;
-        let parse = |what: &str| -> Result<serde_json::Value> {
-            let mut c = config.clone();
-            if let Some(o) = c.as_object_mut() {
-                o.remove("cls");
-                o.remove("package");
-            }
-            let _ = what;
-            Ok(c)
-        };
+        // the constructor arguments alone
+        let mut args = config.clone();
+        if let Some(o) = args.as_object_mut() {
+            o.remove("cls");
+            o.remove("package");
+        }
         let bad = |e: serde_json::Error| err(format!("{cls} config: {e}"));
         Ok(match cls {
-            "QuarticTransformer" => Self::Quartic(serde_json::from_value(parse(cls)?).map_err(bad)?),
+            "QuarticTransformer" => Self::Quartic(serde_json::from_value(args.clone()).map_err(bad)?),
             "RelationalTransformer" => {
-                Self::Relational(serde_json::from_value(parse(cls)?).map_err(bad)?)
+                Self::Relational(serde_json::from_value(args.clone()).map_err(bad)?)
             }
             "MultiStreamTransformer" => {
-                Self::MultiStream(serde_json::from_value(parse(cls)?).map_err(bad)?)
+                Self::MultiStream(serde_json::from_value(args.clone()).map_err(bad)?)
             }
             other => {
                 return Err(err(format!(

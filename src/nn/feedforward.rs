@@ -28,16 +28,7 @@ impl<E: Real, D: Device<E>> FeedForward<E, D> {
         inner: usize,
         norm_eps: f64,
     ) -> Result<Self> {
-        Ok(Self {
-            norm: RmsNorm::new(
-                &init.pp("0"),
-                channels,
-                RmsKind::Scaled { eps: norm_eps },
-                "scale",
-            )?,
-            proj_in: Linear::new(&init.pp("1"), channels, inner, false)?,
-            proj_out: Linear::new(&init.pp("4"), inner, channels, false)?,
-        })
+        Self::scoped(init, ["0", "1", "4"], channels, inner, norm_eps)
     }
 
     /// With an explicit hidden width (`int(channels · mult)` for fractional multipliers).
@@ -47,15 +38,32 @@ impl<E: Real, D: Device<E>> FeedForward<E, D> {
         inner: usize,
         norm_eps: f64,
     ) -> Result<Self> {
+        Self::scoped(
+            init,
+            ["norm", "proj_in", "proj_out"],
+            channels,
+            inner,
+            norm_eps,
+        )
+    }
+
+    /// The blocks under the scopes `[norm, proj_in, proj_out]`.
+    fn scoped(
+        init: &Init<D>,
+        [norm, proj_in, proj_out]: [&str; 3],
+        channels: usize,
+        inner: usize,
+        norm_eps: f64,
+    ) -> Result<Self> {
         Ok(Self {
             norm: RmsNorm::new(
-                &init.pp("norm"),
+                &init.pp(norm),
                 channels,
                 RmsKind::Scaled { eps: norm_eps },
                 "scale",
             )?,
-            proj_in: Linear::new(&init.pp("proj_in"), channels, inner, false)?,
-            proj_out: Linear::new(&init.pp("proj_out"), inner, channels, false)?,
+            proj_in: Linear::new(&init.pp(proj_in), channels, inner, false)?,
+            proj_out: Linear::new(&init.pp(proj_out), inner, channels, false)?,
         })
     }
 

@@ -1245,8 +1245,7 @@ impl<'a> Checker<'a> {
             None => "softmax".to_string(),
         };
         let eps = match a.option("eps") {
-            Some((n, v)) if kernel_word != "taylor" => {
-                let _ = v;
+            Some((n, _)) if kernel_word != "taylor" => {
                 return Err(RuleError::new(
                     n.span,
                     "`eps` applies to `kernel: taylor` only",
@@ -1314,7 +1313,7 @@ impl<'a> Checker<'a> {
         a.finish(&[
             "heads", "dim_head", "out", "scale", "kernel", "eps", "bias", "gates", "route",
         ])?;
-        if let Some(r) = &route {
+        if route.is_some() {
             if bias.is_some() || gates.is_some() {
                 return Err(
                     RuleError::new(span, "routed attention takes no `bias` or gates")
@@ -1327,7 +1326,6 @@ impl<'a> Checker<'a> {
                     "routed attention uses the softmax kernel",
                 ));
             }
-            let _ = r;
         }
         if probs && !matches!(pattern, Pattern::Nodes { .. }) {
             return Err(RuleError::new(

@@ -212,7 +212,7 @@ fn statement_rows(plan: &Plan, st: &PlanStatement, b: usize, n: usize, rows: &mu
         depth: 0,
         what: target,
         lowering: lowering.into(),
-        shape: shape(st, b, n, value),
+        shape: shape(b, n, value),
         cost: cost(n),
         cost_2n: cost(2 * n),
     });
@@ -230,8 +230,7 @@ fn elements(b: usize, n: usize, slots: &[Slot], channels: usize) -> f64 {
     b as f64 * (n as f64).powi(slots.len() as i32) * channels as f64
 }
 
-fn shape(st: &PlanStatement, b: usize, n: usize, node: &Node) -> String {
-    let _ = st;
+fn shape(b: usize, n: usize, node: &Node) -> String {
     let mut dims = vec![b.to_string()];
     dims.extend(node.slots.iter().map(|_| n.to_string()));
     dims.push(node.channels.to_string());
@@ -251,7 +250,7 @@ fn node_rows(
         depth,
         what,
         lowering,
-        shape: shape(st, b, n, node),
+        shape: shape(b, n, node),
         cost: cost(n),
         cost_2n: cost(2 * n),
     };
@@ -465,7 +464,7 @@ fn node_rows(
             if let Some(r) = &a.route {
                 node_rows(plan, st, &r.score, b, n, depth + 1, rows);
             }
-            let lowering = attend_lowering(plan, st, a);
+            let lowering = attend_lowering(a);
             rows.push(mk(format!("{}.{}", st.name, a.site), lowering, &|m| {
                 attend_cost(plan, a, b, m)
             }));
@@ -516,10 +515,9 @@ fn feature_form(plan: &Plan, a: &AttendOp, n: usize) -> bool {
     plain_taylor(a) && prefix_ok && feature < direct
 }
 
-fn attend_lowering(plan: &Plan, st: &PlanStatement, a: &AttendOp) -> String {
+fn attend_lowering(a: &AttendOp) -> String {
     let pattern = match a.pattern {
-        Pattern::Nodes { query, key } => {
-            let _ = (query, key);
+        Pattern::Nodes { .. } => {
             if matches!(a.query.op, Op::State { ref slots, .. } | Op::Let { ref slots, .. } if slots.len() == 2)
             {
                 "diagonal (node attention on the diagonal edges)".to_string()
@@ -528,9 +526,7 @@ fn attend_lowering(plan: &Plan, st: &PlanStatement, a: &AttendOp) -> String {
             }
         }
         Pattern::Row { q0, q1, .. } => {
-            let first = q0 < q1;
-            let _ = st;
-            if first {
+            if q0 < q1 {
                 "row attention".into()
             } else {
                 "column attention".into()
@@ -559,7 +555,6 @@ fn attend_lowering(plan: &Plan, st: &PlanStatement, a: &AttendOp) -> String {
     if a.probs {
         extras.push("returns probs".into());
     }
-    let _ = plan;
     format!("{pattern}; {}", extras.join(", "))
 }
 

@@ -164,7 +164,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     ) -> Result<(Val<E, D, T>, Option<Val<E, D, T>>)> {
         match &node.op {
             Op::Attend(a) if a.probs => {
-                let (out, probs) = self.attend(st, node, a)?;
+                let (out, probs) = self.attend(st, a)?;
                 Ok((out, probs))
             }
             _ => Ok((self.eval(st, node)?, None)),
@@ -449,7 +449,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 let t = prod.sum::<_, Axis<2>>().reshape_like(&(rows * heads,));
                 Ok(self.val(t, canonical(&node.slots), *heads))
             }
-            Op::Attend(a) => Ok(self.attend(st, node, a)?.0),
+            Op::Attend(a) => Ok(self.attend(st, a)?.0),
         }
     }
 
@@ -750,7 +750,6 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     fn attend(
         &mut self,
         st: &PlanStatement,
-        node: &Node,
         a: &AttendOp,
     ) -> Result<(Val<E, D, T>, Option<Val<E, D, T>>)> {
         let block = self.attend_block(st, a);
@@ -907,7 +906,6 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     &k_axes,
                     EdgePattern::All,
                 )?;
-                let _ = node;
                 Ok((out, None))
             }
         }

@@ -40,6 +40,7 @@ pub fn small_model(dev: &Cpu) -> Model<f32, Cpu> {
         absolute_positions: true,
         position_bias: true,
         final_norm: Some(1e-5),
+        io: Default::default(),
     };
     Model::new(&ModelConfig::Graph(cfg), None, &Init::random(dev, 0)).expect("builds")
 }

@@ -37,6 +37,7 @@ fn main() -> quartic::Result<()> {
         absolute_positions: true,
         position_bias: true,
         final_norm: Some(1e-5),
+        io: Default::default(),
     });
     let dev = Cpu::default();
     let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0))?;

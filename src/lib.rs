@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod experiment;
 pub mod fixtures;
 pub mod graph;
 pub mod kernels;

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Train(args) => cli::train::run(args),
+        Command::Experiment(args) => cli::experiment::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Forward(args) => cli::forward::run(args),
         Command::Generate(args) => cli::generate::run(args),

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod eval;
+pub mod experiment;
 pub mod explain;
 pub mod forward;
 pub mod generate;
@@ -21,8 +22,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a model on a built-in task (sanity, match3, relation-composition) or a text file
+    /// Train a model on a built-in task or a text file
     Train(train::TrainArgs),
+    /// Compare rules on a task (or a suite) at matched parameter counts over seeds: tables and plots
+    Experiment(experiment::ExperimentArgs),
     /// Held-out loss and accuracy of a checkpoint
     Eval(eval::EvalArgs),
     /// Print a model's logits for given tokens as JSON

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
-use quartic::models::{GraphConfig, ModelConfig};
+use quartic::models::{GraphConfig, ModelConfig, TaskIo};
 use quartic::rules::Const;
 use serde::Deserialize;
 
@@ -42,6 +42,10 @@ pub struct ModelArgs {
     /// Feedforward width multiplier [default: 2]
     #[arg(long)]
     pub ff_mult: Option<f64>,
+    /// The node head also reads the mean and max of each node's edges
+    #[arg(long)]
+    #[serde(default)]
+    pub pool_edges: bool,
     /// Any other rule parameter, `name=value` (repeatable)
     #[arg(long = "set", value_name = "NAME=VALUE")]
     #[serde(default)]
@@ -62,6 +66,7 @@ impl ModelArgs {
             edge_heads: self.edge_heads.or(f.edge_heads),
             edge_dim_head: self.edge_dim_head.or(f.edge_dim_head),
             ff_mult: self.ff_mult.or(f.ff_mult),
+            pool_edges: self.pool_edges || f.pool_edges,
             set: if self.set.is_empty() { f.set } else { self.set },
         }
     }
@@ -106,6 +111,10 @@ impl ModelArgs {
             absolute_positions: true,
             position_bias: true,
             final_norm: Some(1e-5),
+            io: TaskIo {
+                pool_edges: self.pool_edges,
+                ..TaskIo::default()
+            },
         }))
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use quartic::models::Model;
+use quartic::models::{Model, ModelConfig};
 use quartic::nn::{HasParams, Init};
 use quartic::train::optim::AdamState;
 use quartic::train::trainer::{self, Progress, StepRecord, TrainConfig};
@@ -23,7 +23,8 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Task: sanity, match3, relation-composition (or text, with --data) [default: sanity]
+    /// Task: sanity, match3, relation-composition, quotient-composition, function-composition,
+    /// path-composition, triangles, k-hop (or text, with --data) [default: sanity]
     #[arg(long)]
     pub task: Option<String>,
     /// Train a causal character-level language model on this text file
@@ -206,7 +207,12 @@ pub fn run(args: &TrainArgs) -> quartic::Result<()> {
         (model, adam, saved, step)
     } else {
         let task = cfg.task()?;
-        let config = model_args.config(task.num_tokens(), task.max_len(), task.causal())?;
+        let mut config = model_args.config(task.num_tokens(), task.max_len(), task.causal())?;
+        if let ModelConfig::Graph(g) = &mut config {
+            // a graph task's structure goes in as edge tokens, its answers come from the edges
+            g.io.edge_vocab = task.edge_vocab();
+            g.io.edge_classes = task.edge_classes();
+        }
         let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, cfg.seed))?;
         (model, AdamState::default(), cfg, 0)
     };

@@ -126,6 +126,7 @@ impl QuarticConfig {
             absolute_positions: true,
             position_bias: true,
             final_norm: Some(1e-5),
+            io: Default::default(),
         })
     }
 }
@@ -177,6 +178,7 @@ impl RelationalConfig {
             absolute_positions: true,
             position_bias: false,
             final_norm: if reference { None } else { Some(TORCH_RMS_EPS) },
+            io: Default::default(),
         }
     }
 }

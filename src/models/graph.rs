@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::heads::{EdgeHead, EdgePool, EdgeTokens, Readout, TaskIo};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
@@ -55,6 +56,9 @@ pub struct GraphConfig {
     /// RMSNorm before the logits (`None` = no norm).
     #[serde(default = "default_final_norm")]
     pub final_norm: Option<f64>,
+    /// Edge tokens, the edge head and the edge-pooling node readout (tasks on graphs).
+    #[serde(default)]
+    pub io: TaskIo,
 }
 
 fn default_final_norm() -> Option<f64> {
@@ -103,6 +107,9 @@ pub struct GraphTransformer<E: Real, D: Device<E>> {
     pub layers: Vec<RuleLayer<E, D>>,
     pub final_norm: Option<RmsNorm<E, D>>,
     pub to_logits: Linear<E, D>,
+    pub edge_tokens: Option<EdgeTokens<E, D>>,
+    pub edge_pool: Option<EdgePool<E, D>>,
+    pub edge_head: Option<EdgeHead<E, D>>,
 }
 
 impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
@@ -154,6 +161,19 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
                 None => None,
             },
             to_logits: Linear::new(&init.pp("to_logits"), dim, config.num_tokens, false)?,
+            edge_tokens: match config.io.edge_vocab {
+                0 => None,
+                v => Some(EdgeTokens::new(&init.pp("edge_tokens"), v, de)?),
+            },
+            edge_pool: if config.io.pool_edges {
+                Some(EdgePool::new(&init.pp("edge_pool"), dim, de)?)
+            } else {
+                None
+            },
+            edge_head: match config.io.edge_classes {
+                0 => None,
+                c => Some(EdgeHead::new(&init.pp("edge_head"), dim, de, c)?),
+            },
             rule,
             config,
         })
@@ -176,6 +196,24 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         batch: usize,
         n: usize,
         mask: &GraphMask,
+    ) -> Result<T3<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        self.forward_io(tokens, None, batch, n, mask, Readout::Nodes)
+    }
+
+    /// Logits read where `readout` says: `[batch, n, num_tokens]` from the nodes, or
+    /// `[batch, n·n, edge_classes]` from the edges (edge (i, j) at row i·n + j). `edge_tokens`
+    /// (`[batch × n × n]`) are required exactly when the model has edge inputs.
+    pub fn forward_io<T: Tape<E, D>>(
+        &self,
+        tokens: &[usize],
+        edge_tokens: Option<&[usize]>,
+        batch: usize,
+        n: usize,
+        mask: &GraphMask,
+        readout: Readout,
     ) -> Result<T3<E, D, T>>
     where
         D: Backend<E>,
@@ -205,18 +243,52 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
             }
             None => edges,
         };
+        let edges =
+            match (&self.edge_tokens, edge_tokens) {
+                (Some(table), Some(ids)) => {
+                    Edges::new(edges.into_tensor() + table.forward::<T>(ids, batch, n)?)?
+                }
+                (None, None) => edges,
+                (Some(_), None) => {
+                    return Err(Error::config(
+                        "model input",
+                        "the model has edge inputs but no edge tokens were given",
+                    ))
+                }
+                (None, Some(_)) => return Err(Error::config(
+                    "model input",
+                    "edge tokens were given but the model has no edge inputs (io.edge_vocab = 0)",
+                )),
+            };
         let (mut x, mut edges) = (x, edges);
         for layer in &self.layers {
             (x, edges) = layer.forward(x, edges, mask)?;
         }
-        // the rule layers hand the whole history to the nodes; the edges' tape is empty
-        drop(edges);
+        // the rule layers hand the whole history to the nodes; the edges' tape is empty, and
+        // the readouts below merge what they record from the edges back into one tape
+        let x = match &self.edge_pool {
+            Some(pool) => pool.forward(x, Edges::new(edges.tensor().with_empty_tape())?, mask)?,
+            None => x,
+        };
         let x = x.into_tensor();
         let x = match &self.final_norm {
             Some(norm) => map_rows3(x, |t| norm.forward(t))?,
             None => x,
         };
-        map_rows3(x, |t| self.to_logits.forward(t))
+        match readout {
+            Readout::Nodes => map_rows3(x, |t| self.to_logits.forward(t)),
+            Readout::Edges => {
+                let head = self.edge_head.as_ref().ok_or_else(|| {
+                    Error::config(
+                        "model",
+                        "the task reads edges but the model has no edge head",
+                    )
+                })?;
+                let logits = head.forward(Nodes::new(x), edges)?;
+                let classes = logits.shape().3;
+                Ok(logits.reshape_like(&(batch, n * n, classes)))
+            }
+        }
     }
 }
 
@@ -237,6 +309,15 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
             n.visit_params(f);
         }
         self.to_logits.visit_params(f);
+        if let Some(t) = &self.edge_tokens {
+            t.visit_params(f);
+        }
+        if let Some(p) = &self.edge_pool {
+            p.visit_params(f);
+        }
+        if let Some(h) = &self.edge_head {
+            h.visit_params(f);
+        }
     }
 
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
@@ -255,5 +336,14 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
             n.visit_params_mut(f);
         }
         self.to_logits.visit_params_mut(f);
+        if let Some(t) = &mut self.edge_tokens {
+            t.visit_params_mut(f);
+        }
+        if let Some(p) = &mut self.edge_pool {
+            p.visit_params_mut(f);
+        }
+        if let Some(h) = &mut self.edge_head {
+            h.visit_params_mut(f);
+        }
     }
 }

@@ -4,11 +4,13 @@
 
 pub mod configs;
 pub mod graph;
+pub mod heads;
 pub mod multistream;
 pub mod reference;
 
 pub use configs::{QuarticConfig, RelationalConfig};
 pub use graph::{GraphConfig, GraphTransformer};
+pub use heads::{Readout, TaskIo};
 pub use multistream::{MultiStreamConfig, MultiStreamTransformer};
 
 use dfdx::prelude::*;
@@ -104,15 +106,38 @@ impl<E: Real, D: Device<E>> Model<E, D> {
     where
         D: Backend<E>,
     {
+        self.forward_io(tokens, None, b, n, valid, Readout::Nodes)
+    }
+
+    /// Like [`Model::forward`], with edge tokens (`[b × n × n]`) for a graph model with edge
+    /// inputs, and the logits read from the nodes or (`[b, n·n, classes]`) from the edges.
+    pub fn forward_io<T: Tape<E, D>>(
+        &self,
+        tokens: &[usize],
+        edge_tokens: Option<&[usize]>,
+        b: usize,
+        n: usize,
+        valid: Option<&[bool]>,
+        readout: Readout,
+    ) -> Result<Output<E, D, T>>
+    where
+        D: Backend<E>,
+    {
         match self {
             Self::Graph(m) => {
                 let mask = m.mask(b, n, valid)?;
                 Ok(Output {
-                    logits: m.forward(tokens, b, n, &mask)?,
+                    logits: m.forward_io(tokens, edge_tokens, b, n, &mask, readout)?,
                     aux: None,
                 })
             }
             Self::MultiStream(m) => {
+                if edge_tokens.is_some() || readout == Readout::Edges {
+                    return Err(crate::error::Error::config(
+                        "model",
+                        "the multi-stream model has no edge inputs or edge head; use a graph model",
+                    ));
+                }
                 let o = m.forward(tokens, b, n, valid)?;
                 Ok(Output {
                     logits: o.logits,

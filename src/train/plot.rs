@@ -20,7 +20,7 @@ fn smooth(values: &[f64], window: usize) -> Vec<f64> {
         .collect()
 }
 
-pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
+fn register_font() {
     FONT.call_once(|| {
         let _ = plotters::style::register_font(
             "sans-serif",
@@ -28,6 +28,10 @@ pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
             dejavu::sans::regular(),
         );
     });
+}
+
+pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
+    register_font();
     if records.is_empty() {
         return Ok(());
     }
@@ -114,6 +118,74 @@ pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
             .draw()
             .map_err(|e| err(e.to_string()))?;
     }
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Distinct colours that read well on white.
+const LINE_COLOURS: [RGBColor; 8] = [
+    RGBColor(0, 0, 0),
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+];
+
+/// One line of an accuracy chart: a name and its (x, accuracy) points.
+pub type Line = (String, Vec<(f64, f64)>);
+
+/// Accuracy (0–1) against `x_desc`, one coloured line with markers per entry of `lines`.
+pub fn accuracy_lines(path: &Path, title: &str, x_desc: &str, lines: &[Line]) -> Result<()> {
+    register_font();
+    let err = |e: String| Error::Io {
+        path: path.display().to_string(),
+        message: format!("cannot draw the plot: {e}"),
+    };
+    let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    if lo > hi {
+        return Ok(());
+    }
+    let hi = if hi > lo { hi } else { lo + 1.0 };
+    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(lo..hi, 0.0..1.02)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("held-out accuracy")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (k, (name, points)) in lines.iter().enumerate() {
+        let colour = LINE_COLOURS[k % LINE_COLOURS.len()].to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour));
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, TrainState};
 use super::optim::{schedule, AdamState, AdamW};
 use super::plot;
-use super::tasks::{Batch, Task};
+use super::tasks::{Batch, Readout, Split, Task};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::models::{Model, ModelConfig};
@@ -119,9 +119,52 @@ pub fn batch_for(task: &Task, seed: u64, step: usize, batch: usize) -> Batch {
     task.sample(&mut rng, batch)
 }
 
-/// Held-out batches come from a different stream than training batches.
-pub fn eval_batch(task: &Task, seed: u64, k: usize, batch: usize) -> Batch {
-    batch_for(task, seed ^ 0x5EED_E7A1_0000_0000, k, batch)
+/// Held-out batches come from a different stream than training batches, and from the task's
+/// test distribution (`Split::Test`, or one size with `Split::Size`).
+pub fn eval_batch(task: &Task, seed: u64, k: usize, batch: usize, split: Split) -> Batch {
+    let stream = seed ^ 0x5EED_E7A1_0000_0000;
+    let mut rng = StdRng::seed_from_u64(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k as u64);
+    task.sample_split(&mut rng, batch, split)
+}
+
+/// The targets a task's readout is scored on: per node, or per edge.
+pub fn targets_of(batch: &Batch, readout: Readout) -> Result<&[Option<usize>]> {
+    match readout {
+        Readout::Nodes => Ok(&batch.targets),
+        Readout::Edges => batch.edge_targets.as_deref().ok_or_else(|| {
+            Error::config(
+                "training batch",
+                "the task reads edges but the batch has no edge targets",
+            )
+        }),
+    }
+}
+
+/// The model's output on a batch, read where the task says.
+pub fn forward_batch<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    model: &Model<E, D>,
+    bt: &Batch,
+    readout: Readout,
+) -> Result<crate::models::Output<E, D, T>> {
+    model.forward_io(
+        &bt.tokens,
+        bt.edge_tokens.as_deref(),
+        bt.b,
+        bt.n,
+        bt.valid.as_deref(),
+        readout,
+    )
+}
+
+/// Loss and (correct, labelled) counts of `model` on one batch, without gradients.
+pub fn score_batch<E: Real, D: Backend<E>>(
+    model: &Model<E, D>,
+    bt: &Batch,
+    readout: Readout,
+) -> Result<(f64, usize, usize)> {
+    let out = forward_batch::<E, D, NoneTape>(model, bt, readout)?;
+    let (l, c, t) = loss_and_accuracy(out.logits, targets_of(bt, readout)?)?;
+    Ok((l.as_vec()[0].as_f64(), c, t))
 }
 
 /// Mean cross-entropy over the labelled positions, and (correct, labelled) counts.
@@ -163,7 +206,7 @@ pub fn loss_and_accuracy<E: Real, D: Device<E>, T: Tape<E, D>>(
     Ok((loss, correct, m))
 }
 
-/// Held-out loss and accuracy over `batches` fixed batches.
+/// Held-out loss and accuracy over `batches` fixed batches of the task's test distribution.
 pub fn evaluate<E: Real, D: Backend<E>>(
     model: &Model<E, D>,
     task: &Task,
@@ -171,12 +214,23 @@ pub fn evaluate<E: Real, D: Backend<E>>(
     batches: usize,
     batch: usize,
 ) -> Result<(f64, f64)> {
+    evaluate_split(model, task, seed, batches, batch, Split::Test)
+}
+
+/// Held-out loss and accuracy over `batches` fixed batches of `split`.
+pub fn evaluate_split<E: Real, D: Backend<E>>(
+    model: &Model<E, D>,
+    task: &Task,
+    seed: u64,
+    batches: usize,
+    batch: usize,
+    split: Split,
+) -> Result<(f64, f64)> {
     let (mut loss, mut correct, mut total) = (0.0, 0, 0);
     for k in 0..batches {
-        let bt = eval_batch(task, seed, k, batch);
-        let out = model.forward::<NoneTape>(&bt.tokens, bt.b, bt.n, bt.valid.as_deref())?;
-        let (l, c, t) = loss_and_accuracy(out.logits, &bt.targets)?;
-        loss += l.as_vec()[0].as_f64() * t as f64;
+        let bt = eval_batch(task, seed, k, batch, split);
+        let (l, c, t) = score_batch(model, &bt, task.readout())?;
+        loss += l * t as f64;
         correct += c;
         total += t;
     }
@@ -251,8 +305,9 @@ pub fn train<E: Real, D: Backend<E>>(
             break;
         }
         let bt = batch_for(&task, cfg.seed, step, cfg.batch);
-        let out = model.forward::<OwnedTape<E, D>>(&bt.tokens, bt.b, bt.n, bt.valid.as_deref())?;
-        let (mut loss, correct, total) = loss_and_accuracy(out.logits, &bt.targets)?;
+        let out = forward_batch::<E, D, OwnedTape<E, D>>(model, &bt, task.readout())?;
+        let (mut loss, correct, total) =
+            loss_and_accuracy(out.logits, targets_of(&bt, task.readout())?)?;
         if let Some(aux) = out.aux {
             loss = loss + aux;
         }
@@ -326,6 +381,33 @@ pub fn check_fits(config: &ModelConfig, task: &Task) -> Result<()> {
                 "max_seq_len {} < the task's {}",
                 config.max_seq_len(),
                 task.max_len()
+            ),
+        ));
+    }
+    let (edge_vocab, edge_classes) = match config {
+        ModelConfig::Graph(g) => (g.io.edge_vocab, g.io.edge_classes),
+        ModelConfig::MultiStream(_) => (0, 0),
+    };
+    if task.edge_vocab() > 0 && edge_vocab < task.edge_vocab() {
+        return Err(Error::config(
+            "model",
+            format!(
+                "task {} gives edge tokens below {}, but the model takes {edge_vocab} (a graph \
+                 model with io.edge_vocab ≥ {})",
+                task.name(),
+                task.edge_vocab(),
+                task.edge_vocab()
+            ),
+        ));
+    }
+    if task.edge_classes() > 0 && edge_classes < task.edge_classes() {
+        return Err(Error::config(
+            "model",
+            format!(
+                "task {} predicts {} classes per edge, but the model's edge head has \
+                 {edge_classes} (io.edge_classes)",
+                task.name(),
+                task.edge_classes()
             ),
         ));
     }

@@ -20,6 +20,7 @@ fn help_of_every_subcommand() {
     for sub in [
         "",
         "train",
+        "experiment",
         "eval",
         "forward",
         "explain",

@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod experiment;
 mod flash;
 mod graph;
 mod nn;
@@ -10,6 +11,7 @@ mod patterns;
 mod routing;
 mod rule_errors;
 mod rules;
+mod tasks;
 mod taylor;
 #[path = "../../benches/taylor_by_hand.rs"]
 mod taylor_by_hand;

@@ -8,9 +8,7 @@ use quartic::models::{Model, ModelConfig, MultiStreamConfig, QuarticConfig, Rela
 use quartic::nn::{HasParams, Init};
 use quartic::train::checkpoint::{self, TrainState};
 use quartic::train::optim::AdamState;
-use quartic::train::tasks::{compose, match3_labels, Task};
 use quartic::train::trainer::{self, Progress, StepRecord, TrainConfig};
-use rand::SeedableRng;
 
 fn tiny_model(causal: bool, num_tokens: usize, max_len: usize) -> ModelConfig {
     let mut q = QuarticConfig::readme();
@@ -265,70 +263,4 @@ fn model_logits_match_their_snapshots() {
             insta::assert_json_snapshot!(format!("logits__{name}"), serde_json::json!({"logits": logits, "aux": aux}));
         });
     }
-}
-
-#[test]
-fn task_labels_follow_their_definitions() {
-    // match3 against a triple loop
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let task = Task::from_name("match3", None, 0).unwrap();
-    let mut positives = 0;
-    let mut total = 0;
-    for _ in 0..20 {
-        let b = task.sample(&mut rng, 4);
-        for s in 0..b.b {
-            let x: Vec<usize> = (0..b.n)
-                .filter(|&i| b.valid.as_ref().map_or(true, |v| v[s * b.n + i]))
-                .map(|i| b.tokens[s * b.n + i])
-                .collect();
-            for (i, &xi) in x.iter().enumerate() {
-                let want = x
-                    .iter()
-                    .any(|&xj| x.iter().any(|&xk| (xi + xj + xk) % 37 == 0));
-                assert_eq!(b.targets[s * b.n + i], Some(want as usize));
-                positives += want as usize;
-                total += 1;
-            }
-        }
-    }
-    let rate = positives as f64 / total as f64;
-    assert!(
-        rate > 0.1 && rate < 0.9,
-        "match3 positives are spread: {rate}"
-    );
-    assert_eq!(match3_labels(&[1, 35], 37), vec![true, true]);
-    assert_eq!(match3_labels(&[1, 2], 37), vec![false, false]);
-    // relation composition against its definition, on the bit masks
-    let a = vec![
-        vec![false, true, false],
-        vec![false, false, true],
-        vec![true, false, false],
-    ];
-    assert_eq!(
-        compose(&a),
-        vec![
-            vec![false, false, true],
-            vec![true, false, false],
-            vec![false, true, false]
-        ]
-    );
-    let task = Task::from_name("relation-composition", None, 0).unwrap();
-    let b = task.sample(&mut rng, 8);
-    for s in 0..b.b {
-        let nodes: Vec<usize> = (0..b.n)
-            .filter(|&i| b.valid.as_ref().map_or(true, |v| v[s * b.n + i]))
-            .collect();
-        let row = |i: usize| -> Vec<bool> {
-            (0..nodes.len())
-                .map(|j| b.tokens[s * b.n + i] >> j & 1 == 1)
-                .collect()
-        };
-        let rel: Vec<Vec<bool>> = nodes.iter().map(|&i| row(i)).collect();
-        let want = compose(&rel);
-        for (i, w) in want.iter().enumerate() {
-            let mask: usize = w.iter().enumerate().map(|(j, &x)| (x as usize) << j).sum();
-            assert_eq!(b.targets[s * b.n + i], Some(mask));
-        }
-    }
-    assert!(Task::from_name("nope", None, 0).is_err());
 }

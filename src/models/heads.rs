@@ -1,0 +1,188 @@
+//! What a task hands a graph model besides tokens, and what it reads back: edge tokens (an
+//! embedding added to the edge state), an edge head (per-edge predictions) and a node readout
+//! that also sees each node's row of edges.
+//!
+//! The edge head reads the edge and both of its endpoints, so a model that never writes its
+//! edges (the quadratic baseline) still predicts pairs from its node states: every rule gets the
+//! same readout, and the comparison between rules measures what their layers compute.
+
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::graph::{Direction, Edges, GraphMask, Nodes, Reduce};
+use crate::nn::activations::gelu_exact;
+use crate::nn::rows::{map_rows3, map_rows4};
+use crate::nn::{HasParams, Init, InitKind, Linear, Param, RmsKind, RmsNorm};
+use crate::tensor::*;
+
+/// Where a model's predictions are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    Nodes,
+    Edges,
+}
+
+/// The task-facing parts of a graph model (all off by default).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskIo {
+    /// How many edge tokens there are (0: no edge inputs).
+    #[serde(default)]
+    pub edge_vocab: usize,
+    /// How many classes each edge predicts (0: no edge head).
+    #[serde(default)]
+    pub edge_classes: usize,
+    /// The node head also reads the mean and the max of each node's outgoing edges.
+    #[serde(default)]
+    pub pool_edges: bool,
+}
+
+/// Edge tokens `[b × n × n]` to an edge tensor `[b, n, n, c]` (parameter `weight`).
+pub struct EdgeTokens<E: Real, D: Device<E>> {
+    pub weight: Param<E, D>,
+    pub vocab: usize,
+    pub channels: usize,
+}
+
+impl<E: Real, D: Device<E>> EdgeTokens<E, D> {
+    pub fn new(init: &Init<D>, vocab: usize, channels: usize) -> Result<Self> {
+        Ok(Self {
+            weight: init.param("weight", &[vocab, channels], InitKind::Normal(1.0))?,
+            vocab,
+            channels,
+        })
+    }
+
+    pub fn forward<T: Tape<E, D>>(&self, ids: &[usize], b: usize, n: usize) -> Result<T4<E, D, T>> {
+        if ids.len() != b * n * n {
+            return Err(Error::shape(
+                "edge tokens",
+                format!("{} ids (batch {b} × {n} × {n})", b * n * n),
+                ids.len(),
+            ));
+        }
+        if let Some(pos) = ids.iter().position(|&t| t >= self.vocab) {
+            let (g, i, j) = (pos / (n * n), pos / n % n, pos % n);
+            return Err(Error::config(
+                "edge tokens",
+                format!(
+                    "id {} on edge ({i}, {j}) of graph {g} is out of range 0..{}",
+                    ids[pos], self.vocab
+                ),
+            ));
+        }
+        let dev = self.weight.value.device().clone();
+        let index = dev.tensor_from_vec(ids.to_vec(), (b * n * n,));
+        let rows: T2<E, D, T> = self.weight.matrix::<T>().gather(index);
+        Ok(rows.reshape_like(&(b, n, n, self.channels)))
+    }
+}
+
+/// Per-edge logits: `W · gelu(A · norm(e_ij) + B · x_i + C · x_j + bias)`.
+pub struct EdgeHead<E: Real, D: Device<E>> {
+    pub norm: RmsNorm<E, D>,
+    pub from_edge: Linear<E, D>,
+    pub from_source: Linear<E, D>,
+    pub from_target: Linear<E, D>,
+    pub to_logits: Linear<E, D>,
+}
+
+impl<E: Real, D: Device<E>> EdgeHead<E, D> {
+    pub fn new(init: &Init<D>, dim: usize, dim_edges: usize, classes: usize) -> Result<Self> {
+        let hidden = dim;
+        Ok(Self {
+            norm: RmsNorm::new(
+                &init.pp("norm"),
+                dim_edges,
+                RmsKind::Scaled { eps: 1e-5 },
+                "weight",
+            )?,
+            from_edge: Linear::new(&init.pp("from_edge"), dim_edges, hidden, true)?,
+            from_source: Linear::new(&init.pp("from_source"), dim, hidden, false)?,
+            from_target: Linear::new(&init.pp("from_target"), dim, hidden, false)?,
+            to_logits: Linear::new(&init.pp("to_logits"), hidden, classes, true)?,
+        })
+    }
+
+    /// `nodes` `[b, n, dim]` (normed) and `edges` `[b, n, n, de]` to logits `[b, n, n, classes]`.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        nodes: Nodes<E, D, T>,
+        edges: Edges<E, D, T>,
+    ) -> Result<T4<E, D, T>> {
+        let x = nodes.into_tensor();
+        let source = map_rows3(x.with_empty_tape(), |t| self.from_source.forward(t))?;
+        let target = map_rows3(x, |t| self.from_target.forward(t))?;
+        let edge = map_rows4(edges.into_tensor(), |t| {
+            self.from_edge.forward(self.norm.forward(t)?)
+        })?;
+        let shape = *edge.shape();
+        let z = edge
+            + source.broadcast_like::<_, Axis<2>>(&shape)
+            + target.broadcast_like::<_, Axis<1>>(&shape);
+        map_rows4(gelu_exact(z), |t| self.to_logits.forward(t))
+    }
+}
+
+/// Adds to each node the projected mean and max of its (normed) outgoing edges, over the edges
+/// the mask lets it read.
+pub struct EdgePool<E: Real, D: Device<E>> {
+    pub norm: RmsNorm<E, D>,
+    pub from_mean: Linear<E, D>,
+    pub from_max: Linear<E, D>,
+}
+
+impl<E: Real, D: Device<E>> EdgePool<E, D> {
+    pub fn new(init: &Init<D>, dim: usize, dim_edges: usize) -> Result<Self> {
+        Ok(Self {
+            norm: RmsNorm::new(
+                &init.pp("norm"),
+                dim_edges,
+                RmsKind::Scaled { eps: 1e-5 },
+                "weight",
+            )?,
+            from_mean: Linear::new(&init.pp("from_mean"), dim_edges, dim, false)?,
+            from_max: Linear::new(&init.pp("from_max"), dim_edges, dim, false)?,
+        })
+    }
+
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        nodes: Nodes<E, D, T>,
+        edges: Edges<E, D, T>,
+        mask: &GraphMask,
+    ) -> Result<Nodes<E, D, T>> {
+        let normed = Edges::new(map_rows4(edges.into_tensor(), |t| self.norm.forward(t))?)?;
+        let for_max = Edges::new(normed.tensor().with_empty_tape())?;
+        let mean = normed.reduce(Reduce::Mean, Direction::Outgoing, mask)?;
+        let max = for_max.reduce(Reduce::Max, Direction::Outgoing, mask)?;
+        let mean = map_rows3(mean.into_tensor(), |t| self.from_mean.forward(t))?;
+        let max = map_rows3(max.into_tensor(), |t| self.from_max.forward(t))?;
+        Ok(Nodes::new(nodes.into_tensor() + mean + max))
+    }
+}
+
+macro_rules! visit_all {
+    ($ty:ident: $($field:ident),+) => {
+        impl<E: Real, D: Device<E>> HasParams<E, D> for $ty<E, D> {
+            fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+                $(self.$field.visit_params(f);)+
+            }
+            fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+                $(self.$field.visit_params_mut(f);)+
+            }
+        }
+    };
+}
+
+visit_all!(EdgeHead: norm, from_edge, from_source, from_target, to_logits);
+visit_all!(EdgePool: norm, from_mean, from_max);
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for EdgeTokens<E, D> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        f(&self.weight);
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        f(&mut self.weight);
+    }
+}

@@ -1,0 +1,202 @@
+//! Edge inputs and edge heads on the graph model, and the experiment runner.
+
+use dfdx::prelude::*;
+use quartic::experiment::{self, report, ExperimentConfig};
+use quartic::graph::GraphMask;
+use quartic::models::{GraphConfig, GraphTransformer, Readout, TaskIo};
+use quartic::train::Task;
+
+use crate::common::*;
+use crate::rules::small_overrides;
+
+fn io_config(rule: &str) -> GraphConfig {
+    GraphConfig {
+        num_tokens: 5,
+        dim: 6,
+        dim_edges: 4,
+        depth: 1,
+        rule: rule.into(),
+        rule_params: small_overrides(rule).into_iter().collect(),
+        causal: false,
+        max_seq_len: 8,
+        absolute_positions: true,
+        position_bias: true,
+        final_norm: Some(1e-5),
+        io: TaskIo {
+            edge_vocab: 3,
+            edge_classes: 2,
+            pool_edges: true,
+        },
+    }
+}
+
+const TOKENS: [usize; 8] = [1, 4, 2, 0, 3, 3, 1, 0];
+
+fn edge_tokens(b: usize, n: usize) -> Vec<usize> {
+    (0..b * n * n).map(|e| (e * 7 + e / 3) % 3).collect()
+}
+
+/// Every parameter of the model, edge-token table, edge pooling and edge head included, has
+/// the finite-difference gradient, read from the edges and from the nodes (padding included).
+#[test]
+fn gradcheck_edge_inputs_and_readouts() {
+    let (b, n) = (2, 4);
+    let mask = GraphMask::from_lengths(n, &[4, 3]).unwrap();
+    for rule in ["taylor", "baseline"] {
+        for readout in [Readout::Edges, Readout::Nodes] {
+            gradcheck_block(
+                &format!("{rule} model read from {readout:?}"),
+                |init| GraphTransformer::<f64, Cpu>::new(io_config(rule), init).unwrap(),
+                &[],
+                6,
+                |model, _| {
+                    let logits: Tensor<(usize, usize, usize), f64, Cpu, Tp> = model
+                        .forward_io(&TOKENS, Some(&edge_tokens(b, n)), b, n, &mask, readout)
+                        .unwrap();
+                    probe_loss(logits, 31)
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn edge_tokens_reach_the_outputs_and_bad_ones_are_named() {
+    let d = dev();
+    let model =
+        GraphTransformer::<f32, Cpu>::new(io_config("taylor"), &quartic::nn::Init::random(&d, 3))
+            .unwrap();
+    let (b, n) = (2, 4);
+    let mask = GraphMask::full(b, n);
+    let run = |edges: &[usize]| -> Vec<f32> {
+        let out: Tensor<(usize, usize, usize), f32, Cpu> = model
+            .forward_io(&TOKENS, Some(edges), b, n, &mask, Readout::Edges)
+            .unwrap();
+        out.as_vec()
+    };
+    let base = edge_tokens(b, n);
+    let mut changed = base.clone();
+    changed[5] = (changed[5] + 1) % 3;
+    assert_eq!(run(&base).len(), b * n * n * 2);
+    assert_ne!(
+        run(&base),
+        run(&changed),
+        "an edge token changes the logits"
+    );
+    let mut bad = base.clone();
+    bad[(n + 2) * n + 1] = 3;
+    let err = model
+        .forward_io::<NoneTape>(&TOKENS, Some(&bad), b, n, &mask, Readout::Edges)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("edge (2, 1) of graph 1") && err.contains("0..3"),
+        "{err}"
+    );
+    let err = model
+        .forward_io::<NoneTape>(&TOKENS, None, b, n, &mask, Readout::Edges)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no edge tokens"), "{err}");
+    let mut no_head = io_config("taylor");
+    no_head.io = TaskIo::default();
+    let plain =
+        GraphTransformer::<f32, Cpu>::new(no_head, &quartic::nn::Init::random(&d, 3)).unwrap();
+    let err = plain
+        .forward_io::<NoneTape>(&TOKENS, None, b, n, &mask, Readout::Edges)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no edge head"), "{err}");
+}
+
+#[test]
+fn parameter_counts_are_matched_within_ten_percent() {
+    let rules: Vec<String> = ExperimentConfig::default().rules;
+    for task in ["relation-composition", "match3", "path-composition"] {
+        let t = Task::from_name(task, None, 0).unwrap();
+        let widths = experiment::Widths::default();
+        let (budget, matched) = experiment::match_params(&rules, &t, &widths, 1).unwrap();
+        for m in &matched {
+            let ratio = m.params as f64 / budget as f64;
+            assert!(
+                (0.9..=1.1).contains(&ratio),
+                "{task} {}: {} vs {budget}",
+                m.rule,
+                m.params
+            );
+            // the count is the model's own
+            assert_eq!(
+                m.params,
+                experiment::matching::count_params(&m.config).unwrap()
+            );
+        }
+    }
+}
+
+/// A directory removed when the test ends.
+struct Scratch(std::path::PathBuf);
+impl Scratch {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A short run of the whole runner: every file is written, and the edge rule built for the
+/// task (triangle updates compute A∘A directly) learns relation composition while the baseline
+/// does not reach it in the same steps.
+#[test]
+fn experiment_runs_and_reports() {
+    let dir = std::env::temp_dir().join(format!("quartic-experiment-{}", std::process::id()));
+    let out = Scratch(dir);
+    let cfg = ExperimentConfig {
+        rules: vec!["baseline".into(), "triangle".into()],
+        seeds: 1,
+        steps: 120,
+        batch: 16,
+        eval_every: 40,
+        eval_batches: 4,
+        jobs: 2,
+        out: out.path().to_path_buf(),
+        ..ExperimentConfig::default()
+    };
+    let r = experiment::run_task("relation-composition", &cfg, &|_| {}).unwrap();
+    report::write_task(&r, &out.path().join("rc")).unwrap();
+    for f in ["results.md", "results.csv", "accuracy-vs-steps.png"] {
+        assert!(out.path().join("rc").join(f).exists(), "{f}");
+    }
+    let acc = |rule: &str| r.runs_of(rule).next().unwrap().accuracy;
+    assert!(acc("triangle") > 0.95, "triangle {}", acc("triangle"));
+    assert!(acc("baseline") < acc("triangle"));
+    assert_eq!(r.runs_of("baseline").next().unwrap().curve.len(), 3);
+    let md = report::markdown(&r);
+    assert!(
+        md.contains("| triangle |") && md.contains("majority-class rate"),
+        "{md}"
+    );
+    let csv = report::csv(&r);
+    assert_eq!(csv.lines().count(), 3);
+    // a task with sizes and one with a probe
+    let small = ExperimentConfig {
+        rules: vec!["baseline".into()],
+        steps: 2,
+        eval_every: 1,
+        eval_batches: 1,
+        batch: 4,
+        ..cfg
+    };
+    let p = experiment::run_task("path-composition", &small, &|_| {}).unwrap();
+    assert_eq!(p.runs[0].by_size.len(), 9);
+    report::write_task(&p, &out.path().join("pc")).unwrap();
+    assert!(out.path().join("pc/accuracy-vs-size.png").exists());
+    let t = experiment::run_task("triangles", &small, &|_| {}).unwrap();
+    assert!(t.runs[0].probe.is_some());
+    assert!(report::markdown(&t).contains("probe"));
+}

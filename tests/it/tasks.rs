@@ -1,0 +1,358 @@
+//! The task generators: every label against a brute-force (or differently computed) version of
+//! its definition, the decoding of edge tokens back into the structure, and the base rates.
+
+use quartic::train::tasks::*;
+use rand::SeedableRng;
+
+fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+fn task(name: &str) -> Task {
+    Task::from_name(name, None, 0).unwrap()
+}
+
+/// The real nodes of graph `s` of a batch.
+fn len_of(b: &Batch, s: usize) -> usize {
+    (0..b.n)
+        .filter(|&i| b.valid.as_ref().map_or(true, |v| v[s * b.n + i]))
+        .count()
+}
+
+/// A relation decoded from the edge tokens A[i, j] + 2·A[j, i] (both halves must agree).
+fn decode_relation(b: &Batch, s: usize) -> Vec<Vec<bool>> {
+    let (n, len) = (b.n, len_of(b, s));
+    let tok = |i: usize, j: usize| b.edge_tokens.as_ref().unwrap()[(s * n + i) * n + j];
+    (0..len)
+        .map(|i| {
+            (0..len)
+                .map(|j| {
+                    assert_eq!(tok(i, j) >> 1 & 1, tok(j, i) & 1, "directions disagree");
+                    tok(i, j) & 1 == 1
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn edge_target(b: &Batch, s: usize, i: usize, j: usize) -> Option<usize> {
+    b.edge_targets.as_ref().unwrap()[(s * b.n + i) * b.n + j]
+}
+
+/// Boolean matrix product by counting paths.
+fn paths_of_two(a: &[Vec<bool>]) -> Vec<Vec<usize>> {
+    let n = a.len();
+    let mut c = vec![vec![0; n]; n];
+    for (i, row) in c.iter_mut().enumerate() {
+        for (u, au) in a.iter().enumerate() {
+            if a[i][u] {
+                for (j, cell) in row.iter_mut().enumerate() {
+                    *cell += au[j] as usize;
+                }
+            }
+        }
+    }
+    c
+}
+
+#[test]
+fn relation_composition_labels_count_two_step_paths() {
+    let t = task("relation-composition");
+    let (mut pos, mut total) = (0, 0);
+    for seed in 0..10 {
+        let b = t.sample(&mut rng(seed), 8);
+        assert!(b.targets.iter().all(|x| x.is_none()), "read from the edges");
+        for s in 0..b.b {
+            let a = decode_relation(&b, s);
+            let paths = paths_of_two(&a);
+            let len = a.len();
+            assert!((6..=8).contains(&len));
+            for i in 0..b.n {
+                for j in 0..b.n {
+                    let want = (i < len && j < len).then(|| (paths[i][j] > 0) as usize);
+                    assert_eq!(edge_target(&b, s, i, j), want, "graph {s} edge ({i}, {j})");
+                    pos += want.unwrap_or(0);
+                    total += want.is_some() as usize;
+                }
+            }
+        }
+    }
+    let rate = pos as f64 / total as f64;
+    assert!((0.45..0.65).contains(&rate), "positive rate {rate}");
+}
+
+#[test]
+fn quotient_composition_labels_by_colour_classes() {
+    // differently computed: for some colour c, N(i) and N(j) both meet class c, and not both
+    // in the same single node
+    let t = task("quotient-composition");
+    let (mut pos, mut total) = (0, 0);
+    for seed in 0..10 {
+        let b = t.sample(&mut rng(100 + seed), 8);
+        for s in 0..b.b {
+            let a = decode_relation(&b, s);
+            let len = a.len();
+            let colour: Vec<usize> = (0..len).map(|i| b.tokens[s * b.n + i]).collect();
+            for i in 0..len {
+                for j in 0..len {
+                    let want = (0..5).any(|c| {
+                        let ni: Vec<usize> =
+                            (0..len).filter(|&u| a[i][u] && colour[u] == c).collect();
+                        let nj: Vec<usize> =
+                            (0..len).filter(|&u| a[j][u] && colour[u] == c).collect();
+                        !ni.is_empty()
+                            && !nj.is_empty()
+                            && !(ni.len() == 1 && nj.len() == 1 && ni[0] == nj[0])
+                    });
+                    assert_eq!(edge_target(&b, s, i, j), Some(want as usize));
+                    pos += want as usize;
+                    total += 1;
+                }
+            }
+        }
+    }
+    let rate = pos as f64 / total as f64;
+    assert!((0.35..0.65).contains(&rate), "positive rate {rate}");
+}
+
+#[test]
+fn function_composition_is_balanced_and_labelled_at_the_start() {
+    let t = task("function-composition");
+    let (mut pos, mut total) = (0, 0);
+    for seed in 0..40 {
+        let b = t.sample(&mut rng(200 + seed), 16);
+        for s in 0..b.b {
+            let len = len_of(&b, s);
+            assert!((25..=30).contains(&len));
+            let x: Vec<usize> = (0..len).map(|i| b.tokens[s * b.n + i]).collect();
+            assert!(x.iter().all(|&v| v < len));
+            let want = x[x[0]] == 0;
+            assert_eq!(b.targets[s * b.n], Some(want as usize));
+            assert!((1..b.n).all(|i| b.targets[s * b.n + i].is_none()));
+            pos += want as usize;
+            total += 1;
+        }
+    }
+    let rate = pos as f64 / total as f64;
+    assert!((0.45..0.55).contains(&rate), "positive rate {rate}");
+}
+
+#[test]
+fn match3_positives_are_spread_over_bins() {
+    let t = task("match3");
+    let mut bins = [0usize; 5];
+    let mut sequences = 0;
+    for seed in 0..30 {
+        let b = t.sample(&mut rng(300 + seed), 8);
+        for s in 0..b.b {
+            let len = len_of(&b, s);
+            let x: Vec<usize> = (0..len).map(|i| b.tokens[s * b.n + i]).collect();
+            let mut positives = 0;
+            for (i, &xi) in x.iter().enumerate() {
+                let want = x
+                    .iter()
+                    .any(|&xj| x.iter().any(|&xk| (xi + xj + xk) % 37 == 0));
+                assert_eq!(b.targets[s * b.n + i], Some(want as usize));
+                positives += want as usize;
+            }
+            let frac = positives as f64 / len as f64;
+            bins[((frac * 5.0) as usize).min(4)] += 1;
+            sequences += 1;
+        }
+    }
+    // every fifth of the range [0, 1] holds at least 5% of the sequences
+    for (k, &c) in bins.iter().enumerate() {
+        assert!(
+            c * 20 >= sequences,
+            "bin {k}: {c} of {sequences} ({bins:?})"
+        );
+    }
+    assert_eq!(match3_labels(&[1, 35], 37), vec![true, true]);
+    assert_eq!(match3_labels(&[1, 2], 37), vec![false, false]);
+}
+
+/// Applies permutations of (0, 1, 2) in turn, written out as maps.
+fn apply_all(labels: &[usize]) -> [usize; 3] {
+    let mut at = [0, 1, 2];
+    for &g in labels {
+        for v in at.iter_mut() {
+            *v = S3[g][*v];
+        }
+    }
+    at
+}
+
+#[test]
+fn path_composition_composes_the_chain() {
+    let t = task("path-composition");
+    let mut class_counts = [0usize; 6];
+    for (split, ks) in [
+        (Split::Train, 2..=3),
+        (Split::Test, 2..=10),
+        (Split::Size(7), 7..=7),
+    ] {
+        let mut seen = std::collections::BTreeSet::new();
+        let b = t.sample_split(&mut rng(400), 64, split);
+        let n = b.n;
+        assert_eq!(n, 11);
+        for s in 0..b.b {
+            let tok = |i: usize, j: usize| b.edge_tokens.as_ref().unwrap()[(s * n + i) * n + j];
+            let query: Vec<(usize, usize)> = (0..n * n)
+                .map(|e| (e / n, e % n))
+                .filter(|&(i, j)| tok(i, j) == PATH_QUERY)
+                .collect();
+            assert_eq!(query.len(), 1, "one query edge");
+            let (start, end) = query[0];
+            assert_eq!(tok(end, start), PATH_QUERY_BACKWARD);
+            // walk the labelled edges from the start
+            let mut labels = Vec::new();
+            let mut at = start;
+            while at != end {
+                let next: Vec<usize> = (0..n)
+                    .filter(|&j| (PATH_FORWARD..PATH_FORWARD + 6).contains(&tok(at, j)))
+                    .collect();
+                assert_eq!(next.len(), 1, "a chain");
+                let g = tok(at, next[0]) - PATH_FORWARD;
+                assert_eq!(
+                    tok(next[0], at),
+                    PATH_BACKWARD + g,
+                    "the reverse carries the label"
+                );
+                labels.push(g);
+                at = next[0];
+            }
+            let labelled: Vec<usize> = (0..n * n)
+                .filter(|&e| b.edge_targets.as_ref().unwrap()[s * n * n + e].is_some())
+                .collect();
+            assert_eq!(labelled, vec![start * n + end]);
+            let want = apply_all(&labels);
+            let got = edge_target(&b, s, start, end).unwrap();
+            assert_eq!(S3[got], want, "{labels:?}");
+            seen.insert(labels.len());
+            class_counts[got] += 1;
+        }
+        assert!(seen.iter().all(|k| ks.contains(k)), "{split:?}: {seen:?}");
+        assert!(seen.len() == ks.clone().count() || split == Split::Test && seen.len() >= 7);
+    }
+    let total: usize = class_counts.iter().sum();
+    assert!(
+        class_counts.iter().all(|&c| c * 12 >= total),
+        "{class_counts:?}"
+    );
+}
+
+#[test]
+fn s3_is_a_group() {
+    for f in 0..6 {
+        assert_eq!(s3_then(f, 0), f);
+        assert_eq!(s3_then(0, f), f);
+        assert_eq!(
+            (0..6).filter(|&g| s3_then(f, g) == 0).count(),
+            1,
+            "one inverse"
+        );
+        for g in 0..6 {
+            assert_eq!(S3[s3_then(f, g)], apply_all(&[f, g]));
+        }
+    }
+    // not abelian
+    assert!((0..6).any(|f| (0..6).any(|g| s3_then(f, g) != s3_then(g, f))));
+}
+
+#[test]
+fn triangle_labels_match_the_cube_of_the_adjacency() {
+    let t = task("triangles");
+    let (mut pos, mut total) = (0, 0);
+    for seed in 0..20 {
+        let b = t.sample(&mut rng(500 + seed), 8);
+        assert!(b.edge_targets.is_none());
+        for s in 0..b.b {
+            let len = len_of(&b, s);
+            let adj: Vec<Vec<usize>> = (0..len)
+                .map(|i| {
+                    (0..len)
+                        .map(|j| b.edge_tokens.as_ref().unwrap()[(s * b.n + i) * b.n + j])
+                        .collect()
+                })
+                .collect();
+            for i in 0..len {
+                assert_eq!(adj[i][i], 0);
+                // (A³)[i][i] counts closed walks of length 3: positive exactly on triangles
+                let mut walks = 0;
+                for a in 0..len {
+                    for c in 0..len {
+                        walks += adj[i][a] * adj[a][c] * adj[c][i];
+                    }
+                }
+                assert_eq!(b.targets[s * b.n + i], Some((walks > 0) as usize));
+                pos += (walks > 0) as usize;
+                total += 1;
+            }
+        }
+    }
+    let rate = pos as f64 / total as f64;
+    assert!((0.35..0.65).contains(&rate), "positive rate {rate}");
+    let probe = t.probe().unwrap();
+    assert_eq!(probe.targets[..6], vec![Some(1); 6], "two triangles");
+    assert_eq!(probe.targets[6..], vec![Some(0); 6], "the 6-cycle");
+}
+
+/// k-hop by a forward pass that remembers where each symbol was last seen.
+fn k_hop_forward(x: &[usize], k: usize) -> Vec<Option<usize>> {
+    let mut last = std::collections::HashMap::new();
+    let mut hop = vec![None; x.len()];
+    for (i, &v) in x.iter().enumerate() {
+        hop[i] = last.get(&v).map(|&j: &usize| j + 1);
+        last.insert(v, i);
+    }
+    (0..x.len())
+        .map(|i| {
+            let mut at = i;
+            for _ in 0..k {
+                at = hop[at]?;
+            }
+            Some(x[at])
+        })
+        .collect()
+}
+
+#[test]
+fn k_hop_labels_follow_the_hops() {
+    let t = task("k-hop");
+    let mut none = 0;
+    let mut total = 0;
+    for k in 1..=4 {
+        let b = t.sample_split(&mut rng(600 + k as u64), 16, Split::Size(k));
+        for s in 0..b.b {
+            let len = len_of(&b, s);
+            assert!(len <= 32);
+            assert_eq!(b.tokens[s * b.n], 4 + k - 1, "the first token says k");
+            assert_eq!(b.targets[s * b.n], None);
+            let body: Vec<usize> = (1..len).map(|i| b.tokens[s * b.n + i]).collect();
+            for (i, want) in k_hop_forward(&body, k).into_iter().enumerate() {
+                assert_eq!(b.targets[s * b.n + 1 + i], Some(want.unwrap_or(4)));
+                none += want.is_none() as usize;
+                total += 1;
+            }
+        }
+    }
+    assert!((none as f64 / total as f64) < 0.5);
+}
+
+#[test]
+fn padding_carries_no_edge_tokens_or_targets() {
+    let b = task("relation-composition").sample(&mut rng(7), 16);
+    let valid = b.valid.as_ref().expect("lengths 6–8 pad");
+    for s in 0..b.b {
+        for i in 0..b.n {
+            for j in 0..b.n {
+                let e = (s * b.n + i) * b.n + j;
+                if !(valid[s * b.n + i] && valid[s * b.n + j]) {
+                    assert_eq!(b.edge_tokens.as_ref().unwrap()[e], 0);
+                    assert_eq!(b.edge_targets.as_ref().unwrap()[e], None);
+                }
+            }
+        }
+    }
+    assert!(Task::from_name("nope", None, 0).is_err());
+}

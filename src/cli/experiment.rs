@@ -32,9 +32,9 @@ pub struct ExperimentArgs {
     /// Optimizer steps [default: 400, or the suite's per task]
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Examples per batch
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
+    /// Examples per batch [default: 32, or the suite's per task]
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Peak learning rate
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
@@ -90,7 +90,7 @@ pub fn run(args: &ExperimentArgs) -> quartic::Result<()> {
         depth: args.depth,
         seeds: args.seeds,
         steps: args.steps.unwrap_or(defaults.steps),
-        batch: args.batch,
+        batch: args.batch.unwrap_or(defaults.batch),
         lr: args.lr,
         warmup: defaults.warmup,
         eval_every: args.eval_every,
@@ -107,19 +107,27 @@ pub fn run(args: &ExperimentArgs) -> quartic::Result<()> {
         jobs: args.jobs.unwrap_or(defaults.jobs),
         out: args.out.clone(),
     };
-    let tasks: Vec<(String, usize)> = match (&args.task, &args.suite) {
-        (Some(t), _) => vec![(t.clone(), base.steps)],
-        (None, _) => SEPARATION_SUITE
+    // (task, steps, batch): flags win over the suite's per-task settings
+    let tasks: Vec<(String, usize, usize)> = match &args.task {
+        Some(t) => vec![(t.clone(), base.steps, base.batch)],
+        None => SEPARATION_SUITE
             .iter()
-            .map(|&(t, steps)| (t.to_string(), args.steps.unwrap_or(steps)))
+            .map(|s| {
+                (
+                    s.task.to_string(),
+                    args.steps.unwrap_or(s.steps),
+                    args.batch.unwrap_or(s.batch),
+                )
+            })
             .collect(),
     };
     let started = Instant::now();
     let log = |line: &str| println!("{line}");
     let mut reports: Vec<TaskReport> = Vec::new();
-    for (task, steps) in &tasks {
+    for (task, steps, batch) in &tasks {
         let cfg = ExperimentConfig {
             steps: *steps,
+            batch: *batch,
             ..base.clone()
         };
         let r = experiment::run_task(task, &cfg, &log)?;

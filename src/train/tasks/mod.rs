@@ -440,7 +440,7 @@ impl Task {
                 let k = match split {
                     Split::Train => rng.gen_range(train_k.0..=train_k.1),
                     Split::Test => rng.gen_range(2..=*test_max_k),
-                    Split::Size(k) => k.clamp(1, nodes - 1),
+                    Split::Size(k) => k.clamp(2, nodes - 1),
                 };
                 let n = *nodes;
                 let walk: Vec<usize> = shuffled(rng, n).into_iter().take(k + 1).collect();

@@ -78,6 +78,16 @@ impl<E: Real, D: Device<E>> EdgeTokens<E, D> {
     }
 }
 
+/// The RMSNorm both readouts put on the final edges (the edges' residual stream grows).
+fn edge_norm<E: Real, D: Device<E>>(init: &Init<D>, dim_edges: usize) -> Result<RmsNorm<E, D>> {
+    RmsNorm::new(
+        &init.pp("norm"),
+        dim_edges,
+        RmsKind::Scaled { eps: 1e-5 },
+        "weight",
+    )
+}
+
 /// Per-edge logits: `W · gelu(A · norm(e_ij) + B · x_i + C · x_j + bias)`.
 pub struct EdgeHead<E: Real, D: Device<E>> {
     pub norm: RmsNorm<E, D>,
@@ -91,12 +101,7 @@ impl<E: Real, D: Device<E>> EdgeHead<E, D> {
     pub fn new(init: &Init<D>, dim: usize, dim_edges: usize, classes: usize) -> Result<Self> {
         let hidden = dim;
         Ok(Self {
-            norm: RmsNorm::new(
-                &init.pp("norm"),
-                dim_edges,
-                RmsKind::Scaled { eps: 1e-5 },
-                "weight",
-            )?,
+            norm: edge_norm(init, dim_edges)?,
             from_edge: Linear::new(&init.pp("from_edge"), dim_edges, hidden, true)?,
             from_source: Linear::new(&init.pp("from_source"), dim, hidden, false)?,
             from_target: Linear::new(&init.pp("from_target"), dim, hidden, false)?,
@@ -135,12 +140,7 @@ pub struct EdgePool<E: Real, D: Device<E>> {
 impl<E: Real, D: Device<E>> EdgePool<E, D> {
     pub fn new(init: &Init<D>, dim: usize, dim_edges: usize) -> Result<Self> {
         Ok(Self {
-            norm: RmsNorm::new(
-                &init.pp("norm"),
-                dim_edges,
-                RmsKind::Scaled { eps: 1e-5 },
-                "weight",
-            )?,
+            norm: edge_norm(init, dim_edges)?,
             from_mean: Linear::new(&init.pp("from_mean"), dim_edges, dim, false)?,
             from_max: Linear::new(&init.pp("from_max"), dim_edges, dim, false)?,
         })

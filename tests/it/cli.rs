@@ -82,6 +82,26 @@ fn bad_input_exits_with_one_clear_line() {
             "not `name=value`",
         ),
         (vec!["frobnicate"], "unrecognized subcommand"),
+        (
+            vec![
+                "experiment",
+                "--task",
+                "nope",
+                "--seeds",
+                "1",
+                "--steps",
+                "1",
+            ],
+            "unknown task `nope`",
+        ),
+        (
+            vec!["experiment", "--task", "match3", "--rules", "baseline,nope"],
+            "neither a built-in rule",
+        ),
+        (
+            vec!["experiment", "--task", "match3", "--seeds", "0"],
+            "at least one rule, one seed",
+        ),
     ];
     for (args, expect) in cases {
         let out = quartic(&args);
@@ -178,4 +198,70 @@ fn train_reads_a_toml_config() {
     let bad = quartic(&["train", "--config", config.to_str().unwrap()]);
     assert!(!bad.status.success());
     assert!(text(&bad.stderr).contains("stepz"), "{}", text(&bad.stderr));
+}
+
+/// A graph task through `train` (edge inputs and the edge head set from the task) and a tiny
+/// `experiment`, end to end.
+#[test]
+fn graph_tasks_train_and_experiment_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("quartic-graph-{}", std::process::id()));
+    let out_dir = dir.to_str().unwrap().to_string();
+    let run = quartic(&[
+        "train",
+        "--task",
+        "path-composition",
+        "--rule",
+        "triangle",
+        "--depth",
+        "1",
+        "--dim",
+        "16",
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--eval-every",
+        "3",
+        "--eval-batches",
+        "1",
+        "--out",
+        &format!("{out_dir}/train"),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("held-out: loss"));
+    let eval = quartic(&[
+        "eval",
+        "--checkpoint",
+        &format!("{out_dir}/train/checkpoint.safetensors"),
+    ]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    let exp = quartic(&[
+        "experiment",
+        "--task",
+        "triangles",
+        "--rules",
+        "baseline,taylor",
+        "--seeds",
+        "1",
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--eval-every",
+        "1",
+        "--eval-batches",
+        "1",
+        "--out",
+        &format!("{out_dir}/exp"),
+    ]);
+    assert!(exp.status.success(), "{}", text(&exp.stderr));
+    let summary = std::fs::read_to_string(dir.join("exp/summary.md")).unwrap();
+    assert!(
+        summary.contains("| triangles |") && summary.contains("at commit"),
+        "{summary}"
+    );
+    for f in ["results.md", "results.csv", "accuracy-vs-steps.png"] {
+        assert!(dir.join("exp/triangles").join(f).exists(), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

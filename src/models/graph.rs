@@ -3,8 +3,9 @@
 //! `RelationalTransformer` are configurations of it (`models::configs`).
 //!
 //! Token (+ absolute position) embeddings onto the nodes; the edge embedding (an outer sum of two
-//! projections, projected and layer-normed) plus an optional dynamic position bias onto the
-//! edges; `depth` rule layers; a final RMSNorm (optional) and the logits.
+//! projections, projected and layer-normed) plus an optional dynamic position bias (and, for
+//! graph tasks, embedded edge tokens) onto the edges; `depth` rule layers; a final RMSNorm
+//! (optional) and the logits, read from the nodes or through the edge head (`heads`).
 
 use std::collections::BTreeMap;
 
@@ -203,6 +204,25 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         self.forward_io(tokens, None, batch, n, mask, Readout::Nodes)
     }
 
+    /// Adds the embedded edge tokens, which the model needs exactly when it has edge inputs.
+    fn add_edge_tokens<T: Tape<E, D>>(
+        &self,
+        edges: Edges<E, D, T>,
+        ids: Option<&[usize]>,
+        batch: usize,
+        n: usize,
+    ) -> Result<Edges<E, D, T>> {
+        let problem = match (&self.edge_tokens, ids) {
+            (Some(table), Some(ids)) => {
+                return Edges::new(edges.into_tensor() + table.forward::<T>(ids, batch, n)?)
+            }
+            (None, None) => return Ok(edges),
+            (Some(_), None) => "the model has edge inputs but no edge tokens were given",
+            (None, Some(_)) => "edge tokens were given but the model has no edge inputs",
+        };
+        Err(Error::config("model input", problem))
+    }
+
     /// Logits read where `readout` says: `[batch, n, num_tokens]` from the nodes, or
     /// `[batch, n·n, edge_classes]` from the edges (edge (i, j) at row i·n + j). `edge_tokens`
     /// (`[batch × n × n]`) are required exactly when the model has edge inputs.
@@ -243,23 +263,7 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
             }
             None => edges,
         };
-        let edges =
-            match (&self.edge_tokens, edge_tokens) {
-                (Some(table), Some(ids)) => {
-                    Edges::new(edges.into_tensor() + table.forward::<T>(ids, batch, n)?)?
-                }
-                (None, None) => edges,
-                (Some(_), None) => {
-                    return Err(Error::config(
-                        "model input",
-                        "the model has edge inputs but no edge tokens were given",
-                    ))
-                }
-                (None, Some(_)) => return Err(Error::config(
-                    "model input",
-                    "edge tokens were given but the model has no edge inputs (io.edge_vocab = 0)",
-                )),
-            };
+        let edges = self.add_edge_tokens(edges, edge_tokens, batch, n)?;
         let (mut x, mut edges) = (x, edges);
         for layer in &self.layers {
             (x, edges) = layer.forward(x, edges, mask)?;

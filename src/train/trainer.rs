@@ -113,18 +113,24 @@ pub struct TrainReport {
     pub checkpoint: PathBuf,
 }
 
+/// The random stream of batch `k` of the data stream `seed`.
+fn batch_rng(seed: u64, k: usize) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k as u64)
+}
+
 /// The batch for `step`, from the seed alone.
 pub fn batch_for(task: &Task, seed: u64, step: usize, batch: usize) -> Batch {
-    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
-    task.sample(&mut rng, batch)
+    task.sample(&mut batch_rng(seed, step), batch)
 }
 
 /// Held-out batches come from a different stream than training batches, and from the task's
 /// test distribution (`Split::Test`, or one size with `Split::Size`).
 pub fn eval_batch(task: &Task, seed: u64, k: usize, batch: usize, split: Split) -> Batch {
-    let stream = seed ^ 0x5EED_E7A1_0000_0000;
-    let mut rng = StdRng::seed_from_u64(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k as u64);
-    task.sample_split(&mut rng, batch, split)
+    task.sample_split(
+        &mut batch_rng(seed ^ 0x5EED_E7A1_0000_0000, k),
+        batch,
+        split,
+    )
 }
 
 /// The targets a task's readout is scored on: per node, or per edge.

@@ -45,7 +45,7 @@ pub trait Backend<E: Real>: Device<E> {
         bias: Option<T4<E, Self, T>>,
         spec: &weights::WeightsSpec,
     ) -> Result<T4<E, Self, T>> {
-        Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
+        attention_composite(q, k, v, bias, spec)
     }
 
     /// Plain attention (no talking heads) across edges in a pattern: q, k `[b, n, n, h·d]`,
@@ -65,6 +65,17 @@ pub trait Backend<E: Real>: Device<E> {
 
     /// Inclusive prefix sum along axis 2 of `[B, H, N, X]`.
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>>;
+}
+
+/// Attention as weights (the composite form) times values: every device's fallback.
+fn attention_composite<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    q: T4<E, D, T>,
+    k: T4<E, D, T>,
+    v: T4<E, D, T>,
+    bias: Option<T4<E, D, T>>,
+    spec: &weights::WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
 }
 
 /// Pattern attention through the pattern's batched layout (permuted copies), then
@@ -113,7 +124,7 @@ where
         if cpu_fused() {
             flash_cpu::attention_fused(q, k, v, bias, spec)
         } else {
-            Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
+            attention_composite(q, k, v, bias, spec)
         }
     }
 

@@ -12,7 +12,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused_cpu::{host_copy, CpuBuffer};
+use super::fused_cpu::{host_copy, untape_optional, CpuBuffer};
 use super::visibility::Visibility;
 use super::weights::{Normalizer, WeightsSpec};
 use crate::error::{Error, Result};
@@ -662,11 +662,7 @@ where
     let (k, tape_k) = k.contiguous().split_tape();
     let (v, tape_v) = v.contiguous().split_tape();
     let mut tape = tape_q.merge(tape_k).merge(tape_v);
-    let bias = bias.map(|t| {
-        let (t, tp) = t.contiguous().split_tape();
-        tape = std::mem::take(&mut tape).merge(tp);
-        t
-    });
+    let bias = untape_optional(bias, &mut tape);
     let problem = Problem {
         p,
         h,

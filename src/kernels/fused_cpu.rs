@@ -43,6 +43,21 @@ where
     out
 }
 
+/// An optional input made contiguous (see `host_copy`) with its tape merged into `tape`.
+pub fn untape_optional<S: Shape, E: Real, T: Tape<E, Cpu>>(
+    t: Option<Tensor<S, E, Cpu, T>>,
+    tape: &mut T,
+) -> Option<Tensor<S, E, Cpu>>
+where
+    Cpu: Device<E>,
+{
+    t.map(|t| {
+        let (t, tp) = t.contiguous().split_tape();
+        *tape = std::mem::take(tape).merge(tp);
+        t
+    })
+}
+
 /// Dot product with eight independent partial sums: a strict left-to-right sum cannot be
 /// vectorized, eight lanes can.
 #[inline]
@@ -335,16 +350,8 @@ where
     let (q, tape_q) = q.contiguous().split_tape();
     let (k, tape_k) = k.contiguous().split_tape();
     let mut tape = tape_q.merge(tape_k);
-    let bias = bias.map(|t| {
-        let (t, tp) = t.contiguous().split_tape();
-        tape = std::mem::take(&mut tape).merge(tp);
-        t
-    });
-    let talking = talking.map(|t| {
-        let (t, tp) = t.contiguous().split_tape();
-        tape = std::mem::take(&mut tape).merge(tp);
-        t
-    });
+    let bias = untape_optional(bias, &mut tape);
+    let talking = untape_optional(talking, &mut tape);
     let problem = WeightsProblem {
         b,
         h,

@@ -127,12 +127,19 @@ fn parameter_counts_are_matched_within_ten_percent() {
                 m.rule,
                 m.params
             );
-            // the count is the model's own
-            assert_eq!(
-                m.params,
-                experiment::matching::count_params(&m.config).unwrap()
-            );
+            // every rule carries the task's inputs and heads, at a width every head layout divides
+            let io = TaskIo {
+                edge_vocab: t.edge_vocab(),
+                edge_classes: t.edge_classes(),
+                pool_edges: true,
+            };
+            assert_eq!(m.config.io, io, "{task} {}", m.rule);
+            assert_eq!(m.config.dim % 4, 0);
         }
+        // the budget is one rule's own count at the base width
+        assert!(matched
+            .iter()
+            .any(|m| m.params == budget && m.config.dim == widths.dim));
     }
 }
 

@@ -262,7 +262,7 @@ impl Task {
             Self::Triangles { .. } => 2,
             Self::KHop {
                 alphabet, max_k, ..
-            } => alphabet + max_k.max(&1),
+            } => alphabet + (*max_k).max(1),
             Self::Text { .. } => 256,
         }
     }

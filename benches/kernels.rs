@@ -3,6 +3,10 @@
 //!
 //! `cargo bench --bench kernels` (all) or e.g. `cargo bench --bench kernels -- pattern/row`.
 
+// see quartic::alloc: freed tensors stay in the process for the next op
+#[global_allocator]
+static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dfdx::prelude::*;
 use quartic::graph::{Edges, GraphMask};
@@ -31,6 +35,7 @@ const DIM_HEAD: usize = 16;
 
 /// Node-style softmax attention: batch 8, 4 heads × 16, causal, fused vs composite weights.
 fn softmax_kernel(c: &mut Criterion) {
+    quartic::alloc::keep_freed_memory();
     let dev = Cpu::default();
     let mut group = c.benchmark_group("softmax_attention");
     group.sample_size(10);
@@ -99,6 +104,7 @@ fn softmax_kernel(c: &mut Criterion) {
 /// Edge attention per pattern on one graph of n nodes, dim_edges 32 split 4 × 8, softmax,
 /// causal; the CPU backend's fused form against the composite form.
 fn patterns(c: &mut Criterion) {
+    quartic::alloc::keep_freed_memory();
     let dev = Cpu::default();
     for pattern in [
         EdgePattern::All,
@@ -152,6 +158,7 @@ fn patterns(c: &mut Criterion) {
 /// Taylor attention over a row of n edges (batch n·1 problems, 16 heads × 16 as the original's
 /// axial attention), both forms, non-causal and causal.
 fn taylor_forms(c: &mut Criterion) {
+    quartic::alloc::keep_freed_memory();
     let dev = Cpu::default();
     let mut group = c.benchmark_group("taylor");
     group.sample_size(10);

@@ -5,11 +5,16 @@
 
 mod workloads;
 
+// see quartic::alloc: freed tensors stay in the process for the next op
+#[global_allocator]
+static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
 use quartic::train::optim::AdamState;
 
 fn rows(c: &mut Criterion) {
+    quartic::alloc::keep_freed_memory();
     let dev = Cpu::default();
     let mut g = c.benchmark_group("speed");
     g.sample_size(10);

@@ -6,6 +6,10 @@
 
 mod taylor_by_hand;
 
+// see quartic::alloc: freed tensors stay in the process for the next op
+#[global_allocator]
+static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dfdx::prelude::*;
 use quartic::graph::{Edges, GraphMask, Nodes};
@@ -22,6 +26,7 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
 }
 
 fn rule_vs_hand(c: &mut Criterion) {
+    quartic::alloc::keep_freed_memory();
     let dev = Cpu::default();
     let (b, dim, de) = (2, 64, 16);
     let (heads, dim_head, edge_heads, edge_dim_head) = (4, 16, 4, 8);

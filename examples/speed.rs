@@ -8,6 +8,10 @@ mod workloads;
 
 use std::time::Instant;
 
+// see quartic::alloc: freed tensors stay in the process for the next op
+#[global_allocator]
+static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
+
 use dfdx::prelude::*;
 use quartic::train::optim::AdamState;
 
@@ -27,6 +31,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    quartic::alloc::keep_freed_memory();
     let which = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "readme-forward".into());

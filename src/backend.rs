@@ -11,7 +11,8 @@ use dfdx::prelude::*;
 use crate::error::Result;
 use crate::graph::Edges;
 use crate::kernels::patterns::{from_pattern_layout, pattern_dims, to_pattern_layout, EdgePattern};
-use crate::kernels::{flash_cpu, fused_cpu, linear_algebra, weights};
+use crate::kernels::{flash_cpu, fused_cpu, linear_algebra, rows_cpu, weights};
+use crate::nn::{activations, norms};
 use crate::tensor::*;
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
@@ -65,6 +66,20 @@ pub trait Backend<E: Real>: Device<E> {
 
     /// Inclusive prefix sum along axis 2 of `[B, H, N, X]`.
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>>;
+
+    /// Exact GELU `x · Φ(x)`.
+    fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Result<Tensor<S, E, Self, T>> {
+        Ok(activations::gelu_composite(x))
+    }
+
+    /// RMSNorm of `[rows, c]` with scale `gamma [c]` (see [`norms::RmsKind`]).
+    fn rms_norm<T: Tape<E, Self>>(
+        x: T2<E, Self, T>,
+        gamma: T1<E, Self, T>,
+        kind: norms::RmsKind,
+    ) -> Result<T2<E, Self, T>> {
+        Ok(norms::rms_norm_composite(x, gamma, kind))
+    }
 }
 
 /// Attention as weights (the composite form) times values: every device's fallback.
@@ -195,6 +210,26 @@ where
             fused_cpu::cumsum_fused(x)
         } else {
             Ok(linear_algebra::cumsum_composite(x))
+        }
+    }
+
+    fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Result<Tensor<S, E, Self, T>> {
+        if cpu_fused() {
+            rows_cpu::gelu_fused(x)
+        } else {
+            Ok(activations::gelu_composite(x))
+        }
+    }
+
+    fn rms_norm<T: Tape<E, Self>>(
+        x: T2<E, Self, T>,
+        gamma: T1<E, Self, T>,
+        kind: norms::RmsKind,
+    ) -> Result<T2<E, Self, T>> {
+        if cpu_fused() {
+            rows_cpu::rms_norm_fused(x, gamma, kind)
+        } else {
+            Ok(norms::rms_norm_composite(x, gamma, kind))
         }
     }
 }

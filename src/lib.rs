@@ -6,6 +6,7 @@
 //! [`backend`] (which form runs on which device), [`graph`] (typed nodes, edges and masks),
 //! [`nn`] (parameters and blocks).
 
+pub mod alloc;
 pub mod backend;
 pub mod error;
 pub mod experiment;

@@ -8,7 +8,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use cli::{Cli, Command};
 
+// see quartic::alloc: freed tensors stay in the process for the next op
+#[global_allocator]
+static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
+
 fn main() -> ExitCode {
+    quartic::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Train(args) => cli::train::run(args),

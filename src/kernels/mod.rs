@@ -1,5 +1,6 @@
 //! Attention kernels: weights (softmax and Taylor), attention, Taylor linear attention, edge
-//! patterns and coordinate-descent routing. Composite forms live beside fused CPU forms.
+//! patterns and coordinate-descent routing; fused CPU forms of the pointwise chains (RMSNorm,
+//! GELU). Composite forms live beside fused CPU forms.
 
 pub mod attention;
 pub mod fastmath;
@@ -8,6 +9,7 @@ pub mod fused_cpu;
 pub mod linear_algebra;
 pub mod patterns;
 pub mod routing;
+pub mod rows_cpu;
 pub mod taylor;
 pub mod visibility;
 pub mod weights;

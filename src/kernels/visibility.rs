@@ -55,7 +55,12 @@ impl Visibility {
                 format!("{} entries", valid.len()),
             ));
         }
-        self.key_valid = Some(valid);
+        // all-real keys are stored as `None`, so kernels skip the per-element test
+        self.key_valid = if valid.iter().all(|&v| v) {
+            None
+        } else {
+            Some(valid)
+        };
         Ok(self)
     }
 

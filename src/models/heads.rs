@@ -9,6 +9,7 @@
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Direction, Edges, GraphMask, Nodes, Reduce};
 use crate::nn::activations::gelu_exact;
@@ -114,7 +115,10 @@ impl<E: Real, D: Device<E>> EdgeHead<E, D> {
         &self,
         nodes: Nodes<E, D, T>,
         edges: Edges<E, D, T>,
-    ) -> Result<T4<E, D, T>> {
+    ) -> Result<T4<E, D, T>>
+    where
+        D: Backend<E>,
+    {
         let x = nodes.into_tensor();
         let source = map_rows3(x.with_empty_tape(), |t| self.from_source.forward(t))?;
         let target = map_rows3(x, |t| self.from_target.forward(t))?;
@@ -125,7 +129,7 @@ impl<E: Real, D: Device<E>> EdgeHead<E, D> {
         let z = edge
             + source.broadcast_like::<_, Axis<2>>(&shape)
             + target.broadcast_like::<_, Axis<1>>(&shape);
-        map_rows4(gelu_exact(z), |t| self.to_logits.forward(t))
+        map_rows4(gelu_exact(z)?, |t| self.to_logits.forward(t))
     }
 }
 
@@ -151,7 +155,10 @@ impl<E: Real, D: Device<E>> EdgePool<E, D> {
         nodes: Nodes<E, D, T>,
         edges: Edges<E, D, T>,
         mask: &GraphMask,
-    ) -> Result<Nodes<E, D, T>> {
+    ) -> Result<Nodes<E, D, T>>
+    where
+        D: Backend<E>,
+    {
         let normed = Edges::new(map_rows4(edges.into_tensor(), |t| self.norm.forward(t))?)?;
         let for_max = Edges::new(normed.tensor().with_empty_tape())?;
         let mean = normed.reduce(Reduce::Mean, Direction::Outgoing, mask)?;

@@ -116,14 +116,17 @@ impl<E: Real, D: Device<E>> TalkingHeads<E, D> {
     }
 
     /// Mixes `[p, h, i, j]` across heads.
-    fn apply<T: Tape<E, D>>(&self, x: T4<E, D, T>) -> Result<T4<E, D, T>> {
+    fn apply<T: Tape<E, D>>(&self, x: T4<E, D, T>) -> Result<T4<E, D, T>>
+    where
+        D: Backend<E>,
+    {
         match self {
             Self::Linear(w) => Ok(mix_heads(x, w.matrix::<T>())),
             Self::NonLinear { norm, up, down } => {
                 let channels_last = x.with_empty_tape().permute::<_, Axes4<0, 2, 3, 1>>();
                 let h = map_rows4(channels_last, |t| {
                     let t = norm.forward(t)?;
-                    down.forward(gelu_exact(up.forward(t)?))
+                    down.forward(gelu_exact(up.forward(t)?)?)
                 })?;
                 Ok(x + h.permute::<_, Axes4<0, 3, 1, 2>>())
             }

@@ -2,15 +2,25 @@
 
 use dfdx::prelude::*;
 
+use crate::backend::Backend;
+use crate::error::Result;
 use crate::tensor::*;
 
-/// Exact GELU, `x · Φ(x)`, with the right gradient `Φ(x) + x·φ(x)`.
+/// Exact GELU, `x · Φ(x)`, with the right gradient `Φ(x) + x·φ(x)`: the device's form (fused
+/// on the CPU, [`gelu_composite`] elsewhere).
+pub fn gelu_exact<S: Shape, E: Real, D: Backend<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> Result<Tensor<S, E, D, T>> {
+    D::gelu(x)
+}
+
+/// Exact GELU from dfdx ops.
 ///
 /// dfdx 0.13's `accurate_gelu` computes the value right but its backward uses `Φ + √2·x·φ`.
 /// We add `(√2 − 1)·(φ(x) − stop_gradient(φ(x)))`: zero in value, `−(√2 − 1)·x·φ(x)` in gradient
 /// (since φ' = −x·φ), which cancels the excess. Composite, so it runs on every device; the
 /// gradient check in the tests fails if dfdx ever fixes its backward.
-pub fn gelu_exact<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(
+pub fn gelu_composite<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(
     x: Tensor<S, E, D, T>,
 ) -> Tensor<S, E, D, T> {
     let inv_sqrt_2pi = E::of(1.0 / (2.0 * std::f64::consts::PI).sqrt());

@@ -6,6 +6,7 @@ use super::activations::gelu_exact;
 use super::linear::Linear;
 use super::norms::{RmsKind, RmsNorm};
 use super::params::{HasParams, Init, Param};
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::tensor::*;
 
@@ -68,9 +69,12 @@ impl<E: Real, D: Device<E>> FeedForward<E, D> {
     }
 
     /// `[rows, c] -> [rows, c]` (no residual: the caller adds it).
-    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>> {
+    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>>
+    where
+        D: Backend<E>,
+    {
         let h = self.proj_in.forward(self.norm.forward(x)?)?;
-        self.proj_out.forward(gelu_exact(h))
+        self.proj_out.forward(gelu_exact(h)?)
     }
 }
 

@@ -8,6 +8,7 @@
 use dfdx::prelude::*;
 
 use super::params::{HasParams, Init, InitKind, Param};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::*;
 
@@ -44,28 +45,37 @@ impl<E: Real, D: Device<E>> RmsNorm<E, D> {
         })
     }
 
-    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>> {
-        let shape = *x.shape();
-        check_channels(&self.gamma.name, self.channels, shape.1)?;
-        let c = shape.1 as f64;
-        let inv = match self.kind {
-            RmsKind::Scaled { eps } => (x.with_empty_tape().square().mean::<_, Axis<1>>()
-                + E::of(eps))
+    /// The device's form: fused on the CPU, [`rms_norm_composite`] elsewhere.
+    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        check_channels(&self.gamma.name, self.channels, x.shape().1)?;
+        D::rms_norm(x, self.gamma.vector::<T>(), self.kind)
+    }
+}
+
+/// RMSNorm of `[rows, c]` with scale `gamma [c]` from dfdx ops.
+pub fn rms_norm_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T2<E, D, T>,
+    gamma: T1<E, D, T>,
+    kind: RmsKind,
+) -> T2<E, D, T> {
+    let shape = *x.shape();
+    let c = shape.1 as f64;
+    let inv = match kind {
+        RmsKind::Scaled { eps } => (x.with_empty_tape().square().mean::<_, Axis<1>>() + E::of(eps))
             .sqrt()
             .recip(),
-            // the tiny addend keeps the gradient of ‖x‖ finite at x = 0 without changing values
-            RmsKind::Unit => ((x.with_empty_tape().square().sum::<_, Axis<1>>() + E::of(1e-30))
-                .sqrt()
-                .clamp(1e-12, f64::INFINITY)
-                * E::of(1.0 / c.sqrt()))
-            .recip(),
-        };
-        let gamma = self
-            .gamma
-            .vector::<T>()
-            .broadcast_like::<_, Axis<0>>(&shape);
-        Ok(x * inv.broadcast_like::<_, Axis<1>>(&shape) * gamma)
-    }
+        // the tiny addend keeps the gradient of ‖x‖ finite at x = 0 without changing values
+        RmsKind::Unit => ((x.with_empty_tape().square().sum::<_, Axis<1>>() + E::of(1e-30))
+            .sqrt()
+            .clamp(1e-12, f64::INFINITY)
+            * E::of(1.0 / c.sqrt()))
+        .recip(),
+    };
+    let gamma = gamma.broadcast_like::<_, Axis<0>>(&shape);
+    x * inv.broadcast_like::<_, Axis<1>>(&shape) * gamma
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for RmsNorm<E, D> {

@@ -374,7 +374,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 let x = self.eval(st, x)?;
                 let t = match f {
                     Activation::Relu => x.t.relu(),
-                    Activation::Gelu => gelu_exact(x.t),
+                    Activation::Gelu => gelu_exact(x.t)?,
                     Activation::Silu => silu(x.t),
                     Activation::Sigmoid => x.t.sigmoid(),
                     Activation::Tanh => x.t.tanh(),

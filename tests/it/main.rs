@@ -8,6 +8,7 @@ mod graph;
 mod nn;
 mod parity;
 mod patterns;
+mod pointwise;
 mod routing;
 mod rule_errors;
 mod rules;

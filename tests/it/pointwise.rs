@@ -1,0 +1,88 @@
+//! The fused CPU RMSNorm and GELU against their composite forms: values and gradients, in f64
+//! and f32, across rayon chunk boundaries, with an all-zero row (the unit norm's clamp). The
+//! gradient checks against finite differences run through the fused forms too: they are the
+//! CPU default (tests in `nn.rs`).
+
+use dfdx::prelude::*;
+use quartic::kernels::rows_cpu::{gelu_fused, rms_norm_fused};
+use quartic::nn::activations::gelu_composite;
+use quartic::nn::norms::{rms_norm_composite, RmsKind};
+
+use crate::common::*;
+
+/// Values and input/scale gradients of one form under a random probe loss.
+fn rms_run(fused: bool, kind: RmsKind, xv: &[f64], gv: &[f64], rows: usize) -> Vec<Vec<f64>> {
+    let d = dev();
+    let c = gv.len();
+    let x = d.tensor_from_vec(xv.to_vec(), (rows, c));
+    let gamma = d.tensor_from_vec(gv.to_vec(), (c,));
+    let (xt, gt) = (x.leaky_trace(), gamma.clone().retaped::<Tp>());
+    let out = if fused {
+        rms_norm_fused(xt, gt, kind).unwrap()
+    } else {
+        rms_norm_composite(xt, gt, kind)
+    };
+    let values = out.as_vec();
+    let mut g = probe_loss(out, 5).backward();
+    vec![values, grad_of(&mut g, &x), grad_of(&mut g, &gamma)]
+}
+
+#[test]
+fn fused_rms_norm_matches_composite() {
+    // 300 rows × 48 channels spans several rayon tasks; row 7 is all zeros
+    let (rows, c) = (300, 48);
+    let mut xv = randn(1, rows * c);
+    xv[7 * c..8 * c].iter_mut().for_each(|v| *v = 0.0);
+    let gv: Vec<f64> = randn(2, c).iter().map(|v| 1.0 + 0.3 * v).collect();
+    for kind in [RmsKind::Scaled { eps: 1e-5 }, RmsKind::Unit] {
+        let (a, b) = (
+            rms_run(true, kind, &xv, &gv, rows),
+            rms_run(false, kind, &xv, &gv, rows),
+        );
+        for (what, (x, y)) in ["values", "dx", "dgamma"].iter().zip(a.iter().zip(&b)) {
+            assert_close(&format!("rms norm {kind:?} {what}"), x, y, 1e-10, 1e-9);
+        }
+    }
+}
+
+#[test]
+fn fused_gelu_matches_composite_in_f64_and_f32() {
+    let d = dev();
+    // 10 000 points over [-8, 8] (several rayon chunks), both tails included
+    let xv: Vec<f64> = (0..10_000)
+        .map(|i| -8.0 + 16.0 * i as f64 / 9_999.0)
+        .collect();
+    let run = |fused: bool| {
+        let x = d.tensor_from_vec(xv.clone(), (xv.len(),));
+        let out = if fused {
+            gelu_fused(x.leaky_trace()).unwrap()
+        } else {
+            gelu_composite(x.leaky_trace())
+        };
+        let values = out.as_vec();
+        let mut g = probe_loss(out, 3).backward();
+        (values, grad_of(&mut g, &x))
+    };
+    let (fv, fg) = run(true);
+    let (cv, cg) = run(false);
+    assert_close("gelu values (f64)", &fv, &cv, 1e-12, 1e-12);
+    assert_close("gelu gradient (f64)", &fg, &cg, 1e-12, 1e-12);
+
+    // f32: the vectorized Φ against the composite's libm erf, to a few f32 ulps
+    let x32: Vec<f32> = xv.iter().map(|&v| v as f32).collect();
+    let run32 = |fused: bool| {
+        let x = d.tensor_from_vec(x32.clone(), (x32.len(),));
+        let out = if fused {
+            gelu_fused(x.leaky_trace()).unwrap()
+        } else {
+            gelu_composite(x.leaky_trace())
+        };
+        let values = out.as_vec();
+        let g = out.sum::<(), _>().backward().get(&x).as_vec();
+        (values, g)
+    };
+    let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+    let ((fv, fg), (cv, cg)) = (run32(true), run32(false));
+    assert_close("gelu values (f32)", &widen(fv), &widen(cv), 2e-6, 1e-6);
+    assert_close("gelu gradient (f32)", &widen(fg), &widen(cg), 2e-6, 1e-6);
+}

@@ -759,7 +759,11 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             let out = self.routed(st, a, block, q_in, route)?;
             return Ok((out, None));
         }
-        let k_in = self.eval(st, &a.key)?;
+        // keys in the layout they are read in (edge attention picks its orientation from it)
+        let k_in = match a.pattern {
+            Pattern::Row { .. } => self.eval_op(st, &a.key)?,
+            _ => self.eval(st, &a.key)?,
+        };
         let gates = self.gates_val(st, a, &q_in)?;
         let bias = match &a.bias {
             Some(b) => Some(self.eval(st, b)?),
@@ -928,6 +932,22 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let (b, n) = (self.ext.batch, self.ext.nodes);
         let inner = a.heads * a.dim_head;
         let edges = |v: Val<E, D, T>, c: usize| Edges::new(v.t.reshape_like(&(b, n, n, c)));
+        // Attention along the second slot of the stored edges (`c[i, j] -> c[k, j]`) is the row
+        // pattern on transposed edges: run it as the column pattern on the edges as stored, so
+        // that queries, keys, gates and the output are never transposed.
+        let (q_axes, k_axes, pattern) = match (pattern, q_axes, k_axes) {
+            (EdgePattern::Row, &[bq, q0, q1, cq], &[_, _, key, _])
+                if q_in.axes == [bq, q1, q0, cq] =>
+            {
+                (
+                    vec![bq, q1, q0, cq],
+                    vec![bq, key, q0, cq],
+                    EdgePattern::Column,
+                )
+            }
+            _ => (q_axes.to_vec(), k_axes.to_vec(), pattern),
+        };
+        let (q_axes, k_axes) = (&q_axes[..], &k_axes[..]);
         let q_in = self.arrange(q_in, q_axes, a.query.channels)?;
         let k_in = self.arrange(k_in, k_axes, a.key.channels)?;
         let q = edges(self.project(q_in, &block.to_q)?, inner)?;

@@ -10,8 +10,10 @@ use dfdx::prelude::*;
 
 use crate::error::Result;
 use crate::graph::Edges;
-use crate::kernels::patterns::{from_pattern_layout, pattern_dims, to_pattern_layout, EdgePattern};
-use crate::kernels::{flash_cpu, fused_cpu, linear_algebra, rows_cpu, weights};
+use crate::kernels::patterns::{
+    from_pattern_layout, pattern_dims, to_pattern_layout, EdgePattern, EdgeProjections,
+};
+use crate::kernels::{edge_attention_cpu, flash_cpu, fused_cpu, linear_algebra, rows_cpu, weights};
 use crate::nn::{activations, norms};
 use crate::tensor::*;
 
@@ -64,6 +66,22 @@ pub trait Backend<E: Real>: Device<E> {
         pattern_attention_via_layout(q, k, v, heads, pattern, bias, spec)
     }
 
+    /// Self-attention across the edges `x [b, n, n, c]` along rows or columns, queries, keys
+    /// and values projected from `x` by `[out, c]` weights, output `[b, n, n, h·e]` gated per
+    /// head by `σ(gates [b, n, n, h])`; `bias` in the pattern's layout `[b·n, h, n, n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn edge_self_attention<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        w: EdgeProjections<E, Self, T>,
+        gates: Option<T4<E, Self, T>>,
+        bias: Option<T4<E, Self, T>>,
+        heads: usize,
+        pattern: EdgePattern,
+        spec: &weights::WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        edge_self_attention_composite(x, w, gates, bias, heads, pattern, spec)
+    }
+
     /// Inclusive prefix sum along axis 2 of `[B, H, N, X]`.
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>>;
 
@@ -91,6 +109,41 @@ fn attention_composite<E: Real, D: Backend<E>, T: Tape<E, D>>(
     spec: &weights::WeightsSpec,
 ) -> Result<T4<E, D, T>> {
     Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
+}
+
+/// Edge self-attention from dfdx ops and the device's pattern attention (see
+/// [`Backend::edge_self_attention`]).
+#[allow(clippy::too_many_arguments)]
+fn edge_self_attention_composite<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    w: EdgeProjections<E, D, T>,
+    gates: Option<T4<E, D, T>>,
+    bias: Option<T4<E, D, T>>,
+    heads: usize,
+    pattern: EdgePattern,
+    spec: &weights::WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    let (b, n, _, c) = *x.shape();
+    let project = |x: T4<E, D, T>, w: T2<E, D, T>| {
+        let out = w.shape().0;
+        x.reshape_like(&(b * n * n, c))
+            .matmul(w.permute::<_, Axes2<1, 0>>())
+            .reshape_like(&(b, n, n, out))
+    };
+    // queries and keys branch off; the input's history goes with the values
+    let q = project(x.with_empty_tape(), w.to_q);
+    let k = project(x.with_empty_tape(), w.to_k);
+    let v = project(x, w.to_v);
+    let out = D::edge_pattern_attention(q, k, v, heads, pattern, bias, spec)?;
+    Ok(match gates {
+        Some(g) => {
+            let e = out.shape().3 / heads.max(1);
+            let shape = (b, n, n, heads, e);
+            (out.reshape_like(&shape) * g.sigmoid().broadcast_like::<_, Axis<4>>(&shape))
+                .reshape_like(&(b, n, n, heads * e))
+        }
+        None => out,
+    })
 }
 
 /// Pattern attention through the pattern's batched layout (permuted copies), then
@@ -159,32 +212,7 @@ where
         }
         // every pattern is a strided view of the edge tensor: no permuted copies
         let (d, e) = (c / heads, ce / heads);
-        let layout = |ch: usize, per_head: usize| -> flash_cpu::Layout {
-            let base = flash_cpu::Layout {
-                outer: n * n * ch,
-                inner: 0,
-                count: 1,
-                head: per_head,
-                row: ch,
-            };
-            match pattern {
-                EdgePattern::All => base,
-                EdgePattern::Row => flash_cpu::Layout {
-                    outer: n * ch,
-                    ..base
-                },
-                EdgePattern::Column => flash_cpu::Layout {
-                    inner: ch,
-                    count: n,
-                    row: n * ch,
-                    ..base
-                },
-                EdgePattern::Diagonal => flash_cpu::Layout {
-                    row: (n + 1) * ch,
-                    ..base
-                },
-            }
-        };
+        let layout = |ch: usize, per_head: usize| flash_cpu::edge_layout(pattern, n, ch, per_head);
         let (problems, len, _) = pattern_dims(pattern, b, n);
         let sizes = flash_cpu::Sizes {
             problems,
@@ -203,6 +231,22 @@ where
             sizes,
             spec,
         )
+    }
+
+    fn edge_self_attention<T: Tape<E, Self>>(
+        x: T4<E, Self, T>,
+        w: EdgeProjections<E, Self, T>,
+        gates: Option<T4<E, Self, T>>,
+        bias: Option<T4<E, Self, T>>,
+        heads: usize,
+        pattern: EdgePattern,
+        spec: &weights::WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        let along_rows_or_columns = matches!(pattern, EdgePattern::Row | EdgePattern::Column);
+        if !cpu_fused() || !along_rows_or_columns {
+            return edge_self_attention_composite(x, w, gates, bias, heads, pattern, spec);
+        }
+        edge_attention_cpu::edge_self_attention_fused(x, w, gates, bias, heads, pattern, spec)
     }
 
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>> {

@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::fused_cpu::{host_copy, untape_optional, CpuBuffer};
+use super::patterns::EdgePattern;
 use super::visibility::Visibility;
 use super::weights::{Normalizer, WeightsSpec};
 use crate::error::{Error, Result};
@@ -51,9 +52,38 @@ impl Layout {
     }
 }
 
+/// Where an edge pattern's problems, heads and rows live in a `[b, n, n, channels]` edge tensor
+/// whose heads are blocks of `per_head` channels (see [`super::patterns::EdgePattern`]).
+pub fn edge_layout(pattern: EdgePattern, n: usize, channels: usize, per_head: usize) -> Layout {
+    let base = Layout {
+        outer: n * n * channels,
+        inner: 0,
+        count: 1,
+        head: per_head,
+        row: channels,
+    };
+    match pattern {
+        EdgePattern::All => base,
+        EdgePattern::Row => Layout {
+            outer: n * channels,
+            ..base
+        },
+        EdgePattern::Column => Layout {
+            inner: channels,
+            count: n,
+            row: n * channels,
+            ..base
+        },
+        EdgePattern::Diagonal => Layout {
+            row: (n + 1) * channels,
+            ..base
+        },
+    }
+}
+
 /// A raw pointer rayon tasks may share; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct Shared<E>(*mut E);
+pub(super) struct Shared<E>(pub(super) *mut E);
 unsafe impl<E> Send for Shared<E> {}
 unsafe impl<E> Sync for Shared<E> {}
 
@@ -62,7 +92,7 @@ unsafe impl<E> Sync for Shared<E> {}
 /// Safety: every pointer must address its whole matrix under the given strides, and `dst` must
 /// not alias `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn mm<E: Real>(
+pub(super) unsafe fn mm<E: Real>(
     (m, n, k): (usize, usize, usize),
     dst: *mut E,
     (dst_rs, dst_cs): (usize, usize),
@@ -72,6 +102,36 @@ unsafe fn mm<E: Real>(
     rhs: *const E,
     (rhs_rs, rhs_cs): (usize, usize),
     beta: E,
+) {
+    mm_with(
+        (m, n, k),
+        dst,
+        (dst_rs, dst_cs),
+        accumulate,
+        lhs,
+        (lhs_rs, lhs_cs),
+        rhs,
+        (rhs_rs, rhs_cs),
+        beta,
+        gemm::Parallelism::None,
+    )
+}
+
+/// [`mm`] with a choice of parallelism (one large product: `Rayon(0)`, every thread).
+///
+/// Safety: as [`mm`].
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn mm_with<E: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut E,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const E,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const E,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: E,
+    parallelism: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -105,7 +165,7 @@ unsafe fn mm<E: Real>(
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        parallelism,
     );
 }
 
@@ -178,26 +238,26 @@ impl<'a> ProblemMask<'a> {
 }
 
 /// Host copies and sizes of one attention call.
-struct Problem<E> {
-    p: usize,
-    h: usize,
-    nq: usize,
-    nk: usize,
-    d: usize,
-    e: usize,
-    scale: E,
-    normalizer: Normalizer,
-    vis: Visibility,
-    q: Vec<E>,
-    k: Vec<E>,
-    v: Vec<E>,
-    ql: Layout,
-    kl: Layout,
-    vl: Layout,
+pub(super) struct Problem<E> {
+    pub(super) p: usize,
+    pub(super) h: usize,
+    pub(super) nq: usize,
+    pub(super) nk: usize,
+    pub(super) d: usize,
+    pub(super) e: usize,
+    pub(super) scale: E,
+    pub(super) normalizer: Normalizer,
+    pub(super) vis: Visibility,
+    pub(super) q: Vec<E>,
+    pub(super) k: Vec<E>,
+    pub(super) v: Vec<E>,
+    pub(super) ql: Layout,
+    pub(super) kl: Layout,
+    pub(super) vl: Layout,
     /// The output's layout (its buffer has `out_len` elements).
-    ol: Layout,
-    out_len: usize,
-    bias: Option<Vec<E>>,
+    pub(super) ol: Layout,
+    pub(super) out_len: usize,
+    pub(super) bias: Option<Vec<E>>,
 }
 
 /// Buffers reused across the (problem, head) pairs one rayon task runs.
@@ -213,9 +273,9 @@ struct Scratch<E> {
 
 /// Per-query statistics kept from the forward pass: softmax `log Σ exp` (−∞ when no key is
 /// visible) or the Taylor sum Σw.
-struct Stats<E> {
-    out: Vec<E>,
-    stat: Vec<E>,
+pub(super) struct Stats<E> {
+    pub(super) out: Vec<E>,
+    pub(super) stat: Vec<E>,
 }
 
 impl<E: Real> Problem<E> {
@@ -373,7 +433,7 @@ impl<E: Real> Problem<E> {
         }
     }
 
-    fn forward(&self) -> Stats<E> {
+    pub(super) fn forward(&self) -> Stats<E> {
         let (pairs, nq) = (self.p * self.h, self.nq);
         let mut out = vec![E::zero(); self.out_len];
         let mut stat = vec![E::zero(); pairs * nq];
@@ -549,7 +609,11 @@ impl<E: Real> Problem<E> {
         }
     }
 
-    fn backward(&self, fwd: &Stats<E>, g: &[E]) -> (Vec<E>, Vec<E>, Vec<E>, Option<Vec<E>>) {
+    pub(super) fn backward(
+        &self,
+        fwd: &Stats<E>,
+        g: &[E],
+    ) -> (Vec<E>, Vec<E>, Vec<E>, Option<Vec<E>>) {
         let (pairs, nq, nk) = (self.p * self.h, self.nq, self.nk);
         let mut dq = vec![E::zero(); self.q.len()];
         let mut dk = vec![E::zero(); self.k.len()];

@@ -3,6 +3,7 @@
 //! GELU). Composite forms live beside fused CPU forms.
 
 pub mod attention;
+pub mod edge_attention_cpu;
 pub mod fastmath;
 pub mod flash_cpu;
 pub mod fused_cpu;

@@ -124,6 +124,94 @@ pub fn from_pattern_layout<E: Real, D: Device<E>, T: Tape<E, D>>(
     }
 }
 
+/// The projections of an edge self-attention, PyTorch layout `[out, in]`: queries and keys
+/// `[h·d, c]`, values `[h·e, c]`.
+pub struct EdgeProjections<E: Real, D: Device<E>, T> {
+    pub to_q: T2<E, D, T>,
+    pub to_k: T2<E, D, T>,
+    pub to_v: T2<E, D, T>,
+}
+
+/// Self-attention across edges: queries, keys and values all projected from the same edges
+/// `x [b, n, n, c]` by the `[out, c]` weights `(to_q, to_k, to_v)` → `[b, n, n, h·e]`.
+///
+/// Along rows and columns this is the device's [`Backend::edge_self_attention`] (fused on the
+/// CPU); the Taylor feature form, talking heads and the other patterns project first and take
+/// [`edge_attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    x: Edges<E, D, T>,
+    w: EdgeProjections<E, D, T>,
+    heads: usize,
+    pattern: EdgePattern,
+    kernel: EdgeKernel,
+    inputs: EdgeAttendInputs<E, D, T>,
+    mask: &GraphMask,
+) -> Result<Edges<E, D, T>> {
+    let (b, n, _, c) = x.dims();
+    mask.check("edge attention", b, n)?;
+    let vis = pattern_visibility(pattern, mask)?;
+    let (len, d, e) = (
+        pattern_dims(pattern, b, n).1,
+        w.to_q.shape().0 / heads.max(1),
+        w.to_v.shape().0 / heads.max(1),
+    );
+    let (scale, normalizer, feature_form) = match kernel {
+        EdgeKernel::Softmax { scale } => (scale, Normalizer::Softmax, false),
+        EdgeKernel::Taylor { scale, eps, form } => {
+            let feature = inputs.bias.is_none()
+                && match form {
+                    TaylorForm::Auto => choose_form(len, len, d, e, &vis) == TaylorForm::Feature,
+                    f => f == TaylorForm::Feature,
+                };
+            (scale, Normalizer::Taylor { eps }, feature)
+        }
+    };
+    let fused = matches!(pattern, EdgePattern::Row | EdgePattern::Column)
+        && inputs.talking.is_none()
+        && !feature_form;
+    if !fused {
+        let project = |x: Edges<E, D, T>, w: T2<E, D, T>| -> Result<Edges<E, D, T>> {
+            let out = w.shape().0;
+            Edges::new(
+                x.into_tensor()
+                    .reshape_like(&(b * n * n, c))
+                    .matmul(w.permute::<_, Axes2<1, 0>>())
+                    .reshape_like(&(b, n, n, out)),
+            )
+        };
+        let x_branch = Edges::new(x.tensor().with_empty_tape())?;
+        let q = project(x_branch, w.to_q)?;
+        let k = project(Edges::new(x.tensor().with_empty_tape())?, w.to_k)?;
+        let v = project(x, w.to_v)?;
+        return edge_attention(q, k, v, heads, pattern, kernel, inputs, mask);
+    }
+    if let Some(g) = &inputs.gates {
+        if g.dims() != (b, n, n, heads) {
+            return Err(Error::shape(
+                "edge attention gates",
+                format!("{:?}", (b, n, n, heads)),
+                format!("{:?}", g.dims()),
+            ));
+        }
+    }
+    let spec = WeightsSpec {
+        scale,
+        normalizer,
+        visibility: vis,
+    };
+    let out = D::edge_self_attention(
+        x.into_tensor(),
+        w,
+        inputs.gates.map(Edges::into_tensor),
+        inputs.bias,
+        heads,
+        pattern,
+        &spec,
+    )?;
+    Edges::new(out)
+}
+
 /// Attention across edges: q, k `[b, n, n, h·d]`, v `[b, n, n, h·e]` → `[b, n, n, h·e]`.
 pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     q: Edges<E, D, T>,

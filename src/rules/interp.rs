@@ -21,7 +21,9 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
 use crate::kernels::attention::{attend, AttendInputs};
-use crate::kernels::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
+use crate::kernels::patterns::{
+    edge_attention, edge_self_attention, EdgeAttendInputs, EdgeKernel, EdgePattern, EdgeProjections,
+};
 use crate::kernels::routing::{route, soft_topk_padded, CoorDescent};
 use crate::kernels::taylor::{taylor_attend, TaylorForm};
 use crate::kernels::visibility::Visibility;
@@ -948,15 +950,24 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             _ => (q_axes.to_vec(), k_axes.to_vec(), pattern),
         };
         let (q_axes, k_axes) = (&q_axes[..], &k_axes[..]);
+        // Queries and keys read from one stored value (same tag, not yet moved) and laid out
+        // alike (each stored axis lands at the same place in both): one input serves all three
+        // projections.
+        let places = |raw: &[Ax], target: &[Ax]| -> Vec<Option<usize>> {
+            raw.iter()
+                .map(|a| target.iter().position(|t| t == a))
+                .collect()
+        };
+        let self_attention = q_in.tag.is_some()
+            && q_in.tag == k_in.tag
+            && q_in.channels == k_in.channels
+            && places(&q_in.axes, q_axes) == places(&k_in.axes, k_axes)
+            && talking.is_none()
+            && [&block.to_q, &block.to_k, &block.to_v]
+                .iter()
+                .all(|l| l.bias.is_none());
         let q_in = self.arrange(q_in, q_axes, a.query.channels)?;
         let k_in = self.arrange(k_in, k_axes, a.key.channels)?;
-        let q = edges(self.project(q_in, &block.to_q)?, inner)?;
-        let k = edges(self.project(k_in.val_branch(), &block.to_k)?, inner)?;
-        let v = edges(self.project(k_in, &block.to_v)?, inner)?;
-        let gates = match gates {
-            Some(g) => Some(edges(self.arrange(g, q_axes, a.heads)?, a.heads)?),
-            None => None,
-        };
         let kernel = match a.kernel {
             KernelChoice::Softmax => EdgeKernel::Softmax { scale: a.scale },
             KernelChoice::Taylor { eps } => EdgeKernel::Taylor {
@@ -964,6 +975,52 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 eps,
                 form: TaylorForm::Auto,
             },
+        };
+        if self_attention {
+            let gates = match gates {
+                Some(g) => Some(edges(self.arrange(g, q_axes, a.heads)?, a.heads)?),
+                None => None,
+            };
+            // the keys' copy is not read, but its history must not be lost
+            let (_, k_tape) = k_in.t.split_tape();
+            let (x, x_tape) = q_in.t.split_tape();
+            let x = Val {
+                t: x.put_tape(x_tape.merge(k_tape)),
+                ..q_in
+            };
+            let weights = EdgeProjections {
+                to_q: block.to_q.weight.matrix::<T>(),
+                to_k: block.to_k.weight.matrix::<T>(),
+                to_v: block.to_v.weight.matrix::<T>(),
+            };
+            let inputs = EdgeAttendInputs {
+                bias,
+                talking: None,
+                gates,
+            };
+            let channels = x.channels;
+            let out = edge_self_attention(
+                edges(x, channels)?,
+                weights,
+                a.heads,
+                pattern,
+                kernel,
+                inputs,
+                self.mask,
+            )?;
+            let out = self.val(
+                out.into_tensor().reshape_like(&(b * n * n * inner,)),
+                q_axes.to_vec(),
+                inner,
+            );
+            return self.project(out, &block.to_out);
+        }
+        let q = edges(self.project(q_in, &block.to_q)?, inner)?;
+        let k = edges(self.project(k_in.val_branch(), &block.to_k)?, inner)?;
+        let v = edges(self.project(k_in, &block.to_v)?, inner)?;
+        let gates = match gates {
+            Some(g) => Some(edges(self.arrange(g, q_axes, a.heads)?, a.heads)?),
+            None => None,
         };
         let inputs = EdgeAttendInputs {
             bias,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod edge_self_attention;
 mod experiment;
 mod flash;
 mod graph;

@@ -1,0 +1,288 @@
+//! Edge self-attention along rows or columns with the projections and output gates inside the
+//! kernel: `out = σ(gates) ⊙ attention(x·W_qᵀ, x·W_kᵀ, x·W_vᵀ)` over the problems of the row
+//! or column pattern, queries and keys both read from the same edges `x`.
+//!
+//! The unfused form materializes q, k and v as dfdx tensors (zeroed, then written by a matmul),
+//! copies them again to host buffers for the attention kernel, and gates the output with two
+//! more passes; backward mirrors all of it. Here q, k and v are written once, by one threaded
+//! product each, into buffers the attention kernel reads in place, and the backward's products
+//! accumulate straight into the gradients of `x` and the weights.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::flash_cpu::{edge_layout, mm_with, Problem, Sizes};
+use super::fused_cpu::{host_copy, untape_optional, CpuBuffer};
+use super::patterns::{EdgePattern, EdgeProjections};
+use super::weights::WeightsSpec;
+use crate::error::{Error, Result};
+use crate::tensor::*;
+
+/// Rows per rayon task in the gating passes.
+const ROWS_PER_TASK: usize = 1024;
+
+/// `dst [rows, out] (+)= src [rows, c] · wᵀ` with `w [out, c]`, on every thread.
+fn project<E: Real>(dst: &mut [E], accumulate: bool, src: &[E], w: &[E], c: usize) {
+    let out = w.len() / c.max(1);
+    let rows = src.len() / c.max(1);
+    // Safety: dst holds rows × out, src rows × c, w out × c, all row-major.
+    unsafe {
+        mm_with(
+            (rows, out, c),
+            dst.as_mut_ptr(),
+            (out, 1),
+            accumulate,
+            src.as_ptr(),
+            (c, 1),
+            w.as_ptr(),
+            (1, c),
+            E::one(),
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// `dst [out, c] += g [rows, out]ᵀ · x [rows, c]` (a weight gradient), on every thread.
+fn weight_grad<E: Real>(dst: &mut [E], g: &[E], x: &[E], c: usize) {
+    let out = dst.len() / c.max(1);
+    let rows = x.len() / c.max(1);
+    // Safety: as in `project`; g is rows × out.
+    unsafe {
+        mm_with(
+            (out, c, rows),
+            dst.as_mut_ptr(),
+            (c, 1),
+            true,
+            g.as_ptr(),
+            (1, out),
+            x.as_ptr(),
+            (c, 1),
+            E::one(),
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// `dst [rows, c] += g [rows, out] · w [out, c]` (the input gradient), on every thread.
+fn input_grad<E: Real>(dst: &mut [E], g: &[E], w: &[E], c: usize) {
+    let out = w.len() / c.max(1);
+    let rows = dst.len() / c.max(1);
+    // Safety: as in `project`.
+    unsafe {
+        mm_with(
+            (rows, c, out),
+            dst.as_mut_ptr(),
+            (c, 1),
+            true,
+            g.as_ptr(),
+            (out, 1),
+            w.as_ptr(),
+            (c, 1),
+            E::one(),
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+fn sigmoid<E: Real>(x: E) -> E {
+    E::one() / (E::one() + (-x).exp())
+}
+
+/// Self-attention across the edges `x [b, n, n, c]` in the row or column pattern, with the
+/// projections in `w`, optional per-head gate logits `[b, n, n, h]` and additive bias in the
+/// pattern's layout `[b·n, h, n, n]`. Returns `[b, n, n, h·e]`.
+pub fn edge_self_attention_fused<E: Real, T: Tape<E, Cpu>>(
+    x: T4<E, Cpu, T>,
+    w: EdgeProjections<E, Cpu, T>,
+    gates: Option<T4<E, Cpu, T>>,
+    bias: Option<T4<E, Cpu, T>>,
+    heads: usize,
+    pattern: EdgePattern,
+    spec: &WeightsSpec,
+) -> Result<T4<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (b, n, n2, c) = *x.shape();
+    let ((hd, cq), (hd_k, ck), (he, cv)) = (*w.to_q.shape(), *w.to_k.shape(), *w.to_v.shape());
+    if !matches!(pattern, EdgePattern::Row | EdgePattern::Column) {
+        return Err(Error::config(
+            "edge self-attention",
+            format!("runs along rows or columns, not {pattern:?}"),
+        ));
+    }
+    if n2 != n || (cq, ck, cv) != (c, c, c) || hd_k != hd {
+        return Err(Error::shape(
+            "edge self-attention projections",
+            format!("edges [b, n, n, c] and weights [h·d, {c}], [h·d, {c}], [h·e, {c}]"),
+            format!(
+                "{:?}, {:?}, {:?}, {:?}",
+                x.shape(),
+                w.to_q.shape(),
+                w.to_k.shape(),
+                w.to_v.shape()
+            ),
+        ));
+    }
+    if heads == 0 || hd % heads != 0 || he % heads != 0 {
+        return Err(Error::config(
+            "edge self-attention",
+            format!("{hd} query and {he} value channels do not split into {heads} heads"),
+        ));
+    }
+    if let Some(g) = &gates {
+        if *g.shape() != (b, n, n, heads) {
+            return Err(Error::shape(
+                "edge self-attention gates",
+                format!("{:?}", (b, n, n, heads)),
+                format!("{:?}", g.shape()),
+            ));
+        }
+    }
+    if let Some(bs) = &bias {
+        if *bs.shape() != (b * n, heads, n, n) {
+            return Err(Error::shape(
+                "edge self-attention bias",
+                format!("{:?}", (b * n, heads, n, n)),
+                format!("{:?}", bs.shape()),
+            ));
+        }
+    }
+    let vis = &spec.visibility;
+    if (vis.batch, vis.queries, vis.keys) != (b * n, n, n) {
+        return Err(Error::shape(
+            "edge self-attention visibility",
+            format!("{:?}", (b * n, n, n)),
+            format!("{:?}", (vis.batch, vis.queries, vis.keys)),
+        ));
+    }
+    let (d, e) = (hd / heads, he / heads);
+    let rows = b * n * n;
+    let dev = x.device().clone();
+    let (x, tape) = x.contiguous().split_tape();
+    let (wq, tape_q) = w.to_q.contiguous().split_tape();
+    let (wk, tape_k) = w.to_k.contiguous().split_tape();
+    let (wv, tape_v) = w.to_v.contiguous().split_tape();
+    let mut tape = tape.merge(tape_q).merge(tape_k).merge(tape_v);
+    let gates = untape_optional(gates, &mut tape);
+    let bias = untape_optional(bias, &mut tape);
+    let (xs, wq_h, wk_h, wv_h) = (
+        host_copy(&x),
+        host_copy(&wq),
+        host_copy(&wk),
+        host_copy(&wv),
+    );
+    let mut projected = [
+        vec![E::zero(); rows * hd],
+        vec![E::zero(); rows * hd],
+        vec![E::zero(); rows * he],
+    ];
+    for (dst, w) in projected.iter_mut().zip([&wq_h, &wk_h, &wv_h]) {
+        project(dst, false, &xs, w, c);
+    }
+    let [q, k, v] = projected;
+    let sizes = Sizes {
+        problems: b * n,
+        heads,
+        queries: n,
+        keys: n,
+        dim: d,
+        dim_value: e,
+    };
+    let problem = Problem {
+        p: sizes.problems,
+        h: heads,
+        nq: n,
+        nk: n,
+        d,
+        e,
+        scale: E::of(spec.scale),
+        normalizer: spec.normalizer,
+        vis: vis.clone(),
+        q,
+        k,
+        v,
+        ql: edge_layout(pattern, n, hd, d),
+        kl: edge_layout(pattern, n, hd, d),
+        vl: edge_layout(pattern, n, he, e),
+        ol: edge_layout(pattern, n, he, e),
+        out_len: rows * he,
+        bias: bias.as_ref().map(host_copy),
+    };
+    let fwd = problem.forward();
+    let gate_host = gates.as_ref().map(|g| {
+        let mut s = host_copy(g);
+        s.par_iter_mut().for_each(|x| *x = sigmoid(*x));
+        s
+    });
+    let out = match &gate_host {
+        Some(s) => {
+            let mut o = fwd.out.clone();
+            o.par_chunks_mut(ROWS_PER_TASK * he)
+                .zip(s.par_chunks(ROWS_PER_TASK * heads))
+                .for_each(|(o, s)| {
+                    for (o, s) in o.chunks_exact_mut(he).zip(s.chunks_exact(heads)) {
+                        for (oh, &sh) in o.chunks_exact_mut(e).zip(s) {
+                            oh.iter_mut().for_each(|x| *x = *x * sh);
+                        }
+                    }
+                });
+            o
+        }
+        None => fwd.out.clone(),
+    };
+    let out = dev
+        .try_tensor_from_vec(out, (b, n, n, he))
+        .map_err(device_err)?;
+    if T::OWNS_TAPE {
+        let (out_g, x_g, wq_g, wk_g, wv_g) =
+            (out.ghost(), x.ghost(), wq.ghost(), wk.ghost(), wv.ghost());
+        let gates_g = gates.as_ref().map(|t| t.ghost());
+        let bias_g = bias.as_ref().map(|t| t.ghost());
+        tape.add_backward_op(move |grads| {
+            let mut g = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            if let (Some(s), Some(gg)) = (&gate_host, &gates_g) {
+                // d logit = Σ_e g · out · σ(1 − σ); the attention sees g · σ
+                let mut dlogit = vec![E::zero(); rows * heads];
+                g.par_chunks_mut(ROWS_PER_TASK * he)
+                    .zip(fwd.out.par_chunks(ROWS_PER_TASK * he))
+                    .zip(s.par_chunks(ROWS_PER_TASK * heads))
+                    .zip(dlogit.par_chunks_mut(ROWS_PER_TASK * heads))
+                    .for_each(|(((g, o), s), dl)| {
+                        let per_row = g
+                            .chunks_exact_mut(he)
+                            .zip(o.chunks_exact(he))
+                            .zip(s.chunks_exact(heads).zip(dl.chunks_exact_mut(heads)));
+                        for ((g, o), (s, dl)) in per_row {
+                            for h in 0..heads {
+                                let (gh, oh) = (&mut g[h * e..(h + 1) * e], &o[h * e..(h + 1) * e]);
+                                let dot =
+                                    gh.iter().zip(oh).fold(E::zero(), |a, (&x, &y)| a + x * y);
+                                dl[h] = dot * s[h] * (E::one() - s[h]);
+                                gh.iter_mut().for_each(|x| *x = *x * s[h]);
+                            }
+                        }
+                    });
+                let dst = grads.get_or_alloc_mut(gg)?;
+                dst.iter_mut().zip(&dlogit).for_each(|(d, &x)| *d = *d + x);
+            }
+            let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
+            {
+                let dx = grads.get_or_alloc_mut(&x_g)?;
+                input_grad(dx, &dq, &wq_h, c);
+                input_grad(dx, &dk, &wk_h, c);
+                input_grad(dx, &dv, &wv_h, c);
+            }
+            weight_grad(grads.get_or_alloc_mut(&wq_g)?, &dq, &xs, c);
+            weight_grad(grads.get_or_alloc_mut(&wk_g)?, &dk, &xs, c);
+            weight_grad(grads.get_or_alloc_mut(&wv_g)?, &dv, &xs, c);
+            if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
+                let dst = grads.get_or_alloc_mut(bg)?;
+                dst.iter_mut().zip(db).for_each(|(d, &x)| *d = *d + x);
+            }
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}

@@ -1,0 +1,192 @@
+//! The fused edge self-attention (projections, attention along rows or columns, head gates in
+//! one kernel) against the unfused form (dfdx projections, the pattern kernel, dfdx gating):
+//! values and the gradients of the edges, all three weights, the gates and the bias, under
+//! padding and causality; and against finite differences.
+
+use dfdx::prelude::*;
+use quartic::graph::{Edges, GraphMask};
+use quartic::kernels::edge_attention_cpu::edge_self_attention_fused;
+use quartic::kernels::patterns::{
+    edge_attention, pattern_visibility, EdgeAttendInputs, EdgeKernel, EdgePattern, EdgeProjections,
+};
+use quartic::kernels::taylor::TaylorForm;
+use quartic::kernels::weights::{Normalizer, WeightsSpec};
+
+use crate::common::*;
+
+const B: usize = 2;
+const N: usize = 5;
+const C: usize = 4;
+const H: usize = 2;
+const DH: usize = 3;
+const DV: usize = 2;
+
+type T4p = Tensor<(usize, usize, usize, usize), f64, Cpu, Tp>;
+type T2p = Tensor<(usize, usize), f64, Cpu, Tp>;
+
+struct Inputs {
+    x: T4p,
+    w: [T2p; 3],
+    gates: Option<T4p>,
+    bias: Option<T4p>,
+}
+
+fn inputs(v: Vec<In>, gates: bool, bias: bool) -> Inputs {
+    let [x, wq, wk, wv, g, bs]: [In; 6] = v.try_into().ok().expect("six inputs");
+    Inputs {
+        x: x.reshape_like(&(B, N, N, C)),
+        w: [
+            wq.reshape_like(&(H * DH, C)),
+            wk.reshape_like(&(H * DH, C)),
+            wv.reshape_like(&(H * DV, C)),
+        ],
+        gates: gates.then(|| g.reshape_like(&(B, N, N, H))),
+        bias: bias.then(|| bs.reshape_like(&(B * N, H, N, N))),
+    }
+}
+
+fn fused(i: Inputs, pattern: EdgePattern, kernel: EdgeKernel, mask: &GraphMask) -> T4p {
+    let (scale, normalizer) = match kernel {
+        EdgeKernel::Softmax { scale } => (scale, Normalizer::Softmax),
+        EdgeKernel::Taylor { scale, eps, .. } => (scale, Normalizer::Taylor { eps }),
+    };
+    let spec = WeightsSpec {
+        scale,
+        normalizer,
+        visibility: pattern_visibility(pattern, mask).unwrap(),
+    };
+    let [to_q, to_k, to_v] = i.w;
+    let w = EdgeProjections { to_q, to_k, to_v };
+    edge_self_attention_fused(i.x, w, i.gates, i.bias, H, pattern, &spec).unwrap()
+}
+
+fn unfused(i: Inputs, pattern: EdgePattern, kernel: EdgeKernel, mask: &GraphMask) -> T4p {
+    let project = |x: T4p, w: T2p| {
+        let out = w.shape().0;
+        Edges::new(
+            x.reshape_like(&(B * N * N, C))
+                .matmul(w.permute::<_, Axes2<1, 0>>())
+                .reshape_like(&(B, N, N, out)),
+        )
+        .unwrap()
+    };
+    let [to_q, to_k, to_v] = i.w;
+    let q = project(i.x.with_empty_tape(), to_q);
+    let k = project(i.x.with_empty_tape(), to_k);
+    let v = project(i.x, to_v);
+    let extra = EdgeAttendInputs {
+        bias: i.bias,
+        talking: None,
+        gates: i.gates.map(|g| Edges::new(g).unwrap()),
+    };
+    edge_attention(q, k, v, H, pattern, kernel, extra, mask)
+        .unwrap()
+        .into_tensor()
+}
+
+fn values() -> Vec<Vec<f64>> {
+    [
+        B * N * N * C,
+        H * DH * C,
+        H * DH * C,
+        H * DV * C,
+        B * N * N * H,
+        B * N * H * N * N,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(s, &len)| randn(40 + s as u64, len))
+    .collect()
+}
+
+fn kernels() -> [EdgeKernel; 2] {
+    [
+        EdgeKernel::Softmax { scale: 0.5 },
+        EdgeKernel::Taylor {
+            scale: 0.5,
+            eps: 1e-5,
+            form: TaylorForm::Direct,
+        },
+    ]
+}
+
+#[test]
+fn fused_edge_self_attention_matches_the_unfused_form() {
+    let d = dev();
+    let vals = values();
+    for pattern in [EdgePattern::Row, EdgePattern::Column] {
+        for kernel in kernels() {
+            for causal in [false, true] {
+                for (gates, bias) in [(false, false), (true, false), (true, true)] {
+                    let mask = GraphMask::from_lengths(N, &[5, 3]).unwrap().causal(causal);
+                    let run = |use_fused: bool| {
+                        let plain: Vec<_> = vals
+                            .iter()
+                            .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)))
+                            .collect();
+                        let traced: Vec<In> = plain.iter().map(|t| t.leaky_trace()).collect();
+                        let i = inputs(traced, gates, bias);
+                        let out = if use_fused {
+                            fused(i, pattern, kernel, &mask)
+                        } else {
+                            unfused(i, pattern, kernel, &mask)
+                        };
+                        let mut all = vec![out.as_vec()];
+                        let mut g = probe_loss(out, 7).backward();
+                        all.extend(plain.iter().map(|t| grad_of(&mut g, t)));
+                        all
+                    };
+                    let (a, b) = (run(true), run(false));
+                    let names = ["out", "dx", "dWq", "dWk", "dWv", "dgates", "dbias"];
+                    for (name, (x, y)) in names.iter().zip(a.iter().zip(&b)) {
+                        let what = format!(
+                            "{pattern:?} {kernel:?} causal {causal} gates {gates} bias {bias}: {name}"
+                        );
+                        assert_close(&what, x, y, 1e-10, 1e-9);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_edge_self_attention_gradcheck() {
+    let mask = GraphMask::from_lengths(N, &[5, 4]).unwrap().causal(true);
+    for pattern in [EdgePattern::Row, EdgePattern::Column] {
+        for kernel in kernels() {
+            gradcheck(
+                &format!("edge self-attention {pattern:?} {kernel:?}"),
+                &values(),
+                12,
+                |v| probe_loss(fused(inputs(v, true, true), pattern, kernel, &mask), 3),
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_edge_self_attention_rejects_bad_shapes() {
+    let d = dev();
+    let vals = values();
+    let traced: Vec<In> = vals
+        .iter()
+        .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)).leaky_trace())
+        .collect();
+    let i = inputs(traced, false, false);
+    // gates with the wrong head count
+    let gates = d
+        .tensor_from_vec(vals[4].clone(), (B, N, N * H, 1))
+        .retaped::<Tp>();
+    let spec = WeightsSpec {
+        scale: 0.5,
+        normalizer: Normalizer::Softmax,
+        visibility: pattern_visibility(EdgePattern::Row, &GraphMask::full(B, N)).unwrap(),
+    };
+    let [to_q, to_k, to_v] = i.w;
+    let w = EdgeProjections { to_q, to_k, to_v };
+    let err = edge_self_attention_fused(i.x, w, Some(gates), None, H, EdgePattern::Row, &spec)
+        .err()
+        .expect("mis-shaped gates are an error");
+    assert!(err.to_string().contains("gates"), "{err}");
+}

@@ -6,11 +6,15 @@
 use std::collections::HashMap;
 
 use dfdx::prelude::*;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::nn::HasParams;
 use crate::tensor::*;
+
+/// Elements per rayon task in the update.
+const CHUNK: usize = 1 << 16;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamW {
@@ -69,17 +73,19 @@ impl AdamState {
         lr: f64,
         max_norm: Option<f64>,
     ) -> Result<UpdateReport> {
-        let mut host: Vec<(String, Vec<f64>)> = Vec::new();
+        // gradients to the host (`copy_into`: one memcpy on the CPU); the norm is summed in
+        // fixed chunks, in order, so it does not depend on the number of threads
+        let mut host: Vec<(String, Vec<E>)> = Vec::new();
         let mut sq = 0.0f64;
         for p in model.params() {
             grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
-            let g: Vec<f64> = grads
-                .get(&p.value)
-                .as_vec()
-                .into_iter()
-                .map(|x| x.as_f64())
+            let mut g = vec![E::zero(); p.len()];
+            grads.get(&p.value).copy_into(&mut g);
+            let partial: Vec<f64> = g
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>())
                 .collect();
-            sq += g.iter().map(|x| x * x).sum::<f64>();
+            sq += partial.into_iter().sum::<f64>();
             host.push((p.name.clone(), g));
         }
         let grad_norm = sq.sqrt();
@@ -97,7 +103,7 @@ impl AdamState {
         let t = self.step as i32;
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        let mut grads_by_name: HashMap<String, Vec<f64>> = host.into_iter().collect();
+        let mut grads_by_name: HashMap<String, Vec<E>> = host.into_iter().collect();
         let mut failure = None;
         model.visit_params_mut(&mut |p| {
             if failure.is_some() {
@@ -126,18 +132,24 @@ impl AdamState {
             } else {
                 0.0
             };
-            let mut w: Vec<f64> = p.value.as_vec().into_iter().map(|x| x.as_f64()).collect();
-            for i in 0..len {
-                let gi = g[i] * clip;
-                let mi = b1 * m[i] as f64 + (1.0 - b1) * gi;
-                let vi = b2 * v[i] as f64 + (1.0 - b2) * gi * gi;
-                m[i] = mi as f32;
-                v[i] = vi as f32;
-                let mh = m[i] as f64 / c1;
-                let vh = v[i] as f64 / c2;
-                w[i] -= lr * (mh / (vh.sqrt() + cfg.eps) + decay * w[i]);
-            }
-            let w: Vec<E> = w.into_iter().map(E::of).collect();
+            let mut w = vec![E::zero(); len];
+            p.value.copy_into(&mut w);
+            w.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                .for_each(|((w, g), (m, v))| {
+                    for i in 0..w.len() {
+                        let gi = g[i].as_f64() * clip;
+                        let mi = b1 * m[i] as f64 + (1.0 - b1) * gi;
+                        let vi = b2 * v[i] as f64 + (1.0 - b2) * gi * gi;
+                        m[i] = mi as f32;
+                        v[i] = vi as f32;
+                        let mh = m[i] as f64 / c1;
+                        let vh = v[i] as f64 / c2;
+                        let wi = w[i].as_f64();
+                        w[i] = E::of(wi - lr * (mh / (vh.sqrt() + cfg.eps) + decay * wi));
+                    }
+                });
             p.value.copy_from(&w);
         });
         match failure {

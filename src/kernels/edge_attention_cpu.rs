@@ -84,6 +84,32 @@ fn input_grad<E: Real>(dst: &mut [E], g: &[E], w: &[E], c: usize) {
     }
 }
 
+/// `[b, n, n, c]` edges with their two node axes swapped (its own inverse), on every thread.
+fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
+    let mut dst = vec![E::zero(); src.len()];
+    if n * c == 0 {
+        return dst;
+    }
+    let block = n * n * c;
+    // each task fills one destination row (graph g, first index j)
+    dst.par_chunks_mut(n * c).enumerate().for_each(|(gj, row)| {
+        let (g, j) = (gj / n, gj % n);
+        for i in 0..n {
+            let from = g * block + (i * n + j) * c;
+            row[i * c..(i + 1) * c].copy_from_slice(&src[from..from + c]);
+        }
+    });
+    dst
+}
+
+/// `dst += transpose_edges(src)`.
+fn add_transposed<E: Real>(dst: &mut [E], src: &[E], n: usize, c: usize) {
+    let t = transpose_edges(src, n, c);
+    dst.par_chunks_mut(1 << 16)
+        .zip(t.par_chunks(1 << 16))
+        .for_each(|(d, t)| d.iter_mut().zip(t).for_each(|(d, &x)| *d = *d + x));
+}
+
 fn sigmoid<E: Real>(x: E) -> E {
     E::one() / (E::one() + (-x).exp())
 }
@@ -167,8 +193,19 @@ where
     let mut tape = tape.merge(tape_q).merge(tape_k).merge(tape_v);
     let gates = untape_optional(gates, &mut tape);
     let bias = untape_optional(bias, &mut tape);
+    // Columns run as rows of the transposed edges: every problem's rows are then contiguous
+    // (read in place by the products) instead of n·c apart. Inputs, output and the gradients
+    // of the edges and gates cross over; the weights do not care.
+    let transposed = pattern == EdgePattern::Column;
+    let cross = move |v: Vec<E>, channels: usize| {
+        if transposed {
+            transpose_edges(&v, n, channels)
+        } else {
+            v
+        }
+    };
     let (xs, wq_h, wk_h, wv_h) = (
-        host_copy(&x),
+        cross(host_copy(&x), c),
         host_copy(&wq),
         host_copy(&wk),
         host_copy(&wv),
@@ -203,16 +240,16 @@ where
         q,
         k,
         v,
-        ql: edge_layout(pattern, n, hd, d),
-        kl: edge_layout(pattern, n, hd, d),
-        vl: edge_layout(pattern, n, he, e),
-        ol: edge_layout(pattern, n, he, e),
+        ql: edge_layout(EdgePattern::Row, n, hd, d),
+        kl: edge_layout(EdgePattern::Row, n, hd, d),
+        vl: edge_layout(EdgePattern::Row, n, he, e),
+        ol: edge_layout(EdgePattern::Row, n, he, e),
         out_len: rows * he,
         bias: bias.as_ref().map(host_copy),
     };
     let fwd = problem.forward();
     let gate_host = gates.as_ref().map(|g| {
-        let mut s = host_copy(g);
+        let mut s = cross(host_copy(g), heads);
         s.par_iter_mut().for_each(|x| *x = sigmoid(*x));
         s
     });
@@ -228,8 +265,9 @@ where
                         }
                     }
                 });
-            o
+            cross(o, he)
         }
+        None if transposed => transpose_edges(&fwd.out, n, he),
         None => fwd.out.clone(),
     };
     let out = dev
@@ -241,7 +279,7 @@ where
         let gates_g = gates.as_ref().map(|t| t.ghost());
         let bias_g = bias.as_ref().map(|t| t.ghost());
         tape.add_backward_op(move |grads| {
-            let mut g = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            let mut g = cross(grads.get_or_alloc_mut(&out_g)?.to_vec(), he);
             if let (Some(s), Some(gg)) = (&gate_host, &gates_g) {
                 // d logit = Σ_e g · out · σ(1 − σ); the attention sees g · σ
                 let mut dlogit = vec![E::zero(); rows * heads];
@@ -265,14 +303,23 @@ where
                         }
                     });
                 let dst = grads.get_or_alloc_mut(gg)?;
-                dst.iter_mut().zip(&dlogit).for_each(|(d, &x)| *d = *d + x);
+                if transposed {
+                    add_transposed(dst, &dlogit, n, heads);
+                } else {
+                    dst.iter_mut().zip(&dlogit).for_each(|(d, &x)| *d = *d + x);
+                }
             }
             let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
             {
                 let dx = grads.get_or_alloc_mut(&x_g)?;
-                input_grad(dx, &dq, &wq_h, c);
-                input_grad(dx, &dk, &wk_h, c);
-                input_grad(dx, &dv, &wv_h, c);
+                let mut crossed = transposed.then(|| vec![E::zero(); rows * c]);
+                let target = crossed.as_deref_mut().unwrap_or(dx);
+                input_grad(target, &dq, &wq_h, c);
+                input_grad(target, &dk, &wk_h, c);
+                input_grad(target, &dv, &wv_h, c);
+                if let Some(t) = &crossed {
+                    add_transposed(dx, t, n, c);
+                }
             }
             weight_grad(grads.get_or_alloc_mut(&wq_g)?, &dq, &xs, c);
             weight_grad(grads.get_or_alloc_mut(&wk_g)?, &dk, &xs, c);

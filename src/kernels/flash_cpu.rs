@@ -507,14 +507,17 @@ impl<E: Real> Problem<E> {
                             E::exp_slice(prow);
                         }
                         Normalizer::Taylor { eps } => {
-                            let z = stat[i].max(E::of(eps));
-                            for (c, pv) in prow.iter_mut().enumerate() {
-                                let x = srow[c];
-                                *pv = if mask.visible(i, j0 + c) {
-                                    (E::one() + x + x * x * E::of(0.5)) / z
-                                } else {
-                                    E::zero()
-                                };
+                            let inv_z = E::one() / stat[i].max(E::of(eps));
+                            let half = E::of(0.5);
+                            for (pv, &x) in prow.iter_mut().zip(srow) {
+                                *pv = (E::one() + x + x * x * half) * inv_z;
+                            }
+                            if !mask.all_visible() {
+                                for (c, pv) in prow.iter_mut().enumerate() {
+                                    if !mask.visible(i, j0 + c) {
+                                        *pv = E::zero();
+                                    }
+                                }
                             }
                         }
                     }
@@ -560,15 +563,18 @@ impl<E: Real> Problem<E> {
                         }
                         Normalizer::Taylor { eps } => {
                             let eps = E::of(eps);
-                            let z = stat[i].max(eps);
+                            let inv_z = E::one() / stat[i].max(eps);
                             // the clamp passes the gradient only where Σw ≥ eps
                             let through = if stat[i] >= eps { dsum[i] } else { E::zero() };
-                            for c in 0..bk {
-                                drow[c] = if mask.visible(i, j0 + c) {
-                                    (drow[c] - through) / z * (E::one() + srow[c])
-                                } else {
-                                    E::zero()
-                                };
+                            for (dv, &x) in drow.iter_mut().zip(srow) {
+                                *dv = (*dv - through) * inv_z * (E::one() + x);
+                            }
+                            if !mask.all_visible() {
+                                for (c, dv) in drow.iter_mut().enumerate() {
+                                    if !mask.visible(i, j0 + c) {
+                                        *dv = E::zero();
+                                    }
+                                }
                             }
                         }
                     }

@@ -90,6 +90,14 @@ pub trait Backend<E: Real>: Device<E> {
         Ok(activations::gelu_composite(x))
     }
 
+    /// The feedforward block `RMSNorm → Linear → GELU → Linear` over `[rows, c]` (no residual).
+    fn feedforward<T: Tape<E, Self>>(
+        x: T2<E, Self, T>,
+        p: rows_cpu::FeedForwardParams<E, Self, T>,
+    ) -> Result<T2<E, Self, T>> {
+        feedforward_composite(x, p)
+    }
+
     /// RMSNorm of `[rows, c]` with scale `gamma [c]` (see [`norms::RmsKind`]).
     fn rms_norm<T: Tape<E, Self>>(
         x: T2<E, Self, T>,
@@ -109,6 +117,15 @@ fn attention_composite<E: Real, D: Backend<E>, T: Tape<E, D>>(
     spec: &weights::WeightsSpec,
 ) -> Result<T4<E, D, T>> {
     Ok(weights::weights_composite(q, k, bias, None, spec)?.matmul(v))
+}
+
+/// The feedforward block from the device's norm and GELU and dfdx matmuls.
+fn feedforward_composite<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    x: T2<E, D, T>,
+    p: rows_cpu::FeedForwardParams<E, D, T>,
+) -> Result<T2<E, D, T>> {
+    let h = D::rms_norm(x, p.gamma, p.kind)?.matmul(p.w_in.permute::<_, Axes2<1, 0>>());
+    Ok(D::gelu(h)?.matmul(p.w_out.permute::<_, Axes2<1, 0>>()))
 }
 
 /// Edge self-attention from dfdx ops and the device's pattern attention (see
@@ -262,6 +279,17 @@ where
             rows_cpu::gelu_fused(x)
         } else {
             Ok(activations::gelu_composite(x))
+        }
+    }
+
+    fn feedforward<T: Tape<E, Self>>(
+        x: T2<E, Self, T>,
+        p: rows_cpu::FeedForwardParams<E, Self, T>,
+    ) -> Result<T2<E, Self, T>> {
+        if cpu_fused() {
+            rows_cpu::feedforward_fused(x, p)
+        } else {
+            feedforward_composite(x, p)
         }
     }
 

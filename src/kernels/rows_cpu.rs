@@ -6,6 +6,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use super::flash_cpu::mm_with;
 use super::fused_cpu::{host_copy, CpuBuffer};
 use crate::error::Result;
 use crate::nn::norms::RmsKind;
@@ -154,4 +155,274 @@ where
         });
     }
     Ok(out.put_tape(tape))
+}
+
+/// The tensors of a feedforward block `RMSNorm → Linear(c, H) → GELU → Linear(H, c)` (no
+/// biases), PyTorch layouts: `w_in [H, c]`, `w_out [c, H]`.
+pub struct FeedForwardParams<E: Real, D: Device<E>, T> {
+    pub gamma: T1<E, D, T>,
+    pub w_in: T2<E, D, T>,
+    pub w_out: T2<E, D, T>,
+    pub kind: RmsKind,
+}
+
+/// Rows per task of the fused feedforward: its hidden activations stay in cache.
+const FF_ROWS: usize = 128;
+
+/// One chunk's forward, recomputed in the backward: normed input `xn [R, c]` (and each row's
+/// `inv` and whether its norm's gradient flows), hidden pre-activations `h [R, H]`.
+struct FfChunk<E> {
+    xn: Vec<E>,
+    inv: Vec<(E, bool)>,
+    h: Vec<E>,
+}
+
+fn ff_chunk<E: Real>(
+    x: &[E],
+    gs: &[E],
+    w_in: &[E],
+    kind: RmsKind,
+    c: usize,
+    par: gemm::Parallelism,
+) -> FfChunk<E> {
+    let rows = x.len() / c;
+    let hidden = w_in.len() / c;
+    let mut xn = vec![E::zero(); rows * c];
+    let mut inv = Vec::with_capacity(rows);
+    for (o, x) in xn.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let (f, live) = norm_factor(kind, sum_sq(x), c);
+        inv.push((f, live));
+        for k in 0..c {
+            o[k] = x[k] * f * gs[k];
+        }
+    }
+    let mut h = vec![E::zero(); rows * hidden];
+    // Safety (all products below): row-major buffers of the stated sizes.
+    unsafe {
+        mm_with(
+            (rows, hidden, c),
+            h.as_mut_ptr(),
+            (hidden, 1),
+            false,
+            xn.as_ptr(),
+            (c, 1),
+            w_in.as_ptr(),
+            (1, c),
+            E::one(),
+            par,
+        );
+    }
+    FfChunk { xn, inv, h }
+}
+
+/// The whole feedforward block in one pass per chunk of rows: `[rows, c] → [rows, c]` (no
+/// residual). Backward recomputes each chunk's hidden layer instead of storing it.
+pub fn feedforward_fused<E: Real, T: Tape<E, Cpu>>(
+    x: T2<E, Cpu, T>,
+    p: FeedForwardParams<E, Cpu, T>,
+) -> Result<T2<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let shape = *x.shape();
+    let (rows, c) = shape;
+    let (hidden, c_in) = *p.w_in.shape();
+    if c_in != c || *p.w_out.shape() != (c, hidden) || p.gamma.shape().0 != c {
+        return Err(crate::error::Error::shape(
+            "feedforward weights",
+            format!("scale [{c}], in [H, {c}], out [{c}, H]"),
+            format!(
+                "{:?}, {:?}, {:?}",
+                p.gamma.shape(),
+                p.w_in.shape(),
+                p.w_out.shape()
+            ),
+        ));
+    }
+    let kind = p.kind;
+    let dev = x.device().clone();
+    let (x, tape_x) = x.contiguous().split_tape();
+    let (gamma, tape_g) = p.gamma.contiguous().split_tape();
+    let (w_in, tape_i) = p.w_in.contiguous().split_tape();
+    let (w_out, tape_o) = p.w_out.contiguous().split_tape();
+    let mut tape = tape_x.merge(tape_g).merge(tape_i).merge(tape_o);
+    let (xs, gs, wi, wo) = (
+        host_copy(&x),
+        host_copy(&gamma),
+        host_copy(&w_in),
+        host_copy(&w_out),
+    );
+    // Many rows (the edges): chunks in parallel, each product on one thread. Few rows (the
+    // nodes, with a wide hidden layer): one chunk, its products on every thread.
+    let (chunk, par) = if rows >= 4 * FF_ROWS * rayon::current_num_threads() {
+        (FF_ROWS * c, gemm::Parallelism::None)
+    } else {
+        ((rows * c).max(1), gemm::Parallelism::Rayon(0))
+    };
+    let mut out = vec![E::zero(); rows * c];
+    if c > 0 && hidden > 0 {
+        out.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .for_each(|(y, x)| {
+                let FfChunk { mut h, .. } = ff_chunk(x, &gs, &wi, kind, c, par);
+                let n = h.len();
+                let (mut cdf, mut pdf) = (vec![E::zero(); n], vec![E::zero(); n]);
+                E::normal_cdf_pdf(&h, &mut cdf, &mut pdf);
+                h.iter_mut().zip(&cdf).for_each(|(a, &f)| *a = *a * f);
+                let r = x.len() / c;
+                // Safety: a is r × hidden, w_out c × hidden, y r × c.
+                unsafe {
+                    mm_with(
+                        (r, c, hidden),
+                        y.as_mut_ptr(),
+                        (c, 1),
+                        false,
+                        h.as_ptr(),
+                        (hidden, 1),
+                        wo.as_ptr(),
+                        (1, hidden),
+                        E::one(),
+                        par,
+                    );
+                }
+            });
+    }
+    let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
+    if T::OWNS_TAPE && c > 0 && hidden > 0 {
+        let ghosts = (
+            out.ghost(),
+            x.ghost(),
+            gamma.ghost(),
+            w_in.ghost(),
+            w_out.ghost(),
+        );
+        tape.add_backward_op(move |grads| {
+            let (out_g, x_g, gamma_g, wi_g, wo_g) = &ghosts;
+            let g = grads.get_or_alloc_mut(out_g)?.to_vec();
+            let dx = grads.get_or_alloc_mut(x_g)?;
+            // per chunk: its input gradient in place, and partial dγ, dW_in, dW_out
+            let partials: Vec<(Vec<E>, Vec<E>, Vec<E>)> = dx
+                .par_chunks_mut(chunk)
+                .zip(xs.par_chunks(chunk))
+                .zip(g.par_chunks(chunk))
+                .map(|((dx, x), dy)| {
+                    let r = x.len() / c;
+                    let FfChunk { xn, inv, h } = ff_chunk(x, &gs, &wi, kind, c, par);
+                    let n = h.len();
+                    let (mut cdf, mut pdf) = (vec![E::zero(); n], vec![E::zero(); n]);
+                    E::normal_cdf_pdf(&h, &mut cdf, &mut pdf);
+                    let a: Vec<E> = h.iter().zip(&cdf).map(|(&v, &f)| v * f).collect();
+                    let (mut da, mut dwo, mut dwi, mut dxn) = (
+                        vec![E::zero(); n],
+                        vec![E::zero(); c * hidden],
+                        vec![E::zero(); hidden * c],
+                        vec![E::zero(); r * c],
+                    );
+                    // Safety (all products): row-major buffers of the stated sizes.
+                    unsafe {
+                        // da = dy · W_out
+                        mm_with(
+                            (r, hidden, c),
+                            da.as_mut_ptr(),
+                            (hidden, 1),
+                            false,
+                            dy.as_ptr(),
+                            (c, 1),
+                            wo.as_ptr(),
+                            (hidden, 1),
+                            E::one(),
+                            par,
+                        );
+                        // dW_out = dyᵀ · a
+                        mm_with(
+                            (c, hidden, r),
+                            dwo.as_mut_ptr(),
+                            (hidden, 1),
+                            false,
+                            dy.as_ptr(),
+                            (1, c),
+                            a.as_ptr(),
+                            (hidden, 1),
+                            E::one(),
+                            par,
+                        );
+                    }
+                    // dh = da · (Φ(h) + h·φ(h)), over da
+                    for i in 0..n {
+                        da[i] = da[i] * (cdf[i] + h[i] * pdf[i]);
+                    }
+                    unsafe {
+                        // dW_in = dhᵀ · xn
+                        mm_with(
+                            (hidden, c, r),
+                            dwi.as_mut_ptr(),
+                            (c, 1),
+                            false,
+                            da.as_ptr(),
+                            (1, hidden),
+                            xn.as_ptr(),
+                            (c, 1),
+                            E::one(),
+                            par,
+                        );
+                        // dxn = dh · W_in
+                        mm_with(
+                            (r, c, hidden),
+                            dxn.as_mut_ptr(),
+                            (c, 1),
+                            false,
+                            da.as_ptr(),
+                            (hidden, 1),
+                            wi.as_ptr(),
+                            (c, 1),
+                            E::one(),
+                            par,
+                        );
+                    }
+                    // the norm's backward (see `rms_norm_fused`)
+                    let mut dgamma = vec![E::zero(); c];
+                    let rowwise = dx
+                        .chunks_exact_mut(c)
+                        .zip(x.chunks_exact(c))
+                        .zip(dxn.chunks_exact(c).zip(&inv));
+                    for ((dx, x), (dn, &(f, live))) in rowwise {
+                        let mut dot = E::zero();
+                        for k in 0..c {
+                            dot = dot + dn[k] * gs[k] * x[k];
+                            dgamma[k] = dgamma[k] + dn[k] * x[k] * f;
+                        }
+                        let coef = if live {
+                            f * f * f / E::of(c as f64) * dot
+                        } else {
+                            E::zero()
+                        };
+                        for k in 0..c {
+                            dx[k] = dx[k] + f * dn[k] * gs[k] - x[k] * coef;
+                        }
+                    }
+                    (dgamma, dwi, dwo)
+                })
+                .collect();
+            let mut sums = (
+                vec![E::zero(); c],
+                vec![E::zero(); hidden * c],
+                vec![E::zero(); c * hidden],
+            );
+            for (dg, dwi, dwo) in partials {
+                add_into(&mut sums.0, &dg);
+                add_into(&mut sums.1, &dwi);
+                add_into(&mut sums.2, &dwo);
+            }
+            add_into(grads.get_or_alloc_mut(gamma_g)?, &sums.0);
+            add_into(grads.get_or_alloc_mut(wi_g)?, &sums.1);
+            add_into(grads.get_or_alloc_mut(wo_g)?, &sums.2);
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}
+
+fn add_into<E: Real>(dst: &mut [E], src: &[E]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
 }

@@ -1,4 +1,5 @@
-//! The original's feedforward: RMSNorm → Linear(c, c·mult) → exact GELU → Linear(c·mult, c).
+//! The original's feedforward: RMSNorm → Linear(c, c·mult) → exact GELU → Linear(c·mult, c),
+//! one fused kernel on the CPU ([`Backend::feedforward`]).
 
 use dfdx::prelude::*;
 
@@ -8,6 +9,7 @@ use super::norms::{RmsKind, RmsNorm};
 use super::params::{HasParams, Init, Param};
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::kernels::rows_cpu::FeedForwardParams;
 use crate::tensor::*;
 
 pub struct FeedForward<E: Real, D: Device<E>> {
@@ -73,8 +75,21 @@ impl<E: Real, D: Device<E>> FeedForward<E, D> {
     where
         D: Backend<E>,
     {
-        let h = self.proj_in.forward(self.norm.forward(x)?)?;
-        self.proj_out.forward(gelu_exact(h)?)
+        let fused_form = self.proj_in.bias.is_none()
+            && self.proj_out.bias.is_none()
+            && x.shape().1 == self.norm.channels
+            && x.shape().1 == self.proj_in.inputs;
+        if !fused_form {
+            let h = self.proj_in.forward(self.norm.forward(x)?)?;
+            return self.proj_out.forward(gelu_exact(h)?);
+        }
+        let params = FeedForwardParams {
+            gamma: self.norm.gamma.vector::<T>(),
+            w_in: self.proj_in.weight.matrix::<T>(),
+            w_out: self.proj_out.weight.matrix::<T>(),
+            kind: self.norm.kind,
+        };
+        D::feedforward(x, params)
     }
 }
 

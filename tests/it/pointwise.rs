@@ -1,10 +1,12 @@
-//! The fused CPU RMSNorm and GELU against their composite forms: values and gradients, in f64
+//! The fused CPU RMSNorm, GELU and feedforward block against their composite forms: values and gradients, in f64
 //! and f32, across rayon chunk boundaries, with an all-zero row (the unit norm's clamp). The
 //! gradient checks against finite differences run through the fused forms too: they are the
 //! CPU default (tests in `nn.rs`).
 
 use dfdx::prelude::*;
-use quartic::kernels::rows_cpu::{gelu_fused, rms_norm_fused};
+use quartic::kernels::rows_cpu::{
+    feedforward_fused, gelu_fused, rms_norm_fused, FeedForwardParams,
+};
 use quartic::nn::activations::gelu_composite;
 use quartic::nn::norms::{rms_norm_composite, RmsKind};
 
@@ -85,4 +87,76 @@ fn fused_gelu_matches_composite_in_f64_and_f32() {
     let ((fv, fg), (cv, cg)) = (run32(true), run32(false));
     assert_close("gelu values (f32)", &widen(fv), &widen(cv), 2e-6, 1e-6);
     assert_close("gelu gradient (f32)", &widen(fg), &widen(cg), 2e-6, 1e-6);
+}
+
+/// Values and the gradients of input, scale and both weights of one feedforward form.
+fn ff_run(fused: bool, kind: RmsKind, vals: &[Vec<f64>], rows: usize, c: usize) -> Vec<Vec<f64>> {
+    let d = dev();
+    let hidden = vals[2].len() / c;
+    let x = d.tensor_from_vec(vals[0].clone(), (rows, c));
+    let gamma = d.tensor_from_vec(vals[1].clone(), (c,));
+    let w_in = d.tensor_from_vec(vals[2].clone(), (hidden, c));
+    let w_out = d.tensor_from_vec(vals[3].clone(), (c, hidden));
+    let p = FeedForwardParams {
+        gamma: gamma.clone().retaped::<Tp>(),
+        w_in: w_in.clone().retaped::<Tp>(),
+        w_out: w_out.clone().retaped::<Tp>(),
+        kind,
+    };
+    let out = if fused {
+        feedforward_fused(x.leaky_trace(), p).unwrap()
+    } else {
+        // the unfused chain, from the composite pieces
+        let h = rms_norm_composite(x.leaky_trace(), p.gamma, kind)
+            .matmul(p.w_in.permute::<_, Axes2<1, 0>>());
+        gelu_composite(h).matmul(p.w_out.permute::<_, Axes2<1, 0>>())
+    };
+    let values = out.as_vec();
+    let mut g = probe_loss(out, 11).backward();
+    vec![
+        values,
+        grad_of(&mut g, &x),
+        grad_of(&mut g, &gamma),
+        grad_of(&mut g, &w_in),
+        grad_of(&mut g, &w_out),
+    ]
+}
+
+fn ff_values(rows: usize, c: usize, hidden: usize) -> Vec<Vec<f64>> {
+    let mut x = randn(21, rows * c);
+    x[3 * c..4 * c].iter_mut().for_each(|v| *v = 0.0);
+    vec![
+        x,
+        randn(22, c).iter().map(|v| 1.0 + 0.3 * v).collect(),
+        randn(23, hidden * c),
+        randn(24, c * hidden),
+    ]
+}
+
+#[test]
+fn fused_feedforward_matches_composite_and_finite_differences() {
+    // 300 rows: several chunks of the kernel, the last one short; row 3 is all zeros
+    let (rows, c, hidden) = (300, 6, 10);
+    let vals = ff_values(rows, c, hidden);
+    for kind in [RmsKind::Scaled { eps: 1e-5 }, RmsKind::Unit] {
+        let (a, b) = (
+            ff_run(true, kind, &vals, rows, c),
+            ff_run(false, kind, &vals, rows, c),
+        );
+        let names = ["values", "dx", "dgamma", "dw_in", "dw_out"];
+        for (what, (x, y)) in names.iter().zip(a.iter().zip(&b)) {
+            assert_close(&format!("feedforward {kind:?} {what}"), x, y, 1e-10, 1e-9);
+        }
+    }
+    let (rows, c, hidden) = (5, 3, 4);
+    gradcheck("fused feedforward", &ff_values(rows, c, hidden), 12, |v| {
+        let [x, g, wi, wo]: [In; 4] = v.try_into().ok().expect("four inputs");
+        let p = FeedForwardParams {
+            gamma: g,
+            w_in: wi.reshape_like(&(hidden, c)),
+            w_out: wo.reshape_like(&(c, hidden)),
+            kind: RmsKind::Scaled { eps: 1e-5 },
+        };
+        probe_loss(feedforward_fused(x.reshape_like(&(rows, c)), p).unwrap(), 4)
+    });
 }

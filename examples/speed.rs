@@ -1,16 +1,75 @@
 //! Whole-process timings of the speed workloads (see `benches/workloads.rs`), one per run so
 //! each peak memory is its own: `cargo run --release --example speed -- WORKLOAD`, with WORKLOAD
 //! one of readme-forward, readme-train, small-train, quartic-64, quartic-128. Prints one line:
-//! workload, median seconds over the repeats, peak resident memory (VmHWM).
+//! workload, median seconds over the repeats, peak resident memory (VmHWM). Also `readme-flops`
+//! (achieved FLOP/s against the matmul peak) and `scaling` (one layer of each built-in rule
+//! against n: time and peak live heap, with fitted exponents).
 
 #[path = "../benches/workloads.rs"]
 mod workloads;
 
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-// see quartic::alloc: freed tensors stay in the process for the next op
+// The CLI's allocator (see quartic::alloc: freed tensors stay in the process for the next op),
+// counting the bytes live so that the scaling table can report each run's peak.
 #[global_allocator]
-static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
+static GLOBAL: Counting = Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+struct Counting;
+
+impl Counting {
+    fn grew(size: usize) {
+        let now = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+// Safety: forwards every call to mimalloc unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = quartic::alloc::Allocator.alloc(layout);
+        if !p.is_null() {
+            Self::grew(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = quartic::alloc::Allocator.alloc_zeroed(layout);
+        if !p.is_null() {
+            Self::grew(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        quartic::alloc::Allocator.dealloc(ptr, layout);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = quartic::alloc::Allocator.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            Self::grew(new_size);
+        }
+        p
+    }
+}
+
+/// Starts a new peak from the bytes live now; returns the baseline.
+fn reset_peak() -> usize {
+    let now = LIVE.load(Ordering::Relaxed);
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
+
+/// The peak of live heap bytes above `base` since the last [`reset_peak`], in MiB.
+fn peak_since(base: usize) -> f64 {
+    PEAK.load(Ordering::Relaxed).saturating_sub(base) as f64 / (1 << 20) as f64
+}
 
 use dfdx::prelude::*;
 use quartic::train::optim::AdamState;
@@ -23,6 +82,21 @@ fn peak_mib() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The least-squares slope of log y against log x.
+fn slope(x: &[f64], y: &[f64]) -> f64 {
+    let (lx, ly): (Vec<f64>, Vec<f64>) = (
+        x.iter().map(|v| v.ln()).collect(),
+        y.iter().map(|v| v.ln()).collect(),
+    );
+    let (mx, my) = (
+        lx.iter().sum::<f64>() / lx.len() as f64,
+        ly.iter().sum::<f64>() / ly.len() as f64,
+    );
+    let cov: f64 = lx.iter().zip(&ly).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let var: f64 = lx.iter().map(|a| (a - mx).powi(2)).sum();
+    cov / var
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -105,10 +179,11 @@ fn main() {
             return;
         }
         "scaling" => {
-            // one layer of each built-in rule, forward + backward, against n; the fitted exponent
-            // (from n = 32 to 64) next to the one explain predicts for FLOPs
-            println!("| rule | n = 16 | n = 32 | n = 64 | fitted exponent (32→64) | explain's FLOP exponent (n = 32) |");
-            println!("| --- | --- | --- | --- | --- | --- |");
+            // one layer of each built-in rule, forward + backward, against n: median time and
+            // the peak heap above the inputs; exponents fitted over n = 32, 64, 128 (least
+            // squares in log-log) next to the one explain predicts for FLOPs
+            println!("| rule | n = 16 | n = 32 | n = 64 | n = 128 | fitted exponent: time | memory | explain's FLOPs |");
+            println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
             for rule in [
                 "baseline",
                 "taylor",
@@ -141,24 +216,27 @@ fn main() {
                     overrides,
                 };
                 let plan = rule_src.plan(&cfg).expect("checks");
-                let predicted = {
-                    let c1 = quartic::rules::explain::plan_cost(&plan, 1, 32).flops;
-                    let c2 = quartic::rules::explain::plan_cost(&plan, 1, 64).flops;
-                    (c2 / c1).log2()
-                };
+                let fit_sizes = [32.0, 64.0, 128.0];
+                let predicted = slope(
+                    &fit_sizes,
+                    &fit_sizes
+                        .map(|n| quartic::rules::explain::plan_cost(&plan, 1, n as usize).flops),
+                );
                 let layer = quartic::rules::RuleLayer::<f32, Cpu>::new(
                     plan,
                     &quartic::nn::Init::random(&dev, 0),
                 )
                 .expect("builds");
                 let mut cells = Vec::new();
-                for n in [16, 32, 64] {
+                for n in [16, 32, 64, 128] {
                     let mut ts = Vec::new();
-                    for _ in 0..3 {
+                    let mut peak = 0.0f64;
+                    for _ in 0..5 {
                         let nodes: Tensor<(usize, usize, usize), f32, Cpu> =
                             dev.sample_normal_like(&(1, n, 64));
                         let edges: Tensor<(usize, usize, usize, usize), f32, Cpu> =
                             dev.sample_normal_like(&(1, n, n, 16));
+                        let base = reset_peak();
                         let t = Instant::now();
                         let (x, e) = layer
                             .forward(
@@ -172,15 +250,19 @@ fn main() {
                             x.into_tensor().square().mean() + e.into_tensor().square().mean();
                         std::hint::black_box(loss.backward());
                         ts.push(t.elapsed().as_secs_f64());
+                        peak = peak.max(peak_since(base));
                     }
-                    cells.push(median(ts));
+                    cells.push((median(ts), peak));
                 }
+                let cell = |(t, m): (f64, f64)| format!("{:.1} ms, {m:.1} MiB", t * 1e3);
                 println!(
-                    "| {rule} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} | {:.2} |",
-                    cells[0] * 1e3,
-                    cells[1] * 1e3,
-                    cells[2] * 1e3,
-                    (cells[2] / cells[1]).log2(),
+                    "| {rule} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                    cell(cells[0]),
+                    cell(cells[1]),
+                    cell(cells[2]),
+                    cell(cells[3]),
+                    slope(&fit_sizes, &[cells[1].0, cells[2].0, cells[3].0]),
+                    slope(&fit_sizes, &[cells[1].1, cells[2].1, cells[3].1]),
                     predicted
                 );
             }

@@ -19,6 +19,12 @@ use crate::tensor::*;
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
 
+/// On the CPU the direct Taylor form is the fused attention kernel and the feature form is
+/// composite: per multiply-add the feature form measured 13× (n = 128, 16 heads × 16) to 24×
+/// (n = 512, 4 × 8) slower, forward + backward over rows of edges (`examples/speed.rs`'s
+/// workloads, 2 cores).
+const CPU_TAYLOR_FEATURE_OVERHEAD: f64 = 16.0;
+
 /// Makes the CPU device run the composite forms (`false`) or the fused ones (`true`, the
 /// default). Process-wide; meant for benchmarks and side-by-side comparisons.
 pub fn set_cpu_fused(fused: bool) {
@@ -88,6 +94,12 @@ pub trait Backend<E: Real>: Device<E> {
     /// Exact GELU `x · Φ(x)`.
     fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Result<Tensor<S, E, Self, T>> {
         Ok(activations::gelu_composite(x))
+    }
+
+    /// What one multiply-add of the Taylor feature form costs against one of the direct form
+    /// (see [`crate::kernels::taylor::choose_form`]): 1 where both are composite.
+    fn taylor_feature_overhead() -> f64 {
+        1.0
     }
 
     /// The feedforward block `RMSNorm → Linear → GELU → Linear` over `[rows, c]` (no residual).
@@ -279,6 +291,14 @@ where
             rows_cpu::gelu_fused(x)
         } else {
             Ok(activations::gelu_composite(x))
+        }
+    }
+
+    fn taylor_feature_overhead() -> f64 {
+        if cpu_fused() {
+            CPU_TAYLOR_FEATURE_OVERHEAD
+        } else {
+            1.0
         }
     }
 

@@ -161,7 +161,10 @@ pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
         EdgeKernel::Taylor { scale, eps, form } => {
             let feature = inputs.bias.is_none()
                 && match form {
-                    TaylorForm::Auto => choose_form(len, len, d, e, &vis) == TaylorForm::Feature,
+                    TaylorForm::Auto => {
+                        let overhead = D::taylor_feature_overhead();
+                        choose_form(len, len, d, e, &vis, overhead) == TaylorForm::Feature
+                    }
                     f => f == TaylorForm::Feature,
                 };
             (scale, Normalizer::Taylor { eps }, feature)
@@ -261,7 +264,10 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let feature_form = match kernel {
         EdgeKernel::Taylor { form, .. } if inputs.bias.is_none() && inputs.talking.is_none() => {
             match form {
-                TaylorForm::Auto => choose_form(len, len, d, e, &vis) == TaylorForm::Feature,
+                TaylorForm::Auto => {
+                    let overhead = D::taylor_feature_overhead();
+                    choose_form(len, len, d, e, &vis, overhead) == TaylorForm::Feature
+                }
                 f => f == TaylorForm::Feature,
             }
         }

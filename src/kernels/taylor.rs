@@ -5,7 +5,7 @@
 //!   `φ(q)·φ(k) = 1 + s + s²/2`, and attends in time linear in length (prefix sums when causal);
 //! - the direct form computes the kernel on the `n × n` score matrix (no d² features).
 //!
-//! [`choose_form`] picks the cheaper one from the sizes. Both read the same [`Visibility`];
+//! [`choose_form`] picks the cheaper one from the sizes and the device. Both read the same [`Visibility`];
 //! the feature form needs causal times that make each query's keys a prefix (true for nodes and
 //! for the row and column edge patterns), otherwise the direct form is used.
 
@@ -38,10 +38,19 @@ pub fn form_costs(nq: usize, nk: usize, d: usize, e: usize, causal: bool) -> (f6
 }
 
 /// The cheaper form for these sizes (the feature form only where the visibility allows it).
-pub fn choose_form(nq: usize, nk: usize, d: usize, e: usize, vis: &Visibility) -> TaylorForm {
+/// `feature_overhead` is what a multiply-add of the feature form costs against one of the
+/// direct form on the device ([`Backend::taylor_feature_overhead`]).
+pub fn choose_form(
+    nq: usize,
+    nk: usize,
+    d: usize,
+    e: usize,
+    vis: &Visibility,
+    feature_overhead: f64,
+) -> TaylorForm {
     let prefix_ok = vis.times.is_none() || vis.prefix_lengths().is_some();
     let (feature, direct) = form_costs(nq, nk, d, e, vis.times.is_some());
-    if prefix_ok && feature < direct {
+    if prefix_ok && feature * feature_overhead < direct {
         TaylorForm::Feature
     } else {
         TaylorForm::Direct
@@ -61,7 +70,7 @@ pub fn taylor_attend<E: Real, D: Backend<E>, T: Tape<E, D>>(
     let (_, _, nq, d) = *q.shape();
     let (_, _, nk, e) = *v.shape();
     let form = match form {
-        TaylorForm::Auto => choose_form(nq, nk, d, e, vis),
+        TaylorForm::Auto => choose_form(nq, nk, d, e, vis, D::taylor_feature_overhead()),
         f => f,
     };
     match form {

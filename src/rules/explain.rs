@@ -507,12 +507,13 @@ fn plain_taylor(a: &AttendOp) -> bool {
     matches!(a.kernel, KernelChoice::Taylor { .. }) && a.bias.is_none() && !a.talking && !a.probs
 }
 
-/// Whether the Taylor feature form runs (as the kernel's `choose_form` decides).
+/// Whether the Taylor feature form runs on the CPU (as the kernel's `choose_form` decides).
 fn feature_form(plan: &Plan, a: &AttendOp, n: usize) -> bool {
     let (_, nq, nk) = attend_dims(a, n);
     let prefix_ok = !(plan.causal && matches!(a.pattern, Pattern::All { .. }));
     let (feature, direct) = form_costs(nq, nk, a.dim_head, a.dim_head, plan.causal);
-    plain_taylor(a) && prefix_ok && feature < direct
+    let overhead = <dfdx::prelude::Cpu as crate::backend::Backend<f32>>::taylor_feature_overhead();
+    plain_taylor(a) && prefix_ok && feature * overhead < direct
 }
 
 fn attend_lowering(a: &AttendOp) -> String {

@@ -132,19 +132,34 @@ fn prefix_sums_fused_and_composite_agree_and_gradcheck() {
 fn form_choice_follows_the_sizes() {
     let vis = |n: usize| Visibility::all(1, n, n);
     // head dim 16: the feature map has 273 entries, so short sequences go direct, long ones linear
-    assert_eq!(choose_form(16, 16, 16, 16, &vis(16)), TaylorForm::Direct);
     assert_eq!(
-        choose_form(4096, 4096, 16, 16, &vis(4096)),
+        choose_form(16, 16, 16, 16, &vis(16), 1.0),
+        TaylorForm::Direct
+    );
+    assert_eq!(
+        choose_form(4096, 4096, 16, 16, &vis(4096), 1.0),
         TaylorForm::Feature
     );
     // tiny heads: the feature form wins early
-    assert_eq!(choose_form(256, 256, 2, 2, &vis(256)), TaylorForm::Feature);
+    assert_eq!(
+        choose_form(256, 256, 2, 2, &vis(256), 1.0),
+        TaylorForm::Feature
+    );
+    // a device whose feature form costs 16× per multiply-add keeps rows of a few hundred direct
+    assert_eq!(
+        choose_form(512, 512, 8, 8, &vis(512), 16.0),
+        TaylorForm::Direct
+    );
+    assert_eq!(
+        choose_form(8192, 8192, 2, 2, &vis(8192), 16.0),
+        TaylorForm::Feature
+    );
     // causal times that are no prefix (the all-edges pattern) force the direct form
     let shuffled = Visibility::all(1, 4096, 4096)
         .with_times((0..4096).collect(), (0..4096).rev().collect())
         .unwrap();
     assert_eq!(
-        choose_form(4096, 4096, 16, 16, &shuffled),
+        choose_form(4096, 4096, 16, 16, &shuffled, 1.0),
         TaylorForm::Direct
     );
 }

@@ -12,7 +12,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::flash_cpu::{edge_layout, mm_with, Problem, Sizes};
-use super::fused_cpu::{host_copy, untape_optional, CpuBuffer};
+use super::fused_cpu::{copied, host_copy, untape_optional, zeros, CpuBuffer};
 use super::patterns::{EdgePattern, EdgeProjections};
 use super::weights::WeightsSpec;
 use crate::error::{Error, Result};
@@ -86,7 +86,7 @@ fn input_grad<E: Real>(dst: &mut [E], g: &[E], w: &[E], c: usize) {
 
 /// `[b, n, n, c]` edges with their two node axes swapped (its own inverse), on every thread.
 fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
-    let mut dst = vec![E::zero(); src.len()];
+    let mut dst = zeros(src.len());
     if n * c == 0 {
         return dst;
     }
@@ -210,11 +210,7 @@ where
         host_copy(&wk),
         host_copy(&wv),
     );
-    let mut projected = [
-        vec![E::zero(); rows * hd],
-        vec![E::zero(); rows * hd],
-        vec![E::zero(); rows * he],
-    ];
+    let mut projected = [zeros(rows * hd), zeros(rows * hd), zeros(rows * he)];
     for (dst, w) in projected.iter_mut().zip([&wq_h, &wk_h, &wv_h]) {
         project(dst, false, &xs, w, c);
     }
@@ -255,7 +251,7 @@ where
     });
     let out = match &gate_host {
         Some(s) => {
-            let mut o = fwd.out.clone();
+            let mut o = copied(&fwd.out);
             o.par_chunks_mut(ROWS_PER_TASK * he)
                 .zip(s.par_chunks(ROWS_PER_TASK * heads))
                 .for_each(|(o, s)| {
@@ -268,7 +264,7 @@ where
             cross(o, he)
         }
         None if transposed => transpose_edges(&fwd.out, n, he),
-        None => fwd.out.clone(),
+        None => copied(&fwd.out),
     };
     let out = dev
         .try_tensor_from_vec(out, (b, n, n, he))
@@ -282,7 +278,7 @@ where
             let mut g = cross(grads.get_or_alloc_mut(&out_g)?.to_vec(), he);
             if let (Some(s), Some(gg)) = (&gate_host, &gates_g) {
                 // d logit = Σ_e g · out · σ(1 − σ); the attention sees g · σ
-                let mut dlogit = vec![E::zero(); rows * heads];
+                let mut dlogit = zeros(rows * heads);
                 g.par_chunks_mut(ROWS_PER_TASK * he)
                     .zip(fwd.out.par_chunks(ROWS_PER_TASK * he))
                     .zip(s.par_chunks(ROWS_PER_TASK * heads))
@@ -312,7 +308,7 @@ where
             let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
             {
                 let dx = grads.get_or_alloc_mut(&x_g)?;
-                let mut crossed = transposed.then(|| vec![E::zero(); rows * c]);
+                let mut crossed = transposed.then(|| zeros(rows * c));
                 let target = crossed.as_deref_mut().unwrap_or(dx);
                 input_grad(target, &dq, &wq_h, c);
                 input_grad(target, &dk, &wk_h, c);

@@ -12,7 +12,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused_cpu::{host_copy, untape_optional, CpuBuffer};
+use super::fused_cpu::{copied, host_copy, untape_optional, zeros, CpuBuffer};
 use super::patterns::EdgePattern;
 use super::visibility::Visibility;
 use super::weights::{Normalizer, WeightsSpec};
@@ -435,8 +435,8 @@ impl<E: Real> Problem<E> {
 
     pub(super) fn forward(&self) -> Stats<E> {
         let (pairs, nq) = (self.p * self.h, self.nq);
-        let mut out = vec![E::zero(); self.out_len];
-        let mut stat = vec![E::zero(); pairs * nq];
+        let mut out = zeros(self.out_len);
+        let mut stat = zeros(pairs * nq);
         let ptr = Shared(out.as_mut_ptr());
         stat.par_chunks_mut(nq.max(1)).enumerate().for_each_init(
             || self.scratch(),
@@ -621,10 +621,10 @@ impl<E: Real> Problem<E> {
         g: &[E],
     ) -> (Vec<E>, Vec<E>, Vec<E>, Option<Vec<E>>) {
         let (pairs, nq, nk) = (self.p * self.h, self.nq, self.nk);
-        let mut dq = vec![E::zero(); self.q.len()];
-        let mut dk = vec![E::zero(); self.k.len()];
-        let mut dv = vec![E::zero(); self.v.len()];
-        let mut dbias = self.bias.as_ref().map(|_| vec![E::zero(); pairs * nq * nk]);
+        let mut dq = zeros(self.q.len());
+        let mut dk = zeros(self.k.len());
+        let mut dv = zeros(self.v.len());
+        let mut dbias = self.bias.as_ref().map(|_| zeros(pairs * nq * nk));
         let ptrs = (
             Shared(dq.as_mut_ptr()),
             Shared(dk.as_mut_ptr()),
@@ -755,7 +755,7 @@ where
     };
     let fwd = problem.forward();
     let out = dev
-        .try_tensor_from_vec(fwd.out.clone(), out_shape)
+        .try_tensor_from_vec(copied(&fwd.out), out_shape)
         .map_err(device_err)?;
     if T::OWNS_TAPE {
         let (out_g, q_g, k_g, v_g) = (out.ghost(), q.ghost(), k.ghost(), v.ghost());

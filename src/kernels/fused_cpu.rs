@@ -43,6 +43,21 @@ where
     out
 }
 
+/// `n` zeros, written by every thread (a large single-threaded `vec!` is a serial memset and
+/// serial page faults).
+pub fn zeros<E: Real>(n: usize) -> Vec<E> {
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(E::zero(), n));
+    v
+}
+
+/// A copy of `src`, written by every thread.
+pub fn copied<E: Real>(src: &[E]) -> Vec<E> {
+    let mut v = Vec::with_capacity(src.len());
+    v.par_extend(src.par_iter().copied());
+    v
+}
+
 /// An optional input made contiguous (see `host_copy`) with its tape merged into `tape`.
 pub fn untape_optional<S: Shape, E: Real, T: Tape<E, Cpu>>(
     t: Option<Tensor<S, E, Cpu, T>>,

@@ -7,7 +7,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::flash_cpu::mm_with;
-use super::fused_cpu::{host_copy, CpuBuffer};
+use super::fused_cpu::{host_copy, zeros, CpuBuffer};
 use crate::error::Result;
 use crate::nn::norms::RmsKind;
 use crate::tensor::*;
@@ -27,7 +27,7 @@ where
     let dev = x.device().clone();
     let (x, mut tape) = x.contiguous().split_tape();
     let xs = host_copy(&x);
-    let mut out = vec![E::zero(); xs.len()];
+    let mut out = zeros(xs.len());
     out.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
         .for_each(|(o, x)| {
@@ -97,7 +97,7 @@ where
     let (gamma, tape_g) = gamma.split_tape();
     let mut tape = tape_x.merge(tape_g);
     let (xs, gs) = (host_copy(&x), host_copy(&gamma));
-    let mut out = vec![E::zero(); rows * c];
+    let mut out = zeros(rows * c);
     // whole rows per task
     let task = c * (CHUNK / c.max(1)).max(1);
     if c > 0 {
@@ -260,7 +260,7 @@ where
     } else {
         ((rows * c).max(1), gemm::Parallelism::Rayon(0))
     };
-    let mut out = vec![E::zero(); rows * c];
+    let mut out = zeros(rows * c);
     if c > 0 && hidden > 0 {
         out.par_chunks_mut(chunk)
             .zip(xs.par_chunks(chunk))

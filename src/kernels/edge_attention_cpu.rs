@@ -22,16 +22,20 @@ use crate::tensor::*;
 const ROWS_PER_TASK: usize = 1024;
 
 /// `dst [rows, out] (+)= src [rows, c] · wᵀ` with `w [out, c]`, on every thread.
-fn project<E: Real>(dst: &mut [E], accumulate: bool, src: &[E], w: &[E], c: usize) {
+/// `src [rows, c] · wᵀ` with `w [out, c]` into a new `[rows, out]` buffer, on every thread.
+fn project<E: Real>(src: &[E], w: &[E], c: usize) -> Vec<E> {
     let out = w.len() / c.max(1);
     let rows = src.len() / c.max(1);
-    // Safety: dst holds rows × out, src rows × c, w out × c, all row-major.
+    let mut dst: Vec<E> = Vec::with_capacity(rows * out);
+    // Safety: the product writes every one of the rows × out entries (it never reads the
+    // destination: `accumulate` is false), so the buffer is initialized before its length is
+    // set; src holds rows × c and w out × c, row-major.
     unsafe {
         mm_with(
             (rows, out, c),
             dst.as_mut_ptr(),
             (out, 1),
-            accumulate,
+            false,
             src.as_ptr(),
             (c, 1),
             w.as_ptr(),
@@ -39,7 +43,9 @@ fn project<E: Real>(dst: &mut [E], accumulate: bool, src: &[E], w: &[E], c: usiz
             E::one(),
             gemm::Parallelism::Rayon(0),
         );
+        dst.set_len(rows * out);
     }
+    dst
 }
 
 /// `dst [out, c] += g [rows, out]ᵀ · x [rows, c]` (a weight gradient), on every thread.
@@ -86,20 +92,44 @@ fn input_grad<E: Real>(dst: &mut [E], g: &[E], w: &[E], c: usize) {
 
 /// `[b, n, n, c]` edges with their two node axes swapped (its own inverse), on every thread.
 fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
-    let mut dst = zeros(src.len());
+    let mut dst: Vec<E> = Vec::with_capacity(src.len());
     if n * c == 0 {
         return dst;
     }
     let block = n * n * c;
-    // each task fills one destination row (graph g, first index j)
-    dst.par_chunks_mut(n * c).enumerate().for_each(|(gj, row)| {
+    let rows = src.len() / (n * c);
+    let base = SendPtr(dst.as_mut_ptr());
+    // each task fills one destination row (graph g, first index j) from column j of the source
+    (0..rows).into_par_iter().for_each(|gj| {
         let (g, j) = (gj / n, gj % n);
         for i in 0..n {
             let from = g * block + (i * n + j) * c;
-            row[i * c..(i + 1) * c].copy_from_slice(&src[from..from + c]);
+            // Safety: row gj's entries [gj·n·c, (gj + 1)·n·c) lie within the capacity and are
+            // written by this task alone.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src[from..from + c].as_ptr(),
+                    base.at(gj * n * c + i * c),
+                    c,
+                );
+            }
         }
     });
+    // Safety: the rows × n × c = len entries were all written above.
+    unsafe { dst.set_len(src.len()) };
     dst
+}
+
+/// A raw pointer rayon tasks may share; each task writes a disjoint range.
+#[derive(Clone, Copy)]
+struct SendPtr<E>(*mut E);
+unsafe impl<E> Send for SendPtr<E> {}
+unsafe impl<E> Sync for SendPtr<E> {}
+impl<E> SendPtr<E> {
+    /// Safety: `offset` lies within the allocation.
+    unsafe fn at(self, offset: usize) -> *mut E {
+        self.0.add(offset)
+    }
 }
 
 /// `dst += transpose_edges(src)`.
@@ -210,11 +240,7 @@ where
         host_copy(&wk),
         host_copy(&wv),
     );
-    let mut projected = [zeros(rows * hd), zeros(rows * hd), zeros(rows * he)];
-    for (dst, w) in projected.iter_mut().zip([&wq_h, &wk_h, &wv_h]) {
-        project(dst, false, &xs, w, c);
-    }
-    let [q, k, v] = projected;
+    let [q, k, v] = [&wq_h, &wk_h, &wv_h].map(|w| project(&xs, w, c));
     let sizes = Sizes {
         problems: b * n,
         heads,
@@ -243,28 +269,37 @@ where
         out_len: rows * he,
         bias: bias.as_ref().map(host_copy),
     };
-    let fwd = problem.forward();
+    let mut fwd = problem.forward();
     let gate_host = gates.as_ref().map(|g| {
         let mut s = cross(host_copy(g), heads);
         s.par_iter_mut().for_each(|x| *x = sigmoid(*x));
         s
     });
-    let out = match &gate_host {
-        Some(s) => {
-            let mut o = copied(&fwd.out);
-            o.par_chunks_mut(ROWS_PER_TASK * he)
-                .zip(s.par_chunks(ROWS_PER_TASK * heads))
-                .for_each(|(o, s)| {
-                    for (o, s) in o.chunks_exact_mut(he).zip(s.chunks_exact(heads)) {
-                        for (oh, &sh) in o.chunks_exact_mut(e).zip(s) {
-                            oh.iter_mut().for_each(|x| *x = *x * sh);
-                        }
-                    }
-                });
-            cross(o, he)
+    // the backward reads the ungated output: keep it when there is a tape, else reuse it
+    let mut out = if T::OWNS_TAPE {
+        if gate_host.is_none() && transposed {
+            Vec::new() // the transpose below makes the copy
+        } else {
+            copied(&fwd.out)
         }
-        None if transposed => transpose_edges(&fwd.out, n, he),
-        None => copied(&fwd.out),
+    } else {
+        std::mem::take(&mut fwd.out)
+    };
+    if let Some(s) = &gate_host {
+        out.par_chunks_mut(ROWS_PER_TASK * he)
+            .zip(s.par_chunks(ROWS_PER_TASK * heads))
+            .for_each(|(o, s)| {
+                for (o, s) in o.chunks_exact_mut(he).zip(s.chunks_exact(heads)) {
+                    for (oh, &sh) in o.chunks_exact_mut(e).zip(s) {
+                        oh.iter_mut().for_each(|x| *x = *x * sh);
+                    }
+                }
+            });
+    }
+    let out = match (transposed, out.is_empty() && rows * he > 0) {
+        (true, true) => transpose_edges(&fwd.out, n, he),
+        (true, false) => transpose_edges(&out, n, he),
+        (false, _) => out,
     };
     let out = dev
         .try_tensor_from_vec(out, (b, n, n, he))

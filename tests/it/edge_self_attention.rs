@@ -190,3 +190,38 @@ fn fused_edge_self_attention_rejects_bad_shapes() {
         .expect("mis-shaped gates are an error");
     assert!(err.to_string().contains("gates"), "{err}");
 }
+
+#[test]
+fn fused_edge_self_attention_without_a_tape_gives_the_same_values() {
+    // inference reuses the kernel's buffers instead of keeping them for a backward pass
+    let d = dev();
+    let vals = values();
+    let mask = GraphMask::from_lengths(N, &[5, 3]).unwrap().causal(true);
+    for pattern in [EdgePattern::Row, EdgePattern::Column] {
+        for gated in [false, true] {
+            let kernel = kernels()[1];
+            let traced: Vec<In> = vals
+                .iter()
+                .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)).leaky_trace())
+                .collect();
+            let want = fused(inputs(traced, gated, false), pattern, kernel, &mask).as_vec();
+            let plain = |i: usize, s: (usize, usize)| d.tensor_from_vec(vals[i].clone(), s);
+            let spec = WeightsSpec {
+                scale: 0.5,
+                normalizer: Normalizer::Taylor { eps: 1e-5 },
+                visibility: pattern_visibility(pattern, &mask).unwrap(),
+            };
+            let w = EdgeProjections {
+                to_q: plain(1, (H * DH, C)),
+                to_k: plain(2, (H * DH, C)),
+                to_v: plain(3, (H * DV, C)),
+            };
+            let x = d.tensor_from_vec(vals[0].clone(), (B, N, N, C));
+            let gates = gated.then(|| d.tensor_from_vec(vals[4].clone(), (B, N, N, H)));
+            let got = edge_self_attention_fused(x, w, gates, None, H, pattern, &spec)
+                .unwrap()
+                .as_vec();
+            assert_close(&format!("{pattern:?} gated {gated}"), &got, &want, 0.0, 0.0);
+        }
+    }
+}

@@ -753,9 +753,15 @@ where
         out_len: out_shape.num_elements(),
         bias: bias.as_ref().map(host_copy),
     };
-    let fwd = problem.forward();
+    let mut fwd = problem.forward();
+    // the backward reads the output: copy it when there is a tape, else hand it over
+    let out = if T::OWNS_TAPE {
+        copied(&fwd.out)
+    } else {
+        std::mem::take(&mut fwd.out)
+    };
     let out = dev
-        .try_tensor_from_vec(copied(&fwd.out), out_shape)
+        .try_tensor_from_vec(out, out_shape)
         .map_err(device_err)?;
     if T::OWNS_TAPE {
         let (out_g, q_g, k_g, v_g) = (out.ghost(), q.ghost(), k.ghost(), v.ghost());

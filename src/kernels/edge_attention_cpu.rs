@@ -11,8 +11,8 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::flash_cpu::{edge_layout, mm_with, Problem, Sizes};
-use super::fused_cpu::{copied, host_copy, untape_optional, zeros, CpuBuffer};
+use super::flash_cpu::{edge_layout, mm_with, Problem, Shared, Sizes};
+use super::fused_cpu::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
 use super::patterns::{EdgePattern, EdgeProjections};
 use super::weights::WeightsSpec;
 use crate::error::{Error, Result};
@@ -98,7 +98,7 @@ fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
     }
     let block = n * n * c;
     let rows = src.len() / (n * c);
-    let base = SendPtr(dst.as_mut_ptr());
+    let base = Shared(dst.as_mut_ptr());
     // each task fills one destination row (graph g, first index j) from column j of the source
     (0..rows).into_par_iter().for_each(|gj| {
         let (g, j) = (gj / n, gj % n);
@@ -120,24 +120,12 @@ fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
     dst
 }
 
-/// A raw pointer rayon tasks may share; each task writes a disjoint range.
-#[derive(Clone, Copy)]
-struct SendPtr<E>(*mut E);
-unsafe impl<E> Send for SendPtr<E> {}
-unsafe impl<E> Sync for SendPtr<E> {}
-impl<E> SendPtr<E> {
-    /// Safety: `offset` lies within the allocation.
-    unsafe fn at(self, offset: usize) -> *mut E {
-        self.0.add(offset)
-    }
-}
-
 /// `dst += transpose_edges(src)`.
 fn add_transposed<E: Real>(dst: &mut [E], src: &[E], n: usize, c: usize) {
     let t = transpose_edges(src, n, c);
     dst.par_chunks_mut(1 << 16)
         .zip(t.par_chunks(1 << 16))
-        .for_each(|(d, t)| d.iter_mut().zip(t).for_each(|(d, &x)| *d = *d + x));
+        .for_each(|(d, t)| accumulate(d, t));
 }
 
 fn sigmoid<E: Real>(x: E) -> E {
@@ -337,7 +325,7 @@ where
                 if transposed {
                     add_transposed(dst, &dlogit, n, heads);
                 } else {
-                    dst.iter_mut().zip(&dlogit).for_each(|(d, &x)| *d = *d + x);
+                    accumulate(dst, &dlogit);
                 }
             }
             let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
@@ -357,7 +345,7 @@ where
             weight_grad(grads.get_or_alloc_mut(&wv_g)?, &dv, &xs, c);
             if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
                 let dst = grads.get_or_alloc_mut(bg)?;
-                dst.iter_mut().zip(db).for_each(|(d, &x)| *d = *d + x);
+                accumulate(dst, db);
             }
             Ok(())
         });

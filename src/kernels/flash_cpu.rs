@@ -12,7 +12,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused_cpu::{copied, host_copy, untape_optional, zeros, CpuBuffer};
+use super::fused_cpu::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
 use super::patterns::EdgePattern;
 use super::visibility::Visibility;
 use super::weights::{Normalizer, WeightsSpec};
@@ -86,6 +86,15 @@ pub fn edge_layout(pattern: EdgePattern, n: usize, channels: usize, per_head: us
 pub(super) struct Shared<E>(pub(super) *mut E);
 unsafe impl<E> Send for Shared<E> {}
 unsafe impl<E> Sync for Shared<E> {}
+impl<E> Shared<E> {
+    /// The element `offset` places on (a method, so that closures capture the whole `Shared`).
+    ///
+    /// Safety: `offset` lies within the allocation.
+    #[inline]
+    pub(super) unsafe fn at(self, offset: usize) -> *mut E {
+        self.0.add(offset)
+    }
+}
 
 /// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`; strides given as (row, column).
 ///
@@ -645,10 +654,6 @@ impl<E: Real> Problem<E> {
         }
         (dq, dk, dv, dbias)
     }
-}
-
-fn accumulate<E: Real>(dst: &mut [E], src: &[E]) {
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
 }
 
 /// The sizes of an attention call over strided operands.

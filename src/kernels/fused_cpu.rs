@@ -334,7 +334,8 @@ impl<E: Real> WeightsProblem<E> {
     }
 }
 
-fn accumulate<E: Real>(dst: &mut [E], src: &[E]) {
+/// `dst += src`, element by element.
+pub fn accumulate<E: Real>(dst: &mut [E], src: &[E]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
 }
 

@@ -156,23 +156,10 @@ pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
         w.to_q.shape().0 / heads.max(1),
         w.to_v.shape().0 / heads.max(1),
     );
-    let (scale, normalizer, feature_form) = match kernel {
-        EdgeKernel::Softmax { scale } => (scale, Normalizer::Softmax, false),
-        EdgeKernel::Taylor { scale, eps, form } => {
-            let feature = inputs.bias.is_none()
-                && match form {
-                    TaylorForm::Auto => {
-                        let overhead = D::taylor_feature_overhead();
-                        choose_form(len, len, d, e, &vis, overhead) == TaylorForm::Feature
-                    }
-                    f => f == TaylorForm::Feature,
-                };
-            (scale, Normalizer::Taylor { eps }, feature)
-        }
-    };
+    let (scale, normalizer) = scale_and_normalizer(kernel);
     let fused = matches!(pattern, EdgePattern::Row | EdgePattern::Column)
         && inputs.talking.is_none()
-        && !feature_form;
+        && !feature_form::<E, D>(kernel, inputs.bias.is_none(), (len, d, e), &vis);
     if !fused {
         let project = |x: Edges<E, D, T>, w: T2<E, D, T>| -> Result<Edges<E, D, T>> {
             let out = w.shape().0;
@@ -215,6 +202,34 @@ pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     Edges::new(out)
 }
 
+fn scale_and_normalizer(kernel: EdgeKernel) -> (f64, Normalizer) {
+    match kernel {
+        EdgeKernel::Softmax { scale } => (scale, Normalizer::Softmax),
+        EdgeKernel::Taylor { scale, eps, .. } => (scale, Normalizer::Taylor { eps }),
+    }
+}
+
+/// Whether a Taylor kernel runs in the feature form: only when `plain` (no bias, no talking
+/// heads) and (for `Auto`) where the device's cost model prefers it. `(len, d, e)`: sequence
+/// length and query and value channels per head.
+fn feature_form<E: Real, D: Backend<E>>(
+    kernel: EdgeKernel,
+    plain: bool,
+    (len, d, e): (usize, usize, usize),
+    vis: &Visibility,
+) -> bool {
+    match kernel {
+        EdgeKernel::Taylor { form, .. } if plain => match form {
+            TaylorForm::Auto => {
+                let overhead = D::taylor_feature_overhead();
+                choose_form(len, len, d, e, vis, overhead) == TaylorForm::Feature
+            }
+            f => f == TaylorForm::Feature,
+        },
+        _ => false,
+    }
+}
+
 /// Attention across edges: q, k `[b, n, n, h·d]`, v `[b, n, n, h·e]` → `[b, n, n, h·e]`.
 pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     q: Edges<E, D, T>,
@@ -255,24 +270,11 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
         }
         other => other,
     };
-    let (scale, normalizer) = match kernel {
-        EdgeKernel::Softmax { scale } => (scale, Normalizer::Softmax),
-        EdgeKernel::Taylor { scale, eps, .. } => (scale, Normalizer::Taylor { eps }),
-    };
+    let (scale, normalizer) = scale_and_normalizer(kernel);
     let (p, len, _) = pattern_dims(pattern, b, n);
     let (d, e) = (cq / heads.max(1), v.dims().3 / heads.max(1));
-    let feature_form = match kernel {
-        EdgeKernel::Taylor { form, .. } if inputs.bias.is_none() && inputs.talking.is_none() => {
-            match form {
-                TaylorForm::Auto => {
-                    let overhead = D::taylor_feature_overhead();
-                    choose_form(len, len, d, e, &vis, overhead) == TaylorForm::Feature
-                }
-                f => f == TaylorForm::Feature,
-            }
-        }
-        _ => false,
-    };
+    let plain = inputs.bias.is_none() && inputs.talking.is_none();
+    let feature_form = feature_form::<E, D>(kernel, plain, (len, d, e), &vis);
     if inputs.talking.is_none() && !feature_form {
         // plain attention: the device's pattern kernel (strided, weights never stored on CPU)
         let spec = WeightsSpec {

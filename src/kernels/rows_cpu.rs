@@ -7,7 +7,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::flash_cpu::mm_with;
-use super::fused_cpu::{host_copy, zeros, CpuBuffer};
+use super::fused_cpu::{accumulate, host_copy, zeros, CpuBuffer};
 use crate::error::Result;
 use crate::nn::norms::RmsKind;
 use crate::tensor::*;
@@ -76,6 +76,33 @@ fn sum_sq<E: Real>(row: &[E]) -> E {
     row.iter().fold(E::zero(), |a, &v| a + v * v)
 }
 
+/// One row of the RMSNorm backward: `dx += inv · gγ − x · (inv³/c) · Σ(gγx)` (the second
+/// term only while the norm's gradient flows) and `dγ += g · x · inv`.
+#[inline]
+fn rms_backward_row<E: Real>(
+    dx: &mut [E],
+    dgamma: &mut [E],
+    x: &[E],
+    g: &[E],
+    gamma: &[E],
+    (inv, live): (E, bool),
+) {
+    let c = x.len();
+    let mut dot = E::zero();
+    for k in 0..c {
+        dot = dot + g[k] * gamma[k] * x[k];
+        dgamma[k] = dgamma[k] + g[k] * x[k] * inv;
+    }
+    let coef = if live {
+        inv * inv * inv / E::of(c as f64) * dot
+    } else {
+        E::zero()
+    };
+    for k in 0..c {
+        dx[k] = dx[k] + inv * g[k] * gamma[k] - x[k] * coef;
+    }
+}
+
 /// RMSNorm over the channels of `[rows, c]`: `x · inv(row) · γ`.
 ///
 /// Gradients, with `inv = f(Σx²)` for either kind (both give `∂inv/∂x_k = −inv³ x_k / c` while
@@ -129,27 +156,15 @@ where
                         .zip(x.chunks_exact(c))
                         .zip(g.chunks_exact(c))
                     {
-                        let (inv, live) = norm_factor(kind, sum_sq(x), c);
-                        let mut dot = E::zero();
-                        for k in 0..c {
-                            dot = dot + g[k] * gs[k] * x[k];
-                            dgamma[k] = dgamma[k] + g[k] * x[k] * inv;
-                        }
-                        let coef = if live {
-                            inv * inv * inv / E::of(c as f64) * dot
-                        } else {
-                            E::zero()
-                        };
-                        for k in 0..c {
-                            dx[k] = dx[k] + inv * g[k] * gs[k] - x[k] * coef;
-                        }
+                        let factor = norm_factor(kind, sum_sq(x), c);
+                        rms_backward_row(dx, &mut dgamma, x, g, &gs, factor);
                     }
                     dgamma
                 })
                 .collect();
             let dgamma = grads.get_or_alloc_mut(&gamma_g)?;
             for part in dgamma_parts {
-                dgamma.iter_mut().zip(&part).for_each(|(d, &p)| *d = *d + p);
+                accumulate(dgamma, &part);
             }
             Ok(())
         });
@@ -380,26 +395,14 @@ where
                             par,
                         );
                     }
-                    // the norm's backward (see `rms_norm_fused`)
+                    // the norm's backward
                     let mut dgamma = vec![E::zero(); c];
                     let rowwise = dx
                         .chunks_exact_mut(c)
                         .zip(x.chunks_exact(c))
                         .zip(dxn.chunks_exact(c).zip(&inv));
-                    for ((dx, x), (dn, &(f, live))) in rowwise {
-                        let mut dot = E::zero();
-                        for k in 0..c {
-                            dot = dot + dn[k] * gs[k] * x[k];
-                            dgamma[k] = dgamma[k] + dn[k] * x[k] * f;
-                        }
-                        let coef = if live {
-                            f * f * f / E::of(c as f64) * dot
-                        } else {
-                            E::zero()
-                        };
-                        for k in 0..c {
-                            dx[k] = dx[k] + f * dn[k] * gs[k] - x[k] * coef;
-                        }
+                    for ((dx, x), (dn, &factor)) in rowwise {
+                        rms_backward_row(dx, &mut dgamma, x, dn, &gs, factor);
                     }
                     (dgamma, dwi, dwo)
                 })
@@ -410,19 +413,15 @@ where
                 vec![E::zero(); c * hidden],
             );
             for (dg, dwi, dwo) in partials {
-                add_into(&mut sums.0, &dg);
-                add_into(&mut sums.1, &dwi);
-                add_into(&mut sums.2, &dwo);
+                accumulate(&mut sums.0, &dg);
+                accumulate(&mut sums.1, &dwi);
+                accumulate(&mut sums.2, &dwo);
             }
-            add_into(grads.get_or_alloc_mut(gamma_g)?, &sums.0);
-            add_into(grads.get_or_alloc_mut(wi_g)?, &sums.1);
-            add_into(grads.get_or_alloc_mut(wo_g)?, &sums.2);
+            accumulate(grads.get_or_alloc_mut(gamma_g)?, &sums.0);
+            accumulate(grads.get_or_alloc_mut(wi_g)?, &sums.1);
+            accumulate(grads.get_or_alloc_mut(wo_g)?, &sums.2);
             Ok(())
         });
     }
     Ok(out.put_tape(tape))
-}
-
-fn add_into<E: Real>(dst: &mut [E], src: &[E]) {
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
 }

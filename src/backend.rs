@@ -152,17 +152,8 @@ fn edge_self_attention_composite<E: Real, D: Backend<E>, T: Tape<E, D>>(
     pattern: EdgePattern,
     spec: &weights::WeightsSpec,
 ) -> Result<T4<E, D, T>> {
-    let (b, n, _, c) = *x.shape();
-    let project = |x: T4<E, D, T>, w: T2<E, D, T>| {
-        let out = w.shape().0;
-        x.reshape_like(&(b * n * n, c))
-            .matmul(w.permute::<_, Axes2<1, 0>>())
-            .reshape_like(&(b, n, n, out))
-    };
-    // queries and keys branch off; the input's history goes with the values
-    let q = project(x.with_empty_tape(), w.to_q);
-    let k = project(x.with_empty_tape(), w.to_k);
-    let v = project(x, w.to_v);
+    let (b, n, _, _) = *x.shape();
+    let [q, k, v] = w.project(x);
     let out = D::edge_pattern_attention(q, k, v, heads, pattern, bias, spec)?;
     Ok(match gates {
         Some(g) => {

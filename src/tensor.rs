@@ -32,14 +32,16 @@ pub trait Real:
     fn exp_slice(xs: &mut [Self]) {
         xs.iter_mut().for_each(|x| *x = x.exp());
     }
-    /// The standard normal's `Φ(x)` into `cdf` and `φ(x)` into `pdf` (vectorized for f32;
-    /// libm's `erfc` in f64 otherwise).
-    fn normal_cdf_pdf(x: &[Self], cdf: &mut [Self], pdf: &mut [Self]) {
+    /// The standard normal's `Φ(x)` into `cdf` and, when asked, `φ(x)` into `pdf` (vectorized
+    /// for f32; libm's `erfc` in f64 otherwise).
+    fn normal_cdf_pdf(x: &[Self], cdf: &mut [Self], mut pdf: Option<&mut [Self]>) {
         let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
-        for ((&v, c), p) in x.iter().zip(cdf.iter_mut()).zip(pdf.iter_mut()) {
+        for (i, (&v, c)) in x.iter().zip(cdf.iter_mut()).enumerate() {
             let v = v.as_f64();
             *c = Self::of(0.5 * libm::erfc(-v * std::f64::consts::FRAC_1_SQRT_2));
-            *p = Self::of((-0.5 * v * v).exp() * inv_sqrt_2pi);
+            if let Some(p) = pdf.as_deref_mut() {
+                p[i] = Self::of((-0.5 * v * v).exp() * inv_sqrt_2pi);
+            }
         }
     }
 }
@@ -47,7 +49,7 @@ impl Real for f32 {
     fn exp_slice(xs: &mut [Self]) {
         crate::kernels::fastmath::exp_f32(xs)
     }
-    fn normal_cdf_pdf(x: &[Self], cdf: &mut [Self], pdf: &mut [Self]) {
+    fn normal_cdf_pdf(x: &[Self], cdf: &mut [Self], pdf: Option<&mut [Self]>) {
         crate::kernels::fastmath::normal_cdf_pdf_f32(x, cdf, pdf)
     }
 }

@@ -78,7 +78,7 @@ fn erfc_parts(z: f32) -> (f32, f32) {
 
 /// `Φ(x)` into `cdf` and `φ(x)` into `pdf` for every `x`. Φ comes from `erfc` on the side where
 /// it is small, so it keeps its relative accuracy in the far left tail.
-pub fn normal_cdf_pdf_f32(x: &[f32], cdf: &mut [f32], pdf: &mut [f32]) {
+pub fn normal_cdf_pdf_f32(x: &[f32], cdf: &mut [f32], pdf: Option<&mut [f32]>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -92,26 +92,30 @@ pub fn normal_cdf_pdf_f32(x: &[f32], cdf: &mut [f32], pdf: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn normal_cdf_pdf_avx2(x: &[f32], cdf: &mut [f32], pdf: &mut [f32]) {
+unsafe fn normal_cdf_pdf_avx2(x: &[f32], cdf: &mut [f32], pdf: Option<&mut [f32]>) {
     normal_cdf_pdf_generic(x, cdf, pdf)
 }
 
 #[inline(always)]
-fn normal_cdf_pdf_generic(x: &[f32], cdf: &mut [f32], pdf: &mut [f32]) {
-    for ((&v, c), p) in x.iter().zip(cdf.iter_mut()).zip(pdf.iter_mut()) {
-        let (arg, t) = erfc_parts((v * std::f32::consts::FRAC_1_SQRT_2).abs());
-        *c = arg;
-        *p = t;
+fn normal_cdf_pdf_generic(x: &[f32], cdf: &mut [f32], pdf: Option<&mut [f32]>) {
+    let z = |v: f32| (v * std::f32::consts::FRAC_1_SQRT_2).abs();
+    for (&v, c) in x.iter().zip(cdf.iter_mut()) {
+        *c = erfc_parts(z(v)).0;
     }
     exp_generic(cdf);
-    for ((&v, c), p) in x.iter().zip(cdf.iter_mut()).zip(pdf.iter_mut()) {
-        let tail = 0.5 * *p * *c; // ½ erfc(|x|/√2) = Φ(−|x|)
+    for (&v, c) in x.iter().zip(cdf.iter_mut()) {
+        let t = erfc_parts(z(v)).1; // recomputed: cheaper than a scratch buffer
+        let tail = 0.5 * t * *c; // ½ erfc(|x|/√2) = Φ(−|x|)
         *c = if v < 0.0 { tail } else { 1.0 - tail };
-        *p = -0.5 * v * v;
     }
-    exp_generic(pdf);
-    let inv_sqrt_2pi = (1.0 / (2.0 * std::f64::consts::PI).sqrt()) as f32;
-    pdf.iter_mut().for_each(|p| *p *= inv_sqrt_2pi);
+    if let Some(pdf) = pdf {
+        for (&v, p) in x.iter().zip(pdf.iter_mut()) {
+            *p = -0.5 * v * v;
+        }
+        exp_generic(pdf);
+        let inv_sqrt_2pi = (1.0 / (2.0 * std::f64::consts::PI).sqrt()) as f32;
+        pdf.iter_mut().for_each(|p| *p *= inv_sqrt_2pi);
+    }
 }
 
 #[cfg(test)]
@@ -136,7 +140,7 @@ mod tests {
     fn normal_cdf_and_pdf_match_libm() {
         let xs: Vec<f32> = (-1200..1200).map(|i| i as f32 * 0.01).collect();
         let (mut cdf, mut pdf) = (vec![0.0; xs.len()], vec![0.0; xs.len()]);
-        super::normal_cdf_pdf_f32(&xs, &mut cdf, &mut pdf);
+        super::normal_cdf_pdf_f32(&xs, &mut cdf, Some(&mut pdf));
         // Both have condition number ~x² for large |x|: rounding x to f32 alone moves them by
         // x² · 2⁻²⁴ relatively. Allow a few units of that.
         for ((&x, &c), &p) in xs.iter().zip(&cdf).zip(&pdf) {

@@ -132,6 +132,23 @@ pub struct EdgeProjections<E: Real, D: Device<E>, T> {
     pub to_v: T2<E, D, T>,
 }
 
+impl<E: Real, D: Device<E>, T: Tape<E, D>> EdgeProjections<E, D, T> {
+    /// Queries, keys and values of the edges `x [b, n, n, c]`, each `[b, n, n, out]`, from
+    /// dfdx matmuls; queries and keys branch off, the input's history goes with the values.
+    pub fn project(self, x: T4<E, D, T>) -> [T4<E, D, T>; 3] {
+        let (b, n, _, c) = *x.shape();
+        let project = |x: T4<E, D, T>, w: T2<E, D, T>| {
+            let out = w.shape().0;
+            x.reshape_like(&(b * n * n, c))
+                .matmul(w.permute::<_, Axes2<1, 0>>())
+                .reshape_like(&(b, n, n, out))
+        };
+        let q = project(x.with_empty_tape(), self.to_q);
+        let k = project(x.with_empty_tape(), self.to_k);
+        [q, k, project(x, self.to_v)]
+    }
+}
+
 /// Self-attention across edges: queries, keys and values all projected from the same edges
 /// `x [b, n, n, c]` by the `[out, c]` weights `(to_q, to_k, to_v)` → `[b, n, n, h·e]`.
 ///
@@ -148,7 +165,7 @@ pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     inputs: EdgeAttendInputs<E, D, T>,
     mask: &GraphMask,
 ) -> Result<Edges<E, D, T>> {
-    let (b, n, _, c) = x.dims();
+    let (b, n, _, _) = x.dims();
     mask.check("edge attention", b, n)?;
     let vis = pattern_visibility(pattern, mask)?;
     let (len, d, e) = (
@@ -161,20 +178,8 @@ pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
         && inputs.talking.is_none()
         && !feature_form::<E, D>(kernel, inputs.bias.is_none(), (len, d, e), &vis);
     if !fused {
-        let project = |x: Edges<E, D, T>, w: T2<E, D, T>| -> Result<Edges<E, D, T>> {
-            let out = w.shape().0;
-            Edges::new(
-                x.into_tensor()
-                    .reshape_like(&(b * n * n, c))
-                    .matmul(w.permute::<_, Axes2<1, 0>>())
-                    .reshape_like(&(b, n, n, out)),
-            )
-        };
-        let x_branch = Edges::new(x.tensor().with_empty_tape())?;
-        let q = project(x_branch, w.to_q)?;
-        let k = project(Edges::new(x.tensor().with_empty_tape())?, w.to_k)?;
-        let v = project(x, w.to_v)?;
-        return edge_attention(q, k, v, heads, pattern, kernel, inputs, mask);
+        let [q, k, v] = w.project(x.into_tensor()).map(Edges::new);
+        return edge_attention(q?, k?, v?, heads, pattern, kernel, inputs, mask);
     }
     if let Some(g) = &inputs.gates {
         if g.dims() != (b, n, n, heads) {

@@ -31,8 +31,7 @@ where
     out.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
         .for_each(|(o, x)| {
-            let mut pdf = vec![E::zero(); x.len()];
-            E::normal_cdf_pdf(x, o, &mut pdf);
+            E::normal_cdf_pdf(x, o, None);
             o.iter_mut().zip(x).for_each(|(o, &v)| *o = v * *o);
         });
     let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
@@ -45,7 +44,7 @@ where
                 .zip(xs.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
                 .for_each(|(dx, (x, g))| {
                     let (mut phi, mut pdf) = (vec![E::zero(); x.len()], vec![E::zero(); x.len()]);
-                    E::normal_cdf_pdf(x, &mut phi, &mut pdf);
+                    E::normal_cdf_pdf(x, &mut phi, Some(&mut pdf));
                     for i in 0..x.len() {
                         dx[i] = dx[i] + g[i] * (phi[i] + x[i] * pdf[i]);
                     }
@@ -282,8 +281,8 @@ where
             .for_each(|(y, x)| {
                 let FfChunk { mut h, .. } = ff_chunk(x, &gs, &wi, kind, c, par);
                 let n = h.len();
-                let (mut cdf, mut pdf) = (vec![E::zero(); n], vec![E::zero(); n]);
-                E::normal_cdf_pdf(&h, &mut cdf, &mut pdf);
+                let mut cdf = vec![E::zero(); n];
+                E::normal_cdf_pdf(&h, &mut cdf, None);
                 h.iter_mut().zip(&cdf).for_each(|(a, &f)| *a = *a * f);
                 let r = x.len() / c;
                 // Safety: a is r × hidden, w_out c × hidden, y r × c.
@@ -326,7 +325,7 @@ where
                     let FfChunk { xn, inv, h } = ff_chunk(x, &gs, &wi, kind, c, par);
                     let n = h.len();
                     let (mut cdf, mut pdf) = (vec![E::zero(); n], vec![E::zero(); n]);
-                    E::normal_cdf_pdf(&h, &mut cdf, &mut pdf);
+                    E::normal_cdf_pdf(&h, &mut cdf, Some(&mut pdf));
                     let a: Vec<E> = h.iter().zip(&cdf).map(|(&v, &f)| v * f).collect();
                     let (mut da, mut dwo, mut dwi, mut dxn) = (
                         vec![E::zero(); n],

@@ -36,6 +36,7 @@ const DIM_HEAD: usize = 16;
 /// Node-style softmax attention: batch 8, 4 heads × 16, causal, fused vs composite weights.
 fn softmax_kernel(c: &mut Criterion) {
     quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let mut group = c.benchmark_group("softmax_attention");
     group.sample_size(10);
@@ -105,6 +106,7 @@ fn softmax_kernel(c: &mut Criterion) {
 /// causal; the CPU backend's fused form against the composite form.
 fn patterns(c: &mut Criterion) {
     quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     for pattern in [
         EdgePattern::All,
@@ -159,6 +161,7 @@ fn patterns(c: &mut Criterion) {
 /// axial attention), both forms, non-causal and causal.
 fn taylor_forms(c: &mut Criterion) {
     quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let mut group = c.benchmark_group("taylor");
     group.sample_size(10);

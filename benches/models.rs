@@ -15,6 +15,7 @@ use quartic::train::optim::AdamState;
 
 fn rows(c: &mut Criterion) {
     quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let mut g = c.benchmark_group("speed");
     g.sample_size(10);

@@ -27,6 +27,7 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
 
 fn rule_vs_hand(c: &mut Criterion) {
     quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let (b, dim, de) = (2, 64, 16);
     let (heads, dim_head, edge_heads, edge_dim_head) = (4, 16, 4, 8);

@@ -1,6 +1,7 @@
 //! Whole-process timings of the speed workloads (see `benches/workloads.rs`), one per run so
 //! each peak memory is its own: `cargo run --release --example speed -- WORKLOAD`, with WORKLOAD
-//! one of readme-forward, readme-train, small-train, quartic-64, quartic-128. Prints one line:
+//! one of readme-forward, readme-train, small-train, quartic-64, quartic-128 (an optional second
+//! argument sets the number of timed repeats, for profiling). Prints one line:
 //! workload, median seconds over the repeats, peak resident memory (VmHWM). Also `readme-flops`
 //! (achieved FLOP/s against the matmul peak) and `scaling` (one layer of each built-in rule
 //! against n: time and peak live heap, with fitted exponents).
@@ -106,16 +107,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
     let which = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "readme-forward".into());
+    // optional second argument: how many timed repeats (for profiling the steady state)
+    let repeats = |default: usize| {
+        std::env::args()
+            .nth(2)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(default)
+    };
     let dev = Cpu::default();
     let mut times = Vec::new();
     match which.as_str() {
         "readme-forward" => {
             let m = workloads::readme_model(&dev);
             workloads::forward(&m, 1, 128);
-            for _ in 0..3 {
+            for _ in 0..repeats(3) {
                 let t = Instant::now();
                 workloads::forward(&m, 1, 128);
                 times.push(t.elapsed().as_secs_f64());
@@ -124,7 +133,7 @@ fn main() {
         "readme-train" => {
             let mut m = workloads::readme_model(&dev);
             let mut adam = AdamState::default();
-            for _ in 0..3 {
+            for _ in 0..repeats(3) {
                 let t = Instant::now();
                 workloads::train_step(&mut m, &mut adam, 1, 128);
                 times.push(t.elapsed().as_secs_f64());
@@ -134,7 +143,7 @@ fn main() {
             let mut m = workloads::small_model(&dev);
             let mut adam = AdamState::default();
             workloads::train_step(&mut m, &mut adam, 8, 32);
-            for _ in 0..5 {
+            for _ in 0..repeats(5) {
                 let t = Instant::now();
                 workloads::train_step(&mut m, &mut adam, 8, 32);
                 times.push(t.elapsed().as_secs_f64());

@@ -17,6 +17,7 @@ pub mod models;
 pub mod nn;
 pub mod rules;
 pub mod tensor;
+pub mod threads;
 pub mod train;
 
 pub use error::{Error, Result};

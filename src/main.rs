@@ -14,6 +14,7 @@ static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 
 fn main() -> ExitCode {
     quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Train(args) => cli::train::run(args),

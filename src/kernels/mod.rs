@@ -11,6 +11,7 @@ pub mod linear_algebra;
 pub mod patterns;
 pub mod routing;
 pub mod rows_cpu;
+mod small_mm;
 pub mod taylor;
 pub mod visibility;
 pub mod weights;

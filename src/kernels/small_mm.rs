@@ -1,0 +1,286 @@
+//! Matrix products too small for gemm. The `gemm` crate packs both operands and sets up
+//! per-thread buffers on every call; for the per-row attention of a small model (32 × 32 × 8
+//! products) that set-up took ten times the arithmetic. Here each destination row accumulates
+//! `lhs[i, p] · rhs row p` over p, four rows of the right operand at a time, vectorized along the
+//! row; a right operand stored column by column is first copied row by row. Compiled twice: with
+//! AVX2 + FMA, picked at run time, and for the baseline target.
+
+use crate::tensor::Real;
+
+/// Products of at most this many multiply-adds take the direct loops (gemm's set-up is paid
+/// back above it).
+pub(super) const MAX_DIRECT_MACS: usize = 32 * 32 * 32;
+
+/// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`, strides as (row, column); the
+/// destination's rows must be contiguous (column stride 1).
+///
+/// Safety: every pointer must address its whole matrix under the given strides, and `dst` must
+/// not alias `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn mm_direct<E: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut E,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const E,
+    lhs_strides: (usize, usize),
+    rhs: *const E,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: E,
+) {
+    // the right operand with contiguous rows: as given, or copied
+    let packed: Vec<E>;
+    let (rhs, rhs_rs) = if rhs_cs == 1 || n == 1 {
+        (rhs, rhs_rs)
+    } else {
+        packed = pack_rows(k, n, rhs, (rhs_rs, rhs_cs));
+        (packed.as_ptr(), n)
+    };
+    let args = Args {
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_rs,
+        beta,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return rows_avx2(args);
+        }
+    }
+    rows::<E, false>(args)
+}
+
+/// A `k × n` matrix under the given strides, copied into contiguous rows (read column by
+/// column: the operands copied here are stored column-major).
+///
+/// Safety: `src` addresses the whole matrix under the strides.
+unsafe fn pack_rows<E: Real>(
+    k: usize,
+    n: usize,
+    src: *const E,
+    (rs, cs): (usize, usize),
+) -> Vec<E> {
+    let mut out = vec![E::zero(); k * n];
+    for c in 0..n {
+        let col = src.add(c * cs);
+        for p in 0..k {
+            out[p * n + c] = *col.add(p * rs);
+        }
+    }
+    out
+}
+
+struct Args<E> {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut E,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const E,
+    lhs_strides: (usize, usize),
+    rhs: *const E,
+    rhs_rs: usize,
+    beta: E,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<E: Real>(args: Args<E>) {
+    rows::<E, true>(args)
+}
+
+/// Rows and columns of the destination one register tile holds.
+const TILE_ROWS: usize = 4;
+const TILE_COLS: usize = 8;
+
+/// The loops: the destination in 4 × 8 tiles, each summed over k in registers, then
+/// `dst = [dst +] beta · sum`. `FUSED`: multiply-adds as one instruction (only where the target
+/// has FMA; elsewhere `mul_add` is a library call).
+#[inline(always)]
+unsafe fn rows<E: Real, const FUSED: bool>(a: Args<E>) {
+    let Args {
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_strides: (lrs, lcs),
+        rhs,
+        rhs_rs,
+        beta,
+    } = a;
+    let madd = |acc: E, x: E, y: E| {
+        if FUSED {
+            x.mul_add(y, acc)
+        } else {
+            acc + x * y
+        }
+    };
+    let store = |i: usize, c: usize, sum: E| {
+        let d = dst.add(i * dst_rs + c);
+        *d = if accumulate {
+            *d + beta * sum
+        } else {
+            beta * sum
+        };
+    };
+    for i0 in (0..m).step_by(TILE_ROWS) {
+        let rows = TILE_ROWS.min(m - i0);
+        for c0 in (0..n).step_by(TILE_COLS) {
+            let cols = TILE_COLS.min(n - c0);
+            if rows == TILE_ROWS && cols == TILE_COLS {
+                let mut acc = [[E::zero(); TILE_COLS]; TILE_ROWS];
+                for p in 0..k {
+                    let rv: [E; TILE_COLS] =
+                        std::ptr::read_unaligned(rhs.add(p * rhs_rs + c0) as *const _);
+                    for (r, acc_row) in acc.iter_mut().enumerate() {
+                        let x = *lhs.add((i0 + r) * lrs + p * lcs);
+                        for (s, &y) in acc_row.iter_mut().zip(&rv) {
+                            *s = madd(*s, x, y);
+                        }
+                    }
+                }
+                for (r, acc_row) in acc.iter().enumerate() {
+                    for (c, &sum) in acc_row.iter().enumerate() {
+                        store(i0 + r, c0 + c, sum);
+                    }
+                }
+            } else {
+                for r in i0..i0 + rows {
+                    for c in c0..c0 + cols {
+                        let mut sum = E::zero();
+                        for p in 0..k {
+                            sum = madd(sum, *lhs.add(r * lrs + p * lcs), *rhs.add(p * rhs_rs + c));
+                        }
+                        store(r, c, sum);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product by its definition, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        (m, n, k): (usize, usize, usize),
+        dst: &mut [f64],
+        dst_rs: usize,
+        accumulate: bool,
+        lhs: &[f64],
+        (lrs, lcs): (usize, usize),
+        rhs: &[f64],
+        (rrs, rcs): (usize, usize),
+        beta: f64,
+    ) {
+        for i in 0..m {
+            for c in 0..n {
+                let sum: f64 = (0..k)
+                    .map(|p| lhs[i * lrs + p * lcs] * rhs[p * rrs + c * rcs])
+                    .sum();
+                let d = &mut dst[i * dst_rs + c];
+                *d = if accumulate {
+                    *d + beta * sum
+                } else {
+                    beta * sum
+                };
+            }
+        }
+    }
+
+    #[test]
+    fn direct_products_match_the_definition() {
+        let value = |i: usize| ((i * 7919 % 113) as f64 - 56.0) / 17.0;
+        // shapes around the 4 × 8 tile, both layouts of each operand, with and without
+        // accumulation, a destination row stride wider than the row
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (4, 8, 3),
+            (5, 9, 4),
+            (32, 32, 8),
+            (32, 8, 32),
+            (7, 17, 5),
+        ] {
+            for lhs_t in [false, true] {
+                for rhs_t in [false, true] {
+                    for accumulate in [false, true] {
+                        let ls = if lhs_t { (1, m) } else { (k, 1) };
+                        let rs = if rhs_t { (1, k) } else { (n, 1) };
+                        let lhs: Vec<f64> = (0..m * k).map(value).collect();
+                        let rhs: Vec<f64> = (0..k * n).map(|i| value(i + 1000)).collect();
+                        let dst_rs = n + 3;
+                        let start: Vec<f64> = (0..m * dst_rs).map(|i| value(i + 5000)).collect();
+                        let (mut got, mut want) = (start.clone(), start.clone());
+                        naive(
+                            (m, n, k),
+                            &mut want,
+                            dst_rs,
+                            accumulate,
+                            &lhs,
+                            ls,
+                            &rhs,
+                            rs,
+                            0.5,
+                        );
+                        let mut got32: Vec<f32> = got.iter().map(|&x| x as f32).collect();
+                        let lhs32: Vec<f32> = lhs.iter().map(|&x| x as f32).collect();
+                        let rhs32: Vec<f32> = rhs.iter().map(|&x| x as f32).collect();
+                        // Safety: the buffers hold the matrices under these strides.
+                        unsafe {
+                            mm_direct(
+                                (m, n, k),
+                                got.as_mut_ptr(),
+                                dst_rs,
+                                accumulate,
+                                lhs.as_ptr(),
+                                ls,
+                                rhs.as_ptr(),
+                                rs,
+                                0.5,
+                            );
+                            mm_direct(
+                                (m, n, k),
+                                got32.as_mut_ptr(),
+                                dst_rs,
+                                accumulate,
+                                lhs32.as_ptr(),
+                                ls,
+                                rhs32.as_ptr(),
+                                rs,
+                                0.5f32,
+                            );
+                        }
+                        for (i, ((&g, &g32), &w)) in got.iter().zip(&got32).zip(&want).enumerate() {
+                            let what = format!(
+                                "{m}×{n}×{k} lhsᵀ {lhs_t} rhsᵀ {rhs_t} acc {accumulate} at {i}"
+                            );
+                            assert!(
+                                (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                                "f64 {what}: {g} vs {w}"
+                            );
+                            assert!(
+                                (g32 as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                                "f32 {what}: {g32} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -13,7 +13,9 @@ use crate::graph::Edges;
 use crate::kernels::patterns::{
     from_pattern_layout, pattern_dims, to_pattern_layout, EdgePattern, EdgeProjections,
 };
-use crate::kernels::{edge_attention_cpu, flash_cpu, fused_cpu, linear_algebra, rows_cpu, weights};
+use crate::kernels::{
+    affine_cpu, edge_attention_cpu, flash_cpu, fused_cpu, linear_algebra, rows_cpu, weights,
+};
 use crate::nn::{activations, norms};
 use crate::tensor::*;
 
@@ -118,6 +120,67 @@ pub trait Backend<E: Real>: Device<E> {
     ) -> Result<T2<E, Self, T>> {
         Ok(norms::rms_norm_composite(x, gamma, kind))
     }
+
+    /// A linear layer `x · wᵀ (+ b)` over `x [rows, in]`, `w [out, in]`, `b [out]`.
+    fn linear<T: Tape<E, Self>>(
+        x: T2<E, Self, T>,
+        w: T2<E, Self, T>,
+        b: Option<T1<E, Self, T>>,
+    ) -> Result<T2<E, Self, T>> {
+        linear_composite(x, w, b)
+    }
+
+    /// `x + y` with `y` repeated along `x`'s leading axes (`x`'s elements are whole copies of
+    /// `y`'s shape; the same shape is a plain add).
+    fn add_repeated<S: Shape, R: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+        y: Tensor<R, E, Self, T>,
+    ) -> Result<Tensor<S, E, Self, T>> {
+        add_repeated_composite(x, y)
+    }
+}
+
+/// A linear layer from dfdx ops.
+pub fn linear_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T2<E, D, T>,
+    w: T2<E, D, T>,
+    b: Option<T1<E, D, T>>,
+) -> Result<T2<E, D, T>> {
+    let rows = x.shape().0;
+    let out = w.shape().0;
+    let y = x
+        .try_matmul(w.permute::<_, Axes2<1, 0>>())
+        .map_err(device_err)?;
+    Ok(match b {
+        Some(b) => y + b.broadcast_like::<_, Axis<0>>(&(rows, out)),
+        None => y,
+    })
+}
+
+/// `x + y` repeated along `x`'s leading axes, from dfdx ops.
+pub fn add_repeated_composite<S: Shape, R: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+    y: Tensor<R, E, D, T>,
+) -> Result<Tensor<S, E, D, T>> {
+    let shape = *x.shape();
+    let (len, per) = (shape.num_elements(), y.shape().num_elements());
+    if per == 0 || len % per != 0 {
+        return Err(crate::error::Error::shape(
+            "add",
+            format!(
+                "a tensor that repeats along the leading axes of {:?}",
+                shape.concrete()
+            ),
+            format!("{:?}", y.shape().concrete()),
+        ));
+    }
+    let reps = len / per;
+    let y = y
+        .try_reshape_like(&(per,))
+        .map_err(device_err)?
+        .broadcast_like::<_, Axis<0>>(&(reps, per));
+    let x = x.try_reshape_like(&(reps, per)).map_err(device_err)?;
+    (x + y).try_reshape_like(&shape).map_err(device_err)
 }
 
 /// Attention as weights (the composite form) times values: every device's fallback.
@@ -313,6 +376,29 @@ where
             rows_cpu::rms_norm_fused(x, gamma, kind)
         } else {
             Ok(norms::rms_norm_composite(x, gamma, kind))
+        }
+    }
+
+    fn linear<T: Tape<E, Self>>(
+        x: T2<E, Self, T>,
+        w: T2<E, Self, T>,
+        b: Option<T1<E, Self, T>>,
+    ) -> Result<T2<E, Self, T>> {
+        if cpu_fused() {
+            affine_cpu::linear_fused(x, w, b)
+        } else {
+            linear_composite(x, w, b)
+        }
+    }
+
+    fn add_repeated<S: Shape, R: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+        y: Tensor<R, E, Self, T>,
+    ) -> Result<Tensor<S, E, Self, T>> {
+        if cpu_fused() {
+            affine_cpu::add_repeated_fused(x, y)
+        } else {
+            add_repeated_composite(x, y)
         }
     }
 }

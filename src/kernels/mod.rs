@@ -2,6 +2,7 @@
 //! patterns and coordinate-descent routing; fused CPU forms of the pointwise chains (RMSNorm,
 //! GELU). Composite forms live beside fused CPU forms.
 
+pub mod affine_cpu;
 pub mod attention;
 pub mod edge_attention_cpu;
 pub mod fastmath;

@@ -8,8 +8,11 @@
 use crate::tensor::Real;
 
 /// Products of at most this many multiply-adds take the direct loops (gemm's set-up is paid
-/// back above it).
+/// back above it)...
 pub(super) const MAX_DIRECT_MACS: usize = 32 * 32 * 32;
+
+/// ... when the destination is at least one tile wide (narrower ones waste most of each tile).
+pub(super) const DIRECT_MIN_COLUMNS: usize = TILE_COLS;
 
 /// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`, strides as (row, column); the
 /// destination's rows must be contiguous (column stride 1).
@@ -68,13 +71,16 @@ unsafe fn pack_rows<E: Real>(
     src: *const E,
     (rs, cs): (usize, usize),
 ) -> Vec<E> {
-    let mut out = vec![E::zero(); k * n];
+    let mut out = Vec::<E>::with_capacity(k * n);
+    let dst = out.as_mut_ptr();
     for c in 0..n {
         let col = src.add(c * cs);
         for p in 0..k {
-            out[p * n + c] = *col.add(p * rs);
+            dst.add(p * n + c).write(*col.add(p * rs));
         }
     }
+    // every one of the k · n elements was written above
+    out.set_len(k * n);
     out
 }
 
@@ -103,23 +109,31 @@ const TILE_ROWS: usize = 4;
 const TILE_COLS: usize = 8;
 
 /// The loops: the destination in 4 × 8 tiles, each summed over k in registers, then
-/// `dst = [dst +] beta · sum`. `FUSED`: multiply-adds as one instruction (only where the target
-/// has FMA; elsewhere `mul_add` is a library call).
+/// `dst = [dst +] beta · sum`.
 #[inline(always)]
 unsafe fn rows<E: Real, const FUSED: bool>(a: Args<E>) {
-    let Args {
-        m,
-        n,
-        k,
-        dst,
-        dst_rs,
-        accumulate,
-        lhs,
-        lhs_strides: (lrs, lcs),
-        rhs,
-        rhs_rs,
-        beta,
-    } = a;
+    for i0 in (0..a.m).step_by(TILE_ROWS) {
+        let rows = TILE_ROWS.min(a.m - i0);
+        for c0 in (0..a.n).step_by(TILE_COLS) {
+            let cols = TILE_COLS.min(a.n - c0);
+            if rows == TILE_ROWS && cols == TILE_COLS {
+                // constant sizes: the compiler unrolls the tile into registers
+                tile::<E, FUSED>(&a, (i0, TILE_ROWS), (c0, TILE_COLS));
+            } else {
+                tile::<E, FUSED>(&a, (i0, rows), (c0, cols));
+            }
+        }
+    }
+}
+
+/// One tile of at most 4 × 8 at `(i0, c0)`. `FUSED`: multiply-adds as one instruction (only
+/// where the target has FMA; elsewhere `mul_add` is a library call).
+#[inline(always)]
+unsafe fn tile<E: Real, const FUSED: bool>(
+    a: &Args<E>,
+    (i0, rows): (usize, usize),
+    (c0, cols): (usize, usize),
+) {
     let madd = |acc: E, x: E, y: E| {
         if FUSED {
             x.mul_add(y, acc)
@@ -127,46 +141,41 @@ unsafe fn rows<E: Real, const FUSED: bool>(a: Args<E>) {
             acc + x * y
         }
     };
-    let store = |i: usize, c: usize, sum: E| {
-        let d = dst.add(i * dst_rs + c);
-        *d = if accumulate {
-            *d + beta * sum
+    let (lrs, lcs) = a.lhs_strides;
+    // A partial tile still computes all 4 × 8 sums (fixed-size loops stay in registers): rows
+    // past the last repeat it, columns past the last are zero; only real ones are stored.
+    let lhs_row = |r: usize| a.lhs.add((i0 + r.min(rows - 1)) * lrs);
+    let lhs_rows: [*const E; TILE_ROWS] = std::array::from_fn(lhs_row);
+    let mut acc = [[E::zero(); TILE_COLS]; TILE_ROWS];
+    for p in 0..a.k {
+        let src = a.rhs.add(p * a.rhs_rs + c0);
+        let rv: [E; TILE_COLS] = if cols == TILE_COLS {
+            std::ptr::read_unaligned(src as *const _)
         } else {
-            beta * sum
+            let mut v = [E::zero(); TILE_COLS];
+            v.iter_mut()
+                .take(cols)
+                .enumerate()
+                .for_each(|(c, x)| *x = *src.add(c));
+            v
         };
-    };
-    for i0 in (0..m).step_by(TILE_ROWS) {
-        let rows = TILE_ROWS.min(m - i0);
-        for c0 in (0..n).step_by(TILE_COLS) {
-            let cols = TILE_COLS.min(n - c0);
-            if rows == TILE_ROWS && cols == TILE_COLS {
-                let mut acc = [[E::zero(); TILE_COLS]; TILE_ROWS];
-                for p in 0..k {
-                    let rv: [E; TILE_COLS] =
-                        std::ptr::read_unaligned(rhs.add(p * rhs_rs + c0) as *const _);
-                    for (r, acc_row) in acc.iter_mut().enumerate() {
-                        let x = *lhs.add((i0 + r) * lrs + p * lcs);
-                        for (s, &y) in acc_row.iter_mut().zip(&rv) {
-                            *s = madd(*s, x, y);
-                        }
-                    }
-                }
-                for (r, acc_row) in acc.iter().enumerate() {
-                    for (c, &sum) in acc_row.iter().enumerate() {
-                        store(i0 + r, c0 + c, sum);
-                    }
-                }
-            } else {
-                for r in i0..i0 + rows {
-                    for c in c0..c0 + cols {
-                        let mut sum = E::zero();
-                        for p in 0..k {
-                            sum = madd(sum, *lhs.add(r * lrs + p * lcs), *rhs.add(p * rhs_rs + c));
-                        }
-                        store(r, c, sum);
-                    }
-                }
+        for (acc_row, row) in acc.iter_mut().zip(&lhs_rows) {
+            let x = *row.add(p * lcs);
+            for (s, &y) in acc_row.iter_mut().zip(&rv) {
+                *s = madd(*s, x, y);
             }
+        }
+    }
+    for (r, acc_row) in acc.iter().enumerate().take(rows) {
+        let d = std::slice::from_raw_parts_mut(a.dst.add((i0 + r) * a.dst_rs + c0), cols);
+        if a.accumulate {
+            d.iter_mut()
+                .zip(acc_row)
+                .for_each(|(d, &s)| *d = *d + a.beta * s);
+        } else {
+            d.iter_mut()
+                .zip(acc_row)
+                .for_each(|(d, &s)| *d = a.beta * s);
         }
     }
 }

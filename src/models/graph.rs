@@ -211,10 +211,14 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         ids: Option<&[usize]>,
         batch: usize,
         n: usize,
-    ) -> Result<Edges<E, D, T>> {
+    ) -> Result<Edges<E, D, T>>
+    where
+        D: Backend<E>,
+    {
         let problem = match (&self.edge_tokens, ids) {
             (Some(table), Some(ids)) => {
-                return Edges::new(edges.into_tensor() + table.forward::<T>(ids, batch, n)?)
+                let embedded = table.forward::<T>(ids, batch, n)?;
+                return Edges::new(D::add_repeated(edges.into_tensor(), embedded)?);
             }
             (None, None) => return Ok(edges),
             (Some(_), None) => "the model has edge inputs but no edge tokens were given",
@@ -248,7 +252,7 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         let x = match &self.pos_emb {
             Some(p) => {
                 let pos: Nodes<E, D, T> = p.positions(batch, n)?;
-                Nodes::new(x.into_tensor() + pos.into_tensor())
+                Nodes::new(D::add_repeated(x.into_tensor(), pos.into_tensor())?)
             }
             None => x,
         };
@@ -258,8 +262,7 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         let edges = match &self.pos_bias {
             Some(pb) => {
                 let bias: T3<E, D, T> = pb.forward(n)?;
-                let shape = edges.dims();
-                Edges::new(edges.into_tensor() + bias.broadcast_like::<_, Axis<0>>(&shape))?
+                Edges::new(D::add_repeated(edges.into_tensor(), bias)?)?
             }
             None => edges,
         };

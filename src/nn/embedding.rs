@@ -100,7 +100,10 @@ impl<E: Real, D: Device<E>> EdgeEmbed<E, D> {
         })
     }
 
-    pub fn forward<T: Tape<E, D>>(&self, x: Nodes<E, D, T>) -> Result<Edges<E, D, T>> {
+    pub fn forward<T: Tape<E, D>>(&self, x: Nodes<E, D, T>) -> Result<Edges<E, D, T>>
+    where
+        D: crate::backend::Backend<E>,
+    {
         let rows = Nodes::new(super::rows::map_rows3(x.tensor().with_empty_tape(), |t| {
             self.to_rows.forward(t)
         })?);
@@ -161,7 +164,10 @@ impl<E: Real, D: Device<E>> DynamicPositionBias<E, D> {
     }
 
     /// The bias `[n, n, channels]`, entry (i, j) from distance i − j.
-    pub fn forward<T: Tape<E, D>>(&self, n: usize) -> Result<T3<E, D, T>> {
+    pub fn forward<T: Tape<E, D>>(&self, n: usize) -> Result<T3<E, D, T>>
+    where
+        D: crate::backend::Backend<E>,
+    {
         if n == 0 {
             return Err(Error::config(
                 "dynamic position bias",

@@ -22,7 +22,10 @@ impl<E: Real, D: Device<E>> HeadMix<E, D> {
     }
 
     /// `[b, h, i, j] -> [b, i, j, out]`.
-    pub fn forward<T: Tape<E, D>>(&self, x: T4<E, D, T>) -> Result<Edges<E, D, T>> {
+    pub fn forward<T: Tape<E, D>>(&self, x: T4<E, D, T>) -> Result<Edges<E, D, T>>
+    where
+        D: crate::backend::Backend<E>,
+    {
         let (b, h, i, j) = *x.shape();
         if h != self.proj.inputs || i != j {
             return Err(Error::shape(

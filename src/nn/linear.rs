@@ -3,6 +3,7 @@
 use dfdx::prelude::*;
 
 use super::params::{HasParams, Init, InitKind, Param};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::*;
 
@@ -37,9 +38,12 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
         })
     }
 
-    /// `[rows, in] -> [rows, out]`.
-    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>> {
-        let (rows, c) = *x.shape();
+    /// `[rows, in] -> [rows, out]`, in the device's form (fused on the CPU).
+    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        let c = x.shape().1;
         if c != self.inputs {
             return Err(Error::shape(
                 format!("linear `{}`", self.weight.name),
@@ -47,15 +51,11 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
                 c,
             ));
         }
-        let y = x.matmul(self.weight.matrix::<T>().permute::<_, Axes2<1, 0>>());
-        Ok(match &self.bias {
-            Some(b) => {
-                y + b
-                    .vector::<T>()
-                    .broadcast_like::<_, Axis<0>>(&(rows, self.outputs))
-            }
-            None => y,
-        })
+        D::linear(
+            x,
+            self.weight.matrix::<T>(),
+            self.bias.as_ref().map(|b| b.vector::<T>()),
+        )
     }
 }
 

@@ -190,7 +190,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     .nodes
                     .take()
                     .expect("nodes are stored between statements");
-                self.combine(old, v.t, accumulate)
+                self.combine(old, v.t, accumulate)?
             }
             (Domain::Edges, false) => {
                 let axes = [Ax::Batch, Ax::Slot(slots[0]), Ax::Slot(slots[1]), Ax::Chan];
@@ -199,7 +199,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     .edges
                     .take()
                     .expect("edges are stored between statements");
-                self.combine(old, v.t, accumulate)
+                self.combine(old, v.t, accumulate)?
             }
             (Domain::Edges, true) => {
                 let c = plan.dim_edges;
@@ -225,7 +225,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     )?;
                     old * off.retaped::<T>()
                 };
-                kept + onto
+                D::add_repeated(kept, onto)?
             }
         };
         match target {
@@ -235,13 +235,18 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         Ok(())
     }
 
-    fn combine(&mut self, old: T1<E, D, T>, value: T1<E, D, T>, accumulate: bool) -> T1<E, D, T> {
+    fn combine(
+        &mut self,
+        old: T1<E, D, T>,
+        value: T1<E, D, T>,
+        accumulate: bool,
+    ) -> Result<T1<E, D, T>> {
         if accumulate {
-            old + value
+            D::add_repeated(old, value)
         } else {
             let (_, tape) = old.split_tape();
             self.orphans.push(tape);
-            value
+            Ok(value)
         }
     }
 

@@ -1,5 +1,6 @@
 //! The one integration-test binary (each file under tests/ would link dfdx again).
 
+mod affine;
 mod cli;
 mod common;
 mod edge_self_attention;

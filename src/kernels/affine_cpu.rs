@@ -1,0 +1,226 @@
+//! Fused CPU forms of the affine ops every layer runs over all n² edges: linear layers with
+//! their bias, and adds (residuals, biases repeated over a batch). dfdx runs the bias add and
+//! every add's backward as a single-threaded walk with an index per element (about a
+//! millisecond per edge tensor of a small model, on each side), and its matmul backward
+//! serially; here each is one parallel pass over chunks of rows.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::flash_cpu::mm_with;
+use super::fused_cpu::{accumulate, host_copy, CpuBuffer};
+use crate::error::{Error, Result};
+use crate::tensor::*;
+
+/// Rows per task of a linear layer over many rows (the edges).
+const LINEAR_ROWS: usize = 256;
+
+/// Elements per task of an add.
+const ADD_CHUNK: usize = 1 << 14;
+
+/// How a linear layer over `rows` rows splits its work: many rows go in chunks, one product
+/// per chunk on one thread; few rows (the nodes, with wide layers) go as one chunk whose
+/// products use every thread.
+fn linear_split(rows: usize) -> (usize, gemm::Parallelism) {
+    if rows >= 4 * LINEAR_ROWS * rayon::current_num_threads() {
+        (LINEAR_ROWS, gemm::Parallelism::None)
+    } else {
+        (rows.max(1), gemm::Parallelism::Rayon(0))
+    }
+}
+
+/// `y = x · wᵀ + b` over `x [rows, in]`, `w [out, in]`, `b [out]`.
+///
+/// Gradients: `dx = g · w`, `dw = gᵀ · x`, `db = Σ_rows g`; the weight and bias sums are taken
+/// per chunk of rows and added in chunk order, so they do not depend on the thread count.
+pub fn linear_fused<E: Real, T: Tape<E, Cpu>>(
+    x: T2<E, Cpu, T>,
+    w: T2<E, Cpu, T>,
+    b: Option<T1<E, Cpu, T>>,
+) -> Result<T2<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (rows, c_in) = *x.shape();
+    let (c_out, w_in) = *w.shape();
+    let b_out = b.as_ref().map(|b| b.shape().0);
+    if w_in != c_in || b_out.is_some_and(|o| o != c_out) {
+        return Err(Error::shape(
+            "linear",
+            format!("weight [out, {c_in}] and bias [out]"),
+            format!("weight [{c_out}, {w_in}], bias {b_out:?}"),
+        ));
+    }
+    let dev = x.device().clone();
+    let (x, tape_x) = x.contiguous().split_tape();
+    let (w, tape_w) = w.contiguous().split_tape();
+    let mut tape = tape_x.merge(tape_w);
+    let b = b.map(|b| {
+        let (b, tape_b) = b.split_tape();
+        tape = std::mem::take(&mut tape).merge(tape_b);
+        b
+    });
+    let (xs, ws) = (host_copy(&x), host_copy(&w));
+    let bs = b.as_ref().map(host_copy);
+    let (chunk, par) = linear_split(rows);
+    // start from the bias (or zeros) and accumulate the product onto it
+    let mut out = vec![E::zero(); rows * c_out];
+    if c_in > 0 && c_out > 0 {
+        out.par_chunks_mut(chunk * c_out)
+            .zip(xs.par_chunks(chunk * c_in))
+            .for_each(|(y, x)| {
+                if let Some(bs) = &bs {
+                    y.chunks_exact_mut(c_out)
+                        .for_each(|row| row.copy_from_slice(bs));
+                }
+                // Safety: y is r × out, x r × in, w out × in (read transposed).
+                unsafe {
+                    mm_with(
+                        (x.len() / c_in, c_out, c_in),
+                        y.as_mut_ptr(),
+                        (c_out, 1),
+                        true,
+                        x.as_ptr(),
+                        (c_in, 1),
+                        ws.as_ptr(),
+                        (1, c_in),
+                        E::one(),
+                        par,
+                    );
+                }
+            });
+    }
+    let out = dev
+        .try_tensor_from_vec(out, (rows, c_out))
+        .map_err(device_err)?;
+    if T::OWNS_TAPE && c_in > 0 && c_out > 0 {
+        let ghosts = (
+            out.ghost(),
+            x.ghost(),
+            w.ghost(),
+            b.as_ref().map(|b| b.ghost()),
+        );
+        tape.add_backward_op(move |grads| {
+            let (out_g, x_g, w_g, b_g) = &ghosts;
+            let g = grads.get_or_alloc_mut(out_g)?.to_vec();
+            let dx = grads.get_or_alloc_mut(x_g)?;
+            // per chunk: its input gradient in place, partial weight and bias gradients
+            let partials: Vec<(Vec<E>, Vec<E>)> = dx
+                .par_chunks_mut(chunk * c_in)
+                .zip(xs.par_chunks(chunk * c_in))
+                .zip(g.par_chunks(chunk * c_out))
+                .map(|((dx, x), g)| {
+                    let r = x.len() / c_in;
+                    let mut dw = vec![E::zero(); c_out * c_in];
+                    let mut db = vec![E::zero(); c_out];
+                    g.chunks_exact(c_out)
+                        .for_each(|row| accumulate(&mut db, row));
+                    // Safety: g is r × out, w out × in, dx and x r × in, dw out × in.
+                    unsafe {
+                        mm_with(
+                            (r, c_in, c_out),
+                            dx.as_mut_ptr(),
+                            (c_in, 1),
+                            true,
+                            g.as_ptr(),
+                            (c_out, 1),
+                            ws.as_ptr(),
+                            (c_in, 1),
+                            E::one(),
+                            par,
+                        );
+                        mm_with(
+                            (c_out, c_in, r),
+                            dw.as_mut_ptr(),
+                            (c_in, 1),
+                            false,
+                            g.as_ptr(),
+                            (1, c_out),
+                            x.as_ptr(),
+                            (c_in, 1),
+                            E::one(),
+                            par,
+                        );
+                    }
+                    (dw, db)
+                })
+                .collect();
+            let dw = grads.get_or_alloc_mut(w_g)?;
+            partials.iter().for_each(|(p, _)| accumulate(dw, p));
+            if let Some(b_g) = b_g {
+                let db = grads.get_or_alloc_mut(b_g)?;
+                partials.iter().for_each(|(_, p)| accumulate(db, p));
+            }
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}
+
+/// `x + y` where `y` repeats along `x`'s leading axes: `x`'s elements are `reps` copies of
+/// `y`'s shape (`reps = 1`: two tensors of one shape). Gradients: `dx = g`, `dy = Σ_reps g`.
+pub fn add_repeated_fused<S: Shape, R: Shape, E: Real, T: Tape<E, Cpu>>(
+    x: Tensor<S, E, Cpu, T>,
+    y: Tensor<R, E, Cpu, T>,
+) -> Result<Tensor<S, E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let shape = *x.shape();
+    let (len, per) = (shape.num_elements(), y.shape().num_elements());
+    if per == 0 || len % per != 0 {
+        return Err(Error::shape(
+            "add",
+            format!(
+                "a tensor that repeats along the leading axes of {:?}",
+                shape.concrete()
+            ),
+            format!("{:?}", y.shape().concrete()),
+        ));
+    }
+    let dev = x.device().clone();
+    let (x, tape_x) = x.contiguous().split_tape();
+    let (y, tape_y) = y.contiguous().split_tape();
+    let tape = tape_x.merge(tape_y);
+    let mut out = host_copy(&x);
+    let ys = host_copy(&y);
+    if per >= ADD_CHUNK {
+        // each repeat in chunks
+        out.par_chunks_mut(per).for_each(|rep| {
+            rep.par_chunks_mut(ADD_CHUNK)
+                .zip(ys.par_chunks(ADD_CHUNK))
+                .for_each(|(o, y)| accumulate(o, y))
+        });
+    } else {
+        // whole repeats per task
+        out.par_chunks_mut(per * (ADD_CHUNK / per).max(1))
+            .for_each(|o| o.chunks_exact_mut(per).for_each(|o| accumulate(o, &ys)));
+    }
+    let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
+    let mut tape = tape;
+    if T::OWNS_TAPE {
+        let (out_g, x_g, y_g) = (out.ghost(), x.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            let dx = grads.get_or_alloc_mut(&x_g)?;
+            dx.par_chunks_mut(ADD_CHUNK)
+                .zip(g.par_chunks(ADD_CHUNK))
+                .for_each(|(d, g)| accumulate(d, g));
+            let dy = grads.get_or_alloc_mut(&y_g)?;
+            if per >= ADD_CHUNK {
+                // chunks of y, each summed over the repeats
+                dy.par_chunks_mut(ADD_CHUNK).enumerate().for_each(|(i, d)| {
+                    for rep in g.chunks_exact(per) {
+                        accumulate(d, &rep[i * ADD_CHUNK..][..d.len()]);
+                    }
+                });
+            } else {
+                g.chunks_exact(per).for_each(|rep| accumulate(dy, rep));
+            }
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}

@@ -1,0 +1,141 @@
+//! The fused CPU linear layer and repeated add against their composite forms (dfdx's matmul,
+//! reshape and broadcast add: the CUDA path): values and every gradient, across the kernels' chunk boundaries, for the
+//! layer over many rows (chunks on one thread each) and over few (one chunk, threaded
+//! products); and against finite differences.
+
+use dfdx::prelude::*;
+use quartic::backend::{add_repeated_composite, linear_composite};
+use quartic::kernels::affine_cpu::{add_repeated_fused, linear_fused};
+
+use crate::common::*;
+
+/// Values and the gradients of input, weight and bias of one linear form.
+fn linear_run(
+    fused: bool,
+    vals: &[Vec<f64>],
+    rows: usize,
+    c_in: usize,
+    bias: bool,
+) -> Vec<Vec<f64>> {
+    let d = dev();
+    let c_out = vals[1].len() / c_in;
+    let x = d.tensor_from_vec(vals[0].clone(), (rows, c_in));
+    let w = d.tensor_from_vec(vals[1].clone(), (c_out, c_in));
+    let b = d.tensor_from_vec(vals[2].clone(), (c_out,));
+    let bt = bias.then(|| b.clone().retaped::<Tp>());
+    let out = if fused {
+        linear_fused(x.leaky_trace(), w.clone().retaped::<Tp>(), bt).unwrap()
+    } else {
+        linear_composite(x.leaky_trace(), w.clone().retaped::<Tp>(), bt).unwrap()
+    };
+    let values = out.as_vec();
+    let mut g = probe_loss(out, 31).backward();
+    let mut res = vec![values, grad_of(&mut g, &x), grad_of(&mut g, &w)];
+    if bias {
+        res.push(grad_of(&mut g, &b));
+    }
+    res
+}
+
+#[test]
+fn fused_linear_matches_composite() {
+    // 3000 rows take the chunked form (chunks of 256, the last one short); 40 rows the
+    // single-chunk form; output widths below, at and above one register tile
+    for (rows, c_in, c_out) in [(3000, 16, 4), (3000, 5, 17), (40, 24, 8), (40, 3, 33)] {
+        let vals = vec![
+            randn(41, rows * c_in),
+            randn(42, c_out * c_in),
+            randn(43, c_out),
+        ];
+        for bias in [true, false] {
+            let (a, b) = (
+                linear_run(true, &vals, rows, c_in, bias),
+                linear_run(false, &vals, rows, c_in, bias),
+            );
+            for (what, (x, y)) in ["values", "dx", "dw", "db"].iter().zip(a.iter().zip(&b)) {
+                let what = format!("linear {rows}×{c_in}→{c_out} bias {bias}: {what}");
+                assert_close(&what, x, y, 1e-10, 1e-9);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_linear_gradients_match_finite_differences() {
+    let (rows, c_in, c_out) = (6, 3, 5);
+    let vals = vec![
+        randn(51, rows * c_in),
+        randn(52, c_out * c_in),
+        randn(53, c_out),
+    ];
+    gradcheck("fused linear", &vals, 12, |v| {
+        let [x, w, b]: [In; 3] = v.try_into().ok().expect("three inputs");
+        let out = linear_fused(
+            x.reshape_like(&(rows, c_in)),
+            w.reshape_like(&(c_out, c_in)),
+            Some(b),
+        );
+        probe_loss(out.unwrap(), 6)
+    });
+}
+
+#[test]
+fn fused_linear_rejects_mismatched_weights() {
+    let d = dev();
+    let x: Tensor<(usize, usize), f64, Cpu> = d.zeros_like(&(4, 3));
+    let w: Tensor<(usize, usize), f64, Cpu> = d.zeros_like(&(2, 5));
+    let err = linear_fused(x.clone(), w, None).unwrap_err().to_string();
+    assert!(err.contains("weight [2, 5]"), "{err}");
+    let w: Tensor<(usize, usize), f64, Cpu> = d.zeros_like(&(2, 3));
+    let b: Tensor<(usize,), f64, Cpu> = d.zeros_like(&(3,));
+    let err = linear_fused(x, w, Some(b)).unwrap_err().to_string();
+    assert!(err.contains("bias Some(3)"), "{err}");
+}
+
+/// Values and both gradients of `x [reps, per] + y [per]` in one form.
+fn add_run(fused: bool, xv: &[f64], yv: &[f64]) -> Vec<Vec<f64>> {
+    let d = dev();
+    let per = yv.len();
+    let reps = xv.len() / per;
+    let x = d.tensor_from_vec(xv.to_vec(), (reps, per));
+    let y = d.tensor_from_vec(yv.to_vec(), (per,));
+    let out = if fused {
+        add_repeated_fused(x.leaky_trace(), y.clone().retaped::<Tp>()).unwrap()
+    } else {
+        add_repeated_composite(x.leaky_trace(), y.clone().retaped::<Tp>()).unwrap()
+    };
+    let values = out.as_vec();
+    let mut g = probe_loss(out, 61).backward();
+    vec![values, grad_of(&mut g, &x), grad_of(&mut g, &y)]
+}
+
+#[test]
+fn fused_add_matches_composite() {
+    // one repeat (a plain add) and many, each under and over the kernel's 16 384-element
+    // chunk, with short last chunks
+    for (reps, per) in [(1, 40_000), (1, 300), (3, 20_000), (700, 30)] {
+        let (xv, yv) = (randn(71, reps * per), randn(72, per));
+        let (a, b) = (add_run(true, &xv, &yv), add_run(false, &xv, &yv));
+        for (what, (x, y)) in ["values", "dx", "dy"].iter().zip(a.iter().zip(&b)) {
+            assert_close(&format!("add {reps}×{per}: {what}"), x, y, 1e-12, 1e-12);
+        }
+    }
+}
+
+#[test]
+fn fused_add_gradients_match_finite_differences_and_reject_bad_shapes() {
+    let vals = vec![randn(81, 12), randn(82, 4)];
+    gradcheck("fused repeated add", &vals, 12, |v| {
+        let [x, y]: [In; 2] = v.try_into().ok().expect("two inputs");
+        probe_loss(add_repeated_fused(x.reshape_like(&(3, 4)), y).unwrap(), 8)
+    });
+    let d = dev();
+    let x: Tensor<(usize, usize), f64, Cpu> = d.zeros_like(&(3, 4));
+    let y: Tensor<(usize,), f64, Cpu> = d.zeros_like(&(5,));
+    for err in [
+        add_repeated_fused(x.clone(), y.clone()).unwrap_err(),
+        add_repeated_composite(x, y).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("[5]"), "{err}");
+    }
+}

@@ -121,6 +121,24 @@ pub trait Backend<E: Real>: Device<E> {
         Ok(norms::rms_norm_composite(x, gamma, kind))
     }
 
+    /// LayerNorm of `[rows, c]` with weight and bias `[c]`.
+    fn layer_norm<T: Tape<E, Self>>(
+        x: T2<E, Self, T>,
+        weight: T1<E, Self, T>,
+        bias: T1<E, Self, T>,
+        eps: f64,
+    ) -> Result<T2<E, Self, T>> {
+        Ok(norms::layer_norm_composite(x, weight, bias, eps))
+    }
+
+    /// Edge (i, j) gets `sources[b, i] + targets[b, j]`: `[b, n, c]` twice → `[b, n, n, c]`.
+    fn outer_sum<T: Tape<E, Self>>(
+        sources: T3<E, Self, T>,
+        targets: T3<E, Self, T>,
+    ) -> Result<T4<E, Self, T>> {
+        outer_sum_composite(sources, targets)
+    }
+
     /// A linear layer `x · wᵀ (+ b)` over `x [rows, in]`, `w [out, in]`, `b [out]`.
     fn linear<T: Tape<E, Self>>(
         x: T2<E, Self, T>,
@@ -138,6 +156,23 @@ pub trait Backend<E: Real>: Device<E> {
     ) -> Result<Tensor<S, E, Self, T>> {
         add_repeated_composite(x, y)
     }
+}
+
+/// The outer sum from dfdx broadcasts.
+pub fn outer_sum_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
+    sources: T3<E, D, T>,
+    targets: T3<E, D, T>,
+) -> Result<T4<E, D, T>> {
+    let (b, n, c) = *sources.shape();
+    if *targets.shape() != (b, n, c) {
+        return Err(crate::error::Error::shape(
+            "outer sum",
+            format!("targets [{b}, {n}, {c}] like the sources"),
+            format!("{:?}", targets.shape()),
+        ));
+    }
+    let shape = (b, n, n, c);
+    Ok(sources.broadcast_like::<_, Axis<2>>(&shape) + targets.broadcast_like::<_, Axis<1>>(&shape))
 }
 
 /// A linear layer from dfdx ops.
@@ -376,6 +411,30 @@ where
             rows_cpu::rms_norm_fused(x, gamma, kind)
         } else {
             Ok(norms::rms_norm_composite(x, gamma, kind))
+        }
+    }
+
+    fn layer_norm<T: Tape<E, Self>>(
+        x: T2<E, Self, T>,
+        weight: T1<E, Self, T>,
+        bias: T1<E, Self, T>,
+        eps: f64,
+    ) -> Result<T2<E, Self, T>> {
+        if cpu_fused() {
+            rows_cpu::layer_norm_fused(x, weight, bias, eps)
+        } else {
+            Ok(norms::layer_norm_composite(x, weight, bias, eps))
+        }
+    }
+
+    fn outer_sum<T: Tape<E, Self>>(
+        sources: T3<E, Self, T>,
+        targets: T3<E, Self, T>,
+    ) -> Result<T4<E, Self, T>> {
+        if cpu_fused() {
+            affine_cpu::outer_sum_fused(sources, targets)
+        } else {
+            outer_sum_composite(sources, targets)
         }
     }
 

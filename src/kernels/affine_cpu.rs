@@ -1,5 +1,6 @@
 //! Fused CPU forms of the affine ops every layer runs over all n² edges: linear layers with
-//! their bias, and adds (residuals, biases repeated over a batch). dfdx runs the bias add and
+//! their bias, adds (residuals, biases repeated over a batch) and the outer sum that lifts node
+//! features onto edges. dfdx runs the bias add and
 //! every add's backward as a single-threaded walk with an index per element (about a
 //! millisecond per edge tensor of a small model, on each side), and its matmul backward
 //! serially; here each is one parallel pass over chunks of rows.
@@ -218,6 +219,88 @@ where
                 });
             } else {
                 g.chunks_exact(per).for_each(|rep| accumulate(dy, rep));
+            }
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}
+
+/// Node rows per task of the outer sum's backward.
+const OUTER_ROWS: usize = 16;
+
+/// Edge (i, j) gets `sources[b, i] + targets[b, j]`: `[b, n, c]` twice → `[b, n, n, c]`.
+///
+/// Gradients: `dsources[b, i] = Σ_j g[b, i, j]`, `dtargets[b, j] = Σ_i g[b, i, j]` (summed per
+/// block of rows i, the blocks added in order).
+pub fn outer_sum_fused<E: Real, T: Tape<E, Cpu>>(
+    sources: T3<E, Cpu, T>,
+    targets: T3<E, Cpu, T>,
+) -> Result<T4<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (b, n, c) = *sources.shape();
+    if *targets.shape() != (b, n, c) {
+        return Err(Error::shape(
+            "outer sum",
+            format!("targets [{b}, {n}, {c}] like the sources"),
+            format!("{:?}", targets.shape()),
+        ));
+    }
+    let dev = sources.device().clone();
+    let (src, tape_s) = sources.contiguous().split_tape();
+    let (tgt, tape_t) = targets.contiguous().split_tape();
+    let mut tape = tape_s.merge(tape_t);
+    let (ss, ts) = (host_copy(&src), host_copy(&tgt));
+    let row = n * c;
+    let mut out = vec![E::zero(); b * n * row];
+    if row > 0 {
+        // one task per edge row (b, i): n edges of c channels
+        out.par_chunks_mut(row).enumerate().for_each(|(bi, o)| {
+            let s = &ss[bi * c..][..c];
+            let t = &ts[(bi / n) * row..][..row];
+            for (o, t) in o.chunks_exact_mut(c).zip(t.chunks_exact(c)) {
+                for k in 0..c {
+                    o[k] = s[k] + t[k];
+                }
+            }
+        });
+    }
+    let out = dev
+        .try_tensor_from_vec(out, (b, n, n, c))
+        .map_err(device_err)?;
+    if T::OWNS_TAPE && row > 0 {
+        let (out_g, src_g, tgt_g) = (out.ghost(), src.ghost(), tgt.ghost());
+        tape.add_backward_op(move |grads| {
+            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            let ds = grads.get_or_alloc_mut(&src_g)?;
+            // per graph, per block of its edge rows: their source gradients in place, a
+            // partial target sum
+            let block = OUTER_ROWS * c;
+            let parts: Vec<Vec<Vec<E>>> = ds
+                .par_chunks_mut(row)
+                .enumerate()
+                .map(|(graph, ds)| {
+                    ds.par_chunks_mut(block)
+                        .enumerate()
+                        .map(|(blk, ds)| {
+                            let mut dt = vec![E::zero(); row];
+                            for (r, ds) in ds.chunks_exact_mut(c).enumerate() {
+                                let g_row = &g[(graph * n + blk * OUTER_ROWS + r) * row..][..row];
+                                g_row.chunks_exact(c).for_each(|gj| accumulate(ds, gj));
+                                accumulate(&mut dt, g_row);
+                            }
+                            dt
+                        })
+                        .collect()
+                })
+                .collect();
+            let dt = grads.get_or_alloc_mut(&tgt_g)?;
+            for (graph, blocks) in parts.iter().enumerate() {
+                let dt = &mut dt[graph * row..][..row];
+                blocks.iter().for_each(|part| accumulate(dt, part));
             }
             Ok(())
         });

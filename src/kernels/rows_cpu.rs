@@ -1,5 +1,5 @@
-//! Fused CPU forms of the two pointwise chains every layer runs over all n² edges: RMSNorm
-//! (either kind, see [`crate::nn::norms`]) and exact GELU. The composite forms take eight to ten
+//! Fused CPU forms of the pointwise chains every layer runs over all n² edges: RMSNorm
+//! (either kind, see [`crate::nn::norms`]), LayerNorm, exact GELU and the feedforward block. The composite forms take eight to ten
 //! dfdx ops each, every one a single-threaded pass that allocates its output, and as many in the
 //! backward; these take one parallel pass forward and one backward.
 
@@ -165,6 +165,113 @@ where
             for part in dgamma_parts {
                 accumulate(dgamma, &part);
             }
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}
+
+/// A row's mean and `1 / √(var + eps)` (population variance, as PyTorch's LayerNorm).
+#[inline]
+fn mean_inv_std<E: Real>(row: &[E], eps: E) -> (E, E) {
+    let c = E::of(row.len() as f64);
+    let mean = row.iter().fold(E::zero(), |a, &v| a + v) / c;
+    let var = row
+        .iter()
+        .fold(E::zero(), |a, &v| a + (v - mean) * (v - mean))
+        / c;
+    (mean, (var + eps).sqrt().recip())
+}
+
+/// LayerNorm over the channels of `[rows, c]`: `(x − mean) · inv · w + b`.
+///
+/// Gradients, with `x̂ = (x − mean) · inv` and `h = g · w`: `dx = inv · (h − mean(h) −
+/// x̂ · mean(h · x̂))`, `dw = Σ_rows g · x̂`, `db = Σ_rows g`.
+pub fn layer_norm_fused<E: Real, T: Tape<E, Cpu>>(
+    x: T2<E, Cpu, T>,
+    w: T1<E, Cpu, T>,
+    b: T1<E, Cpu, T>,
+    eps: f64,
+) -> Result<T2<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let shape = *x.shape();
+    let (rows, c) = shape;
+    if w.shape().0 != c || b.shape().0 != c {
+        return Err(crate::error::Error::shape(
+            "layer norm",
+            format!("weight and bias [{c}]"),
+            format!("[{}], [{}]", w.shape().0, b.shape().0),
+        ));
+    }
+    let eps = E::of(eps);
+    let dev = x.device().clone();
+    let (x, tape_x) = x.contiguous().split_tape();
+    let (w, tape_w) = w.split_tape();
+    let (b, tape_b) = b.split_tape();
+    let mut tape = tape_x.merge(tape_w).merge(tape_b);
+    let (xs, ws, bs) = (host_copy(&x), host_copy(&w), host_copy(&b));
+    let mut out = zeros(rows * c);
+    // whole rows per task
+    let task = c * (CHUNK / c.max(1)).max(1);
+    if c > 0 {
+        out.par_chunks_mut(task)
+            .zip(xs.par_chunks(task))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    let (mean, inv) = mean_inv_std(x, eps);
+                    for k in 0..c {
+                        o[k] = (x[k] - mean) * inv * ws[k] + bs[k];
+                    }
+                }
+            });
+    }
+    let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
+    if T::OWNS_TAPE && c > 0 {
+        let ghosts = (out.ghost(), x.ghost(), w.ghost(), b.ghost());
+        tape.add_backward_op(move |grads| {
+            let (out_g, x_g, w_g, b_g) = &ghosts;
+            let g = grads.get_or_alloc_mut(out_g)?.to_vec();
+            let dx = grads.get_or_alloc_mut(x_g)?;
+            let cf = E::of(c as f64);
+            // per task: its rows' input gradients in place, partial dw and db
+            let parts: Vec<(Vec<E>, Vec<E>)> = dx
+                .par_chunks_mut(task)
+                .zip(xs.par_chunks(task))
+                .zip(g.par_chunks(task))
+                .map(|((dx, x), g)| {
+                    let (mut dw, mut db) = (vec![E::zero(); c], vec![E::zero(); c]);
+                    let mut xhat = vec![E::zero(); c];
+                    for ((dx, x), g) in dx
+                        .chunks_exact_mut(c)
+                        .zip(x.chunks_exact(c))
+                        .zip(g.chunks_exact(c))
+                    {
+                        let (mean, inv) = mean_inv_std(x, eps);
+                        let (mut mean_h, mut mean_hx) = (E::zero(), E::zero());
+                        for k in 0..c {
+                            xhat[k] = (x[k] - mean) * inv;
+                            let h = g[k] * ws[k];
+                            mean_h = mean_h + h;
+                            mean_hx = mean_hx + h * xhat[k];
+                            dw[k] = dw[k] + g[k] * xhat[k];
+                            db[k] = db[k] + g[k];
+                        }
+                        let (mean_h, mean_hx) = (mean_h / cf, mean_hx / cf);
+                        for k in 0..c {
+                            let h = g[k] * ws[k];
+                            dx[k] = dx[k] + inv * (h - mean_h - xhat[k] * mean_hx);
+                        }
+                    }
+                    (dw, db)
+                })
+                .collect();
+            let dw = grads.get_or_alloc_mut(w_g)?;
+            parts.iter().for_each(|(p, _)| accumulate(dw, p));
+            let db = grads.get_or_alloc_mut(b_g)?;
+            parts.iter().for_each(|(_, p)| accumulate(db, p));
             Ok(())
         });
     }

@@ -104,16 +104,16 @@ impl<E: Real, D: Device<E>> EdgeEmbed<E, D> {
     where
         D: crate::backend::Backend<E>,
     {
-        let rows = Nodes::new(super::rows::map_rows3(x.tensor().with_empty_tape(), |t| {
-            self.to_rows.forward(t)
-        })?);
-        let cols = Nodes::new(super::rows::map_rows3(x.into_tensor(), |t| {
-            self.to_cols.forward(t)
-        })?);
-        let outer = rows.lift_source().into_tensor() + cols.lift_target().into_tensor();
-        Edges::new(map_rows4(outer, |t| {
-            self.norm.forward(self.to_edges.forward(t)?)
-        })?)
+        // W · (rows(x_i) + cols(x_j)) = W · rows(x_i) + W · cols(x_j): the edge projection runs
+        // over the n nodes (twice) instead of the n² edges
+        let sources = super::rows::map_rows3(x.tensor().with_empty_tape(), |t| {
+            self.to_edges.forward(self.to_rows.forward(t)?)
+        })?;
+        let targets = super::rows::map_rows3(x.into_tensor(), |t| {
+            self.to_edges.forward(self.to_cols.forward(t)?)
+        })?;
+        let outer = D::outer_sum(sources, targets)?;
+        Edges::new(map_rows4(outer, |t| self.norm.forward(t))?)
     }
 }
 

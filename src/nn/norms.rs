@@ -106,17 +106,31 @@ impl<E: Real, D: Device<E>> LayerNorm<E, D> {
         })
     }
 
-    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>> {
-        let shape = *x.shape();
-        check_channels(&self.weight.name, self.channels, shape.1)?;
-        let normed = x.normalize::<Axis<1>>(self.eps);
-        Ok(normed
-            * self
-                .weight
-                .vector::<T>()
-                .broadcast_like::<_, Axis<0>>(&shape)
-            + self.bias.vector::<T>().broadcast_like::<_, Axis<0>>(&shape))
+    /// The device's form: fused on the CPU, [`layer_norm_composite`] elsewhere.
+    pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        check_channels(&self.weight.name, self.channels, x.shape().1)?;
+        D::layer_norm(
+            x,
+            self.weight.vector::<T>(),
+            self.bias.vector::<T>(),
+            self.eps,
+        )
     }
+}
+
+/// LayerNorm of `[rows, c]` with weight and bias `[c]` from dfdx ops.
+pub fn layer_norm_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: T2<E, D, T>,
+    weight: T1<E, D, T>,
+    bias: T1<E, D, T>,
+    eps: f64,
+) -> T2<E, D, T> {
+    let shape = *x.shape();
+    x.normalize::<Axis<1>>(eps) * weight.broadcast_like::<_, Axis<0>>(&shape)
+        + bias.broadcast_like::<_, Axis<0>>(&shape)
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for LayerNorm<E, D> {

@@ -1,11 +1,11 @@
-//! The fused CPU linear layer and repeated add against their composite forms (dfdx's matmul,
+//! The fused CPU linear layer, repeated add and outer sum against their composite forms (dfdx's matmul,
 //! reshape and broadcast add: the CUDA path): values and every gradient, across the kernels' chunk boundaries, for the
 //! layer over many rows (chunks on one thread each) and over few (one chunk, threaded
 //! products); and against finite differences.
 
 use dfdx::prelude::*;
-use quartic::backend::{add_repeated_composite, linear_composite};
-use quartic::kernels::affine_cpu::{add_repeated_fused, linear_fused};
+use quartic::backend::{add_repeated_composite, linear_composite, outer_sum_composite};
+use quartic::kernels::affine_cpu::{add_repeated_fused, linear_fused, outer_sum_fused};
 
 use crate::common::*;
 
@@ -137,5 +137,66 @@ fn fused_add_gradients_match_finite_differences_and_reject_bad_shapes() {
         add_repeated_composite(x, y).unwrap_err(),
     ] {
         assert!(err.to_string().contains("[5]"), "{err}");
+    }
+}
+
+/// Values and both gradients of the outer sum of `[b, n, c]` sources and targets in one form.
+fn outer_run(
+    fused: bool,
+    sv: &[f64],
+    tv: &[f64],
+    (b, n, c): (usize, usize, usize),
+) -> Vec<Vec<f64>> {
+    let d = dev();
+    let s = d.tensor_from_vec(sv.to_vec(), (b, n, c));
+    let t = d.tensor_from_vec(tv.to_vec(), (b, n, c));
+    let out = if fused {
+        outer_sum_fused(s.leaky_trace(), t.clone().retaped::<Tp>()).unwrap()
+    } else {
+        outer_sum_composite(s.leaky_trace(), t.clone().retaped::<Tp>()).unwrap()
+    };
+    let values = out.as_vec();
+    let mut g = probe_loss(out, 101).backward();
+    vec![values, grad_of(&mut g, &s), grad_of(&mut g, &t)]
+}
+
+#[test]
+fn fused_outer_sum_matches_composite_and_finite_differences() {
+    // n = 37 rows: blocks of 16 rows end short within each graph
+    for dims in [(3, 37, 5), (1, 8, 2)] {
+        let len = dims.0 * dims.1 * dims.2;
+        let (sv, tv) = (randn(111, len), randn(112, len));
+        let (a, b) = (
+            outer_run(true, &sv, &tv, dims),
+            outer_run(false, &sv, &tv, dims),
+        );
+        for (what, (x, y)) in ["values", "dsources", "dtargets"]
+            .iter()
+            .zip(a.iter().zip(&b))
+        {
+            assert_close(&format!("outer sum {dims:?}: {what}"), x, y, 1e-12, 1e-12);
+        }
+    }
+    let dims = (2, 3, 2);
+    gradcheck(
+        "fused outer sum",
+        &[randn(121, 12), randn(122, 12)],
+        12,
+        |v| {
+            let [s, t]: [In; 2] = v.try_into().ok().expect("two inputs");
+            probe_loss(
+                outer_sum_fused(s.reshape_like(&dims), t.reshape_like(&dims)).unwrap(),
+                9,
+            )
+        },
+    );
+    let d = dev();
+    let s: Tensor<(usize, usize, usize), f64, Cpu> = d.zeros_like(&(2, 3, 2));
+    let t: Tensor<(usize, usize, usize), f64, Cpu> = d.zeros_like(&(2, 4, 2));
+    for err in [
+        outer_sum_fused(s.clone(), t.clone()).unwrap_err(),
+        outer_sum_composite(s, t).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("targets [2, 3, 2]"), "{err}");
     }
 }

@@ -1,14 +1,14 @@
-//! The fused CPU RMSNorm, GELU and feedforward block against their composite forms: values and gradients, in f64
+//! The fused CPU RMSNorm, LayerNorm, GELU and feedforward block against their composite forms: values and gradients, in f64
 //! and f32, across rayon chunk boundaries, with an all-zero row (the unit norm's clamp). The
 //! gradient checks against finite differences run through the fused forms too: they are the
 //! CPU default (tests in `nn.rs`).
 
 use dfdx::prelude::*;
 use quartic::kernels::rows_cpu::{
-    feedforward_fused, gelu_fused, rms_norm_fused, FeedForwardParams,
+    feedforward_fused, gelu_fused, layer_norm_fused, rms_norm_fused, FeedForwardParams,
 };
 use quartic::nn::activations::gelu_composite;
-use quartic::nn::norms::{rms_norm_composite, RmsKind};
+use quartic::nn::norms::{layer_norm_composite, rms_norm_composite, RmsKind};
 
 use crate::common::*;
 
@@ -158,5 +158,57 @@ fn fused_feedforward_matches_composite_and_finite_differences() {
             kind: RmsKind::Scaled { eps: 1e-5 },
         };
         probe_loss(feedforward_fused(x.reshape_like(&(rows, c)), p).unwrap(), 4)
+    });
+}
+
+/// Values and the gradients of input, weight and bias of one LayerNorm form.
+fn ln_run(fused: bool, vals: &[Vec<f64>], rows: usize) -> Vec<Vec<f64>> {
+    let d = dev();
+    let c = vals[1].len();
+    let x = d.tensor_from_vec(vals[0].clone(), (rows, c));
+    let w = d.tensor_from_vec(vals[1].clone(), (c,));
+    let b = d.tensor_from_vec(vals[2].clone(), (c,));
+    let (wt, bt) = (w.clone().retaped::<Tp>(), b.clone().retaped::<Tp>());
+    let out = if fused {
+        layer_norm_fused(x.leaky_trace(), wt, bt, 1e-5).unwrap()
+    } else {
+        layer_norm_composite(x.leaky_trace(), wt, bt, 1e-5)
+    };
+    let values = out.as_vec();
+    let mut g = probe_loss(out, 13).backward();
+    vec![
+        values,
+        grad_of(&mut g, &x),
+        grad_of(&mut g, &w),
+        grad_of(&mut g, &b),
+    ]
+}
+
+#[test]
+fn fused_layer_norm_matches_composite_and_finite_differences() {
+    // 300 rows × 48 channels spans several rayon tasks; row 7 is constant (zero variance)
+    let (rows, c) = (300, 48);
+    let mut x = randn(131, rows * c);
+    x[7 * c..8 * c].iter_mut().for_each(|v| *v = 0.25);
+    let vals = vec![
+        x,
+        randn(132, c).iter().map(|v| 1.0 + 0.3 * v).collect(),
+        randn(133, c),
+    ];
+    let (a, b) = (ln_run(true, &vals, rows), ln_run(false, &vals, rows));
+    for (what, (x, y)) in ["values", "dx", "dweight", "dbias"]
+        .iter()
+        .zip(a.iter().zip(&b))
+    {
+        assert_close(&format!("layer norm {what}"), x, y, 1e-10, 1e-9);
+    }
+    let (rows, c) = (4, 5);
+    let vals = vec![randn(141, rows * c), randn(142, c), randn(143, c)];
+    gradcheck("fused layer norm", &vals, 12, |v| {
+        let [x, w, b]: [In; 3] = v.try_into().ok().expect("three inputs");
+        probe_loss(
+            layer_norm_fused(x.reshape_like(&(rows, c)), w, b, 1e-5).unwrap(),
+            14,
+        )
     });
 }

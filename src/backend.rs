@@ -37,6 +37,16 @@ pub fn cpu_fused() -> bool {
     CPU_FUSED.load(Ordering::Relaxed)
 }
 
+/// [`cpu_fused`], keeping the pool's threads ready (see [`crate::threads::keep_warm`]) when the
+/// fused, parallel kernels are about to run.
+fn cpu_fused_warm() -> bool {
+    let fused = cpu_fused();
+    if fused {
+        crate::threads::keep_warm();
+    }
+    fused
+}
+
 pub trait Backend<E: Real>: Device<E> {
     /// Attention weights (see [`weights`]).
     fn attention_weights<T: Tape<E, Self>>(
@@ -293,7 +303,7 @@ where
         talking: Option<T2<E, Self, T>>,
         spec: &weights::WeightsSpec,
     ) -> Result<T4<E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             fused_cpu::weights_fused(q, k, bias, talking, spec)
         } else {
             weights::weights_composite(q, k, bias, talking, spec)
@@ -307,7 +317,7 @@ where
         bias: Option<T4<E, Self, T>>,
         spec: &weights::WeightsSpec,
     ) -> Result<T4<E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             flash_cpu::attention_fused(q, k, v, bias, spec)
         } else {
             attention_composite(q, k, v, bias, spec)
@@ -325,7 +335,7 @@ where
     ) -> Result<T4<E, Self, T>> {
         let (b, n, _, c) = *q.shape();
         let ce = v.shape().3;
-        if !cpu_fused() || heads == 0 || c % heads != 0 || ce % heads != 0 {
+        if !cpu_fused_warm() || heads == 0 || c % heads != 0 || ce % heads != 0 {
             return pattern_attention_via_layout(q, k, v, heads, pattern, bias, spec);
         }
         // every pattern is a strided view of the edge tensor: no permuted copies
@@ -361,14 +371,14 @@ where
         spec: &weights::WeightsSpec,
     ) -> Result<T4<E, Self, T>> {
         let along_rows_or_columns = matches!(pattern, EdgePattern::Row | EdgePattern::Column);
-        if !cpu_fused() || !along_rows_or_columns {
+        if !cpu_fused_warm() || !along_rows_or_columns {
             return edge_self_attention_composite(x, w, gates, bias, heads, pattern, spec);
         }
         edge_attention_cpu::edge_self_attention_fused(x, w, gates, bias, heads, pattern, spec)
     }
 
     fn cumsum<T: Tape<E, Self>>(x: T4<E, Self, T>) -> Result<T4<E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             fused_cpu::cumsum_fused(x)
         } else {
             Ok(linear_algebra::cumsum_composite(x))
@@ -376,7 +386,7 @@ where
     }
 
     fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Result<Tensor<S, E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             rows_cpu::gelu_fused(x)
         } else {
             Ok(activations::gelu_composite(x))
@@ -384,7 +394,7 @@ where
     }
 
     fn taylor_feature_overhead() -> f64 {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             CPU_TAYLOR_FEATURE_OVERHEAD
         } else {
             1.0
@@ -395,7 +405,7 @@ where
         x: T2<E, Self, T>,
         p: rows_cpu::FeedForwardParams<E, Self, T>,
     ) -> Result<T2<E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             rows_cpu::feedforward_fused(x, p)
         } else {
             feedforward_composite(x, p)
@@ -407,7 +417,7 @@ where
         gamma: T1<E, Self, T>,
         kind: norms::RmsKind,
     ) -> Result<T2<E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             rows_cpu::rms_norm_fused(x, gamma, kind)
         } else {
             Ok(norms::rms_norm_composite(x, gamma, kind))
@@ -420,7 +430,7 @@ where
         bias: T1<E, Self, T>,
         eps: f64,
     ) -> Result<T2<E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             rows_cpu::layer_norm_fused(x, weight, bias, eps)
         } else {
             Ok(norms::layer_norm_composite(x, weight, bias, eps))
@@ -431,7 +441,7 @@ where
         sources: T3<E, Self, T>,
         targets: T3<E, Self, T>,
     ) -> Result<T4<E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             affine_cpu::outer_sum_fused(sources, targets)
         } else {
             outer_sum_composite(sources, targets)
@@ -443,7 +453,7 @@ where
         w: T2<E, Self, T>,
         b: Option<T1<E, Self, T>>,
     ) -> Result<T2<E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             affine_cpu::linear_fused(x, w, b)
         } else {
             linear_composite(x, w, b)
@@ -454,7 +464,7 @@ where
         x: Tensor<S, E, Self, T>,
         y: Tensor<R, E, Self, T>,
     ) -> Result<Tensor<S, E, Self, T>> {
-        if cpu_fused() {
+        if cpu_fused_warm() {
             affine_cpu::add_repeated_fused(x, y)
         } else {
             add_repeated_composite(x, y)

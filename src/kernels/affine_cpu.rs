@@ -30,6 +30,116 @@ fn linear_split(rows: usize) -> (usize, gemm::Parallelism) {
     }
 }
 
+/// `x [rows, c] · wᵀ (+ b)` with `w [out, c]`, `b [out]`, into a new `[rows, out]` buffer,
+/// split over rows as [`linear_split`] says.
+pub(super) fn rows_times_weights<E: Real>(x: &[E], w: &[E], b: Option<&[E]>, c: usize) -> Vec<E> {
+    let out = w.len() / c.max(1);
+    let rows = x.len() / c.max(1);
+    let mut y = vec![E::zero(); rows * out];
+    if c == 0 || out == 0 {
+        return y;
+    }
+    let (chunk, par) = linear_split(rows);
+    y.par_chunks_mut(chunk * out)
+        .zip(x.par_chunks(chunk * c))
+        .for_each(|(y, x)| {
+            // start from the bias (or zeros) and accumulate the product onto it
+            if let Some(b) = b {
+                y.chunks_exact_mut(out)
+                    .for_each(|row| row.copy_from_slice(b));
+            }
+            // Safety: y is r × out, x r × c, w out × c (read transposed).
+            unsafe {
+                mm_with(
+                    (x.len() / c, out, c),
+                    y.as_mut_ptr(),
+                    (out, 1),
+                    true,
+                    x.as_ptr(),
+                    (c, 1),
+                    w.as_ptr(),
+                    (1, c),
+                    E::one(),
+                    par,
+                );
+            }
+        });
+    y
+}
+
+/// The backward of [`rows_times_weights`] for output gradient `g [rows, out]`: `dx += g · w`
+/// in place (when given), and the weight and bias gradients `gᵀ · x` and `Σ_rows g`, summed
+/// per chunk of rows and added in chunk order (independent of the thread count).
+pub(super) fn rows_times_weights_backward<E: Real>(
+    dx: Option<&mut [E]>,
+    g: &[E],
+    x: &[E],
+    w: &[E],
+    c: usize,
+) -> (Vec<E>, Vec<E>) {
+    let out = w.len() / c.max(1);
+    let rows = x.len() / c.max(1);
+    let (mut dw, mut db) = (vec![E::zero(); out * c], vec![E::zero(); out]);
+    if c == 0 || out == 0 || rows == 0 {
+        return (dw, db);
+    }
+    let (chunk, par) = linear_split(rows);
+    let chunk_grads = |dx: Option<&mut [E]>, x: &[E], g: &[E]| {
+        let r = x.len() / c;
+        let mut dw = vec![E::zero(); out * c];
+        let mut db = vec![E::zero(); out];
+        g.chunks_exact(out).for_each(|row| accumulate(&mut db, row));
+        // Safety: g is r × out, w out × c, dx and x r × c, dw out × c.
+        unsafe {
+            if let Some(dx) = dx {
+                mm_with(
+                    (r, c, out),
+                    dx.as_mut_ptr(),
+                    (c, 1),
+                    true,
+                    g.as_ptr(),
+                    (out, 1),
+                    w.as_ptr(),
+                    (c, 1),
+                    E::one(),
+                    par,
+                );
+            }
+            mm_with(
+                (out, c, r),
+                dw.as_mut_ptr(),
+                (c, 1),
+                false,
+                g.as_ptr(),
+                (1, out),
+                x.as_ptr(),
+                (c, 1),
+                E::one(),
+                par,
+            );
+        }
+        (dw, db)
+    };
+    let partials: Vec<(Vec<E>, Vec<E>)> = match dx {
+        Some(dx) => dx
+            .par_chunks_mut(chunk * c)
+            .zip(x.par_chunks(chunk * c))
+            .zip(g.par_chunks(chunk * out))
+            .map(|((dx, x), g)| chunk_grads(Some(dx), x, g))
+            .collect(),
+        None => x
+            .par_chunks(chunk * c)
+            .zip(g.par_chunks(chunk * out))
+            .map(|(x, g)| chunk_grads(None, x, g))
+            .collect(),
+    };
+    for (pw, pb) in &partials {
+        accumulate(&mut dw, pw);
+        accumulate(&mut db, pb);
+    }
+    (dw, db)
+}
+
 /// `y = x · wᵀ + b` over `x [rows, in]`, `w [out, in]`, `b [out]`.
 ///
 /// Gradients: `dx = g · w`, `dw = gᵀ · x`, `db = Σ_rows g`; the weight and bias sums are taken
@@ -64,34 +174,7 @@ where
     });
     let (xs, ws) = (host_copy(&x), host_copy(&w));
     let bs = b.as_ref().map(host_copy);
-    let (chunk, par) = linear_split(rows);
-    // start from the bias (or zeros) and accumulate the product onto it
-    let mut out = vec![E::zero(); rows * c_out];
-    if c_in > 0 && c_out > 0 {
-        out.par_chunks_mut(chunk * c_out)
-            .zip(xs.par_chunks(chunk * c_in))
-            .for_each(|(y, x)| {
-                if let Some(bs) = &bs {
-                    y.chunks_exact_mut(c_out)
-                        .for_each(|row| row.copy_from_slice(bs));
-                }
-                // Safety: y is r × out, x r × in, w out × in (read transposed).
-                unsafe {
-                    mm_with(
-                        (x.len() / c_in, c_out, c_in),
-                        y.as_mut_ptr(),
-                        (c_out, 1),
-                        true,
-                        x.as_ptr(),
-                        (c_in, 1),
-                        ws.as_ptr(),
-                        (1, c_in),
-                        E::one(),
-                        par,
-                    );
-                }
-            });
-    }
+    let out = rows_times_weights(&xs, &ws, bs.as_deref(), c_in);
     let out = dev
         .try_tensor_from_vec(out, (rows, c_out))
         .map_err(device_err)?;
@@ -106,52 +189,10 @@ where
             let (out_g, x_g, w_g, b_g) = &ghosts;
             let g = grads.get_or_alloc_mut(out_g)?.to_vec();
             let dx = grads.get_or_alloc_mut(x_g)?;
-            // per chunk: its input gradient in place, partial weight and bias gradients
-            let partials: Vec<(Vec<E>, Vec<E>)> = dx
-                .par_chunks_mut(chunk * c_in)
-                .zip(xs.par_chunks(chunk * c_in))
-                .zip(g.par_chunks(chunk * c_out))
-                .map(|((dx, x), g)| {
-                    let r = x.len() / c_in;
-                    let mut dw = vec![E::zero(); c_out * c_in];
-                    let mut db = vec![E::zero(); c_out];
-                    g.chunks_exact(c_out)
-                        .for_each(|row| accumulate(&mut db, row));
-                    // Safety: g is r × out, w out × in, dx and x r × in, dw out × in.
-                    unsafe {
-                        mm_with(
-                            (r, c_in, c_out),
-                            dx.as_mut_ptr(),
-                            (c_in, 1),
-                            true,
-                            g.as_ptr(),
-                            (c_out, 1),
-                            ws.as_ptr(),
-                            (c_in, 1),
-                            E::one(),
-                            par,
-                        );
-                        mm_with(
-                            (c_out, c_in, r),
-                            dw.as_mut_ptr(),
-                            (c_in, 1),
-                            false,
-                            g.as_ptr(),
-                            (1, c_out),
-                            x.as_ptr(),
-                            (c_in, 1),
-                            E::one(),
-                            par,
-                        );
-                    }
-                    (dw, db)
-                })
-                .collect();
-            let dw = grads.get_or_alloc_mut(w_g)?;
-            partials.iter().for_each(|(p, _)| accumulate(dw, p));
+            let (dw, db) = rows_times_weights_backward(Some(dx), &g, &xs, &ws, c_in);
+            accumulate(grads.get_or_alloc_mut(w_g)?, &dw);
             if let Some(b_g) = b_g {
-                let db = grads.get_or_alloc_mut(b_g)?;
-                partials.iter().for_each(|(_, p)| accumulate(db, p));
+                accumulate(grads.get_or_alloc_mut(b_g)?, &db);
             }
             Ok(())
         });

@@ -11,7 +11,8 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::flash_cpu::{edge_layout, mm_with, Problem, Shared, Sizes};
+use super::affine_cpu::{rows_times_weights, rows_times_weights_backward};
+use super::flash_cpu::{edge_layout, Problem, Shared, Sizes};
 use super::fused_cpu::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
 use super::patterns::{EdgePattern, EdgeProjections};
 use super::weights::WeightsSpec;
@@ -20,75 +21,6 @@ use crate::tensor::*;
 
 /// Rows per rayon task in the gating passes.
 const ROWS_PER_TASK: usize = 1024;
-
-/// `dst [rows, out] (+)= src [rows, c] · wᵀ` with `w [out, c]`, on every thread.
-/// `src [rows, c] · wᵀ` with `w [out, c]` into a new `[rows, out]` buffer, on every thread.
-fn project<E: Real>(src: &[E], w: &[E], c: usize) -> Vec<E> {
-    let out = w.len() / c.max(1);
-    let rows = src.len() / c.max(1);
-    let mut dst: Vec<E> = Vec::with_capacity(rows * out);
-    // Safety: the product writes every one of the rows × out entries (it never reads the
-    // destination: `accumulate` is false), so the buffer is initialized before its length is
-    // set; src holds rows × c and w out × c, row-major.
-    unsafe {
-        mm_with(
-            (rows, out, c),
-            dst.as_mut_ptr(),
-            (out, 1),
-            false,
-            src.as_ptr(),
-            (c, 1),
-            w.as_ptr(),
-            (1, c),
-            E::one(),
-            gemm::Parallelism::Rayon(0),
-        );
-        dst.set_len(rows * out);
-    }
-    dst
-}
-
-/// `dst [out, c] += g [rows, out]ᵀ · x [rows, c]` (a weight gradient), on every thread.
-fn weight_grad<E: Real>(dst: &mut [E], g: &[E], x: &[E], c: usize) {
-    let out = dst.len() / c.max(1);
-    let rows = x.len() / c.max(1);
-    // Safety: as in `project`; g is rows × out.
-    unsafe {
-        mm_with(
-            (out, c, rows),
-            dst.as_mut_ptr(),
-            (c, 1),
-            true,
-            g.as_ptr(),
-            (1, out),
-            x.as_ptr(),
-            (c, 1),
-            E::one(),
-            gemm::Parallelism::Rayon(0),
-        );
-    }
-}
-
-/// `dst [rows, c] += g [rows, out] · w [out, c]` (the input gradient), on every thread.
-fn input_grad<E: Real>(dst: &mut [E], g: &[E], w: &[E], c: usize) {
-    let out = w.len() / c.max(1);
-    let rows = dst.len() / c.max(1);
-    // Safety: as in `project`.
-    unsafe {
-        mm_with(
-            (rows, c, out),
-            dst.as_mut_ptr(),
-            (c, 1),
-            true,
-            g.as_ptr(),
-            (out, 1),
-            w.as_ptr(),
-            (c, 1),
-            E::one(),
-            gemm::Parallelism::Rayon(0),
-        );
-    }
-}
 
 /// `[b, n, n, c]` edges with their two node axes swapped (its own inverse), on every thread.
 fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
@@ -228,7 +160,7 @@ where
         host_copy(&wk),
         host_copy(&wv),
     );
-    let [q, k, v] = [&wq_h, &wk_h, &wv_h].map(|w| project(&xs, w, c));
+    let [q, k, v] = [&wq_h, &wk_h, &wv_h].map(|w| rows_times_weights(&xs, w, None, c));
     let sizes = Sizes {
         problems: b * n,
         heads,
@@ -333,16 +265,17 @@ where
                 let dx = grads.get_or_alloc_mut(&x_g)?;
                 let mut crossed = transposed.then(|| zeros(rows * c));
                 let target = crossed.as_deref_mut().unwrap_or(dx);
-                input_grad(target, &dq, &wq_h, c);
-                input_grad(target, &dk, &wk_h, c);
-                input_grad(target, &dv, &wv_h, c);
+                let mut dws = Vec::with_capacity(3);
+                for (d, w) in [(&dq, &wq_h), (&dk, &wk_h), (&dv, &wv_h)] {
+                    dws.push(rows_times_weights_backward(Some(&mut *target), d, &xs, w, c).0);
+                }
                 if let Some(t) = &crossed {
                     add_transposed(dx, t, n, c);
                 }
+                for (w_g, dw) in [&wq_g, &wk_g, &wv_g].into_iter().zip(&dws) {
+                    accumulate(grads.get_or_alloc_mut(w_g)?, dw);
+                }
             }
-            weight_grad(grads.get_or_alloc_mut(&wq_g)?, &dq, &xs, c);
-            weight_grad(grads.get_or_alloc_mut(&wk_g)?, &dk, &xs, c);
-            weight_grad(grads.get_or_alloc_mut(&wv_g)?, &dv, &xs, c);
             if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
                 let dst = grads.get_or_alloc_mut(bg)?;
                 accumulate(dst, db);

@@ -104,32 +104,46 @@ unsafe fn rows_avx2<E: Real>(args: Args<E>) {
     rows::<E, true>(args)
 }
 
-/// Rows and columns of the destination one register tile holds.
+/// Rows of the destination one register tile holds, and its columns: two vectors of eight, or
+/// one for narrow destinations.
 const TILE_ROWS: usize = 4;
 const TILE_COLS: usize = 8;
+const WIDE_TILE_COLS: usize = 16;
 
-/// The loops: the destination in 4 × 8 tiles, each summed over k in registers, then
-/// `dst = [dst +] beta · sum`.
+/// The loops: the destination in panels of 16 columns (then 8), each panel in tiles of 4 rows
+/// summed over k in registers, then `dst = [dst +] beta · sum`.
 #[inline(always)]
 unsafe fn rows<E: Real, const FUSED: bool>(a: Args<E>) {
+    let mut c0 = 0;
+    while c0 + WIDE_TILE_COLS <= a.n {
+        panel::<E, FUSED, WIDE_TILE_COLS>(&a, c0, WIDE_TILE_COLS);
+        c0 += WIDE_TILE_COLS;
+    }
+    while c0 < a.n {
+        let cols = TILE_COLS.min(a.n - c0);
+        panel::<E, FUSED, TILE_COLS>(&a, c0, cols);
+        c0 += TILE_COLS;
+    }
+}
+
+/// One panel of `cols ≤ C` columns at `c0`, in tiles of 4 rows.
+#[inline(always)]
+unsafe fn panel<E: Real, const FUSED: bool, const C: usize>(a: &Args<E>, c0: usize, cols: usize) {
     for i0 in (0..a.m).step_by(TILE_ROWS) {
         let rows = TILE_ROWS.min(a.m - i0);
-        for c0 in (0..a.n).step_by(TILE_COLS) {
-            let cols = TILE_COLS.min(a.n - c0);
-            if rows == TILE_ROWS && cols == TILE_COLS {
-                // constant sizes: the compiler unrolls the tile into registers
-                tile::<E, FUSED>(&a, (i0, TILE_ROWS), (c0, TILE_COLS));
-            } else {
-                tile::<E, FUSED>(&a, (i0, rows), (c0, cols));
-            }
+        if rows == TILE_ROWS && cols == C {
+            // constant sizes: the compiler unrolls the tile into registers
+            tile::<E, FUSED, C>(a, (i0, TILE_ROWS), (c0, C));
+        } else {
+            tile::<E, FUSED, C>(a, (i0, rows), (c0, cols));
         }
     }
 }
 
-/// One tile of at most 4 × 8 at `(i0, c0)`. `FUSED`: multiply-adds as one instruction (only
+/// One tile of at most 4 × C at `(i0, c0)`. `FUSED`: multiply-adds as one instruction (only
 /// where the target has FMA; elsewhere `mul_add` is a library call).
 #[inline(always)]
-unsafe fn tile<E: Real, const FUSED: bool>(
+unsafe fn tile<E: Real, const FUSED: bool, const C: usize>(
     a: &Args<E>,
     (i0, rows): (usize, usize),
     (c0, cols): (usize, usize),
@@ -142,17 +156,17 @@ unsafe fn tile<E: Real, const FUSED: bool>(
         }
     };
     let (lrs, lcs) = a.lhs_strides;
-    // A partial tile still computes all 4 × 8 sums (fixed-size loops stay in registers): rows
+    // A partial tile still computes all 4 × C sums (fixed-size loops stay in registers): rows
     // past the last repeat it, columns past the last are zero; only real ones are stored.
     let lhs_row = |r: usize| a.lhs.add((i0 + r.min(rows - 1)) * lrs);
     let lhs_rows: [*const E; TILE_ROWS] = std::array::from_fn(lhs_row);
-    let mut acc = [[E::zero(); TILE_COLS]; TILE_ROWS];
+    let mut acc = [[E::zero(); C]; TILE_ROWS];
     for p in 0..a.k {
         let src = a.rhs.add(p * a.rhs_rs + c0);
-        let rv: [E; TILE_COLS] = if cols == TILE_COLS {
+        let rv: [E; C] = if cols == C {
             std::ptr::read_unaligned(src as *const _)
         } else {
-            let mut v = [E::zero(); TILE_COLS];
+            let mut v = [E::zero(); C];
             v.iter_mut()
                 .take(cols)
                 .enumerate()
@@ -290,6 +304,82 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench_tmp {
+    #[test]
+    #[ignore]
+    fn direct_vs_gemm() {
+        // (m, n, k, rhs transposed, operand row stride)
+        for &(m, n, k, rt, st) in &[
+            (32usize, 32usize, 8usize, true, 32usize),
+            (32, 8, 32, false, 32),
+            (128, 128, 16, true, 256),
+            (128, 16, 128, false, 256),
+            (256, 16, 16, false, 16),
+            (128, 64, 16, false, 64),
+            (128, 16, 64, false, 64),
+            (64, 64, 64, false, 64),
+            (256, 96, 16, false, 96),
+        ] {
+            let lhs = vec![1.0f32; m * st.max(k)];
+            let rhs = vec![1.0f32; k.max(n) * st.max(n).max(k)];
+            let mut dst = vec![0.0f32; m * n];
+            let rs = if rt { (1, st) } else { (st, 1) };
+            let ls = (st.max(k), 1);
+            let reps = (50_000_000 / (m * n * k)).max(10);
+            let mut best = [f64::MAX; 2];
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    unsafe {
+                        super::mm_direct(
+                            (m, n, k),
+                            dst.as_mut_ptr(),
+                            n,
+                            true,
+                            lhs.as_ptr(),
+                            ls,
+                            rhs.as_ptr(),
+                            rs,
+                            1.0,
+                        )
+                    };
+                }
+                best[0] = best[0].min(t.elapsed().as_secs_f64() / reps as f64);
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            dst.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            true,
+                            lhs.as_ptr(),
+                            1,
+                            ls.0 as isize,
+                            rhs.as_ptr(),
+                            rs.1 as isize,
+                            rs.0 as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    };
+                }
+                best[1] = best[1].min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+            let macs = (m * n * k) as f64;
+            println!("{m}x{n}x{k} rhsT {rt}: direct {:.2} us ({:.1} MAC/ns), gemm {:.2} us ({:.1} MAC/ns)", best[0] * 1e6, macs / best[0] / 1e9, best[1] * 1e6, macs / best[1] / 1e9);
         }
     }
 }

@@ -73,6 +73,7 @@ impl AdamState {
         lr: f64,
         max_norm: Option<f64>,
     ) -> Result<UpdateReport> {
+        crate::threads::keep_warm();
         // gradients to the host (`copy_into`: one memcpy on the CPU); the norm is summed in
         // fixed chunks, in order, so it does not depend on the number of threads
         let mut host: Vec<(String, Vec<E>)> = Vec::new();

@@ -35,26 +35,31 @@ fn linear_split(rows: usize) -> (usize, gemm::Parallelism) {
 pub(super) fn rows_times_weights<E: Real>(x: &[E], w: &[E], b: Option<&[E]>, c: usize) -> Vec<E> {
     let out = w.len() / c.max(1);
     let rows = x.len() / c.max(1);
-    let mut y = vec![E::zero(); rows * out];
     if c == 0 || out == 0 {
-        return y;
+        return vec![E::zero(); rows * out];
     }
     let (chunk, par) = linear_split(rows);
-    y.par_chunks_mut(chunk * out)
+    let mut y: Vec<E> = Vec::with_capacity(rows * out);
+    y.spare_capacity_mut()[..rows * out]
+        .par_chunks_mut(chunk * out)
         .zip(x.par_chunks(chunk * c))
         .for_each(|(y, x)| {
-            // start from the bias (or zeros) and accumulate the product onto it
-            if let Some(b) = b {
-                y.chunks_exact_mut(out)
-                    .for_each(|row| row.copy_from_slice(b));
-            }
-            // Safety: y is r × out, x r × c, w out × c (read transposed).
+            let y = y.as_mut_ptr() as *mut E;
+            // Safety: y addresses r × out elements, x r × c, w out × c (read transposed). With
+            // a bias, the rows are first set to it and the product accumulates onto them;
+            // without, the product writes every element without reading any (`accumulate`
+            // false), so the chunk is fully initialized either way.
             unsafe {
+                if let Some(b) = b {
+                    for row in 0..x.len() / c {
+                        std::ptr::copy_nonoverlapping(b.as_ptr(), y.add(row * out), out);
+                    }
+                }
                 mm_with(
                     (x.len() / c, out, c),
-                    y.as_mut_ptr(),
+                    y,
                     (out, 1),
-                    true,
+                    b.is_some(),
                     x.as_ptr(),
                     (c, 1),
                     w.as_ptr(),
@@ -64,6 +69,8 @@ pub(super) fn rows_times_weights<E: Real>(x: &[E], w: &[E], b: Option<&[E]>, c: 
                 );
             }
         });
+    // Safety: every chunk of the rows × out elements was initialized above.
+    unsafe { y.set_len(rows * out) };
     y
 }
 

@@ -38,7 +38,7 @@ pub fn host_copy<S: Shape, E: Real, T>(t: &Tensor<S, E, Cpu, T>) -> Vec<E>
 where
     Cpu: Device<E>,
 {
-    let mut out = vec![E::zero(); t.shape().num_elements()];
+    let mut out = zeros(t.shape().num_elements());
     t.copy_into(&mut out);
     out
 }
@@ -46,10 +46,16 @@ where
 /// `n` zeros, written by every thread (a large single-threaded `vec!` is a serial memset and
 /// serial page faults).
 pub fn zeros<E: Real>(n: usize) -> Vec<E> {
+    if n < PARALLEL_FILL {
+        return vec![E::zero(); n];
+    }
     let mut v = Vec::with_capacity(n);
     v.par_extend(rayon::iter::repeat_n(E::zero(), n));
     v
 }
+
+/// Fewer elements than this are zeroed on the calling thread: splitting costs more.
+const PARALLEL_FILL: usize = 1 << 14;
 
 /// A copy of `src`, written by every thread.
 pub fn copied<E: Real>(src: &[E]) -> Vec<E> {

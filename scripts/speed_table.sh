@@ -8,11 +8,16 @@ py="${1:-../ref-venv/bin/python}"
 cargo build --release --example speed -q
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 printf "| workload | ours (s) | ours peak (MiB) | original (s) | original peak (MiB) | speed-up |\n| --- | --- | --- | --- | --- | --- |\n"
+# each measurement waits for the previous process to exit: `$(...)` returns at its end, where
+# `read < <(...)` returned at its output line, and the original's exit (freeing gigabytes,
+# stopping torch's threads) then overlapped the next workload
 for w in readme-forward readme-train small-train quartic-64 quartic-128; do
-  IFS=$'\t' read -r _ ours ours_mem < <(./target/release/examples/speed "$w")
+  line=$(./target/release/examples/speed "$w")
+  IFS=$'\t' read -r _ ours ours_mem <<< "$line"
   ref="n/a"; ref_mem="n/a"; ratio="n/a"
   if [[ "$w" != quartic-* && -x "$py" ]]; then
-    IFS=$'\t' read -r _ ref ref_mem < <("$py" scripts/reference_speed.py "$w" 2>/dev/null) || true
+    line=$("$py" scripts/reference_speed.py "$w" 2>/dev/null) || true
+    IFS=$'\t' read -r _ ref ref_mem <<< "$line" || true
     ratio=$(python3 -c "print(f'{$ref/$ours:.1f}×')")
   fi
   printf "| %s | %s | %s | %s | %s | %s |\n" "$w" "$ours" "$ours_mem" "$ref" "$ref_mem" "$ratio"

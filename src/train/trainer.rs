@@ -192,7 +192,9 @@ pub fn loss_and_accuracy<E: Real, D: Device<E>, T: Tape<E, D>>(
             format!("class {bad} is outside the {v} logits"),
         ));
     }
-    let host = logits.as_vec();
+    // one copy of the (made-contiguous) buffer: `as_vec` walks an index per element
+    let mut host = vec![E::zero(); b * n * v];
+    logits.with_empty_tape().contiguous().copy_into(&mut host);
     let mut correct = 0;
     let mut onehot = vec![E::zero(); rows.len() * v];
     for (r, &i) in rows.iter().enumerate() {

@@ -290,8 +290,9 @@ pub struct FeedForwardParams<E: Real, D: Device<E>, T> {
 /// Rows per task of the fused feedforward: its hidden activations stay in cache.
 const FF_ROWS: usize = 128;
 
-/// One chunk's forward, recomputed in the backward: normed input `xn [R, c]` (and each row's
-/// `inv` and whether its norm's gradient flows), hidden pre-activations `h [R, H]`.
+/// One chunk's forward, kept for the backward when there is a tape: normed input `xn [R, c]`
+/// (and each row's `inv` and whether its norm's gradient flows), hidden pre-activations
+/// `h [R, H]`.
 struct FfChunk<E> {
     xn: Vec<E>,
     inv: Vec<(E, bool)>,
@@ -337,7 +338,7 @@ fn ff_chunk<E: Real>(
 }
 
 /// The whole feedforward block in one pass per chunk of rows: `[rows, c] → [rows, c]` (no
-/// residual). Backward recomputes each chunk's hidden layer instead of storing it.
+/// residual). The backward reuses each chunk's hidden layer and Φ of it from the forward.
 pub fn feedforward_fused<E: Real, T: Tape<E, Cpu>>(
     x: T2<E, Cpu, T>,
     p: FeedForwardParams<E, Cpu, T>,
@@ -382,15 +383,19 @@ where
         ((rows * c).max(1), gemm::Parallelism::Rayon(0))
     };
     let mut out = zeros(rows * c);
+    // With a tape, each chunk's normed input, hidden pre-activations and Φ of them are kept
+    // for the backward (rows × (c + 2·hidden) values) instead of being recomputed there.
+    let keep = T::OWNS_TAPE;
+    let mut kept: Vec<(FfChunk<E>, Vec<E>)> = Vec::new();
     if c > 0 && hidden > 0 {
-        out.par_chunks_mut(chunk)
+        let per_chunk = out
+            .par_chunks_mut(chunk)
             .zip(xs.par_chunks(chunk))
-            .for_each(|(y, x)| {
-                let FfChunk { mut h, .. } = ff_chunk(x, &gs, &wi, kind, c, par);
-                let n = h.len();
-                let mut cdf = vec![E::zero(); n];
-                E::normal_cdf_pdf(&h, &mut cdf, None);
-                h.iter_mut().zip(&cdf).for_each(|(a, &f)| *a = *a * f);
+            .map(|(y, x)| {
+                let fc = ff_chunk(x, &gs, &wi, kind, c, par);
+                let mut cdf = vec![E::zero(); fc.h.len()];
+                E::normal_cdf_pdf(&fc.h, &mut cdf, None);
+                let a: Vec<E> = fc.h.iter().zip(&cdf).map(|(&v, &f)| v * f).collect();
                 let r = x.len() / c;
                 // Safety: a is r × hidden, w_out c × hidden, y r × c.
                 unsafe {
@@ -399,7 +404,7 @@ where
                         y.as_mut_ptr(),
                         (c, 1),
                         false,
-                        h.as_ptr(),
+                        a.as_ptr(),
                         (hidden, 1),
                         wo.as_ptr(),
                         (1, hidden),
@@ -407,7 +412,9 @@ where
                         par,
                     );
                 }
+                keep.then_some((fc, cdf))
             });
+        kept = per_chunk.flatten().collect();
     }
     let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
     if T::OWNS_TAPE && c > 0 && hidden > 0 {
@@ -427,13 +434,16 @@ where
                 .par_chunks_mut(chunk)
                 .zip(xs.par_chunks(chunk))
                 .zip(g.par_chunks(chunk))
-                .map(|((dx, x), dy)| {
+                .zip(kept.par_iter())
+                .map(|(((dx, x), dy), (FfChunk { xn, inv, h }, cdf))| {
                     let r = x.len() / c;
-                    let FfChunk { xn, inv, h } = ff_chunk(x, &gs, &wi, kind, c, par);
                     let n = h.len();
-                    let (mut cdf, mut pdf) = (vec![E::zero(); n], vec![E::zero(); n]);
-                    E::normal_cdf_pdf(&h, &mut cdf, Some(&mut pdf));
-                    let a: Vec<E> = h.iter().zip(&cdf).map(|(&v, &f)| v * f).collect();
+                    // φ(h) = exp(−h²/2) / √(2π)
+                    let mut pdf: Vec<E> = h.iter().map(|&v| E::of(-0.5) * v * v).collect();
+                    E::exp_slice(&mut pdf);
+                    let inv_sqrt_2pi = E::of(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+                    pdf.iter_mut().for_each(|p| *p = *p * inv_sqrt_2pi);
+                    let a: Vec<E> = h.iter().zip(cdf).map(|(&v, &f)| v * f).collect();
                     let (mut da, mut dwo, mut dwi, mut dxn) = (
                         vec![E::zero(); n],
                         vec![E::zero(); c * hidden],
@@ -506,7 +516,7 @@ where
                     let rowwise = dx
                         .chunks_exact_mut(c)
                         .zip(x.chunks_exact(c))
-                        .zip(dxn.chunks_exact(c).zip(&inv));
+                        .zip(dxn.chunks_exact(c).zip(inv));
                     for ((dx, x), (dn, &factor)) in rowwise {
                         rms_backward_row(dx, &mut dgamma, x, dn, &gs, factor);
                     }

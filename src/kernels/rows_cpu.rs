@@ -102,6 +102,63 @@ fn rms_backward_row<E: Real>(
     }
 }
 
+/// `out` row by row from `xs` (`[rows, c]` both), whole rows per parallel task.
+fn map_rows<E: Real>(xs: &[E], c: usize, row: impl Fn(&mut [E], &[E]) + Sync) -> Vec<E> {
+    let mut out = zeros(xs.len());
+    if c > 0 {
+        let task = c * (CHUNK / c).max(1);
+        out.par_chunks_mut(task)
+            .zip(xs.par_chunks(task))
+            .for_each(|(o, x)| {
+                o.chunks_exact_mut(c)
+                    .zip(x.chunks_exact(c))
+                    .for_each(|(o, x)| row(o, x))
+            });
+    }
+    out
+}
+
+/// The backward of a row-wise op with per-channel parameters: `row(dx, params_grad, x, g)`
+/// adds one row's input gradient into `dx` and its parameter gradients (`parts` vectors of
+/// `c`) into the task's sums, which are returned added in task order (independent of the
+/// thread count).
+fn backward_rows<E: Real>(
+    dx: &mut [E],
+    xs: &[E],
+    g: &[E],
+    c: usize,
+    parts: usize,
+    row: impl Fn(&mut [E], &mut [Vec<E>], &[E], &[E]) + Sync,
+) -> Vec<Vec<E>> {
+    let mut sums = vec![vec![E::zero(); c]; parts];
+    if c == 0 {
+        return sums;
+    }
+    let task = c * (CHUNK / c).max(1);
+    let per_task: Vec<Vec<Vec<E>>> = dx
+        .par_chunks_mut(task)
+        .zip(xs.par_chunks(task))
+        .zip(g.par_chunks(task))
+        .map(|((dx, x), g)| {
+            let mut local = vec![vec![E::zero(); c]; parts];
+            for ((dx, x), g) in dx
+                .chunks_exact_mut(c)
+                .zip(x.chunks_exact(c))
+                .zip(g.chunks_exact(c))
+            {
+                row(dx, &mut local, x, g);
+            }
+            local
+        })
+        .collect();
+    for local in &per_task {
+        sums.iter_mut()
+            .zip(local)
+            .for_each(|(sum, part)| accumulate(sum, part));
+    }
+    sums
+}
+
 /// RMSNorm over the channels of `[rows, c]`: `x · inv(row) · γ`.
 ///
 /// Gradients, with `inv = f(Σx²)` for either kind (both give `∂inv/∂x_k = −inv³ x_k / c` while
@@ -117,54 +174,29 @@ where
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
     let shape = *x.shape();
-    let (rows, c) = shape;
+    let c = shape.1;
     let dev = x.device().clone();
     let (x, tape_x) = x.contiguous().split_tape();
     let (gamma, tape_g) = gamma.split_tape();
     let mut tape = tape_x.merge(tape_g);
     let (xs, gs) = (host_copy(&x), host_copy(&gamma));
-    let mut out = zeros(rows * c);
-    // whole rows per task
-    let task = c * (CHUNK / c.max(1)).max(1);
-    if c > 0 {
-        out.par_chunks_mut(task)
-            .zip(xs.par_chunks(task))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                    let (inv, _) = norm_factor(kind, sum_sq(x), c);
-                    for k in 0..c {
-                        o[k] = x[k] * inv * gs[k];
-                    }
-                }
-            });
-    }
+    let out = map_rows(&xs, c, |o, x| {
+        let (inv, _) = norm_factor(kind, sum_sq(x), c);
+        for k in 0..c {
+            o[k] = x[k] * inv * gs[k];
+        }
+    });
     let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
     if T::OWNS_TAPE && c > 0 {
         let (out_g, x_g, gamma_g) = (out.ghost(), x.ghost(), gamma.ghost());
         tape.add_backward_op(move |grads| {
             let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
             let dx = grads.get_or_alloc_mut(&x_g)?;
-            let dgamma_parts: Vec<Vec<E>> = dx
-                .par_chunks_mut(task)
-                .zip(xs.par_chunks(task))
-                .zip(g.par_chunks(task))
-                .map(|((dx, x), g)| {
-                    let mut dgamma = vec![E::zero(); c];
-                    for ((dx, x), g) in dx
-                        .chunks_exact_mut(c)
-                        .zip(x.chunks_exact(c))
-                        .zip(g.chunks_exact(c))
-                    {
-                        let factor = norm_factor(kind, sum_sq(x), c);
-                        rms_backward_row(dx, &mut dgamma, x, g, &gs, factor);
-                    }
-                    dgamma
-                })
-                .collect();
-            let dgamma = grads.get_or_alloc_mut(&gamma_g)?;
-            for part in dgamma_parts {
-                accumulate(dgamma, &part);
-            }
+            let sums = backward_rows(dx, &xs, &g, c, 1, |dx, dgamma, x, g| {
+                let factor = norm_factor(kind, sum_sq(x), c);
+                rms_backward_row(dx, &mut dgamma[0], x, g, &gs, factor);
+            });
+            accumulate(grads.get_or_alloc_mut(&gamma_g)?, &sums[0]);
             Ok(())
         });
     }
@@ -198,7 +230,7 @@ where
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
     let shape = *x.shape();
-    let (rows, c) = shape;
+    let c = shape.1;
     if w.shape().0 != c || b.shape().0 != c {
         return Err(crate::error::Error::shape(
             "layer norm",
@@ -213,21 +245,12 @@ where
     let (b, tape_b) = b.split_tape();
     let mut tape = tape_x.merge(tape_w).merge(tape_b);
     let (xs, ws, bs) = (host_copy(&x), host_copy(&w), host_copy(&b));
-    let mut out = zeros(rows * c);
-    // whole rows per task
-    let task = c * (CHUNK / c.max(1)).max(1);
-    if c > 0 {
-        out.par_chunks_mut(task)
-            .zip(xs.par_chunks(task))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                    let (mean, inv) = mean_inv_std(x, eps);
-                    for k in 0..c {
-                        o[k] = (x[k] - mean) * inv * ws[k] + bs[k];
-                    }
-                }
-            });
-    }
+    let out = map_rows(&xs, c, |o, x| {
+        let (mean, inv) = mean_inv_std(x, eps);
+        for k in 0..c {
+            o[k] = (x[k] - mean) * inv * ws[k] + bs[k];
+        }
+    });
     let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
     if T::OWNS_TAPE && c > 0 {
         let ghosts = (out.ghost(), x.ghost(), w.ghost(), b.ghost());
@@ -236,42 +259,26 @@ where
             let g = grads.get_or_alloc_mut(out_g)?.to_vec();
             let dx = grads.get_or_alloc_mut(x_g)?;
             let cf = E::of(c as f64);
-            // per task: its rows' input gradients in place, partial dw and db
-            let parts: Vec<(Vec<E>, Vec<E>)> = dx
-                .par_chunks_mut(task)
-                .zip(xs.par_chunks(task))
-                .zip(g.par_chunks(task))
-                .map(|((dx, x), g)| {
-                    let (mut dw, mut db) = (vec![E::zero(); c], vec![E::zero(); c]);
-                    let mut xhat = vec![E::zero(); c];
-                    for ((dx, x), g) in dx
-                        .chunks_exact_mut(c)
-                        .zip(x.chunks_exact(c))
-                        .zip(g.chunks_exact(c))
-                    {
-                        let (mean, inv) = mean_inv_std(x, eps);
-                        let (mut mean_h, mut mean_hx) = (E::zero(), E::zero());
-                        for k in 0..c {
-                            xhat[k] = (x[k] - mean) * inv;
-                            let h = g[k] * ws[k];
-                            mean_h = mean_h + h;
-                            mean_hx = mean_hx + h * xhat[k];
-                            dw[k] = dw[k] + g[k] * xhat[k];
-                            db[k] = db[k] + g[k];
-                        }
-                        let (mean_h, mean_hx) = (mean_h / cf, mean_hx / cf);
-                        for k in 0..c {
-                            let h = g[k] * ws[k];
-                            dx[k] = dx[k] + inv * (h - mean_h - xhat[k] * mean_hx);
-                        }
-                    }
-                    (dw, db)
-                })
-                .collect();
-            let dw = grads.get_or_alloc_mut(w_g)?;
-            parts.iter().for_each(|(p, _)| accumulate(dw, p));
-            let db = grads.get_or_alloc_mut(b_g)?;
-            parts.iter().for_each(|(_, p)| accumulate(db, p));
+            // parameter gradients: [dw, db]
+            let sums = backward_rows(dx, &xs, &g, c, 2, |dx, dp, x, g| {
+                let (mean, inv) = mean_inv_std(x, eps);
+                let (mut mean_h, mut mean_hx) = (E::zero(), E::zero());
+                for k in 0..c {
+                    let xhat = (x[k] - mean) * inv;
+                    let h = g[k] * ws[k];
+                    mean_h = mean_h + h;
+                    mean_hx = mean_hx + h * xhat;
+                    dp[0][k] = dp[0][k] + g[k] * xhat;
+                    dp[1][k] = dp[1][k] + g[k];
+                }
+                let (mean_h, mean_hx) = (mean_h / cf, mean_hx / cf);
+                for k in 0..c {
+                    let xhat = (x[k] - mean) * inv;
+                    dx[k] = dx[k] + inv * (g[k] * ws[k] - mean_h - xhat * mean_hx);
+                }
+            });
+            accumulate(grads.get_or_alloc_mut(w_g)?, &sums[0]);
+            accumulate(grads.get_or_alloc_mut(b_g)?, &sums[1]);
             Ok(())
         });
     }

@@ -168,19 +168,46 @@ pub trait Backend<E: Real>: Device<E> {
     }
 }
 
+/// Sources and targets of an outer sum must have one shape `[b, n, c]`.
+pub(crate) fn check_outer_sum(
+    sources: (usize, usize, usize),
+    targets: (usize, usize, usize),
+) -> Result<()> {
+    if targets != sources {
+        let (b, n, c) = sources;
+        return Err(crate::error::Error::shape(
+            "outer sum",
+            format!("targets [{b}, {n}, {c}] like the sources"),
+            format!("{targets:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// How many copies of `y`'s shape make up `x` (an add that repeats `y` along `x`'s leading
+/// axes), or the error naming both shapes.
+pub(crate) fn repeats<S: Shape, R: Shape>(x: &S, y: &R) -> Result<usize> {
+    let (len, per) = (x.num_elements(), y.num_elements());
+    if per == 0 || len % per != 0 {
+        return Err(crate::error::Error::shape(
+            "add",
+            format!(
+                "a tensor that repeats along the leading axes of {:?}",
+                x.concrete()
+            ),
+            format!("{:?}", y.concrete()),
+        ));
+    }
+    Ok(len / per)
+}
+
 /// The outer sum from dfdx broadcasts.
 pub fn outer_sum_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
     sources: T3<E, D, T>,
     targets: T3<E, D, T>,
 ) -> Result<T4<E, D, T>> {
     let (b, n, c) = *sources.shape();
-    if *targets.shape() != (b, n, c) {
-        return Err(crate::error::Error::shape(
-            "outer sum",
-            format!("targets [{b}, {n}, {c}] like the sources"),
-            format!("{:?}", targets.shape()),
-        ));
-    }
+    check_outer_sum((b, n, c), *targets.shape())?;
     let shape = (b, n, n, c);
     Ok(sources.broadcast_like::<_, Axis<2>>(&shape) + targets.broadcast_like::<_, Axis<1>>(&shape))
 }
@@ -208,18 +235,8 @@ pub fn add_repeated_composite<S: Shape, R: Shape, E: Real, D: Device<E>, T: Tape
     y: Tensor<R, E, D, T>,
 ) -> Result<Tensor<S, E, D, T>> {
     let shape = *x.shape();
-    let (len, per) = (shape.num_elements(), y.shape().num_elements());
-    if per == 0 || len % per != 0 {
-        return Err(crate::error::Error::shape(
-            "add",
-            format!(
-                "a tensor that repeats along the leading axes of {:?}",
-                shape.concrete()
-            ),
-            format!("{:?}", y.shape().concrete()),
-        ));
-    }
-    let reps = len / per;
+    let reps = repeats(&shape, y.shape())?;
+    let per = y.shape().num_elements();
     let y = y
         .try_reshape_like(&(per,))
         .map_err(device_err)?

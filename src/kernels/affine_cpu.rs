@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::flash_cpu::mm_with;
 use super::fused_cpu::{accumulate, host_copy, CpuBuffer};
+use crate::backend::{check_outer_sum, repeats};
 use crate::error::{Error, Result};
 use crate::tensor::*;
 
@@ -218,17 +219,8 @@ where
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
     let shape = *x.shape();
-    let (len, per) = (shape.num_elements(), y.shape().num_elements());
-    if per == 0 || len % per != 0 {
-        return Err(Error::shape(
-            "add",
-            format!(
-                "a tensor that repeats along the leading axes of {:?}",
-                shape.concrete()
-            ),
-            format!("{:?}", y.shape().concrete()),
-        ));
-    }
+    repeats(&shape, y.shape())?;
+    let per = y.shape().num_elements();
     let dev = x.device().clone();
     let (x, tape_x) = x.contiguous().split_tape();
     let (y, tape_y) = y.contiguous().split_tape();
@@ -290,13 +282,7 @@ where
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
     let (b, n, c) = *sources.shape();
-    if *targets.shape() != (b, n, c) {
-        return Err(Error::shape(
-            "outer sum",
-            format!("targets [{b}, {n}, {c}] like the sources"),
-            format!("{:?}", targets.shape()),
-        ));
-    }
+    check_outer_sum((b, n, c), *targets.shape())?;
     let dev = sources.device().clone();
     let (src, tape_s) = sources.contiguous().split_tape();
     let (tgt, tape_t) = targets.contiguous().split_tape();

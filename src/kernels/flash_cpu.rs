@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::fused_cpu::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
 use super::patterns::EdgePattern;
-use super::small_mm::{mm_direct, DIRECT_MIN_COLUMNS, MAX_DIRECT_MACS};
+use super::small_mm::{mm_direct, takes_direct};
 use super::visibility::Visibility;
 use super::weights::{Normalizer, WeightsSpec};
 use crate::error::{Error, Result};
@@ -156,7 +156,8 @@ pub(super) unsafe fn mm_with<E: Real>(
         }
         return;
     }
-    if dst_cs == 1 && n >= DIRECT_MIN_COLUMNS && m * n * k <= MAX_DIRECT_MACS {
+    let serial = matches!(parallelism, gemm::Parallelism::None);
+    if takes_direct((m, n, k), dst_cs, serial) {
         return mm_direct(
             (m, n, k),
             dst,

@@ -1,18 +1,32 @@
-//! Matrix products too small for gemm. The `gemm` crate packs both operands and sets up
-//! per-thread buffers on every call; for the per-row attention of a small model (32 × 32 × 8
-//! products) that set-up took ten times the arithmetic. Here each destination row accumulates
-//! `lhs[i, p] · rhs row p` over p, four rows of the right operand at a time, vectorized along the
-//! row; a right operand stored column by column is first copied row by row. Compiled twice: with
-//! AVX2 + FMA, picked at run time, and for the baseline target.
+//! Matrix products too small or too narrow for gemm. The `gemm` crate packs both operands and
+//! sets up per-thread buffers on every call; for the per-row attention of a small model
+//! (32 × 32 × 8 products) that set-up took ten times the arithmetic, and on narrow products
+//! (16 to 256 columns, inner dimension up to 256) its single-threaded rate is below these
+//! loops'. Here the destination is cut into register tiles of 4 rows × 16 columns or 8 × 8;
+//! each tile accumulates `lhs[i, p] · rhs row p` over p, vectorized along the row; a right
+//! operand stored column by column is first copied row by row. Compiled twice: with AVX2 +
+//! FMA, picked at run time, and for the baseline target.
 
 use crate::tensor::Real;
 
-/// Products of at most this many multiply-adds take the direct loops (gemm's set-up is paid
-/// back above it)...
-pub(super) const MAX_DIRECT_MACS: usize = 32 * 32 * 32;
+/// Products of at most this many multiply-adds take the direct loops whatever their shape
+/// (gemm's set-up is paid back above it)...
+const MAX_DIRECT_MACS: usize = 32 * 32 * 32;
 
-/// ... when the destination is at least one tile wide (narrower ones waste most of each tile).
-pub(super) const DIRECT_MIN_COLUMNS: usize = TILE_COLS;
+/// ... and so do larger ones on one thread whose destination and inner dimension are at most
+/// this: the direct loops measured 1.2–1.7× gemm's single-threaded rate on such shapes (edge
+/// projections of 256 rows, per-head attention products), and below it from 512 columns.
+const MAX_DIRECT_SIDE: usize = 256;
+
+/// Whether an `m × n × k` product into rows of stride 1 (`dst_cs == 1`) takes
+/// [`mm_direct`] rather than gemm; `serial`: the caller asked for one thread.
+pub(super) fn takes_direct((m, n, k): (usize, usize, usize), dst_cs: usize, serial: bool) -> bool {
+    // narrower destinations than a tile waste most of each tile
+    dst_cs == 1
+        && n >= TILE_COLS
+        && (m * n * k <= MAX_DIRECT_MACS
+            || (serial && n <= MAX_DIRECT_SIDE && k <= MAX_DIRECT_SIDE))
+}
 
 /// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`, strides as (row, column); the
 /// destination's rows must be contiguous (column stride 1).
@@ -104,46 +118,52 @@ unsafe fn rows_avx2<E: Real>(args: Args<E>) {
     rows::<E, true>(args)
 }
 
-/// Rows of the destination one register tile holds, and its columns: two vectors of eight, or
-/// one for narrow destinations.
-const TILE_ROWS: usize = 4;
-const TILE_COLS: usize = 8;
-const WIDE_TILE_COLS: usize = 16;
+/// Register tiles (rows, columns): 4 rows × two vectors of eight, or 8 rows × one vector for
+/// narrow destinations. Either way eight independent sums: a multiply-add's result is ready
+/// four cycles after it issues and two issue per cycle, so fewer chains leave the units idle
+/// (4 × 8 tiles ran at half the rate).
+const WIDE_TILE: (usize, usize) = (4, 16);
+const NARROW_TILE: (usize, usize) = (8, 8);
+const TILE_COLS: usize = NARROW_TILE.1;
 
-/// The loops: the destination in panels of 16 columns (then 8), each panel in tiles of 4 rows
+/// The loops: the destination in panels of 16 columns (then 8), each panel in tiles of rows
 /// summed over k in registers, then `dst = [dst +] beta · sum`.
 #[inline(always)]
 unsafe fn rows<E: Real, const FUSED: bool>(a: Args<E>) {
     let mut c0 = 0;
-    while c0 + WIDE_TILE_COLS <= a.n {
-        panel::<E, FUSED, WIDE_TILE_COLS>(&a, c0, WIDE_TILE_COLS);
-        c0 += WIDE_TILE_COLS;
+    while c0 + WIDE_TILE.1 <= a.n {
+        panel::<E, FUSED, { WIDE_TILE.0 }, { WIDE_TILE.1 }>(&a, c0, WIDE_TILE.1);
+        c0 += WIDE_TILE.1;
     }
     while c0 < a.n {
         let cols = TILE_COLS.min(a.n - c0);
-        panel::<E, FUSED, TILE_COLS>(&a, c0, cols);
+        panel::<E, FUSED, { NARROW_TILE.0 }, { NARROW_TILE.1 }>(&a, c0, cols);
         c0 += TILE_COLS;
     }
 }
 
-/// One panel of `cols ≤ C` columns at `c0`, in tiles of 4 rows.
+/// One panel of `cols ≤ C` columns at `c0`, in tiles of R rows.
 #[inline(always)]
-unsafe fn panel<E: Real, const FUSED: bool, const C: usize>(a: &Args<E>, c0: usize, cols: usize) {
-    for i0 in (0..a.m).step_by(TILE_ROWS) {
-        let rows = TILE_ROWS.min(a.m - i0);
-        if rows == TILE_ROWS && cols == C {
+unsafe fn panel<E: Real, const FUSED: bool, const R: usize, const C: usize>(
+    a: &Args<E>,
+    c0: usize,
+    cols: usize,
+) {
+    for i0 in (0..a.m).step_by(R) {
+        let rows = R.min(a.m - i0);
+        if rows == R && cols == C {
             // constant sizes: the compiler unrolls the tile into registers
-            tile::<E, FUSED, C>(a, (i0, TILE_ROWS), (c0, C));
+            tile::<E, FUSED, R, C>(a, (i0, R), (c0, C));
         } else {
-            tile::<E, FUSED, C>(a, (i0, rows), (c0, cols));
+            tile::<E, FUSED, R, C>(a, (i0, rows), (c0, cols));
         }
     }
 }
 
-/// One tile of at most 4 × C at `(i0, c0)`. `FUSED`: multiply-adds as one instruction (only
+/// One tile of at most R × C at `(i0, c0)`. `FUSED`: multiply-adds as one instruction (only
 /// where the target has FMA; elsewhere `mul_add` is a library call).
 #[inline(always)]
-unsafe fn tile<E: Real, const FUSED: bool, const C: usize>(
+unsafe fn tile<E: Real, const FUSED: bool, const R: usize, const C: usize>(
     a: &Args<E>,
     (i0, rows): (usize, usize),
     (c0, cols): (usize, usize),
@@ -156,11 +176,11 @@ unsafe fn tile<E: Real, const FUSED: bool, const C: usize>(
         }
     };
     let (lrs, lcs) = a.lhs_strides;
-    // A partial tile still computes all 4 × C sums (fixed-size loops stay in registers): rows
+    // A partial tile still computes all R × C sums (fixed-size loops stay in registers): rows
     // past the last repeat it, columns past the last are zero; only real ones are stored.
     let lhs_row = |r: usize| a.lhs.add((i0 + r.min(rows - 1)) * lrs);
-    let lhs_rows: [*const E; TILE_ROWS] = std::array::from_fn(lhs_row);
-    let mut acc = [[E::zero(); C]; TILE_ROWS];
+    let lhs_rows: [*const E; R] = std::array::from_fn(lhs_row);
+    let mut acc = [[E::zero(); C]; R];
     for p in 0..a.k {
         let src = a.rhs.add(p * a.rhs_rs + c0);
         let rv: [E; C] = if cols == C {
@@ -179,6 +199,23 @@ unsafe fn tile<E: Real, const FUSED: bool, const C: usize>(
                 *s = madd(*s, x, y);
             }
         }
+    }
+    if cols == C {
+        // whole rows of the tile as vectors (element by element, this took longer than the
+        // multiply-adds of a k = 8 product)
+        for (r, acc_row) in acc.iter().enumerate().take(rows) {
+            let d = a.dst.add((i0 + r) * a.dst_rs + c0) as *mut [E; C];
+            let mut out: [E; C] = if a.accumulate {
+                std::ptr::read_unaligned(d)
+            } else {
+                [E::zero(); C]
+            };
+            for (o, &s) in out.iter_mut().zip(acc_row) {
+                *o = *o + a.beta * s;
+            }
+            std::ptr::write_unaligned(d, out);
+        }
+        return;
     }
     for (r, acc_row) in acc.iter().enumerate().take(rows) {
         let d = std::slice::from_raw_parts_mut(a.dst.add((i0 + r) * a.dst_rs + c0), cols);
@@ -229,7 +266,7 @@ mod tests {
     #[test]
     fn direct_products_match_the_definition() {
         let value = |i: usize| ((i * 7919 % 113) as f64 - 56.0) / 17.0;
-        // shapes around the 4 × 8 tile, both layouts of each operand, with and without
+        // shapes around the 4 × 16 and 8 × 8 tiles, both layouts of each operand, with and without
         // accumulation, a destination row stride wider than the row
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -238,6 +275,9 @@ mod tests {
             (32, 32, 8),
             (32, 8, 32),
             (7, 17, 5),
+            (19, 24, 6),
+            (12, 8, 33),
+            (9, 40, 3),
         ] {
             for lhs_t in [false, true] {
                 for rhs_t in [false, true] {

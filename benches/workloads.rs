@@ -7,6 +7,8 @@ use quartic::models::{GraphConfig, Model, ModelConfig, QuarticConfig};
 use quartic::nn::Init;
 use quartic::rules::{Const, Rule, RuleConfig, RuleLayer};
 use quartic::train::optim::{AdamState, AdamW};
+use quartic::train::shards::{step_gradients, DEFAULT_SHARDS};
+use quartic::train::tasks::{Batch, Readout};
 
 pub type Tp = OwnedTape<f32, Cpu>;
 
@@ -56,15 +58,22 @@ pub fn forward(model: &Model<f32, Cpu>, b: usize, n: usize) {
     std::hint::black_box(out.logits.as_vec());
 }
 
-/// Forward, backward (loss: mean cross-entropy against the next token) and one AdamW step.
+/// Forward, backward (loss: mean cross-entropy against the next token) and one AdamW step, as
+/// `quartic train` runs them (the batch in shards, see `quartic::train::shards`).
 pub fn train_step(model: &mut Model<f32, Cpu>, adam: &mut AdamState, b: usize, n: usize) {
-    let toks = tokens(b, n);
-    let out = model.forward::<Tp>(&toks, b, n, None).expect("runs");
-    let targets: Vec<Option<usize>> = toks.iter().map(|&t| Some((t + 1) % 256)).collect();
-    let (loss, _, _) =
-        quartic::train::trainer::loss_and_accuracy(out.logits, &targets).expect("loss");
-    let mut grads = loss.backward();
-    adam.update(model, &mut grads, &AdamW::default(), 1e-4, Some(1.0))
+    let tokens = tokens(b, n);
+    let targets = tokens.iter().map(|&t| Some((t + 1) % 256)).collect();
+    let batch = Batch {
+        tokens,
+        b,
+        n,
+        valid: None,
+        targets,
+        edge_tokens: None,
+        edge_targets: None,
+    };
+    let mut step = step_gradients(model, &batch, Readout::Nodes, DEFAULT_SHARDS).expect("runs");
+    adam.update_sum(model, &mut step.grads, &AdamW::default(), 1e-4, Some(1.0))
         .expect("update");
 }
 

@@ -4,9 +4,11 @@
 //! CPU, a fused form with its own backward. Code above this layer calls `Backend` and gets the
 //! fused form on `Cpu` and the composite form elsewhere (CUDA), so model code stays generic.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use dfdx::prelude::*;
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::graph::Edges;
@@ -18,6 +20,7 @@ use crate::kernels::{
 };
 use crate::nn::{activations, norms};
 use crate::tensor::*;
+use crate::train::shards::{ShardOutcome, ShardWork};
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
 
@@ -129,6 +132,15 @@ pub trait Backend<E: Real>: Device<E> {
         kind: norms::RmsKind,
     ) -> Result<T2<E, Self, T>> {
         Ok(norms::rms_norm_composite(x, gamma, kind))
+    }
+
+    /// The passes of each shard of a training step (see [`crate::train::shards`]), in order:
+    /// here one after another; the CPU runs them at once.
+    fn run_shards(
+        work: &ShardWork<'_, E, Self>,
+        shards: &[Range<usize>],
+    ) -> Vec<ShardOutcome<E, Self>> {
+        shards.iter().map(|r| work.run(r.clone())).collect()
     }
 
     /// LayerNorm of `[rows, c]` with weight and bias `[c]`.
@@ -439,6 +451,18 @@ where
         } else {
             Ok(norms::rms_norm_composite(x, gamma, kind))
         }
+    }
+
+    fn run_shards(
+        work: &ShardWork<'_, E, Self>,
+        shards: &[Range<usize>],
+    ) -> Vec<ShardOutcome<E, Self>> {
+        if shards.len() < 2 {
+            return shards.iter().map(|r| work.run(r.clone())).collect();
+        }
+        // every thread is busy with a shard: none should sit polling for work
+        let _busy = crate::threads::pause_polling();
+        shards.par_iter().map(|r| work.run(r.clone())).collect()
     }
 
     fn layer_norm<T: Tape<E, Self>>(

@@ -39,11 +39,35 @@ const STAY_WARM: Duration = Duration::from_millis(20);
 /// call starts pollers only when this is zero.
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 
+/// Live [`pause_polling`] guards.
+static PAUSES: AtomicUsize = AtomicUsize::new(0);
+
+/// While the returned guard lives, [`keep_warm`] starts no pollers. For work that keeps every
+/// thread busy on its own (the shards of a training step): a poller would start on a thread
+/// waiting inside such work, and that work could not go on until the poller stopped, 20 ms
+/// after the last job.
+pub fn pause_polling() -> PollingPaused {
+    PAUSES.fetch_add(1, Ordering::AcqRel);
+    PollingPaused(())
+}
+
+/// See [`pause_polling`].
+pub struct PollingPaused(());
+
+impl Drop for PollingPaused {
+    fn drop(&mut self) {
+        PAUSES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Keeps the global pool's other threads polling for work (instead of asleep) until none has
 /// run a job for [`STAY_WARM`]. Cheap to call before every parallel kernel: it starts the
 /// pollers only when none are running. Polling burns its core while it lasts, so it stops on
 /// its own once the work does.
 pub fn keep_warm() {
+    if PAUSES.load(Ordering::Acquire) > 0 {
+        return;
+    }
     let threads = rayon::current_num_threads();
     if threads < 2
         || PENDING

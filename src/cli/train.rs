@@ -66,6 +66,10 @@ pub struct TrainArgs {
     /// Output directory (checkpoint.safetensors, metrics.csv, curves.png) [default: runs/latest]
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run each batch as this many shards at once, each with its own forward and backward
+    /// pass (results change by rounding only) [default: 2]
+    #[arg(long)]
+    pub shards: Option<usize>,
     /// Continue the run in --out from its checkpoint (its saved settings are used)
     #[arg(long)]
     #[serde(skip)]
@@ -131,6 +135,7 @@ impl TrainArgs {
                 .or(f.checkpoint_every)
                 .unwrap_or(d.checkpoint_every),
             out: self.out.clone().or(f.out).unwrap_or(d.out),
+            shards: self.shards.or(f.shards).unwrap_or(d.shards),
         };
         Ok((cfg, self.model.clone().or(file.model)))
     }

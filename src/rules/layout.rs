@@ -6,8 +6,8 @@
 //! same thing here: a gather whose index table says, for each destination element, which source
 //! element it reads. Tables are built on the host once per layout pair and cached.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use dfdx::prelude::*;
 
@@ -94,14 +94,15 @@ struct LayoutKey {
 }
 
 /// Gather tables by layout pair, kept across calls (a rule runs the same layouts every step).
+/// Shared by the shards of a batch that run at once (see `train::shards`).
 pub struct LayoutCache<D: Storage<usize>> {
-    tables: RefCell<HashMap<LayoutKey, Tensor<(usize,), usize, D>>>,
+    tables: Mutex<HashMap<LayoutKey, Tensor<(usize,), usize, D>>>,
 }
 
 impl<D: Storage<usize>> Default for LayoutCache<D> {
     fn default() -> Self {
         Self {
-            tables: RefCell::new(HashMap::new()),
+            tables: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -214,7 +215,8 @@ pub fn arrange<E: Real, D: Device<E>, T: Tape<E, D>>(
         ext,
     };
     let index = {
-        let mut tables = cache.tables.borrow_mut();
+        // a panic elsewhere while the lock was held leaves a cache that is still consistent
+        let mut tables = cache.tables.lock().unwrap_or_else(|e| e.into_inner());
         match tables.get(&key) {
             Some(t) => t.clone(),
             None => {

@@ -73,15 +73,37 @@ impl AdamState {
         lr: f64,
         max_norm: Option<f64>,
     ) -> Result<UpdateReport> {
+        self.update_sum(model, std::slice::from_mut(grads), cfg, lr, max_norm)
+    }
+
+    /// [`AdamState::update`] with the gradient summed over `parts` (the shards of a step, see
+    /// [`crate::train::shards`]), in order; a parameter missing from a part counts as zero there.
+    pub fn update_sum<E: Real, D: Device<E>, M: HasParams<E, D>>(
+        &mut self,
+        model: &mut M,
+        parts: &mut [Gradients<E, D>],
+        cfg: &AdamW,
+        lr: f64,
+        max_norm: Option<f64>,
+    ) -> Result<UpdateReport> {
         crate::threads::keep_warm();
         // gradients to the host (`copy_into`: one memcpy on the CPU); the norm is summed in
         // fixed chunks, in order, so it does not depend on the number of threads
         let mut host: Vec<(String, Vec<E>)> = Vec::new();
         let mut sq = 0.0f64;
+        let mut part = Vec::new();
         for p in model.params() {
-            grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
             let mut g = vec![E::zero(); p.len()];
-            grads.get(&p.value).copy_into(&mut g);
+            for (k, grads) in parts.iter_mut().enumerate() {
+                grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
+                if k == 0 {
+                    grads.get(&p.value).copy_into(&mut g);
+                } else {
+                    part.resize(p.len(), E::zero());
+                    grads.get(&p.value).copy_into(&mut part);
+                    g.iter_mut().zip(&part).for_each(|(g, &x)| *g += x);
+                }
+            }
             let partial: Vec<f64> = g
                 .par_chunks(CHUNK)
                 .map(|c| c.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>())

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, TrainState};
 use super::optim::{schedule, AdamState, AdamW};
 use super::plot;
+use super::shards::step_gradients;
 use super::tasks::{Batch, Readout, Split, Task};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -23,6 +24,10 @@ use crate::tensor::*;
 
 fn d_context() -> usize {
     64
+}
+
+fn d_shards() -> usize {
+    super::shards::DEFAULT_SHARDS
 }
 
 /// Everything about a training run (the model comes separately).
@@ -51,6 +56,10 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Directory for `checkpoint.safetensors`, `metrics.csv` and `curves.png`.
     pub out: PathBuf,
+    /// Each step's batch runs as this many shards at once (see [`super::shards`]); the
+    /// result depends on it by rounding only.
+    #[serde(default = "d_shards")]
+    pub shards: usize,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +80,7 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_every: 200,
             out: PathBuf::from("runs/latest"),
+            shards: d_shards(),
         }
     }
 }
@@ -83,10 +93,15 @@ impl TrainConfig {
         self.out.join("checkpoint.safetensors")
     }
     fn validate(&self) -> Result<()> {
-        if self.steps == 0 || self.batch == 0 || !(self.lr > 0.0) || self.eval_batches == 0 {
+        if self.steps == 0
+            || self.batch == 0
+            || !(self.lr > 0.0)
+            || self.eval_batches == 0
+            || self.shards == 0
+        {
             return Err(Error::config(
                 "training",
-                "steps, batch, eval_batches and lr must be positive",
+                "steps, batch, eval_batches, shards and lr must be positive",
             ));
         }
         Ok(())
@@ -313,13 +328,8 @@ pub fn train<E: Real, D: Backend<E>>(
             break;
         }
         let bt = batch_for(&task, cfg.seed, step, cfg.batch);
-        let out = forward_batch::<E, D, OwnedTape<E, D>>(model, &bt, task.readout())?;
-        let (mut loss, correct, total) =
-            loss_and_accuracy(out.logits, targets_of(&bt, task.readout())?)?;
-        if let Some(aux) = out.aux {
-            loss = loss + aux;
-        }
-        let value = loss.as_vec()[0].as_f64();
+        let mut passes = step_gradients(model, &bt, task.readout(), cfg.shards)?;
+        let value = passes.loss;
         if !value.is_finite() {
             return Err(Error::config(
                 "training",
@@ -330,10 +340,9 @@ pub fn train<E: Real, D: Backend<E>>(
                 ),
             ));
         }
-        let mut grads = loss.backward();
         let lr = schedule(cfg.lr, step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
         let clip = (cfg.clip > 0.0).then_some(cfg.clip);
-        let report = adam.update(model, &mut grads, &opt, lr, clip)?;
+        let report = adam.update_sum(model, &mut passes.grads, &opt, lr, clip)?;
         let done = step + 1;
         let eval = if done % cfg.eval_every.max(1) == 0 || done == cfg.steps {
             let e = evaluate(model, &task, cfg.seed, cfg.eval_batches, cfg.batch)?;
@@ -345,7 +354,7 @@ pub fn train<E: Real, D: Backend<E>>(
         let record = StepRecord {
             step: done,
             loss: value,
-            accuracy: correct as f64 / total as f64,
+            accuracy: passes.correct as f64 / passes.labelled as f64,
             lr,
             grad_norm: report.grad_norm,
             eval,

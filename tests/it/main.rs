@@ -14,6 +14,7 @@ mod pointwise;
 mod routing;
 mod rule_errors;
 mod rules;
+mod shards;
 mod tasks;
 mod taylor;
 #[path = "../../benches/taylor_by_hand.rs"]

@@ -31,6 +31,29 @@ pub struct Batch {
     pub edge_targets: Option<Vec<Option<usize>>>,
 }
 
+impl Batch {
+    /// The graphs `range` of the batch, as a batch of their own.
+    pub fn graphs(&self, range: std::ops::Range<usize>) -> Batch {
+        let (n, per_edge) = (self.n, self.n * self.n);
+        let rows = |v: usize| range.start * v..range.end * v;
+        Batch {
+            tokens: self.tokens[rows(n)].to_vec(),
+            b: range.len(),
+            n,
+            valid: self.valid.as_ref().map(|v| v[rows(n)].to_vec()),
+            targets: self.targets[rows(n)].to_vec(),
+            edge_tokens: self
+                .edge_tokens
+                .as_ref()
+                .map(|v| v[rows(per_edge)].to_vec()),
+            edge_targets: self
+                .edge_targets
+                .as_ref()
+                .map(|v| v[rows(per_edge)].to_vec()),
+        }
+    }
+}
+
 /// One example before batching. The edge vectors are `n × n` (empty when the task has none).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Example {

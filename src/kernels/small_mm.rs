@@ -76,7 +76,9 @@ pub(super) unsafe fn mm_direct<E: Real>(
 }
 
 /// A `k × n` matrix under the given strides, copied into contiguous rows (read column by
-/// column: the operands copied here are stored column-major).
+/// column: the operands copied here are stored column-major). f32 columns stored contiguously,
+/// in whole blocks of 8 × 8, are transposed in registers (AVX2), eight elements per load and
+/// store: element by element, the copy took a fifth of the time of the product it fed.
 ///
 /// Safety: `src` addresses the whole matrix under the strides.
 unsafe fn pack_rows<E: Real>(
@@ -87,15 +89,78 @@ unsafe fn pack_rows<E: Real>(
 ) -> Vec<E> {
     let mut out = Vec::<E>::with_capacity(k * n);
     let dst = out.as_mut_ptr();
-    for c in 0..n {
-        let col = src.add(c * cs);
-        for p in 0..k {
-            dst.add(p * n + c).write(*col.add(p * rs));
+    #[cfg(target_arch = "x86_64")]
+    let blocks = std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
+        && rs == 1
+        && k % 8 == 0
+        && n % 8 == 0
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let blocks = false;
+    if blocks {
+        // Safety: E is f32 (checked above), the features were detected.
+        #[cfg(target_arch = "x86_64")]
+        transpose_f32_avx2(k, n, src as *const f32, cs, dst as *mut f32);
+    } else {
+        for c in 0..n {
+            let col = src.add(c * cs);
+            for p in 0..k {
+                dst.add(p * n + c).write(*col.add(p * rs));
+            }
         }
     }
     // every one of the k · n elements was written above
     out.set_len(k * n);
     out
+}
+
+/// `dst[p · n + c] = src[p + c · cs]` for `p < k`, `c < n`, both multiples of 8: each 8 × 8
+/// block is eight loads, the standard unpack / shuffle / lane-permute transposition, and eight
+/// stores.
+///
+/// Safety: the CPU has AVX2; `src` addresses `n` columns of `k` contiguous elements `cs`
+/// apart, `dst` has room for `k · n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose_f32_avx2(k: usize, n: usize, src: *const f32, cs: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    for c0 in (0..n).step_by(8) {
+        for p0 in (0..k).step_by(8) {
+            let r: [__m256; 8] =
+                std::array::from_fn(|c| _mm256_loadu_ps(src.add((c0 + c) * cs + p0)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            // row p of the block: element p of each of the eight source columns
+            let rows = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (p, row) in rows.iter().enumerate() {
+                _mm256_storeu_ps(dst.add((p0 + p) * n + c0), *row);
+            }
+        }
+    }
 }
 
 struct Args<E> {
@@ -278,6 +343,8 @@ mod tests {
             (19, 24, 6),
             (12, 8, 33),
             (9, 40, 3),
+            (8, 16, 16),
+            (5, 24, 32),
         ] {
             for lhs_t in [false, true] {
                 for rhs_t in [false, true] {

@@ -45,12 +45,14 @@ def train_step(model, opt, b, n):
 
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else "readme-forward"
+    # optional: the number of timed repeats (defaults below)
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else None
     times = []
     if which == "readme-forward":
         model = readme_model().eval()
         with torch.no_grad():
             model(tokens(1, 128))
-            for _ in range(3):
+            for _ in range(repeats or 3):
                 t = time.perf_counter()
                 model(tokens(1, 128))
                 times.append(time.perf_counter() - t)
@@ -59,7 +61,7 @@ def main():
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         b, n, reps = (1, 128, 3) if which == "readme-train" else (8, 32, 5)
         train_step(model, opt, b, n)
-        for _ in range(reps):
+        for _ in range(repeats or reps):
             t = time.perf_counter()
             train_step(model, opt, b, n)
             times.append(time.perf_counter() - t)

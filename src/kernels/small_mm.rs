@@ -92,8 +92,8 @@ unsafe fn pack_rows<E: Real>(
     #[cfg(target_arch = "x86_64")]
     let blocks = std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
         && rs == 1
-        && k % 8 == 0
-        && n % 8 == 0
+        && k.is_multiple_of(8)
+        && n.is_multiple_of(8)
         && std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]

@@ -150,3 +150,31 @@ pub fn gradcheck_block<M: quartic::nn::HasParams<f64, Cpu>>(
         });
     }
 }
+
+/// A small causal multi-stream model (two streams, 2 heads × 4, talking heads on, the
+/// diversity loss on).
+pub fn small_multistream(
+    num_tokens: usize,
+    dim: usize,
+    depth: usize,
+) -> quartic::models::MultiStreamConfig {
+    quartic::models::MultiStreamConfig {
+        num_tokens,
+        dim,
+        depth,
+        num_streams: 2,
+        dim_head: 4,
+        heads: 2,
+        max_seq_len: 8,
+        ff_mult: 2.0,
+        ablate_cross_stream_talking_heads: false,
+        pre_talking_heads: true,
+        post_talking_heads: true,
+        separate_stream_emb: true,
+        non_linear_talking_heads: true,
+        causal: true,
+        reference_scale: false,
+        diversity_loss: true,
+        reference_diversity: false,
+    }
+}

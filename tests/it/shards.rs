@@ -3,11 +3,12 @@
 //! auxiliary loss, and read from the edges.
 
 use dfdx::prelude::*;
-use quartic::models::{GraphConfig, Model, ModelConfig, MultiStreamConfig, Readout, TaskIo};
+use quartic::models::{GraphConfig, Model, ModelConfig, Readout, TaskIo};
 use quartic::nn::{HasParams, Init};
 use quartic::train::shards::step_gradients;
 use quartic::train::Batch;
 
+use crate::common::small_multistream;
 use crate::rules::small_overrides;
 
 fn graph_config(io: TaskIo) -> ModelConfig {
@@ -24,28 +25,6 @@ fn graph_config(io: TaskIo) -> ModelConfig {
         position_bias: true,
         final_norm: Some(1e-5),
         io,
-    })
-}
-
-fn multistream_config() -> ModelConfig {
-    ModelConfig::MultiStream(MultiStreamConfig {
-        num_tokens: 7,
-        dim: 8,
-        depth: 1,
-        num_streams: 2,
-        dim_head: 4,
-        heads: 2,
-        max_seq_len: 8,
-        ff_mult: 2.0,
-        ablate_cross_stream_talking_heads: false,
-        pre_talking_heads: true,
-        post_talking_heads: true,
-        separate_stream_emb: true,
-        non_linear_talking_heads: true,
-        causal: true,
-        reference_scale: false,
-        diversity_loss: true,
-        reference_diversity: false,
     })
 }
 
@@ -110,7 +89,7 @@ fn sharded_steps_have_the_whole_batch_loss_and_gradient() {
         ),
         (
             "multi-stream model (auxiliary loss)",
-            multistream_config(),
+            ModelConfig::MultiStream(small_multistream(7, 8, 1)),
             Readout::Nodes,
         ),
     ];

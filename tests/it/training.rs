@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use dfdx::prelude::*;
-use quartic::models::{Model, ModelConfig, MultiStreamConfig, QuarticConfig, RelationalConfig};
+use quartic::models::{Model, ModelConfig, QuarticConfig, RelationalConfig};
 use quartic::nn::{HasParams, Init};
 use quartic::train::checkpoint::{self, TrainState};
 use quartic::train::optim::AdamState;
@@ -222,25 +222,7 @@ fn model_logits_match_their_snapshots() {
         ff_mult: 2.0,
         max_seq_len: 8,
     };
-    let ms = MultiStreamConfig {
-        num_tokens: 10,
-        dim: 16,
-        depth: 2,
-        num_streams: 2,
-        dim_head: 4,
-        heads: 2,
-        max_seq_len: 8,
-        ff_mult: 2.0,
-        ablate_cross_stream_talking_heads: false,
-        pre_talking_heads: true,
-        post_talking_heads: true,
-        separate_stream_emb: true,
-        non_linear_talking_heads: true,
-        causal: true,
-        reference_scale: false,
-        diversity_loss: true,
-        reference_diversity: false,
-    };
+    let ms = crate::common::small_multistream(10, 16, 2);
     let models = [
         ("quartic_taylor", tiny_model(false, 10, 8)),
         ("quartic_causal", tiny_model(true, 10, 8)),

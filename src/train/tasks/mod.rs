@@ -32,7 +32,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The graphs `range` of the batch, as a batch of their own.
+    /// The graphs `range` (within `0..b`) of the batch, as a batch of their own.
     pub fn graphs(&self, range: std::ops::Range<usize>) -> Batch {
         let (n, per_edge) = (self.n, self.n * self.n);
         let rows = |v: usize| range.start * v..range.end * v;

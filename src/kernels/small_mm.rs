@@ -45,12 +45,16 @@ pub(super) unsafe fn mm_direct<E: Real>(
     (rhs_rs, rhs_cs): (usize, usize),
     beta: E,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
     // the right operand with contiguous rows: as given, or copied
     let packed: Vec<E>;
     let (rhs, rhs_rs) = if rhs_cs == 1 || n == 1 {
         (rhs, rhs_rs)
     } else {
-        packed = pack_rows(k, n, rhs, (rhs_rs, rhs_cs));
+        packed = pack_rows(k, n, rhs, (rhs_rs, rhs_cs), avx2);
         (packed.as_ptr(), n)
     };
     let args = Args {
@@ -67,10 +71,8 @@ pub(super) unsafe fn mm_direct<E: Real>(
         beta,
     };
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return rows_avx2(args);
-        }
+    if avx2 {
+        return rows_avx2(args);
     }
     rows::<E, false>(args)
 }
@@ -80,26 +82,24 @@ pub(super) unsafe fn mm_direct<E: Real>(
 /// in whole blocks of 8 × 8, are transposed in registers (AVX2), eight elements per load and
 /// store: element by element, the copy took a fifth of the time of the product it fed.
 ///
-/// Safety: `src` addresses the whole matrix under the strides.
+/// Safety: `src` addresses the whole matrix under the strides; `avx2`: the CPU has AVX2 and
+/// FMA.
 unsafe fn pack_rows<E: Real>(
     k: usize,
     n: usize,
     src: *const E,
     (rs, cs): (usize, usize),
+    avx2: bool,
 ) -> Vec<E> {
     let mut out = Vec::<E>::with_capacity(k * n);
     let dst = out.as_mut_ptr();
-    #[cfg(target_arch = "x86_64")]
-    let blocks = std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
+    let blocks = avx2
+        && std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
         && rs == 1
         && k.is_multiple_of(8)
-        && n.is_multiple_of(8)
-        && std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let blocks = false;
+        && n.is_multiple_of(8);
     if blocks {
-        // Safety: E is f32 (checked above), the features were detected.
+        // Safety: E is f32 (checked above), the caller detected the features.
         #[cfg(target_arch = "x86_64")]
         transpose_f32_avx2(k, n, src as *const f32, cs, dst as *mut f32);
     } else {

@@ -293,6 +293,8 @@ struct Scratch<E> {
     run_max: Vec<E>,
     run_sum: Vec<E>,
     g: Vec<E>,
+    #[cfg(target_arch = "x86_64")]
+    lanes: super::taylor_lanes::Scratch,
 }
 
 /// Per-query statistics kept from the forward pass: softmax `log Σ exp` (−∞ when no key is
@@ -346,7 +348,48 @@ impl<E: Real> Problem<E> {
             run_max: vec![E::zero(); rows],
             run_sum: vec![E::zero(); rows],
             g: vec![E::zero(); self.nq * self.e],
+            #[cfg(target_arch = "x86_64")]
+            lanes: Default::default(),
         }
+    }
+
+    /// Pair `ph` as the operands of the f32 Taylor kernel that keeps eight queries per vector,
+    /// when that kernel applies: f32, Taylor weights, no bias, no causal times, head widths
+    /// that are multiples of eight, and a CPU with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    fn lanes_pair(&self, ph: usize) -> Option<super::taylor_lanes::Pair<'_>> {
+        let Normalizer::Taylor { eps } = self.normalizer else {
+            return None;
+        };
+        if std::any::TypeId::of::<E>() != std::any::TypeId::of::<f32>()
+            || self.bias.is_some()
+            || self.vis.times.is_some()
+            || !super::taylor_lanes::applies(self.d, self.e)
+        {
+            return None;
+        }
+        let (p, h, nk) = (ph / self.h, ph % self.h, self.nk);
+        // E is f32 (checked above)
+        let at = |buf: &[E], base: usize| buf[base..].as_ptr() as *const f32;
+        Some(super::taylor_lanes::Pair {
+            q: at(&self.q, self.ql.base(p, h)),
+            q_row: self.ql.row,
+            k: at(&self.k, self.kl.base(p, h)),
+            k_row: self.kl.row,
+            v: at(&self.v, self.vl.base(p, h)),
+            v_row: self.vl.row,
+            nq: self.nq,
+            nk,
+            d: self.d,
+            e: self.e,
+            scale: self.scale.as_f64() as f32,
+            eps: eps as f32,
+            key_valid: self
+                .vis
+                .key_valid
+                .as_ref()
+                .map(|v| &v[p * nk..(p + 1) * nk]),
+        })
     }
 
     fn forward_pair(&self, ph: usize, out: Shared<E>, stat: &mut [E], scratch: &mut Scratch<E>) {
@@ -354,6 +397,17 @@ impl<E: Real> Problem<E> {
         let (p, h) = (ph / self.h, ph % self.h);
         let v_base = self.vl.base(p, h);
         let o_base = self.ol.base(p, h);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(pair) = self.lanes_pair(ph) {
+            // Safety: E is f32 (lanes_pair checked); the kernel writes this pair's output rows
+            // alone and nq sums into `stat`.
+            unsafe {
+                let stat = std::slice::from_raw_parts_mut(stat.as_mut_ptr() as *mut f32, nq);
+                let out = out.at(o_base) as *mut f32;
+                super::taylor_lanes::forward(&pair, out, self.ol.row, stat, &mut scratch.lanes);
+            }
+            return;
+        }
         let mask = ProblemMask::new(&self.vis, ph / self.h);
         let Scratch {
             s,
@@ -490,6 +544,29 @@ impl<E: Real> Problem<E> {
             self.vl.base(p, h),
             self.ol.base(p, h),
         );
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(pair), None) = (self.lanes_pair(ph), dbias.as_ref()) {
+            // Safety: E is f32 (lanes_pair checked); this pair alone writes its rows of dq,
+            // dk and dv; g and the output share the layout `ol`.
+            unsafe {
+                let stat = std::slice::from_raw_parts(stat.as_ptr() as *const f32, nq);
+                let o = fwd.out[ob..].as_ptr() as *const f32;
+                let g = g_all[ob..].as_ptr() as *const f32;
+                let grads = (
+                    dq.at(qb) as *mut f32,
+                    dk.at(kb) as *mut f32,
+                    dv.at(vb) as *mut f32,
+                );
+                super::taylor_lanes::backward(
+                    &pair,
+                    (o, g, self.ol.row),
+                    stat,
+                    grads,
+                    &mut scratch.lanes,
+                );
+            }
+            return;
+        }
         // this pair's output gradient, gathered into [nq, e] rows
         let Scratch { s, p, dp, g, .. } = scratch;
         for i in 0..nq {

@@ -4,6 +4,8 @@
 
 pub mod affine_cpu;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod edge_attention_cpu;
 pub mod fastmath;
 pub mod flash_cpu;
@@ -14,5 +16,7 @@ pub mod routing;
 pub mod rows_cpu;
 mod small_mm;
 pub mod taylor;
+#[cfg(target_arch = "x86_64")]
+mod taylor_lanes;
 pub mod visibility;
 pub mod weights;

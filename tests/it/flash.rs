@@ -81,3 +81,85 @@ fn flash_attention_equals_the_composite_form() {
         check(130, 17, normalizer, false, true);
     }
 }
+
+/// f32 attention with Taylor weights and head widths that are multiples of eight (the kernel
+/// that keeps eight queries per vector, on CPUs with AVX2) against the composite form in f64:
+/// values and the gradients of q, k and v, with query and key counts that leave partial
+/// blocks, and key padding.
+fn check_f32_taylor(nq: usize, nk: usize, (dk, e): (usize, usize), masked: bool) {
+    type Tp32 = OwnedTape<f32, Cpu>;
+    let d = dev();
+    let (p, h) = (2, 3);
+    let mut vis = Visibility::all(p, nq, nk);
+    if masked {
+        // the second problem's last keys are all padding when nk ≤ 4
+        let valid = (0..p * nk)
+            .map(|x| x % 7 != 3 && !(x / nk == 1 && x % nk > nk.saturating_sub(5)))
+            .collect();
+        vis = vis.with_key_valid(valid).unwrap();
+    }
+    let spec = WeightsSpec {
+        scale: 0.3,
+        normalizer: Normalizer::Taylor { eps: 1e-5 },
+        visibility: vis,
+    };
+    let (qv, kv, vv) = (
+        randn(11, p * h * nq * dk),
+        randn(12, p * h * nk * dk),
+        randn(13, p * h * nk * e),
+    );
+    let probe = randn(14, p * h * nq * e);
+    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let to64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+    // the kernel in f32
+    let q = d.tensor_from_vec(to32(&qv), (p, h, nq, dk));
+    let k = d.tensor_from_vec(to32(&kv), (p, h, nk, dk));
+    let v = d.tensor_from_vec(to32(&vv), (p, h, nk, e));
+    let out = attention_fused(
+        q.leaky_trace(),
+        k.clone().retaped::<Tp32>(),
+        v.clone().retaped::<Tp32>(),
+        None,
+        &spec,
+    )
+    .unwrap();
+    let values = to64(out.as_vec());
+    let weights = d.tensor_from_vec(to32(&probe), (p, h, nq, e));
+    let mut g = (out * weights).sum().backward();
+    let grads: Vec<Vec<f64>> = vec![
+        to64(g.get_or_alloc_mut(&q).unwrap().to_vec()),
+        to64(g.get_or_alloc_mut(&k).unwrap().to_vec()),
+        to64(g.get_or_alloc_mut(&v).unwrap().to_vec()),
+    ];
+    // the composite form in f64
+    let q = d.tensor_from_vec(qv, (p, h, nq, dk));
+    let k = d.tensor_from_vec(kv, (p, h, nk, dk));
+    let v = d.tensor_from_vec(vv, (p, h, nk, e));
+    let out = weights_composite(
+        q.leaky_trace(),
+        k.clone().retaped::<Tp>(),
+        None,
+        None,
+        &spec,
+    )
+    .unwrap()
+    .matmul(v.clone().retaped::<Tp>());
+    let expected = out.as_vec();
+    let weights = d.tensor_from_vec(probe, (p, h, nq, e));
+    let mut ge = (out * weights).sum().backward();
+    let what = format!("f32 taylor nq {nq} nk {nk} d {dk} e {e} masked {masked}");
+    assert_close(&format!("{what}: output"), &values, &expected, 2e-6, 2e-5);
+    for (name, (x, t)) in ["q", "k", "v"].iter().zip(grads.iter().zip([&q, &k, &v])) {
+        let y = grad_of(&mut ge, t);
+        assert_close(&format!("{what}: gradient of {name}"), x, &y, 2e-5, 1e-4);
+    }
+}
+
+#[test]
+fn f32_taylor_attention_equals_the_composite_form() {
+    check_f32_taylor(32, 32, (8, 8), false);
+    check_f32_taylor(13, 13, (8, 8), true);
+    check_f32_taylor(5, 3, (16, 8), true);
+    check_f32_taylor(21, 45, (8, 24), false);
+    check_f32_taylor(9, 130, (16, 16), true);
+}

@@ -44,16 +44,17 @@ pub(super) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     ]
 }
 
-/// `acc[t] += Σ_{c < w} a[t · a_t + c · a_c] · x[c · x_stride .. + 8]` for `t < G`: each step
-/// loads one vector of `x` and multiplies it by G broadcast scalars, G independent sums (eight
-/// keep both multiply-add units busy through their four-cycle latency).
+/// `acc[t][v] += Σ_{c < w} a[t · a_t + c · a_c] · x[c · x_stride + 8v .. + 8]` for `t < G`,
+/// `v < V`: each step loads V vectors of `x` and multiplies them by G broadcast scalars, G · V
+/// independent sums (eight keep both multiply-add units busy through their four-cycle
+/// latency; two vectors per broadcast halve the loads per multiply-add).
 ///
 /// Safety: the CPU has AVX2 and FMA; `a` addresses every `t · a_t + c · a_c` and `x` every
-/// `c · x_stride + 7` for `t < G`, `c < w`.
+/// `c · x_stride + 8V − 1` for `t < G`, `c < w`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn fma_block<const G: usize>(
-    acc: &mut [__m256; G],
+pub(super) unsafe fn fma_block<const G: usize, const V: usize>(
+    acc: &mut [[__m256; V]; G],
     a: *const f32,
     (a_t, a_c): (usize, usize),
     x: *const f32,
@@ -61,10 +62,13 @@ pub(super) unsafe fn fma_block<const G: usize>(
     w: usize,
 ) {
     for c in 0..w {
-        let xc = _mm256_loadu_ps(x.add(c * x_stride));
+        let xc: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(x.add(c * x_stride + 8 * v)));
         let a = a.add(c * a_c);
-        for (t, s) in acc.iter_mut().enumerate() {
-            *s = _mm256_fmadd_ps(_mm256_broadcast_ss(&*a.add(t * a_t)), xc, *s);
+        for (t, sums) in acc.iter_mut().enumerate() {
+            let b = _mm256_broadcast_ss(&*a.add(t * a_t));
+            for (s, x) in sums.iter_mut().zip(&xc) {
+                *s = _mm256_fmadd_ps(b, *x, *s);
+            }
         }
     }
 }

@@ -1,11 +1,11 @@
 //! Taylor attention (`w = 1 + s + s²/2`, normalized by `max(Σw, eps)`) for one (problem, head)
-//! pair in f32 with AVX2, eight queries per vector.
+//! pair in f32 with AVX2, sixteen queries at a time in two vectors.
 //!
 //! Why: the per-row and per-column attention of a small model is thousands of tiny products
 //! (32 × 32 × 8 per pair) with element-wise passes between them; as separate matrix products
-//! they ran at a fifth of the machine's multiply-add rate. Here a block of eight queries is
+//! they ran at a fifth of the machine's multiply-add rate. Here a block of sixteen queries is
 //! held transposed (channel by channel, one lane per query), so every product is a run of
-//! broadcast multiply-adds ([`fma_block`]) whose results stay in lanes: one vector of scores
+//! broadcast multiply-adds ([`fma_block`]) whose results stay in lanes: two vectors of scores
 //! per key, weighted, summed and multiplied by the values without leaving the block's scratch.
 //!
 //! The same arithmetic as `flash_cpu::Problem`'s Taylor path (which remains the general form
@@ -16,7 +16,13 @@ use std::arch::x86_64::*;
 
 use super::avx2::{fma_block, transpose8};
 
+/// Elements per vector.
 const LANES: usize = 8;
+/// Vectors per block of queries, and the queries of a block.
+const HALVES: usize = 2;
+const BLOCK: usize = LANES * HALVES;
+/// Channels per group of the column-side products (eight sums with two vectors each).
+const CHANNELS: usize = 4;
 
 /// One (problem, head) pair's operands: row `r` of q starts at `q + r · q_row`, and so on.
 pub(super) struct Pair<'a> {
@@ -38,57 +44,126 @@ pub(super) struct Pair<'a> {
 
 /// Whether heads of `d` query/key and `e` value channels take this kernel.
 pub(super) fn applies(d: usize, e: usize) -> bool {
-    d % LANES == 0 && e % LANES == 0 && super::avx2::available()
+    d.is_multiple_of(LANES) && e.is_multiple_of(LANES) && super::avx2::available()
 }
 
 /// Buffers one task reuses across pairs.
 #[derive(Default)]
 pub(super) struct Scratch {
-    /// `[d][8]` scaled queries, transposed.
+    /// `[d][16]` the block's scaled queries, transposed.
     qt: Vec<f32>,
-    /// `[8][d]` scaled query rows (the key gradient's right operand).
+    /// `[16][d]` its scaled query rows (the key gradient's right operand).
     q_rows: Vec<f32>,
-    /// `[e][8]` output gradients, transposed.
+    /// `[e][16]` its output gradients, transposed.
     gt: Vec<f32>,
-    /// `[8][e]` output gradient rows (the value gradient's right operand).
+    /// `[16][e]` its output gradient rows (the value gradient's right operand).
     g_rows: Vec<f32>,
-    /// `[e][8]` the forward's outputs, transposed.
-    ot: Vec<f32>,
-    /// `[nk][8]` one vector per key: the weights of the block's queries.
+    /// `[max(d, e)][16]` per-channel sums: the forward's outputs, the query gradients.
+    ct: Vec<f32>,
+    /// `[nk][16]` per key: the weights of the block's queries.
     w: Vec<f32>,
-    /// `[nk][8]` the score gradients.
+    /// `[nk][16]` the score gradients.
     dw: Vec<f32>,
     /// `[nk]` 1 for a real key, 0 for padding.
     key_weight: Vec<f32>,
+    /// `[nk][d]` and `[nk][e]`: the pair's keys and values, contiguous.
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// `[nk][d]` and `[nk][e]`: their gradients, summed over the query blocks.
+    dk: Vec<f32>,
+    dv: Vec<f32>,
 }
 
 impl Scratch {
-    fn fit(&mut self, pair: &Pair) {
+    /// Sizes the buffers for `pair`; its keys and values as the products read them.
+    ///
+    /// Safety: AVX2; the pair's pointers address its rows.
+    unsafe fn fit(&mut self, pair: &Pair) -> KeysValues {
         let fit = |v: &mut Vec<f32>, len: usize| {
             if v.len() < len {
                 v.resize(len, 0.0);
             }
         };
-        fit(&mut self.qt, pair.d * LANES);
-        fit(&mut self.q_rows, pair.d * LANES);
-        fit(&mut self.gt, pair.e * LANES);
-        fit(&mut self.g_rows, pair.e * LANES);
-        fit(&mut self.ot, pair.e * LANES);
-        fit(&mut self.w, pair.nk * LANES);
-        fit(&mut self.dw, pair.nk * LANES);
+        fit(&mut self.qt, pair.d * BLOCK);
+        fit(&mut self.q_rows, pair.d * BLOCK);
+        fit(&mut self.gt, pair.e * BLOCK);
+        fit(&mut self.g_rows, pair.e * BLOCK);
+        fit(&mut self.ct, pair.d.max(pair.e) * BLOCK);
+        fit(&mut self.w, pair.nk * BLOCK);
+        fit(&mut self.dw, pair.nk * BLOCK);
         if let Some(valid) = pair.key_valid {
             self.key_weight.clear();
             self.key_weight
                 .extend(valid.iter().map(|&v| if v { 1.0 } else { 0.0 }));
         }
+        if pair.k_row < PACK_STRIDE && pair.v_row < PACK_STRIDE {
+            return KeysValues {
+                packed: false,
+                k: (pair.k, pair.k_row),
+                v: (pair.v, pair.v_row),
+            };
+        }
+        pack(pair.k, pair.k_row, pair.nk, pair.d, &mut self.k);
+        pack(pair.v, pair.v_row, pair.nk, pair.e, &mut self.v);
+        KeysValues {
+            packed: true,
+            k: (self.k.as_ptr(), pair.d),
+            v: (self.v.as_ptr(), pair.e),
+        }
     }
 }
 
-/// Rows `i0 .. i0 + m` (`m ≤ 8`) of a matrix with rows `row` apart, `width` (a multiple of 8)
-/// channels, times `scale`: into `rows` (`[8][width]`, rows past `m` zero) and, transposed,
-/// into `cols` (`[width][8]`, lanes past `m` zero).
+/// Rows this many elements apart (or more) are copied contiguously first. Rows of a wide edge
+/// tensor lie a multiple of 1 KiB apart (16 heads × 16 channels): a pair's 128 rows then fall
+/// into 4 of the L1 cache's 64 sets, evict one another, and every query block read them again
+/// from L2 (the copy made the README shape's products 10–20 % faster). Closer rows are read in
+/// place: for 32 × 32 × 8 pairs the copy cost more than it saved.
+const PACK_STRIDE: usize = 128;
+
+/// A pair's keys and values as (start, row stride): in place, or copies in the scratch.
+struct KeysValues {
+    packed: bool,
+    k: (*const f32, usize),
+    v: (*const f32, usize),
+}
+
+/// `n` rows of `width` (a multiple of 8) elements, `row` apart, into `dst` contiguously.
 ///
-/// Safety: AVX2; `src` addresses the m rows; `rows` and `cols` hold `8 · width`.
+/// Safety: AVX2; `src` addresses the n rows.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack(src: *const f32, row: usize, n: usize, width: usize, dst: &mut Vec<f32>) {
+    dst.clear();
+    dst.reserve(n * width);
+    let out = dst.as_mut_ptr();
+    for j in 0..n {
+        for c in (0..width).step_by(LANES) {
+            _mm256_storeu_ps(
+                out.add(j * width + c),
+                _mm256_loadu_ps(src.add(j * row + c)),
+            );
+        }
+    }
+    dst.set_len(n * width);
+}
+
+/// `dst[j · row + c] += src[j · width + c]` for `j < n`, `c < width` (a multiple of 8).
+///
+/// Safety: AVX2; `dst` addresses the n rows.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_add(src: &[f32], width: usize, dst: *mut f32, row: usize, n: usize) {
+    for j in 0..n {
+        for c in (0..width).step_by(LANES) {
+            let (d, s) = (dst.add(j * row + c), src.as_ptr().add(j * width + c));
+            _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), _mm256_loadu_ps(s)));
+        }
+    }
+}
+
+/// Rows `i0 .. i0 + m` (`m ≤ 16`) of a matrix with rows `row` apart, `width` (a multiple of
+/// 8) channels, times `scale`: into `rows` (`[16][width]`, rows past `m` zero) and,
+/// transposed, into `cols` (`[width][16]`, lanes past `m` zero).
+///
+/// Safety: AVX2; `src` addresses the m rows; `rows` and `cols` hold `16 · width`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn load_block(
     src: *const f32,
@@ -101,33 +176,68 @@ unsafe fn load_block(
 ) {
     let scale = _mm256_set1_ps(scale);
     let rows = rows.map(|r| r.as_mut_ptr());
-    for c0 in (0..width).step_by(LANES) {
-        let block: [__m256; LANES] = std::array::from_fn(|l| {
-            if l < m {
-                _mm256_mul_ps(scale, _mm256_loadu_ps(src.add((i0 + l) * row + c0)))
-            } else {
-                _mm256_setzero_ps()
+    for half in 0..HALVES {
+        let l0 = half * LANES;
+        for c0 in (0..width).step_by(LANES) {
+            let block: [__m256; LANES] = std::array::from_fn(|l| {
+                if l0 + l < m {
+                    _mm256_mul_ps(scale, _mm256_loadu_ps(src.add((i0 + l0 + l) * row + c0)))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            if let Some(rows) = rows {
+                for (l, x) in block.iter().enumerate() {
+                    _mm256_storeu_ps(rows.add((l0 + l) * width + c0), *x);
+                }
             }
-        });
-        if let Some(rows) = rows {
-            for (l, x) in block.iter().enumerate() {
-                _mm256_storeu_ps(rows.add(l * width + c0), *x);
+            for (t, x) in transpose8(block).iter().enumerate() {
+                _mm256_storeu_ps(cols.as_mut_ptr().add((c0 + t) * BLOCK + l0), *x);
             }
-        }
-        for (t, x) in transpose8(block).iter().enumerate() {
-            _mm256_storeu_ps(cols.as_mut_ptr().add((c0 + t) * LANES), *x);
         }
     }
 }
 
-/// `out[j] = Σ_c a[j · a_row + c] · xt[c]` for `j < n`: one vector (eight lanes) per row of
-/// `a`, from `w` transposed channels `xt` (`[w][8]`).
+/// Eight channels at `c0` of the per-channel sums `ct` (`[width][16]`, one lane per query),
+/// times `factor` per query, transposed back into rows: `dst[(i0 + l) · row + c0 ..]` is set
+/// to them (`add`: added to) for the block's first `m` queries.
 ///
-/// Safety: AVX2; `a` addresses n rows of w; `xt` holds `8 · w`, `out` `8 · n`.
+/// Safety: AVX2; `dst` addresses the m rows up to channel `c0 + 7`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_block(
+    ct: &[f32],
+    c0: usize,
+    factor: [__m256; HALVES],
+    (dst, row, add): (*mut f32, usize, bool),
+    (i0, m): (usize, usize),
+) {
+    for (half, f) in factor.iter().enumerate() {
+        let l0 = half * LANES;
+        let block: [__m256; LANES] = std::array::from_fn(|t| {
+            _mm256_mul_ps(*f, _mm256_loadu_ps(ct.as_ptr().add((c0 + t) * BLOCK + l0)))
+        });
+        for (l, x) in transpose8(block).iter().enumerate() {
+            if l0 + l >= m {
+                break;
+            }
+            let at = dst.add((i0 + l0 + l) * row + c0);
+            let x = if add {
+                _mm256_add_ps(_mm256_loadu_ps(at), *x)
+            } else {
+                *x
+            };
+            _mm256_storeu_ps(at, x);
+        }
+    }
+}
+
+/// `out[j] = Σ_c a[j · a_row + c] · xt[c]` for `j < n`: sixteen lanes (two vectors) per row of
+/// `a`, from `w` transposed channels `xt` (`[w][16]`).
+///
+/// Safety: AVX2; `a` addresses n rows of w; `xt` holds `16 · w`, `out` `16 · n`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_vectors(
-    a: *const f32,
-    a_row: usize,
+    (a, a_row): (*const f32, usize),
     n: usize,
     w: usize,
     xt: &[f32],
@@ -142,30 +252,22 @@ unsafe fn row_vectors(
         xt: &[f32],
         out: *mut f32,
     ) {
-        let mut acc = [_mm256_setzero_ps(); G];
-        fma_block(&mut acc, a, (a_row, 1), xt.as_ptr(), LANES, w);
-        for (t, x) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(t * LANES), *x);
+        let mut acc = [[_mm256_setzero_ps(); HALVES]; G];
+        fma_block(&mut acc, a, (a_row, 1), xt.as_ptr(), BLOCK, w);
+        for (t, sums) in acc.iter().enumerate() {
+            for (v, x) in sums.iter().enumerate() {
+                _mm256_storeu_ps(out.add(t * BLOCK + v * LANES), *x);
+            }
         }
     }
     let mut j = 0;
-    while j + 8 <= n {
-        group::<8>(
-            a.add(j * a_row),
-            a_row,
-            w,
-            xt,
-            out.as_mut_ptr().add(j * LANES),
-        );
-        j += 8;
-    }
     while j + 4 <= n {
         group::<4>(
             a.add(j * a_row),
             a_row,
             w,
             xt,
-            out.as_mut_ptr().add(j * LANES),
+            out.as_mut_ptr().add(j * BLOCK),
         );
         j += 4;
     }
@@ -175,47 +277,52 @@ unsafe fn row_vectors(
             a_row,
             w,
             xt,
-            out.as_mut_ptr().add(j * LANES),
+            out.as_mut_ptr().add(j * BLOCK),
         );
         j += 1;
     }
 }
 
-/// `Σ_j a[j · a_row + c0 + t] · wv[j]` for the eight channels `t < 8` at `c0`, over `j < n`:
-/// the block's queries' sums as eight vectors, one per channel.
+/// `ct[c] = Σ_j a[j · a_row + c] · wv[j]` for every channel `c < width` (a multiple of 4),
+/// over `j < n`: the block's per-query sums, one lane per query.
 ///
-/// Safety: AVX2; `a` addresses n rows reaching channel `c0 + 7`; `wv` holds `8 · n`.
-#[inline]
+/// Safety: AVX2; `a` addresses n rows of width; `wv` holds `16 · n`, `ct` `16 · width`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn channel_vectors(
-    a: *const f32,
-    a_row: usize,
-    c0: usize,
+    (a, a_row): (*const f32, usize),
     n: usize,
+    width: usize,
     wv: &[f32],
-) -> [__m256; LANES] {
-    let mut acc = [_mm256_setzero_ps(); LANES];
-    fma_block(&mut acc, a.add(c0), (1, a_row), wv.as_ptr(), LANES, n);
-    acc
+    ct: &mut [f32],
+) {
+    for c0 in (0..width).step_by(CHANNELS) {
+        let mut acc = [[_mm256_setzero_ps(); HALVES]; CHANNELS];
+        fma_block(&mut acc, a.add(c0), (1, a_row), wv.as_ptr(), BLOCK, n);
+        for (t, sums) in acc.iter().enumerate() {
+            for (v, x) in sums.iter().enumerate() {
+                _mm256_storeu_ps(ct.as_mut_ptr().add((c0 + t) * BLOCK + v * LANES), *x);
+            }
+        }
+    }
 }
 
 /// `dst[j · dst_row + c] += Σ_l wv[j][l] · rows[l][c]` for `j < n`, `c < width` (a multiple
-/// of 8): a rank-8 update of n rows by the block's eight lanes.
+/// of 8), `l < 16`: a rank-16 update of n rows by the block's lanes.
 ///
 /// Safety: AVX2; `dst` addresses n rows of width and aliases neither input; `wv` holds
-/// `8 · n`, `rows` `8 · width`.
+/// `16 · n`, `rows` `16 · width`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn update_rows(
-    dst: *mut f32,
-    dst_row: usize,
+    (dst, dst_row): (*mut f32, usize),
     n: usize,
     width: usize,
     wv: &[f32],
     rows: &[f32],
 ) {
+    /// G rows of dst, V vectors of channels at c0.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn group<const G: usize>(
+    unsafe fn group<const G: usize, const V: usize>(
         dst: *mut f32,
         dst_row: usize,
         width: usize,
@@ -223,39 +330,69 @@ unsafe fn update_rows(
         rows: &[f32],
         c0: usize,
     ) {
-        let mut acc: [__m256; G] =
-            std::array::from_fn(|t| _mm256_loadu_ps(dst.add(t * dst_row + c0)));
+        let mut acc: [[__m256; V]; G] = std::array::from_fn(|t| {
+            std::array::from_fn(|v| _mm256_loadu_ps(dst.add(t * dst_row + c0 + v * LANES)))
+        });
         fma_block(
             &mut acc,
             wv,
-            (LANES, 1),
+            (BLOCK, 1),
             rows.as_ptr().add(c0),
             width,
-            LANES,
+            BLOCK,
         );
-        for (t, x) in acc.iter().enumerate() {
-            _mm256_storeu_ps(dst.add(t * dst_row + c0), *x);
+        for (t, sums) in acc.iter().enumerate() {
+            for (v, x) in sums.iter().enumerate() {
+                _mm256_storeu_ps(dst.add(t * dst_row + c0 + v * LANES), *x);
+            }
         }
     }
-    for c0 in (0..width).step_by(LANES) {
+    let mut c0 = 0;
+    while c0 + 2 * LANES <= width {
         let mut j = 0;
-        while j + 8 <= n {
-            group::<8>(
+        while j + 4 <= n {
+            group::<4, 2>(
                 dst.add(j * dst_row),
                 dst_row,
                 width,
-                wv.as_ptr().add(j * LANES),
+                wv.as_ptr().add(j * BLOCK),
+                rows,
+                c0,
+            );
+            j += 4;
+        }
+        while j < n {
+            group::<1, 2>(
+                dst.add(j * dst_row),
+                dst_row,
+                width,
+                wv.as_ptr().add(j * BLOCK),
+                rows,
+                c0,
+            );
+            j += 1;
+        }
+        c0 += 2 * LANES;
+    }
+    if c0 < width {
+        let mut j = 0;
+        while j + 8 <= n {
+            group::<8, 1>(
+                dst.add(j * dst_row),
+                dst_row,
+                width,
+                wv.as_ptr().add(j * BLOCK),
                 rows,
                 c0,
             );
             j += 8;
         }
         while j < n {
-            group::<1>(
+            group::<1, 1>(
                 dst.add(j * dst_row),
                 dst_row,
                 width,
-                wv.as_ptr().add(j * LANES),
+                wv.as_ptr().add(j * BLOCK),
                 rows,
                 c0,
             );
@@ -286,10 +423,10 @@ pub(super) unsafe fn forward(
     scr: &mut Scratch,
 ) {
     let (nk, d, e) = (pair.nk, pair.d, pair.e);
-    scr.fit(pair);
+    let kv = scr.fit(pair);
     let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
-    for i0 in (0..pair.nq).step_by(LANES) {
-        let m = LANES.min(pair.nq - i0);
+    for i0 in (0..pair.nq).step_by(BLOCK) {
+        let m = BLOCK.min(pair.nq - i0);
         load_block(
             pair.q,
             pair.q_row,
@@ -299,31 +436,30 @@ pub(super) unsafe fn forward(
             None,
             &mut scr.qt,
         );
-        // one vector of scores per key, turned into weights and summed per query
-        row_vectors(pair.k, pair.k_row, nk, d, &scr.qt, &mut scr.w);
-        let mut z = _mm256_setzero_ps();
+        // sixteen scores per key, turned into weights and summed per query
+        row_vectors(kv.k, nk, d, &scr.qt, &mut scr.w);
+        let mut z = [_mm256_setzero_ps(); HALVES];
         for j in 0..nk {
-            let at = scr.w.as_mut_ptr().add(j * LANES);
-            let s = _mm256_loadu_ps(at);
-            let mut w = _mm256_fmadd_ps(_mm256_fmadd_ps(s, half, one), s, one);
-            if pair.key_valid.is_some() {
-                w = _mm256_mul_ps(w, _mm256_set1_ps(scr.key_weight[j]));
+            for (h, z) in z.iter_mut().enumerate() {
+                let at = scr.w.as_mut_ptr().add(j * BLOCK + h * LANES);
+                let s = _mm256_loadu_ps(at);
+                let mut w = _mm256_fmadd_ps(_mm256_fmadd_ps(s, half, one), s, one);
+                if pair.key_valid.is_some() {
+                    w = _mm256_mul_ps(w, _mm256_set1_ps(scr.key_weight[j]));
+                }
+                *z = _mm256_add_ps(*z, w);
+                _mm256_storeu_ps(at, w);
             }
-            z = _mm256_add_ps(z, w);
-            _mm256_storeu_ps(at, w);
         }
-        let inv = inverse_clamped(z, pair.eps);
+        channel_vectors(kv.v, nk, e, &scr.w, &mut scr.ct);
+        let inv = z.map(|z| inverse_clamped(z, pair.eps));
         for c0 in (0..e).step_by(LANES) {
-            let mut acc = channel_vectors(pair.v, pair.v_row, c0, nk, &scr.w);
-            for x in acc.iter_mut() {
-                *x = _mm256_mul_ps(*x, inv);
-            }
-            for (l, row) in transpose8(acc).iter().enumerate().take(m) {
-                _mm256_storeu_ps(out.add((i0 + l) * out_row + c0), *row);
-            }
+            store_block(&scr.ct, c0, inv, (out, out_row, false), (i0, m));
         }
-        let mut sums = [0f32; LANES];
-        _mm256_storeu_ps(sums.as_mut_ptr(), z);
+        let mut sums = [0f32; BLOCK];
+        for (h, z) in z.iter().enumerate() {
+            _mm256_storeu_ps(sums.as_mut_ptr().add(h * LANES), *z);
+        }
         stat[i0..i0 + m].copy_from_slice(&sums[..m]);
     }
 }
@@ -333,7 +469,6 @@ pub(super) unsafe fn forward(
 ///
 /// Safety: as [`forward`]; `dq`, `dk`, `dv` address the pair's rows and are written by this
 /// call alone.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward(
     pair: &Pair,
@@ -343,81 +478,84 @@ pub(super) unsafe fn backward(
     scr: &mut Scratch,
 ) {
     let (nk, d, e) = (pair.nk, pair.d, pair.e);
-    scr.fit(pair);
+    let kv = scr.fit(pair);
     let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
-    let scale = _mm256_set1_ps(pair.scale);
-    for i0 in (0..pair.nq).step_by(LANES) {
-        let m = LANES.min(pair.nq - i0);
+    // key and value gradients: summed in the scratch when the keys were copied, else in place
+    let (dk_at, dv_at) = if kv.packed {
+        for (buf, len) in [(&mut scr.dk, nk * d), (&mut scr.dv, nk * e)] {
+            buf.clear();
+            buf.resize(len, 0.0);
+        }
+        ((scr.dk.as_mut_ptr(), d), (scr.dv.as_mut_ptr(), e))
+    } else {
+        ((dk, pair.k_row), (dv, pair.v_row))
+    };
+    for i0 in (0..pair.nq).step_by(BLOCK) {
+        let m = BLOCK.min(pair.nq - i0);
+        let block = (i0, m);
         load_block(
             pair.q,
             pair.q_row,
-            (i0, m),
+            block,
             d,
             pair.scale,
             Some(&mut scr.q_rows),
             &mut scr.qt,
         );
-        load_block(
-            g,
-            o_row,
-            (i0, m),
-            e,
-            1.0,
-            Some(&mut scr.g_rows),
-            &mut scr.gt,
-        );
-        load_block(o, o_row, (i0, m), e, 1.0, None, &mut scr.ot);
+        load_block(g, o_row, block, e, 1.0, Some(&mut scr.g_rows), &mut scr.gt);
+        load_block(o, o_row, block, e, 1.0, None, &mut scr.ct);
         // per query: 1 / max(Σw, eps), and dO·O where the clamp passes the gradient
-        let mut z = [1f32; LANES];
+        let mut z = [1f32; BLOCK];
         z[..m].copy_from_slice(&stat[i0..i0 + m]);
-        let z = _mm256_loadu_ps(z.as_ptr());
-        let inv = inverse_clamped(z, pair.eps);
-        let mut through = _mm256_setzero_ps();
-        for c in 0..e {
-            let at = c * LANES;
-            through = _mm256_fmadd_ps(
-                _mm256_loadu_ps(scr.gt.as_ptr().add(at)),
-                _mm256_loadu_ps(scr.ot.as_ptr().add(at)),
-                through,
-            );
-        }
-        let passes = _mm256_cmp_ps::<_CMP_GE_OQ>(z, _mm256_set1_ps(pair.eps));
-        let through = _mm256_and_ps(through, passes);
-        // scores (recomputed) and dO · vᵀ, one vector per key; then weights and dS over them
-        row_vectors(pair.k, pair.k_row, nk, d, &scr.qt, &mut scr.w);
-        row_vectors(pair.v, pair.v_row, nk, e, &scr.gt, &mut scr.dw);
-        for j in 0..nk {
-            let (wp, dwp) = (
-                scr.w.as_mut_ptr().add(j * LANES),
-                scr.dw.as_mut_ptr().add(j * LANES),
-            );
-            let s = _mm256_loadu_ps(wp);
-            let mut w = _mm256_mul_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(s, half, one), s, one), inv);
-            let mut ds = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(dwp), through), inv),
-                _mm256_add_ps(one, s),
-            );
-            if pair.key_valid.is_some() {
-                let kw = _mm256_set1_ps(scr.key_weight[j]);
-                w = _mm256_mul_ps(w, kw);
-                ds = _mm256_mul_ps(ds, kw);
+        let z: [__m256; HALVES] =
+            std::array::from_fn(|h| _mm256_loadu_ps(z.as_ptr().add(h * LANES)));
+        let inv = z.map(|z| inverse_clamped(z, pair.eps));
+        let through: [__m256; HALVES] = std::array::from_fn(|h| {
+            let mut sum = _mm256_setzero_ps();
+            for c in 0..e {
+                let at = c * BLOCK + h * LANES;
+                sum = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(scr.gt.as_ptr().add(at)),
+                    _mm256_loadu_ps(scr.ct.as_ptr().add(at)),
+                    sum,
+                );
             }
-            _mm256_storeu_ps(wp, w);
-            _mm256_storeu_ps(dwp, ds);
+            let passes = _mm256_cmp_ps::<_CMP_GE_OQ>(z[h], _mm256_set1_ps(pair.eps));
+            _mm256_and_ps(sum, passes)
+        });
+        // scores (recomputed) and dO · vᵀ, per key; then weights and dS over them
+        row_vectors(kv.k, nk, d, &scr.qt, &mut scr.w);
+        row_vectors(kv.v, nk, e, &scr.gt, &mut scr.dw);
+        for j in 0..nk {
+            for h in 0..HALVES {
+                let at = j * BLOCK + h * LANES;
+                let (wp, dwp) = (scr.w.as_mut_ptr().add(at), scr.dw.as_mut_ptr().add(at));
+                let s = _mm256_loadu_ps(wp);
+                let mut w = _mm256_fmadd_ps(_mm256_fmadd_ps(s, half, one), s, one);
+                w = _mm256_mul_ps(w, inv[h]);
+                let mut ds = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(dwp), through[h]), inv[h]);
+                ds = _mm256_mul_ps(ds, _mm256_add_ps(one, s));
+                if pair.key_valid.is_some() {
+                    let kw = _mm256_set1_ps(scr.key_weight[j]);
+                    w = _mm256_mul_ps(w, kw);
+                    ds = _mm256_mul_ps(ds, kw);
+                }
+                _mm256_storeu_ps(wp, w);
+                _mm256_storeu_ps(dwp, ds);
+            }
         }
         // dv += Wᵀ · dO; dk += dSᵀ · (scale · q) (padded lanes have zero rows)
-        update_rows(dv, pair.v_row, nk, e, &scr.w, &scr.g_rows);
-        update_rows(dk, pair.k_row, nk, d, &scr.dw, &scr.q_rows);
-        // dq += scale · dS · k, one vector per channel, transposed back into rows
+        update_rows(dv_at, nk, e, &scr.w, &scr.g_rows);
+        update_rows(dk_at, nk, d, &scr.dw, &scr.q_rows);
+        // dq += scale · dS · k, per channel, transposed back into rows
+        channel_vectors(kv.k, nk, d, &scr.dw, &mut scr.ct);
+        let scale = [_mm256_set1_ps(pair.scale); HALVES];
         for c0 in (0..d).step_by(LANES) {
-            let mut acc = channel_vectors(pair.k, pair.k_row, c0, nk, &scr.dw);
-            for x in acc.iter_mut() {
-                *x = _mm256_mul_ps(*x, scale);
-            }
-            for (l, row) in transpose8(acc).iter().enumerate().take(m) {
-                let at = dq.add((i0 + l) * pair.q_row + c0);
-                _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), *row));
-            }
+            store_block(&scr.ct, c0, scale, (dq, pair.q_row, true), block);
         }
+    }
+    if kv.packed {
+        unpack_add(&scr.dk, d, dk, pair.k_row, nk);
+        unpack_add(&scr.dv, e, dv, pair.v_row, nk);
     }
 }

@@ -85,7 +85,7 @@ fn flash_attention_equals_the_composite_form() {
 /// f32 attention with Taylor weights and head widths that are multiples of eight (the kernel
 /// that keeps eight queries per vector, on CPUs with AVX2) against the composite form in f64:
 /// values and the gradients of q, k and v, with query and key counts that leave partial
-/// blocks, and key padding.
+/// blocks, key padding, and rows far enough apart that the kernel copies them first.
 fn check_f32_taylor(nq: usize, nk: usize, (dk, e): (usize, usize), masked: bool) {
     type Tp32 = OwnedTape<f32, Cpu>;
     let d = dev();
@@ -162,4 +162,7 @@ fn f32_taylor_attention_equals_the_composite_form() {
     check_f32_taylor(5, 3, (16, 8), true);
     check_f32_taylor(21, 45, (8, 24), false);
     check_f32_taylor(9, 130, (16, 16), true);
+    // rows 128 or more apart: keys and values are copied contiguously first
+    check_f32_taylor(7, 19, (128, 8), true);
+    check_f32_taylor(18, 6, (8, 128), false);
 }

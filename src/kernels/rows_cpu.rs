@@ -297,13 +297,39 @@ pub struct FeedForwardParams<E: Real, D: Device<E>, T> {
 /// Rows per task of the fused feedforward: its hidden activations stay in cache.
 const FF_ROWS: usize = 128;
 
-/// One chunk's forward, kept for the backward when there is a tape: normed input `xn [R, c]`
-/// (and each row's `inv` and whether its norm's gradient flows), hidden pre-activations
-/// `h [R, H]`.
+/// One chunk's normed input `xn [R, c]` (with each row's `inv` and whether its norm's
+/// gradient flows) and hidden pre-activations `h [R, H]`.
 struct FfChunk<E> {
     xn: Vec<E>,
     inv: Vec<(E, bool)>,
     h: Vec<E>,
+}
+
+/// What the backward of one chunk reads from its forward: the normed input, the activations
+/// `a = GELU(h) [R, H]` and their slopes `GELU'(h) = Φ(h) + h·φ(h)`.
+struct FfKept<E> {
+    xn: Vec<E>,
+    inv: Vec<(E, bool)>,
+    a: Vec<E>,
+    slope: Vec<E>,
+}
+
+/// `h ← GELU(h) = h·Φ(h)` in place, and with `slope` the derivative `Φ(h) + h·φ(h)` there.
+fn gelu_in_place<E: Real>(h: &mut [E], slope: Option<&mut [E]>) {
+    let mut cdf = vec![E::zero(); h.len()];
+    match slope {
+        Some(slope) => {
+            E::normal_cdf_pdf(h, &mut cdf, Some(&mut *slope));
+            for ((v, s), &f) in h.iter_mut().zip(slope.iter_mut()).zip(&cdf) {
+                *s = f + *v * *s;
+                *v = *v * f;
+            }
+        }
+        None => {
+            E::normal_cdf_pdf(h, &mut cdf, None);
+            h.iter_mut().zip(&cdf).for_each(|(v, &f)| *v = *v * f);
+        }
+    }
 }
 
 fn ff_chunk<E: Real>(
@@ -390,19 +416,23 @@ where
         ((rows * c).max(1), gemm::Parallelism::Rayon(0))
     };
     let mut out = zeros(rows * c);
-    // With a tape, each chunk's normed input, hidden pre-activations and Φ of them are kept
-    // for the backward (rows × (c + 2·hidden) values) instead of being recomputed there.
+    // With a tape, each chunk's normed input, activations and their slopes are kept for the
+    // backward (rows × (c + 2·hidden) values) instead of being recomputed there.
     let keep = T::OWNS_TAPE;
-    let mut kept: Vec<(FfChunk<E>, Vec<E>)> = Vec::new();
+    let mut kept: Vec<FfKept<E>> = Vec::new();
     if c > 0 && hidden > 0 {
         let per_chunk = out
             .par_chunks_mut(chunk)
             .zip(xs.par_chunks(chunk))
             .map(|(y, x)| {
-                let fc = ff_chunk(x, &gs, &wi, kind, c, par);
-                let mut cdf = vec![E::zero(); fc.h.len()];
-                E::normal_cdf_pdf(&fc.h, &mut cdf, None);
-                let a: Vec<E> = fc.h.iter().zip(&cdf).map(|(&v, &f)| v * f).collect();
+                let FfChunk { xn, inv, h } = ff_chunk(x, &gs, &wi, kind, c, par);
+                let mut a = h;
+                let mut slope = if keep {
+                    vec![E::zero(); a.len()]
+                } else {
+                    Vec::new()
+                };
+                gelu_in_place(&mut a, keep.then_some(&mut slope[..]));
                 let r = x.len() / c;
                 // Safety: a is r × hidden, w_out c × hidden, y r × c.
                 unsafe {
@@ -419,7 +449,7 @@ where
                         par,
                     );
                 }
-                keep.then_some((fc, cdf))
+                keep.then_some(FfKept { xn, inv, a, slope })
             });
         kept = per_chunk.flatten().collect();
     }
@@ -442,15 +472,9 @@ where
                 .zip(xs.par_chunks(chunk))
                 .zip(g.par_chunks(chunk))
                 .zip(kept.par_iter())
-                .map(|(((dx, x), dy), (FfChunk { xn, inv, h }, cdf))| {
+                .map(|(((dx, x), dy), FfKept { xn, inv, a, slope })| {
                     let r = x.len() / c;
-                    let n = h.len();
-                    // φ(h) = exp(−h²/2) / √(2π)
-                    let mut pdf: Vec<E> = h.iter().map(|&v| E::of(-0.5) * v * v).collect();
-                    E::exp_slice(&mut pdf);
-                    let inv_sqrt_2pi = E::of(1.0 / (2.0 * std::f64::consts::PI).sqrt());
-                    pdf.iter_mut().for_each(|p| *p = *p * inv_sqrt_2pi);
-                    let a: Vec<E> = h.iter().zip(cdf).map(|(&v, &f)| v * f).collect();
+                    let n = a.len();
                     let (mut da, mut dwo, mut dwi, mut dxn) = (
                         vec![E::zero(); n],
                         vec![E::zero(); c * hidden],
@@ -486,10 +510,8 @@ where
                             par,
                         );
                     }
-                    // dh = da · (Φ(h) + h·φ(h)), over da
-                    for i in 0..n {
-                        da[i] = da[i] * (cdf[i] + h[i] * pdf[i]);
-                    }
+                    // dh = da · GELU'(h), over da
+                    da.iter_mut().zip(slope).for_each(|(d, &s)| *d = *d * s);
                     unsafe {
                         // dW_in = dhᵀ · xn
                         mm_with(

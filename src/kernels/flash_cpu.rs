@@ -235,6 +235,40 @@ fn row_sum<E: Real>(row: &[E]) -> E {
         .fold(E::zero(), |a, &x| a + x)
 }
 
+/// Asks the cache for the rows of problem `p` (all `heads` of them, `width` channels each) of
+/// an operand laid out by `l`, where a row's heads lie side by side within 256 bytes (the
+/// edge layouts of a small model): a pair starts with its first rows' cache misses, and the
+/// pairs of one problem read the same lines. Issued one problem ahead, while the current one
+/// computes. Other layouts are left to the hardware.
+fn prefetch_rows<E>(
+    buf: &[E],
+    l: &Layout,
+    (p, heads): (usize, usize),
+    (rows, width): (usize, usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let size = std::mem::size_of::<E>();
+        let span = heads.saturating_sub(1) * l.head + width;
+        if heads == 0 || l.head >= l.row || span * size > 256 {
+            return;
+        }
+        let base = l.base(p, 0);
+        for i in 0..rows {
+            let start = base + i * l.row;
+            for off in (0..span).step_by((64 / size).max(1)) {
+                if let Some(x) = buf.get(start + off) {
+                    // Safety: a prefetch reads nothing; the address lies in `buf`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(x as *const E as *const i8) };
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (buf, l, p, heads, rows, width);
+}
+
 /// Visibility of one problem, indexed without recomputing offsets.
 struct ProblemMask<'a> {
     key_valid: Option<&'a [bool]>,
@@ -397,6 +431,11 @@ impl<E: Real> Problem<E> {
         let (p, h) = (ph / self.h, ph % self.h);
         let v_base = self.vl.base(p, h);
         let o_base = self.ol.base(p, h);
+        if h == 0 && p + 1 < self.p {
+            prefetch_rows(&self.q, &self.ql, (p + 1, self.h), (nq, self.d));
+            prefetch_rows(&self.k, &self.kl, (p + 1, self.h), (nk, self.d));
+            prefetch_rows(&self.v, &self.vl, (p + 1, self.h), (nk, e));
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(pair) = self.lanes_pair(ph) {
             // Safety: E is f32 (lanes_pair checked); the kernel writes this pair's output rows
@@ -544,6 +583,14 @@ impl<E: Real> Problem<E> {
             self.vl.base(p, h),
             self.ol.base(p, h),
         );
+        if h == 0 && p + 1 < self.p {
+            let next = (p + 1, self.h);
+            prefetch_rows(&self.q, &self.ql, next, (nq, d));
+            prefetch_rows(&self.k, &self.kl, next, (nk, d));
+            prefetch_rows(&self.v, &self.vl, next, (nk, e));
+            prefetch_rows(&fwd.out, &self.ol, next, (nq, e));
+            prefetch_rows(g_all, &self.ol, next, (nq, e));
+        }
         #[cfg(target_arch = "x86_64")]
         if let (Some(pair), None) = (self.lanes_pair(ph), dbias.as_ref()) {
             // Safety: E is f32 (lanes_pair checked); this pair alone writes its rows of dq,

@@ -235,30 +235,16 @@ fn row_sum<E: Real>(row: &[E]) -> E {
         .fold(E::zero(), |a, &x| a + x)
 }
 
-/// Asks the cache for the rows of problem `p` (all `heads` of them, `width` channels each) of
-/// an operand laid out by `l`, where a row's heads lie side by side within 256 bytes (the
-/// edge layouts of a small model): a pair starts with its first rows' cache misses, and the
-/// pairs of one problem read the same lines. Issued one problem ahead, while the current one
-/// computes. Other layouts are left to the hardware.
-fn prefetch_rows<E>(
-    buf: &[E],
-    l: &Layout,
-    (p, heads): (usize, usize),
-    (rows, width): (usize, usize),
-) {
+/// Asks the cache for `rows` runs of `span` elements, `row` apart, from `start` in `buf`.
+fn prefetch_span<E>(buf: &[E], start: usize, row: usize, rows: usize, span: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let size = std::mem::size_of::<E>();
-        let span = heads.saturating_sub(1) * l.head + width;
-        if heads == 0 || l.head >= l.row || span * size > 256 {
-            return;
-        }
-        let base = l.base(p, 0);
+        let line = (64 / std::mem::size_of::<E>()).max(1);
         for i in 0..rows {
-            let start = base + i * l.row;
-            for off in (0..span).step_by((64 / size).max(1)) {
-                if let Some(x) = buf.get(start + off) {
+            let first = start + i * row;
+            for off in (0..span).step_by(line) {
+                if let Some(x) = buf.get(first + off) {
                     // Safety: a prefetch reads nothing; the address lies in `buf`.
                     unsafe { _mm_prefetch::<_MM_HINT_T0>(x as *const E as *const i8) };
                 }
@@ -266,7 +252,7 @@ fn prefetch_rows<E>(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (buf, l, p, heads, rows, width);
+    let _ = (buf, start, row, rows, span);
 }
 
 /// Visibility of one problem, indexed without recomputing offsets.
@@ -370,6 +356,32 @@ impl<E: Real> Problem<E> {
         }
     }
 
+    /// Asks the cache for what a later pair reads of an operand laid out by `l` (`rows` rows
+    /// of `width` channels per head), while pair `ph` computes: a pair starts with cache misses
+    /// on its rows otherwise (a sixth of the small model's Taylor kernel, a tenth of the README
+    /// model's). Where a row's heads lie within 256 bytes (the small model's edges), the pairs
+    /// of one problem share those lines: the next problem's, once per problem. Else the next
+    /// pair's own rows (one line each for 16-channel heads).
+    fn prefetch_next(&self, ph: usize, buf: &[E], l: &Layout, (rows, width): (usize, usize)) {
+        let (p, h) = (ph / self.h, ph % self.h);
+        let size = std::mem::size_of::<E>();
+        let all_heads = self.h.saturating_sub(1) * l.head + width;
+        if l.head < l.row && all_heads * size <= 256 {
+            if h == 0 && p + 1 < self.p {
+                prefetch_span(buf, l.base(p + 1, 0), l.row, rows, all_heads);
+            }
+        } else if ph + 1 < self.p * self.h && width * size <= 256 {
+            let next = ph + 1;
+            prefetch_span(
+                buf,
+                l.base(next / self.h, next % self.h),
+                l.row,
+                rows,
+                width,
+            );
+        }
+    }
+
     /// Scratch for one task: block-sized score buffers (three of them) and per-row state.
     fn scratch(&self) -> Scratch<E> {
         let block = BLOCK_Q.min(self.nq).max(1) * BLOCK_K.min(self.nk).max(1);
@@ -431,11 +443,9 @@ impl<E: Real> Problem<E> {
         let (p, h) = (ph / self.h, ph % self.h);
         let v_base = self.vl.base(p, h);
         let o_base = self.ol.base(p, h);
-        if h == 0 && p + 1 < self.p {
-            prefetch_rows(&self.q, &self.ql, (p + 1, self.h), (nq, self.d));
-            prefetch_rows(&self.k, &self.kl, (p + 1, self.h), (nk, self.d));
-            prefetch_rows(&self.v, &self.vl, (p + 1, self.h), (nk, e));
-        }
+        self.prefetch_next(ph, &self.q, &self.ql, (nq, self.d));
+        self.prefetch_next(ph, &self.k, &self.kl, (nk, self.d));
+        self.prefetch_next(ph, &self.v, &self.vl, (nk, e));
         #[cfg(target_arch = "x86_64")]
         if let Some(pair) = self.lanes_pair(ph) {
             // Safety: E is f32 (lanes_pair checked); the kernel writes this pair's output rows
@@ -583,14 +593,11 @@ impl<E: Real> Problem<E> {
             self.vl.base(p, h),
             self.ol.base(p, h),
         );
-        if h == 0 && p + 1 < self.p {
-            let next = (p + 1, self.h);
-            prefetch_rows(&self.q, &self.ql, next, (nq, d));
-            prefetch_rows(&self.k, &self.kl, next, (nk, d));
-            prefetch_rows(&self.v, &self.vl, next, (nk, e));
-            prefetch_rows(&fwd.out, &self.ol, next, (nq, e));
-            prefetch_rows(g_all, &self.ol, next, (nq, e));
-        }
+        self.prefetch_next(ph, &self.q, &self.ql, (nq, d));
+        self.prefetch_next(ph, &self.k, &self.kl, (nk, d));
+        self.prefetch_next(ph, &self.v, &self.vl, (nk, e));
+        self.prefetch_next(ph, &fwd.out, &self.ol, (nq, e));
+        self.prefetch_next(ph, g_all, &self.ol, (nq, e));
         #[cfg(target_arch = "x86_64")]
         if let (Some(pair), None) = (self.lanes_pair(ph), dbias.as_ref()) {
             // Safety: E is f32 (lanes_pair checked); this pair alone writes its rows of dq,

@@ -243,42 +243,32 @@ unsafe fn row_vectors(
     xt: &[f32],
     out: &mut [f32],
 ) {
+    /// Rows `j .. j + G` of `a`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn group<const G: usize>(
-        a: *const f32,
-        a_row: usize,
+        a: (*const f32, usize),
         w: usize,
         xt: &[f32],
         out: *mut f32,
+        j: usize,
     ) {
         let mut acc = [[_mm256_setzero_ps(); HALVES]; G];
-        fma_block(&mut acc, a, (a_row, 1), xt.as_ptr(), BLOCK, w);
+        fma_block(&mut acc, a.0.add(j * a.1), (a.1, 1), xt.as_ptr(), BLOCK, w);
         for (t, sums) in acc.iter().enumerate() {
             for (v, x) in sums.iter().enumerate() {
-                _mm256_storeu_ps(out.add(t * BLOCK + v * LANES), *x);
+                _mm256_storeu_ps(out.add((j + t) * BLOCK + v * LANES), *x);
             }
         }
     }
+    let (a, out) = ((a, a_row), out.as_mut_ptr());
     let mut j = 0;
     while j + 4 <= n {
-        group::<4>(
-            a.add(j * a_row),
-            a_row,
-            w,
-            xt,
-            out.as_mut_ptr().add(j * BLOCK),
-        );
+        group::<4>(a, w, xt, out, j);
         j += 4;
     }
     while j < n {
-        group::<1>(
-            a.add(j * a_row),
-            a_row,
-            w,
-            xt,
-            out.as_mut_ptr().add(j * BLOCK),
-        );
+        group::<1>(a, w, xt, out, j);
         j += 1;
     }
 }
@@ -319,57 +309,38 @@ unsafe fn update_rows(
     wv: &[f32],
     rows: &[f32],
 ) {
-    /// G rows of dst, V vectors of channels at c0.
+    /// Rows `j .. j + G` of dst, V vectors of channels at `c0`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn group<const G: usize, const V: usize>(
-        dst: *mut f32,
-        dst_row: usize,
+        (dst, dst_row): (*mut f32, usize),
         width: usize,
-        wv: *const f32,
+        wv: &[f32],
         rows: &[f32],
-        c0: usize,
+        (j, c0): (usize, usize),
     ) {
+        let dst = dst.add(j * dst_row + c0);
         let mut acc: [[__m256; V]; G] = std::array::from_fn(|t| {
-            std::array::from_fn(|v| _mm256_loadu_ps(dst.add(t * dst_row + c0 + v * LANES)))
+            std::array::from_fn(|v| _mm256_loadu_ps(dst.add(t * dst_row + v * LANES)))
         });
-        fma_block(
-            &mut acc,
-            wv,
-            (BLOCK, 1),
-            rows.as_ptr().add(c0),
-            width,
-            BLOCK,
-        );
+        let (wv, rows) = (wv.as_ptr().add(j * BLOCK), rows.as_ptr().add(c0));
+        fma_block(&mut acc, wv, (BLOCK, 1), rows, width, BLOCK);
         for (t, sums) in acc.iter().enumerate() {
             for (v, x) in sums.iter().enumerate() {
-                _mm256_storeu_ps(dst.add(t * dst_row + c0 + v * LANES), *x);
+                _mm256_storeu_ps(dst.add(t * dst_row + v * LANES), *x);
             }
         }
     }
+    let dst = (dst, dst_row);
     let mut c0 = 0;
     while c0 + 2 * LANES <= width {
         let mut j = 0;
         while j + 4 <= n {
-            group::<4, 2>(
-                dst.add(j * dst_row),
-                dst_row,
-                width,
-                wv.as_ptr().add(j * BLOCK),
-                rows,
-                c0,
-            );
+            group::<4, 2>(dst, width, wv, rows, (j, c0));
             j += 4;
         }
         while j < n {
-            group::<1, 2>(
-                dst.add(j * dst_row),
-                dst_row,
-                width,
-                wv.as_ptr().add(j * BLOCK),
-                rows,
-                c0,
-            );
+            group::<1, 2>(dst, width, wv, rows, (j, c0));
             j += 1;
         }
         c0 += 2 * LANES;
@@ -377,25 +348,11 @@ unsafe fn update_rows(
     if c0 < width {
         let mut j = 0;
         while j + 8 <= n {
-            group::<8, 1>(
-                dst.add(j * dst_row),
-                dst_row,
-                width,
-                wv.as_ptr().add(j * BLOCK),
-                rows,
-                c0,
-            );
+            group::<8, 1>(dst, width, wv, rows, (j, c0));
             j += 8;
         }
         while j < n {
-            group::<1, 1>(
-                dst.add(j * dst_row),
-                dst_row,
-                width,
-                wv.as_ptr().add(j * BLOCK),
-                rows,
-                c0,
-            );
+            group::<1, 1>(dst, width, wv, rows, (j, c0));
             j += 1;
         }
     }

@@ -399,9 +399,10 @@ impl<E: Real> Problem<E> {
         }
     }
 
-    /// Pair `ph` as the operands of the f32 Taylor kernel that keeps eight queries per vector,
-    /// when that kernel applies: f32, Taylor weights, no bias, no causal times, head widths
-    /// that are multiples of eight, and a CPU with AVX2 and FMA.
+    /// Pair `ph` as the operands of the f32 Taylor kernel that runs sixteen queries in two
+    /// vectors, when that kernel applies: f32, Taylor weights, no bias, no causal times, some
+    /// queries and keys, head widths that are nonzero multiples of eight, and a CPU with AVX2
+    /// and FMA.
     #[cfg(target_arch = "x86_64")]
     fn lanes_pair(&self, ph: usize) -> Option<super::taylor_lanes::Pair<'_>> {
         let Normalizer::Taylor { eps } = self.normalizer else {
@@ -410,6 +411,8 @@ impl<E: Real> Problem<E> {
         if std::any::TypeId::of::<E>() != std::any::TypeId::of::<f32>()
             || self.bias.is_some()
             || self.vis.times.is_some()
+            || self.nq == 0
+            || self.nk == 0
             || !super::taylor_lanes::applies(self.d, self.e)
         {
             return None;

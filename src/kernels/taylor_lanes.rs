@@ -44,7 +44,7 @@ pub(super) struct Pair<'a> {
 
 /// Whether heads of `d` query/key and `e` value channels take this kernel.
 pub(super) fn applies(d: usize, e: usize) -> bool {
-    d.is_multiple_of(LANES) && e.is_multiple_of(LANES) && super::avx2::available()
+    d > 0 && e > 0 && d.is_multiple_of(LANES) && e.is_multiple_of(LANES) && super::avx2::available()
 }
 
 /// Buffers one task reuses across pairs.

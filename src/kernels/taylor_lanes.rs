@@ -358,6 +358,14 @@ unsafe fn update_rows(
     }
 }
 
+/// The Taylor weight `1 + s + s²/2` of each score.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn taylor_weight(s: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    _mm256_fmadd_ps(_mm256_fmadd_ps(s, _mm256_set1_ps(0.5), one), s, one)
+}
+
 /// `1 / max(z, eps)`, or 0 where that is not positive (no visible key and eps = 0).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -381,7 +389,6 @@ pub(super) unsafe fn forward(
 ) {
     let (nk, d, e) = (pair.nk, pair.d, pair.e);
     let kv = scr.fit(pair);
-    let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
     for i0 in (0..pair.nq).step_by(BLOCK) {
         let m = BLOCK.min(pair.nq - i0);
         load_block(
@@ -400,7 +407,7 @@ pub(super) unsafe fn forward(
             for (h, z) in z.iter_mut().enumerate() {
                 let at = scr.w.as_mut_ptr().add(j * BLOCK + h * LANES);
                 let s = _mm256_loadu_ps(at);
-                let mut w = _mm256_fmadd_ps(_mm256_fmadd_ps(s, half, one), s, one);
+                let mut w = taylor_weight(s);
                 if pair.key_valid.is_some() {
                     w = _mm256_mul_ps(w, _mm256_set1_ps(scr.key_weight[j]));
                 }
@@ -436,7 +443,7 @@ pub(super) unsafe fn backward(
 ) {
     let (nk, d, e) = (pair.nk, pair.d, pair.e);
     let kv = scr.fit(pair);
-    let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+    let one = _mm256_set1_ps(1.0);
     // key and value gradients: summed in the scratch when the keys were copied, else in place
     let (dk_at, dv_at) = if kv.packed {
         for (buf, len) in [(&mut scr.dk, nk * d), (&mut scr.dv, nk * e)] {
@@ -488,8 +495,7 @@ pub(super) unsafe fn backward(
                 let at = j * BLOCK + h * LANES;
                 let (wp, dwp) = (scr.w.as_mut_ptr().add(at), scr.dw.as_mut_ptr().add(at));
                 let s = _mm256_loadu_ps(wp);
-                let mut w = _mm256_fmadd_ps(_mm256_fmadd_ps(s, half, one), s, one);
-                w = _mm256_mul_ps(w, inv[h]);
+                let mut w = _mm256_mul_ps(taylor_weight(s), inv[h]);
                 let mut ds = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(dwp), through[h]), inv[h]);
                 ds = _mm256_mul_ps(ds, _mm256_add_ps(one, s));
                 if pair.key_valid.is_some() {

@@ -1,7 +1,9 @@
 //! Reading the PyTorch reference fixtures: `NAME.safetensors` (tensors) + `NAME.json` (config).
 //!
-//! The directory comes from `QUARTIC_REFERENCE_FIXTURES`, defaulting to
-//! `../shared/fixtures/reference`. A missing directory or file is an error, never a skip.
+//! The directory comes from `QUARTIC_REFERENCE_FIXTURES`, defaulting to the repository's own
+//! copy, `tests/fixtures/reference` (made by `scripts/make_fixtures.py`'s method; its README says
+//! how). A missing directory or file is an error, never a skip: other fixture sets of the same
+//! format are run through the same tests.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,11 +34,15 @@ pub struct Fixture {
     pub tensors: HashMap<String, FixtureTensor>,
 }
 
-/// The fixture directory from the environment (or the default beside the repository).
+/// The repository's own fixtures (an absolute path, so tests and examples find them from any
+/// working directory).
+pub const DEFAULT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference");
+
+/// The fixture directory from the environment, or the repository's own.
 pub fn fixture_dir() -> PathBuf {
     std::env::var_os(FIXTURES_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/fixtures/reference"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_FIXTURES))
 }
 
 fn io_err(path: &Path, message: impl ToString) -> Error {

@@ -9,8 +9,8 @@
 use dfdx::prelude::*;
 use quartic::models::{GraphConfig, Model, ModelConfig};
 use quartic::nn::{HasParams, Init};
-use quartic::train::optim::AdamState;
-use quartic::train::trainer::{self, TrainConfig};
+
+use quartic::train::trainer::{self, Start, TrainConfig};
 
 fn main() -> quartic::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -48,8 +48,8 @@ fn main() -> quartic::Result<()> {
     let report = trainer::train(
         &mut model,
         &cfg,
-        AdamState::default(),
-        0,
+        // a rerun of the example replaces its previous run
+        Start::overwrite(),
         None,
         &mut trainer::Silent,
     )?;

@@ -15,6 +15,10 @@ pub enum Error {
     /// A configuration value is out of range or inconsistent.
     #[error("invalid configuration for {context}: {message}")]
     Config { context: String, message: String },
+    /// A value that should be a number is not (a NaN or infinite loss, gradient or output):
+    /// reported with where it appeared, never replaced by a number.
+    #[error("not finite: {0}")]
+    NotFinite(String),
     /// A device error surfaced by dfdx (allocation failure, CUDA error).
     #[error("device error: {0}")]
     Device(String),
@@ -24,6 +28,17 @@ pub enum Error {
     /// Reading or writing a file (fixtures, checkpoints).
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    /// A run whose memory estimate exceeds the limit, refused before anything was allocated.
+    #[error(
+        "{what} needs about {needed} of memory ({breakdown}), more than the {limit}; \
+         make it smaller, or raise the limit with --max-memory SIZE (or --max-memory unlimited)"
+    )]
+    TooLarge {
+        what: String,
+        needed: String,
+        breakdown: String,
+        limit: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

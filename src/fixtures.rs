@@ -17,6 +17,8 @@ pub const FIXTURES_ENV: &str = "QUARTIC_REFERENCE_FIXTURES";
 pub struct FixtureTensor {
     pub dims: Vec<usize>,
     pub values: Vec<f64>,
+    /// Stored as floating point (F32 or F64), not as integers or booleans.
+    pub float: bool,
 }
 
 impl FixtureTensor {
@@ -54,7 +56,7 @@ fn io_err(path: &Path, message: impl ToString) -> Error {
 
 /// Reads every tensor of a safetensors file as f64 (F32, F64, I64, I32 are supported).
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, FixtureTensor>> {
-    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let bytes = crate::files::read_safetensors_capped(path, crate::memory::file_cap(), "the file")?;
     let file = ::safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| io_err(path, format!("not a safetensors file: {e}")))?;
     let mut out = HashMap::new();
@@ -91,6 +93,7 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, FixtureTensor>> {
             FixtureTensor {
                 dims: view.shape().to_vec(),
                 values,
+                float: matches!(view.dtype(), S::F32 | S::F64),
             },
         );
     }

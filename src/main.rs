@@ -16,25 +16,30 @@ fn main() -> ExitCode {
     quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let cli = Cli::parse();
+    let done = |r: quartic::Result<()>| r.map(|()| 0);
     let result = match &cli.command {
         Command::Train(args) => cli::train::run(args),
-        Command::Experiment(args) => cli::experiment::run(args),
-        Command::Eval(args) => cli::eval::run(args),
-        Command::Forward(args) => cli::forward::run(args),
-        Command::Generate(args) => cli::generate::run(args),
-        Command::ImportReference(args) => cli::import::run(args),
-        Command::Check { n } => cli::check::run(*n as usize),
-        Command::Explain(args) => cli::explain::run(args),
+        Command::Experiment(args) => done(cli::experiment::run(args)),
+        Command::Eval(args) => done(cli::eval::run(args)),
+        Command::Forward(args) => done(cli::forward::run(args)),
+        Command::Generate(args) => done(cli::generate::run(args)),
+        Command::ImportReference(args) => done(cli::import::run(args)),
+        Command::Check(args) => done(cli::check::run(args)),
+        Command::Explain(args) => done(cli::explain::run(args)),
     };
+    // a closed pipe ends the command as SIGPIPE ends other programs: quietly, status 141
+    if cli::output::stdout_closed() {
+        return ExitCode::from(128 + 13);
+    }
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        // rule errors render themselves (location, source line, caret, hint)
+        Ok(status) => ExitCode::from(status),
+        // rule errors render themselves (location, source line, caret, hint), already escaped
         Err(e @ quartic::Error::Rule(_)) => {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", cli::output::escaped(&e.to_string()));
             ExitCode::FAILURE
         }
     }

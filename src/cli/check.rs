@@ -9,7 +9,20 @@ use quartic::kernels::fused_cpu::weights_fused;
 use quartic::kernels::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
 use quartic::kernels::taylor::TaylorForm;
 use quartic::kernels::weights::{weights_composite, Normalizer, WeightsSpec};
+use quartic::memory::Estimate;
 use rand::{Rng, SeedableRng};
+
+use super::budget::Budget;
+use super::output::say;
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Nodes per graph.
+    #[arg(default_value_t = 16, value_parser = clap::value_parser!(u64).range(2..))]
+    pub n: u64,
+    #[command(flatten)]
+    pub budget: Budget,
+}
 
 type T4 = Tensor<(usize, usize, usize, usize), f32, Cpu>;
 
@@ -22,12 +35,25 @@ fn random(dev: &Cpu, shape: (usize, usize, usize, usize), rng: &mut impl Rng) ->
     )
 }
 
-pub fn run(n: usize) -> quartic::Result<()> {
+pub fn run(args: &CheckArgs) -> quartic::Result<()> {
+    let (b, channels, heads) = (2u64, 32u64, 4);
+    let n = args.n;
+    // q, k, v, the output and the gradients of each, and the kernels' working copies
+    let mut estimate = Estimate::default();
+    let edge_tensor = b
+        .saturating_mul(n)
+        .saturating_mul(n)
+        .saturating_mul(channels)
+        * 4;
+    estimate.add("edge tensors", edge_tensor.saturating_mul(12));
+    args.budget.check("this check", &estimate)?;
+    let n = n as usize;
+    let b = b as usize;
+    let channels = channels as usize;
     let dev = Cpu::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let (b, channels, heads) = (2, 32, 4);
     let mask = GraphMask::from_lengths(n, &[n, n - n / 4])?.causal(true);
-    println!("graph: batch {b}, {n} nodes ({} edges each), {channels} edge channels, {heads} heads, causal, padded", n * n);
+    say!("graph: batch {b}, {n} nodes ({} edges each), {channels} edge channels, {heads} heads, causal, padded", n * n)?;
     let (q, k, v) = (
         random(&dev, (b, n, n, channels), &mut rng),
         random(&dev, (b, n, n, channels), &mut rng),
@@ -78,14 +104,14 @@ pub fn run(n: usize) -> quartic::Result<()> {
                 .sum::<f32>()
                 .sqrt();
             let finite = values.iter().all(|x| x.is_finite()) && grad_norm.is_finite();
-            println!(
+            say!(
                 "  {:<9} {name:<8} forward+backward {:>8.2} ms   |dq| = {grad_norm:.4}   {}",
                 format!("{pattern:?}"),
                 start.elapsed().as_secs_f64() * 1e3,
                 if finite { "ok" } else { "NOT FINITE" }
-            );
+            )?;
             if !finite {
-                return Err(quartic::Error::Device(format!(
+                return Err(quartic::Error::NotFinite(format!(
                     "{pattern:?} {name}: non-finite values"
                 )));
             }
@@ -106,6 +132,5 @@ pub fn run(n: usize) -> quartic::Result<()> {
         .zip(&composite)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    println!("fused vs composite attention weights: max |diff| = {diff:.2e}");
-    Ok(())
+    say!("fused vs composite attention weights: max |diff| = {diff:.2e}")
 }

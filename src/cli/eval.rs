@@ -4,9 +4,13 @@ use std::path::PathBuf;
 
 use clap::Args;
 use dfdx::prelude::*;
+use quartic::models::footprint::Use;
 use quartic::train::checkpoint;
 use quartic::train::trainer::{check_fits, evaluate, TrainConfig};
 use quartic::train::Task;
+
+use super::budget::Budget;
+use super::output::say;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -16,24 +20,25 @@ pub struct EvalArgs {
     /// Task (default: the one it was trained on)
     #[arg(long)]
     pub task: Option<String>,
-    /// Text file for the text task (default: the training text)
+    /// Text file for the text task (default: the training text; its held-out end is used)
     #[arg(long)]
     pub data: Option<String>,
     /// Held-out batches
-    #[arg(long, default_value_t = 16)]
-    pub batches: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches: u64,
     /// Sequences per batch
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
     /// Seed of the held-out data (default: the training seed's held-out stream)
     #[arg(long)]
     pub seed: Option<u64>,
+    #[command(flatten)]
+    pub budget: Budget,
 }
 
 pub fn run(args: &EvalArgs) -> quartic::Result<()> {
     let dev = Cpu::default();
     let ckpt = checkpoint::load(&args.checkpoint)?;
-    let model = ckpt.model::<f32, Cpu>(&dev)?;
     let trained: Option<TrainConfig> = serde_json::from_value(ckpt.train.train_config.clone()).ok();
     let (task_name, data, context, seed) = match &trained {
         Some(t) => (t.task.clone(), t.data.clone(), t.context, t.seed),
@@ -45,20 +50,36 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
         context,
     )?;
     check_fits(&ckpt.config, &task)?;
+    let batch = args.batch as usize;
+    args.budget.check_model(
+        "this evaluation",
+        &ckpt.config,
+        ckpt.rule_source.as_deref(),
+        batch,
+        task.max_len(),
+        Use::Forward,
+    )?;
+    let model = ckpt.model::<f32, Cpu>(&dev)?;
     let (loss, acc) = evaluate(
         &model,
         &task,
         args.seed.unwrap_or(seed),
-        args.batches,
-        args.batch,
+        args.batches as usize,
+        batch,
     )?;
-    println!(
+    if !loss.is_finite() {
+        return Err(quartic::Error::NotFinite(format!(
+            "the held-out loss of {} on task {} is {loss}",
+            args.checkpoint.display(),
+            task.name()
+        )));
+    }
+    say!(
         "{}: task {} | {} × {} held-out sequences | loss {loss:.4} | accuracy {:.2}%",
         args.checkpoint.display(),
         task.name(),
         args.batches,
         args.batch,
         acc * 100.0
-    );
-    Ok(())
+    )
 }

@@ -7,6 +7,8 @@ use std::time::Instant;
 use clap::Args;
 use quartic::experiment::{self, report, ExperimentConfig, TaskReport, SEPARATION_SUITE};
 
+use super::output::say;
+
 #[derive(Args, Debug, Clone)]
 pub struct ExperimentArgs {
     /// The task (see `quartic train --help`); or use --suite
@@ -122,7 +124,10 @@ pub fn run(args: &ExperimentArgs) -> quartic::Result<()> {
             .collect(),
     };
     let started = Instant::now();
-    let log = |line: &str| println!("{line}");
+    // with standard output closed the runs go on: their results are written to files
+    let log = |line: &str| {
+        let _ = say!("{line}");
+    };
     let mut reports: Vec<TaskReport> = Vec::new();
     for (task, steps, batch) in &tasks {
         let cfg = ExperimentConfig {
@@ -132,7 +137,7 @@ pub fn run(args: &ExperimentArgs) -> quartic::Result<()> {
         };
         let r = experiment::run_task(task, &cfg, &log)?;
         report::write_task(&r, &args.out.join(&r.task))?;
-        println!("\n{}", report::markdown(&r));
+        let _ = say!("\n{}", report::markdown(&r));
         reports.push(r);
     }
     let command: Vec<String> = std::env::args().skip(1).collect();
@@ -155,10 +160,9 @@ pub fn run(args: &ExperimentArgs) -> quartic::Result<()> {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-    println!("{}", report::suite_markdown(&reports));
-    println!(
+    say!("{}", report::suite_markdown(&reports))?;
+    say!(
         "written: {} (per task: results.md, results.csv, plots)",
         path.display()
-    );
-    Ok(())
+    )
 }

@@ -14,7 +14,13 @@ pub fn parse_overrides(sets: &[String]) -> quartic::Result<Vec<(String, Const)>>
             })?;
             let v = v.trim();
             let value = match v.parse::<f64>() {
-                Ok(x) => Const::Num(x),
+                Ok(x) if x.is_finite() => Const::Num(x),
+                Ok(x) => {
+                    return Err(quartic::Error::config(
+                        "--set",
+                        format!("`{s}`: {x} is not a finite number"),
+                    ))
+                }
                 Err(_) => Const::Word(v.to_string()),
             };
             Ok((k.trim().to_string(), value))
@@ -31,6 +37,5 @@ pub fn run(args: &ExplainArgs) -> quartic::Result<()> {
         overrides: parse_overrides(&args.set)?,
     };
     let plan = rule.plan(&cfg)?;
-    print!("{}", explain(&plan, args.batch, args.n));
-    Ok(())
+    super::output::write(format_args!("{}", explain(&plan, args.batch, args.n)))
 }

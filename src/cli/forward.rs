@@ -1,66 +1,109 @@
 //! `quartic forward`: logits of a model for given tokens, as JSON (for snapshot tests from a
-//! shell). The model is a checkpoint, or a rule with random weights from `--seed`.
+//! shell). The model is a checkpoint, or a rule with random weights from `--seed`. Logits that
+//! are not finite are reported (where, and how many), never printed as numbers or `null`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use dfdx::prelude::*;
+use quartic::models::footprint::Use;
 use quartic::models::Model;
 use quartic::nn::Init;
 use quartic::train::checkpoint;
 
+use super::budget::Budget;
 use super::model_args::ModelArgs;
+use super::output::say;
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
     /// Comma-separated token ids, e.g. 3,1,4,1,5
     #[arg(long, value_delimiter = ',', required = true)]
     pub tokens: Vec<usize>,
-    /// A checkpoint (instead of a rule with random weights)
-    #[arg(long, conflicts_with = "rule")]
+    /// A checkpoint (instead of a rule with random weights); it brings its own model
+    #[arg(long, conflicts_with_all = ["rule", "causal", "seed", "num_tokens"])]
     pub checkpoint: Option<PathBuf>,
-    /// Seed of the random weights
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// A causal model
+    /// Seed of the random weights [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A causal model (random weights only: a checkpoint says whether it is causal)
     #[arg(long)]
     pub causal: bool,
-    /// Vocabulary of the random model
-    #[arg(long, default_value_t = 16)]
-    pub num_tokens: usize,
+    /// Vocabulary of the random model [default: 16]
+    #[arg(long)]
+    pub num_tokens: Option<usize>,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub budget: Budget,
 }
 
 pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
-    let dev = Cpu::default();
-    let model: Model<f32, Cpu> = match &args.checkpoint {
-        Some(path) => checkpoint::load(path)?.model(&dev)?,
-        None => {
-            let max_len = args.tokens.len().max(1);
-            let cfg = args.model.config(args.num_tokens, max_len, args.causal)?;
-            Model::new(&cfg, None, &Init::random(&dev, args.seed))?
-        }
-    };
     if args.tokens.is_empty() {
         return Err(quartic::Error::config(
             "--tokens",
             "give at least one token",
         ));
     }
+    let dev = Cpu::default();
     let n = args.tokens.len();
+    let what = "this forward pass";
+    let model: Model<f32, Cpu> = match &args.checkpoint {
+        Some(path) => {
+            let given = args.model.given();
+            if !given.is_empty() {
+                return Err(quartic::Error::config(
+                    "--checkpoint",
+                    format!(
+                        "the checkpoint brings its own model; {} would be ignored",
+                        given.join(", ")
+                    ),
+                ));
+            }
+            let c = checkpoint::load(path)?;
+            args.budget.check_model(
+                what,
+                &c.config,
+                c.rule_source.as_deref(),
+                1,
+                n,
+                Use::Forward,
+            )?;
+            c.model(&dev)?
+        }
+        None => {
+            let cfg = args
+                .model
+                .config(args.num_tokens.unwrap_or(16), n, args.causal)?;
+            args.budget
+                .check_model(what, &cfg, None, 1, n, Use::Forward)?;
+            Model::new(&cfg, None, &Init::random(&dev, args.seed.unwrap_or(0)))?
+        }
+    };
     let out = model.forward::<NoneTape>(&args.tokens, 1, n, None)?;
     let (_, _, v) = *out.logits.shape();
     let values = out.logits.as_vec();
+    let bad: Vec<usize> = (0..values.len())
+        .filter(|&i| !values[i].is_finite())
+        .collect();
+    if let Some(&first) = bad.first() {
+        return Err(quartic::Error::NotFinite(format!(
+            "{} of the {} logits, the first {} at position {}, class {}",
+            bad.len(),
+            values.len(),
+            values[first],
+            first / v,
+            first % v
+        )));
+    }
     let rows: Vec<Vec<f32>> = values.chunks(v).map(|c| c.to_vec()).collect();
     let json = serde_json::json!({
         "tokens": args.tokens,
         "shape": [1, n, v],
         "logits": [rows],
     });
-    println!(
+    say!(
         "{}",
         serde_json::to_string(&json).expect("plain data serializes")
-    );
-    Ok(())
+    )
 }

@@ -1,5 +1,6 @@
 //! The `quartic` command line: one module per subcommand.
 
+pub mod budget;
 pub mod check;
 pub mod eval;
 pub mod experiment;
@@ -8,6 +9,7 @@ pub mod forward;
 pub mod generate;
 pub mod import;
 pub mod model_args;
+pub mod output;
 pub mod train;
 
 use clap::{Args, Parser, Subcommand};
@@ -36,11 +38,7 @@ pub enum Command {
     ImportReference(import::ImportArgs),
     /// Run every edge-attention kernel forward and backward on a random graph and compare the
     /// fused CPU kernels with the composite ones.
-    Check {
-        /// Nodes per graph.
-        #[arg(default_value_t = 16, value_parser = clap::value_parser!(u64).range(2..))]
-        n: u64,
-    },
+    Check(check::CheckArgs),
     /// Explain a rule: per statement, the lowering chosen, shapes, parameters, FLOPs and
     /// activation memory at a graph size, and how they grow with it.
     Explain(ExplainArgs),
@@ -56,11 +54,11 @@ pub struct ExplainArgs {
     /// Graphs per batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Node channels.
-    #[arg(long, default_value_t = 512)]
+    /// Node channels (the default is `train`'s).
+    #[arg(long, default_value_t = model_args::DEFAULT_DIM)]
     pub dim: usize,
-    /// Edge channels.
-    #[arg(long, default_value_t = 32)]
+    /// Edge channels (the default is `train`'s).
+    #[arg(long, default_value_t = model_args::DEFAULT_DIM_EDGES)]
     pub dim_edges: usize,
     /// Check and explain the rule for a causal model.
     #[arg(long)]

@@ -9,13 +9,30 @@ use serde::Deserialize;
 
 use super::explain::parse_overrides;
 
+/// Node and edge widths when no flag or config sets them (`train`, `forward` and `explain`).
+pub const DEFAULT_DIM: usize = 64;
+pub const DEFAULT_DIM_EDGES: usize = 16;
+
+/// The default model's rule parameters: the small model `quartic train` runs when no rule is
+/// named (the built-in rules' own defaults are the original's, sized for dim 512).
+pub const DEFAULT_RUN: [(&str, f64); 5] = [
+    ("heads", 4.0),
+    ("dim_head", 16.0),
+    ("edge_heads", 4.0),
+    ("edge_dim_head", 8.0),
+    ("ff_mult", 2.0),
+];
+
 /// The graph transformer's shape. Unset flags take the `[model]` table of `--config`, then the
-/// defaults shown.
+/// defaults shown. Rule parameters (`--heads`, `--set`) override only what they name; the rest
+/// keep the rule's own defaults, except in the default model (no rule named anywhere), which
+/// is `taylor` with heads 4, dim_head 16, edge_heads 4, edge_dim_head 8, ff_mult 2.
 #[derive(Args, Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelArgs {
     /// Rule every layer runs: a built-in (taylor, quartic, routed, relational, triangle,
-    /// baseline) or a rule file [default: taylor]
+    /// baseline) or a rule file [default: the default model, `taylor` with heads 4, dim_head
+    /// 16, edge_heads 4, edge_dim_head 8, ff_mult 2]
     #[arg(long)]
     pub rule: Option<String>,
     /// Node channels [default: 64]
@@ -27,19 +44,19 @@ pub struct ModelArgs {
     /// Layers [default: 2]
     #[arg(long)]
     pub depth: Option<usize>,
-    /// Node attention heads [default: 4]
+    /// Node attention heads [default: the rule's]
     #[arg(long)]
     pub heads: Option<usize>,
-    /// Channels per node attention head [default: 16]
+    /// Channels per node attention head [default: the rule's]
     #[arg(long)]
     pub dim_head: Option<usize>,
-    /// Edge attention heads (rules that have them) [default: 4]
+    /// Edge attention heads [default: the rule's]
     #[arg(long)]
     pub edge_heads: Option<usize>,
-    /// Channels per edge attention head [default: 8]
+    /// Channels per edge attention head [default: the rule's]
     #[arg(long)]
     pub edge_dim_head: Option<usize>,
-    /// Feedforward width multiplier [default: 2]
+    /// Feedforward width multiplier [default: the rule's]
     #[arg(long)]
     pub ff_mult: Option<f64>,
     /// The node head also reads the mean and max of each node's edges
@@ -71,8 +88,59 @@ impl ModelArgs {
         }
     }
 
-    /// The model config for a vocabulary, length and causality. Rule parameters the chosen rule
-    /// does not declare (`edge_heads` for `relational`) are only passed when given explicitly.
+    /// The flags that were given, by name (to refuse them where they would be ignored).
+    pub fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            ("--rule", self.rule.is_some()),
+            ("--dim", self.dim.is_some()),
+            ("--dim-edges", self.dim_edges.is_some()),
+            ("--depth", self.depth.is_some()),
+            ("--heads", self.heads.is_some()),
+            ("--dim-head", self.dim_head.is_some()),
+            ("--edge-heads", self.edge_heads.is_some()),
+            ("--edge-dim-head", self.edge_dim_head.is_some()),
+            ("--ff-mult", self.ff_mult.is_some()),
+            ("--pool-edges", self.pool_edges),
+            ("--set", !self.set.is_empty()),
+        ];
+        flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
+    }
+
+    /// The rule parameters set: the default model's preset when no rule is named, then the
+    /// flags given, then `--set` (the last of a repeated name wins). A flag for a parameter
+    /// the rule lacks is passed on, so the checker names it.
+    pub fn rule_params(&self) -> quartic::Result<BTreeMap<String, Const>> {
+        let mut params = BTreeMap::new();
+        if self.rule.is_none() {
+            for (name, value) in DEFAULT_RUN {
+                params.insert(name.to_string(), Const::Num(value));
+            }
+        }
+        let flags = [
+            ("heads", self.heads.map(|x| x as f64)),
+            ("dim_head", self.dim_head.map(|x| x as f64)),
+            ("edge_heads", self.edge_heads.map(|x| x as f64)),
+            ("edge_dim_head", self.edge_dim_head.map(|x| x as f64)),
+            ("ff_mult", self.ff_mult),
+        ];
+        for (name, given) in flags {
+            if let Some(v) = given {
+                if !v.is_finite() {
+                    return Err(quartic::Error::config(
+                        format!("--{}", name.replace('_', "-")),
+                        format!("{v} is not a finite number"),
+                    ));
+                }
+                params.insert(name.to_string(), Const::Num(v));
+            }
+        }
+        for (k, v) in parse_overrides(&self.set)? {
+            params.insert(k, v);
+        }
+        Ok(params)
+    }
+
+    /// The model config for a vocabulary, length and causality.
     pub fn config(
         &self,
         num_tokens: usize,
@@ -80,32 +148,13 @@ impl ModelArgs {
         causal: bool,
     ) -> quartic::Result<ModelConfig> {
         let rule_name = self.rule.clone().unwrap_or_else(|| "taylor".into());
-        let rule = quartic::rules::Rule::resolve(&rule_name)?;
-        let declared: Vec<String> = rule.parameters().into_iter().map(|(n, _)| n).collect();
-        let mut params = BTreeMap::new();
-        let defaults = [
-            ("heads", self.heads.map(|x| x as f64), 4.0),
-            ("dim_head", self.dim_head.map(|x| x as f64), 16.0),
-            ("edge_heads", self.edge_heads.map(|x| x as f64), 4.0),
-            ("edge_dim_head", self.edge_dim_head.map(|x| x as f64), 8.0),
-            ("ff_mult", self.ff_mult, 2.0),
-        ];
-        for (name, given, default) in defaults {
-            // a flag for a parameter the rule lacks is passed on, so the checker names it
-            if given.is_some() || declared.iter().any(|d| d == name) {
-                params.insert(name.to_string(), Const::Num(given.unwrap_or(default)));
-            }
-        }
-        for (k, v) in parse_overrides(&self.set)? {
-            params.insert(k, v);
-        }
         Ok(ModelConfig::Graph(GraphConfig {
             num_tokens,
-            dim: self.dim.unwrap_or(64),
-            dim_edges: self.dim_edges.unwrap_or(16),
+            dim: self.dim.unwrap_or(DEFAULT_DIM),
+            dim_edges: self.dim_edges.unwrap_or(DEFAULT_DIM_EDGES),
             depth: self.depth.unwrap_or(2),
             rule: rule_name,
-            rule_params: params,
+            rule_params: self.rule_params()?,
             causal,
             max_seq_len,
             absolute_positions: true,

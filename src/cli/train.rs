@@ -1,5 +1,6 @@
 //! `quartic train`: trains a model on a built-in task or a text file, with a progress bar,
-//! checkpoints (Ctrl-C saves and exits; `--resume` continues), `metrics.csv` and `curves.png`.
+//! checkpoints (Ctrl-C, SIGTERM and SIGHUP save and exit; `--resume` continues), `metrics.csv`
+//! and `curves.png`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,13 +9,16 @@ use std::sync::Arc;
 use clap::Args;
 use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
+use quartic::models::footprint::Use;
 use quartic::models::{Model, ModelConfig};
 use quartic::nn::{HasParams, Init};
-use quartic::train::optim::AdamState;
-use quartic::train::trainer::{self, Progress, StepRecord, TrainConfig};
+use quartic::train::run_dir::RunDir;
+use quartic::train::trainer::{self, Progress, Start, StepRecord, TrainConfig};
 use serde::Deserialize;
 
+use super::budget::Budget;
 use super::model_args::ModelArgs;
+use super::output::{self, say, signal_name, StopSignals};
 
 #[derive(Args, Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,10 +74,16 @@ pub struct TrainArgs {
     /// pass (results change by rounding only) [default: 2]
     #[arg(long)]
     pub shards: Option<usize>,
-    /// Continue the run in --out from its checkpoint (its saved settings are used)
-    #[arg(long)]
+    /// Continue the run in --out (default runs/latest) from its checkpoint, with the run's
+    /// saved settings, writing to the same folder
+    #[arg(long, conflicts_with = "overwrite")]
     #[serde(skip)]
     pub resume: bool,
+    /// Start afresh in --out even if it holds a run (its checkpoint, metrics and plot are
+    /// replaced); without it such a folder is refused
+    #[arg(long)]
+    #[serde(skip)]
+    pub overwrite: bool,
     /// No progress bar (one line per evaluation instead)
     #[arg(long)]
     #[serde(skip)]
@@ -81,6 +91,9 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(skip)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub budget: Budget,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,10 +104,7 @@ struct ConfigFile {
 }
 
 fn read_config(path: &PathBuf) -> quartic::Result<ConfigFile> {
-    let text = std::fs::read_to_string(path).map_err(|e| quartic::Error::Io {
-        path: path.display().to_string(),
-        message: format!("cannot read the config: {e}"),
-    })?;
+    let text = quartic::files::read_text_capped(path, quartic::files::CONFIG_CAP, "the config")?;
     toml::from_str(&text).map_err(|e| quartic::Error::Io {
         path: path.display().to_string(),
         message: format!("bad config: {}", e.message()),
@@ -102,6 +112,30 @@ fn read_config(path: &PathBuf) -> quartic::Result<ConfigFile> {
 }
 
 impl TrainArgs {
+    /// The training and model flags that were given (with `--resume` they would be ignored).
+    fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            ("--config", self.config.is_some()),
+            ("--task", self.task.is_some()),
+            ("--data", self.data.is_some()),
+            ("--context", self.context.is_some()),
+            ("--steps", self.steps.is_some()),
+            ("--batch", self.batch.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--warmup", self.warmup.is_some()),
+            ("--weight-decay", self.weight_decay.is_some()),
+            ("--clip", self.clip.is_some()),
+            ("--eval-every", self.eval_every.is_some()),
+            ("--eval-batches", self.eval_batches.is_some()),
+            ("--seed", self.seed.is_some()),
+            ("--checkpoint-every", self.checkpoint_every.is_some()),
+            ("--shards", self.shards.is_some()),
+        ];
+        let mut given: Vec<&str> = flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+        given.extend(self.model.given());
+        given
+    }
+
     /// Flags over the config file over the defaults.
     pub fn resolve(&self) -> quartic::Result<(TrainConfig, ModelArgs)> {
         let file = match &self.config {
@@ -141,10 +175,23 @@ impl TrainArgs {
     }
 }
 
-/// A progress bar with loss, accuracy, steps/s and ETA.
+/// A progress bar with loss, accuracy, steps/s and ETA; without a terminal, one line per
+/// evaluation. When standard output is closed (`train … | head`) it asks the run to stop,
+/// which saves a checkpoint.
 struct Bar {
     bar: Option<ProgressBar>,
     quiet: bool,
+    stop: Arc<AtomicBool>,
+}
+
+impl Bar {
+    fn line(&self, text: &str) {
+        if output::stdout_closed() {
+            eprintln!("{text}");
+        } else if say!("{text}").is_err() {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Progress for Bar {
@@ -168,27 +215,22 @@ impl Progress for Bar {
             .eval
             .map(|(l, a)| format!(" | held-out loss {l:.4} acc {:.1}%", a * 100.0))
             .unwrap_or_default();
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(r.step as u64);
-                bar.set_message(format!("loss {:.4} acc {:.1}%", r.loss, r.accuracy * 100.0));
-                if !eval.is_empty() {
-                    bar.println(format!(
-                        "step {:>6}: train loss {:.4}{eval}",
-                        r.step, r.loss
-                    ));
-                }
+        if let Some(bar) = &self.bar {
+            bar.set_position(r.step as u64);
+            bar.set_message(format!("loss {:.4} acc {:.1}%", r.loss, r.accuracy * 100.0));
+        }
+        if !eval.is_empty() {
+            let text = format!("step {:>6}: train loss {:.4}{eval}", r.step, r.loss);
+            match &self.bar {
+                Some(bar) => bar.suspend(|| self.line(&text)),
+                None => self.line(&text),
             }
-            None if !eval.is_empty() => {
-                println!("step {:>6}: train loss {:.4}{eval}", r.step, r.loss)
-            }
-            None => {}
         }
     }
     fn message(&mut self, text: &str) {
         match &self.bar {
-            Some(bar) => bar.println(text),
-            None => println!("{text}"),
+            Some(bar) => bar.suspend(|| self.line(text)),
+            None => self.line(text),
         }
     }
     fn finish(&mut self) {
@@ -198,18 +240,46 @@ impl Progress for Bar {
     }
 }
 
-pub fn run(args: &TrainArgs) -> quartic::Result<()> {
+/// Trains; the exit status is 0, or 128 + the signal's number when a signal stopped the run
+/// (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
+pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
     let dev = Cpu::default();
     let (cfg, model_args) = args.resolve()?;
-    let (mut model, adam, cfg, start) = if args.resume {
+    let signals = StopSignals::install()?;
+    let (mut model, start, cfg) = if args.resume {
+        let given = args.given();
+        if !given.is_empty() {
+            return Err(quartic::Error::config(
+                "--resume",
+                format!(
+                    "a resumed run keeps its saved settings; {} would be ignored (drop it, or \
+                     start a new run with another --out)",
+                    given.join(", ")
+                ),
+            ));
+        }
         let path = cfg.checkpoint_path();
-        let (model, adam, saved, step) = trainer::resume::<f32, Cpu>(&path, &dev)?;
-        println!(
-            "resuming {} at step {step} of {} (saved settings)",
+        let checkpoint = quartic::train::checkpoint::load(&path)?;
+        let mut saved = trainer::resume_config(&checkpoint, &path)?;
+        args.budget.check_model(
+            "training",
+            &checkpoint.config,
+            checkpoint.rule_source.as_deref(),
+            saved.batch,
+            saved.task()?.max_len(),
+            Use::Train {
+                shards: saved.shards,
+            },
+        )?;
+        let (model, adam, _, step) = trainer::resume_from::<f32, Cpu>(checkpoint, &path, &dev)?;
+        // the run continues where it was read from (--out), not where the checkpoint says
+        saved.out = cfg.out.clone();
+        say!(
+            "resuming {} at step {step} of {} with the run's saved settings",
             path.display(),
             saved.steps
-        );
-        (model, adam, saved, step)
+        )?;
+        (model, Start::resume(adam, step), saved)
     } else {
         let task = cfg.task()?;
         let mut config = model_args.config(task.num_tokens(), task.max_len(), task.causal())?;
@@ -218,11 +288,28 @@ pub fn run(args: &TrainArgs) -> quartic::Result<()> {
             g.io.edge_vocab = task.edge_vocab();
             g.io.edge_classes = task.edge_classes();
         }
+        cfg.validate()?;
+        args.budget.check_model(
+            "training",
+            &config,
+            None,
+            cfg.batch,
+            task.max_len(),
+            Use::Train { shards: cfg.shards },
+        )?;
         let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, cfg.seed))?;
-        (model, AdamState::default(), cfg, 0)
+        let start = if args.overwrite {
+            Start::overwrite()
+        } else {
+            Start::fresh()
+        };
+        (model, start, cfg)
     };
+    // refuse a folder that holds another run, or that another run holds, before printing
+    // anything (the trainer takes the folder's lock again for the run itself)
+    drop(RunDir::open(&cfg.out, start.existing)?);
     let task = cfg.task()?;
-    println!(
+    say!(
         "task {} | model {} | {} parameters | {} steps × batch {} | out {}",
         task.name(),
         describe(&model),
@@ -230,29 +317,56 @@ pub fn run(args: &TrainArgs) -> quartic::Result<()> {
         cfg.steps,
         cfg.batch,
         cfg.out.display()
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    )?;
+    if let Some(params) = rule_parameters(&model) {
+        say!("rule parameters: {params}")?;
+    }
+    if let Some(note) = task.split_note() {
+        say!("text: {note}")?;
     }
     // without a terminal (a pipe, a CI log) the bar would draw nothing: print lines instead
     use std::io::IsTerminal;
     let mut bar = Bar {
         bar: None,
         quiet: args.quiet || !std::io::stderr().is_terminal(),
+        stop: signals.requested.clone(),
     };
-    let report = trainer::train(&mut model, &cfg, adam, start, Some(&stop), &mut bar)?;
-    if let Some((loss, acc)) = report.eval {
-        println!("held-out: loss {loss:.4}, accuracy {:.2}%", acc * 100.0);
+    let report = trainer::train(&mut model, &cfg, start, Some(&signals.requested), &mut bar)?;
+    if report.interrupted {
+        if let Some(sig) = signals.received() {
+            eprintln!("stopped by {}", signal_name(sig));
+            return Ok(128 + sig as u8);
+        }
+        // the reader of standard output went away: main exits as SIGPIPE would
+        return Ok(0);
     }
-    println!(
+    if let Some((loss, acc)) = report.eval {
+        say!("held-out: loss {loss:.4}, accuracy {:.2}%", acc * 100.0)?;
+    }
+    say!(
         "checkpoint {} | metrics {} | plot {}",
         report.checkpoint.display(),
-        cfg.out.join("metrics.csv").display(),
-        cfg.out.join("curves.png").display()
-    );
-    Ok(())
+        cfg.out.join(quartic::train::run_dir::METRICS).display(),
+        cfg.out.join(quartic::train::run_dir::PLOT).display()
+    )?;
+    Ok(0)
+}
+
+/// Every rule parameter's value, as the model runs it: `heads = 4, dim_head = 16, ...`.
+pub fn rule_parameters<E: quartic::tensor::Real, D: Device<E>>(
+    model: &Model<E, D>,
+) -> Option<String> {
+    match model {
+        Model::Graph(g) => g.layers.first().map(|l| {
+            l.plan
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+        Model::MultiStream(_) => None,
+    }
 }
 
 pub fn describe<E: quartic::tensor::Real, D: Device<E>>(model: &Model<E, D>) -> String {

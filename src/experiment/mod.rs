@@ -17,9 +17,8 @@ use crate::error::{Error, Result};
 use crate::models::{Model, ModelConfig};
 use crate::nn::Init;
 use crate::rules::{explain::plan_cost, Rule};
-use crate::train::optim::AdamState;
 use crate::train::tasks::Split;
-use crate::train::trainer::{self, Silent, TrainConfig};
+use crate::train::trainer::{self, Silent, Start, TrainConfig};
 use crate::train::Task;
 
 pub use matching::{match_params, Matched, Widths};
@@ -256,14 +255,8 @@ fn run_one(task: &Task, matched: &Matched, seed: u64, cfg: &ExperimentConfig) ->
             .join(format!("seed{seed}")),
         ..TrainConfig::default()
     };
-    let report = trainer::train(
-        &mut model,
-        &train,
-        AdamState::default(),
-        0,
-        None,
-        &mut Silent,
-    )?;
+    // a rerun of the experiment replaces its runs (its tables are rewritten too)
+    let report = trainer::train(&mut model, &train, Start::overwrite(), None, &mut Silent)?;
     let (loss, accuracy) = report
         .eval
         .ok_or_else(|| Error::config("experiment", "the run ended without an evaluation"))?;

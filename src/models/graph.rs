@@ -92,6 +92,25 @@ impl GraphConfig {
             if v == 0 {
                 return Err(Error::config("model", format!("`{name}` must be positive")));
             }
+            if v > crate::rules::check::MAX_CHANNELS {
+                return Err(Error::config(
+                    "model",
+                    format!(
+                        "`{name}` {v} is more than {}",
+                        crate::rules::check::MAX_CHANNELS
+                    ),
+                ));
+            }
+        }
+        if self.depth > super::MAX_LAYERS {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "`depth` {} is more than {} layers",
+                    self.depth,
+                    super::MAX_LAYERS
+                ),
+            ));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! import of the original's weights.
 
 pub mod configs;
+pub mod footprint;
 pub mod graph;
 pub mod heads;
 pub mod multistream;
@@ -20,6 +21,9 @@ use crate::backend::Backend;
 use crate::error::Result;
 use crate::nn::{HasParams, Init, Param};
 use crate::tensor::*;
+
+/// The most layers a model may have (a bound on what a configuration can ask to build).
+pub const MAX_LAYERS: usize = 100_000;
 
 /// Any model's configuration, as saved in checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +51,21 @@ impl ModelConfig {
             Self::Graph(c) => c.causal,
             Self::MultiStream(c) => c.causal,
         }
+    }
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::Graph(c) => c.depth,
+            Self::MultiStream(c) => c.depth,
+        }
+    }
+    /// The same model with `depth` layers.
+    pub fn with_depth(&self, depth: usize) -> Self {
+        let mut c = self.clone();
+        match &mut c {
+            Self::Graph(g) => g.depth = depth,
+            Self::MultiStream(m) => m.depth = depth,
+        }
+        c
     }
 }
 

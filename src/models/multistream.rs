@@ -191,6 +191,11 @@ pub struct StreamOutput<E: Real, D: Device<E>, T> {
     pub aux: Option<Tensor<(), E, D, T>>,
 }
 
+/// The feedforward's hidden width as the original computes it (`int(dim * mult)`, truncated).
+fn dim_of(dim: usize, mult: f64) -> f64 {
+    (dim as f64 * mult).trunc()
+}
+
 impl<E: Real, D: Device<E>> MultiStreamTransformer<E, D> {
     pub fn new(config: MultiStreamConfig, init: &Init<D>) -> Result<Self> {
         let c = &config;
@@ -198,6 +203,23 @@ impl<E: Real, D: Device<E>> MultiStreamTransformer<E, D> {
             return Err(Error::config(
                 "multi-stream model",
                 "streams, heads, dim_head, dim and depth must be positive",
+            ));
+        }
+        if c.depth > super::MAX_LAYERS {
+            return Err(Error::config(
+                "multi-stream model",
+                format!(
+                    "`depth` {} is more than {} layers",
+                    c.depth,
+                    super::MAX_LAYERS
+                ),
+            ));
+        }
+        let hidden = dim_of(c.dim, c.ff_mult);
+        if !(hidden >= 1.0 && hidden <= crate::rules::check::MAX_CHANNELS as f64) {
+            return Err(Error::config(
+                "multi-stream model",
+                format!("ff_mult {} gives {hidden} hidden channels", c.ff_mult),
             ));
         }
         let (s, dim) = (c.num_streams, c.dim);
@@ -257,7 +279,7 @@ impl<E: Real, D: Device<E>> MultiStreamTransformer<E, D> {
                 post: talking("post_talking_heads", c.post_talking_heads)?,
             };
             let ff =
-                FeedForward::sequential(&l.pp("1"), dim, (dim as f64 * c.ff_mult) as usize, 1e-5)?;
+                FeedForward::sequential(&l.pp("1"), dim, dim_of(dim, c.ff_mult) as usize, 1e-5)?;
             layers.push((attn, ff));
         }
         Ok(Self {

@@ -60,6 +60,9 @@ pub enum InitKind {
 enum Source {
     Random(StdRng),
     Named(HashMap<String, (Vec<usize>, Vec<f64>)>),
+    /// Shapes only: counts the elements a model would have and allocates none of them (its
+    /// parameters come out empty), so a run's memory can be checked before it allocates.
+    Count(u64),
 }
 
 /// A path-scoped parameter factory.
@@ -89,6 +92,24 @@ impl<D: Clone> Init<D> {
         }
     }
 
+    /// Counts parameter elements without allocating them (see [`Init::counted`]); the
+    /// parameters it gives are empty and only good for counting.
+    pub fn counting(dev: &D) -> Self {
+        Self {
+            dev: dev.clone(),
+            path: String::new(),
+            source: Rc::new(RefCell::new(Source::Count(0))),
+        }
+    }
+
+    /// The elements counted so far by a [`Init::counting`] init (`None` for the others).
+    pub fn counted(&self) -> Option<u64> {
+        match &*self.source.borrow() {
+            Source::Count(n) => Some(*n),
+            _ => None,
+        }
+    }
+
     /// A child scope: `init.pp("attn").pp("to_q")` names parameters `attn.to_q.*`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
         let path = if self.path.is_empty() {
@@ -113,9 +134,22 @@ impl<D: Clone> Init<D> {
         D: Device<E>,
     {
         let full = self.pp(name).path;
-        let len: usize = dims.iter().product();
+        let len = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::config(&full, format!("dims {dims:?} overflow a count")))?;
         let values: Vec<E> = match &mut *self.source.borrow_mut() {
+            Source::Count(count) => {
+                *count = count.saturating_add(len as u64);
+                Vec::new()
+            }
             Source::Random(rng) => match kind {
+                _ if len > isize::MAX as usize / std::mem::size_of::<E>() => {
+                    return Err(Error::config(
+                        &full,
+                        format!("{len} values cannot be allocated"),
+                    ))
+                }
                 InitKind::Zeros => vec![E::zero(); len],
                 InitKind::Ones => vec![E::one(); len],
                 InitKind::Uniform(bound) => {
@@ -151,9 +185,10 @@ impl<D: Clone> Init<D> {
                 values.iter().map(|&v| E::of(v)).collect()
             }
         };
+        let stored = values.len();
         let value = self
             .dev
-            .try_tensor_from_vec(values, (len,))
+            .try_tensor_from_vec(values, (stored,))
             .map_err(device_err)?;
         Ok(Param {
             name: full,

@@ -73,6 +73,27 @@ impl BinOp {
 pub struct Expr {
     pub kind: ExprKind,
     pub span: Span,
+    /// Levels of the tree below and including this node (1 for a leaf). The parser refuses
+    /// trees taller than [`MAX_DEPTH`], so every pass may recurse over them.
+    pub height: usize,
+}
+
+/// The tallest expression tree (and the deepest bracket nesting) a rule may have. Passes over
+/// the tree recurse, so without a bound a generated rule could overflow the stack; no rule
+/// written by hand comes near it.
+pub const MAX_DEPTH: usize = 128;
+
+impl ExprKind {
+    /// The tallest child's height (0 for a leaf).
+    pub fn children_height(&self) -> usize {
+        match self {
+            ExprKind::Number(_) | ExprKind::Name(_) | ExprKind::Index(_) => 0,
+            ExprKind::Neg(x) => x.height,
+            ExprKind::Binary(_, a, b) | ExprKind::Arrow(a, b) => a.height.max(b.height),
+            ExprKind::If(c, a, b) => c.height.max(a.height).max(b.height),
+            ExprKind::Call { args, .. } => args.iter().map(|a| a.value.height).max().unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -11,6 +11,10 @@ use super::ir::*;
 /// The most free indices one expression may carry (n³ elements per channel).
 pub const MAX_INDICES: usize = 3;
 
+/// The largest count (heads, channels, iterations) a rule may ask for; what a model of that
+/// size needs in memory is checked before anything is allocated.
+pub const MAX_CHANNELS: usize = 1_000_000_000;
+
 /// What a rule is checked against: the model's sizes, causality and parameter overrides.
 #[derive(Clone, Debug, Default)]
 pub struct RuleConfig {
@@ -45,6 +49,10 @@ pub fn check(program: &Program, source: &str, file: &str, cfg: &RuleConfig) -> C
     let mut ck = Checker {
         cfg,
         params: Vec::new(),
+        param_index: HashMap::new(),
+        line_starts: std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
         lets: Vec::new(),
         let_ids: HashMap::new(),
         labels: HashMap::new(),
@@ -91,6 +99,10 @@ struct StatementState {
 struct Checker<'a> {
     cfg: &'a RuleConfig,
     params: Vec<(String, Const)>,
+    /// Position of each parameter in `params` (rules may declare many: lookups stay O(1)).
+    param_index: HashMap<String, usize>,
+    /// Byte offset where each source line starts, for statements' line numbers.
+    line_starts: Vec<usize>,
     lets: Vec<LetVar>,
     let_ids: HashMap<String, usize>,
     labels: HashMap<String, Span>,
@@ -277,8 +289,24 @@ impl<'a> Checker<'a> {
 
     fn resolve_params(&mut self, program: &Program, header_span: Span) -> Checked<()> {
         let decls: &[(Ident, Expr)] = program.header.as_ref().map_or(&[], |h| h.params.as_slice());
-        for (name, _) in &self.cfg.overrides {
-            if !decls.iter().any(|(d, _)| &d.name == name) {
+        let declared: std::collections::HashSet<&str> =
+            decls.iter().map(|(d, _)| d.name.as_str()).collect();
+        let overrides: HashMap<&str, &Const> = self
+            .cfg
+            .overrides
+            .iter()
+            .map(|(n, v)| (n.as_str(), v))
+            .collect();
+        for (name, value) in &self.cfg.overrides {
+            if let Const::Num(x) = value {
+                if !x.is_finite() {
+                    return Err(RuleError::new(
+                        header_span,
+                        format!("the configuration sets `{name}` to {x}, not a finite number"),
+                    ));
+                }
+            }
+            if !declared.contains(name.as_str()) {
                 let known: Vec<&str> = decls.iter().map(|(d, _)| d.name.as_str()).collect();
                 let err = RuleError::new(
                     header_span,
@@ -300,14 +328,14 @@ impl<'a> Checker<'a> {
                     ),
                 ));
             }
-            if self.params.iter().any(|(p, _)| p == &name.name) {
+            if self.param_index.contains_key(&name.name) {
                 return Err(RuleError::new(
                     name.span,
                     format!("parameter `{}` is declared twice", name.name),
                 ));
             }
-            let value = match self.cfg.overrides.iter().find(|(n, _)| n == &name.name) {
-                Some((_, v)) => v.clone(),
+            let value = match overrides.get(name.name.as_str()) {
+                Some(&v) => v.clone(),
                 None => match self.expr(default)? {
                     Value::Num(x) => Const::Num(x),
                     Value::Word(w) => Const::Word(w),
@@ -319,6 +347,8 @@ impl<'a> Checker<'a> {
                     }
                 },
             };
+            self.param_index
+                .insert(name.name.clone(), self.params.len());
             self.params.push((name.name.clone(), value));
         }
         Ok(())
@@ -350,7 +380,7 @@ impl<'a> Checker<'a> {
                 )
             }
         };
-        let line = source[..s.span.start].matches('\n').count() + 1;
+        let line = self.line_starts.partition_point(|&l| l <= s.span.start);
         Ok(PlanStatement {
             name,
             source: source[s.span.start..s.span.end]
@@ -366,7 +396,7 @@ impl<'a> Checker<'a> {
     fn claim_name(&mut self, name: &Ident) -> Checked<()> {
         if RESERVED.contains(&name.name.as_str())
             || FUNCTIONS.contains(&name.name.as_str())
-            || self.params.iter().any(|(p, _)| p == &name.name)
+            || self.param_index.contains_key(&name.name)
         {
             return Err(RuleError::new(
                 name.span,
@@ -591,7 +621,11 @@ impl<'a> Checker<'a> {
 
     fn number(&mut self, e: &Expr, what: &str) -> Checked<f64> {
         match self.expr(e)? {
-            Value::Num(x) => Ok(x),
+            Value::Num(x) if x.is_finite() => Ok(x),
+            Value::Num(x) => Err(RuleError::new(
+                e.span,
+                format!("{what} must be a finite number, got {x}"),
+            )),
             Value::Tensor(_) => Err(RuleError::new(
                 e.span,
                 format!("{what} must be a number known when the rule loads, not a tensor"),
@@ -600,9 +634,21 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A number that is finite and not negative (an `eps`).
+    fn non_negative(&mut self, e: &Expr, what: &str) -> Checked<f64> {
+        let x = self.number(e, what)?;
+        if x < 0.0 {
+            return Err(RuleError::new(
+                e.span,
+                format!("{what} must not be negative, got {x}"),
+            ));
+        }
+        Ok(x)
+    }
+
     fn count(&mut self, e: &Expr, what: &str) -> Checked<usize> {
         let x = self.number(e, what)?;
-        if x.fract() != 0.0 || x < 1.0 || x > 1e9 {
+        if x.fract() != 0.0 || x < 1.0 || x > MAX_CHANNELS as f64 {
             return Err(RuleError::new(
                 e.span,
                 format!("{what} must be a positive whole number, got {x}"),
@@ -700,8 +746,8 @@ impl<'a> Checker<'a> {
 
     fn name(&mut self, id: &Ident) -> Checked<Value> {
         let n = id.name.as_str();
-        if let Some((_, v)) = self.params.iter().find(|(p, _)| p == n) {
-            return Ok(match v {
+        if let Some(&k) = self.param_index.get(n) {
+            return Ok(match &self.params[k].1 {
                 Const::Num(x) => Value::Num(*x),
                 Const::Word(w) => Value::Word(w.clone()),
             });
@@ -796,13 +842,25 @@ impl<'a> Checker<'a> {
         match (lv, rv) {
             (Value::Word(w), _) => Err(self.unknown_name(l.span, &w)),
             (_, Value::Word(w)) => Err(self.unknown_name(r.span, &w)),
-            (Value::Num(a), Value::Num(b)) => Ok(Value::Num(match op {
-                BinOp::Add => a + b,
-                BinOp::Sub => a - b,
-                BinOp::Mul => a * b,
-                BinOp::Div => a / b,
-                BinOp::Pow => a.powf(b),
-            })),
+            (Value::Num(a), Value::Num(b)) => {
+                let x = match op {
+                    BinOp::Add => a + b,
+                    BinOp::Sub => a - b,
+                    BinOp::Mul => a * b,
+                    BinOp::Div => a / b,
+                    BinOp::Pow => a.powf(b),
+                };
+                if x.is_finite() {
+                    Ok(Value::Num(x))
+                } else if op == BinOp::Div && b == 0.0 {
+                    Err(RuleError::new(r.span, "division by zero"))
+                } else {
+                    Err(RuleError::new(
+                        span,
+                        format!("`{a} {} {b}` is {x}, not a finite number", op.symbol()),
+                    ))
+                }
+            }
             (Value::Tensor(t), Value::Num(s)) => Ok(Value::Tensor(match op {
                 BinOp::Add => affine(t, 1.0, s),
                 BinOp::Sub => affine(t, 1.0, -s),
@@ -987,7 +1045,7 @@ impl<'a> Checker<'a> {
         let x = a.positional("a tensor")?;
         let x = self.tensor(x, name, false)?;
         let eps = match a.option("eps") {
-            Some((_, v)) => Some(self.number(v, "`eps`")?),
+            Some((_, v)) => Some(self.non_negative(v, "`eps`")?),
             None => None,
         };
         let known: &[&str] = if name == "unitnorm" { &[] } else { &["eps"] };
@@ -1026,17 +1084,24 @@ impl<'a> Checker<'a> {
             None => 4.0,
         };
         let eps = match a.option("eps") {
-            Some((_, v)) => self.number(v, "`eps`")?,
+            Some((_, v)) => self.non_negative(v, "`eps`")?,
             None => 1e-5,
         };
         a.finish(&["mult", "eps"])?;
-        let hidden = (x.channels as f64 * mult) as usize;
-        if hidden == 0 {
+        let hidden = x.channels as f64 * mult;
+        if hidden < 1.0 {
             return Err(RuleError::new(
                 span,
                 format!("`mult` {mult} leaves no hidden channels"),
             ));
         }
+        if hidden > MAX_CHANNELS as f64 {
+            return Err(RuleError::new(
+                span,
+                format!("`mult` {mult} gives {hidden} hidden channels, more than {MAX_CHANNELS}"),
+            ));
+        }
+        let hidden = hidden as usize;
         let site = self.site("feedforward", span);
         Ok(Value::Tensor(Node {
             slots: x.slots.clone(),
@@ -1251,7 +1316,7 @@ impl<'a> Checker<'a> {
                     "`eps` applies to `kernel: taylor` only",
                 ));
             }
-            Some((_, v)) => self.number(v, "`eps`")?,
+            Some((_, v)) => self.non_negative(v, "`eps`")?,
             None => 1e-5,
         };
         let kernel = if kernel_word == "taylor" {

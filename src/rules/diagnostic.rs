@@ -21,7 +21,9 @@ impl Span {
 }
 
 /// One error in a rule program, already located: file, line and column (1-based), the source
-/// line, the caret's width, the message and an optional hint.
+/// line, the caret's width, the message and an optional hint. The texts are stored with their
+/// control characters escaped (a rule's bytes must not drive the user's terminal), and the
+/// caret is placed under the escaped line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
     pub file: String,
@@ -31,6 +33,21 @@ pub struct Diagnostic {
     pub source_line: String,
     pub message: String,
     pub hint: Option<String>,
+    /// Where the caret starts in `source_line`, in characters.
+    caret_start: usize,
+}
+
+/// `text` with control characters other than tab written as escapes (`\u{1b}`).
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Diagnostic {
@@ -44,15 +61,16 @@ impl Diagnostic {
         let line = source[..start].matches('\n').count() + 1;
         let col = source[line_start..start].chars().count() + 1;
         let end = span.end.clamp(start, line_end.max(start));
-        let width = source[start..end].chars().count().max(1);
+        let width = escape_controls(&source[start..end]).chars().count().max(1);
         Self {
-            file: file.to_string(),
+            file: escape_controls(file),
             line,
             col,
             width,
-            source_line: source[line_start..line_end].trim_end().to_string(),
-            message,
-            hint,
+            source_line: escape_controls(source[line_start..line_end].trim_end()),
+            message: escape_controls(&message),
+            hint: hint.as_deref().map(escape_controls),
+            caret_start: escape_controls(&source[line_start..start]).chars().count(),
         }
     }
 }
@@ -68,7 +86,7 @@ impl fmt::Display for Diagnostic {
         let lead: String = self
             .source_line
             .chars()
-            .take(self.col - 1)
+            .take(self.caret_start)
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         write!(f, "{pad} | {lead}{}", "^".repeat(self.width))?;

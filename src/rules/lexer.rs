@@ -194,6 +194,12 @@ pub fn lex(src: &str) -> Checked<Vec<Token>> {
                 let value: f64 = text.parse().map_err(|_| {
                     RuleError::new(Span::new(start, i), format!("`{text}` is not a number"))
                 })?;
+                if !value.is_finite() {
+                    return Err(RuleError::new(
+                        Span::new(start, i),
+                        format!("`{text}` is too large for a number"),
+                    ));
+                }
                 out.push(Token {
                     tok: Tok::Number(value),
                     span: Span::new(start, i),

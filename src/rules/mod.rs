@@ -71,10 +71,7 @@ impl Rule {
     /// Reads and parses a rule file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
-        let source = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            message: format!("cannot read the rule: {e}"),
-        })?;
+        let source = crate::files::read_text_capped(path, crate::files::RULE_CAP, "the rule")?;
         Self::parse(&path.display().to_string(), &source)
     }
 

@@ -19,13 +19,37 @@ use super::diagnostic::{Checked, RuleError, Span};
 use super::lexer::{Tok, Token};
 
 pub fn parse(tokens: &[Token]) -> Checked<Program> {
-    let mut p = Parser { tokens, pos: 0 };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        nesting: 0,
+    };
     p.program()
 }
 
 struct Parser<'a> {
     tokens: &'a [Token],
     pos: usize,
+    /// Expressions being parsed inside one another (brackets, operands, arguments): bounded by
+    /// `MAX_DEPTH` so that the parser's own recursion cannot overflow the stack.
+    nesting: usize,
+}
+
+fn too_deep(span: Span) -> RuleError {
+    RuleError::new(
+        span,
+        format!("this expression nests more than {MAX_DEPTH} levels deep"),
+    )
+    .hint("split it into several `let` bindings (a long sum: several partial sums)")
+}
+
+/// A syntax node with its height; refused when the tree grows taller than `MAX_DEPTH`.
+fn node(kind: ExprKind, span: Span) -> Checked<Expr> {
+    let height = kind.children_height() + 1;
+    if height > MAX_DEPTH {
+        return Err(too_deep(span));
+    }
+    Ok(Expr { kind, span, height })
 }
 
 impl<'a> Parser<'a> {
@@ -214,6 +238,16 @@ impl<'a> Parser<'a> {
     }
 
     fn expr(&mut self) -> Checked<Expr> {
+        self.nesting += 1;
+        if self.nesting > MAX_DEPTH {
+            return Err(too_deep(self.span()));
+        }
+        let e = self.sum();
+        self.nesting -= 1;
+        e
+    }
+
+    fn sum(&mut self) -> Checked<Expr> {
         let mut lhs = self.term()?;
         loop {
             let op = match self.peek() {
@@ -223,7 +257,7 @@ impl<'a> Parser<'a> {
             };
             self.bump();
             let rhs = self.term()?;
-            lhs = binary(op, lhs, rhs);
+            lhs = binary(op, lhs, rhs)?;
         }
     }
 
@@ -237,24 +271,33 @@ impl<'a> Parser<'a> {
             };
             self.bump();
             let rhs = self.unary()?;
-            lhs = binary(op, lhs, rhs);
+            lhs = binary(op, lhs, rhs)?;
         }
     }
 
     fn unary(&mut self) -> Checked<Expr> {
         if self.peek() == &Tok::Minus {
             let start = self.bump().span;
-            let inner = self.unary()?;
+            // `- - - x` and `a ** b ** c` recurse here: count them as nesting
+            self.nesting += 1;
+            if self.nesting > MAX_DEPTH {
+                return Err(too_deep(start));
+            }
+            let inner = self.unary();
+            self.nesting -= 1;
+            let inner = inner?;
             let span = start.to(inner.span);
-            return Ok(Expr {
-                kind: ExprKind::Neg(Box::new(inner)),
-                span,
-            });
+            return node(ExprKind::Neg(Box::new(inner)), span);
         }
         let base = self.atom()?;
         if self.eat(&Tok::Power) {
-            let exponent = self.unary()?;
-            return Ok(binary(BinOp::Pow, base, exponent));
+            self.nesting += 1;
+            if self.nesting > MAX_DEPTH {
+                return Err(too_deep(self.prev_span()));
+            }
+            let exponent = self.unary();
+            self.nesting -= 1;
+            return binary(BinOp::Pow, base, exponent?);
         }
         Ok(base)
     }
@@ -264,10 +307,7 @@ impl<'a> Parser<'a> {
         match self.peek().clone() {
             Tok::Number(x) => {
                 self.bump();
-                Ok(Expr {
-                    kind: ExprKind::Number(x),
-                    span: start,
-                })
+                node(ExprKind::Number(x), start)
             }
             Tok::LParen => {
                 self.bump();
@@ -286,10 +326,10 @@ impl<'a> Parser<'a> {
                 self.keyword("else")?;
                 let no = self.expr()?;
                 let span = start.to(no.span);
-                Ok(Expr {
-                    kind: ExprKind::If(Box::new(cond), Box::new(yes), Box::new(no)),
+                node(
+                    ExprKind::If(Box::new(cond), Box::new(yes), Box::new(no)),
                     span,
-                })
+                )
             }
             Tok::Ident(_) => {
                 let name = self.ident("a name")?;
@@ -311,18 +351,18 @@ impl<'a> Parser<'a> {
                         }
                     };
                     let args = self.call_args()?;
-                    return Ok(Expr {
-                        kind: ExprKind::Call {
+                    return node(
+                        ExprKind::Call {
                             func: name,
                             over,
                             args,
                         },
-                        span: start.to(self.prev_span()),
-                    });
+                        start.to(self.prev_span()),
+                    );
                 }
                 let span = start.to(self.prev_span());
-                Ok(Expr {
-                    kind: match indices {
+                node(
+                    match indices {
                         Some(indices) => ExprKind::Index(Indexed {
                             name,
                             indices,
@@ -331,7 +371,7 @@ impl<'a> Parser<'a> {
                         None => ExprKind::Name(name),
                     },
                     span,
-                })
+                )
             }
             _ => Err(self.unexpected("an expression")),
         }
@@ -353,10 +393,7 @@ impl<'a> Parser<'a> {
             if self.eat(&Tok::Arrow) {
                 let key = self.expr()?;
                 let span = value.span.to(key.span);
-                value = Expr {
-                    kind: ExprKind::Arrow(Box::new(value), Box::new(key)),
-                    span,
-                };
+                value = node(ExprKind::Arrow(Box::new(value), Box::new(key)), span)?;
             }
             args.push(Arg {
                 name,
@@ -372,10 +409,7 @@ impl<'a> Parser<'a> {
     }
 }
 
-fn binary(op: BinOp, lhs: Expr, rhs: Expr) -> Expr {
+fn binary(op: BinOp, lhs: Expr, rhs: Expr) -> Checked<Expr> {
     let span = lhs.span.to(rhs.span);
-    Expr {
-        kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
-        span,
-    }
+    node(ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span)
 }

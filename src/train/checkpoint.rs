@@ -1,7 +1,9 @@
 //! Checkpoints: one safetensors file with the parameters (`param/NAME`), the optimizer moments
-//! (`adam.m/NAME`, `adam.v/NAME`), and metadata: the format, the model config, the rule's text
-//! and the training state as JSON. Written to a temporary file and renamed, so a crash never
-//! leaves a half-written checkpoint in place of a good one.
+//! (`adam.m/NAME`, `adam.v/NAME`), and metadata: the format, the model config, the rule's text,
+//! the training state as JSON, and a CRC-32 of every tensor and of the other metadata, checked
+//! on load (a flipped byte anywhere is refused, not loaded). Written atomically
+//! ([`crate::files::write_atomic`]), so a crash never leaves a half-written checkpoint in place
+//! of a good one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -15,7 +17,13 @@ use crate::nn::HasParams;
 use crate::tensor::*;
 use dfdx::prelude::Device;
 
-pub const FORMAT: &str = "quartic-checkpoint-1";
+pub const FORMAT: &str = "quartic-checkpoint-2";
+/// The first format: the same layout without checksums (still read).
+pub const FORMAT_1: &str = "quartic-checkpoint-1";
+/// The metadata entry holding the checksums (JSON: tensor name → CRC-32, and
+/// [`METADATA_KEY`] → the CRC-32 of the other metadata entries).
+const CHECKSUMS: &str = "checksums";
+const METADATA_KEY: &str = "__metadata__";
 
 /// Where training stands, enough to continue exactly.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -42,7 +50,18 @@ fn io(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Writes a checkpoint atomically (temporary file in the same directory, then rename).
+/// The CRC-32 of the metadata entries other than the checksums, in key order.
+fn metadata_crc(meta: &BTreeMap<String, String>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for (k, v) in meta.iter().filter(|(k, _)| k.as_str() != CHECKSUMS) {
+        for part in [k.as_bytes(), &[0], v.as_bytes(), &[0]] {
+            h.update(part);
+        }
+    }
+    h.finalize()
+}
+
+/// Writes a checkpoint atomically (temporary file in the same directory, synced, renamed).
 pub fn save<E: Real, D: Device<E>>(
     path: &Path,
     model: &Model<E, D>,
@@ -67,7 +86,7 @@ pub fn save<E: Real, D: Device<E>>(
             }
         }
     }
-    let mut meta = HashMap::new();
+    let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert(
         "config".to_string(),
@@ -84,6 +103,15 @@ pub fn save<E: Real, D: Device<E>>(
         "adam_step".to_string(),
         adam.map_or(0, |a| a.step).to_string(),
     );
+    let mut checksums: BTreeMap<String, u32> = blobs
+        .iter()
+        .map(|(name, _, data)| (name.clone(), crc32fast::hash(data)))
+        .collect();
+    checksums.insert(METADATA_KEY.to_string(), metadata_crc(&meta));
+    meta.insert(
+        CHECKSUMS.to_string(),
+        serde_json::to_string(&checksums).map_err(|e| io(path, e.to_string()))?,
+    );
     let views: Vec<(String, ::safetensors::tensor::TensorView)> = blobs
         .iter()
         .map(|(name, dims, data)| {
@@ -92,25 +120,16 @@ pub fn save<E: Real, D: Device<E>>(
                 .map_err(|e| io(path, format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<_>>()?;
+    let meta: HashMap<String, String> = meta.into_iter().collect();
     let data = ::safetensors::serialize(views, &Some(meta)).map_err(|e| io(path, e.to_string()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e.to_string()))?;
-    }
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, data).map_err(|e| io(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        io(
-            path,
-            format!("cannot move the new checkpoint into place: {e}"),
-        )
-    })?;
-    Ok(())
+    crate::files::write_atomic(path, &data)
 }
 
-/// Reads a checkpoint, with a clear error for anything that is not one of ours.
+/// Reads a checkpoint, with a clear error for anything that is not one of ours or does not
+/// match its checksums.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let data =
-        std::fs::read(path).map_err(|e| io(path, format!("cannot read the checkpoint: {e}")))?;
+        crate::files::read_safetensors_capped(path, crate::memory::file_cap(), "the checkpoint")?;
     let (_, metadata) = ::safetensors::SafeTensors::read_metadata(&data).map_err(|e| {
         io(
             path,
@@ -122,12 +141,27 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         .clone()
         .map(|m| m.into_iter().collect())
         .unwrap_or_default();
-    match meta.get("format") {
-        Some(f) if f == FORMAT => {}
+    let checksums: Option<BTreeMap<String, u32>> = match meta.get("format").map(String::as_str) {
+        Some(FORMAT) => {
+            let text = meta
+                .get(CHECKSUMS)
+                .ok_or_else(|| io(path, "corrupt checkpoint: its checksums are missing"))?;
+            let sums: BTreeMap<String, u32> = serde_json::from_str(text)
+                .map_err(|e| io(path, format!("corrupt checkpoint: bad checksums ({e})")))?;
+            if sums.get(METADATA_KEY) != Some(&metadata_crc(&meta)) {
+                return Err(io(
+                    path,
+                    "corrupt checkpoint: its metadata (config, rule, training state) does not \
+                     match its checksum",
+                ));
+            }
+            Some(sums)
+        }
+        Some(FORMAT_1) => None,
         Some(f) => {
             return Err(io(
                 path,
-                format!("checkpoint format `{f}`, this version reads `{FORMAT}`"),
+                format!("checkpoint format `{f}`, this version reads `{FORMAT}` and `{FORMAT_1}`"),
             ))
         }
         None => {
@@ -137,7 +171,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                  convert PyTorch weights with `quartic import-reference`",
             ))
         }
-    }
+    };
     let config: ModelConfig = serde_json::from_str(
         meta.get("config")
             .ok_or_else(|| io(path, "no model config"))?,
@@ -149,14 +183,17 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         }
         None => TrainState::default(),
     };
+    let adam_step = meta
+        .get("adam_step")
+        .ok_or_else(|| io(path, "no optimizer step (`adam_step`)"))?;
+    let adam_step: u64 = adam_step
+        .parse()
+        .map_err(|_| io(path, format!("bad optimizer step `{adam_step}`")))?;
     let tensors = ::safetensors::SafeTensors::deserialize(&data)
         .map_err(|e| io(path, format!("corrupt checkpoint: {e}")))?;
     let mut params = HashMap::new();
     let mut adam = AdamState {
-        step: meta
-            .get("adam_step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
+        step: adam_step,
         ..AdamState::default()
     };
     for (name, view) in tensors.tensors() {
@@ -166,11 +203,25 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                 format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
             ));
         }
+        if let Some(sums) = &checksums {
+            if sums.get(&name) != Some(&crc32fast::hash(view.data())) {
+                return Err(io(
+                    path,
+                    format!("corrupt checkpoint: tensor `{name}` does not match its checksum"),
+                ));
+            }
+        }
         let values: Vec<f32> = view
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(io(
+                path,
+                format!("tensor `{name}` holds {} at index {i}", values[i]),
+            ));
+        }
         if let Some(p) = name.strip_prefix("param/") {
             params.insert(
                 p.to_string(),
@@ -187,6 +238,20 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             return Err(io(path, format!("unexpected tensor `{name}`")));
         }
     }
+    if let Some(sums) = &checksums {
+        let stored = tensors.len() + 1;
+        if sums.len() != stored {
+            return Err(io(
+                path,
+                format!(
+                    "corrupt checkpoint: {} checksums for {} tensors",
+                    sums.len() - 1,
+                    tensors.len()
+                ),
+            ));
+        }
+    }
+    check_moments(path, &params, &adam)?;
     Ok(Checkpoint {
         config,
         rule_source: meta.get("rule_source").cloned(),
@@ -194,6 +259,59 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         adam,
         train,
     })
+}
+
+/// After the first update every parameter has both moments, of its own length; before it none.
+/// Anything else is refused rather than zero-filled on resume.
+fn check_moments(
+    path: &Path,
+    params: &HashMap<String, (Vec<usize>, Vec<f64>)>,
+    adam: &AdamState,
+) -> Result<()> {
+    if adam.step == 0 {
+        if adam.m.is_empty() && adam.v.is_empty() {
+            return Ok(());
+        }
+        return Err(io(
+            path,
+            "optimizer moments are stored but the optimizer step is 0",
+        ));
+    }
+    for (name, (_, values)) in params {
+        for (table, which) in [(&adam.m, "first"), (&adam.v, "second")] {
+            match table.get(name) {
+                Some(m) if m.len() == values.len() => {}
+                Some(m) => {
+                    return Err(io(
+                        path,
+                        format!(
+                            "the {which} moment of `{name}` has {} values, the parameter {}",
+                            m.len(),
+                            values.len()
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(io(
+                        path,
+                        format!(
+                            "the {which} moment of `{name}` is missing (optimizer step {})",
+                            adam.step
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    for name in adam.m.keys().chain(adam.v.keys()) {
+        if !params.contains_key(name) {
+            return Err(io(
+                path,
+                format!("a moment of `{name}`, which is no parameter"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Checkpoint {

@@ -22,9 +22,10 @@ fn io(path: &Path, e: impl ToString) -> Error {
 }
 
 impl Metrics {
-    /// Starts the file (step 0) or keeps its rows up to `start_step` (resume).
+    /// Starts the file (step 0) or keeps its rows up to `start_step` (resume). The kept rows
+    /// are rewritten atomically, so an interruption here never loses the run's history.
     pub fn open(path: &Path, start_step: usize) -> Result<Self> {
-        let kept = if start_step > 0 && path.exists() {
+        let kept: Vec<StepRecord> = if start_step > 0 && path.exists() {
             Self::read(path)?
                 .into_iter()
                 .filter(|r| r.step <= start_step)
@@ -32,33 +33,40 @@ impl Metrics {
         } else {
             Vec::new()
         };
-        let mut file = std::fs::File::create(path).map_err(|e| io(path, e))?;
-        writeln!(file, "{HEADER}").map_err(|e| io(path, e))?;
-        let mut m = Self {
+        let mut text = format!("{HEADER}\n");
+        for r in &kept {
+            text.push_str(&Self::row(r));
+        }
+        crate::files::write_atomic(path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        Ok(Self {
             path: path.to_path_buf(),
             file,
-        };
-        for r in &kept {
-            m.write(r)?;
-        }
-        Ok(m)
+        })
     }
 
-    pub fn write(&mut self, r: &StepRecord) -> Result<()> {
+    fn row(r: &StepRecord) -> String {
         let (el, ea) = match r.eval {
             Some((l, a)) => (format!("{l:.6}"), format!("{a:.6}")),
             None => (String::new(), String::new()),
         };
-        writeln!(
-            self.file,
-            "{},{:.6},{:.6},{:.6e},{:.6},{el},{ea},{:.3}",
+        format!(
+            "{},{:.6},{:.6},{:.6e},{:.6},{el},{ea},{:.3}\n",
             r.step, r.loss, r.accuracy, r.lr, r.grad_norm, r.elapsed
         )
-        .map_err(|e| io(&self.path, e))
+    }
+
+    pub fn write(&mut self, r: &StepRecord) -> Result<()> {
+        self.file
+            .write_all(Self::row(r).as_bytes())
+            .map_err(|e| io(&self.path, e))
     }
 
     pub fn read(path: &Path) -> Result<Vec<StepRecord>> {
-        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let text = crate::files::read_text_capped(path, crate::files::TEXT_CAP, "the metrics")?;
         let mut out = Vec::new();
         for (k, line) in text.lines().enumerate().skip(1) {
             let f: Vec<&str> = line.split(',').collect();

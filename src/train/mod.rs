@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod run_dir;
 pub mod shards;
 pub mod tasks;
 pub mod trainer;

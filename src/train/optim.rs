@@ -113,10 +113,9 @@ impl AdamState {
         }
         let grad_norm = sq.sqrt();
         if !grad_norm.is_finite() {
-            return Err(Error::config(
-                "optimizer",
-                format!("the gradient norm is {grad_norm}"),
-            ));
+            return Err(Error::NotFinite(format!(
+                "the gradient norm is {grad_norm}"
+            )));
         }
         let clip = match max_norm {
             Some(m) if grad_norm > m => m / grad_norm,

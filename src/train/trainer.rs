@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, TrainState};
 use super::optim::{schedule, AdamState, AdamW};
 use super::plot;
+use super::run_dir::{Existing, RunDir};
 use super::shards::step_gradients;
 use super::tasks::{Batch, Readout, Split, Task};
 use crate::backend::Backend;
@@ -90,19 +91,60 @@ impl TrainConfig {
         Task::from_name(&self.task, self.data.as_deref(), self.context)
     }
     pub fn checkpoint_path(&self) -> PathBuf {
-        self.out.join("checkpoint.safetensors")
+        self.out.join(super::run_dir::CHECKPOINT)
     }
-    fn validate(&self) -> Result<()> {
-        if self.steps == 0
-            || self.batch == 0
-            || !(self.lr > 0.0)
-            || self.eval_batches == 0
-            || self.shards == 0
-        {
-            return Err(Error::config(
-                "training",
-                "steps, batch, eval_batches, shards and lr must be positive",
-            ));
+
+    /// Every setting in range: counts positive, rates finite (a NaN is never taken for a
+    /// number), the named setting in the message.
+    pub fn validate(&self) -> Result<()> {
+        let counts = [
+            ("steps", self.steps),
+            ("batch", self.batch),
+            ("eval_batches", self.eval_batches),
+            ("eval_every", self.eval_every),
+            ("checkpoint_every", self.checkpoint_every),
+            ("shards", self.shards),
+            ("context", self.context),
+        ];
+        for (name, v) in counts {
+            if v == 0 {
+                return Err(Error::config(
+                    "training",
+                    format!("`{name}` must be positive"),
+                ));
+            }
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        let fraction = |x: f64| (0.0..=1.0).contains(&x);
+        let rates: [(&str, f64, &str, &dyn Fn(f64) -> bool); 4] = [
+            ("lr", self.lr, "a finite number > 0", &positive),
+            (
+                "weight_decay",
+                self.weight_decay,
+                "a finite number ≥ 0",
+                &non_negative,
+            ),
+            (
+                "clip",
+                self.clip,
+                "a finite number ≥ 0 (0: no clipping)",
+                &non_negative,
+            ),
+            (
+                "min_lr_ratio",
+                self.min_lr_ratio,
+                "a number in [0, 1]",
+                &fraction,
+            ),
+        ];
+        for (name, v, what, ok) in rates {
+            if !ok(v) {
+                return Err(Error::config(
+                    "training",
+                    format!("`{name}` is {v}; it must be {what}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -272,15 +314,45 @@ pub trait Progress {
 pub struct Silent;
 impl Progress for Silent {}
 
-/// Trains `model` (resuming at `state.step` with optimizer state `adam`). Writes checkpoints
-/// (only of good states: a NaN or infinite loss stops the run naming the step, and the last
-/// checkpoint stays the last good one), `metrics.csv` and `curves.png` under `cfg.out`.
-#[allow(clippy::too_many_arguments)]
+/// Where a run begins: fresh, or from a checkpoint's optimizer state and step.
+#[derive(Clone, Debug, Default)]
+pub struct Start {
+    pub adam: AdamState,
+    pub step: usize,
+    /// What to do with a run already in `cfg.out`.
+    pub existing: Existing,
+}
+
+impl Start {
+    /// A new run; a folder that already holds one is refused.
+    pub fn fresh() -> Self {
+        Self::default()
+    }
+    /// A new run that replaces whatever run is in the folder.
+    pub fn overwrite() -> Self {
+        Self {
+            existing: Existing::Overwrite,
+            ..Self::default()
+        }
+    }
+    /// Continues the run in the folder from a checkpoint's state ([`resume`]).
+    pub fn resume(adam: AdamState, step: usize) -> Self {
+        Self {
+            adam,
+            step,
+            existing: Existing::Resume,
+        }
+    }
+}
+
+/// Trains `model` from `start`. Holds the lock of `cfg.out` while it runs and writes
+/// checkpoints there (only of good states: a NaN or infinite loss stops the run naming the
+/// step, and the last checkpoint stays the last good one), `metrics.csv` and `curves.png`.
+/// When `stop` turns true it saves a checkpoint and returns, `interrupted` set.
 pub fn train<E: Real, D: Backend<E>>(
     model: &mut Model<E, D>,
     cfg: &TrainConfig,
-    mut adam: AdamState,
-    start_step: usize,
+    start: Start,
     stop: Option<&AtomicBool>,
     progress: &mut dyn Progress,
 ) -> Result<TrainReport> {
@@ -292,13 +364,23 @@ pub fn train<E: Real, D: Backend<E>>(
         weight_decay: cfg.weight_decay,
         ..AdamW::default()
     };
-    let ckpt = cfg.checkpoint_path();
-    let metrics_path = cfg.out.join("metrics.csv");
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::Io {
-        path: cfg.out.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let dir = RunDir::open(&cfg.out, start.existing)?;
+    let (mut adam, start_step) = (start.adam, start.step);
+    if start.existing == Existing::Overwrite {
+        for old in [dir.checkpoint(), dir.metrics(), dir.plot()] {
+            if old.exists() {
+                std::fs::remove_file(&old).map_err(|e| Error::Io {
+                    path: old.display().to_string(),
+                    message: format!("cannot replace it: {e}"),
+                })?;
+            }
+        }
+    }
+    let ckpt = dir.checkpoint();
+    let metrics_path = dir.metrics();
     let mut metrics = super::metrics::Metrics::open(&metrics_path, start_step)?;
+    let mut last_saved = (start.existing == Existing::Resume).then_some(start_step);
+    let mut previous: Option<(f64, f64)> = None;
     let train_json =
         serde_json::to_value(cfg).map_err(|e| Error::config("training", e.to_string()))?;
     let started = Instant::now();
@@ -331,18 +413,25 @@ pub fn train<E: Real, D: Backend<E>>(
         let mut passes = step_gradients(model, &bt, task.readout(), cfg.shards)?;
         let value = passes.loss;
         if !value.is_finite() {
-            return Err(Error::config(
-                "training",
-                format!(
-                    "the loss is {value} at step {step}; stopped without saving, the last good \
-                     checkpoint is {} (lower the learning rate?)",
-                    ckpt.display()
-                ),
+            return Err(not_finite(
+                &format!("the loss is {value}"),
+                step,
+                previous,
+                model,
+                &ckpt,
+                last_saved,
             ));
         }
         let lr = schedule(cfg.lr, step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
         let clip = (cfg.clip > 0.0).then_some(cfg.clip);
-        let report = adam.update_sum(model, &mut passes.grads, &opt, lr, clip)?;
+        let report = match adam.update_sum(model, &mut passes.grads, &opt, lr, clip) {
+            Ok(r) => r,
+            Err(Error::NotFinite(what)) => {
+                return Err(not_finite(&what, step, previous, model, &ckpt, last_saved))
+            }
+            Err(e) => return Err(e),
+        };
+        previous = Some((value, report.grad_norm));
         let done = step + 1;
         let eval = if done % cfg.eval_every.max(1) == 0 || done == cfg.steps {
             let e = evaluate(model, &task, cfg.seed, cfg.eval_batches, cfg.batch)?;
@@ -365,17 +454,62 @@ pub fn train<E: Real, D: Backend<E>>(
         records.push(record);
         if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps {
             save(model, &adam, done)?;
+            last_saved = Some(done);
         }
     }
     progress.finish();
     let all = super::metrics::Metrics::read(&metrics_path)?;
-    plot::curves(&cfg.out.join("curves.png"), &all, &task.name())?;
+    plot::curves(&dir.plot(), &all, &task.name())?;
     Ok(TrainReport {
         records,
         eval: last_eval,
         interrupted,
         checkpoint: ckpt,
     })
+}
+
+/// The error that stops a run at a non-finite value: which step, what the checkpoint holds
+/// (only if one exists), and the likely cause: before any update the model itself computes it
+/// from its weights (a rule out of its domain, an overflow); after updates it may also be
+/// divergence.
+fn not_finite<E: Real, D: Device<E>>(
+    what: &str,
+    step: usize,
+    previous: Option<(f64, f64)>,
+    model: &Model<E, D>,
+    checkpoint: &Path,
+    last_saved: Option<usize>,
+) -> Error {
+    use crate::nn::HasParams;
+    let saved = match last_saved {
+        Some(s) if checkpoint.exists() => format!(
+            "the last good checkpoint, from step {s}, is {}",
+            checkpoint.display()
+        ),
+        _ => "no checkpoint of this run was written".to_string(),
+    };
+    let weights_finite = model
+        .params()
+        .iter()
+        .all(|p| p.value.as_vec().iter().all(|x| x.as_f64().is_finite()));
+    let cause = match previous {
+        _ if !weights_finite => {
+            "the weights are no longer finite: the updates diverged (lower --lr or --clip)"
+                .to_string()
+        }
+        None => "the weights are finite and no update has been made in this run, so the model \
+                 computes it from them: look for a rule operation outside its domain (sqrt, \
+                 division or power of values that can be zero or negative) or an overflow"
+            .to_string(),
+        Some((loss, norm)) => format!(
+            "the weights are finite (the step before: loss {loss:.4}, gradient norm {norm:.3e}): \
+             the model computes it from them on this batch (a rule operation outside its \
+             domain, an overflow), or the updates are diverging (lower --lr or --clip)"
+        ),
+    };
+    Error::NotFinite(format!(
+        "{what} at step {step}; the run stopped without saving ({saved}); {cause}"
+    ))
 }
 
 /// The model must cover the task's vocabulary, length and causality.
@@ -437,14 +571,54 @@ pub fn check_fits(config: &ModelConfig, task: &Task) -> Result<()> {
     Ok(())
 }
 
-/// Reads a checkpoint's model, optimizer state and training config to continue a run.
+/// Reads a checkpoint's model, optimizer state and training config to continue a run. The
+/// saved config names the folder the run was written to; the run continues in the folder the
+/// checkpoint was read from, never the saved path.
 pub fn resume<E: Real, D: Backend<E>>(
     path: &Path,
     dev: &D,
 ) -> Result<(Model<E, D>, AdamState, TrainConfig, usize)> {
-    let c = checkpoint::load(path)?;
+    resume_from(checkpoint::load(path)?, path, dev)
+}
+
+/// [`resume`] for a checkpoint already read from `path`.
+pub fn resume_from<E: Real, D: Backend<E>>(
+    c: checkpoint::Checkpoint,
+    path: &Path,
+    dev: &D,
+) -> Result<(Model<E, D>, AdamState, TrainConfig, usize)> {
+    let cfg = resume_config(&c, path)?;
     let model = c.model(dev)?;
-    let cfg: TrainConfig = serde_json::from_value(c.train.train_config.clone())
-        .map_err(|e| Error::config("checkpoint", format!("no usable training config: {e}")))?;
     Ok((model, c.adam, cfg, c.train.step))
+}
+
+/// The training config of a checkpoint read from `path`, checked to belong with its state, and
+/// with `out` set to the checkpoint's own folder.
+pub fn resume_config(c: &checkpoint::Checkpoint, path: &Path) -> Result<TrainConfig> {
+    let bad = |m: String| Error::Io {
+        path: path.display().to_string(),
+        message: m,
+    };
+    let mut cfg: TrainConfig = serde_json::from_value(c.train.train_config.clone())
+        .map_err(|e| bad(format!("no usable training config: {e}")))?;
+    if c.adam.step != c.train.step as u64 {
+        return Err(bad(format!(
+            "the optimizer made {} updates but the run is at step {}: the state does not \
+             belong together",
+            c.adam.step, c.train.step
+        )));
+    }
+    if c.train.step > cfg.steps {
+        return Err(bad(format!(
+            "step {} is past the run's {} steps",
+            c.train.step, cfg.steps
+        )));
+    }
+    cfg.validate()
+        .map_err(|e| bad(format!("its training config: {e}")))?;
+    cfg.out = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    Ok(cfg)
 }

@@ -63,7 +63,10 @@ fn bad_input_exits_with_one_clear_line() {
             vec!["forward", "--tokens", "3,99"],
             "id 99 at batch 0, position 1 is out of range",
         ),
-        (vec!["eval", "--checkpoint", &corrupt], "not a checkpoint"),
+        (
+            vec!["eval", "--checkpoint", &corrupt],
+            "the checkpoint is not a safetensors file",
+        ),
         (
             vec!["eval", "--checkpoint", "/nonexistent/x.safetensors"],
             "cannot read the checkpoint",

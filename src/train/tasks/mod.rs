@@ -130,11 +130,14 @@ pub enum Task {
         min_len: usize,
         max_len: usize,
     },
-    /// Next-byte prediction on a text (causal), windows of `context` bytes.
+    /// Next-byte prediction on a text (causal), windows of `context` bytes. Training windows
+    /// lie in the bytes before `held_out`, held-out windows in the bytes from it on (the last
+    /// [`HELD_OUT_PERCENT`] % of the file): no held-out byte is ever trained on.
     Text {
         name: String,
         bytes: Vec<u8>,
         context: usize,
+        held_out: usize,
     },
 }
 
@@ -149,6 +152,9 @@ pub const TASKS: [&str; 9] = [
     "k-hop",
     "text (--data FILE)",
 ];
+
+/// The share of a training text held out for evaluation: its end.
+pub const HELD_OUT_PERCENT: usize = 10;
 
 /// `path-composition` edge tokens: 0 off the path; a chain edge labelled g is `PATH_FORWARD + g`
 /// in its direction and `PATH_BACKWARD + g` against it; the query edge and its reverse.
@@ -191,21 +197,32 @@ impl Task {
     /// A built-in task by name, or a text file for `text`.
     pub fn from_name(name: &str, data: Option<&str>, context: usize) -> Result<Self> {
         if let Some(path) = data {
-            let bytes = std::fs::read(path).map_err(|e| Error::Io {
-                path: path.into(),
-                message: format!("cannot read the training text: {e}"),
-            })?;
-            if bytes.len() < context + 2 {
+            if context == 0 {
+                return Err(Error::config("text task", "the context must be positive"));
+            }
+            let bytes = crate::files::read_capped(
+                std::path::Path::new(path),
+                crate::files::TEXT_CAP,
+                "the training text",
+            )?;
+            // the held-out part: the last 10 %, and at least one window
+            let window = context + 1;
+            let held = (bytes.len() * HELD_OUT_PERCENT / 100).max(window);
+            if bytes.len() < held + window {
                 return Err(Error::config(
                     "text task",
                     format!(
-                        "{path} has {} bytes, fewer than the context {context} + 2",
-                        bytes.len()
+                        "{path} has {} bytes; with context {context} it needs at least {}: one \
+                         window of {window} bytes to train on and the last {HELD_OUT_PERCENT} % \
+                         (at least one window) held out",
+                        bytes.len(),
+                        2 * window
                     ),
                 ));
             }
             return Ok(Self::Text {
                 name: path.into(),
+                held_out: bytes.len() - held,
                 bytes,
                 context,
             });
@@ -334,6 +351,21 @@ impl Task {
     /// Whether the task needs a causal model.
     pub fn causal(&self) -> bool {
         matches!(self, Self::Text { .. })
+    }
+
+    /// How a text task's file is split between training and held-out windows (for banners).
+    pub fn split_note(&self) -> Option<String> {
+        match self {
+            Self::Text {
+                bytes, held_out, ..
+            } => Some(format!(
+                "{} bytes: training windows from the first {held_out}, held-out windows from \
+                 the last {} ({HELD_OUT_PERCENT} %)",
+                bytes.len(),
+                bytes.len() - held_out
+            )),
+            _ => None,
+        }
     }
 
     /// The sizes the task can be tested at one by one (`Split::Size`), and what a size is.
@@ -524,8 +556,17 @@ impl Task {
                     ..Example::default()
                 }
             }
-            Self::Text { bytes, context, .. } => {
-                let start = rng.gen_range(0..bytes.len() - context - 1);
+            Self::Text {
+                bytes,
+                context,
+                held_out,
+                ..
+            } => {
+                let window = context + 1;
+                let start = match split {
+                    Split::Train => rng.gen_range(0..=*held_out - window),
+                    Split::Test | Split::Size(_) => rng.gen_range(*held_out..=bytes.len() - window),
+                };
                 let window = &bytes[start..start + context + 1];
                 Example {
                     tokens: window[..*context].iter().map(|&b| b as usize).collect(),

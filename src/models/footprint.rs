@@ -1,0 +1,115 @@
+//! What a model needs in memory for a run, estimated from its configuration before anything is
+//! allocated: its parameters counted exactly (the model's structure built with a counting
+//! [`Init`], which allocates none of them), its layers' activations from the rule's plan
+//! (`explain`'s cost model), and the embeddings and heads around the layers. f32 throughout.
+//!
+//! The estimate is meant to be near the peak, a little above it rather than below: the
+//! reliability tests compare it with the peak heap of real runs.
+
+use dfdx::prelude::Cpu;
+
+use super::{Model, ModelConfig};
+use crate::error::Result;
+use crate::memory::Estimate;
+use crate::nn::Init;
+use crate::rules::explain::plan_cost;
+
+/// What the run does with the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Forward passes without gradients.
+    Forward,
+    /// Training steps (AdamW), the batch run as `shards` at once.
+    Train { shards: usize },
+}
+
+const F32: u64 = 4;
+
+/// Parameter elements of the model `config` describes, counted without allocating them. The
+/// layers are alike, so a model of one layer and one of two are counted and the rest is
+/// extrapolated: a huge depth costs nothing to count.
+pub fn parameter_count(config: &ModelConfig, rule_source: Option<&str>) -> Result<u64> {
+    let count = |c: &ModelConfig| -> Result<u64> {
+        let init = Init::counting(&Cpu::default());
+        Model::<f32, Cpu>::new(c, rule_source, &init)?;
+        Ok(init.counted().unwrap_or(0))
+    };
+    let depth = config.depth() as u64;
+    if depth <= 2 {
+        return count(config);
+    }
+    let one = count(&config.with_depth(1))?;
+    let per_layer = count(&config.with_depth(2))?.saturating_sub(one);
+    Ok(one.saturating_add(per_layer.saturating_mul(depth - 1)))
+}
+
+/// The memory a run of `config` on `batch` sequences of `n` tokens needs, part by part.
+pub fn estimate(
+    config: &ModelConfig,
+    rule_source: Option<&str>,
+    batch: usize,
+    n: usize,
+    run: Use,
+) -> Result<Estimate> {
+    let params = parameter_count(config, rule_source)?;
+    let (b, n) = (batch as f64, n as f64);
+    // elements: kept for the backward pass (training) or alive at the peak (forward)
+    let activations = match config {
+        ModelConfig::Graph(g) => {
+            let rule = match rule_source {
+                Some(src) => crate::rules::Rule::parse(&g.rule, src)?,
+                None => crate::rules::Rule::resolve(&g.rule)?,
+            };
+            let plan = rule.plan(&g.rule_config())?;
+            let layer = plan_cost(&plan, batch, n as usize).elements;
+            let (dim, de) = (g.dim as f64, g.dim_edges as f64);
+            let edges = b * n * n * de;
+            // token + position embeddings, the edge embedding (outer sum, projection, norm,
+            // position bias), the final norm and the logits with their log-softmax
+            let around = 4.0 * b * n * dim
+                + 5.0 * edges
+                + 3.0 * b * n * g.num_tokens as f64
+                + if g.io.edge_classes > 0 {
+                    3.0 * b * n * n * (dim + g.io.edge_classes as f64)
+                } else {
+                    0.0
+                };
+            match run {
+                // one layer's working set at a time
+                Use::Forward => layer + around,
+                Use::Train { .. } => g.depth as f64 * layer + around,
+            }
+        }
+        ModelConfig::MultiStream(m) => {
+            let s = m.num_streams as f64;
+            let nodes = b * s * n * m.dim as f64;
+            let attention = b * s * (m.heads as f64) * n * n;
+            let inner = b * s * n * (m.heads * m.dim_head) as f64;
+            let layer = 8.0 * nodes + 4.0 * attention + 4.0 * inner + 3.0 * nodes * m.ff_mult;
+            let around = 4.0 * nodes + 3.0 * b * n * m.num_tokens as f64;
+            match run {
+                Use::Forward => layer + around,
+                Use::Train { .. } => m.depth as f64 * layer + around,
+            }
+        }
+    };
+    let bytes = |elements: f64| (elements * F32 as f64).min(u64::MAX as f64) as u64;
+    let mut e = Estimate::default();
+    match run {
+        Use::Forward => {
+            e.add("parameters", params.saturating_mul(F32));
+            e.add("activations", bytes(activations));
+        }
+        Use::Train { shards } => {
+            // values, AdamW's two moments, and one gradient per shard until they are summed
+            let copies = 3 + shards.max(1) as u64;
+            e.add(
+                "parameters, moments and gradients",
+                params.saturating_mul(F32).saturating_mul(copies),
+            );
+            // what the tape keeps, and the gradients of it during the backward pass
+            e.add("activations and their gradients", bytes(2.0 * activations));
+        }
+    }
+    Ok(e)
+}

@@ -279,6 +279,58 @@ fn main() {
             }
             return;
         }
+        "footprint" => {
+            // the memory estimate a run is checked against before it allocates
+            // (quartic::models::footprint) next to the peak live heap of the run itself
+            use quartic::models::footprint::{estimate, Use};
+            println!("| model | run | batch × n | estimate | measured peak | estimate / peak |");
+            println!("| --- | --- | --- | --- | --- | --- |");
+            for rule in [
+                "baseline",
+                "taylor",
+                "relational",
+                "triangle",
+                "routed",
+                "quartic",
+            ] {
+                for (b, n) in [(8, 32), (2, 64), (1, 128)] {
+                    let config = workloads::rule_model_config(rule, n);
+                    for run in [Use::Forward, Use::Train { shards: 2 }] {
+                        let mib = |x: u64| x as f64 / (1 << 20) as f64;
+                        let want = mib(estimate(&config, None, b, n, run)
+                            .expect("estimates")
+                            .total());
+                        let base = reset_peak();
+                        let mut model = quartic::models::Model::<f32, Cpu>::new(
+                            &config,
+                            None,
+                            &quartic::nn::Init::random(&dev, 0),
+                        )
+                        .expect("builds");
+                        match run {
+                            Use::Forward => workloads::forward(&model, b, n),
+                            Use::Train { .. } => {
+                                let mut adam = AdamState::default();
+                                workloads::train_step(&mut model, &mut adam, b, n);
+                                workloads::train_step(&mut model, &mut adam, b, n);
+                            }
+                        }
+                        let got = peak_since(base);
+                        drop(model);
+                        let name = if matches!(run, Use::Forward) {
+                            "forward"
+                        } else {
+                            "train step"
+                        };
+                        println!(
+                            "| {rule} | {name} | {b} × {n} | {want:.1} MiB | {got:.1} MiB | {:.2} |",
+                            want / got
+                        );
+                    }
+                }
+            }
+            return;
+        }
         other => {
             eprintln!("unknown workload `{other}`");
             std::process::exit(2);

@@ -25,6 +25,10 @@ pub enum Use {
 
 const F32: u64 = 4;
 
+/// A layer's intermediates alive at once, in units of what it keeps for the backward pass
+/// (measured: `cargo run --release --example speed -- footprint`).
+const TRANSIENT: f64 = 3.0;
+
 /// Parameter elements of the model `config` describes, counted without allocating them. The
 /// layers are alike, so a model of one layer and one of two are counted and the rest is
 /// extrapolated: a huge depth costs nothing to count.
@@ -75,9 +79,10 @@ pub fn estimate(
                     0.0
                 };
             match run {
-                // one layer's working set at a time
-                Use::Forward => layer + around,
-                Use::Train { .. } => g.depth as f64 * layer + around,
+                // one layer at a time, with the copies its operations make on the way (the
+                // cost model counts what is kept, not every intermediate)
+                Use::Forward => TRANSIENT * layer + around,
+                Use::Train { .. } => g.depth as f64 * layer + TRANSIENT * layer + around,
             }
         }
         ModelConfig::MultiStream(m) => {
@@ -88,8 +93,8 @@ pub fn estimate(
             let layer = 8.0 * nodes + 4.0 * attention + 4.0 * inner + 3.0 * nodes * m.ff_mult;
             let around = 4.0 * nodes + 3.0 * b * n * m.num_tokens as f64;
             match run {
-                Use::Forward => layer + around,
-                Use::Train { .. } => m.depth as f64 * layer + around,
+                Use::Forward => TRANSIENT * layer + around,
+                Use::Train { .. } => m.depth as f64 * layer + TRANSIENT * layer + around,
             }
         }
     };

@@ -583,8 +583,17 @@ fn attend_cost(plan: &Plan, a: &AttendOp, b: usize, n: usize) -> Cost {
         )
     } else {
         let pairs = problems * h * nq_f * nk_f;
-        // the fused kernel keeps the weights for the backward pass and recomputes the scores
-        (pairs * (4.0 * d + 6.0), pairs)
+        // weights that are returned or mixed across heads are stored (the weights kernel);
+        // otherwise the blocked kernel keeps one normalizer per query and head, and its
+        // backward recomputes the scores
+        let kept = if a.probs || a.talking {
+            pairs
+        } else {
+            problems * h * nq_f
+        };
+        // a score bias is laid out per (problem, head, query, key) and kept as well
+        let kept = kept + if a.bias.is_some() { pairs } else { 0.0 };
+        (pairs * (4.0 * d + 6.0), kept)
     };
     let params = (a.query.channels as f64 + 2.0 * a.key.channels as f64) * inner
         + inner * a.outputs as f64

@@ -28,6 +28,25 @@ pub trait Real:
     fn as_f64(self) -> f64 {
         num_traits::ToPrimitive::to_f64(&self).expect("every float converts to f64")
     }
+    /// `max(self, floor)` that keeps a NaN (`Float::max` returns `floor` for a NaN `self`,
+    /// which would turn a NaN into a number).
+    #[inline(always)]
+    fn at_least(self, floor: Self) -> Self {
+        if self < floor {
+            floor
+        } else {
+            self
+        }
+    }
+    /// The larger of two, NaN if either is (a running maximum must not skip a NaN).
+    #[inline(always)]
+    fn max_or_nan(self, other: Self) -> Self {
+        if self.is_nan() || self > other {
+            self
+        } else {
+            other
+        }
+    }
     /// `x ← exp(x)` over a slice (vectorized for f32; exact `exp` otherwise).
     fn exp_slice(xs: &mut [Self]) {
         xs.iter_mut().for_each(|x| *x = x.exp());

@@ -203,7 +203,8 @@ fn hide<E: Real>(row: &mut [E], visible: impl Fn(usize) -> bool) {
     }
 }
 
-/// The maximum of a row, in eight lanes (a plain fold does not vectorize).
+/// The maximum of a row, in eight lanes (a plain fold does not vectorize); NaN if the row
+/// holds one, so that a NaN score reaches the output.
 #[inline]
 fn row_max<E: Real>(row: &[E]) -> E {
     let mut lanes = [E::neg_infinity(); 8];
@@ -211,12 +212,12 @@ fn row_max<E: Real>(row: &[E]) -> E {
     let tail = chunks.remainder();
     for ch in chunks {
         for l in 0..8 {
-            lanes[l] = if ch[l] > lanes[l] { ch[l] } else { lanes[l] };
+            lanes[l] = ch[l].max_or_nan(lanes[l]);
         }
     }
     tail.iter()
         .chain(lanes.iter())
-        .fold(E::neg_infinity(), |m, &x| if x > m { x } else { m })
+        .fold(E::neg_infinity(), |m, &x| x.max_or_nan(m))
 }
 
 /// The sum of a row, in eight lanes.
@@ -492,7 +493,7 @@ impl<E: Real> Problem<E> {
                                 row.iter_mut().for_each(|x| *x = E::zero());
                                 continue;
                             }
-                            let new_max = if m > run_max[r] { m } else { run_max[r] };
+                            let new_max = m.max_or_nan(run_max[r]);
                             let correction = if run_max[r] == E::neg_infinity() {
                                 E::zero()
                             } else {
@@ -542,13 +543,14 @@ impl<E: Real> Problem<E> {
             }
             for r in 0..bq {
                 let (z, st) = match self.normalizer {
-                    Normalizer::Softmax if run_sum[r] > E::zero() => {
+                    // a NaN sum goes this way too, and on to the output
+                    Normalizer::Softmax if !(run_sum[r] <= E::zero()) => {
                         (run_sum[r], run_max[r] + run_sum[r].ln())
                     }
                     Normalizer::Softmax => (E::zero(), E::neg_infinity()),
-                    Normalizer::Taylor { eps } => (run_sum[r].max(E::of(eps)), run_sum[r]),
+                    Normalizer::Taylor { eps } => (run_sum[r].at_least(E::of(eps)), run_sum[r]),
                 };
-                let inv = if z > E::zero() {
+                let inv = if !(z <= E::zero()) {
                     E::one() / z
                 } else {
                     E::zero()
@@ -665,7 +667,7 @@ impl<E: Real> Problem<E> {
                             E::exp_slice(prow);
                         }
                         Normalizer::Taylor { eps } => {
-                            let inv_z = E::one() / stat[i].max(E::of(eps));
+                            let inv_z = E::one() / stat[i].at_least(E::of(eps));
                             let half = E::of(0.5);
                             for (pv, &x) in prow.iter_mut().zip(srow) {
                                 *pv = (E::one() + x + x * x * half) * inv_z;
@@ -721,7 +723,7 @@ impl<E: Real> Problem<E> {
                         }
                         Normalizer::Taylor { eps } => {
                             let eps = E::of(eps);
-                            let inv_z = E::one() / stat[i].max(eps);
+                            let inv_z = E::one() / stat[i].at_least(eps);
                             // the clamp passes the gradient only where Σw ≥ eps
                             let through = if stat[i] >= eps { dsum[i] } else { E::zero() };
                             for (dv, &x) in drow.iter_mut().zip(srow) {

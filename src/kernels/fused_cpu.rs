@@ -161,8 +161,9 @@ impl<E: Real> WeightsProblem<E> {
             Normalizer::Softmax => {
                 let mut max = E::neg_infinity();
                 for (j, &x) in t.iter().enumerate() {
-                    if vis(j) && x > max {
-                        max = x;
+                    if vis(j) {
+                        // a NaN score makes the row NaN rather than being skipped
+                        max = x.max_or_nan(max);
                     }
                 }
                 if max == E::neg_infinity() {
@@ -188,7 +189,7 @@ impl<E: Real> WeightsProblem<E> {
                     };
                     sum = sum + *pj;
                 }
-                let z = sum.max(E::of(eps));
+                let z = sum.at_least(E::of(eps));
                 p.iter_mut().for_each(|x| *x = *x / z);
                 sum
             }
@@ -261,7 +262,7 @@ impl<E: Real> WeightsProblem<E> {
                             }
                             Normalizer::Taylor { eps } => {
                                 let eps = E::of(eps);
-                                let z = sum.max(eps);
+                                let z = sum.at_least(eps);
                                 // clamp passes the gradient only where Σw ≥ eps
                                 let through = if sum >= eps { pg } else { E::zero() };
                                 for j in 0..nk {

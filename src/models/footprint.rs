@@ -38,6 +38,16 @@ pub fn parameter_count(config: &ModelConfig, rule_source: Option<&str>) -> Resul
         Model::<f32, Cpu>::new(c, rule_source, &init)?;
         Ok(init.counted().unwrap_or(0))
     };
+    if config.depth() > super::MAX_LAYERS {
+        return Err(crate::error::Error::config(
+            "model",
+            format!(
+                "`depth` {} is more than {} layers",
+                config.depth(),
+                super::MAX_LAYERS
+            ),
+        ));
+    }
     let depth = config.depth() as u64;
     if depth <= 2 {
         return count(config);

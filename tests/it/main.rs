@@ -11,6 +11,7 @@ mod nn;
 mod parity;
 mod patterns;
 mod pointwise;
+mod reliability;
 mod routing;
 mod rule_errors;
 mod rules;

@@ -73,6 +73,8 @@ pub struct ExperimentArgs {
     /// Output directory
     #[arg(long, default_value = "runs/experiment")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub budget: super::budget::Budget,
 }
 
 fn commit() -> String {
@@ -108,6 +110,7 @@ pub fn run(args: &ExperimentArgs) -> quartic::Result<()> {
         },
         jobs: args.jobs.unwrap_or(defaults.jobs),
         out: args.out.clone(),
+        memory: args.budget.max_memory,
     };
     // (task, steps, batch): flags win over the suite's per-task settings
     let tasks: Vec<(String, usize, usize)> = match &args.task {

@@ -14,9 +14,12 @@ use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::memory::{Estimate, Limit};
+use crate::models::footprint::{estimate, Use};
 use crate::models::{Model, ModelConfig};
 use crate::nn::Init;
 use crate::rules::{explain::plan_cost, Rule};
+use crate::train::shards::DEFAULT_SHARDS;
 use crate::train::tasks::Split;
 use crate::train::trainer::{self, Silent, Start, TrainConfig};
 use crate::train::Task;
@@ -39,6 +42,9 @@ pub struct ExperimentConfig {
     /// Runs trained at once (each on its own thread).
     pub jobs: usize,
     pub out: PathBuf,
+    /// The memory the runs at once may take, checked against their estimate before any starts.
+    #[serde(skip)]
+    pub memory: Limit,
 }
 
 impl Default for ExperimentConfig {
@@ -58,6 +64,7 @@ impl Default for ExperimentConfig {
             widths: Widths::default(),
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             out: PathBuf::from("runs/experiment"),
+            memory: Limit::Available,
         }
     }
 }
@@ -183,6 +190,26 @@ pub fn run_task(
     let jobs: Vec<(usize, u64)> = (0..matched.len())
         .flat_map(|r| (0..cfg.seeds as u64).map(move |s| (r, s)))
         .collect();
+    // refuse, before any run starts, a rule whose runs (as many at once as there are jobs)
+    // cannot fit
+    let at_once = cfg.jobs.clamp(1, jobs.len()) as u64;
+    for m in &matched {
+        let one = estimate(
+            &ModelConfig::Graph(m.config.clone()),
+            None,
+            cfg.batch,
+            task.max_len(),
+            Use::Train {
+                shards: DEFAULT_SHARDS,
+            },
+        )?;
+        let mut all = Estimate::default();
+        for (what, bytes) in one.parts {
+            all.add(what, bytes.saturating_mul(at_once));
+        }
+        cfg.memory
+            .check(&format!("{at_once} runs of `{}` at once", m.rule), &all)?;
+    }
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let results: Mutex<Vec<Result<RunResult>>> = Mutex::new(Vec::new());

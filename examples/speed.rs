@@ -3,8 +3,9 @@
 //! one of readme-forward, readme-train, small-train, quartic-64, quartic-128 (an optional second
 //! argument sets the number of timed repeats, for profiling). Prints one line:
 //! workload, median seconds over the repeats, peak resident memory (VmHWM). Also `readme-flops`
-//! (achieved FLOP/s against the matmul peak) and `scaling` (one layer of each built-in rule
-//! against n: time and peak live heap, with fitted exponents).
+//! (achieved FLOP/s against the matmul peak), `scaling` (one layer of each built-in rule
+//! against n: time and peak live heap, with fitted exponents) and `footprint` (the memory
+//! estimate a run is checked against, next to the run's measured peak heap).
 
 #[path = "../benches/workloads.rs"]
 mod workloads;

@@ -101,6 +101,16 @@ fn slope(x: &[f64], y: &[f64]) -> f64 {
     cov / var
 }
 
+/// The built-in rules, cheapest first.
+const RULES: [&str; 6] = [
+    "baseline",
+    "taylor",
+    "relational",
+    "triangle",
+    "routed",
+    "quartic",
+];
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     v[v.len() / 2]
@@ -196,14 +206,7 @@ fn main() {
             // squares in log-log) next to the one explain predicts for FLOPs
             println!("| rule | n = 16 | n = 32 | n = 64 | n = 128 | fitted exponent: time | memory | explain's FLOPs |");
             println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-            for rule in [
-                "baseline",
-                "taylor",
-                "relational",
-                "triangle",
-                "routed",
-                "quartic",
-            ] {
+            for rule in RULES {
                 let num = |k: &str, v: f64| (k.to_string(), quartic::rules::Const::Num(v));
                 let rule_src = quartic::rules::Rule::builtin(rule).expect("built in");
                 let declared: Vec<String> =
@@ -286,14 +289,7 @@ fn main() {
             use quartic::models::footprint::{estimate, Use};
             println!("| model | run | batch × n | estimate | measured peak | estimate / peak |");
             println!("| --- | --- | --- | --- | --- | --- |");
-            for rule in [
-                "baseline",
-                "taylor",
-                "relational",
-                "triangle",
-                "routed",
-                "quartic",
-            ] {
+            for rule in RULES {
                 for (b, n) in [(8, 32), (2, 64), (1, 128)] {
                     let config = workloads::rule_model_config(rule, n);
                     for run in [Use::Forward, Use::Train { shards: 2 }] {

@@ -48,10 +48,8 @@ fn too_large(path: &Path, what: &str, cap: u64) -> Error {
     )
 }
 
-/// Reads at most `cap` bytes of `path` (`what` names it in errors: "the rule"); a longer file
-/// is an error that names the cap, and nothing past it is read (a regular file's size is
-/// checked before reading at all).
-pub fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+/// Opens `path` for reading, refusing a folder and a regular file longer than `cap`.
+fn open_capped(path: &Path, cap: u64, what: &str) -> Result<std::fs::File> {
     let file =
         std::fs::File::open(path).map_err(|e| io(path, format!("cannot read {what}: {e}")))?;
     if let Ok(meta) = file.metadata() {
@@ -62,6 +60,14 @@ pub fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
             return Err(too_large(path, what, cap));
         }
     }
+    Ok(file)
+}
+
+/// Reads at most `cap` bytes of `path` (`what` names it in errors: "the rule"); a longer file
+/// is an error that names the cap, and nothing past it is read (a regular file's size is
+/// checked before reading at all).
+pub fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    let file = open_capped(path, cap, what)?;
     let mut data = Vec::new();
     file.take(cap + 1)
         .read_to_end(&mut data)
@@ -79,16 +85,7 @@ pub fn read_safetensors_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<
     /// safetensors' own limit on the header.
     const MAX_HEADER: u64 = 100_000_000;
     let not_one = |m: String| io(path, format!("{what} is not a safetensors file: {m}"));
-    let mut file =
-        std::fs::File::open(path).map_err(|e| io(path, format!("cannot read {what}: {e}")))?;
-    if let Ok(meta) = file.metadata() {
-        if meta.is_dir() {
-            return Err(io(path, format!("cannot read {what}: it is a folder")));
-        }
-        if meta.is_file() && meta.len() > cap {
-            return Err(too_large(path, what, cap));
-        }
-    }
+    let mut file = open_capped(path, cap, what)?;
     let read = |file: &mut std::fs::File, buf: &mut Vec<u8>, n: u64| -> Result<()> {
         let got = file
             .take(n)

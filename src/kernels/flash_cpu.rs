@@ -203,8 +203,9 @@ fn hide<E: Real>(row: &mut [E], visible: impl Fn(usize) -> bool) {
     }
 }
 
-/// The maximum of a row, in eight lanes (a plain fold does not vectorize); NaN if the row
-/// holds one, so that a NaN score reaches the output.
+/// The maximum of a row, in eight lanes (a plain fold does not vectorize). NaN is skipped:
+/// it reaches the output through `exp`, and a row of NaN alone is told apart from a row with
+/// no visible key where the maximum is −∞ (off the hot path).
 #[inline]
 fn row_max<E: Real>(row: &[E]) -> E {
     let mut lanes = [E::neg_infinity(); 8];
@@ -212,12 +213,12 @@ fn row_max<E: Real>(row: &[E]) -> E {
     let tail = chunks.remainder();
     for ch in chunks {
         for l in 0..8 {
-            lanes[l] = ch[l].max_or_nan(lanes[l]);
+            lanes[l] = if ch[l] > lanes[l] { ch[l] } else { lanes[l] };
         }
     }
     tail.iter()
         .chain(lanes.iter())
-        .fold(E::neg_infinity(), |m, &x| x.max_or_nan(m))
+        .fold(E::neg_infinity(), |m, &x| if x > m { x } else { m })
 }
 
 /// The sum of a row, in eight lanes.
@@ -490,10 +491,17 @@ impl<E: Real> Problem<E> {
                             }
                             let m = row_max(row);
                             if m == E::neg_infinity() {
-                                row.iter_mut().for_each(|x| *x = E::zero());
+                                // no visible key, or nothing but NaN: a NaN must not vanish
+                                let nan = row.iter().any(|x| x.is_nan());
+                                let fill = if nan { E::nan() } else { E::zero() };
+                                if nan {
+                                    run_max[r] = E::nan();
+                                    run_sum[r] = E::nan();
+                                }
+                                row.iter_mut().for_each(|x| *x = fill);
                                 continue;
                             }
-                            let new_max = m.max_or_nan(run_max[r]);
+                            let new_max = if m > run_max[r] { m } else { run_max[r] };
                             let correction = if run_max[r] == E::neg_infinity() {
                                 E::zero()
                             } else {

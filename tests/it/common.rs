@@ -178,3 +178,17 @@ pub fn small_multistream(
         reference_diversity: false,
     }
 }
+
+/// Stops a training run after `at` steps, as Ctrl-C would.
+pub struct StopAt<'a> {
+    pub at: usize,
+    pub flag: &'a std::sync::atomic::AtomicBool,
+}
+
+impl quartic::train::trainer::Progress for StopAt<'_> {
+    fn step(&mut self, r: &quartic::train::trainer::StepRecord) {
+        if r.step == self.at {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}

@@ -13,7 +13,9 @@ use quartic::rules::{Const, Rule, RuleConfig};
 use quartic::train::checkpoint::{self, TrainState};
 use quartic::train::run_dir::RunDir;
 use quartic::train::tasks::Split;
-use quartic::train::trainer::{self, Progress, Start, StepRecord, TrainConfig};
+use quartic::train::trainer::{self, Start, TrainConfig};
+
+use crate::common::StopAt;
 use quartic::train::Task;
 use quartic::Error;
 use rand::SeedableRng;
@@ -414,19 +416,6 @@ fn tiny_model() -> ModelConfig {
     let mut g = graph_config("taylor", task.num_tokens(), task.max_len());
     g.depth = 1;
     ModelConfig::Graph(g)
-}
-
-struct StopAt<'a> {
-    at: usize,
-    flag: &'a AtomicBool,
-}
-
-impl Progress for StopAt<'_> {
-    fn step(&mut self, r: &StepRecord) {
-        if r.step == self.at {
-            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
 }
 
 /// A run stopped after `at` of `steps` steps, with its checkpoint in `out`.

@@ -69,15 +69,27 @@ fn started_train(out: &Path) -> (Child, impl Read) {
     (child, lines)
 }
 
-fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+/// Waits (at most a minute) for `child` to exit: its status and what it wrote to stderr.
+fn finish(child: &mut Child) -> (std::process::ExitStatus, String) {
     let started = Instant::now();
-    loop {
+    let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            break status;
         }
-        assert!(started.elapsed() < limit, "the run did not stop");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run did not stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, err)
 }
 
 #[test]
@@ -93,14 +105,7 @@ fn signals_save_a_checkpoint_and_exit_with_128_plus_the_signal() {
         // the rest of standard output, up to the notice the run prints when it stops
         let mut text = String::new();
         lines.read_to_string(&mut text).unwrap();
-        let status = wait(&mut child, Duration::from_secs(60));
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (status, err) = finish(&mut child);
         assert_eq!(status.code(), Some(code), "SIG{signal}: {err}");
         assert!(text.contains("checkpoint saved"), "SIG{signal}: {text}");
         assert!(err.contains(&format!("stopped by SIG{signal}")), "{err}");
@@ -119,28 +124,14 @@ fn a_closed_standard_output_ends_the_command_quietly() {
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = finish(&mut child);
     assert_eq!(status.code(), Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     // train: stops at the next line it would print, saving its checkpoint
     let out = tmp("pipe");
     let (mut child, stdout) = started_train(&out);
     drop(stdout);
-    let status = wait(&mut child, Duration::from_secs(60));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = finish(&mut child);
     assert_eq!(status.code(), Some(141), "{err}");
     assert!(err.contains("checkpoint saved"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

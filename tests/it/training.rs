@@ -1,14 +1,16 @@
 //! Training: resumed runs equal uninterrupted ones, losses and logits match their snapshots,
 //! checkpoints round-trip, bad states are not saved, task labels follow their definitions.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use dfdx::prelude::*;
 use quartic::models::{Model, ModelConfig, QuarticConfig, RelationalConfig};
 use quartic::nn::{HasParams, Init};
 use quartic::train::checkpoint::{self, TrainState};
 
-use quartic::train::trainer::{self, Progress, Start, StepRecord, TrainConfig};
+use quartic::train::trainer::{self, Start, TrainConfig};
+
+use crate::common::StopAt;
 
 fn tiny_model(causal: bool, num_tokens: usize, max_len: usize) -> ModelConfig {
     let mut q = QuarticConfig::readme();
@@ -41,19 +43,6 @@ fn tmp(name: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("quartic-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     p
-}
-
-/// Stops the run after `at` steps, as Ctrl-C would.
-struct StopAt<'a> {
-    at: usize,
-    flag: &'a AtomicBool,
-}
-impl Progress for StopAt<'_> {
-    fn step(&mut self, r: &StepRecord) {
-        if r.step == self.at {
-            self.flag.store(true, Ordering::SeqCst);
-        }
-    }
 }
 
 #[test]

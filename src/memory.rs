@@ -131,17 +131,30 @@ pub fn available() -> Option<u64> {
     }
 }
 
+/// The control group's limit less what its processes hold in anonymous memory (the page
+/// cache it also counts is given back under pressure: after a build it can fill the group).
 fn cgroup_remaining() -> Option<u64> {
     let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
-    // cgroup v2, then v1; "max" (no limit) does not parse
+    let stat = |p: &str, key: &str| -> Option<u64> {
+        std::fs::read_to_string(p).ok()?.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+    };
+    // cgroup v2, then v1; "max" (no limit) does not parse, and v1 says "no limit" with a
+    // huge number
     let (limit, used) = match read("/sys/fs/cgroup/memory.max") {
-        Some(l) => (l, read("/sys/fs/cgroup/memory.current")?),
+        Some(limit) => (
+            limit,
+            stat("/sys/fs/cgroup/memory.stat", "anon")
+                .or_else(|| read("/sys/fs/cgroup/memory.current"))?,
+        ),
         None => (
             read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
-            read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+            stat("/sys/fs/cgroup/memory/memory.stat", "total_rss")
+                .or_else(|| read("/sys/fs/cgroup/memory/memory.usage_in_bytes"))?,
         ),
     };
-    // v1 reports "no limit" as a huge number
     (limit < 1 << 60).then(|| limit.saturating_sub(used))
 }
 

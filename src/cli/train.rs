@@ -337,8 +337,14 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
             eprintln!("stopped by {}", signal_name(sig));
             return Ok(128 + sig as u8);
         }
-        // the reader of standard output went away: main exits as SIGPIPE would
-        return Ok(0);
+        if output::stdout_closed() {
+            // the reader of standard output went away: main exits as SIGPIPE would
+            return Ok(0);
+        }
+        return Err(quartic::Error::Io {
+            path: output::STDOUT.into(),
+            message: "writing to it failed; the run stopped after saving a checkpoint".into(),
+        });
     }
     if let Some((loss, acc)) = report.eval {
         say!("held-out: loss {loss:.4}, accuracy {:.2}%", acc * 100.0)?;

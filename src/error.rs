@@ -24,7 +24,7 @@ pub enum Error {
     Device(String),
     /// A rule program that does not check: located, with the source line and a hint.
     #[error("{0}")]
-    Rule(Box<crate::rules::Diagnostic>),
+    Rule(Box<crate::diagnostic::Diagnostic>),
     /// Reading or writing a file (fixtures, checkpoints).
     #[error("{path}: {message}")]
     Io { path: String, message: String },

@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod backend;
+pub mod diagnostic;
 pub mod error;
 pub mod experiment;
 pub mod files;

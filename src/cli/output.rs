@@ -57,7 +57,7 @@ pub(crate) use say;
 /// name, a token or a rule's bytes cannot drive the user's terminal.
 pub fn escaped(text: &str) -> String {
     text.split('\n')
-        .map(quartic::rules::diagnostic::escape_controls)
+        .map(quartic::diagnostic::escape_controls)
         .collect::<Vec<_>>()
         .join("\n")
 }

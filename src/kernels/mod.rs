@@ -7,7 +7,6 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod edge_attention_cpu;
-pub mod fastmath;
 pub mod flash_cpu;
 pub mod fused_cpu;
 pub mod linear_algebra;

@@ -1,6 +1,6 @@
 //! The syntax tree of a rule program, every node with its span.
 
-use super::diagnostic::Span;
+use crate::diagnostic::Span;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ident {

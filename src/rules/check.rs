@@ -5,8 +5,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::ast::*;
-use super::diagnostic::{Checked, RuleError, Span};
 use super::ir::*;
+use crate::diagnostic::{Checked, RuleError, Span};
 
 /// The most free indices one expression may carry (n³ elements per channel).
 pub const MAX_INDICES: usize = 3;

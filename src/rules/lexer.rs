@@ -1,7 +1,7 @@
 //! Source text → tokens. Newlines end statements except inside brackets, so a long call may
 //! span lines; `#` starts a comment that runs to the end of the line.
 
-use super::diagnostic::{Checked, RuleError, Span};
+use crate::diagnostic::{Checked, RuleError, Span};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Tok {

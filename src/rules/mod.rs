@@ -8,7 +8,7 @@
 
 pub mod ast;
 pub mod check;
-pub mod diagnostic;
+
 pub mod explain;
 pub mod interp;
 pub mod ir;
@@ -17,8 +17,8 @@ pub mod layout;
 pub mod lexer;
 pub mod parser;
 
+pub use crate::diagnostic::Diagnostic;
 pub use check::RuleConfig;
-pub use diagnostic::Diagnostic;
 pub use ir::{Const, Plan};
 pub use layer::RuleLayer;
 
@@ -43,7 +43,7 @@ pub struct Rule {
     program: ast::Program,
 }
 
-fn located(file: &str, source: &str, e: diagnostic::RuleError) -> Error {
+fn located(file: &str, source: &str, e: crate::diagnostic::RuleError) -> Error {
     Error::Rule(Box::new(Diagnostic::at(
         file, source, e.span, e.message, e.hint,
     )))

@@ -15,8 +15,8 @@
 //! ```
 
 use super::ast::*;
-use super::diagnostic::{Checked, RuleError, Span};
 use super::lexer::{Tok, Token};
+use crate::diagnostic::{Checked, RuleError, Span};
 
 pub fn parse(tokens: &[Token]) -> Checked<Program> {
     let mut p = Parser {

@@ -3,6 +3,8 @@
 //! Everything is generic over the element type (f32 for models, f64 for gradient checks), the
 //! dfdx device and the tape. Shapes are runtime-sized: graphs change size from batch to batch.
 
+pub mod fastmath;
+
 use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
@@ -66,10 +68,10 @@ pub trait Real:
 }
 impl Real for f32 {
     fn exp_slice(xs: &mut [Self]) {
-        crate::kernels::fastmath::exp_f32(xs)
+        fastmath::exp_f32(xs)
     }
     fn normal_cdf_pdf(x: &[Self], cdf: &mut [Self], pdf: Option<&mut [Self]>) {
-        crate::kernels::fastmath::normal_cdf_pdf_f32(x, cdf, pdf)
+        fastmath::normal_cdf_pdf_f32(x, cdf, pdf)
     }
 }
 impl Real for f64 {}

@@ -10,11 +10,12 @@ static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dfdx::prelude::*;
 use quartic::graph::{Edges, GraphMask};
-use quartic::kernels::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
-use quartic::kernels::taylor::{taylor_attend, TaylorForm};
-use quartic::kernels::visibility::Visibility;
-use quartic::kernels::weights::{weights_composite, Normalizer, WeightsSpec};
-use quartic::kernels::{attention::attend, attention::AttendInputs, fused_cpu::weights_fused};
+use quartic::kernels::cpu::fused::weights_fused;
+use quartic::ops::attention::{attend, AttendInputs};
+use quartic::ops::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
+use quartic::ops::taylor::{taylor_attend, TaylorForm};
+use quartic::ops::weights::{weights_composite, Normalizer, WeightsSpec};
+use quartic::spec::visibility::Visibility;
 use rand::{Rng, SeedableRng};
 
 type T4 = Tensor<(usize, usize, usize, usize), f32, Cpu>;

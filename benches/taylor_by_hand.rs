@@ -5,11 +5,11 @@
 use dfdx::prelude::*;
 use quartic::backend::Backend;
 use quartic::graph::{Edges, GraphMask, Nodes};
-use quartic::kernels::attention::{attend, AttendInputs};
-use quartic::kernels::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
-use quartic::kernels::taylor::TaylorForm;
-use quartic::kernels::weights::{Normalizer, WeightsSpec};
 use quartic::nn::rows::{map_rows3, map_rows4};
+use quartic::ops::attention::{attend, AttendInputs};
+use quartic::ops::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
+use quartic::ops::taylor::TaylorForm;
+use quartic::ops::weights::{Normalizer, WeightsSpec};
 use quartic::rules::layer::{AttendBlock, Block};
 use quartic::rules::RuleLayer;
 use quartic::tensor::Real;

@@ -47,6 +47,8 @@ pub fn small_model(dev: &Cpu) -> Model<f32, Cpu> {
     Model::new(&ModelConfig::Graph(cfg), None, &Init::random(dev, 0)).expect("builds")
 }
 
+// the footprint table of examples/speed.rs; the criterion benches do not use it
+#[allow(dead_code)]
 /// A two-layer model of `rule` at the small model's widths (dim 64, dim_edges 16, 4 heads),
 /// vocabulary 256, for sequences of `n`.
 pub fn rule_model_config(rule: &str, n: usize) -> ModelConfig {

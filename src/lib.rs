@@ -1,10 +1,12 @@
 //! quartic-transformer: transformers over fully connected directed graphs whose n² edges carry
 //! their own features, updated by attention across edges.
 //!
-//! Layers, bottom up: [`tensor`] (aliases, the `Real` bound), [`kernels`] (attention weights,
-//! attention, Taylor linear attention, edge patterns, routing; composite and fused CPU forms),
-//! [`backend`] (which form runs on which device), [`graph`] (typed nodes, edges and masks),
-//! [`nn`] (parameters and blocks).
+//! Layers, bottom up (a module imports only lower ones; `tests/it/layers.rs` checks it):
+//! [`error`] and [`diagnostic`]; [`tensor`] (the `Real` bound, aliases, vector math) and
+//! [`files`]; [`spec`] (what the backend's two sides share) and [`memory`]; [`kernels`] (the
+//! CPU's fused kernels) and [`graph`] (typed nodes, edges and masks); [`backend`] (which ops a
+//! device fuses); [`ops`] (device-generic ops, composite beside dispatch); [`nn`] (blocks with
+//! parameters); [`rules`] (the rule language); [`models`]; [`train`]; [`experiment`].
 
 pub mod alloc;
 pub mod backend;
@@ -18,7 +20,9 @@ pub mod kernels;
 pub mod memory;
 pub mod models;
 pub mod nn;
+pub mod ops;
 pub mod rules;
+pub mod spec;
 pub mod tensor;
 pub mod threads;
 pub mod train;

@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use dfdx::prelude::*;
 use quartic::graph::{Edges, GraphMask};
-use quartic::kernels::fused_cpu::weights_fused;
-use quartic::kernels::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
-use quartic::kernels::taylor::TaylorForm;
-use quartic::kernels::weights::{weights_composite, Normalizer, WeightsSpec};
+use quartic::kernels::cpu::fused::weights_fused;
 use quartic::memory::Estimate;
+use quartic::ops::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
+use quartic::ops::taylor::TaylorForm;
+use quartic::ops::weights::{weights_composite, Normalizer, WeightsSpec};
 use rand::{Rng, SeedableRng};
 
 use super::budget::Budget;

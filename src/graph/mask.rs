@@ -5,7 +5,7 @@
 //! elements whose time is not later than its own. Edge (i, j) is real when i and j both are.
 
 use crate::error::{Error, Result};
-use crate::kernels::visibility::Visibility;
+use crate::spec::visibility::Visibility;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GraphMask {

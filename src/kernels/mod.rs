@@ -1,21 +1,5 @@
-//! Attention kernels: weights (softmax and Taylor), attention, Taylor linear attention, edge
-//! patterns and coordinate-descent routing; fused CPU forms of the pointwise chains (RMSNorm,
-//! GELU). Composite forms live beside fused CPU forms.
+//! Kernels of particular devices, below the backend: `cpu` holds the CPU's fused kernels
+//! (each with its own backward), the products they run on and the AVX2 pieces. The backend
+//! (`crate::backend`) calls them; nothing here calls up into the device-generic ops.
 
-pub mod affine_cpu;
-pub mod attention;
-#[cfg(target_arch = "x86_64")]
-mod avx2;
-pub mod edge_attention_cpu;
-pub mod flash_cpu;
-pub mod fused_cpu;
-pub mod linear_algebra;
-pub mod patterns;
-pub mod routing;
-pub mod rows_cpu;
-mod small_mm;
-pub mod taylor;
-#[cfg(target_arch = "x86_64")]
-mod taylor_lanes;
-pub mod visibility;
-pub mod weights;
+pub mod cpu;

@@ -237,7 +237,10 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         let problem = match (&self.edge_tokens, ids) {
             (Some(table), Some(ids)) => {
                 let embedded = table.forward::<T>(ids, batch, n)?;
-                return Edges::new(D::add_repeated(edges.into_tensor(), embedded)?);
+                return Edges::new(crate::ops::affine::add_repeated(
+                    edges.into_tensor(),
+                    embedded,
+                )?);
             }
             (None, None) => return Ok(edges),
             (Some(_), None) => "the model has edge inputs but no edge tokens were given",
@@ -271,7 +274,10 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         let x = match &self.pos_emb {
             Some(p) => {
                 let pos: Nodes<E, D, T> = p.positions(batch, n)?;
-                Nodes::new(D::add_repeated(x.into_tensor(), pos.into_tensor())?)
+                Nodes::new(crate::ops::affine::add_repeated(
+                    x.into_tensor(),
+                    pos.into_tensor(),
+                )?)
             }
             None => x,
         };
@@ -281,7 +287,7 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         let edges = match &self.pos_bias {
             Some(pb) => {
                 let bias: T3<E, D, T> = pb.forward(n)?;
-                Edges::new(D::add_repeated(edges.into_tensor(), bias)?)?
+                Edges::new(crate::ops::affine::add_repeated(edges.into_tensor(), bias)?)?
             }
             None => edges,
         };

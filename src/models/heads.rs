@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Direction, Edges, GraphMask, Nodes, Reduce};
-use crate::nn::activations::gelu_exact;
 use crate::nn::rows::{map_rows3, map_rows4};
 use crate::nn::{HasParams, Init, InitKind, Linear, Param, RmsKind, RmsNorm};
+use crate::ops::activations::gelu_exact;
 use crate::tensor::*;
 
 /// Where a model's predictions are read.

@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::kernels::visibility::Visibility;
-use crate::kernels::weights::{mix_heads, Normalizer, WeightsSpec};
-use crate::nn::activations::gelu_exact;
 use crate::nn::rows::{map_rows3, map_rows4};
 use crate::nn::{FeedForward, HasParams, Init, InitKind, Linear, Param, RmsKind, RmsNorm};
+use crate::ops::activations::gelu_exact;
+use crate::ops::weights::{mix_heads, Normalizer, WeightsSpec};
+use crate::spec::visibility::Visibility;
 use crate::tensor::*;
 
 fn d2() -> usize {
@@ -440,12 +440,12 @@ impl<E: Real, D: Device<E>> MultiStreamTransformer<E, D> {
                 visibility: vis.clone(),
             };
             let w = match &attn.pre {
-                None => D::attention_weights(q, k, None, None, &spec)?,
+                None => crate::ops::weights::weights(q, k, None, None, &spec)?,
                 Some(t) if t.is_linear() => {
                     let TalkingHeads::Linear(m) = t else {
                         unreachable!()
                     };
-                    D::attention_weights(q, k, None, Some(m.matrix::<T>()), &spec)?
+                    crate::ops::weights::weights(q, k, None, Some(m.matrix::<T>()), &spec)?
                 }
                 Some(t) => {
                     // non-linear pre-talking: scores → feedforward across heads → masked softmax

@@ -2,13 +2,13 @@
 
 use dfdx::prelude::*;
 
-use super::activations::silu;
 use super::linear::Linear;
 use super::norms::LayerNorm;
 use super::params::{HasParams, Init, InitKind, Param};
 use super::rows::map_rows4;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, Nodes};
+use crate::ops::activations::silu;
 use crate::tensor::*;
 
 /// A lookup table `[count, c]` (parameter `weight`, as PyTorch's `nn.Embedding`).
@@ -112,7 +112,7 @@ impl<E: Real, D: Device<E>> EdgeEmbed<E, D> {
         let targets = super::rows::map_rows3(x.into_tensor(), |t| {
             self.to_edges.forward(self.to_cols.forward(t)?)
         })?;
-        let outer = D::outer_sum(sources, targets)?;
+        let outer = crate::ops::affine::outer_sum(sources, targets)?;
         Edges::new(map_rows4(outer, |t| self.norm.forward(t))?)
     }
 }

@@ -1,15 +1,15 @@
 //! The original's feedforward: RMSNorm → Linear(c, c·mult) → exact GELU → Linear(c·mult, c),
-//! one fused kernel on the CPU ([`Backend::feedforward`]).
+//! one fused kernel on the CPU ([`crate::ops::feedforward::feedforward`]).
 
 use dfdx::prelude::*;
 
-use super::activations::gelu_exact;
 use super::linear::Linear;
 use super::norms::{RmsKind, RmsNorm};
 use super::params::{HasParams, Init, Param};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::kernels::rows_cpu::FeedForwardParams;
+use crate::ops::activations::gelu_exact;
+use crate::spec::FeedForwardParams;
 use crate::tensor::*;
 
 pub struct FeedForward<E: Real, D: Device<E>> {
@@ -89,7 +89,7 @@ impl<E: Real, D: Device<E>> FeedForward<E, D> {
             w_out: self.proj_out.weight.matrix::<T>(),
             kind: self.norm.kind,
         };
-        D::feedforward(x, params)
+        crate::ops::feedforward::feedforward(x, params)
     }
 }
 

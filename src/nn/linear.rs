@@ -51,7 +51,7 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
                 c,
             ));
         }
-        D::linear(
+        crate::ops::affine::linear(
             x,
             self.weight.matrix::<T>(),
             self.bias.as_ref().map(|b| b.vector::<T>()),

@@ -1,6 +1,5 @@
 //! Parameters and the building blocks of the models.
 
-pub mod activations;
 pub mod embedding;
 pub mod feedforward;
 pub mod head_mix;

@@ -10,13 +10,9 @@ use dfdx::prelude::*;
 use super::params::{HasParams, Init, InitKind, Param};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::ops::norms::{layer_norm, rms_norm};
+pub use crate::spec::RmsKind;
 use crate::tensor::*;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RmsKind {
-    Scaled { eps: f64 },
-    Unit,
-}
 
 pub struct RmsNorm<E: Real, D: Device<E>> {
     pub gamma: Param<E, D>,
@@ -45,37 +41,14 @@ impl<E: Real, D: Device<E>> RmsNorm<E, D> {
         })
     }
 
-    /// The device's form: fused on the CPU, [`rms_norm_composite`] elsewhere.
+    /// The device's form (see [`crate::ops::norms::rms_norm`]).
     pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>>
     where
         D: Backend<E>,
     {
         check_channels(&self.gamma.name, self.channels, x.shape().1)?;
-        D::rms_norm(x, self.gamma.vector::<T>(), self.kind)
+        rms_norm(x, self.gamma.vector::<T>(), self.kind)
     }
-}
-
-/// RMSNorm of `[rows, c]` with scale `gamma [c]` from dfdx ops.
-pub fn rms_norm_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
-    x: T2<E, D, T>,
-    gamma: T1<E, D, T>,
-    kind: RmsKind,
-) -> T2<E, D, T> {
-    let shape = *x.shape();
-    let c = shape.1 as f64;
-    let inv = match kind {
-        RmsKind::Scaled { eps } => (x.with_empty_tape().square().mean::<_, Axis<1>>() + E::of(eps))
-            .sqrt()
-            .recip(),
-        // the tiny addend keeps the gradient of ‖x‖ finite at x = 0 without changing values
-        RmsKind::Unit => ((x.with_empty_tape().square().sum::<_, Axis<1>>() + E::of(1e-30))
-            .sqrt()
-            .clamp(1e-12, f64::INFINITY)
-            * E::of(1.0 / c.sqrt()))
-        .recip(),
-    };
-    let gamma = gamma.broadcast_like::<_, Axis<0>>(&shape);
-    x * inv.broadcast_like::<_, Axis<1>>(&shape) * gamma
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for RmsNorm<E, D> {
@@ -106,31 +79,19 @@ impl<E: Real, D: Device<E>> LayerNorm<E, D> {
         })
     }
 
-    /// The device's form: fused on the CPU, [`layer_norm_composite`] elsewhere.
+    /// The device's form (see [`crate::ops::norms::layer_norm`]).
     pub fn forward<T: Tape<E, D>>(&self, x: T2<E, D, T>) -> Result<T2<E, D, T>>
     where
         D: Backend<E>,
     {
         check_channels(&self.weight.name, self.channels, x.shape().1)?;
-        D::layer_norm(
+        layer_norm(
             x,
             self.weight.vector::<T>(),
             self.bias.vector::<T>(),
             self.eps,
         )
     }
-}
-
-/// LayerNorm of `[rows, c]` with weight and bias `[c]` from dfdx ops.
-pub fn layer_norm_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
-    x: T2<E, D, T>,
-    weight: T1<E, D, T>,
-    bias: T1<E, D, T>,
-    eps: f64,
-) -> T2<E, D, T> {
-    let shape = *x.shape();
-    x.normalize::<Axis<1>>(eps) * weight.broadcast_like::<_, Axis<0>>(&shape)
-        + bias.broadcast_like::<_, Axis<0>>(&shape)
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for LayerNorm<E, D> {

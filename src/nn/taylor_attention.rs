@@ -12,8 +12,8 @@ use super::params::{HasParams, Init, Param};
 use super::rows::map_rows3;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::kernels::taylor::{taylor_attend, TaylorForm};
-use crate::kernels::visibility::Visibility;
+use crate::ops::taylor::{taylor_attend, TaylorForm};
+use crate::spec::visibility::Visibility;
 use crate::tensor::*;
 
 pub struct TaylorAttention<E: Real, D: Device<E>> {

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::check::matmul_form;
 use super::ir::*;
-use crate::kernels::taylor::form_costs;
+use crate::ops::taylor::form_costs;
 
 /// The cost of one operation at a given size.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -20,19 +20,17 @@ use super::layout::*;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
-use crate::kernels::attention::{attend, AttendInputs};
-use crate::kernels::patterns::{
+use crate::ops::activations::{gelu_exact, silu};
+use crate::ops::attention::{attend, AttendInputs};
+use crate::ops::patterns::{
     edge_attention, edge_self_attention, EdgeAttendInputs, EdgeKernel, EdgePattern, EdgeProjections,
 };
-use crate::kernels::routing::{route, soft_topk_padded, CoorDescent};
-use crate::kernels::taylor::{taylor_attend, TaylorForm};
-use crate::kernels::visibility::Visibility;
-use crate::kernels::weights::{Normalizer, WeightsSpec};
-use crate::nn::activations::{gelu_exact, silu};
+use crate::ops::routing::{route, soft_topk_padded, CoorDescent};
+use crate::ops::taylor::{taylor_attend, TaylorForm};
+use crate::ops::weights::{Normalizer, WeightsSpec};
+use crate::spec::visibility::Visibility;
+use crate::spec::MASKED;
 use crate::tensor::*;
-
-/// A score far below any real one: masked entries vanish under exp in f32 and f64.
-const MASKED: f64 = -1e30;
 
 const NODES_TAG: usize = usize::MAX;
 const EDGES_TAG: usize = usize::MAX - 1;
@@ -225,7 +223,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     )?;
                     old * off.retaped::<T>()
                 };
-                D::add_repeated(kept, onto)?
+                crate::ops::affine::add_repeated(kept, onto)?
             }
         };
         match target {
@@ -242,7 +240,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         accumulate: bool,
     ) -> Result<T1<E, D, T>> {
         if accumulate {
-            D::add_repeated(old, value)
+            crate::ops::affine::add_repeated(old, value)
         } else {
             let (_, tape) = old.split_tape();
             self.orphans.push(tape);

@@ -6,7 +6,7 @@
 //! small model's step left the second core idle 40 % of the time. The graphs of a batch do not
 //! interact, so contiguous groups of them (shards) can each run their own forward and backward
 //! pass, with their own tape; the CPU runs them at once on its thread pool
-//! ([`Backend::run_shards`]; other devices one after another), and the fused kernels inside a
+//! ([`RunShards`]; other devices one after another), and the fused kernels inside a
 //! shard still split their work over whichever threads are free.
 //!
 //! The losses are means over the batch (cross-entropy over its labelled positions, a model's
@@ -55,7 +55,7 @@ pub fn shard_ranges(b: usize, shards: usize) -> Vec<Range<usize>> {
 
 /// Forward and backward passes of `model` on `batch`, read where `readout` says, in `shards`
 /// shards (1: one pass over the whole batch, the plain unsharded step).
-pub fn step_gradients<E: Real, D: Backend<E>>(
+pub fn step_gradients<E: Real, D: RunShards<E>>(
     model: &Model<E, D>,
     batch: &Batch,
     readout: Readout,
@@ -90,6 +90,40 @@ pub fn step_gradients<E: Real, D: Backend<E>>(
     }
     Ok(step)
 }
+
+/// How a device runs a step's shards: the CPU at once on its thread pool (its tensors may be
+/// shared between threads), other devices one after another. A trait of the training layer,
+/// implemented per device, since the work is a training step's.
+pub trait RunShards<E: Real>: Backend<E> {
+    /// The passes of each shard, in shard order.
+    fn run_shards(
+        work: &ShardWork<'_, E, Self>,
+        shards: &[Range<usize>],
+    ) -> Vec<ShardOutcome<E, Self>> {
+        shards.iter().map(|r| work.run(r.clone())).collect()
+    }
+}
+
+impl<E: Real> RunShards<E> for Cpu
+where
+    Cpu: Backend<E>,
+{
+    fn run_shards(
+        work: &ShardWork<'_, E, Self>,
+        shards: &[Range<usize>],
+    ) -> Vec<ShardOutcome<E, Self>> {
+        use rayon::prelude::*;
+        if shards.len() < 2 {
+            return shards.iter().map(|r| work.run(r.clone())).collect();
+        }
+        // every thread is busy with a shard: none should sit polling for work
+        let _busy = crate::threads::pause_polling();
+        shards.par_iter().map(|r| work.run(r.clone())).collect()
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<E: Real> RunShards<E> for Cuda where Cuda: Backend<E> {}
 
 /// One shard's gradients, its weighted loss and its correct positions.
 pub struct ShardResult<E: Real, D: Device<E>> {

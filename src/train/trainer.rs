@@ -349,7 +349,7 @@ impl Start {
 /// checkpoints there (only of good states: a NaN or infinite loss stops the run naming the
 /// step, and the last checkpoint stays the last good one), `metrics.csv` and `curves.png`.
 /// When `stop` turns true it saves a checkpoint and returns, `interrupted` set.
-pub fn train<E: Real, D: Backend<E>>(
+pub fn train<E: Real, D: super::shards::RunShards<E>>(
     model: &mut Model<E, D>,
     cfg: &TrainConfig,
     start: Start,

@@ -4,8 +4,8 @@
 //! products); and against finite differences.
 
 use dfdx::prelude::*;
-use quartic::backend::{add_repeated_composite, linear_composite, outer_sum_composite};
-use quartic::kernels::affine_cpu::{add_repeated_fused, linear_fused, outer_sum_fused};
+use quartic::kernels::cpu::affine::{add_repeated_fused, linear_fused, outer_sum_fused};
+use quartic::ops::affine::{add_repeated_composite, linear_composite, outer_sum_composite};
 
 use crate::common::*;
 

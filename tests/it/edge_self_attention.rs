@@ -5,12 +5,12 @@
 
 use dfdx::prelude::*;
 use quartic::graph::{Edges, GraphMask};
-use quartic::kernels::edge_attention_cpu::edge_self_attention_fused;
-use quartic::kernels::patterns::{
+use quartic::kernels::cpu::edge_attention::edge_self_attention_fused;
+use quartic::ops::patterns::{
     edge_attention, pattern_visibility, EdgeAttendInputs, EdgeKernel, EdgePattern, EdgeProjections,
 };
-use quartic::kernels::taylor::TaylorForm;
-use quartic::kernels::weights::{Normalizer, WeightsSpec};
+use quartic::ops::taylor::TaylorForm;
+use quartic::ops::weights::{Normalizer, WeightsSpec};
 
 use crate::common::*;
 

@@ -3,9 +3,9 @@
 //! bias, padding and causal times.
 
 use dfdx::prelude::*;
-use quartic::kernels::flash_cpu::attention_fused;
-use quartic::kernels::visibility::Visibility;
-use quartic::kernels::weights::{weights_composite, Normalizer, WeightsSpec};
+use quartic::kernels::cpu::flash::attention_fused;
+use quartic::ops::weights::{weights_composite, Normalizer, WeightsSpec};
+use quartic::spec::visibility::Visibility;
 
 use crate::common::*;
 

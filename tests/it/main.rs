@@ -8,6 +8,7 @@ mod experiment;
 mod flash;
 mod fuzz;
 mod graph;
+mod layers;
 mod nn;
 mod parity;
 mod patterns;

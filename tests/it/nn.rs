@@ -2,9 +2,6 @@
 
 use dfdx::prelude::*;
 use quartic::graph::Nodes;
-use quartic::kernels::taylor::TaylorForm;
-use quartic::kernels::visibility::Visibility;
-use quartic::nn::activations::{gelu_exact, silu};
 use quartic::nn::embedding::{DynamicPositionBias, EdgeEmbed, Embedding};
 use quartic::nn::feedforward::FeedForward;
 use quartic::nn::head_mix::HeadMix;
@@ -12,6 +9,9 @@ use quartic::nn::linear::Linear;
 use quartic::nn::norms::{LayerNorm, RmsKind, RmsNorm};
 use quartic::nn::taylor_attention::TaylorAttention;
 use quartic::nn::Init;
+use quartic::ops::activations::{gelu_exact, silu};
+use quartic::ops::taylor::TaylorForm;
+use quartic::spec::visibility::Visibility;
 
 use crate::common::*;
 

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use dfdx::prelude::*;
 use quartic::fixtures::Fixture;
-use quartic::kernels::routing::{coor_descent, soft_topk, CoorDescent};
-use quartic::kernels::taylor::TaylorForm;
-use quartic::kernels::visibility::Visibility;
 use quartic::nn::taylor_attention::TaylorAttention;
 use quartic::nn::{HasParams, Init};
+use quartic::ops::routing::{coor_descent, soft_topk, CoorDescent};
+use quartic::ops::taylor::TaylorForm;
+use quartic::spec::visibility::Visibility;
 
 use crate::common::assert_close;
 

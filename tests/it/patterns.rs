@@ -3,8 +3,8 @@
 
 use dfdx::prelude::*;
 use quartic::graph::{Edges, GraphMask};
-use quartic::kernels::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
-use quartic::kernels::taylor::TaylorForm;
+use quartic::ops::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
+use quartic::ops::taylor::TaylorForm;
 
 use crate::common::*;
 

@@ -4,11 +4,12 @@
 //! CPU default (tests in `nn.rs`).
 
 use dfdx::prelude::*;
-use quartic::kernels::rows_cpu::{
-    feedforward_fused, gelu_fused, layer_norm_fused, rms_norm_fused, FeedForwardParams,
+use quartic::kernels::cpu::rows::{
+    feedforward_fused, gelu_fused, layer_norm_fused, rms_norm_fused,
 };
-use quartic::nn::activations::gelu_composite;
-use quartic::nn::norms::{layer_norm_composite, rms_norm_composite, RmsKind};
+use quartic::ops::activations::gelu_composite;
+use quartic::ops::norms::{layer_norm_composite, rms_norm_composite};
+use quartic::spec::{FeedForwardParams, RmsKind};
 
 use crate::common::*;
 

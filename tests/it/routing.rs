@@ -2,7 +2,7 @@
 //! routed blocks, and the mask semantics.
 
 use dfdx::prelude::*;
-use quartic::kernels::routing::{coor_descent, route, soft_topk, CoorDescent};
+use quartic::ops::routing::{coor_descent, route, soft_topk, CoorDescent};
 
 use crate::common::*;
 

@@ -2,10 +2,10 @@
 //! feature map have gradient checks; the form choice follows the sizes.
 
 use dfdx::prelude::*;
-use quartic::kernels::fused_cpu::cumsum_fused;
-use quartic::kernels::linear_algebra::cumsum_composite;
-use quartic::kernels::taylor::{choose_form, taylor_attend, taylor_feature_map, TaylorForm};
-use quartic::kernels::visibility::Visibility;
+use quartic::kernels::cpu::fused::cumsum_fused;
+use quartic::ops::cumsum::cumsum_composite;
+use quartic::ops::taylor::{choose_form, taylor_attend, taylor_feature_map, TaylorForm};
+use quartic::spec::visibility::Visibility;
 
 use crate::common::*;
 

@@ -2,10 +2,10 @@
 //! gradients), gradient checks of both, masking semantics.
 
 use dfdx::prelude::*;
-use quartic::kernels::attention::{attend, AttendInputs};
-use quartic::kernels::fused_cpu::weights_fused;
-use quartic::kernels::visibility::Visibility;
-use quartic::kernels::weights::{weights_composite, Normalizer, WeightsSpec};
+use quartic::kernels::cpu::fused::weights_fused;
+use quartic::ops::attention::{attend, AttendInputs};
+use quartic::ops::weights::{weights_composite, Normalizer, WeightsSpec};
+use quartic::spec::visibility::Visibility;
 
 use crate::common::*;
 

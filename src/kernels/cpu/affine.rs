@@ -8,10 +8,10 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::flash_cpu::mm_with;
-use super::fused_cpu::{accumulate, host_copy, CpuBuffer};
-use crate::backend::{check_outer_sum, repeats};
+use super::flash::mm_with;
+use super::fused::{accumulate, host_copy, CpuBuffer};
 use crate::error::{Error, Result};
+use crate::spec::{check_outer_sum, repeats};
 use crate::tensor::*;
 
 /// Rows per task of a linear layer over many rows (the edges).

@@ -12,10 +12,10 @@
 use dfdx::prelude::*;
 
 use super::attention::{attend, AttendInputs};
-use super::visibility::Visibility;
-use super::weights::{Normalizer, WeightsSpec};
+use super::cumsum::cumsum;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::spec::{Normalizer, Visibility, WeightsSpec};
 use crate::tensor::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,8 +165,8 @@ pub fn taylor_features<E: Real, D: Backend<E>, T: Tape<E, D>>(
                 .with_empty_tape()
                 .broadcast_like::<_, Axis<4>>(&(b, h, nk, f, e))
                 * v.broadcast_like::<_, Axis<3>>(&(b, h, nk, f, e));
-            let state = D::cumsum(state.reshape_like(&(b, h, nk, f * e)))?;
-            let kstate = D::cumsum(fk)?;
+            let state = cumsum(state.reshape_like(&(b, h, nk, f * e)))?;
+            let kstate = cumsum(fk)?;
             // query reads the inclusive scan at key L-1; an empty prefix (L = 0) reads nothing
             let mut index = Vec::with_capacity(b * h * nq);
             let mut nonempty = Vec::with_capacity(b * nq);

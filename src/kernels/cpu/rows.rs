@@ -6,10 +6,10 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::flash_cpu::mm_with;
-use super::fused_cpu::{accumulate, host_copy, zeros, CpuBuffer};
+use super::flash::mm_with;
+use super::fused::{accumulate, host_copy, zeros, CpuBuffer};
 use crate::error::Result;
-use crate::nn::norms::RmsKind;
+use crate::spec::{FeedForwardParams, RmsKind};
 use crate::tensor::*;
 
 /// Rows per rayon task: enough work to amortize a task, small enough to balance two to 16 cores.
@@ -283,15 +283,6 @@ where
         });
     }
     Ok(out.put_tape(tape))
-}
-
-/// The tensors of a feedforward block `RMSNorm → Linear(c, H) → GELU → Linear(H, c)` (no
-/// biases), PyTorch layouts: `w_in [H, c]`, `w_out [c, H]`.
-pub struct FeedForwardParams<E: Real, D: Device<E>, T> {
-    pub gamma: T1<E, D, T>,
-    pub w_in: T2<E, D, T>,
-    pub w_out: T2<E, D, T>,
-    pub kind: RmsKind,
 }
 
 /// Rows per task of the fused feedforward: its hidden activations stay in cache.

@@ -1,8 +1,20 @@
-//! Small composite building blocks shared by the kernels.
+//! Inclusive prefix sums along the sequence axis (the causal Taylor feature form's state).
 
 use dfdx::prelude::*;
 
+use crate::backend::{Backend, Fused};
+use crate::error::Result;
 use crate::tensor::*;
+
+/// Inclusive prefix sum along axis 2 of `[B, H, N, X]`: a parallel scan on the CPU, else the
+/// composite.
+pub fn cumsum<E: Real, D: Backend<E>, T: Tape<E, D>>(x: T4<E, D, T>) -> Result<T4<E, D, T>> {
+    if D::fuses(Fused::Cumsum) {
+        D::cumsum_fused(x)
+    } else {
+        Ok(cumsum_composite(x))
+    }
+}
 
 /// Inclusive prefix sum along axis 2 of `[B, H, N, X]` as a matmul with a triangular matrix
 /// (composite form: quadratic in N, but a single batched matmul on any device).

@@ -8,7 +8,7 @@
 //! broadcast multiply-adds ([`fma_block`]) whose results stay in lanes: two vectors of scores
 //! per key, weighted, summed and multiplied by the values without leaving the block's scratch.
 //!
-//! The same arithmetic as `flash_cpu::Problem`'s Taylor path (which remains the general form
+//! The same arithmetic as `flash::Problem`'s Taylor path (which remains the general form
 //! and the f64 path); taken only when head widths are multiples of eight, with no score bias
 //! and no causal times (key padding is supported).
 

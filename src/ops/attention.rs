@@ -6,8 +6,8 @@
 
 use dfdx::prelude::*;
 
-use super::weights::WeightsSpec;
-use crate::backend::Backend;
+use super::weights::{weights, weights_composite, WeightsSpec};
+use crate::backend::{Backend, Fused};
 use crate::error::{Error, Result};
 use crate::tensor::*;
 
@@ -66,9 +66,9 @@ pub fn attend<E: Real, D: Backend<E>, T: Tape<E, D>>(
     }
     let (mut out, weights) = if inputs.talking.is_none() && !return_weights {
         // nothing needs the weights themselves: the memory-efficient kernel
-        (D::attention(q, k, v, inputs.bias, spec)?, None)
+        (attention(q, k, v, inputs.bias, spec)?, None)
     } else {
-        let w = D::attention_weights(q, k, inputs.bias, inputs.talking, spec)?;
+        let w = weights(q, k, inputs.bias, inputs.talking, spec)?;
         let weights = return_weights.then(|| w.with_empty_tape());
         (w.matmul(v), weights)
     };
@@ -76,4 +76,31 @@ pub fn attend<E: Real, D: Backend<E>, T: Tape<E, D>>(
         out = out * g.sigmoid().broadcast_like::<_, Axis<3>>(&(b, h, nq, e));
     }
     Ok(Attended { out, weights })
+}
+
+/// Attention output `weights(q, k, bias) · v` (no talking heads), without keeping the weights
+/// where the device has a memory-efficient kernel (the CPU's blocked kernel).
+pub fn attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    q: T4<E, D, T>,
+    k: T4<E, D, T>,
+    v: T4<E, D, T>,
+    bias: Option<T4<E, D, T>>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    if D::fuses(Fused::Attention) {
+        D::attention_fused(q, k, v, bias, spec)
+    } else {
+        attention_composite(q, k, v, bias, spec)
+    }
+}
+
+/// Attention as weights (the composite form) times values: every device's fallback.
+pub fn attention_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
+    q: T4<E, D, T>,
+    k: T4<E, D, T>,
+    v: T4<E, D, T>,
+    bias: Option<T4<E, D, T>>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    Ok(weights_composite(q, k, bias, None, spec)?.matmul(v))
 }

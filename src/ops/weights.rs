@@ -7,83 +7,30 @@
 //! - taylor (second order): `w = 1 + t + t²/2`, `w / max(Σ w, eps)`.
 //!
 //! Invisible keys get weight exactly 0, and a query with no visible key gets an all-zero row
-//! (never NaN). This module holds the composite form (dfdx ops, any device); `fused_cpu` holds
+//! (never NaN). This module holds the composite form (dfdx ops, any device); `kernels::cpu::fused` holds
 //! the multi-threaded CPU form with its own backward. `Backend` picks one per device.
 
 use dfdx::prelude::*;
 
-use super::visibility::Visibility;
-use crate::error::{Error, Result};
+use crate::backend::{Backend, Fused};
+use crate::error::Result;
+use crate::spec::MASKED;
+pub use crate::spec::{check_weights_shapes, Normalizer, WeightsSpec};
 use crate::tensor::*;
 
-/// How scores become weights.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Normalizer {
-    Softmax,
-    /// Second-order Taylor kernel `1 + s + s²/2`, normalized by `max(Σ, eps)`.
-    Taylor {
-        eps: f64,
-    },
-}
-
-/// Everything about a weights call that is not a tensor.
-#[derive(Clone, Debug)]
-pub struct WeightsSpec {
-    pub scale: f64,
-    pub normalizer: Normalizer,
-    pub visibility: Visibility,
-}
-
-/// A mask value far below any score, so exp underflows to exactly 0 in f32 and f64.
-const MASKED: f64 = -1e30;
-
-/// Checks the shapes of a weights call: q `[B,H,Nq,D]`, k `[B,H,Nk,D]`, bias `[B,H,Nq,Nk]`,
-/// talking `[H,H]`, and the visibility `[B,Nq,Nk]`. Returns `(B, H, Nq, Nk)`.
-pub fn check_weights_shapes(
-    q: Shape4,
-    k: Shape4,
-    bias: Option<Shape4>,
-    talking: Option<Shape2>,
-    vis: &Visibility,
-) -> Result<Shape4> {
-    let (b, h, nq, d) = q;
-    let (kb, kh, nk, kd) = k;
-    if (kb, kh, kd) != (b, h, d) {
-        return Err(Error::shape(
-            "attention keys",
-            format!("[{b}, {h}, _, {d}] to match queries"),
-            format!("[{kb}, {kh}, {nk}, {kd}]"),
-        ));
+/// Attention weights on the device: the fused kernel on the CPU, else [`weights_composite`].
+pub fn weights<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    q: T4<E, D, T>,
+    k: T4<E, D, T>,
+    bias: Option<T4<E, D, T>>,
+    talking: Option<T2<E, D, T>>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    if D::fuses(Fused::Weights) {
+        D::weights_fused(q, k, bias, talking, spec)
+    } else {
+        weights_composite(q, k, bias, talking, spec)
     }
-    if let Some(bs) = bias {
-        if bs != (b, h, nq, nk) {
-            return Err(Error::shape(
-                "attention bias",
-                format!("{:?}", (b, h, nq, nk)),
-                format!("{bs:?}"),
-            ));
-        }
-    }
-    if let Some(ts) = talking {
-        if ts != (h, h) {
-            return Err(Error::shape(
-                "talking-heads matrix",
-                format!("{:?}", (h, h)),
-                format!("{ts:?}"),
-            ));
-        }
-    }
-    if (vis.batch, vis.queries, vis.keys) != (b, nq, nk) {
-        return Err(Error::shape(
-            "attention visibility",
-            format!("batch {b}, {nq} queries, {nk} keys"),
-            format!(
-                "batch {}, {} queries, {} keys",
-                vis.batch, vis.queries, vis.keys
-            ),
-        ));
-    }
-    Ok((b, h, nq, nk))
 }
 
 /// Mixes heads: `out[b,h'] = Σ_h w[h',h] · x[b,h]` for x `[B,H,I,J]`, w `[H,H]`.

@@ -10,22 +10,15 @@
 
 use dfdx::prelude::*;
 
+use super::attention::attention;
 use super::attention::{attend, AttendInputs};
 use super::taylor::{choose_form, taylor_attend, TaylorForm};
-use super::visibility::Visibility;
-use super::weights::{Normalizer, WeightsSpec};
-use crate::backend::Backend;
+use crate::backend::{Backend, Fused};
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
+pub use crate::spec::{pattern_dims, EdgePattern, EdgeProjections};
+use crate::spec::{Normalizer, Visibility, WeightsSpec};
 use crate::tensor::*;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EdgePattern {
-    All,
-    Row,
-    Column,
-    Diagonal,
-}
 
 /// The attention kernel used across edges.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,15 +49,6 @@ impl<E: Real, D: Device<E>, T> Default for EdgeAttendInputs<E, D, T> {
             talking: None,
             gates: None,
         }
-    }
-}
-
-/// `(problems, queries, keys)` of a pattern on a batch of `b` graphs with `n` nodes.
-pub fn pattern_dims(pattern: EdgePattern, b: usize, n: usize) -> Shape3 {
-    match pattern {
-        EdgePattern::All => (b, n * n, n * n),
-        EdgePattern::Row | EdgePattern::Column => (b * n, n, n),
-        EdgePattern::Diagonal => (b, n, n),
     }
 }
 
@@ -124,37 +108,12 @@ pub fn from_pattern_layout<E: Real, D: Device<E>, T: Tape<E, D>>(
     }
 }
 
-/// The projections of an edge self-attention, PyTorch layout `[out, in]`: queries and keys
-/// `[h·d, c]`, values `[h·e, c]`.
-pub struct EdgeProjections<E: Real, D: Device<E>, T> {
-    pub to_q: T2<E, D, T>,
-    pub to_k: T2<E, D, T>,
-    pub to_v: T2<E, D, T>,
-}
-
-impl<E: Real, D: Device<E>, T: Tape<E, D>> EdgeProjections<E, D, T> {
-    /// Queries, keys and values of the edges `x [b, n, n, c]`, each `[b, n, n, out]`, from
-    /// dfdx matmuls; queries and keys branch off, the input's history goes with the values.
-    pub fn project(self, x: T4<E, D, T>) -> [T4<E, D, T>; 3] {
-        let (b, n, _, c) = *x.shape();
-        let project = |x: T4<E, D, T>, w: T2<E, D, T>| {
-            let out = w.shape().0;
-            x.reshape_like(&(b * n * n, c))
-                .matmul(w.permute::<_, Axes2<1, 0>>())
-                .reshape_like(&(b, n, n, out))
-        };
-        let q = project(x.with_empty_tape(), self.to_q);
-        let k = project(x.with_empty_tape(), self.to_k);
-        [q, k, project(x, self.to_v)]
-    }
-}
-
 /// Self-attention across edges: queries, keys and values all projected from the same edges
 /// `x [b, n, n, c]` by the `[out, c]` weights `(to_q, to_k, to_v)` → `[b, n, n, h·e]`.
 ///
-/// Along rows and columns this is the device's [`Backend::edge_self_attention`] (fused on the
-/// CPU); the Taylor feature form, talking heads and the other patterns project first and take
-/// [`edge_attention`].
+/// Along rows and columns the device's fused kernel runs it where it has one (projections,
+/// attention and gates in one pass on the CPU); the Taylor feature form, talking heads and the
+/// other patterns project first and take [`edge_attention`].
 #[allow(clippy::too_many_arguments)]
 pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     x: Edges<E, D, T>,
@@ -174,10 +133,10 @@ pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
         w.to_v.shape().0 / heads.max(1),
     );
     let (scale, normalizer) = scale_and_normalizer(kernel);
-    let fused = matches!(pattern, EdgePattern::Row | EdgePattern::Column)
+    let direct = matches!(pattern, EdgePattern::Row | EdgePattern::Column)
         && inputs.talking.is_none()
         && !feature_form::<E, D>(kernel, inputs.bias.is_none(), (len, d, e), &vis);
-    if !fused {
+    if !direct {
         let [q, k, v] = w.project(x.into_tensor()).map(Edges::new);
         return edge_attention(q?, k?, v?, heads, pattern, kernel, inputs, mask);
     }
@@ -195,16 +154,77 @@ pub fn edge_self_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
         normalizer,
         visibility: vis,
     };
-    let out = D::edge_self_attention(
-        x.into_tensor(),
-        w,
-        inputs.gates.map(Edges::into_tensor),
-        inputs.bias,
-        heads,
-        pattern,
-        &spec,
-    )?;
+    let (x, gates) = (x.into_tensor(), inputs.gates.map(Edges::into_tensor));
+    let out = if D::fuses(Fused::SelfAttention) {
+        D::self_attention_fused(x, w, gates, inputs.bias, heads, pattern, &spec)?
+    } else {
+        self_attention_composite(x, w, gates, inputs.bias, heads, pattern, &spec)?
+    };
     Edges::new(out)
+}
+
+/// Edge self-attention from dfdx projections and [`pattern_attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention_composite<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    x: T4<E, D, T>,
+    w: EdgeProjections<E, D, T>,
+    gates: Option<T4<E, D, T>>,
+    bias: Option<T4<E, D, T>>,
+    heads: usize,
+    pattern: EdgePattern,
+    spec: &WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    let (b, n, _, _) = *x.shape();
+    let [q, k, v] = w.project(x);
+    let out = pattern_attention(q, k, v, heads, pattern, bias, spec)?;
+    Ok(match gates {
+        Some(g) => {
+            let e = out.shape().3 / heads.max(1);
+            let shape = (b, n, n, heads, e);
+            (out.reshape_like(&shape) * g.sigmoid().broadcast_like::<_, Axis<4>>(&shape))
+                .reshape_like(&(b, n, n, heads * e))
+        }
+        None => out,
+    })
+}
+
+/// Plain attention (no talking heads) across edges in a pattern: q, k `[b, n, n, h·d]`,
+/// v `[b, n, n, h·e]` → `[b, n, n, h·e]` (zeros off the diagonal for the diagonal pattern);
+/// `bias` in the pattern's layout `[problems, h, queries, keys]`. The CPU reads every pattern as
+/// a strided view of the edges; elsewhere, [`pattern_attention_via_layout`].
+pub fn pattern_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    q: T4<E, D, T>,
+    k: T4<E, D, T>,
+    v: T4<E, D, T>,
+    heads: usize,
+    pattern: EdgePattern,
+    bias: Option<T4<E, D, T>>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    let (c, ce) = (q.shape().3, v.shape().3);
+    let splits = heads > 0 && c % heads == 0 && ce % heads == 0;
+    if splits && D::fuses(Fused::PatternAttention) {
+        D::pattern_attention_fused(q, k, v, heads, pattern, bias, spec)
+    } else {
+        pattern_attention_via_layout(q, k, v, heads, pattern, bias, spec)
+    }
+}
+
+/// Pattern attention through the pattern's batched layout (permuted copies), then
+/// [`attention`]: the form for devices without a strided kernel.
+pub fn pattern_attention_via_layout<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    q: T4<E, D, T>,
+    k: T4<E, D, T>,
+    v: T4<E, D, T>,
+    heads: usize,
+    pattern: EdgePattern,
+    bias: Option<T4<E, D, T>>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    let (b, n, _, _) = *q.shape();
+    let to = |t: T4<E, D, T>| to_pattern_layout(Edges(t), heads, pattern);
+    let out = attention(to(q)?, to(k)?, to(v)?, bias, spec)?;
+    Ok(from_pattern_layout(out, b, n, pattern).into_tensor())
 }
 
 fn scale_and_normalizer(kernel: EdgeKernel) -> (f64, Normalizer) {
@@ -287,7 +307,7 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
             normalizer,
             visibility: vis,
         };
-        let out = D::edge_pattern_attention(
+        let out = pattern_attention(
             q.into_tensor(),
             k.into_tensor(),
             v.into_tensor(),

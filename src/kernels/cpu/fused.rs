@@ -11,9 +11,9 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::visibility::Visibility;
-use super::weights::{check_weights_shapes, Normalizer, WeightsSpec};
 use crate::error::Result;
+use crate::spec::Visibility;
+use crate::spec::{check_weights_shapes, Normalizer, WeightsSpec};
 use crate::tensor::*;
 
 /// The gradient buffer type of the CPU device (a `Vec` behind dfdx's allocation cache).

@@ -11,12 +11,12 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::affine_cpu::{rows_times_weights, rows_times_weights_backward};
-use super::flash_cpu::{edge_layout, Problem, Shared, Sizes};
-use super::fused_cpu::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
-use super::patterns::{EdgePattern, EdgeProjections};
-use super::weights::WeightsSpec;
+use super::affine::{rows_times_weights, rows_times_weights_backward};
+use super::flash::{edge_layout, Problem, Shared, Sizes};
+use super::fused::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
 use crate::error::{Error, Result};
+use crate::spec::WeightsSpec;
+use crate::spec::{EdgePattern, EdgeProjections};
 use crate::tensor::*;
 
 /// Rows per rayon task in the gating passes.

@@ -2,7 +2,7 @@
 
 use dfdx::prelude::*;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Fused};
 use crate::error::Result;
 use crate::tensor::*;
 
@@ -11,7 +11,11 @@ use crate::tensor::*;
 pub fn gelu_exact<S: Shape, E: Real, D: Backend<E>, T: Tape<E, D>>(
     x: Tensor<S, E, D, T>,
 ) -> Result<Tensor<S, E, D, T>> {
-    D::gelu(x)
+    if D::fuses(Fused::Gelu) {
+        D::gelu_fused(x)
+    } else {
+        Ok(gelu_composite(x))
+    }
 }
 
 /// Exact GELU from dfdx ops.

@@ -12,12 +12,12 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused_cpu::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
-use super::patterns::EdgePattern;
+use super::fused::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
 use super::small_mm::{mm_direct, takes_direct};
-use super::visibility::Visibility;
-use super::weights::{Normalizer, WeightsSpec};
 use crate::error::{Error, Result};
+use crate::spec::EdgePattern;
+use crate::spec::Visibility;
+use crate::spec::{Normalizer, WeightsSpec};
 use crate::tensor::*;
 
 const BLOCK_Q: usize = 128;

@@ -1,0 +1,16 @@
+//! The CPU's fused kernels, multi-threaded, each with its own backward: attention weights and
+//! cumulative sums (`fused`), blocked attention with a recomputing backward (`flash`), edge
+//! self-attention with its projections (`edge_attention`), the row-wise chains (`rows`:
+//! RMSNorm, LayerNorm, GELU, the feedforward block), the affine ops (`affine`: linear layers,
+//! repeated adds, the outer sum), and the products and AVX2 pieces they run on.
+
+pub mod affine;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod edge_attention;
+pub mod flash;
+pub mod fused;
+pub mod rows;
+mod small_mm;
+#[cfg(target_arch = "x86_64")]
+mod taylor_lanes;

@@ -1,0 +1,18 @@
+//! Device-generic ops: each op's composite form (dfdx ops, any device) beside its dispatch,
+//! which asks the device ([`crate::backend::Backend::fuses`]) and runs its fused kernel or the
+//! composite. Above the backend; below the blocks (`nn`), the rule language and the models.
+//!
+//! Attention: weights (softmax and Taylor) and attention over batched sequences, edge patterns,
+//! Taylor linear attention, coordinate-descent routing; pointwise and affine ops: activations,
+//! norms, the feedforward block, linear layers, repeated adds, the outer sum, prefix sums.
+
+pub mod activations;
+pub mod affine;
+pub mod attention;
+pub mod cumsum;
+pub mod feedforward;
+pub mod norms;
+pub mod patterns;
+pub mod routing;
+pub mod taylor;
+pub mod weights;

@@ -1,0 +1,185 @@
+//! The specifications both sides of the backend share: what a kernel is asked to compute
+//! (the edge pattern, how scores become weights, which RMSNorm, the tensors of a feedforward
+//! block and of an edge self-attention's projections, who sees whom), and the shape checks
+//! the fused and the composite forms run alike. A leaf: it imports only the element type and
+//! the errors.
+
+pub mod visibility;
+
+use dfdx::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::tensor::*;
+
+pub use visibility::Visibility;
+
+/// A mask value far below any score, so exp underflows to exactly 0 in f32 and f64.
+pub const MASKED: f64 = -1e30;
+
+// ---- edge patterns ---------------------------------------------------------------------
+
+/// Which edges an edge attends to: its row, its column, every edge, or the diagonal among
+/// itself (see `ops::patterns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EdgePattern {
+    All,
+    Row,
+    Column,
+    Diagonal,
+}
+
+/// `(problems, queries, keys)` of a pattern on a batch of `b` graphs with `n` nodes.
+pub fn pattern_dims(pattern: EdgePattern, b: usize, n: usize) -> Shape3 {
+    match pattern {
+        EdgePattern::All => (b, n * n, n * n),
+        EdgePattern::Row | EdgePattern::Column => (b * n, n, n),
+        EdgePattern::Diagonal => (b, n, n),
+    }
+}
+
+/// The projections of an edge self-attention, PyTorch layout `[out, in]`: queries and keys
+/// `[h·d, c]`, values `[h·e, c]`.
+pub struct EdgeProjections<E: Real, D: Device<E>, T> {
+    pub to_q: T2<E, D, T>,
+    pub to_k: T2<E, D, T>,
+    pub to_v: T2<E, D, T>,
+}
+
+impl<E: Real, D: Device<E>, T: Tape<E, D>> EdgeProjections<E, D, T> {
+    /// Queries, keys and values of the edges `x [b, n, n, c]`, each `[b, n, n, out]`, from
+    /// dfdx matmuls; queries and keys branch off, the input's history goes with the values.
+    pub fn project(self, x: T4<E, D, T>) -> [T4<E, D, T>; 3] {
+        let (b, n, _, c) = *x.shape();
+        let project = |x: T4<E, D, T>, w: T2<E, D, T>| {
+            let out = w.shape().0;
+            x.reshape_like(&(b * n * n, c))
+                .matmul(w.permute::<_, Axes2<1, 0>>())
+                .reshape_like(&(b, n, n, out))
+        };
+        let q = project(x.with_empty_tape(), self.to_q);
+        let k = project(x.with_empty_tape(), self.to_k);
+        [q, k, project(x, self.to_v)]
+    }
+}
+
+// ---- attention weights -----------------------------------------------------------------
+
+/// How scores become weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Normalizer {
+    Softmax,
+    /// Second-order Taylor kernel `1 + s + s²/2`, normalized by `max(Σ, eps)`.
+    Taylor {
+        eps: f64,
+    },
+}
+
+/// Everything about a weights call that is not a tensor.
+#[derive(Clone, Debug)]
+pub struct WeightsSpec {
+    pub scale: f64,
+    pub normalizer: Normalizer,
+    pub visibility: Visibility,
+}
+
+/// Checks the shapes of a weights call: q `[B,H,Nq,D]`, k `[B,H,Nk,D]`, bias `[B,H,Nq,Nk]`,
+/// talking `[H,H]`, and the visibility `[B,Nq,Nk]`. Returns `(B, H, Nq, Nk)`.
+pub fn check_weights_shapes(
+    q: Shape4,
+    k: Shape4,
+    bias: Option<Shape4>,
+    talking: Option<Shape2>,
+    vis: &Visibility,
+) -> Result<Shape4> {
+    let (b, h, nq, d) = q;
+    let (kb, kh, nk, kd) = k;
+    if (kb, kh, kd) != (b, h, d) {
+        return Err(Error::shape(
+            "attention keys",
+            format!("[{b}, {h}, _, {d}] to match queries"),
+            format!("[{kb}, {kh}, {nk}, {kd}]"),
+        ));
+    }
+    if let Some(bs) = bias {
+        if bs != (b, h, nq, nk) {
+            return Err(Error::shape(
+                "attention bias",
+                format!("{:?}", (b, h, nq, nk)),
+                format!("{bs:?}"),
+            ));
+        }
+    }
+    if let Some(ts) = talking {
+        if ts != (h, h) {
+            return Err(Error::shape(
+                "talking-heads matrix",
+                format!("{:?}", (h, h)),
+                format!("{ts:?}"),
+            ));
+        }
+    }
+    if (vis.batch, vis.queries, vis.keys) != (b, nq, nk) {
+        return Err(Error::shape(
+            "attention visibility",
+            format!("batch {b}, {nq} queries, {nk} keys"),
+            format!(
+                "batch {}, {} queries, {} keys",
+                vis.batch, vis.queries, vis.keys
+            ),
+        ));
+    }
+    Ok((b, h, nq, nk))
+}
+
+// ---- norms and feedforward ---------------------------------------------------------------
+
+/// Which RMSNorm: `x · rsqrt(mean(x²) + eps) · γ`, or the unit-norm form `normalize(x) · √c · γ`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RmsKind {
+    Scaled { eps: f64 },
+    Unit,
+}
+
+/// The tensors of a feedforward block `RMSNorm → Linear(c, H) → GELU → Linear(H, c)` (no
+/// biases), PyTorch layouts: `w_in [H, c]`, `w_out [c, H]`.
+pub struct FeedForwardParams<E: Real, D: Device<E>, T> {
+    pub gamma: T1<E, D, T>,
+    pub w_in: T2<E, D, T>,
+    pub w_out: T2<E, D, T>,
+    pub kind: RmsKind,
+}
+
+// ---- shape checks both forms run -----------------------------------------------------------
+
+/// Sources and targets of an outer sum must have one shape `[b, n, c]`.
+pub fn check_outer_sum(
+    sources: (usize, usize, usize),
+    targets: (usize, usize, usize),
+) -> Result<()> {
+    if targets != sources {
+        let (b, n, c) = sources;
+        return Err(Error::shape(
+            "outer sum",
+            format!("targets [{b}, {n}, {c}] like the sources"),
+            format!("{targets:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// How many copies of `y`'s shape make up `x` (an add that repeats `y` along `x`'s leading
+/// axes), or the error naming both shapes.
+pub fn repeats<S: Shape, R: Shape>(x: &S, y: &R) -> Result<usize> {
+    let (len, per) = (x.num_elements(), y.num_elements());
+    if per == 0 || len % per != 0 {
+        return Err(Error::shape(
+            "add",
+            format!(
+                "a tensor that repeats along the leading axes of {:?}",
+                x.concrete()
+            ),
+            format!("{:?}", y.concrete()),
+        ));
+    }
+    Ok(len / per)
+}

@@ -59,16 +59,3 @@ impl Error {
         }
     }
 }
-
-/// Fails with a shape error unless `got == expected`.
-pub fn ensure_dims(context: &str, expected: &[usize], got: &[usize]) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            context,
-            format!("{expected:?}"),
-            format!("{got:?}"),
-        ))
-    }
-}

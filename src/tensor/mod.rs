@@ -12,13 +12,11 @@ use crate::error::{Error, Result};
 pub type Shape2 = (usize, usize);
 pub type Shape3 = (usize, usize, usize);
 pub type Shape4 = (usize, usize, usize, usize);
-pub type Shape5 = (usize, usize, usize, usize, usize);
 
 pub type T1<E, D, T = NoneTape> = Tensor<(usize,), E, D, T>;
 pub type T2<E, D, T = NoneTape> = Tensor<Shape2, E, D, T>;
 pub type T3<E, D, T = NoneTape> = Tensor<Shape3, E, D, T>;
 pub type T4<E, D, T = NoneTape> = Tensor<Shape4, E, D, T>;
-pub type T5<E, D, T = NoneTape> = Tensor<Shape5, E, D, T>;
 
 /// A floating-point element type usable on every device and in the fused CPU kernels.
 pub trait Real:
@@ -79,11 +77,6 @@ impl Real for f64 {}
 /// Maps a dfdx device error into ours.
 pub fn device_err<Err: std::fmt::Debug>(e: Err) -> Error {
     Error::Device(format!("{e:?}"))
-}
-
-/// The runtime dims of a tensor as a slice-friendly vector (for error messages and checks).
-pub fn dims_of<S: Shape, E, D: Storage<E>, T>(t: &Tensor<S, E, D, T>) -> Vec<usize> {
-    t.shape().concrete().into_iter().collect()
 }
 
 /// 1 for true, 0 for false: boolean masks as multiplicative tensors.

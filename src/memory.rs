@@ -33,20 +33,15 @@ impl Estimate {
 }
 
 /// How much memory a run may take.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Limit {
     /// What the system reports available when the run starts (the default).
+    #[default]
     Available,
     /// A number of bytes the user gave.
     Bytes(u64),
     /// No check (the user's explicit choice).
     Unlimited,
-}
-
-impl Default for Limit {
-    fn default() -> Self {
-        Limit::Available
-    }
 }
 
 impl std::str::FromStr for Limit {

@@ -36,20 +36,17 @@ fn random(dev: &Cpu, shape: (usize, usize, usize, usize), rng: &mut impl Rng) ->
 }
 
 pub fn run(args: &CheckArgs) -> quartic::Result<()> {
-    let (b, channels, heads) = (2u64, 32u64, 4);
-    let n = args.n;
-    // q, k, v, the output and the gradients of each, and the kernels' working copies
+    let (b, channels, heads) = (2usize, 32usize, 4);
+    // q, k, v, the output and the gradients of each, and the kernels' working copies: twelve
+    // f32 edge tensors
     let mut estimate = Estimate::default();
-    let edge_tensor = b
-        .saturating_mul(n)
-        .saturating_mul(n)
-        .saturating_mul(channels)
-        * 4;
-    estimate.add("edge tensors", edge_tensor.saturating_mul(12));
+    let per_edge = (b * channels * 4 * 12) as u64;
+    estimate.add(
+        "edge tensors",
+        args.n.saturating_mul(args.n).saturating_mul(per_edge),
+    );
     args.budget.check("this check", &estimate)?;
-    let n = n as usize;
-    let b = b as usize;
-    let channels = channels as usize;
+    let n = args.n as usize;
     let dev = Cpu::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mask = GraphMask::from_lengths(n, &[n, n - n / 4])?.causal(true);

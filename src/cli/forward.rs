@@ -83,13 +83,10 @@ pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
     let out = model.forward::<NoneTape>(&args.tokens, 1, n, None)?;
     let (_, _, v) = *out.logits.shape();
     let values = out.logits.as_vec();
-    let bad: Vec<usize> = (0..values.len())
-        .filter(|&i| !values[i].is_finite())
-        .collect();
-    if let Some(&first) = bad.first() {
+    if let Some(first) = values.iter().position(|x| !x.is_finite()) {
         return Err(quartic::Error::NotFinite(format!(
             "{} of the {} logits, the first {} at position {}, class {}",
-            bad.len(),
+            values.iter().filter(|x| !x.is_finite()).count(),
             values.len(),
             values[first],
             first / v,

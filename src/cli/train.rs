@@ -260,7 +260,7 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
         }
         let path = cfg.checkpoint_path();
         let checkpoint = quartic::train::checkpoint::load(&path)?;
-        let mut saved = trainer::resume_config(&checkpoint, &path)?;
+        let saved = trainer::resume_config(&checkpoint, &path)?;
         args.budget.check_model(
             "training",
             &checkpoint.config,
@@ -271,15 +271,15 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
                 shards: saved.shards,
             },
         )?;
-        let (model, adam, _, step) = trainer::resume_from::<f32, Cpu>(checkpoint, &path, &dev)?;
-        // the run continues where it was read from (--out), not where the checkpoint says
-        saved.out = cfg.out.clone();
+        // `saved.out` is the folder the checkpoint was read from (--out), not the saved one
+        let model = checkpoint.model::<f32, Cpu>(&dev)?;
+        let step = checkpoint.train.step;
         say!(
             "resuming {} at step {step} of {} with the run's saved settings",
             path.display(),
             saved.steps
         )?;
-        (model, Start::resume(adam, step), saved)
+        (model, Start::resume(checkpoint.adam, step), saved)
     } else {
         let task = cfg.task()?;
         let mut config = model_args.config(task.num_tokens(), task.max_len(), task.causal())?;
@@ -363,14 +363,7 @@ pub fn rule_parameters<E: quartic::tensor::Real, D: Device<E>>(
     model: &Model<E, D>,
 ) -> Option<String> {
     match model {
-        Model::Graph(g) => g.layers.first().map(|l| {
-            l.plan
-                .params
-                .iter()
-                .map(|(k, v)| format!("{k} = {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }),
+        Model::Graph(g) => g.layers.first().map(|l| l.plan.parameter_list()),
         Model::MultiStream(_) => None,
     }
 }

@@ -3,8 +3,9 @@
 //! [`Init`], which allocates none of them), its layers' activations from the rule's plan
 //! (`explain`'s cost model), and the embeddings and heads around the layers. f32 throughout.
 //!
-//! The estimate is meant to be near the peak, a little above it rather than below: the
-//! reliability tests compare it with the peak heap of real runs.
+//! The estimate is meant to be near the peak, a little above it rather than below:
+//! `cargo run --release --example speed -- footprint` compares it with the peak heap of real
+//! runs.
 
 use dfdx::prelude::Cpu;
 
@@ -38,16 +39,7 @@ pub fn parameter_count(config: &ModelConfig, rule_source: Option<&str>) -> Resul
         Model::<f32, Cpu>::new(c, rule_source, &init)?;
         Ok(init.counted().unwrap_or(0))
     };
-    if config.depth() > super::MAX_LAYERS {
-        return Err(crate::error::Error::config(
-            "model",
-            format!(
-                "`depth` {} is more than {} layers",
-                config.depth(),
-                super::MAX_LAYERS
-            ),
-        ));
-    }
+    super::check_depth("model", config.depth())?;
     let depth = config.depth() as u64;
     if depth <= 2 {
         return count(config);
@@ -67,8 +59,9 @@ pub fn estimate(
 ) -> Result<Estimate> {
     let params = parameter_count(config, rule_source)?;
     let (b, n) = (batch as f64, n as f64);
-    // elements: kept for the backward pass (training) or alive at the peak (forward)
-    let activations = match config {
+    // elements: one layer's kept for its backward pass, and the embeddings and heads around
+    // the layers
+    let (layer, around) = match config {
         ModelConfig::Graph(g) => {
             let rule = match rule_source {
                 Some(src) => crate::rules::Rule::parse(&g.rule, src)?,
@@ -88,12 +81,7 @@ pub fn estimate(
                 } else {
                     0.0
                 };
-            match run {
-                // one layer at a time, with the copies its operations make on the way (the
-                // cost model counts what is kept, not every intermediate)
-                Use::Forward => TRANSIENT * layer + around,
-                Use::Train { .. } => g.depth as f64 * layer + TRANSIENT * layer + around,
-            }
+            (layer, around)
         }
         ModelConfig::MultiStream(m) => {
             let s = m.num_streams as f64;
@@ -101,13 +89,16 @@ pub fn estimate(
             let attention = b * s * (m.heads as f64) * n * n;
             let inner = b * s * n * (m.heads * m.dim_head) as f64;
             let layer = 8.0 * nodes + 4.0 * attention + 4.0 * inner + 3.0 * nodes * m.ff_mult;
-            let around = 4.0 * nodes + 3.0 * b * n * m.num_tokens as f64;
-            match run {
-                Use::Forward => TRANSIENT * layer + around,
-                Use::Train { .. } => m.depth as f64 * layer + TRANSIENT * layer + around,
-            }
+            (layer, 4.0 * nodes + 3.0 * b * n * m.num_tokens as f64)
         }
     };
+    // one layer at a time, with the copies its operations make on the way (the cost model
+    // counts what is kept, not every intermediate); training also keeps every layer's
+    let kept = match run {
+        Use::Forward => 0.0,
+        Use::Train { .. } => config.depth() as f64 * layer,
+    };
+    let activations = kept + TRANSIENT * layer + around;
     let bytes = |elements: f64| (elements * F32 as f64).min(u64::MAX as f64) as u64;
     let mut e = Estimate::default();
     match run {

@@ -102,17 +102,7 @@ impl GraphConfig {
                 ));
             }
         }
-        if self.depth > super::MAX_LAYERS {
-            return Err(Error::config(
-                "model",
-                format!(
-                    "`depth` {} is more than {} layers",
-                    self.depth,
-                    super::MAX_LAYERS
-                ),
-            ));
-        }
-        Ok(())
+        super::check_depth("model", self.depth)
     }
 }
 

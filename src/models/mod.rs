@@ -25,6 +25,17 @@ use crate::tensor::*;
 /// The most layers a model may have (a bound on what a configuration can ask to build).
 pub const MAX_LAYERS: usize = 100_000;
 
+/// Refuses a depth above [`MAX_LAYERS`] (`context` names the model in the message).
+pub fn check_depth(context: &str, depth: usize) -> Result<()> {
+    if depth > MAX_LAYERS {
+        return Err(crate::error::Error::config(
+            context,
+            format!("`depth` {depth} is more than {MAX_LAYERS} layers"),
+        ));
+    }
+    Ok(())
+}
+
 /// Any model's configuration, as saved in checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "model", rename_all = "snake_case")]

@@ -205,16 +205,7 @@ impl<E: Real, D: Device<E>> MultiStreamTransformer<E, D> {
                 "streams, heads, dim_head, dim and depth must be positive",
             ));
         }
-        if c.depth > super::MAX_LAYERS {
-            return Err(Error::config(
-                "multi-stream model",
-                format!(
-                    "`depth` {} is more than {} layers",
-                    c.depth,
-                    super::MAX_LAYERS
-                ),
-            ));
-        }
+        super::check_depth("multi-stream model", c.depth)?;
         let hidden = dim_of(c.dim, c.ff_mult);
         if !(hidden >= 1.0 && hidden <= crate::rules::check::MAX_CHANNELS as f64) {
             return Err(Error::config(

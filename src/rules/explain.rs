@@ -52,22 +52,13 @@ pub fn plan_cost(plan: &Plan, batch: usize, n: usize) -> Cost {
 pub fn explain(plan: &Plan, batch: usize, n: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "rule `{}` ({})", plan.rule, plan.file);
-    let params: Vec<String> = plan
-        .params
-        .iter()
-        .map(|(k, v)| format!("{k} = {v}"))
-        .collect();
     let _ = writeln!(
         out,
         "model: dim {}, dim_edges {}, causal {}; rule parameters: {}",
         plan.dim,
         plan.dim_edges,
         if plan.causal { "yes" } else { "no" },
-        if params.is_empty() {
-            "none".into()
-        } else {
-            params.join(", ")
-        }
+        plan.parameter_list()
     );
     let _ = writeln!(
         out,

@@ -43,6 +43,21 @@ pub struct Plan {
     pub statements: Vec<PlanStatement>,
 }
 
+impl Plan {
+    /// Every parameter's value: `heads = 4, dim_head = 16` (`none` for a rule without any).
+    pub fn parameter_list(&self) -> String {
+        if self.params.is_empty() {
+            return "none".into();
+        }
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        params.join(", ")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LetVar {
     pub name: String,

@@ -238,11 +238,16 @@ impl<'a> Parser<'a> {
     }
 
     fn expr(&mut self) -> Checked<Expr> {
-        self.nesting += 1;
-        if self.nesting > MAX_DEPTH {
-            return Err(too_deep(self.span()));
+        self.nested(self.span(), Self::sum)
+    }
+
+    /// Parses with `parse` one level deeper, refusing (at `span`) past `MAX_DEPTH`.
+    fn nested(&mut self, span: Span, parse: fn(&mut Self) -> Checked<Expr>) -> Checked<Expr> {
+        if self.nesting >= MAX_DEPTH {
+            return Err(too_deep(span));
         }
-        let e = self.sum();
+        self.nesting += 1;
+        let e = parse(self);
         self.nesting -= 1;
         e
     }
@@ -279,25 +284,14 @@ impl<'a> Parser<'a> {
         if self.peek() == &Tok::Minus {
             let start = self.bump().span;
             // `- - - x` and `a ** b ** c` recurse here: count them as nesting
-            self.nesting += 1;
-            if self.nesting > MAX_DEPTH {
-                return Err(too_deep(start));
-            }
-            let inner = self.unary();
-            self.nesting -= 1;
-            let inner = inner?;
+            let inner = self.nested(start, Self::unary)?;
             let span = start.to(inner.span);
             return node(ExprKind::Neg(Box::new(inner)), span);
         }
         let base = self.atom()?;
         if self.eat(&Tok::Power) {
-            self.nesting += 1;
-            if self.nesting > MAX_DEPTH {
-                return Err(too_deep(self.prev_span()));
-            }
-            let exponent = self.unary();
-            self.nesting -= 1;
-            return binary(BinOp::Pow, base, exponent?);
+            let exponent = self.nested(self.prev_span(), Self::unary)?;
+            return binary(BinOp::Pow, base, exponent);
         }
         Ok(base)
     }

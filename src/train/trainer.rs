@@ -114,32 +114,30 @@ impl TrainConfig {
                 ));
             }
         }
-        let positive = |x: f64| x.is_finite() && x > 0.0;
-        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
-        let fraction = |x: f64| (0.0..=1.0).contains(&x);
-        let rates: [(&str, f64, &str, &dyn Fn(f64) -> bool); 4] = [
-            ("lr", self.lr, "a finite number > 0", &positive),
+        let (lr, decay, clip, ratio) = (self.lr, self.weight_decay, self.clip, self.min_lr_ratio);
+        let rates = [
+            ("lr", lr, lr.is_finite() && lr > 0.0, "a finite number > 0"),
             (
                 "weight_decay",
-                self.weight_decay,
+                decay,
+                decay.is_finite() && decay >= 0.0,
                 "a finite number ≥ 0",
-                &non_negative,
             ),
             (
                 "clip",
-                self.clip,
+                clip,
+                clip.is_finite() && clip >= 0.0,
                 "a finite number ≥ 0 (0: no clipping)",
-                &non_negative,
             ),
             (
                 "min_lr_ratio",
-                self.min_lr_ratio,
+                ratio,
+                (0.0..=1.0).contains(&ratio),
                 "a number in [0, 1]",
-                &fraction,
             ),
         ];
-        for (name, v, what, ok) in rates {
-            if !ok(v) {
+        for (name, v, ok, what) in rates {
+            if !ok {
                 return Err(Error::config(
                     "training",
                     format!("`{name}` is {v}; it must be {what}"),
@@ -433,7 +431,7 @@ pub fn train<E: Real, D: super::shards::RunShards<E>>(
         };
         previous = Some((value, report.grad_norm));
         let done = step + 1;
-        let eval = if done % cfg.eval_every.max(1) == 0 || done == cfg.steps {
+        let eval = if done % cfg.eval_every == 0 || done == cfg.steps {
             let e = evaluate(model, &task, cfg.seed, cfg.eval_batches, cfg.batch)?;
             last_eval = Some(e);
             Some(e)
@@ -452,7 +450,7 @@ pub fn train<E: Real, D: super::shards::RunShards<E>>(
         metrics.write(&record)?;
         progress.step(&record);
         records.push(record);
-        if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps {
+        if done % cfg.checkpoint_every == 0 || done == cfg.steps {
             save(model, &adam, done)?;
             last_saved = Some(done);
         }
@@ -578,15 +576,7 @@ pub fn resume<E: Real, D: Backend<E>>(
     path: &Path,
     dev: &D,
 ) -> Result<(Model<E, D>, AdamState, TrainConfig, usize)> {
-    resume_from(checkpoint::load(path)?, path, dev)
-}
-
-/// [`resume`] for a checkpoint already read from `path`.
-pub fn resume_from<E: Real, D: Backend<E>>(
-    c: checkpoint::Checkpoint,
-    path: &Path,
-    dev: &D,
-) -> Result<(Model<E, D>, AdamState, TrainConfig, usize)> {
+    let c = checkpoint::load(path)?;
     let cfg = resume_config(&c, path)?;
     let model = c.model(dev)?;
     Ok((model, c.adam, cfg, c.train.step))

@@ -63,8 +63,6 @@ pub fn rule_model_config(rule: &str, n: usize) -> ModelConfig {
         ("dim_head", 16.0),
         ("edge_heads", 4.0),
         ("edge_dim_head", 8.0),
-        ("tri_heads", 4.0),
-        ("tri_dim_head", 8.0),
         ("hidden", 16.0),
         ("ff_mult", 2.0),
     ]

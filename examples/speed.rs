@@ -216,8 +216,6 @@ fn main() {
                     num("dim_head", 16.0),
                     num("edge_heads", 4.0),
                     num("edge_dim_head", 8.0),
-                    num("tri_heads", 4.0),
-                    num("tri_dim_head", 8.0),
                     num("hidden", 16.0),
                     num("picks", 64.0),
                 ]

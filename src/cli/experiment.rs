@@ -9,14 +9,18 @@ use quartic::experiment::{self, report, ExperimentConfig, TaskReport, SEPARATION
 
 use super::output::say;
 
+/// `--suite`'s help: each suite's tasks, from the suite itself.
+fn suite_help() -> String {
+    let tasks: Vec<&str> = SEPARATION_SUITE.iter().map(|t| t.task).collect();
+    format!("A suite of tasks: `separation` ({})", tasks.join(", "))
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ExperimentArgs {
     /// The task (see `quartic train --help`); or use --suite
     #[arg(long, required_unless_present = "suite", conflicts_with = "suite")]
     pub task: Option<String>,
-    /// A suite of tasks: `separation` (relation-, quotient-, path- and function-composition,
-    /// triangles, match3)
-    #[arg(long, value_parser = ["separation"])]
+    #[arg(long, value_parser = ["separation"], help = suite_help())]
     pub suite: Option<String>,
     /// Comma-separated rules (built-ins or rule files)
     #[arg(

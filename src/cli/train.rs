@@ -20,6 +20,14 @@ use super::budget::Budget;
 use super::model_args::ModelArgs;
 use super::output::{self, say, signal_name, StopSignals};
 
+/// `--task`'s help: the built-in tasks, from their registry.
+fn task_help() -> String {
+    format!(
+        "Task: {} (or text, with --data) [default: sanity]",
+        quartic::train::tasks::built_in_names()
+    )
+}
+
 #[derive(Args, Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainArgs {
@@ -27,9 +35,7 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Task: sanity, match3, relation-composition, quotient-composition, function-composition,
-    /// path-composition, triangles, k-hop (or text, with --data) [default: sanity]
-    #[arg(long)]
+    #[arg(long, help = task_help())]
     pub task: Option<String>,
     /// Train a causal character-level language model on this text file
     #[arg(long)]

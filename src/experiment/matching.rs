@@ -54,13 +54,12 @@ pub fn model_config(
         .into_iter()
         .map(|(n, _)| n)
         .collect();
+    // the width names every rule shares (dsl/README.md, "Parameters and configuration")
     let shared = [
         ("heads", widths.heads as f64),
         ("dim_head", widths.dim_head as f64),
         ("edge_heads", widths.edge_heads as f64),
         ("edge_dim_head", widths.edge_dim_head as f64),
-        ("tri_heads", widths.edge_heads as f64),
-        ("tri_dim_head", widths.edge_dim_head as f64),
         ("hidden", widths.dim_edges as f64),
         ("ff_mult", widths.ff_mult),
     ];

@@ -252,7 +252,7 @@ pub fn run_task(
         budget,
         matched,
         flops_per_step,
-        size_label: task.sizes().map(|(label, _)| label.to_string()),
+        size_label: task.sizes().map(|s| s.what.to_string()),
         has_probe: task.probe().is_some(),
         runs,
     })
@@ -293,8 +293,8 @@ fn run_one(task: &Task, matched: &Matched, seed: u64, cfg: &ExperimentConfig) ->
         .filter_map(|r| r.eval.map(|(_, a)| (r.step, a)))
         .collect();
     let mut by_size = Vec::new();
-    if let Some((_, sizes)) = task.sizes() {
-        for size in sizes {
+    if let Some(sizes) = task.sizes() {
+        for size in sizes.values {
             let (_, acc) = trainer::evaluate_split(
                 &model,
                 task,

@@ -12,7 +12,7 @@ use quartic::nn::{HasParams, Init};
 use quartic::rules::{Const, Rule, RuleConfig};
 use quartic::train::checkpoint::{self, TrainState};
 use quartic::train::run_dir::RunDir;
-use quartic::train::tasks::Split;
+use quartic::train::tasks::{Split, Text};
 use quartic::train::trainer::{self, Start, TrainConfig};
 
 use crate::common::StopAt;
@@ -357,11 +357,9 @@ fn held_out_text_windows_come_from_the_end_of_the_file_only() {
     let text: Vec<u8> = (0..=255u8).collect();
     std::fs::write(&path, &text).unwrap();
     let context = 8;
-    let task = Task::from_name("text", Some(path.to_str().unwrap()), context).unwrap();
-    let Task::Text { held_out, .. } = &task else {
-        unreachable!()
-    };
-    let held_out = *held_out;
+    let text = Text::from_file(path.to_str().unwrap(), context).unwrap();
+    let held_out = text.held_out();
+    let task = Task::new(text);
     assert_eq!(held_out, 256 - 25, "the last 10 % is held out");
     assert!(task.split_note().unwrap().contains("the last 25"));
     let (mut first_test, mut last_train) = (usize::MAX, 0);

@@ -30,8 +30,8 @@ pub fn small_overrides(rule: &str) -> Vec<(String, Const)> {
         "triangle" => o.extend([
             n("heads", 2.0),
             n("dim_head", 4.0),
-            n("tri_heads", 2.0),
-            n("tri_dim_head", 4.0),
+            n("edge_heads", 2.0),
+            n("edge_dim_head", 4.0),
             n("hidden", 4.0),
         ]),
         _ => {}

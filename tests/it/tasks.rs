@@ -356,3 +356,50 @@ fn padding_carries_no_edge_tokens_or_targets() {
     }
     assert!(Task::from_name("nope", None, 0).is_err());
 }
+
+#[test]
+fn every_built_in_task_is_found_by_its_own_name() {
+    for entry in BUILT_IN {
+        let t = Task::from_name(entry.name, None, 0).unwrap();
+        assert_eq!(t.name(), entry.name, "the registry and the task disagree");
+        assert!(t.max_len() > 0 && t.num_tokens() > 0, "{}", entry.name);
+        assert_eq!(
+            t.readout() == Readout::Edges,
+            t.edge_classes() > 0,
+            "{}",
+            entry.name
+        );
+    }
+    let e = Task::from_name("nope", None, 0).unwrap_err().to_string();
+    for entry in BUILT_IN {
+        assert!(
+            e.contains(entry.name),
+            "the error lists {}: {e}",
+            entry.name
+        );
+    }
+}
+
+#[test]
+fn the_separation_suite_names_built_in_tasks() {
+    for t in quartic::experiment::SEPARATION_SUITE {
+        assert!(
+            built_in(t.task).is_some(),
+            "{} is not a built-in task",
+            t.task
+        );
+    }
+}
+
+#[test]
+fn the_readme_task_table_lists_every_built_in_task() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for entry in BUILT_IN {
+        let row = format!("| `{}` |", entry.name);
+        assert!(
+            readme.contains(&row),
+            "README's task table has no row {row}"
+        );
+    }
+}

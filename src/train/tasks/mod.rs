@@ -5,9 +5,23 @@
 //! also give every ordered pair (i, j) an edge token (the structure: is there an edge, its
 //! label) and read predictions from the nodes or from the edges.
 
-mod labels;
+//!
+//! Each task is one type implementing [`TaskDef`] (what it samples, its vocabularies, its
+//! sizes and probe); [`BUILT_IN`] lists them by name, and the command line's task list, its
+//! help and `experiment`'s suites come from that list. A new task is a type in `sequence.rs`
+//! or `graph.rs` and one row of [`BUILT_IN`].
 
+mod graph;
+mod labels;
+mod sequence;
+mod text;
+
+pub use graph::*;
 pub use labels::*;
+pub use sequence::*;
+pub use text::*;
+
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -75,117 +89,135 @@ pub enum Split {
     Size(usize),
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum Task {
-    /// Sequences of 8–12 values below 16; every position predicts the sequence's maximum.
-    Sanity,
-    /// Values mod `modulus`, lengths `min_len..=max_len`; position i is positive when some j, k
-    /// (any positions) give `x_i + x_j + x_k ≡ 0`. Each sequence draws its values from a random
-    /// subset of residues (2–10 of them), which spreads the fraction of positives.
-    Match3 {
-        modulus: usize,
-        min_len: usize,
-        max_len: usize,
-    },
-    /// A random relation A (edge probability `p`) on `min_nodes..=max_nodes` nodes; edge (i, j)
-    /// gets the token A[i, j] + 2·A[j, i] and predicts (A∘A)[i, j].
-    RelationComposition {
-        min_nodes: usize,
-        max_nodes: usize,
-        p: f64,
-    },
-    /// The relation of `relation-composition` on nodes coloured from `colours` (node tokens);
-    /// edge (i, j) predicts whether some u ∈ N(i), v ∈ N(j), u ≠ v share a colour.
-    QuotientComposition {
-        min_nodes: usize,
-        max_nodes: usize,
-        p: f64,
-        colours: usize,
-    },
-    /// A sequence x over [0, n) of length n in `min_len..=max_len`; position 0 predicts
-    /// whether x[x[0]] == 0 (balanced: half the sequences are positive).
-    FunctionComposition { min_len: usize, max_len: usize },
-    /// A chain of k edges labelled with elements of S3 through k + 1 of `nodes` nodes (placed
-    /// at random; edge tokens in both directions, `PATH_*`); the query edge from the chain's
-    /// start to its end is marked and predicts the composed label. Trains on k in `train_k`,
-    /// tests on k in `2..=test_max_k`.
-    PathComposition {
-        nodes: usize,
-        train_k: (usize, usize),
-        test_max_k: usize,
-    },
-    /// An undirected random graph (edge tokens 0/1, probability `p`); every node predicts
-    /// whether it lies on a triangle.
-    Triangles {
-        min_nodes: usize,
-        max_nodes: usize,
-        p: f64,
-    },
-    /// k-hop induction heads: the first token says k (1..=`max_k`), the rest are symbols below
-    /// `alphabet`; every symbol position predicts the symbol k hops away (`labels::k_hop`), or
-    /// "none" (class `alphabet`).
-    KHop {
-        alphabet: usize,
-        max_k: usize,
-        min_len: usize,
-        max_len: usize,
-    },
-    /// Next-byte prediction on a text (causal), windows of `context` bytes. Training windows
-    /// lie in the bytes before `held_out`, held-out windows in the bytes from it on (the last
-    /// [`HELD_OUT_PERCENT`] % of the file): no held-out byte is ever trained on.
-    Text {
-        name: String,
-        bytes: Vec<u8>,
-        context: usize,
-        held_out: usize,
-    },
+/// A task's vocabularies: node tokens (node classes are below it too), edge tokens (0: the task
+/// gives no edge inputs) and edge classes (0: predictions are read from the nodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vocab {
+    pub node_tokens: usize,
+    pub edge_tokens: usize,
+    pub edge_classes: usize,
 }
 
-pub const TASKS: [&str; 9] = [
-    "sanity",
-    "match3",
-    "relation-composition",
-    "quotient-composition",
-    "function-composition",
-    "path-composition",
-    "triangles",
-    "k-hop",
-    "text (--data FILE)",
+impl Vocab {
+    /// A task with node tokens only, read from the nodes.
+    pub fn nodes(node_tokens: usize) -> Self {
+        Self {
+            node_tokens,
+            edge_tokens: 0,
+            edge_classes: 0,
+        }
+    }
+}
+
+/// The sizes a task can be tested at one by one ([`Split::Size`]), and what a size is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub what: &'static str,
+    pub values: Vec<usize>,
+}
+
+/// One task: how it samples examples and what a model needs to read them.
+pub trait TaskDef: std::fmt::Debug + Send + Sync {
+    /// The name it is reported under.
+    fn name(&self) -> String;
+    fn vocab(&self) -> Vocab;
+    /// The longest example (nodes).
+    fn max_len(&self) -> usize;
+    /// Whether the task needs a causal model.
+    fn causal(&self) -> bool;
+    /// One example of the given split.
+    fn example(&self, rng: &mut StdRng, split: Split) -> Example;
+    /// The sizes it can be tested at one by one, for tasks that test beyond their training sizes.
+    fn sizes(&self) -> Option<Sizes> {
+        None
+    }
+    /// Fixed examples every model is also tested on, for tasks that have them.
+    fn probe(&self) -> Option<Batch> {
+        None
+    }
+    /// How the data is split between training and evaluation, for tasks read from files.
+    fn split_note(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A built-in task: its name, what it asks, and its constructor.
+pub struct BuiltIn {
+    pub name: &'static str,
+    pub summary: &'static str,
+    make: fn() -> Task,
+}
+
+impl BuiltIn {
+    pub fn task(&self) -> Task {
+        (self.make)()
+    }
+}
+
+/// Every built-in task, in the order the help lists them. (`text` reads a file: `--data`.)
+pub const BUILT_IN: &[BuiltIn] = &[
+    BuiltIn {
+        name: "sanity",
+        summary: "every position predicts the sequence's maximum",
+        make: || Task::new(Sanity),
+    },
+    BuiltIn {
+        name: "match3",
+        summary: "is x_i + x_j + x_k ≡ 0 (mod 37) for some j, k",
+        make: || Task::new(Match3::default()),
+    },
+    BuiltIn {
+        name: "relation-composition",
+        summary: "edge (i, j) predicts (A∘A)[i, j] of a random relation A",
+        make: || Task::new(RelationComposition::default()),
+    },
+    BuiltIn {
+        name: "quotient-composition",
+        summary: "edge (i, j): do neighbours of i and of j share a colour",
+        make: || Task::new(QuotientComposition::default()),
+    },
+    BuiltIn {
+        name: "function-composition",
+        summary: "position 0 predicts whether x[x[0]] = 0",
+        make: || Task::new(FunctionComposition::default()),
+    },
+    BuiltIn {
+        name: "path-composition",
+        summary: "the query edge composes S3 labels along a chain (tested on longer chains)",
+        make: || Task::new(PathComposition::default()),
+    },
+    BuiltIn {
+        name: "triangles",
+        summary: "every node predicts whether it lies on a triangle",
+        make: || Task::new(Triangles::default()),
+    },
+    BuiltIn {
+        name: "k-hop",
+        summary: "k-hop induction heads",
+        make: || Task::new(KHop::default()),
+    },
 ];
 
-/// The share of a training text held out for evaluation: its end.
-pub const HELD_OUT_PERCENT: usize = 10;
-
-/// `path-composition` edge tokens: 0 off the path; a chain edge labelled g is `PATH_FORWARD + g`
-/// in its direction and `PATH_BACKWARD + g` against it; the query edge and its reverse.
-pub const PATH_FORWARD: usize = 1;
-pub const PATH_BACKWARD: usize = 7;
-pub const PATH_QUERY: usize = 13;
-pub const PATH_QUERY_BACKWARD: usize = 14;
-
-/// A uniformly random 0/1 relation.
-fn relation(rng: &mut StdRng, n: usize, p: f64) -> Vec<Vec<bool>> {
-    (0..n)
-        .map(|_| (0..n).map(|_| rng.gen_bool(p)).collect())
-        .collect()
+/// The built-in tasks' names, comma-separated (for help and errors).
+pub fn built_in_names() -> String {
+    BUILT_IN
+        .iter()
+        .map(|t| t.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// Edge tokens of a relation, both directions at once: A[i, j] + 2·A[j, i].
-fn relation_tokens(a: &[Vec<bool>]) -> Vec<usize> {
-    let n = a.len();
-    (0..n * n)
-        .map(|e| a[e / n][e % n] as usize + 2 * a[e % n][e / n] as usize)
-        .collect()
+/// The built-in task called `name`.
+pub fn built_in(name: &str) -> Option<&'static BuiltIn> {
+    BUILT_IN.iter().find(|t| t.name == name)
 }
 
-fn flat_targets(rows: &[Vec<bool>]) -> Vec<Option<usize>> {
-    rows.iter()
-        .flat_map(|r| r.iter().map(|&x| Some(x as usize)))
-        .collect()
-}
+/// A task, shared cheaply between threads.
+#[derive(Clone, Debug)]
+pub struct Task(Arc<dyn TaskDef>);
 
-/// A random order of `0..n`.
-fn shuffled(rng: &mut StdRng, n: usize) -> Vec<usize> {
+/// `shuffled(rng, n)`: a random order of `0..n`.
+pub(super) fn shuffled(rng: &mut StdRng, n: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         v.swap(i, rng.gen_range(0..=i));
@@ -194,136 +226,51 @@ fn shuffled(rng: &mut StdRng, n: usize) -> Vec<usize> {
 }
 
 impl Task {
-    /// A built-in task by name, or a text file for `text`.
+    pub fn new(task: impl TaskDef + 'static) -> Self {
+        Self(Arc::new(task))
+    }
+
+    /// A built-in task by name, or a text file for `text` (`data`, windows of `context` bytes).
     pub fn from_name(name: &str, data: Option<&str>, context: usize) -> Result<Self> {
         if let Some(path) = data {
-            if context == 0 {
-                return Err(Error::config("text task", "the context must be positive"));
-            }
-            let bytes = crate::files::read_capped(
-                std::path::Path::new(path),
-                crate::files::TEXT_CAP,
-                "the training text",
-            )?;
-            // the held-out part: the last 10 %, and at least one window
-            let window = context + 1;
-            let held = (bytes.len() * HELD_OUT_PERCENT / 100).max(window);
-            if bytes.len() < held + window {
-                return Err(Error::config(
-                    "text task",
-                    format!(
-                        "{path} has {} bytes; with context {context} it needs at least {}: one \
-                         window of {window} bytes to train on and the last {HELD_OUT_PERCENT} % \
-                         (at least one window) held out",
-                        bytes.len(),
-                        2 * window
-                    ),
-                ));
-            }
-            return Ok(Self::Text {
-                name: path.into(),
-                held_out: bytes.len() - held,
-                bytes,
-                context,
-            });
+            return Ok(Self::new(Text::from_file(path, context)?));
         }
-        Ok(match name {
-            "sanity" => Self::Sanity,
-            "match3" => Self::Match3 {
-                modulus: 37,
-                min_len: 30,
-                max_len: 35,
-            },
-            "relation-composition" => Self::RelationComposition {
-                min_nodes: 6,
-                max_nodes: 8,
-                p: 0.33,
-            },
-            "quotient-composition" => Self::QuotientComposition {
-                min_nodes: 6,
-                max_nodes: 8,
-                p: 0.33,
-                colours: 5,
-            },
-            "function-composition" => Self::FunctionComposition {
-                min_len: 25,
-                max_len: 30,
-            },
-            "path-composition" => Self::PathComposition {
-                nodes: 11,
-                train_k: (2, 3),
-                test_max_k: 10,
-            },
-            "triangles" => Self::Triangles {
-                min_nodes: 8,
-                max_nodes: 12,
-                p: 0.3,
-            },
-            "k-hop" => Self::KHop {
-                alphabet: 4,
-                max_k: 4,
-                min_len: 24,
-                max_len: 32,
-            },
-            "text" => {
-                return Err(Error::config("task", "the text task needs `--data FILE`"));
-            }
-            other => {
-                return Err(Error::config(
-                    "task",
-                    format!("unknown task `{other}` (tasks: {})", TASKS.join(", ")),
-                ))
-            }
-        })
+        if name == "text" {
+            return Err(Error::config("task", "the text task needs `--data FILE`"));
+        }
+        match built_in(name) {
+            Some(t) => Ok(t.task()),
+            None => Err(Error::config(
+                "task",
+                format!(
+                    "unknown task `{name}` (tasks: {}, and text with --data FILE)",
+                    built_in_names()
+                ),
+            )),
+        }
     }
 
     pub fn name(&self) -> String {
-        match self {
-            Self::Sanity => "sanity".into(),
-            Self::Match3 { .. } => "match3".into(),
-            Self::RelationComposition { .. } => "relation-composition".into(),
-            Self::QuotientComposition { .. } => "quotient-composition".into(),
-            Self::FunctionComposition { .. } => "function-composition".into(),
-            Self::PathComposition { .. } => "path-composition".into(),
-            Self::Triangles { .. } => "triangles".into(),
-            Self::KHop { .. } => "k-hop".into(),
-            Self::Text { name, .. } => format!("text:{name}"),
-        }
+        self.0.name()
+    }
+
+    pub fn vocab(&self) -> Vocab {
+        self.0.vocab()
     }
 
     /// The node vocabulary; node classes are below it too.
     pub fn num_tokens(&self) -> usize {
-        match self {
-            Self::Sanity => 16,
-            Self::Match3 { modulus, .. } => *modulus,
-            Self::RelationComposition { .. } | Self::PathComposition { .. } => 2,
-            Self::QuotientComposition { colours, .. } => (*colours).max(2),
-            Self::FunctionComposition { max_len, .. } => *max_len,
-            Self::Triangles { .. } => 2,
-            Self::KHop {
-                alphabet, max_k, ..
-            } => alphabet + (*max_k).max(1),
-            Self::Text { .. } => 256,
-        }
+        self.vocab().node_tokens
     }
 
     /// How many edge tokens there are (0: the task gives no edge inputs).
     pub fn edge_vocab(&self) -> usize {
-        match self {
-            Self::RelationComposition { .. } | Self::QuotientComposition { .. } => 4,
-            Self::PathComposition { .. } => 15,
-            Self::Triangles { .. } => 2,
-            _ => 0,
-        }
+        self.vocab().edge_tokens
     }
 
     /// How many classes an edge predicts (0: the task reads nodes).
     pub fn edge_classes(&self) -> usize {
-        match self {
-            Self::RelationComposition { .. } | Self::QuotientComposition { .. } => 2,
-            Self::PathComposition { .. } => 6,
-            _ => 0,
-        }
+        self.vocab().edge_classes
     }
 
     pub fn readout(&self) -> Readout {
@@ -335,246 +282,27 @@ impl Task {
     }
 
     pub fn max_len(&self) -> usize {
-        match self {
-            Self::Sanity => 12,
-            Self::Match3 { max_len, .. }
-            | Self::FunctionComposition { max_len, .. }
-            | Self::KHop { max_len, .. } => *max_len,
-            Self::RelationComposition { max_nodes, .. }
-            | Self::QuotientComposition { max_nodes, .. }
-            | Self::Triangles { max_nodes, .. } => *max_nodes,
-            Self::PathComposition { nodes, .. } => *nodes,
-            Self::Text { context, .. } => *context,
-        }
+        self.0.max_len()
     }
 
-    /// Whether the task needs a causal model.
     pub fn causal(&self) -> bool {
-        matches!(self, Self::Text { .. })
+        self.0.causal()
     }
 
-    /// How a text task's file is split between training and held-out windows (for banners).
     pub fn split_note(&self) -> Option<String> {
-        match self {
-            Self::Text {
-                bytes, held_out, ..
-            } => Some(format!(
-                "{} bytes: training windows from the first {held_out}, held-out windows from \
-                 the last {} ({HELD_OUT_PERCENT} %)",
-                bytes.len(),
-                bytes.len() - held_out
-            )),
-            _ => None,
-        }
+        self.0.split_note()
     }
 
-    /// The sizes the task can be tested at one by one (`Split::Size`), and what a size is.
-    pub fn sizes(&self) -> Option<(&'static str, Vec<usize>)> {
-        match self {
-            Self::PathComposition { test_max_k, .. } => {
-                Some(("path length k", (2..=*test_max_k).collect()))
-            }
-            Self::KHop { max_k, .. } => Some(("hops k", (1..=*max_k).collect())),
-            _ => None,
-        }
+    pub fn sizes(&self) -> Option<Sizes> {
+        self.0.sizes()
     }
 
-    /// Fixed examples every model is also tested on (`triangles`: two triangles against a
-    /// 6-cycle, which message passing on node degrees cannot tell apart).
     pub fn probe(&self) -> Option<Batch> {
-        match self {
-            Self::Triangles { .. } => {
-                let graph = |edges: &[(usize, usize)]| {
-                    let mut adj = vec![vec![false; 6]; 6];
-                    for &(a, b) in edges {
-                        adj[a][b] = true;
-                        adj[b][a] = true;
-                    }
-                    triangles_example(&adj)
-                };
-                let two_triangles = graph(&[(0, 1), (1, 2), (2, 0), (3, 4), (4, 5), (5, 3)]);
-                let hexagon = graph(&[(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0)]);
-                Some(batch_of(vec![two_triangles, hexagon]))
-            }
-            _ => None,
-        }
+        self.0.probe()
     }
 
-    /// One example of the given split.
     pub fn example(&self, rng: &mut StdRng, split: Split) -> Example {
-        match self {
-            Self::Sanity => {
-                let n = rng.gen_range(8..=12);
-                let tokens: Vec<usize> = (0..n).map(|_| rng.gen_range(0..16)).collect();
-                let max = *tokens.iter().max().expect("n ≥ 8");
-                Example {
-                    targets: vec![Some(max); n],
-                    tokens,
-                    ..Example::default()
-                }
-            }
-            Self::Match3 {
-                modulus,
-                min_len,
-                max_len,
-            } => {
-                let m = *modulus;
-                let n = rng.gen_range(*min_len..=*max_len);
-                let size = rng.gen_range(2..=10.min(m));
-                let subset: Vec<usize> = shuffled(rng, m).into_iter().take(size).collect();
-                let tokens: Vec<usize> = (0..n)
-                    .map(|_| subset[rng.gen_range(0..subset.len())])
-                    .collect();
-                let targets = match3_labels(&tokens, m)
-                    .into_iter()
-                    .map(|l| Some(l as usize))
-                    .collect();
-                Example {
-                    tokens,
-                    targets,
-                    ..Example::default()
-                }
-            }
-            Self::RelationComposition {
-                min_nodes,
-                max_nodes,
-                p,
-            } => {
-                let n = rng.gen_range(*min_nodes..=*max_nodes);
-                let a = relation(rng, n, *p);
-                Example {
-                    tokens: vec![0; n],
-                    targets: vec![None; n],
-                    edge_tokens: relation_tokens(&a),
-                    edge_targets: flat_targets(&compose(&a)),
-                }
-            }
-            Self::QuotientComposition {
-                min_nodes,
-                max_nodes,
-                p,
-                colours,
-            } => {
-                let n = rng.gen_range(*min_nodes..=*max_nodes);
-                let a = relation(rng, n, *p);
-                let colour: Vec<usize> = (0..n).map(|_| rng.gen_range(0..*colours)).collect();
-                Example {
-                    targets: vec![None; n],
-                    edge_tokens: relation_tokens(&a),
-                    edge_targets: flat_targets(&quotient_compose(&a, &colour)),
-                    tokens: colour,
-                }
-            }
-            Self::FunctionComposition { min_len, max_len } => {
-                let n = rng.gen_range(*min_len..=*max_len);
-                let positive = rng.gen_bool(0.5);
-                let mut x: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n)).collect();
-                if positive {
-                    // x[x[0]] = 0 (when x[0] = 0 this holds already)
-                    let at = x[0];
-                    x[at] = 0;
-                } else {
-                    // x[0] ≠ 0 (else x[x[0]] = x[0] = 0), then x[x[0]] ≠ 0
-                    x[0] = rng.gen_range(1..n);
-                    let at = x[0];
-                    x[at] = rng.gen_range(1..n);
-                }
-                let mut targets = vec![None; n];
-                targets[0] = Some(function_composition_label(&x) as usize);
-                Example {
-                    tokens: x,
-                    targets,
-                    ..Example::default()
-                }
-            }
-            Self::PathComposition {
-                nodes,
-                train_k,
-                test_max_k,
-            } => {
-                let k = match split {
-                    Split::Train => rng.gen_range(train_k.0..=train_k.1),
-                    Split::Test => rng.gen_range(2..=*test_max_k),
-                    Split::Size(k) => k.clamp(2, nodes - 1),
-                };
-                let n = *nodes;
-                let walk: Vec<usize> = shuffled(rng, n).into_iter().take(k + 1).collect();
-                let labels: Vec<usize> = (0..k).map(|_| rng.gen_range(0..6)).collect();
-                let mut edge_tokens = vec![0; n * n];
-                for (t, &g) in labels.iter().enumerate() {
-                    edge_tokens[walk[t] * n + walk[t + 1]] = PATH_FORWARD + g;
-                    edge_tokens[walk[t + 1] * n + walk[t]] = PATH_BACKWARD + g;
-                }
-                let query = walk[0] * n + walk[k];
-                edge_tokens[query] = PATH_QUERY;
-                edge_tokens[walk[k] * n + walk[0]] = PATH_QUERY_BACKWARD;
-                let mut edge_targets = vec![None; n * n];
-                edge_targets[query] = Some(path_label(&labels));
-                Example {
-                    tokens: vec![0; n],
-                    targets: vec![None; n],
-                    edge_tokens,
-                    edge_targets,
-                }
-            }
-            Self::Triangles {
-                min_nodes,
-                max_nodes,
-                p,
-            } => {
-                let n = rng.gen_range(*min_nodes..=*max_nodes);
-                let mut adj = vec![vec![false; n]; n];
-                for i in 0..n {
-                    for j in i + 1..n {
-                        let e = rng.gen_bool(*p);
-                        adj[i][j] = e;
-                        adj[j][i] = e;
-                    }
-                }
-                triangles_example(&adj)
-            }
-            Self::KHop {
-                alphabet,
-                max_k,
-                min_len,
-                max_len,
-            } => {
-                let k = match split {
-                    Split::Size(k) => k.clamp(1, *max_k),
-                    _ => rng.gen_range(1..=*max_k),
-                };
-                let n = rng.gen_range(*min_len..=*max_len);
-                let body: Vec<usize> = (1..n).map(|_| rng.gen_range(0..*alphabet)).collect();
-                let mut tokens = vec![alphabet + k - 1];
-                tokens.extend(&body);
-                let mut targets = vec![None];
-                targets
-                    .extend((0..body.len()).map(|i| Some(k_hop(&body, i, k).unwrap_or(*alphabet))));
-                Example {
-                    tokens,
-                    targets,
-                    ..Example::default()
-                }
-            }
-            Self::Text {
-                bytes,
-                context,
-                held_out,
-                ..
-            } => {
-                let window = context + 1;
-                let start = match split {
-                    Split::Train => rng.gen_range(0..=*held_out - window),
-                    Split::Test | Split::Size(_) => rng.gen_range(*held_out..=bytes.len() - window),
-                };
-                let window = &bytes[start..start + context + 1];
-                Example {
-                    tokens: window[..*context].iter().map(|&b| b as usize).collect(),
-                    targets: window[1..].iter().map(|&b| Some(b as usize)).collect(),
-                    ..Example::default()
-                }
-            }
-        }
+        self.0.example(rng, split)
     }
 
     /// `batch` training examples, padded to the longest.
@@ -585,20 +313,6 @@ impl Task {
     /// `batch` examples of `split`, padded to the longest.
     pub fn sample_split(&self, rng: &mut StdRng, batch: usize, split: Split) -> Batch {
         batch_of((0..batch).map(|_| self.example(rng, split)).collect())
-    }
-}
-
-/// The triangles task's example for an undirected graph.
-fn triangles_example(adj: &[Vec<bool>]) -> Example {
-    let n = adj.len();
-    Example {
-        tokens: vec![0; n],
-        targets: on_triangle(adj)
-            .into_iter()
-            .map(|t| Some(t as usize))
-            .collect(),
-        edge_tokens: (0..n * n).map(|e| adj[e / n][e % n] as usize).collect(),
-        edge_targets: Vec::new(),
     }
 }
 

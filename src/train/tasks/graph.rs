@@ -1,0 +1,305 @@
+//! Tasks on graphs: every ordered pair (i, j) also carries an edge token (the structure: is
+//! there an edge, its label); predictions are read from the edges or from the nodes.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::labels::{compose, on_triangle, path_label, quotient_compose};
+use super::{batch_of, shuffled, Batch, Example, Sizes, Split, TaskDef, Vocab};
+
+/// A random relation A (edge probability `p`) on `min_nodes..=max_nodes` nodes; edge (i, j)
+/// gets the token A[i, j] + 2·A[j, i] and predicts (A∘A)[i, j].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelationComposition {
+    pub min_nodes: usize,
+    pub max_nodes: usize,
+    pub p: f64,
+}
+
+impl Default for RelationComposition {
+    fn default() -> Self {
+        Self {
+            min_nodes: 6,
+            max_nodes: 8,
+            p: 0.33,
+        }
+    }
+}
+
+impl TaskDef for RelationComposition {
+    fn name(&self) -> String {
+        "relation-composition".into()
+    }
+
+    fn vocab(&self) -> Vocab {
+        Vocab {
+            node_tokens: 2,
+            edge_tokens: RELATION_TOKENS,
+            edge_classes: 2,
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_nodes
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
+        let n = rng.gen_range(self.min_nodes..=self.max_nodes);
+        let a = relation(rng, n, self.p);
+        Example {
+            tokens: vec![0; n],
+            targets: vec![None; n],
+            edge_tokens: relation_tokens(&a),
+            edge_targets: flat_targets(&compose(&a)),
+        }
+    }
+}
+
+/// The relation of `relation-composition` on nodes coloured from `colours` (node tokens);
+/// edge (i, j) predicts whether some u ∈ N(i), v ∈ N(j), u ≠ v share a colour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotientComposition {
+    pub min_nodes: usize,
+    pub max_nodes: usize,
+    pub p: f64,
+    pub colours: usize,
+}
+
+impl Default for QuotientComposition {
+    fn default() -> Self {
+        Self {
+            min_nodes: 6,
+            max_nodes: 8,
+            p: 0.33,
+            colours: 5,
+        }
+    }
+}
+
+impl TaskDef for QuotientComposition {
+    fn name(&self) -> String {
+        "quotient-composition".into()
+    }
+
+    fn vocab(&self) -> Vocab {
+        Vocab {
+            node_tokens: self.colours.max(2),
+            edge_tokens: RELATION_TOKENS,
+            edge_classes: 2,
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_nodes
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
+        let n = rng.gen_range(self.min_nodes..=self.max_nodes);
+        let a = relation(rng, n, self.p);
+        let colour: Vec<usize> = (0..n).map(|_| rng.gen_range(0..self.colours)).collect();
+        Example {
+            targets: vec![None; n],
+            edge_tokens: relation_tokens(&a),
+            edge_targets: flat_targets(&quotient_compose(&a, &colour)),
+            tokens: colour,
+        }
+    }
+}
+
+/// `path-composition` edge tokens: 0 off the path; a chain edge labelled g is `PATH_FORWARD + g`
+/// in its direction and `PATH_BACKWARD + g` against it; the query edge and its reverse.
+pub const PATH_FORWARD: usize = 1;
+pub const PATH_BACKWARD: usize = 7;
+pub const PATH_QUERY: usize = 13;
+pub const PATH_QUERY_BACKWARD: usize = 14;
+
+/// A chain of k edges labelled with elements of S3 through k + 1 of `nodes` nodes (placed at
+/// random; edge tokens in both directions, `PATH_*`); the query edge from the chain's start to
+/// its end is marked and predicts the composed label. Trains on k in `train_k`, tests on k in
+/// `2..=test_max_k`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PathComposition {
+    pub nodes: usize,
+    pub train_k: (usize, usize),
+    pub test_max_k: usize,
+}
+
+impl Default for PathComposition {
+    fn default() -> Self {
+        Self {
+            nodes: 11,
+            train_k: (2, 3),
+            test_max_k: 10,
+        }
+    }
+}
+
+impl TaskDef for PathComposition {
+    fn name(&self) -> String {
+        "path-composition".into()
+    }
+
+    fn vocab(&self) -> Vocab {
+        Vocab {
+            node_tokens: 2,
+            edge_tokens: PATH_QUERY_BACKWARD + 1,
+            edge_classes: 6,
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        self.nodes
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    fn sizes(&self) -> Option<Sizes> {
+        Some(Sizes {
+            what: "path length k",
+            values: (2..=self.test_max_k).collect(),
+        })
+    }
+
+    fn example(&self, rng: &mut StdRng, split: Split) -> Example {
+        let n = self.nodes;
+        let k = match split {
+            Split::Train => rng.gen_range(self.train_k.0..=self.train_k.1),
+            Split::Test => rng.gen_range(2..=self.test_max_k),
+            Split::Size(k) => k.clamp(2, n - 1),
+        };
+        let walk: Vec<usize> = shuffled(rng, n).into_iter().take(k + 1).collect();
+        let labels: Vec<usize> = (0..k).map(|_| rng.gen_range(0..6)).collect();
+        let mut edge_tokens = vec![0; n * n];
+        for (t, &g) in labels.iter().enumerate() {
+            edge_tokens[walk[t] * n + walk[t + 1]] = PATH_FORWARD + g;
+            edge_tokens[walk[t + 1] * n + walk[t]] = PATH_BACKWARD + g;
+        }
+        let query = walk[0] * n + walk[k];
+        edge_tokens[query] = PATH_QUERY;
+        edge_tokens[walk[k] * n + walk[0]] = PATH_QUERY_BACKWARD;
+        let mut edge_targets = vec![None; n * n];
+        edge_targets[query] = Some(path_label(&labels));
+        Example {
+            tokens: vec![0; n],
+            targets: vec![None; n],
+            edge_tokens,
+            edge_targets,
+        }
+    }
+}
+
+/// An undirected random graph (edge tokens 0/1, probability `p`); every node predicts whether
+/// it lies on a triangle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Triangles {
+    pub min_nodes: usize,
+    pub max_nodes: usize,
+    pub p: f64,
+}
+
+impl Default for Triangles {
+    fn default() -> Self {
+        Self {
+            min_nodes: 8,
+            max_nodes: 12,
+            p: 0.3,
+        }
+    }
+}
+
+impl TaskDef for Triangles {
+    fn name(&self) -> String {
+        "triangles".into()
+    }
+
+    fn vocab(&self) -> Vocab {
+        Vocab {
+            node_tokens: 2,
+            edge_tokens: 2,
+            edge_classes: 0,
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_nodes
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    /// Two triangles against a 6-cycle, which message passing on node degrees cannot tell apart.
+    fn probe(&self) -> Option<Batch> {
+        let graph = |edges: &[(usize, usize)]| {
+            let mut adj = vec![vec![false; 6]; 6];
+            for &(a, b) in edges {
+                adj[a][b] = true;
+                adj[b][a] = true;
+            }
+            triangles_example(&adj)
+        };
+        let two_triangles = graph(&[(0, 1), (1, 2), (2, 0), (3, 4), (4, 5), (5, 3)]);
+        let hexagon = graph(&[(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0)]);
+        Some(batch_of(vec![two_triangles, hexagon]))
+    }
+
+    fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
+        let n = rng.gen_range(self.min_nodes..=self.max_nodes);
+        let mut adj = vec![vec![false; n]; n];
+        for i in 0..n {
+            for j in i + 1..n {
+                let e = rng.gen_bool(self.p);
+                adj[i][j] = e;
+                adj[j][i] = e;
+            }
+        }
+        triangles_example(&adj)
+    }
+}
+
+/// The triangles task's example for an undirected graph.
+fn triangles_example(adj: &[Vec<bool>]) -> Example {
+    let n = adj.len();
+    Example {
+        tokens: vec![0; n],
+        targets: on_triangle(adj)
+            .into_iter()
+            .map(|t| Some(t as usize))
+            .collect(),
+        edge_tokens: (0..n * n).map(|e| adj[e / n][e % n] as usize).collect(),
+        edge_targets: Vec::new(),
+    }
+}
+
+/// Edge tokens of a relation, both directions at once: A[i, j] + 2·A[j, i] (four tokens).
+const RELATION_TOKENS: usize = 4;
+
+/// A uniformly random 0/1 relation.
+fn relation(rng: &mut StdRng, n: usize, p: f64) -> Vec<Vec<bool>> {
+    (0..n)
+        .map(|_| (0..n).map(|_| rng.gen_bool(p)).collect())
+        .collect()
+}
+
+fn relation_tokens(a: &[Vec<bool>]) -> Vec<usize> {
+    let n = a.len();
+    (0..n * n)
+        .map(|e| a[e / n][e % n] as usize + 2 * a[e % n][e / n] as usize)
+        .collect()
+}
+
+fn flat_targets(rows: &[Vec<bool>]) -> Vec<Option<usize>> {
+    rows.iter()
+        .flat_map(|r| r.iter().map(|&x| Some(x as usize)))
+        .collect()
+}

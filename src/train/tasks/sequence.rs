@@ -1,0 +1,221 @@
+//! Tasks on sequences: every position is a node with a token; predictions are read from the nodes.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::labels::{function_composition_label, k_hop, match3_labels};
+use super::{shuffled, Example, Sizes, Split, TaskDef, Vocab};
+
+/// Sequences of 8–12 values below 16; every position predicts the sequence's maximum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sanity;
+
+impl TaskDef for Sanity {
+    fn name(&self) -> String {
+        "sanity".into()
+    }
+
+    fn vocab(&self) -> Vocab {
+        Vocab::nodes(16)
+    }
+
+    fn max_len(&self) -> usize {
+        12
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
+        let n = rng.gen_range(8..=12);
+        let tokens: Vec<usize> = (0..n).map(|_| rng.gen_range(0..16)).collect();
+        let max = *tokens.iter().max().expect("n ≥ 8");
+        Example {
+            targets: vec![Some(max); n],
+            tokens,
+            ..Example::default()
+        }
+    }
+}
+
+/// Values mod `modulus`, lengths `min_len..=max_len`; position i is positive when some j, k
+/// (any positions) give `x_i + x_j + x_k ≡ 0`. Each sequence draws its values from a random
+/// subset of residues (2–10 of them), which spreads the fraction of positives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Match3 {
+    pub modulus: usize,
+    pub min_len: usize,
+    pub max_len: usize,
+}
+
+impl Default for Match3 {
+    fn default() -> Self {
+        Self {
+            modulus: 37,
+            min_len: 30,
+            max_len: 35,
+        }
+    }
+}
+
+impl TaskDef for Match3 {
+    fn name(&self) -> String {
+        "match3".into()
+    }
+
+    fn vocab(&self) -> Vocab {
+        Vocab::nodes(self.modulus)
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
+        let m = self.modulus;
+        let n = rng.gen_range(self.min_len..=self.max_len);
+        let size = rng.gen_range(2..=10.min(m));
+        let subset: Vec<usize> = shuffled(rng, m).into_iter().take(size).collect();
+        let tokens: Vec<usize> = (0..n)
+            .map(|_| subset[rng.gen_range(0..subset.len())])
+            .collect();
+        let targets = match3_labels(&tokens, m)
+            .into_iter()
+            .map(|l| Some(l as usize))
+            .collect();
+        Example {
+            tokens,
+            targets,
+            ..Example::default()
+        }
+    }
+}
+
+/// A sequence x over [0, n) of length n in `min_len..=max_len`; position 0 predicts whether
+/// x[x[0]] == 0 (balanced: half the sequences are positive).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionComposition {
+    pub min_len: usize,
+    pub max_len: usize,
+}
+
+impl Default for FunctionComposition {
+    fn default() -> Self {
+        Self {
+            min_len: 25,
+            max_len: 30,
+        }
+    }
+}
+
+impl TaskDef for FunctionComposition {
+    fn name(&self) -> String {
+        "function-composition".into()
+    }
+
+    fn vocab(&self) -> Vocab {
+        Vocab::nodes(self.max_len)
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
+        let n = rng.gen_range(self.min_len..=self.max_len);
+        let positive = rng.gen_bool(0.5);
+        let mut x: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n)).collect();
+        if positive {
+            // x[x[0]] = 0 (when x[0] = 0 this holds already)
+            let at = x[0];
+            x[at] = 0;
+        } else {
+            // x[0] ≠ 0 (else x[x[0]] = x[0] = 0), then x[x[0]] ≠ 0
+            x[0] = rng.gen_range(1..n);
+            let at = x[0];
+            x[at] = rng.gen_range(1..n);
+        }
+        let mut targets = vec![None; n];
+        targets[0] = Some(function_composition_label(&x) as usize);
+        Example {
+            tokens: x,
+            targets,
+            ..Example::default()
+        }
+    }
+}
+
+/// k-hop induction heads: the first token says k (1..=`max_k`), the rest are symbols below
+/// `alphabet`; every symbol position predicts the symbol k hops away (`labels::k_hop`), or
+/// "none" (class `alphabet`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KHop {
+    pub alphabet: usize,
+    pub max_k: usize,
+    pub min_len: usize,
+    pub max_len: usize,
+}
+
+impl Default for KHop {
+    fn default() -> Self {
+        Self {
+            alphabet: 4,
+            max_k: 4,
+            min_len: 24,
+            max_len: 32,
+        }
+    }
+}
+
+impl TaskDef for KHop {
+    fn name(&self) -> String {
+        "k-hop".into()
+    }
+
+    fn vocab(&self) -> Vocab {
+        Vocab::nodes(self.alphabet + self.max_k.max(1))
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    fn sizes(&self) -> Option<Sizes> {
+        Some(Sizes {
+            what: "hops k",
+            values: (1..=self.max_k).collect(),
+        })
+    }
+
+    fn example(&self, rng: &mut StdRng, split: Split) -> Example {
+        let k = match split {
+            Split::Size(k) => k.clamp(1, self.max_k),
+            Split::Train | Split::Test => rng.gen_range(1..=self.max_k),
+        };
+        let alphabet = self.alphabet;
+        let n = rng.gen_range(self.min_len..=self.max_len);
+        let body: Vec<usize> = (1..n).map(|_| rng.gen_range(0..alphabet)).collect();
+        let mut tokens = vec![alphabet + k - 1];
+        tokens.extend(&body);
+        let mut targets = vec![None];
+        targets.extend((0..body.len()).map(|i| Some(k_hop(&body, i, k).unwrap_or(alphabet))));
+        Example {
+            tokens,
+            targets,
+            ..Example::default()
+        }
+    }
+}

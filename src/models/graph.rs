@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
 use crate::nn::embedding::{DynamicPositionBias, EdgeEmbed, Embedding};
 use crate::nn::rows::map_rows3;
-use crate::nn::{HasParams, Init, Linear, Param, RmsKind, RmsNorm};
+use crate::nn::{visit_fields, HasParams, Init, Linear, RmsKind, RmsNorm};
 use crate::rules::{Const, Rule, RuleConfig, RuleLayer};
 use crate::tensor::*;
 
@@ -315,57 +315,16 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        self.token_emb.visit_params(f);
-        if let Some(p) = &self.pos_emb {
-            p.visit_params(f);
-        }
-        self.edge_emb.visit_params(f);
-        if let Some(p) = &self.pos_bias {
-            p.visit_params(f);
-        }
-        for l in &self.layers {
-            l.visit_params(f);
-        }
-        if let Some(n) = &self.final_norm {
-            n.visit_params(f);
-        }
-        self.to_logits.visit_params(f);
-        if let Some(t) = &self.edge_tokens {
-            t.visit_params(f);
-        }
-        if let Some(p) = &self.edge_pool {
-            p.visit_params(f);
-        }
-        if let Some(h) = &self.edge_head {
-            h.visit_params(f);
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        self.token_emb.visit_params_mut(f);
-        if let Some(p) = &mut self.pos_emb {
-            p.visit_params_mut(f);
-        }
-        self.edge_emb.visit_params_mut(f);
-        if let Some(p) = &mut self.pos_bias {
-            p.visit_params_mut(f);
-        }
-        for l in &mut self.layers {
-            l.visit_params_mut(f);
-        }
-        if let Some(n) = &mut self.final_norm {
-            n.visit_params_mut(f);
-        }
-        self.to_logits.visit_params_mut(f);
-        if let Some(t) = &mut self.edge_tokens {
-            t.visit_params_mut(f);
-        }
-        if let Some(p) = &mut self.edge_pool {
-            p.visit_params_mut(f);
-        }
-        if let Some(h) = &mut self.edge_head {
-            h.visit_params_mut(f);
-        }
-    }
+    visit_fields!(
+        token_emb,
+        pos_emb,
+        edge_emb,
+        pos_bias,
+        layers,
+        final_norm,
+        to_logits,
+        edge_tokens,
+        edge_pool,
+        edge_head,
+    );
 }

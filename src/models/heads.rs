@@ -13,7 +13,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Direction, Edges, GraphMask, Nodes, Reduce};
 use crate::nn::rows::{map_rows3, map_rows4};
-use crate::nn::{HasParams, Init, InitKind, Linear, Param, RmsKind, RmsNorm};
+use crate::nn::{visit_fields, HasParams, Init, InitKind, Linear, Param, RmsKind, RmsNorm};
 use crate::ops::activations::gelu_exact;
 use crate::tensor::*;
 
@@ -169,27 +169,14 @@ impl<E: Real, D: Device<E>> EdgePool<E, D> {
     }
 }
 
-macro_rules! visit_all {
-    ($ty:ident: $($field:ident),+) => {
-        impl<E: Real, D: Device<E>> HasParams<E, D> for $ty<E, D> {
-            fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-                $(self.$field.visit_params(f);)+
-            }
-            fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-                $(self.$field.visit_params_mut(f);)+
-            }
-        }
-    };
+impl<E: Real, D: Device<E>> HasParams<E, D> for EdgeHead<E, D> {
+    visit_fields!(norm, from_edge, from_source, from_target, to_logits);
 }
 
-visit_all!(EdgeHead: norm, from_edge, from_source, from_target, to_logits);
-visit_all!(EdgePool: norm, from_mean, from_max);
+impl<E: Real, D: Device<E>> HasParams<E, D> for EdgePool<E, D> {
+    visit_fields!(norm, from_mean, from_max);
+}
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for EdgeTokens<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        f(&self.weight);
-    }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        f(&mut self.weight);
-    }
+    visit_fields!(weight);
 }

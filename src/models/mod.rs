@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::nn::{HasParams, Init, Param};
+use crate::nn::{visit_variants, HasParams, Init};
 use crate::tensor::*;
 
 /// The most layers a model may have (a bound on what a configuration can ask to build).
@@ -179,17 +179,5 @@ impl<E: Real, D: Device<E>> Model<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for Model<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        match self {
-            Self::Graph(m) => m.visit_params(f),
-            Self::MultiStream(m) => m.visit_params(f),
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        match self {
-            Self::Graph(m) => m.visit_params_mut(f),
-            Self::MultiStream(m) => m.visit_params_mut(f),
-        }
-    }
+    visit_variants!(Graph(m), MultiStream(m));
 }

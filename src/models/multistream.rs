@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::nn::rows::{map_rows3, map_rows4};
-use crate::nn::{FeedForward, HasParams, Init, InitKind, Linear, Param, RmsKind, RmsNorm};
+use crate::nn::{
+    visit_fields, visit_variants, FeedForward, HasParams, Init, InitKind, Linear, Param, RmsKind,
+    RmsNorm,
+};
 use crate::ops::activations::gelu_exact;
 use crate::ops::weights::{mix_heads, Normalizer, WeightsSpec};
 use crate::spec::visibility::Visibility;
@@ -129,28 +132,6 @@ impl<E: Real, D: Device<E>> TalkingHeads<E, D> {
                     down.forward(gelu_exact(up.forward(t)?)?)
                 })?;
                 Ok(x + h.permute::<_, Axes4<0, 3, 1, 2>>())
-            }
-        }
-    }
-
-    fn visit_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        match self {
-            Self::Linear(w) => f(w),
-            Self::NonLinear { norm, up, down } => {
-                norm.visit_params_mut(f);
-                up.visit_params_mut(f);
-                down.visit_params_mut(f);
-            }
-        }
-    }
-
-    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        match self {
-            Self::Linear(w) => f(w),
-            Self::NonLinear { norm, up, down } => {
-                norm.visit_params(f);
-                up.visit_params(f);
-                down.visit_params(f);
             }
         }
     }
@@ -547,62 +528,18 @@ fn diversity_loss<E: Real, D: Device<E>, T: Tape<E, D>>(
     Ok(neg_entropy.mean())
 }
 
-impl<E: Real, D: Device<E>> HasParams<E, D> for MultiStreamTransformer<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        match &self.emb {
-            StreamEmbedding::Shared { token, pos, stream } => {
-                f(token);
-                f(pos);
-                f(stream);
-            }
-            StreamEmbedding::Separate { token, pos } => {
-                f(token);
-                f(pos);
-            }
-        }
-        for (a, ff) in &self.layers {
-            a.rmsnorm.visit_params(f);
-            a.to_qkv.visit_params(f);
-            a.to_gates.visit_params(f);
-            a.to_out.visit_params(f);
-            if let Some(t) = &a.pre {
-                t.visit(f);
-            }
-            if let Some(t) = &a.post {
-                t.visit(f);
-            }
-            ff.visit_params(f);
-        }
-        self.final_norm.visit_params(f);
-        self.to_logits.visit_params(f);
-    }
+impl<E: Real, D: Device<E>> HasParams<E, D> for TalkingHeads<E, D> {
+    visit_variants!(Linear(weight), NonLinear { norm, up, down });
+}
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        match &mut self.emb {
-            StreamEmbedding::Shared { token, pos, stream } => {
-                f(token);
-                f(pos);
-                f(stream);
-            }
-            StreamEmbedding::Separate { token, pos } => {
-                f(token);
-                f(pos);
-            }
-        }
-        for (a, ff) in &mut self.layers {
-            a.rmsnorm.visit_params_mut(f);
-            a.to_qkv.visit_params_mut(f);
-            a.to_gates.visit_params_mut(f);
-            a.to_out.visit_params_mut(f);
-            if let Some(t) = &mut a.pre {
-                t.visit_mut(f);
-            }
-            if let Some(t) = &mut a.post {
-                t.visit_mut(f);
-            }
-            ff.visit_params_mut(f);
-        }
-        self.final_norm.visit_params_mut(f);
-        self.to_logits.visit_params_mut(f);
-    }
+impl<E: Real, D: Device<E>> HasParams<E, D> for StreamAttention<E, D> {
+    visit_fields!(rmsnorm, to_qkv, to_gates, to_out, pre, post);
+}
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for StreamEmbedding<E, D> {
+    visit_variants!(Shared { token, pos, stream }, Separate { token, pos });
+}
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for MultiStreamTransformer<E, D> {
+    visit_fields!(emb, layers, final_norm, to_logits);
 }

@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 
 use super::linear::Linear;
 use super::norms::LayerNorm;
-use super::params::{HasParams, Init, InitKind, Param};
+use super::params::{visit_fields, HasParams, Init, InitKind, Param};
 use super::rows::map_rows4;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, Nodes};
@@ -73,13 +73,7 @@ impl<E: Real, D: Device<E>> Embedding<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for Embedding<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        f(&self.weight);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        f(&mut self.weight);
-    }
+    visit_fields!(weight);
 }
 
 /// The original's edge embedding: `e[i, j] = LayerNorm(W · (rows(x_i) + cols(x_j)))`.
@@ -118,19 +112,7 @@ impl<E: Real, D: Device<E>> EdgeEmbed<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for EdgeEmbed<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        self.to_rows.visit_params(f);
-        self.to_cols.visit_params(f);
-        self.to_edges.visit_params(f);
-        self.norm.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        self.to_rows.visit_params_mut(f);
-        self.to_cols.visit_params_mut(f);
-        self.to_edges.visit_params_mut(f);
-        self.norm.visit_params_mut(f);
-    }
+    visit_fields!(to_rows, to_cols, to_edges, norm);
 }
 
 /// x-transformers' `DynamicPositionBias`: an MLP from the relative distance `i − j` to one value
@@ -200,15 +182,5 @@ impl<E: Real, D: Device<E>> DynamicPositionBias<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for DynamicPositionBias<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        for l in &self.layers {
-            l.visit_params(f);
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        for l in &mut self.layers {
-            l.visit_params_mut(f);
-        }
-    }
+    visit_fields!(layers);
 }

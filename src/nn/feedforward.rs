@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 
 use super::linear::Linear;
 use super::norms::{RmsKind, RmsNorm};
-use super::params::{HasParams, Init, Param};
+use super::params::{visit_fields, HasParams, Init};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::ops::activations::gelu_exact;
@@ -94,15 +94,5 @@ impl<E: Real, D: Device<E>> FeedForward<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for FeedForward<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        self.norm.visit_params(f);
-        self.proj_in.visit_params(f);
-        self.proj_out.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        self.norm.visit_params_mut(f);
-        self.proj_in.visit_params_mut(f);
-        self.proj_out.visit_params_mut(f);
-    }
+    visit_fields!(norm, proj_in, proj_out);
 }

@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 
 use super::linear::Linear;
-use super::params::{HasParams, Init, Param};
+use super::params::{visit_fields, HasParams, Init};
 use super::rows::map_rows4;
 use crate::error::{Error, Result};
 use crate::graph::Edges;
@@ -40,11 +40,5 @@ impl<E: Real, D: Device<E>> HeadMix<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for HeadMix<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        self.proj.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        self.proj.visit_params_mut(f);
-    }
+    visit_fields!(proj);
 }

@@ -2,7 +2,7 @@
 
 use dfdx::prelude::*;
 
-use super::params::{HasParams, Init, InitKind, Param};
+use super::params::{visit_fields, HasParams, Init, InitKind, Param};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::*;
@@ -60,17 +60,5 @@ impl<E: Real, D: Device<E>> Linear<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for Linear<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        f(&self.weight);
-        if let Some(b) = &self.bias {
-            f(b);
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        f(&mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(b);
-        }
-    }
+    visit_fields!(weight, bias);
 }

@@ -12,4 +12,5 @@ pub mod taylor_attention;
 pub use feedforward::FeedForward;
 pub use linear::Linear;
 pub use norms::{LayerNorm, RmsKind, RmsNorm};
+pub(crate) use params::{visit_fields, visit_variants};
 pub use params::{HasParams, Init, InitKind, Param};

@@ -7,7 +7,7 @@
 
 use dfdx::prelude::*;
 
-use super::params::{HasParams, Init, InitKind, Param};
+use super::params::{visit_fields, HasParams, Init, InitKind, Param};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ops::norms::{layer_norm, rms_norm};
@@ -52,13 +52,7 @@ impl<E: Real, D: Device<E>> RmsNorm<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for RmsNorm<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        f(&self.gamma);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        f(&mut self.gamma);
-    }
+    visit_fields!(gamma);
 }
 
 /// LayerNorm with affine parameters `weight` and `bias` (PyTorch names), eps 1e-5 by default.
@@ -95,13 +89,5 @@ impl<E: Real, D: Device<E>> LayerNorm<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for LayerNorm<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        f(&self.weight);
-        f(&self.bias);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        f(&mut self.weight);
-        f(&mut self.bias);
-    }
+    visit_fields!(weight, bias);
 }

@@ -199,6 +199,10 @@ impl<D: Clone> Init<D> {
 }
 
 /// Blocks that own parameters list them, in a stable order, for optimizers and checkpoints.
+///
+/// A block declares its parameters once, with [`visit_fields!`] (a struct: its fields in order)
+/// or [`visit_variants!`] (an enum: each variant's fields in order), which write both visitors
+/// from the one list; a field may be a [`Param`], a block, or an `Option`, `Vec` or pair of them.
 pub trait HasParams<E: Real, D: Device<E>> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>));
     /// The same parameters, in the same order, mutably (for optimizers and loading).
@@ -214,3 +218,91 @@ pub trait HasParams<E: Real, D: Device<E>> {
         self.params().iter().map(|p| p.len()).sum()
     }
 }
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for Param<E, D> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        f(self)
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        f(self)
+    }
+}
+
+impl<E: Real, D: Device<E>, T: HasParams<E, D>> HasParams<E, D> for Option<T> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        if let Some(t) = self {
+            t.visit_params(f)
+        }
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        if let Some(t) = self {
+            t.visit_params_mut(f)
+        }
+    }
+}
+
+impl<E: Real, D: Device<E>, T: HasParams<E, D>> HasParams<E, D> for Vec<T> {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        for t in self {
+            t.visit_params(f)
+        }
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        for t in self {
+            t.visit_params_mut(f)
+        }
+    }
+}
+
+impl<E: Real, D: Device<E>, A: HasParams<E, D>, B: HasParams<E, D>> HasParams<E, D> for (A, B) {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
+        self.0.visit_params(f);
+        self.1.visit_params(f);
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
+        self.0.visit_params_mut(f);
+        self.1.visit_params_mut(f);
+    }
+}
+
+/// `impl HasParams for Block { visit_fields!(weight, bias); }`: both visitors, visiting the
+/// fields in the order written (the order of checkpoint keys and optimizer state).
+macro_rules! visit_fields {
+    ($($field:ident),+ $(,)?) => {
+        fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a $crate::nn::Param<E, D>)) {
+            $($crate::nn::HasParams::<E, D>::visit_params(&self.$field, f);)+
+        }
+        fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut $crate::nn::Param<E, D>)) {
+            $($crate::nn::HasParams::<E, D>::visit_params_mut(&mut self.$field, f);)+
+        }
+    };
+}
+
+/// `impl HasParams for Kind { visit_variants!(A(x), B { y, z }); }`: both visitors for an enum,
+/// each variant visiting its fields in the order written.
+macro_rules! visit_variants {
+    ($($variant:ident $fields:tt),+ $(,)?) => {
+        fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a $crate::nn::Param<E, D>)) {
+            match self {
+                $($crate::nn::visit_variants!(@pattern $variant $fields) =>
+                    $crate::nn::visit_variants!(@visit visit_params f $fields),)+
+            }
+        }
+        fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut $crate::nn::Param<E, D>)) {
+            match self {
+                $($crate::nn::visit_variants!(@pattern $variant $fields) =>
+                    $crate::nn::visit_variants!(@visit visit_params_mut f $fields),)+
+            }
+        }
+    };
+    (@pattern $variant:ident ($($x:ident),*)) => { Self::$variant($($x),*) };
+    (@pattern $variant:ident {$($x:ident),*}) => { Self::$variant { $($x),* } };
+    (@visit $method:ident $f:ident ($($x:ident),*)) => {{
+        $($crate::nn::HasParams::<E, D>::$method($x, $f);)*
+    }};
+    (@visit $method:ident $f:ident {$($x:ident),*}) => {{
+        $($crate::nn::HasParams::<E, D>::$method($x, $f);)*
+    }};
+}
+
+pub(crate) use {visit_fields, visit_variants};

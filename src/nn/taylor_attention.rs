@@ -8,7 +8,7 @@ use dfdx::prelude::*;
 
 use super::linear::Linear;
 use super::norms::{RmsKind, RmsNorm};
-use super::params::{HasParams, Init, Param};
+use super::params::{visit_fields, HasParams, Init};
 use super::rows::map_rows3;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -92,19 +92,5 @@ impl<E: Real, D: Device<E>> TaylorAttention<E, D> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for TaylorAttention<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        self.norm.visit_params(f);
-        self.to_q.visit_params(f);
-        self.to_kv.visit_params(f);
-        self.to_v_gates.visit_params(f);
-        self.to_out.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        self.norm.visit_params_mut(f);
-        self.to_q.visit_params_mut(f);
-        self.to_kv.visit_params_mut(f);
-        self.to_v_gates.visit_params_mut(f);
-        self.to_out.visit_params_mut(f);
-    }
+    visit_fields!(norm, to_q, to_kv, to_v_gates, to_out);
 }

@@ -10,7 +10,8 @@ use super::ir::*;
 use super::layout::LayoutCache;
 use crate::error::Result;
 use crate::nn::{
-    FeedForward, HasParams, Init, InitKind, LayerNorm, Linear, Param, RmsKind, RmsNorm,
+    visit_fields, visit_variants, FeedForward, HasParams, Init, InitKind, LayerNorm, Linear, Param,
+    RmsKind, RmsNorm,
 };
 use crate::tensor::*;
 
@@ -32,42 +33,12 @@ pub enum Block<E: Real, D: Device<E>> {
     Attend(AttendBlock<E, D>),
 }
 
-impl<E: Real, D: Device<E>> HasParams<E, D> for Block<E, D> {
-    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>)) {
-        match self {
-            Block::Linear(l) => l.visit_params(f),
-            Block::Rms(n) => n.visit_params(f),
-            Block::Layer(n) => n.visit_params(f),
-            Block::FeedForward(ff) => ff.visit_params(f),
-            Block::Attend(a) => {
-                a.to_q.visit_params(f);
-                a.to_k.visit_params(f);
-                a.to_v.visit_params(f);
-                a.to_out.visit_params(f);
-                if let Some(t) = &a.talking {
-                    f(t);
-                }
-            }
-        }
-    }
+impl<E: Real, D: Device<E>> HasParams<E, D> for AttendBlock<E, D> {
+    visit_fields!(to_q, to_k, to_v, to_out, talking);
+}
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>)) {
-        match self {
-            Block::Linear(l) => l.visit_params_mut(f),
-            Block::Rms(n) => n.visit_params_mut(f),
-            Block::Layer(n) => n.visit_params_mut(f),
-            Block::FeedForward(ff) => ff.visit_params_mut(f),
-            Block::Attend(a) => {
-                a.to_q.visit_params_mut(f);
-                a.to_k.visit_params_mut(f);
-                a.to_v.visit_params_mut(f);
-                a.to_out.visit_params_mut(f);
-                if let Some(t) = &mut a.talking {
-                    f(t);
-                }
-            }
-        }
-    }
+impl<E: Real, D: Device<E>> HasParams<E, D> for Block<E, D> {
+    visit_variants!(Linear(l), Rms(n), Layer(n), FeedForward(ff), Attend(a),);
 }
 
 /// A rule instantiated with parameters: one layer of a model.

@@ -131,6 +131,67 @@ pub fn read_safetensors_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<
     Ok(data)
 }
 
+/// One tensor of a safetensors file, decoded: every supported element type is widened to f64
+/// exactly (f32, f64, integers up to 2⁵³, booleans and bytes).
+#[derive(Clone, Debug)]
+pub struct StoredTensor {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub dtype: ::safetensors::Dtype,
+    pub values: Vec<f64>,
+    /// CRC-32 of the stored bytes, for files that record checksums.
+    pub crc32: u32,
+}
+
+impl StoredTensor {
+    /// Stored as floating point (F32 or F64), not as integers or booleans.
+    pub fn is_float(&self) -> bool {
+        matches!(
+            self.dtype,
+            ::safetensors::Dtype::F32 | ::safetensors::Dtype::F64
+        )
+    }
+}
+
+/// Decodes every tensor of a safetensors file read by [`read_safetensors_capped`] (the one
+/// decoder of the crate: checkpoints, fixtures and the reference's weights use it), in the
+/// file's order.
+pub fn decode_safetensors(path: &Path, data: &[u8], what: &str) -> Result<Vec<StoredTensor>> {
+    use ::safetensors::Dtype as S;
+    let file = ::safetensors::SafeTensors::deserialize(data)
+        .map_err(|e| io(path, format!("{what} is not a valid safetensors file: {e}")))?;
+    let mut out = Vec::with_capacity(file.len());
+    for (name, view) in file.tensors() {
+        let data = view.data();
+        fn le<const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<f64> {
+            data.chunks_exact(N)
+                .map(|c| f(c.try_into().expect("chunks of N")))
+                .collect()
+        }
+        let values = match view.dtype() {
+            S::F32 => le(data, |b| f32::from_le_bytes(b) as f64),
+            S::F64 => le(data, f64::from_le_bytes),
+            S::I64 => le(data, |b| i64::from_le_bytes(b) as f64),
+            S::I32 => le(data, |b| i32::from_le_bytes(b) as f64),
+            S::BOOL | S::U8 => data.iter().map(|&b| b as f64).collect(),
+            other => {
+                return Err(io(
+                    path,
+                    format!("{what}: tensor `{name}` has unsupported dtype {other:?}"),
+                ))
+            }
+        };
+        out.push(StoredTensor {
+            crc32: crc32fast::hash(data),
+            dims: view.shape().to_vec(),
+            dtype: view.dtype(),
+            values,
+            name,
+        });
+    }
+    Ok(out)
+}
+
 /// [`read_capped`] for text, which must be UTF-8.
 pub fn read_text_capped(path: &Path, cap: u64, what: &str) -> Result<String> {
     let data = read_capped(path, cap, what)?;

@@ -54,50 +54,22 @@ fn io_err(path: &Path, message: impl ToString) -> Error {
     }
 }
 
-/// Reads every tensor of a safetensors file as f64 (F32, F64, I64, I32 are supported).
+/// Reads every tensor of a safetensors file as f64 (F32, F64, I64, I32, BOOL and U8).
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, FixtureTensor>> {
-    let bytes = crate::files::read_safetensors_capped(path, crate::memory::file_cap(), "the file")?;
-    let file = ::safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| io_err(path, format!("not a safetensors file: {e}")))?;
-    let mut out = HashMap::new();
-    for (name, view) in file.tensors() {
-        let data = view.data();
-        use ::safetensors::Dtype as S;
-        let values: Vec<f64> = match view.dtype() {
-            S::F32 => data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            S::F64 => data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            S::I64 => data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            S::I32 => data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            S::BOOL | S::U8 => data.iter().map(|&b| b as f64).collect(),
-            other => {
-                return Err(io_err(
-                    path,
-                    format!("tensor `{name}` has unsupported dtype {other:?}"),
-                ))
-            }
-        };
-        out.insert(
-            name.to_string(),
-            FixtureTensor {
-                dims: view.shape().to_vec(),
-                values,
-                float: matches!(view.dtype(), S::F32 | S::F64),
-            },
-        );
-    }
-    Ok(out)
+    let what = "the file";
+    let bytes = crate::files::read_safetensors_capped(path, crate::memory::file_cap(), what)?;
+    Ok(crate::files::decode_safetensors(path, &bytes, what)?
+        .into_iter()
+        .map(|t| {
+            let float = t.is_float();
+            let tensor = FixtureTensor {
+                dims: t.dims,
+                values: t.values,
+                float,
+            };
+            (t.name, tensor)
+        })
+        .collect())
 }
 
 impl Fixture {

@@ -189,64 +189,56 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let adam_step: u64 = adam_step
         .parse()
         .map_err(|_| io(path, format!("bad optimizer step `{adam_step}`")))?;
-    let tensors = ::safetensors::SafeTensors::deserialize(&data)
-        .map_err(|e| io(path, format!("corrupt checkpoint: {e}")))?;
+    let tensors = crate::files::decode_safetensors(path, &data, "the checkpoint")?;
     let mut params = HashMap::new();
     let mut adam = AdamState {
         step: adam_step,
         ..AdamState::default()
     };
-    for (name, view) in tensors.tensors() {
-        if view.dtype() != ::safetensors::Dtype::F32 {
+    let count = tensors.len();
+    for t in tensors {
+        let name = &t.name;
+        if t.dtype != ::safetensors::Dtype::F32 {
             return Err(io(
                 path,
-                format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+                format!("tensor `{name}` is {:?}, expected F32", t.dtype),
             ));
         }
         if let Some(sums) = &checksums {
-            if sums.get(&name) != Some(&crc32fast::hash(view.data())) {
+            if sums.get(name) != Some(&t.crc32) {
                 return Err(io(
                     path,
                     format!("corrupt checkpoint: tensor `{name}` does not match its checksum"),
                 ));
             }
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        if let Some(i) = t.values.iter().position(|x| !x.is_finite()) {
             return Err(io(
                 path,
-                format!("tensor `{name}` holds {} at index {i}", values[i]),
+                format!("tensor `{name}` holds {} at index {i}", t.values[i]),
             ));
         }
         if let Some(p) = name.strip_prefix("param/") {
-            params.insert(
-                p.to_string(),
-                (
-                    view.shape().to_vec(),
-                    values.iter().map(|&x| x as f64).collect(),
-                ),
-            );
+            params.insert(p.to_string(), (t.dims, t.values));
         } else if let Some(p) = name.strip_prefix("adam.m/") {
-            adam.m.insert(p.to_string(), values);
+            adam.m
+                .insert(p.to_string(), t.values.iter().map(|&x| x as f32).collect());
         } else if let Some(p) = name.strip_prefix("adam.v/") {
-            adam.v.insert(p.to_string(), values);
+            adam.v
+                .insert(p.to_string(), t.values.iter().map(|&x| x as f32).collect());
         } else {
             return Err(io(path, format!("unexpected tensor `{name}`")));
         }
     }
     if let Some(sums) = &checksums {
-        let stored = tensors.len() + 1;
+        let stored = count + 1;
         if sums.len() != stored {
             return Err(io(
                 path,
                 format!(
                     "corrupt checkpoint: {} checksums for {} tensors",
                     sums.len() - 1,
-                    tensors.len()
+                    count
                 ),
             ));
         }

@@ -9,8 +9,8 @@ static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dfdx::prelude::*;
+use quartic::backend::Backend;
 use quartic::graph::{Edges, GraphMask};
-use quartic::kernels::cpu::fused::weights_fused;
 use quartic::ops::attention::{attend, AttendInputs};
 use quartic::ops::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
 use quartic::ops::taylor::{taylor_attend, TaylorForm};
@@ -58,7 +58,7 @@ fn softmax_kernel(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {
                     let w = if fused {
-                        weights_fused(
+                        Backend::weights_fused(
                             q.leaky_trace(),
                             k.clone().retaped::<OwnedTape<f32, Cpu>>(),
                             None,

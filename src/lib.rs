@@ -16,7 +16,7 @@ pub mod experiment;
 pub mod files;
 pub mod fixtures;
 pub mod graph;
-pub mod kernels;
+pub(crate) mod kernels;
 pub mod memory;
 pub mod models;
 pub mod nn;

@@ -36,8 +36,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Convert the PyTorch original's weights (safetensors state_dict + config JSON) to a checkpoint
     ImportReference(import::ImportArgs),
-    /// Run every edge-attention kernel forward and backward on a random graph and compare the
-    /// fused CPU kernels with the composite ones.
+    /// Self-test this machine's fused CPU kernels: every built-in rule's model, forward and
+    /// backward, against the composite forms (fails when any disagrees)
     Check(check::CheckArgs),
     /// Explain a rule: per statement, the lowering chosen, shapes, parameters, FLOPs and
     /// activation memory at a graph size, and how they grow with it.

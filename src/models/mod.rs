@@ -8,6 +8,7 @@ pub mod graph;
 pub mod heads;
 pub mod multistream;
 pub mod reference;
+pub mod self_check;
 
 pub use configs::{QuarticConfig, RelationalConfig};
 pub use graph::{GraphConfig, GraphTransformer};

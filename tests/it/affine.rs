@@ -4,7 +4,7 @@
 //! products); and against finite differences.
 
 use dfdx::prelude::*;
-use quartic::kernels::cpu::affine::{add_repeated_fused, linear_fused, outer_sum_fused};
+use quartic::backend::Backend;
 use quartic::ops::affine::{add_repeated_composite, linear_composite, outer_sum_composite};
 
 use crate::common::*;
@@ -24,7 +24,7 @@ fn linear_run(
     let b = d.tensor_from_vec(vals[2].clone(), (c_out,));
     let bt = bias.then(|| b.clone().retaped::<Tp>());
     let out = if fused {
-        linear_fused(x.leaky_trace(), w.clone().retaped::<Tp>(), bt).unwrap()
+        Backend::linear_fused(x.leaky_trace(), w.clone().retaped::<Tp>(), bt).unwrap()
     } else {
         linear_composite(x.leaky_trace(), w.clone().retaped::<Tp>(), bt).unwrap()
     };
@@ -70,7 +70,7 @@ fn fused_linear_gradients_match_finite_differences() {
     ];
     gradcheck("fused linear", &vals, 12, |v| {
         let [x, w, b]: [In; 3] = v.try_into().ok().expect("three inputs");
-        let out = linear_fused(
+        let out = Backend::linear_fused(
             x.reshape_like(&(rows, c_in)),
             w.reshape_like(&(c_out, c_in)),
             Some(b),
@@ -84,11 +84,15 @@ fn fused_linear_rejects_mismatched_weights() {
     let d = dev();
     let x: Tensor<(usize, usize), f64, Cpu> = d.zeros_like(&(4, 3));
     let w: Tensor<(usize, usize), f64, Cpu> = d.zeros_like(&(2, 5));
-    let err = linear_fused(x.clone(), w, None).unwrap_err().to_string();
+    let err = Backend::linear_fused(x.clone(), w, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("weight [2, 5]"), "{err}");
     let w: Tensor<(usize, usize), f64, Cpu> = d.zeros_like(&(2, 3));
     let b: Tensor<(usize,), f64, Cpu> = d.zeros_like(&(3,));
-    let err = linear_fused(x, w, Some(b)).unwrap_err().to_string();
+    let err = Backend::linear_fused(x, w, Some(b))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bias Some(3)"), "{err}");
 }
 
@@ -100,7 +104,7 @@ fn add_run(fused: bool, xv: &[f64], yv: &[f64]) -> Vec<Vec<f64>> {
     let x = d.tensor_from_vec(xv.to_vec(), (reps, per));
     let y = d.tensor_from_vec(yv.to_vec(), (per,));
     let out = if fused {
-        add_repeated_fused(x.leaky_trace(), y.clone().retaped::<Tp>()).unwrap()
+        Backend::add_repeated_fused(x.leaky_trace(), y.clone().retaped::<Tp>()).unwrap()
     } else {
         add_repeated_composite(x.leaky_trace(), y.clone().retaped::<Tp>()).unwrap()
     };
@@ -127,13 +131,16 @@ fn fused_add_gradients_match_finite_differences_and_reject_bad_shapes() {
     let vals = vec![randn(81, 12), randn(82, 4)];
     gradcheck("fused repeated add", &vals, 12, |v| {
         let [x, y]: [In; 2] = v.try_into().ok().expect("two inputs");
-        probe_loss(add_repeated_fused(x.reshape_like(&(3, 4)), y).unwrap(), 8)
+        probe_loss(
+            Backend::add_repeated_fused(x.reshape_like(&(3, 4)), y).unwrap(),
+            8,
+        )
     });
     let d = dev();
     let x: Tensor<(usize, usize), f64, Cpu> = d.zeros_like(&(3, 4));
     let y: Tensor<(usize,), f64, Cpu> = d.zeros_like(&(5,));
     for err in [
-        add_repeated_fused(x.clone(), y.clone()).unwrap_err(),
+        Backend::add_repeated_fused(x.clone(), y.clone()).unwrap_err(),
         add_repeated_composite(x, y).unwrap_err(),
     ] {
         assert!(err.to_string().contains("[5]"), "{err}");
@@ -151,7 +158,7 @@ fn outer_run(
     let s = d.tensor_from_vec(sv.to_vec(), (b, n, c));
     let t = d.tensor_from_vec(tv.to_vec(), (b, n, c));
     let out = if fused {
-        outer_sum_fused(s.leaky_trace(), t.clone().retaped::<Tp>()).unwrap()
+        Backend::outer_sum_fused(s.leaky_trace(), t.clone().retaped::<Tp>()).unwrap()
     } else {
         outer_sum_composite(s.leaky_trace(), t.clone().retaped::<Tp>()).unwrap()
     };
@@ -185,7 +192,7 @@ fn fused_outer_sum_matches_composite_and_finite_differences() {
         |v| {
             let [s, t]: [In; 2] = v.try_into().ok().expect("two inputs");
             probe_loss(
-                outer_sum_fused(s.reshape_like(&dims), t.reshape_like(&dims)).unwrap(),
+                Backend::outer_sum_fused(s.reshape_like(&dims), t.reshape_like(&dims)).unwrap(),
                 9,
             )
         },
@@ -194,7 +201,7 @@ fn fused_outer_sum_matches_composite_and_finite_differences() {
     let s: Tensor<(usize, usize, usize), f64, Cpu> = d.zeros_like(&(2, 3, 2));
     let t: Tensor<(usize, usize, usize), f64, Cpu> = d.zeros_like(&(2, 4, 2));
     for err in [
-        outer_sum_fused(s.clone(), t.clone()).unwrap_err(),
+        Backend::outer_sum_fused(s.clone(), t.clone()).unwrap_err(),
         outer_sum_composite(s, t).unwrap_err(),
     ] {
         assert!(err.to_string().contains("targets [2, 3, 2]"), "{err}");

@@ -268,3 +268,22 @@ fn graph_tasks_train_and_experiment_end_to_end() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `quartic check` runs every built-in rule's model with the fused kernels and with their
+/// composite forms, and passes on this machine (in its own process: it switches the kernels).
+#[test]
+fn the_kernel_self_test_passes() {
+    let out = quartic(&["check", "12"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for (rule, _) in quartic::rules::BUILTINS {
+        for model in [rule.to_string(), format!("{rule}, causal")] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{model:<20} ")))
+                .unwrap_or_else(|| panic!("no line for {model}: {stdout}"));
+            assert!(line.ends_with(" ok"), "{line}");
+        }
+    }
+    assert!(stdout.contains("all 13 models agree"), "{stdout}");
+}

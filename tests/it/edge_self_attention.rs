@@ -4,8 +4,8 @@
 //! padding and causality; and against finite differences.
 
 use dfdx::prelude::*;
+use quartic::backend::Backend;
 use quartic::graph::{Edges, GraphMask};
-use quartic::kernels::cpu::edge_attention::edge_self_attention_fused;
 use quartic::ops::patterns::{
     edge_attention, pattern_visibility, EdgeAttendInputs, EdgeKernel, EdgePattern, EdgeProjections,
 };
@@ -57,7 +57,7 @@ fn fused(i: Inputs, pattern: EdgePattern, kernel: EdgeKernel, mask: &GraphMask) 
     };
     let [to_q, to_k, to_v] = i.w;
     let w = EdgeProjections { to_q, to_k, to_v };
-    edge_self_attention_fused(i.x, w, i.gates, i.bias, H, pattern, &spec).unwrap()
+    Backend::self_attention_fused(i.x, w, i.gates, i.bias, H, pattern, &spec).unwrap()
 }
 
 fn unfused(i: Inputs, pattern: EdgePattern, kernel: EdgeKernel, mask: &GraphMask) -> T4p {
@@ -185,7 +185,7 @@ fn fused_edge_self_attention_rejects_bad_shapes() {
     };
     let [to_q, to_k, to_v] = i.w;
     let w = EdgeProjections { to_q, to_k, to_v };
-    let err = edge_self_attention_fused(i.x, w, Some(gates), None, H, EdgePattern::Row, &spec)
+    let err = Backend::self_attention_fused(i.x, w, Some(gates), None, H, EdgePattern::Row, &spec)
         .err()
         .expect("mis-shaped gates are an error");
     assert!(err.to_string().contains("gates"), "{err}");
@@ -218,7 +218,7 @@ fn fused_edge_self_attention_without_a_tape_gives_the_same_values() {
             };
             let x = d.tensor_from_vec(vals[0].clone(), (B, N, N, C));
             let gates = gated.then(|| d.tensor_from_vec(vals[4].clone(), (B, N, N, H)));
-            let got = edge_self_attention_fused(x, w, gates, None, H, pattern, &spec)
+            let got = Backend::self_attention_fused(x, w, gates, None, H, pattern, &spec)
                 .unwrap()
                 .as_vec();
             assert_close(&format!("{pattern:?} gated {gated}"), &got, &want, 0.0, 0.0);

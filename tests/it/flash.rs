@@ -3,7 +3,7 @@
 //! bias, padding and causal times.
 
 use dfdx::prelude::*;
-use quartic::kernels::cpu::flash::attention_fused;
+use quartic::backend::Backend;
 use quartic::ops::weights::{weights_composite, Normalizer, WeightsSpec};
 use quartic::spec::visibility::Visibility;
 
@@ -46,7 +46,7 @@ fn check(nq: usize, nk: usize, normalizer: Normalizer, bias: bool, masked: bool)
         );
         let bias = bias.then_some(bt);
         let out = if fused {
-            attention_fused(q.leaky_trace(), kt, vt, bias, &spec).unwrap()
+            Backend::attention_fused(q.leaky_trace(), kt, vt, bias, &spec).unwrap()
         } else {
             weights_composite(q.leaky_trace(), kt, bias, None, &spec)
                 .unwrap()
@@ -115,7 +115,7 @@ fn check_f32_taylor(nq: usize, nk: usize, (dk, e): (usize, usize), masked: bool)
     let q = d.tensor_from_vec(to32(&qv), (p, h, nq, dk));
     let k = d.tensor_from_vec(to32(&kv), (p, h, nk, dk));
     let v = d.tensor_from_vec(to32(&vv), (p, h, nk, e));
-    let out = attention_fused(
+    let out = Backend::attention_fused(
         q.leaky_trace(),
         k.clone().retaped::<Tp32>(),
         v.clone().retaped::<Tp32>(),

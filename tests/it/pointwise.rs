@@ -4,9 +4,7 @@
 //! CPU default (tests in `nn.rs`).
 
 use dfdx::prelude::*;
-use quartic::kernels::cpu::rows::{
-    feedforward_fused, gelu_fused, layer_norm_fused, rms_norm_fused,
-};
+use quartic::backend::Backend;
 use quartic::ops::activations::gelu_composite;
 use quartic::ops::norms::{layer_norm_composite, rms_norm_composite};
 use quartic::spec::{FeedForwardParams, RmsKind};
@@ -21,7 +19,7 @@ fn rms_run(fused: bool, kind: RmsKind, xv: &[f64], gv: &[f64], rows: usize) -> V
     let gamma = d.tensor_from_vec(gv.to_vec(), (c,));
     let (xt, gt) = (x.leaky_trace(), gamma.clone().retaped::<Tp>());
     let out = if fused {
-        rms_norm_fused(xt, gt, kind).unwrap()
+        Backend::rms_norm_fused(xt, gt, kind).unwrap()
     } else {
         rms_norm_composite(xt, gt, kind)
     };
@@ -58,7 +56,7 @@ fn fused_gelu_matches_composite_in_f64_and_f32() {
     let run = |fused: bool| {
         let x = d.tensor_from_vec(xv.clone(), (xv.len(),));
         let out = if fused {
-            gelu_fused(x.leaky_trace()).unwrap()
+            Backend::gelu_fused(x.leaky_trace()).unwrap()
         } else {
             gelu_composite(x.leaky_trace())
         };
@@ -76,7 +74,7 @@ fn fused_gelu_matches_composite_in_f64_and_f32() {
     let run32 = |fused: bool| {
         let x = d.tensor_from_vec(x32.clone(), (x32.len(),));
         let out = if fused {
-            gelu_fused(x.leaky_trace()).unwrap()
+            Backend::gelu_fused(x.leaky_trace()).unwrap()
         } else {
             gelu_composite(x.leaky_trace())
         };
@@ -105,7 +103,7 @@ fn ff_run(fused: bool, kind: RmsKind, vals: &[Vec<f64>], rows: usize, c: usize) 
         kind,
     };
     let out = if fused {
-        feedforward_fused(x.leaky_trace(), p).unwrap()
+        Backend::feedforward_fused(x.leaky_trace(), p).unwrap()
     } else {
         // the unfused chain, from the composite pieces
         let h = rms_norm_composite(x.leaky_trace(), p.gamma, kind)
@@ -158,7 +156,10 @@ fn fused_feedforward_matches_composite_and_finite_differences() {
             w_out: wo.reshape_like(&(c, hidden)),
             kind: RmsKind::Scaled { eps: 1e-5 },
         };
-        probe_loss(feedforward_fused(x.reshape_like(&(rows, c)), p).unwrap(), 4)
+        probe_loss(
+            Backend::feedforward_fused(x.reshape_like(&(rows, c)), p).unwrap(),
+            4,
+        )
     });
 }
 
@@ -171,7 +172,7 @@ fn ln_run(fused: bool, vals: &[Vec<f64>], rows: usize) -> Vec<Vec<f64>> {
     let b = d.tensor_from_vec(vals[2].clone(), (c,));
     let (wt, bt) = (w.clone().retaped::<Tp>(), b.clone().retaped::<Tp>());
     let out = if fused {
-        layer_norm_fused(x.leaky_trace(), wt, bt, 1e-5).unwrap()
+        Backend::layer_norm_fused(x.leaky_trace(), wt, bt, 1e-5).unwrap()
     } else {
         layer_norm_composite(x.leaky_trace(), wt, bt, 1e-5)
     };
@@ -208,7 +209,7 @@ fn fused_layer_norm_matches_composite_and_finite_differences() {
     gradcheck("fused layer norm", &vals, 12, |v| {
         let [x, w, b]: [In; 3] = v.try_into().ok().expect("three inputs");
         probe_loss(
-            layer_norm_fused(x.reshape_like(&(rows, c)), w, b, 1e-5).unwrap(),
+            Backend::layer_norm_fused(x.reshape_like(&(rows, c)), w, b, 1e-5).unwrap(),
             14,
         )
     });

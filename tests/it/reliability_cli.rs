@@ -243,7 +243,7 @@ fn sizes_that_cannot_fit_are_refused_before_allocating() {
         vec!["forward", "--tokens", "1,2", "--num-tokens", "1000000000"],
         vec!["train", "--batch", "100000000", "--steps", "1"],
         vec!["train", "--dim", "1000000", "--steps", "1"],
-        vec!["check", "10000"],
+        vec!["check", "64", "--max-memory", "1MiB"],
         vec!["forward", "--tokens", "1,2", "--max-memory", "100KiB"],
     ] {
         let err = refused(&args, "needs about");

@@ -2,7 +2,7 @@
 //! feature map have gradient checks; the form choice follows the sizes.
 
 use dfdx::prelude::*;
-use quartic::kernels::cpu::fused::cumsum_fused;
+use quartic::backend::Backend;
 use quartic::ops::cumsum::cumsum_composite;
 use quartic::ops::taylor::{choose_form, taylor_attend, taylor_feature_map, TaylorForm};
 use quartic::spec::visibility::Visibility;
@@ -110,13 +110,14 @@ fn prefix_sums_fused_and_composite_agree_and_gradcheck() {
     let x = randn(16, B * H * N * 3);
     let d = dev();
     let t = d.tensor_from_vec(x.clone(), (B, H, N, 3));
-    let fused = cumsum_fused(t.clone()).unwrap().as_vec();
+    let fused = Backend::cumsum_fused(t.clone()).unwrap().as_vec();
     let composite = cumsum_composite(t).as_vec();
     assert_close("cumsum", &fused, &composite, 1e-12, 0.0);
     assert_eq!(fused[3 * 3 + 1], x[1] + x[4] + x[7] + x[10]);
     gradcheck("cumsum fused", &[x.clone()], 30, |v| {
         probe_loss(
-            cumsum_fused(v.into_iter().next().unwrap().reshape_like(&(B, H, N, 3))).unwrap(),
+            Backend::cumsum_fused(v.into_iter().next().unwrap().reshape_like(&(B, H, N, 3)))
+                .unwrap(),
             2,
         )
     });

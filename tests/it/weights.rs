@@ -2,7 +2,7 @@
 //! gradients), gradient checks of both, masking semantics.
 
 use dfdx::prelude::*;
-use quartic::kernels::cpu::fused::weights_fused;
+use quartic::backend::Backend;
 use quartic::ops::attention::{attend, AttendInputs};
 use quartic::ops::weights::{weights_composite, Normalizer, WeightsSpec};
 use quartic::spec::visibility::Visibility;
@@ -63,7 +63,7 @@ fn run(
     let w = it.next().unwrap().reshape_like(&(H, H));
     let (b, w) = (bias.then_some(b), talking.then_some(w));
     if fused {
-        weights_fused(q, k, b, w, spec).unwrap()
+        Backend::weights_fused(q, k, b, w, spec).unwrap()
     } else {
         weights_composite(q, k, b, w, spec).unwrap()
     }
@@ -234,8 +234,8 @@ fn shape_errors_are_reported_not_panicked() {
     let d = dev();
     let q: Tensor<_, f64, _> = d.zeros_like(&(B, H, NQ, DH));
     let k: Tensor<_, f64, _> = d.zeros_like(&(B, H, NK, DH + 1));
-    let err =
-        weights_fused(q.clone(), k, None, None, &spec(Normalizer::Softmax, false)).unwrap_err();
+    let err = Backend::weights_fused(q.clone(), k, None, None, &spec(Normalizer::Softmax, false))
+        .unwrap_err();
     assert!(err.to_string().contains("attention keys"), "{err}");
     let k: Tensor<_, f64, _> = d.zeros_like(&(B, H, NK, DH));
     let w: Tensor<_, f64, _> = d.zeros_like(&(H + 1, H + 1));
@@ -253,6 +253,6 @@ fn shape_errors_are_reported_not_panicked() {
         normalizer: Normalizer::Softmax,
         visibility: Visibility::all(B, NQ + 1, NK),
     };
-    let err = weights_fused(q, k, None, None, &bad_vis).unwrap_err();
+    let err = Backend::weights_fused(q, k, None, None, &bad_vis).unwrap_err();
     assert!(err.to_string().contains("visibility"), "{err}");
 }

@@ -1,0 +1,278 @@
+//! A self-test of the CPU's fused kernels: every built-in rule's model (causal and not, with
+//! padding, edge inputs and an edge head) and the multi-stream model run one forward and
+//! backward pass with the fused kernels and again with the composite forms built from dfdx ops;
+//! the logits and every parameter's gradient must agree. `quartic check` prints it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{GraphConfig, Model, ModelConfig, MultiStreamConfig, Readout, TaskIo};
+use crate::backend::{cpu_fused, set_cpu_fused};
+use crate::error::{Error, Result};
+use crate::nn::{HasParams, Init};
+use crate::rules::{Const, Rule, BUILTINS};
+use crate::tensor::device_err;
+
+/// Largest allowed difference, relative to the largest magnitude of the composite tensor (for a
+/// gradient, at least [`GRADIENT_FLOOR`] of the model's largest): the two forms sum in
+/// different orders (and the fused one uses a vectorized `exp`), in f32.
+pub const TOLERANCE: f64 = 1e-4;
+
+/// One model run both ways.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub model: String,
+    /// The worst relative difference over the logits.
+    pub logits: f64,
+    /// The worst relative difference over the parameters' gradients, and the parameter.
+    pub gradients: (f64, String),
+    pub fused_ms: f64,
+    pub composite_ms: f64,
+}
+
+impl Comparison {
+    pub fn passes(&self) -> bool {
+        self.logits <= TOLERANCE && self.gradients.0 <= TOLERANCE
+    }
+}
+
+/// The models the check runs, with `n` nodes: each built-in rule without and with causality,
+/// then the multi-stream model.
+pub fn models(n: usize) -> Result<Vec<(String, ModelConfig)>> {
+    let mut out = Vec::new();
+    for (rule, _) in BUILTINS {
+        let declared: Vec<String> = Rule::builtin(rule)?
+            .parameters()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let widths = [
+            ("heads", 2.0),
+            ("dim_head", 8.0),
+            ("edge_heads", 2.0),
+            ("edge_dim_head", 4.0),
+            ("hidden", 8.0),
+            ("ff_mult", 2.0),
+            ("picks", (n * n / 2).max(1) as f64),
+        ];
+        let rule_params: BTreeMap<String, Const> = widths
+            .into_iter()
+            .filter(|(k, _)| declared.iter().any(|d| d == k))
+            .map(|(k, v)| (k.to_string(), Const::Num(v)))
+            .collect();
+        for causal in [false, true] {
+            let config = GraphConfig {
+                num_tokens: 7,
+                dim: 16,
+                dim_edges: 8,
+                depth: 2,
+                rule: rule.to_string(),
+                rule_params: rule_params.clone(),
+                causal,
+                max_seq_len: n,
+                absolute_positions: true,
+                position_bias: true,
+                final_norm: Some(1e-5),
+                io: TaskIo {
+                    edge_vocab: 3,
+                    edge_classes: 2,
+                    pool_edges: true,
+                },
+            };
+            let name = format!("{rule}{}", if causal { ", causal" } else { "" });
+            out.push((name, ModelConfig::Graph(config)));
+        }
+    }
+    let streams = MultiStreamConfig {
+        num_tokens: 7,
+        dim: 16,
+        depth: 2,
+        num_streams: 2,
+        dim_head: 4,
+        heads: 2,
+        max_seq_len: n,
+        ff_mult: 2.0,
+        ablate_cross_stream_talking_heads: false,
+        pre_talking_heads: true,
+        post_talking_heads: true,
+        separate_stream_emb: true,
+        non_linear_talking_heads: true,
+        causal: true,
+        reference_scale: false,
+        diversity_loss: true,
+        reference_diversity: false,
+    };
+    out.push(("multi-stream".into(), ModelConfig::MultiStream(streams)));
+    Ok(out)
+}
+
+/// The logits and every parameter's gradient of one pass, and its time.
+struct Pass {
+    logits: Vec<f32>,
+    gradients: Vec<(String, Vec<f32>)>,
+    ms: f64,
+}
+
+fn pass(model: &Model<f32, Cpu>, input: &Input, fused: bool) -> Result<Pass> {
+    set_cpu_fused(fused);
+    let start = Instant::now();
+    let out = model.forward_io::<OwnedTape<f32, Cpu>>(
+        &input.tokens,
+        input.edge_tokens.as_deref(),
+        input.b,
+        input.n,
+        Some(&input.valid),
+        input.readout,
+    )?;
+    let logits = out.logits.as_vec();
+    // a fixed random projection of the logits, so that every logit's gradient counts
+    let weights = model_weights(out.logits.shape(), input.seed);
+    let mut loss = (out.logits * weights).sum::<(), _>();
+    if let Some(aux) = out.aux {
+        loss = loss + aux;
+    }
+    let mut grads = loss.backward();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut gradients = Vec::new();
+    for p in model.params() {
+        // a parameter the pass does not reach (the node head under an edge readout) gets zeros
+        grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
+        gradients.push((p.name.clone(), grads.get(&p.value).as_vec()));
+    }
+    Ok(Pass {
+        logits,
+        gradients,
+        ms,
+    })
+}
+
+fn model_weights(
+    shape: &(usize, usize, usize),
+    seed: u64,
+) -> Tensor<(usize, usize, usize), f32, Cpu> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let len = shape.0 * shape.1 * shape.2;
+    Cpu::default().tensor_from_vec((0..len).map(|_| rng.gen_range(-1.0..1.0)).collect(), *shape)
+}
+
+/// A random batch of two graphs, the second padded.
+struct Input {
+    tokens: Vec<usize>,
+    edge_tokens: Option<Vec<usize>>,
+    valid: Vec<bool>,
+    b: usize,
+    n: usize,
+    readout: Readout,
+    seed: u64,
+}
+
+fn input(config: &ModelConfig, n: usize, seed: u64) -> Input {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let b = 2;
+    let tokens = (0..b * n)
+        .map(|_| rng.gen_range(0..config.num_tokens()))
+        .collect();
+    let valid = (0..b * n).map(|p| p < n || p % n < n - n / 4).collect();
+    let (edge_tokens, readout) = match config {
+        ModelConfig::Graph(g) if g.io.edge_vocab > 0 => (
+            Some(
+                (0..b * n * n)
+                    .map(|_| rng.gen_range(0..g.io.edge_vocab))
+                    .collect(),
+            ),
+            Readout::Edges,
+        ),
+        ModelConfig::Graph(_) | ModelConfig::MultiStream(_) => (None, Readout::Nodes),
+    };
+    Input {
+        tokens,
+        edge_tokens,
+        valid,
+        b,
+        n,
+        readout,
+        seed,
+    }
+}
+
+/// `max |a − b| / max(max |b|, floor)`: relative to the tensor's own scale, but never to less
+/// than `floor` (a gradient that is zero in exact arithmetic, such as that of a bias added to
+/// every score of a softmax, is rounding noise in both forms). NaN anywhere is infinitely far.
+fn relative_difference(a: &[f32], b: &[f32], floor: f64) -> f64 {
+    let mut worst = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        let d = (x as f64 - y as f64).abs();
+        if !d.is_finite() {
+            return f64::INFINITY;
+        }
+        worst = worst.max(d);
+    }
+    if worst == 0.0 {
+        return 0.0;
+    }
+    worst / largest(b).max(floor).max(f64::MIN_POSITIVE)
+}
+
+fn largest(x: &[f32]) -> f64 {
+    x.iter().fold(0f64, |m, &v| m.max((v as f64).abs()))
+}
+
+/// The floor of a gradient's scale, relative to the model's largest gradient.
+const GRADIENT_FLOOR: f64 = 1e-2;
+
+/// Runs `config` on `n` nodes with the fused kernels and with the composite forms.
+pub fn compare(name: &str, config: &ModelConfig, n: usize, seed: u64) -> Result<Comparison> {
+    let model = Model::<f32, Cpu>::new(config, None, &Init::random(&Cpu::default(), seed))?;
+    let input = input(config, n, seed);
+    let was = cpu_fused();
+    let fused = pass(&model, &input, true);
+    let composite = pass(&model, &input, false);
+    set_cpu_fused(was);
+    let (fused, composite) = (fused?, composite?);
+    if fused.gradients.len() != composite.gradients.len() {
+        return Err(Error::Device(format!(
+            "{name}: the two passes list different parameters"
+        )));
+    }
+    let floor = GRADIENT_FLOOR
+        * composite
+            .gradients
+            .iter()
+            .fold(0f64, |m, (_, g)| m.max(largest(g)));
+    let mut gradients = (0f64, String::new());
+    for ((p, f), (_, c)) in fused.gradients.iter().zip(&composite.gradients) {
+        let d = relative_difference(f, c, floor);
+        if d > gradients.0 || gradients.1.is_empty() {
+            gradients = (d, p.clone());
+        }
+    }
+    Ok(Comparison {
+        model: name.to_string(),
+        logits: relative_difference(&fused.logits, &composite.logits, 0.0),
+        gradients,
+        fused_ms: fused.ms,
+        composite_ms: composite.ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_difference;
+
+    #[test]
+    fn differences_are_relative_to_the_scale_and_nan_is_infinitely_far() {
+        assert_eq!(relative_difference(&[1.0, 2.0], &[1.0, 2.0], 0.0), 0.0);
+        assert!((relative_difference(&[1.0, 4.1], &[1.0, 4.0], 0.0) - 0.025).abs() < 1e-6);
+        // a tensor that is noise around zero is measured against the floor
+        assert!(relative_difference(&[1e-9], &[-1e-9], 1e-2) < 1e-6);
+        assert!(relative_difference(&[1e-9], &[-1e-9], 0.0) > 1.0);
+        assert_eq!(
+            relative_difference(&[f32::NAN], &[f32::NAN], 1.0),
+            f64::INFINITY
+        );
+    }
+}

@@ -8,6 +8,8 @@
 //! device fuses); [`ops`] (device-generic ops, composite beside dispatch); [`nn`] (blocks with
 //! parameters); [`rules`] (the rule language); [`models`]; [`train`]; [`experiment`].
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod alloc;
 pub mod backend;
 pub mod diagnostic;

@@ -21,6 +21,7 @@ pub fn exp_f32(xs: &mut [f32]) {
     exp_generic(xs);
 }
 
+/// Safety: the CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_avx2(xs: &mut [f32]) {
@@ -97,6 +98,7 @@ pub fn normal_cdf_pdf_f32(x: &[f32], cdf: &mut [f32], pdf: Option<&mut [f32]>) {
     normal_cdf_pdf_generic(x, cdf, pdf);
 }
 
+/// Safety: the CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn normal_cdf_pdf_avx2(x: &[f32], cdf: &mut [f32], pdf: Option<&mut [f32]>) {

@@ -39,6 +39,15 @@ pub(super) fn rows_times_weights<E: Real>(x: &[E], w: &[E], b: Option<&[E]>, c: 
     if c == 0 || out == 0 {
         return vec![E::zero(); rows * out];
     }
+    // the unsafe writes below rely on these: whole rows, and a bias of one value per output
+    assert!(
+        x.len() % c == 0 && w.len() % c == 0,
+        "rows_times_weights: x and w must hold whole rows of {c}"
+    );
+    assert!(
+        b.map_or(true, |b| b.len() == out),
+        "rows_times_weights: the bias must hold {out} values"
+    );
     let (chunk, par) = linear_split(rows);
     let mut y: Vec<E> = Vec::with_capacity(rows * out);
     y.spare_capacity_mut()[..rows * out]

@@ -61,13 +61,17 @@ pub(super) unsafe fn fma_block<const G: usize, const V: usize>(
     x_stride: usize,
     w: usize,
 ) {
-    for c in 0..w {
-        let xc: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(x.add(c * x_stride + 8 * v)));
-        let a = a.add(c * a_c);
-        for (t, sums) in acc.iter_mut().enumerate() {
-            let b = _mm256_broadcast_ss(&*a.add(t * a_t));
-            for (s, x) in sums.iter_mut().zip(&xc) {
-                *s = _mm256_fmadd_ps(b, *x, *s);
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        for c in 0..w {
+            let xc: [__m256; V] =
+                std::array::from_fn(|v| _mm256_loadu_ps(x.add(c * x_stride + 8 * v)));
+            let a = a.add(c * a_c);
+            for (t, sums) in acc.iter_mut().enumerate() {
+                let b = _mm256_broadcast_ss(&*a.add(t * a_t));
+                for (s, x) in sums.iter_mut().zip(&xc) {
+                    *s = _mm256_fmadd_ps(b, *x, *s);
+                }
             }
         }
     }

@@ -29,6 +29,12 @@ fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
         return dst;
     }
     let block = n * n * c;
+    // set_len below relies on it: every row of the destination is written
+    assert!(
+        src.len() % block == 0,
+        "transpose_edges: {} values are not whole graphs of {n} × {n} × {c}",
+        src.len()
+    );
     let rows = src.len() / (n * c);
     let base = Shared(dst.as_mut_ptr());
     // each task fills one destination row (graph g, first index j) from column j of the source

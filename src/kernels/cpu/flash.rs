@@ -51,6 +51,32 @@ impl Layout {
     fn base(&self, p: usize, h: usize) -> usize {
         (p / self.count) * self.outer + (p % self.count) * self.inner + h * self.head
     }
+
+    /// Whether `p` problems × `h` heads × `rows` rows of `width` elements address pairwise
+    /// disjoint elements, so that parallel tasks (one per problem and head, writing its rows
+    /// or their gradients) never write the same element. Sufficient: taking the axes by
+    /// increasing stride, each stride passes the span of every smaller axis.
+    fn disjoint(&self, p: usize, h: usize, rows: usize, width: usize) -> bool {
+        let count = self.count.max(1);
+        let mut axes = [
+            (self.inner, p.min(count)),
+            (self.outer, p.div_ceil(count)),
+            (self.head, h),
+            (self.row, rows),
+        ];
+        axes.sort_unstable();
+        let mut span = width;
+        for (stride, extent) in axes {
+            if extent <= 1 {
+                continue;
+            }
+            if stride < span {
+                return false;
+            }
+            span = stride * (extent - 1) + span;
+        }
+        true
+    }
 }
 
 /// Where an edge pattern's problems, heads and rows live in a `[b, n, n, channels]` edge tensor
@@ -93,7 +119,8 @@ impl<E> Shared<E> {
     /// Safety: `offset` lies within the allocation.
     #[inline]
     pub(super) unsafe fn at(self, offset: usize) -> *mut E {
-        self.0.add(offset)
+        // SAFETY: the caller upholds this function's contract (its doc)
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -113,18 +140,21 @@ pub(super) unsafe fn mm<E: Real>(
     (rhs_rs, rhs_cs): (usize, usize),
     beta: E,
 ) {
-    mm_with(
-        (m, n, k),
-        dst,
-        (dst_rs, dst_cs),
-        accumulate,
-        lhs,
-        (lhs_rs, lhs_cs),
-        rhs,
-        (rhs_rs, rhs_cs),
-        beta,
-        gemm::Parallelism::None,
-    )
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        mm_with(
+            (m, n, k),
+            dst,
+            (dst_rs, dst_cs),
+            accumulate,
+            lhs,
+            (lhs_rs, lhs_cs),
+            rhs,
+            (rhs_rs, rhs_cs),
+            beta,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// [`mm`] with a choice of parallelism (one large product: `Rayon(0)`, every thread).
@@ -143,54 +173,57 @@ pub(super) unsafe fn mm_with<E: Real>(
     beta: E,
     parallelism: gemm::Parallelism,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                for c in 0..n {
-                    *dst.add(r * dst_rs + c * dst_cs) = E::zero();
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !accumulate {
+                for r in 0..m {
+                    for c in 0..n {
+                        *dst.add(r * dst_rs + c * dst_cs) = E::zero();
+                    }
                 }
             }
+            return;
         }
-        return;
-    }
-    let serial = matches!(parallelism, gemm::Parallelism::None);
-    if takes_direct((m, n, k), dst_cs, serial) {
-        return mm_direct(
-            (m, n, k),
+        let serial = matches!(parallelism, gemm::Parallelism::None);
+        if takes_direct((m, n, k), dst_cs, serial) {
+            return mm_direct(
+                (m, n, k),
+                dst,
+                dst_rs,
+                accumulate,
+                lhs,
+                (lhs_rs, lhs_cs),
+                rhs,
+                (rhs_rs, rhs_cs),
+                beta,
+            );
+        }
+        gemm::gemm(
+            m,
+            n,
+            k,
             dst,
-            dst_rs,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
             lhs,
-            (lhs_rs, lhs_cs),
+            lhs_cs as isize,
+            lhs_rs as isize,
             rhs,
-            (rhs_rs, rhs_cs),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            E::one(),
             beta,
+            false,
+            false,
+            false,
+            parallelism,
         );
     }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs as isize,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        E::one(),
-        beta,
-        false,
-        false,
-        false,
-        parallelism,
-    );
 }
 
 /// Sets the invisible entries of a score row to −∞ (they vanish under `exp`).
@@ -891,6 +924,21 @@ where
             ));
         }
     }
+    // one task per problem and head writes its output rows and its gradient rows of q, k, v
+    let layouts = [
+        ("queries", &ql, nq, d),
+        ("keys", &kl, nk, d),
+        ("values", &vl, nk, e),
+        ("output", &ol, nq, e),
+    ];
+    for (what, layout, rows, width) in layouts {
+        if !layout.disjoint(p, h, rows, width) {
+            return Err(Error::config(
+                format!("attention {what} layout"),
+                format!("{layout:?} addresses some element from two problems, heads or rows"),
+            ));
+        }
+    }
     let dev = q.device().clone();
     let (q, tape_q) = q.contiguous().split_tape();
     let (k, tape_k) = k.contiguous().split_tape();
@@ -986,4 +1034,36 @@ where
         sizes,
         spec,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{edge_layout, Layout};
+    use crate::spec::{pattern_dims, EdgePattern};
+
+    #[test]
+    fn every_edge_pattern_writes_disjoint_rows_and_overlaps_are_caught() {
+        let (b, n, heads, per_head) = (3, 5, 2, 4);
+        for pattern in [
+            EdgePattern::All,
+            EdgePattern::Row,
+            EdgePattern::Column,
+            EdgePattern::Diagonal,
+        ] {
+            let (problems, len, _) = pattern_dims(pattern, b, n);
+            let l = edge_layout(pattern, n, heads * per_head, per_head);
+            assert!(l.disjoint(problems, heads, len, per_head), "{pattern:?}");
+            // a head wider than its stride overlaps the next head
+            assert!(
+                !l.disjoint(problems, heads, len, per_head + 1),
+                "{pattern:?}"
+            );
+        }
+        let c = Layout::contiguous(heads, n, per_head);
+        assert!(c.disjoint(b, heads, n, per_head));
+        // heads stored on top of each other, or problems sharing one block
+        assert!(!Layout { head: 0, ..c }.disjoint(b, heads, n, per_head));
+        assert!(!Layout { outer: 0, ..c }.disjoint(b, heads, n, per_head));
+        assert!(Layout { outer: 0, ..c }.disjoint(1, heads, n, per_head));
+    }
 }

@@ -45,36 +45,39 @@ pub(super) unsafe fn mm_direct<E: Real>(
     (rhs_rs, rhs_cs): (usize, usize),
     beta: E,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx2 = false;
-    // the right operand with contiguous rows: as given, or copied
-    let packed: Vec<E>;
-    let (rhs, rhs_rs) = if rhs_cs == 1 || n == 1 {
-        (rhs, rhs_rs)
-    } else {
-        packed = pack_rows(k, n, rhs, (rhs_rs, rhs_cs), avx2);
-        (packed.as_ptr(), n)
-    };
-    let args = Args {
-        m,
-        n,
-        k,
-        dst,
-        dst_rs,
-        accumulate,
-        lhs,
-        lhs_strides,
-        rhs,
-        rhs_rs,
-        beta,
-    };
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        return rows_avx2(args);
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        // the right operand with contiguous rows: as given, or copied
+        let packed: Vec<E>;
+        let (rhs, rhs_rs) = if rhs_cs == 1 || n == 1 {
+            (rhs, rhs_rs)
+        } else {
+            packed = pack_rows(k, n, rhs, (rhs_rs, rhs_cs), avx2);
+            (packed.as_ptr(), n)
+        };
+        let args = Args {
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_rs,
+            beta,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            return rows_avx2(args);
+        }
+        rows::<E, false>(args)
     }
-    rows::<E, false>(args)
 }
 
 /// A `k × n` matrix under the given strides, copied into contiguous rows (read column by
@@ -91,28 +94,31 @@ unsafe fn pack_rows<E: Real>(
     (rs, cs): (usize, usize),
     avx2: bool,
 ) -> Vec<E> {
-    let mut out = Vec::<E>::with_capacity(k * n);
-    let dst = out.as_mut_ptr();
-    let blocks = avx2
-        && std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
-        && rs == 1
-        && k.is_multiple_of(8)
-        && n.is_multiple_of(8);
-    if blocks {
-        // Safety: E is f32 (checked above), the caller detected the features.
-        #[cfg(target_arch = "x86_64")]
-        transpose_f32_avx2(k, n, src as *const f32, cs, dst as *mut f32);
-    } else {
-        for c in 0..n {
-            let col = src.add(c * cs);
-            for p in 0..k {
-                dst.add(p * n + c).write(*col.add(p * rs));
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let mut out = Vec::<E>::with_capacity(k * n);
+        let dst = out.as_mut_ptr();
+        let blocks = avx2
+            && std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
+            && rs == 1
+            && k.is_multiple_of(8)
+            && n.is_multiple_of(8);
+        if blocks {
+            // Safety: E is f32 (checked above), the caller detected the features.
+            #[cfg(target_arch = "x86_64")]
+            transpose_f32_avx2(k, n, src as *const f32, cs, dst as *mut f32);
+        } else {
+            for c in 0..n {
+                let col = src.add(c * cs);
+                for p in 0..k {
+                    dst.add(p * n + c).write(*col.add(p * rs));
+                }
             }
         }
+        // every one of the k · n elements was written above
+        out.set_len(k * n);
+        out
     }
-    // every one of the k · n elements was written above
-    out.set_len(k * n);
-    out
 }
 
 /// `dst[p · n + c] = src[p + c · cs]` for `p < k`, `c < n`, both multiples of 8: each 8 × 8
@@ -124,15 +130,18 @@ unsafe fn pack_rows<E: Real>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transpose_f32_avx2(k: usize, n: usize, src: *const f32, cs: usize, dst: *mut f32) {
-    use std::arch::x86_64::*;
-    for c0 in (0..n).step_by(8) {
-        for p0 in (0..k).step_by(8) {
-            let r: [__m256; 8] =
-                std::array::from_fn(|c| _mm256_loadu_ps(src.add((c0 + c) * cs + p0)));
-            // row p of the block: element p of each of the eight source columns
-            let rows = super::avx2::transpose8(r);
-            for (p, row) in rows.iter().enumerate() {
-                _mm256_storeu_ps(dst.add((p0 + p) * n + c0), *row);
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        use std::arch::x86_64::*;
+        for c0 in (0..n).step_by(8) {
+            for p0 in (0..k).step_by(8) {
+                let r: [__m256; 8] =
+                    std::array::from_fn(|c| _mm256_loadu_ps(src.add((c0 + c) * cs + p0)));
+                // row p of the block: element p of each of the eight source columns
+                let rows = super::avx2::transpose8(r);
+                for (p, row) in rows.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((p0 + p) * n + c0), *row);
+                }
             }
         }
     }
@@ -152,10 +161,14 @@ struct Args<E> {
     beta: E,
 }
 
+/// [`rows`] compiled for AVX2 and FMA.
+///
+/// Safety: the CPU has AVX2 and FMA; as [`mm_direct`] for the pointers in `args`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_avx2<E: Real>(args: Args<E>) {
-    rows::<E, true>(args)
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe { rows::<E, true>(args) }
 }
 
 /// Register tiles (rows, columns): 4 rows × two vectors of eight, or 8 rows × one vector for
@@ -168,105 +181,120 @@ const TILE_COLS: usize = NARROW_TILE.1;
 
 /// The loops: the destination in panels of 16 columns (then 8), each panel in tiles of rows
 /// summed over k in registers, then `dst = [dst +] beta · sum`.
+///
+/// Safety: as [`mm_direct`] for the pointers in `a`.
 #[inline(always)]
 unsafe fn rows<E: Real, const FUSED: bool>(a: Args<E>) {
-    let mut c0 = 0;
-    while c0 + WIDE_TILE.1 <= a.n {
-        panel::<E, FUSED, { WIDE_TILE.0 }, { WIDE_TILE.1 }>(&a, c0, WIDE_TILE.1);
-        c0 += WIDE_TILE.1;
-    }
-    while c0 < a.n {
-        let cols = TILE_COLS.min(a.n - c0);
-        panel::<E, FUSED, { NARROW_TILE.0 }, { NARROW_TILE.1 }>(&a, c0, cols);
-        c0 += TILE_COLS;
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let mut c0 = 0;
+        while c0 + WIDE_TILE.1 <= a.n {
+            panel::<E, FUSED, { WIDE_TILE.0 }, { WIDE_TILE.1 }>(&a, c0, WIDE_TILE.1);
+            c0 += WIDE_TILE.1;
+        }
+        while c0 < a.n {
+            let cols = TILE_COLS.min(a.n - c0);
+            panel::<E, FUSED, { NARROW_TILE.0 }, { NARROW_TILE.1 }>(&a, c0, cols);
+            c0 += TILE_COLS;
+        }
     }
 }
 
 /// One panel of `cols ≤ C` columns at `c0`, in tiles of R rows.
+///
+/// Safety: as [`mm_direct`]; the panel lies within the destination.
 #[inline(always)]
 unsafe fn panel<E: Real, const FUSED: bool, const R: usize, const C: usize>(
     a: &Args<E>,
     c0: usize,
     cols: usize,
 ) {
-    for i0 in (0..a.m).step_by(R) {
-        let rows = R.min(a.m - i0);
-        if rows == R && cols == C {
-            // constant sizes: the compiler unrolls the tile into registers
-            tile::<E, FUSED, R, C>(a, (i0, R), (c0, C));
-        } else {
-            tile::<E, FUSED, R, C>(a, (i0, rows), (c0, cols));
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        for i0 in (0..a.m).step_by(R) {
+            let rows = R.min(a.m - i0);
+            if rows == R && cols == C {
+                // constant sizes: the compiler unrolls the tile into registers
+                tile::<E, FUSED, R, C>(a, (i0, R), (c0, C));
+            } else {
+                tile::<E, FUSED, R, C>(a, (i0, rows), (c0, cols));
+            }
         }
     }
 }
 
 /// One tile of at most R × C at `(i0, c0)`. `FUSED`: multiply-adds as one instruction (only
 /// where the target has FMA; elsewhere `mul_add` is a library call).
+///
+/// Safety: as [`mm_direct`]; the tile lies within the destination.
 #[inline(always)]
 unsafe fn tile<E: Real, const FUSED: bool, const R: usize, const C: usize>(
     a: &Args<E>,
     (i0, rows): (usize, usize),
     (c0, cols): (usize, usize),
 ) {
-    let madd = |acc: E, x: E, y: E| {
-        if FUSED {
-            x.mul_add(y, acc)
-        } else {
-            acc + x * y
-        }
-    };
-    let (lrs, lcs) = a.lhs_strides;
-    // A partial tile still computes all R × C sums (fixed-size loops stay in registers): rows
-    // past the last repeat it, columns past the last are zero; only real ones are stored.
-    let lhs_row = |r: usize| a.lhs.add((i0 + r.min(rows - 1)) * lrs);
-    let lhs_rows: [*const E; R] = std::array::from_fn(lhs_row);
-    let mut acc = [[E::zero(); C]; R];
-    for p in 0..a.k {
-        let src = a.rhs.add(p * a.rhs_rs + c0);
-        let rv: [E; C] = if cols == C {
-            std::ptr::read_unaligned(src as *const _)
-        } else {
-            let mut v = [E::zero(); C];
-            v.iter_mut()
-                .take(cols)
-                .enumerate()
-                .for_each(|(c, x)| *x = *src.add(c));
-            v
-        };
-        for (acc_row, row) in acc.iter_mut().zip(&lhs_rows) {
-            let x = *row.add(p * lcs);
-            for (s, &y) in acc_row.iter_mut().zip(&rv) {
-                *s = madd(*s, x, y);
-            }
-        }
-    }
-    if cols == C {
-        // whole rows of the tile as vectors (element by element, this took longer than the
-        // multiply-adds of a k = 8 product)
-        for (r, acc_row) in acc.iter().enumerate().take(rows) {
-            let d = a.dst.add((i0 + r) * a.dst_rs + c0) as *mut [E; C];
-            let mut out: [E; C] = if a.accumulate {
-                std::ptr::read_unaligned(d)
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let madd = |acc: E, x: E, y: E| {
+            if FUSED {
+                x.mul_add(y, acc)
             } else {
-                [E::zero(); C]
-            };
-            for (o, &s) in out.iter_mut().zip(acc_row) {
-                *o = *o + a.beta * s;
+                acc + x * y
             }
-            std::ptr::write_unaligned(d, out);
+        };
+        let (lrs, lcs) = a.lhs_strides;
+        // A partial tile still computes all R × C sums (fixed-size loops stay in registers): rows
+        // past the last repeat it, columns past the last are zero; only real ones are stored.
+        let lhs_row = |r: usize| a.lhs.add((i0 + r.min(rows - 1)) * lrs);
+        let lhs_rows: [*const E; R] = std::array::from_fn(lhs_row);
+        let mut acc = [[E::zero(); C]; R];
+        for p in 0..a.k {
+            let src = a.rhs.add(p * a.rhs_rs + c0);
+            let rv: [E; C] = if cols == C {
+                std::ptr::read_unaligned(src as *const _)
+            } else {
+                let mut v = [E::zero(); C];
+                v.iter_mut()
+                    .take(cols)
+                    .enumerate()
+                    .for_each(|(c, x)| *x = *src.add(c));
+                v
+            };
+            for (acc_row, row) in acc.iter_mut().zip(&lhs_rows) {
+                let x = *row.add(p * lcs);
+                for (s, &y) in acc_row.iter_mut().zip(&rv) {
+                    *s = madd(*s, x, y);
+                }
+            }
         }
-        return;
-    }
-    for (r, acc_row) in acc.iter().enumerate().take(rows) {
-        let d = std::slice::from_raw_parts_mut(a.dst.add((i0 + r) * a.dst_rs + c0), cols);
-        if a.accumulate {
-            d.iter_mut()
-                .zip(acc_row)
-                .for_each(|(d, &s)| *d = *d + a.beta * s);
-        } else {
-            d.iter_mut()
-                .zip(acc_row)
-                .for_each(|(d, &s)| *d = a.beta * s);
+        if cols == C {
+            // whole rows of the tile as vectors (element by element, this took longer than the
+            // multiply-adds of a k = 8 product)
+            for (r, acc_row) in acc.iter().enumerate().take(rows) {
+                let d = a.dst.add((i0 + r) * a.dst_rs + c0) as *mut [E; C];
+                let mut out: [E; C] = if a.accumulate {
+                    std::ptr::read_unaligned(d)
+                } else {
+                    [E::zero(); C]
+                };
+                for (o, &s) in out.iter_mut().zip(acc_row) {
+                    *o = *o + a.beta * s;
+                }
+                std::ptr::write_unaligned(d, out);
+            }
+            return;
+        }
+        for (r, acc_row) in acc.iter().enumerate().take(rows) {
+            let d = std::slice::from_raw_parts_mut(a.dst.add((i0 + r) * a.dst_rs + c0), cols);
+            if a.accumulate {
+                d.iter_mut()
+                    .zip(acc_row)
+                    .for_each(|(d, &s)| *d = *d + a.beta * s);
+            } else {
+                d.iter_mut()
+                    .zip(acc_row)
+                    .for_each(|(d, &s)| *d = a.beta * s);
+            }
         }
     }
 }

@@ -79,36 +79,39 @@ impl Scratch {
     ///
     /// Safety: AVX2; the pair's pointers address its rows.
     unsafe fn fit(&mut self, pair: &Pair) -> KeysValues {
-        let fit = |v: &mut Vec<f32>, len: usize| {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-        };
-        fit(&mut self.qt, pair.d * BLOCK);
-        fit(&mut self.q_rows, pair.d * BLOCK);
-        fit(&mut self.gt, pair.e * BLOCK);
-        fit(&mut self.g_rows, pair.e * BLOCK);
-        fit(&mut self.ct, pair.d.max(pair.e) * BLOCK);
-        fit(&mut self.w, pair.nk * BLOCK);
-        fit(&mut self.dw, pair.nk * BLOCK);
-        if let Some(valid) = pair.key_valid {
-            self.key_weight.clear();
-            self.key_weight
-                .extend(valid.iter().map(|&v| if v { 1.0 } else { 0.0 }));
-        }
-        if pair.k_row < PACK_STRIDE && pair.v_row < PACK_STRIDE {
-            return KeysValues {
-                packed: false,
-                k: (pair.k, pair.k_row),
-                v: (pair.v, pair.v_row),
+        // SAFETY: the caller upholds this function's contract (its doc)
+        unsafe {
+            let fit = |v: &mut Vec<f32>, len: usize| {
+                if v.len() < len {
+                    v.resize(len, 0.0);
+                }
             };
-        }
-        pack(pair.k, pair.k_row, pair.nk, pair.d, &mut self.k);
-        pack(pair.v, pair.v_row, pair.nk, pair.e, &mut self.v);
-        KeysValues {
-            packed: true,
-            k: (self.k.as_ptr(), pair.d),
-            v: (self.v.as_ptr(), pair.e),
+            fit(&mut self.qt, pair.d * BLOCK);
+            fit(&mut self.q_rows, pair.d * BLOCK);
+            fit(&mut self.gt, pair.e * BLOCK);
+            fit(&mut self.g_rows, pair.e * BLOCK);
+            fit(&mut self.ct, pair.d.max(pair.e) * BLOCK);
+            fit(&mut self.w, pair.nk * BLOCK);
+            fit(&mut self.dw, pair.nk * BLOCK);
+            if let Some(valid) = pair.key_valid {
+                self.key_weight.clear();
+                self.key_weight
+                    .extend(valid.iter().map(|&v| if v { 1.0 } else { 0.0 }));
+            }
+            if pair.k_row < PACK_STRIDE && pair.v_row < PACK_STRIDE {
+                return KeysValues {
+                    packed: false,
+                    k: (pair.k, pair.k_row),
+                    v: (pair.v, pair.v_row),
+                };
+            }
+            pack(pair.k, pair.k_row, pair.nk, pair.d, &mut self.k);
+            pack(pair.v, pair.v_row, pair.nk, pair.e, &mut self.v);
+            KeysValues {
+                packed: true,
+                k: (self.k.as_ptr(), pair.d),
+                v: (self.v.as_ptr(), pair.e),
+            }
         }
     }
 }
@@ -132,18 +135,21 @@ struct KeysValues {
 /// Safety: AVX2; `src` addresses the n rows.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack(src: *const f32, row: usize, n: usize, width: usize, dst: &mut Vec<f32>) {
-    dst.clear();
-    dst.reserve(n * width);
-    let out = dst.as_mut_ptr();
-    for j in 0..n {
-        for c in (0..width).step_by(LANES) {
-            _mm256_storeu_ps(
-                out.add(j * width + c),
-                _mm256_loadu_ps(src.add(j * row + c)),
-            );
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        dst.clear();
+        dst.reserve(n * width);
+        let out = dst.as_mut_ptr();
+        for j in 0..n {
+            for c in (0..width).step_by(LANES) {
+                _mm256_storeu_ps(
+                    out.add(j * width + c),
+                    _mm256_loadu_ps(src.add(j * row + c)),
+                );
+            }
         }
+        dst.set_len(n * width);
     }
-    dst.set_len(n * width);
 }
 
 /// `dst[j · row + c] += src[j · width + c]` for `j < n`, `c < width` (a multiple of 8).
@@ -151,10 +157,13 @@ unsafe fn pack(src: *const f32, row: usize, n: usize, width: usize, dst: &mut Ve
 /// Safety: AVX2; `dst` addresses the n rows.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn unpack_add(src: &[f32], width: usize, dst: *mut f32, row: usize, n: usize) {
-    for j in 0..n {
-        for c in (0..width).step_by(LANES) {
-            let (d, s) = (dst.add(j * row + c), src.as_ptr().add(j * width + c));
-            _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), _mm256_loadu_ps(s)));
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        for j in 0..n {
+            for c in (0..width).step_by(LANES) {
+                let (d, s) = (dst.add(j * row + c), src.as_ptr().add(j * width + c));
+                _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), _mm256_loadu_ps(s)));
+            }
         }
     }
 }
@@ -174,25 +183,28 @@ unsafe fn load_block(
     rows: Option<&mut [f32]>,
     cols: &mut [f32],
 ) {
-    let scale = _mm256_set1_ps(scale);
-    let rows = rows.map(|r| r.as_mut_ptr());
-    for half in 0..HALVES {
-        let l0 = half * LANES;
-        for c0 in (0..width).step_by(LANES) {
-            let block: [__m256; LANES] = std::array::from_fn(|l| {
-                if l0 + l < m {
-                    _mm256_mul_ps(scale, _mm256_loadu_ps(src.add((i0 + l0 + l) * row + c0)))
-                } else {
-                    _mm256_setzero_ps()
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let scale = _mm256_set1_ps(scale);
+        let rows = rows.map(|r| r.as_mut_ptr());
+        for half in 0..HALVES {
+            let l0 = half * LANES;
+            for c0 in (0..width).step_by(LANES) {
+                let block: [__m256; LANES] = std::array::from_fn(|l| {
+                    if l0 + l < m {
+                        _mm256_mul_ps(scale, _mm256_loadu_ps(src.add((i0 + l0 + l) * row + c0)))
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
+                if let Some(rows) = rows {
+                    for (l, x) in block.iter().enumerate() {
+                        _mm256_storeu_ps(rows.add((l0 + l) * width + c0), *x);
+                    }
                 }
-            });
-            if let Some(rows) = rows {
-                for (l, x) in block.iter().enumerate() {
-                    _mm256_storeu_ps(rows.add((l0 + l) * width + c0), *x);
+                for (t, x) in transpose8(block).iter().enumerate() {
+                    _mm256_storeu_ps(cols.as_mut_ptr().add((c0 + t) * BLOCK + l0), *x);
                 }
-            }
-            for (t, x) in transpose8(block).iter().enumerate() {
-                _mm256_storeu_ps(cols.as_mut_ptr().add((c0 + t) * BLOCK + l0), *x);
             }
         }
     }
@@ -211,22 +223,25 @@ unsafe fn store_block(
     (dst, row, add): (*mut f32, usize, bool),
     (i0, m): (usize, usize),
 ) {
-    for (half, f) in factor.iter().enumerate() {
-        let l0 = half * LANES;
-        let block: [__m256; LANES] = std::array::from_fn(|t| {
-            _mm256_mul_ps(*f, _mm256_loadu_ps(ct.as_ptr().add((c0 + t) * BLOCK + l0)))
-        });
-        for (l, x) in transpose8(block).iter().enumerate() {
-            if l0 + l >= m {
-                break;
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        for (half, f) in factor.iter().enumerate() {
+            let l0 = half * LANES;
+            let block: [__m256; LANES] = std::array::from_fn(|t| {
+                _mm256_mul_ps(*f, _mm256_loadu_ps(ct.as_ptr().add((c0 + t) * BLOCK + l0)))
+            });
+            for (l, x) in transpose8(block).iter().enumerate() {
+                if l0 + l >= m {
+                    break;
+                }
+                let at = dst.add((i0 + l0 + l) * row + c0);
+                let x = if add {
+                    _mm256_add_ps(_mm256_loadu_ps(at), *x)
+                } else {
+                    *x
+                };
+                _mm256_storeu_ps(at, x);
             }
-            let at = dst.add((i0 + l0 + l) * row + c0);
-            let x = if add {
-                _mm256_add_ps(_mm256_loadu_ps(at), *x)
-            } else {
-                *x
-            };
-            _mm256_storeu_ps(at, x);
         }
     }
 }
@@ -243,33 +258,41 @@ unsafe fn row_vectors(
     xt: &[f32],
     out: &mut [f32],
 ) {
-    /// Rows `j .. j + G` of `a`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group<const G: usize>(
-        a: (*const f32, usize),
-        w: usize,
-        xt: &[f32],
-        out: *mut f32,
-        j: usize,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); HALVES]; G];
-        fma_block(&mut acc, a.0.add(j * a.1), (a.1, 1), xt.as_ptr(), BLOCK, w);
-        for (t, sums) in acc.iter().enumerate() {
-            for (v, x) in sums.iter().enumerate() {
-                _mm256_storeu_ps(out.add((j + t) * BLOCK + v * LANES), *x);
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        /// Rows `j .. j + G` of `a`.
+        ///
+        /// Safety: as the enclosing function's, for those rows.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn group<const G: usize>(
+            a: (*const f32, usize),
+            w: usize,
+            xt: &[f32],
+            out: *mut f32,
+            j: usize,
+        ) {
+            // SAFETY: the caller upholds this function's contract (its doc)
+            unsafe {
+                let mut acc = [[_mm256_setzero_ps(); HALVES]; G];
+                fma_block(&mut acc, a.0.add(j * a.1), (a.1, 1), xt.as_ptr(), BLOCK, w);
+                for (t, sums) in acc.iter().enumerate() {
+                    for (v, x) in sums.iter().enumerate() {
+                        _mm256_storeu_ps(out.add((j + t) * BLOCK + v * LANES), *x);
+                    }
+                }
             }
         }
-    }
-    let (a, out) = ((a, a_row), out.as_mut_ptr());
-    let mut j = 0;
-    while j + 4 <= n {
-        group::<4>(a, w, xt, out, j);
-        j += 4;
-    }
-    while j < n {
-        group::<1>(a, w, xt, out, j);
-        j += 1;
+        let (a, out) = ((a, a_row), out.as_mut_ptr());
+        let mut j = 0;
+        while j + 4 <= n {
+            group::<4>(a, w, xt, out, j);
+            j += 4;
+        }
+        while j < n {
+            group::<1>(a, w, xt, out, j);
+            j += 1;
+        }
     }
 }
 
@@ -285,12 +308,15 @@ unsafe fn channel_vectors(
     wv: &[f32],
     ct: &mut [f32],
 ) {
-    for c0 in (0..width).step_by(CHANNELS) {
-        let mut acc = [[_mm256_setzero_ps(); HALVES]; CHANNELS];
-        fma_block(&mut acc, a.add(c0), (1, a_row), wv.as_ptr(), BLOCK, n);
-        for (t, sums) in acc.iter().enumerate() {
-            for (v, x) in sums.iter().enumerate() {
-                _mm256_storeu_ps(ct.as_mut_ptr().add((c0 + t) * BLOCK + v * LANES), *x);
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        for c0 in (0..width).step_by(CHANNELS) {
+            let mut acc = [[_mm256_setzero_ps(); HALVES]; CHANNELS];
+            fma_block(&mut acc, a.add(c0), (1, a_row), wv.as_ptr(), BLOCK, n);
+            for (t, sums) in acc.iter().enumerate() {
+                for (v, x) in sums.iter().enumerate() {
+                    _mm256_storeu_ps(ct.as_mut_ptr().add((c0 + t) * BLOCK + v * LANES), *x);
+                }
             }
         }
     }
@@ -309,51 +335,59 @@ unsafe fn update_rows(
     wv: &[f32],
     rows: &[f32],
 ) {
-    /// Rows `j .. j + G` of dst, V vectors of channels at `c0`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group<const G: usize, const V: usize>(
-        (dst, dst_row): (*mut f32, usize),
-        width: usize,
-        wv: &[f32],
-        rows: &[f32],
-        (j, c0): (usize, usize),
-    ) {
-        let dst = dst.add(j * dst_row + c0);
-        let mut acc: [[__m256; V]; G] = std::array::from_fn(|t| {
-            std::array::from_fn(|v| _mm256_loadu_ps(dst.add(t * dst_row + v * LANES)))
-        });
-        let (wv, rows) = (wv.as_ptr().add(j * BLOCK), rows.as_ptr().add(c0));
-        fma_block(&mut acc, wv, (BLOCK, 1), rows, width, BLOCK);
-        for (t, sums) in acc.iter().enumerate() {
-            for (v, x) in sums.iter().enumerate() {
-                _mm256_storeu_ps(dst.add(t * dst_row + v * LANES), *x);
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        /// Rows `j .. j + G` of dst, V vectors of channels at `c0`.
+        ///
+        /// Safety: as the enclosing function's, for those rows and channels.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn group<const G: usize, const V: usize>(
+            (dst, dst_row): (*mut f32, usize),
+            width: usize,
+            wv: &[f32],
+            rows: &[f32],
+            (j, c0): (usize, usize),
+        ) {
+            // SAFETY: the caller upholds this function's contract (its doc)
+            unsafe {
+                let dst = dst.add(j * dst_row + c0);
+                let mut acc: [[__m256; V]; G] = std::array::from_fn(|t| {
+                    std::array::from_fn(|v| _mm256_loadu_ps(dst.add(t * dst_row + v * LANES)))
+                });
+                let (wv, rows) = (wv.as_ptr().add(j * BLOCK), rows.as_ptr().add(c0));
+                fma_block(&mut acc, wv, (BLOCK, 1), rows, width, BLOCK);
+                for (t, sums) in acc.iter().enumerate() {
+                    for (v, x) in sums.iter().enumerate() {
+                        _mm256_storeu_ps(dst.add(t * dst_row + v * LANES), *x);
+                    }
+                }
             }
         }
-    }
-    let dst = (dst, dst_row);
-    let mut c0 = 0;
-    while c0 + 2 * LANES <= width {
-        let mut j = 0;
-        while j + 4 <= n {
-            group::<4, 2>(dst, width, wv, rows, (j, c0));
-            j += 4;
+        let dst = (dst, dst_row);
+        let mut c0 = 0;
+        while c0 + 2 * LANES <= width {
+            let mut j = 0;
+            while j + 4 <= n {
+                group::<4, 2>(dst, width, wv, rows, (j, c0));
+                j += 4;
+            }
+            while j < n {
+                group::<1, 2>(dst, width, wv, rows, (j, c0));
+                j += 1;
+            }
+            c0 += 2 * LANES;
         }
-        while j < n {
-            group::<1, 2>(dst, width, wv, rows, (j, c0));
-            j += 1;
-        }
-        c0 += 2 * LANES;
-    }
-    if c0 < width {
-        let mut j = 0;
-        while j + 8 <= n {
-            group::<8, 1>(dst, width, wv, rows, (j, c0));
-            j += 8;
-        }
-        while j < n {
-            group::<1, 1>(dst, width, wv, rows, (j, c0));
-            j += 1;
+        if c0 < width {
+            let mut j = 0;
+            while j + 8 <= n {
+                group::<8, 1>(dst, width, wv, rows, (j, c0));
+                j += 8;
+            }
+            while j < n {
+                group::<1, 1>(dst, width, wv, rows, (j, c0));
+                j += 1;
+            }
         }
     }
 }
@@ -387,44 +421,47 @@ pub(super) unsafe fn forward(
     stat: &mut [f32],
     scr: &mut Scratch,
 ) {
-    let (nk, d, e) = (pair.nk, pair.d, pair.e);
-    let kv = scr.fit(pair);
-    for i0 in (0..pair.nq).step_by(BLOCK) {
-        let m = BLOCK.min(pair.nq - i0);
-        load_block(
-            pair.q,
-            pair.q_row,
-            (i0, m),
-            d,
-            pair.scale,
-            None,
-            &mut scr.qt,
-        );
-        // sixteen scores per key, turned into weights and summed per query
-        row_vectors(kv.k, nk, d, &scr.qt, &mut scr.w);
-        let mut z = [_mm256_setzero_ps(); HALVES];
-        for j in 0..nk {
-            for (h, z) in z.iter_mut().enumerate() {
-                let at = scr.w.as_mut_ptr().add(j * BLOCK + h * LANES);
-                let s = _mm256_loadu_ps(at);
-                let mut w = taylor_weight(s);
-                if pair.key_valid.is_some() {
-                    w = _mm256_mul_ps(w, _mm256_set1_ps(scr.key_weight[j]));
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let (nk, d, e) = (pair.nk, pair.d, pair.e);
+        let kv = scr.fit(pair);
+        for i0 in (0..pair.nq).step_by(BLOCK) {
+            let m = BLOCK.min(pair.nq - i0);
+            load_block(
+                pair.q,
+                pair.q_row,
+                (i0, m),
+                d,
+                pair.scale,
+                None,
+                &mut scr.qt,
+            );
+            // sixteen scores per key, turned into weights and summed per query
+            row_vectors(kv.k, nk, d, &scr.qt, &mut scr.w);
+            let mut z = [_mm256_setzero_ps(); HALVES];
+            for j in 0..nk {
+                for (h, z) in z.iter_mut().enumerate() {
+                    let at = scr.w.as_mut_ptr().add(j * BLOCK + h * LANES);
+                    let s = _mm256_loadu_ps(at);
+                    let mut w = taylor_weight(s);
+                    if pair.key_valid.is_some() {
+                        w = _mm256_mul_ps(w, _mm256_set1_ps(scr.key_weight[j]));
+                    }
+                    *z = _mm256_add_ps(*z, w);
+                    _mm256_storeu_ps(at, w);
                 }
-                *z = _mm256_add_ps(*z, w);
-                _mm256_storeu_ps(at, w);
             }
+            channel_vectors(kv.v, nk, e, &scr.w, &mut scr.ct);
+            let inv = z.map(|z| inverse_clamped(z, pair.eps));
+            for c0 in (0..e).step_by(LANES) {
+                store_block(&scr.ct, c0, inv, (out, out_row, false), (i0, m));
+            }
+            let mut sums = [0f32; BLOCK];
+            for (h, z) in z.iter().enumerate() {
+                _mm256_storeu_ps(sums.as_mut_ptr().add(h * LANES), *z);
+            }
+            stat[i0..i0 + m].copy_from_slice(&sums[..m]);
         }
-        channel_vectors(kv.v, nk, e, &scr.w, &mut scr.ct);
-        let inv = z.map(|z| inverse_clamped(z, pair.eps));
-        for c0 in (0..e).step_by(LANES) {
-            store_block(&scr.ct, c0, inv, (out, out_row, false), (i0, m));
-        }
-        let mut sums = [0f32; BLOCK];
-        for (h, z) in z.iter().enumerate() {
-            _mm256_storeu_ps(sums.as_mut_ptr().add(h * LANES), *z);
-        }
-        stat[i0..i0 + m].copy_from_slice(&sums[..m]);
     }
 }
 
@@ -441,84 +478,88 @@ pub(super) unsafe fn backward(
     (dq, dk, dv): (*mut f32, *mut f32, *mut f32),
     scr: &mut Scratch,
 ) {
-    let (nk, d, e) = (pair.nk, pair.d, pair.e);
-    let kv = scr.fit(pair);
-    let one = _mm256_set1_ps(1.0);
-    // key and value gradients: summed in the scratch when the keys were copied, else in place
-    let (dk_at, dv_at) = if kv.packed {
-        for (buf, len) in [(&mut scr.dk, nk * d), (&mut scr.dv, nk * e)] {
-            buf.clear();
-            buf.resize(len, 0.0);
-        }
-        ((scr.dk.as_mut_ptr(), d), (scr.dv.as_mut_ptr(), e))
-    } else {
-        ((dk, pair.k_row), (dv, pair.v_row))
-    };
-    for i0 in (0..pair.nq).step_by(BLOCK) {
-        let m = BLOCK.min(pair.nq - i0);
-        let block = (i0, m);
-        load_block(
-            pair.q,
-            pair.q_row,
-            block,
-            d,
-            pair.scale,
-            Some(&mut scr.q_rows),
-            &mut scr.qt,
-        );
-        load_block(g, o_row, block, e, 1.0, Some(&mut scr.g_rows), &mut scr.gt);
-        load_block(o, o_row, block, e, 1.0, None, &mut scr.ct);
-        // per query: 1 / max(Σw, eps), and dO·O where the clamp passes the gradient
-        let mut z = [1f32; BLOCK];
-        z[..m].copy_from_slice(&stat[i0..i0 + m]);
-        let z: [__m256; HALVES] =
-            std::array::from_fn(|h| _mm256_loadu_ps(z.as_ptr().add(h * LANES)));
-        let inv = z.map(|z| inverse_clamped(z, pair.eps));
-        let through: [__m256; HALVES] = std::array::from_fn(|h| {
-            let mut sum = _mm256_setzero_ps();
-            for c in 0..e {
-                let at = c * BLOCK + h * LANES;
-                sum = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(scr.gt.as_ptr().add(at)),
-                    _mm256_loadu_ps(scr.ct.as_ptr().add(at)),
-                    sum,
-                );
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let (nk, d, e) = (pair.nk, pair.d, pair.e);
+        let kv = scr.fit(pair);
+        let one = _mm256_set1_ps(1.0);
+        // key and value gradients: summed in the scratch when the keys were copied, else in place
+        let (dk_at, dv_at) = if kv.packed {
+            for (buf, len) in [(&mut scr.dk, nk * d), (&mut scr.dv, nk * e)] {
+                buf.clear();
+                buf.resize(len, 0.0);
             }
-            let passes = _mm256_cmp_ps::<_CMP_GE_OQ>(z[h], _mm256_set1_ps(pair.eps));
-            _mm256_and_ps(sum, passes)
-        });
-        // scores (recomputed) and dO · vᵀ, per key; then weights and dS over them
-        row_vectors(kv.k, nk, d, &scr.qt, &mut scr.w);
-        row_vectors(kv.v, nk, e, &scr.gt, &mut scr.dw);
-        for j in 0..nk {
-            for h in 0..HALVES {
-                let at = j * BLOCK + h * LANES;
-                let (wp, dwp) = (scr.w.as_mut_ptr().add(at), scr.dw.as_mut_ptr().add(at));
-                let s = _mm256_loadu_ps(wp);
-                let mut w = _mm256_mul_ps(taylor_weight(s), inv[h]);
-                let mut ds = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(dwp), through[h]), inv[h]);
-                ds = _mm256_mul_ps(ds, _mm256_add_ps(one, s));
-                if pair.key_valid.is_some() {
-                    let kw = _mm256_set1_ps(scr.key_weight[j]);
-                    w = _mm256_mul_ps(w, kw);
-                    ds = _mm256_mul_ps(ds, kw);
+            ((scr.dk.as_mut_ptr(), d), (scr.dv.as_mut_ptr(), e))
+        } else {
+            ((dk, pair.k_row), (dv, pair.v_row))
+        };
+        for i0 in (0..pair.nq).step_by(BLOCK) {
+            let m = BLOCK.min(pair.nq - i0);
+            let block = (i0, m);
+            load_block(
+                pair.q,
+                pair.q_row,
+                block,
+                d,
+                pair.scale,
+                Some(&mut scr.q_rows),
+                &mut scr.qt,
+            );
+            load_block(g, o_row, block, e, 1.0, Some(&mut scr.g_rows), &mut scr.gt);
+            load_block(o, o_row, block, e, 1.0, None, &mut scr.ct);
+            // per query: 1 / max(Σw, eps), and dO·O where the clamp passes the gradient
+            let mut z = [1f32; BLOCK];
+            z[..m].copy_from_slice(&stat[i0..i0 + m]);
+            let z: [__m256; HALVES] =
+                std::array::from_fn(|h| _mm256_loadu_ps(z.as_ptr().add(h * LANES)));
+            let inv = z.map(|z| inverse_clamped(z, pair.eps));
+            let through: [__m256; HALVES] = std::array::from_fn(|h| {
+                let mut sum = _mm256_setzero_ps();
+                for c in 0..e {
+                    let at = c * BLOCK + h * LANES;
+                    sum = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(scr.gt.as_ptr().add(at)),
+                        _mm256_loadu_ps(scr.ct.as_ptr().add(at)),
+                        sum,
+                    );
                 }
-                _mm256_storeu_ps(wp, w);
-                _mm256_storeu_ps(dwp, ds);
+                let passes = _mm256_cmp_ps::<_CMP_GE_OQ>(z[h], _mm256_set1_ps(pair.eps));
+                _mm256_and_ps(sum, passes)
+            });
+            // scores (recomputed) and dO · vᵀ, per key; then weights and dS over them
+            row_vectors(kv.k, nk, d, &scr.qt, &mut scr.w);
+            row_vectors(kv.v, nk, e, &scr.gt, &mut scr.dw);
+            for j in 0..nk {
+                for h in 0..HALVES {
+                    let at = j * BLOCK + h * LANES;
+                    let (wp, dwp) = (scr.w.as_mut_ptr().add(at), scr.dw.as_mut_ptr().add(at));
+                    let s = _mm256_loadu_ps(wp);
+                    let mut w = _mm256_mul_ps(taylor_weight(s), inv[h]);
+                    let mut ds =
+                        _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(dwp), through[h]), inv[h]);
+                    ds = _mm256_mul_ps(ds, _mm256_add_ps(one, s));
+                    if pair.key_valid.is_some() {
+                        let kw = _mm256_set1_ps(scr.key_weight[j]);
+                        w = _mm256_mul_ps(w, kw);
+                        ds = _mm256_mul_ps(ds, kw);
+                    }
+                    _mm256_storeu_ps(wp, w);
+                    _mm256_storeu_ps(dwp, ds);
+                }
+            }
+            // dv += Wᵀ · dO; dk += dSᵀ · (scale · q) (padded lanes have zero rows)
+            update_rows(dv_at, nk, e, &scr.w, &scr.g_rows);
+            update_rows(dk_at, nk, d, &scr.dw, &scr.q_rows);
+            // dq += scale · dS · k, per channel, transposed back into rows
+            channel_vectors(kv.k, nk, d, &scr.dw, &mut scr.ct);
+            let scale = [_mm256_set1_ps(pair.scale); HALVES];
+            for c0 in (0..d).step_by(LANES) {
+                store_block(&scr.ct, c0, scale, (dq, pair.q_row, true), block);
             }
         }
-        // dv += Wᵀ · dO; dk += dSᵀ · (scale · q) (padded lanes have zero rows)
-        update_rows(dv_at, nk, e, &scr.w, &scr.g_rows);
-        update_rows(dk_at, nk, d, &scr.dw, &scr.q_rows);
-        // dq += scale · dS · k, per channel, transposed back into rows
-        channel_vectors(kv.k, nk, d, &scr.dw, &mut scr.ct);
-        let scale = [_mm256_set1_ps(pair.scale); HALVES];
-        for c0 in (0..d).step_by(LANES) {
-            store_block(&scr.ct, c0, scale, (dq, pair.q_row, true), block);
+        if kv.packed {
+            unpack_add(&scr.dk, d, dk, pair.k_row, nk);
+            unpack_add(&scr.dv, e, dv, pair.v_row, nk);
         }
-    }
-    if kv.packed {
-        unpack_add(&scr.dk, d, dk, pair.k_row, nk);
-        unpack_add(&scr.dv, e, dv, pair.v_row, nk);
     }
 }

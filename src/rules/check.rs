@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::ast::*;
+use super::builtins::{self, Form, Function, RESERVED};
 use super::ir::*;
 use crate::diagnostic::{Checked, RuleError, Span};
 
@@ -109,43 +110,6 @@ struct Checker<'a> {
     st: StatementState,
 }
 
-const RESERVED: [&str; 9] = [
-    "nodes",
-    "edges",
-    "dim",
-    "dim_edges",
-    "causal",
-    "if",
-    "then",
-    "else",
-    "let",
-];
-
-const FUNCTIONS: [&str; 22] = [
-    "attend",
-    "linear",
-    "rmsnorm",
-    "unitnorm",
-    "layernorm",
-    "feedforward",
-    "concat",
-    "sum",
-    "mean",
-    "max",
-    "softmax",
-    "dot",
-    "relu",
-    "gelu",
-    "silu",
-    "sigmoid",
-    "tanh",
-    "exp",
-    "abs",
-    "square",
-    "sqrt",
-    "top",
-];
-
 /// The closest candidate within a small edit distance (adjacent swaps count once), for
 /// "did you mean" hints.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
@@ -192,14 +156,14 @@ fn did_you_mean<'a>(
 
 /// Named and positional arguments of a call, consumed one by one; leftovers are errors.
 struct Args<'e> {
-    func: &'static str,
+    func: &'static Function,
     call: Span,
     positional: Vec<&'e Expr>,
     named: Vec<(&'e Ident, &'e Expr)>,
 }
 
 impl<'e> Args<'e> {
-    fn new(func: &'static str, call: Span, args: &'e [Arg]) -> Checked<Self> {
+    fn new(func: &'static Function, call: Span, args: &'e [Arg]) -> Checked<Self> {
         let mut positional = Vec::new();
         let mut named: Vec<(&Ident, &Expr)> = Vec::new();
         for a in args {
@@ -234,7 +198,7 @@ impl<'e> Args<'e> {
         if self.positional.is_empty() {
             return Err(RuleError::new(
                 self.call,
-                format!("`{}` needs {what}", self.func),
+                format!("`{}` needs {what}", self.func.name),
             ));
         }
         Ok(self.positional.remove(0))
@@ -260,24 +224,26 @@ impl<'e> Args<'e> {
         }
     }
 
-    fn finish(self, known: &[&str]) -> Checked<()> {
+    /// Refuses what is left: more positional arguments, or options the function does not take.
+    fn finish(self) -> Checked<()> {
+        let known = self.func.option_names();
         if let Some(extra) = self.positional.first() {
             return Err(RuleError::new(
                 extra.span,
-                format!("`{}` takes no more positional arguments", self.func),
+                format!("`{}` takes no more positional arguments", self.func.name),
             )
             .hint("options are written `name: value`"));
         }
         if let Some((n, _)) = self.named.first() {
             let err = RuleError::new(
                 n.span,
-                format!("unknown option `{}` for `{}`", n.name, self.func),
+                format!("unknown option `{}` for `{}`", n.name, self.func.name),
             );
             let err = did_you_mean(err, &n.name, known.iter().copied());
             return Err(if err.hint.is_some() || known.is_empty() {
                 err
             } else {
-                err.hint(format!("`{}` takes: {}", self.func, known.join(", ")))
+                err.hint(format!("`{}` takes: {}", self.func.name, known.join(", ")))
             });
         }
         Ok(())
@@ -319,7 +285,7 @@ impl<'a> Checker<'a> {
             }
         }
         for (name, default) in decls {
-            if RESERVED.contains(&name.name.as_str()) || FUNCTIONS.contains(&name.name.as_str()) {
+            if RESERVED.contains(&name.name.as_str()) || builtins::function(&name.name).is_some() {
                 return Err(RuleError::new(
                     name.span,
                     format!(
@@ -395,7 +361,7 @@ impl<'a> Checker<'a> {
 
     fn claim_name(&mut self, name: &Ident) -> Checked<()> {
         if RESERVED.contains(&name.name.as_str())
-            || FUNCTIONS.contains(&name.name.as_str())
+            || builtins::function(&name.name).is_some()
             || self.param_index.contains_key(&name.name)
         {
             return Err(RuleError::new(
@@ -965,11 +931,25 @@ impl<'a> Checker<'a> {
         probs: bool,
     ) -> Checked<Value> {
         let name = func.name.as_str();
-        let reducing = matches!(name, "sum" | "mean" | "max" | "softmax");
+        let Some(f) = builtins::function(name) else {
+            let err = RuleError::new(func.span, format!("unknown function `{name}`"));
+            let err = did_you_mean(err, name, builtins::names());
+            return Err(if err.hint.is_some() {
+                err
+            } else {
+                err.hint("see dsl/README.md for the functions")
+            });
+        };
+        let reducing = f.over_index();
         if over.is_some() && !reducing {
+            let over: Vec<&str> = builtins::FUNCTIONS
+                .iter()
+                .filter(|f| f.over_index())
+                .map(|f| f.name)
+                .collect();
             return Err(
                 RuleError::new(func.span, format!("`{name}` does not take an index")).hint(
-                    "only `sum`, `mean`, `max` and `softmax` run over an index: `sum[k](...)`",
+                    format!("only {} run over an index: `sum[k](...)`", list_of(&over)),
                 ),
             );
         }
@@ -980,53 +960,47 @@ impl<'a> Checker<'a> {
             )
             .hint(format!("write `{name}[k](...)`")));
         }
-        if let Some(&(_, f)) = Activation::ALL.iter().find(|(n, _)| *n == name) {
-            let mut a = Args::new(static_name(name), span, args)?;
-            let x = a.positional("a tensor")?;
-            let x = self.tensor(x, name, false)?;
-            a.finish(&[])?;
-            return Ok(Value::Tensor(Node {
-                slots: x.slots.clone(),
-                channels: x.channels,
-                op: Op::Act { f, x: Box::new(x) },
-            }));
-        }
-        match name {
-            "linear" => self.linear(args, span),
-            "rmsnorm" | "unitnorm" | "layernorm" => self.norm(name, args, span),
-            "feedforward" => self.feedforward(args, span),
-            "concat" => self.concat(args, span),
-            "sum" | "mean" | "max" => self.reduce(name, over.expect("checked above"), args, span),
-            "softmax" => self.softmax(over.expect("checked above"), args, span),
-            "dot" => self.dot(args, span),
-            "attend" => self.attend(args, span, probs),
-            "top" => Err(RuleError::new(
+        match f.form {
+            Form::Activation(act) => {
+                let mut a = Args::new(f, span, args)?;
+                let x = a.positional("a tensor")?;
+                let x = self.tensor(x, name, false)?;
+                a.finish()?;
+                Ok(Value::Tensor(Node {
+                    slots: x.slots.clone(),
+                    channels: x.channels,
+                    op: Op::Act {
+                        f: act,
+                        x: Box::new(x),
+                    },
+                }))
+            }
+            Form::Linear => self.linear(f, args, span),
+            Form::Norm => self.norm(f, args, span),
+            Form::FeedForward => self.feedforward(f, args, span),
+            Form::Concat => self.concat(f, args, span),
+            Form::Reduce(op) => self.reduce(f, op, over.expect("checked above"), args, span),
+            Form::Softmax => self.softmax(f, over.expect("checked above"), args, span),
+            Form::Dot => self.dot(f, args, span),
+            Form::Attend => self.attend(f, args, span, probs),
+            Form::Top => Err(RuleError::new(
                 func.span,
                 "`top(...)` is only the value of attend's `route:` option",
             )),
-            _ => {
-                let err = RuleError::new(func.span, format!("unknown function `{name}`"));
-                let err = did_you_mean(err, name, FUNCTIONS);
-                Err(if err.hint.is_some() {
-                    err
-                } else {
-                    err.hint("see dsl/README.md for the functions")
-                })
-            }
         }
     }
 
-    fn linear(&mut self, args: &[Arg], span: Span) -> Checked<Value> {
-        let mut a = Args::new("linear", span, args)?;
+    fn linear(&mut self, f: &'static Function, args: &[Arg], span: Span) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
         let x = a.positional("a tensor and an output size: `linear(x, 64)`")?;
         let x = self.tensor(x, "linear", false)?;
         let out = a.positional("an output size: `linear(x, 64)`")?;
         let outputs = self.count(out, "the output size")?;
         let bias = match a.option("bias") {
             Some((_, v)) => self.flag_value(v, "`bias`")?,
-            None => false,
+            None => f.flag("bias"),
         };
-        a.finish(&["bias"])?;
+        a.finish()?;
         let site = self.site("linear", span);
         Ok(Value::Tensor(Node {
             slots: x.slots.clone(),
@@ -1040,30 +1014,30 @@ impl<'a> Checker<'a> {
         }))
     }
 
-    fn norm(&mut self, name: &str, args: &[Arg], span: Span) -> Checked<Value> {
-        let mut a = Args::new(static_name(name), span, args)?;
+    fn norm(&mut self, f: &'static Function, args: &[Arg], span: Span) -> Checked<Value> {
+        let name = f.name;
+        let mut a = Args::new(f, span, args)?;
         let x = a.positional("a tensor")?;
         let x = self.tensor(x, name, false)?;
         let eps = match a.option("eps") {
             Some((_, v)) => Some(self.non_negative(v, "`eps`")?),
             None => None,
         };
-        let known: &[&str] = if name == "unitnorm" { &[] } else { &["eps"] };
         if name == "unitnorm" && eps.is_some() {
             return Err(RuleError::new(span, "`unitnorm` has no `eps`")
                 .hint("`rmsnorm(x, eps: ...)` is the norm with an eps"));
         }
-        a.finish(known)?;
+        a.finish()?;
         let kind = match name {
             "rmsnorm" => NormKind::Rms {
-                eps: eps.unwrap_or(1e-5),
+                eps: eps.unwrap_or_else(|| f.num("eps")),
             },
             "unitnorm" => NormKind::Unit,
             _ => NormKind::Layer {
-                eps: eps.unwrap_or(1e-5),
+                eps: eps.unwrap_or_else(|| f.num("eps")),
             },
         };
-        let site = self.site(static_name(name), span);
+        let site = self.site(name, span);
         Ok(Value::Tensor(Node {
             slots: x.slots.clone(),
             channels: x.channels,
@@ -1075,19 +1049,19 @@ impl<'a> Checker<'a> {
         }))
     }
 
-    fn feedforward(&mut self, args: &[Arg], span: Span) -> Checked<Value> {
-        let mut a = Args::new("feedforward", span, args)?;
+    fn feedforward(&mut self, f: &'static Function, args: &[Arg], span: Span) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
         let x = a.positional("a tensor")?;
         let x = self.tensor(x, "feedforward", false)?;
         let mult = match a.option("mult") {
             Some((_, v)) => self.number(v, "`mult`")?,
-            None => 4.0,
+            None => f.num("mult"),
         };
         let eps = match a.option("eps") {
             Some((_, v)) => self.non_negative(v, "`eps`")?,
-            None => 1e-5,
+            None => f.num("eps"),
         };
-        a.finish(&["mult", "eps"])?;
+        a.finish()?;
         let hidden = x.channels as f64 * mult;
         if hidden < 1.0 {
             return Err(RuleError::new(
@@ -1115,13 +1089,13 @@ impl<'a> Checker<'a> {
         }))
     }
 
-    fn concat(&mut self, args: &[Arg], span: Span) -> Checked<Value> {
-        let mut a = Args::new("concat", span, args)?;
+    fn concat(&mut self, f: &'static Function, args: &[Arg], span: Span) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
         let mut parts = Vec::new();
         while let Ok(x) = a.positional("two or more tensors") {
             parts.push(self.tensor(x, "concat", false)?);
         }
-        a.finish(&[])?;
+        a.finish()?;
         if parts.len() < 2 {
             return Err(RuleError::new(span, "`concat` needs two or more tensors"));
         }
@@ -1149,13 +1123,21 @@ impl<'a> Checker<'a> {
         Ok(self.new_slot(&over.name))
     }
 
-    fn reduce(&mut self, name: &str, over: &Ident, args: &[Arg], span: Span) -> Checked<Value> {
+    fn reduce(
+        &mut self,
+        f: &'static Function,
+        op: ReduceOp,
+        over: &Ident,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let name = f.name;
         let slot = self.bind_index(over)?;
-        let mut a = Args::new(static_name(name), span, args)?;
+        let mut a = Args::new(f, span, args)?;
         let x = a.positional("a tensor")?;
         let x_span = x.span;
         let x = self.tensor(x, name, false)?;
-        a.finish(&[])?;
+        a.finish()?;
         self.st.scope.pop();
         if !x.slots.contains(&slot) {
             return Err(RuleError::new(
@@ -1168,11 +1150,6 @@ impl<'a> Checker<'a> {
         }
         let slots: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != slot).collect();
         self.check_causal_query(&slots, span, name)?;
-        let op = match name {
-            "sum" => ReduceOp::Sum,
-            "mean" => ReduceOp::Mean,
-            _ => ReduceOp::Max,
-        };
         let matmul = op != ReduceOp::Max && matmul_form(&x, slot).is_some();
         Ok(Value::Tensor(Node {
             slots,
@@ -1199,7 +1176,13 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    fn softmax(&mut self, over: &Ident, args: &[Arg], span: Span) -> Checked<Value> {
+    fn softmax(
+        &mut self,
+        f: &'static Function,
+        over: &Ident,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
         let Some(&(_, slot)) = self.st.scope.iter().rev().find(|(n, _)| n == &over.name) else {
             return Err(RuleError::new(
                 over.span,
@@ -1207,11 +1190,11 @@ impl<'a> Checker<'a> {
             )
             .hint("softmax normalizes over an index the result keeps, e.g. `let a[i, j] = softmax[j](s[i, j])`"));
         };
-        let mut a = Args::new("softmax", span, args)?;
+        let mut a = Args::new(f, span, args)?;
         let x = a.positional("a tensor")?;
         let x_span = x.span;
         let x = self.tensor(x, "softmax", false)?;
-        a.finish(&[])?;
+        a.finish()?;
         if !x.slots.contains(&slot) {
             return Err(RuleError::new(
                 x_span,
@@ -1233,17 +1216,17 @@ impl<'a> Checker<'a> {
         }))
     }
 
-    fn dot(&mut self, args: &[Arg], span: Span) -> Checked<Value> {
-        let mut a = Args::new("dot", span, args)?;
+    fn dot(&mut self, f: &'static Function, args: &[Arg], span: Span) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
         let x = a.positional("two tensors")?;
         let x = self.tensor(x, "dot", false)?;
         let y = a.positional("two tensors")?;
         let y = self.tensor(y, "dot", false)?;
         let heads = match a.option("heads") {
             Some((_, v)) => self.count(v, "`heads`")?,
-            None => 1,
+            None => f.num("heads") as usize,
         };
-        a.finish(&["heads"])?;
+        a.finish()?;
         if x.channels != y.channels || x.channels % heads != 0 {
             return Err(RuleError::new(
                 span,
@@ -1266,8 +1249,14 @@ impl<'a> Checker<'a> {
         }))
     }
 
-    fn attend(&mut self, args: &[Arg], span: Span, probs: bool) -> Checked<Value> {
-        let mut a = Args::new("attend", span, args)?;
+    fn attend(
+        &mut self,
+        f: &'static Function,
+        args: &[Arg],
+        span: Span,
+        probs: bool,
+    ) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
         let first = a.positional("`query -> key` first: `attend(x[i] -> x[j], ...)`")?;
         let ExprKind::Arrow(q_expr, k_expr) = &first.kind else {
             return Err(
@@ -1291,11 +1280,11 @@ impl<'a> Checker<'a> {
 
         let heads = match a.option("heads") {
             Some((_, v)) => self.count(v, "`heads`")?,
-            None => 8,
+            None => f.num("heads") as usize,
         };
         let dim_head = match a.option("dim_head") {
             Some((_, v)) => self.count(v, "`dim_head`")?,
-            None => 64,
+            None => f.num("dim_head") as usize,
         };
         let outputs = match a.option("out") {
             Some((_, v)) => self.count(v, "`out`")?,
@@ -1307,7 +1296,7 @@ impl<'a> Checker<'a> {
         };
         let kernel_word = match a.option("kernel") {
             Some((_, v)) => self.word(v, "kernel", &["softmax", "taylor"])?,
-            None => "softmax".to_string(),
+            None => f.word("kernel").to_string(),
         };
         let eps = match a.option("eps") {
             Some((n, _)) if kernel_word != "taylor" => {
@@ -1317,7 +1306,7 @@ impl<'a> Checker<'a> {
                 ));
             }
             Some((_, v)) => self.non_negative(v, "`eps`")?,
-            None => 1e-5,
+            None => f.num("eps"),
         };
         let kernel = if kernel_word == "taylor" {
             KernelChoice::Taylor { eps }
@@ -1375,9 +1364,7 @@ impl<'a> Checker<'a> {
             Some((n, v)) => Some(self.route(n, v, &pattern, q_expr, k_expr)?),
             None => None,
         };
-        a.finish(&[
-            "heads", "dim_head", "out", "scale", "kernel", "eps", "bias", "gates", "route",
-        ])?;
+        a.finish()?;
         if route.is_some() {
             if bias.is_some() || gates.is_some() {
                 return Err(
@@ -1512,7 +1499,8 @@ impl<'a> Checker<'a> {
             )
             .hint("the picked edges attend among themselves: `e[i, j] -> e[k, l]`"));
         }
-        let mut a = Args::new("top", v.span, args)?;
+        let top = builtins::function("top").expect("a built-in");
+        let mut a = Args::new(top, v.span, args)?;
         let k = a.positional("how many to pick: `top(64, by: score)`")?;
         let k = self.count(k, "the number of picks")?;
         let Some((_, by)) = a.option("by") else {
@@ -1538,7 +1526,7 @@ impl<'a> Checker<'a> {
         }
         let per = match a.option("per") {
             Some((_, v)) => self.word(v, "routing scope", &["auto", "all", "row"])?,
-            None => "auto".to_string(),
+            None => top.word("per").to_string(),
         };
         let per_row = match per.as_str() {
             "row" => true,
@@ -1554,21 +1542,21 @@ impl<'a> Checker<'a> {
         }
         let fetch_ratio = match a.option("fetch") {
             Some((_, v)) => self.number(v, "`fetch`")?,
-            None => 1.125,
+            None => top.num("fetch"),
         };
         let n_iters = match a.option("iters") {
             Some((_, v)) => self.count(v, "`iters`")?,
-            None => 20,
+            None => top.num("iters") as usize,
         };
         let eps = match a.option("eps") {
             Some((_, v)) => self.number(v, "`eps`")?,
-            None => 0.1,
+            None => top.num("eps"),
         };
         let straight = match a.option("straight") {
             Some((_, v)) => self.flag_value(v, "`straight`")?,
-            None => true,
+            None => top.flag("straight"),
         };
-        a.finish(&["by", "per", "fetch", "iters", "eps", "straight"])?;
+        a.finish()?;
         if fetch_ratio < 1.0 || eps <= 0.0 {
             return Err(RuleError::new(
                 v.span,
@@ -1587,12 +1575,13 @@ impl<'a> Checker<'a> {
     }
 }
 
-fn static_name(name: &str) -> &'static str {
-    FUNCTIONS
-        .iter()
-        .find(|f| **f == name)
-        .copied()
-        .unwrap_or("function")
+/// `` `a`, `b` and `c` ``.
+fn list_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    }
 }
 
 fn index_count_error(name: &str, want: usize, ix: &Indexed) -> RuleError {

@@ -124,20 +124,6 @@ pub enum Activation {
     Sqrt,
 }
 
-impl Activation {
-    pub const ALL: [(&'static str, Activation); 9] = [
-        ("relu", Activation::Relu),
-        ("gelu", Activation::Gelu),
-        ("silu", Activation::Silu),
-        ("sigmoid", Activation::Sigmoid),
-        ("tanh", Activation::Tanh),
-        ("exp", Activation::Exp),
-        ("abs", Activation::Abs),
-        ("square", Activation::Square),
-        ("sqrt", Activation::Sqrt),
-    ];
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NormKind {
     /// `x · rsqrt(mean(x²) + eps) · γ`.

@@ -7,6 +7,7 @@
 //! `dsl/README.md` teaches the language.
 
 pub mod ast;
+pub mod builtins;
 pub mod check;
 
 pub mod explain;

@@ -111,3 +111,23 @@ fn every_builtin_rule_checks_causal_and_not() {
         }
     }
 }
+
+/// dsl/README.md's function table is the registry's (`rules::builtins::readme_table`): names,
+/// arguments, options and their defaults come from the one list the checker uses.
+#[test]
+fn the_readme_function_table_is_the_registry() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dsl/README.md")).unwrap();
+    let begin = "<!-- functions: from src/rules/builtins.rs -->\n";
+    let start = readme.find(begin).expect("the table's marker") + begin.len();
+    let end = start
+        + readme[start..]
+            .find("<!-- end functions -->")
+            .expect("its end");
+    let table = quartic::rules::builtins::readme_table();
+    assert_eq!(
+        &readme[start..end],
+        table,
+        "dsl/README.md's function table is out of date; it should read:\n{table}"
+    );
+}

@@ -1,0 +1,358 @@
+//! The rule language's built-in functions and reserved words, listed once.
+//!
+//! The checker dispatches on [`Form`] (one arm per form, no wildcard), takes each option's
+//! default and the list of accepted options from here, and draws its "did you mean" hints from
+//! these names; `dsl/README.md`'s function table is [`readme_table`] (a test compares them).
+//! A new function is a row here, an arm in the checker's `call`, and its lowering.
+
+use super::ir::{Activation, ReduceOp};
+
+/// Names a rule cannot bind.
+pub const RESERVED: [&str; 9] = [
+    "nodes",
+    "edges",
+    "dim",
+    "dim_edges",
+    "causal",
+    "if",
+    "then",
+    "else",
+    "let",
+];
+
+/// How the checker handles a function.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Form {
+    Activation(Activation),
+    Linear,
+    /// `rmsnorm`, `unitnorm`, `layernorm`.
+    Norm,
+    FeedForward,
+    Concat,
+    Reduce(ReduceOp),
+    Softmax,
+    Dot,
+    Attend,
+    /// `top(K, by: score)`: only the value of attend's `route:` option.
+    Top,
+}
+
+/// An option's default, as the checker uses it and the README shows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Default {
+    Num(f64),
+    Flag(bool),
+    Word(&'static str),
+    /// A bare word among the arguments (`gate`): off unless written.
+    Switch,
+    /// Computed from other arguments, or absent unless given; the text says which.
+    Derived(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Opt {
+    pub name: &'static str,
+    pub default: Default,
+}
+
+const fn num(name: &'static str, v: f64) -> Opt {
+    Opt {
+        name,
+        default: Default::Num(v),
+    }
+}
+
+const fn flag(name: &'static str, v: bool) -> Opt {
+    Opt {
+        name,
+        default: Default::Flag(v),
+    }
+}
+
+const fn switch(name: &'static str) -> Opt {
+    Opt {
+        name,
+        default: Default::Switch,
+    }
+}
+
+const fn word(name: &'static str, v: &'static str) -> Opt {
+    Opt {
+        name,
+        default: Default::Word(v),
+    }
+}
+
+const fn derived(name: &'static str, what: &'static str) -> Opt {
+    Opt {
+        name,
+        default: Default::Derived(what),
+    }
+}
+
+/// One built-in function.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Function {
+    pub name: &'static str,
+    pub form: Form,
+    /// Its positional arguments as the README writes them (`x, out`).
+    pub positional: &'static str,
+    pub options: &'static [Opt],
+    /// What it computes, for the README's table.
+    pub notes: &'static str,
+}
+
+impl Function {
+    /// Whether it runs over an index: `sum[k](...)`.
+    pub fn over_index(&self) -> bool {
+        matches!(self.form, Form::Reduce(_) | Form::Softmax)
+    }
+
+    /// The options written `name: value` (switches are bare words).
+    pub fn option_names(&self) -> Vec<&'static str> {
+        self.options
+            .iter()
+            .filter(|o| o.default != Default::Switch)
+            .map(|o| o.name)
+            .collect()
+    }
+
+    /// The boolean default of option `name`.
+    pub fn flag(&self, name: &str) -> bool {
+        match self
+            .options
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.default)
+        {
+            Some(Default::Flag(v)) => v,
+            other => unreachable!(
+                "{}: option `{name}` has no boolean default: {other:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// The numeric default of option `name` (the table's invariant: it has one).
+    pub fn num(&self, name: &str) -> f64 {
+        match self
+            .options
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.default)
+        {
+            Some(Default::Num(v)) => v,
+            other => unreachable!(
+                "{}: option `{name}` has no numeric default: {other:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// The word default of option `name`.
+    pub fn word(&self, name: &str) -> &'static str {
+        match self
+            .options
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.default)
+        {
+            Some(Default::Word(w)) => w,
+            other => unreachable!(
+                "{}: option `{name}` has no word default: {other:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// How the README writes a call: `linear(x, out, bias: false)`.
+    pub fn usage(&self) -> String {
+        let index = if self.over_index() { "[k]" } else { "" };
+        let mut args: Vec<String> = vec![self.positional.to_string()];
+        for o in self.options {
+            args.push(match o.default {
+                Default::Num(v) => format!("{}: {}", o.name, number(v)),
+                Default::Flag(v) => format!("{}: {v}", o.name),
+                Default::Switch => o.name.to_string(),
+                Default::Word(w) => format!("{}: {w}", o.name),
+                Default::Derived(_) => format!("{}: …", o.name),
+            });
+        }
+        format!("{}{index}({})", self.name, args.join(", "))
+    }
+}
+
+/// `4`, `1.125`, `0.1`, `1e-5`: as a person writes them.
+fn number(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+const NORM_EPS: Opt = num("eps", 1e-5);
+
+const fn activation(name: &'static str, f: Activation, notes: &'static str) -> Function {
+    Function {
+        name,
+        form: Form::Activation(f),
+        positional: "x",
+        options: &[],
+        notes,
+    }
+}
+
+/// Every built-in function, in the README's order.
+pub const FUNCTIONS: &[Function] = &[
+    Function {
+        name: "linear",
+        form: Form::Linear,
+        positional: "x, out",
+        options: &[flag("bias", false)],
+        notes: "its own weight `[out, in]` (and a bias with `bias`)",
+    },
+    Function {
+        name: "rmsnorm",
+        form: Form::Norm,
+        positional: "x",
+        options: &[NORM_EPS],
+        notes: "x · rsqrt(mean(x²) + eps) · γ over channels, γ learned",
+    },
+    Function {
+        name: "unitnorm",
+        form: Form::Norm,
+        positional: "x",
+        options: &[],
+        notes: "x / ‖x‖ · √c · γ over channels, γ learned",
+    },
+    Function {
+        name: "layernorm",
+        form: Form::Norm,
+        positional: "x",
+        options: &[NORM_EPS],
+        notes: "LayerNorm over channels with a learned scale and bias",
+    },
+    Function {
+        name: "feedforward",
+        form: Form::FeedForward,
+        positional: "x",
+        options: &[num("mult", 4.0), NORM_EPS],
+        notes: "rmsnorm → linear (mult × channels) → exact GELU → linear (no residual)",
+    },
+    Function {
+        name: "concat",
+        form: Form::Concat,
+        positional: "a, b, ...",
+        options: &[],
+        notes: "along channels",
+    },
+    Function {
+        name: "dot",
+        form: Form::Dot,
+        positional: "a, b",
+        options: &[num("heads", 1.0)],
+        notes: "per-head dot products: `heads` channels",
+    },
+    activation("relu", Activation::Relu, "element-wise"),
+    activation("gelu", Activation::Gelu, "element-wise (exact, erf)"),
+    activation("silu", Activation::Silu, "element-wise"),
+    activation("sigmoid", Activation::Sigmoid, "element-wise"),
+    activation("tanh", Activation::Tanh, "element-wise"),
+    activation("exp", Activation::Exp, "element-wise"),
+    activation("abs", Activation::Abs, "element-wise"),
+    activation("square", Activation::Square, "element-wise"),
+    activation("sqrt", Activation::Sqrt, "element-wise"),
+    Function {
+        name: "sum",
+        form: Form::Reduce(ReduceOp::Sum),
+        positional: "x",
+        options: &[],
+        notes: "over the visible k (see causality below)",
+    },
+    Function {
+        name: "mean",
+        form: Form::Reduce(ReduceOp::Mean),
+        positional: "x",
+        options: &[],
+        notes: "over the visible k",
+    },
+    Function {
+        name: "max",
+        form: Form::Reduce(ReduceOp::Max),
+        positional: "x",
+        options: &[],
+        notes: "over the visible k",
+    },
+    Function {
+        name: "softmax",
+        form: Form::Softmax,
+        positional: "x",
+        options: &[],
+        notes: "normalizes over the visible k, which stays free",
+    },
+    Function {
+        name: "attend",
+        form: Form::Attend,
+        positional: "query -> key",
+        options: &[
+            num("heads", 8.0),
+            num("dim_head", 64.0),
+            derived("out", "the query's channels"),
+            derived("scale", "dim_head ** -0.5"),
+            word("kernel", "softmax"),
+            num("eps", 1e-5),
+            derived("bias", "none"),
+            switch("talking"),
+            switch("gate"),
+            derived("gates", "none"),
+            derived("route", "none"),
+        ],
+        notes: "attention; the key's indices pick the pattern (below)",
+    },
+    Function {
+        name: "top",
+        form: Form::Top,
+        positional: "K",
+        options: &[
+            derived("by", "required: the score"),
+            word("per", "auto"),
+            num("fetch", 1.125),
+            num("iters", 20.0),
+            num("eps", 0.1),
+            flag("straight", true),
+        ],
+        notes: "the value of attend's `route:` only (routing, below)",
+    },
+];
+
+/// The built-in function called `name`.
+pub fn function(name: &str) -> Option<&'static Function> {
+    FUNCTIONS.iter().find(|f| f.name == name)
+}
+
+/// The function names, for hints.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    FUNCTIONS.iter().map(|f| f.name)
+}
+
+/// The function table of `dsl/README.md`, one row per function.
+pub fn readme_table() -> String {
+    let mut out = String::from("| function | notes |\n| --- | --- |\n");
+    for f in FUNCTIONS {
+        let mut notes = f.notes.to_string();
+        let derived: Vec<String> = f
+            .options
+            .iter()
+            .filter_map(|o| match o.default {
+                Default::Derived(what) => Some(format!("`{}`: {what}", o.name)),
+                _ => None,
+            })
+            .collect();
+        if !derived.is_empty() {
+            notes.push_str(&format!("; defaults: {}", derived.join(", ")));
+        }
+        out.push_str(&format!("| `{}` | {notes} |\n", f.usage()));
+    }
+    out
+}

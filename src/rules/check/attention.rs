@@ -1,0 +1,330 @@
+//! `attend`: its options, the pattern its key's indices pick, and routing.
+
+use super::*;
+
+impl<'a> Checker<'a> {
+    pub(super) fn attend(
+        &mut self,
+        f: &'static Function,
+        args: &[Arg],
+        span: Span,
+        probs: bool,
+    ) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
+        let first = a.positional("`query -> key` first: `attend(x[i] -> x[j], ...)`")?;
+        let ExprKind::Arrow(q_expr, k_expr) = &first.kind else {
+            return Err(
+                RuleError::new(first.span, "`attend` starts with `query -> key`")
+                    .hint("e.g. `attend(x[i] -> x[j], heads: 4)`"),
+            );
+        };
+        let query = self.tensor(q_expr, "the query", false)?;
+        let outer = self.st.scope.len();
+        // indices of the key that are not in scope become the attention's key indices
+        let mut fresh = Vec::new();
+        free_index_names(k_expr, &mut Vec::new(), &mut fresh);
+        let mut key_slots = Vec::new();
+        for name in fresh {
+            if !self.st.scope.iter().any(|(n, _)| n == &name) {
+                key_slots.push(self.new_slot(&name));
+            }
+        }
+        let key = self.tensor(k_expr, "the key", false)?;
+        let pattern = self.pattern(&query, &key, &key_slots, q_expr.span, k_expr.span)?;
+
+        let heads = match a.option("heads") {
+            Some((_, v)) => self.count(v, "`heads`")?,
+            None => f.num("heads") as usize,
+        };
+        let dim_head = match a.option("dim_head") {
+            Some((_, v)) => self.count(v, "`dim_head`")?,
+            None => f.num("dim_head") as usize,
+        };
+        let outputs = match a.option("out") {
+            Some((_, v)) => self.count(v, "`out`")?,
+            None => query.channels,
+        };
+        let scale = match a.option("scale") {
+            Some((_, v)) => self.number(v, "`scale`")?,
+            None => (dim_head as f64).powf(-0.5),
+        };
+        let kernel_word = match a.option("kernel") {
+            Some((_, v)) => self.word(v, "kernel", &["softmax", "taylor"])?,
+            None => f.word("kernel").to_string(),
+        };
+        let eps = match a.option("eps") {
+            Some((n, _)) if kernel_word != "taylor" => {
+                return Err(RuleError::new(
+                    n.span,
+                    "`eps` applies to `kernel: taylor` only",
+                ));
+            }
+            Some((_, v)) => self.non_negative(v, "`eps`")?,
+            None => f.num("eps"),
+        };
+        let kernel = if kernel_word == "taylor" {
+            KernelChoice::Taylor { eps }
+        } else {
+            KernelChoice::Softmax
+        };
+        let bias = match a.option("bias") {
+            Some((_, v)) => {
+                let b = self.tensor(v, "`bias`", false)?;
+                if b.channels != heads {
+                    return Err(RuleError::new(
+                        v.span,
+                        format!(
+                            "the bias needs one channel per head ({heads}), it has {}",
+                            b.channels
+                        ),
+                    )
+                    .hint(format!("project it: `linear(..., {heads})`")));
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        let talking = a.flag("talking");
+        let gate_flag = a.flag("gate");
+        // key indices leave scope here: gates and the route's score live on the query
+        self.st.scope.truncate(outer);
+        let gates = match (a.option("gates"), gate_flag) {
+            (Some((n, _)), true) => {
+                return Err(RuleError::new(
+                    n.span,
+                    "give either `gate` or `gates: ...`, not both",
+                ))
+            }
+            (Some((_, v)), false) => {
+                let g = self.tensor(v, "`gates`", false)?;
+                check_slots_within(&g, &query.slots, v.span, &self.st.slots)?;
+                if g.channels != heads {
+                    return Err(RuleError::new(
+                        v.span,
+                        format!(
+                            "gates need one channel per head ({heads}), got {}",
+                            g.channels
+                        ),
+                    ));
+                }
+                Some(Gates::Expr(g))
+            }
+            (None, true) => Some(Gates::FromQuery {
+                site: self.site("gate", span),
+            }),
+            (None, false) => None,
+        };
+        let route = match a.option("route") {
+            Some((n, v)) => Some(self.route(n, v, &pattern, q_expr, k_expr)?),
+            None => None,
+        };
+        a.finish()?;
+        if route.is_some() {
+            if bias.is_some() || gates.is_some() {
+                return Err(
+                    RuleError::new(span, "routed attention takes no `bias` or gates")
+                        .hint("the router's soft top-k scores gate the routed edges"),
+                );
+            }
+            if matches!(kernel, KernelChoice::Taylor { .. }) {
+                return Err(RuleError::new(
+                    span,
+                    "routed attention uses the softmax kernel",
+                ));
+            }
+        }
+        if probs && !matches!(pattern, Pattern::Nodes { .. }) {
+            return Err(RuleError::new(
+                span,
+                "attention probabilities are returned for node attention only",
+            )
+            .hint("across edges they would be an n⁴ tensor"));
+        }
+        let site = self.site("attend", span);
+        Ok(Value::Tensor(Node {
+            slots: query.slots.clone(),
+            channels: outputs,
+            op: Op::Attend(Box::new(AttendOp {
+                site,
+                pattern,
+                query,
+                key,
+                heads,
+                dim_head,
+                outputs,
+                scale,
+                kernel,
+                bias,
+                gates,
+                talking,
+                route,
+                probs,
+            })),
+        }))
+    }
+
+    /// Which core pattern the query and key indices ask for.
+    pub(super) fn pattern(
+        &self,
+        query: &Node,
+        key: &Node,
+        fresh: &[Slot],
+        q_span: Span,
+        k_span: Span,
+    ) -> Checked<Pattern> {
+        let hint = "keys: `x[j]` (nodes), `e[i, k]` (row), `e[k, j]` (column), `e[k, l]` (all edges), `e[k, k]` (diagonal)";
+        let shared: Vec<Slot> = key
+            .slots
+            .iter()
+            .copied()
+            .filter(|s| !fresh.contains(s))
+            .collect();
+        if fresh.is_empty() {
+            return Err(
+                RuleError::new(k_span, "the key introduces no new index to attend over").hint(hint),
+            );
+        }
+        if fresh.iter().any(|s| !key.slots.contains(s)) {
+            return Err(
+                RuleError::new(k_span, "an index of the key vanishes inside it").hint(hint),
+            );
+        }
+        match (query.slots.as_slice(), shared.as_slice(), fresh) {
+            ([q], [], [k]) => Ok(Pattern::Nodes { query: *q, key: *k }),
+            ([q0, q1], [], [k0, k1]) => Ok(Pattern::All {
+                q0: *q0,
+                q1: *q1,
+                k0: *k0,
+                k1: *k1,
+            }),
+            ([q0, q1], [s], [k]) => {
+                let (first, second) = if s == q0 { (*q0, *q1) } else { (*q1, *q0) };
+                Ok(Pattern::Row {
+                    q0: first,
+                    q1: second,
+                    key: *k,
+                })
+            }
+            ([], _, _) => Err(RuleError::new(q_span, "the query has no index").hint("e.g. `x[i]`")),
+            ([_], _, _) => Err(RuleError::new(
+                k_span,
+                "node queries attend over node keys with one new index",
+            )
+            .hint(hint)),
+            _ => Err(
+                RuleError::new(k_span, "no attention pattern reads these key indices").hint(hint),
+            ),
+        }
+    }
+
+    pub(super) fn route(
+        &mut self,
+        name: &Ident,
+        v: &Expr,
+        pattern: &Pattern,
+        q_expr: &Expr,
+        k_expr: &Expr,
+    ) -> Checked<Route> {
+        let ExprKind::Call {
+            func,
+            over: None,
+            args,
+        } = &v.kind
+        else {
+            return Err(RuleError::new(v.span, "`route:` takes `top(K, by: score)`"));
+        };
+        if func.name != "top" {
+            return Err(RuleError::new(v.span, "`route:` takes `top(K, by: score)`"));
+        }
+        if !matches!(pattern, Pattern::All { .. }) {
+            return Err(
+                RuleError::new(name.span, "routing picks edges among all edges")
+                    .hint("route an attention over `e[k, l]`"),
+            );
+        }
+        let same_tensor = match (&q_expr.kind, &k_expr.kind) {
+            (ExprKind::Index(a), ExprKind::Index(b)) => a.name.name == b.name.name,
+            _ => false,
+        };
+        if !same_tensor {
+            return Err(RuleError::new(
+                q_expr.span.to(k_expr.span),
+                "routed attention needs the query and key to be one tensor",
+            )
+            .hint("the picked edges attend among themselves: `e[i, j] -> e[k, l]`"));
+        }
+        let top = builtins::function("top").expect("a built-in");
+        let mut a = Args::new(top, v.span, args)?;
+        let k = a.positional("how many to pick: `top(64, by: score)`")?;
+        let k = self.count(k, "the number of picks")?;
+        let Some((_, by)) = a.option("by") else {
+            return Err(RuleError::new(
+                v.span,
+                "`top` needs `by:`, the score to rank by",
+            ));
+        };
+        let score = self.tensor(by, "the routing score", false)?;
+        let Pattern::All { q0, q1, .. } = *pattern else {
+            unreachable!()
+        };
+        check_slots_within(&score, &[q0, q1], by.span, &self.st.slots)?;
+        if score.channels != 1 {
+            return Err(RuleError::new(
+                by.span,
+                format!(
+                    "the routing score needs 1 channel, it has {}",
+                    score.channels
+                ),
+            )
+            .hint("project it: `linear(..., 1)`"));
+        }
+        let per = match a.option("per") {
+            Some((_, v)) => self.word(v, "routing scope", &["auto", "all", "row"])?,
+            None => top.word("per").to_string(),
+        };
+        let per_row = match per.as_str() {
+            "row" => true,
+            "all" => false,
+            _ => self.cfg.causal,
+        };
+        if per == "all" && self.cfg.causal {
+            return Err(RuleError::new(
+                v.span,
+                "routing over all edges reads the future in a causal rule",
+            )
+            .hint("use `per: row` (or `per: auto`): each row picks among its visible edges"));
+        }
+        let fetch_ratio = match a.option("fetch") {
+            Some((_, v)) => self.number(v, "`fetch`")?,
+            None => top.num("fetch"),
+        };
+        let n_iters = match a.option("iters") {
+            Some((_, v)) => self.count(v, "`iters`")?,
+            None => top.num("iters") as usize,
+        };
+        let eps = match a.option("eps") {
+            Some((_, v)) => self.number(v, "`eps`")?,
+            None => top.num("eps"),
+        };
+        let straight = match a.option("straight") {
+            Some((_, v)) => self.flag_value(v, "`straight`")?,
+            None => top.flag("straight"),
+        };
+        a.finish()?;
+        if fetch_ratio < 1.0 || eps <= 0.0 {
+            return Err(RuleError::new(
+                v.span,
+                "`fetch` must be ≥ 1 and `eps` positive",
+            ));
+        }
+        Ok(Route {
+            k,
+            score,
+            per_row,
+            fetch_ratio,
+            n_iters,
+            eps,
+            straight,
+        })
+    }
+}

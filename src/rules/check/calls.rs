@@ -1,0 +1,353 @@
+//! Calls of the built-in functions other than `attend`: linear maps, norms, feedforwards,
+//! concatenation, reductions, softmax and dot products.
+
+use super::*;
+
+impl<'a> Checker<'a> {
+    pub(super) fn call(
+        &mut self,
+        func: &Ident,
+        over: Option<&Ident>,
+        args: &[Arg],
+        span: Span,
+        probs: bool,
+    ) -> Checked<Value> {
+        let name = func.name.as_str();
+        let Some(f) = builtins::function(name) else {
+            let err = RuleError::new(func.span, format!("unknown function `{name}`"));
+            let err = did_you_mean(err, name, builtins::names());
+            return Err(if err.hint.is_some() {
+                err
+            } else {
+                err.hint("see dsl/README.md for the functions")
+            });
+        };
+        let reducing = f.over_index();
+        if over.is_some() && !reducing {
+            let over: Vec<&str> = builtins::FUNCTIONS
+                .iter()
+                .filter(|f| f.over_index())
+                .map(|f| f.name)
+                .collect();
+            return Err(
+                RuleError::new(func.span, format!("`{name}` does not take an index")).hint(
+                    format!("only {} run over an index: `sum[k](...)`", list_of(&over)),
+                ),
+            );
+        }
+        if reducing && over.is_none() {
+            return Err(RuleError::new(
+                func.span,
+                format!("`{name}` needs the index it runs over"),
+            )
+            .hint(format!("write `{name}[k](...)`")));
+        }
+        match f.form {
+            Form::Activation(act) => {
+                let mut a = Args::new(f, span, args)?;
+                let x = a.positional("a tensor")?;
+                let x = self.tensor(x, name, false)?;
+                a.finish()?;
+                Ok(Value::Tensor(Node {
+                    slots: x.slots.clone(),
+                    channels: x.channels,
+                    op: Op::Act {
+                        f: act,
+                        x: Box::new(x),
+                    },
+                }))
+            }
+            Form::Linear => self.linear(f, args, span),
+            Form::Norm => self.norm(f, args, span),
+            Form::FeedForward => self.feedforward(f, args, span),
+            Form::Concat => self.concat(f, args, span),
+            Form::Reduce(op) => self.reduce(f, op, over.expect("checked above"), args, span),
+            Form::Softmax => self.softmax(f, over.expect("checked above"), args, span),
+            Form::Dot => self.dot(f, args, span),
+            Form::Attend => self.attend(f, args, span, probs),
+            Form::Top => Err(RuleError::new(
+                func.span,
+                "`top(...)` is only the value of attend's `route:` option",
+            )),
+        }
+    }
+
+    pub(super) fn linear(
+        &mut self,
+        f: &'static Function,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
+        let x = a.positional("a tensor and an output size: `linear(x, 64)`")?;
+        let x = self.tensor(x, "linear", false)?;
+        let out = a.positional("an output size: `linear(x, 64)`")?;
+        let outputs = self.count(out, "the output size")?;
+        let bias = match a.option("bias") {
+            Some((_, v)) => self.flag_value(v, "`bias`")?,
+            None => f.flag("bias"),
+        };
+        a.finish()?;
+        let site = self.site("linear", span);
+        Ok(Value::Tensor(Node {
+            slots: x.slots.clone(),
+            channels: outputs,
+            op: Op::Linear {
+                site,
+                x: Box::new(x),
+                outputs,
+                bias,
+            },
+        }))
+    }
+
+    pub(super) fn norm(
+        &mut self,
+        f: &'static Function,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let name = f.name;
+        let mut a = Args::new(f, span, args)?;
+        let x = a.positional("a tensor")?;
+        let x = self.tensor(x, name, false)?;
+        let eps = match a.option("eps") {
+            Some((_, v)) => Some(self.non_negative(v, "`eps`")?),
+            None => None,
+        };
+        if name == "unitnorm" && eps.is_some() {
+            return Err(RuleError::new(span, "`unitnorm` has no `eps`")
+                .hint("`rmsnorm(x, eps: ...)` is the norm with an eps"));
+        }
+        a.finish()?;
+        let kind = match name {
+            "rmsnorm" => NormKind::Rms {
+                eps: eps.unwrap_or_else(|| f.num("eps")),
+            },
+            "unitnorm" => NormKind::Unit,
+            _ => NormKind::Layer {
+                eps: eps.unwrap_or_else(|| f.num("eps")),
+            },
+        };
+        let site = self.site(name, span);
+        Ok(Value::Tensor(Node {
+            slots: x.slots.clone(),
+            channels: x.channels,
+            op: Op::Norm {
+                site,
+                kind,
+                x: Box::new(x),
+            },
+        }))
+    }
+
+    pub(super) fn feedforward(
+        &mut self,
+        f: &'static Function,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
+        let x = a.positional("a tensor")?;
+        let x = self.tensor(x, "feedforward", false)?;
+        let mult = match a.option("mult") {
+            Some((_, v)) => self.number(v, "`mult`")?,
+            None => f.num("mult"),
+        };
+        let eps = match a.option("eps") {
+            Some((_, v)) => self.non_negative(v, "`eps`")?,
+            None => f.num("eps"),
+        };
+        a.finish()?;
+        let hidden = x.channels as f64 * mult;
+        if hidden < 1.0 {
+            return Err(RuleError::new(
+                span,
+                format!("`mult` {mult} leaves no hidden channels"),
+            ));
+        }
+        if hidden > MAX_CHANNELS as f64 {
+            return Err(RuleError::new(
+                span,
+                format!("`mult` {mult} gives {hidden} hidden channels, more than {MAX_CHANNELS}"),
+            ));
+        }
+        let hidden = hidden as usize;
+        let site = self.site("feedforward", span);
+        Ok(Value::Tensor(Node {
+            slots: x.slots.clone(),
+            channels: x.channels,
+            op: Op::FeedForward {
+                site,
+                x: Box::new(x),
+                hidden,
+                eps,
+            },
+        }))
+    }
+
+    pub(super) fn concat(
+        &mut self,
+        f: &'static Function,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
+        let mut parts = Vec::new();
+        while let Ok(x) = a.positional("two or more tensors") {
+            parts.push(self.tensor(x, "concat", false)?);
+        }
+        a.finish()?;
+        if parts.len() < 2 {
+            return Err(RuleError::new(span, "`concat` needs two or more tensors"));
+        }
+        let mut slots = Vec::new();
+        for p in &parts {
+            slots = union(&slots, &p.slots);
+        }
+        self.check_width(&slots, span)?;
+        Ok(Value::Tensor(Node {
+            channels: parts.iter().map(|p| p.channels).sum(),
+            slots,
+            op: Op::Concat(parts),
+        }))
+    }
+
+    /// Binds the reduction index `k` as a new slot for the operand.
+    pub(super) fn bind_index(&mut self, over: &Ident) -> Checked<Slot> {
+        if self.st.scope.iter().any(|(n, _)| n == &over.name) {
+            return Err(RuleError::new(
+                over.span,
+                format!("index `{}` is already in use here", over.name),
+            )
+            .hint("a reduction introduces a new index; pick another name"));
+        }
+        Ok(self.new_slot(&over.name))
+    }
+
+    pub(super) fn reduce(
+        &mut self,
+        f: &'static Function,
+        op: ReduceOp,
+        over: &Ident,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let name = f.name;
+        let slot = self.bind_index(over)?;
+        let mut a = Args::new(f, span, args)?;
+        let x = a.positional("a tensor")?;
+        let x_span = x.span;
+        let x = self.tensor(x, name, false)?;
+        a.finish()?;
+        self.st.scope.pop();
+        if !x.slots.contains(&slot) {
+            return Err(RuleError::new(
+                x_span,
+                format!(
+                    "`{name}[{}]` runs over `{}`, but its operand does not use it",
+                    over.name, over.name
+                ),
+            ));
+        }
+        let slots: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != slot).collect();
+        self.check_causal_query(&slots, span, name)?;
+        let matmul = op != ReduceOp::Max && matmul_form(&x, slot).is_some();
+        Ok(Value::Tensor(Node {
+            slots,
+            channels: x.channels,
+            op: Op::Reduce {
+                op,
+                slot,
+                x: Box::new(x),
+                matmul,
+            },
+        }))
+    }
+
+    /// In a causal rule, a reduction or softmax over an index compares its time with the times
+    /// of the indices left free; with none left there is nothing to be causal against.
+    pub(super) fn check_causal_query(&self, rest: &[Slot], span: Span, what: &str) -> Checked<()> {
+        if self.cfg.causal && rest.is_empty() {
+            return Err(RuleError::new(
+                span,
+                format!("in a causal rule, `{what}` must leave an index free"),
+            )
+            .hint("pooling over every position would read the future"));
+        }
+        Ok(())
+    }
+
+    pub(super) fn softmax(
+        &mut self,
+        f: &'static Function,
+        over: &Ident,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let Some(&(_, slot)) = self.st.scope.iter().rev().find(|(n, _)| n == &over.name) else {
+            return Err(RuleError::new(
+                over.span,
+                format!("index `{}` is not bound here", over.name),
+            )
+            .hint("softmax normalizes over an index the result keeps, e.g. `let a[i, j] = softmax[j](s[i, j])`"));
+        };
+        let mut a = Args::new(f, span, args)?;
+        let x = a.positional("a tensor")?;
+        let x_span = x.span;
+        let x = self.tensor(x, "softmax", false)?;
+        a.finish()?;
+        if !x.slots.contains(&slot) {
+            return Err(RuleError::new(
+                x_span,
+                format!(
+                    "`softmax[{}]` runs over `{}`, but its operand does not use it",
+                    over.name, over.name
+                ),
+            ));
+        }
+        let rest: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != slot).collect();
+        self.check_causal_query(&rest, span, "softmax")?;
+        Ok(Value::Tensor(Node {
+            slots: x.slots.clone(),
+            channels: x.channels,
+            op: Op::Softmax {
+                slot,
+                x: Box::new(x),
+            },
+        }))
+    }
+
+    pub(super) fn dot(&mut self, f: &'static Function, args: &[Arg], span: Span) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
+        let x = a.positional("two tensors")?;
+        let x = self.tensor(x, "dot", false)?;
+        let y = a.positional("two tensors")?;
+        let y = self.tensor(y, "dot", false)?;
+        let heads = match a.option("heads") {
+            Some((_, v)) => self.count(v, "`heads`")?,
+            None => f.num("heads") as usize,
+        };
+        a.finish()?;
+        if x.channels != y.channels || x.channels % heads != 0 {
+            return Err(RuleError::new(
+                span,
+                format!(
+                    "`dot` needs equal channels that split into {heads} heads, got {} and {}",
+                    x.channels, y.channels
+                ),
+            ));
+        }
+        let slots = union(&x.slots, &y.slots);
+        self.check_width(&slots, span)?;
+        Ok(Value::Tensor(Node {
+            slots,
+            channels: heads,
+            op: Op::Dot {
+                a: Box::new(x),
+                b: Box::new(y),
+                heads,
+            },
+        }))
+    }
+}

@@ -1,0 +1,260 @@
+//! Reductions and softmax over an index, masked by visibility, and reductions of products
+//! run as batched matrix products.
+
+use super::*;
+
+impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
+    /// Whether index `k` may be read at a position whose other indices are `rest`: `k` is a real
+    /// node and, in a causal rule, not later than the latest of `rest`.
+    pub(super) fn keep_fn(
+        &self,
+        k: Slot,
+        rest: Vec<Slot>,
+    ) -> impl Fn(usize, &[usize; MAX_SLOTS]) -> bool + 'a {
+        let mask = self.mask;
+        let causal = self.plan().causal;
+        move |b, s| mask.node_valid(b, s[k]) && (!causal || rest.iter().any(|&r| s[k] <= s[r]))
+    }
+
+    /// `[outer, n, inner]` around slot `k` of a canonical layout over `slots`.
+    pub(super) fn split_at(
+        &self,
+        slots: &[Slot],
+        k: Slot,
+        channels: usize,
+    ) -> (usize, usize, usize) {
+        let n = self.ext.nodes;
+        let pos = slots
+            .iter()
+            .position(|&s| s == k)
+            .expect("k is a slot of the operand");
+        let outer = self.ext.batch * n.pow(pos as u32);
+        let inner = n.pow((slots.len() - pos - 1) as u32) * channels;
+        (outer, n, inner)
+    }
+
+    pub(super) fn reduce_masked(
+        &mut self,
+        st: &PlanStatement,
+        node: &Node,
+        op: ReduceOp,
+        k: Slot,
+        x: &Node,
+    ) -> Result<Val<E, D, T>> {
+        let v = self.eval(st, x)?;
+        let axes = canonical(&x.slots);
+        let keep = self.keep_fn(k, node.slots.clone());
+        let m = mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)?;
+        let (outer, n, inner) = self.split_at(&x.slots, k, x.channels);
+        let out_axes = canonical(&node.slots);
+        let t = match op {
+            ReduceOp::Sum | ReduceOp::Mean => {
+                let s = (v.t * m.clone().retaped::<T>())
+                    .reshape_like(&(outer, n, inner))
+                    .sum::<_, Axis<1>>()
+                    .reshape_like(&(outer * inner,));
+                if op == ReduceOp::Sum {
+                    s
+                } else {
+                    let counts = self.count_visible(&m, outer, n, inner)?;
+                    s * counts
+                }
+            }
+            ReduceOp::Max => {
+                let pushed = v.t + (m.clone() - E::one()).retaped::<T>() * E::of(-MASKED);
+                let pushed = pushed.reshape_like(&(outer, n, inner));
+                let any = self.count_visible(&m, outer, n, inner)?.gt(E::of(0.0));
+                let zeros = self.dev.zeros_like(&(outer * inner,));
+                let ones = self.dev.ones_like(&(outer * inner,));
+                let any = any.choose(ones, zeros);
+                pushed.max::<_, Axis<1>>().reshape_like(&(outer * inner,)) * any.retaped::<T>()
+            }
+        };
+        Ok(self.val(t, out_axes, node.channels))
+    }
+
+    /// `1 / max(visible count, 1)` per `[outer, inner]` position of a mask `[outer, n, inner]`.
+    pub(super) fn count_visible(
+        &self,
+        m: &T1<E, D>,
+        outer: usize,
+        n: usize,
+        inner: usize,
+    ) -> Result<T1<E, D>> {
+        let host = m.as_vec();
+        let mut out = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            for i in 0..inner {
+                let c: f64 = (0..n).map(|k| host[(o * n + k) * inner + i].as_f64()).sum();
+                out.push(E::of(1.0 / c.max(1.0)));
+            }
+        }
+        // keep "no visible key" distinguishable: 1/max(0,1) = 1 would read as one visible key
+        for o in 0..outer {
+            for i in 0..inner {
+                if (0..n).all(|k| host[(o * n + k) * inner + i] == E::zero()) {
+                    out[o * inner + i] = E::zero();
+                }
+            }
+        }
+        constant(&self.dev, out, (outer * inner,))
+    }
+
+    pub(super) fn softmax(
+        &mut self,
+        st: &PlanStatement,
+        node: &Node,
+        k: Slot,
+        x: &Node,
+    ) -> Result<Val<E, D, T>> {
+        let v = self.eval(st, x)?;
+        let rest: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != k).collect();
+        let keep = self.keep_fn(k, rest);
+        let axes = canonical(&x.slots);
+        let m = mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)?;
+        let (outer, n, inner) = self.split_at(&x.slots, k, x.channels);
+        let pushed = v.t + (m.clone() - E::one()).retaped::<T>() * E::of(-MASKED);
+        let w = pushed
+            .reshape_like(&(outer, n, inner))
+            .softmax::<Axis<1>>()
+            .reshape_like(&(outer * n * inner,));
+        // rows with no visible key come out uniform; the mask zeroes them
+        Ok(self.val(w * m.retaped::<T>(), axes, node.channels))
+    }
+
+    /// `sum[k](a * b)` (or mean) as batched matrix products: `a` over `{p, k}` and `b` over
+    /// `{q, k}` become `[b·g, p·da, n] × [b·g, n, q·db]` with `g` channel groups (all channels,
+    /// or heads when one side has one channel per head).
+    pub(super) fn reduce_matmul(
+        &mut self,
+        st: &PlanStatement,
+        node: &Node,
+        op: ReduceOp,
+        k: Slot,
+        x: &Node,
+    ) -> Result<Val<E, D, T>> {
+        let Op::Binary { lhs, rhs, .. } = &x.op else {
+            unreachable!("the checker only picks the matmul form for products")
+        };
+        let va = self.eval(st, lhs)?;
+        let mut vb = self.eval(st, rhs)?;
+        if va.tag.is_some() && va.tag == vb.tag {
+            vb.t = vb.t * E::one();
+        }
+        let other = |n: &Node| n.slots.iter().copied().find(|&s| s != k);
+        let (p, q) = (other(lhs), other(rhs));
+        let (ca, cb) = (lhs.channels, rhs.channels);
+        let g = ca.min(cb);
+        let (da, db) = (ca / g, cb / g);
+        let n = self.ext.nodes;
+        let bsz = self.ext.batch;
+
+        let mut a_axes = vec![Ax::Batch, Ax::Head];
+        a_axes.extend(p.map(Ax::Slot));
+        if da > 1 {
+            a_axes.push(Ax::Within);
+        }
+        a_axes.push(Ax::Slot(k));
+        let mut b_axes = vec![Ax::Batch, Ax::Head, Ax::Slot(k)];
+        b_axes.extend(q.map(Ax::Slot));
+        if db > 1 {
+            b_axes.push(Ax::Within);
+        }
+        let va = arrange(va, &a_axes, ca, da, self.ext, &self.layer.cache)?;
+        let vb = arrange(vb, &b_axes, cb, db, self.ext, &self.layer.cache)?;
+        let rows_a = p.map_or(1, |_| n) * da;
+        let cols_b = q.map_or(1, |_| n) * db;
+        let batch = bsz * g;
+        let causal = self.plan().causal;
+        let valid = |b: usize, s: &[usize; MAX_SLOTS]| self.mask.node_valid(b, s[k]);
+        let mask_a = |ext, axes: &[Ax], c, w, f: &dyn Fn(usize, &[usize; MAX_SLOTS]) -> bool| {
+            mask_tensor::<E, D>(&self.dev, axes, ext, c, w, f)
+        };
+
+        let mut r_axes = vec![Ax::Batch, Ax::Head];
+        r_axes.extend(p.map(Ax::Slot));
+        if da > 1 {
+            r_axes.push(Ax::Within);
+        }
+        r_axes.extend(q.map(Ax::Slot));
+        if db > 1 {
+            r_axes.push(Ax::Within);
+        }
+        let product = |a: T1<E, D, T>, b: T1<E, D, T>| -> T1<E, D, T> {
+            a.reshape_like(&(batch, rows_a, n))
+                .matmul(b.reshape_like(&(batch, n, cols_b)))
+                .reshape_like(&(batch * rows_a * cols_b,))
+        };
+        let t = match (causal, p, q) {
+            (true, Some(ps), Some(qs)) => {
+                // k ≤ max(p, q): where p ≥ q the bound is p (mask a), elsewhere q (mask b)
+                let ma = mask_a(self.ext, &a_axes, ca, da, &|b, s| {
+                    valid(b, s) && s[k] <= s[ps]
+                })?;
+                let mb = mask_a(self.ext, &b_axes, cb, db, &|b, s| {
+                    valid(b, s) && s[k] <= s[qs]
+                })?;
+                let sel = mask_a(self.ext, &r_axes, ca.max(cb), da.max(db), &|_, s| {
+                    s[ps] >= s[qs]
+                })?;
+                let first = product(
+                    va.t.with_empty_tape() * ma.retaped::<T>(),
+                    vb.t.with_empty_tape(),
+                );
+                let second = product(va.t, vb.t * mb.retaped::<T>());
+                let not_sel = sel.clone().negate() + E::one();
+                first * sel.retaped::<T>() + second * not_sel.retaped::<T>()
+            }
+            (true, Some(ps), None) => {
+                let ma = mask_a(self.ext, &a_axes, ca, da, &|b, s| {
+                    valid(b, s) && s[k] <= s[ps]
+                })?;
+                product(va.t * ma.retaped::<T>(), vb.t)
+            }
+            (true, None, Some(qs)) => {
+                let mb = mask_a(self.ext, &b_axes, cb, db, &|b, s| {
+                    valid(b, s) && s[k] <= s[qs]
+                })?;
+                product(va.t, vb.t * mb.retaped::<T>())
+            }
+            _ => {
+                let ma = mask_a(self.ext, &a_axes, ca, da, &|b, s| valid(b, s))?;
+                product(va.t * ma.retaped::<T>(), vb.t)
+            }
+        };
+        let c = ca.max(cb);
+        let v = Val {
+            t,
+            axes: r_axes,
+            channels: c,
+            within: da.max(db),
+            tag: None,
+        };
+        let v = self.canonical(v, &node.slots, c)?;
+        if op == ReduceOp::Sum {
+            return Ok(v);
+        }
+        // mean: divide by the number of visible k at each position
+        let keep = self.keep_fn(k, node.slots.clone());
+        let axes = canonical(&node.slots);
+        let mut inv = Vec::new();
+        for_each_position(&axes, self.ext, 1, 1, |b, s, _| {
+            let mut s2 = *s;
+            let count = (0..n)
+                .filter(|&kk| {
+                    s2[k] = kk;
+                    keep(b, &s2)
+                })
+                .count();
+            inv.push(E::of(1.0 / count.max(1) as f64));
+        });
+        let len = inv.len();
+        let inv = self.val(
+            constant(&self.dev, inv, (len,))?.retaped::<T>(),
+            axes.clone(),
+            1,
+        );
+        let inv = self.canonical(inv, &node.slots, c)?;
+        Ok(self.val(v.t * inv.t, axes, c))
+    }
+}

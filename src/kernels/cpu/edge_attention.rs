@@ -12,7 +12,8 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::affine::{rows_times_weights, rows_times_weights_backward};
-use super::flash::{edge_layout, Problem, Shared, Sizes};
+use super::flash::{edge_layout, Problem, Sizes};
+use super::shared::Shared;
 use super::fused::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
 use crate::error::{Error, Result};
 use crate::spec::WeightsSpec;
@@ -36,7 +37,7 @@ fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
         src.len()
     );
     let rows = src.len() / (n * c);
-    let base = Shared(dst.as_mut_ptr());
+    let base = Shared::spare(&mut dst);
     // each task fills one destination row (graph g, first index j) from column j of the source
     (0..rows).into_par_iter().for_each(|gj| {
         let (g, j) = (gj / n, gj % n);

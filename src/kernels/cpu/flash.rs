@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::fused::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
+use super::shared::Shared;
 use super::small_mm::{mm_direct, takes_direct};
 use crate::error::{Error, Result};
 use crate::spec::EdgePattern;
@@ -105,22 +106,6 @@ pub fn edge_layout(pattern: EdgePattern, n: usize, channels: usize, per_head: us
             row: (n + 1) * channels,
             ..base
         },
-    }
-}
-
-/// A raw pointer rayon tasks may share; each task writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-pub(super) struct Shared<E>(pub(super) *mut E);
-unsafe impl<E> Send for Shared<E> {}
-unsafe impl<E> Sync for Shared<E> {}
-impl<E> Shared<E> {
-    /// The element `offset` places on (a method, so that closures capture the whole `Shared`).
-    ///
-    /// Safety: `offset` lies within the allocation.
-    #[inline]
-    pub(super) unsafe fn at(self, offset: usize) -> *mut E {
-        // SAFETY: the caller upholds this function's contract (its doc)
-        unsafe { self.0.add(offset) }
     }
 }
 
@@ -476,7 +461,7 @@ impl<E: Real> Problem<E> {
         })
     }
 
-    fn forward_pair(&self, ph: usize, out: Shared<E>, stat: &mut [E], scratch: &mut Scratch<E>) {
+    fn forward_pair(&self, ph: usize, out: Shared<'_, E>, stat: &mut [E], scratch: &mut Scratch<E>) {
         let (nq, nk, e) = (self.nq, self.nk, self.e);
         let (p, h) = (ph / self.h, ph % self.h);
         let v_base = self.vl.base(p, h);
@@ -599,7 +584,7 @@ impl<E: Real> Problem<E> {
                 let row = o_base + (i0 + r) * self.ol.row;
                 for (c, &a) in acc[r * e..(r + 1) * e].iter().enumerate() {
                     // Safety: pair (p, h) alone writes its rows of the output.
-                    unsafe { *out.0.add(row + c) = a * inv };
+                    unsafe { out.write(row + c, a * inv) };
                 }
                 stat[i0 + r] = st;
             }
@@ -610,7 +595,7 @@ impl<E: Real> Problem<E> {
         let (pairs, nq) = (self.p * self.h, self.nq);
         let mut out = zeros(self.out_len);
         let mut stat = zeros(pairs * nq);
-        let ptr = Shared(out.as_mut_ptr());
+        let ptr = Shared::new(&mut out);
         stat.par_chunks_mut(nq.max(1)).enumerate().for_each_init(
             || self.scratch(),
             |scr, (ph, st)| self.forward_pair(ph, ptr, st, scr),
@@ -625,7 +610,7 @@ impl<E: Real> Problem<E> {
         ph: usize,
         fwd: &Stats<E>,
         g_all: &[E],
-        (dq, dk, dv): (Shared<E>, Shared<E>, Shared<E>),
+        (dq, dk, dv): (Shared<'_, E>, Shared<'_, E>, Shared<'_, E>),
         mut dbias: Option<&mut [E]>,
         scratch: &mut Scratch<E>,
     ) {
@@ -740,7 +725,7 @@ impl<E: Real> Problem<E> {
                     // dv += Pᵀ · dO
                     mm(
                         (bk, e, bq),
-                        dv.0.add(vb + j0 * vr),
+                        dv.at(vb + j0 * vr),
                         (vr, 1),
                         true,
                         p.as_ptr(),
@@ -790,7 +775,7 @@ impl<E: Real> Problem<E> {
                     // dq += scale · dS · k
                     mm(
                         (bq, d, bk),
-                        dq.0.add(qb + i0 * qr),
+                        dq.at(qb + i0 * qr),
                         (qr, 1),
                         true,
                         dp.as_ptr(),
@@ -802,7 +787,7 @@ impl<E: Real> Problem<E> {
                     // dk += scale · dSᵀ · q
                     mm(
                         (bk, d, bq),
-                        dk.0.add(kb + j0 * kr),
+                        dk.at(kb + j0 * kr),
                         (kr, 1),
                         true,
                         dp.as_ptr(),
@@ -827,9 +812,9 @@ impl<E: Real> Problem<E> {
         let mut dv = zeros(self.v.len());
         let mut dbias = self.bias.as_ref().map(|_| zeros(pairs * nq * nk));
         let ptrs = (
-            Shared(dq.as_mut_ptr()),
-            Shared(dk.as_mut_ptr()),
-            Shared(dv.as_mut_ptr()),
+            Shared::new(&mut dq),
+            Shared::new(&mut dk),
+            Shared::new(&mut dv),
         );
         match dbias.as_mut() {
             Some(db) => db

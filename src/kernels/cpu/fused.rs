@@ -11,6 +11,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use super::shared::Shared;
 use crate::error::Result;
 use crate::spec::Visibility;
 use crate::spec::{check_weights_shapes, Normalizer, WeightsSpec};
@@ -18,22 +19,6 @@ use crate::tensor::*;
 
 /// The gradient buffer type of the CPU device (a `Vec` behind dfdx's allocation cache).
 pub type CpuBuffer<E> = <Cpu as Storage<E>>::Vec;
-
-/// A raw pointer that rayon tasks may share. Safety: each task writes a disjoint set of indices.
-#[derive(Clone, Copy)]
-struct SharedMut<E>(*mut E);
-unsafe impl<E> Send for SharedMut<E> {}
-unsafe impl<E> Sync for SharedMut<E> {}
-impl<E> SharedMut<E> {
-    /// Safety: no other task reads or writes index `i` at the same time.
-    #[inline]
-    unsafe fn write(self, i: usize, v: E) {
-        // SAFETY: the caller upholds this function's contract (its doc)
-        unsafe {
-            *self.0.add(i) = v;
-        }
-    }
-}
 
 /// The elements of a contiguous tensor (as `.contiguous()` returns it), copied in one memcpy
 /// (dfdx's `as_vec` walks an index per element).
@@ -202,7 +187,7 @@ impl<E: Real> WeightsProblem<E> {
     fn forward(&self) -> Vec<E> {
         let (b, h, nq, nk) = (self.b, self.h, self.nq, self.nk);
         let mut out = vec![E::zero(); b * h * nq * nk];
-        let ptr = SharedMut(out.as_mut_ptr());
+        let ptr = Shared::new(&mut out);
         (0..b * nq).into_par_iter().for_each_init(
             || {
                 (
@@ -232,8 +217,8 @@ impl<E: Real> WeightsProblem<E> {
         let (b, h, nq, nk, d) = (self.b, self.h, self.nq, self.nk, self.d);
         let mut dq = vec![E::zero(); b * h * nq * d];
         let mut ds_all = vec![E::zero(); b * h * nq * nk];
-        let dq_ptr = SharedMut(dq.as_mut_ptr());
-        let ds_ptr = SharedMut(ds_all.as_mut_ptr());
+        let dq_ptr = Shared::new(&mut dq);
+        let ds_ptr = Shared::new(&mut ds_all);
         let hh2 = h * h;
         let dtalking = (0..b * nq)
             .into_par_iter()

@@ -11,6 +11,7 @@ pub mod edge_attention;
 pub mod flash;
 pub mod fused;
 pub mod rows;
+mod shared;
 mod small_mm;
 #[cfg(target_arch = "x86_64")]
 mod taylor_lanes;

@@ -11,6 +11,7 @@ pub use mask::GraphMask;
 use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::spec::MASKED;
 use crate::tensor::*;
 
 /// Node features `[batch, n, c]`.
@@ -33,9 +34,6 @@ pub enum Direction {
     Outgoing,
     Incoming,
 }
-
-/// Far below any feature: padding for max-reductions.
-const MASKED: f64 = -1e30;
 
 impl<E: Real, D: Device<E>, T: Tape<E, D>> Nodes<E, D, T> {
     pub fn new(t: T3<E, D, T>) -> Self {

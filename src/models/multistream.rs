@@ -486,7 +486,7 @@ fn masked_softmax<E: Real, D: Device<E>, T: Tape<E, D>>(
     let dev = x.device().clone();
     let keep: Tensor<(usize, usize, usize), E, D> = constant(&dev, vis.dense::<E>(), (p, i, j))?;
     let keep = keep.broadcast_like::<_, Axis<1>>(&shape);
-    let pushed = x + (keep.clone() - E::one()).retaped::<T>() * E::of(1e30);
+    let pushed = x + (keep.clone() - E::one()).retaped::<T>() * E::of(-crate::spec::MASKED);
     let w = pushed.softmax::<Axis<3>>();
     Ok(w * keep.retaped::<T>())
 }

@@ -290,49 +290,22 @@ fn taylor_attention_block_gradcheck_and_forms_agree_when_causal() {
 }
 
 /// Both visitors of a model, written from one field list, list the same parameters in the same
-/// order (the order of checkpoints and optimizer state), each name once.
+/// order (the order of checkpoints and optimizer state), each name once: every built-in rule's
+/// model (with edge inputs and heads) and the multi-stream model, as `quartic check` builds them.
 #[test]
 fn both_parameter_visitors_agree_for_every_model() {
-    use quartic::models::{GraphConfig, Model, ModelConfig, TaskIo};
+    use quartic::models::Model;
     use quartic::nn::HasParams;
-    use quartic::rules::Const;
 
     let d = dev();
-    let mut configs: Vec<ModelConfig> = quartic::rules::BUILTINS
-        .iter()
-        .map(|(rule, _)| {
-            let rule_params = crate::rules::small_overrides(rule);
-            ModelConfig::Graph(GraphConfig {
-                num_tokens: 5,
-                dim: 8,
-                dim_edges: 4,
-                depth: 2,
-                rule: rule.to_string(),
-                rule_params: rule_params
-                    .into_iter()
-                    .collect::<std::collections::BTreeMap<String, Const>>(),
-                causal: false,
-                max_seq_len: 6,
-                absolute_positions: true,
-                position_bias: true,
-                final_norm: Some(1e-5),
-                io: TaskIo {
-                    edge_vocab: 3,
-                    edge_classes: 2,
-                    pool_edges: true,
-                },
-            })
-        })
-        .collect();
-    configs.push(ModelConfig::MultiStream(small_multistream(7, 8, 2)));
-    for config in &configs {
-        let mut model = Model::<f64, Cpu>::new(config, None, &Init::random(&d, 1)).unwrap();
+    for (name, config) in quartic::models::self_check::models(6).unwrap() {
+        let mut model = Model::<f64, Cpu>::new(&config, None, &Init::random(&d, 1)).unwrap();
         let read: Vec<String> = model.params().iter().map(|p| p.name.clone()).collect();
         let mut written = Vec::new();
         model.visit_params_mut(&mut |p| written.push(p.name.clone()));
         assert!(!read.is_empty());
-        assert_eq!(read, written, "{config:?}");
+        assert_eq!(read, written, "{name}");
         let unique: std::collections::BTreeSet<&String> = read.iter().collect();
-        assert_eq!(unique.len(), read.len(), "a name twice: {read:?}");
+        assert_eq!(unique.len(), read.len(), "{name}: a name twice: {read:?}");
     }
 }

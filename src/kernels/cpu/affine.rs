@@ -41,11 +41,11 @@ pub(super) fn rows_times_weights<E: Real>(x: &[E], w: &[E], b: Option<&[E]>, c: 
     }
     // the unsafe writes below rely on these: whole rows, and a bias of one value per output
     assert!(
-        x.len() % c == 0 && w.len() % c == 0,
+        x.len().is_multiple_of(c) && w.len().is_multiple_of(c),
         "rows_times_weights: x and w must hold whole rows of {c}"
     );
     assert!(
-        b.map_or(true, |b| b.len() == out),
+        b.is_none_or(|b| b.len() == out),
         "rows_times_weights: the bias must hold {out} values"
     );
     let (chunk, par) = linear_split(rows);

@@ -32,7 +32,7 @@ fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
     let block = n * n * c;
     // set_len below relies on it: every row of the destination is written
     assert!(
-        src.len() % block == 0,
+        src.len().is_multiple_of(block),
         "transpose_edges: {} values are not whole graphs of {n} × {n} × {c}",
         src.len()
     );

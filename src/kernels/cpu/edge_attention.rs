@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::affine::{rows_times_weights, rows_times_weights_backward};
 use super::flash::{edge_layout, Problem, Sizes};
-use super::shared::Shared;
 use super::fused::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
+use super::shared::Shared;
 use crate::error::{Error, Result};
 use crate::spec::WeightsSpec;
 use crate::spec::{EdgePattern, EdgeProjections};

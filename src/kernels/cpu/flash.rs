@@ -461,7 +461,13 @@ impl<E: Real> Problem<E> {
         })
     }
 
-    fn forward_pair(&self, ph: usize, out: Shared<'_, E>, stat: &mut [E], scratch: &mut Scratch<E>) {
+    fn forward_pair(
+        &self,
+        ph: usize,
+        out: Shared<'_, E>,
+        stat: &mut [E],
+        scratch: &mut Scratch<E>,
+    ) {
         let (nq, nk, e) = (self.nq, self.nk, self.e);
         let (p, h) = (ph / self.h, ph % self.h);
         let v_base = self.vl.base(p, h);

@@ -52,24 +52,14 @@ pub fn small_model(dev: &Cpu) -> Model<f32, Cpu> {
 /// A two-layer model of `rule` at the small model's widths (dim 64, dim_edges 16, 4 heads),
 /// vocabulary 256, for sequences of `n`.
 pub fn rule_model_config(rule: &str, n: usize) -> ModelConfig {
-    let declared: Vec<String> = Rule::builtin(rule)
-        .expect("built in")
-        .parameters()
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    let rule_params = [
+    let rule_params = Rule::builtin(rule).expect("built in").declared_values(&[
         ("heads", 4.0),
         ("dim_head", 16.0),
         ("edge_heads", 4.0),
         ("edge_dim_head", 8.0),
         ("hidden", 16.0),
         ("ff_mult", 2.0),
-    ]
-    .into_iter()
-    .filter(|(k, _)| declared.iter().any(|d| d == k))
-    .map(|(k, v)| (k.to_string(), Const::Num(v)))
-    .collect();
+    ]);
     ModelConfig::Graph(GraphConfig {
         num_tokens: 256,
         dim: 64,

@@ -207,21 +207,18 @@ fn main() {
             println!("| rule | n = 16 | n = 32 | n = 64 | n = 128 | fitted exponent: time | memory | explain's FLOPs |");
             println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
             for rule in RULES {
-                let num = |k: &str, v: f64| (k.to_string(), quartic::rules::Const::Num(v));
                 let rule_src = quartic::rules::Rule::builtin(rule).expect("built in");
-                let declared: Vec<String> =
-                    rule_src.parameters().into_iter().map(|(n, _)| n).collect();
-                let overrides: Vec<_> = [
-                    num("heads", 4.0),
-                    num("dim_head", 16.0),
-                    num("edge_heads", 4.0),
-                    num("edge_dim_head", 8.0),
-                    num("hidden", 16.0),
-                    num("picks", 64.0),
-                ]
-                .into_iter()
-                .filter(|(k, _)| declared.contains(k))
-                .collect();
+                let overrides = rule_src
+                    .declared_values(&[
+                        ("heads", 4.0),
+                        ("dim_head", 16.0),
+                        ("edge_heads", 4.0),
+                        ("edge_dim_head", 8.0),
+                        ("hidden", 16.0),
+                        ("picks", 64.0),
+                    ])
+                    .into_iter()
+                    .collect();
                 let cfg = quartic::rules::RuleConfig {
                     dim: 64,
                     dim_edges: 16,

@@ -2,15 +2,13 @@
 //! feedforward multiplier, edge width) and its node width `dim` is chosen so that all rules
 //! have about the same number of parameters.
 
-use std::collections::BTreeMap;
-
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::{GraphConfig, GraphTransformer, TaskIo};
 use crate::nn::{HasParams, Init};
-use crate::rules::{Const, Rule};
+use crate::rules::Rule;
 use crate::train::Task;
 
 /// The layer settings shared by every rule of an experiment.
@@ -49,25 +47,15 @@ pub fn model_config(
     depth: usize,
     dim: usize,
 ) -> Result<GraphConfig> {
-    let declared: Vec<String> = Rule::resolve(rule)?
-        .parameters()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
     // the width names every rule shares (dsl/README.md, "Parameters and configuration")
-    let shared = [
+    let rule_params = Rule::resolve(rule)?.declared_values(&[
         ("heads", widths.heads as f64),
         ("dim_head", widths.dim_head as f64),
         ("edge_heads", widths.edge_heads as f64),
         ("edge_dim_head", widths.edge_dim_head as f64),
         ("hidden", widths.dim_edges as f64),
         ("ff_mult", widths.ff_mult),
-    ];
-    let rule_params: BTreeMap<String, Const> = shared
-        .iter()
-        .filter(|(name, _)| declared.iter().any(|d| d == name))
-        .map(|(name, v)| (name.to_string(), Const::Num(*v)))
-        .collect();
+    ]);
     Ok(GraphConfig {
         num_tokens: task.num_tokens(),
         dim,

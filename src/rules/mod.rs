@@ -118,6 +118,20 @@ impl Rule {
     }
 
     /// The declared parameters with their defaults as written.
+    /// Of `values`, those this rule declares as parameters, as overrides: how one set of
+    /// widths is given to rules that declare different parameters.
+    pub fn declared_values(
+        &self,
+        values: &[(&str, f64)],
+    ) -> std::collections::BTreeMap<String, Const> {
+        let declared = self.parameters();
+        values
+            .iter()
+            .filter(|(name, _)| declared.iter().any(|(d, _)| d == name))
+            .map(|&(name, v)| (name.to_string(), Const::Num(v)))
+            .collect()
+    }
+
     pub fn parameters(&self) -> Vec<(String, String)> {
         self.program.header.as_ref().map_or_else(Vec::new, |h| {
             h.params

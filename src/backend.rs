@@ -44,7 +44,7 @@ static CPU_FUSED: AtomicBool = AtomicBool::new(true);
 /// composite: per multiply-add the feature form measured 13× (n = 128, 16 heads × 16) to 24×
 /// (n = 512, 4 × 8) slower, forward + backward over rows of edges (`examples/speed.rs`'s
 /// workloads, 2 cores).
-const CPU_TAYLOR_FEATURE_OVERHEAD: f64 = 16.0;
+pub const CPU_TAYLOR_FEATURE_OVERHEAD: f64 = 16.0;
 
 /// Makes the CPU device run the composite forms (`false`) or the fused ones (`true`, the
 /// default). Process-wide; meant for benchmarks and side-by-side comparisons.

@@ -6,7 +6,9 @@ use std::fmt::Write;
 
 use super::check::matmul_form;
 use super::ir::*;
-use crate::ops::taylor::form_costs;
+use crate::backend::CPU_TAYLOR_FEATURE_OVERHEAD;
+use crate::ops::taylor::{form_costs, TaylorForm};
+use crate::spec::EdgePattern;
 
 /// The cost of one operation at a given size.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -443,8 +445,30 @@ fn node_rows(
         }
         Op::Attend(a) => {
             node_rows(plan, st, &a.query, b, n, depth + 1, rows);
-            if a.route.is_none() {
-                node_rows(plan, st, &a.key, b, n, depth + 1, rows);
+            match a.lowering.core {
+                Core::Nodes => node_rows(plan, st, &a.key, b, n, depth + 1, rows),
+                // the picked edges come from the query
+                Core::Routed => {}
+                // a key read in place costs nothing
+                Core::Edges(e) if e.key_in_place => {}
+                Core::Edges(e) => {
+                    node_rows(plan, st, &a.key, b, n, depth + 1, rows);
+                    if !is_plain(&e.key_axes) {
+                        let cost = |m: usize| Cost {
+                            flops: 0.0,
+                            elements: elements(b, m, &a.key.slots, a.key.channels),
+                            params: 0.0,
+                        };
+                        rows.push(Row {
+                            depth: depth + 1,
+                            what: "key layout".into(),
+                            lowering: format!("gather ({} layout)", attend_layout(e.pattern)),
+                            shape: shape(b, n, &a.key),
+                            cost: cost(n),
+                            cost_2n: cost(2 * n),
+                        });
+                    }
+                }
             }
             if let Some(bias) = &a.bias {
                 node_rows(plan, st, bias, b, n, depth + 1, rows);
@@ -455,7 +479,7 @@ fn node_rows(
             if let Some(r) = &a.route {
                 node_rows(plan, st, &r.score, b, n, depth + 1, rows);
             }
-            let lowering = attend_lowering(a);
+            let lowering = attend_lowering(a, n);
             rows.push(mk(format!("{}.{}", st.name, a.site), lowering, &|m| {
                 attend_cost(plan, a, b, m)
             }));
@@ -483,33 +507,23 @@ fn reference(plan: &Plan, st: &PlanStatement, node: &Node) -> String {
     }
 }
 
-/// The sizes of an attention's problems: `(problems per graph, queries, keys)`.
-fn attend_dims(a: &AttendOp, n: usize) -> (usize, usize, usize) {
-    match (a.pattern, &a.route) {
-        (Pattern::All { .. }, Some(r)) if r.per_row => (n, r.k.min(n), r.k.min(n)),
-        (Pattern::All { .. }, Some(r)) => (1, r.k.min(n * n), r.k.min(n * n)),
-        (Pattern::Nodes { .. }, _) => (1, n, n),
-        (Pattern::Row { .. }, _) => (n, n, n),
-        (Pattern::All { .. }, None) => (1, n * n, n * n),
+/// Whether the Taylor feature form runs on the CPU (with its fused kernels) at `n` nodes.
+fn feature_form(a: &AttendOp, n: usize) -> bool {
+    a.taylor_form(n, CPU_TAYLOR_FEATURE_OVERHEAD) == Some(TaylorForm::Feature)
+}
+
+fn attend_layout(p: EdgePattern) -> &'static str {
+    match p {
+        EdgePattern::Row => "row",
+        EdgePattern::Column => "column",
+        EdgePattern::All => "all-edges",
+        EdgePattern::Diagonal => "diagonal",
     }
 }
 
-fn plain_taylor(a: &AttendOp) -> bool {
-    matches!(a.kernel, KernelChoice::Taylor { .. }) && a.bias.is_none() && !a.talking && !a.probs
-}
-
-/// Whether the Taylor feature form runs on the CPU (as the kernel's `choose_form` decides).
-fn feature_form(plan: &Plan, a: &AttendOp, n: usize) -> bool {
-    let (_, nq, nk) = attend_dims(a, n);
-    let prefix_ok = !(plan.causal && matches!(a.pattern, Pattern::All { .. }));
-    let (feature, direct) = form_costs(nq, nk, a.dim_head, a.dim_head, plan.causal);
-    let overhead = <dfdx::prelude::Cpu as crate::backend::Backend<f32>>::taylor_feature_overhead();
-    plain_taylor(a) && prefix_ok && feature * overhead < direct
-}
-
-fn attend_lowering(a: &AttendOp) -> String {
-    let pattern = match a.pattern {
-        Pattern::Nodes { .. } => {
+fn attend_lowering(a: &AttendOp, n: usize) -> String {
+    let pattern = match a.lowering.core {
+        Core::Nodes => {
             if matches!(a.query.op, Op::State { ref slots, .. } | Op::Let { ref slots, .. } if slots.len() == 2)
             {
                 "diagonal (node attention on the diagonal edges)".to_string()
@@ -517,22 +531,28 @@ fn attend_lowering(a: &AttendOp) -> String {
                 "node attention".to_string()
             }
         }
-        Pattern::Row { q0, q1, .. } => {
-            if q0 < q1 {
-                "row attention".into()
+        Core::Edges(e) => {
+            // self-attention: queries, keys and values projected from one input
+            let kind = if e.shared_input {
+                "self-attention"
             } else {
-                "column attention".into()
+                "attention"
+            };
+            match e.pattern {
+                EdgePattern::All => format!("all-edges {kind} (n⁴ pairs)"),
+                p => format!("{} {kind}", attend_layout(p)),
             }
         }
-        Pattern::All { .. } => match &a.route {
+        Core::Routed => match &a.route {
             Some(r) if r.per_row => format!("routed: top {} per row, attention among them", r.k),
             Some(r) => format!("routed: top {} of all edges, attention among them", r.k),
-            None => "all-edges attention (n⁴ pairs)".into(),
+            None => unreachable!("routed attention has a route"),
         },
     };
-    let kernel = match a.kernel {
-        KernelChoice::Softmax => "softmax".to_string(),
-        KernelChoice::Taylor { .. } => "taylor".to_string(),
+    let kernel = match (a.kernel, a.taylor_form(n, CPU_TAYLOR_FEATURE_OVERHEAD)) {
+        (KernelChoice::Softmax, _) => "softmax",
+        (KernelChoice::Taylor { .. }, Some(TaylorForm::Feature)) => "taylor (linear features)",
+        (KernelChoice::Taylor { .. }, _) => "taylor",
     };
     let mut extras = vec![format!("{kernel}, {}×{}", a.heads, a.dim_head)];
     if a.bias.is_some() {
@@ -551,7 +571,7 @@ fn attend_lowering(a: &AttendOp) -> String {
 }
 
 fn attend_cost(plan: &Plan, a: &AttendOp, b: usize, n: usize) -> Cost {
-    let (p, nq, nk) = attend_dims(a, n);
+    let (p, nq, nk) = a.problem_dims(n);
     let (h, d) = (a.heads as f64, a.dim_head as f64);
     let problems = (b * p) as f64;
     let (nq_f, nk_f) = (nq as f64, nk as f64);
@@ -565,7 +585,7 @@ fn attend_cost(plan: &Plan, a: &AttendOp, b: usize, n: usize) -> Cost {
     let projections = 2.0 * queries * a.query.channels as f64 * inner
         + 4.0 * keys * a.key.channels as f64 * inner
         + 2.0 * queries * inner * a.outputs as f64;
-    let (core_flops, core_elements) = if feature_form(plan, a, n) {
+    let (core_flops, core_elements) = if feature_form(a, n) {
         let (feature, _) = form_costs(nq, nk, a.dim_head, a.dim_head, plan.causal);
         let f = 1.0 + d + d * d;
         (

@@ -1,6 +1,8 @@
 //! The checked program: every expression typed with its index slots and channel count, every
 //! parameter site named, every lowering decided. `interp` runs it; `explain` describes it.
 
+pub use super::lower::{AttendLowering, Core, EdgeLowering, TaylorLowering};
+
 /// An index variable of one statement (`i`, `j`, `k`, ...), numbered in order of appearance:
 /// the target's indices first.
 pub type Slot = usize;
@@ -279,4 +281,6 @@ pub struct AttendOp {
     pub route: Option<Route>,
     /// Also return the probabilities (node attention only) as an edge tensor `[q, k]`.
     pub probs: bool,
+    /// How it runs, decided by [`super::lower::attend`] when it is checked.
+    pub lowering: AttendLowering,
 }

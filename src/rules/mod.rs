@@ -2,8 +2,8 @@
 //! checked when loaded and lowered onto the graph core's kernels.
 //!
 //! Passes, each in its own module: [`lexer`] (text → tokens), [`parser`] (tokens → [`ast`]),
-//! [`check`] (syntax tree → [`ir::Plan`]: indices, channels, parameter sites, lowerings, causality),
-//! [`layer`] (a plan with its parameters), [`interp`] (running it), [`explain`] (its cost).
+//! [`check`] (syntax tree → [`ir::Plan`]: indices, channels, parameter sites, causality), with
+//! [`lower`] deciding how each attention runs, [`layer`] (a plan with its parameters), [`interp`] (running it), [`explain`] (its cost).
 //! `dsl/README.md` teaches the language.
 
 pub mod ast;
@@ -16,6 +16,7 @@ pub mod ir;
 pub mod layer;
 pub mod layout;
 pub mod lexer;
+pub mod lower;
 pub mod parser;
 
 pub use crate::diagnostic::Diagnostic;

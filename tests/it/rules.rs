@@ -991,3 +991,95 @@ fn diagonal_attention_is_node_attention_on_the_diagonal() {
         }
     }
 }
+
+/// The lowering of the attention in statement `name`.
+fn edge_lowering_of(layer: &RuleLayer<f64, Cpu>, name: &str) -> quartic::rules::ir::EdgeLowering {
+    use quartic::rules::ir::{Core, Op, PlanKind};
+    let st = layer
+        .plan
+        .statements
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap();
+    let value = match &st.kind {
+        PlanKind::Update { value, .. } | PlanKind::Let { value, .. } => value,
+    };
+    let Op::Attend(a) = &value.op else {
+        panic!("`{name}` is an attention")
+    };
+    match a.lowering.core {
+        Core::Edges(e) => e,
+        other => panic!("`{name}` lowers to {other:?}"),
+    }
+}
+
+#[test]
+fn every_lowering_of_a_column_attention_computes_the_same() {
+    use quartic::spec::EdgePattern;
+    // one attention (each edge over its column), written so that it takes four lowerings:
+    // keys read in place with one input for q, k, v (the fused self-attention); keys computed,
+    // so gathered into the column layout; queries and keys read transposed; and the row
+    // pattern on the transposed edges, its output transposed back
+    let head = "rule probe(kernel = softmax)
+let c[i, j] = edges[i, j] * 0.5
+let t[i, j] = c[j, i]
+";
+    let opts = "heads: 2, dim_head: 3, kernel: kernel, gate";
+    let bodies = [
+        format!("col: edges[i, j] += attend(c[i, j] -> c[k, j], {opts})"),
+        format!("col: edges[i, j] += attend(c[i, j] -> c[k, j] + 0, {opts})"),
+        format!("col: edges[i, j] += attend(t[j, i] -> t[j, k], {opts})"),
+        format!("let col[i, j] = attend(t[i, j] -> t[i, k], {opts})\nedges[i, j] += col[j, i]"),
+    ];
+    let expected = [
+        (EdgePattern::Column, true, true),
+        (EdgePattern::Column, false, false),
+        (EdgePattern::Column, false, false),
+        (EdgePattern::Row, true, true),
+    ];
+    let d = dev();
+    let (b, n, dim, de) = (2, 5, 2, 4);
+    for kernel in ["softmax", "taylor"] {
+        for causal in [false, true] {
+            let mask = GraphMask::from_lengths(n, &[5, 3]).unwrap().causal(causal);
+            let mut results = Vec::new();
+            for (body, want) in bodies.iter().zip(expected) {
+                let rule = Rule::parse("probe.rule", &format!("{head}{body}\n")).unwrap();
+                let cfg = RuleConfig {
+                    dim,
+                    dim_edges: de,
+                    causal,
+                    overrides: vec![("kernel".into(), Const::Word(kernel.into()))],
+                };
+                let layer =
+                    RuleLayer::<f64, Cpu>::new(rule.plan(&cfg).unwrap(), &Init::random(&d, 9))
+                        .unwrap();
+                let e = edge_lowering_of(&layer, "col");
+                assert_eq!((e.pattern, e.key_in_place, e.shared_input), want, "{body}");
+                let nodes = d.tensor_from_vec(randn(31, b * n * dim), (b, n, dim));
+                let edges = d.tensor_from_vec(randn(32, b * n * n * de), (b, n, n, de));
+                let (no, eo) = layer
+                    .forward(
+                        Nodes::new(nodes.retaped::<Tp>()),
+                        Edges::new(edges.leaky_trace()).unwrap(),
+                        &mask,
+                    )
+                    .unwrap();
+                let mut out = eo.tensor().as_vec();
+                let loss = probe_loss(no.into_tensor(), 33) + probe_loss(eo.into_tensor(), 34);
+                // the gradient reaching the input edges, after the outputs
+                out.extend(loss.backward().get(&edges).as_vec());
+                results.push(out);
+            }
+            for (i, r) in results.iter().enumerate().skip(1) {
+                assert_close(
+                    &format!("{kernel}, causal {causal}: lowering {i} against the fused one"),
+                    r,
+                    &results[0],
+                    1e-12,
+                    1e-10,
+                );
+            }
+        }
+    }
+}

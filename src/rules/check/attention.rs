@@ -141,25 +141,32 @@ impl<'a> Checker<'a> {
             .hint("across edges they would be an n⁴ tensor"));
         }
         let site = self.site("attend", span);
+        let mut op = AttendOp {
+            site,
+            pattern,
+            query,
+            key,
+            heads,
+            dim_head,
+            outputs,
+            scale,
+            kernel,
+            bias,
+            gates,
+            talking,
+            route,
+            probs,
+            // decided from the op's other fields, just below
+            lowering: AttendLowering {
+                core: Core::Nodes,
+                taylor: TaylorLowering::None,
+            },
+        };
+        op.lowering = lower::attend(&op, self.cfg.causal);
         Ok(Value::Tensor(Node {
-            slots: query.slots.clone(),
+            slots: op.query.slots.clone(),
             channels: outputs,
-            op: Op::Attend(Box::new(AttendOp {
-                site,
-                pattern,
-                query,
-                key,
-                heads,
-                dim_head,
-                outputs,
-                scale,
-                kernel,
-                bias,
-                gates,
-                talking,
-                route,
-                probs,
-            })),
+            op: Op::Attend(Box::new(op)),
         }))
     }
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::ast::*;
 use super::builtins::{self, Form, Function, RESERVED};
 use super::ir::*;
+use super::lower;
 use crate::diagnostic::{Checked, RuleError, Span};
 
 /// The most free indices one expression may carry (n³ elements per channel).

@@ -52,137 +52,202 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         &mut self,
         st: &PlanStatement,
         a: &AttendOp,
-    ) -> Result<(Val<E, D, T>, Option<Val<E, D, T>>)> {
+    ) -> Result<WithProbs<E, D, T>> {
         let block = self.attend_block(st, a);
-        let (h, d) = (a.heads, a.dim_head);
+        debug_assert!(
+            [&block.to_q, &block.to_k, &block.to_v]
+                .iter()
+                .all(|l| l.bias.is_none()),
+            "attention projections carry no bias (the lowering assumes it)"
+        );
         let q_in = self.eval(st, &a.query)?;
-        if let Some(route) = &a.route {
-            let out = self.routed(st, a, block, q_in, route)?;
-            return Ok((out, None));
+        match a.lowering.core {
+            Core::Routed => {
+                let route = a.route.as_ref().expect("routed attention has a route");
+                Ok((self.routed(st, a, block, q_in, route)?, None))
+            }
+            Core::Nodes => self.node_attend(st, a, block, q_in),
+            Core::Edges(lowering) => {
+                let out = self.edge_attend(st, a, block, q_in, &lowering)?;
+                Ok((out, None))
+            }
         }
-        // keys in the layout they are read in (edge attention picks its orientation from it)
-        let k_in = match a.pattern {
-            Pattern::Row { .. } => self.eval_op(st, &a.key)?,
-            _ => self.eval(st, &a.key)?,
+    }
+
+    fn node_attend(
+        &mut self,
+        st: &PlanStatement,
+        a: &AttendOp,
+        block: &AttendBlock<E, D>,
+        q_in: Val<E, D, T>,
+    ) -> Result<WithProbs<E, D, T>> {
+        let Pattern::Nodes { query, key } = a.pattern else {
+            unreachable!("node attention has the node pattern")
         };
+        let (h, d) = (a.heads, a.dim_head);
+        let (b, n) = (self.ext.batch, self.ext.nodes);
+        let k_in = self.eval(st, &a.key)?;
         let gates = self.gates_val(st, a, &q_in)?;
         let bias = match &a.bias {
-            Some(b) => Some(self.eval(st, b)?),
+            Some(bv) => {
+                let bv = self.eval(st, bv)?;
+                let axes = [Ax::Batch, Ax::Chan, Ax::Slot(query), Ax::Slot(key)];
+                Some(self.arrange(bv, &axes, h)?.t.reshape_like(&(b, h, n, n)))
+            }
             None => None,
         };
         let talking = block.talking.as_ref().map(|p| p.matrix::<T>());
-        let (b, n) = (self.ext.batch, self.ext.nodes);
-        match a.pattern {
-            Pattern::Nodes { query, key } => {
-                let split = |v: Val<E, D, T>| -> T4<E, D, T> {
-                    v.t.reshape_like(&(b, n, h, d))
-                        .permute::<_, Axes4<0, 2, 1, 3>>()
-                };
-                let q = split(self.project(q_in, &block.to_q)?);
-                let k = split(self.project(k_in.val_branch(), &block.to_k)?);
-                let v = split(self.project(k_in, &block.to_v)?);
-                let bias = match bias {
-                    Some(bv) => {
-                        let axes = [Ax::Batch, Ax::Chan, Ax::Slot(query), Ax::Slot(key)];
-                        Some(self.arrange(bv, &axes, h)?.t.reshape_like(&(b, h, n, n)))
-                    }
-                    None => None,
-                };
-                let gates = match gates {
-                    Some(g) => {
-                        let g = self.arrange(g, &[Ax::Batch, Ax::Chan, Ax::Slot(query)], h)?;
-                        Some(g.t.reshape_like(&(b, h, n)))
-                    }
-                    None => None,
-                };
-                let vis = self.mask.node_visibility()?;
-                let plain = bias.is_none() && talking.is_none() && !a.probs;
-                let (out, weights) = match a.kernel {
-                    KernelChoice::Taylor { eps } if plain => {
-                        let out = taylor_attend(q, k, v, a.scale, eps, &vis, TaylorForm::Auto)?;
-                        let out = match gates {
-                            Some(g) => {
-                                out * g.sigmoid().broadcast_like::<_, Axis<3>>(&(b, h, n, d))
-                            }
-                            None => out,
-                        };
-                        (out, None)
-                    }
-                    kernel => {
-                        let normalizer = match kernel {
-                            KernelChoice::Softmax => Normalizer::Softmax,
-                            KernelChoice::Taylor { eps } => Normalizer::Taylor { eps },
-                        };
-                        let spec = WeightsSpec {
-                            scale: a.scale,
-                            normalizer,
-                            visibility: vis,
-                        };
-                        let inputs = AttendInputs {
-                            bias,
-                            talking,
-                            gates,
-                        };
-                        let r = attend(q, k, v, inputs, &spec, a.probs)?;
-                        (r.out, r.weights)
-                    }
-                };
-                let merged = out
-                    .permute::<_, Axes4<0, 2, 1, 3>>()
-                    .reshape_like(&(b * n * h * d,));
-                let merged = self.val(merged, canonical(&[query]), h * d);
-                let out = self.project(merged, &block.to_out)?;
-                let probs = match weights {
-                    Some(w) => {
-                        let w = self.val(
-                            w.reshape_like(&(b * h * n * n,)),
-                            vec![Ax::Batch, Ax::Chan, Ax::Slot(query), Ax::Slot(key)],
-                            h,
-                        );
-                        let slots = [query.min(key), query.max(key)];
-                        Some(self.canonical(w, &slots, h)?)
-                    }
-                    None => None,
-                };
-                Ok((out, probs))
+        let split = |v: Val<E, D, T>| -> T4<E, D, T> {
+            v.t.reshape_like(&(b, n, h, d))
+                .permute::<_, Axes4<0, 2, 1, 3>>()
+        };
+        let q = split(self.project(q_in, &block.to_q)?);
+        let k = split(self.project(k_in.val_branch(), &block.to_k)?);
+        let v = split(self.project(k_in, &block.to_v)?);
+        let gates = match gates {
+            Some(g) => {
+                let g = self.arrange(g, &[Ax::Batch, Ax::Chan, Ax::Slot(query)], h)?;
+                Some(g.t.reshape_like(&(b, h, n)))
             }
-            Pattern::Row { q0, q1, key } => {
-                let q_axes = [Ax::Batch, Ax::Slot(q0), Ax::Slot(q1), Ax::Chan];
-                let k_axes = [Ax::Batch, Ax::Slot(q0), Ax::Slot(key), Ax::Chan];
-                let bias_axes = [
-                    Ax::Batch,
-                    Ax::Slot(q0),
-                    Ax::Chan,
-                    Ax::Slot(q1),
-                    Ax::Slot(key),
-                ];
-                let bias = match bias {
-                    Some(bv) => Some(self.arrange(bv, &bias_axes, h)?.t.reshape_like(&(
-                        b * n,
-                        h,
-                        n,
-                        n,
-                    ))),
-                    None => None,
+            None => None,
+        };
+        let vis = self.mask.node_visibility()?;
+        let (out, weights) = match a.taylor_form(n, D::taylor_feature_overhead()) {
+            Some(form) => {
+                let KernelChoice::Taylor { eps } = a.kernel else {
+                    unreachable!("only Taylor kernels have a Taylor form")
                 };
-                let out = self.edge_attend(
-                    a,
-                    block,
-                    q_in,
-                    k_in,
-                    gates,
+                let out = taylor_attend(q, k, v, a.scale, eps, &vis, form)?;
+                let out = match gates {
+                    Some(g) => out * g.sigmoid().broadcast_like::<_, Axis<3>>(&(b, h, n, d)),
+                    None => out,
+                };
+                (out, None)
+            }
+            None => {
+                let normalizer = match a.kernel {
+                    KernelChoice::Softmax => Normalizer::Softmax,
+                    KernelChoice::Taylor { eps } => Normalizer::Taylor { eps },
+                };
+                let spec = WeightsSpec {
+                    scale: a.scale,
+                    normalizer,
+                    visibility: vis,
+                };
+                let inputs = AttendInputs {
                     bias,
                     talking,
-                    &q_axes,
-                    &k_axes,
-                    EdgePattern::Row,
-                )?;
-                Ok((out, None))
+                    gates,
+                };
+                let r = attend(q, k, v, inputs, &spec, a.probs)?;
+                (r.out, r.weights)
             }
-            Pattern::All { q0, q1, k0, k1 } => {
-                let q_axes = [Ax::Batch, Ax::Slot(q0), Ax::Slot(q1), Ax::Chan];
-                let k_axes = [Ax::Batch, Ax::Slot(k0), Ax::Slot(k1), Ax::Chan];
-                let bias_axes = [
+        };
+        let merged = out
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+            .reshape_like(&(b * n * h * d,));
+        let merged = self.val(merged, canonical(&[query]), h * d);
+        let out = self.project(merged, &block.to_out)?;
+        let probs = match weights {
+            Some(w) => {
+                let w = self.val(
+                    w.reshape_like(&(b * h * n * n,)),
+                    vec![Ax::Batch, Ax::Chan, Ax::Slot(query), Ax::Slot(key)],
+                    h,
+                );
+                let slots = [query.min(key), query.max(key)];
+                Some(self.canonical(w, &slots, h)?)
+            }
+            None => None,
+        };
+        Ok((out, probs))
+    }
+
+    /// Attention across edges as the lowering says: the pattern, the layouts the kernel reads,
+    /// and one input for queries, keys and values where the query and key share it.
+    fn edge_attend(
+        &mut self,
+        st: &PlanStatement,
+        a: &AttendOp,
+        block: &AttendBlock<E, D>,
+        q_in: Val<E, D, T>,
+        lowering: &EdgeLowering,
+    ) -> Result<Val<E, D, T>> {
+        let (b, n) = (self.ext.batch, self.ext.nodes);
+        let (h, inner) = (a.heads, a.heads * a.dim_head);
+        let ([q0, q1], [k0, k1]) = (lowering.query_axes, lowering.key_axes);
+        let q_axes = [Ax::Batch, Ax::Slot(q0), Ax::Slot(q1), Ax::Chan];
+        let k_axes = [Ax::Batch, Ax::Slot(k0), Ax::Slot(k1), Ax::Chan];
+        let gates = match self.gates_val(st, a, &q_in)? {
+            Some(g) => Some(edges(self.arrange(g, &q_axes, h)?, b, n, h)?),
+            None => None,
+        };
+        let bias = match &a.bias {
+            Some(bv) => {
+                let bv = self.eval(st, bv)?;
+                Some(self.edge_bias(bv, lowering, h)?)
+            }
+            None => None,
+        };
+        let talking = block.talking.as_ref().map(|p| p.matrix::<T>());
+        let inputs = EdgeAttendInputs {
+            bias,
+            talking,
+            gates,
+        };
+        let form = a
+            .taylor_form(n, D::taylor_feature_overhead())
+            .unwrap_or(TaylorForm::Direct);
+        let kernel = match a.kernel {
+            KernelChoice::Softmax => EdgeKernel::Softmax { scale: a.scale },
+            KernelChoice::Taylor { eps } => EdgeKernel::Taylor {
+                scale: a.scale,
+                eps,
+                form,
+            },
+        };
+        let q_in = self.arrange(q_in, &q_axes, a.query.channels)?;
+        let out = if lowering.shared_input {
+            let weights = EdgeProjections {
+                to_q: block.to_q.weight.matrix::<T>(),
+                to_k: block.to_k.weight.matrix::<T>(),
+                to_v: block.to_v.weight.matrix::<T>(),
+            };
+            let x = edges(q_in, b, n, a.query.channels)?;
+            edge_self_attention(x, weights, h, lowering.pattern, kernel, inputs, self.mask)?
+        } else {
+            let k_in = if lowering.key_in_place {
+                self.eval_op(st, &a.key)?
+            } else {
+                self.eval(st, &a.key)?
+            };
+            let k_in = self.arrange(k_in, &k_axes, a.key.channels)?;
+            let q = edges(self.project(q_in, &block.to_q)?, b, n, inner)?;
+            let k = edges(self.project(k_in.val_branch(), &block.to_k)?, b, n, inner)?;
+            let v = edges(self.project(k_in, &block.to_v)?, b, n, inner)?;
+            edge_attention(q, k, v, h, lowering.pattern, kernel, inputs, self.mask)?
+        };
+        let out = self.val(
+            out.into_tensor().reshape_like(&(b * n * n * inner,)),
+            q_axes.to_vec(),
+            inner,
+        );
+        self.project(out, &block.to_out)
+    }
+
+    /// A score bias in the pattern's layout: `[b·n, h, n, n]` along rows and columns (the
+    /// query's shared index leads), `[b, h, n², n²]` over all edges.
+    fn edge_bias(
+        &self,
+        bias: Val<E, D, T>,
+        lowering: &EdgeLowering,
+        h: usize,
+    ) -> Result<T4<E, D, T>> {
+        let (b, n) = (self.ext.batch, self.ext.nodes);
+        let ([q0, q1], [k0, k1]) = (lowering.query_axes, lowering.key_axes);
+        Ok(match lowering.pattern {
+            EdgePattern::All => {
+                let axes = [
                     Ax::Batch,
                     Ax::Chan,
                     Ax::Slot(q0),
@@ -190,149 +255,27 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     Ax::Slot(k0),
                     Ax::Slot(k1),
                 ];
-                let bias = match bias {
-                    Some(bv) => Some(self.arrange(bv, &bias_axes, h)?.t.reshape_like(&(
-                        b,
-                        h,
-                        n * n,
-                        n * n,
-                    ))),
-                    None => None,
+                let t = self.arrange(bias, &axes, h)?.t;
+                t.reshape_like(&(b, h, n * n, n * n))
+            }
+            pattern => {
+                // rows: queries (s, q) over keys (s, k); columns: (q, s) over (k, s)
+                let (shared, query, key) = if pattern == EdgePattern::Row {
+                    (q0, q1, k1)
+                } else {
+                    (q1, q0, k0)
                 };
-                let out = self.edge_attend(
-                    a,
-                    block,
-                    q_in,
-                    k_in,
-                    gates,
-                    bias,
-                    talking,
-                    &q_axes,
-                    &k_axes,
-                    EdgePattern::All,
-                )?;
-                Ok((out, None))
+                let axes = [
+                    Ax::Batch,
+                    Ax::Slot(shared),
+                    Ax::Chan,
+                    Ax::Slot(query),
+                    Ax::Slot(key),
+                ];
+                let t = self.arrange(bias, &axes, h)?.t;
+                t.reshape_like(&(b * n, h, n, n))
             }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn edge_attend(
-        &mut self,
-        a: &AttendOp,
-        block: &AttendBlock<E, D>,
-        q_in: Val<E, D, T>,
-        k_in: Val<E, D, T>,
-        gates: Option<Val<E, D, T>>,
-        bias: Option<T4<E, D, T>>,
-        talking: Option<T2<E, D, T>>,
-        q_axes: &[Ax],
-        k_axes: &[Ax],
-        pattern: EdgePattern,
-    ) -> Result<Val<E, D, T>> {
-        let (b, n) = (self.ext.batch, self.ext.nodes);
-        let inner = a.heads * a.dim_head;
-        let edges = |v: Val<E, D, T>, c: usize| Edges::new(v.t.reshape_like(&(b, n, n, c)));
-        // Attention along the second slot of the stored edges (`c[i, j] -> c[k, j]`) is the row
-        // pattern on transposed edges: run it as the column pattern on the edges as stored, so
-        // that queries, keys, gates and the output are never transposed.
-        let (q_axes, k_axes, pattern) = match (pattern, q_axes, k_axes) {
-            (EdgePattern::Row, &[bq, q0, q1, cq], &[_, _, key, _])
-                if q_in.axes == [bq, q1, q0, cq] =>
-            {
-                (
-                    vec![bq, q1, q0, cq],
-                    vec![bq, key, q0, cq],
-                    EdgePattern::Column,
-                )
-            }
-            _ => (q_axes.to_vec(), k_axes.to_vec(), pattern),
-        };
-        let (q_axes, k_axes) = (&q_axes[..], &k_axes[..]);
-        // Queries and keys read from one stored value (same tag, not yet moved) and laid out
-        // alike (each stored axis lands at the same place in both): one input serves all three
-        // projections.
-        let places = |raw: &[Ax], target: &[Ax]| -> Vec<Option<usize>> {
-            raw.iter()
-                .map(|a| target.iter().position(|t| t == a))
-                .collect()
-        };
-        let self_attention = q_in.tag.is_some()
-            && q_in.tag == k_in.tag
-            && q_in.channels == k_in.channels
-            && places(&q_in.axes, q_axes) == places(&k_in.axes, k_axes)
-            && talking.is_none()
-            && [&block.to_q, &block.to_k, &block.to_v]
-                .iter()
-                .all(|l| l.bias.is_none());
-        let q_in = self.arrange(q_in, q_axes, a.query.channels)?;
-        let k_in = self.arrange(k_in, k_axes, a.key.channels)?;
-        let kernel = match a.kernel {
-            KernelChoice::Softmax => EdgeKernel::Softmax { scale: a.scale },
-            KernelChoice::Taylor { eps } => EdgeKernel::Taylor {
-                scale: a.scale,
-                eps,
-                form: TaylorForm::Auto,
-            },
-        };
-        if self_attention {
-            let gates = match gates {
-                Some(g) => Some(edges(self.arrange(g, q_axes, a.heads)?, a.heads)?),
-                None => None,
-            };
-            // the keys' copy is not read, but its history must not be lost
-            let (_, k_tape) = k_in.t.split_tape();
-            let (x, x_tape) = q_in.t.split_tape();
-            let x = Val {
-                t: x.put_tape(x_tape.merge(k_tape)),
-                ..q_in
-            };
-            let weights = EdgeProjections {
-                to_q: block.to_q.weight.matrix::<T>(),
-                to_k: block.to_k.weight.matrix::<T>(),
-                to_v: block.to_v.weight.matrix::<T>(),
-            };
-            let inputs = EdgeAttendInputs {
-                bias,
-                talking: None,
-                gates,
-            };
-            let channels = x.channels;
-            let out = edge_self_attention(
-                edges(x, channels)?,
-                weights,
-                a.heads,
-                pattern,
-                kernel,
-                inputs,
-                self.mask,
-            )?;
-            let out = self.val(
-                out.into_tensor().reshape_like(&(b * n * n * inner,)),
-                q_axes.to_vec(),
-                inner,
-            );
-            return self.project(out, &block.to_out);
-        }
-        let q = edges(self.project(q_in, &block.to_q)?, inner)?;
-        let k = edges(self.project(k_in.val_branch(), &block.to_k)?, inner)?;
-        let v = edges(self.project(k_in, &block.to_v)?, inner)?;
-        let gates = match gates {
-            Some(g) => Some(edges(self.arrange(g, q_axes, a.heads)?, a.heads)?),
-            None => None,
-        };
-        let inputs = EdgeAttendInputs {
-            bias,
-            talking,
-            gates,
-        };
-        let out = edge_attention(q, k, v, a.heads, pattern, kernel, inputs, self.mask)?;
-        let out = self.val(
-            out.into_tensor().reshape_like(&(b * n * n * inner,)),
-            q_axes.to_vec(),
-            inner,
-        );
-        self.project(out, &block.to_out)
+        })
     }
 
     /// Routed attention over all edges: pick `k` edges (globally or per row) by the score's
@@ -426,4 +369,14 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let out = out.reshape_like(&(rows * len * outputs,));
         Ok(self.val(out, axes.to_vec(), outputs))
     }
+}
+
+/// A value laid out `[batch, slot, slot, channels]` as edges.
+fn edges<E: Real, D: Device<E>, T: Tape<E, D>>(
+    v: Val<E, D, T>,
+    b: usize,
+    n: usize,
+    c: usize,
+) -> Result<Edges<E, D, T>> {
+    Edges::new(v.t.reshape_like(&(b, n, n, c)))
 }

@@ -35,6 +35,9 @@ use crate::spec::visibility::Visibility;
 use crate::spec::MASKED;
 use crate::tensor::*;
 
+/// A value, and an attention's probabilities when it returns them.
+type WithProbs<E, D, T> = (Val<E, D, T>, Option<Val<E, D, T>>);
+
 const NODES_TAG: usize = usize::MAX;
 const EDGES_TAG: usize = usize::MAX - 1;
 
@@ -164,7 +167,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         &mut self,
         st: &PlanStatement,
         node: &Node,
-    ) -> Result<(Val<E, D, T>, Option<Val<E, D, T>>)> {
+    ) -> Result<WithProbs<E, D, T>> {
         match &node.op {
             Op::Attend(a) if a.probs => {
                 let (out, probs) = self.attend(st, a)?;

@@ -1,0 +1,166 @@
+//! Lowering, decided once: how each checked `attend` runs. The checker calls [`attend`] as it
+//! builds the op and stores the answer in it; the interpreter and `explain` read that answer
+//! and never re-derive it.
+//!
+//! What is decided here: the kernel's pattern and its orientation (attention along the second
+//! stored index runs as the column pattern on the stored edges, never on a transposed copy),
+//! the layouts the kernel reads queries and keys in, whether the key is read in place, whether
+//! one input feeds queries, keys and values (the fused edge self-attention), and whether a
+//! Taylor kernel may take its linear feature form. Only the last one also depends on the size
+//! of the graph, so the plan keeps the rule ([`AttendOp::taylor_form`]) rather than an answer.
+
+use super::ir::*;
+use crate::ops::taylor::{form_costs, TaylorForm};
+use crate::spec::EdgePattern;
+
+/// How one `attend` runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttendLowering {
+    pub core: Core,
+    pub taylor: TaylorLowering,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Core {
+    /// Node queries over node keys.
+    Nodes,
+    /// Attention across edges in a pattern.
+    Edges(EdgeLowering),
+    /// Routed attention among the edges a soft top-k picks.
+    Routed,
+}
+
+/// Attention across edges: the pattern the kernel runs and the layouts it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeLowering {
+    /// `Row`, `Column` or `All`.
+    pub pattern: EdgePattern,
+    /// The query's index slots in the order the kernel stores them (its canonical order: the
+    /// query is never moved).
+    pub query_axes: [Slot; 2],
+    /// The key's index slots in the order the kernel reads them.
+    pub key_axes: [Slot; 2],
+    /// The key is a stored tensor (`edges`, a `let`) whose layout already is `key_axes`: read
+    /// without a copy.
+    pub key_in_place: bool,
+    /// Query and key read one stored tensor, each in place: one input is projected to queries,
+    /// keys and values (the fused edge self-attention along rows and columns).
+    pub shared_input: bool,
+}
+
+/// Which forms a Taylor kernel may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaylorLowering {
+    /// Not a Taylor kernel.
+    None,
+    /// The direct form only: a bias, talking heads or returned probabilities need the weights,
+    /// or causal times do not make each query's keys a prefix (all edges in a causal rule).
+    Direct,
+    /// The cheaper form at the graph's size (see [`AttendOp::taylor_form`]); `causal` adds
+    /// the prefix scan to the feature form's cost.
+    ByCost { causal: bool },
+}
+
+/// The lowering of `a` in a rule checked with `causal` (its own `lowering` field is ignored).
+pub fn attend(a: &AttendOp, causal: bool) -> AttendLowering {
+    let core = match (a.pattern, &a.route) {
+        (Pattern::Nodes { .. }, _) => Core::Nodes,
+        (Pattern::All { .. }, Some(_)) => Core::Routed,
+        (Pattern::Row { q0, q1, key }, None) => {
+            // the query is read in its canonical order (slots ascending): when the shared index
+            // comes second there, the keys run down a column of the stored layout
+            let (pattern, query_axes, key_axes) = if q0 < q1 {
+                (EdgePattern::Row, [q0, q1], [q0, key])
+            } else {
+                (EdgePattern::Column, [q1, q0], [key, q0])
+            };
+            Core::Edges(edge_lowering(a, pattern, query_axes, key_axes))
+        }
+        (Pattern::All { q0, q1, k0, k1 }, None) => {
+            Core::Edges(edge_lowering(a, EdgePattern::All, [q0, q1], [k0, k1]))
+        }
+        (Pattern::Row { .. }, Some(_)) => unreachable!("the checker routes only over all edges"),
+    };
+    let taylor = match a.kernel {
+        KernelChoice::Softmax => TaylorLowering::None,
+        KernelChoice::Taylor { .. } => {
+            let plain = a.bias.is_none() && !a.talking && !a.probs;
+            // causal visibility over all edges (time max(i, j)) is not a prefix of the keys
+            let prefix = !(causal && matches!(a.pattern, Pattern::All { .. }));
+            if plain && prefix {
+                TaylorLowering::ByCost { causal }
+            } else {
+                TaylorLowering::Direct
+            }
+        }
+    };
+    AttendLowering { core, taylor }
+}
+
+fn edge_lowering(
+    a: &AttendOp,
+    pattern: EdgePattern,
+    query_axes: [Slot; 2],
+    key_axes: [Slot; 2],
+) -> EdgeLowering {
+    let query = stored_read(&a.query);
+    let key = stored_read(&a.key);
+    let key_in_place = key.is_some_and(|(_, slots)| slots == key_axes);
+    let shared_input = key_in_place
+        && !a.talking
+        && matches!((query, key), (Some((q, q_slots)), Some((k, _))) if q == k && q_slots == query_axes);
+    EdgeLowering {
+        pattern,
+        query_axes,
+        key_axes,
+        key_in_place,
+        shared_input,
+    }
+}
+
+/// A stored tensor read as it is: which one, and its index slots as written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    State(Domain),
+    Let(usize),
+}
+
+fn stored_read(node: &Node) -> Option<(Stored, &[Slot])> {
+    match &node.op {
+        Op::State { domain, slots } => Some((Stored::State(*domain), slots)),
+        Op::Let { id, slots } => Some((Stored::Let(*id), slots)),
+        _ => None,
+    }
+}
+
+impl AttendOp {
+    /// The sizes of its problems at `n` nodes: `(problems per graph, queries, keys)`.
+    pub fn problem_dims(&self, n: usize) -> (usize, usize, usize) {
+        match (self.lowering.core, &self.route) {
+            (Core::Routed, Some(r)) if r.per_row => (n, r.k.min(n), r.k.min(n)),
+            (Core::Routed, Some(r)) => (1, r.k.min(n * n), r.k.min(n * n)),
+            (Core::Routed, None) => unreachable!("routed attention has a route"),
+            (Core::Nodes, _) => (1, n, n),
+            (Core::Edges(e), _) => match e.pattern {
+                EdgePattern::All => (1, n * n, n * n),
+                _ => (n, n, n),
+            },
+        }
+    }
+
+    /// The Taylor kernel's form at `n` nodes on a device where a multiply-add of the feature
+    /// form costs `feature_overhead` of the direct form's (`Backend::taylor_feature_overhead`);
+    /// `None` when this is no Taylor kernel, or one that needs the general weights path.
+    pub fn taylor_form(&self, n: usize, feature_overhead: f64) -> Option<TaylorForm> {
+        let TaylorLowering::ByCost { causal } = self.lowering.taylor else {
+            return None;
+        };
+        let (_, nq, nk) = self.problem_dims(n);
+        let (feature, direct) = form_costs(nq, nk, self.dim_head, self.dim_head, causal);
+        Some(if feature * feature_overhead < direct {
+            TaylorForm::Feature
+        } else {
+            TaylorForm::Direct
+        })
+    }
+}

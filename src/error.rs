@@ -58,4 +58,38 @@ impl Error {
             message: message.into(),
         }
     }
+
+    /// The same error, located: `place` (say, a rule's file and line) leads its context.
+    /// Errors that already name their place (a rule diagnostic, a file) are returned as they are.
+    pub fn within(self, place: &str) -> Self {
+        match self {
+            Error::Shape {
+                context,
+                expected,
+                got,
+            } => Error::Shape {
+                context: format!("{place}: {context}"),
+                expected,
+                got,
+            },
+            Error::Config { context, message } => Error::Config {
+                context: format!("{place}: {context}"),
+                message,
+            },
+            Error::NotFinite(m) => Error::NotFinite(format!("{place}: {m}")),
+            Error::Device(m) => Error::Device(format!("{place}: {m}")),
+            Error::TooLarge {
+                what,
+                needed,
+                breakdown,
+                limit,
+            } => Error::TooLarge {
+                what: format!("{place}: {what}"),
+                needed,
+                breakdown,
+                limit,
+            },
+            located @ (Error::Rule(_) | Error::Io { .. }) => located,
+        }
+    }
 }

@@ -46,6 +46,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Where a statement is: `rule `taylor` (dsl/taylor.rule:24, `rows`)`.
+    pub fn place(&self, st: &PlanStatement) -> String {
+        let name = if st.name.is_empty() {
+            String::new()
+        } else {
+            format!(", `{}`", st.name)
+        };
+        format!("rule `{}` ({}:{}{name})", self.rule, self.file, st.line)
+    }
+
     /// Every parameter's value: `heads = 4, dim_head = 16` (`none` for a rule without any).
     pub fn parameter_list(&self) -> String {
         if self.params.is_empty() {

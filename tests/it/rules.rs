@@ -1083,3 +1083,41 @@ let t[i, j] = c[j, i]
         }
     }
 }
+
+#[test]
+fn a_failure_while_a_rule_runs_names_the_rule_file_and_line() {
+    use quartic::rules::ir::{Op, PlanKind, TaylorLowering};
+    // a lowering bug, made by hand: the Taylor feature form for causal attention over all edges,
+    // whose keys are not a prefix (the lowering allows only the direct form there)
+    let src = "rule probe()\nlet x[i, j] = edges[i, j] * 1\nall: edges[i, j] += attend(x[i, j] -> x[k, l], heads: 1, dim_head: 1, kernel: taylor)\n";
+    let cfg = RuleConfig {
+        dim: 2,
+        dim_edges: 2,
+        causal: true,
+        overrides: vec![],
+    };
+    let mut plan = Rule::parse("probe.rule", src).unwrap().plan(&cfg).unwrap();
+    let PlanKind::Update { value, .. } = &mut plan.statements[1].kind else {
+        panic!("the second statement updates the edges")
+    };
+    let Op::Attend(a) = &mut value.op else {
+        panic!("an attention")
+    };
+    assert_eq!(a.lowering.taylor, TaylorLowering::Direct);
+    a.lowering.taylor = TaylorLowering::ByCost { causal: true };
+    let d = dev();
+    let layer = RuleLayer::<f64, Cpu>::new(plan, &Init::random(&d, 1)).unwrap();
+    let (b, n) = (1, 12);
+    let nodes = Nodes::new(d.tensor_from_vec(randn(1, b * n * 2), (b, n, 2)));
+    let edges = Edges::new(d.tensor_from_vec(randn(2, b * n * n * 2), (b, n, n, 2))).unwrap();
+    let mask = GraphMask::from_lengths(n, &[n]).unwrap().causal(true);
+    let err = layer
+        .forward(nodes, edges, &mask)
+        .err()
+        .expect("the feature form refuses");
+    let text = err.to_string();
+    assert!(
+        text.contains("rule `probe` (probe.rule:3, `all`)") && text.contains("prefix"),
+        "{text}"
+    );
+}

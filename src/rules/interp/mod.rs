@@ -95,7 +95,8 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
             orphans: Vec::new(),
         };
         for st in &plan.statements {
-            run.statement(st)?;
+            // a checked rule should not fail here; if it does, say which statement
+            run.statement(st).map_err(|e| e.within(&plan.place(st)))?;
         }
         run.finish()
     }
@@ -163,11 +164,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     }
 
     /// Evaluates a statement's value; an `attend` may also return its probabilities.
-    fn eval_top(
-        &mut self,
-        st: &PlanStatement,
-        node: &Node,
-    ) -> Result<WithProbs<E, D, T>> {
+    fn eval_top(&mut self, st: &PlanStatement, node: &Node) -> Result<WithProbs<E, D, T>> {
         match &node.op {
             Op::Attend(a) if a.probs => {
                 let (out, probs) = self.attend(st, a)?;

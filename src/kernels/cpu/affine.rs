@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::flash::mm_with;
 use super::fused::{accumulate, host_copy, CpuBuffer};
+use super::taped::Taped;
 use crate::error::{Error, Result};
 use crate::spec::{check_outer_sum, repeats};
 use crate::tensor::*;
@@ -181,40 +182,24 @@ where
         ));
     }
     let dev = x.device().clone();
-    let (x, tape_x) = x.contiguous().split_tape();
-    let (w, tape_w) = w.contiguous().split_tape();
-    let mut tape = tape_x.merge(tape_w);
-    let b = b.map(|b| {
-        let (b, tape_b) = b.split_tape();
-        tape = std::mem::take(&mut tape).merge(tape_b);
-        b
-    });
+    let mut taped = Taped::new();
+    let (x, w, b) = (taped.input(x), taped.input(w), taped.optional(b));
     let (xs, ws) = (host_copy(&x), host_copy(&w));
     let bs = b.as_ref().map(host_copy);
     let out = rows_times_weights(&xs, &ws, bs.as_deref(), c_in);
-    let out = dev
-        .try_tensor_from_vec(out, (rows, c_out))
-        .map_err(device_err)?;
-    if T::OWNS_TAPE && c_in > 0 && c_out > 0 {
-        let ghosts = (
-            out.ghost(),
-            x.ghost(),
-            w.ghost(),
-            b.as_ref().map(|b| b.ghost()),
-        );
-        tape.add_backward_op(move |grads| {
-            let (out_g, x_g, w_g, b_g) = &ghosts;
-            let g = grads.get_or_alloc_mut(out_g)?.to_vec();
-            let dx = grads.get_or_alloc_mut(x_g)?;
-            let (dw, db) = rows_times_weights_backward(Some(dx), &g, &xs, &ws, c_in);
-            accumulate(grads.get_or_alloc_mut(w_g)?, &dw);
-            if let Some(b_g) = b_g {
-                accumulate(grads.get_or_alloc_mut(b_g)?, &db);
-            }
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+    let (x_g, w_g, b_g) = (x.ghost(), w.ghost(), b.as_ref().map(|b| b.ghost()));
+    taped.output(&dev, out, (rows, c_out), move |g, grads| {
+        if c_in == 0 || c_out == 0 {
+            return Ok(());
+        }
+        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let (dw, db) = rows_times_weights_backward(Some(dx), &g, &xs, &ws, c_in);
+        accumulate(grads.get_or_alloc_mut(&w_g)?, &dw);
+        if let Some(b_g) = &b_g {
+            accumulate(grads.get_or_alloc_mut(b_g)?, &db);
+        }
+        Ok(())
+    })
 }
 
 /// `x + y` where `y` repeats along `x`'s leading axes: `x`'s elements are `reps` copies of
@@ -231,9 +216,8 @@ where
     repeats(&shape, y.shape())?;
     let per = y.shape().num_elements();
     let dev = x.device().clone();
-    let (x, tape_x) = x.contiguous().split_tape();
-    let (y, tape_y) = y.contiguous().split_tape();
-    let tape = tape_x.merge(tape_y);
+    let mut taped = Taped::new();
+    let (x, y) = (taped.input(x), taped.input(y));
     let mut out = host_copy(&x);
     let ys = host_copy(&y);
     if per >= ADD_CHUNK {
@@ -248,31 +232,25 @@ where
         out.par_chunks_mut(per * (ADD_CHUNK / per).max(1))
             .for_each(|o| o.chunks_exact_mut(per).for_each(|o| accumulate(o, &ys)));
     }
-    let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
-    let mut tape = tape;
-    if T::OWNS_TAPE {
-        let (out_g, x_g, y_g) = (out.ghost(), x.ghost(), y.ghost());
-        tape.add_backward_op(move |grads| {
-            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            let dx = grads.get_or_alloc_mut(&x_g)?;
-            dx.par_chunks_mut(ADD_CHUNK)
-                .zip(g.par_chunks(ADD_CHUNK))
-                .for_each(|(d, g)| accumulate(d, g));
-            let dy = grads.get_or_alloc_mut(&y_g)?;
-            if per >= ADD_CHUNK {
-                // chunks of y, each summed over the repeats
-                dy.par_chunks_mut(ADD_CHUNK).enumerate().for_each(|(i, d)| {
-                    for rep in g.chunks_exact(per) {
-                        accumulate(d, &rep[i * ADD_CHUNK..][..d.len()]);
-                    }
-                });
-            } else {
-                g.chunks_exact(per).for_each(|rep| accumulate(dy, rep));
-            }
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+    let (x_g, y_g) = (x.ghost(), y.ghost());
+    taped.output(&dev, out, shape, move |g, grads| {
+        let dx = grads.get_or_alloc_mut(&x_g)?;
+        dx.par_chunks_mut(ADD_CHUNK)
+            .zip(g.par_chunks(ADD_CHUNK))
+            .for_each(|(d, g)| accumulate(d, g));
+        let dy = grads.get_or_alloc_mut(&y_g)?;
+        if per >= ADD_CHUNK {
+            // chunks of y, each summed over the repeats
+            dy.par_chunks_mut(ADD_CHUNK).enumerate().for_each(|(i, d)| {
+                for rep in g.chunks_exact(per) {
+                    accumulate(d, &rep[i * ADD_CHUNK..][..d.len()]);
+                }
+            });
+        } else {
+            g.chunks_exact(per).for_each(|rep| accumulate(dy, rep));
+        }
+        Ok(())
+    })
 }
 
 /// Node rows per task of the outer sum's backward.
@@ -293,9 +271,8 @@ where
     let (b, n, c) = *sources.shape();
     check_outer_sum((b, n, c), *targets.shape())?;
     let dev = sources.device().clone();
-    let (src, tape_s) = sources.contiguous().split_tape();
-    let (tgt, tape_t) = targets.contiguous().split_tape();
-    let mut tape = tape_s.merge(tape_t);
+    let mut taped = Taped::new();
+    let (src, tgt) = (taped.input(sources), taped.input(targets));
     let (ss, ts) = (host_copy(&src), host_copy(&tgt));
     let row = n * c;
     let mut out = vec![E::zero(); b * n * row];
@@ -311,42 +288,38 @@ where
             }
         });
     }
-    let out = dev
-        .try_tensor_from_vec(out, (b, n, n, c))
-        .map_err(device_err)?;
-    if T::OWNS_TAPE && row > 0 {
-        let (out_g, src_g, tgt_g) = (out.ghost(), src.ghost(), tgt.ghost());
-        tape.add_backward_op(move |grads| {
-            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            let ds = grads.get_or_alloc_mut(&src_g)?;
-            // per graph, per block of its edge rows: their source gradients in place, a
-            // partial target sum
-            let block = OUTER_ROWS * c;
-            let parts: Vec<Vec<Vec<E>>> = ds
-                .par_chunks_mut(row)
-                .enumerate()
-                .map(|(graph, ds)| {
-                    ds.par_chunks_mut(block)
-                        .enumerate()
-                        .map(|(blk, ds)| {
-                            let mut dt = vec![E::zero(); row];
-                            for (r, ds) in ds.chunks_exact_mut(c).enumerate() {
-                                let g_row = &g[(graph * n + blk * OUTER_ROWS + r) * row..][..row];
-                                g_row.chunks_exact(c).for_each(|gj| accumulate(ds, gj));
-                                accumulate(&mut dt, g_row);
-                            }
-                            dt
-                        })
-                        .collect()
-                })
-                .collect();
-            let dt = grads.get_or_alloc_mut(&tgt_g)?;
-            for (graph, blocks) in parts.iter().enumerate() {
-                let dt = &mut dt[graph * row..][..row];
-                blocks.iter().for_each(|part| accumulate(dt, part));
-            }
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+    let (src_g, tgt_g) = (src.ghost(), tgt.ghost());
+    taped.output(&dev, out, (b, n, n, c), move |g, grads| {
+        if row == 0 {
+            return Ok(());
+        }
+        let ds = grads.get_or_alloc_mut(&src_g)?;
+        // per graph, per block of its edge rows: their source gradients in place, a
+        // partial target sum
+        let block = OUTER_ROWS * c;
+        let parts: Vec<Vec<Vec<E>>> = ds
+            .par_chunks_mut(row)
+            .enumerate()
+            .map(|(graph, ds)| {
+                ds.par_chunks_mut(block)
+                    .enumerate()
+                    .map(|(blk, ds)| {
+                        let mut dt = vec![E::zero(); row];
+                        for (r, ds) in ds.chunks_exact_mut(c).enumerate() {
+                            let g_row = &g[(graph * n + blk * OUTER_ROWS + r) * row..][..row];
+                            g_row.chunks_exact(c).for_each(|gj| accumulate(ds, gj));
+                            accumulate(&mut dt, g_row);
+                        }
+                        dt
+                    })
+                    .collect()
+            })
+            .collect();
+        let dt = grads.get_or_alloc_mut(&tgt_g)?;
+        for (graph, blocks) in parts.iter().enumerate() {
+            let dt = &mut dt[graph * row..][..row];
+            blocks.iter().for_each(|part| accumulate(dt, part));
+        }
+        Ok(())
+    })
 }

@@ -13,8 +13,9 @@ use rayon::prelude::*;
 
 use super::affine::{rows_times_weights, rows_times_weights_backward};
 use super::flash::{edge_layout, Problem, Sizes};
-use super::fused::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
+use super::fused::{accumulate, copied, host_copy, zeros, CpuBuffer};
 use super::shared::Shared;
+use super::taped::Taped;
 use crate::error::{Error, Result};
 use crate::spec::WeightsSpec;
 use crate::spec::{EdgePattern, EdgeProjections};
@@ -143,13 +144,14 @@ where
     let (d, e) = (hd / heads, he / heads);
     let rows = b * n * n;
     let dev = x.device().clone();
-    let (x, tape) = x.contiguous().split_tape();
-    let (wq, tape_q) = w.to_q.contiguous().split_tape();
-    let (wk, tape_k) = w.to_k.contiguous().split_tape();
-    let (wv, tape_v) = w.to_v.contiguous().split_tape();
-    let mut tape = tape.merge(tape_q).merge(tape_k).merge(tape_v);
-    let gates = untape_optional(gates, &mut tape);
-    let bias = untape_optional(bias, &mut tape);
+    let mut taped = Taped::new();
+    let x = taped.input(x);
+    let (wq, wk, wv) = (
+        taped.input(w.to_q),
+        taped.input(w.to_k),
+        taped.input(w.to_v),
+    );
+    let (gates, bias) = (taped.optional(gates), taped.optional(bias));
     // Columns run as rows of the transposed edges: every problem's rows are then contiguous
     // (read in place by the products) instead of n·c apart. Inputs, output and the gradients
     // of the edges and gates cross over; the weights do not care.
@@ -228,67 +230,59 @@ where
         (true, false) => transpose_edges(&out, n, he),
         (false, _) => out,
     };
-    let out = dev
-        .try_tensor_from_vec(out, (b, n, n, he))
-        .map_err(device_err)?;
-    if T::OWNS_TAPE {
-        let (out_g, x_g, wq_g, wk_g, wv_g) =
-            (out.ghost(), x.ghost(), wq.ghost(), wk.ghost(), wv.ghost());
-        let gates_g = gates.as_ref().map(|t| t.ghost());
-        let bias_g = bias.as_ref().map(|t| t.ghost());
-        tape.add_backward_op(move |grads| {
-            let mut g = cross(grads.get_or_alloc_mut(&out_g)?.to_vec(), he);
-            if let (Some(s), Some(gg)) = (&gate_host, &gates_g) {
-                // d logit = Σ_e g · out · σ(1 − σ); the attention sees g · σ
-                let mut dlogit = zeros(rows * heads);
-                g.par_chunks_mut(ROWS_PER_TASK * he)
-                    .zip(fwd.out.par_chunks(ROWS_PER_TASK * he))
-                    .zip(s.par_chunks(ROWS_PER_TASK * heads))
-                    .zip(dlogit.par_chunks_mut(ROWS_PER_TASK * heads))
-                    .for_each(|(((g, o), s), dl)| {
-                        let per_row = g
-                            .chunks_exact_mut(he)
-                            .zip(o.chunks_exact(he))
-                            .zip(s.chunks_exact(heads).zip(dl.chunks_exact_mut(heads)));
-                        for ((g, o), (s, dl)) in per_row {
-                            for h in 0..heads {
-                                let (gh, oh) = (&mut g[h * e..(h + 1) * e], &o[h * e..(h + 1) * e]);
-                                let dot =
-                                    gh.iter().zip(oh).fold(E::zero(), |a, (&x, &y)| a + x * y);
-                                dl[h] = dot * s[h] * (E::one() - s[h]);
-                                gh.iter_mut().for_each(|x| *x = *x * s[h]);
-                            }
+    let (x_g, wq_g, wk_g, wv_g) = (x.ghost(), wq.ghost(), wk.ghost(), wv.ghost());
+    let gates_g = gates.as_ref().map(|t| t.ghost());
+    let bias_g = bias.as_ref().map(|t| t.ghost());
+    taped.output(&dev, out, (b, n, n, he), move |g, grads| {
+        let mut g = cross(g, he);
+        if let (Some(s), Some(gg)) = (&gate_host, &gates_g) {
+            // d logit = Σ_e g · out · σ(1 − σ); the attention sees g · σ
+            let mut dlogit = zeros(rows * heads);
+            g.par_chunks_mut(ROWS_PER_TASK * he)
+                .zip(fwd.out.par_chunks(ROWS_PER_TASK * he))
+                .zip(s.par_chunks(ROWS_PER_TASK * heads))
+                .zip(dlogit.par_chunks_mut(ROWS_PER_TASK * heads))
+                .for_each(|(((g, o), s), dl)| {
+                    let per_row = g
+                        .chunks_exact_mut(he)
+                        .zip(o.chunks_exact(he))
+                        .zip(s.chunks_exact(heads).zip(dl.chunks_exact_mut(heads)));
+                    for ((g, o), (s, dl)) in per_row {
+                        for h in 0..heads {
+                            let (gh, oh) = (&mut g[h * e..(h + 1) * e], &o[h * e..(h + 1) * e]);
+                            let dot = gh.iter().zip(oh).fold(E::zero(), |a, (&x, &y)| a + x * y);
+                            dl[h] = dot * s[h] * (E::one() - s[h]);
+                            gh.iter_mut().for_each(|x| *x = *x * s[h]);
                         }
-                    });
-                let dst = grads.get_or_alloc_mut(gg)?;
-                if transposed {
-                    add_transposed(dst, &dlogit, n, heads);
-                } else {
-                    accumulate(dst, &dlogit);
-                }
+                    }
+                });
+            let dst = grads.get_or_alloc_mut(gg)?;
+            if transposed {
+                add_transposed(dst, &dlogit, n, heads);
+            } else {
+                accumulate(dst, &dlogit);
             }
-            let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
-            {
-                let dx = grads.get_or_alloc_mut(&x_g)?;
-                let mut crossed = transposed.then(|| zeros(rows * c));
-                let target = crossed.as_deref_mut().unwrap_or(dx);
-                let mut dws = Vec::with_capacity(3);
-                for (d, w) in [(&dq, &wq_h), (&dk, &wk_h), (&dv, &wv_h)] {
-                    dws.push(rows_times_weights_backward(Some(&mut *target), d, &xs, w, c).0);
-                }
-                if let Some(t) = &crossed {
-                    add_transposed(dx, t, n, c);
-                }
-                for (w_g, dw) in [&wq_g, &wk_g, &wv_g].into_iter().zip(&dws) {
-                    accumulate(grads.get_or_alloc_mut(w_g)?, dw);
-                }
+        }
+        let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
+        {
+            let dx = grads.get_or_alloc_mut(&x_g)?;
+            let mut crossed = transposed.then(|| zeros(rows * c));
+            let target = crossed.as_deref_mut().unwrap_or(dx);
+            let mut dws = Vec::with_capacity(3);
+            for (d, w) in [(&dq, &wq_h), (&dk, &wk_h), (&dv, &wv_h)] {
+                dws.push(rows_times_weights_backward(Some(&mut *target), d, &xs, w, c).0);
             }
-            if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
-                let dst = grads.get_or_alloc_mut(bg)?;
-                accumulate(dst, db);
+            if let Some(t) = &crossed {
+                add_transposed(dx, t, n, c);
             }
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+            for (w_g, dw) in [&wq_g, &wk_g, &wv_g].into_iter().zip(&dws) {
+                accumulate(grads.get_or_alloc_mut(w_g)?, dw);
+            }
+        }
+        if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
+            let dst = grads.get_or_alloc_mut(bg)?;
+            accumulate(dst, db);
+        }
+        Ok(())
+    })
 }

@@ -12,9 +12,10 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, copied, host_copy, untape_optional, zeros, CpuBuffer};
+use super::fused::{accumulate, copied, host_copy, zeros, CpuBuffer};
 use super::shared::Shared;
 use super::small_mm::{mm_direct, takes_direct};
+use super::taped::Taped;
 use crate::error::{Error, Result};
 use crate::spec::EdgePattern;
 use crate::spec::Visibility;
@@ -931,11 +932,9 @@ where
         }
     }
     let dev = q.device().clone();
-    let (q, tape_q) = q.contiguous().split_tape();
-    let (k, tape_k) = k.contiguous().split_tape();
-    let (v, tape_v) = v.contiguous().split_tape();
-    let mut tape = tape_q.merge(tape_k).merge(tape_v);
-    let bias = untape_optional(bias, &mut tape);
+    let mut taped = Taped::new();
+    let (q, k, v) = (taped.input(q), taped.input(k), taped.input(v));
+    let bias = taped.optional(bias);
     let problem = Problem {
         p,
         h,
@@ -963,25 +962,18 @@ where
     } else {
         std::mem::take(&mut fwd.out)
     };
-    let out = dev
-        .try_tensor_from_vec(out, out_shape)
-        .map_err(device_err)?;
-    if T::OWNS_TAPE {
-        let (out_g, q_g, k_g, v_g) = (out.ghost(), q.ghost(), k.ghost(), v.ghost());
-        let bias_g = bias.as_ref().map(|t| t.ghost());
-        tape.add_backward_op(move |grads| {
-            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
-            accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
-            accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
-            accumulate(grads.get_or_alloc_mut(&v_g)?, &dv);
-            if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
-                accumulate(grads.get_or_alloc_mut(bg)?, db);
-            }
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+    let (q_g, k_g, v_g) = (q.ghost(), k.ghost(), v.ghost());
+    let bias_g = bias.as_ref().map(|t| t.ghost());
+    taped.output(&dev, out, out_shape, move |g, grads| {
+        let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
+        accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
+        accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
+        accumulate(grads.get_or_alloc_mut(&v_g)?, &dv);
+        if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
+            accumulate(grads.get_or_alloc_mut(bg)?, db);
+        }
+        Ok(())
+    })
 }
 
 /// Attention `q [P, H, nq, d]` over `k [P, H, nk, d]`, `v [P, H, nk, e]` with an optional

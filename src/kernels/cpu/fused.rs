@@ -12,6 +12,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::shared::Shared;
+use super::taped::Taped;
 use crate::error::Result;
 use crate::spec::Visibility;
 use crate::spec::{check_weights_shapes, Normalizer, WeightsSpec};
@@ -50,21 +51,6 @@ pub fn copied<E: Real>(src: &[E]) -> Vec<E> {
     let mut v = Vec::with_capacity(src.len());
     v.par_extend(src.par_iter().copied());
     v
-}
-
-/// An optional input made contiguous (see `host_copy`) with its tape merged into `tape`.
-pub fn untape_optional<S: Shape, E: Real, T: Tape<E, Cpu>>(
-    t: Option<Tensor<S, E, Cpu, T>>,
-    tape: &mut T,
-) -> Option<Tensor<S, E, Cpu>>
-where
-    Cpu: Device<E>,
-{
-    t.map(|t| {
-        let (t, tp) = t.contiguous().split_tape();
-        *tape = std::mem::take(tape).merge(tp);
-        t
-    })
 }
 
 /// Dot product with eight independent partial sums: a strict left-to-right sum cannot be
@@ -358,11 +344,9 @@ where
     let dev = q.device().clone();
     // gradient buffers follow the input's strides: work on contiguous inputs so that logical
     // order and buffer order agree (a no-op copy-free view when already contiguous)
-    let (q, tape_q) = q.contiguous().split_tape();
-    let (k, tape_k) = k.contiguous().split_tape();
-    let mut tape = tape_q.merge(tape_k);
-    let bias = untape_optional(bias, &mut tape);
-    let talking = untape_optional(talking, &mut tape);
+    let mut taped = Taped::new();
+    let (q, k) = (taped.input(q), taped.input(k));
+    let (bias, talking) = (taped.optional(bias), taped.optional(talking));
     let problem = WeightsProblem {
         b,
         h,
@@ -377,28 +361,22 @@ where
         bias: bias.as_ref().map(host_copy),
         talking: talking.as_ref().map(host_copy),
     };
-    let out = dev
-        .try_tensor_from_vec(problem.forward(), shape)
-        .map_err(device_err)?;
-    if T::OWNS_TAPE {
-        let (out_g, q_g, k_g) = (out.ghost(), q.ghost(), k.ghost());
-        let bias_g = bias.as_ref().map(|t| t.ghost());
-        let talking_g = talking.as_ref().map(|t| t.ghost());
-        tape.add_backward_op(move |grads| {
-            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            let (dq, dk, dbias, dw) = problem.backward(&g);
-            accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
-            accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
-            if let Some(bg) = &bias_g {
-                accumulate(grads.get_or_alloc_mut(bg)?, &dbias);
-            }
-            if let Some(wg) = &talking_g {
-                accumulate(grads.get_or_alloc_mut(wg)?, &dw);
-            }
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+    let out = problem.forward();
+    let (q_g, k_g) = (q.ghost(), k.ghost());
+    let bias_g = bias.as_ref().map(|t| t.ghost());
+    let talking_g = talking.as_ref().map(|t| t.ghost());
+    taped.output(&dev, out, shape, move |g, grads| {
+        let (dq, dk, dbias, dw) = problem.backward(&g);
+        accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
+        accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
+        if let Some(bg) = &bias_g {
+            accumulate(grads.get_or_alloc_mut(bg)?, &dbias);
+        }
+        if let Some(wg) = &talking_g {
+            accumulate(grads.get_or_alloc_mut(wg)?, &dw);
+        }
+        Ok(())
+    })
 }
 
 /// Inclusive prefix sum along axis 2 of `[B, H, N, X]` (the causal linear-attention state).
@@ -410,20 +388,16 @@ where
     let shape = *x.shape();
     let (_, _, n, w) = shape;
     let dev = x.device().clone();
-    let (x, mut tape) = x.contiguous().split_tape();
+    let mut taped = Taped::new();
+    let x = taped.input(x);
     let mut data = host_copy(&x);
     prefix_scan(&mut data, n, w, false);
-    let out = dev.try_tensor_from_vec(data, shape).map_err(device_err)?;
-    if T::OWNS_TAPE {
-        let (out_g, x_g) = (out.ghost(), x.ghost());
-        tape.add_backward_op(move |grads| {
-            let mut g = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            prefix_scan(&mut g, n, w, true);
-            accumulate(grads.get_or_alloc_mut(&x_g)?, &g);
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+    let x_g = x.ghost();
+    taped.output(&dev, data, shape, move |mut g, grads| {
+        prefix_scan(&mut g, n, w, true);
+        accumulate(grads.get_or_alloc_mut(&x_g)?, &g);
+        Ok(())
+    })
 }
 
 /// In-place inclusive scan over the rows of each `[n, w]` block, forward or from the end.

@@ -13,5 +13,6 @@ pub mod fused;
 pub mod rows;
 mod shared;
 mod small_mm;
+mod taped;
 #[cfg(target_arch = "x86_64")]
 mod taylor_lanes;

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::flash::mm_with;
 use super::fused::{accumulate, host_copy, zeros, CpuBuffer};
+use super::taped::Taped;
 use crate::error::Result;
 use crate::spec::{FeedForwardParams, RmsKind};
 use crate::tensor::*;
@@ -25,7 +26,8 @@ where
 {
     let shape = *x.shape();
     let dev = x.device().clone();
-    let (x, mut tape) = x.contiguous().split_tape();
+    let mut taped = Taped::new();
+    let x = taped.input(x);
     let xs = host_copy(&x);
     let mut out = zeros(xs.len());
     out.par_chunks_mut(CHUNK)
@@ -34,25 +36,20 @@ where
             E::normal_cdf_pdf(x, o, None);
             o.iter_mut().zip(x).for_each(|(o, &v)| *o = v * *o);
         });
-    let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
-    if T::OWNS_TAPE {
-        let (out_g, x_g) = (out.ghost(), x.ghost());
-        tape.add_backward_op(move |grads| {
-            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            let dx = grads.get_or_alloc_mut(&x_g)?;
-            dx.par_chunks_mut(CHUNK)
-                .zip(xs.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                .for_each(|(dx, (x, g))| {
-                    let (mut phi, mut pdf) = (vec![E::zero(); x.len()], vec![E::zero(); x.len()]);
-                    E::normal_cdf_pdf(x, &mut phi, Some(&mut pdf));
-                    for i in 0..x.len() {
-                        dx[i] = dx[i] + g[i] * (phi[i] + x[i] * pdf[i]);
-                    }
-                });
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+    let x_g = x.ghost();
+    taped.output(&dev, out, shape, move |g, grads| {
+        let dx = grads.get_or_alloc_mut(&x_g)?;
+        dx.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(dx, (x, g))| {
+                let (mut phi, mut pdf) = (vec![E::zero(); x.len()], vec![E::zero(); x.len()]);
+                E::normal_cdf_pdf(x, &mut phi, Some(&mut pdf));
+                for i in 0..x.len() {
+                    dx[i] = dx[i] + g[i] * (phi[i] + x[i] * pdf[i]);
+                }
+            });
+        Ok(())
+    })
 }
 
 /// The per-row factor `inv` of an RMSNorm from the row's `Σx²`, and whether its gradient flows
@@ -176,9 +173,8 @@ where
     let shape = *x.shape();
     let c = shape.1;
     let dev = x.device().clone();
-    let (x, tape_x) = x.contiguous().split_tape();
-    let (gamma, tape_g) = gamma.split_tape();
-    let mut tape = tape_x.merge(tape_g);
+    let mut taped = Taped::new();
+    let (x, gamma) = (taped.input(x), taped.input(gamma));
     let (xs, gs) = (host_copy(&x), host_copy(&gamma));
     let out = map_rows(&xs, c, |o, x| {
         let (inv, _) = norm_factor(kind, sum_sq(x), c);
@@ -186,21 +182,19 @@ where
             o[k] = x[k] * inv * gs[k];
         }
     });
-    let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
-    if T::OWNS_TAPE && c > 0 {
-        let (out_g, x_g, gamma_g) = (out.ghost(), x.ghost(), gamma.ghost());
-        tape.add_backward_op(move |grads| {
-            let g = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            let dx = grads.get_or_alloc_mut(&x_g)?;
-            let sums = backward_rows(dx, &xs, &g, c, 1, |dx, dgamma, x, g| {
-                let factor = norm_factor(kind, sum_sq(x), c);
-                rms_backward_row(dx, &mut dgamma[0], x, g, &gs, factor);
-            });
-            accumulate(grads.get_or_alloc_mut(&gamma_g)?, &sums[0]);
-            Ok(())
+    let (x_g, gamma_g) = (x.ghost(), gamma.ghost());
+    taped.output(&dev, out, shape, move |g, grads| {
+        if c == 0 {
+            return Ok(());
+        }
+        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let sums = backward_rows(dx, &xs, &g, c, 1, |dx, dgamma, x, g| {
+            let factor = norm_factor(kind, sum_sq(x), c);
+            rms_backward_row(dx, &mut dgamma[0], x, g, &gs, factor);
         });
-    }
-    Ok(out.put_tape(tape))
+        accumulate(grads.get_or_alloc_mut(&gamma_g)?, &sums[0]);
+        Ok(())
+    })
 }
 
 /// A row's mean and `1 / √(var + eps)` (population variance, as PyTorch's LayerNorm).
@@ -240,10 +234,8 @@ where
     }
     let eps = E::of(eps);
     let dev = x.device().clone();
-    let (x, tape_x) = x.contiguous().split_tape();
-    let (w, tape_w) = w.split_tape();
-    let (b, tape_b) = b.split_tape();
-    let mut tape = tape_x.merge(tape_w).merge(tape_b);
+    let mut taped = Taped::new();
+    let (x, w, b) = (taped.input(x), taped.input(w), taped.input(b));
     let (xs, ws, bs) = (host_copy(&x), host_copy(&w), host_copy(&b));
     let out = map_rows(&xs, c, |o, x| {
         let (mean, inv) = mean_inv_std(x, eps);
@@ -251,38 +243,35 @@ where
             o[k] = (x[k] - mean) * inv * ws[k] + bs[k];
         }
     });
-    let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
-    if T::OWNS_TAPE && c > 0 {
-        let ghosts = (out.ghost(), x.ghost(), w.ghost(), b.ghost());
-        tape.add_backward_op(move |grads| {
-            let (out_g, x_g, w_g, b_g) = &ghosts;
-            let g = grads.get_or_alloc_mut(out_g)?.to_vec();
-            let dx = grads.get_or_alloc_mut(x_g)?;
-            let cf = E::of(c as f64);
-            // parameter gradients: [dw, db]
-            let sums = backward_rows(dx, &xs, &g, c, 2, |dx, dp, x, g| {
-                let (mean, inv) = mean_inv_std(x, eps);
-                let (mut mean_h, mut mean_hx) = (E::zero(), E::zero());
-                for k in 0..c {
-                    let xhat = (x[k] - mean) * inv;
-                    let h = g[k] * ws[k];
-                    mean_h = mean_h + h;
-                    mean_hx = mean_hx + h * xhat;
-                    dp[0][k] = dp[0][k] + g[k] * xhat;
-                    dp[1][k] = dp[1][k] + g[k];
-                }
-                let (mean_h, mean_hx) = (mean_h / cf, mean_hx / cf);
-                for k in 0..c {
-                    let xhat = (x[k] - mean) * inv;
-                    dx[k] = dx[k] + inv * (g[k] * ws[k] - mean_h - xhat * mean_hx);
-                }
-            });
-            accumulate(grads.get_or_alloc_mut(w_g)?, &sums[0]);
-            accumulate(grads.get_or_alloc_mut(b_g)?, &sums[1]);
-            Ok(())
+    let (x_g, w_g, b_g) = (x.ghost(), w.ghost(), b.ghost());
+    taped.output(&dev, out, shape, move |g, grads| {
+        if c == 0 {
+            return Ok(());
+        }
+        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let cf = E::of(c as f64);
+        // parameter gradients: [dw, db]
+        let sums = backward_rows(dx, &xs, &g, c, 2, |dx, dp, x, g| {
+            let (mean, inv) = mean_inv_std(x, eps);
+            let (mut mean_h, mut mean_hx) = (E::zero(), E::zero());
+            for k in 0..c {
+                let xhat = (x[k] - mean) * inv;
+                let h = g[k] * ws[k];
+                mean_h = mean_h + h;
+                mean_hx = mean_hx + h * xhat;
+                dp[0][k] = dp[0][k] + g[k] * xhat;
+                dp[1][k] = dp[1][k] + g[k];
+            }
+            let (mean_h, mean_hx) = (mean_h / cf, mean_hx / cf);
+            for k in 0..c {
+                let xhat = (x[k] - mean) * inv;
+                dx[k] = dx[k] + inv * (g[k] * ws[k] - mean_h - xhat * mean_hx);
+            }
         });
-    }
-    Ok(out.put_tape(tape))
+        accumulate(grads.get_or_alloc_mut(&w_g)?, &sums[0]);
+        accumulate(grads.get_or_alloc_mut(&b_g)?, &sums[1]);
+        Ok(())
+    })
 }
 
 /// Rows per task of the fused feedforward: its hidden activations stay in cache.
@@ -388,11 +377,13 @@ where
     }
     let kind = p.kind;
     let dev = x.device().clone();
-    let (x, tape_x) = x.contiguous().split_tape();
-    let (gamma, tape_g) = p.gamma.contiguous().split_tape();
-    let (w_in, tape_i) = p.w_in.contiguous().split_tape();
-    let (w_out, tape_o) = p.w_out.contiguous().split_tape();
-    let mut tape = tape_x.merge(tape_g).merge(tape_i).merge(tape_o);
+    let mut taped = Taped::new();
+    let x = taped.input(x);
+    let (gamma, w_in, w_out) = (
+        taped.input(p.gamma),
+        taped.input(p.w_in),
+        taped.input(p.w_out),
+    );
     let (xs, gs, wi, wo) = (
         host_copy(&x),
         host_copy(&gamma),
@@ -444,120 +435,112 @@ where
             });
         kept = per_chunk.flatten().collect();
     }
-    let out = dev.try_tensor_from_vec(out, shape).map_err(device_err)?;
-    if T::OWNS_TAPE && c > 0 && hidden > 0 {
-        let ghosts = (
-            out.ghost(),
-            x.ghost(),
-            gamma.ghost(),
-            w_in.ghost(),
-            w_out.ghost(),
-        );
-        tape.add_backward_op(move |grads| {
-            let (out_g, x_g, gamma_g, wi_g, wo_g) = &ghosts;
-            let g = grads.get_or_alloc_mut(out_g)?.to_vec();
-            let dx = grads.get_or_alloc_mut(x_g)?;
-            // per chunk: its input gradient in place, and partial dγ, dW_in, dW_out
-            let partials: Vec<(Vec<E>, Vec<E>, Vec<E>)> = dx
-                .par_chunks_mut(chunk)
-                .zip(xs.par_chunks(chunk))
-                .zip(g.par_chunks(chunk))
-                .zip(kept.par_iter())
-                .map(|(((dx, x), dy), FfKept { xn, inv, a, slope })| {
-                    let r = x.len() / c;
-                    let n = a.len();
-                    let (mut da, mut dwo, mut dwi, mut dxn) = (
-                        vec![E::zero(); n],
-                        vec![E::zero(); c * hidden],
-                        vec![E::zero(); hidden * c],
-                        vec![E::zero(); r * c],
+    let (x_g, gamma_g) = (x.ghost(), gamma.ghost());
+    let (wi_g, wo_g) = (w_in.ghost(), w_out.ghost());
+    taped.output(&dev, out, shape, move |g, grads| {
+        if c == 0 || hidden == 0 {
+            return Ok(());
+        }
+        let dx = grads.get_or_alloc_mut(&x_g)?;
+        // per chunk: its input gradient in place, and partial dγ, dW_in, dW_out
+        let partials: Vec<(Vec<E>, Vec<E>, Vec<E>)> = dx
+            .par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .zip(g.par_chunks(chunk))
+            .zip(kept.par_iter())
+            .map(|(((dx, x), dy), FfKept { xn, inv, a, slope })| {
+                let r = x.len() / c;
+                let n = a.len();
+                let (mut da, mut dwo, mut dwi, mut dxn) = (
+                    vec![E::zero(); n],
+                    vec![E::zero(); c * hidden],
+                    vec![E::zero(); hidden * c],
+                    vec![E::zero(); r * c],
+                );
+                // Safety (all products): row-major buffers of the stated sizes.
+                unsafe {
+                    // da = dy · W_out
+                    mm_with(
+                        (r, hidden, c),
+                        da.as_mut_ptr(),
+                        (hidden, 1),
+                        false,
+                        dy.as_ptr(),
+                        (c, 1),
+                        wo.as_ptr(),
+                        (hidden, 1),
+                        E::one(),
+                        par,
                     );
-                    // Safety (all products): row-major buffers of the stated sizes.
-                    unsafe {
-                        // da = dy · W_out
-                        mm_with(
-                            (r, hidden, c),
-                            da.as_mut_ptr(),
-                            (hidden, 1),
-                            false,
-                            dy.as_ptr(),
-                            (c, 1),
-                            wo.as_ptr(),
-                            (hidden, 1),
-                            E::one(),
-                            par,
-                        );
-                        // dW_out = dyᵀ · a
-                        mm_with(
-                            (c, hidden, r),
-                            dwo.as_mut_ptr(),
-                            (hidden, 1),
-                            false,
-                            dy.as_ptr(),
-                            (1, c),
-                            a.as_ptr(),
-                            (hidden, 1),
-                            E::one(),
-                            par,
-                        );
-                    }
-                    // dh = da · GELU'(h), over da
-                    da.iter_mut().zip(slope).for_each(|(d, &s)| *d = *d * s);
-                    unsafe {
-                        // dW_in = dhᵀ · xn
-                        mm_with(
-                            (hidden, c, r),
-                            dwi.as_mut_ptr(),
-                            (c, 1),
-                            false,
-                            da.as_ptr(),
-                            (1, hidden),
-                            xn.as_ptr(),
-                            (c, 1),
-                            E::one(),
-                            par,
-                        );
-                        // dxn = dh · W_in
-                        mm_with(
-                            (r, c, hidden),
-                            dxn.as_mut_ptr(),
-                            (c, 1),
-                            false,
-                            da.as_ptr(),
-                            (hidden, 1),
-                            wi.as_ptr(),
-                            (c, 1),
-                            E::one(),
-                            par,
-                        );
-                    }
-                    // the norm's backward
-                    let mut dgamma = vec![E::zero(); c];
-                    let rowwise = dx
-                        .chunks_exact_mut(c)
-                        .zip(x.chunks_exact(c))
-                        .zip(dxn.chunks_exact(c).zip(inv));
-                    for ((dx, x), (dn, &factor)) in rowwise {
-                        rms_backward_row(dx, &mut dgamma, x, dn, &gs, factor);
-                    }
-                    (dgamma, dwi, dwo)
-                })
-                .collect();
-            let mut sums = (
-                vec![E::zero(); c],
-                vec![E::zero(); hidden * c],
-                vec![E::zero(); c * hidden],
-            );
-            for (dg, dwi, dwo) in partials {
-                accumulate(&mut sums.0, &dg);
-                accumulate(&mut sums.1, &dwi);
-                accumulate(&mut sums.2, &dwo);
-            }
-            accumulate(grads.get_or_alloc_mut(gamma_g)?, &sums.0);
-            accumulate(grads.get_or_alloc_mut(wi_g)?, &sums.1);
-            accumulate(grads.get_or_alloc_mut(wo_g)?, &sums.2);
-            Ok(())
-        });
-    }
-    Ok(out.put_tape(tape))
+                    // dW_out = dyᵀ · a
+                    mm_with(
+                        (c, hidden, r),
+                        dwo.as_mut_ptr(),
+                        (hidden, 1),
+                        false,
+                        dy.as_ptr(),
+                        (1, c),
+                        a.as_ptr(),
+                        (hidden, 1),
+                        E::one(),
+                        par,
+                    );
+                }
+                // dh = da · GELU'(h), over da
+                da.iter_mut().zip(slope).for_each(|(d, &s)| *d = *d * s);
+                unsafe {
+                    // dW_in = dhᵀ · xn
+                    mm_with(
+                        (hidden, c, r),
+                        dwi.as_mut_ptr(),
+                        (c, 1),
+                        false,
+                        da.as_ptr(),
+                        (1, hidden),
+                        xn.as_ptr(),
+                        (c, 1),
+                        E::one(),
+                        par,
+                    );
+                    // dxn = dh · W_in
+                    mm_with(
+                        (r, c, hidden),
+                        dxn.as_mut_ptr(),
+                        (c, 1),
+                        false,
+                        da.as_ptr(),
+                        (hidden, 1),
+                        wi.as_ptr(),
+                        (c, 1),
+                        E::one(),
+                        par,
+                    );
+                }
+                // the norm's backward
+                let mut dgamma = vec![E::zero(); c];
+                let rowwise = dx
+                    .chunks_exact_mut(c)
+                    .zip(x.chunks_exact(c))
+                    .zip(dxn.chunks_exact(c).zip(inv));
+                for ((dx, x), (dn, &factor)) in rowwise {
+                    rms_backward_row(dx, &mut dgamma, x, dn, &gs, factor);
+                }
+                (dgamma, dwi, dwo)
+            })
+            .collect();
+        let mut sums = (
+            vec![E::zero(); c],
+            vec![E::zero(); hidden * c],
+            vec![E::zero(); c * hidden],
+        );
+        for (dg, dwi, dwo) in partials {
+            accumulate(&mut sums.0, &dg);
+            accumulate(&mut sums.1, &dwi);
+            accumulate(&mut sums.2, &dwo);
+        }
+        accumulate(grads.get_or_alloc_mut(&gamma_g)?, &sums.0);
+        accumulate(grads.get_or_alloc_mut(&wi_g)?, &sums.1);
+        accumulate(grads.get_or_alloc_mut(&wo_g)?, &sums.2);
+        Ok(())
+    })
 }

@@ -8,8 +8,8 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::flash::mm_with;
 use super::fused::{accumulate, host_copy, CpuBuffer};
+use super::gemm::{mm_with, Mat, MatMut};
 use super::taped::Taped;
 use crate::error::{Error, Result};
 use crate::spec::{check_outer_sum, repeats};
@@ -55,29 +55,23 @@ pub(super) fn rows_times_weights<E: Real>(x: &[E], w: &[E], b: Option<&[E]>, c: 
         .par_chunks_mut(chunk * out)
         .zip(x.par_chunks(chunk * c))
         .for_each(|(y, x)| {
-            let y = y.as_mut_ptr() as *mut E;
-            // Safety: y addresses r × out elements, x r × c, w out × c (read transposed). With
-            // a bias, the rows are first set to it and the product accumulates onto them;
-            // without, the product writes every element without reading any (`accumulate`
-            // false), so the chunk is fully initialized either way.
-            unsafe {
-                if let Some(b) = b {
-                    for row in 0..x.len() / c {
-                        std::ptr::copy_nonoverlapping(b.as_ptr(), y.add(row * out), out);
+            let r = x.len() / c;
+            let (x, w) = (Mat::rows(x, (r, c), c), Mat::rows(w, (out, c), c).t());
+            // the chunk ends fully initialized either way: with a bias, its rows are set to it
+            // and the product adds onto them; without, the product writes every element
+            // without reading one
+            match b {
+                Some(b) => {
+                    for row in y.chunks_exact_mut(out) {
+                        row.iter_mut().zip(b).for_each(|(d, &v)| {
+                            d.write(v);
+                        });
                     }
+                    // SAFETY: every element was written just above
+                    let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<E>] as *mut [E]) };
+                    mm_with(MatMut::rows(y, (r, out), out), true, x, w, E::one(), par);
                 }
-                mm_with(
-                    (x.len() / c, out, c),
-                    y,
-                    (out, 1),
-                    b.is_some(),
-                    x.as_ptr(),
-                    (c, 1),
-                    w.as_ptr(),
-                    (1, c),
-                    E::one(),
-                    par,
-                );
+                None => mm_with(MatMut::uninit(y, (r, out), out), false, x, w, E::one(), par),
             }
         });
     // Safety: every chunk of the rows × out elements was initialized above.
@@ -107,35 +101,20 @@ pub(super) fn rows_times_weights_backward<E: Real>(
         let mut dw = vec![E::zero(); out * c];
         let mut db = vec![E::zero(); out];
         g.chunks_exact(out).for_each(|row| accumulate(&mut db, row));
-        // Safety: g is r × out, w out × c, dx and x r × c, dw out × c.
-        unsafe {
-            if let Some(dx) = dx {
-                mm_with(
-                    (r, c, out),
-                    dx.as_mut_ptr(),
-                    (c, 1),
-                    true,
-                    g.as_ptr(),
-                    (out, 1),
-                    w.as_ptr(),
-                    (c, 1),
-                    E::one(),
-                    par,
-                );
-            }
-            mm_with(
-                (out, c, r),
-                dw.as_mut_ptr(),
-                (c, 1),
-                false,
-                g.as_ptr(),
-                (1, out),
-                x.as_ptr(),
-                (c, 1),
-                E::one(),
-                par,
-            );
+        let g = Mat::rows(g, (r, out), out);
+        if let Some(dx) = dx {
+            let w = Mat::rows(w, (out, c), c);
+            mm_with(MatMut::rows(dx, (r, c), c), true, g, w, E::one(), par);
         }
+        let x = Mat::rows(x, (r, c), c);
+        mm_with(
+            MatMut::rows(&mut dw, (out, c), c),
+            false,
+            g.t(),
+            x,
+            E::one(),
+            par,
+        );
         (dw, db)
     };
     let partials: Vec<(Vec<E>, Vec<E>)> = match dx {

@@ -13,8 +13,8 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::fused::{accumulate, copied, host_copy, zeros, CpuBuffer};
+use super::gemm::{mm, Mat, MatMut};
 use super::shared::Shared;
-use super::small_mm::{mm_direct, takes_direct};
 use super::taped::Taped;
 use crate::error::{Error, Result};
 use crate::spec::EdgePattern;
@@ -107,108 +107,6 @@ pub fn edge_layout(pattern: EdgePattern, n: usize, channels: usize, per_head: us
             row: (n + 1) * channels,
             ..base
         },
-    }
-}
-
-/// `dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n)`; strides given as (row, column).
-///
-/// Safety: every pointer must address its whole matrix under the given strides, and `dst` must
-/// not alias `lhs` or `rhs`.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn mm<E: Real>(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut E,
-    (dst_rs, dst_cs): (usize, usize),
-    accumulate: bool,
-    lhs: *const E,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const E,
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: E,
-) {
-    // SAFETY: the caller upholds this function's contract (its doc)
-    unsafe {
-        mm_with(
-            (m, n, k),
-            dst,
-            (dst_rs, dst_cs),
-            accumulate,
-            lhs,
-            (lhs_rs, lhs_cs),
-            rhs,
-            (rhs_rs, rhs_cs),
-            beta,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
-/// [`mm`] with a choice of parallelism (one large product: `Rayon(0)`, every thread).
-///
-/// Safety: as [`mm`].
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn mm_with<E: Real>(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut E,
-    (dst_rs, dst_cs): (usize, usize),
-    accumulate: bool,
-    lhs: *const E,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const E,
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: E,
-    parallelism: gemm::Parallelism,
-) {
-    // SAFETY: the caller upholds this function's contract (its doc)
-    unsafe {
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            if !accumulate {
-                for r in 0..m {
-                    for c in 0..n {
-                        *dst.add(r * dst_rs + c * dst_cs) = E::zero();
-                    }
-                }
-            }
-            return;
-        }
-        let serial = matches!(parallelism, gemm::Parallelism::None);
-        if takes_direct((m, n, k), dst_cs, serial) {
-            return mm_direct(
-                (m, n, k),
-                dst,
-                dst_rs,
-                accumulate,
-                lhs,
-                (lhs_rs, lhs_cs),
-                rhs,
-                (rhs_rs, rhs_cs),
-                beta,
-            );
-        }
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            E::one(),
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 
@@ -352,20 +250,13 @@ impl<E: Real> Problem<E> {
         let (p, h) = (ph / self.h, ph % self.h);
         let q = &self.q[self.ql.base(p, h) + i0 * self.ql.row..];
         let k = &self.k[self.kl.base(p, h) + j0 * self.kl.row..];
-        // Safety: the layouts address bq query rows and bk key rows of d channels.
-        unsafe {
-            mm(
-                (bq, bk, d),
-                s.as_mut_ptr(),
-                (bk, 1),
-                false,
-                q.as_ptr(),
-                (self.ql.row, 1),
-                k.as_ptr(),
-                (1, self.kl.row),
-                self.scale,
-            );
-        }
+        mm(
+            MatMut::rows(s, (bq, bk), bk),
+            false,
+            Mat::rows(q, (bq, d), self.ql.row),
+            Mat::rows(k, (bk, d), self.kl.row).t(),
+            self.scale,
+        );
         if let Some(bias) = &self.bias {
             for r in 0..bq {
                 let br = &bias[(ph * nq + i0 + r) * nk + j0..][..bk];
@@ -559,20 +450,13 @@ impl<E: Real> Problem<E> {
                     }
                 }
                 let v = &self.v[v_base + j0 * self.vl.row..];
-                // Safety: s is bq × bk, v addresses bk rows of e, acc holds bq × e.
-                unsafe {
-                    mm(
-                        (bq, e, bk),
-                        acc.as_mut_ptr(),
-                        (e, 1),
-                        true,
-                        s.as_ptr(),
-                        (bk, 1),
-                        v.as_ptr(),
-                        (self.vl.row, 1),
-                        E::one(),
-                    );
-                }
+                mm(
+                    MatMut::rows(acc, (bq, e), e),
+                    true,
+                    Mat::rows(s, (bq, bk), bk),
+                    Mat::rows(v, (bk, e), self.vl.row),
+                    E::one(),
+                );
             }
             for r in 0..bq {
                 let (z, st) = match self.normalizer {
@@ -715,33 +599,25 @@ impl<E: Real> Problem<E> {
                         }
                     }
                 }
-                // Safety (all products): the blocks lie within their buffers under the strides.
-                unsafe {
-                    // dP = dO · vᵀ
-                    mm(
-                        (bq, bk, e),
-                        dp.as_mut_ptr(),
-                        (bk, 1),
-                        false,
-                        g[i0 * e..].as_ptr(),
-                        (e, 1),
-                        v_all[j0 * vr..].as_ptr(),
-                        (1, vr),
-                        E::one(),
-                    );
-                    // dv += Pᵀ · dO
-                    mm(
-                        (bk, e, bq),
-                        dv.at(vb + j0 * vr),
-                        (vr, 1),
-                        true,
-                        p.as_ptr(),
-                        (1, bk),
-                        g[i0 * e..].as_ptr(),
-                        (e, 1),
-                        E::one(),
-                    );
-                }
+                let g_block = Mat::rows(&g[i0 * e..], (bq, e), e);
+                // dP = dO · vᵀ
+                mm(
+                    MatMut::rows(dp, (bq, bk), bk),
+                    false,
+                    g_block,
+                    Mat::rows(&v_all[j0 * vr..], (bk, e), vr).t(),
+                    E::one(),
+                );
+                // dv += Pᵀ · dO
+                // SAFETY: this task alone writes the value gradients of its problem and head
+                let dv_block = unsafe { MatMut::in_shared(dv, vb + j0 * vr, (bk, e), vr) };
+                mm(
+                    dv_block,
+                    true,
+                    Mat::rows(p, (bq, bk), bk).t(),
+                    g_block,
+                    E::one(),
+                );
                 // dS, written over dp
                 for r in 0..bq {
                     let i = i0 + r;
@@ -778,32 +654,31 @@ impl<E: Real> Problem<E> {
                             .for_each(|(o, &x)| *o = *o + x);
                     }
                 }
-                unsafe {
-                    // dq += scale · dS · k
-                    mm(
-                        (bq, d, bk),
-                        dq.at(qb + i0 * qr),
-                        (qr, 1),
-                        true,
-                        dp.as_ptr(),
-                        (bk, 1),
-                        k_all[j0 * kr..].as_ptr(),
-                        (kr, 1),
-                        self.scale,
-                    );
-                    // dk += scale · dSᵀ · q
-                    mm(
-                        (bk, d, bq),
-                        dk.at(kb + j0 * kr),
-                        (kr, 1),
-                        true,
-                        dp.as_ptr(),
-                        (1, bk),
-                        q_all[i0 * qr..].as_ptr(),
-                        (qr, 1),
-                        self.scale,
-                    );
-                }
+                let ds = Mat::rows(dp, (bq, bk), bk);
+                // SAFETY: this task alone writes the query and key gradients of its problem and
+                // head
+                let (dq_block, dk_block) = unsafe {
+                    (
+                        MatMut::in_shared(dq, qb + i0 * qr, (bq, d), qr),
+                        MatMut::in_shared(dk, kb + j0 * kr, (bk, d), kr),
+                    )
+                };
+                // dq += scale · dS · k
+                mm(
+                    dq_block,
+                    true,
+                    ds,
+                    Mat::rows(&k_all[j0 * kr..], (bk, d), kr),
+                    self.scale,
+                );
+                // dk += scale · dSᵀ · q
+                mm(
+                    dk_block,
+                    true,
+                    ds.t(),
+                    Mat::rows(&q_all[i0 * qr..], (bq, d), qr),
+                    self.scale,
+                );
             }
         }
     }

@@ -2,7 +2,9 @@
 //! cumulative sums (`fused`), blocked attention with a recomputing backward (`flash`), edge
 //! self-attention with its projections (`edge_attention`), the row-wise chains (`rows`:
 //! RMSNorm, LayerNorm, GELU, the feedforward block), the affine ops (`affine`: linear layers,
-//! repeated adds, the outer sum), and the products and AVX2 pieces they run on.
+//! repeated adds, the outer sum), and what they share: the tape bookkeeping (`taped`), matrix
+//! products over checked strided views (`gemm`, with `small_mm` for the small ones), the one
+//! pointer parallel tasks write through (`shared`), and the AVX2 pieces.
 
 pub mod affine;
 #[cfg(target_arch = "x86_64")]
@@ -10,6 +12,7 @@ mod avx2;
 pub mod edge_attention;
 pub mod flash;
 pub mod fused;
+mod gemm;
 pub mod rows;
 mod shared;
 mod small_mm;

@@ -6,8 +6,8 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::flash::mm_with;
 use super::fused::{accumulate, host_copy, zeros, CpuBuffer};
+use super::gemm::{mm_with, Mat, MatMut};
 use super::taped::Taped;
 use crate::error::Result;
 use crate::spec::{FeedForwardParams, RmsKind};
@@ -332,21 +332,14 @@ fn ff_chunk<E: Real>(
         }
     }
     let mut h = vec![E::zero(); rows * hidden];
-    // Safety (all products below): row-major buffers of the stated sizes.
-    unsafe {
-        mm_with(
-            (rows, hidden, c),
-            h.as_mut_ptr(),
-            (hidden, 1),
-            false,
-            xn.as_ptr(),
-            (c, 1),
-            w_in.as_ptr(),
-            (1, c),
-            E::one(),
-            par,
-        );
-    }
+    mm_with(
+        MatMut::rows(&mut h, (rows, hidden), hidden),
+        false,
+        Mat::rows(&xn, (rows, c), c),
+        Mat::rows(w_in, (hidden, c), c).t(),
+        E::one(),
+        par,
+    );
     FfChunk { xn, inv, h }
 }
 
@@ -416,21 +409,14 @@ where
                 };
                 gelu_in_place(&mut a, keep.then_some(&mut slope[..]));
                 let r = x.len() / c;
-                // Safety: a is r × hidden, w_out c × hidden, y r × c.
-                unsafe {
-                    mm_with(
-                        (r, c, hidden),
-                        y.as_mut_ptr(),
-                        (c, 1),
-                        false,
-                        a.as_ptr(),
-                        (hidden, 1),
-                        wo.as_ptr(),
-                        (1, hidden),
-                        E::one(),
-                        par,
-                    );
-                }
+                mm_with(
+                    MatMut::rows(y, (r, c), c),
+                    false,
+                    Mat::rows(&a, (r, hidden), hidden),
+                    Mat::rows(&wo, (c, hidden), hidden).t(),
+                    E::one(),
+                    par,
+                );
                 keep.then_some(FfKept { xn, inv, a, slope })
             });
         kept = per_chunk.flatten().collect();
@@ -457,65 +443,50 @@ where
                     vec![E::zero(); hidden * c],
                     vec![E::zero(); r * c],
                 );
-                // Safety (all products): row-major buffers of the stated sizes.
-                unsafe {
-                    // da = dy · W_out
-                    mm_with(
-                        (r, hidden, c),
-                        da.as_mut_ptr(),
-                        (hidden, 1),
-                        false,
-                        dy.as_ptr(),
-                        (c, 1),
-                        wo.as_ptr(),
-                        (hidden, 1),
-                        E::one(),
-                        par,
-                    );
-                    // dW_out = dyᵀ · a
-                    mm_with(
-                        (c, hidden, r),
-                        dwo.as_mut_ptr(),
-                        (hidden, 1),
-                        false,
-                        dy.as_ptr(),
-                        (1, c),
-                        a.as_ptr(),
-                        (hidden, 1),
-                        E::one(),
-                        par,
-                    );
-                }
+                let dy = Mat::rows(dy, (r, c), c);
+                // da = dy · W_out
+                let wo = Mat::rows(&wo, (c, hidden), hidden);
+                mm_with(
+                    MatMut::rows(&mut da, (r, hidden), hidden),
+                    false,
+                    dy,
+                    wo,
+                    E::one(),
+                    par,
+                );
+                // dW_out = dyᵀ · a
+                let a = Mat::rows(a, (r, hidden), hidden);
+                mm_with(
+                    MatMut::rows(&mut dwo, (c, hidden), hidden),
+                    false,
+                    dy.t(),
+                    a,
+                    E::one(),
+                    par,
+                );
                 // dh = da · GELU'(h), over da
                 da.iter_mut().zip(slope).for_each(|(d, &s)| *d = *d * s);
-                unsafe {
-                    // dW_in = dhᵀ · xn
-                    mm_with(
-                        (hidden, c, r),
-                        dwi.as_mut_ptr(),
-                        (c, 1),
-                        false,
-                        da.as_ptr(),
-                        (1, hidden),
-                        xn.as_ptr(),
-                        (c, 1),
-                        E::one(),
-                        par,
-                    );
-                    // dxn = dh · W_in
-                    mm_with(
-                        (r, c, hidden),
-                        dxn.as_mut_ptr(),
-                        (c, 1),
-                        false,
-                        da.as_ptr(),
-                        (hidden, 1),
-                        wi.as_ptr(),
-                        (c, 1),
-                        E::one(),
-                        par,
-                    );
-                }
+                let dh = Mat::rows(&da, (r, hidden), hidden);
+                // dW_in = dhᵀ · xn
+                let xn = Mat::rows(xn, (r, c), c);
+                mm_with(
+                    MatMut::rows(&mut dwi, (hidden, c), c),
+                    false,
+                    dh.t(),
+                    xn,
+                    E::one(),
+                    par,
+                );
+                // dxn = dh · W_in
+                let wi = Mat::rows(&wi, (hidden, c), c);
+                mm_with(
+                    MatMut::rows(&mut dxn, (r, c), c),
+                    false,
+                    dh,
+                    wi,
+                    E::one(),
+                    par,
+                );
                 // the norm's backward
                 let mut dgamma = vec![E::zero(); c];
                 let rowwise = dx

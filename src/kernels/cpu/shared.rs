@@ -6,12 +6,19 @@ use std::marker::PhantomData;
 /// it lives (so the buffer cannot be moved or read meanwhile), and in debug builds checks every
 /// offset against the buffer's length. Each task must write a set of elements no other task
 /// reads or writes.
-#[derive(Clone, Copy)]
 pub(super) struct Shared<'a, E> {
     ptr: *mut E,
     len: usize,
     _buffer: PhantomData<&'a mut [E]>,
 }
+
+// a pointer and a length, whatever `E` is (a derive would ask `E: Copy`)
+impl<E> Clone for Shared<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for Shared<'_, E> {}
 
 // SAFETY: tasks write disjoint elements (each use's contract); E itself crosses threads.
 unsafe impl<E: Send> Send for Shared<'_, E> {}
@@ -34,6 +41,11 @@ impl<'a, E> Shared<'a, E> {
             len: buffer.capacity(),
             _buffer: PhantomData,
         }
+    }
+
+    /// How many elements the buffer holds.
+    pub(super) fn len(self) -> usize {
+        self.len
     }
 
     /// The element `offset` places on (a method, so that closures capture the whole `Shared`).

@@ -24,6 +24,7 @@ pub fn readme_model(dev: &Cpu) -> Model<f32, Cpu> {
 pub fn small_model(dev: &Cpu) -> Model<f32, Cpu> {
     let p = |k: &str, v: f64| (k.to_string(), Const::Num(v));
     let cfg = GraphConfig {
+        residual_streams: 1,
         num_tokens: 256,
         dim: 64,
         dim_edges: 16,
@@ -61,6 +62,7 @@ pub fn rule_model_config(rule: &str, n: usize) -> ModelConfig {
         ("ff_mult", 2.0),
     ]);
     ModelConfig::Graph(GraphConfig {
+        residual_streams: 1,
         num_tokens: 256,
         dim: 64,
         dim_edges: 16,

@@ -13,6 +13,7 @@ fn main() -> quartic::Result<()> {
     let rule = std::env::args().nth(1).unwrap_or_else(|| "taylor".into());
     let tokens = [3usize, 1, 4, 1, 5, 9, 2, 6];
     let config = ModelConfig::Graph(GraphConfig {
+        residual_streams: 1,
         num_tokens: 10,
         dim: 32,
         dim_edges: 8,

@@ -26,6 +26,7 @@ fn main() -> quartic::Result<()> {
     };
     let task = cfg.task()?;
     let config = ModelConfig::Graph(GraphConfig {
+        residual_streams: 1,
         num_tokens: task.num_tokens(),
         dim: 64,
         dim_edges: 16,

@@ -149,6 +149,7 @@ impl ModelArgs {
     ) -> quartic::Result<ModelConfig> {
         let rule_name = self.rule.clone().unwrap_or_else(|| "taylor".into());
         Ok(ModelConfig::Graph(GraphConfig {
+            residual_streams: 1,
             num_tokens,
             dim: self.dim.unwrap_or(DEFAULT_DIM),
             dim_edges: self.dim_edges.unwrap_or(DEFAULT_DIM_EDGES),

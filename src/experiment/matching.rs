@@ -57,6 +57,7 @@ pub fn model_config(
         ("ff_mult", widths.ff_mult),
     ]);
     Ok(GraphConfig {
+        residual_streams: 1,
         num_tokens: task.num_tokens(),
         dim,
         dim_edges: widths.dim_edges,

@@ -90,15 +90,6 @@ impl QuarticConfig {
                  fails for batches > 1 and overwrites every edge (write a diagonal rule instead)",
             ));
         }
-        if self.num_residual_streams != 1 {
-            return Err(Error::config(
-                "QuarticTransformer",
-                format!(
-                    "num_residual_streams = {} is not supported (hyper-connections); use 1",
-                    self.num_residual_streams
-                ),
-            ));
-        }
         let num = |x: f64| Const::Num(x);
         let mut params = BTreeMap::new();
         params.insert("heads".to_string(), num(self.heads as f64));
@@ -115,6 +106,7 @@ impl QuarticConfig {
             params.insert("scale".to_string(), num((self.dim_head as f64).sqrt()));
         }
         Ok(GraphConfig {
+            residual_streams: self.num_residual_streams,
             num_tokens: self.num_tokens,
             dim: self.dim,
             dim_edges: self.dim_edges.unwrap_or(self.dim),
@@ -167,6 +159,7 @@ impl RelationalConfig {
             params.insert("scale".to_string(), num((self.dim_head as f64).sqrt()));
         }
         GraphConfig {
+            residual_streams: 1,
             num_tokens: self.num_tokens,
             dim: self.dim,
             dim_edges: self.dim_edges,

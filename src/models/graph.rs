@@ -17,6 +17,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
 use crate::nn::embedding::{DynamicPositionBias, EdgeEmbed, Embedding};
+use crate::nn::hyper::HyperConnection;
 use crate::nn::rows::map_rows3;
 use crate::nn::{visit_fields, HasParams, Init, Linear, RmsKind, RmsNorm};
 use crate::rules::{Const, Rule, RuleConfig, RuleLayer};
@@ -60,7 +61,18 @@ pub struct GraphConfig {
     /// Edge tokens, the edge head and the edge-pooling node readout (tasks on graphs).
     #[serde(default)]
     pub io: TaskIo,
+    /// Residual streams of the node state: above 1, every node branch of the rule is wrapped in
+    /// a dynamic hyper-connection (`nn::hyper`), as the original's default (4) does.
+    #[serde(default = "one")]
+    pub residual_streams: usize,
 }
+
+fn one() -> usize {
+    1
+}
+
+/// The most residual streams a model may keep.
+pub const MAX_RESIDUAL_STREAMS: usize = 64;
 
 fn default_final_norm() -> Option<f64> {
     Some(default_norm_eps())
@@ -102,6 +114,15 @@ impl GraphConfig {
                 ));
             }
         }
+        if !(1..=MAX_RESIDUAL_STREAMS).contains(&self.residual_streams) {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "`residual_streams` must be 1 to {MAX_RESIDUAL_STREAMS}, got {}",
+                    self.residual_streams
+                ),
+            ));
+        }
         super::check_depth("model", self.depth)
     }
 }
@@ -115,6 +136,8 @@ pub struct GraphTransformer<E: Real, D: Device<E>> {
     pub edge_emb: EdgeEmbed<E, D>,
     pub pos_bias: Option<DynamicPositionBias<E, D>>,
     pub layers: Vec<RuleLayer<E, D>>,
+    /// Per layer, one hyper-connection per node branch (none with one residual stream).
+    pub hyper: Vec<Vec<HyperConnection<E, D>>>,
     pub final_norm: Option<RmsNorm<E, D>>,
     pub to_logits: Linear<E, D>,
     pub edge_tokens: Option<EdgeTokens<E, D>>,
@@ -135,8 +158,22 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         let plan = rule.plan(&config.rule_config())?;
         let (dim, de) = (config.dim, config.dim_edges);
         let mut layers = Vec::with_capacity(config.depth);
+        let mut hyper = Vec::new();
         for k in 0..config.depth {
-            layers.push(RuleLayer::new(plan.clone(), &init.pp("layers").pp(k))?);
+            let layer = RuleLayer::new(plan.clone(), &init.pp("layers").pp(k))?;
+            if config.residual_streams > 1 {
+                let branches = layer.node_branches()?;
+                let init = init.pp("layers").pp(k).pp("hyper");
+                let per_layer = (0..branches.len())
+                    .map(|j| {
+                        // fresh: branch j of layer k reads one stream, in turn
+                        let stream = k * branches.len() + j;
+                        HyperConnection::new(&init.pp(j), config.residual_streams, dim, stream)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                hyper.push(per_layer);
+            }
+            layers.push(layer);
         }
         Ok(Self {
             token_emb: Embedding::new(&init.pp("token_emb"), config.num_tokens, dim)?,
@@ -161,6 +198,7 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
                 None
             },
             layers,
+            hyper,
             final_norm: match config.final_norm {
                 Some(eps) => Some(RmsNorm::new(
                     &init.pp("final_norm"),
@@ -283,8 +321,22 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         };
         let edges = self.add_edge_tokens(edges, edge_tokens, batch, n)?;
         let (mut x, mut edges) = (x, edges);
-        for layer in &self.layers {
-            (x, edges) = layer.forward(x, edges, mask)?;
+        if self.hyper.is_empty() {
+            for layer in &self.layers {
+                (x, edges) = layer.forward(x, edges, mask)?;
+            }
+        } else {
+            // the nodes repeated into the residual streams, summed back after the last layer
+            let (b, n, d) = x.dims();
+            let s = self.config.residual_streams;
+            let mut streams = x
+                .into_tensor()
+                .broadcast_like::<_, Axis<2>>(&(b, n, s, d))
+                .contiguous();
+            for (layer, hyper) in self.layers.iter().zip(&self.hyper) {
+                (streams, edges) = layer.forward_streams(streams, edges, mask, hyper)?;
+            }
+            x = Nodes::new(streams.sum::<_, Axis<2>>());
         }
         // the rule layers hand the whole history to the nodes; the edges' tape is empty, and
         // the readouts below merge what they record from the edges back into one tape
@@ -321,6 +373,7 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
         edge_emb,
         pos_bias,
         layers,
+        hyper,
         final_norm,
         to_logits,
         edge_tokens,

@@ -31,6 +31,17 @@ pub struct Mapping {
     pub rows: Option<(usize, usize)>,
 }
 
+/// A hyper-connection's parameters, named alike on both sides.
+const HYPER_PARAMS: [&str; 7] = [
+    "static_alpha",
+    "dynamic_alpha_fn",
+    "dynamic_alpha_scale",
+    "static_beta",
+    "dynamic_beta_fn",
+    "dynamic_beta_scale",
+    "norm.gamma",
+];
+
 fn err(message: impl Into<String>) -> Error {
     Error::config("reference import", message)
 }
@@ -170,6 +181,18 @@ impl ReferenceModel {
                         &format!("{r}.0.1.branch"),
                         "scale",
                     );
+                    // the hyper-connections around the attention (branch 0) and the feedforward
+                    if c.num_residual_streams > 1 {
+                        for j in 0..2 {
+                            for p in HYPER_PARAMS {
+                                m.push(Mapping {
+                                    ours: format!("{r}.hyper.{j}.{p}"),
+                                    theirs: format!("{r}.0.{j}.{p}"),
+                                    rows: None,
+                                });
+                            }
+                        }
+                    }
                     for (theirs, norm, st) in
                         [("row_attn", "r", "rows"), ("col_attn", "c", "columns")]
                     {
@@ -369,7 +392,6 @@ impl ReferenceModel {
             let (dims, values) = match mp.rows {
                 None => (dims.clone(), values.clone()),
                 Some((start, len)) => {
-                    let row: usize = dims[1..].iter().product();
                     if dims.is_empty() || start + len > dims[0] {
                         return Err(err(format!(
                             "`{}` has {:?}, too few rows for {}..{}",
@@ -379,6 +401,7 @@ impl ReferenceModel {
                             start + len
                         )));
                     }
+                    let row: usize = dims[1..].iter().product();
                     let mut d = dims.clone();
                     d[0] = len;
                     (d, values[start * row..(start + len) * row].to_vec())
@@ -421,8 +444,18 @@ impl ReferenceModel {
             let slot = out
                 .entry(mp.theirs.clone())
                 .or_insert_with(|| vec![0.0; total]);
-            let row: usize = dims[1..].iter().product();
-            let start = mp.rows.map_or(0, |(s, _)| s * row);
+            // a row block starts `start` rows in (a scalar has no rows and no blocks)
+            let start = mp
+                .rows
+                .map_or(0, |(s, _)| s * dims.iter().skip(1).product::<usize>());
+            if start + g.len() > total {
+                return Err(err(format!(
+                    "`{}` has {total} values, fewer than {} from `{}`",
+                    mp.theirs,
+                    start + g.len(),
+                    mp.ours
+                )));
+            }
             slot[start..start + g.len()].copy_from_slice(g);
         }
         for name in self.unused() {

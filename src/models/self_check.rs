@@ -55,6 +55,7 @@ pub fn models(n: usize) -> Result<Vec<(String, ModelConfig)>> {
         ]);
         for causal in [false, true] {
             let config = GraphConfig {
+                residual_streams: 1,
                 num_tokens: 7,
                 dim: 16,
                 dim_edges: 8,

@@ -3,6 +3,7 @@
 pub mod embedding;
 pub mod feedforward;
 pub mod head_mix;
+pub mod hyper;
 pub mod linear;
 pub mod norms;
 pub mod params;

@@ -133,6 +133,27 @@ impl<D: Clone> Init<D> {
     where
         D: Device<E>,
     {
+        self.make(name, dims, Fresh::Kind(kind))
+    }
+
+    /// A parameter whose fresh values are `values` (laid out as `dims`); from a named source
+    /// it is read like any other.
+    pub fn param_with<E: Real>(
+        &self,
+        name: &str,
+        dims: &[usize],
+        values: Vec<f64>,
+    ) -> Result<Param<E, D>>
+    where
+        D: Device<E>,
+    {
+        self.make(name, dims, Fresh::Values(values))
+    }
+
+    fn make<E: Real>(&self, name: &str, dims: &[usize], fresh: Fresh) -> Result<Param<E, D>>
+    where
+        D: Device<E>,
+    {
         let full = self.pp(name).path;
         let len = dims
             .iter()
@@ -143,33 +164,43 @@ impl<D: Clone> Init<D> {
                 *count = count.saturating_add(len as u64);
                 Vec::new()
             }
-            Source::Random(rng) => match kind {
-                _ if len > isize::MAX as usize / std::mem::size_of::<E>() => {
-                    return Err(Error::config(
-                        &full,
-                        format!("{len} values cannot be allocated"),
+            Source::Random(_) if len > isize::MAX as usize / std::mem::size_of::<E>() => {
+                return Err(Error::config(
+                    &full,
+                    format!("{len} values cannot be allocated"),
+                ))
+            }
+            Source::Random(rng) => match fresh {
+                Fresh::Values(v) if v.len() != len => {
+                    return Err(Error::shape(
+                        format!("parameter `{full}`"),
+                        format!("{len} values"),
+                        v.len(),
                     ))
                 }
-                InitKind::Zeros => vec![E::zero(); len],
-                InitKind::Ones => vec![E::one(); len],
-                InitKind::Uniform(bound) => {
-                    let u = Uniform::new_inclusive(-bound, bound);
-                    (0..len).map(|_| E::of(u.sample(rng))).collect()
-                }
-                InitKind::Eye => (0..len)
-                    .map(|e| {
-                        if e / dims[0] == e % dims[0] {
-                            E::one()
-                        } else {
-                            E::zero()
-                        }
-                    })
-                    .collect(),
-                InitKind::Normal(std) => {
-                    let n =
-                        Normal::new(0.0, std).map_err(|e| Error::config(&full, e.to_string()))?;
-                    (0..len).map(|_| E::of(n.sample(rng))).collect()
-                }
+                Fresh::Values(v) => v.into_iter().map(E::of).collect(),
+                Fresh::Kind(kind) => match kind {
+                    InitKind::Zeros => vec![E::zero(); len],
+                    InitKind::Ones => vec![E::one(); len],
+                    InitKind::Uniform(bound) => {
+                        let u = Uniform::new_inclusive(-bound, bound);
+                        (0..len).map(|_| E::of(u.sample(rng))).collect()
+                    }
+                    InitKind::Eye => (0..len)
+                        .map(|e| {
+                            if e / dims[0] == e % dims[0] {
+                                E::one()
+                            } else {
+                                E::zero()
+                            }
+                        })
+                        .collect(),
+                    InitKind::Normal(std) => {
+                        let n = Normal::new(0.0, std)
+                            .map_err(|e| Error::config(&full, e.to_string()))?;
+                        (0..len).map(|_| E::of(n.sample(rng))).collect()
+                    }
+                },
             },
             Source::Named(map) => {
                 let (found_dims, values) = map.get(&full).ok_or_else(|| {
@@ -196,6 +227,12 @@ impl<D: Clone> Init<D> {
             value,
         })
     }
+}
+
+/// Where a fresh parameter's values come from.
+enum Fresh {
+    Kind(InitKind),
+    Values(Vec<f64>),
 }
 
 /// Blocks that own parameters list them, in a stable order, for optimizers and checkpoints.

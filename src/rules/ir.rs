@@ -115,6 +115,48 @@ pub struct Node {
     pub channels: usize,
 }
 
+impl Node {
+    /// The expressions this one is computed from, in order.
+    pub fn children(&self) -> Vec<&Node> {
+        match &self.op {
+            Op::State { .. } | Op::Let { .. } => vec![],
+            Op::Binary { lhs, rhs, .. } => vec![lhs, rhs],
+            Op::Affine { x, .. }
+            | Op::Pow { x, .. }
+            | Op::Act { x, .. }
+            | Op::Linear { x, .. }
+            | Op::Norm { x, .. }
+            | Op::FeedForward { x, .. }
+            | Op::Reduce { x, .. }
+            | Op::Softmax { x, .. } => vec![x],
+            Op::Dot { a, b, .. } => vec![a, b],
+            Op::Concat(parts) => parts.iter().collect(),
+            Op::Attend(a) => {
+                let mut out = vec![&a.query, &a.key];
+                out.extend(&a.bias);
+                if let Some(Gates::Expr(g)) = &a.gates {
+                    out.push(g);
+                }
+                if let Some(r) = &a.route {
+                    out.push(&r.score);
+                }
+                out
+            }
+        }
+    }
+
+    /// Whether it reads the node state anywhere.
+    pub fn reads_nodes(&self) -> bool {
+        matches!(
+            self.op,
+            Op::State {
+                domain: Domain::Nodes,
+                ..
+            }
+        ) || self.children().iter().any(|c| c.reads_nodes())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arith {
     Add,

@@ -8,7 +8,8 @@ use dfdx::prelude::*;
 
 use super::ir::*;
 use super::layout::LayoutCache;
-use crate::error::Result;
+use super::lower::{node_branches, NodeBranch};
+use crate::error::{Error, Result};
 use crate::nn::{
     visit_fields, visit_variants, FeedForward, HasParams, Init, InitKind, LayerNorm, Linear, Param,
     RmsKind, RmsNorm,
@@ -51,6 +52,16 @@ pub struct RuleLayer<E: Real, D: Device<E>> {
 }
 
 impl<E: Real, D: Device<E>> RuleLayer<E, D> {
+    /// The node branches hyper-connections wrap, or why the rule has none to wrap.
+    pub fn node_branches(&self) -> Result<Vec<NodeBranch>> {
+        node_branches(&self.plan).map_err(|st| {
+            Error::config(
+                self.plan.place(st),
+                "residual streams need node updates that add (`nodes[i] += …`), not overwrite",
+            )
+        })
+    }
+
     /// Creates (or, from a named `Init`, loads) every parameter of `plan` under `init`'s scope.
     pub fn new(plan: Plan, init: &Init<D>) -> Result<Self> {
         let mut blocks = HashMap::new();

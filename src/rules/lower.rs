@@ -2,6 +2,8 @@
 //! builds the op and stores the answer in it; the interpreter and `explain` read that answer
 //! and never re-derive it.
 //!
+//! Also here: the node branches a plan runs as under hyper-connections ([`node_branches`]).
+//!
 //! What is decided here: the kernel's pattern and its orientation (attention along the second
 //! stored index runs as the column pattern on the stored edges, never on a transposed copy),
 //! the layouts the kernel reads queries and keys in, whether the key is read in place, whether
@@ -163,4 +165,43 @@ impl AttendOp {
             TaylorForm::Direct
         })
     }
+}
+
+/// A branch of a layer's node state, as hyper-connections wrap it: it opens at statement
+/// `first` (the first since the previous node update that reads `nodes`, or the update itself)
+/// and closes at the node update `update`, which adds its output into the streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeBranch {
+    pub first: usize,
+    pub update: usize,
+}
+
+/// The node branches of `plan`, in order. Reads of `nodes` after the last update lie in no
+/// branch (they read the streams' sum). A node update that overwrites (`nodes[i] = …`) has no
+/// residual to connect: its statement is the error.
+pub fn node_branches(plan: &Plan) -> Result<Vec<NodeBranch>, &PlanStatement> {
+    let mut branches = Vec::new();
+    let mut open = None;
+    for (k, st) in plan.statements.iter().enumerate() {
+        let (value, updates_nodes) = match &st.kind {
+            PlanKind::Let { value, .. } => (value, false),
+            PlanKind::Update { target, value, .. } => (value, *target == Domain::Nodes),
+        };
+        if open.is_none() && (updates_nodes || value.reads_nodes()) {
+            open = Some(k);
+        }
+        if updates_nodes {
+            if let PlanKind::Update {
+                accumulate: false, ..
+            } = st.kind
+            {
+                return Err(st);
+            }
+            branches.push(NodeBranch {
+                first: open.take().unwrap_or(k),
+                update: k,
+            });
+        }
+    }
+    Ok(branches)
 }

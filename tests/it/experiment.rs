@@ -11,6 +11,7 @@ use crate::rules::small_overrides;
 
 fn io_config(rule: &str) -> GraphConfig {
     GraphConfig {
+        residual_streams: 1,
         num_tokens: 5,
         dim: 6,
         dim_edges: 4,

@@ -302,6 +302,11 @@ fn parity_quartic_masked_model() {
 }
 
 #[test]
+fn parity_quartic_hyper_model() {
+    model_parity("quartic_hyper");
+}
+
+#[test]
 fn parity_relational_model() {
     model_parity("relational");
 }

@@ -51,6 +51,7 @@ fn rule_error(source: &str, config: &RuleConfig) -> String {
 
 pub fn graph_config(rule: &str, num_tokens: usize, n: usize) -> GraphConfig {
     GraphConfig {
+        residual_streams: 1,
         num_tokens,
         dim: 16,
         dim_edges: 8,
@@ -736,6 +737,7 @@ fn memory_estimates_refuse_what_cannot_fit_before_allocating() {
     );
     // absurd sizes cost nothing to estimate and are refused with both numbers
     let huge = ModelConfig::Graph(GraphConfig {
+        residual_streams: 1,
         num_tokens: 100_000_000,
         dim: 100_000,
         ..graph_config("taylor", 16, 10_000)

@@ -13,6 +13,7 @@ use crate::rules::small_overrides;
 
 fn graph_config(io: TaskIo) -> ModelConfig {
     ModelConfig::Graph(GraphConfig {
+        residual_streams: 1,
         num_tokens: 7,
         dim: 8,
         dim_edges: 4,

@@ -20,9 +20,11 @@ use dfdx::prelude::*;
 use super::ir::*;
 use super::layer::{AttendBlock, Block, RuleLayer};
 use super::layout::*;
+use super::lower::NodeBranch;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
+use crate::nn::hyper::HyperConnection;
 use crate::ops::activations::{gelu_exact, silu};
 use crate::ops::attention::{attend, AttendInputs};
 use crate::ops::patterns::{
@@ -50,8 +52,66 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
         edges: Edges<E, D, T>,
         mask: &GraphMask,
     ) -> Result<(Nodes<E, D, T>, Edges<E, D, T>)> {
-        let plan = &self.plan;
         let (b, n, c) = nodes.dims();
+        self.check_inputs(b, n, c, edges.dims(), mask)?;
+        let nodes = nodes.into_tensor().reshape_like(&(b * n * c,));
+        let mut run = self.run(nodes, None, edges, mask, b, n);
+        self.statements(&mut run, &[])?;
+        let (nodes, edges) = run.finish()?;
+        let edges = edges.reshape_like(&(b, n, n, self.plan.dim_edges));
+        Ok((
+            Nodes::new(nodes.reshape_like(&(b, n, c))),
+            Edges::new(edges)?,
+        ))
+    }
+
+    /// Runs the rule on a node state kept as residual streams `[b, n, s, dim]`, each node branch
+    /// (see [`crate::rules::lower::node_branches`]) wrapped in its hyper-connection from
+    /// `hyper`, in order: a branch reads the mix of the streams its connection makes, and its
+    /// node update adds into every stream. Reads of `nodes` outside a branch see the streams' sum.
+    pub fn forward_streams<T: Tape<E, D>>(
+        &self,
+        streams: T4<E, D, T>,
+        edges: Edges<E, D, T>,
+        mask: &GraphMask,
+        hyper: &[HyperConnection<E, D>],
+    ) -> Result<(T4<E, D, T>, Edges<E, D, T>)> {
+        let (b, n, s, c) = *streams.shape();
+        self.check_inputs(b, n, c, edges.dims(), mask)?;
+        let branches = self.node_branches()?;
+        if hyper.len() != branches.len() || hyper.iter().any(|h| h.streams != s) {
+            return Err(Error::config(
+                format!("rule `{}`", self.plan.rule),
+                format!(
+                    "{} node branches with {s} streams, given {} hyper-connections",
+                    branches.len(),
+                    hyper.len()
+                ),
+            ));
+        }
+        let streams = streams.reshape_like(&(b * n * s * c,));
+        let state = StreamState {
+            hyper,
+            count: s,
+            state: Some(streams),
+            open: None,
+        };
+        let mut run = self.run_streams(state, edges, mask, b, n);
+        self.statements(&mut run, &branches)?;
+        let (streams, edges) = run.finish()?;
+        let edges = edges.reshape_like(&(b, n, n, self.plan.dim_edges));
+        Ok((streams.reshape_like(&(b, n, s, c)), Edges::new(edges)?))
+    }
+
+    fn check_inputs(
+        &self,
+        b: usize,
+        n: usize,
+        c: usize,
+        edge_dims: (usize, usize, usize, usize),
+        mask: &GraphMask,
+    ) -> Result<()> {
+        let plan = &self.plan;
         let context = format!("rule `{}`", plan.rule);
         if c != plan.dim {
             return Err(Error::shape(
@@ -60,12 +120,11 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
                 c,
             ));
         }
-        let ed = edges.dims();
-        if ed != (b, n, n, plan.dim_edges) {
+        if edge_dims != (b, n, n, plan.dim_edges) {
             return Err(Error::shape(
                 format!("{context} edges"),
                 format!("{:?}", (b, n, n, plan.dim_edges)),
-                format!("{ed:?}"),
+                format!("{edge_dims:?}"),
             ));
         }
         mask.check(&context, b, n)?;
@@ -79,26 +138,61 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
                 ),
             ));
         }
-        let dev = nodes.tensor().device().clone();
-        let mut run = Run {
+        Ok(())
+    }
+
+    fn run<'a, T: Tape<E, D>>(
+        &'a self,
+        nodes: T1<E, D, T>,
+        streams: Option<StreamState<'a, E, D, T>>,
+        edges: Edges<E, D, T>,
+        mask: &'a GraphMask,
+        b: usize,
+        n: usize,
+    ) -> Run<'a, E, D, T> {
+        let de = self.plan.dim_edges;
+        Run {
             layer: self,
             ext: Extents { batch: b, nodes: n },
             mask,
-            dev,
-            nodes: Some(nodes.into_tensor().reshape_like(&(b * n * c,))),
-            edges: Some(
-                edges
-                    .into_tensor()
-                    .reshape_like(&(b * n * n * plan.dim_edges,)),
-            ),
-            lets: (0..plan.lets.len()).map(|_| None).collect(),
+            dev: edges.tensor().device().clone(),
+            nodes: Some(nodes),
+            streams,
+            edges: Some(edges.into_tensor().reshape_like(&(b * n * n * de,))),
+            lets: (0..self.plan.lets.len()).map(|_| None).collect(),
             orphans: Vec::new(),
-        };
-        for st in &plan.statements {
-            // a checked rule should not fail here; if it does, say which statement
-            run.statement(st).map_err(|e| e.within(&plan.place(st)))?;
         }
-        run.finish()
+    }
+
+    fn run_streams<'a, T: Tape<E, D>>(
+        &'a self,
+        streams: StreamState<'a, E, D, T>,
+        edges: Edges<E, D, T>,
+        mask: &'a GraphMask,
+        b: usize,
+        n: usize,
+    ) -> Run<'a, E, D, T> {
+        let empty = edges.tensor().device().zeros_like(&(0,)).retaped::<T>();
+        let mut run = self.run(empty, Some(streams), edges, mask, b, n);
+        run.nodes = None;
+        run
+    }
+
+    /// Runs every statement, opening each node branch where it starts.
+    fn statements<T: Tape<E, D>>(
+        &self,
+        run: &mut Run<'_, E, D, T>,
+        branches: &[NodeBranch],
+    ) -> Result<()> {
+        for (k, st) in self.plan.statements.iter().enumerate() {
+            // a checked rule should not fail here; if it does, say which statement
+            let located = |e: Error| e.within(&self.plan.place(st));
+            if let Some(j) = branches.iter().position(|br| br.first == k) {
+                run.open_branch(j).map_err(located)?;
+            }
+            run.statement(st).map_err(located)?;
+        }
+        Ok(())
     }
 }
 
@@ -121,7 +215,11 @@ struct Run<'a, E: Real, D: Backend<E>, T> {
     ext: Extents,
     mask: &'a GraphMask,
     dev: D,
+    /// The node state: the nodes, or under hyper-connections the open branch's input (or the
+    /// streams' sum outside a branch, made when first read).
     nodes: Option<T1<E, D, T>>,
+    /// The residual streams, under hyper-connections.
+    streams: Option<StreamState<'a, E, D, T>>,
     edges: Option<T1<E, D, T>>,
     /// Bound `let` tensors, stored in their binding's index order.
     lets: Vec<Option<T1<E, D, T>>>,
@@ -129,9 +227,55 @@ struct Run<'a, E: Real, D: Backend<E>, T> {
     orphans: Vec<T>,
 }
 
+/// The residual streams of a layer run under hyper-connections.
+struct StreamState<'a, E: Real, D: Device<E>, T> {
+    hyper: &'a [HyperConnection<E, D>],
+    count: usize,
+    /// `[b·n·s·dim]`, with the history's tape.
+    state: Option<T1<E, D, T>>,
+    /// The open branch: the streams carried past it and its output weights.
+    open: Option<(T3<E, D, T>, T2<E, D, T>)>,
+}
+
 impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     fn plan(&self) -> &'a Plan {
         &self.layer.plan
+    }
+
+    /// Opens node branch `j`: its hyper-connection's width connection gives the branch's node
+    /// state and what its update will add into.
+    fn open_branch(&mut self, j: usize) -> Result<()> {
+        let rows = self.ext.batch * self.ext.nodes;
+        let dim = self.plan().dim;
+        let streams = self.streams.as_mut().expect("branches open under streams");
+        let state = streams.state.as_ref().expect("the streams are stored");
+        let read = state
+            .with_empty_tape()
+            .reshape_like(&(rows, streams.count, dim));
+        let width = streams.hyper[j].width(read)?;
+        streams.open = Some((width.carried, width.beta));
+        if let Some(old) = self.nodes.take() {
+            self.orphans.push(old.split_tape().1);
+        }
+        self.nodes = Some(width.branch_input.reshape_like(&(rows * dim,)));
+        Ok(())
+    }
+
+    /// The node state as statements read it (under streams, outside a branch: their sum).
+    fn node_state(&mut self) -> &T1<E, D, T> {
+        if self.nodes.is_none() {
+            let rows = self.ext.batch * self.ext.nodes;
+            let dim = self.plan().dim;
+            let streams = self.streams.as_ref().expect("nodes are stored");
+            let state = streams.state.as_ref().expect("the streams are stored");
+            let sum = state
+                .with_empty_tape()
+                .reshape_like(&(rows, streams.count, dim))
+                .sum::<_, Axis<1>>()
+                .reshape_like(&(rows * dim,));
+            self.nodes = Some(sum);
+        }
+        self.nodes.as_ref().expect("just made")
     }
 
     fn statement(&mut self, st: &PlanStatement) -> Result<()> {
@@ -185,6 +329,10 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let (b, n) = (self.ext.batch, self.ext.nodes);
         let plan = self.plan();
         let new = match (target, diagonal) {
+            (Domain::Nodes, _) if self.streams.is_some() => {
+                let v = self.arrange(v, &[Ax::Batch, Ax::Slot(slots[0]), Ax::Chan], plan.dim)?;
+                return self.close_branch(v.t);
+            }
             (Domain::Nodes, _) => {
                 let v = self.arrange(v, &[Ax::Batch, Ax::Slot(slots[0]), Ax::Chan], plan.dim)?;
                 let old = self
@@ -236,6 +384,25 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         Ok(())
     }
 
+    /// Closes the open branch with its output `[b·n·dim]`: every stream gets it, weighted.
+    fn close_branch(&mut self, out: T1<E, D, T>) -> Result<()> {
+        let (rows, dim) = (self.ext.batch * self.ext.nodes, self.plan().dim);
+        let streams = self.streams.as_mut().expect("branches close under streams");
+        let (carried, beta) = streams
+            .open
+            .take()
+            .expect("a node update closes an open branch");
+        let out = out.reshape_like(&(rows, dim));
+        let new = HyperConnection::depth(carried, beta, out)?;
+        let old = streams.state.take().expect("the streams are stored");
+        streams.state = Some(new.reshape_like(&(rows * streams.count * dim,)));
+        self.orphans.push(old.split_tape().1);
+        if let Some(view) = self.nodes.take() {
+            self.orphans.push(view.split_tape().1);
+        }
+        Ok(())
+    }
+
     fn combine(
         &mut self,
         old: T1<E, D, T>,
@@ -251,29 +418,33 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         }
     }
 
-    fn finish(mut self) -> Result<(Nodes<E, D, T>, Edges<E, D, T>)> {
-        let (b, n) = (self.ext.batch, self.ext.nodes);
-        let plan = self.plan();
+    /// The node state (the streams, under hyper-connections) and the edges, flat; the whole
+    /// history on the first, the edges' tape empty.
+    fn finish(mut self) -> Result<(T1<E, D, T>, T1<E, D, T>)> {
         for slot in self.lets.iter_mut() {
             if let Some(t) = slot.take() {
                 let (_, tape) = t.split_tape();
                 self.orphans.push(tape);
             }
         }
-        let nodes = self.nodes.take().expect("nodes are stored");
+        let owner = match self.streams.as_mut() {
+            Some(streams) => {
+                if let Some(view) = self.nodes.take() {
+                    self.orphans.push(view.split_tape().1);
+                }
+                streams.state.take().expect("the streams are stored")
+            }
+            None => self.nodes.take().expect("nodes are stored"),
+        };
         let edges = self.edges.take().expect("edges are stored");
-        // one owner for the whole history: the nodes (the edges' own history included)
+        // one owner for the whole history: the node state (the edges' own history included)
         let (edges, edge_tape) = edges.split_tape();
-        let (nodes, mut tape) = nodes.split_tape();
+        let (owner, mut tape) = owner.split_tape();
         tape = tape.merge(edge_tape);
         for t in self.orphans.drain(..) {
             tape = tape.merge(t);
         }
-        let nodes = nodes.put_tape(tape).reshape_like(&(b, n, plan.dim));
-        let edges = edges
-            .put_tape(T::default())
-            .reshape_like(&(b, n, n, plan.dim_edges));
-        Ok((Nodes::new(nodes), Edges::new(edges)?))
+        Ok((owner.put_tape(tape), edges.put_tape(T::default())))
     }
 
     // ---- values -------------------------------------------------------------------------
@@ -329,8 +500,8 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         match &node.op {
             Op::State { domain, slots } => Ok(match domain {
                 Domain::Nodes => {
-                    let t = self.nodes.as_ref().expect("nodes are stored");
-                    self.read_stored(t, slots, plan.dim, NODES_TAG)
+                    let t = self.node_state().with_empty_tape();
+                    self.read_stored(&t, slots, plan.dim, NODES_TAG)
                 }
                 Domain::Edges => {
                     let t = self.edges.as_ref().expect("edges are stored");

@@ -125,23 +125,39 @@ fn bad_input_exits_with_one_clear_line() {
     }
 }
 
-/// `import-reference` on the original's weights, then `forward` from the shell prints its logits.
+/// `import-reference` on the original's weights, then `forward` from the shell prints its logits
+/// (the one-stream model and the original's default, four residual streams).
 #[test]
 fn parity_through_the_command_line() {
+    for name in ["quartic", "quartic_hyper"] {
+        cli_parity(name);
+    }
+}
+
+fn cli_parity(name: &str) {
     let fixtures = quartic::fixtures::fixture_dir();
-    let fx = quartic::fixtures::Fixture::load("quartic").unwrap_or_else(|e| panic!("{e}"));
-    let out =
-        std::env::temp_dir().join(format!("quartic-import-{}.safetensors", std::process::id()));
+    let fx = quartic::fixtures::Fixture::load(name).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::env::temp_dir().join(format!(
+        "quartic-import-{name}-{}.safetensors",
+        std::process::id()
+    ));
     let imported = quartic(&[
         "import-reference",
         "--weights",
-        fixtures.join("quartic.safetensors").to_str().unwrap(),
+        fixtures
+            .join(format!("{name}.safetensors"))
+            .to_str()
+            .unwrap(),
         "--config",
-        fixtures.join("quartic.json").to_str().unwrap(),
+        fixtures.join(format!("{name}.json")).to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    assert!(
+        imported.status.success(),
+        "{name}: {}",
+        text(&imported.stderr)
+    );
     let input = fx.tensor("input.0").unwrap();
     let n = input.dims[1];
     let tokens: Vec<String> = input.as_usize()[..n]
@@ -155,7 +171,11 @@ fn parity_through_the_command_line() {
         "--tokens",
         &tokens.join(","),
     ]);
-    assert!(forward.status.success(), "{}", text(&forward.stderr));
+    assert!(
+        forward.status.success(),
+        "{name}: {}",
+        text(&forward.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&forward.stdout).unwrap();
     let got: Vec<f64> = json["logits"][0]
         .as_array()
@@ -164,7 +184,14 @@ fn parity_through_the_command_line() {
         .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
         .collect();
     let want = &fx.tensor("output.main").unwrap().values[..got.len()];
-    crate::common::assert_close("logits via the CLI", &got, want, 1e-4, 1e-3);
+    crate::common::assert_close(
+        &format!("{name} logits via the CLI"),
+        &got,
+        want,
+        1e-4,
+        1e-3,
+    );
+    let _ = std::fs::remove_file(&out);
 }
 
 /// `train --config FILE.toml` reads `[train]` and `[model]`; flags win over the file.

@@ -8,6 +8,7 @@ mod experiment;
 mod flash;
 mod fuzz;
 mod graph;
+mod hyper;
 mod layers;
 mod nn;
 mod parity;

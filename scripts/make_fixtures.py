@@ -205,7 +205,7 @@ def main():
                 "Loss = sum(output.main * probe.main).", gen)
     token_model(args.out, "quartic_hyper", QuarticTransformer, quartic_config(4), tokens(gen, 1, 9),
                 None,
-                "input.0 = token ids (batch 1: the original's hyper-connections fail at batch > 1), "
+                "input.0 = token ids (batch 1, as the shared set; the original runs any batch size), "
                 "output.main = logits. Loss = sum(output.main * probe.main).", gen)
     multistream = {"cls": "MultiStreamTransformer", "depth": 2, "dim": 32, "dim_head": 8,
                    "heads": 2, "max_seq_len": 16, "num_streams": 2, "num_tokens": 20,

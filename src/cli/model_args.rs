@@ -59,6 +59,10 @@ pub struct ModelArgs {
     /// Feedforward width multiplier [default: the rule's]
     #[arg(long)]
     pub ff_mult: Option<f64>,
+    /// Node residual streams; above 1, hyper-connections wrap the rule's node branches (the
+    /// original's default: 4) [default: 1]
+    #[arg(long, value_name = "N")]
+    pub residual_streams: Option<usize>,
     /// The node head also reads the mean and max of each node's edges
     #[arg(long)]
     #[serde(default)]
@@ -83,6 +87,7 @@ impl ModelArgs {
             edge_heads: self.edge_heads.or(f.edge_heads),
             edge_dim_head: self.edge_dim_head.or(f.edge_dim_head),
             ff_mult: self.ff_mult.or(f.ff_mult),
+            residual_streams: self.residual_streams.or(f.residual_streams),
             pool_edges: self.pool_edges || f.pool_edges,
             set: if self.set.is_empty() { f.set } else { self.set },
         }
@@ -100,6 +105,7 @@ impl ModelArgs {
             ("--edge-heads", self.edge_heads.is_some()),
             ("--edge-dim-head", self.edge_dim_head.is_some()),
             ("--ff-mult", self.ff_mult.is_some()),
+            ("--residual-streams", self.residual_streams.is_some()),
             ("--pool-edges", self.pool_edges),
             ("--set", !self.set.is_empty()),
         ];
@@ -149,7 +155,7 @@ impl ModelArgs {
     ) -> quartic::Result<ModelConfig> {
         let rule_name = self.rule.clone().unwrap_or_else(|| "taylor".into());
         Ok(ModelConfig::Graph(GraphConfig {
-            residual_streams: 1,
+            residual_streams: self.residual_streams.unwrap_or(1),
             num_tokens,
             dim: self.dim.unwrap_or(DEFAULT_DIM),
             dim_edges: self.dim_edges.unwrap_or(DEFAULT_DIM_EDGES),

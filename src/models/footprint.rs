@@ -68,8 +68,18 @@ pub fn estimate(
                 None => crate::rules::Rule::resolve(&g.rule)?,
             };
             let plan = rule.plan(&g.rule_config())?;
-            let layer = plan_cost(&plan, batch, n as usize).elements;
             let (dim, de) = (g.dim as f64, g.dim_edges as f64);
+            let layer = plan_cost(&plan, batch, n as usize).elements
+                + if g.residual_streams > 1 {
+                    // per node branch: the streams' norm, the mix and the carried streams,
+                    // the weighted output and the new streams (~6 of [b, n, s, dim])
+                    let branches = crate::rules::lower::node_branches(&plan)
+                        .map(|b| b.len())
+                        .unwrap_or(0) as f64;
+                    6.0 * branches * b * n * g.residual_streams as f64 * dim
+                } else {
+                    0.0
+                };
             let edges = b * n * n * de;
             // token + position embeddings, the edge embedding (outer sum, projection, norm,
             // position bias), the final norm and the logits with their log-softmax

@@ -37,6 +37,15 @@ use crate::spec::visibility::Visibility;
 use crate::spec::MASKED;
 use crate::tensor::*;
 
+/// The streams carried past an open branch `[rows, s, dim]` and its output weights `[rows, s]`.
+type OpenBranch<E, D, T> = (T3<E, D, T>, T2<E, D, T>);
+
+/// A layer's state out: the nodes (or streams) and the edges, flat.
+type FlatState<E, D, T> = (T1<E, D, T>, T1<E, D, T>);
+
+/// Streams `[b, n, s, dim]` and edges out of a layer.
+type StreamsOut<E, D, T> = (T4<E, D, T>, Edges<E, D, T>);
+
 /// A value, and an attention's probabilities when it returns them.
 type WithProbs<E, D, T> = (Val<E, D, T>, Option<Val<E, D, T>>);
 
@@ -75,7 +84,7 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
         edges: Edges<E, D, T>,
         mask: &GraphMask,
         hyper: &[HyperConnection<E, D>],
-    ) -> Result<(T4<E, D, T>, Edges<E, D, T>)> {
+    ) -> Result<StreamsOut<E, D, T>> {
         let (b, n, s, c) = *streams.shape();
         self.check_inputs(b, n, c, edges.dims(), mask)?;
         let branches = self.node_branches()?;
@@ -234,7 +243,7 @@ struct StreamState<'a, E: Real, D: Device<E>, T> {
     /// `[b·n·s·dim]`, with the history's tape.
     state: Option<T1<E, D, T>>,
     /// The open branch: the streams carried past it and its output weights.
-    open: Option<(T3<E, D, T>, T2<E, D, T>)>,
+    open: Option<OpenBranch<E, D, T>>,
 }
 
 impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
@@ -420,7 +429,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
 
     /// The node state (the streams, under hyper-connections) and the edges, flat; the whole
     /// history on the first, the edges' tape empty.
-    fn finish(mut self) -> Result<(T1<E, D, T>, T1<E, D, T>)> {
+    fn finish(mut self) -> Result<FlatState<E, D, T>> {
         for slot in self.lets.iter_mut() {
             if let Some(t) = slot.take() {
                 let (_, tape) = t.split_tape();

@@ -12,11 +12,17 @@ use quartic::train::tasks::{Batch, Readout};
 
 pub type Tp = OwnedTape<f32, Cpu>;
 
-/// The README model (num_tokens 256, dim 512, depth 2, dim_edges 32) with the `taylor` rule.
+/// The README model (num_tokens 256, dim 512, depth 2, dim_edges 32) with the `taylor` rule and
+/// one residual stream, as the speed table has measured it from the start.
 pub fn readme_model(dev: &Cpu) -> Model<f32, Cpu> {
-    let cfg = QuarticConfig::readme()
-        .to_graph("taylor", false)
-        .expect("valid config");
+    readme_model_streams(dev, 1)
+}
+
+/// The README model with `streams` residual streams (4: the original's default).
+pub fn readme_model_streams(dev: &Cpu, streams: usize) -> Model<f32, Cpu> {
+    let mut q = QuarticConfig::readme();
+    q.num_residual_streams = streams;
+    let cfg = q.to_graph("taylor", false).expect("valid config");
     Model::new(&ModelConfig::Graph(cfg), None, &Init::random(dev, 0)).expect("builds")
 }
 

@@ -132,8 +132,9 @@ fn main() {
     let dev = Cpu::default();
     let mut times = Vec::new();
     match which.as_str() {
-        "readme-forward" => {
-            let m = workloads::readme_model(&dev);
+        w @ ("readme-forward" | "readme-forward-4s") => {
+            let streams = if w == "readme-forward" { 1 } else { 4 };
+            let m = workloads::readme_model_streams(&dev, streams);
             workloads::forward(&m, 1, 128);
             for _ in 0..repeats(3) {
                 let t = Instant::now();
@@ -141,8 +142,9 @@ fn main() {
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        "readme-train" => {
-            let mut m = workloads::readme_model(&dev);
+        w @ ("readme-train" | "readme-train-4s") => {
+            let streams = if w == "readme-train" { 1 } else { 4 };
+            let mut m = workloads::readme_model_streams(&dev, streams);
             let mut adam = AdamState::default();
             // one step first, as the original's script does (the first faults in the buffers)
             workloads::train_step(&mut m, &mut adam, 1, 128);

@@ -1,7 +1,8 @@
 """Times the PyTorch original (quartic-transformer 0.0.18 with einx 0.3.0) on the speed table's
 workloads, one line per workload: name, median seconds, peak RSS in MiB.
 
-    python3 scripts/reference_speed.py WORKLOAD   (readme-forward, readme-train, small-train)
+    python3 scripts/reference_speed.py WORKLOAD   (readme-forward, readme-train, small-train,
+    readme-forward-4s, readme-train-4s: the original's default of four residual streams)
 
 Run it with the interpreter of a virtual environment that has the original installed:
     python3 -m venv ../ref-venv && ../ref-venv/bin/pip install quartic-transformer==0.0.18 einx==0.3.0
@@ -17,10 +18,11 @@ from quartic_transformer import QuarticTransformer
 torch.manual_seed(0)
 
 
-def readme_model():
-    # the original's README model, one residual stream, diagonal attention off (it is broken)
+def readme_model(streams=1):
+    # the original's README model, diagonal attention off (it is broken); one residual stream,
+    # or its default of four (`*-4s` workloads)
     return QuarticTransformer(num_tokens=256, dim=512, depth=2, dim_edges=32,
-                              num_residual_streams=1, edges_diagonal_attn=False)
+                              num_residual_streams=streams, edges_diagonal_attn=False)
 
 
 def small_model():
@@ -48,18 +50,19 @@ def main():
     # optional: the number of timed repeats (defaults below)
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else None
     times = []
-    if which == "readme-forward":
-        model = readme_model().eval()
+    streams = 4 if which.endswith("-4s") else 1
+    if which in ("readme-forward", "readme-forward-4s"):
+        model = readme_model(streams).eval()
         with torch.no_grad():
             model(tokens(1, 128))
             for _ in range(repeats or 3):
                 t = time.perf_counter()
                 model(tokens(1, 128))
                 times.append(time.perf_counter() - t)
-    elif which in ("readme-train", "small-train"):
-        model = readme_model() if which == "readme-train" else small_model()
+    elif which in ("readme-train", "readme-train-4s", "small-train"):
+        model = small_model() if which == "small-train" else readme_model(streams)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        b, n, reps = (1, 128, 3) if which == "readme-train" else (8, 32, 5)
+        b, n, reps = (8, 32, 5) if which == "small-train" else (1, 128, 3)
         train_step(model, opt, b, n)
         for _ in range(repeats or reps):
             t = time.perf_counter()

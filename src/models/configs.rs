@@ -25,8 +25,8 @@ fn d_ff_mult() -> f64 {
 fn d_max_seq_len() -> usize {
     2048
 }
-fn d_one() -> usize {
-    1
+fn d_streams() -> usize {
+    4
 }
 
 /// `QuarticTransformer(...)`'s arguments. `dim_edges` defaults to `dim`, as in the original.
@@ -54,13 +54,15 @@ pub struct QuarticConfig {
     /// Only `false`: the original's diagonal edge attention is broken (see the fixtures' README).
     #[serde(default)]
     pub edges_diagonal_attn: bool,
-    /// Only 1: hyper-connection residual streams are not supported.
-    #[serde(default = "d_one")]
+    /// Residual streams of the node state (hyper-connections above 1); the original's default
+    /// is 4.
+    #[serde(default = "d_streams")]
     pub num_residual_streams: usize,
 }
 
 impl QuarticConfig {
-    /// The README model: 256 tokens, dim 512, depth 2, dim_edges 32.
+    /// The README model: 256 tokens, dim 512, depth 2, dim_edges 32, the original's 4 residual
+    /// streams (its broken diagonal edge attention off).
     pub fn readme() -> Self {
         Self {
             num_tokens: 256,
@@ -75,7 +77,7 @@ impl QuarticConfig {
             ff_mult: 4.0,
             max_seq_len: 2048,
             edges_diagonal_attn: false,
-            num_residual_streams: 1,
+            num_residual_streams: 4,
         }
     }
 

@@ -39,8 +39,8 @@ impl Comparison {
     }
 }
 
-/// The models the check runs, with `n` nodes: each built-in rule without and with causality,
-/// then the multi-stream model.
+/// The models the check runs, with `n` nodes: each built-in rule without and with causality
+/// (`taylor` also with four residual streams), then the multi-stream model.
 pub fn models(n: usize) -> Result<Vec<(String, ModelConfig)>> {
     let mut out = Vec::new();
     for (rule, _) in BUILTINS {
@@ -74,6 +74,15 @@ pub fn models(n: usize) -> Result<Vec<(String, ModelConfig)>> {
                 },
             };
             let name = format!("{rule}{}", if causal { ", causal" } else { "" });
+            if rule == "taylor" && !causal {
+                // the original's default: the node branches in hyper-connections
+                let mut hyper = config.clone();
+                hyper.residual_streams = 4;
+                out.push((
+                    "taylor, 4 residual streams".into(),
+                    ModelConfig::Graph(hyper),
+                ));
+            }
             out.push((name, ModelConfig::Graph(config)));
         }
     }

@@ -312,5 +312,5 @@ fn the_kernel_self_test_passes() {
             assert!(line.ends_with(" ok"), "{line}");
         }
     }
-    assert!(stdout.contains("all 13 models agree"), "{stdout}");
+    assert!(stdout.contains("all 14 models agree"), "{stdout}");
 }

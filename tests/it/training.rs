@@ -14,6 +14,7 @@ use crate::common::StopAt;
 
 fn tiny_model(causal: bool, num_tokens: usize, max_len: usize) -> ModelConfig {
     let mut q = QuarticConfig::readme();
+    q.num_residual_streams = 1;
     q.num_tokens = num_tokens;
     q.dim = 16;
     q.dim_edges = Some(4);

@@ -168,3 +168,41 @@ fn residual_streams_out_of_range_are_refused() {
         assert!(err.contains("`residual_streams` must be 1 to 64"), "{err}");
     }
 }
+
+#[test]
+fn causal_models_with_residual_streams_never_read_the_future() {
+    let d = dev();
+    let n = 6;
+    for rule in ["taylor", "quartic"] {
+        let mut cfg = streams_config(rule, 4, n);
+        cfg.causal = true;
+        let model =
+            Model::<f64, Cpu>::new(&ModelConfig::Graph(cfg), None, &Init::random(&d, 8)).unwrap();
+        let tokens: Vec<usize> = (0..n).map(|i| (i * 5 + 2) % 11).collect();
+        let logits = |t: &[usize]| {
+            model
+                .forward::<NoneTape>(t, 1, n, None)
+                .unwrap()
+                .logits
+                .as_vec()
+        };
+        let base = logits(&tokens);
+        let classes = base.len() / n;
+        for changed in 1..n {
+            let mut other = tokens.clone();
+            other[changed] = (other[changed] + 3) % 11;
+            let moved = logits(&other);
+            assert_close(
+                &format!("{rule}: positions before {changed}"),
+                &moved[..changed * classes],
+                &base[..changed * classes],
+                1e-12,
+                1e-12,
+            );
+            assert!(
+                moved[changed * classes..] != base[changed * classes..],
+                "{rule}: changing token {changed} changes nothing after it"
+            );
+        }
+    }
+}

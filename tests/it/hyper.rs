@@ -7,7 +7,7 @@ use quartic::models::{GraphConfig, Model, ModelConfig};
 use quartic::nn::hyper::HyperConnection;
 use quartic::nn::Init;
 use quartic::rules::lower::NodeBranch;
-use quartic::rules::{Const, Rule, RuleConfig, RuleLayer};
+use quartic::rules::{Rule, RuleConfig, RuleLayer};
 
 use crate::common::*;
 
@@ -71,29 +71,15 @@ nodes[i] += x[i]
     );
 }
 
+/// A small two-layer model of `rule` with `streams` residual streams.
 fn streams_config(rule: &str, streams: usize, n: usize) -> GraphConfig {
-    let mut params: Vec<(&str, f64)> = vec![("heads", 2.0), ("dim_head", 4.0), ("ff_mult", 2.0)];
-    if rule != "relational" {
-        params.extend([("edge_heads", 2.0), ("edge_dim_head", 4.0)]);
+    let mut cfg = crate::reliability::graph_config(rule, 11, n);
+    cfg.residual_streams = streams;
+    cfg.depth = 2;
+    if rule == "relational" {
+        cfg.rule_params.retain(|k, _| !k.starts_with("edge_"));
     }
-    GraphConfig {
-        residual_streams: streams,
-        num_tokens: 11,
-        dim: 16,
-        dim_edges: 8,
-        depth: 2,
-        rule: rule.into(),
-        rule_params: params
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), Const::Num(v)))
-            .collect(),
-        causal: false,
-        max_seq_len: n,
-        absolute_positions: true,
-        position_bias: true,
-        final_norm: Some(1e-5),
-        io: Default::default(),
-    }
+    cfg
 }
 
 /// The original's hyper-connections mix streams per position, so every sequence of a batch is

@@ -11,13 +11,19 @@ use super::shared::Shared;
 use super::small_mm::{mm_direct, takes_direct};
 use crate::tensor::Real;
 
-/// How many elements a `rows × cols` matrix with strides `(row, col)` spans from its first.
-fn extent((rows, cols): (usize, usize), (row, col): (usize, usize)) -> usize {
-    if rows == 0 || cols == 0 {
+/// Panics unless a `rows × cols` matrix with strides `(row, col)`, starting `offset` into a
+/// buffer of `len` elements, lies within it (a kernel's bug, never a user's input).
+fn check_fits(len: usize, offset: usize, (rows, cols): (usize, usize), (row, col): (usize, usize)) {
+    let span = if rows == 0 || cols == 0 {
         0
     } else {
         (rows - 1) * row + (cols - 1) * col + 1
-    }
+    };
+    assert!(
+        offset + span <= len,
+        "a {rows}×{cols} matrix with strides {:?} at {offset} spans {span} elements, past {len}",
+        (row, col)
+    );
 }
 
 /// A matrix a product reads: `rows × cols`, element (r, c) at `r·row + c·col` of its slice.
@@ -32,12 +38,7 @@ impl<'a, E> Mat<'a, E> {
     /// `rows × cols` with strides `(row, col)` from the start of `data`; panics when it does
     /// not fit (a kernel's bug, never a user's input).
     pub fn strided(data: &'a [E], dims: (usize, usize), strides: (usize, usize)) -> Self {
-        let span = extent(dims, strides);
-        assert!(
-            span <= data.len(),
-            "a {dims:?} matrix with strides {strides:?} spans {span} elements, past {}",
-            data.len()
-        );
+        check_fits(data.len(), 0, dims, strides);
         Self {
             data,
             dims,
@@ -72,12 +73,7 @@ impl<'a, E> MatMut<'a, E> {
     /// `rows × cols` with strides `(row, col)` from the start of `data`; panics when it does
     /// not fit.
     pub fn strided(data: &'a mut [E], dims: (usize, usize), strides: (usize, usize)) -> Self {
-        let span = extent(dims, strides);
-        assert!(
-            span <= data.len(),
-            "a {dims:?} matrix with strides {strides:?} spans {span} elements, past {}",
-            data.len()
-        );
+        check_fits(data.len(), 0, dims, strides);
         Self {
             ptr: data.as_mut_ptr(),
             dims,
@@ -102,12 +98,7 @@ impl<'a, E> MatMut<'a, E> {
         (rows, cols): (usize, usize),
         row: usize,
     ) -> Self {
-        let span = extent((rows, cols), (row, 1));
-        assert!(
-            offset + span <= buffer.len(),
-            "a {rows}×{cols} matrix at {offset} spans past {}",
-            buffer.len()
-        );
+        check_fits(buffer.len(), offset, (rows, cols), (row, 1));
         Self {
             // SAFETY: within the buffer (checked above); exclusive, as the caller guarantees
             ptr: unsafe { buffer.at(offset) },
@@ -124,12 +115,7 @@ impl<'a, E> MatMut<'a, E> {
         (rows, cols): (usize, usize),
         row: usize,
     ) -> Self {
-        let span = extent((rows, cols), (row, 1));
-        assert!(
-            span <= data.len(),
-            "a {rows}×{cols} matrix past {}",
-            data.len()
-        );
+        check_fits(data.len(), 0, (rows, cols), (row, 1));
         Self {
             ptr: data.as_mut_ptr() as *mut E,
             dims: (rows, cols),

@@ -119,6 +119,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
+    // as the `quartic` command: QUARTIC_STAY_WARM_MS sets how long idle threads poll
+    if let Some(ms) = std::env::var(quartic::threads::STAY_WARM_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        quartic::threads::set_stay_warm(std::time::Duration::from_millis(ms));
+    }
     let which = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "readme-forward".into());

@@ -15,6 +15,10 @@ static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 fn main() -> ExitCode {
     quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
+    if let Err(e) = cli::environment::stay_warm() {
+        eprintln!("error: {}", cli::output::escaped(&e.to_string()));
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let done = |r: quartic::Result<()>| r.map(|()| 0);
     let result = match &cli.command {

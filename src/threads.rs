@@ -12,7 +12,7 @@
 //! kernels, which then run on the calling thread alone. [`keep_warm`] keeps the other threads
 //! looking for work for a while after the last job they ran.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Makes the calling thread one of rayon's global pool threads (one per core, itself
@@ -32,8 +32,24 @@ pub fn include_calling_thread() {
 /// its own work to return to and never polls.
 static CALLER_IN_POOL: AtomicBool = AtomicBool::new(false);
 
-/// How long a warm thread keeps looking for work after the last job it ran.
-const STAY_WARM: Duration = Duration::from_millis(20);
+/// How long a warm thread keeps looking for work after the last job it ran, in microseconds
+/// (20 ms unless [`set_stay_warm`] says otherwise; 0: never, the threads sleep between kernels).
+static STAY_WARM_US: AtomicU64 = AtomicU64::new(20_000);
+
+/// The environment variable the `quartic` command reads for [`set_stay_warm`]: milliseconds,
+/// 0 to 1000.
+pub const STAY_WARM_ENV: &str = "QUARTIC_STAY_WARM_MS";
+
+/// How long idle pool threads keep polling for work after a kernel ([`keep_warm`]). Polling
+/// burns those cores: on cores billed by the second (a cluster), `Duration::ZERO` turns it
+/// off, at the price of waking the threads for every parallel kernel (a small model's step then
+/// takes longer).
+pub fn set_stay_warm(d: Duration) {
+    STAY_WARM_US.store(
+        d.as_micros().min(u64::MAX as u128) as u64,
+        Ordering::Release,
+    );
+}
 
 /// Broadcast jobs of the last [`keep_warm`] not yet finished (one per pool thread); a new
 /// call starts pollers only when this is zero.
@@ -61,11 +77,12 @@ impl Drop for PollingPaused {
 }
 
 /// Keeps the global pool's other threads polling for work (instead of asleep) until none has
-/// run a job for [`STAY_WARM`]. Cheap to call before every parallel kernel: it starts the
+/// run a job for the time [`set_stay_warm`] set (20 ms by default). Cheap to call before every parallel kernel: it starts the
 /// pollers only when none are running. Polling burns its core while it lasts, so it stops on
 /// its own once the work does.
 pub fn keep_warm() {
-    if PAUSES.load(Ordering::Acquire) > 0 {
+    let stay = Duration::from_micros(STAY_WARM_US.load(Ordering::Acquire));
+    if stay.is_zero() || PAUSES.load(Ordering::Acquire) > 0 {
         return;
     }
     let threads = rayon::current_num_threads();
@@ -92,7 +109,7 @@ pub fn keep_warm() {
                         idle_polls = 0;
                     }
                     // the clock is read every 64 idle polls only
-                    _ if idle_polls % 64 == 63 && last_job.elapsed() > STAY_WARM => break,
+                    _ if idle_polls % 64 == 63 && last_job.elapsed() > stay => break,
                     _ => {
                         idle_polls = idle_polls.wrapping_add(1);
                         std::hint::spin_loop();

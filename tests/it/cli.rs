@@ -314,3 +314,29 @@ fn the_kernel_self_test_passes() {
     }
     assert!(stdout.contains("all 14 models agree"), "{stdout}");
 }
+
+/// `QUARTIC_STAY_WARM_MS` sets how long idle threads poll; a bad value stops the command
+/// before it runs, naming the variable.
+#[test]
+fn the_polling_time_comes_from_the_environment_and_bad_values_are_refused() {
+    let run = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_quartic"))
+            .args(["check", "2"])
+            .env(quartic::threads::STAY_WARM_ENV, value)
+            .output()
+            .expect("the binary runs")
+    };
+    for good in ["0", "5", "1000"] {
+        let out = run(good);
+        assert!(out.status.success(), "{good}: {}", text(&out.stderr));
+    }
+    for bad in ["-1", "1001", "2.5", "soon", ""] {
+        let out = run(bad);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} was taken");
+        assert!(
+            err.contains("QUARTIC_STAY_WARM_MS") && err.trim().lines().count() == 1,
+            "{bad:?}: {err}"
+        );
+    }
+}

@@ -11,6 +11,10 @@
 //! the output edges carry an empty one, so the whole history has one owner: a loss must reach the
 //! returned nodes (any model's logits do) for every gradient to be computed. A loss on the edges
 //! alone first moves the history over with [`move_history`].
+//!
+//! Under hyper-connections ([`RuleLayer::forward_streams`]) the residual streams are the stored
+//! node state and own the history; `nodes` is the open branch's input (or, after the last node
+//! update, the streams' sum), and a node update adds into the streams.
 
 mod attention;
 mod reduce;
@@ -64,7 +68,7 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
         let (b, n, c) = nodes.dims();
         self.check_inputs(b, n, c, edges.dims(), mask)?;
         let nodes = nodes.into_tensor().reshape_like(&(b * n * c,));
-        let mut run = self.run(nodes, None, edges, mask, b, n);
+        let mut run = self.run(Some(nodes), None, edges, mask, b, n);
         self.statements(&mut run, &[])?;
         let (nodes, edges) = run.finish()?;
         let edges = edges.reshape_like(&(b, n, n, self.plan.dim_edges));
@@ -105,7 +109,7 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
             state: Some(streams),
             open: None,
         };
-        let mut run = self.run_streams(state, edges, mask, b, n);
+        let mut run = self.run(None, Some(state), edges, mask, b, n);
         self.statements(&mut run, &branches)?;
         let (streams, edges) = run.finish()?;
         let edges = edges.reshape_like(&(b, n, n, self.plan.dim_edges));
@@ -150,9 +154,10 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
         Ok(())
     }
 
+    /// A run's starting state: the nodes, or (under hyper-connections) the streams.
     fn run<'a, T: Tape<E, D>>(
         &'a self,
-        nodes: T1<E, D, T>,
+        nodes: Option<T1<E, D, T>>,
         streams: Option<StreamState<'a, E, D, T>>,
         edges: Edges<E, D, T>,
         mask: &'a GraphMask,
@@ -165,26 +170,12 @@ impl<E: Real, D: Backend<E>> RuleLayer<E, D> {
             ext: Extents { batch: b, nodes: n },
             mask,
             dev: edges.tensor().device().clone(),
-            nodes: Some(nodes),
+            nodes,
             streams,
             edges: Some(edges.into_tensor().reshape_like(&(b * n * n * de,))),
             lets: (0..self.plan.lets.len()).map(|_| None).collect(),
             orphans: Vec::new(),
         }
-    }
-
-    fn run_streams<'a, T: Tape<E, D>>(
-        &'a self,
-        streams: StreamState<'a, E, D, T>,
-        edges: Edges<E, D, T>,
-        mask: &'a GraphMask,
-        b: usize,
-        n: usize,
-    ) -> Run<'a, E, D, T> {
-        let empty = edges.tensor().device().zeros_like(&(0,)).retaped::<T>();
-        let mut run = self.run(empty, Some(streams), edges, mask, b, n);
-        run.nodes = None;
-        run
     }
 
     /// Runs every statement, opening each node branch where it starts.

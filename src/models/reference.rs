@@ -76,6 +76,98 @@ impl ReferenceModel {
         })
     }
 
+    /// The reference model our `config` computes, when it has one: the inverse of
+    /// [`ReferenceModel::model_config`]. A model of ours the original cannot express (another
+    /// rule, the standard attention scale, our own options) is refused, naming what differs.
+    pub fn from_model_config(config: &ModelConfig, rule_source: Option<&str>) -> Result<Self> {
+        let reference = match config {
+            ModelConfig::Graph(g) => {
+                let rule = match rule_source {
+                    Some(src) => crate::rules::Rule::parse(&g.rule, src)?,
+                    None => crate::rules::Rule::resolve(&g.rule)?,
+                };
+                // every rule parameter after defaults and overrides
+                let plan = rule.plan(&g.rule_config())?;
+                let num = |name: &str| match plan.params.iter().find(|(k, _)| k == name) {
+                    Some((_, crate::rules::Const::Num(x))) => Ok(*x),
+                    _ => Err(err(format!("rule `{}` has no number `{name}`", g.rule))),
+                };
+                match g.rule.as_str() {
+                    "taylor" => Self::Quartic(QuarticConfig {
+                        num_tokens: g.num_tokens,
+                        dim: g.dim,
+                        depth: g.depth,
+                        dim_edges: Some(g.dim_edges),
+                        dim_head: num("dim_head")? as usize,
+                        heads: num("heads")? as usize,
+                        causal: g.causal,
+                        linear_dim_head: num("edge_dim_head")? as usize,
+                        linear_heads: num("edge_heads")? as usize,
+                        ff_mult: num("ff_mult")?,
+                        max_seq_len: g.max_seq_len,
+                        edges_diagonal_attn: false,
+                        num_residual_streams: g.residual_streams,
+                    }),
+                    "relational" => Self::Relational(RelationalConfig {
+                        num_tokens: g.num_tokens,
+                        dim: g.dim,
+                        depth: g.depth,
+                        dim_edges: g.dim_edges,
+                        dim_head: num("dim_head")? as usize,
+                        heads: num("heads")? as usize,
+                        causal: g.causal,
+                        ff_mult: num("ff_mult")?,
+                        max_seq_len: g.max_seq_len,
+                    }),
+                    other => {
+                        return Err(err(format!(
+                            "rule `{other}` has no counterpart in the original (taylor: \
+                             QuarticTransformer, relational: RelationalTransformer)"
+                        )))
+                    }
+                }
+            }
+            ModelConfig::MultiStream(m) => {
+                // the original's arguments; `model_config` sets its quirks back on
+                let mut m = m.clone();
+                m.reference_scale = false;
+                m.reference_diversity = false;
+                Self::MultiStream(m)
+            }
+        };
+        // the round trip must give this very model back
+        let back = reference.model_config()?;
+        if &back != config {
+            let (ours, theirs) = (
+                serde_json::to_value(config).unwrap_or_default(),
+                serde_json::to_value(&back).unwrap_or_default(),
+            );
+            return Err(err(format!(
+                "this model has no counterpart in the original: {}",
+                differences(&ours, &theirs, "")
+            )));
+        }
+        Ok(reference)
+    }
+
+    /// The constructor config the original takes (`{"cls": "QuarticTransformer", ...}`).
+    pub fn config_json(&self) -> serde_json::Value {
+        let (cls, args) = match self {
+            Self::Quartic(c) => ("QuarticTransformer", serde_json::to_value(c)),
+            Self::Relational(c) => ("RelationalTransformer", serde_json::to_value(c)),
+            Self::MultiStream(c) => ("MultiStreamTransformer", serde_json::to_value(c)),
+        };
+        let mut args = args.unwrap_or_default();
+        if let Some(o) = args.as_object_mut() {
+            // our own switches, not the original's arguments
+            for ours in OUR_MULTISTREAM_OPTIONS {
+                o.remove(ours);
+            }
+            o.insert("cls".into(), cls.into());
+        }
+        args
+    }
+
     /// Our model config computing exactly what the reference computes (its quirks included:
     /// the attention scale, the relational model's unused final norm).
     pub fn model_config(&self) -> Result<ModelConfig> {
@@ -425,6 +517,51 @@ impl ReferenceModel {
         Ok(out)
     }
 
+    /// Our parameters as the reference's `state_dict`: names, shapes (1×1 convolutions get
+    /// their trailing unit dims back) and values; row blocks are reassembled. The inverse of
+    /// [`ReferenceModel::import`].
+    pub fn export_state(&self, ours: &NamedTensors) -> Result<NamedTensors> {
+        let maps = self.mappings();
+        let get = |name: &str| {
+            ours.get(name)
+                .ok_or_else(|| err(format!("the model has no parameter `{name}`")))
+        };
+        // the reference tensors' shapes: ours, with the row blocks stacked
+        let mut dims: HashMap<String, Vec<usize>> = HashMap::new();
+        for mp in &maps {
+            let (d, _) = get(&mp.ours)?;
+            let mut d = d.clone();
+            if let Some((start, len)) = mp.rows {
+                if d.is_empty() || d[0] != len {
+                    return Err(err(format!("`{}` is {d:?}, not {len} rows", mp.ours)));
+                }
+                let rows = dims.get(&mp.theirs).map_or(0, |e| e[0]);
+                d[0] = rows.max(start + len);
+            }
+            if CONV_1X1.iter().any(|suffix| mp.theirs.ends_with(suffix)) {
+                d.extend([1, 1]);
+            }
+            dims.insert(mp.theirs.clone(), d);
+        }
+        let values: HashMap<String, Vec<f64>> = ours
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
+        let flat = self.export(&values, &dims)?;
+        let mut out: NamedTensors = flat
+            .into_iter()
+            .map(|(name, v)| {
+                let d = dims.get(&name).cloned().unwrap_or_else(|| vec![v.len()]);
+                (name, (d, v))
+            })
+            .collect();
+        if let Self::Relational(c) = self {
+            // defined by the original and never applied: its initial value
+            out.insert("final_norm.weight".into(), (vec![c.dim], vec![1.0; c.dim]));
+        }
+        Ok(out)
+    }
+
     /// Our gradients (by our names) under the reference's names and shapes; row blocks are
     /// reassembled. `their_dims` gives each reference tensor's shape.
     pub fn export(
@@ -464,6 +601,48 @@ impl ReferenceModel {
             }
         }
         Ok(out)
+    }
+}
+
+/// The reference tensors that are 1×1 convolution weights (`[out, in, 1, 1]`; ours drop the
+/// unit dims): the talking heads and the attention map's projection into the edges.
+const CONV_1X1: [&str; 3] = [
+    "pre_talking_heads.weight",
+    "post_talking_heads.weight",
+    "to_edges_out.0.weight",
+];
+
+/// Fields of our multi-stream config the original's constructor does not take.
+const OUR_MULTISTREAM_OPTIONS: [&str; 3] =
+    ["reference_scale", "diversity_loss", "reference_diversity"];
+
+/// The paths where two JSON values differ, with both sides: `dim: 16 against 32`.
+fn differences(ours: &serde_json::Value, theirs: &serde_json::Value, path: &str) -> String {
+    use serde_json::Value;
+    match (ours, theirs) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| {
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    differences(
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                        &sub,
+                    )
+                })
+                .collect();
+            parts.join("; ")
+        }
+        _ => format!("{path} is {ours}, the original's would be {theirs}"),
     }
 }
 

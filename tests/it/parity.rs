@@ -320,3 +320,80 @@ fn parity_relational_causal_model() {
 fn parity_multistream_model() {
     model_parity("multistream");
 }
+
+/// Exporting to the original's `state_dict` and constructor config undoes `import-reference`,
+/// for every model fixture: the same config, tensor names, shapes and values.
+#[test]
+fn export_to_the_original_undoes_import() {
+    use quartic::models::reference::ReferenceModel;
+    for name in [
+        "quartic",
+        "quartic_masked",
+        "quartic_hyper",
+        "relational",
+        "relational_causal",
+        "multistream",
+    ] {
+        let fx = Fixture::load(name).unwrap_or_else(|e| panic!("{e}"));
+        let reference = ReferenceModel::from_config(&fx.config).unwrap();
+        let ours = reference.model_config().unwrap();
+        let back = ReferenceModel::from_model_config(&ours, None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(back, reference, "{name}: the config round trip");
+        // every argument the fixture gives comes back with its value
+        let json = back.config_json();
+        for (key, want) in fx.config.as_object().unwrap() {
+            if key == "package" {
+                continue;
+            }
+            let got = &json[key.as_str()];
+            let same = match (got.as_f64(), want.as_f64()) {
+                (Some(a), Some(b)) => a == b,
+                _ => got == want,
+            };
+            assert!(
+                same,
+                "{name}: `{key}` exported as {got}, the fixture has {want}"
+            );
+        }
+        let state = fx.params();
+        let exported = reference
+            .export_state(&reference.import(&state).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut names: Vec<&String> = state.keys().collect();
+        names.sort();
+        let mut got: Vec<&String> = exported.keys().collect();
+        got.sort();
+        assert_eq!(got, names, "{name}: tensor names");
+        for (k, (dims, values)) in &state {
+            let (d, v) = &exported[k];
+            assert_eq!(d, dims, "{name}: `{k}` shape");
+            // relational's unused final norm comes back as the original's initial value
+            if !(name.starts_with("relational") && k == "final_norm.weight") {
+                assert_eq!(v, values, "{name}: `{k}` values");
+            }
+        }
+    }
+}
+
+/// A model the original cannot compute (ours: the standard attention scale) is refused, and
+/// the refusal names what differs.
+#[test]
+fn models_without_a_counterpart_in_the_original_are_refused() {
+    use quartic::models::reference::ReferenceModel;
+    use quartic::models::{ModelConfig, QuarticConfig};
+    let mut q = QuarticConfig::readme();
+    q.num_residual_streams = 1;
+    let standard = ModelConfig::Graph(q.to_graph("taylor", false).unwrap());
+    let err = ReferenceModel::from_model_config(&standard, None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("rule_params.scale"), "{err}");
+    let other_rule = ModelConfig::Graph(q.to_graph("triangle", false).unwrap());
+    let err = ReferenceModel::from_model_config(&other_rule, None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("rule `triangle` has no counterpart"), "{err}");
+}

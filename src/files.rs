@@ -192,6 +192,29 @@ pub fn decode_safetensors(path: &Path, data: &[u8], what: &str) -> Result<Vec<St
     Ok(out)
 }
 
+/// Encodes f32 tensors `(name, dims, little-endian bytes)` and string metadata as a
+/// safetensors file (the one encoder: checkpoints and `export-reference` use it).
+pub fn encode_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    meta: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let views: Vec<(String, ::safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, dims, data)| {
+            ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, dims.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| io(path, format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    ::safetensors::serialize(views, &meta).map_err(|e| io(path, e.to_string()))
+}
+
+/// f32 values as little-endian bytes (what [`encode_safetensors`] takes).
+pub fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values.into_iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 /// [`read_capped`] for text, which must be UTF-8.
 pub fn read_text_capped(path: &Path, cap: u64, what: &str) -> Result<String> {
     let data = read_capped(path, cap, what)?;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => done(cli::forward::run(args)),
         Command::Generate(args) => done(cli::generate::run(args)),
         Command::ImportReference(args) => done(cli::import::run(args)),
+        Command::ExportReference(args) => done(cli::export::run(args)),
         Command::Check(args) => done(cli::check::run(args)),
         Command::Explain(args) => done(cli::explain::run(args)),
     };

@@ -6,6 +6,7 @@ pub mod environment;
 pub mod eval;
 pub mod experiment;
 pub mod explain;
+pub mod export;
 pub mod forward;
 pub mod generate;
 pub mod import;
@@ -37,6 +38,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Convert the PyTorch original's weights (safetensors state_dict + config JSON) to a checkpoint
     ImportReference(import::ImportArgs),
+    /// Write a checkpoint as the PyTorch original's state_dict (safetensors) and config JSON
+    ExportReference(export::ExportArgs),
     /// Self-test this machine's fused CPU kernels: every built-in rule's model, forward and
     /// backward, against the composite forms (fails when any disagrees)
     Check(check::CheckArgs),

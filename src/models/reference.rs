@@ -128,6 +128,12 @@ impl ReferenceModel {
                 }
             }
             ModelConfig::MultiStream(m) => {
+                if m.causal {
+                    return Err(err(
+                        "this model has no counterpart in the original: it is causal, and the \
+                         original's MultiStreamTransformer never is",
+                    ));
+                }
                 // the original's arguments; `model_config` sets its quirks back on
                 let mut m = m.clone();
                 m.reference_scale = false;
@@ -159,9 +165,11 @@ impl ReferenceModel {
         };
         let mut args = args.unwrap_or_default();
         if let Some(o) = args.as_object_mut() {
-            // our own switches, not the original's arguments
-            for ours in OUR_MULTISTREAM_OPTIONS {
-                o.remove(ours);
+            if let Self::MultiStream(_) = self {
+                // our own switches, not the original's arguments
+                for ours in OUR_MULTISTREAM_OPTIONS {
+                    o.remove(ours);
+                }
             }
             o.insert("cls".into(), cls.into());
         }
@@ -612,9 +620,14 @@ const CONV_1X1: [&str; 3] = [
     "to_edges_out.0.weight",
 ];
 
-/// Fields of our multi-stream config the original's constructor does not take.
-const OUR_MULTISTREAM_OPTIONS: [&str; 3] =
-    ["reference_scale", "diversity_loss", "reference_diversity"];
+/// Fields of our multi-stream config the original's constructor does not take (it is never
+/// causal; a causal model is refused before export).
+const OUR_MULTISTREAM_OPTIONS: [&str; 4] = [
+    "reference_scale",
+    "diversity_loss",
+    "reference_diversity",
+    "causal",
+];
 
 /// The paths where two JSON values differ, with both sides: `dim: 16 against 32`.
 fn differences(ours: &serde_json::Value, theirs: &serde_json::Value, path: &str) -> String {

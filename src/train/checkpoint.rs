@@ -69,7 +69,7 @@ pub fn save<E: Real, D: Device<E>>(
     train: &TrainState,
 ) -> Result<()> {
     let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let bytes = |v: &[f32]| crate::files::f32_bytes(v.iter().copied());
     for p in model.params() {
         let values: Vec<f32> = p
             .value
@@ -112,16 +112,8 @@ pub fn save<E: Real, D: Device<E>>(
         CHECKSUMS.to_string(),
         serde_json::to_string(&checksums).map_err(|e| io(path, e.to_string()))?,
     );
-    let views: Vec<(String, ::safetensors::tensor::TensorView)> = blobs
-        .iter()
-        .map(|(name, dims, data)| {
-            ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, dims.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| io(path, format!("tensor `{name}`: {e}")))
-        })
-        .collect::<Result<_>>()?;
     let meta: HashMap<String, String> = meta.into_iter().collect();
-    let data = ::safetensors::serialize(views, &Some(meta)).map_err(|e| io(path, e.to_string()))?;
+    let data = crate::files::encode_safetensors(path, &blobs, Some(meta))?;
     crate::files::write_atomic(path, &data)
 }
 

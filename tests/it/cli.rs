@@ -26,6 +26,7 @@ fn help_of_every_subcommand() {
         "explain",
         "generate",
         "import-reference",
+        "export-reference",
         "check",
     ] {
         let mut args: Vec<&str> = sub.split_whitespace().collect();
@@ -192,6 +193,96 @@ fn cli_parity(name: &str) {
         1e-3,
     );
     let _ = std::fs::remove_file(&out);
+}
+
+/// `import-reference` then `export-reference` from the shell gives back the original's
+/// `state_dict` (every tensor, bit for bit in f32) and its constructor arguments.
+#[test]
+fn export_reference_gives_back_what_import_reference_read() {
+    let fixtures = quartic::fixtures::fixture_dir();
+    let dir = std::env::temp_dir().join(format!("quartic-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["quartic_hyper", "relational", "multistream"] {
+        let ckpt = dir.join(format!("{name}.safetensors"));
+        let imported = quartic(&[
+            "import-reference",
+            "--weights",
+            fixtures
+                .join(format!("{name}.safetensors"))
+                .to_str()
+                .unwrap(),
+            "--config",
+            fixtures.join(format!("{name}.json")).to_str().unwrap(),
+            "--out",
+            ckpt.to_str().unwrap(),
+        ]);
+        assert!(
+            imported.status.success(),
+            "{name}: {}",
+            text(&imported.stderr)
+        );
+        let (weights, config) = (
+            dir.join(format!("{name}.w")),
+            dir.join(format!("{name}.json")),
+        );
+        let exported = quartic(&[
+            "export-reference",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        assert!(
+            exported.status.success(),
+            "{name}: {}",
+            text(&exported.stderr)
+        );
+        let fx = quartic::fixtures::Fixture::load(name).unwrap();
+        let got = quartic::fixtures::read_safetensors(&weights).unwrap();
+        let want = fx.params();
+        assert_eq!(got.len(), want.len(), "{name}: tensor count");
+        for (k, (dims, values)) in &want {
+            let t = got.get(k).unwrap_or_else(|| panic!("{name}: no `{k}`"));
+            assert_eq!(&t.dims, dims, "{name}: `{k}` shape");
+            if !(name == "relational" && k == "final_norm.weight") {
+                assert_eq!(&t.values, values, "{name}: `{k}` values");
+            }
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        for (key, want) in fx.config.as_object().unwrap() {
+            if key != "package" {
+                let got = &json[key.as_str()];
+                assert!(
+                    got == want || got.as_f64().is_some_and(|g| Some(g) == want.as_f64()),
+                    "{name}: `{key}` is {got}, the fixture has {want}"
+                );
+            }
+        }
+    }
+    // a model of ours the original cannot compute is refused, and nothing is written
+    let ours = dir.join("ours");
+    let trained = quartic(&["train", "--steps", "1", "--out", ours.to_str().unwrap()]);
+    assert!(trained.status.success(), "{}", text(&trained.stderr));
+    let weights = dir.join("ours.w");
+    let refused = quartic(&[
+        "export-reference",
+        "--checkpoint",
+        ours.join("checkpoint.safetensors").to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--config",
+        dir.join("ours.json").to_str().unwrap(),
+    ]);
+    let err = text(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("no counterpart in the original"),
+        "{err}"
+    );
+    assert!(!weights.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `train --config FILE.toml` reads `[train]` and `[model]`; flags win over the file.

@@ -135,22 +135,16 @@ fn parity_through_the_command_line() {
     }
 }
 
-fn cli_parity(name: &str) {
+/// `quartic import-reference` on fixture `name`'s weights and config, into checkpoint `out`.
+fn import_fixture(name: &str, out: &std::path::Path) {
     let fixtures = quartic::fixtures::fixture_dir();
-    let fx = quartic::fixtures::Fixture::load(name).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::env::temp_dir().join(format!(
-        "quartic-import-{name}-{}.safetensors",
-        std::process::id()
-    ));
+    let file = |ext: &str| fixtures.join(format!("{name}.{ext}"));
     let imported = quartic(&[
         "import-reference",
         "--weights",
-        fixtures
-            .join(format!("{name}.safetensors"))
-            .to_str()
-            .unwrap(),
+        file("safetensors").to_str().unwrap(),
         "--config",
-        fixtures.join(format!("{name}.json")).to_str().unwrap(),
+        file("json").to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -159,6 +153,15 @@ fn cli_parity(name: &str) {
         "{name}: {}",
         text(&imported.stderr)
     );
+}
+
+fn cli_parity(name: &str) {
+    let fx = quartic::fixtures::Fixture::load(name).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::env::temp_dir().join(format!(
+        "quartic-import-{name}-{}.safetensors",
+        std::process::id()
+    ));
+    import_fixture(name, &out);
     let input = fx.tensor("input.0").unwrap();
     let n = input.dims[1];
     let tokens: Vec<String> = input.as_usize()[..n]
@@ -199,28 +202,11 @@ fn cli_parity(name: &str) {
 /// `state_dict` (every tensor, bit for bit in f32) and its constructor arguments.
 #[test]
 fn export_reference_gives_back_what_import_reference_read() {
-    let fixtures = quartic::fixtures::fixture_dir();
     let dir = std::env::temp_dir().join(format!("quartic-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["quartic_hyper", "relational", "multistream"] {
         let ckpt = dir.join(format!("{name}.safetensors"));
-        let imported = quartic(&[
-            "import-reference",
-            "--weights",
-            fixtures
-                .join(format!("{name}.safetensors"))
-                .to_str()
-                .unwrap(),
-            "--config",
-            fixtures.join(format!("{name}.json")).to_str().unwrap(),
-            "--out",
-            ckpt.to_str().unwrap(),
-        ]);
-        assert!(
-            imported.status.success(),
-            "{name}: {}",
-            text(&imported.stderr)
-        );
+        import_fixture(name, &ckpt);
         let (weights, config) = (
             dir.join(format!("{name}.w")),
             dir.join(format!("{name}.json")),

@@ -241,17 +241,7 @@ impl<'a> Checker<'a> {
         let x = self.tensor(x, name, false)?;
         a.finish()?;
         self.st.scope.pop();
-        if !x.slots.contains(&slot) {
-            return Err(RuleError::new(
-                x_span,
-                format!(
-                    "`{name}[{}]` runs over `{}`, but its operand does not use it",
-                    over.name, over.name
-                ),
-            ));
-        }
-        let slots: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != slot).collect();
-        self.check_causal_query(&slots, span, name)?;
+        let slots = self.free_after(&x, x_span, slot, over, name, span)?;
         let matmul = op != ReduceOp::Max && matmul_form(&x, slot).is_some();
         Ok(Value::Tensor(Node {
             slots,
@@ -263,6 +253,31 @@ impl<'a> Checker<'a> {
                 matmul,
             },
         }))
+    }
+
+    /// The indices of `x` other than `slot`, which a reduction or softmax `name[over]` runs
+    /// over: `x` must use it, and a causal rule must leave an index free.
+    fn free_after(
+        &self,
+        x: &Node,
+        x_span: Span,
+        slot: Slot,
+        over: &Ident,
+        name: &str,
+        span: Span,
+    ) -> Checked<Vec<Slot>> {
+        if !x.slots.contains(&slot) {
+            return Err(RuleError::new(
+                x_span,
+                format!(
+                    "`{name}[{}]` runs over `{}`, but its operand does not use it",
+                    over.name, over.name
+                ),
+            ));
+        }
+        let rest: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != slot).collect();
+        self.check_causal_query(&rest, span, name)?;
+        Ok(rest)
     }
 
     /// In a causal rule, a reduction or softmax over an index compares its time with the times
@@ -297,17 +312,7 @@ impl<'a> Checker<'a> {
         let x_span = x.span;
         let x = self.tensor(x, "softmax", false)?;
         a.finish()?;
-        if !x.slots.contains(&slot) {
-            return Err(RuleError::new(
-                x_span,
-                format!(
-                    "`softmax[{}]` runs over `{}`, but its operand does not use it",
-                    over.name, over.name
-                ),
-            ));
-        }
-        let rest: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != slot).collect();
-        self.check_causal_query(&rest, span, "softmax")?;
+        self.free_after(&x, x_span, slot, over, "softmax", span)?;
         Ok(Value::Tensor(Node {
             slots: x.slots.clone(),
             channels: x.channels,

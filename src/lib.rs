@@ -12,6 +12,7 @@
 
 pub mod alloc;
 pub mod backend;
+pub mod build_info;
 pub mod diagnostic;
 pub mod error;
 pub mod experiment;

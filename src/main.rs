@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let done = |r: quartic::Result<()>| r.map(|()| 0);
     let result = match &cli.command {
         Command::Train(args) => cli::train::run(args),
-        Command::Experiment(args) => done(cli::experiment::run(args)),
+        Command::Experiment(args) => cli::experiment::run(args),
         Command::Eval(args) => done(cli::eval::run(args)),
         Command::Forward(args) => done(cli::forward::run(args)),
         Command::Generate(args) => done(cli::generate::run(args)),

@@ -1,13 +1,17 @@
 //! `quartic experiment`: several rules on one task (or the separation suite) at matched
-//! parameter counts, over seeds; writes `summary.md` and per-task tables and plots.
+//! parameter counts, over seeds; writes `summary.md` and per-task tables and plots. The
+//! one-command form plans, runs every job and reports in one process; `plan`, `run` and
+//! `report` do the same in parts, so that a cluster scheduler can run the jobs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::Args;
-use quartic::experiment::{self, report, ExperimentConfig, TaskReport, SEPARATION_SUITE};
+use clap::{Args, Subcommand};
+use quartic::experiment::{
+    self, report, Collected, ExperimentConfig, Plan, RunSummary, TaskSettings, SEPARATION_SUITE,
+};
 
-use super::output::say;
+use super::output::{say, signal_name, StopSignals};
 
 /// `--suite`'s help: each suite's tasks, from the suite itself.
 fn suite_help() -> String {
@@ -16,7 +20,66 @@ fn suite_help() -> String {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ExperimentArgs {
+    #[command(subcommand)]
+    pub action: Option<Action>,
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    /// Runs trained at once [default: the number of cores]
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub budget: super::budget::Budget,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Action {
+    /// Write the sweep's jobs (jobs.jsonl) and runners (slurm.sh, run-local.sh) to --out; run
+    /// nothing
+    Plan(PlanArgs),
+    /// Run jobs of a plan, each in its own folder (result.json); a finished job is skipped,
+    /// a stopped one continues from its checkpoint
+    Run(RunArgs),
+    /// Tables and plots of the jobs of a plan that have finished (summary.md)
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    /// Jobs each Slurm array task runs, one after the other (short runs share a task)
+    #[arg(long, default_value_t = 4)]
+    pub jobs_per_array_task: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The plan's folder
+    pub dir: PathBuf,
+    /// The jobs to run: K, A-B (both included) or a list of them, e.g. 0-9,12
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub job: Option<String>,
+    /// Every job of the plan
+    #[arg(long)]
+    pub all: bool,
+    /// Jobs run at once [default: the number of cores]
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub budget: super::budget::Budget,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// The plan's folder
+    pub dir: PathBuf,
+}
+
+/// What a sweep varies and holds fixed.
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
     /// The task (see `quartic train --help`); or use --suite
     #[arg(long, required_unless_present = "suite", conflicts_with = "suite")]
     pub task: Option<String>,
@@ -32,9 +95,13 @@ pub struct ExperimentArgs {
     /// Layers
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
-    /// Seeds per rule (0, 1, ...): each seed fixes the data and the initial weights
+    /// Seeds per rule (--first-seed, the next, ...): each seed fixes the data and the initial
+    /// weights
     #[arg(long, default_value_t = 3)]
     pub seeds: usize,
+    /// The first seed
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
     /// Optimizer steps [default: 400, or the suite's per task]
     #[arg(long)]
     pub steps: Option<usize>,
@@ -71,105 +138,202 @@ pub struct ExperimentArgs {
     /// Feedforward width multiplier
     #[arg(long, default_value_t = 2.0)]
     pub ff_mult: f64,
-    /// Runs trained at once [default: the number of cores]
-    #[arg(long)]
-    pub jobs: Option<usize>,
     /// Output directory
     #[arg(long, default_value = "runs/experiment")]
     pub out: PathBuf,
-    #[command(flatten)]
-    pub budget: super::budget::Budget,
 }
 
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-pub fn run(args: &ExperimentArgs) -> quartic::Result<()> {
-    let defaults = ExperimentConfig::default();
-    let base = ExperimentConfig {
-        rules: args.rules.clone(),
-        depth: args.depth,
-        seeds: args.seeds,
-        steps: args.steps.unwrap_or(defaults.steps),
-        batch: args.batch.unwrap_or(defaults.batch),
-        lr: args.lr,
-        warmup: defaults.warmup,
-        eval_every: args.eval_every,
-        eval_batches: args.eval_batches,
-        widths: experiment::Widths {
-            dim: args.dim,
-            dim_edges: args.dim_edges,
-            heads: args.heads,
-            dim_head: args.dim_head,
-            edge_heads: args.edge_heads,
-            edge_dim_head: args.edge_dim_head,
-            ff_mult: args.ff_mult,
-        },
-        jobs: args.jobs.unwrap_or(defaults.jobs),
-        out: args.out.clone(),
-        memory: args.budget.max_memory,
-    };
-    // (task, steps, batch): flags win over the suite's per-task settings
-    let tasks: Vec<(String, usize, usize)> = match &args.task {
-        Some(t) => vec![(t.clone(), base.steps, base.batch)],
-        None => SEPARATION_SUITE
-            .iter()
-            .map(|s| {
-                (
-                    s.task.to_string(),
-                    args.steps.unwrap_or(s.steps),
-                    args.batch.unwrap_or(s.batch),
-                )
-            })
-            .collect(),
-    };
-    let started = Instant::now();
-    // with standard output closed the runs go on: their results are written to files
-    let log = |line: &str| {
-        let _ = say!("{line}");
-    };
-    let mut reports: Vec<TaskReport> = Vec::new();
-    for (task, steps, batch) in &tasks {
+impl SweepArgs {
+    /// The settings and the tasks (with their steps and batch: flags win over a suite's).
+    fn resolve(&self) -> (ExperimentConfig, Vec<TaskSettings>) {
+        let defaults = ExperimentConfig::default();
         let cfg = ExperimentConfig {
-            steps: *steps,
-            batch: *batch,
-            ..base.clone()
+            rules: self.rules.clone(),
+            depth: self.depth,
+            first_seed: self.first_seed,
+            seeds: self.seeds,
+            steps: self.steps.unwrap_or(defaults.steps),
+            batch: self.batch.unwrap_or(defaults.batch),
+            lr: self.lr,
+            warmup: defaults.warmup,
+            eval_every: self.eval_every,
+            eval_batches: self.eval_batches,
+            widths: experiment::Widths {
+                dim: self.dim,
+                dim_edges: self.dim_edges,
+                heads: self.heads,
+                dim_head: self.dim_head,
+                edge_heads: self.edge_heads,
+                edge_dim_head: self.edge_dim_head,
+                ff_mult: self.ff_mult,
+            },
+            out: self.out.clone(),
+            ..defaults
         };
-        let r = experiment::run_task(task, &cfg, &log)?;
-        report::write_task(&r, &args.out.join(&r.task))?;
-        let _ = say!("\n{}", report::markdown(&r));
-        reports.push(r);
+        let tasks = match &self.task {
+            Some(t) => vec![TaskSettings {
+                task: t.clone(),
+                steps: cfg.steps,
+                batch: cfg.batch,
+            }],
+            None => SEPARATION_SUITE
+                .iter()
+                .map(|s| TaskSettings {
+                    task: s.task.to_string(),
+                    steps: self.steps.unwrap_or(s.steps),
+                    batch: self.batch.unwrap_or(s.batch),
+                })
+                .collect(),
+        };
+        (cfg, tasks)
     }
-    let command: Vec<String> = std::env::args().skip(1).collect();
-    let mut summary = format!(
-        "Command `quartic {}` at commit {}, {} thread(s), {:.1} min in all.\n\n",
-        command.join(" "),
-        commit(),
-        base.jobs,
+}
+
+/// The command line, as it was given.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("quartic {}", args.join(" "))
+}
+
+/// With standard output closed the runs go on: their results are written to files.
+fn log(line: &str) {
+    let _ = say!("{line}");
+}
+
+/// Runs; the exit status is 0, or 128 + the signal's number when a signal stopped the jobs.
+pub fn run(args: &ExperimentArgs) -> quartic::Result<u8> {
+    match &args.action {
+        Some(Action::Plan(p)) => plan(p).map(|()| 0),
+        Some(Action::Run(r)) => run_jobs(r),
+        Some(Action::Report(r)) => report(&r.dir).map(|()| 0),
+        None => run_all(args),
+    }
+}
+
+fn plan(args: &PlanArgs) -> quartic::Result<()> {
+    let (cfg, tasks) = args.sweep.resolve();
+    let plan = Plan::new(&tasks, &cfg, &command_line())?;
+    plan.write(&cfg.out, args.jobs_per_array_task)?;
+    let dir = cfg.out.display();
+    say!(
+        "planned {} jobs ({} task(s) × {} rule(s) × {} seed(s)) in {dir}:",
+        plan.jobs.len(),
+        plan.tasks.len(),
+        cfg.rules.len(),
+        cfg.seeds
+    )?;
+    say!("  one job:        quartic experiment run {dir} --job K")?;
+    say!("  a Slurm array:  sbatch {dir}/slurm.sh")?;
+    say!("  this machine:   {dir}/run-local.sh [PROCESSES]")?;
+    say!("  the tables:     quartic experiment report {dir}")
+}
+
+fn threads(jobs: Option<usize>) -> usize {
+    jobs.unwrap_or_else(|| ExperimentConfig::default().jobs)
+        .max(1)
+}
+
+/// The exit status after running jobs: an error listing the failed ones.
+fn ended(summary: &RunSummary, signals: &StopSignals) -> quartic::Result<u8> {
+    if let Some(sig) = signals.received() {
+        eprintln!(
+            "stopped by {}: the stopped jobs saved checkpoints; run them again to continue",
+            signal_name(sig)
+        );
+        return Ok(128 + sig as u8);
+    }
+    if summary.failed.is_empty() {
+        return Ok(0);
+    }
+    let listed: Vec<String> = summary
+        .failed
+        .iter()
+        .map(|(id, e)| format!("job {id}: {e}"))
+        .collect();
+    Err(quartic::Error::config(
+        "experiment",
+        format!(
+            "{} job(s) failed (their result.json records why; running them again retries \
+             them): {}",
+            summary.failed.len(),
+            listed.join("; ")
+        ),
+    ))
+}
+
+fn run_jobs(args: &RunArgs) -> quartic::Result<u8> {
+    let plan = Plan::read(&args.dir)?;
+    let ids = match &args.job {
+        Some(spec) => plan.select(spec)?,
+        None => (0..plan.jobs.len()).collect(),
+    };
+    let threads = threads(args.jobs);
+    experiment::check_memory(&plan, &ids, threads, &args.budget.max_memory)?;
+    let signals = StopSignals::install()?;
+    let summary = experiment::run_jobs(
+        &args.dir,
+        &plan,
+        &ids,
+        threads,
+        Some(&signals.requested),
+        &log,
+    )?;
+    ended(&summary, &signals)
+}
+
+/// The report's header: the plan's command and build, and this report's.
+fn report(dir: &Path) -> quartic::Result<()> {
+    let plan = Plan::read(dir)?;
+    let collected = experiment::collect(dir, &plan)?;
+    let header = format!(
+        "Planned by `{}` with {}; reported by {}.",
+        plan.command,
+        plan.build,
+        quartic::build_info::describe()
+    );
+    write_report(dir, &header, &plan, &collected)
+}
+
+fn write_report(
+    dir: &Path,
+    header: &str,
+    plan: &Plan,
+    collected: &Collected,
+) -> quartic::Result<()> {
+    let path = report::write_all(dir, header, plan, collected)?;
+    say!("{}", report::suite_markdown(&collected.reports))?;
+    let done = plan.jobs.len() - collected.failed.len() - collected.missing.len();
+    say!(
+        "written: {} ({done} of {} jobs finished; per task: results.md, results.csv, plots)",
+        path.display(),
+        plan.jobs.len()
+    )
+}
+
+/// The one-command form: plan, run every job not yet finished, report.
+fn run_all(args: &ExperimentArgs) -> quartic::Result<u8> {
+    let (mut cfg, tasks) = args.sweep.resolve();
+    cfg.jobs = threads(args.jobs);
+    cfg.memory = args.budget.max_memory;
+    let started = Instant::now();
+    let signals = StopSignals::install()?;
+    let (plan, summary, collected) = experiment::run(
+        &tasks,
+        &cfg,
+        &command_line(),
+        Some(&signals.requested),
+        &log,
+    )?;
+    for r in collected.reports.iter().filter(|r| !r.runs.is_empty()) {
+        let _ = say!("\n{}", report::markdown(r));
+    }
+    let header = format!(
+        "Command `{}` with {}, {} thread(s), {:.1} min in all.",
+        plan.command,
+        quartic::build_info::describe(),
+        cfg.jobs,
         started.elapsed().as_secs_f64() / 60.0
     );
-    summary.push_str(&report::suite_markdown(&reports));
-    for r in &reports {
-        summary.push('\n');
-        summary.push_str(&report::markdown(r));
-    }
-    let path = args.out.join("summary.md");
-    std::fs::create_dir_all(&args.out)
-        .and_then(|_| std::fs::write(&path, &summary))
-        .map_err(|e| quartic::Error::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    say!("{}", report::suite_markdown(&reports))?;
-    say!(
-        "written: {} (per task: results.md, results.csv, plots)",
-        path.display()
-    )
+    write_report(&cfg.out, &header, &plan, &collected)?;
+    ended(&summary, &signals)
 }

@@ -85,7 +85,7 @@ pub fn count_params(config: &GraphConfig) -> Result<usize> {
 }
 
 /// One rule's matched size.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Matched {
     pub rule: String,
     pub config: GraphConfig,

@@ -2,35 +2,38 @@
 //! parameter count, over several seeds; a table (Markdown and CSV) and plots of the results.
 //! `--suite separation` runs the tasks built to separate edge rules from the quadratic baseline.
 
+pub mod jobs;
 pub mod matching;
+pub mod plan;
 pub mod report;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
 
-use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::memory::{Estimate, Limit};
 use crate::models::footprint::{estimate, Use};
-use crate::models::{Model, ModelConfig};
-use crate::nn::Init;
-use crate::rules::{explain::plan_cost, Rule};
-use crate::train::shards::DEFAULT_SHARDS;
+use crate::models::ModelConfig;
 use crate::train::tasks::Split;
-use crate::train::trainer::{self, Silent, Start, TrainConfig};
+use crate::train::trainer;
 use crate::train::Task;
 
+use jobs::{JobRecord, Outcome, Status};
 pub use matching::{match_params, Matched, Widths};
+pub use plan::{Job, Plan, TaskPlan};
 
 /// Everything an experiment holds fixed across its rules.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentConfig {
     pub rules: Vec<String>,
     pub depth: usize,
+    /// Seeds `first_seed`, `first_seed + 1`, … (`seeds` of them): each fixes a run's data and
+    /// initial weights.
+    #[serde(default)]
+    pub first_seed: u64,
     pub seeds: usize,
     pub steps: usize,
     pub batch: usize,
@@ -54,6 +57,7 @@ impl Default for ExperimentConfig {
                 .map(String::from)
                 .to_vec(),
             depth: 1,
+            first_seed: 0,
             seeds: 3,
             steps: 400,
             batch: 32,
@@ -66,6 +70,13 @@ impl Default for ExperimentConfig {
             out: PathBuf::from("runs/experiment"),
             memory: Limit::Available,
         }
+    }
+}
+
+impl ExperimentConfig {
+    /// The seeds of the runs.
+    pub fn seed_range(&self) -> std::ops::Range<u64> {
+        self.first_seed..self.first_seed + self.seeds as u64
     }
 }
 
@@ -113,7 +124,7 @@ pub const SEPARATION_SUITE: [SuiteTask; 6] = [
 ];
 
 /// One trained model's results.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
     pub rule: String,
     pub seed: u64,
@@ -167,160 +178,238 @@ pub fn base_rate(task: &Task, cfg: &ExperimentConfig) -> Result<f64> {
     Ok(top as f64 / total.max(1) as f64)
 }
 
-/// Runs every rule × seed of `cfg` on the task `task_name`; `log` gets a line per finished run.
-pub fn run_task(
-    task_name: &str,
-    cfg: &ExperimentConfig,
-    log: &(dyn Fn(&str) + Sync),
-) -> Result<TaskReport> {
-    if cfg.rules.is_empty() || cfg.seeds == 0 || cfg.depth == 0 {
-        return Err(Error::config(
-            "experiment",
-            "needs at least one rule, one seed and depth ≥ 1",
-        ));
+/// A task with the steps and batch its runs get.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSettings {
+    pub task: String,
+    pub steps: usize,
+    pub batch: usize,
+}
+
+impl From<&SuiteTask> for TaskSettings {
+    fn from(s: &SuiteTask) -> Self {
+        Self {
+            task: s.task.to_string(),
+            steps: s.steps,
+            batch: s.batch,
+        }
     }
-    let task = Task::from_name(task_name, None, 0)?;
-    let (budget, matched) = match_params(&cfg.rules, &task, &cfg.widths, cfg.depth)?;
-    let mut flops_per_step = Vec::new();
-    for m in &matched {
-        let plan = Rule::resolve(&m.rule)?.plan(&m.config.rule_config())?;
-        let forward = plan_cost(&plan, cfg.batch, task.max_len()).flops;
-        flops_per_step.push(3.0 * forward * cfg.depth as f64);
-    }
-    let jobs: Vec<(usize, u64)> = (0..matched.len())
-        .flat_map(|r| (0..cfg.seeds as u64).map(move |s| (r, s)))
-        .collect();
-    // refuse, before any run starts, a rule whose runs (as many at once as there are jobs)
-    // cannot fit
-    let at_once = cfg.jobs.clamp(1, jobs.len()) as u64;
-    for m in &matched {
+}
+
+/// What [`run_jobs`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunSummary {
+    pub finished: usize,
+    pub already_finished: usize,
+    /// (job, error)
+    pub failed: Vec<(usize, String)>,
+    /// Jobs another process was running.
+    pub busy: Vec<usize>,
+    pub interrupted: usize,
+}
+
+/// Refuses, before any run starts, a rule whose runs (`at_once` of them) cannot fit in `limit`.
+pub fn check_memory(plan: &Plan, ids: &[usize], at_once: usize, limit: &Limit) -> Result<()> {
+    let at_once = at_once.clamp(1, ids.len().max(1)) as u64;
+    let mut seen = Vec::new();
+    for &id in ids {
+        let job = &plan.jobs[id];
+        if seen.contains(&(&job.task, &job.rule)) {
+            continue;
+        }
+        seen.push((&job.task, &job.rule));
+        let task = job.train.task()?;
         let one = estimate(
-            &ModelConfig::Graph(m.config.clone()),
-            None,
-            cfg.batch,
+            &ModelConfig::Graph(job.model.clone()),
+            plan.rule_source(&job.rule),
+            job.train.batch,
             task.max_len(),
             Use::Train {
-                shards: DEFAULT_SHARDS,
+                shards: job.train.shards,
             },
         )?;
         let mut all = Estimate::default();
         for (what, bytes) in one.parts {
             all.add(what, bytes.saturating_mul(at_once));
         }
-        cfg.memory
-            .check(&format!("{at_once} runs of `{}` at once", m.rule), &all)?;
+        limit.check(&format!("{at_once} runs of `{}` at once", job.rule), &all)?;
     }
+    Ok(())
+}
+
+/// Runs the jobs `ids` of the plan in `dir`, `threads` at once; `log` gets a line per job.
+/// A failed job does not stop the others.
+pub fn run_jobs(
+    dir: &Path,
+    plan: &Plan,
+    ids: &[usize],
+    threads: usize,
+    stop: Option<&AtomicBool>,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<RunSummary> {
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<Result<RunResult>>> = Mutex::new(Vec::new());
+    let outcomes: Mutex<Vec<(usize, Result<Outcome>)>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 0..cfg.jobs.clamp(1, jobs.len()) {
+        for _ in 0..threads.clamp(1, ids.len().max(1)) {
             scope.spawn(|| loop {
                 let k = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&(r, seed)) = jobs.get(k) else { break };
-                let result = run_one(&task, &matched[r], seed, cfg);
-                let finished = done.fetch_add(1, Ordering::SeqCst) + 1;
-                match &result {
-                    Ok(run) => log(&format!(
-                        "[{finished}/{}] {task_name} · {} · seed {seed}: held-out accuracy {:.1}% ({:.0} s)",
-                        jobs.len(),
-                        run.rule,
-                        run.accuracy * 100.0,
-                        run.seconds
-                    )),
-                    Err(e) => log(&format!(
-                        "[{finished}/{}] {task_name} · {} · seed {seed}: failed: {e}",
-                        jobs.len(),
-                        matched[r].rule
-                    )),
+                let Some(&id) = ids.get(k) else { break };
+                if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                    break;
                 }
-                results.lock().expect("no panics hold the lock").push(result);
+                let outcome = jobs::run_job(dir, plan, id, stop);
+                let finished = done.fetch_add(1, Ordering::SeqCst) + 1;
+                let job = &plan.jobs[id];
+                let what = match &outcome {
+                    Ok(Outcome::Finished {
+                        result: r,
+                        continued_from,
+                    }) => format!(
+                        "held-out accuracy {:.1}% ({:.0} s{})",
+                        r.accuracy * 100.0,
+                        r.seconds,
+                        continued_from
+                            .map(|s| format!(", continued from its checkpoint at step {s}"))
+                            .unwrap_or_default()
+                    ),
+                    Ok(Outcome::AlreadyFinished(r)) => format!(
+                        "finished before (held-out accuracy {:.1}%), skipped",
+                        r.accuracy * 100.0
+                    ),
+                    Ok(Outcome::Failed(e)) => format!("failed: {e}"),
+                    Ok(Outcome::Busy) => "another process is running it, skipped".into(),
+                    Ok(Outcome::Interrupted) => {
+                        "stopped; its checkpoint is saved and the next run continues it".into()
+                    }
+                    Err(e) => format!("failed: {e}"),
+                };
+                log(&format!(
+                    "[{finished}/{}] job {id}: {} · {} · seed {}: {what}",
+                    ids.len(),
+                    job.task,
+                    job.rule,
+                    job.seed
+                ));
+                outcomes
+                    .lock()
+                    .expect("no panics hold the lock")
+                    .push((id, outcome));
             });
         }
     });
-    let mut runs = results
-        .into_inner()
-        .expect("no panics hold the lock")
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
-    let order = |r: &RunResult| (cfg.rules.iter().position(|x| *x == r.rule), r.seed);
-    runs.sort_by_key(order);
-    Ok(TaskReport {
-        task: task.name(),
-        config: cfg.clone(),
-        base_rate: base_rate(&task, cfg)?,
-        budget,
-        matched,
-        flops_per_step,
-        size_label: task.sizes().map(|s| s.what.to_string()),
-        has_probe: task.probe().is_some(),
-        runs,
+    let mut summary = RunSummary::default();
+    let mut outcomes = outcomes.into_inner().expect("no panics hold the lock");
+    outcomes.sort_by_key(|o| o.0);
+    for (id, outcome) in outcomes {
+        match outcome {
+            Ok(Outcome::Finished { .. }) => summary.finished += 1,
+            Ok(Outcome::AlreadyFinished(_)) => summary.already_finished += 1,
+            Ok(Outcome::Failed(e)) => summary.failed.push((id, e)),
+            Err(e) => summary.failed.push((id, e.to_string())),
+            Ok(Outcome::Busy) => summary.busy.push(id),
+            Ok(Outcome::Interrupted) => summary.interrupted += 1,
+        }
+    }
+    Ok(summary)
+}
+
+/// What the plan in a folder has produced so far.
+#[derive(Clone, Debug)]
+pub struct Collected {
+    /// One report per task of the plan, with the runs that have finished.
+    pub reports: Vec<TaskReport>,
+    /// (job, error) of the jobs that failed.
+    pub failed: Vec<(usize, String)>,
+    /// Jobs with no result yet.
+    pub missing: Vec<usize>,
+}
+
+/// Reads every finished job of the plan in `dir` into its task's report.
+pub fn collect(dir: &Path, plan: &Plan) -> Result<Collected> {
+    let mut reports: Vec<TaskReport> = plan
+        .tasks
+        .iter()
+        .map(|t| TaskReport {
+            task: t.task.clone(),
+            config: t.config.clone(),
+            base_rate: t.base_rate,
+            budget: t.budget,
+            matched: t.matched.clone(),
+            flops_per_step: t.flops_per_step.clone(),
+            size_label: t.size_label.clone(),
+            has_probe: t.has_probe,
+            runs: Vec::new(),
+        })
+        .collect();
+    let mut failed = Vec::new();
+    let mut missing = Vec::new();
+    for job in &plan.jobs {
+        match jobs::read_record(dir, job)? {
+            Some(JobRecord {
+                status: Status::Finished { result },
+                ..
+            }) => {
+                if let Some(r) = reports.iter_mut().find(|r| r.task == job.task) {
+                    r.runs.push(result);
+                }
+            }
+            Some(JobRecord {
+                status: Status::Failed { error },
+                ..
+            }) => failed.push((job.id, error)),
+            None => missing.push(job.id),
+        }
+    }
+    for r in &mut reports {
+        let rules = &r.config.rules;
+        r.runs
+            .sort_by_key(|x| (rules.iter().position(|n| *n == x.rule), x.seed));
+    }
+    Ok(Collected {
+        reports,
+        failed,
+        missing,
     })
 }
 
-/// Trains one rule at one seed and measures it.
-fn run_one(task: &Task, matched: &Matched, seed: u64, cfg: &ExperimentConfig) -> Result<RunResult> {
-    let dev = Cpu::default();
-    let started = Instant::now();
-    let model_config = ModelConfig::Graph(matched.config.clone());
-    let mut model = Model::<f32, Cpu>::new(&model_config, None, &Init::random(&dev, seed))?;
-    let train = TrainConfig {
-        task: task.name(),
+/// Plans `tasks` into `cfg.out` (or finds the same plan there), runs every job not yet finished
+/// (`cfg.jobs` at once) and collects the results: today's one-command experiment.
+pub fn run(
+    tasks: &[TaskSettings],
+    cfg: &ExperimentConfig,
+    command: &str,
+    stop: Option<&AtomicBool>,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(Plan, RunSummary, Collected)> {
+    let plan = Plan::new(tasks, cfg, command)?;
+    plan.write(&cfg.out, 1)?;
+    let ids: Vec<usize> = (0..plan.jobs.len()).collect();
+    check_memory(&plan, &ids, cfg.jobs, &cfg.memory)?;
+    let summary = run_jobs(&cfg.out, &plan, &ids, cfg.jobs, stop, log)?;
+    let collected = collect(&cfg.out, &plan)?;
+    Ok((plan, summary, collected))
+}
+
+/// Runs every rule × seed of `cfg` on one task into `cfg.out` and reports it; an error if a run
+/// failed.
+pub fn run_task(
+    task_name: &str,
+    cfg: &ExperimentConfig,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<TaskReport> {
+    let task = TaskSettings {
+        task: task_name.to_string(),
         steps: cfg.steps,
         batch: cfg.batch,
-        lr: cfg.lr,
-        warmup: cfg.warmup,
-        eval_every: cfg.eval_every,
-        eval_batches: cfg.eval_batches,
-        seed,
-        checkpoint_every: cfg.steps,
-        out: cfg
-            .out
-            .join(task.name())
-            .join("runs")
-            .join(&matched.rule)
-            .join(format!("seed{seed}")),
-        ..TrainConfig::default()
     };
-    // a rerun of the experiment replaces its runs (its tables are rewritten too)
-    let report = trainer::train(&mut model, &train, Start::overwrite(), None, &mut Silent)?;
-    let (loss, accuracy) = report
-        .eval
-        .ok_or_else(|| Error::config("experiment", "the run ended without an evaluation"))?;
-    let curve = report
-        .records
-        .iter()
-        .filter_map(|r| r.eval.map(|(_, a)| (r.step, a)))
-        .collect();
-    let mut by_size = Vec::new();
-    if let Some(sizes) = task.sizes() {
-        for size in sizes.values {
-            let (_, acc) = trainer::evaluate_split(
-                &model,
-                task,
-                seed,
-                cfg.eval_batches,
-                cfg.batch,
-                Split::Size(size),
-            )?;
-            by_size.push((size, acc));
-        }
+    let (_, summary, collected) = run(&[task], cfg, "", None, log)?;
+    if let Some((id, e)) = summary.failed.first() {
+        return Err(Error::config("experiment", format!("job {id} failed: {e}")));
     }
-    let probe = match task.probe() {
-        Some(bt) => {
-            let (_, correct, total) = trainer::score_batch(&model, &bt, task.readout())?;
-            Some(correct as f64 / total as f64)
-        }
-        None => None,
-    };
-    Ok(RunResult {
-        rule: matched.rule.clone(),
-        seed,
-        loss,
-        accuracy,
-        curve,
-        by_size,
-        probe,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    collected
+        .reports
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::config("experiment", "no task was planned"))
 }

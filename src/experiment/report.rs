@@ -61,7 +61,7 @@ pub fn markdown(r: &TaskReport) -> String {
         c.steps,
         c.batch,
         c.lr,
-        (0..c.seeds)
+        c.seed_range()
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .join(", "),
@@ -266,4 +266,48 @@ pub fn suite_markdown(reports: &[TaskReport]) -> String {
         );
     }
     out
+}
+
+/// `summary.md`: `header`, what has finished, the suite table, then every task's section.
+pub fn summary(header: &str, plan: &super::Plan, collected: &super::Collected) -> String {
+    let mut out = format!("{header}\n\n");
+    let total = plan.jobs.len();
+    let finished = total - collected.failed.len() - collected.missing.len();
+    if finished < total {
+        let _ = writeln!(
+            out,
+            "**{finished} of {total} jobs finished**: {} failed, {} not run yet; the tables \
+             below hold the finished ones.\n",
+            collected.failed.len(),
+            collected.missing.len()
+        );
+        for (id, error) in &collected.failed {
+            let _ = writeln!(out, "- job {id} failed: {error}");
+        }
+        if !collected.failed.is_empty() {
+            out.push('\n');
+        }
+    }
+    out.push_str(&suite_markdown(&collected.reports));
+    for r in &collected.reports {
+        out.push('\n');
+        out.push_str(&markdown(r));
+    }
+    out
+}
+
+/// Writes every task's files (of the tasks with a finished run) and `summary.md` into `dir`;
+/// returns the summary's path.
+pub fn write_all(
+    dir: &Path,
+    header: &str,
+    plan: &super::Plan,
+    collected: &super::Collected,
+) -> Result<std::path::PathBuf> {
+    for r in collected.reports.iter().filter(|r| !r.runs.is_empty()) {
+        write_task(r, &dir.join(&r.task))?;
+    }
+    let path = dir.join("summary.md");
+    write(&path, &summary(header, plan, collected))?;
+    Ok(path)
 }

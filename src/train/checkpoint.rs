@@ -24,6 +24,9 @@ pub const FORMAT_1: &str = "quartic-checkpoint-1";
 /// [`METADATA_KEY`] → the CRC-32 of the other metadata entries).
 const CHECKSUMS: &str = "checksums";
 const METADATA_KEY: &str = "__metadata__";
+/// The build that wrote a checkpoint (absent from checkpoints written before they were kept).
+const CRATE_VERSION: &str = "crate_version";
+const GIT_COMMIT: &str = "git_commit";
 
 /// Where training stands, enough to continue exactly.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -41,6 +44,9 @@ pub struct Checkpoint {
     pub params: HashMap<String, (Vec<usize>, Vec<f64>)>,
     pub adam: AdamState,
     pub train: TrainState,
+    /// The crate version and git commit of the build that wrote it, if recorded.
+    pub crate_version: Option<String>,
+    pub git_commit: Option<String>,
 }
 
 fn io(path: &Path, message: impl Into<String>) -> Error {
@@ -88,6 +94,14 @@ pub fn save<E: Real, D: Device<E>>(
     }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert(
+        CRATE_VERSION.to_string(),
+        crate::build_info::VERSION.to_string(),
+    );
+    meta.insert(
+        GIT_COMMIT.to_string(),
+        crate::build_info::GIT_COMMIT.to_string(),
+    );
     meta.insert(
         "config".to_string(),
         serde_json::to_string(&model.config()).map_err(|e| io(path, e.to_string()))?,
@@ -242,6 +256,8 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         params,
         adam,
         train,
+        crate_version: meta.get(CRATE_VERSION).cloned(),
+        git_commit: meta.get(GIT_COMMIT).cloned(),
     })
 }
 

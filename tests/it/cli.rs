@@ -2,18 +2,9 @@
 //! non-zero status for bad input, and the original's weights end to end through
 //! `import-reference` and `forward`.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn quartic(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quartic"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::common::{quartic, text};
 
 #[test]
 fn help_of_every_subcommand() {
@@ -21,6 +12,9 @@ fn help_of_every_subcommand() {
         "",
         "train",
         "experiment",
+        "experiment plan",
+        "experiment run",
+        "experiment report",
         "eval",
         "forward",
         "explain",
@@ -36,7 +30,7 @@ fn help_of_every_subcommand() {
         let name = if sub.is_empty() {
             "quartic".to_string()
         } else {
-            sub.replace('-', "_")
+            sub.replace(['-', ' '], "_")
         };
         insta::with_settings!({snapshot_path => "../../snapshots", prepend_module_to_snapshot => false}, {
             insta::assert_snapshot!(format!("help__{name}"), text(&out.stdout));
@@ -104,7 +98,7 @@ fn bad_input_exits_with_one_clear_line() {
         ),
         (
             vec!["experiment", "--task", "match3", "--seeds", "0"],
-            "at least one rule, one seed",
+            "one rule, one seed and depth",
         ),
     ];
     for (args, expect) in cases {
@@ -364,7 +358,7 @@ fn graph_tasks_train_and_experiment_end_to_end() {
     assert!(exp.status.success(), "{}", text(&exp.stderr));
     let summary = std::fs::read_to_string(dir.join("exp/summary.md")).unwrap();
     assert!(
-        summary.contains("| triangles |") && summary.contains("at commit"),
+        summary.contains("| triangles |") && summary.contains("(commit "),
         "{summary}"
     );
     for f in ["results.md", "results.csv", "accuracy-vs-steps.png"] {

@@ -192,3 +192,16 @@ impl quartic::train::trainer::Progress for StopAt<'_> {
         }
     }
 }
+
+/// Runs the `quartic` command to completion.
+pub fn quartic(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_quartic"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Bytes as text, for messages and output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

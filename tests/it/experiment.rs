@@ -192,19 +192,21 @@ fn experiment_runs_and_reports() {
     let csv = report::csv(&r);
     assert_eq!(csv.lines().count(), 3);
     // a task with sizes and one with a probe
-    let small = ExperimentConfig {
+    // a plan's folder holds one plan: each of these gets its own
+    let small = |dir: &str| ExperimentConfig {
         rules: vec!["baseline".into()],
         steps: 2,
         eval_every: 1,
         eval_batches: 1,
         batch: 4,
-        ..cfg
+        out: out.path().join(dir),
+        ..cfg.clone()
     };
-    let p = experiment::run_task("path-composition", &small, &|_| {}).unwrap();
+    let p = experiment::run_task("path-composition", &small("p"), &|_| {}).unwrap();
     assert_eq!(p.runs[0].by_size.len(), 9);
     report::write_task(&p, &out.path().join("pc")).unwrap();
     assert!(out.path().join("pc/accuracy-vs-size.png").exists());
-    let t = experiment::run_task("triangles", &small, &|_| {}).unwrap();
+    let t = experiment::run_task("triangles", &small("t"), &|_| {}).unwrap();
     assert!(t.runs[0].probe.is_some());
     assert!(report::markdown(&t).contains("probe"));
 }

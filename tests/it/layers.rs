@@ -9,6 +9,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("alloc", 0),
     ("diagnostic", 0),
     ("threads", 0),
+    ("build_info", 0),
     ("error", 1),
     ("files", 2),
     ("tensor", 2),

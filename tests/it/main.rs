@@ -20,6 +20,7 @@ mod routing;
 mod rule_errors;
 mod rules;
 mod shards;
+mod sweep;
 mod tasks;
 mod taylor;
 #[path = "../../benches/taylor_by_hand.rs"]

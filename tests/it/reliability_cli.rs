@@ -9,12 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::reliability::{interrupted_run, tmp};
 
-fn quartic(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quartic"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use crate::common::quartic;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

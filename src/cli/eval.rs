@@ -81,5 +81,9 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
         args.batches,
         args.batch,
         acc * 100.0
-    )
+    )?;
+    match (&ckpt.crate_version, &ckpt.git_commit) {
+        (Some(v), Some(c)) => say!("written by quartic-transformer {v} (commit {c})"),
+        _ => say!("written by a build that did not record its version"),
+    }
 }

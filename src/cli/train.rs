@@ -314,6 +314,9 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
     // refuse a folder that holds another run, or that another run holds, before printing
     // anything (the trainer takes the folder's lock again for the run itself)
     drop(RunDir::open(&cfg.out, start.existing)?);
+    if !args.resume {
+        write_resolved_config(&cfg, &model_args, &model)?;
+    }
     let task = cfg.task()?;
     say!(
         "task {} | model {} | {} parameters | {} steps × batch {} | out {}",
@@ -362,6 +365,120 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
         cfg.out.join(quartic::train::run_dir::PLOT).display()
     )?;
     Ok(0)
+}
+
+/// The `[train]` table of a resolved config: every setting `quartic train` takes, except the
+/// output folder.
+#[derive(serde::Serialize)]
+struct ResolvedTrain<'a> {
+    task: &'a str,
+    data: Option<String>,
+    context: usize,
+    steps: usize,
+    batch: usize,
+    lr: f64,
+    warmup: usize,
+    weight_decay: f64,
+    clip: f64,
+    eval_every: usize,
+    eval_batches: usize,
+    seed: u64,
+    checkpoint_every: usize,
+    shards: usize,
+}
+
+/// The `[model]` table: the widths, and every rule parameter as the model runs it (so a change
+/// of a rule's defaults does not change the rerun).
+#[derive(serde::Serialize)]
+struct ResolvedModel {
+    rule: String,
+    dim: usize,
+    dim_edges: usize,
+    depth: usize,
+    residual_streams: usize,
+    pool_edges: bool,
+    set: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Resolved<'a> {
+    train: ResolvedTrain<'a>,
+    model: Option<ResolvedModel>,
+}
+
+/// A file's path as an absolute path (as given if it has none).
+fn absolute(path: &str) -> String {
+    std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+}
+
+/// Writes `config.toml` into the run's folder: the settings the run resolved from its flags,
+/// its `--config` and the defaults, which `quartic train --config` reads back.
+fn write_resolved_config(
+    cfg: &TrainConfig,
+    args: &ModelArgs,
+    model: &Model<f32, Cpu>,
+) -> quartic::Result<()> {
+    let model_table = match model {
+        Model::Graph(g) => {
+            let rule = match &args.rule {
+                // a rule file by its absolute path, so the config works from any folder
+                Some(r) if !quartic::rules::BUILTINS.iter().any(|(n, _)| n == r) => absolute(r),
+                _ => g.config.rule.clone(),
+            };
+            let set = g
+                .layers
+                .first()
+                .map(|l| {
+                    l.plan
+                        .params
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(ResolvedModel {
+                rule,
+                dim: g.config.dim,
+                dim_edges: g.config.dim_edges,
+                depth: g.config.depth,
+                residual_streams: g.config.residual_streams,
+                pool_edges: g.config.io.pool_edges,
+                set,
+            })
+        }
+        Model::MultiStream(_) => None,
+    };
+    let resolved = Resolved {
+        train: ResolvedTrain {
+            task: &cfg.task,
+            data: cfg.data.as_deref().map(absolute),
+            context: cfg.context,
+            steps: cfg.steps,
+            batch: cfg.batch,
+            lr: cfg.lr,
+            warmup: cfg.warmup,
+            weight_decay: cfg.weight_decay,
+            clip: cfg.clip,
+            eval_every: cfg.eval_every,
+            eval_batches: cfg.eval_batches,
+            seed: cfg.seed,
+            checkpoint_every: cfg.checkpoint_every,
+            shards: cfg.shards,
+        },
+        model: model_table,
+    };
+    let path = cfg.out.join(quartic::train::run_dir::CONFIG);
+    let body = toml::to_string(&resolved).map_err(|e| quartic::Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let text = format!(
+        "# The resolved settings of this run, written by {}.\n\
+         # `quartic train --config {} --out NEW_FOLDER` trains it again.\n\n{body}",
+        quartic::build_info::describe(),
+        path.display()
+    );
+    quartic::files::write_atomic(&path, text.as_bytes())
 }
 
 /// Every rule parameter's value, as the model runs it: `heads = 4, dim_head = 16, ...`.

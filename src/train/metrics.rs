@@ -1,5 +1,6 @@
-//! `metrics.csv`: one row per step (eval columns filled where an evaluation ran). On resume the
-//! rows after the checkpoint's step are dropped, so the file always matches the run.
+//! `metrics.csv`: one row per step (eval columns filled where an evaluation ran), and the same
+//! rows as JSON Lines in `metrics.jsonl` (full precision; `null` where no evaluation ran). On
+//! resume the rows after the checkpoint's step are dropped, so the files always match the run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,12 @@ use crate::error::{Error, Result};
 
 const HEADER: &str = "step,loss,accuracy,lr,grad_norm,eval_loss,eval_accuracy,elapsed_s";
 
+/// Both files of a run's metrics, appended to step by step.
 pub struct Metrics {
     path: PathBuf,
     file: std::fs::File,
+    json_path: PathBuf,
+    json: std::fs::File,
 }
 
 fn io(path: &Path, e: impl ToString) -> Error {
@@ -34,18 +38,54 @@ impl Metrics {
             Vec::new()
         };
         let mut text = format!("{HEADER}\n");
+        let mut lines = String::new();
         for r in &kept {
             text.push_str(&Self::row(r));
+            lines.push_str(&Self::json_line(r));
         }
+        let json_path = path.with_extension("jsonl");
+        crate::files::write_atomic(&json_path, lines.as_bytes())?;
         crate::files::write_atomic(path, text.as_bytes())?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| io(path, e))?;
+        let append = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .map_err(|e| io(p, e))
+        };
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: append(path)?,
+            json: append(&json_path)?,
+            json_path,
         })
+    }
+
+    /// One JSON object per line, the CSV's columns by the same names, in the same order.
+    fn json_line(r: &StepRecord) -> String {
+        #[derive(serde::Serialize)]
+        struct Line {
+            step: usize,
+            loss: f64,
+            accuracy: f64,
+            lr: f64,
+            grad_norm: f64,
+            eval_loss: Option<f64>,
+            eval_accuracy: Option<f64>,
+            elapsed_s: f64,
+        }
+        let line = Line {
+            step: r.step,
+            loss: r.loss,
+            accuracy: r.accuracy,
+            lr: r.lr,
+            grad_norm: r.grad_norm,
+            eval_loss: r.eval.map(|e| e.0),
+            eval_accuracy: r.eval.map(|e| e.1),
+            elapsed_s: r.elapsed,
+        };
+        // numbers and options only: serializing cannot fail
+        let text = serde_json::to_string(&line).unwrap_or_default();
+        format!("{text}\n")
     }
 
     fn row(r: &StepRecord) -> String {
@@ -62,7 +102,10 @@ impl Metrics {
     pub fn write(&mut self, r: &StepRecord) -> Result<()> {
         self.file
             .write_all(Self::row(r).as_bytes())
-            .map_err(|e| io(&self.path, e))
+            .map_err(|e| io(&self.path, e))?;
+        self.json
+            .write_all(Self::json_line(r).as_bytes())
+            .map_err(|e| io(&self.json_path, e))
     }
 
     pub fn read(path: &Path) -> Result<Vec<StepRecord>> {

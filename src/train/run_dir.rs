@@ -1,4 +1,5 @@
-//! A run's folder (`--out`): `checkpoint.safetensors`, `metrics.csv`, `curves.png`, and a lock
+//! A run's folder (`--out`): `checkpoint.safetensors`, `metrics.csv` and `metrics.jsonl`,
+//! `curves.png`, `config.toml` (written by the command), and a lock
 //! held while a run writes there, so that two runs cannot interleave their files. A fresh run
 //! refuses a folder that already holds one unless told to overwrite it or to continue it.
 
@@ -11,6 +12,10 @@ use crate::error::{Error, Result};
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const METRICS: &str = "metrics.csv";
+/// The same metrics as JSON Lines (written beside `metrics.csv`).
+pub const METRICS_JSONL: &str = "metrics.jsonl";
+/// The resolved settings of a run, as a `quartic train --config` file.
+pub const CONFIG: &str = "config.toml";
 pub const PLOT: &str = "curves.png";
 const LOCK: &str = ".lock";
 

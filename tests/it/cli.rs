@@ -301,6 +301,98 @@ fn train_reads_a_toml_config() {
     assert!(text(&bad.stderr).contains("stepz"), "{}", text(&bad.stderr));
 }
 
+/// A run's folder holds its resolved settings as `config.toml`, which trains the same run again
+/// (the same metrics, step by step), and its metrics also as JSON Lines; its checkpoint names
+/// the build that wrote it.
+#[test]
+fn a_run_folder_holds_a_config_that_reproduces_it() {
+    let dir = std::env::temp_dir().join(format!("quartic-resolved-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (first, again) = (dir.join("first"), dir.join("again"));
+    let run = quartic(&[
+        "train",
+        "--task",
+        "k-hop",
+        "--rule",
+        "relational",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--set",
+        "dim_head=8",
+        "--residual-streams",
+        "2",
+        "--steps",
+        "6",
+        "--batch",
+        "4",
+        "--eval-every",
+        "3",
+        "--eval-batches",
+        "1",
+        "--seed",
+        "7",
+        "--out",
+        first.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let config = first.join("config.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    for line in [
+        "task = \"k-hop\"",
+        "seed = 7",
+        "residual_streams = 2",
+        "\"dim_head=8\"",
+    ] {
+        assert!(toml.contains(line), "{line}: {toml}");
+    }
+    let rerun = quartic(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(rerun.status.success(), "{}", text(&rerun.stderr));
+    // every column but the time
+    let columns = |root: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(root.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(columns(&first), columns(&again));
+    assert_eq!(columns(&first).len(), 7);
+    let lines = std::fs::read_to_string(first.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(rows[2]["step"], 3);
+    assert!(rows[2]["eval_accuracy"].is_number() && rows[1]["eval_accuracy"].is_null());
+    let eval = quartic(&[
+        "eval",
+        "--checkpoint",
+        first.join("checkpoint.safetensors").to_str().unwrap(),
+        "--batches",
+        "1",
+    ]);
+    let said = text(&eval.stdout);
+    assert!(
+        said.contains(&format!(
+            "written by quartic-transformer {}",
+            env!("CARGO_PKG_VERSION")
+        )) && said.contains("(commit "),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A graph task through `train` (edge inputs and the edge head set from the task) and a tiny
 /// `experiment`, end to end.
 #[test]

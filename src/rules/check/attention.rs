@@ -3,6 +3,7 @@
 use super::*;
 
 impl<'a> Checker<'a> {
+    #[inline(never)] // see `call`
     pub(super) fn attend(
         &mut self,
         f: &'static Function,

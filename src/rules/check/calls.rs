@@ -4,6 +4,9 @@
 use super::*;
 
 impl<'a> Checker<'a> {
+    /// Every nested call recurses through this frame, so the forms' own functions are never
+    /// inlined into it: their locals would make it ~4 KiB a level, and the deepest rule the
+    /// parser accepts must check in a small stack (`tests/it/reliability.rs`).
     pub(super) fn call(
         &mut self,
         func: &Ident,
@@ -72,6 +75,7 @@ impl<'a> Checker<'a> {
         }
     }
 
+    #[inline(never)] // see `call`
     pub(super) fn linear(
         &mut self,
         f: &'static Function,
@@ -101,6 +105,7 @@ impl<'a> Checker<'a> {
         }))
     }
 
+    #[inline(never)] // see `call`
     pub(super) fn norm(
         &mut self,
         f: &'static Function,
@@ -141,6 +146,7 @@ impl<'a> Checker<'a> {
         }))
     }
 
+    #[inline(never)] // see `call`
     pub(super) fn feedforward(
         &mut self,
         f: &'static Function,
@@ -186,6 +192,7 @@ impl<'a> Checker<'a> {
         }))
     }
 
+    #[inline(never)] // see `call`
     pub(super) fn concat(
         &mut self,
         f: &'static Function,
@@ -225,6 +232,7 @@ impl<'a> Checker<'a> {
         Ok(self.new_slot(&over.name))
     }
 
+    #[inline(never)] // see `call`
     pub(super) fn reduce(
         &mut self,
         f: &'static Function,
@@ -293,6 +301,7 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
+    #[inline(never)] // see `call`
     pub(super) fn softmax(
         &mut self,
         f: &'static Function,
@@ -323,6 +332,7 @@ impl<'a> Checker<'a> {
         }))
     }
 
+    #[inline(never)] // see `call`
     pub(super) fn dot(&mut self, f: &'static Function, args: &[Arg], span: Span) -> Checked<Value> {
         let mut a = Args::new(f, span, args)?;
         let x = a.positional("two tensors")?;

@@ -2,7 +2,7 @@
 //!
 //! Every hot op has a composite form built from dfdx ops (generic over the device, in
 //! [`crate::ops`]) and, on the CPU, a fused form with its own backward (in
-//! [`crate::kernels::cpu`]). This trait is the thin seam between them: a device says which ops
+//! `crate::kernels::cpu`). This trait is the thin seam between them: a device says which ops
 //! it fuses ([`Backend::fuses`]) and runs them; the ops layer asks, then calls the fused form or
 //! composes the op itself. It imports nothing above the kernels and the specs they share.
 

@@ -3,7 +3,7 @@
 //!
 //! Layers, bottom up (a module imports only lower ones; `tests/it/layers.rs` checks it):
 //! [`error`] and [`diagnostic`]; [`tensor`] (the `Real` bound, aliases, vector math) and
-//! [`files`]; [`spec`] (what the backend's two sides share) and [`memory`]; [`kernels`] (the
+//! [`files`]; [`spec`] (what the backend's two sides share) and [`memory`]; `kernels` (the
 //! CPU's fused kernels) and [`graph`] (typed nodes, edges and masks); [`backend`] (which ops a
 //! device fuses); [`ops`] (device-generic ops, composite beside dispatch); [`nn`] (blocks with
 //! parameters); [`rules`] (the rule language); [`models`]; [`train`]; [`experiment`].

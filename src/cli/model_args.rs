@@ -9,19 +9,11 @@ use serde::Deserialize;
 
 use super::explain::parse_overrides;
 
-/// Node and edge widths when no flag or config sets them (`train`, `forward` and `explain`).
-pub const DEFAULT_DIM: usize = 64;
-pub const DEFAULT_DIM_EDGES: usize = 16;
-
-/// The default model's rule parameters: the small model `quartic train` runs when no rule is
-/// named (the built-in rules' own defaults are the original's, sized for dim 512).
-pub const DEFAULT_RUN: [(&str, f64); 5] = [
-    ("heads", 4.0),
-    ("dim_head", 16.0),
-    ("edge_heads", 4.0),
-    ("edge_dim_head", 8.0),
-    ("ff_mult", 2.0),
-];
+// The default model (`GraphConfig::default()`): node and edge widths when no flag or config
+// sets them (`train`, `forward` and `explain`), its layers, rule and rule parameters
+pub use quartic::models::builder::{
+    DEFAULT_DEPTH, DEFAULT_DIM, DEFAULT_DIM_EDGES, DEFAULT_RULE, DEFAULT_RULE_PARAMS,
+};
 
 /// The graph transformer's shape. Unset flags take the `[model]` table of `--config`, then the
 /// defaults shown. Rule parameters (`--heads`, `--set`) override only what they name; the rest
@@ -118,7 +110,7 @@ impl ModelArgs {
     pub fn rule_params(&self) -> quartic::Result<BTreeMap<String, Const>> {
         let mut params = BTreeMap::new();
         if self.rule.is_none() {
-            for (name, value) in DEFAULT_RUN {
+            for (name, value) in DEFAULT_RULE_PARAMS {
                 params.insert(name.to_string(), Const::Num(value));
             }
         }
@@ -153,13 +145,13 @@ impl ModelArgs {
         max_seq_len: usize,
         causal: bool,
     ) -> quartic::Result<ModelConfig> {
-        let rule_name = self.rule.clone().unwrap_or_else(|| "taylor".into());
+        let rule_name = self.rule.clone().unwrap_or_else(|| DEFAULT_RULE.into());
         Ok(ModelConfig::Graph(GraphConfig {
             residual_streams: self.residual_streams.unwrap_or(1),
             num_tokens,
             dim: self.dim.unwrap_or(DEFAULT_DIM),
             dim_edges: self.dim_edges.unwrap_or(DEFAULT_DIM_EDGES),
-            depth: self.depth.unwrap_or(2),
+            depth: self.depth.unwrap_or(DEFAULT_DEPTH),
             rule: rule_name,
             rule_params: self.rule_params()?,
             causal,

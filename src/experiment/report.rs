@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::TaskReport;
 use crate::error::{Error, Result};
+#[cfg(feature = "plots")]
 use crate::train::plot::{accuracy_lines, Line};
 
 fn mean_sd(values: &[f64]) -> (f64, f64) {
@@ -170,6 +171,7 @@ pub fn csv(r: &TaskReport) -> String {
 }
 
 /// Held-out accuracy (mean over seeds) against `x` for every rule.
+#[cfg(feature = "plots")]
 fn mean_lines(r: &TaskReport, points: impl Fn(&super::RunResult) -> Vec<(f64, f64)>) -> Vec<Line> {
     r.matched
         .iter()
@@ -203,6 +205,23 @@ pub fn write_task(r: &TaskReport, dir: &Path) -> Result<()> {
     })?;
     write(&dir.join("results.md"), &markdown(r))?;
     write(&dir.join("results.csv"), &csv(r))?;
+    #[cfg(feature = "plots")]
+    plots(r, dir)?;
+    if r.size_label.is_some() {
+        let mut sizes = String::from("task,rule,seed,size,accuracy\n");
+        for run in &r.runs {
+            for (s, a) in &run.by_size {
+                let _ = writeln!(sizes, "{},{},{},{s},{a:.6}", r.task, run.rule, run.seed);
+            }
+        }
+        write(&dir.join("sizes.csv"), &sizes)?;
+    }
+    Ok(())
+}
+
+/// The task's plots: accuracy against steps and, for tasks with sizes, against the size.
+#[cfg(feature = "plots")]
+fn plots(r: &TaskReport, dir: &Path) -> Result<()> {
     let steps = mean_lines(r, |run| {
         run.curve.iter().map(|&(s, a)| (s as f64, a)).collect()
     });
@@ -216,13 +235,6 @@ pub fn write_task(r: &TaskReport, dir: &Path) -> Result<()> {
         &steps,
     )?;
     if let Some(label) = &r.size_label {
-        let mut sizes = String::from("task,rule,seed,size,accuracy\n");
-        for run in &r.runs {
-            for (s, a) in &run.by_size {
-                let _ = writeln!(sizes, "{},{},{},{s},{a:.6}", r.task, run.rule, run.seed);
-            }
-        }
-        write(&dir.join("sizes.csv"), &sizes)?;
         let lines = mean_lines(r, |run| {
             run.by_size.iter().map(|&(s, a)| (s as f64, a)).collect()
         });

@@ -92,7 +92,8 @@ impl GraphConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Widths, depth and streams in range.
+    pub(crate) fn validate(&self) -> Result<()> {
         let positive = [
             ("num_tokens", self.num_tokens),
             ("dim", self.dim),

@@ -2,6 +2,7 @@
 //! `RelationalTransformer` are configurations of it), the multi-stream transformer, and the
 //! import of the original's weights.
 
+pub mod builder;
 pub mod configs;
 pub mod footprint;
 pub mod graph;
@@ -10,6 +11,7 @@ pub mod multistream;
 pub mod reference;
 pub mod self_check;
 
+pub use builder::GraphConfigBuilder;
 pub use configs::{QuarticConfig, RelationalConfig};
 pub use graph::{GraphConfig, GraphTransformer};
 pub use heads::{Readout, TaskIo};

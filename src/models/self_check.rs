@@ -17,7 +17,7 @@ use crate::rules::{Rule, BUILTINS};
 use crate::tensor::device_err;
 
 /// Largest allowed difference, relative to the largest magnitude of the composite tensor (for a
-/// gradient, at least [`GRADIENT_FLOOR`] of the model's largest): the two forms sum in
+/// gradient, at least `GRADIENT_FLOOR` of the model's largest): the two forms sum in
 /// different orders (and the fused one uses a vectorized `exp`), in f32.
 pub const TOLERANCE: f64 = 1e-4;
 

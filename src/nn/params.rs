@@ -237,8 +237,8 @@ enum Fresh {
 
 /// Blocks that own parameters list them, in a stable order, for optimizers and checkpoints.
 ///
-/// A block declares its parameters once, with [`visit_fields!`] (a struct: its fields in order)
-/// or [`visit_variants!`] (an enum: each variant's fields in order), which write both visitors
+/// A block declares its parameters once, with `visit_fields!` (a struct: its fields in order)
+/// or `visit_variants!` (an enum: each variant's fields in order), which write both visitors
 /// from the one list; a field may be a [`Param`], a block, or an `Option`, `Vec` or pair of them.
 pub trait HasParams<E: Real, D: Device<E>> {
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>));

@@ -189,7 +189,7 @@ fn gather_table(key: &LayoutKey) -> Result<Vec<usize>> {
 }
 
 /// Moves `v` into the layout `dst` with `channels` channels (broadcasting channels as in
-/// [`source_channel`]) split into blocks of `within` where `dst` has `Head`/`Within`.
+/// `source_channel`) split into blocks of `within` where `dst` has `Head`/`Within`.
 /// A no-op when the layout already matches.
 pub fn arrange<E: Real, D: Device<E>, T: Tape<E, D>>(
     v: Val<E, D, T>,

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
+#[cfg(feature = "plots")]
 pub mod plot;
 pub mod run_dir;
 pub mod shards;

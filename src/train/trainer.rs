@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
 use super::optim::{schedule, AdamState, AdamW};
-use super::plot;
 use super::run_dir::{Existing, RunDir};
 use super::shards::step_gradients;
 use super::tasks::{Batch, Readout, Split, Task};
@@ -347,6 +346,39 @@ impl Start {
 /// checkpoints there (only of good states: a NaN or infinite loss stops the run naming the
 /// step, and the last checkpoint stays the last good one), `metrics.csv` and `curves.png`.
 /// When `stop` turns true it saves a checkpoint and returns, `interrupted` set.
+///
+/// Two steps of the default model on the `sanity` task, then its checkpoint read back:
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use quartic::models::{GraphConfig, Model, ModelConfig};
+/// use quartic::nn::Init;
+/// use quartic::train::trainer::{self, Silent, Start, TrainConfig};
+///
+/// let out = std::env::temp_dir().join(format!("quartic-doc-train-{}", std::process::id()));
+/// let cfg = TrainConfig { task: "sanity".into(), steps: 2, batch: 4, eval_every: 2,
+///                         eval_batches: 1, out: out.clone(), ..TrainConfig::default() };
+/// let task = cfg.task()?;
+/// let config = GraphConfig::builder()
+///     .num_tokens(task.num_tokens())
+///     .max_seq_len(task.max_len())
+///     .dim(16)
+///     .depth(1)
+///     .build()?;
+/// let dev = Cpu::default();
+/// let mut model = Model::<f32, Cpu>::new(&ModelConfig::Graph(config), None, &Init::random(&dev, 0))?;
+/// let report = trainer::train(&mut model, &cfg, Start::fresh(), None, &mut Silent)?;
+/// let (loss, accuracy) = report.eval.expect("evaluated at the last step");
+/// assert!(loss.is_finite() && (0.0..=1.0).contains(&accuracy));
+///
+/// // the checkpoint holds the model, the optimizer state and where training stands
+/// let saved = quartic::train::checkpoint::load(&report.checkpoint)?;
+/// assert_eq!(saved.train.step, 2);
+/// let again: Model<f32, Cpu> = saved.model(&dev)?;
+/// assert_eq!(again.config(), model.config());
+/// # std::fs::remove_dir_all(&out).ok();
+/// # Ok::<(), quartic::Error>(())
+/// ```
 pub fn train<E: Real, D: super::shards::RunShards<E>>(
     model: &mut Model<E, D>,
     cfg: &TrainConfig,
@@ -456,8 +488,11 @@ pub fn train<E: Real, D: super::shards::RunShards<E>>(
         }
     }
     progress.finish();
-    let all = super::metrics::Metrics::read(&metrics_path)?;
-    plot::curves(&dir.plot(), &all, &task.name())?;
+    #[cfg(feature = "plots")]
+    {
+        let all = super::metrics::Metrics::read(&metrics_path)?;
+        super::plot::curves(&dir.plot(), &all, &task.name())?;
+    }
     Ok(TrainReport {
         records,
         eval: last_eval,

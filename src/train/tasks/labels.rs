@@ -67,7 +67,7 @@ pub fn on_triangle(adj: &[Vec<bool>]) -> Vec<bool> {
         .collect()
 }
 
-/// One hop from position i: the position right after the latest earlier occurrence of x[i].
+/// One hop from position i: the position right after the latest earlier occurrence of `x[i]`.
 pub fn hop(x: &[usize], i: usize) -> Option<usize> {
     (0..i).rev().find(|&j| x[j] == x[i]).map(|j| j + 1)
 }

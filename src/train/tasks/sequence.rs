@@ -97,7 +97,7 @@ impl TaskDef for Match3 {
 }
 
 /// A sequence x over [0, n) of length n in `min_len..=max_len`; position 0 predicts whether
-/// x[x[0]] == 0 (balanced: half the sequences are positive).
+/// `x[x[0]] == 0` (balanced: half the sequences are positive).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FunctionComposition {
     pub min_len: usize,

@@ -300,6 +300,44 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
             ));
         }
         let x: Nodes<E, D, T> = self.token_emb.forward(tokens, batch, n)?;
+        self.forward_nodes(x, edge_tokens, mask, readout)
+    }
+
+    /// Like [`GraphTransformer::forward_io`], from node features `[b, n, dim]` in place of the
+    /// token embeddings: continuous inputs (measurements, a user's own embedding) enter here.
+    /// Position embeddings, the position bias and edge tokens are added as for tokens; the
+    /// features may carry a tape, so gradients reach them too.
+    pub fn forward_nodes<T: Tape<E, D>>(
+        &self,
+        x: Nodes<E, D, T>,
+        edge_tokens: Option<&[usize]>,
+        mask: &GraphMask,
+        readout: Readout,
+    ) -> Result<T3<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        let (batch, n, dim) = x.dims();
+        if dim != self.config.dim {
+            return Err(Error::shape(
+                "node features",
+                format!("[b, n, {}] (the model's dim)", self.config.dim),
+                format!("[{batch}, {n}, {dim}]"),
+            ));
+        }
+        if n > self.config.max_seq_len {
+            return Err(Error::config(
+                "model input",
+                format!("{n} nodes exceed max_seq_len {}", self.config.max_seq_len),
+            ));
+        }
+        if mask.batch() != batch || mask.nodes() != n {
+            return Err(Error::shape(
+                "node features",
+                format!("the mask's [{}, {}, dim]", mask.batch(), mask.nodes()),
+                format!("[{batch}, {n}, {dim}]"),
+            ));
+        }
         let x = match &self.pos_emb {
             Some(p) => {
                 let pos: Nodes<E, D, T> = p.positions(batch, n)?;

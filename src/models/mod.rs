@@ -142,6 +142,38 @@ impl<E: Real, D: Device<E>> Model<E, D> {
         self.forward_io(tokens, None, b, n, valid, Readout::Nodes)
     }
 
+    /// Logits from continuous node features `[b, n, dim]` in place of token ids (a graph
+    /// model; see [`GraphTransformer::forward_nodes`]); `valid` as in [`Model::forward`].
+    pub fn forward_features<T: Tape<E, D>>(
+        &self,
+        features: T3<E, D, T>,
+        valid: Option<&[bool]>,
+        readout: Readout,
+    ) -> Result<Output<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        match self {
+            Self::Graph(m) => {
+                let (b, n, _) = features.shape().concrete().into();
+                let mask = m.mask(b, n, valid)?;
+                Ok(Output {
+                    logits: m.forward_nodes(
+                        crate::graph::Nodes::new(features),
+                        None,
+                        &mask,
+                        readout,
+                    )?,
+                    aux: None,
+                })
+            }
+            Self::MultiStream(_) => Err(crate::error::Error::config(
+                "model",
+                "the multi-stream model reads token ids only; use a graph model for features",
+            )),
+        }
+    }
+
     /// Like [`Model::forward`], with edge tokens (`[b × n × n]`) for a graph model with edge
     /// inputs, and the logits read from the nodes or (`[b, n·n, classes]`) from the edges.
     pub fn forward_io<T: Tape<E, D>>(

@@ -159,6 +159,7 @@ pub struct StepRecord {
     pub elapsed: f64,
 }
 
+#[derive(Debug)]
 pub struct TrainReport {
     pub records: Vec<StepRecord>,
     /// The last evaluation: (loss, accuracy).
@@ -386,8 +387,36 @@ pub fn train<E: Real, D: super::shards::RunShards<E>>(
     stop: Option<&AtomicBool>,
     progress: &mut dyn Progress,
 ) -> Result<TrainReport> {
-    cfg.validate()?;
     let task = cfg.task()?;
+    train_task(model, &task, cfg, start, stop, progress)
+}
+
+/// [`train`] on a task given as a value: a built-in, or a user's own type implementing
+/// [`super::tasks::TaskDef`] (wrapped with `Task::new`). `cfg.task` must be the task's name,
+/// since the checkpoint records it. A run of a user's task is continued by calling this again
+/// with the same task and `Start::resume`; `quartic eval` and `--resume` know only the
+/// built-in tasks.
+pub fn train_task<E: Real, D: super::shards::RunShards<E>>(
+    model: &mut Model<E, D>,
+    task: &Task,
+    cfg: &TrainConfig,
+    start: Start,
+    stop: Option<&AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<TrainReport> {
+    cfg.validate()?;
+    if cfg.task != task.name() {
+        return Err(Error::config(
+            "training",
+            format!(
+                "the config names task `{}` but the task given is `{}`; set `task` to its name \
+                 (the checkpoint records it)",
+                cfg.task,
+                task.name()
+            ),
+        ));
+    }
+    let task = task.clone();
     check_fits(&model.config(), &task)?;
     let opt = AdamW {
         lr: cfg.lr,

@@ -1,7 +1,7 @@
 //! The one integration-test binary (each file under tests/ would link dfdx again).
 
 mod affine;
-mod builder;
+mod api;
 mod cli;
 mod common;
 mod edge_self_attention;

@@ -234,7 +234,7 @@ impl Plan {
     pub fn write(&self, dir: &Path, jobs_per_array_task: usize) -> Result<()> {
         if dir.join(PLAN).exists() {
             let old = Self::read(dir)?;
-            if old.tasks != self.tasks || old.jobs != self.jobs || old.rules != self.rules {
+            if !old.same_sweep(self) {
                 return Err(io(
                     dir,
                     "this folder holds a plan with other settings (plan.json); give this one \
@@ -263,6 +263,26 @@ impl Plan {
         write_script(&dir.join(LOCAL), &scripts.local())?;
         // plan.json last: a folder with it holds a whole plan
         crate::files::write_atomic(&dir.join(PLAN), text.as_bytes())
+    }
+
+    /// Whether two plans run the same jobs and report them alike. How they are run (threads at
+    /// once, the memory limit, how the output folder was spelled) does not count.
+    fn same_sweep(&self, other: &Self) -> bool {
+        let settings = |p: &Self| -> Vec<TaskPlan> {
+            p.tasks
+                .iter()
+                .map(|t| TaskPlan {
+                    config: ExperimentConfig {
+                        jobs: 0,
+                        out: PathBuf::new(),
+                        memory: Default::default(),
+                        ..t.config.clone()
+                    },
+                    ..t.clone()
+                })
+                .collect()
+        };
+        self.rules == other.rules && self.jobs == other.jobs && settings(self) == settings(other)
     }
 
     /// Reads the plan in `dir`, checking every job against it.

@@ -89,6 +89,18 @@ fn a_sweep_in_parts_equals_the_one_command_run() {
     let mut args = vec!["experiment".to_string()];
     args.extend(settings(&one));
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // run again, with other threads and the folder spelled otherwise: nothing is retrained
+    let mut again = args.clone();
+    let at = again.len() - 1;
+    again[at] = format!("{}/./", one.display());
+    again.extend([
+        "--jobs".to_string(),
+        "1".into(),
+        "--max-memory".into(),
+        "unlimited".into(),
+    ]);
+    let skipped = ok(&again.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(skipped.matches("skipped").count(), 4, "{skipped}");
     let mut args = vec!["experiment".to_string(), "plan".to_string()];
     args.extend(settings(&parts));
     let planned = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());

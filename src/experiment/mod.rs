@@ -140,22 +140,19 @@ pub struct RunResult {
     pub seconds: f64,
 }
 
-/// One task's experiment.
+/// One task's experiment: its plan (settings, matched sizes, FLOPs) and the runs that finished.
+/// It reads as its plan (`report.task`, `report.matched`, …) through `Deref`.
 #[derive(Clone, Debug)]
 pub struct TaskReport {
-    pub task: String,
-    pub config: ExperimentConfig,
-    /// Accuracy of always answering the most frequent class of the held-out set.
-    pub base_rate: f64,
-    /// The parameter count every rule is matched to.
-    pub budget: usize,
-    pub matched: Vec<Matched>,
-    /// Estimated FLOPs of the rule layers per training step (forward + backward ≈ 3 × forward),
-    /// at the task's largest size; one entry per rule.
-    pub flops_per_step: Vec<f64>,
-    pub size_label: Option<String>,
-    pub has_probe: bool,
+    pub plan: TaskPlan,
     pub runs: Vec<RunResult>,
+}
+
+impl std::ops::Deref for TaskReport {
+    type Target = TaskPlan;
+    fn deref(&self) -> &TaskPlan {
+        &self.plan
+    }
 }
 
 impl TaskReport {
@@ -331,14 +328,7 @@ pub fn collect(dir: &Path, plan: &Plan) -> Result<Collected> {
         .tasks
         .iter()
         .map(|t| TaskReport {
-            task: t.task.clone(),
-            config: t.config.clone(),
-            base_rate: t.base_rate,
-            budget: t.budget,
-            matched: t.matched.clone(),
-            flops_per_step: t.flops_per_step.clone(),
-            size_label: t.size_label.clone(),
-            has_probe: t.has_probe,
+            plan: t.clone(),
             runs: Vec::new(),
         })
         .collect();
@@ -362,7 +352,7 @@ pub fn collect(dir: &Path, plan: &Plan) -> Result<Collected> {
         }
     }
     for r in &mut reports {
-        let rules = &r.config.rules;
+        let rules = &r.plan.config.rules;
         r.runs
             .sort_by_key(|x| (rules.iter().position(|n| *n == x.rule), x.seed));
     }

@@ -53,7 +53,8 @@ pub struct TaskPlan {
     /// The parameter count every rule is matched to.
     pub budget: usize,
     pub matched: Vec<Matched>,
-    /// Estimated FLOPs of the rule layers per training step, one entry per rule.
+    /// Estimated FLOPs of the rule layers per training step (forward + backward ≈ 3 ×
+    /// forward), at the task's largest size; one entry per rule.
     pub flops_per_step: Vec<f64>,
     pub size_label: Option<String>,
     pub has_probe: bool,

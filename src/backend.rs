@@ -28,13 +28,21 @@ pub enum Fused {
     PatternAttention,
     /// Self-attention along rows or columns with its projections (`ops::patterns`).
     SelfAttention,
+    /// Cumulative sums along the sequence (`ops::cumsum`).
     Cumsum,
+    /// Exact GELU (`ops::activations`).
     Gelu,
+    /// The two-layer GELU feedforward (`ops::feedforward`).
     FeedForward,
+    /// RMS norm (`ops::norms`).
     RmsNorm,
+    /// Layer norm (`ops::norms`).
     LayerNorm,
+    /// Row plus column sums, `x_i + y_j` (`ops::affine`).
     OuterSum,
+    /// A linear map with optional bias (`ops::affine`).
     Linear,
+    /// A tensor plus one broadcast along an axis (`ops::affine`).
     AddRepeated,
 }
 
@@ -52,6 +60,7 @@ pub fn set_cpu_fused(fused: bool) {
     CPU_FUSED.store(fused, Ordering::Relaxed);
 }
 
+/// Whether the CPU runs its fused forms now (see [`set_cpu_fused`]).
 pub fn cpu_fused() -> bool {
     CPU_FUSED.load(Ordering::Relaxed)
 }
@@ -77,6 +86,7 @@ pub trait Backend<E: Real>: Device<E> {
         1.0
     }
 
+    /// [`crate::ops::weights::weights`].
     fn weights_fused<T: Tape<E, Self>>(
         _q: T4<E, Self, T>,
         _k: T4<E, Self, T>,
@@ -87,6 +97,7 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::Weights))
     }
 
+    /// [`crate::ops::attention::attention`].
     fn attention_fused<T: Tape<E, Self>>(
         _q: T4<E, Self, T>,
         _k: T4<E, Self, T>,
@@ -97,6 +108,7 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::Attention))
     }
 
+    /// [`crate::ops::patterns::pattern_attention`].
     fn pattern_attention_fused<T: Tape<E, Self>>(
         _q: T4<E, Self, T>,
         _k: T4<E, Self, T>,
@@ -109,6 +121,7 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::PatternAttention))
     }
 
+    /// [`crate::ops::patterns::edge_self_attention`].
     fn self_attention_fused<T: Tape<E, Self>>(
         _x: T4<E, Self, T>,
         _w: EdgeProjections<E, Self, T>,
@@ -121,16 +134,19 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::SelfAttention))
     }
 
+    /// [`crate::ops::cumsum::cumsum`].
     fn cumsum_fused<T: Tape<E, Self>>(_x: T4<E, Self, T>) -> Result<T4<E, Self, T>> {
         Err(not_fused(Fused::Cumsum))
     }
 
+    /// [`crate::ops::activations::gelu_exact`].
     fn gelu_fused<S: Shape, T: Tape<E, Self>>(
         _x: Tensor<S, E, Self, T>,
     ) -> Result<Tensor<S, E, Self, T>> {
         Err(not_fused(Fused::Gelu))
     }
 
+    /// [`crate::ops::feedforward::feedforward`].
     fn feedforward_fused<T: Tape<E, Self>>(
         _x: T2<E, Self, T>,
         _p: FeedForwardParams<E, Self, T>,
@@ -138,6 +154,7 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::FeedForward))
     }
 
+    /// [`crate::ops::norms::rms_norm`].
     fn rms_norm_fused<T: Tape<E, Self>>(
         _x: T2<E, Self, T>,
         _gamma: T1<E, Self, T>,
@@ -146,6 +163,7 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::RmsNorm))
     }
 
+    /// [`crate::ops::norms::layer_norm`].
     fn layer_norm_fused<T: Tape<E, Self>>(
         _x: T2<E, Self, T>,
         _weight: T1<E, Self, T>,
@@ -155,6 +173,7 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::LayerNorm))
     }
 
+    /// [`crate::ops::affine::outer_sum`].
     fn outer_sum_fused<T: Tape<E, Self>>(
         _sources: T3<E, Self, T>,
         _targets: T3<E, Self, T>,
@@ -162,6 +181,7 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::OuterSum))
     }
 
+    /// [`crate::ops::affine::linear`].
     fn linear_fused<T: Tape<E, Self>>(
         _x: T2<E, Self, T>,
         _w: T2<E, Self, T>,
@@ -170,6 +190,7 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::Linear))
     }
 
+    /// [`crate::ops::affine::add_repeated`].
     fn add_repeated_fused<S: Shape, R: Shape, T: Tape<E, Self>>(
         _x: Tensor<S, E, Self, T>,
         _y: Tensor<R, E, Self, T>,

@@ -6,11 +6,14 @@ use std::fmt;
 /// A byte range in a rule's source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Span {
+    /// The first byte.
     pub start: usize,
+    /// One past the last byte.
     pub end: usize,
 }
 
 impl Span {
+    /// The bytes `start..end`.
     pub fn new(start: usize, end: usize) -> Self {
         Self { start, end }
     }
@@ -26,12 +29,19 @@ impl Span {
 /// caret is placed under the escaped line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
+    /// The rule file.
     pub file: String,
+    /// The line, from 1.
     pub line: usize,
+    /// The column, from 1.
     pub col: usize,
+    /// How many characters the caret underlines.
     pub width: usize,
+    /// The line's text, escaped for a terminal.
     pub source_line: String,
+    /// What is wrong.
     pub message: String,
+    /// How to fix it, when there is advice.
     pub hint: Option<String>,
     /// Where the caret starts in `source_line`, in characters.
     caret_start: usize,
@@ -100,12 +110,16 @@ impl fmt::Display for Diagnostic {
 /// An error before it is located: the span and what to say.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleError {
+    /// Where in the source.
     pub span: Span,
+    /// What is wrong.
     pub message: String,
+    /// How to fix it, when there is advice.
     pub hint: Option<String>,
 }
 
 impl RuleError {
+    /// An error at `span` with no hint.
     pub fn new(span: Span, message: impl Into<String>) -> Self {
         Self {
             span,
@@ -113,10 +127,12 @@ impl RuleError {
             hint: None,
         }
     }
+    /// Adds a hint.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }
 }
 
+/// A result of the rule passes.
 pub type Checked<T> = std::result::Result<T, RuleError>;

@@ -3,18 +3,27 @@
 
 use thiserror::Error;
 
+/// Everything that can go wrong, each with what and where.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum Error {
     /// Two tensors (or a tensor and a configuration) disagree about a size.
     #[error("shape mismatch in {context}: expected {expected}, got {got}")]
     Shape {
+        /// What was being done.
         context: String,
+        /// The size wanted.
         expected: String,
+        /// The size found.
         got: String,
     },
     /// A configuration value is out of range or inconsistent.
     #[error("invalid configuration for {context}: {message}")]
-    Config { context: String, message: String },
+    Config {
+        /// What it configures.
+        context: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A value that should be a number is not (a NaN or infinite loss, gradient or output):
     /// reported with where it appeared, never replaced by a number.
     #[error("not finite: {0}")]
@@ -27,23 +36,34 @@ pub enum Error {
     Rule(Box<crate::diagnostic::Diagnostic>),
     /// Reading or writing a file (fixtures, checkpoints).
     #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A run whose memory estimate exceeds the limit, refused before anything was allocated.
     #[error(
         "{what} needs about {needed} of memory ({breakdown}), more than the {limit}; \
          make it smaller, or raise the limit with --max-memory SIZE (or --max-memory unlimited)"
     )]
     TooLarge {
+        /// What was refused.
         what: String,
+        /// Its estimate.
         needed: String,
+        /// The estimate's parts.
         breakdown: String,
+        /// The limit.
         limit: String,
     },
 }
 
+/// A result whose error is an [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A [`Error::Shape`].
     pub fn shape(context: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
         Error::Shape {
             context: context.into(),
@@ -52,6 +72,7 @@ impl Error {
         }
     }
 
+    /// A [`Error::Config`].
     pub fn config(context: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
             context: context.into(),

@@ -135,9 +135,13 @@ pub fn read_safetensors_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<
 /// exactly (f32, f64, integers up to 2⁵³, booleans and bytes).
 #[derive(Clone, Debug)]
 pub struct StoredTensor {
+    /// Its name in the file.
     pub name: String,
+    /// Its shape.
     pub dims: Vec<usize>,
+    /// Its type as stored.
     pub dtype: ::safetensors::Dtype,
+    /// Its values, flat.
     pub values: Vec<f64>,
     /// CRC-32 of the stored bytes, for files that record checksums.
     pub crc32: u32,

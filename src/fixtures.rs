@@ -10,29 +10,38 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// The environment variable naming another fixture folder (else `tests/fixtures/reference`).
 pub const FIXTURES_ENV: &str = "QUARTIC_REFERENCE_FIXTURES";
 
 /// One tensor of a fixture, as f64 values (int64 tensors convert exactly for ids and masks).
 #[derive(Clone, Debug)]
 pub struct FixtureTensor {
+    /// Its shape.
     pub dims: Vec<usize>,
+    /// Its values, flat.
     pub values: Vec<f64>,
     /// Stored as floating point (F32 or F64), not as integers or booleans.
     pub float: bool,
 }
 
 impl FixtureTensor {
+    /// The values as ids (exact for integer tensors).
     pub fn as_usize(&self) -> Vec<usize> {
         self.values.iter().map(|&v| v as usize).collect()
     }
+    /// The values as flags (non-zero is true).
     pub fn as_bool(&self) -> Vec<bool> {
         self.values.iter().map(|&v| v != 0.0).collect()
     }
 }
 
+/// A reference fixture: the original's config, inputs and outputs (`NAME.json` + `NAME.safetensors`).
 pub struct Fixture {
+    /// Its name (the files' stem).
     pub name: String,
+    /// The original model's constructor arguments and the case's settings.
     pub config: serde_json::Value,
+    /// Its tensors by name.
     pub tensors: HashMap<String, FixtureTensor>,
 }
 
@@ -78,6 +87,7 @@ impl Fixture {
         Self::load_from(&fixture_dir(), name)
     }
 
+    /// Loads fixture `name` from `dir`, refusing a missing file or a malformed tensor.
     pub fn load_from(dir: &Path, name: &str) -> Result<Self> {
         let json_path = dir.join(format!("{name}.json"));
         let text = std::fs::read_to_string(&json_path).map_err(|e| {
@@ -96,6 +106,7 @@ impl Fixture {
         })
     }
 
+    /// The tensor `key`, or an error naming the fixture and the key.
     pub fn tensor(&self, key: &str) -> Result<&FixtureTensor> {
         self.tensors.get(key).ok_or_else(|| {
             Error::config(

@@ -9,6 +9,7 @@
 //! parameters); [`rules`] (the rule language); [`models`]; [`train`]; [`experiment`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod alloc;
 pub mod backend;

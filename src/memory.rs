@@ -9,13 +9,16 @@ use crate::files::bytes;
 /// An estimate of what a run needs, part by part (bytes).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Estimate {
+    /// Each part and its bytes.
     pub parts: Vec<(String, u64)>,
 }
 
 impl Estimate {
+    /// Adds a part.
     pub fn add(&mut self, what: impl Into<String>, amount: u64) {
         self.parts.push((what.into(), amount));
     }
+    /// Bytes of all parts.
     pub fn total(&self) -> u64 {
         self.parts
             .iter()

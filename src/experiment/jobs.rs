@@ -30,19 +30,32 @@ const LOCK: &str = "job.lock";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
-    Finished { result: RunResult },
-    Failed { error: String },
+    /// It ran to the end.
+    Finished {
+        /// What it measured.
+        result: RunResult,
+    },
+    /// It stopped with an error (it is run again next time).
+    Failed {
+        /// The error's message.
+        error: String,
+    },
 }
 
 /// `result.json`: the job it belongs to, and how it ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
+    /// The job's id in the plan.
     pub job: usize,
+    /// Its task.
     pub task: String,
+    /// Its rule as given.
     pub rule: String,
+    /// Its seed.
     pub seed: u64,
     /// The build that ran it.
     pub build: String,
+    /// Finished with a result, or failed with an error.
     #[serde(flatten)]
     pub status: Status,
 }
@@ -63,7 +76,9 @@ pub enum Outcome {
     AlreadyFinished(RunResult),
     /// Trained, from the start or (`continued_from`) from a checkpoint of a stopped run.
     Finished {
+        /// The run's results.
         result: RunResult,
+        /// The step of the checkpoint it continued from, if it was resumed.
         continued_from: Option<usize>,
     },
     /// Its error, also recorded in `result.json`.

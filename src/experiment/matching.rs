@@ -16,11 +16,17 @@ use crate::train::Task;
 pub struct Widths {
     /// The node width the parameter budget is taken at.
     pub dim: usize,
+    /// Edge width.
     pub dim_edges: usize,
+    /// Heads of node attention.
     pub heads: usize,
+    /// Channels per head of node attention.
     pub dim_head: usize,
+    /// Heads of edge attention.
     pub edge_heads: usize,
+    /// Channels per head of edge attention.
     pub edge_dim_head: usize,
+    /// Feedforward hidden width as a multiple of the width.
     pub ff_mult: f64,
 }
 
@@ -87,8 +93,11 @@ pub fn count_params(config: &GraphConfig) -> Result<usize> {
 /// One rule's matched size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Matched {
+    /// The rule as given.
     pub rule: String,
+    /// The model it gets.
     pub config: GraphConfig,
+    /// The model's parameter count.
     pub params: usize,
 }
 

@@ -28,22 +28,33 @@ pub use plan::{Job, Plan, TaskPlan};
 /// Everything an experiment holds fixed across its rules.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentConfig {
+    /// The rules compared (built-in names or rule files).
     pub rules: Vec<String>,
+    /// Layers of every model.
     pub depth: usize,
     /// Seeds `first_seed`, `first_seed + 1`, … (`seeds` of them): each fixes a run's data and
     /// initial weights.
     #[serde(default)]
     pub first_seed: u64,
+    /// Seeds per rule.
     pub seeds: usize,
+    /// Optimizer steps per run.
     pub steps: usize,
+    /// Examples per step.
     pub batch: usize,
+    /// Peak learning rate.
     pub lr: f64,
+    /// Warmup steps.
     pub warmup: usize,
+    /// Evaluate every this many steps.
     pub eval_every: usize,
+    /// Held-out batches per evaluation.
     pub eval_batches: usize,
+    /// The widths every rule's parameter count is matched to.
     pub widths: Widths,
     /// Runs trained at once (each on its own thread).
     pub jobs: usize,
+    /// The output folder (tables, plots, one folder per run).
     pub out: PathBuf,
     /// The memory the runs at once may take, checked against their estimate before any starts.
     #[serde(skip)]
@@ -83,8 +94,11 @@ impl ExperimentConfig {
 /// One task of a suite, with the steps and batch it gets.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SuiteTask {
+    /// The task's registry name.
     pub task: &'static str,
+    /// Optimizer steps per run.
     pub steps: usize,
+    /// Examples per step.
     pub batch: usize,
 }
 
@@ -126,10 +140,13 @@ pub const SEPARATION_SUITE: [SuiteTask; 6] = [
 /// One trained model's results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
+    /// The rule as given (a built-in name or a file path).
     pub rule: String,
+    /// The run's seed.
     pub seed: u64,
     /// Held-out loss and accuracy at the end (the task's test distribution).
     pub loss: f64,
+    /// Held-out accuracy at the end.
     pub accuracy: f64,
     /// Held-out accuracy at each evaluation step.
     pub curve: Vec<(usize, f64)>,
@@ -137,6 +154,7 @@ pub struct RunResult {
     pub by_size: Vec<(usize, f64)>,
     /// Accuracy on the task's fixed probe, if it has one.
     pub probe: Option<f64>,
+    /// Wall-clock seconds the run took.
     pub seconds: f64,
 }
 
@@ -144,7 +162,9 @@ pub struct RunResult {
 /// It reads as its plan (`report.task`, `report.matched`, …) through `Deref`.
 #[derive(Clone, Debug)]
 pub struct TaskReport {
+    /// The task's settings, matched sizes and FLOPs.
     pub plan: TaskPlan,
+    /// The runs that finished, in job order.
     pub runs: Vec<RunResult>,
 }
 
@@ -156,6 +176,7 @@ impl std::ops::Deref for TaskReport {
 }
 
 impl TaskReport {
+    /// The runs of one rule, in seed order.
     pub fn runs_of<'a>(&'a self, rule: &'a str) -> impl Iterator<Item = &'a RunResult> + 'a {
         self.runs.iter().filter(move |r| r.rule == rule)
     }
@@ -178,8 +199,11 @@ pub fn base_rate(task: &Task, cfg: &ExperimentConfig) -> Result<f64> {
 /// A task with the steps and batch its runs get.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskSettings {
+    /// The task's registry name.
     pub task: String,
+    /// Optimizer steps per run.
     pub steps: usize,
+    /// Examples per step.
     pub batch: usize,
 }
 
@@ -196,12 +220,15 @@ impl From<&SuiteTask> for TaskSettings {
 /// What [`run_jobs`] did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunSummary {
+    /// Jobs run to the end now.
     pub finished: usize,
+    /// Jobs skipped because an earlier run had finished them.
     pub already_finished: usize,
     /// (job, error)
     pub failed: Vec<(usize, String)>,
     /// Jobs another process was running.
     pub busy: Vec<usize>,
+    /// Jobs stopped by a signal (they resume from their checkpoints).
     pub interrupted: usize,
 }
 

@@ -45,6 +45,7 @@ pub struct PlannedRule {
 /// One task of a plan: what its jobs share and what its tables need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskPlan {
+    /// The task's registry name.
     pub task: String,
     /// The settings of this task's runs (steps and batch are the task's own in a suite).
     pub config: ExperimentConfig,
@@ -52,11 +53,14 @@ pub struct TaskPlan {
     pub base_rate: f64,
     /// The parameter count every rule is matched to.
     pub budget: usize,
+    /// Each rule's matched sizes and parameter count, in the plan's rule order.
     pub matched: Vec<Matched>,
     /// Estimated FLOPs of the rule layers per training step (forward + backward ≈ 3 ×
     /// forward), at the task's largest size; one entry per rule.
     pub flops_per_step: Vec<f64>,
+    /// What a size is, for tasks tested size by size (`path length`).
     pub size_label: Option<String>,
+    /// Whether the task has a fixed probe (the tables get its column).
     pub has_probe: bool,
 }
 
@@ -65,8 +69,11 @@ pub struct TaskPlan {
 pub struct Job {
     /// Its line in `jobs.jsonl`, from 0.
     pub id: usize,
+    /// The task's name.
     pub task: String,
+    /// The rule as given.
     pub rule: String,
+    /// The run's seed.
     pub seed: u64,
     /// Its folder, relative to the plan's.
     pub dir: PathBuf,
@@ -79,12 +86,17 @@ pub struct Job {
 /// A whole sweep.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
+    /// The plan format's version ([`FORMAT`]).
     pub format: u32,
     /// The command that made it and the build it was made with (for the summary).
     pub command: String,
+    /// The build that made it ([`crate::build_info::describe`]).
     pub build: String,
+    /// The rules compared.
     pub rules: Vec<PlannedRule>,
+    /// Each task's plan.
     pub tasks: Vec<TaskPlan>,
+    /// Every job (read from `jobs.jsonl`, not `plan.json`).
     #[serde(skip)]
     pub jobs: Vec<Job>,
 }
@@ -225,6 +237,7 @@ impl Plan {
             .and_then(|r| r.source.as_deref())
     }
 
+    /// The plan of the task called `name`.
     pub fn task(&self, name: &str) -> Option<&TaskPlan> {
         self.tasks.iter().find(|t| t.task == name)
     }

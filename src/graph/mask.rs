@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use crate::spec::visibility::Visibility;
 
+/// Which nodes of a batch are real (not padding) and whether the graphs are causal.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GraphMask {
     batch: usize,
@@ -60,28 +61,35 @@ impl GraphMask {
         Self::from_valid(lengths.len(), nodes, valid)
     }
 
+    /// The same mask, causal or not.
     pub fn causal(mut self, causal: bool) -> Self {
         self.causal = causal;
         self
     }
 
+    /// Graphs.
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// Nodes per graph (after padding).
     pub fn nodes(&self) -> usize {
         self.nodes
     }
+    /// Whether an element reads only elements not later than itself.
     pub fn is_causal(&self) -> bool {
         self.causal
     }
+    /// `[batch × nodes]`: whether each node is real.
     pub fn valid(&self) -> &[bool] {
         &self.valid
     }
 
+    /// Whether node i of graph b is real.
     pub fn node_valid(&self, b: usize, i: usize) -> bool {
         self.valid[b * self.nodes + i]
     }
 
+    /// Whether edge (i, j) of graph b is real (both its endpoints are).
     pub fn edge_valid(&self, b: usize, i: usize, j: usize) -> bool {
         self.node_valid(b, i) && self.node_valid(b, j)
     }

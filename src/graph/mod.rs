@@ -23,25 +23,33 @@ pub struct Edges<E: Real, D: Device<E>, T = NoneTape>(pub(crate) T4<E, D, T>);
 /// How edges are reduced onto nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduce {
+    /// Sum over the edges.
     Sum,
+    /// Mean over the visible edges.
     Mean,
+    /// Max over the visible edges.
     Max,
 }
 
 /// Which edges of node i a reduction reads: outgoing (i, ·) or incoming (·, i).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// The edges (i, ·) leaving node i.
     Outgoing,
+    /// The edges (·, i) entering node i.
     Incoming,
 }
 
 impl<E: Real, D: Device<E>, T: Tape<E, D>> Nodes<E, D, T> {
+    /// Wraps a `[batch, n, c]` tensor.
     pub fn new(t: T3<E, D, T>) -> Self {
         Self(t)
     }
+    /// The tensor.
     pub fn tensor(&self) -> &T3<E, D, T> {
         &self.0
     }
+    /// The tensor, by value.
     pub fn into_tensor(self) -> T3<E, D, T> {
         self.0
     }
@@ -78,6 +86,7 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Nodes<E, D, T> {
 }
 
 impl<E: Real, D: Device<E>, T: Tape<E, D>> Edges<E, D, T> {
+    /// Wraps a `[batch, n, n, c]` tensor; refuses one whose two node axes differ.
     pub fn new(t: T4<E, D, T>) -> Result<Self> {
         let (_, i, j, _) = *t.shape();
         if i != j {
@@ -89,9 +98,11 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> Edges<E, D, T> {
         }
         Ok(Self(t))
     }
+    /// The tensor.
     pub fn tensor(&self) -> &T4<E, D, T> {
         &self.0
     }
+    /// The tensor, by value.
     pub fn into_tensor(self) -> T4<E, D, T> {
         self.0
     }

@@ -32,23 +32,34 @@ fn d_streams() -> usize {
 /// `QuarticTransformer(...)`'s arguments. `dim_edges` defaults to `dim`, as in the original.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuarticConfig {
+    /// Vocabulary size.
     pub num_tokens: usize,
+    /// Node width.
     pub dim: usize,
+    /// Layers.
     pub depth: usize,
+    /// Edge width (`None`: `dim`).
     #[serde(default)]
     pub dim_edges: Option<usize>,
+    /// Channels per head of node attention.
     #[serde(default = "d_dim_head")]
     pub dim_head: usize,
+    /// Heads of node attention.
     #[serde(default = "d_heads")]
     pub heads: usize,
+    /// Causal: a node sees only the nodes before it.
     #[serde(default)]
     pub causal: bool,
+    /// Channels per head of the edges' Taylor (linear) attention.
     #[serde(default = "d_linear")]
     pub linear_dim_head: usize,
+    /// Heads of the edges' Taylor (linear) attention.
     #[serde(default = "d_linear")]
     pub linear_heads: usize,
+    /// Feedforward hidden width as a multiple of the width.
     #[serde(default = "d_ff_mult")]
     pub ff_mult: f64,
+    /// Longest sequence.
     #[serde(default = "d_max_seq_len")]
     pub max_seq_len: usize,
     /// Only `false`: the original's diagonal edge attention is broken (see the fixtures' README).
@@ -128,18 +139,27 @@ impl QuarticConfig {
 /// `RelationalTransformer(...)`'s arguments.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RelationalConfig {
+    /// Vocabulary size.
     pub num_tokens: usize,
+    /// Node width.
     pub dim: usize,
+    /// Layers.
     pub depth: usize,
+    /// Edge width.
     pub dim_edges: usize,
+    /// Channels per head.
     #[serde(default = "d_dim_head")]
     pub dim_head: usize,
+    /// Heads.
     #[serde(default = "d_heads")]
     pub heads: usize,
+    /// Causal: a node sees only the nodes before it.
     #[serde(default)]
     pub causal: bool,
+    /// Feedforward hidden width as a multiple of the width.
     #[serde(default = "d_ff_mult")]
     pub ff_mult: f64,
+    /// Longest sequence.
     #[serde(default = "d_max_seq_len")]
     pub max_seq_len: usize,
 }

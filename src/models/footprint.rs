@@ -21,7 +21,10 @@ pub enum Use {
     /// Forward passes without gradients.
     Forward,
     /// Training steps (AdamW), the batch run as `shards` at once.
-    Train { shards: usize },
+    Train {
+        /// Shards per batch.
+        shards: usize,
+    },
 }
 
 const F32: u64 = 4;

@@ -36,17 +36,23 @@ fn default_norm_eps() -> f64 {
 /// Everything that defines a graph transformer's shape; saved in every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GraphConfig {
+    /// Vocabulary size (node tokens; node classes are below it too).
     pub num_tokens: usize,
+    /// Node width.
     pub dim: usize,
+    /// Edge width.
     pub dim_edges: usize,
+    /// Layers, each running the rule.
     pub depth: usize,
     /// A built-in rule name or a rule file (its text is kept in checkpoints as `rule_source`).
     pub rule: String,
     /// Rule parameter overrides (`heads = 4`).
     #[serde(default)]
     pub rule_params: BTreeMap<String, Const>,
+    /// Causal: a node sees only the nodes before it, an edge only edges between such nodes.
     #[serde(default)]
     pub causal: bool,
+    /// Longest sequence (position embeddings and the position bias).
     #[serde(default = "default_max_seq_len")]
     pub max_seq_len: usize,
     /// Learned absolute position embeddings added to the tokens.
@@ -79,6 +85,7 @@ fn default_final_norm() -> Option<f64> {
 }
 
 impl GraphConfig {
+    /// What the rule is checked against: the widths, causality and the parameter overrides.
     pub fn rule_config(&self) -> RuleConfig {
         RuleConfig {
             dim: self.dim,
@@ -128,21 +135,33 @@ impl GraphConfig {
     }
 }
 
+/// A graph transformer: embeddings, layers running one rule, and the readouts a task needs.
 pub struct GraphTransformer<E: Real, D: Device<E>> {
+    /// The sizes it was built with.
     pub config: GraphConfig,
     /// The rule every layer runs (its source is saved with checkpoints).
     pub rule: Rule,
+    /// Token embeddings of the nodes.
     pub token_emb: Embedding<E, D>,
+    /// Absolute position embeddings, when the config asks for them.
     pub pos_emb: Option<Embedding<E, D>>,
+    /// The original's edge embedding from the two endpoints' tokens.
     pub edge_emb: EdgeEmbed<E, D>,
+    /// The dynamic position bias added to the edges, when the config asks for it.
     pub pos_bias: Option<DynamicPositionBias<E, D>>,
+    /// One layer per depth, each the rule with its own parameters.
     pub layers: Vec<RuleLayer<E, D>>,
     /// Per layer, one hyper-connection per node branch (none with one residual stream).
     pub hyper: Vec<Vec<HyperConnection<E, D>>>,
+    /// The norm before the logits, if any.
     pub final_norm: Option<RmsNorm<E, D>>,
+    /// Node states to token logits.
     pub to_logits: Linear<E, D>,
+    /// Edge-token embeddings, for tasks with edge inputs.
     pub edge_tokens: Option<EdgeTokens<E, D>>,
+    /// Edges pooled into their nodes, for node readouts of graph tasks.
     pub edge_pool: Option<EdgePool<E, D>>,
+    /// Per-edge logits, for tasks read from the edges.
     pub edge_head: Option<EdgeHead<E, D>>,
 }
 

@@ -20,7 +20,9 @@ use crate::tensor::*;
 /// Where a model's predictions are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readout {
+    /// Each node predicts a class.
     Nodes,
+    /// Each edge predicts a class.
     Edges,
 }
 
@@ -40,12 +42,16 @@ pub struct TaskIo {
 
 /// Edge tokens `[b × n × n]` to an edge tensor `[b, n, n, c]` (parameter `weight`).
 pub struct EdgeTokens<E: Real, D: Device<E>> {
+    /// The embedding table `[vocab, channels]`.
     pub weight: Param<E, D>,
+    /// Edge tokens.
     pub vocab: usize,
+    /// Edge channels.
     pub channels: usize,
 }
 
 impl<E: Real, D: Device<E>> EdgeTokens<E, D> {
+    /// A table of `vocab` rows of `channels`, under `init`'s prefix.
     pub fn new(init: &Init<D>, vocab: usize, channels: usize) -> Result<Self> {
         Ok(Self {
             weight: init.param("weight", &[vocab, channels], InitKind::Normal(1.0))?,
@@ -54,6 +60,7 @@ impl<E: Real, D: Device<E>> EdgeTokens<E, D> {
         })
     }
 
+    /// Looks up `ids` (`[b × n × n]`, each below `vocab`) as `[b, n, n, channels]`.
     pub fn forward<T: Tape<E, D>>(&self, ids: &[usize], b: usize, n: usize) -> Result<T4<E, D, T>> {
         if ids.len() != b * n * n {
             return Err(Error::shape(
@@ -91,14 +98,20 @@ fn edge_norm<E: Real, D: Device<E>>(init: &Init<D>, dim_edges: usize) -> Result<
 
 /// Per-edge logits: `W · gelu(A · norm(e_ij) + B · x_i + C · x_j + bias)`.
 pub struct EdgeHead<E: Real, D: Device<E>> {
+    /// The edge's prenorm.
     pub norm: RmsNorm<E, D>,
+    /// `A`, with the bias.
     pub from_edge: Linear<E, D>,
+    /// `B`: the source node's share.
     pub from_source: Linear<E, D>,
+    /// `C`: the target node's share.
     pub from_target: Linear<E, D>,
+    /// `W`: hidden to class logits.
     pub to_logits: Linear<E, D>,
 }
 
 impl<E: Real, D: Device<E>> EdgeHead<E, D> {
+    /// A head from nodes of `dim` and edges of `dim_edges` to `classes` logits (hidden width `dim`).
     pub fn new(init: &Init<D>, dim: usize, dim_edges: usize, classes: usize) -> Result<Self> {
         let hidden = dim;
         Ok(Self {
@@ -136,12 +149,16 @@ impl<E: Real, D: Device<E>> EdgeHead<E, D> {
 /// Adds to each node the projected mean and max of its (normed) outgoing edges, over the edges
 /// the mask lets it read.
 pub struct EdgePool<E: Real, D: Device<E>> {
+    /// The edges' prenorm.
     pub norm: RmsNorm<E, D>,
+    /// The projected mean of a node's outgoing edges.
     pub from_mean: Linear<E, D>,
+    /// The projected max of a node's outgoing edges.
     pub from_max: Linear<E, D>,
 }
 
 impl<E: Real, D: Device<E>> EdgePool<E, D> {
+    /// A pool from edges of `dim_edges` into nodes of `dim`.
     pub fn new(init: &Init<D>, dim: usize, dim_edges: usize) -> Result<Self> {
         Ok(Self {
             norm: edge_norm(init, dim_edges)?,
@@ -150,6 +167,7 @@ impl<E: Real, D: Device<E>> EdgePool<E, D> {
         })
     }
 
+    /// Adds the pooled outgoing edges (those `mask` lets a node read) to each node.
     pub fn forward<T: Tape<E, D>>(
         &self,
         nodes: Nodes<E, D, T>,

@@ -43,29 +43,35 @@ pub fn check_depth(context: &str, depth: usize) -> Result<()> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "model", rename_all = "snake_case")]
 pub enum ModelConfig {
+    /// A graph transformer running a rule.
     Graph(GraphConfig),
+    /// The original's multi-stream transformer.
     MultiStream(MultiStreamConfig),
 }
 
 impl ModelConfig {
+    /// Vocabulary size.
     pub fn num_tokens(&self) -> usize {
         match self {
             Self::Graph(c) => c.num_tokens,
             Self::MultiStream(c) => c.num_tokens,
         }
     }
+    /// Longest sequence.
     pub fn max_seq_len(&self) -> usize {
         match self {
             Self::Graph(c) => c.max_seq_len,
             Self::MultiStream(c) => c.max_seq_len,
         }
     }
+    /// Whether a node sees only the nodes before it.
     pub fn causal(&self) -> bool {
         match self {
             Self::Graph(c) => c.causal,
             Self::MultiStream(c) => c.causal,
         }
     }
+    /// Layers.
     pub fn depth(&self) -> usize {
         match self {
             Self::Graph(c) => c.depth,
@@ -85,13 +91,17 @@ impl ModelConfig {
 
 /// A language model over token sequences.
 pub enum Model<E: Real, D: Device<E>> {
+    /// A graph transformer running a rule.
     Graph(GraphTransformer<E, D>),
+    /// The original's multi-stream transformer.
     MultiStream(MultiStreamTransformer<E, D>),
 }
 
 /// A forward pass: logits `[b, n, num_tokens]` and an auxiliary loss to add, if any.
 pub struct Output<E: Real, D: Device<E>, T> {
+    /// `[b, n, num_tokens]`.
     pub logits: T3<E, D, T>,
+    /// An auxiliary loss (the multi-stream diversity loss), when the model has one.
     pub aux: Option<Tensor<(), E, D, T>>,
 }
 
@@ -113,6 +123,7 @@ impl<E: Real, D: Device<E>> Model<E, D> {
         })
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> ModelConfig {
         match self {
             Self::Graph(m) => ModelConfig::Graph(m.config.clone()),

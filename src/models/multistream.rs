@@ -43,29 +43,43 @@ fn d_true() -> bool {
     true
 }
 
+/// The original's `MultiStreamTransformer` constructor arguments, plus our fixes as options.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MultiStreamConfig {
+    /// Vocabulary size.
     pub num_tokens: usize,
+    /// Model width.
     pub dim: usize,
+    /// Layers.
     pub depth: usize,
+    /// Parallel streams the sequence runs as.
     #[serde(default = "d2")]
     pub num_streams: usize,
+    /// Channels per attention head.
     #[serde(default = "d64")]
     pub dim_head: usize,
+    /// Attention heads per stream.
     #[serde(default = "d8")]
     pub heads: usize,
+    /// Longest sequence (position embeddings).
     #[serde(default = "d_len")]
     pub max_seq_len: usize,
+    /// Feedforward hidden width as a multiple of `dim`.
     #[serde(default = "d_mult")]
     pub ff_mult: f64,
+    /// Heads talk within their own stream only.
     #[serde(default)]
     pub ablate_cross_stream_talking_heads: bool,
+    /// Heads talk across streams before the softmax.
     #[serde(default = "d_true")]
     pub pre_talking_heads: bool,
+    /// Heads talk across streams after the softmax.
     #[serde(default = "d_true")]
     pub post_talking_heads: bool,
+    /// Each stream has its own token and position embeddings (else shared ones plus a stream embedding).
     #[serde(default = "d_true")]
     pub separate_stream_emb: bool,
+    /// Talking heads through a small residual feedforward instead of a linear map.
     #[serde(default)]
     pub non_linear_talking_heads: bool,
     /// Causal attention (the original's class has no such option; its attention does).
@@ -87,10 +101,15 @@ pub struct MultiStreamConfig {
 /// Talking heads: a 1×1 conv over heads, or the original's `TalkingHeadsFeedForward`
 /// (residual: norm over heads → conv h→2h → GELU → conv 2h→h).
 pub enum TalkingHeads<E: Real, D: Device<E>> {
+    /// A 1×1 conv over heads, starting from the identity.
     Linear(Param<E, D>),
+    /// The original's `TalkingHeadsFeedForward`.
     NonLinear {
+        /// The norm over heads.
         norm: RmsNorm<E, D>,
+        /// Heads to twice as many.
         up: Linear<E, D>,
+        /// Back to the heads.
         down: Linear<E, D>,
     },
 }
@@ -137,38 +156,61 @@ impl<E: Real, D: Device<E>> TalkingHeads<E, D> {
     }
 }
 
+/// One layer's attention: prenorm, queries/keys/values, per-head gates and talking heads.
 pub struct StreamAttention<E: Real, D: Device<E>> {
+    /// The prenorm.
     pub rmsnorm: RmsNorm<E, D>,
+    /// Queries, keys and values for every stream and head.
     pub to_qkv: Linear<E, D>,
+    /// Per-head output gates.
     pub to_gates: Linear<E, D>,
+    /// The output projection.
     pub to_out: Linear<E, D>,
+    /// Talking heads before the softmax, if on.
     pub pre: Option<TalkingHeads<E, D>>,
+    /// Talking heads after the softmax, if on.
     pub post: Option<TalkingHeads<E, D>>,
 }
 
+/// Token and position embeddings for each stream.
 pub enum StreamEmbedding<E: Real, D: Device<E>> {
+    /// One token and position embedding for all streams, plus a per-stream embedding.
     Shared {
+        /// `[num_tokens, dim]`.
         token: Param<E, D>,
+        /// `[max_seq_len, dim]`.
         pos: Param<E, D>,
+        /// `[num_streams, dim]`.
         stream: Param<E, D>,
     },
+    /// Each stream's own token and position embeddings.
     Separate {
+        /// `[num_streams, num_tokens, dim]`.
         token: Param<E, D>,
+        /// `[num_streams, max_seq_len, dim]`.
         pos: Param<E, D>,
     },
 }
 
+/// The original's multi-stream transformer, with its parameter names.
 pub struct MultiStreamTransformer<E: Real, D: Device<E>> {
+    /// The sizes it was built with.
     pub config: MultiStreamConfig,
+    /// The embeddings.
     pub emb: StreamEmbedding<E, D>,
+    /// Each layer's attention and feedforward.
     pub layers: Vec<(StreamAttention<E, D>, FeedForward<E, D>)>,
+    /// The final norm (after the streams are summed).
     pub final_norm: RmsNorm<E, D>,
+    /// The output projection to token logits.
     pub to_logits: Linear<E, D>,
 }
 
 /// What a forward pass returns: logits `[b, n, num_tokens]` and the diversity loss.
 pub struct StreamOutput<E: Real, D: Device<E>, T> {
+    /// `[b, n, num_tokens]`.
     pub logits: T3<E, D, T>,
+    /// The stream attention-diversity loss, when the config asks for it.
     pub aux: Option<Tensor<(), E, D, T>>,
 }
 
@@ -178,6 +220,7 @@ fn dim_of(dim: usize, mult: f64) -> f64 {
 }
 
 impl<E: Real, D: Device<E>> MultiStreamTransformer<E, D> {
+    /// Builds the model with its parameters drawn (or read) by `init`; refuses zero sizes.
     pub fn new(config: MultiStreamConfig, init: &Init<D>) -> Result<Self> {
         let c = &config;
         if c.num_streams == 0 || c.heads == 0 || c.dim_head == 0 || c.dim == 0 || c.depth == 0 {

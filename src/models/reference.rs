@@ -17,8 +17,11 @@ pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f64>)>;
 /// A reference model: which class and with which arguments.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ReferenceModel {
+    /// `QuarticTransformer`.
     Quartic(QuarticConfig),
+    /// `RelationalTransformer`.
     Relational(RelationalConfig),
+    /// `MultiStreamTransformer`.
     MultiStream(MultiStreamConfig),
 }
 
@@ -26,8 +29,11 @@ pub enum ReferenceModel {
 /// `[start, start + len)` of its first axis.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mapping {
+    /// Our parameter's name.
     pub ours: String,
+    /// The original's `state_dict` key.
     pub theirs: String,
+    /// `(start, len)` rows of theirs, or the whole tensor.
     pub rows: Option<(usize, usize)>,
 }
 

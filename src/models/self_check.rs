@@ -24,16 +24,20 @@ pub const TOLERANCE: f64 = 1e-4;
 /// One model run both ways.
 #[derive(Clone, Debug)]
 pub struct Comparison {
+    /// The model's name.
     pub model: String,
     /// The worst relative difference over the logits.
     pub logits: f64,
     /// The worst relative difference over the parameters' gradients, and the parameter.
     pub gradients: (f64, String),
+    /// Milliseconds of the fused forward and backward.
     pub fused_ms: f64,
+    /// Milliseconds of the composite forward and backward.
     pub composite_ms: f64,
 }
 
 impl Comparison {
+    /// Whether logits and gradients agree within the tolerance.
     pub fn passes(&self) -> bool {
         self.logits <= TOLERANCE && self.gradients.0 <= TOLERANCE
     }

@@ -13,12 +13,16 @@ use crate::tensor::*;
 
 /// A lookup table `[count, c]` (parameter `weight`, as PyTorch's `nn.Embedding`).
 pub struct Embedding<E: Real, D: Device<E>> {
+    /// The table.
     pub weight: Param<E, D>,
+    /// Rows.
     pub count: usize,
+    /// Channels per row.
     pub channels: usize,
 }
 
 impl<E: Real, D: Device<E>> Embedding<E, D> {
+    /// A table of `count` rows of `channels` under `init`'s prefix (PyTorch's normal init).
     pub fn new(init: &Init<D>, count: usize, channels: usize) -> Result<Self> {
         Ok(Self {
             weight: init.param("weight", &[count, channels], InitKind::Normal(1.0))?,
@@ -78,13 +82,18 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for Embedding<E, D> {
 
 /// The original's edge embedding: `e[i, j] = LayerNorm(W · (rows(x_i) + cols(x_j)))`.
 pub struct EdgeEmbed<E: Real, D: Device<E>> {
+    /// `rows`: the source node's share.
     pub to_rows: Linear<E, D>,
+    /// `cols`: the target node's share.
     pub to_cols: Linear<E, D>,
+    /// `W`: to the edge width.
     pub to_edges: Linear<E, D>,
+    /// The final layer norm.
     pub norm: LayerNorm<E, D>,
 }
 
 impl<E: Real, D: Device<E>> EdgeEmbed<E, D> {
+    /// An embedding from nodes of `dim` to edges of `dim_edges`.
     pub fn new(init: &Init<D>, dim: usize, dim_edges: usize) -> Result<Self> {
         Ok(Self {
             to_rows: Linear::new(&init.pp("to_rows"), dim, dim_edges, false)?,
@@ -94,6 +103,7 @@ impl<E: Real, D: Device<E>> EdgeEmbed<E, D> {
         })
     }
 
+    /// Node states `[b, n, dim]` to edge states `[b, n, n, dim_edges]`.
     pub fn forward<T: Tape<E, D>>(&self, x: Nodes<E, D, T>) -> Result<Edges<E, D, T>>
     where
         D: crate::backend::Backend<E>,
@@ -118,7 +128,9 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for EdgeEmbed<E, D> {
 /// x-transformers' `DynamicPositionBias`: an MLP from the relative distance `i − j` to one value
 /// per channel (SiLU between layers, no norms), evaluated once per distance and gathered.
 pub struct DynamicPositionBias<E: Real, D: Device<E>> {
+    /// The MLP's layers, one input (the distance) to `channels` outputs.
     pub layers: Vec<Linear<E, D>>,
+    /// Output channels.
     pub channels: usize,
 }
 

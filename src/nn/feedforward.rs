@@ -12,13 +12,18 @@ use crate::ops::activations::gelu_exact;
 use crate::spec::FeedForwardParams;
 use crate::tensor::*;
 
+/// `RMSNorm → Linear(c, H) → GELU → Linear(H, c)`, no biases.
 pub struct FeedForward<E: Real, D: Device<E>> {
+    /// The prenorm.
     pub norm: RmsNorm<E, D>,
+    /// `c → H`.
     pub proj_in: Linear<E, D>,
+    /// `H → c`.
     pub proj_out: Linear<E, D>,
 }
 
 impl<E: Real, D: Device<E>> FeedForward<E, D> {
+    /// A block of `channels` with hidden width `channels · mult`.
     pub fn new(init: &Init<D>, channels: usize, mult: usize, norm_eps: f64) -> Result<Self> {
         Self::with_hidden(init, channels, channels * mult, norm_eps)
     }

@@ -10,11 +10,14 @@ use crate::error::{Error, Result};
 use crate::graph::Edges;
 use crate::tensor::*;
 
+/// The original's `Conv2d(heads, out, 1)` over per-head edge values.
 pub struct HeadMix<E: Real, D: Device<E>> {
+    /// Heads to output channels.
     pub proj: Linear<E, D>,
 }
 
 impl<E: Real, D: Device<E>> HeadMix<E, D> {
+    /// A mix from `heads` to `outputs` channels.
     pub fn new(init: &Init<D>, heads: usize, outputs: usize) -> Result<Self> {
         Ok(Self {
             proj: Linear::new(init, heads, outputs, false)?,

@@ -22,7 +22,9 @@ use crate::tensor::*;
 
 /// One branch's hyper-connection; parameter names as the original's `state_dict`.
 pub struct HyperConnection<E: Real, D: Device<E>> {
+    /// Residual streams.
     pub streams: usize,
+    /// Width of each stream.
     pub dim: usize,
     /// `[s, 1 + s]`: column 0 weighs the streams into the branch input, the rest mixes them.
     pub static_alpha: Param<E, D>,
@@ -43,8 +45,11 @@ pub struct HyperConnection<E: Real, D: Device<E>> {
 /// What the width connection hands on: the branch input `[rows, d]`, the streams carried past
 /// the branch `[rows, s, d]`, and the weights `[rows, s]` the branch output is added with.
 pub struct Width<E: Real, D: Device<E>, T> {
+    /// `[rows, d]`.
     pub branch_input: T2<E, D, T>,
+    /// `[rows, s, d]`.
     pub carried: T3<E, D, T>,
+    /// `[rows, s]`.
     pub beta: T2<E, D, T>,
 }
 

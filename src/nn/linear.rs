@@ -7,10 +7,15 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::*;
 
+/// `y = x · Wᵀ + b` with PyTorch's layout and names (`weight [out, in]`, `bias [out]`).
 pub struct Linear<E: Real, D: Device<E>> {
+    /// `[outputs, inputs]`.
     pub weight: Param<E, D>,
+    /// `[outputs]`, if any.
     pub bias: Option<Param<E, D>>,
+    /// Input channels.
     pub inputs: usize,
+    /// Output channels.
     pub outputs: usize,
 }
 

@@ -14,9 +14,13 @@ use crate::ops::norms::{layer_norm, rms_norm};
 pub use crate::spec::RmsKind;
 use crate::tensor::*;
 
+/// RMSNorm with gain `gamma`, scaled (`eps`) or unit-norm.
 pub struct RmsNorm<E: Real, D: Device<E>> {
+    /// The gain `[channels]`.
     pub gamma: Param<E, D>,
+    /// Which form.
     pub kind: RmsKind,
+    /// Channels.
     pub channels: usize,
 }
 
@@ -57,13 +61,18 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for RmsNorm<E, D> {
 
 /// LayerNorm with affine parameters `weight` and `bias` (PyTorch names), eps 1e-5 by default.
 pub struct LayerNorm<E: Real, D: Device<E>> {
+    /// The gain `[channels]`.
     pub weight: Param<E, D>,
+    /// The shift `[channels]`.
     pub bias: Param<E, D>,
+    /// Added to the variance.
     pub eps: f64,
+    /// Channels.
     pub channels: usize,
 }
 
 impl<E: Real, D: Device<E>> LayerNorm<E, D> {
+    /// A norm over `channels`, gain 1 and shift 0.
     pub fn new(init: &Init<D>, channels: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: init.param("weight", &[channels], InitKind::Ones)?,

@@ -21,15 +21,20 @@ use crate::tensor::*;
 /// keeps the tensor id, so gradients are found under the flat tensor).
 #[derive(Clone, Debug)]
 pub struct Param<E: Real, D: Device<E>> {
+    /// Its full name (`layers.0.attn.to_q.weight`).
     pub name: String,
+    /// Its shape as PyTorch stores it.
     pub dims: Vec<usize>,
+    /// Its values, flat.
     pub value: T1<E, D>,
 }
 
 impl<E: Real, D: Device<E>> Param<E, D> {
+    /// Elements.
     pub fn len(&self) -> usize {
         self.value.shape().0
     }
+    /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -48,10 +53,13 @@ impl<E: Real, D: Device<E>> Param<E, D> {
 /// How a fresh parameter is drawn.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum InitKind {
+    /// All zeros.
     Zeros,
+    /// All ones.
     Ones,
     /// `U(-bound, bound)`; PyTorch's Linear uses `bound = 1/√fan_in`.
     Uniform(f64),
+    /// `N(0, std²)`.
     Normal(f64),
     /// The identity matrix (dims `[n, n]`), as PyTorch's `dirac_` for 1×1 convolutions.
     Eye,
@@ -124,6 +132,7 @@ impl<D: Clone> Init<D> {
         }
     }
 
+    /// The device parameters are made on.
     pub fn device(&self) -> &D {
         &self.dev
     }
@@ -241,16 +250,19 @@ enum Fresh {
 /// or `visit_variants!` (an enum: each variant's fields in order), which write both visitors
 /// from the one list; a field may be a [`Param`], a block, or an `Option`, `Vec` or pair of them.
 pub trait HasParams<E: Real, D: Device<E>> {
+    /// Every parameter, in a fixed order (the order checkpoints and optimizers use).
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param<E, D>));
     /// The same parameters, in the same order, mutably (for optimizers and loading).
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param<E, D>));
 
+    /// Every parameter, in order.
     fn params(&self) -> Vec<&Param<E, D>> {
         let mut out = Vec::new();
         self.visit_params(&mut |p| out.push(p));
         out
     }
 
+    /// Elements across all parameters.
     fn num_params(&self) -> usize {
         self.params().iter().map(|p| p.len()).sum()
     }

@@ -6,6 +6,7 @@ use dfdx::prelude::*;
 use crate::error::Result;
 use crate::tensor::*;
 
+/// Applies a row-wise `f` to `[a, b, c]` as `[a·b, c]`.
 pub fn map_rows3<E: Real, D: Device<E>, T: Tape<E, D>>(
     x: T3<E, D, T>,
     f: impl FnOnce(T2<E, D, T>) -> Result<T2<E, D, T>>,
@@ -16,6 +17,7 @@ pub fn map_rows3<E: Real, D: Device<E>, T: Tape<E, D>>(
     Ok(y.reshape_like(&(a, b, c2)))
 }
 
+/// Applies a row-wise `f` to `[a, b, c, d]` as `[a·b·c, d]`.
 pub fn map_rows4<E: Real, D: Device<E>, T: Tape<E, D>>(
     x: T4<E, D, T>,
     f: impl FnOnce(T2<E, D, T>) -> Result<T2<E, D, T>>,

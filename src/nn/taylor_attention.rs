@@ -16,20 +16,30 @@ use crate::ops::taylor::{taylor_attend, TaylorForm};
 use crate::spec::visibility::Visibility;
 use crate::tensor::*;
 
+/// The original's Taylor linear attention over a sequence, with its parameter names.
 pub struct TaylorAttention<E: Real, D: Device<E>> {
+    /// The unit-RMSNorm prenorm.
     pub norm: RmsNorm<E, D>,
+    /// Queries.
     pub to_q: Linear<E, D>,
+    /// Keys and values.
     pub to_kv: Linear<E, D>,
+    /// Per-head value gates (from the un-normed input).
     pub to_v_gates: Linear<E, D>,
+    /// The output projection.
     pub to_out: Linear<E, D>,
+    /// Heads.
     pub heads: usize,
+    /// Channels per head.
     pub dim_head: usize,
     /// The eps that clamps the normalizer (the original's forward default, 1e-5).
     pub eps: f64,
+    /// Direct or feature form (the same values, different costs).
     pub form: TaylorForm,
 }
 
 impl<E: Real, D: Device<E>> TaylorAttention<E, D> {
+    /// A block from `dim` channels with `heads` × `dim_head`; refuses zero sizes.
     pub fn new(init: &Init<D>, dim: usize, heads: usize, dim_head: usize) -> Result<Self> {
         if heads == 0 || dim_head == 0 {
             return Err(Error::config(

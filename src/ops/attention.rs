@@ -13,7 +13,9 @@ use crate::tensor::*;
 
 /// The optional tensor inputs of an attention call.
 pub struct AttendInputs<E: Real, D: Device<E>, T> {
+    /// Additive bias `[b, h, queries, keys]`.
     pub bias: Option<T4<E, D, T>>,
+    /// Talking heads `[heads, heads]`, mixing the scores across heads before normalising.
     pub talking: Option<T2<E, D, T>>,
     /// Per-head gate logits `b h i`; the output of each head is scaled by `sigmoid(gate)`.
     pub gates: Option<T3<E, D, T>>,
@@ -29,7 +31,9 @@ impl<E: Real, D: Device<E>, T> Default for AttendInputs<E, D, T> {
     }
 }
 
+/// What [`attend`] returns.
 pub struct Attended<E: Real, D: Device<E>, T> {
+    /// `[b, h, queries, channels per head]`.
     pub out: T4<E, D, T>,
     /// The attention weights, when asked for. They branch off the output's tape: use both in the
     /// loss, or the output alone (the weights' own backward runs with the output's tape).

@@ -23,12 +23,18 @@ use crate::tensor::*;
 /// The attention kernel used across edges.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum EdgeKernel {
+    /// Exact softmax.
     Softmax {
+        /// Multiplies the scores.
         scale: f64,
     },
+    /// The second-order Taylor kernel.
     Taylor {
+        /// Multiplies the scores.
         scale: f64,
+        /// The least the normaliser may be.
         eps: f64,
+        /// Direct, feature, or the cheaper of the two.
         form: TaylorForm,
     },
 }
@@ -37,6 +43,7 @@ pub enum EdgeKernel {
 pub struct EdgeAttendInputs<E: Real, D: Device<E>, T> {
     /// Additive bias in the pattern's layout `[problems, heads, queries, keys]` (see [`pattern_dims`]).
     pub bias: Option<T4<E, D, T>>,
+    /// Talking heads `[heads, heads]`, mixing the scores across heads before normalising.
     pub talking: Option<T2<E, D, T>>,
     /// Per-head gate logits per edge, `[b, n, n, heads]`.
     pub gates: Option<Edges<E, D, T>>,

@@ -13,10 +13,13 @@ use crate::tensor::*;
 /// The coordinate-descent iteration's settings (the original's defaults: eps 0.1, no schedule).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CoorDescent {
+    /// Iterations.
     pub n_iters: usize,
+    /// The entropy regulariser (the last, when annealed).
     pub eps: f64,
     /// Start ε (annealed down to `eps` by `eps_decay` per iteration); `None` starts at `eps`.
     pub eps_init: Option<f64>,
+    /// ε's factor per iteration when annealed.
     pub eps_decay: f64,
 }
 
@@ -125,6 +128,7 @@ pub struct TopK<E: Real, D: Device<E>, T> {
     pub coor_descent_values: T2<E, D, T>,
     /// `[rows, k]`: straight-through gates (value 1, gradient of the soft scores).
     pub gates: T2<E, D, T>,
+    /// Picks per row.
     pub k: usize,
     /// `[rows × k]`: whether each pick was selectable (all true unless rows were padded, see
     /// [`soft_topk_padded`]).

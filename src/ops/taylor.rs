@@ -18,10 +18,14 @@ use crate::error::{Error, Result};
 use crate::spec::{Normalizer, Visibility, WeightsSpec};
 use crate::tensor::*;
 
+/// Which of the two equal forms the Taylor kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaylorForm {
+    /// The cheaper at the call's sizes ([`choose_form`]).
     Auto,
+    /// The feature form (linear in length).
     Feature,
+    /// The direct form on the score matrix.
     Direct,
 }
 

@@ -23,15 +23,23 @@ pub const RESERVED: [&str; 9] = [
 /// How the checker handles a function.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Form {
+    /// An element-wise function.
     Activation(Activation),
+    /// `linear(x, out)`.
     Linear,
     /// `rmsnorm`, `unitnorm`, `layernorm`.
     Norm,
+    /// `feedforward(x)`.
     FeedForward,
+    /// `concat(a, b, …)`.
     Concat,
+    /// `sum`, `mean`, `max` over an index.
     Reduce(ReduceOp),
+    /// `softmax[k](x)`.
     Softmax,
+    /// `dot(a, b, heads)`.
     Dot,
+    /// `attend(q, k, …)`.
     Attend,
     /// `top(K, by: score)`: only the value of attend's `route:` option.
     Top,
@@ -40,8 +48,11 @@ pub enum Form {
 /// An option's default, as the checker uses it and the README shows it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Default {
+    /// A number.
     Num(f64),
+    /// On or off.
     Flag(bool),
+    /// A word (`softmax`).
     Word(&'static str),
     /// A bare word among the arguments (`gate`): off unless written.
     Switch,
@@ -49,9 +60,12 @@ pub enum Default {
     Derived(&'static str),
 }
 
+/// A named option of a function (`heads: 4`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Opt {
+    /// Its name.
     pub name: &'static str,
+    /// Its value when not written.
     pub default: Default,
 }
 
@@ -93,10 +107,13 @@ const fn derived(name: &'static str, what: &'static str) -> Opt {
 /// One built-in function.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Function {
+    /// Its name as written in a rule.
     pub name: &'static str,
+    /// How the checker handles it.
     pub form: Form,
     /// Its positional arguments as the README writes them (`x, out`).
     pub positional: &'static str,
+    /// Its named options.
     pub options: &'static [Opt],
     /// What it computes, for the README's table.
     pub notes: &'static str,

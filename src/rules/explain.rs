@@ -13,9 +13,11 @@ use crate::spec::EdgePattern;
 /// The cost of one operation at a given size.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Cost {
+    /// Multiply-adds counted as two.
     pub flops: f64,
     /// Activation elements kept for the backward pass.
     pub elements: f64,
+    /// Parameters.
     pub params: f64,
 }
 

@@ -7,9 +7,12 @@ pub use super::lower::{AttendLowering, Core, EdgeLowering, TaylorLowering};
 /// the target's indices first.
 pub type Slot = usize;
 
+/// What an index runs over and a state tensor holds: the nodes or the edges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Domain {
+    /// The node state `nodes[i]`.
     Nodes,
+    /// The edge state `edges[i, j]`.
     Edges,
 }
 
@@ -17,7 +20,9 @@ pub enum Domain {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Const {
+    /// A number (`16`, `1e-5`).
     Num(f64),
+    /// A word (`taylor`, `row`).
     Word(String),
 }
 
@@ -33,15 +38,21 @@ impl std::fmt::Display for Const {
 /// A rule checked against a model's sizes, ready to instantiate and run.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// The rule's name (its header, else its file's stem).
     pub rule: String,
+    /// The file it was read from, for messages (`dsl/taylor.rule` for a built-in).
     pub file: String,
     /// Every parameter's value after overrides, in declaration order.
     pub params: Vec<(String, Const)>,
+    /// Node channels of the model it was checked against.
     pub dim: usize,
+    /// Edge channels of the model it was checked against.
     pub dim_edges: usize,
+    /// Whether a node may only see nodes before it (and edges between such nodes).
     pub causal: bool,
     /// `let` bindings: name, domain and channels, by id.
     pub lets: Vec<LetVar>,
+    /// The statements in source order; a layer runs them one after another.
     pub statements: Vec<PlanStatement>,
 }
 
@@ -70,39 +81,54 @@ impl Plan {
     }
 }
 
+/// A `let` binding's type.
 #[derive(Clone, Debug)]
 pub struct LetVar {
+    /// Its name as written.
     pub name: String,
+    /// Whether it is indexed like the nodes (one index) or the edges (two).
     pub domain: Domain,
+    /// Its channel count.
     pub channels: usize,
 }
 
+/// One checked statement: a `let` or an update of `nodes` / `edges`.
 #[derive(Clone, Debug)]
 pub struct PlanStatement {
     /// The scope of its parameters (label or first binding), empty when it owns none.
     pub name: String,
     /// Its source text, for `explain`.
     pub source: String,
+    /// Its line in the rule file.
     pub line: usize,
     /// Index names by slot.
     pub slots: Vec<String>,
+    /// What it binds or writes, with the expression that computes it.
     pub kind: PlanKind,
 }
 
+/// What a statement does with its value.
 #[derive(Clone, Debug)]
 pub enum PlanKind {
     /// Binds let-variables: `(id, slots in the binding's order)`. Two outputs only for an
     /// attention that returns its probabilities.
     Let {
+        /// Each bound let-variable's id with its index slots.
         outputs: Vec<(usize, Vec<Slot>)>,
+        /// The value bound.
         value: Node,
     },
     /// Writes `nodes` or `edges` (the diagonal only when `diagonal`).
     Update {
+        /// `nodes` or `edges`.
         target: Domain,
+        /// The target's index slots as written.
         slots: Vec<Slot>,
+        /// Whether only the diagonal `edges[i, i]` is written.
         diagonal: bool,
+        /// `+=` (a residual added to the state) rather than `=` (the state replaced).
         accumulate: bool,
+        /// The value written.
         value: Node,
     },
 }
@@ -110,8 +136,11 @@ pub enum PlanKind {
 /// A typed expression: its free index slots (ascending) and channels.
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// What computes it.
     pub op: Op,
+    /// Its free index slots, ascending.
     pub slots: Vec<Slot>,
+    /// Its channel count.
     pub channels: usize,
 }
 
@@ -157,115 +186,182 @@ impl Node {
     }
 }
 
+/// An element-wise arithmetic operator between two tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arith {
+    /// `a + b`.
     Add,
+    /// `a - b`.
     Sub,
+    /// `a * b`.
     Mul,
+    /// `a / b`.
     Div,
 }
 
+/// An element-wise function of one tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// `relu(x)`.
     Relu,
+    /// `gelu(x)` (the tanh approximation).
     Gelu,
+    /// `silu(x) = x · sigmoid(x)`.
     Silu,
+    /// `sigmoid(x)`.
     Sigmoid,
+    /// `tanh(x)`.
     Tanh,
+    /// `exp(x)`.
     Exp,
+    /// `abs(x)`.
     Abs,
+    /// `square(x) = x²`.
     Square,
+    /// `sqrt(x)`.
     Sqrt,
 }
 
+/// Which normalisation a `norm` site applies over the channels.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NormKind {
     /// `x · rsqrt(mean(x²) + eps) · γ`.
     Rms {
+        /// Added to the mean square before the square root.
         eps: f64,
     },
     /// `x / ‖x‖ · √c · γ` (the Taylor attention's prenorm).
     Unit,
+    /// `(x − mean) · rsqrt(var + eps) · γ + β`.
     Layer {
+        /// Added to the variance before the square root.
         eps: f64,
     },
 }
 
+/// How a reduction combines the values along its index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {
+    /// `sum[k](…)`.
     Sum,
+    /// `mean[k](…)` (over the visible keys only).
     Mean,
+    /// `max[k](…)`.
     Max,
 }
 
+/// The operation that computes a [`Node`], with its operands.
 #[derive(Clone, Debug)]
 pub enum Op {
     /// `nodes[i]`, `edges[i, j]`, `edges[j, i]`, `edges[i, i]` (the diagonal): slots as written.
     State {
+        /// Which state.
         domain: Domain,
+        /// Its index slots as written.
         slots: Vec<Slot>,
     },
+    /// A `let` variable read back.
     Let {
+        /// The binding's id in [`Plan::lets`].
         id: usize,
+        /// Its index slots as written.
         slots: Vec<Slot>,
     },
+    /// An element-wise operator, broadcasting over the index slots the operands do not share.
     Binary {
+        /// Which operator.
         op: Arith,
+        /// The left operand.
         lhs: Box<Node>,
+        /// The right operand.
         rhs: Box<Node>,
     },
     /// `x · mul + add` (a tensor with scalars).
     Affine {
+        /// The operand.
         x: Box<Node>,
+        /// Multiplied first.
         mul: f64,
+        /// Then added.
         add: f64,
     },
+    /// `x ** exponent` with a constant exponent.
     Pow {
+        /// The base.
         x: Box<Node>,
+        /// The constant exponent.
         exponent: f64,
     },
+    /// An element-wise function.
     Act {
+        /// Which function.
         f: Activation,
+        /// The operand.
         x: Box<Node>,
     },
+    /// A learned linear map over the channels.
     Linear {
+        /// The parameter site (the weight's name prefix).
         site: String,
+        /// The input.
         x: Box<Node>,
+        /// Output channels.
         outputs: usize,
+        /// Whether it has a bias.
         bias: bool,
     },
+    /// A normalisation over the channels, with a learned gain.
     Norm {
+        /// The parameter site.
         site: String,
+        /// Which normalisation.
         kind: NormKind,
+        /// The input.
         x: Box<Node>,
     },
+    /// A two-layer GELU feedforward with its own prenorm.
     FeedForward {
+        /// The parameter site.
         site: String,
+        /// The input.
         x: Box<Node>,
+        /// Hidden channels.
         hidden: usize,
+        /// The prenorm's epsilon.
         eps: f64,
     },
+    /// The operands' channels side by side (their index slots broadcast).
     Concat(Vec<Node>),
     /// A masked reduction over `slot`; `matmul` when the operand is a product of two factors
     /// whose other indices are disjoint (computed as batched matrix products, never as an
     /// element-wise product over all indices).
     Reduce {
+        /// How values combine.
         op: ReduceOp,
+        /// The index reduced over (no longer free).
         slot: Slot,
+        /// The operand.
         x: Box<Node>,
+        /// Computed as batched matrix products.
         matmul: bool,
     },
     /// A masked softmax over `slot` (which stays free).
     Softmax {
+        /// The index normalised over.
         slot: Slot,
+        /// The logits.
         x: Box<Node>,
     },
     /// Per-head dot products of two tensors: `heads` channels.
     Dot {
+        /// The left factor.
         a: Box<Node>,
+        /// The right factor.
         b: Box<Node>,
+        /// Heads: each takes an equal share of the channels.
         heads: usize,
     },
+    /// An attention (`attend(…)`) with its lowering decided.
     Attend(Box<AttendOp>),
 }
 
@@ -273,33 +369,62 @@ pub enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pattern {
     /// Node queries `[q]` over node keys `[k]` (also the diagonal `edges[k, k]`).
-    Nodes { query: Slot, key: Slot },
+    Nodes {
+        /// The query's index.
+        query: Slot,
+        /// The key's index.
+        key: Slot,
+    },
     /// Edge queries `[q0, q1]` over the keys `[q0, k]` sharing their first index in this frame
     /// (a row when `q0` is the target's first index, a column otherwise).
-    Row { q0: Slot, q1: Slot, key: Slot },
+    Row {
+        /// The query's first index, shared with the key.
+        q0: Slot,
+        /// The query's second index.
+        q1: Slot,
+        /// The key's second index.
+        key: Slot,
+    },
     /// Edge queries over all edges `[k0, k1]`.
     All {
+        /// The query's first index.
         q0: Slot,
+        /// The query's second index.
         q1: Slot,
+        /// The key's first index.
         k0: Slot,
+        /// The key's second index.
         k1: Slot,
     },
 }
 
+/// The attention kernel: exact softmax or the linear-time Taylor approximation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum KernelChoice {
+    /// `softmax(q·k · scale)` over the visible keys.
     Softmax,
-    Taylor { eps: f64 },
+    /// The second-order Taylor expansion of `exp`, normalised (linear in the number of keys).
+    Taylor {
+        /// The least the normaliser (the denominator) may be.
+        eps: f64,
+    },
 }
 
+/// Coordinate-descent routing (CoLT5's soft top-k): which keys or queries an attention keeps.
 #[derive(Clone, Debug)]
 pub struct Route {
+    /// How many are kept.
     pub k: usize,
+    /// The per-edge routing score (one channel).
     pub score: Node,
     /// Pick per row (each row's top k, attention within the row) instead of over all edges.
     pub per_row: bool,
+    /// The coordinate descent solves for `k · fetch_ratio` picks (CoLT5 uses 9/8), then keeps
+    /// the top `k`.
     pub fetch_ratio: f64,
+    /// Coordinate-descent iterations.
     pub n_iters: usize,
+    /// The coordinate descent's entropy regulariser.
     pub eps: f64,
     /// Scale the routed outputs by straight-through gates (value 1, the soft scores' gradient,
     /// as CoLT5) rather than by the soft scores themselves.
@@ -312,24 +437,40 @@ pub enum Gates {
     /// Logits from an expression over the query's indices.
     Expr(Node),
     /// The `gate` flag: a linear map (with bias) of the query input, parameters under `site`.
-    FromQuery { site: String },
+    FromQuery {
+        /// The gate's parameter site.
+        site: String,
+    },
 }
 
+/// An attention expression: queries, keys, heads, kernel and every option of `attend(…)`.
 #[derive(Clone, Debug)]
 pub struct AttendOp {
+    /// The parameter site (projections, gates, talking heads).
     pub site: String,
+    /// Which keys each query sees.
     pub pattern: Pattern,
+    /// The query input (projected to queries under `site`).
     pub query: Node,
+    /// The key input (projected to keys and values under `site`).
     pub key: Node,
+    /// Attention heads.
     pub heads: usize,
+    /// Channels per head.
     pub dim_head: usize,
+    /// Output channels (after the output projection).
     pub outputs: usize,
+    /// Multiplies the dot products before the kernel.
     pub scale: f64,
+    /// Exact softmax or Taylor.
     pub kernel: KernelChoice,
     /// Additive bias per head over query and key indices.
     pub bias: Option<Node>,
+    /// Per-head output gates, if any.
     pub gates: Option<Gates>,
+    /// Whether the heads' scores are mixed before and after the softmax (talking heads).
     pub talking: bool,
+    /// Routing, if the attention keeps only some of its edges.
     pub route: Option<Route>,
     /// Also return the probabilities (node attention only) as an edge tensor `[q, k]`.
     pub probs: bool,

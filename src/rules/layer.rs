@@ -18,19 +18,29 @@ use crate::tensor::*;
 
 /// The parameters of one `attend` call site.
 pub struct AttendBlock<E: Real, D: Device<E>> {
+    /// Queries.
     pub to_q: Linear<E, D>,
+    /// Keys.
     pub to_k: Linear<E, D>,
+    /// Values.
     pub to_v: Linear<E, D>,
+    /// The output projection.
     pub to_out: Linear<E, D>,
     /// Talking heads `[heads, heads]`, mixing scores across heads before normalizing.
     pub talking: Option<Param<E, D>>,
 }
 
+/// The parameters of one call site of a rule.
 pub enum Block<E: Real, D: Device<E>> {
+    /// `linear(…)`.
     Linear(Linear<E, D>),
+    /// `rmsnorm(…)` or `unitnorm(…)`.
     Rms(RmsNorm<E, D>),
+    /// `layernorm(…)`.
     Layer(LayerNorm<E, D>),
+    /// `feedforward(…)`.
     FeedForward(FeedForward<E, D>),
+    /// `attend(…)`.
     Attend(AttendBlock<E, D>),
 }
 
@@ -44,6 +54,7 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for Block<E, D> {
 
 /// A rule instantiated with parameters: one layer of a model.
 pub struct RuleLayer<E: Real, D: Device<E>> {
+    /// The checked rule it runs.
     pub plan: Plan,
     pub(crate) blocks: HashMap<String, Block<E, D>>,
     /// Sites in the order they appear in the rule (a stable parameter order).

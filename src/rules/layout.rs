@@ -18,7 +18,9 @@ use crate::tensor::*;
 /// One logical axis of a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Ax {
+    /// The batch.
     Batch,
+    /// An index slot (extent n).
     Slot(Slot),
     /// All channels.
     Chan,
@@ -30,8 +32,11 @@ pub enum Ax {
 
 /// A runtime value: `t` holds the elements in the order of `axes`.
 pub struct Val<E: Real, D: Device<E>, T> {
+    /// The elements, flat.
     pub t: T1<E, D, T>,
+    /// The logical axes, outermost first.
     pub axes: Vec<Ax>,
+    /// Channel count.
     pub channels: usize,
     /// The block size when the channels are split into `Head` and `Within`.
     pub within: usize,
@@ -43,11 +48,14 @@ pub struct Val<E: Real, D: Device<E>, T> {
 /// The sizes every axis extent derives from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Extents {
+    /// The batch size.
     pub batch: usize,
+    /// Nodes per graph.
     pub nodes: usize,
 }
 
 impl Extents {
+    /// The extent of axis `ax`.
     pub fn of(&self, ax: Ax, channels: usize, within: usize) -> usize {
         match ax {
             Ax::Batch => self.batch,
@@ -57,6 +65,7 @@ impl Extents {
             Ax::Within => within,
         }
     }
+    /// Elements of a value with `axes`.
     pub fn size(&self, axes: &[Ax], channels: usize, within: usize) -> usize {
         axes.iter().map(|&a| self.of(a, channels, within)).product()
     }

@@ -18,10 +18,13 @@ use crate::spec::EdgePattern;
 /// How one `attend` runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttendLowering {
+    /// The kernel and the layouts it reads.
     pub core: Core,
+    /// Which Taylor forms it may take.
     pub taylor: TaylorLowering,
 }
 
+/// Which kernel an attention runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Core {
     /// Node queries over node keys.
@@ -60,7 +63,10 @@ pub enum TaylorLowering {
     Direct,
     /// The cheaper form at the graph's size (see [`AttendOp::taylor_form`]); `causal` adds
     /// the prefix scan to the feature form's cost.
-    ByCost { causal: bool },
+    ByCost {
+        /// The kernel is causal.
+        causal: bool,
+    },
 }
 
 /// The lowering of `a` in a rule checked with `causal` (its own `lowering` field is ignored).
@@ -172,7 +178,9 @@ impl AttendOp {
 /// and closes at the node update `update`, which adds its output into the streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeBranch {
+    /// The statement it opens at.
     pub first: usize,
+    /// The node update it closes at.
     pub update: usize,
 }
 

@@ -1,12 +1,12 @@
 //! The rule language: edge- and node-update rules written as short index-notation programs,
 //! checked when loaded and lowered onto the graph core's kernels.
 //!
-//! Passes, each in its own module: [`lexer`] (text → tokens), [`parser`] (tokens → [`ast`]),
+//! Passes, each in its own module: `lexer` (text → tokens), `parser` (tokens → `ast`),
 //! [`check`] (syntax tree → [`ir::Plan`]: indices, channels, parameter sites, causality), with
 //! [`lower`] deciding how each attention runs, [`layer`] (a plan with its parameters), [`interp`] (running it), [`explain`] (its cost).
 //! `dsl/README.md` teaches the language.
 
-pub mod ast;
+pub(crate) mod ast;
 pub mod builtins;
 pub mod check;
 
@@ -15,11 +15,14 @@ pub mod interp;
 pub mod ir;
 pub mod layer;
 pub mod layout;
-pub mod lexer;
+pub(crate) mod lexer;
 pub mod lower;
-pub mod parser;
+pub(crate) mod parser;
 
 pub use crate::diagnostic::Diagnostic;
+/// How deep a rule's expressions may nest; deeper ones are refused when parsed, so every
+/// pass may recurse over the syntax tree.
+pub use ast::MAX_DEPTH as MAX_NESTING;
 pub use check::RuleConfig;
 pub use ir::{Const, Plan};
 pub use layer::RuleLayer;
@@ -39,8 +42,11 @@ pub const BUILTINS: [(&str, &str); 6] = [
 /// A parsed rule program (not yet checked against a model's sizes).
 #[derive(Clone, Debug)]
 pub struct Rule {
+    /// Its name (the header's, else the file's stem).
     pub name: String,
+    /// The file it came from, for messages.
     pub file: String,
+    /// Its text.
     pub source: String,
     program: ast::Program,
 }
@@ -118,7 +124,6 @@ impl Rule {
             .map_err(|e| located(&self.file, &self.source, e))
     }
 
-    /// The declared parameters with their defaults as written.
     /// Of `values`, those this rule declares as parameters, as overrides: how one set of
     /// widths is given to rules that declare different parameters.
     pub fn declared_values(
@@ -133,6 +138,7 @@ impl Rule {
             .collect()
     }
 
+    /// The declared parameters with their defaults as written.
     pub fn parameters(&self) -> Vec<(String, String)> {
         self.program.header.as_ref().map_or_else(Vec::new, |h| {
             h.params

@@ -22,9 +22,13 @@ pub const MASKED: f64 = -1e30;
 /// itself (see `ops::patterns`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EdgePattern {
+    /// Every edge attends to every edge (n⁴).
     All,
+    /// Edge (i, j) attends to the edges (i, k) of its row.
     Row,
+    /// Edge (i, j) attends to the edges (k, j) of its column.
     Column,
+    /// The diagonal edges (i, i) attend to each other.
     Diagonal,
 }
 
@@ -40,8 +44,11 @@ pub fn pattern_dims(pattern: EdgePattern, b: usize, n: usize) -> Shape3 {
 /// The projections of an edge self-attention, PyTorch layout `[out, in]`: queries and keys
 /// `[h·d, c]`, values `[h·e, c]`.
 pub struct EdgeProjections<E: Real, D: Device<E>, T> {
+    /// Queries `[h·d, c]`.
     pub to_q: T2<E, D, T>,
+    /// Keys `[h·d, c]`.
     pub to_k: T2<E, D, T>,
+    /// Values `[h·e, c]`.
     pub to_v: T2<E, D, T>,
 }
 
@@ -67,9 +74,11 @@ impl<E: Real, D: Device<E>, T: Tape<E, D>> EdgeProjections<E, D, T> {
 /// How scores become weights.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Normalizer {
+    /// `softmax(s)` over the visible keys.
     Softmax,
     /// Second-order Taylor kernel `1 + s + s²/2`, normalized by `max(Σ, eps)`.
     Taylor {
+        /// The least the normaliser may be.
         eps: f64,
     },
 }
@@ -77,8 +86,11 @@ pub enum Normalizer {
 /// Everything about a weights call that is not a tensor.
 #[derive(Clone, Debug)]
 pub struct WeightsSpec {
+    /// Multiplies the scores before the normaliser.
     pub scale: f64,
+    /// Softmax or Taylor.
     pub normalizer: Normalizer,
+    /// Which keys each query sees (padding, causality).
     pub visibility: Visibility,
 }
 
@@ -136,16 +148,25 @@ pub fn check_weights_shapes(
 /// Which RMSNorm: `x · rsqrt(mean(x²) + eps) · γ`, or the unit-norm form `normalize(x) · √c · γ`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RmsKind {
-    Scaled { eps: f64 },
+    /// `x · rsqrt(mean(x²) + eps) · γ`.
+    Scaled {
+        /// Added to the mean square.
+        eps: f64,
+    },
+    /// `normalize(x) · √c · γ`.
     Unit,
 }
 
 /// The tensors of a feedforward block `RMSNorm → Linear(c, H) → GELU → Linear(H, c)` (no
 /// biases), PyTorch layouts: `w_in [H, c]`, `w_out [c, H]`.
 pub struct FeedForwardParams<E: Real, D: Device<E>, T> {
+    /// The norm's gain `[c]`.
     pub gamma: T1<E, D, T>,
+    /// `[H, c]`.
     pub w_in: T2<E, D, T>,
+    /// `[c, H]`.
     pub w_out: T2<E, D, T>,
+    /// The prenorm's form.
     pub kind: RmsKind,
 }
 

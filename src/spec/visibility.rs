@@ -14,8 +14,11 @@ use crate::tensor::{indicator, Real};
 /// Visibility for a batch of attention problems, each with `queries` queries and `keys` keys.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Visibility {
+    /// Attention problems.
     pub batch: usize,
+    /// Queries per problem.
     pub queries: usize,
+    /// Keys per problem.
     pub keys: usize,
     /// `[batch × keys]`: whether each key is real; `None` means all are.
     pub key_valid: Option<Vec<bool>>,
@@ -23,9 +26,12 @@ pub struct Visibility {
     pub times: Option<Times>,
 }
 
+/// The causal times of queries and keys.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Times {
+    /// `[batch × queries]`.
     pub query: Vec<usize>,
+    /// `[batch × keys]`.
     pub key: Vec<usize>,
 }
 

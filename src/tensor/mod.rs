@@ -9,22 +9,31 @@ use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
 
+/// A runtime-sized matrix shape.
 pub type Shape2 = (usize, usize);
+/// A runtime-sized 3-axis shape.
 pub type Shape3 = (usize, usize, usize);
+/// A runtime-sized 4-axis shape.
 pub type Shape4 = (usize, usize, usize, usize);
 
+/// A runtime-sized vector.
 pub type T1<E, D, T = NoneTape> = Tensor<(usize,), E, D, T>;
+/// A runtime-sized matrix.
 pub type T2<E, D, T = NoneTape> = Tensor<Shape2, E, D, T>;
+/// A runtime-sized 3-axis tensor (`[b, n, c]`: nodes).
 pub type T3<E, D, T = NoneTape> = Tensor<Shape3, E, D, T>;
+/// A runtime-sized 4-axis tensor (`[b, n, n, c]`: edges).
 pub type T4<E, D, T = NoneTape> = Tensor<Shape4, E, D, T>;
 
 /// A floating-point element type usable on every device and in the fused CPU kernels.
 pub trait Real:
     Dtype + num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::fmt::Debug + 'static
 {
+    /// `x` in this type (rounded).
     fn of(x: f64) -> Self {
         <Self as num_traits::FromPrimitive>::from_f64(x).expect("every f64 converts to a float")
     }
+    /// This value as an `f64` (exact).
     fn as_f64(self) -> f64 {
         num_traits::ToPrimitive::to_f64(&self).expect("every float converts to f64")
     }

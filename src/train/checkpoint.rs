@@ -17,6 +17,7 @@ use crate::nn::HasParams;
 use crate::tensor::*;
 use dfdx::prelude::Device;
 
+/// The format this build writes (the `format` metadata entry).
 pub const FORMAT: &str = "quartic-checkpoint-2";
 /// The first format: the same layout without checksums (still read).
 pub const FORMAT_1: &str = "quartic-checkpoint-1";
@@ -39,13 +40,19 @@ pub struct TrainState {
 
 /// A checkpoint read back.
 pub struct Checkpoint {
+    /// The model's configuration.
     pub config: ModelConfig,
+    /// The rule's source, for a graph model (so it rebuilds without the rule file).
     pub rule_source: Option<String>,
+    /// Every parameter by name: its shape and values.
     pub params: HashMap<String, (Vec<usize>, Vec<f64>)>,
+    /// The optimizer's moments.
     pub adam: AdamState,
+    /// Where training stands.
     pub train: TrainState,
     /// The crate version and git commit of the build that wrote it, if recorded.
     pub crate_version: Option<String>,
+    /// See `crate_version`.
     pub git_commit: Option<String>,
 }
 

@@ -99,6 +99,7 @@ impl Metrics {
         )
     }
 
+    /// Appends one step to both files.
     pub fn write(&mut self, r: &StepRecord) -> Result<()> {
         self.file
             .write_all(Self::row(r).as_bytes())
@@ -108,6 +109,7 @@ impl Metrics {
             .map_err(|e| io(&self.json_path, e))
     }
 
+    /// Reads `metrics.csv` back.
     pub fn read(path: &Path) -> Result<Vec<StepRecord>> {
         let text = crate::files::read_text_capped(path, crate::files::TEXT_CAP, "the metrics")?;
         let mut out = Vec::new();

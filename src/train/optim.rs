@@ -16,11 +16,16 @@ use crate::tensor::*;
 /// Elements per rayon task in the update.
 const CHUNK: usize = 1 << 16;
 
+/// AdamW's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamW {
+    /// Learning rate (the schedule sets it per step).
     pub lr: f64,
+    /// First moment's decay.
     pub beta1: f64,
+    /// Second moment's decay.
     pub beta2: f64,
+    /// Added to the second moment's square root.
     pub eps: f64,
     /// Decoupled weight decay, applied to matrices only (not to norms, biases or tables of one row).
     pub weight_decay: f64,
@@ -52,8 +57,11 @@ pub fn schedule(lr: f64, step: usize, warmup: usize, total: usize, min_ratio: f6
 /// Optimizer state: moments per parameter name and the number of updates done.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AdamState {
+    /// Updates done.
     pub step: u64,
+    /// First moments by parameter name.
     pub m: HashMap<String, Vec<f32>>,
+    /// Second moments by parameter name.
     pub v: HashMap<String, Vec<f32>>,
 }
 

@@ -30,6 +30,7 @@ fn register_font() {
     });
 }
 
+/// Draws `records` into `path` (PNG) under `title`.
 pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
     register_font();
     if records.is_empty() {

@@ -10,12 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The checkpoint's file name.
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// The metrics table's file name.
 pub const METRICS: &str = "metrics.csv";
 /// The same metrics as JSON Lines (written beside `metrics.csv`).
 pub const METRICS_JSONL: &str = "metrics.jsonl";
 /// The resolved settings of a run, as a `quartic train --config` file.
 pub const CONFIG: &str = "config.toml";
+/// The training curves' file name.
 pub const PLOT: &str = "curves.png";
 const LOCK: &str = ".lock";
 
@@ -91,15 +94,19 @@ impl RunDir {
         }
     }
 
+    /// The folder.
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// Its checkpoint.
     pub fn checkpoint(&self) -> PathBuf {
         self.path.join(CHECKPOINT)
     }
+    /// Its metrics table.
     pub fn metrics(&self) -> PathBuf {
         self.path.join(METRICS)
     }
+    /// Its plot.
     pub fn plot(&self) -> PathBuf {
         self.path.join(PLOT)
     }

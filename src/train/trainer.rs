@@ -33,6 +33,7 @@ fn d_shards() -> usize {
 /// Everything about a training run (the model comes separately).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// The task's registry name (`sanity`, `copy`, `text`, …).
     pub task: String,
     /// A text file for character-level language modelling (the `text` task).
     #[serde(default)]
@@ -40,17 +41,25 @@ pub struct TrainConfig {
     /// Context length of the text task.
     #[serde(default = "d_context")]
     pub context: usize,
+    /// Optimizer steps.
     pub steps: usize,
+    /// Examples per step.
     pub batch: usize,
+    /// Peak learning rate (after warmup, before the cosine decay).
     pub lr: f64,
+    /// Steps of linear warmup from zero.
     pub warmup: usize,
     /// The learning rate decays to this fraction of `lr`.
     pub min_lr_ratio: f64,
+    /// AdamW's decoupled weight decay.
     pub weight_decay: f64,
     /// Global gradient-norm clip (0 = none).
     pub clip: f64,
+    /// Evaluate on held-out batches every this many steps (and at the end).
     pub eval_every: usize,
+    /// Held-out batches per evaluation.
     pub eval_batches: usize,
+    /// Seeds the model's initialisation and the data.
     pub seed: u64,
     /// Checkpoint every this many steps (and at the end).
     pub checkpoint_every: usize,
@@ -86,9 +95,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The task this config names, built (reads the text file for `text`).
     pub fn task(&self) -> Result<Task> {
         Task::from_name(&self.task, self.data.as_deref(), self.context)
     }
+    /// Where the run's checkpoint is: `out/checkpoint.safetensors`.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.out.join(super::run_dir::CHECKPOINT)
     }
@@ -150,21 +161,32 @@ impl TrainConfig {
 /// One row of the metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepRecord {
+    /// The step number, from 1.
     pub step: usize,
+    /// The training batch's mean loss.
     pub loss: f64,
+    /// The training batch's accuracy over scored targets.
     pub accuracy: f64,
+    /// The learning rate the step used.
     pub lr: f64,
+    /// The global gradient norm before clipping.
     pub grad_norm: f64,
+    /// The held-out (loss, accuracy), on steps that evaluated.
     pub eval: Option<(f64, f64)>,
+    /// Seconds since the run (or its resumed part) started.
     pub elapsed: f64,
 }
 
+/// What a finished (or interrupted) run returns.
 #[derive(Debug)]
 pub struct TrainReport {
+    /// Every step's metrics, in order.
     pub records: Vec<StepRecord>,
     /// The last evaluation: (loss, accuracy).
     pub eval: Option<(f64, f64)>,
+    /// Whether a stop signal ended it early (its checkpoint is still written).
     pub interrupted: bool,
+    /// The checkpoint it wrote.
     pub checkpoint: PathBuf,
 }
 
@@ -302,9 +324,13 @@ pub fn evaluate_split<E: Real, D: Backend<E>>(
 
 /// Receives progress while training (the CLI draws a progress bar from it).
 pub trait Progress {
+    /// Training begins at `_first_step` (after a resume) of `_total`.
     fn start(&mut self, _first_step: usize, _total: usize) {}
+    /// A step finished.
     fn step(&mut self, _record: &StepRecord) {}
+    /// A line for the user (a checkpoint written, an evaluation).
     fn message(&mut self, _text: &str) {}
+    /// Training ended.
     fn finish(&mut self) {}
 }
 
@@ -315,7 +341,9 @@ impl Progress for Silent {}
 /// Where a run begins: fresh, or from a checkpoint's optimizer state and step.
 #[derive(Clone, Debug, Default)]
 pub struct Start {
+    /// The optimizer's moments (empty for a fresh run).
     pub adam: AdamState,
+    /// Steps already taken.
     pub step: usize,
     /// What to do with a run already in `cfg.out`.
     pub existing: Existing,

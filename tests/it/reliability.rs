@@ -139,7 +139,7 @@ fn deep_nesting_and_long_sums_are_located_errors_not_stack_overflows() {
 /// checking, building, running forward and backward and explaining fit in a small stack.
 #[test]
 fn the_deepest_accepted_rule_runs_in_a_small_stack() {
-    let depth = quartic::rules::ast::MAX_DEPTH;
+    let depth = quartic::rules::MAX_NESTING;
     // a chain of additions as tall as allowed (each `+` is one level above the leaf)
     let sum = vec!["nodes[i]"; depth].join(" + ");
     let nested_calls = format!(

@@ -26,12 +26,17 @@ pub const MAX_CHANNELS: usize = 1_000_000_000;
 /// What a rule is checked against: the model's sizes, causality and parameter overrides.
 #[derive(Clone, Debug, Default)]
 pub struct RuleConfig {
+    /// Node channels.
     pub dim: usize,
+    /// Edge channels.
     pub dim_edges: usize,
+    /// Whether the model is causal.
     pub causal: bool,
+    /// Parameter values that replace the rule's defaults.
     pub overrides: Vec<(String, Const)>,
 }
 
+/// Checks a parsed program against `cfg`: its plan, or the first error.
 pub fn check(program: &Program, source: &str, file: &str, cfg: &RuleConfig) -> Checked<Plan> {
     let header_span = program
         .header

@@ -11,8 +11,11 @@ use super::{batch_of, shuffled, Batch, Example, Sizes, Split, TaskDef, Vocab};
 /// gets the token A[i, j] + 2·A[j, i] and predicts (A∘A)[i, j].
 #[derive(Clone, Debug, PartialEq)]
 pub struct RelationComposition {
+    /// Fewest nodes of a graph.
     pub min_nodes: usize,
+    /// Most nodes of a graph.
     pub max_nodes: usize,
+    /// Edge probability.
     pub p: f64,
 }
 
@@ -63,9 +66,13 @@ impl TaskDef for RelationComposition {
 /// edge (i, j) predicts whether some u ∈ N(i), v ∈ N(j), u ≠ v share a colour.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuotientComposition {
+    /// Fewest nodes of a graph.
     pub min_nodes: usize,
+    /// Most nodes of a graph.
     pub max_nodes: usize,
+    /// Edge probability.
     pub p: f64,
+    /// Node colours.
     pub colours: usize,
 }
 
@@ -117,8 +124,11 @@ impl TaskDef for QuotientComposition {
 /// `path-composition` edge tokens: 0 off the path; a chain edge labelled g is `PATH_FORWARD + g`
 /// in its direction and `PATH_BACKWARD + g` against it; the query edge and its reverse.
 pub const PATH_FORWARD: usize = 1;
+/// First token of a chain edge read against its direction.
 pub const PATH_BACKWARD: usize = 7;
+/// The query edge, from the chain's start to its end.
 pub const PATH_QUERY: usize = 13;
+/// The query edge's reverse.
 pub const PATH_QUERY_BACKWARD: usize = 14;
 
 /// A chain of k edges labelled with elements of S3 through k + 1 of `nodes` nodes (placed at
@@ -127,8 +137,11 @@ pub const PATH_QUERY_BACKWARD: usize = 14;
 /// `2..=test_max_k`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathComposition {
+    /// Nodes of every example.
     pub nodes: usize,
+    /// The shortest and longest chains it trains on.
     pub train_k: (usize, usize),
+    /// The longest chain it tests on.
     pub test_max_k: usize,
 }
 
@@ -202,8 +215,11 @@ impl TaskDef for PathComposition {
 /// it lies on a triangle.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Triangles {
+    /// Fewest nodes of a graph.
     pub min_nodes: usize,
+    /// Most nodes of a graph.
     pub max_nodes: usize,
+    /// Edge probability.
     pub p: f64,
 }
 

@@ -32,8 +32,11 @@ use crate::error::{Error, Result};
 /// and for graph tasks `[b × n × n]` edge tokens and edge targets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
+    /// `[b × n]` token ids (0 at padding).
     pub tokens: Vec<usize>,
+    /// Examples (graphs) in the batch.
     pub b: usize,
+    /// Nodes per example, after padding.
     pub n: usize,
     /// `[b × n]`: false at padding (`None` when nothing is padded).
     pub valid: Option<Vec<bool>>,
@@ -71,9 +74,13 @@ impl Batch {
 /// One example before batching. The edge vectors are `n × n` (empty when the task has none).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Example {
+    /// The node tokens.
     pub tokens: Vec<usize>,
+    /// The class to predict at each node, if any.
     pub targets: Vec<Option<usize>>,
+    /// `n × n`: the token of edge (i, j).
     pub edge_tokens: Vec<usize>,
+    /// `n × n`: the class to predict on edge (i, j), if any.
     pub edge_targets: Vec<Option<usize>>,
 }
 
@@ -83,7 +90,9 @@ pub use crate::models::heads::Readout;
 /// `path-composition` tests on longer paths than it trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
+    /// The training distribution.
     Train,
+    /// The held-out distribution.
     Test,
     /// Test examples of one size (the path length, or k for k-hop).
     Size(usize),
@@ -93,8 +102,11 @@ pub enum Split {
 /// gives no edge inputs) and edge classes (0: predictions are read from the nodes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Vocab {
+    /// Node tokens.
     pub node_tokens: usize,
+    /// Edge tokens.
     pub edge_tokens: usize,
+    /// Edge classes.
     pub edge_classes: usize,
 }
 
@@ -112,7 +124,9 @@ impl Vocab {
 /// The sizes a task can be tested at one by one ([`Split::Size`]), and what a size is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sizes {
+    /// What a size is (`path length`, `k`).
     pub what: &'static str,
+    /// The sizes, ascending.
     pub values: Vec<usize>,
 }
 
@@ -120,6 +134,7 @@ pub struct Sizes {
 pub trait TaskDef: std::fmt::Debug + Send + Sync {
     /// The name it is reported under.
     fn name(&self) -> String;
+    /// Its vocabularies.
     fn vocab(&self) -> Vocab;
     /// The longest example (nodes).
     fn max_len(&self) -> usize;
@@ -143,12 +158,15 @@ pub trait TaskDef: std::fmt::Debug + Send + Sync {
 
 /// A built-in task: its name, what it asks, and its constructor.
 pub struct BuiltIn {
+    /// Its name in the registry and on the command line.
     pub name: &'static str,
+    /// One line on what it asks.
     pub summary: &'static str,
     make: fn() -> Task,
 }
 
 impl BuiltIn {
+    /// A fresh instance.
     pub fn task(&self) -> Task {
         (self.make)()
     }
@@ -226,6 +244,7 @@ pub(super) fn shuffled(rng: &mut StdRng, n: usize) -> Vec<usize> {
 }
 
 impl Task {
+    /// Wraps a task of one's own (any [`TaskDef`]).
     pub fn new(task: impl TaskDef + 'static) -> Self {
         Self(Arc::new(task))
     }
@@ -250,10 +269,12 @@ impl Task {
         }
     }
 
+    /// See [`TaskDef::name`].
     pub fn name(&self) -> String {
         self.0.name()
     }
 
+    /// See [`TaskDef::vocab`].
     pub fn vocab(&self) -> Vocab {
         self.0.vocab()
     }
@@ -273,6 +294,7 @@ impl Task {
         self.vocab().edge_classes
     }
 
+    /// Where predictions are read: the edges when the task has edge classes, else the nodes.
     pub fn readout(&self) -> Readout {
         if self.edge_classes() > 0 {
             Readout::Edges
@@ -281,26 +303,32 @@ impl Task {
         }
     }
 
+    /// See [`TaskDef::max_len`].
     pub fn max_len(&self) -> usize {
         self.0.max_len()
     }
 
+    /// See [`TaskDef::causal`].
     pub fn causal(&self) -> bool {
         self.0.causal()
     }
 
+    /// See [`TaskDef::split_note`].
     pub fn split_note(&self) -> Option<String> {
         self.0.split_note()
     }
 
+    /// See [`TaskDef::sizes`].
     pub fn sizes(&self) -> Option<Sizes> {
         self.0.sizes()
     }
 
+    /// See [`TaskDef::probe`].
     pub fn probe(&self) -> Option<Batch> {
         self.0.probe()
     }
 
+    /// See [`TaskDef::example`].
     pub fn example(&self, rng: &mut StdRng, split: Split) -> Example {
         self.0.example(rng, split)
     }

@@ -44,8 +44,11 @@ impl TaskDef for Sanity {
 /// subset of residues (2–10 of them), which spreads the fraction of positives.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Match3 {
+    /// Values are residues mod this.
     pub modulus: usize,
+    /// Shortest sequence.
     pub min_len: usize,
+    /// Longest sequence.
     pub max_len: usize,
 }
 
@@ -100,7 +103,9 @@ impl TaskDef for Match3 {
 /// `x[x[0]] == 0` (balanced: half the sequences are positive).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FunctionComposition {
+    /// Shortest sequence.
     pub min_len: usize,
+    /// Longest sequence.
     pub max_len: usize,
 }
 
@@ -159,9 +164,13 @@ impl TaskDef for FunctionComposition {
 /// "none" (class `alphabet`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KHop {
+    /// Symbols (the class `alphabet` is "none").
     pub alphabet: usize,
+    /// The most hops.
     pub max_k: usize,
+    /// Shortest sequence.
     pub min_len: usize,
+    /// Longest sequence.
     pub max_len: usize,
 }
 

@@ -2,8 +2,12 @@
 //! layer written directly against the core (`taylor_by_hand.rs`, same parameters, outputs
 //! checked equal first), forward + backward, f32.
 //!
+//! Also the Edge Transformer's path attention, fused against the same attention written out
+//! with `softmax[l]` / `sum[l]` (`path_by_hand.rs`, equal outputs checked in the tests).
+//!
 //! `cargo bench --bench rules`
 
+mod path_by_hand;
 mod taylor_by_hand;
 
 // see quartic::alloc: freed tensors stay in the process for the next op
@@ -113,5 +117,36 @@ fn rule_vs_hand(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rule_vs_hand);
+fn path_fused_vs_by_hand(c: &mut Criterion) {
+    quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
+    let dev = Cpu::default();
+    let (fused, by_hand) = path_by_hand::layers::<f32>(&dev, 16, 4, 8, false, 0);
+    let mut group = c.benchmark_group("path_attention");
+    group.sample_size(10);
+    for n in [16, 32] {
+        let mask = GraphMask::full(1, n);
+        let nodes = dev.tensor_from_vec(random(n * 8, 1), (1, n, 8));
+        let edges = dev.tensor_from_vec(random(n * n * 16, 2), (1, n, n, 16));
+        let run = |layer: &RuleLayer<f32, Cpu>| {
+            let (x, e) = layer
+                .forward(
+                    Nodes::new(nodes.leaky_trace()),
+                    Edges::new(edges.clone().retaped::<Tp>()).unwrap(),
+                    &mask,
+                )
+                .unwrap();
+            (x.into_tensor().sum::<(), _>() + e.into_tensor().sum::<(), _>()).backward()
+        };
+        group.bench_with_input(BenchmarkId::new("fused", n), &n, |bch, _| {
+            bch.iter(|| run(&fused))
+        });
+        group.bench_with_input(BenchmarkId::new("by_hand", n), &n, |bch, _| {
+            bch.iter(|| run(&by_hand))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, rule_vs_hand, path_fused_vs_by_hand);
 criterion_main!(benches);

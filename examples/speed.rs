@@ -5,8 +5,11 @@
 //! workload, median seconds over the repeats, peak resident memory (VmHWM). Also `readme-flops`
 //! (achieved FLOP/s against the matmul peak), `scaling` (one layer of each built-in rule
 //! against n: time and peak live heap, with fitted exponents) and `footprint` (the memory
-//! estimate a run is checked against, next to the run's measured peak heap).
+//! estimate a run is checked against, next to the run's measured peak heap) and `paths` (the
+//! Edge Transformer's path attention, fused against written out by hand: time and peak heap).
 
+#[path = "../benches/path_by_hand.rs"]
+mod path_by_hand;
 #[path = "../benches/workloads.rs"]
 mod workloads;
 
@@ -285,6 +288,52 @@ fn main() {
                     predicted
                 );
             }
+            return;
+        }
+        "paths" => {
+            // one path-attention statement (layer norm, 4 heads × 8, 16 edge channels, batch 1),
+            // forward + backward: the fused pattern against the by-hand softmax[l] / sum[l]
+            println!("| n | fused | by hand | time ratio | memory ratio |");
+            println!("| --- | --- | --- | --- | --- |");
+            let (fused, by_hand) = path_by_hand::layers::<f32>(&dev, 16, 4, 8, false, 0);
+            let step = |layer: &quartic::rules::RuleLayer<f32, Cpu>, n: usize| {
+                let nodes: Tensor<(usize, usize, usize), f32, Cpu> =
+                    dev.sample_normal_like(&(1, n, 8));
+                let edges: Tensor<(usize, usize, usize, usize), f32, Cpu> =
+                    dev.sample_normal_like(&(1, n, n, 16));
+                let base = reset_peak();
+                let t = Instant::now();
+                let (x, e) = layer
+                    .forward(
+                        quartic::graph::Nodes::new(nodes.leaky_trace()),
+                        quartic::graph::Edges::new(edges.retaped::<workloads::Tp>())
+                            .expect("square"),
+                        &quartic::graph::GraphMask::full(1, n),
+                    )
+                    .expect("runs");
+                let loss = x.into_tensor().square().mean() + e.into_tensor().square().mean();
+                std::hint::black_box(loss.backward());
+                (t.elapsed().as_secs_f64(), peak_since(base))
+            };
+            let measure = |layer, n, runs: usize| {
+                let r: Vec<(f64, f64)> = (0..runs).map(|_| step(layer, n)).collect();
+                let peak = r.iter().map(|x| x.1).fold(0.0, f64::max);
+                (median(r.iter().map(|x| x.0).collect()), peak)
+            };
+            let cell = |(t, m): (f64, f64)| format!("{:.3} s, {m:.1} MiB", t);
+            for n in [16, 32, 64] {
+                let f = measure(&fused, n, 3);
+                let h = measure(&by_hand, n, if n >= 64 { 1 } else { 3 });
+                println!(
+                    "| {n} | {} | {} | {:.1}× | {:.1}× |",
+                    cell(f),
+                    cell(h),
+                    h.0 / f.0,
+                    h.1 / f.1
+                );
+            }
+            let f = measure(&fused, 128, 3);
+            println!("| 128 | {} | (not run) | | |", cell(f));
             return;
         }
         "footprint" => {

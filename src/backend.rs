@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::cpu::{affine, edge_attention, flash, fused, rows};
+use crate::kernels::cpu::{affine, edge_attention, flash, fused, path, rows};
 use crate::spec::{
     pattern_dims, EdgePattern, EdgeProjections, FeedForwardParams, RmsKind, WeightsSpec,
 };
@@ -44,6 +44,8 @@ pub enum Fused {
     Linear,
     /// A tensor plus one broadcast along an axis (`ops::affine`).
     AddRepeated,
+    /// Attention of each edge over the paths through a third node (`ops::path`).
+    PathAttention,
 }
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
@@ -132,6 +134,18 @@ pub trait Backend<E: Real>: Device<E> {
         _spec: &WeightsSpec,
     ) -> Result<T4<E, Self, T>> {
         Err(not_fused(Fused::SelfAttention))
+    }
+
+    /// [`crate::ops::path::path_attention`].
+    fn path_attention_fused<T: Tape<E, Self>>(
+        _q: T4<E, Self, T>,
+        _k: T4<E, Self, T>,
+        _v1: T4<E, Self, T>,
+        _v2: T4<E, Self, T>,
+        _heads: usize,
+        _spec: &WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        Err(not_fused(Fused::PathAttention))
     }
 
     /// [`crate::ops::cumsum::cumsum`].
@@ -240,6 +254,17 @@ where
         spec: &WeightsSpec,
     ) -> Result<T4<E, Self, T>> {
         flash::attention_fused(q, k, v, bias, spec)
+    }
+
+    fn path_attention_fused<T: Tape<E, Self>>(
+        q: T4<E, Self, T>,
+        k: T4<E, Self, T>,
+        v1: T4<E, Self, T>,
+        v2: T4<E, Self, T>,
+        heads: usize,
+        spec: &WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        path::path_attention_fused(q, k, v1, v2, heads, spec)
     }
 
     fn pattern_attention_fused<T: Tape<E, Self>>(

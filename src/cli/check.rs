@@ -35,8 +35,10 @@ pub fn run(args: &CheckArgs) -> quartic::Result<()> {
         "fused CPU kernels against their composite forms: batch 2 (one padded), {n} nodes, one \
          forward and backward pass; tolerance {TOLERANCE:.0e} of each tensor's largest value"
     )?;
+    // the name column fits the longest model's name
+    let w = models.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
     say!(
-        "{:<20} {:>8} {:>9}  {:<40} {:>8} {:>12}",
+        "{:<w$} {:>8} {:>9}  {:<40} {:>8} {:>12}",
         "model",
         "logits",
         "gradients",
@@ -48,7 +50,7 @@ pub fn run(args: &CheckArgs) -> quartic::Result<()> {
     for (seed, (name, config)) in models.iter().enumerate() {
         let c = self_check::compare(name, config, n, seed as u64)?;
         say!(
-            "{:<20} {:>8.1e} {:>9.1e}  {:<40} {:>8.1} {:>12.1}  {}",
+            "{:<w$} {:>8.1e} {:>9.1e}  {:<40} {:>8.1} {:>12.1}  {}",
             c.model,
             c.logits,
             c.gradients.0,

@@ -144,6 +144,16 @@ impl GraphMask {
         self.with_times(vis, times, times)
     }
 
+    /// Edge (i, j) over the paths i → l → j: problems are the graphs, queries the edges
+    /// `i·n + j`, keys the middle nodes l. A path is visible when l is real and, in a causal
+    /// graph, when its two edges (i, l) and (l, j) are no later than (i, j): l ≤ max(i, j).
+    pub fn path_visibility(&self) -> Result<Visibility> {
+        let n = self.nodes;
+        let vis = Visibility::all(self.batch, n * n, n).with_key_valid(self.valid.clone())?;
+        let query_times = |_| (0..n * n).map(|e| Self::edge_time(e / n, e % n)).collect();
+        self.with_times(vis, query_times, |_| (0..n).collect())
+    }
+
     /// Edge (i, j) over its row (i, k); problems are indexed `b·n + i`, queries j, keys k.
     /// By symmetry of padding and times this is also the column pattern on transposed edges.
     pub fn row_visibility(&self) -> Result<Visibility> {

@@ -3,7 +3,7 @@
 //! composite. Above the backend; below the blocks (`nn`), the rule language and the models.
 //!
 //! Attention: weights (softmax and Taylor) and attention over batched sequences, edge patterns,
-//! Taylor linear attention, coordinate-descent routing; pointwise and affine ops: activations,
+//! attention over paths (triangular), Taylor linear attention, coordinate-descent routing; pointwise and affine ops: activations,
 //! norms, the feedforward block, linear layers, repeated adds, the outer sum, prefix sums.
 
 pub mod activations;
@@ -12,6 +12,7 @@ pub mod attention;
 pub mod cumsum;
 pub mod feedforward;
 pub mod norms;
+pub mod path;
 pub mod patterns;
 pub mod routing;
 pub mod taylor;

@@ -54,15 +54,13 @@ pub fn weights_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
     talking: Option<T2<E, D, T>>,
     spec: &WeightsSpec,
 ) -> Result<T4<E, D, T>> {
-    let shape = check_weights_shapes(
+    check_weights_shapes(
         *q.shape(),
         *k.shape(),
         bias.as_ref().map(|t| *t.shape()),
         talking.as_ref().map(|t| *t.shape()),
         &spec.visibility,
     )?;
-    let (b, _, nq, nk) = shape;
-    let dev = q.device().clone();
     let mut s = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * E::of(spec.scale);
     if let Some(bias) = bias {
         s = s + bias;
@@ -70,6 +68,18 @@ pub fn weights_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
     if let Some(w) = talking {
         s = mix_heads(s, w);
     }
+    normalize_composite(s, spec)
+}
+
+/// Scores `[b, h, queries, keys]` to weights: the visibility rule and the normalizer of
+/// `spec`, in dfdx ops (the composite forms of attention and path attention share it).
+pub fn normalize_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
+    s: T4<E, D, T>,
+    spec: &WeightsSpec,
+) -> Result<T4<E, D, T>> {
+    let shape = *s.shape();
+    let (b, _, nq, nk) = shape;
+    let dev = s.device().clone();
     let dense: Vec<E> = spec.visibility.dense();
     let keep: T3<E, D> = constant(&dev, dense.clone(), (b, nq, nk))?;
     let keep = keep.broadcast_like::<_, Axis<1>>(&shape);

@@ -449,6 +449,9 @@ fn node_rows(
             node_rows(plan, st, &a.query, b, n, depth + 1, rows);
             match a.lowering.core {
                 Core::Nodes => node_rows(plan, st, &a.key, b, n, depth + 1, rows),
+                // stored inputs are read in place (a transposed one copied once, n² rows)
+                Core::Path if stored(&a.key) => {}
+                Core::Path => node_rows(plan, st, &a.key, b, n, depth + 1, rows),
                 // the picked edges come from the query
                 Core::Routed => {}
                 // a key read in place costs nothing
@@ -487,6 +490,11 @@ fn node_rows(
             }));
         }
     }
+}
+
+/// A tensor read as stored (the state or a `let`), not computed.
+fn stored(node: &Node) -> bool {
+    matches!(node.op, Op::State { .. } | Op::Let { .. })
 }
 
 fn is_plain(slots: &[Slot]) -> bool {
@@ -545,6 +553,7 @@ fn attend_lowering(a: &AttendOp, n: usize) -> String {
                 p => format!("{} {kind}", attend_layout(p)),
             }
         }
+        Core::Path => "path attention (n³ paths, fused)".to_string(),
         Core::Routed => match &a.route {
             Some(r) if r.per_row => format!("routed: top {} per row, attention among them", r.k),
             Some(r) => format!("routed: top {} of all edges, attention among them", r.k),
@@ -573,6 +582,9 @@ fn attend_lowering(a: &AttendOp, n: usize) -> String {
 }
 
 fn attend_cost(plan: &Plan, a: &AttendOp, b: usize, n: usize) -> Cost {
+    if a.lowering.core == Core::Path {
+        return path_cost(a, b, n);
+    }
     let (p, nq, nk) = a.problem_dims(n);
     let (h, d) = (a.heads as f64, a.dim_head as f64);
     let problems = (b * p) as f64;
@@ -619,5 +631,25 @@ fn attend_cost(plan: &Plan, a: &AttendOp, b: usize, n: usize) -> Cost {
         flops: projections + core_flops,
         elements: core_elements + 4.0 * queries * inner + queries * a.outputs as f64,
         params,
+    }
+}
+
+/// A path attention: queries and values from both sides, n³ paths per head (scores, weights,
+/// the values' product); nothing kept but the projections (the backward recomputes).
+fn path_cost(a: &AttendOp, b: usize, n: usize) -> Cost {
+    let (h, d) = (a.heads as f64, a.dim_head as f64);
+    let edges = (b * n * n) as f64;
+    let inner = h * d;
+    let (qc, kc, out) = (
+        a.query.channels as f64,
+        a.key.channels as f64,
+        a.outputs as f64,
+    );
+    let projections = 4.0 * edges * (qc + kc) * inner + 2.0 * edges * inner * out;
+    let paths = edges * h * n as f64;
+    Cost {
+        flops: projections + paths * (5.0 * d + 6.0),
+        elements: 5.0 * edges * inner + edges * out,
+        params: 2.0 * (qc + kc) * inner + inner * out,
     }
 }

@@ -385,6 +385,16 @@ pub enum Pattern {
         /// The key's second index.
         key: Slot,
     },
+    /// Edge (first, last) over the paths first → middle → last: the query reads edge
+    /// (first, middle), the key edge (middle, last), each in either order as written.
+    Path {
+        /// The query's index in scope: the output's first.
+        first: Slot,
+        /// The new index, summed over.
+        middle: Slot,
+        /// The key's index in scope: the output's second.
+        last: Slot,
+    },
     /// Edge queries over all edges `[k0, k1]`.
     All {
         /// The query's first index.

@@ -28,6 +28,8 @@ pub struct AttendBlock<E: Real, D: Device<E>> {
     pub to_out: Linear<E, D>,
     /// Talking heads `[heads, heads]`, mixing scores across heads before normalizing.
     pub talking: Option<Param<E, D>>,
+    /// A path attention's second values, from the key side (its `to_v` reads the query side).
+    pub to_v2: Option<Linear<E, D>>,
 }
 
 /// The parameters of one call site of a rule.
@@ -45,7 +47,7 @@ pub enum Block<E: Real, D: Device<E>> {
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for AttendBlock<E, D> {
-    visit_fields!(to_q, to_k, to_v, to_out, talking);
+    visit_fields!(to_q, to_k, to_v, to_out, talking, to_v2);
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for Block<E, D> {
@@ -120,10 +122,21 @@ impl<E: Real, D: Device<E>> RuleLayer<E, D> {
                         outputs,
                         heads,
                         talking,
+                        path,
                     } => Block::Attend(AttendBlock {
                         to_q: Linear::new(&init.pp("to_q"), query, inner, false)?,
                         to_k: Linear::new(&init.pp("to_k"), key, inner, false)?,
-                        to_v: Linear::new(&init.pp("to_v"), key, inner, false)?,
+                        to_v: Linear::new(
+                            &init.pp("to_v"),
+                            if path { query } else { key },
+                            inner,
+                            false,
+                        )?,
+                        to_v2: if path {
+                            Some(Linear::new(&init.pp("to_v2"), key, inner, false)?)
+                        } else {
+                            None
+                        },
                         to_out: Linear::new(&init.pp("to_out"), inner, outputs, false)?,
                         talking: if talking {
                             let bound = 1.0 / (heads as f64).sqrt();
@@ -200,6 +213,8 @@ pub(crate) enum SiteSpec {
         outputs: usize,
         heads: usize,
         talking: bool,
+        /// A path attention: values from both sides.
+        path: bool,
     },
 }
 
@@ -290,6 +305,7 @@ pub(crate) fn collect_sites(node: &Node, out: &mut Vec<(String, SiteSpec)>) {
                     outputs: a.outputs,
                     heads: a.heads,
                     talking: a.talking,
+                    path: matches!(a.pattern, Pattern::Path { .. }),
                 },
             ));
         }

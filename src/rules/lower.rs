@@ -33,6 +33,8 @@ pub enum Core {
     Edges(EdgeLowering),
     /// Routed attention among the edges a soft top-k picks.
     Routed,
+    /// Attention of each edge over the paths through a third node (`ops::path`).
+    Path,
 }
 
 /// Attention across edges: the pattern the kernel runs and the layouts it reads.
@@ -87,12 +89,15 @@ pub fn attend(a: &AttendOp, causal: bool) -> AttendLowering {
         (Pattern::All { q0, q1, k0, k1 }, None) => {
             Core::Edges(edge_lowering(a, EdgePattern::All, [q0, q1], [k0, k1]))
         }
+        (Pattern::Path { .. }, _) => Core::Path,
         (Pattern::Row { .. }, Some(_)) => unreachable!("the checker routes only over all edges"),
     };
     let taylor = match a.kernel {
         KernelChoice::Softmax => TaylorLowering::None,
         KernelChoice::Taylor { .. } => {
-            let plain = a.bias.is_none() && !a.talking && !a.probs;
+            // the path kernel normalises its weights itself (no feature form)
+            let path = matches!(a.pattern, Pattern::Path { .. });
+            let plain = a.bias.is_none() && !a.talking && !a.probs && !path;
             // causal visibility over all edges (time max(i, j)) is not a prefix of the keys
             let prefix = !(causal && matches!(a.pattern, Pattern::All { .. }));
             if plain && prefix {
@@ -149,6 +154,7 @@ impl AttendOp {
             (Core::Routed, Some(r)) => (1, r.k.min(n * n), r.k.min(n * n)),
             (Core::Routed, None) => unreachable!("routed attention has a route"),
             (Core::Nodes, _) => (1, n, n),
+            (Core::Path, _) => (1, n * n, n),
             (Core::Edges(e), _) => match e.pattern {
                 EdgePattern::All => (1, n * n, n * n),
                 _ => (n, n, n),

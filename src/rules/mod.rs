@@ -30,12 +30,16 @@ pub use layer::RuleLayer;
 use crate::error::{Error, Result};
 
 /// The built-in rules, compiled into the binary from `dsl/`.
-pub const BUILTINS: [(&str, &str); 6] = [
+pub const BUILTINS: [(&str, &str); 7] = [
     ("quartic", include_str!("../../dsl/quartic.rule")),
     ("taylor", include_str!("../../dsl/taylor.rule")),
     ("routed", include_str!("../../dsl/routed.rule")),
     ("relational", include_str!("../../dsl/relational.rule")),
     ("triangle", include_str!("../../dsl/triangle.rule")),
+    (
+        "edge_transformer",
+        include_str!("../../dsl/edge_transformer.rule"),
+    ),
     ("baseline", include_str!("../../dsl/baseline.rule")),
 ];
 

@@ -94,6 +94,49 @@ pub struct WeightsSpec {
     pub visibility: Visibility,
 }
 
+/// Checks the inputs of a path attention (`ops::path`): `q`, `k` `[b, n, n, h·d]`, `v1`, `v2`
+/// `[b, n, n, h·e]`, channels divisible by `heads`, and a visibility of `b` problems with n²
+/// queries (the edges) and n keys (the middle nodes).
+pub fn check_path_shapes(
+    q: Shape4,
+    k: Shape4,
+    v1: Shape4,
+    v2: Shape4,
+    heads: usize,
+    vis: &Visibility,
+) -> Result<()> {
+    let (b, n, n2, hd) = q;
+    let he = v1.3;
+    for (name, got, want) in [
+        ("path attention queries", q, (b, n, n, hd)),
+        ("path attention keys", k, (b, n, n, hd)),
+        ("path attention values (first edge)", v1, (b, n, n, he)),
+        ("path attention values (second edge)", v2, (b, n, n, he)),
+    ] {
+        if got != want || n2 != n {
+            return Err(Error::shape(name, format!("{want:?}"), format!("{got:?}")));
+        }
+    }
+    if heads == 0 || hd % heads != 0 || he % heads != 0 {
+        return Err(Error::shape(
+            "path attention heads",
+            format!("{heads} heads dividing {hd} and {he} channels"),
+            format!("{heads} heads"),
+        ));
+    }
+    if (vis.batch, vis.queries, vis.keys) != (b, n * n, n) {
+        return Err(Error::shape(
+            "path attention visibility",
+            format!("batch {b}, {} queries, {n} keys", n * n),
+            format!(
+                "batch {}, {} queries, {} keys",
+                vis.batch, vis.queries, vis.keys
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the shapes of a weights call: q `[B,H,Nq,D]`, k `[B,H,Nk,D]`, bias `[B,H,Nq,Nk]`,
 /// talking `[H,H]`, and the visibility `[B,Nq,Nk]`. Returns `(B, H, Nq, Nk)`.
 pub fn check_weights_shapes(

@@ -13,6 +13,9 @@ mod hyper;
 mod layers;
 mod nn;
 mod parity;
+mod path;
+#[path = "../../benches/path_by_hand.rs"]
+mod path_by_hand;
 mod patterns;
 mod pointwise;
 mod reliability;

@@ -50,6 +50,12 @@ const CORPUS: &[(&str, bool, &str)] = &[
     ("two_statements_on_a_line", false, "nodes[i] += nodes[i] nodes[i] += nodes[i]\n"),
     ("top_outside_route", false, "nodes[i] += top(2, by: nodes[i])\n"),
     ("index_on_a_plain_function", false, "nodes[i] += gelu[j](nodes[i])\n"),
+    ("path_with_two_new_indices", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, m], heads: 2, dim_head: 4)\n"),
+    ("path_ends_meet", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, i], heads: 2, dim_head: 4)\n"),
+    ("path_node_query", false, "p: edges[i, j] += attend(nodes[l] -> edges[l, j], heads: 2, dim_head: 4)\n"),
+    ("path_with_bias", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, j], heads: 2, dim_head: 4, bias: linear(edges[i, j], 2))\n"),
+    ("path_with_gate_flag", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, j], heads: 2, dim_head: 4, gate)\n"),
+    ("path_gates_on_the_path", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, j], heads: 2, dim_head: 4, gates: linear(edges[i, l], 2))\n"),
 ];
 
 fn load(source: &str, causal: bool, overrides: Vec<(String, Const)>) -> quartic::Result<()> {

@@ -27,6 +27,12 @@ pub fn small_overrides(rule: &str) -> Vec<(String, Const)> {
             n("picks", 6.0),
         ]),
         "relational" | "baseline" => o.extend([n("heads", 2.0), n("dim_head", 4.0)]),
+        "edge_transformer" => o.extend([
+            n("heads", 2.0),
+            n("dim_head", 4.0),
+            n("edge_heads", 2.0),
+            n("edge_dim_head", 3.0),
+        ]),
         "triangle" => o.extend([
             n("heads", 2.0),
             n("dim_head", 4.0),
@@ -181,6 +187,12 @@ fn gradcheck_relational_rule() {
 fn gradcheck_triangle_rule() {
     gradcheck_rule("triangle", false);
     gradcheck_rule("triangle", true);
+}
+
+#[test]
+fn gradcheck_edge_transformer_rule() {
+    gradcheck_rule("edge_transformer", false);
+    gradcheck_rule("edge_transformer", true);
 }
 
 #[test]
@@ -1120,4 +1132,99 @@ fn a_failure_while_a_rule_runs_names_the_rule_file_and_line() {
         text.contains("rule `probe` (probe.rule:3, `all`)") && text.contains("prefix"),
         "{text}"
     );
+}
+
+/// One path attention (edge (i, j) over the paths i → l → j) written three ways: as stored, with
+/// both sides read transposed, and bound the other way round and transposed back. Each must
+/// compute the same, values and gradients, with padding and causality.
+#[test]
+fn every_orientation_of_a_path_attention_computes_the_same() {
+    let head = "rule probe(kernel = softmax)
+let c[i, j] = edges[i, j] * 0.5
+let t[i, j] = c[j, i]
+";
+    let opts = "heads: 2, dim_head: 3, kernel: kernel";
+    let bodies = [
+        format!("p: edges[i, j] += attend(c[i, l] -> c[l, j], {opts}, gates: linear(c[i, j], 2, bias: true))"),
+        format!("p: edges[i, j] += attend(t[l, i] -> t[j, l], {opts}, gates: linear(t[j, i], 2, bias: true))"),
+        format!("let p[i, j] = attend(c[j, l] -> c[l, i], {opts}, gates: linear(c[j, i], 2, bias: true))\nedges[i, j] += p[j, i]"),
+    ];
+    let d = dev();
+    let (b, n, dim, de) = (2, 5, 2, 4);
+    for kernel in ["softmax", "taylor"] {
+        for causal in [false, true] {
+            let mask = GraphMask::from_lengths(n, &[5, 3]).unwrap().causal(causal);
+            let mut results = Vec::new();
+            for body in &bodies {
+                let rule = Rule::parse("probe.rule", &format!("{head}{body}\n")).unwrap();
+                let cfg = RuleConfig {
+                    dim,
+                    dim_edges: de,
+                    causal,
+                    overrides: vec![("kernel".into(), Const::Word(kernel.into()))],
+                };
+                let layer =
+                    RuleLayer::<f64, Cpu>::new(rule.plan(&cfg).unwrap(), &Init::random(&d, 9))
+                        .unwrap();
+                let nodes = d.tensor_from_vec(randn(31, b * n * dim), (b, n, dim));
+                let edges = d.tensor_from_vec(randn(32, b * n * n * de), (b, n, n, de));
+                let (no, eo) = layer
+                    .forward(
+                        Nodes::new(nodes.retaped::<Tp>()),
+                        Edges::new(edges.leaky_trace()).unwrap(),
+                        &mask,
+                    )
+                    .unwrap();
+                let mut out = eo.tensor().as_vec();
+                let loss = probe_loss(no.into_tensor(), 33) + probe_loss(eo.into_tensor(), 34);
+                out.extend(loss.backward().get(&edges).as_vec());
+                results.push(out);
+            }
+            for (i, r) in results.iter().enumerate().skip(1) {
+                assert_close(
+                    &format!("{kernel}, causal {causal}: orientation {i} against the first"),
+                    r,
+                    &results[0],
+                    1e-12,
+                    1e-10,
+                );
+            }
+        }
+    }
+}
+
+/// The fused path attention against the same attention written out with `softmax[l]` and
+/// `sum[l]` (`benches/path_by_hand.rs`, same parameters): equal values and input gradients,
+/// padded and causal.
+#[test]
+fn the_path_attention_equals_its_by_hand_form() {
+    let d = dev();
+    let (b, n, de) = (2, 5, 6);
+    for causal in [false, true] {
+        let (fused, by_hand) = crate::path_by_hand::layers::<f64>(&d, de, 2, 3, causal, 5);
+        let mask = GraphMask::from_lengths(n, &[5, 4]).unwrap().causal(causal);
+        let nodes = d.tensor_from_vec(randn(41, b * n * 8), (b, n, 8));
+        let edges = d.tensor_from_vec(randn(42, b * n * n * de), (b, n, n, de));
+        let run = |layer: &RuleLayer<f64, Cpu>| {
+            let (no, eo) = layer
+                .forward(
+                    Nodes::new(nodes.retaped::<Tp>()),
+                    Edges::new(edges.leaky_trace()).unwrap(),
+                    &mask,
+                )
+                .unwrap();
+            let mut out = eo.tensor().as_vec();
+            // the layer's tape travels with one of its outputs: the loss reads both
+            let loss = probe_loss(no.into_tensor(), 44) + probe_loss(eo.into_tensor(), 43);
+            out.extend(loss.backward().get(&edges).as_vec());
+            out
+        };
+        assert_close(
+            &format!("causal {causal}: fused against by hand"),
+            &run(&fused),
+            &run(&by_hand),
+            1e-12,
+            1e-10,
+        );
+    }
 }

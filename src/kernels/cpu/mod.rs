@@ -1,6 +1,6 @@
 //! The CPU's fused kernels, multi-threaded, each with its own backward: attention weights and
 //! cumulative sums (`fused`), blocked attention with a recomputing backward (`flash`), edge
-//! self-attention with its projections (`edge_attention`), the row-wise chains (`rows`:
+//! self-attention with its projections (`edge_attention`), attention over paths (`path`), the row-wise chains (`rows`:
 //! RMSNorm, LayerNorm, GELU, the feedforward block), the affine ops (`affine`: linear layers,
 //! repeated adds, the outer sum), and what they share: the tape bookkeeping (`taped`), matrix
 //! products over checked strided views (`gemm`, with `small_mm` for the small ones), the one
@@ -13,6 +13,7 @@ pub mod edge_attention;
 pub mod flash;
 pub mod fused;
 mod gemm;
+pub mod path;
 pub mod rows;
 mod shared;
 mod small_mm;

@@ -19,19 +19,36 @@ impl<'a> Checker<'a> {
                     .hint("e.g. `attend(x[i] -> x[j], heads: 4)`"),
             );
         };
-        let query = self.tensor(q_expr, "the query", false)?;
         let outer = self.st.scope.len();
-        // indices of the key that are not in scope become the attention's key indices
+        // indices of the key that are not in scope become the attention's key indices; a query
+        // that reads one too attends over paths (`x[i, l] -> y[l, j]`)
         let mut fresh = Vec::new();
         free_index_names(k_expr, &mut Vec::new(), &mut fresh);
-        let mut key_slots = Vec::new();
-        for name in fresh {
-            if !self.st.scope.iter().any(|(n, _)| n == &name) {
-                key_slots.push(self.new_slot(&name));
-            }
-        }
+        fresh.retain(|name| !self.st.scope.iter().any(|(n, _)| n == name));
+        let mut in_query = Vec::new();
+        free_index_names(q_expr, &mut Vec::new(), &mut in_query);
+        let path = fresh.iter().any(|name| in_query.contains(name));
+        let query = if path {
+            None
+        } else {
+            Some(self.tensor(q_expr, "the query", false)?)
+        };
+        let key_slots: Vec<Slot> = fresh.iter().map(|name| self.new_slot(name)).collect();
+        let query = match query {
+            Some(q) => q,
+            None => self.tensor(q_expr, "the query", false)?,
+        };
         let key = self.tensor(k_expr, "the key", false)?;
-        let pattern = self.pattern(&query, &key, &key_slots, q_expr.span, k_expr.span)?;
+        let pattern = if path {
+            self.path_pattern(&query, &key, &key_slots, q_expr.span, k_expr.span)?
+        } else {
+            self.pattern(&query, &key, &key_slots, q_expr.span, k_expr.span)?
+        };
+        // the slots of the result: the query's, or for a path the two ends
+        let out_slots = match pattern {
+            Pattern::Path { first, last, .. } => vec![first.min(last), first.max(last)],
+            _ => query.slots.clone(),
+        };
 
         let heads = match a.option("heads") {
             Some((_, v)) => self.count(v, "`heads`")?,
@@ -98,7 +115,7 @@ impl<'a> Checker<'a> {
             }
             (Some((_, v)), false) => {
                 let g = self.tensor(v, "`gates`", false)?;
-                check_slots_within(&g, &query.slots, v.span, &self.st.slots)?;
+                check_slots_within(&g, &out_slots, v.span, &self.st.slots)?;
                 if g.channels != heads {
                     return Err(RuleError::new(
                         v.span,
@@ -109,6 +126,13 @@ impl<'a> Checker<'a> {
                     ));
                 }
                 Some(Gates::Expr(g))
+            }
+            (None, true) if path => {
+                return Err(RuleError::new(
+                    span,
+                    "`gate` projects the query, which a path attention reads along the path",
+                )
+                .hint("give the gates over the edge itself: `gates: linear(x[i, j], heads)`"))
             }
             (None, true) => Some(Gates::FromQuery {
                 site: self.site("gate", span),
@@ -132,6 +156,19 @@ impl<'a> Checker<'a> {
                     span,
                     "routed attention uses the softmax kernel",
                 ));
+            }
+        }
+        if path {
+            let refused = [
+                (bias.is_some(), "`bias`"),
+                (talking, "`talking`"),
+                (route.is_some(), "`route`"),
+            ];
+            if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
+                return Err(
+                    RuleError::new(span, format!("a path attention takes no {what}"))
+                        .hint("its kernel never stores the n³ weights that these act on"),
+                );
             }
         }
         if probs && !matches!(pattern, Pattern::Nodes { .. }) {
@@ -165,7 +202,7 @@ impl<'a> Checker<'a> {
         };
         op.lowering = lower::attend(&op, self.cfg.causal);
         Ok(Value::Tensor(Node {
-            slots: op.query.slots.clone(),
+            slots: out_slots,
             channels: outputs,
             op: Op::Attend(Box::new(op)),
         }))
@@ -223,6 +260,59 @@ impl<'a> Checker<'a> {
                 RuleError::new(k_span, "no attention pattern reads these key indices").hint(hint),
             ),
         }
+    }
+
+    /// The path pattern `x[a, l] -> y[l, c]`: one new index l, shared by query and key, joining
+    /// two distinct indices in scope (each side may be written either way round).
+    pub(super) fn path_pattern(
+        &self,
+        query: &Node,
+        key: &Node,
+        fresh: &[Slot],
+        q_span: Span,
+        k_span: Span,
+    ) -> Checked<Pattern> {
+        let hint = "a path attention reads `x[i, l] -> y[l, j]`: edge (i, j) attends over the paths i → l → j";
+        let [l] = fresh else {
+            return Err(RuleError::new(
+                q_span.to(k_span),
+                "a path attention introduces exactly one new index, shared by query and key",
+            )
+            .hint(hint));
+        };
+        let other = |node: &Node| -> Option<Slot> {
+            match node.slots.as_slice() {
+                [a, b] if a == l && !fresh.contains(b) => Some(*b),
+                [a, b] if b == l && !fresh.contains(a) => Some(*a),
+                _ => None,
+            }
+        };
+        let Some(first) = other(query) else {
+            return Err(RuleError::new(
+                q_span,
+                "the query of a path attention is an edge tensor with the new index and one index in scope",
+            )
+            .hint(hint));
+        };
+        let Some(last) = other(key) else {
+            return Err(RuleError::new(
+                k_span,
+                "the key of a path attention is an edge tensor with the new index and one index in scope",
+            )
+            .hint(hint));
+        };
+        if first == last {
+            return Err(RuleError::new(
+                q_span.to(k_span),
+                "the path's two ends are the same index",
+            )
+            .hint(hint));
+        }
+        Ok(Pattern::Path {
+            first,
+            middle: *l,
+            last,
+        })
     }
 
     pub(super) fn route(

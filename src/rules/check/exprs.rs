@@ -338,7 +338,7 @@ impl<'a> Checker<'a> {
                 ),
             )
             .hint(
-                "reduce over an index first, or use `attend`, which never materializes its pairs",
+                "reduce over an index first, or use `attend` (all edges `e[i, j] -> e[k, l]`, paths `e[i, l] -> e[l, j]`), which never materializes its pairs",
             ));
         }
         Ok(())

@@ -60,13 +60,19 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 .all(|l| l.bias.is_none()),
             "attention projections carry no bias (the lowering assumes it)"
         );
-        let q_in = self.eval(st, &a.query)?;
+        // a path attention arranges its inputs itself: read them as they are stored
+        let q_in = if a.lowering.core == Core::Path {
+            self.eval_op(st, &a.query)?
+        } else {
+            self.eval(st, &a.query)?
+        };
         match a.lowering.core {
             Core::Routed => {
                 let route = a.route.as_ref().expect("routed attention has a route");
                 Ok((self.routed(st, a, block, q_in, route)?, None))
             }
             Core::Nodes => self.node_attend(st, a, block, q_in),
+            Core::Path => Ok((self.path_attend(st, a, block, q_in)?, None)),
             Core::Edges(lowering) => {
                 let out = self.edge_attend(st, a, block, q_in, &lowering)?;
                 Ok((out, None))
@@ -232,6 +238,68 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             q_axes.to_vec(),
             inner,
         );
+        self.project(out, &block.to_out)
+    }
+
+    /// Attention of edge (first, last) over the paths first → middle → last: queries and first
+    /// values from the query side (first, middle), keys and second values from the key side
+    /// (middle, last), each arranged so (a copy of n² rows when written the other way round).
+    fn path_attend(
+        &mut self,
+        st: &PlanStatement,
+        a: &AttendOp,
+        block: &AttendBlock<E, D>,
+        q_in: Val<E, D, T>,
+    ) -> Result<Val<E, D, T>> {
+        let Pattern::Path {
+            first,
+            middle,
+            last,
+        } = a.pattern
+        else {
+            unreachable!("path attention has the path pattern")
+        };
+        let (b, n) = (self.ext.batch, self.ext.nodes);
+        let (h, inner) = (a.heads, a.heads * a.dim_head);
+        let q_axes = [Ax::Batch, Ax::Slot(first), Ax::Slot(middle), Ax::Chan];
+        let k_axes = [Ax::Batch, Ax::Slot(middle), Ax::Slot(last), Ax::Chan];
+        let out_axes = [Ax::Batch, Ax::Slot(first), Ax::Slot(last), Ax::Chan];
+        let gates = match self.gates_val(st, a, &q_in)? {
+            Some(g) => Some(self.arrange(g, &out_axes, h)?.t),
+            None => None,
+        };
+        let k_in = self.eval_op(st, &a.key)?;
+        let q_in = self.arrange(q_in, &q_axes, a.query.channels)?;
+        let k_in = self.arrange(k_in, &k_axes, a.key.channels)?;
+        let to_v2 = block
+            .to_v2
+            .as_ref()
+            .expect("path attention blocks have second values");
+        let square = |v: Val<E, D, T>| v.t.reshape_like(&(b, n, n, inner));
+        let q = square(self.project(q_in.val_branch(), &block.to_q)?);
+        let v1 = square(self.project(q_in, &block.to_v)?);
+        let k = square(self.project(k_in.val_branch(), &block.to_k)?);
+        let v2 = square(self.project(k_in, to_v2)?);
+        let normalizer = match a.kernel {
+            KernelChoice::Softmax => Normalizer::Softmax,
+            KernelChoice::Taylor { eps } => Normalizer::Taylor { eps },
+        };
+        let spec = WeightsSpec {
+            scale: a.scale,
+            normalizer,
+            visibility: self.mask.path_visibility()?,
+        };
+        let out = path_attention(q, k, v1, v2, h, &spec)?;
+        let out = match gates {
+            Some(g) => {
+                let shape = (b, n, n, h, a.dim_head);
+                let g = g.reshape_like(&(b, n, n, h)).sigmoid();
+                (out.reshape_like(&shape) * g.broadcast_like::<_, Axis<4>>(&shape))
+                    .reshape_like(&(b * n * n * inner,))
+            }
+            None => out.reshape_like(&(b * n * n * inner,)),
+        };
+        let out = self.val(out, out_axes.to_vec(), inner);
         self.project(out, &block.to_out)
     }
 

@@ -31,6 +31,7 @@ use crate::graph::{Edges, GraphMask, Nodes};
 use crate::nn::hyper::HyperConnection;
 use crate::ops::activations::{gelu_exact, silu};
 use crate::ops::attention::{attend, AttendInputs};
+use crate::ops::path::path_attention;
 use crate::ops::patterns::{
     edge_attention, edge_self_attention, EdgeAttendInputs, EdgeKernel, EdgePattern, EdgeProjections,
 };

@@ -216,10 +216,14 @@ pub fn lex(src: &str) -> Checked<Vec<Token>> {
             }
             _ => {
                 let ch = src[i..].chars().next().unwrap_or('?');
-                return Err(RuleError::new(
+                let err = RuleError::new(
                     Span::new(i, i + ch.len_utf8()),
                     format!("unexpected character `{ch}`"),
-                ));
+                );
+                return Err(match ch {
+                    '^' => err.hint("powers are written `**`: `x ** 2`"),
+                    _ => err,
+                });
             }
         }
     }

@@ -55,6 +55,15 @@ pub struct Rule {
     program: ast::Program,
 }
 
+/// `: did you mean `triangle`?` for a near miss of a built-in's name, else the list of them.
+fn builtin_suggestion(name: &str) -> String {
+    let names = BUILTINS.iter().map(|(n, _)| *n);
+    match check::closest(name, names.clone()) {
+        Some(near) => format!("; did you mean `{near}`?"),
+        None => format!(" (built-ins: {})", names.collect::<Vec<_>>().join(", ")),
+    }
+}
+
 fn located(file: &str, source: &str, e: crate::diagnostic::RuleError) -> Error {
     Error::Rule(Box::new(Diagnostic::at(
         file, source, e.span, e.message, e.hint,
@@ -91,16 +100,10 @@ impl Rule {
     pub fn builtin(name: &str) -> Result<Self> {
         match BUILTINS.iter().find(|(n, _)| *n == name) {
             Some((n, src)) => Self::parse(&format!("dsl/{n}.rule"), src),
-            None => {
-                let names: Vec<&str> = BUILTINS.iter().map(|(n, _)| *n).collect();
-                Err(Error::config(
-                    "rule",
-                    format!(
-                        "no built-in rule `{name}` (built-ins: {})",
-                        names.join(", ")
-                    ),
-                ))
-            }
+            None => Err(Error::config(
+                "rule",
+                format!("no built-in rule `{name}`{}", builtin_suggestion(name)),
+            )),
         }
     }
 
@@ -111,12 +114,11 @@ impl Rule {
         } else if std::path::Path::new(name_or_path).exists() {
             Self::load(name_or_path)
         } else {
-            let names: Vec<&str> = BUILTINS.iter().map(|(n, _)| *n).collect();
             Err(Error::config(
                 "rule",
                 format!(
-                    "`{name_or_path}` is neither a built-in rule ({}) nor a readable file",
-                    names.join(", ")
+                    "`{name_or_path}` is neither a built-in rule nor a readable file{}",
+                    builtin_suggestion(name_or_path)
                 ),
             ))
         }

@@ -89,10 +89,18 @@ impl<'a> Parser<'a> {
         }
     }
     fn unexpected(&self, what: &str) -> RuleError {
-        RuleError::new(
+        let err = RuleError::new(
             self.span(),
             format!("expected {what}, found {}", self.peek().describe()),
-        )
+        );
+        if self.peek() == &Tok::Newline && what == "an expression" {
+            err.hint(
+                "a statement ends with its line; only brackets continue it onto the next: \
+                 `nodes[i] += (a +` … `b)`",
+            )
+        } else {
+            err
+        }
     }
     fn ident(&mut self, what: &str) -> Checked<Ident> {
         match self.peek().clone() {

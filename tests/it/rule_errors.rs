@@ -50,6 +50,10 @@ const CORPUS: &[(&str, bool, &str)] = &[
     ("two_statements_on_a_line", false, "nodes[i] += nodes[i] nodes[i] += nodes[i]\n"),
     ("top_outside_route", false, "nodes[i] += top(2, by: nodes[i])\n"),
     ("index_on_a_plain_function", false, "nodes[i] += gelu[j](nodes[i])\n"),
+    ("power_with_a_caret", false, "nodes[i] += nodes[i] ^ 2\n"),
+    ("line_ends_in_an_operator", false, "nodes[i] += nodes[i] +\n    nodes[i]\n"),
+    ("assigning_a_number", false, "nodes[i] = 0\n"),
+    ("diagonal_key_off_diagonal_query", false, "p: edges[i, i] += attend(edges[i, j] -> edges[k, k], heads: 2, dim_head: 4)\n"),
     ("path_with_two_new_indices", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, m], heads: 2, dim_head: 4)\n"),
     ("path_ends_meet", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, i], heads: 2, dim_head: 4)\n"),
     ("path_node_query", false, "p: edges[i, j] += attend(nodes[l] -> edges[l, j], heads: 2, dim_head: 4)\n"),
@@ -100,6 +104,57 @@ fn overriding_an_undeclared_parameter_is_rejected() {
         text.contains("`head`") && text.contains("did you mean `heads`"),
         "{text}"
     );
+}
+
+/// A word where the rule declares a number is the setting's mistake: the message says where
+/// the value came from and names the parameter, not the rule line that uses it.
+#[test]
+fn a_word_set_for_a_number_names_the_setting() {
+    let src = "rule r(heads = 2, kernel = softmax)\nattn: nodes[i] += attend(nodes[i] -> nodes[j], heads: heads, kernel: kernel)\n";
+    let err = load(
+        src,
+        false,
+        vec![("heads".into(), Const::Word("four".into()))],
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("`heads` is a number (default 2)")
+            && text.contains("the word `four`")
+            && text.contains("--set heads=2")
+            && text.contains("bad.rule:1:8"),
+        "{text}"
+    );
+    // a word parameter still takes words
+    load(
+        src,
+        false,
+        vec![("kernel".into(), Const::Word("taylor".into()))],
+    )
+    .unwrap();
+}
+
+/// `+= 0` turns a statement off: `if flag then … else 0` with the flag off leaves the statement
+/// (and its parameters) out of the plan; with it on, the statement runs.
+#[test]
+fn adding_zero_turns_a_statement_off() {
+    let src = "rule r(extra = 1)\nff: nodes[i] += feedforward(nodes[i])\nmore: nodes[i] += if extra then linear(nodes[i], dim) else 0\n";
+    let plan = |extra: f64| {
+        Rule::parse("r.rule", src)
+            .unwrap()
+            .plan(&RuleConfig {
+                dim: 16,
+                dim_edges: 8,
+                causal: false,
+                overrides: vec![("extra".into(), Const::Num(extra))],
+            })
+            .unwrap()
+    };
+    let names = |p: quartic::rules::Plan| -> Vec<String> {
+        p.statements.iter().map(|s| s.name.clone()).collect()
+    };
+    assert_eq!(names(plan(1.0)), ["ff", "more"]);
+    assert_eq!(names(plan(0.0)), ["ff"]);
 }
 
 #[test]

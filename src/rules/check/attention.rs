@@ -28,6 +28,20 @@ impl<'a> Checker<'a> {
         let mut in_query = Vec::new();
         free_index_names(q_expr, &mut Vec::new(), &mut in_query);
         let path = fresh.iter().any(|name| in_query.contains(name));
+        let in_scope = |name: &String| self.st.scope.iter().any(|(n, _)| n == name);
+        if let Some(stray) = in_query.iter().find(|n| !in_scope(n) && !fresh.contains(n)) {
+            let diagonal_key = matches!(&k_expr.kind,
+                ExprKind::Index(ix) if ix.indices.len() == 2 && ix.indices[0].name == ix.indices[1].name);
+            let err = RuleError::new(
+                q_expr.span,
+                format!("the query reads `{stray}`, which is not in scope here"),
+            );
+            return Err(if diagonal_key {
+                err.hint("a diagonal attention's query is the diagonal too: `edges[i, i] += attend(e[i, i] -> e[k, k])`")
+            } else {
+                err.hint("the query's indices are the result's: the target's (and those of enclosing reductions)")
+            });
+        }
         let query = if path {
             None
         } else {

@@ -74,7 +74,7 @@ pub fn check(program: &Program, source: &str, file: &str, cfg: &RuleConfig) -> C
     ck.resolve_params(program, header_span)?;
     let mut statements = Vec::new();
     for s in &program.statements {
-        statements.push(ck.statement(s, source)?);
+        statements.extend(ck.statement(s, source)?);
     }
     if statements.is_empty() {
         return Err(RuleError::new(header_span, "the rule has no statements")

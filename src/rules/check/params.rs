@@ -50,18 +50,34 @@ impl<'a> Checker<'a> {
                     format!("parameter `{}` is declared twice", name.name),
                 ));
             }
+            let default_value = match self.expr(default)? {
+                Value::Num(x) => Const::Num(x),
+                Value::Word(w) => Const::Word(w),
+                Value::Tensor(_) => {
+                    return Err(RuleError::new(
+                        default.span,
+                        "a parameter's default must be a number or a word",
+                    ))
+                }
+            };
             let value = match overrides.get(name.name.as_str()) {
+                // a word where the rule expects a number is the setting's mistake, not the rule's
+                Some(Const::Word(w)) if matches!(default_value, Const::Num(_)) => {
+                    return Err(RuleError::new(
+                        name.span,
+                        format!(
+                            "`{}` is a number (default {default_value}), but the configuration \
+                             sets it to the word `{w}`",
+                            name.name
+                        ),
+                    )
+                    .hint(format!(
+                        "set a number: `--set {}={default_value}` (or in the config file)",
+                        name.name
+                    )))
+                }
                 Some(&v) => v.clone(),
-                None => match self.expr(default)? {
-                    Value::Num(x) => Const::Num(x),
-                    Value::Word(w) => Const::Word(w),
-                    Value::Tensor(_) => {
-                        return Err(RuleError::new(
-                            default.span,
-                            "a parameter's default must be a number or a word",
-                        ))
-                    }
-                },
+                None => default_value,
             };
             self.param_index
                 .insert(name.name.clone(), self.params.len());

@@ -3,7 +3,13 @@
 use super::*;
 
 impl<'a> Checker<'a> {
-    pub(super) fn statement(&mut self, s: &Statement, source: &str) -> Checked<PlanStatement> {
+    /// The checked statement; `None` for an update turned off (`+= 0`, as `if flag then …
+    /// else 0` gives when the flag is off).
+    pub(super) fn statement(
+        &mut self,
+        s: &Statement,
+        source: &str,
+    ) -> Checked<Option<PlanStatement>> {
         self.st = StatementState::default();
         if let Some(label) = &s.label {
             self.claim_name(label)?;
@@ -15,7 +21,10 @@ impl<'a> Checker<'a> {
                 target,
                 accumulate,
                 value,
-            } => self.update_statement(target, *accumulate, value)?,
+            } => match self.update_statement(target, *accumulate, value)? {
+                Some(kind) => kind,
+                None => return Ok(None),
+            },
         };
         let name = match (&self.st.name, self.st.first_site) {
             (Some(n), _) => n.clone(),
@@ -28,7 +37,7 @@ impl<'a> Checker<'a> {
             }
         };
         let line = self.line_starts.partition_point(|&l| l <= s.span.start);
-        Ok(PlanStatement {
+        Ok(Some(PlanStatement {
             name,
             source: source[s.span.start..s.span.end]
                 .split_whitespace()
@@ -37,7 +46,7 @@ impl<'a> Checker<'a> {
             line,
             slots: self.st.slots.clone(),
             kind,
-        })
+        }))
     }
 
     pub(super) fn claim_name(&mut self, name: &Ident) -> Checked<()> {
@@ -190,7 +199,7 @@ impl<'a> Checker<'a> {
         target: &Indexed,
         accumulate: bool,
         value: &Expr,
-    ) -> Checked<PlanKind> {
+    ) -> Checked<Option<PlanKind>> {
         let domain = match target.name.name.as_str() {
             "nodes" => Domain::Nodes,
             "edges" => Domain::Edges,
@@ -220,7 +229,19 @@ impl<'a> Checker<'a> {
         }
         let slots = self.open_indices(target, true)?;
         let diagonal = domain == Domain::Edges && slots[0] == slots[1];
-        let node = self.tensor(value, "an update", false)?;
+        let node = match self.expr_with(value, false)? {
+            Value::Tensor(node) => node,
+            // adding zero: the statement is off
+            Value::Num(x) if x == 0.0 && accumulate => return Ok(None),
+            Value::Num(_) => {
+                return Err(
+                    RuleError::new(value.span, "an update needs a tensor, found a number").hint(
+                        "to turn a statement off, add zero: `nodes[i] += if flag then … else 0`",
+                    ),
+                )
+            }
+            Value::Word(w) => return Err(self.unknown_name(value.span, &w)),
+        };
         let free: Vec<Slot> = if diagonal {
             vec![slots[0]]
         } else {
@@ -248,12 +269,12 @@ impl<'a> Checker<'a> {
                 }
             )));
         }
-        Ok(PlanKind::Update {
+        Ok(Some(PlanKind::Update {
             target: domain,
             slots,
             diagonal,
             accumulate,
             value: node,
-        })
+        }))
     }
 }

@@ -5,7 +5,7 @@
 //! these names; `dsl/README.md`'s function table is [`readme_table`] (a test compares them).
 //! A new function is a row here, an arm in the checker's `call`, and its lowering.
 
-use super::ir::{Activation, ReduceOp};
+use super::ir::{Activation, Arith, ReduceOp};
 
 /// Names a rule cannot bind.
 pub const RESERVED: [&str; 9] = [
@@ -37,6 +37,8 @@ pub enum Form {
     Reduce(ReduceOp),
     /// `softmax[k](x)`.
     Softmax,
+    /// `min(a, b)`, `max(a, b)` without an index: element-wise.
+    Pairwise(Arith),
     /// `dot(a, b, heads)`.
     Dot,
     /// `attend(q, k, …)`.
@@ -220,6 +222,15 @@ const fn activation(name: &'static str, f: Activation, notes: &'static str) -> F
     }
 }
 
+/// `max(a, b)` without an index: the element-wise form of `max` (the table lists `max` once).
+pub static PAIRWISE_MAX: Function = Function {
+    name: "max",
+    form: Form::Pairwise(Arith::Max),
+    positional: "a, b",
+    options: &[],
+    notes: "element-wise",
+};
+
 /// Every built-in function, in the README's order.
 pub const FUNCTIONS: &[Function] = &[
     Function {
@@ -280,6 +291,24 @@ pub const FUNCTIONS: &[Function] = &[
     activation("abs", Activation::Abs, "element-wise"),
     activation("square", Activation::Square, "element-wise"),
     activation("sqrt", Activation::Sqrt, "element-wise"),
+    activation(
+        "leaky_relu",
+        Activation::LeakyRelu,
+        "element-wise, slope 0.01 below 0",
+    ),
+    activation("log", Activation::Log, "element-wise, natural"),
+    activation(
+        "softplus",
+        Activation::Softplus,
+        "element-wise, `log(1 + exp(x))`",
+    ),
+    Function {
+        name: "min",
+        form: Form::Pairwise(Arith::Min),
+        positional: "a, b",
+        options: &[],
+        notes: "element-wise, broadcast like `*`",
+    },
     Function {
         name: "sum",
         form: Form::Reduce(ReduceOp::Sum),
@@ -299,7 +328,7 @@ pub const FUNCTIONS: &[Function] = &[
         form: Form::Reduce(ReduceOp::Max),
         positional: "x",
         options: &[],
-        notes: "over the visible k",
+        notes: "over the visible k; `max(a, b)` without an index: element-wise, like `min`",
     },
     Function {
         name: "softmax",

@@ -277,6 +277,8 @@ fn node_rows(
                 Arith::Sub => "-",
                 Arith::Mul => "×",
                 Arith::Div => "/",
+                Arith::Min => "min",
+                Arith::Max => "max",
             };
             let mut how = format!("element-wise {sym}");
             if lhs.slots != rhs.slots {

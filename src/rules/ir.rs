@@ -197,6 +197,10 @@ pub enum Arith {
     Mul,
     /// `a / b`.
     Div,
+    /// `min(a, b)`, element-wise.
+    Min,
+    /// `max(a, b)`, element-wise.
+    Max,
 }
 
 /// An element-wise function of one tensor.
@@ -220,6 +224,12 @@ pub enum Activation {
     Square,
     /// `sqrt(x)`.
     Sqrt,
+    /// `leaky_relu(x)`: `x` above 0, `0.01 · x` below (PyTorch's slope).
+    LeakyRelu,
+    /// `log(x)`, the natural logarithm (NaN below 0 is reported when it happens).
+    Log,
+    /// `softplus(x) = log(1 + exp(x))`, computed without overflow.
+    Softplus,
 }
 
 /// Which normalisation a `norm` site applies over the channels.

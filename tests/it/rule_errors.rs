@@ -54,6 +54,7 @@ const CORPUS: &[(&str, bool, &str)] = &[
     ("line_ends_in_an_operator", false, "nodes[i] += nodes[i] +\n    nodes[i]\n"),
     ("assigning_a_number", false, "nodes[i] = 0\n"),
     ("diagonal_key_off_diagonal_query", false, "p: edges[i, i] += attend(edges[i, j] -> edges[k, k], heads: 2, dim_head: 4)\n"),
+    ("min_of_a_number", false, "nodes[i] += min(nodes[i], 0)\n"),
     ("path_with_two_new_indices", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, m], heads: 2, dim_head: 4)\n"),
     ("path_ends_meet", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, i], heads: 2, dim_head: 4)\n"),
     ("path_node_query", false, "p: edges[i, j] += attend(nodes[l] -> edges[l, j], heads: 2, dim_head: 4)\n"),

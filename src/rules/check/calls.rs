@@ -25,6 +25,10 @@ impl<'a> Checker<'a> {
                 err.hint("see dsl/README.md for the functions")
             });
         };
+        // `max(a, b)`: the element-wise maximum (with an index, the reduction)
+        if name == "max" && over.is_none() {
+            return self.pairwise(&builtins::PAIRWISE_MAX, Arith::Max, args, span);
+        }
         let reducing = f.over_index();
         if over.is_some() && !reducing {
             let over: Vec<&str> = builtins::FUNCTIONS
@@ -67,6 +71,7 @@ impl<'a> Checker<'a> {
             Form::Reduce(op) => self.reduce(f, op, over.expect("checked above"), args, span),
             Form::Softmax => self.softmax(f, over.expect("checked above"), args, span),
             Form::Dot => self.dot(f, args, span),
+            Form::Pairwise(arith) => self.pairwise(f, arith, args, span),
             Form::Attend => self.attend(f, args, span, probs),
             Form::Top => Err(RuleError::new(
                 func.span,
@@ -364,5 +369,27 @@ impl<'a> Checker<'a> {
                 heads,
             },
         }))
+    }
+}
+
+impl Checker<'_> {
+    /// `min(a, b)`, `max(a, b)`: element-wise over two tensors, broadcast like `*`.
+    #[inline(never)] // see `call`
+    pub(super) fn pairwise(
+        &mut self,
+        f: &'static Function,
+        arith: Arith,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
+        let (x, y) = (a.positional("two tensors")?, a.positional("two tensors")?);
+        a.finish()?;
+        let hint = "`min` and `max` take two tensors; against a number c, `max(x, c)` is \
+                    `relu(x - c) + c` and `min(x, c)` is `c - relu(c - x)`";
+        let what = format!("`{}`", f.name);
+        let x = self.tensor(x, &what, false).map_err(|e| e.hint(hint))?;
+        let y = self.tensor(y, &what, false).map_err(|e| e.hint(hint))?;
+        Ok(Value::Tensor(self.binary_node(arith, x, y, span, f.name)?))
     }
 }

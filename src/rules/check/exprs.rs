@@ -299,31 +299,45 @@ impl<'a> Checker<'a> {
                         ))
                     }
                 };
-                let channels = broadcast_channels(a.channels, b.channels).ok_or_else(|| {
-                    RuleError::new(
-                        span,
-                        format!(
-                            "channels do not match: {} {} {}",
-                            a.channels,
-                            op.symbol(),
-                            b.channels
-                        ),
-                    )
-                    .hint("channels must be equal, one side 1, or h and h·d (a per-head value times its head's block)")
-                })?;
-                let slots = union(&a.slots, &b.slots);
-                self.check_width(&slots, span)?;
-                Ok(Value::Tensor(Node {
-                    op: Op::Binary {
-                        op: arith,
-                        lhs: Box::new(a),
-                        rhs: Box::new(b),
-                    },
-                    slots,
-                    channels,
-                }))
+                Ok(Value::Tensor(self.binary_node(
+                    arith,
+                    a,
+                    b,
+                    span,
+                    op.symbol(),
+                )?))
             }
         }
+    }
+
+    /// An element-wise `a op b` of two tensors: channels broadcast (equal, one of them 1, or
+    /// per head), indices united.
+    pub(super) fn binary_node(
+        &self,
+        arith: Arith,
+        a: Node,
+        b: Node,
+        span: Span,
+        symbol: &str,
+    ) -> Checked<Node> {
+        let channels = broadcast_channels(a.channels, b.channels).ok_or_else(|| {
+            RuleError::new(
+                span,
+                format!("channels do not match: {} {symbol} {}", a.channels, b.channels),
+            )
+            .hint("channels must be equal, one side 1, or h and h·d (a per-head value times its head's block)")
+        })?;
+        let slots = union(&a.slots, &b.slots);
+        self.check_width(&slots, span)?;
+        Ok(Node {
+            op: Op::Binary {
+                op: arith,
+                lhs: Box::new(a),
+                rhs: Box::new(b),
+            },
+            slots,
+            channels,
+        })
     }
 
     pub(super) fn check_width(&self, slots: &[Slot], span: Span) -> Checked<()> {

@@ -527,6 +527,8 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     Arith::Sub => l.t - r.t,
                     Arith::Mul => l.t * r.t,
                     Arith::Div => l.t / r.t,
+                    Arith::Min => l.t.minimum(r.t),
+                    Arith::Max => l.t.maximum(r.t),
                 };
                 Ok(self.val(t, canonical(&node.slots), node.channels))
             }
@@ -562,6 +564,16 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     Activation::Abs => x.t.abs(),
                     Activation::Square => x.t.square(),
                     Activation::Sqrt => x.t.sqrt(),
+                    Activation::LeakyRelu => {
+                        let below = x.t.with_empty_tape().negate().relu() * E::of(0.01);
+                        x.t.relu() - below
+                    }
+                    Activation::Log => x.t.ln(),
+                    Activation::Softplus => {
+                        // relu(x) + log(1 + exp(-|x|)): no overflow for large |x|
+                        let tail = (x.t.with_empty_tape().abs().negate().exp() + E::one()).ln();
+                        x.t.relu() + tail
+                    }
                 };
                 Ok(self.val(t, x.axes, x.channels))
             }

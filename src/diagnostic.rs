@@ -45,7 +45,12 @@ pub struct Diagnostic {
     pub hint: Option<String>,
     /// Where the caret starts in `source_line`, in characters.
     caret_start: usize,
+    /// The file's further errors, in order (at most [`MAX_ERRORS`] in all).
+    pub also: Vec<Diagnostic>,
 }
+
+/// The most errors reported from one rule file.
+pub const MAX_ERRORS: usize = 10;
 
 /// `text` with control characters other than tab written as escapes (`\u{1b}`).
 pub fn escape_controls(text: &str) -> String {
@@ -81,6 +86,7 @@ impl Diagnostic {
             message: escape_controls(&message),
             hint: hint.as_deref().map(escape_controls),
             caret_start: escape_controls(&source[line_start..start]).chars().count(),
+            also: Vec::new(),
         }
     }
 }
@@ -103,6 +109,18 @@ impl fmt::Display for Diagnostic {
         if let Some(hint) = &self.hint {
             write!(f, "\n{pad} = hint: {hint}")?;
         }
+        for more in &self.also {
+            write!(f, "\n\n{more}")?;
+        }
+        if !self.also.is_empty() {
+            let n = 1 + self.also.len();
+            let stop = if n >= MAX_ERRORS {
+                " (checking stopped there)"
+            } else {
+                ""
+            };
+            write!(f, "\n\n{n} errors in {}{stop}", self.file)?;
+        }
         Ok(())
     }
 }
@@ -116,6 +134,8 @@ pub struct RuleError {
     pub message: String,
     /// How to fix it, when there is advice.
     pub hint: Option<String>,
+    /// Further errors of the same file, in order.
+    pub also: Vec<RuleError>,
 }
 
 impl RuleError {
@@ -125,7 +145,18 @@ impl RuleError {
             span,
             message: message.into(),
             hint: None,
+            also: Vec::new(),
         }
+    }
+
+    /// The first of `errors` carrying the others (at most [`MAX_ERRORS`] in all); `None`
+    /// when there are none.
+    pub fn all(mut errors: Vec<RuleError>) -> Option<RuleError> {
+        errors.truncate(MAX_ERRORS);
+        let mut rest = errors.into_iter();
+        let mut first = rest.next()?;
+        first.also.extend(rest);
+        Some(first)
     }
     /// Adds a hint.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {

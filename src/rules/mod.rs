@@ -65,9 +65,17 @@ fn builtin_suggestion(name: &str) -> String {
 }
 
 fn located(file: &str, source: &str, e: crate::diagnostic::RuleError) -> Error {
-    Error::Rule(Box::new(Diagnostic::at(
-        file, source, e.span, e.message, e.hint,
-    )))
+    Error::Rule(Box::new(locate(file, source, e)))
+}
+
+fn locate(file: &str, source: &str, e: crate::diagnostic::RuleError) -> Diagnostic {
+    let mut d = Diagnostic::at(file, source, e.span, e.message, e.hint);
+    d.also = e
+        .also
+        .into_iter()
+        .map(|more| locate(file, source, more))
+        .collect();
+    d
 }
 
 impl Rule {

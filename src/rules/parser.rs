@@ -16,7 +16,7 @@
 
 use super::ast::*;
 use super::lexer::{Tok, Token};
-use crate::diagnostic::{Checked, RuleError, Span};
+use crate::diagnostic::{Checked, RuleError, Span, MAX_ERRORS};
 
 pub fn parse(tokens: &[Token]) -> Checked<Program> {
     let mut p = Parser {
@@ -130,14 +130,44 @@ impl<'a> Parser<'a> {
             None
         };
         let mut statements = Vec::new();
+        let mut errors = Vec::new();
         loop {
             while self.eat(&Tok::Newline) {}
             if self.peek() == &Tok::Eof {
                 break;
             }
-            statements.push(self.statement()?);
+            match self.statement() {
+                Ok(s) => statements.push(s),
+                Err(e) => {
+                    // report it and go on at the next line (brackets never span a line end
+                    // the lexer emits), up to the most errors a file reports
+                    errors.push(e);
+                    if errors.len() >= MAX_ERRORS {
+                        break;
+                    }
+                    let cut_short = self.peek() == &Tok::Newline;
+                    while !matches!(self.peek(), Tok::Newline | Tok::Eof) {
+                        self.bump();
+                    }
+                    // a statement that ended early (`a +` at a line's end) was probably meant
+                    // to go on: its next line is the rest of it, not a statement of its own
+                    if cut_short
+                        && errors
+                            .last()
+                            .is_some_and(|e| e.message.contains("found end of line"))
+                    {
+                        self.bump();
+                        while !matches!(self.peek(), Tok::Newline | Tok::Eof) {
+                            self.bump();
+                        }
+                    }
+                }
+            }
         }
-        Ok(Program { header, statements })
+        match RuleError::all(errors) {
+            Some(e) => Err(e),
+            None => Ok(Program { header, statements }),
+        }
     }
 
     fn header(&mut self) -> Checked<Header> {

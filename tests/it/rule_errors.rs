@@ -193,3 +193,64 @@ fn the_readme_function_table_is_the_registry() {
         "dsl/README.md's function table is out of date; it should read:\n{table}"
     );
 }
+
+/// Every error of a file is reported, in order (syntax errors line by line, then the checker's
+/// statement by statement), without the echoes of a failed binding, and at most
+/// `MAX_ERRORS` of them.
+#[test]
+fn every_error_in_a_file_is_reported() {
+    let checked = "rule r()
+let x[i] = gelux(nodes[i])
+y: nodes[i] += x[i]
+p: nodes[i] += linear(nodes[i], 3)
+ff: nodes[i] += feedforward(nodes[i], mult: big)
+edges[i, j] += edges[i]
+";
+    let Err(Error::Rule(d)) = load(checked, false, vec![]) else {
+        panic!("accepted")
+    };
+    let rendered = format!("{d}");
+    let lines: Vec<usize> = std::iter::once(d.line)
+        .chain(d.also.iter().map(|e| e.line))
+        .collect();
+    // line 3 reads the failed `x`: skipped, not reported again
+    assert_eq!(lines, [2, 4, 5, 6], "{rendered}");
+    assert!(rendered.ends_with("4 errors in bad.rule"), "{rendered}");
+    insta::with_settings!({
+        snapshot_path => "../../snapshots",
+        prepend_module_to_snapshot => false,
+        description => checked,
+    }, {
+        insta::assert_snapshot!("rule_error__several_in_one_file", rendered);
+    });
+
+    let syntax = "nodes[i] += nodes[i] ^ 2\nnodes[i] += (nodes[i]\n  + 1\nnodes[i] +=\nnodes[i] += nodes[i]\n";
+    let Err(Error::Rule(d)) = load(syntax, false, vec![]) else {
+        panic!("accepted")
+    };
+    // the lexer stops at its first error (an unexpected character)
+    assert!(d.also.is_empty());
+    // the parser goes on at the next line after each error
+    let error_lines = |source: &str| {
+        let Err(Error::Rule(d)) = load(source, false, vec![]) else {
+            panic!("accepted")
+        };
+        std::iter::once(d.line)
+            .chain(d.also.iter().map(|e| e.line))
+            .collect::<Vec<usize>>()
+    };
+    let parse = "nodes[i] = = 2\nedges[i, j] += , edges[i, j]\nnodes[i] += nodes[i]\nnodes[i] += nodes[i] nodes[i]\n";
+    assert_eq!(error_lines(parse), [1, 2, 4]);
+    // a line cut after an operator takes its next line with it (no echo error there)
+    let cut = "nodes[i] += nodes[i] +\n    nodes[i]\nnodes[i] = = 2\n";
+    assert_eq!(error_lines(cut), [1, 3]);
+
+    let many: String = (0..25)
+        .map(|k| format!("s{k}: nodes[i] += linear(nodes[i], 3)\n"))
+        .collect();
+    let Err(Error::Rule(d)) = load(&many, false, vec![]) else {
+        panic!("accepted")
+    };
+    assert_eq!(1 + d.also.len(), quartic::diagnostic::MAX_ERRORS);
+    assert!(format!("{d}").ends_with("(checking stopped there)"));
+}

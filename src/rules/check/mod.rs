@@ -14,7 +14,7 @@ use super::ast::*;
 use super::builtins::{self, Form, Function, RESERVED};
 use super::ir::*;
 use super::lower;
-use crate::diagnostic::{Checked, RuleError, Span};
+use crate::diagnostic::{Checked, RuleError, Span, MAX_ERRORS};
 
 /// The most free indices one expression may carry (n³ elements per channel).
 pub const MAX_INDICES: usize = 3;
@@ -73,8 +73,38 @@ pub fn check(program: &Program, source: &str, file: &str, cfg: &RuleConfig) -> C
     };
     ck.resolve_params(program, header_span)?;
     let mut statements = Vec::new();
+    // every statement is checked, so that a file's errors come together; a statement reading
+    // a binding that failed is skipped (its error would only repeat the first)
+    let mut errors = Vec::new();
+    let mut failed: Vec<&str> = Vec::new();
     for s in &program.statements {
-        statements.extend(ck.statement(s, source)?);
+        let mut reads = Vec::new();
+        match &s.kind {
+            StatementKind::Let { value, .. } | StatementKind::Update { value, .. } => {
+                tensor_names(value, &mut reads)
+            }
+        }
+        if reads.iter().any(|r| failed.contains(r)) {
+            if let StatementKind::Let { bindings, .. } = &s.kind {
+                failed.extend(bindings.iter().map(|b| b.name.name.as_str()));
+            }
+            continue;
+        }
+        match ck.statement(s, source) {
+            Ok(st) => statements.extend(st),
+            Err(e) => {
+                if let StatementKind::Let { bindings, .. } = &s.kind {
+                    failed.extend(bindings.iter().map(|b| b.name.name.as_str()));
+                }
+                errors.push(e);
+                if errors.len() >= MAX_ERRORS {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = RuleError::all(errors) {
+        return Err(e);
     }
     if statements.is_empty() {
         return Err(RuleError::new(header_span, "the rule has no statements")
@@ -328,6 +358,25 @@ fn check_slots_within(node: &Node, allowed: &[Slot], span: Span, names: &[String
         )));
     }
     Ok(())
+}
+
+/// The tensors `e` reads by name (`x` of `x[i]`), with repeats.
+fn tensor_names<'e>(e: &'e Expr, out: &mut Vec<&'e str>) {
+    match &e.kind {
+        ExprKind::Number(_) | ExprKind::Name(_) => {}
+        ExprKind::Index(ix) => out.push(&ix.name.name),
+        ExprKind::Neg(x) => tensor_names(x, out),
+        ExprKind::Binary(_, a, b) | ExprKind::Arrow(a, b) => {
+            tensor_names(a, out);
+            tensor_names(b, out);
+        }
+        ExprKind::If(c, a, b) => {
+            tensor_names(c, out);
+            tensor_names(a, out);
+            tensor_names(b, out);
+        }
+        ExprKind::Call { args, .. } => args.iter().for_each(|a| tensor_names(&a.value, out)),
+    }
 }
 
 /// Names used as indices in `e` that no call inside `e` binds, in order of first use.

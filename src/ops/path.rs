@@ -29,14 +29,7 @@ pub fn path_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     heads: usize,
     spec: &WeightsSpec,
 ) -> Result<T4<E, D, T>> {
-    check_path_shapes(
-        *q.shape(),
-        *k.shape(),
-        *v1.shape(),
-        *v2.shape(),
-        heads,
-        &spec.visibility,
-    )?;
+    // both forms check their inputs (`check_path_shapes`) before computing
     if D::fuses(Fused::PathAttention) {
         D::path_attention_fused(q, k, v1, v2, heads, spec)
     } else {

@@ -103,6 +103,25 @@ fn run(inputs: &[Vec<f64>; 4], normalizer: Normalizer, m: &GraphMask, fused: boo
     out.unwrap().as_vec()
 }
 
+/// The inputs plus `change(input, index, graph, row, column)` at every element (q, k, v1, v2
+/// are inputs 0 to 3, each an edge tensor).
+fn perturbed(
+    x: &[Vec<f64>; 4],
+    change: impl Fn(usize, usize, usize, usize, usize) -> f64,
+) -> [Vec<f64>; 4] {
+    std::array::from_fn(|which| {
+        let c = if which < 2 { DH } else { E };
+        x[which]
+            .iter()
+            .enumerate()
+            .map(|(idx, &val)| {
+                let e = idx / (H * c);
+                val + change(which, idx, e / (N * N), (e / N) % N, e % N)
+            })
+            .collect()
+    })
+}
+
 #[test]
 fn path_attention_matches_the_loop_definition() {
     let x = inputs();
@@ -155,27 +174,16 @@ fn causal_path_attention_never_reads_a_later_path() {
     let x = inputs();
     let m = mask(true);
     for t in 1..N {
-        let perturbed: Vec<Vec<f64>> = x
-            .iter()
-            .enumerate()
-            .map(|(which, v)| {
-                let c = if which < 2 { DH } else { E };
-                let noise = randn(90 + t as u64 + which as u64, v.len());
-                v.iter()
-                    .enumerate()
-                    .map(|(idx, &val)| {
-                        let e = idx / (H * c);
-                        let (r, col) = ((e / N) % N, e % N);
-                        if r.max(col) >= t {
-                            val + noise[idx]
-                        } else {
-                            val
-                        }
-                    })
-                    .collect()
-            })
+        let noise: Vec<Vec<f64>> = (0..4)
+            .map(|w| randn(90 + (t + w) as u64, x[w].len()))
             .collect();
-        let perturbed: [Vec<f64>; 4] = perturbed.try_into().unwrap();
+        let perturbed = perturbed(&x, |which, idx, _, r, col| {
+            if r.max(col) >= t {
+                noise[which][idx]
+            } else {
+                0.0
+            }
+        });
         for normalizer in normalizers() {
             let a = run(&x, normalizer, &m, true);
             let b = run(&perturbed, normalizer, &m, true);
@@ -200,26 +208,13 @@ fn padded_nodes_never_change_real_edges() {
     for causal in [false, true] {
         let m = mask(causal);
         // graph 1 has 3 real nodes: perturb every edge touching nodes 3 and 4 of graph 1
-        let perturbed: Vec<Vec<f64>> = x
-            .iter()
-            .enumerate()
-            .map(|(which, v)| {
-                let c = if which < 2 { DH } else { E };
-                v.iter()
-                    .enumerate()
-                    .map(|(idx, &val)| {
-                        let e = idx / (H * c);
-                        let (b, r, col) = (e / (N * N), (e / N) % N, e % N);
-                        if b == 1 && (r >= 3 || col >= 3) {
-                            val + 10.0
-                        } else {
-                            val
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        let perturbed: [Vec<f64>; 4] = perturbed.try_into().unwrap();
+        let perturbed = perturbed(&x, |_, _, b, r, col| {
+            if b == 1 && (r >= 3 || col >= 3) {
+                10.0
+            } else {
+                0.0
+            }
+        });
         for normalizer in normalizers() {
             let a = run(&x, normalizer, &m, true);
             let b = run(&perturbed, normalizer, &m, true);

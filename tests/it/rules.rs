@@ -1025,6 +1025,30 @@ fn edge_lowering_of(layer: &RuleLayer<f64, Cpu>, name: &str) -> quartic::rules::
     }
 }
 
+/// A layer's output edges, then the gradient reaching its input edges (fixed random inputs
+/// and loss probes), to compare two ways of writing one rule.
+fn edges_and_their_gradient(
+    layer: &RuleLayer<f64, Cpu>,
+    mask: &GraphMask,
+    (b, n, dim, de): (usize, usize, usize, usize),
+) -> Vec<f64> {
+    let d = dev();
+    let nodes = d.tensor_from_vec(randn(31, b * n * dim), (b, n, dim));
+    let edges = d.tensor_from_vec(randn(32, b * n * n * de), (b, n, n, de));
+    let (no, eo) = layer
+        .forward(
+            Nodes::new(nodes.retaped::<Tp>()),
+            Edges::new(edges.leaky_trace()).unwrap(),
+            mask,
+        )
+        .unwrap();
+    let mut out = eo.tensor().as_vec();
+    // the layer's tape travels with one of its outputs: the loss reads both
+    let loss = probe_loss(no.into_tensor(), 33) + probe_loss(eo.into_tensor(), 34);
+    out.extend(loss.backward().get(&edges).as_vec());
+    out
+}
+
 #[test]
 fn every_lowering_of_a_column_attention_computes_the_same() {
     use quartic::spec::EdgePattern;
@@ -1068,20 +1092,7 @@ let t[i, j] = c[j, i]
                         .unwrap();
                 let e = edge_lowering_of(&layer, "col");
                 assert_eq!((e.pattern, e.key_in_place, e.shared_input), want, "{body}");
-                let nodes = d.tensor_from_vec(randn(31, b * n * dim), (b, n, dim));
-                let edges = d.tensor_from_vec(randn(32, b * n * n * de), (b, n, n, de));
-                let (no, eo) = layer
-                    .forward(
-                        Nodes::new(nodes.retaped::<Tp>()),
-                        Edges::new(edges.leaky_trace()).unwrap(),
-                        &mask,
-                    )
-                    .unwrap();
-                let mut out = eo.tensor().as_vec();
-                let loss = probe_loss(no.into_tensor(), 33) + probe_loss(eo.into_tensor(), 34);
-                // the gradient reaching the input edges, after the outputs
-                out.extend(loss.backward().get(&edges).as_vec());
-                results.push(out);
+                results.push(edges_and_their_gradient(&layer, &mask, (b, n, dim, de)));
             }
             for (i, r) in results.iter().enumerate().skip(1) {
                 assert_close(
@@ -1166,19 +1177,7 @@ let t[i, j] = c[j, i]
                 let layer =
                     RuleLayer::<f64, Cpu>::new(rule.plan(&cfg).unwrap(), &Init::random(&d, 9))
                         .unwrap();
-                let nodes = d.tensor_from_vec(randn(31, b * n * dim), (b, n, dim));
-                let edges = d.tensor_from_vec(randn(32, b * n * n * de), (b, n, n, de));
-                let (no, eo) = layer
-                    .forward(
-                        Nodes::new(nodes.retaped::<Tp>()),
-                        Edges::new(edges.leaky_trace()).unwrap(),
-                        &mask,
-                    )
-                    .unwrap();
-                let mut out = eo.tensor().as_vec();
-                let loss = probe_loss(no.into_tensor(), 33) + probe_loss(eo.into_tensor(), 34);
-                out.extend(loss.backward().get(&edges).as_vec());
-                results.push(out);
+                results.push(edges_and_their_gradient(&layer, &mask, (b, n, dim, de)));
             }
             for (i, r) in results.iter().enumerate().skip(1) {
                 assert_close(
@@ -1203,22 +1202,8 @@ fn the_path_attention_equals_its_by_hand_form() {
     for causal in [false, true] {
         let (fused, by_hand) = crate::path_by_hand::layers::<f64>(&d, de, 2, 3, causal, 5);
         let mask = GraphMask::from_lengths(n, &[5, 4]).unwrap().causal(causal);
-        let nodes = d.tensor_from_vec(randn(41, b * n * 8), (b, n, 8));
-        let edges = d.tensor_from_vec(randn(42, b * n * n * de), (b, n, n, de));
-        let run = |layer: &RuleLayer<f64, Cpu>| {
-            let (no, eo) = layer
-                .forward(
-                    Nodes::new(nodes.retaped::<Tp>()),
-                    Edges::new(edges.leaky_trace()).unwrap(),
-                    &mask,
-                )
-                .unwrap();
-            let mut out = eo.tensor().as_vec();
-            // the layer's tape travels with one of its outputs: the loss reads both
-            let loss = probe_loss(no.into_tensor(), 44) + probe_loss(eo.into_tensor(), 43);
-            out.extend(loss.backward().get(&edges).as_vec());
-            out
-        };
+        let run =
+            |layer: &RuleLayer<f64, Cpu>| edges_and_their_gradient(layer, &mask, (b, n, 8, de));
         assert_close(
             &format!("causal {causal}: fused against by hand"),
             &run(&fused),

@@ -46,9 +46,9 @@ impl<E: Real> PathProblem<E> {
         (((g * self.n + r) * self.n + c) * self.h + head) * per_head
     }
 
-    /// The normalised weights `p[j · n + l]` of query row i (graph g, head), and the raw
-    /// (scaled) scores in `s`; invisible paths get weight 0. Returns per j the normaliser's
-    /// clamp state (`true` where a Taylor normaliser was clamped to `eps`).
+    /// Writes the normalised weights `p[j · n + l]` of query row i (graph g, head), the raw
+    /// (scaled) scores into `s`, and per j into `clamped` whether a Taylor normaliser was
+    /// clamped to `eps`; invisible paths get weight 0.
     fn weights(
         &self,
         g: usize,

@@ -114,6 +114,32 @@ const RULES: [&str; 6] = [
     "quartic",
 ];
 
+/// One forward + backward of `layer` on random inputs (batch 1, `n` nodes of `dim`, edges of
+/// `dim_edges`): seconds, and the peak heap above what was live before, in MiB.
+fn layer_step(
+    dev: &Cpu,
+    layer: &quartic::rules::RuleLayer<f32, Cpu>,
+    n: usize,
+    dim: usize,
+    dim_edges: usize,
+) -> (f64, f64) {
+    let nodes: Tensor<(usize, usize, usize), f32, Cpu> = dev.sample_normal_like(&(1, n, dim));
+    let edges: Tensor<(usize, usize, usize, usize), f32, Cpu> =
+        dev.sample_normal_like(&(1, n, n, dim_edges));
+    let base = reset_peak();
+    let t = Instant::now();
+    let (x, e) = layer
+        .forward(
+            quartic::graph::Nodes::new(nodes.leaky_trace()),
+            quartic::graph::Edges::new(edges.retaped::<workloads::Tp>()).expect("square"),
+            &quartic::graph::GraphMask::full(1, n),
+        )
+        .expect("runs");
+    let loss = x.into_tensor().square().mean() + e.into_tensor().square().mean();
+    std::hint::black_box(loss.backward());
+    (t.elapsed().as_secs_f64(), peak_since(base))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     v[v.len() / 2]
@@ -254,25 +280,9 @@ fn main() {
                     let mut ts = Vec::new();
                     let mut peak = 0.0f64;
                     for _ in 0..5 {
-                        let nodes: Tensor<(usize, usize, usize), f32, Cpu> =
-                            dev.sample_normal_like(&(1, n, 64));
-                        let edges: Tensor<(usize, usize, usize, usize), f32, Cpu> =
-                            dev.sample_normal_like(&(1, n, n, 16));
-                        let base = reset_peak();
-                        let t = Instant::now();
-                        let (x, e) = layer
-                            .forward(
-                                quartic::graph::Nodes::new(nodes.leaky_trace()),
-                                quartic::graph::Edges::new(edges.retaped::<workloads::Tp>())
-                                    .expect("square"),
-                                &quartic::graph::GraphMask::full(1, n),
-                            )
-                            .expect("runs");
-                        let loss =
-                            x.into_tensor().square().mean() + e.into_tensor().square().mean();
-                        std::hint::black_box(loss.backward());
-                        ts.push(t.elapsed().as_secs_f64());
-                        peak = peak.max(peak_since(base));
+                        let (secs, mib) = layer_step(&dev, &layer, n, 64, 16);
+                        ts.push(secs);
+                        peak = peak.max(mib);
                     }
                     cells.push((median(ts), peak));
                 }
@@ -296,25 +306,7 @@ fn main() {
             println!("| n | fused | by hand | time ratio | memory ratio |");
             println!("| --- | --- | --- | --- | --- |");
             let (fused, by_hand) = path_by_hand::layers::<f32>(&dev, 16, 4, 8, false, 0);
-            let step = |layer: &quartic::rules::RuleLayer<f32, Cpu>, n: usize| {
-                let nodes: Tensor<(usize, usize, usize), f32, Cpu> =
-                    dev.sample_normal_like(&(1, n, 8));
-                let edges: Tensor<(usize, usize, usize, usize), f32, Cpu> =
-                    dev.sample_normal_like(&(1, n, n, 16));
-                let base = reset_peak();
-                let t = Instant::now();
-                let (x, e) = layer
-                    .forward(
-                        quartic::graph::Nodes::new(nodes.leaky_trace()),
-                        quartic::graph::Edges::new(edges.retaped::<workloads::Tp>())
-                            .expect("square"),
-                        &quartic::graph::GraphMask::full(1, n),
-                    )
-                    .expect("runs");
-                let loss = x.into_tensor().square().mean() + e.into_tensor().square().mean();
-                std::hint::black_box(loss.backward());
-                (t.elapsed().as_secs_f64(), peak_since(base))
-            };
+            let step = |layer, n| layer_step(&dev, layer, n, 8, 16);
             let measure = |layer, n, runs: usize| {
                 let r: Vec<(f64, f64)> = (0..runs).map(|_| step(layer, n)).collect();
                 let peak = r.iter().map(|x| x.1).fold(0.0, f64::max);

@@ -131,10 +131,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 (out, None)
             }
             None => {
-                let normalizer = match a.kernel {
-                    KernelChoice::Softmax => Normalizer::Softmax,
-                    KernelChoice::Taylor { eps } => Normalizer::Taylor { eps },
-                };
+                let normalizer = normalizer(a.kernel);
                 let spec = WeightsSpec {
                     scale: a.scale,
                     normalizer,
@@ -280,10 +277,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let v1 = square(self.project(q_in, &block.to_v)?);
         let k = square(self.project(k_in.val_branch(), &block.to_k)?);
         let v2 = square(self.project(k_in, to_v2)?);
-        let normalizer = match a.kernel {
-            KernelChoice::Softmax => Normalizer::Softmax,
-            KernelChoice::Taylor { eps } => Normalizer::Taylor { eps },
-        };
+        let normalizer = normalizer(a.kernel);
         let spec = WeightsSpec {
             scale: a.scale,
             normalizer,
@@ -447,4 +441,12 @@ fn edges<E: Real, D: Device<E>, T: Tape<E, D>>(
     c: usize,
 ) -> Result<Edges<E, D, T>> {
     Edges::new(v.t.reshape_like(&(b, n, n, c)))
+}
+
+/// The weights' normalizer of an attention kernel.
+fn normalizer(kernel: KernelChoice) -> Normalizer {
+    match kernel {
+        KernelChoice::Softmax => Normalizer::Softmax,
+        KernelChoice::Taylor { eps } => Normalizer::Taylor { eps },
+    }
 }

@@ -38,6 +38,12 @@ pub enum StatementKind {
         accumulate: bool,
         value: Expr,
     },
+    /// `def name(a, b) = expr`: a function of whole values, inlined where it is called.
+    Def {
+        name: Ident,
+        params: Vec<Ident>,
+        body: Expr,
+    },
 }
 
 /// A tensor with its indices: `edges[i, j]`.

@@ -8,7 +8,7 @@
 use super::ir::{Activation, Arith, ReduceOp};
 
 /// Names a rule cannot bind.
-pub const RESERVED: [&str; 9] = [
+pub const RESERVED: [&str; 10] = [
     "nodes",
     "edges",
     "dim",
@@ -18,6 +18,7 @@ pub const RESERVED: [&str; 9] = [
     "then",
     "else",
     "let",
+    "def",
 ];
 
 /// How the checker handles a function.

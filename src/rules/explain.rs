@@ -189,7 +189,18 @@ fn statement_rows(plan: &Plan, st: &PlanStatement, b: usize, n: usize, rows: &mu
             )
         }
     };
+    let first = rows.len();
     node_rows(plan, st, value, b, n, 0, rows);
+    // a function's argument read twice in its body runs twice but owns its parameters once
+    let prefix = format!("{}.", st.name);
+    let mut seen = std::collections::HashSet::new();
+    for row in &mut rows[first..] {
+        if row.what.starts_with(&prefix) && !seen.insert(row.what.clone()) {
+            row.what.push_str(" (again)");
+            row.cost.params = 0.0;
+            row.cost_2n.params = 0.0;
+        }
+    }
     let size = |m: usize| elements(b, m, &value.slots, value.channels);
     let (lowering, adds) = match &st.kind {
         PlanKind::Let { .. } => ("stored for later statements", false),

@@ -87,6 +87,11 @@ impl<E: Real, D: Device<E>> RuleLayer<E, D> {
             let mut sites = Vec::new();
             collect_sites(root, &mut sites);
             for (site, spec) in sites {
+                let key = format!("{}.{site}", st.name);
+                if blocks.contains_key(&key) {
+                    // a function's argument read twice in its body: one site, one block
+                    continue;
+                }
                 let init = scope.pp(&site);
                 let block = match spec {
                     SiteSpec::Linear {
@@ -150,7 +155,6 @@ impl<E: Real, D: Device<E>> RuleLayer<E, D> {
                         },
                     }),
                 };
-                let key = format!("{}.{site}", st.name);
                 order.push(key.clone());
                 blocks.insert(key, block);
             }

@@ -4,6 +4,7 @@
 //! program   := header? statement*
 //! header    := 'rule' NAME '(' (NAME '=' expr),* ')'
 //! statement := (NAME ':')? ('let' indexed (',' indexed)* '=' expr | indexed ('=' | '+=') expr)
+//!            | 'def' NAME '(' NAME,* ')' '=' expr
 //! indexed   := NAME '[' NAME (',' NAME)* ']'
 //! expr      := term (('+' | '-') term)*
 //! term      := unary (('*' | '/') unary)*
@@ -217,7 +218,16 @@ impl<'a> Parser<'a> {
         } else {
             None
         };
-        let kind = if matches!(self.peek(), Tok::Ident(s) if s == "let") {
+        let kind = if matches!(self.peek(), Tok::Ident(s) if s == "def") {
+            if let Some(l) = &label {
+                return Err(
+                    RuleError::new(l.span, "a function definition takes no label")
+                        .hint("label the statements that call it"),
+                );
+            }
+            self.bump();
+            self.def()?
+        } else if matches!(self.peek(), Tok::Ident(s) if s == "let") {
             self.bump();
             let mut bindings = vec![self.indexed("a name with indices, like `x[i]`")?];
             while self.eat(&Tok::Comma) {
@@ -247,6 +257,28 @@ impl<'a> Parser<'a> {
         let span = start.to(self.prev_span());
         self.end_of_statement()?;
         Ok(Statement { label, kind, span })
+    }
+
+    /// `def name(a, b) = expr`, after `def`.
+    fn def(&mut self) -> Checked<StatementKind> {
+        let name = self.ident("the function's name after `def`")?;
+        self.expect(Tok::LParen, "`(` and the function's parameters")?;
+        let mut params = Vec::new();
+        while self.peek() != &Tok::RParen {
+            params.push(self.ident("a parameter name")?);
+            if !self.eat(&Tok::Comma) && self.peek() != &Tok::RParen {
+                return Err(self.unexpected("`,` or `)` in the parameter list"));
+            }
+        }
+        self.bump();
+        if self.peek() != &Tok::Assign {
+            return Err(self
+                .unexpected("`=` and the function's body")
+                .hint(format!("write `def {}(x) = ...`", name.name)));
+        }
+        self.bump();
+        let body = self.expr()?;
+        Ok(StatementKind::Def { name, params, body })
     }
 
     fn indexed(&mut self, what: &str) -> Checked<Indexed> {

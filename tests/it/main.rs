@@ -20,6 +20,7 @@ mod patterns;
 mod pointwise;
 mod reliability;
 mod reliability_cli;
+mod reuse;
 mod routing;
 mod rule_errors;
 mod rules;

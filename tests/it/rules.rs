@@ -124,26 +124,26 @@ fn gradcheck_rule(name: &str, causal: bool) {
 }
 
 fn gradcheck_rule_with(name: &str, causal: bool, extra: Vec<(String, Const)>) {
+    let mut overrides = small_overrides(name);
+    overrides.extend(extra);
+    gradcheck_loaded_rule(&Rule::builtin(name).unwrap(), causal, overrides);
+}
+
+/// A finite-difference check of a rule's layer (dim 6, dim_edges 4, two graphs of 4 and 3
+/// nodes): inputs and parameters.
+pub fn gradcheck_loaded_rule(rule: &Rule, causal: bool, overrides: Vec<(String, Const)>) {
     let (b, n, dim, de) = (2, 4, 6, 4);
-    let mask = if causal {
-        GraphMask::from_lengths(n, &[4, 3]).unwrap().causal(true)
-    } else {
-        GraphMask::from_lengths(n, &[4, 3]).unwrap()
-    };
+    let mask = GraphMask::from_lengths(n, &[4, 3]).unwrap().causal(causal);
     let inputs = vec![randn(11, b * n * dim), randn(12, b * n * n * de)];
+    let cfg = RuleConfig {
+        dim,
+        dim_edges: de,
+        causal,
+        overrides,
+    };
     gradcheck_block(
-        &format!("rule {name} (causal {causal})"),
-        |init| {
-            let mut overrides = small_overrides(name);
-            overrides.extend(extra.clone());
-            let cfg = RuleConfig {
-                dim,
-                dim_edges: de,
-                causal,
-                overrides,
-            };
-            RuleLayer::new(Rule::builtin(name).unwrap().plan(&cfg).unwrap(), init).unwrap()
-        },
+        &format!("rule {} (causal {causal})", rule.name),
+        |init| RuleLayer::new(rule.plan(&cfg).unwrap_or_else(|e| panic!("{e}")), init).unwrap(),
         &inputs,
         12,
         |layer, x| {
@@ -441,96 +441,108 @@ fn perturb_from(
 
 #[test]
 fn causal_builtin_rules_never_read_the_future() {
-    use rand::{Rng, SeedableRng};
     let d = dev();
+    for (name, _) in BUILTINS {
+        let layer = small_layer(name, 8, 4, true, &Init::random(&d, 9));
+        assert_never_reads_the_future(name, &layer);
+    }
+}
+
+/// A causal layer's outputs before time t do not change when its inputs from t on do (random
+/// t, padded and not), and do change after it (so the check can fail). dim 8, dim_edges 4.
+pub fn assert_never_reads_the_future(name: &str, layer: &RuleLayer<f64, Cpu>) {
+    use rand::{Rng, SeedableRng};
     let (b, n, dim, de) = (2, 7, 8, 4);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    for (name, _) in BUILTINS {
-        let layer = small_layer(name, dim, de, true, &Init::random(&d, 9));
-        for trial in 0..4 {
-            let t = rng.gen_range(1..n);
-            let lengths = [n, rng.gen_range(t..=n)];
-            let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(true);
-            let nodes = randn(100 + trial, b * n * dim);
-            let edges = randn(200 + trial, b * n * n * de);
-            let (n1, e1) = run(&layer, nodes.clone(), edges.clone(), &mask);
-            let (mut nodes2, mut edges2) = (nodes, edges);
-            perturb_from(t, b, n, dim, de, &mut nodes2, &mut edges2, 300 + trial);
-            let (n2, e2) = run(&layer, nodes2, edges2, &mask);
-            for bb in 0..b {
-                for i in 0..t {
-                    let r = (bb * n + i) * dim..(bb * n + i + 1) * dim;
+    for trial in 0..4 {
+        let t = rng.gen_range(1..n);
+        let lengths = [n, rng.gen_range(t..=n)];
+        let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(true);
+        let nodes = randn(100 + trial, b * n * dim);
+        let edges = randn(200 + trial, b * n * n * de);
+        let (n1, e1) = run(layer, nodes.clone(), edges.clone(), &mask);
+        let (mut nodes2, mut edges2) = (nodes, edges);
+        perturb_from(t, b, n, dim, de, &mut nodes2, &mut edges2, 300 + trial);
+        let (n2, e2) = run(layer, nodes2, edges2, &mask);
+        for bb in 0..b {
+            for i in 0..t {
+                let r = (bb * n + i) * dim..(bb * n + i + 1) * dim;
+                assert_eq!(
+                    n1[r.clone()],
+                    n2[r],
+                    "{name}: node {i} changed when inputs from {t} on did"
+                );
+                for j in 0..t {
+                    let r = ((bb * n + i) * n + j) * de..((bb * n + i) * n + j + 1) * de;
                     assert_eq!(
-                        n1[r.clone()],
-                        n2[r],
-                        "{name}: node {i} changed when inputs from {t} on did"
+                        e1[r.clone()],
+                        e2[r],
+                        "{name}: edge ({i}, {j}) changed when inputs from {t} on did"
                     );
-                    for j in 0..t {
-                        let r = ((bb * n + i) * n + j) * de..((bb * n + i) * n + j + 1) * de;
-                        assert_eq!(
-                            e1[r.clone()],
-                            e2[r],
-                            "{name}: edge ({i}, {j}) changed when inputs from {t} on did"
-                        );
-                    }
                 }
             }
-            // and the perturbation does reach later positions (the test can fail)
-            assert_ne!(n1, n2, "{name}: outputs ignore the inputs");
         }
+        // and the perturbation does reach later positions (the test can fail)
+        assert_ne!(n1, n2, "{name}: outputs ignore the inputs");
     }
 }
 
 #[test]
 fn padding_never_changes_real_positions() {
     let d = dev();
+    for causal in [false, true] {
+        for (name, _) in BUILTINS {
+            let layer = small_layer(name, 8, 4, causal, &Init::random(&d, 4));
+            assert_padding_is_never_read(name, &layer, causal);
+        }
+    }
+}
+
+/// Real positions' outputs do not change when padded positions' inputs do (graphs of 6 and 4
+/// nodes). dim 8, dim_edges 4.
+pub fn assert_padding_is_never_read(name: &str, layer: &RuleLayer<f64, Cpu>, causal: bool) {
     let (b, n, dim, de) = (2, 6, 8, 4);
     let lengths = [6, 4];
-    for causal in [false, true] {
-        let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(causal);
-        for (name, _) in BUILTINS {
-            let layer = small_layer(name, dim, de, causal, &Init::random(&d, 4));
-            let nodes = randn(41, b * n * dim);
-            let edges = randn(42, b * n * n * de);
-            let (n1, e1) = run(&layer, nodes.clone(), edges.clone(), &mask);
-            let (mut nodes2, mut edges2) = (nodes, edges);
-            let noise = randn(43, nodes2.len() + edges2.len());
-            for bb in 0..b {
-                for i in 0..n {
-                    let pad_i = i >= lengths[bb];
-                    if pad_i {
-                        for c in 0..dim {
-                            nodes2[(bb * n + i) * dim + c] = noise[(bb * n + i) * dim + c] * 5.0;
-                        }
-                    }
-                    for j in 0..n {
-                        if pad_i || j >= lengths[bb] {
-                            for c in 0..de {
-                                let at = ((bb * n + i) * n + j) * de + c;
-                                edges2[at] = noise[nodes2.len() + at] * 5.0;
-                            }
-                        }
+    let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(causal);
+    let nodes = randn(41, b * n * dim);
+    let edges = randn(42, b * n * n * de);
+    let (n1, e1) = run(layer, nodes.clone(), edges.clone(), &mask);
+    let (mut nodes2, mut edges2) = (nodes, edges);
+    let noise = randn(43, nodes2.len() + edges2.len());
+    for bb in 0..b {
+        for i in 0..n {
+            let pad_i = i >= lengths[bb];
+            if pad_i {
+                for c in 0..dim {
+                    nodes2[(bb * n + i) * dim + c] = noise[(bb * n + i) * dim + c] * 5.0;
+                }
+            }
+            for j in 0..n {
+                if pad_i || j >= lengths[bb] {
+                    for c in 0..de {
+                        let at = ((bb * n + i) * n + j) * de + c;
+                        edges2[at] = noise[nodes2.len() + at] * 5.0;
                     }
                 }
             }
-            let (n2, e2) = run(&layer, nodes2, edges2, &mask);
-            for bb in 0..b {
-                for i in 0..lengths[bb] {
-                    let r = (bb * n + i) * dim..(bb * n + i + 1) * dim;
-                    assert_eq!(
-                        n1[r.clone()],
-                        n2[r],
-                        "{name} (causal {causal}): real node {i} changed"
-                    );
-                    for j in 0..lengths[bb] {
-                        let r = ((bb * n + i) * n + j) * de..((bb * n + i) * n + j + 1) * de;
-                        assert_eq!(
-                            e1[r.clone()],
-                            e2[r],
-                            "{name} (causal {causal}): real edge ({i}, {j}) changed"
-                        );
-                    }
-                }
+        }
+    }
+    let (n2, e2) = run(layer, nodes2, edges2, &mask);
+    for bb in 0..b {
+        for i in 0..lengths[bb] {
+            let r = (bb * n + i) * dim..(bb * n + i + 1) * dim;
+            assert_eq!(
+                n1[r.clone()],
+                n2[r],
+                "{name} (causal {causal}): real node {i} changed"
+            );
+            for j in 0..lengths[bb] {
+                let r = ((bb * n + i) * n + j) * de..((bb * n + i) * n + j + 1) * de;
+                assert_eq!(
+                    e1[r.clone()],
+                    e2[r],
+                    "{name} (causal {causal}): real edge ({i}, {j}) changed"
+                );
             }
         }
     }
@@ -1027,7 +1039,7 @@ fn edge_lowering_of(layer: &RuleLayer<f64, Cpu>, name: &str) -> quartic::rules::
 
 /// A layer's output edges, then the gradient reaching its input edges (fixed random inputs
 /// and loss probes), to compare two ways of writing one rule.
-fn edges_and_their_gradient(
+pub fn edges_and_their_gradient(
     layer: &RuleLayer<f64, Cpu>,
     mask: &GraphMask,
     (b, n, dim, de): (usize, usize, usize, usize),

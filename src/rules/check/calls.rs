@@ -16,9 +16,14 @@ impl<'a> Checker<'a> {
         probs: bool,
     ) -> Checked<Value> {
         let name = func.name.as_str();
+        if self.is_function(name) {
+            return self.user_call(func, over, args, span, probs);
+        }
         let Some(f) = builtins::function(name) else {
             let err = RuleError::new(func.span, format!("unknown function `{name}`"));
-            let err = did_you_mean(err, name, builtins::names());
+            let mut names: Vec<&str> = builtins::names().collect();
+            names.extend(self.function_names());
+            let err = did_you_mean(err, name, names);
             return Err(if err.hint.is_some() {
                 err
             } else {

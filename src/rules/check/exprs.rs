@@ -142,6 +142,15 @@ impl<'a> Checker<'a> {
 
     pub(super) fn name(&mut self, id: &Ident) -> Checked<Value> {
         let n = id.name.as_str();
+        if let Some(v) = self.argument(n) {
+            return Ok(v);
+        }
+        if self.is_function(n) {
+            return Err(RuleError::new(
+                id.span,
+                format!("`{n}` is a function: call it with its arguments"),
+            ));
+        }
         if let Some(&k) = self.param_index.get(n) {
             return Ok(match &self.params[k].1 {
                 Const::Num(x) => Value::Num(*x),
@@ -182,6 +191,17 @@ impl<'a> Checker<'a> {
 
     pub(super) fn indexed(&mut self, ix: &Indexed) -> Checked<Node> {
         let name = ix.name.name.as_str();
+        if self.is_lazy(name) {
+            if ix.indices.len() != 3 {
+                return Err(RuleError::new(
+                    ix.span,
+                    format!("`{name}` takes 3 indices but has {}", ix.indices.len()),
+                )
+                .hint(format!("it was bound as `{}`", self.lazy_signature(name))));
+            }
+            let slots = self.bound_slots(ix)?;
+            return self.lazy_read(ix, slots);
+        }
         let (domain, channels, let_id) = match name {
             "nodes" => (Domain::Nodes, self.cfg.dim, None),
             "edges" => (Domain::Edges, self.cfg.dim_edges, None),
@@ -204,6 +224,23 @@ impl<'a> Checker<'a> {
         if ix.indices.len() != want {
             return Err(index_count_error(name, want, ix));
         }
+        let slots = self.bound_slots(ix)?;
+        let mut free: Vec<Slot> = slots.clone();
+        free.sort_unstable();
+        free.dedup();
+        let op = match let_id {
+            Some(id) => Op::Let { id, slots },
+            None => Op::State { domain, slots },
+        };
+        Ok(Node {
+            op,
+            slots: free,
+            channels,
+        })
+    }
+
+    /// The slots of a read's indices, each bound by the target or an enclosing reduction.
+    fn bound_slots(&self, ix: &Indexed) -> Checked<Vec<Slot>> {
         let mut slots = Vec::new();
         for i in &ix.indices {
             match self.st.scope.iter().rev().find(|(n, _)| n == &i.name) {
@@ -217,18 +254,7 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        let mut free: Vec<Slot> = slots.clone();
-        free.sort_unstable();
-        free.dedup();
-        let op = match let_id {
-            Some(id) => Op::Let { id, slots },
-            None => Op::State { domain, slots },
-        };
-        Ok(Node {
-            op,
-            slots: free,
-            channels,
-        })
+        Ok(slots)
     }
 
     pub(super) fn binary(&mut self, op: BinOp, l: &Expr, r: &Expr) -> Checked<Value> {
@@ -359,8 +385,8 @@ impl<'a> Checker<'a> {
     }
 
     pub(super) fn site(&mut self, kind: &'static str, span: Span) -> String {
-        let n = self.st.sites.entry(kind).or_insert(0);
-        let site = format!("{kind}{n}");
+        let n = self.st.sites.entry(kind.to_string()).or_insert(0);
+        let site = format!("{}{kind}{n}", self.st.prefix);
         *n += 1;
         self.st.first_site.get_or_insert(span);
         site

@@ -6,7 +6,10 @@ mod attention;
 mod calls;
 mod exprs;
 mod params;
+mod reuse;
 mod statements;
+
+pub use reuse::MAX_EXPANSIONS;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -69,6 +72,10 @@ pub fn check(program: &Program, source: &str, file: &str, cfg: &RuleConfig) -> C
         lets: Vec::new(),
         let_ids: HashMap::new(),
         labels: HashMap::new(),
+        functions: HashMap::new(),
+        lazy: HashMap::new(),
+        frames: Vec::new(),
+        expansions: 0,
         st: StatementState::default(),
     };
     ck.resolve_params(program, header_span)?;
@@ -83,6 +90,7 @@ pub fn check(program: &Program, source: &str, file: &str, cfg: &RuleConfig) -> C
             StatementKind::Let { value, .. } | StatementKind::Update { value, .. } => {
                 tensor_names(value, &mut reads)
             }
+            StatementKind::Def { .. } => {}
         }
         if reads.iter().any(|r| failed.contains(r)) {
             if let StatementKind::Let { bindings, .. } = &s.kind {
@@ -123,6 +131,7 @@ pub fn check(program: &Program, source: &str, file: &str, cfg: &RuleConfig) -> C
 }
 
 /// A checked expression: a tensor, a number, or a word.
+#[derive(Clone)]
 enum Value {
     Tensor(Node),
     Num(f64),
@@ -134,7 +143,10 @@ struct StatementState {
     slots: Vec<String>,
     /// Index names in scope, innermost last.
     scope: Vec<(String, Slot)>,
-    sites: HashMap<&'static str, usize>,
+    /// Sites made so far per kind (`linear`, or a function's name), for their numbers.
+    sites: HashMap<String, usize>,
+    /// Inside a function's body: the call's own names (`gated0.`), before every site.
+    prefix: String,
     first_site: Option<Span>,
     name: Option<String>,
 }
@@ -149,6 +161,11 @@ struct Checker<'a> {
     lets: Vec<LetVar>,
     let_ids: HashMap<String, usize>,
     labels: HashMap<String, Span>,
+    functions: HashMap<String, reuse::FnDef>,
+    lazy: HashMap<String, reuse::LazyLet>,
+    /// The arguments of the function bodies being checked, innermost last.
+    frames: Vec<Vec<(String, Value)>>,
+    expansions: usize,
     st: StatementState,
 }
 

@@ -11,12 +11,28 @@ impl<'a> Checker<'a> {
         source: &str,
     ) -> Checked<Option<PlanStatement>> {
         self.st = StatementState::default();
+        match &s.kind {
+            StatementKind::Def { name, params, body } => {
+                self.define(name, params, body)?;
+                return Ok(None);
+            }
+            StatementKind::Let { bindings, value }
+                if bindings.len() == 1 && bindings[0].indices.len() == 3 =>
+            {
+                self.lazy_let(s, &bindings[0], value)?;
+                return Ok(None);
+            }
+            StatementKind::Let { value, .. } | StatementKind::Update { value, .. } => {
+                self.check_expanded_height(value)?;
+            }
+        }
         if let Some(label) = &s.label {
             self.claim_name(label)?;
             self.st.name = Some(label.name.clone());
         }
         let kind = match &s.kind {
             StatementKind::Let { bindings, value } => self.let_statement(s, bindings, value)?,
+            StatementKind::Def { .. } => unreachable!("definitions return above"),
             StatementKind::Update {
                 target,
                 accumulate,
@@ -123,7 +139,12 @@ impl<'a> Checker<'a> {
                         b.name.name,
                         b.indices.len()
                     ),
-                ));
+                )
+                .hint(if b.indices.len() == 3 && bindings.len() > 1 {
+                    "a three-index binding stands alone: `let a[i, l, j] = ...`, inlined where it is read"
+                } else {
+                    "a binding has one, two or three indices (three: inlined where it is read)"
+                }));
             }
         }
         if s.label.is_none() {

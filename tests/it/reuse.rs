@@ -1,0 +1,255 @@
+//! Reuse in the rule language: functions (`def`) and three-index bindings are inlined, so a
+//! rule using them computes exactly what the rule written out computes; calls own their
+//! parameters under stable names; the literature rules in `examples/rules/` keep causality and
+//! padding and pass a gradient check.
+
+use std::collections::HashMap;
+
+use dfdx::prelude::*;
+use quartic::graph::GraphMask;
+use quartic::nn::{HasParams, Init};
+use quartic::rules::{Const, Rule, RuleConfig, RuleLayer};
+
+use crate::common::*;
+use crate::rules::{
+    assert_never_reads_the_future, assert_padding_is_never_read, edges_and_their_gradient,
+    gradcheck_loaded_rule,
+};
+
+/// AlphaFold's outgoing triangle update with its gated linear as a function, and the sum over
+/// k reading a three-index binding.
+const WITH_REUSE: &str = "rule tri(hidden = 4)
+def gated(x, width) = sigmoid(linear(x, width)) * linear(x, width)
+let z[i, j] = rmsnorm(edges[i, j])
+let a[i, k] = gated(z[i, k], hidden)
+let b[j, k] = gated(z[j, k], hidden)
+let prod[i, k, j] = a[i, k] * b[j, k]
+let w[i, l, j] = softmax[l](dot(z[i, l], z[l, j], heads: 2))
+tri: edges[i, j] += linear(sum[k](prod[i, k, j]), dim_edges) + sum[l](w[i, l, j] * z[l, j])
+";
+
+/// The same rule written out.
+const WRITTEN_OUT: &str = "rule tri(hidden = 4)
+let z[i, j] = rmsnorm(edges[i, j])
+let a[i, k] = sigmoid(linear(z[i, k], hidden)) * linear(z[i, k], hidden)
+let b[j, k] = sigmoid(linear(z[j, k], hidden)) * linear(z[j, k], hidden)
+tri: edges[i, j] += (linear(sum[k](a[i, k] * b[j, k]), dim_edges)
+    + sum[l](softmax[l](dot(z[i, l], z[l, j], heads: 2)) * z[l, j]))
+";
+
+fn config(dim_edges: usize, causal: bool) -> RuleConfig {
+    RuleConfig {
+        dim: 8,
+        dim_edges,
+        causal,
+        overrides: vec![],
+    }
+}
+
+fn layer(src: &str, cfg: &RuleConfig, init: &Init<Cpu>) -> RuleLayer<f64, Cpu> {
+    let plan = Rule::parse("tri.rule", src)
+        .unwrap()
+        .plan(cfg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    RuleLayer::new(plan, init).unwrap()
+}
+
+#[test]
+fn functions_and_three_index_bindings_compute_what_the_rule_written_out_computes() {
+    let d = dev();
+    let (b, n, de) = (2, 5, 6);
+    for causal in [false, true] {
+        let cfg = config(de, causal);
+        let reused = layer(WITH_REUSE, &cfg, &Init::random(&d, 3));
+        // the written-out rule takes the function calls' parameters under its own names
+        let mut map = HashMap::new();
+        for p in reused.params() {
+            let name = p.name.replace(".gated0.", ".");
+            let values = p.value.as_vec();
+            map.insert(name, (p.dims.clone(), values));
+        }
+        let written = layer(WRITTEN_OUT, &cfg, &Init::from_map(&d, map));
+        assert_eq!(reused.num_params(), written.num_params());
+        let mask = GraphMask::from_lengths(n, &[5, 3]).unwrap().causal(causal);
+        let (x, y) = (
+            edges_and_their_gradient(&reused, &mask, (b, n, 8, de)),
+            edges_and_their_gradient(&written, &mask, (b, n, 8, de)),
+        );
+        // the same operations in the same order: the same bits
+        assert_eq!(x, y, "causal {causal}");
+    }
+}
+
+#[test]
+fn a_function_call_owns_its_parameters_under_stable_names() {
+    let src = |extra: &str| {
+        format!(
+            "rule r()
+def gated(x) = sigmoid(linear(x, dim)) * linear(x, dim)
+def twice(x) = gated(x) + gated(rmsnorm(x))
+{extra}a: nodes[i] += twice(nodes[i]) + gated(nodes[i] * 2)
+"
+        )
+    };
+    let d = dev();
+    let names = |src: &str| -> Vec<String> {
+        let mut names: Vec<String> = layer(src, &config(4, false), &Init::random(&d, 0))
+            .params()
+            .into_iter()
+            .map(|p| p.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    let want = [
+        "a.gated0.linear0.weight",
+        "a.gated0.linear1.weight",
+        "a.twice0.gated0.linear0.weight",
+        "a.twice0.gated0.linear1.weight",
+        "a.twice0.gated1.linear0.weight",
+        "a.twice0.gated1.linear1.weight",
+        "a.twice0.rmsnorm0.weight",
+    ];
+    assert_eq!(names(&src("")), want);
+    // a statement added above, a function added, leave every name in place
+    assert_eq!(
+        names(&src(
+            "def unused(y) = y * 3\ne: edges[i, j] += linear(edges[i, j], dim_edges)\n"
+        ))
+        .into_iter()
+        .filter(|n| n.starts_with("a."))
+        .collect::<Vec<_>>(),
+        want
+    );
+    // an argument read twice in the body is one site, not two
+    let shared = "rule r()
+def gated(x) = sigmoid(x) * x
+a: nodes[i] += gated(linear(nodes[i], dim))
+";
+    assert_eq!(names(shared), ["a.linear0.weight"]);
+}
+
+#[test]
+fn functions_that_multiply_are_refused_not_expanded_for_ever() {
+    // each function calls the one before twice: 2^40 bodies if expanded
+    let mut src = String::from("def f0(x) = x * 2\n");
+    for k in 1..40 {
+        src.push_str(&format!("def f{k}(x) = f{}(x) + f{}(x)\n", k - 1, k - 1));
+    }
+    src.push_str("nodes[i] += f39(nodes[i])\n");
+    let err = Rule::parse("many.rule", &src)
+        .unwrap()
+        .plan(&config(4, false))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "more than {} function bodies",
+            quartic::rules::check::MAX_EXPANSIONS
+        )),
+        "{err}"
+    );
+    // nesting through calls counts as nesting
+    let mut deep = String::from("def g0(x) = x\n");
+    for k in 1..40 {
+        deep.push_str(&format!(
+            "def g{k}(x) = g{}(gelu(gelu(gelu(gelu(x)))))\n",
+            k - 1
+        ));
+    }
+    deep.push_str("nodes[i] += g39(nodes[i])\n");
+    let err = Rule::parse("deep.rule", &deep)
+        .unwrap()
+        .plan(&config(4, false))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("levels deep"), "{err}");
+}
+
+/// The rules under `examples/rules/`, with small widths for the parameters they declare.
+fn example_rules() -> Vec<(Rule, Vec<(String, Const)>)> {
+    let mut files: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rules"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rule"))
+            .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    files
+        .into_iter()
+        .map(|f| {
+            let rule = Rule::load(&f).unwrap();
+            let small = rule
+                .declared_values(&[
+                    ("heads", 2.0),
+                    ("dim_head", 3.0),
+                    ("edge_heads", 2.0),
+                    ("edge_dim_head", 2.0),
+                    ("hidden", 4.0),
+                    ("ff_mult", 1.0),
+                ])
+                .into_iter()
+                .collect();
+            (rule, small)
+        })
+        .collect()
+}
+
+fn example_layer(rule: &Rule, overrides: &[(String, Const)], causal: bool) -> RuleLayer<f64, Cpu> {
+    let cfg = RuleConfig {
+        dim: 8,
+        dim_edges: 4,
+        causal,
+        overrides: overrides.to_vec(),
+    };
+    let plan = rule.plan(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    RuleLayer::new(plan, &Init::random(&dev(), 7)).unwrap()
+}
+
+#[test]
+fn example_rules_keep_causality_and_padding() {
+    for (rule, small) in example_rules() {
+        let causal = example_layer(&rule, &small, true);
+        assert_never_reads_the_future(&rule.name, &causal);
+        for c in [false, true] {
+            let layer = example_layer(&rule, &small, c);
+            assert_padding_is_never_read(&rule.name, &layer, c);
+        }
+    }
+}
+
+#[test]
+fn gradcheck_example_rules() {
+    for (rule, small) in example_rules() {
+        for causal in [false, true] {
+            gradcheck_loaded_rule(&rule, causal, small.clone());
+        }
+    }
+}
+
+#[test]
+fn explain_rules_with_functions_and_three_index_bindings() {
+    for name in ["alphafold", "paths_by_hand"] {
+        let path = format!("{}/examples/rules/{name}.rule", env!("CARGO_MANIFEST_DIR"));
+        let rule = Rule::load(&path).unwrap();
+        let plan = rule
+            .plan(&RuleConfig {
+                dim: 64,
+                dim_edges: 16,
+                causal: false,
+                overrides: vec![],
+            })
+            .unwrap();
+        let text = quartic::rules::explain::explain(&plan, 1, 16)
+            .replace(&path, &format!("examples/rules/{name}.rule"));
+        insta::with_settings!({
+            snapshot_path => "../../snapshots",
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_snapshot!(format!("explain__example_{name}"), text);
+        });
+    }
+}

@@ -23,7 +23,8 @@ pub use quartic::models::builder::{
 #[serde(deny_unknown_fields)]
 pub struct ModelArgs {
     /// Rule every layer runs: a built-in (taylor, quartic, routed, relational, triangle,
-    /// baseline) or a rule file [default: the default model, `taylor` with heads 4, dim_head
+    /// edge_transformer, baseline) or a rule file; or one per layer, `taylor,triangle,taylor`
+    /// (the list sets the depth) [default: the default model, `taylor` with heads 4, dim_head
     /// 16, edge_heads 4, edge_dim_head 8, ff_mult 2]
     #[arg(long)]
     pub rule: Option<String>,
@@ -33,7 +34,7 @@ pub struct ModelArgs {
     /// Edge channels [default: 16]
     #[arg(long)]
     pub dim_edges: Option<usize>,
-    /// Layers [default: 2]
+    /// Layers [default: 2, or the length of a rule list]
     #[arg(long)]
     pub depth: Option<usize>,
     /// Node attention heads [default: the rule's]
@@ -151,7 +152,13 @@ impl ModelArgs {
             num_tokens,
             dim: self.dim.unwrap_or(DEFAULT_DIM),
             dim_edges: self.dim_edges.unwrap_or(DEFAULT_DIM_EDGES),
-            depth: self.depth.unwrap_or(DEFAULT_DEPTH),
+            // a list of rules names every layer
+            depth: self.depth.unwrap_or_else(|| {
+                match quartic::rules::stack::entries(&rule_name).len() {
+                    1 => DEFAULT_DEPTH,
+                    listed => listed,
+                }
+            }),
             rule: rule_name,
             rule_params: self.rule_params()?,
             causal,

@@ -420,22 +420,41 @@ fn write_resolved_config(
 ) -> quartic::Result<()> {
     let model_table = match model {
         Model::Graph(g) => {
+            // rule files by their absolute paths, so the config works from any folder
             let rule = match &args.rule {
-                // a rule file by its absolute path, so the config works from any folder
-                Some(r) if !quartic::rules::BUILTINS.iter().any(|(n, _)| n == r) => absolute(r),
-                _ => g.config.rule.clone(),
+                Some(r) => quartic::rules::stack::entries(r)
+                    .into_iter()
+                    .map(|e| {
+                        if quartic::rules::BUILTINS.iter().any(|(n, _)| *n == e) {
+                            e.to_string()
+                        } else {
+                            absolute(e)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                None => g.config.rule.clone(),
             };
-            let set = g
-                .layers
-                .first()
-                .map(|l| {
-                    l.plan
-                        .params
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect()
-                })
-                .unwrap_or_default();
+            // every parameter's value; for layers running different rules, those every rule
+            // declaring them agrees on (a setting reaches them all alike; defaults that
+            // differ stay defaults)
+            let mut values: Vec<(String, String)> = Vec::new();
+            let mut differ: Vec<String> = Vec::new();
+            for layer in &g.layers {
+                for (k, v) in &layer.plan.params {
+                    let v = v.to_string();
+                    match values.iter().find(|(name, _)| name == k) {
+                        Some((_, seen)) if *seen != v => differ.push(k.clone()),
+                        Some(_) => {}
+                        None => values.push((k.clone(), v)),
+                    }
+                }
+            }
+            let set = values
+                .into_iter()
+                .filter(|(k, _)| !differ.contains(k))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             Some(ResolvedModel {
                 rule,
                 dim: g.config.dim,
@@ -486,7 +505,24 @@ pub fn rule_parameters<E: quartic::tensor::Real, D: Device<E>>(
     model: &Model<E, D>,
 ) -> Option<String> {
     match model {
-        Model::Graph(g) => g.layers.first().map(|l| l.plan.parameter_list()),
+        Model::Graph(g) if g.rules.single().is_some() => {
+            g.layers.first().map(|l| l.plan.parameter_list())
+        }
+        // layers running different rules: each rule's parameters once, under its name
+        Model::Graph(g) => {
+            let mut seen = Vec::new();
+            let lists: Vec<String> = g
+                .layers
+                .iter()
+                .filter(|l| {
+                    let fresh = !seen.contains(&&l.plan.rule);
+                    seen.push(&l.plan.rule);
+                    fresh
+                })
+                .map(|l| format!("{}: {}", l.plan.rule, l.plan.parameter_list()))
+                .collect();
+            Some(lists.join("; "))
+        }
         Model::MultiStream(_) => None,
     }
 }
@@ -494,9 +530,11 @@ pub fn rule_parameters<E: quartic::tensor::Real, D: Device<E>>(
 pub fn describe<E: quartic::tensor::Real, D: Device<E>>(model: &Model<E, D>) -> String {
     match model {
         Model::Graph(g) => format!(
-            "graph transformer, rule `{}` × {} (dim {}, dim_edges {}{})",
-            g.rule.name,
-            g.config.depth,
+            "graph transformer, {} (dim {}, dim_edges {}{})",
+            match g.rules.single() {
+                Some(rule) => format!("rule `{}` × {}", rule.name, g.config.depth),
+                None => format!("rules `{}`", g.rules.names()),
+            },
             g.config.dim,
             g.config.dim_edges,
             if g.config.causal { ", causal" } else { "" }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::graph::GraphConfig;
 use super::heads::TaskIo;
 use crate::error::Result;
-use crate::rules::{Const, Rule};
+use crate::rules::Const;
 
 /// The default model's node width.
 pub const DEFAULT_DIM: usize = 64;
@@ -187,7 +187,9 @@ impl GraphConfigBuilder {
         }
         config.rule_params.extend(self.params);
         config.validate()?;
-        Rule::resolve(&config.rule)?.plan(&config.rule_config())?;
+        let rules = crate::rules::LayerRules::resolve(&config.rule)?;
+        rules.check_depth(config.depth)?;
+        rules.plans(&config.rule_config())?;
         Ok(config)
     }
 }

@@ -44,7 +44,10 @@ pub fn parameter_count(config: &ModelConfig, rule_source: Option<&str>) -> Resul
     };
     super::check_depth("model", config.depth())?;
     let depth = config.depth() as u64;
-    if depth <= 2 {
+    let listed =
+        matches!(config, ModelConfig::Graph(g) if crate::rules::stack::entries(&g.rule).len() > 1);
+    // a list of rules names every layer: there are as many as the list is long
+    if depth <= 2 || listed {
         return count(config);
     }
     let one = count(&config.with_depth(1))?;
@@ -64,25 +67,35 @@ pub fn estimate(
     let (b, n) = (batch as f64, n as f64);
     // elements: one layer's kept for its backward pass, and the embeddings and heads around
     // the layers
-    let (layer, around) = match config {
+    let (layers, around) = match config {
         ModelConfig::Graph(g) => {
-            let rule = match rule_source {
-                Some(src) => crate::rules::Rule::parse(&g.rule, src)?,
-                None => crate::rules::Rule::resolve(&g.rule)?,
+            let rules = match rule_source {
+                Some(src) => crate::rules::LayerRules::from_source(&g.rule, src)?,
+                None => crate::rules::LayerRules::resolve(&g.rule)?,
             };
-            let plan = rule.plan(&g.rule_config())?;
+            let plans = rules.plans(&g.rule_config())?;
             let (dim, de) = (g.dim as f64, g.dim_edges as f64);
-            let layer = plan_cost(&plan, batch, n as usize).elements
-                + if g.residual_streams > 1 {
-                    // per node branch: the streams' norm, the mix and the carried streams,
-                    // the weighted output and the new streams (~6 of [b, n, s, dim])
-                    let branches = crate::rules::lower::node_branches(&plan)
-                        .map(|b| b.len())
-                        .unwrap_or(0) as f64;
-                    6.0 * branches * b * n * g.residual_streams as f64 * dim
-                } else {
-                    0.0
-                };
+            let layer = |plan: &crate::rules::Plan| {
+                plan_cost(plan, batch, n as usize).elements
+                    + if g.residual_streams > 1 {
+                        // per node branch: the streams' norm, the mix and the carried streams,
+                        // the weighted output and the new streams (~6 of [b, n, s, dim])
+                        let branches = crate::rules::lower::node_branches(plan)
+                            .map(|b| b.len())
+                            .unwrap_or(0) as f64;
+                        6.0 * branches * b * n * g.residual_streams as f64 * dim
+                    } else {
+                        0.0
+                    }
+            };
+            // alike layers are counted once: a huge depth costs nothing to estimate
+            let layers = if rules.listed() > 1 {
+                (0..g.depth)
+                    .map(|k| (1.0, layer(rules.plan_for_layer(&plans, k))))
+                    .collect()
+            } else {
+                vec![(g.depth as f64, layer(&plans[0]))]
+            };
             let edges = b * n * n * de;
             // token + position embeddings, the edge embedding (outer sum, projection, norm,
             // position bias), the final norm and the logits with their log-softmax
@@ -94,7 +107,7 @@ pub fn estimate(
                 } else {
                     0.0
                 };
-            (layer, around)
+            (layers, around)
         }
         ModelConfig::MultiStream(m) => {
             let s = m.num_streams as f64;
@@ -102,16 +115,21 @@ pub fn estimate(
             let attention = b * s * (m.heads as f64) * n * n;
             let inner = b * s * n * (m.heads * m.dim_head) as f64;
             let layer = 8.0 * nodes + 4.0 * attention + 4.0 * inner + 3.0 * nodes * m.ff_mult;
-            (layer, 4.0 * nodes + 3.0 * b * n * m.num_tokens as f64)
+            (
+                vec![(m.depth as f64, layer)],
+                4.0 * nodes + 3.0 * b * n * m.num_tokens as f64,
+            )
         }
     };
     // one layer at a time, with the copies its operations make on the way (the cost model
     // counts what is kept, not every intermediate); training also keeps every layer's
+    // (`layers`: how many layers of each cost)
     let kept = match run {
         Use::Forward => 0.0,
-        Use::Train { .. } => config.depth() as f64 * layer,
+        Use::Train { .. } => layers.iter().map(|(count, cost)| count * cost).sum(),
     };
-    let activations = kept + TRANSIENT * layer + around;
+    let largest = layers.iter().map(|&(_, cost)| cost).fold(0.0, f64::max);
+    let activations = kept + TRANSIENT * largest + around;
     let bytes = |elements: f64| (elements * F32 as f64).min(u64::MAX as f64) as u64;
     let mut e = Estimate::default();
     match run {

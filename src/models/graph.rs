@@ -20,7 +20,7 @@ use crate::nn::embedding::{DynamicPositionBias, EdgeEmbed, Embedding};
 use crate::nn::hyper::HyperConnection;
 use crate::nn::rows::map_rows3;
 use crate::nn::{visit_fields, HasParams, Init, Linear, RmsKind, RmsNorm};
-use crate::rules::{Const, Rule, RuleConfig, RuleLayer};
+use crate::rules::{Const, LayerRules, RuleConfig, RuleLayer};
 use crate::tensor::*;
 
 fn default_max_seq_len() -> usize {
@@ -139,8 +139,8 @@ impl GraphConfig {
 pub struct GraphTransformer<E: Real, D: Device<E>> {
     /// The sizes it was built with.
     pub config: GraphConfig,
-    /// The rule every layer runs (its source is saved with checkpoints).
-    pub rule: Rule,
+    /// The rules the layers run (their text is saved with checkpoints).
+    pub rules: LayerRules,
     /// Token embeddings of the nodes.
     pub token_emb: Embedding<E, D>,
     /// Absolute position embeddings, when the config asks for them.
@@ -166,21 +166,23 @@ pub struct GraphTransformer<E: Real, D: Device<E>> {
 }
 
 impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
-    /// Builds the model, its rule resolved from `config.rule` (a built-in or a file).
+    /// Builds the model, its rules resolved from `config.rule` (built-ins or files).
     pub fn new(config: GraphConfig, init: &Init<D>) -> Result<Self> {
-        let rule = Rule::resolve(&config.rule)?;
-        Self::with_rule(config, rule, init)
+        let rules = LayerRules::resolve(&config.rule)?;
+        Self::with_rules(config, rules, init)
     }
 
-    /// Builds the model around an already loaded rule (e.g. one saved in a checkpoint).
-    pub fn with_rule(config: GraphConfig, rule: Rule, init: &Init<D>) -> Result<Self> {
+    /// Builds the model around already loaded rules (e.g. those saved in a checkpoint).
+    pub fn with_rules(config: GraphConfig, rules: LayerRules, init: &Init<D>) -> Result<Self> {
         config.validate()?;
-        let plan = rule.plan(&config.rule_config())?;
+        rules.check_depth(config.depth)?;
+        let plans = rules.plans(&config.rule_config())?;
         let (dim, de) = (config.dim, config.dim_edges);
         let mut layers = Vec::with_capacity(config.depth);
         let mut hyper = Vec::new();
         for k in 0..config.depth {
-            let layer = RuleLayer::new(plan.clone(), &init.pp("layers").pp(k))?;
+            let plan = rules.plan_for_layer(&plans, k).clone();
+            let layer = RuleLayer::new(plan, &init.pp("layers").pp(k))?;
             if config.residual_streams > 1 {
                 let branches = layer.node_branches()?;
                 let init = init.pp("layers").pp(k).pp("hyper");
@@ -242,7 +244,7 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
                 0 => None,
                 c => Some(EdgeHead::new(&init.pp("edge_head"), dim, de, c)?),
             },
-            rule,
+            rules,
             config,
         })
     }

@@ -106,14 +106,14 @@ pub struct Output<E: Real, D: Device<E>, T> {
 }
 
 impl<E: Real, D: Device<E>> Model<E, D> {
-    /// Builds a model; a graph model's rule is resolved by name or path, or taken from
-    /// `rule_source` (a checkpoint's copy of the rule text) when given.
+    /// Builds a model; a graph model's rules are resolved by name or path, or taken from
+    /// `rule_source` (a checkpoint's copy of their text) when given.
     pub fn new(config: &ModelConfig, rule_source: Option<&str>, init: &Init<D>) -> Result<Self> {
         Ok(match config {
             ModelConfig::Graph(c) => match rule_source {
                 Some(src) => {
-                    let rule = crate::rules::Rule::parse(&c.rule, src)?;
-                    Self::Graph(GraphTransformer::with_rule(c.clone(), rule, init)?)
+                    let rules = crate::rules::LayerRules::from_source(&c.rule, src)?;
+                    Self::Graph(GraphTransformer::with_rules(c.clone(), rules, init)?)
                 }
                 None => Self::Graph(GraphTransformer::new(c.clone(), init)?),
             },
@@ -131,10 +131,11 @@ impl<E: Real, D: Device<E>> Model<E, D> {
         }
     }
 
-    /// The rule text a graph model runs (kept in checkpoints).
+    /// The rule text a graph model runs (kept in checkpoints; a JSON list of texts for
+    /// layers that run different rules).
     pub fn rule_source(&self) -> Option<&str> {
         match self {
-            Self::Graph(m) => Some(&m.rule.source),
+            Self::Graph(m) => Some(m.rules.source()),
             Self::MultiStream(_) => None,
         }
     }

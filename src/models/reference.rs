@@ -88,9 +88,15 @@ impl ReferenceModel {
     pub fn from_model_config(config: &ModelConfig, rule_source: Option<&str>) -> Result<Self> {
         let reference = match config {
             ModelConfig::Graph(g) => {
-                let rule = match rule_source {
-                    Some(src) => crate::rules::Rule::parse(&g.rule, src)?,
-                    None => crate::rules::Rule::resolve(&g.rule)?,
+                let rules = match rule_source {
+                    Some(src) => crate::rules::LayerRules::from_source(&g.rule, src)?,
+                    None => crate::rules::LayerRules::resolve(&g.rule)?,
+                };
+                let Some(rule) = rules.single() else {
+                    return Err(err(format!(
+                        "the layers run different rules (`{}`); the original's layers are alike",
+                        g.rule
+                    )));
                 };
                 // every rule parameter after defaults and overrides
                 let plan = rule.plan(&g.rule_config())?;

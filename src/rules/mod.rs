@@ -18,6 +18,7 @@ pub mod layout;
 pub(crate) mod lexer;
 pub mod lower;
 pub(crate) mod parser;
+pub mod stack;
 
 pub use crate::diagnostic::Diagnostic;
 /// How deep a rule's expressions may nest; deeper ones are refused when parsed, so every
@@ -26,6 +27,7 @@ pub use ast::MAX_DEPTH as MAX_NESTING;
 pub use check::RuleConfig;
 pub use ir::{Const, Plan};
 pub use layer::RuleLayer;
+pub use stack::LayerRules;
 
 use crate::error::{Error, Result};
 

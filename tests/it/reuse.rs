@@ -253,3 +253,131 @@ fn explain_rules_with_functions_and_three_index_bindings() {
         });
     }
 }
+
+/// A model of three layers running `taylor`, `triangle` and a rule file, in that order.
+fn mixed_config(file: &std::path::Path) -> quartic::models::GraphConfig {
+    let mut c = crate::reliability::graph_config("taylor", 8, 5);
+    c.rule = format!("taylor, triangle,{}", file.display());
+    c.depth = 3;
+    c.rule_params.insert("hidden".into(), Const::Num(4.0));
+    c
+}
+
+#[test]
+fn layers_run_the_rules_listed_and_checkpoints_keep_them() {
+    use quartic::models::{Model, ModelConfig};
+    use quartic::train::checkpoint::{self, TrainState};
+    let dir = crate::reliability::tmp("layer-rules");
+    let file = dir.join("gated.rule");
+    std::fs::write(
+        &file,
+        "rule gated()\ndef g(x) = sigmoid(linear(x, dim)) * x\nmix: nodes[i] += g(nodes[i])\n",
+    )
+    .unwrap();
+    let config = ModelConfig::Graph(mixed_config(&file));
+    let dev = Cpu::default();
+    let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
+    let Model::Graph(g) = &model else {
+        unreachable!()
+    };
+    let names: Vec<&str> = g.layers.iter().map(|l| l.plan.rule.as_str()).collect();
+    assert_eq!(names, ["taylor", "triangle", "gated"]);
+    // each layer's parameters are its own rule's, under its own index
+    let params: Vec<String> = model.params().iter().map(|p| p.name.clone()).collect();
+    assert!(params.iter().any(|p| p.starts_with("layers.1.outgoing.")));
+    assert!(params.contains(&"layers.2.mix.g0.linear0.weight".to_string()));
+    assert!(!params.iter().any(|p| p.starts_with("layers.0.outgoing.")));
+    // `hidden` is declared by `triangle` only: it reaches that rule and no other
+    assert!(g.layers[1]
+        .plan
+        .params
+        .iter()
+        .any(|(k, v)| k == "hidden" && *v == Const::Num(4.0)));
+
+    // a checkpoint keeps every rule's text: it loads after the file is gone
+    let path = dir.join("mixed.safetensors");
+    checkpoint::save(&path, &model, None, &TrainState::default()).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let loaded = checkpoint::load(&path)
+        .unwrap()
+        .model::<f32, Cpu>(&dev)
+        .unwrap();
+    let tokens: Vec<usize> = (0..10).map(|t| t % 8).collect();
+    let logits = |m: &Model<f32, Cpu>| {
+        m.forward::<NoneTape>(&tokens, 2, 5, None)
+            .unwrap()
+            .logits
+            .as_vec()
+    };
+    assert_eq!(logits(&model), logits(&loaded));
+    assert_eq!(model.rule_source(), loaded.rule_source());
+}
+
+#[test]
+fn a_rule_list_that_does_not_fit_the_model_is_refused() {
+    use quartic::models::{Model, ModelConfig};
+    let dev = Cpu::default();
+    let build = |c: quartic::models::GraphConfig| {
+        Model::<f32, Cpu>::new(&ModelConfig::Graph(c), None, &Init::random(&dev, 0))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let mut c = crate::reliability::graph_config("taylor,baseline", 8, 5);
+    c.depth = 3;
+    assert!(build(c).contains("2 rules are listed for a model of 3 layers"));
+    let c = crate::reliability::graph_config("taylor,,baseline", 8, 5);
+    assert!(build(c).contains("entry 2 of the rule list"));
+    let mut c = crate::reliability::graph_config("taylor,baseline", 8, 5);
+    c.depth = 2;
+    c.rule_params.insert("nonsense".into(), Const::Num(1.0));
+    assert!(build(c).contains("none of the rules `taylor, baseline` declares"));
+    let mut c = crate::reliability::graph_config("taylor,triangel", 8, 5);
+    c.depth = 2;
+    assert!(build(c).contains("did you mean `triangle`"));
+    // the original's layers are alike: a mixed model has no reference form
+    let mut c = crate::reliability::graph_config("taylor,relational", 8, 5);
+    c.depth = 2;
+    let e =
+        quartic::models::reference::ReferenceModel::from_model_config(&ModelConfig::Graph(c), None)
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(e.contains("the layers run different rules"), "{e}");
+}
+
+#[test]
+fn train_takes_a_rule_per_layer_and_the_list_sets_the_depth() {
+    let dir = crate::reliability::tmp("layer-rules-cli");
+    let out = crate::common::quartic(&[
+        "train",
+        "--rule",
+        "baseline,taylor",
+        "--dim",
+        "16",
+        "--dim-edges",
+        "8",
+        "--heads",
+        "2",
+        "--dim-head",
+        "8",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--out",
+        dir.join("run").to_str().unwrap(),
+    ]);
+    let stdout = crate::common::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        crate::common::text(&out.stderr)
+    );
+    assert!(stdout.contains("rules `baseline, taylor`"), "{stdout}");
+    let config = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
+    assert!(
+        config.contains("rule = \"baseline,taylor\"") && config.contains("depth = 2"),
+        "{config}"
+    );
+}

@@ -4,7 +4,8 @@
 //!
 //! Attention: weights (softmax and Taylor) and attention over batched sequences, edge patterns,
 //! attention over paths (triangular), Taylor linear attention, coordinate-descent routing; pointwise and affine ops: activations,
-//! norms, the feedforward block, linear layers, repeated adds, the outer sum, prefix sums.
+//! norms, the feedforward block, linear layers, repeated adds, the outer sum, prefix sums; the
+//! step and select that comparisons and `where` lower to.
 
 pub mod activations;
 pub mod affine;
@@ -15,5 +16,6 @@ pub mod norms;
 pub mod path;
 pub mod patterns;
 pub mod routing;
+pub mod select;
 pub mod taylor;
 pub mod weights;

@@ -61,6 +61,11 @@ pub enum BinOp {
     Mul,
     Div,
     Pow,
+    /// Comparisons: 1 where they hold, else 0 (no gradient).
+    Less,
+    Greater,
+    LessEq,
+    GreaterEq,
 }
 
 impl BinOp {
@@ -71,6 +76,10 @@ impl BinOp {
             BinOp::Mul => "*",
             BinOp::Div => "/",
             BinOp::Pow => "**",
+            BinOp::Less => "<",
+            BinOp::Greater => ">",
+            BinOp::LessEq => "<=",
+            BinOp::GreaterEq => ">=",
         }
     }
 }

@@ -46,6 +46,8 @@ pub enum Form {
     Attend,
     /// `top(K, by: score)`: only the value of attend's `route:` option.
     Top,
+    /// `where(cond, a, b)`: `a` where `cond` is not 0, else `b`.
+    Where,
 }
 
 /// An option's default, as the checker uses it and the README shows it.
@@ -309,6 +311,13 @@ pub const FUNCTIONS: &[Function] = &[
         positional: "a, b",
         options: &[],
         notes: "element-wise, broadcast like `*`",
+    },
+    Function {
+        name: "where",
+        form: Form::Where,
+        positional: "cond, a, b",
+        options: &[],
+        notes: "`a` where `cond` is not 0, else `b` (element-wise, broadcast like `*`); the gradient reaches only the branch taken, so `where(x > 0, log(x), x * 0)` is safe (but for x exactly 0, where log's own gradient is infinite); a NaN `cond` gives NaN",
     },
     Function {
         name: "sum",

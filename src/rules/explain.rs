@@ -280,6 +280,18 @@ fn node_rows(
                 },
             ));
         }
+        Op::Where { cond, yes, no } => {
+            for part in [cond, yes, no] {
+                node_rows(plan, st, part, b, n, depth + 1, rows);
+            }
+            rows.push(mk("where".into(), "element-wise select".into(), &|m| {
+                Cost {
+                    flops: out(m),
+                    elements: out(m),
+                    params: 0.0,
+                }
+            }));
+        }
         Op::Binary { op, lhs, rhs } => {
             node_rows(plan, st, lhs, b, n, depth + 1, rows);
             node_rows(plan, st, rhs, b, n, depth + 1, rows);
@@ -322,15 +334,16 @@ fn node_rows(
         }
         Op::Act { f, x } => {
             node_rows(plan, st, x, b, n, depth + 1, rows);
-            rows.push(mk(
-                format!("{f:?}").to_lowercase(),
-                "element-wise".into(),
-                &|m| Cost {
-                    flops: 4.0 * out(m),
-                    elements: out(m),
-                    params: 0.0,
-                },
-            ));
+            let name = match f {
+                Activation::Step { strict: true } => "step (comparison >)".into(),
+                Activation::Step { strict: false } => "step (comparison ≥)".into(),
+                f => format!("{f:?}").to_lowercase(),
+            };
+            rows.push(mk(name, "element-wise".into(), &|m| Cost {
+                flops: 4.0 * out(m),
+                elements: out(m),
+                params: 0.0,
+            }));
         }
         Op::Linear {
             site,

@@ -150,6 +150,7 @@ impl Node {
         match &self.op {
             Op::State { .. } | Op::Let { .. } => vec![],
             Op::Binary { lhs, rhs, .. } => vec![lhs, rhs],
+            Op::Where { cond, yes, no } => vec![cond, yes, no],
             Op::Affine { x, .. }
             | Op::Pow { x, .. }
             | Op::Act { x, .. }
@@ -230,6 +231,12 @@ pub enum Activation {
     Log,
     /// `softplus(x) = log(1 + exp(x))`, computed without overflow.
     Softplus,
+    /// 1 where `x > 0` (strict) or `x ≥ 0`, else 0; NaN stays NaN; no gradient. What a
+    /// comparison `a > b` lowers to (`step(a - b)`).
+    Step {
+        /// `>` rather than `≥`.
+        strict: bool,
+    },
 }
 
 /// Which normalisation a `norm` site applies over the channels.
@@ -285,6 +292,16 @@ pub enum Op {
         lhs: Box<Node>,
         /// The right operand.
         rhs: Box<Node>,
+    },
+    /// `where(cond, yes, no)`: `yes` where `cond` is not 0, else `no`, broadcasting like
+    /// [`Op::Binary`]; no gradient reaches `cond`.
+    Where {
+        /// The condition.
+        cond: Box<Node>,
+        /// Taken where the condition is not 0.
+        yes: Box<Node>,
+        /// Taken where it is 0.
+        no: Box<Node>,
     },
     /// `x · mul + add` (a tensor with scalars).
     Affine {

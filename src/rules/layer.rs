@@ -230,6 +230,11 @@ pub(crate) fn collect_sites(node: &Node, out: &mut Vec<(String, SiteSpec)>) {
             collect_sites(lhs, out);
             collect_sites(rhs, out);
         }
+        Op::Where { cond, yes, no } => {
+            collect_sites(cond, out);
+            collect_sites(yes, out);
+            collect_sites(no, out);
+        }
         Op::Affine { x, .. } | Op::Pow { x, .. } | Op::Act { x, .. } => collect_sites(x, out),
         Op::Reduce { x, .. } | Op::Softmax { x, .. } => collect_sites(x, out),
         Op::Dot { a, b, .. } => {

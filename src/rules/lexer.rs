@@ -21,6 +21,11 @@ pub enum Tok {
     Star,
     Slash,
     Power,
+    /// `<`, `>`, `<=`, `>=`.
+    Less,
+    Greater,
+    LessEq,
+    GreaterEq,
     Newline,
     Eof,
 }
@@ -53,6 +58,10 @@ impl Tok {
             Tok::Star => "*",
             Tok::Slash => "/",
             Tok::Power => "**",
+            Tok::Less => "<",
+            Tok::Greater => ">",
+            Tok::LessEq => "<=",
+            Tok::GreaterEq => ">=",
             _ => "",
         }
     }
@@ -142,6 +151,21 @@ pub fn lex(src: &str) -> Checked<Vec<Token>> {
                     span: Span::new(i, i + 2),
                 });
                 i += 2;
+            }
+            b'<' | b'>' => {
+                let eq = bytes.get(i + 1) == Some(&b'=');
+                let tok = match (bytes[i], eq) {
+                    (b'<', false) => Tok::Less,
+                    (b'<', true) => Tok::LessEq,
+                    (_, false) => Tok::Greater,
+                    (_, true) => Tok::GreaterEq,
+                };
+                let len = 1 + usize::from(eq);
+                out.push(Token {
+                    tok,
+                    span: Span::new(i, i + len),
+                });
+                i += len;
             }
             b'-' if bytes.get(i + 1) == Some(&b'>') => {
                 out.push(Token {

@@ -6,7 +6,8 @@
 //! statement := (NAME ':')? ('let' indexed (',' indexed)* '=' expr | indexed ('=' | '+=') expr)
 //!            | 'def' NAME '(' NAME,* ')' '=' expr
 //! indexed   := NAME '[' NAME (',' NAME)* ']'
-//! expr      := term (('+' | '-') term)*
+//! expr      := sum (('<' | '>' | '<=' | '>=') sum)?
+//! sum       := term (('+' | '-') term)*
 //! term      := unary (('*' | '/') unary)*
 //! unary     := '-' unary | power
 //! power     := atom ('**' unary)?
@@ -308,7 +309,32 @@ impl<'a> Parser<'a> {
     }
 
     fn expr(&mut self) -> Checked<Expr> {
-        self.nested(self.span(), Self::sum)
+        self.nested(self.span(), Self::comparison)
+    }
+
+    /// `a < b`: at most one comparison (they do not chain).
+    fn comparison(&mut self) -> Checked<Expr> {
+        let lhs = self.sum()?;
+        let Some(op) = self.comparison_op() else {
+            return Ok(lhs);
+        };
+        self.bump();
+        let rhs = self.sum()?;
+        if self.comparison_op().is_some() {
+            return Err(RuleError::new(self.span(), "comparisons do not chain")
+                .hint("multiply them: `(a < b) * (b < c)`"));
+        }
+        binary(op, lhs, rhs)
+    }
+
+    fn comparison_op(&self) -> Option<BinOp> {
+        match self.peek() {
+            Tok::Less => Some(BinOp::Less),
+            Tok::Greater => Some(BinOp::Greater),
+            Tok::LessEq => Some(BinOp::LessEq),
+            Tok::GreaterEq => Some(BinOp::GreaterEq),
+            _ => None,
+        }
     }
 
     /// Parses with `parse` one level deeper, refusing (at `span`) past `MAX_DEPTH`.

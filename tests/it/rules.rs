@@ -1318,3 +1318,110 @@ n: nodes[i] += a[i] + b[i]
         },
     );
 }
+
+/// Comparisons (1 where they hold, else 0) and `where(cond, a, b)`: values against their
+/// definitions, broadcast over indices; the branch not taken never reaches the output or the
+/// gradient (a `log` of negatives stays out); a NaN condition stays NaN; gradients against
+/// finite differences.
+#[test]
+fn comparisons_and_where_match_their_definitions() {
+    let src = "rule f(limit = 0.5)
+let pos[i] = nodes[i] > 0
+let safe[i] = where(pos[i], log(nodes[i] * pos[i] + (1 - pos[i])), nodes[i] * 0.5)
+e: edges[i, j] += where(edges[i, j] <= nodes[i] * 0.3, edges[i, j] * 2, nodes[j]) + (nodes[i] >= limit)
+n: nodes[i] += safe[i] + (nodes[i] < edges[i, i]) + (if limit > 1 then nodes[i] else 0 * nodes[i])
+";
+    let (b, n, dim) = (1, 3, 4);
+    let cfg = RuleConfig {
+        dim,
+        dim_edges: dim,
+        causal: false,
+        overrides: vec![],
+    };
+    let plan = || Rule::parse("f.rule", src).unwrap().plan(&cfg).unwrap();
+    let d = dev();
+    let x = randn(61, b * n * dim);
+    let e = randn(62, b * n * n * dim);
+    let layer = RuleLayer::<f64, Cpu>::new(plan(), &Init::random(&d, 0)).unwrap();
+    let (no, eo) = layer
+        .forward(
+            Nodes::new(d.tensor_from_vec(x.clone(), (b, n, dim))),
+            Edges::new(d.tensor_from_vec(e.clone(), (b, n, n, dim))).unwrap(),
+            &GraphMask::full(b, n),
+        )
+        .unwrap();
+    let one = |c: bool| if c { 1.0 } else { 0.0 };
+    let want_edges: Vec<f64> = (0..e.len())
+        .map(|k| {
+            let (i, j, c) = (k / (n * dim), (k / dim) % n, k % dim);
+            let (xi, xj) = (x[i * dim + c], x[j * dim + c]);
+            let picked = if e[k] <= 0.3 * xi { 2.0 * e[k] } else { xj };
+            e[k] + picked + one(xi >= 0.5)
+        })
+        .collect();
+    // the nodes' statement reads the edges after the edge update
+    let want_nodes: Vec<f64> = (0..x.len())
+        .map(|k| {
+            let (i, c) = (k / dim, k % dim);
+            let v = x[k];
+            let safe = if v > 0.0 { v.ln() } else { 0.5 * v };
+            let diag = want_edges[(i * n + i) * dim + c];
+            v + safe + one(v < diag)
+        })
+        .collect();
+    assert_close(
+        "edges",
+        &eo.into_tensor().as_vec(),
+        &want_edges,
+        1e-12,
+        1e-12,
+    );
+    assert_close(
+        "nodes",
+        &no.into_tensor().as_vec(),
+        &want_nodes,
+        1e-12,
+        1e-12,
+    );
+
+    // a NaN condition is reported as NaN, not turned into 0 or 1
+    let nan_rule =
+        "n: nodes[i] += where(nodes[i] - nodes[i], nodes[i], nodes[i] * 2) + (nodes[i] > 0) * 0\n";
+    let layer = RuleLayer::<f64, Cpu>::new(
+        Rule::parse("nan.rule", nan_rule)
+            .unwrap()
+            .plan(&cfg)
+            .unwrap(),
+        &Init::random(&d, 0),
+    )
+    .unwrap();
+    let mut inputs = vec![1.0; b * n * dim];
+    inputs[2] = f64::NAN;
+    let (out, _) = layer
+        .forward(
+            Nodes::new(d.tensor_from_vec(inputs, (b, n, dim))),
+            Edges::new(d.tensor_from_vec(e.clone(), (b, n, n, dim))).unwrap(),
+            &GraphMask::full(b, n),
+        )
+        .unwrap();
+    let out = out.into_tensor().as_vec();
+    assert!(out[2].is_nan());
+    assert!(
+        out.iter().enumerate().all(|(k, v)| k == 2 || *v == 3.0),
+        "{out:?}"
+    );
+
+    gradcheck_block(
+        "comparisons and where",
+        |init| RuleLayer::new(plan(), init).unwrap(),
+        &[x, e],
+        12,
+        |layer, t| {
+            let mut t = t.into_iter();
+            let nodes = Nodes::new(t.next().unwrap().reshape_like(&(b, n, dim)));
+            let edges = Edges::new(t.next().unwrap().reshape_like(&(b, n, n, dim))).unwrap();
+            let (no, eo) = layer.forward(nodes, edges, &GraphMask::full(b, n)).unwrap();
+            probe_loss(no.into_tensor(), 63) + probe_loss(eo.into_tensor(), 64)
+        },
+    );
+}

@@ -77,6 +77,7 @@ impl<'a> Checker<'a> {
             Form::Softmax => self.softmax(f, over.expect("checked above"), args, span),
             Form::Dot => self.dot(f, args, span),
             Form::Pairwise(arith) => self.pairwise(f, arith, args, span),
+            Form::Where => self.where_call(f, args, span),
             Form::Attend => self.attend(f, args, span, probs),
             Form::Top => Err(RuleError::new(
                 func.span,
@@ -396,5 +397,38 @@ impl Checker<'_> {
         let x = self.tensor(x, &what, false).map_err(|e| e.hint(hint))?;
         let y = self.tensor(y, &what, false).map_err(|e| e.hint(hint))?;
         Ok(Value::Tensor(self.binary_node(arith, x, y, span, f.name)?))
+    }
+
+    /// `where(cond, a, b)`: three tensors broadcast together like `*`.
+    pub(super) fn where_call(
+        &mut self,
+        f: &'static Function,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
+        let what = "three tensors: `where(cond, a, b)`";
+        let (c, y, n) = (
+            a.positional(what)?,
+            a.positional(what)?,
+            a.positional(what)?,
+        );
+        a.finish()?;
+        let hint = "each of `where`'s arguments is a tensor; for a number c, write `c + 0 * x`";
+        let cond = self.tensor(c, "`where`", false).map_err(|e| e.hint(hint))?;
+        let yes = self.tensor(y, "`where`", false).map_err(|e| e.hint(hint))?;
+        let no = self.tensor(n, "`where`", false).map_err(|e| e.hint(hint))?;
+        // channels and indices broadcast as a product of the three would
+        let shape = self.binary_node(Arith::Mul, yes.clone(), no.clone(), span, "where")?;
+        let shape = self.binary_node(Arith::Mul, cond.clone(), shape, span, "where")?;
+        Ok(Value::Tensor(Node {
+            slots: shape.slots,
+            channels: shape.channels,
+            op: Op::Where {
+                cond: Box::new(cond),
+                yes: Box::new(yes),
+                no: Box::new(no),
+            },
+        }))
     }
 }

@@ -258,9 +258,49 @@ impl<'a> Checker<'a> {
     }
 
     pub(super) fn binary(&mut self, op: BinOp, l: &Expr, r: &Expr) -> Checked<Value> {
-        let span = l.span.to(r.span);
         let lv = self.expr(l)?;
         let rv = self.expr(r)?;
+        // a > b is step(a - b): exact for finite floats (a - b is 0 only when a = b)
+        let (strict, swap) = match op {
+            BinOp::Greater => (true, false),
+            BinOp::GreaterEq => (false, false),
+            BinOp::Less => (true, true),
+            BinOp::LessEq => (false, true),
+            _ => return self.arithmetic(op, l, r, lv, rv),
+        };
+        if let (Value::Num(a), Value::Num(b)) = (&lv, &rv) {
+            let holds = match op {
+                BinOp::Greater => a > b,
+                BinOp::GreaterEq => a >= b,
+                BinOp::Less => a < b,
+                _ => a <= b,
+            };
+            return Ok(Value::Num(if holds { 1.0 } else { 0.0 }));
+        }
+        let (hi, lo, hi_e, lo_e) = if swap { (rv, lv, r, l) } else { (lv, rv, l, r) };
+        let Value::Tensor(diff) = self.arithmetic(BinOp::Sub, hi_e, lo_e, hi, lo)? else {
+            unreachable!("a tensor minus anything is a tensor")
+        };
+        Ok(Value::Tensor(Node {
+            slots: diff.slots.clone(),
+            channels: diff.channels,
+            op: Op::Act {
+                f: Activation::Step { strict },
+                x: Box::new(diff),
+            },
+        }))
+    }
+
+    /// `l op r` for the arithmetic operators, their values already checked.
+    fn arithmetic(
+        &mut self,
+        op: BinOp,
+        l: &Expr,
+        r: &Expr,
+        lv: Value,
+        rv: Value,
+    ) -> Checked<Value> {
+        let span = l.span.to(r.span);
         match (lv, rv) {
             (Value::Word(w), _) => Err(self.unknown_name(l.span, &w)),
             (_, Value::Word(w)) => Err(self.unknown_name(r.span, &w)),
@@ -271,6 +311,7 @@ impl<'a> Checker<'a> {
                     BinOp::Mul => a * b,
                     BinOp::Div => a / b,
                     BinOp::Pow => a.powf(b),
+                    _ => unreachable!("comparisons are handled by `binary`"),
                 };
                 if x.is_finite() {
                     Ok(Value::Num(x))
@@ -301,6 +342,7 @@ impl<'a> Checker<'a> {
                         exponent: s,
                     },
                 },
+                _ => unreachable!("comparisons are handled by `binary`"),
             })),
             (Value::Num(s), Value::Tensor(t)) => match op {
                 BinOp::Add => Ok(Value::Tensor(affine(t, 1.0, s))),
@@ -311,6 +353,7 @@ impl<'a> Checker<'a> {
                     format!("a number `{}` a tensor is not supported", op.symbol()),
                 )
                 .hint("write `x ** 2`, `x / 2`, or use `exp`, `sqrt`")),
+                _ => unreachable!("comparisons are handled by `binary`"),
             },
             (Value::Tensor(a), Value::Tensor(b)) => {
                 let arith = match op {
@@ -324,6 +367,7 @@ impl<'a> Checker<'a> {
                             "the exponent of `**` must be a number",
                         ))
                     }
+                    _ => unreachable!("comparisons are handled by `binary`"),
                 };
                 Ok(Value::Tensor(self.binary_node(
                     arith,

@@ -36,6 +36,7 @@ use crate::ops::patterns::{
     edge_attention, edge_self_attention, EdgeAttendInputs, EdgeKernel, EdgePattern, EdgeProjections,
 };
 use crate::ops::routing::{route, soft_topk_padded, CoorDescent};
+use crate::ops::select::{select, step};
 use crate::ops::taylor::{taylor_attend, TaylorForm};
 use crate::ops::weights::{Normalizer, WeightsSpec};
 use crate::spec::visibility::Visibility;
@@ -532,6 +533,18 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 };
                 Ok(self.val(t, canonical(&node.slots), node.channels))
             }
+            Op::Where { cond, yes, no } => {
+                let c = self.eval(st, cond)?;
+                let c = self.canonical(c, &node.slots, node.channels)?;
+                let y = self.eval(st, yes)?;
+                let y = self.canonical(y, &node.slots, node.channels)?;
+                let n = self.eval(st, no)?;
+                let mut n = self.canonical(n, &node.slots, node.channels)?;
+                if y.tag.is_some() && y.tag == n.tag {
+                    n.t = n.t * E::one();
+                }
+                Ok(self.val(select(c.t, y.t, n.t), canonical(&node.slots), node.channels))
+            }
             Op::Affine { x, mul, add } => {
                 let x = self.eval(st, x)?;
                 let mut t = x.t;
@@ -569,6 +582,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                         x.t.relu() - below
                     }
                     Activation::Log => x.t.ln(),
+                    Activation::Step { strict } => step(x.t, *strict),
                     Activation::Softplus => {
                         // relu(x) + log(1 + exp(-|x|)): no overflow for large |x|
                         let tail = (x.t.with_empty_tape().abs().negate().exp() + E::one()).ln();

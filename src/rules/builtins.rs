@@ -359,6 +359,7 @@ pub const FUNCTIONS: &[Function] = &[
             word("kernel", "softmax"),
             num("eps", 1e-5),
             derived("bias", "none"),
+            derived("value", "the key"),
             switch("talking"),
             switch("gate"),
             derived("gates", "none"),

@@ -501,6 +501,9 @@ fn node_rows(
                     }
                 }
             }
+            if let Some(value) = &a.value {
+                node_rows(plan, st, value, b, n, depth + 1, rows);
+            }
             if let Some(bias) = &a.bias {
                 node_rows(plan, st, bias, b, n, depth + 1, rows);
             }
@@ -622,8 +625,9 @@ fn attend_cost(plan: &Plan, a: &AttendOp, b: usize, n: usize) -> Cost {
         _ => (b * n * n) as f64,
     };
     let inner = h * d;
+    let value_channels = a.value.as_ref().map_or(a.key.channels, |v| v.channels) as f64;
     let projections = 2.0 * queries * a.query.channels as f64 * inner
-        + 4.0 * keys * a.key.channels as f64 * inner
+        + 2.0 * keys * (a.key.channels as f64 + value_channels) * inner
         + 2.0 * queries * inner * a.outputs as f64;
     let (core_flops, core_elements) = if feature_form(a, n) {
         let (feature, _) = form_costs(nq, nk, a.dim_head, a.dim_head, plan.causal);
@@ -646,7 +650,7 @@ fn attend_cost(plan: &Plan, a: &AttendOp, b: usize, n: usize) -> Cost {
         let kept = kept + if a.bias.is_some() { pairs } else { 0.0 };
         (pairs * (4.0 * d + 6.0), kept)
     };
-    let params = (a.query.channels as f64 + 2.0 * a.key.channels as f64) * inner
+    let params = (a.query.channels as f64 + a.key.channels as f64 + value_channels) * inner
         + inner * a.outputs as f64
         + if a.talking { h * h } else { 0.0 }
         + match &a.gates {

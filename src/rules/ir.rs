@@ -163,6 +163,7 @@ impl Node {
             Op::Concat(parts) => parts.iter().collect(),
             Op::Attend(a) => {
                 let mut out = vec![&a.query, &a.key];
+                out.extend(&a.value);
                 out.extend(&a.bias);
                 if let Some(Gates::Expr(g)) = &a.gates {
                     out.push(g);
@@ -489,8 +490,10 @@ pub struct AttendOp {
     pub pattern: Pattern,
     /// The query input (projected to queries under `site`).
     pub query: Node,
-    /// The key input (projected to keys and values under `site`).
+    /// The key input (projected to keys, and to values unless `value` is given, under `site`).
     pub key: Node,
+    /// The value input, read at the keys' positions (`value:`), when it is not the key.
+    pub value: Option<Node>,
     /// Attention heads.
     pub heads: usize,
     /// Channels per head.

@@ -123,6 +123,7 @@ impl<E: Real, D: Device<E>> RuleLayer<E, D> {
                     SiteSpec::Attend {
                         query,
                         key,
+                        value,
                         inner,
                         outputs,
                         heads,
@@ -133,7 +134,7 @@ impl<E: Real, D: Device<E>> RuleLayer<E, D> {
                         to_k: Linear::new(&init.pp("to_k"), key, inner, false)?,
                         to_v: Linear::new(
                             &init.pp("to_v"),
-                            if path { query } else { key },
+                            if path { query } else { value },
                             inner,
                             false,
                         )?,
@@ -213,6 +214,8 @@ pub(crate) enum SiteSpec {
     Attend {
         query: usize,
         key: usize,
+        /// The value input's channels (the key's unless `value:` is given).
+        value: usize,
         inner: usize,
         outputs: usize,
         heads: usize,
@@ -287,6 +290,9 @@ pub(crate) fn collect_sites(node: &Node, out: &mut Vec<(String, SiteSpec)>) {
         Op::Attend(a) => {
             collect_sites(&a.query, out);
             collect_sites(&a.key, out);
+            if let Some(v) = &a.value {
+                collect_sites(v, out);
+            }
             if let Some(b) = &a.bias {
                 collect_sites(b, out);
             }
@@ -310,6 +316,7 @@ pub(crate) fn collect_sites(node: &Node, out: &mut Vec<(String, SiteSpec)>) {
                 SiteSpec::Attend {
                     query: a.query.channels,
                     key: a.key.channels,
+                    value: a.value.as_ref().map_or(a.key.channels, |v| v.channels),
                     inner: a.heads * a.dim_head,
                     outputs: a.outputs,
                     heads: a.heads,

@@ -121,6 +121,7 @@ fn edge_lowering(
     let key_in_place = key.is_some_and(|(_, slots)| slots == key_axes);
     let shared_input = key_in_place
         && !a.talking
+        && a.value.is_none()
         && matches!((query, key), (Some((q, q_slots)), Some((k, _))) if q == k && q_slots == query_axes);
     EdgeLowering {
         pattern,

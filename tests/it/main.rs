@@ -2,6 +2,7 @@
 
 mod affine;
 mod api;
+mod attend_value;
 mod cli;
 mod common;
 mod edge_self_attention;

@@ -1226,6 +1226,53 @@ fn the_path_attention_equals_its_by_hand_form() {
     }
 }
 
+/// One graph of 3 nodes, 4 channels on nodes and edges: where the element-wise functions are
+/// checked against their definitions.
+const POINTWISE: (usize, usize) = (3, 4);
+
+fn pointwise_plan(src: &str) -> quartic::rules::Plan {
+    let cfg = RuleConfig {
+        dim: POINTWISE.1,
+        dim_edges: POINTWISE.1,
+        causal: false,
+        overrides: vec![],
+    };
+    Rule::parse("f.rule", src).unwrap().plan(&cfg).unwrap()
+}
+
+/// The rule's output nodes and edges for the given inputs.
+fn run_pointwise(src: &str, nodes: Vec<f64>, edges: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
+    let (n, dim) = POINTWISE;
+    let d = dev();
+    let layer = RuleLayer::<f64, Cpu>::new(pointwise_plan(src), &Init::random(&d, 0)).unwrap();
+    let (no, eo) = layer
+        .forward(
+            Nodes::new(d.tensor_from_vec(nodes, (1, n, dim))),
+            Edges::new(d.tensor_from_vec(edges, (1, n, n, dim))).unwrap(),
+            &GraphMask::full(1, n),
+        )
+        .unwrap();
+    (no.into_tensor().as_vec(), eo.into_tensor().as_vec())
+}
+
+/// Finite differences against the rule's gradient at the inputs `x` (nodes) and `e` (edges).
+fn gradcheck_pointwise(name: &str, src: &str, x: Vec<f64>, e: Vec<f64>) {
+    let (n, dim) = POINTWISE;
+    gradcheck_block(
+        name,
+        |init| RuleLayer::new(pointwise_plan(src), init).unwrap(),
+        &[x, e],
+        12,
+        |layer, t| {
+            let mut t = t.into_iter();
+            let nodes = Nodes::new(t.next().unwrap().reshape_like(&(1, n, dim)));
+            let edges = Edges::new(t.next().unwrap().reshape_like(&(1, n, n, dim))).unwrap();
+            let (no, eo) = layer.forward(nodes, edges, &GraphMask::full(1, n)).unwrap();
+            probe_loss(no.into_tensor(), 53) + probe_loss(eo.into_tensor(), 54)
+        },
+    );
+}
+
 /// `leaky_relu`, `log`, `softplus` and the element-wise `min` / `max` (broadcast over indices
 /// and per head): values against their definitions computed here, gradients against finite
 /// differences.
@@ -1237,25 +1284,10 @@ let b[i] = log(sigmoid(nodes[i])) + min(nodes[i], tanh(nodes[i]))
 e: edges[i, j] += max(edges[i, j], nodes[i] * 0.3) * 0.1
 n: nodes[i] += a[i] + b[i]
 ";
-    let (b, n, dim) = (1, 3, 4);
-    let cfg = RuleConfig {
-        dim,
-        dim_edges: dim,
-        causal: false,
-        overrides: vec![],
-    };
-    let plan = || Rule::parse("f.rule", src).unwrap().plan(&cfg).unwrap();
-    let d = dev();
-    let x = randn(51, b * n * dim);
-    let e = randn(52, b * n * n * dim);
-    let layer = RuleLayer::<f64, Cpu>::new(plan(), &Init::random(&d, 0)).unwrap();
-    let (no, eo) = layer
-        .forward(
-            Nodes::new(d.tensor_from_vec(x.clone(), (b, n, dim))),
-            Edges::new(d.tensor_from_vec(e.clone(), (b, n, n, dim))).unwrap(),
-            &GraphMask::full(b, n),
-        )
-        .unwrap();
+    let (n, dim) = POINTWISE;
+    let x = randn(51, n * dim);
+    let e = randn(52, n * n * dim);
+    let (nodes, edges) = run_pointwise(src, x.clone(), e.clone());
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
     let leaky = |v: f64| if v > 0.0 { v } else { 0.01 * v };
     let softplus = |v: f64| (1.0 + v.exp()).ln();
@@ -1269,87 +1301,35 @@ n: nodes[i] += a[i] + b[i]
             e[k] + 0.1 * e[k].max(0.3 * x[i * dim + c])
         })
         .collect();
-    assert_close(
-        "nodes",
-        &no.into_tensor().as_vec(),
-        &want_nodes,
-        1e-12,
-        1e-12,
-    );
-    assert_close(
-        "edges",
-        &eo.into_tensor().as_vec(),
-        &want_edges,
-        1e-12,
-        1e-12,
-    );
+    assert_close("nodes", &nodes, &want_nodes, 1e-12, 1e-12);
+    assert_close("edges", &edges, &want_edges, 1e-12, 1e-12);
     // softplus stays finite where exp overflows
-    let big = RuleLayer::<f64, Cpu>::new(
-        Rule::parse("s.rule", "nodes[i] += softplus(nodes[i] * 1000)\n")
-            .unwrap()
-            .plan(&cfg)
-            .unwrap(),
-        &Init::random(&d, 0),
-    )
-    .unwrap();
-    let (big_out, _) = big
-        .forward(
-            Nodes::new(d.tensor_from_vec(vec![1.0; b * n * dim], (b, n, dim))),
-            Edges::new(d.tensor_from_vec(e.clone(), (b, n, n, dim))).unwrap(),
-            &GraphMask::full(b, n),
-        )
-        .unwrap();
-    assert!(big_out
-        .into_tensor()
-        .as_vec()
-        .iter()
-        .all(|v| (v - 1001.0).abs() < 1e-9));
-    gradcheck_block(
-        "element-wise functions",
-        |init| RuleLayer::new(plan(), init).unwrap(),
-        &[x, e],
-        12,
-        |layer, t| {
-            let mut t = t.into_iter();
-            let nodes = Nodes::new(t.next().unwrap().reshape_like(&(b, n, dim)));
-            let edges = Edges::new(t.next().unwrap().reshape_like(&(b, n, n, dim))).unwrap();
-            let (no, eo) = layer.forward(nodes, edges, &GraphMask::full(b, n)).unwrap();
-            probe_loss(no.into_tensor(), 53) + probe_loss(eo.into_tensor(), 54)
-        },
+    let (big, _) = run_pointwise(
+        "nodes[i] += softplus(nodes[i] * 1000)\n",
+        vec![1.0; n * dim],
+        e.clone(),
     );
+    assert!(big.iter().all(|v| (v - 1001.0).abs() < 1e-9));
+    gradcheck_pointwise("element-wise functions", src, x, e);
 }
 
 /// Comparisons (1 where they hold, else 0) and `where(cond, a, b)`: values against their
 /// definitions, broadcast over indices; the branch not taken never reaches the output or the
-/// gradient (a `log` of negatives stays out); a NaN condition stays NaN; gradients against
-/// finite differences.
+/// gradient (the `log` of negatives below is NaN, and left out); a NaN condition stays NaN;
+/// gradients against finite differences.
 #[test]
 fn comparisons_and_where_match_their_definitions() {
     let src = "rule f(limit = 0.5)
 let pos[i] = nodes[i] > 0
-let safe[i] = where(pos[i], log(nodes[i] * pos[i] + (1 - pos[i])), nodes[i] * 0.5)
+let safe[i] = where(pos[i], log(nodes[i]), nodes[i] * 0.5)
 e: edges[i, j] += where(edges[i, j] <= nodes[i] * 0.3, edges[i, j] * 2, nodes[j]) + (nodes[i] >= limit)
 n: nodes[i] += safe[i] + (nodes[i] < edges[i, i]) + (if limit > 1 then nodes[i] else 0 * nodes[i])
 ";
-    let (b, n, dim) = (1, 3, 4);
-    let cfg = RuleConfig {
-        dim,
-        dim_edges: dim,
-        causal: false,
-        overrides: vec![],
-    };
-    let plan = || Rule::parse("f.rule", src).unwrap().plan(&cfg).unwrap();
-    let d = dev();
-    let x = randn(61, b * n * dim);
-    let e = randn(62, b * n * n * dim);
-    let layer = RuleLayer::<f64, Cpu>::new(plan(), &Init::random(&d, 0)).unwrap();
-    let (no, eo) = layer
-        .forward(
-            Nodes::new(d.tensor_from_vec(x.clone(), (b, n, dim))),
-            Edges::new(d.tensor_from_vec(e.clone(), (b, n, n, dim))).unwrap(),
-            &GraphMask::full(b, n),
-        )
-        .unwrap();
+    let (n, dim) = POINTWISE;
+    let x = randn(61, n * dim);
+    let e = randn(62, n * n * dim);
+    assert!(x.iter().any(|&v| v < 0.0), "some log is of a negative");
+    let (nodes, edges) = run_pointwise(src, x.clone(), e.clone());
     let one = |c: bool| if c { 1.0 } else { 0.0 };
     let want_edges: Vec<f64> = (0..e.len())
         .map(|k| {
@@ -1365,63 +1345,23 @@ n: nodes[i] += safe[i] + (nodes[i] < edges[i, i]) + (if limit > 1 then nodes[i] 
             let (i, c) = (k / dim, k % dim);
             let v = x[k];
             let safe = if v > 0.0 { v.ln() } else { 0.5 * v };
-            let diag = want_edges[(i * n + i) * dim + c];
-            v + safe + one(v < diag)
+            v + safe + one(v < want_edges[(i * n + i) * dim + c])
         })
         .collect();
-    assert_close(
-        "edges",
-        &eo.into_tensor().as_vec(),
-        &want_edges,
-        1e-12,
-        1e-12,
-    );
-    assert_close(
-        "nodes",
-        &no.into_tensor().as_vec(),
-        &want_nodes,
-        1e-12,
-        1e-12,
-    );
+    assert_close("edges", &edges, &want_edges, 1e-12, 1e-12);
+    assert_close("nodes", &nodes, &want_nodes, 1e-12, 1e-12);
 
     // a NaN condition is reported as NaN, not turned into 0 or 1
     let nan_rule =
         "n: nodes[i] += where(nodes[i] - nodes[i], nodes[i], nodes[i] * 2) + (nodes[i] > 0) * 0\n";
-    let layer = RuleLayer::<f64, Cpu>::new(
-        Rule::parse("nan.rule", nan_rule)
-            .unwrap()
-            .plan(&cfg)
-            .unwrap(),
-        &Init::random(&d, 0),
-    )
-    .unwrap();
-    let mut inputs = vec![1.0; b * n * dim];
+    let mut inputs = vec![1.0; n * dim];
     inputs[2] = f64::NAN;
-    let (out, _) = layer
-        .forward(
-            Nodes::new(d.tensor_from_vec(inputs, (b, n, dim))),
-            Edges::new(d.tensor_from_vec(e.clone(), (b, n, n, dim))).unwrap(),
-            &GraphMask::full(b, n),
-        )
-        .unwrap();
-    let out = out.into_tensor().as_vec();
+    let (out, _) = run_pointwise(nan_rule, inputs, e.clone());
     assert!(out[2].is_nan());
     assert!(
         out.iter().enumerate().all(|(k, v)| k == 2 || *v == 3.0),
         "{out:?}"
     );
 
-    gradcheck_block(
-        "comparisons and where",
-        |init| RuleLayer::new(plan(), init).unwrap(),
-        &[x, e],
-        12,
-        |layer, t| {
-            let mut t = t.into_iter();
-            let nodes = Nodes::new(t.next().unwrap().reshape_like(&(b, n, dim)));
-            let edges = Edges::new(t.next().unwrap().reshape_like(&(b, n, n, dim))).unwrap();
-            let (no, eo) = layer.forward(nodes, edges, &GraphMask::full(b, n)).unwrap();
-            probe_loss(no.into_tensor(), 63) + probe_loss(eo.into_tensor(), 64)
-        },
-    );
+    gradcheck_pointwise("comparisons and where", src, x, e);
 }

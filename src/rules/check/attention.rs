@@ -116,6 +116,10 @@ impl<'a> Checker<'a> {
             }
             None => None,
         };
+        let value = match a.option("value") {
+            Some((_, v)) => Some(self.attention_value(v, &key, path)?),
+            None => None,
+        };
         let talking = a.flag("talking");
         let gate_flag = a.flag("gate");
         // key indices leave scope here: gates and the route's score live on the query
@@ -158,6 +162,10 @@ impl<'a> Checker<'a> {
             None => None,
         };
         a.finish()?;
+        if route.is_some() && value.is_some() {
+            return Err(RuleError::new(span, "routed attention takes no `value:`")
+                .hint("its keys and values are the picked edges themselves"));
+        }
         if route.is_some() {
             if bias.is_some() || gates.is_some() {
                 return Err(
@@ -198,6 +206,7 @@ impl<'a> Checker<'a> {
             pattern,
             query,
             key,
+            value,
             heads,
             dim_head,
             outputs,
@@ -220,6 +229,34 @@ impl<'a> Checker<'a> {
             channels: outputs,
             op: Op::Attend(Box::new(op)),
         }))
+    }
+
+    /// `value: expr`: read where the keys are, so over the key's indices exactly.
+    fn attention_value(&mut self, v: &Expr, key: &Node, path: bool) -> Checked<Node> {
+        if path {
+            return Err(RuleError::new(v.span, "a path attention takes no `value:`")
+                .hint("its values come from both edges of the path: the query's and the key's"));
+        }
+        let value = self.tensor(v, "`value`", false)?;
+        if value.slots != key.slots {
+            let names = |slots: &[Slot]| {
+                slots
+                    .iter()
+                    .map(|&s| self.st.slots[s].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(RuleError::new(
+                v.span,
+                format!(
+                    "the value is read where the keys are: over [{}], not [{}]",
+                    names(&key.slots),
+                    names(&value.slots)
+                ),
+            )
+            .hint("index it with the key's indices, e.g. `attend(x[i] -> x[j], value: v[j])`"));
+        }
+        Ok(value)
     }
 
     /// Which core pattern the query and key indices ask for.

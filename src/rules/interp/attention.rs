@@ -108,8 +108,19 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 .permute::<_, Axes4<0, 2, 1, 3>>()
         };
         let q = split(self.project(q_in, &block.to_q)?);
-        let k = split(self.project(k_in.val_branch(), &block.to_k)?);
-        let v = split(self.project(k_in, &block.to_v)?);
+        let (k, v) = match &a.value {
+            Some(value) => {
+                let v_in = self.eval(st, value)?;
+                (
+                    split(self.project(k_in, &block.to_k)?),
+                    split(self.project(v_in, &block.to_v)?),
+                )
+            }
+            None => (
+                split(self.project(k_in.val_branch(), &block.to_k)?),
+                split(self.project(k_in, &block.to_v)?),
+            ),
+        };
         let gates = match gates {
             Some(g) => {
                 let g = self.arrange(g, &[Ax::Batch, Ax::Chan, Ax::Slot(query)], h)?;
@@ -226,8 +237,15 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             };
             let k_in = self.arrange(k_in, &k_axes, a.key.channels)?;
             let q = edges(self.project(q_in, &block.to_q)?, b, n, inner)?;
-            let k = edges(self.project(k_in.val_branch(), &block.to_k)?, b, n, inner)?;
-            let v = edges(self.project(k_in, &block.to_v)?, b, n, inner)?;
+            let (k_in, v_in) = match &a.value {
+                Some(value) => {
+                    let v_in = self.eval(st, value)?;
+                    (k_in, self.arrange(v_in, &k_axes, value.channels)?)
+                }
+                None => (k_in.val_branch(), k_in),
+            };
+            let k = edges(self.project(k_in, &block.to_k)?, b, n, inner)?;
+            let v = edges(self.project(v_in, &block.to_v)?, b, n, inner)?;
             edge_attention(q, k, v, h, lowering.pattern, kernel, inputs, self.mask)?
         };
         let out = self.val(

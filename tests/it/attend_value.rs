@@ -12,7 +12,8 @@ use quartic::rules::{Rule, RuleConfig, RuleLayer};
 
 use crate::common::*;
 use crate::rules::{
-    assert_never_reads_the_future, assert_padding_is_never_read, edges_and_their_gradient,
+    assert_explain_snapshot, assert_never_reads_the_future, assert_padding_is_never_read,
+    edges_and_their_gradient,
 };
 
 /// (fused, written out, renames from the fused parameters to the written-out ones)
@@ -121,20 +122,6 @@ fn attention_with_another_value_keeps_padding_and_causality() {
 
 #[test]
 fn explain_attention_with_another_value() {
-    let plan = Rule::parse("value.rule", CASES[1].0)
-        .unwrap()
-        .plan(&RuleConfig {
-            dim: 64,
-            dim_edges: 16,
-            causal: false,
-            overrides: vec![],
-        })
-        .unwrap();
-    let text = quartic::rules::explain::explain(&plan, 1, 16);
-    insta::with_settings!({
-        snapshot_path => "../../snapshots",
-        prepend_module_to_snapshot => false,
-    }, {
-        insta::assert_snapshot!("explain__attend_value", text);
-    });
+    let rule = Rule::parse("value.rule", CASES[1].0).unwrap();
+    assert_explain_snapshot("explain__attend_value", &rule, (64, 16), 16);
 }

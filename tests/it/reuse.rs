@@ -12,8 +12,8 @@ use quartic::rules::{Const, Rule, RuleConfig, RuleLayer};
 
 use crate::common::*;
 use crate::rules::{
-    assert_never_reads_the_future, assert_padding_is_never_read, edges_and_their_gradient,
-    gradcheck_loaded_rule,
+    assert_explain_snapshot, assert_never_reads_the_future, assert_padding_is_never_read,
+    edges_and_their_gradient, gradcheck_loaded_rule,
 };
 
 /// AlphaFold's outgoing triangle update with its gated linear as a function, and the sum over
@@ -235,22 +235,7 @@ fn explain_rules_with_functions_and_three_index_bindings() {
     for name in ["alphafold", "paths_by_hand"] {
         let path = format!("{}/examples/rules/{name}.rule", env!("CARGO_MANIFEST_DIR"));
         let rule = Rule::load(&path).unwrap();
-        let plan = rule
-            .plan(&RuleConfig {
-                dim: 64,
-                dim_edges: 16,
-                causal: false,
-                overrides: vec![],
-            })
-            .unwrap();
-        let text = quartic::rules::explain::explain(&plan, 1, 16)
-            .replace(&path, &format!("examples/rules/{name}.rule"));
-        insta::with_settings!({
-            snapshot_path => "../../snapshots",
-            prepend_module_to_snapshot => false,
-        }, {
-            insta::assert_snapshot!(format!("explain__example_{name}"), text);
-        });
+        assert_explain_snapshot(&format!("explain__example_{name}"), &rule, (64, 16), 16);
     }
 }
 

@@ -386,25 +386,37 @@ fn every_lowering_matches_the_definitions() {
 #[test]
 fn explain_every_builtin_rule_at_16_and_128_nodes() {
     for (name, _) in BUILTINS {
-        let plan = Rule::builtin(name)
-            .unwrap()
-            .plan(&RuleConfig {
-                dim: 512,
-                dim_edges: 32,
-                causal: false,
-                overrides: vec![],
-            })
-            .unwrap();
+        let rule = Rule::builtin(name).unwrap();
         for n in [16, 128] {
-            let text = quartic::rules::explain::explain(&plan, 1, n);
-            insta::with_settings!({
-                snapshot_path => "../../snapshots",
-                prepend_module_to_snapshot => false,
-            }, {
-                insta::assert_snapshot!(format!("explain__{name}_n{n}"), text);
-            });
+            assert_explain_snapshot(&format!("explain__{name}_n{n}"), &rule, (512, 32), n);
         }
     }
+}
+
+/// `explain` of `rule` at `(dim, dim_edges)` and n nodes (batch 1) against the snapshot
+/// `name`; the rule's file is shown relative to the repository.
+pub fn assert_explain_snapshot(
+    name: &str,
+    rule: &Rule,
+    (dim, dim_edges): (usize, usize),
+    n: usize,
+) {
+    let plan = rule
+        .plan(&RuleConfig {
+            dim,
+            dim_edges,
+            causal: false,
+            overrides: vec![],
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/");
+    let text = quartic::rules::explain::explain(&plan, 1, n).replace(root, "");
+    insta::with_settings!({
+        snapshot_path => "../../snapshots",
+        prepend_module_to_snapshot => false,
+    }, {
+        insta::assert_snapshot!(name.to_string(), text);
+    });
 }
 
 /// Inputs at time ≥ t (nodes t.., edges with max(i, j) ≥ t) replaced by other random values.

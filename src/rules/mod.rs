@@ -123,6 +123,14 @@ impl Rule {
             Self::builtin(name_or_path)
         } else if std::path::Path::new(name_or_path).exists() {
             Self::load(name_or_path)
+        } else if name_or_path.contains(',') {
+            Err(Error::config(
+                "rule",
+                format!(
+                    "`{name_or_path}` is a list of rules; one is expected here (a list gives a \
+                     model's layers their rules: `train --rule a,b`)"
+                ),
+            ))
         } else {
             Err(Error::config(
                 "rule",

@@ -515,3 +515,17 @@ fn the_polling_time_comes_from_the_environment_and_bad_values_are_refused() {
         );
     }
 }
+
+#[test]
+fn help_lists_every_builtin_rule() {
+    for sub in ["train", "forward", "explain"] {
+        let help = text(&quartic(&[sub, "--help"]).stdout);
+        for (name, _) in quartic::rules::BUILTINS {
+            assert!(help.contains(name), "`{sub} --help` does not name `{name}`");
+        }
+    }
+    // a list where one rule is expected says so
+    let out = quartic(&["explain", "taylor,triangle"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is a list of rules"));
+}

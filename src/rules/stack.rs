@@ -100,17 +100,6 @@ impl LayerRules {
         Ok(())
     }
 
-    /// The rule layer `k` runs.
-    pub fn for_layer(&self, k: usize) -> &Rule {
-        let at = if self.order.len() == 1 { 0 } else { k };
-        &self.rules[self.order[at]]
-    }
-
-    /// The distinct rules, in order of first use.
-    pub fn distinct(&self) -> &[Rule] {
-        &self.rules
-    }
-
     /// The one rule every layer runs, if there is one.
     pub fn single(&self) -> Option<&Rule> {
         (self.rules.len() == 1).then(|| &self.rules[0])
@@ -168,7 +157,8 @@ impl LayerRules {
             .collect()
     }
 
-    /// The plan layer `k` runs, of `plans` (as [`LayerRules::plans`] made them).
+    /// The plan layer `k` runs, of `plans` (as [`LayerRules::plans`] made them: one per
+    /// distinct rule); a single listed rule serves every layer.
     pub fn plan_for_layer<'p>(&self, plans: &'p [Plan], k: usize) -> &'p Plan {
         let at = if self.order.len() == 1 { 0 } else { k };
         &plans[self.order[at]]

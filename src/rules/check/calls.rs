@@ -419,11 +419,21 @@ impl Checker<'_> {
         let yes = self.tensor(y, "`where`", false).map_err(|e| e.hint(hint))?;
         let no = self.tensor(n, "`where`", false).map_err(|e| e.hint(hint))?;
         // channels and indices broadcast as a product of the three would
-        let shape = self.binary_node(Arith::Mul, yes.clone(), no.clone(), span, "where")?;
-        let shape = self.binary_node(Arith::Mul, cond.clone(), shape, span, "where")?;
+        let branches = self.broadcast(
+            (&yes.slots, yes.channels),
+            (&no.slots, no.channels),
+            span,
+            "where",
+        )?;
+        let (slots, channels) = self.broadcast(
+            (&cond.slots, cond.channels),
+            (&branches.0, branches.1),
+            span,
+            "where",
+        )?;
         Ok(Value::Tensor(Node {
-            slots: shape.slots,
-            channels: shape.channels,
+            slots,
+            channels,
             op: Op::Where {
                 cond: Box::new(cond),
                 yes: Box::new(yes),

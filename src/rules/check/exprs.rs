@@ -390,15 +390,8 @@ impl<'a> Checker<'a> {
         span: Span,
         symbol: &str,
     ) -> Checked<Node> {
-        let channels = broadcast_channels(a.channels, b.channels).ok_or_else(|| {
-            RuleError::new(
-                span,
-                format!("channels do not match: {} {symbol} {}", a.channels, b.channels),
-            )
-            .hint("channels must be equal, one side 1, or h and h·d (a per-head value times its head's block)")
-        })?;
-        let slots = union(&a.slots, &b.slots);
-        self.check_width(&slots, span)?;
+        let (slots, channels) =
+            self.broadcast((&a.slots, a.channels), (&b.slots, b.channels), span, symbol)?;
         Ok(Node {
             op: Op::Binary {
                 op: arith,
@@ -408,6 +401,27 @@ impl<'a> Checker<'a> {
             slots,
             channels,
         })
+    }
+
+    /// The indices and channels of an element-wise result over operands of these indices and
+    /// channels: channels broadcast (equal, one of them 1, or per head), indices united.
+    pub(super) fn broadcast(
+        &self,
+        (a_slots, a_channels): (&[Slot], usize),
+        (b_slots, b_channels): (&[Slot], usize),
+        span: Span,
+        symbol: &str,
+    ) -> Checked<(Vec<Slot>, usize)> {
+        let channels = broadcast_channels(a_channels, b_channels).ok_or_else(|| {
+            RuleError::new(
+                span,
+                format!("channels do not match: {a_channels} {symbol} {b_channels}"),
+            )
+            .hint("channels must be equal, one side 1, or h and h·d (a per-head value times its head's block)")
+        })?;
+        let slots = union(a_slots, b_slots);
+        self.check_width(&slots, span)?;
+        Ok((slots, channels))
     }
 
     pub(super) fn check_width(&self, slots: &[Slot], span: Span) -> Checked<()> {

@@ -44,7 +44,7 @@ pub enum Form {
     Dot,
     /// `attend(q, k, …)`.
     Attend,
-    /// `top(K, by: score)`: only the value of attend's `route:` option.
+    /// `top(K, by: score)`: only the value of a `route:` option.
     Top,
     /// `where(cond, a, b)`: `a` where `cond` is not 0, else `b`.
     Where,
@@ -268,8 +268,8 @@ pub const FUNCTIONS: &[Function] = &[
         name: "feedforward",
         form: Form::FeedForward,
         positional: "x",
-        options: &[num("mult", 4.0), NORM_EPS],
-        notes: "rmsnorm → linear (mult × channels) → exact GELU → linear (no residual)",
+        options: &[num("mult", 4.0), NORM_EPS, derived("route", "none")],
+        notes: "rmsnorm → linear (mult × channels) → exact GELU → linear (no residual); with `route:` only the picked positions go through it, the others get 0",
     },
     Function {
         name: "concat",
@@ -379,7 +379,7 @@ pub const FUNCTIONS: &[Function] = &[
             num("eps", 0.1),
             flag("straight", true),
         ],
-        notes: "the value of attend's `route:` only (routing, below)",
+        notes: "the value of `route:` (of `attend` and `feedforward`) only (routing, below)",
     },
 ];
 

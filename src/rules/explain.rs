@@ -385,19 +385,32 @@ fn node_rows(
             ));
         }
         Op::FeedForward {
-            site, x, hidden, ..
+            site,
+            x,
+            hidden,
+            route,
+            ..
         } => {
             node_rows(plan, st, x, b, n, depth + 1, rows);
             let (c, h) = (x.channels as f64, *hidden as f64);
-            rows.push(mk(
-                format!("{}.{site}", st.name),
-                format!("rmsnorm, matmul {c}→{h}, gelu, matmul {h}→{c}"),
-                &|m| Cost {
-                    flops: rows_of(m, x) * (4.0 * c * h + 5.0 * c + 4.0 * h),
-                    elements: rows_of(m, x) * (2.0 * c + 2.0 * h),
-                    params: 2.0 * c * h + c,
-                },
-            ));
+            let mut what = format!("rmsnorm, matmul {c}→{h}, gelu, matmul {h}→{c}");
+            if let Some(r) = route {
+                node_rows(plan, st, &r.score, b, n, depth + 1, rows);
+                what = format!("routed: {}; {what}", route_scope(st, r, x.slots.len()));
+            }
+            // a routed feedforward runs on its picks only
+            let runs = |m: usize| match route {
+                Some(r) => {
+                    let (pickings, k) = r.pickings(x.slots.len(), m);
+                    (b * pickings * k) as f64
+                }
+                None => rows_of(m, x),
+            };
+            rows.push(mk(format!("{}.{site}", st.name), what, &|m| Cost {
+                flops: runs(m) * (4.0 * c * h + 5.0 * c + 4.0 * h),
+                elements: runs(m) * (2.0 * c + 2.0 * h),
+                params: 2.0 * c * h + c,
+            }));
         }
         Op::Concat(parts) => {
             for p in parts {
@@ -513,7 +526,7 @@ fn node_rows(
             if let Some(r) = &a.route {
                 node_rows(plan, st, &r.score, b, n, depth + 1, rows);
             }
-            let lowering = attend_lowering(a, n);
+            let lowering = attend_lowering(st, a, n);
             rows.push(mk(format!("{}.{}", st.name, a.site), lowering, &|m| {
                 attend_cost(plan, a, b, m)
             }));
@@ -560,7 +573,16 @@ fn attend_layout(p: EdgePattern) -> &'static str {
     }
 }
 
-fn attend_lowering(a: &AttendOp, n: usize) -> String {
+/// Where a route picks: `top 4 per i`, `top 16 of all edges`.
+fn route_scope(st: &PlanStatement, r: &Route, indices: usize) -> String {
+    match (r.within, indices) {
+        (Some(s), _) => format!("top {} per {}", r.k, st.slots[s]),
+        (None, 1) => format!("top {} of all nodes", r.k),
+        (None, _) => format!("top {} of all edges", r.k),
+    }
+}
+
+fn attend_lowering(st: &PlanStatement, a: &AttendOp, n: usize) -> String {
     let pattern = match a.lowering.core {
         Core::Nodes => {
             if matches!(a.query.op, Op::State { ref slots, .. } | Op::Let { ref slots, .. } if slots.len() == 2)
@@ -583,11 +605,14 @@ fn attend_lowering(a: &AttendOp, n: usize) -> String {
             }
         }
         Core::Path => "path attention (n³ paths, fused)".to_string(),
-        Core::Routed => match &a.route {
-            Some(r) if r.per_row => format!("routed: top {} per row, attention among them", r.k),
-            Some(r) => format!("routed: top {} of all edges, attention among them", r.k),
-            None => unreachable!("routed attention has a route"),
-        },
+        Core::Routed => {
+            let r = a.route.as_ref().expect("routed attention has a route");
+            let indices = a.query.slots.len();
+            format!(
+                "routed: {}, attention among them",
+                route_scope(st, r, indices)
+            )
+        }
     };
     let kernel = match (a.kernel, a.taylor_form(n, CPU_TAYLOR_FEATURE_OVERHEAD)) {
         (KernelChoice::Softmax, _) => "softmax",

@@ -156,9 +156,12 @@ impl Node {
             | Op::Act { x, .. }
             | Op::Linear { x, .. }
             | Op::Norm { x, .. }
-            | Op::FeedForward { x, .. }
+            | Op::FeedForward { x, route: None, .. }
             | Op::Reduce { x, .. }
             | Op::Softmax { x, .. } => vec![x],
+            Op::FeedForward {
+                x, route: Some(r), ..
+            } => vec![x, &r.score],
             Op::Dot { a, b, .. } => vec![a, b],
             Op::Concat(parts) => parts.iter().collect(),
             Op::Attend(a) => {
@@ -357,6 +360,8 @@ pub enum Op {
         hidden: usize,
         /// The prenorm's epsilon.
         eps: f64,
+        /// Routing, if only some positions go through it (the others get zeros).
+        route: Option<Box<Route>>,
     },
     /// The operands' channels side by side (their index slots broadcast).
     Concat(Vec<Node>),
@@ -455,8 +460,9 @@ pub struct Route {
     pub k: usize,
     /// The per-edge routing score (one channel).
     pub score: Node,
-    /// Pick per row (each row's top k, attention within the row) instead of over all edges.
-    pub per_row: bool,
+    /// The index held fixed while picking: each of its values picks its own top `k` among the
+    /// rest (a row of edges, say); `None` picks among all positions of a graph.
+    pub within: Option<Slot>,
     /// The coordinate descent solves for `k · fetch_ratio` picks (CoLT5 uses 9/8), then keeps
     /// the top `k`.
     pub fetch_ratio: f64,
@@ -467,6 +473,18 @@ pub struct Route {
     /// Scale the routed outputs by straight-through gates (value 1, the soft scores' gradient,
     /// as CoLT5) rather than by the soft scores themselves.
     pub straight: bool,
+}
+
+impl Route {
+    /// How it picks in a routed tensor with `indices` free (1: nodes, 2: edges) at `n` nodes:
+    /// `(pickings per graph, picks in each)`.
+    pub fn pickings(&self, indices: usize, n: usize) -> (usize, usize) {
+        match (self.within, indices) {
+            (Some(_), _) => (n, self.k.min(n)),
+            (None, 1) => (1, self.k.min(n)),
+            (None, _) => (1, self.k.min(n * n)),
+        }
+    }
 }
 
 /// Per-head output gates: `sigmoid(logits)`.

@@ -276,8 +276,12 @@ pub(crate) fn collect_sites(node: &Node, out: &mut Vec<(String, SiteSpec)>) {
             x,
             hidden,
             eps,
+            route,
         } => {
             collect_sites(x, out);
+            if let Some(r) = route {
+                collect_sites(&r.score, out);
+            }
             out.push((
                 site.clone(),
                 SiteSpec::FeedForward {

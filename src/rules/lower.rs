@@ -31,7 +31,7 @@ pub enum Core {
     Nodes,
     /// Attention across edges in a pattern.
     Edges(EdgeLowering),
-    /// Routed attention among the edges a soft top-k picks.
+    /// Routed attention among the nodes or edges a soft top-k picks.
     Routed,
     /// Attention of each edge over the paths through a third node (`ops::path`).
     Path,
@@ -74,8 +74,8 @@ pub enum TaylorLowering {
 /// The lowering of `a` in a rule checked with `causal` (its own `lowering` field is ignored).
 pub fn attend(a: &AttendOp, causal: bool) -> AttendLowering {
     let core = match (a.pattern, &a.route) {
-        (Pattern::Nodes { .. }, _) => Core::Nodes,
-        (Pattern::All { .. }, Some(_)) => Core::Routed,
+        (_, Some(_)) => Core::Routed,
+        (Pattern::Nodes { .. }, None) => Core::Nodes,
         (Pattern::Row { q0, q1, key }, None) => {
             // the query is read in its canonical order (slots ascending): when the shared index
             // comes second there, the keys run down a column of the stored layout
@@ -89,8 +89,7 @@ pub fn attend(a: &AttendOp, causal: bool) -> AttendLowering {
         (Pattern::All { q0, q1, k0, k1 }, None) => {
             Core::Edges(edge_lowering(a, EdgePattern::All, [q0, q1], [k0, k1]))
         }
-        (Pattern::Path { .. }, _) => Core::Path,
-        (Pattern::Row { .. }, Some(_)) => unreachable!("the checker routes only over all edges"),
+        (Pattern::Path { .. }, None) => Core::Path,
     };
     let taylor = match a.kernel {
         KernelChoice::Softmax => TaylorLowering::None,
@@ -151,8 +150,15 @@ impl AttendOp {
     /// The sizes of its problems at `n` nodes: `(problems per graph, queries, keys)`.
     pub fn problem_dims(&self, n: usize) -> (usize, usize, usize) {
         match (self.lowering.core, &self.route) {
-            (Core::Routed, Some(r)) if r.per_row => (n, r.k.min(n), r.k.min(n)),
-            (Core::Routed, Some(r)) => (1, r.k.min(n * n), r.k.min(n * n)),
+            (Core::Routed, Some(r)) => {
+                let indices = if matches!(self.pattern, Pattern::Nodes { .. }) {
+                    1
+                } else {
+                    2
+                };
+                let (pickings, k) = r.pickings(indices, n);
+                (pickings, k, k)
+            }
             (Core::Routed, None) => unreachable!("routed attention has a route"),
             (Core::Nodes, _) => (1, n, n),
             (Core::Path, _) => (1, n * n, n),

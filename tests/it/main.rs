@@ -22,6 +22,7 @@ mod pointwise;
 mod reliability;
 mod reliability_cli;
 mod reuse;
+mod routed_rules;
 mod routing;
 mod rule_errors;
 mod rules;

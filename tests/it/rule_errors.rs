@@ -84,6 +84,14 @@ const CORPUS: &[(&str, bool, &str)] = &[
     ("path_with_bias", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, j], heads: 2, dim_head: 4, bias: linear(edges[i, j], 2))\n"),
     ("path_with_gate_flag", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, j], heads: 2, dim_head: 4, gate)\n"),
     ("path_gates_on_the_path", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, j], heads: 2, dim_head: 4, gates: linear(edges[i, l], 2))\n"),
+    ("causal_node_routing", true, "a: nodes[i] += attend(nodes[i] -> nodes[j], heads: 2, dim_head: 4, route: top(2, by: linear(nodes[i], 1)))\n"),
+    ("node_routing_per_row", false, "f: nodes[i] += feedforward(nodes[i], route: top(2, by: linear(nodes[i], 1), per: row))\n"),
+    ("row_routing_with_per", false, "r: edges[i, j] += attend(edges[i, j] -> edges[i, k], heads: 2, dim_head: 4, route: top(2, by: linear(edges[i, j], 1), per: all))\n"),
+    ("path_with_routing", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, j], heads: 2, dim_head: 4, route: top(2, by: linear(edges[i, j], 1)))\n"),
+    ("routed_attention_with_probabilities", false, "let a[i], p[i, j] = attend(nodes[i] -> nodes[j], heads: 2, dim_head: 4, route: top(2, by: linear(nodes[i], 1)))\nnodes[i] += a[i]\n"),
+    ("routing_score_over_other_indices", false, "f: nodes[i] += feedforward(nodes[i], route: top(2, by: linear(edges[i, j], 1)))\n"),
+    ("causal_feedforward_routing_over_all_edges", true, "f: edges[i, j] += feedforward(edges[i, j], route: top(2, by: linear(edges[i, j], 1), per: all))\n"),
+    ("routing_scope_misspelled", false, "f: edges[i, j] += feedforward(edges[i, j], route: top(2, by: linear(edges[i, j], 1), per: colum))\n"),
 ];
 
 fn load(source: &str, causal: bool, overrides: Vec<(String, Const)>) -> quartic::Result<()> {

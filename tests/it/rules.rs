@@ -65,7 +65,7 @@ pub fn small_layer(
     RuleLayer::new(plan, init).unwrap()
 }
 
-fn run(
+pub fn run(
     layer: &RuleLayer<f64, Cpu>,
     nodes: Vec<f64>,
     edges: Vec<f64>,

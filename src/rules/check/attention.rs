@@ -1,4 +1,4 @@
-//! `attend`: its options, the pattern its key's indices pick, and routing.
+//! `attend`: its options and the pattern its key's indices pick.
 
 use super::*;
 
@@ -158,19 +158,25 @@ impl<'a> Checker<'a> {
             (None, false) => None,
         };
         let route = match a.option("route") {
-            Some((n, v)) => Some(self.route(n, v, &pattern, q_expr, k_expr)?),
+            Some((_, v)) => Some(self.attention_route(v, &pattern, q_expr, k_expr)?),
             None => None,
         };
         a.finish()?;
+        if route.is_some() && probs {
+            return Err(
+                RuleError::new(span, "routed attention returns no probabilities")
+                    .hint("only the picked positions attend, each among the picked ones"),
+            );
+        }
         if route.is_some() && value.is_some() {
             return Err(RuleError::new(span, "routed attention takes no `value:`")
-                .hint("its keys and values are the picked edges themselves"));
+                .hint("its keys and values are the picked positions themselves"));
         }
         if route.is_some() {
             if bias.is_some() || gates.is_some() {
                 return Err(
                     RuleError::new(span, "routed attention takes no `bias` or gates")
-                        .hint("the router's soft top-k scores gate the routed edges"),
+                        .hint("the router's soft top-k scores gate the routed positions"),
                 );
             }
             if matches!(kernel, KernelChoice::Taylor { .. }) {
@@ -181,11 +187,7 @@ impl<'a> Checker<'a> {
             }
         }
         if path {
-            let refused = [
-                (bias.is_some(), "`bias`"),
-                (talking, "`talking`"),
-                (route.is_some(), "`route`"),
-            ];
+            let refused = [(bias.is_some(), "`bias`"), (talking, "`talking`")];
             if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
                 return Err(
                     RuleError::new(span, format!("a path attention takes no {what}"))
@@ -363,117 +365,6 @@ impl<'a> Checker<'a> {
             first,
             middle: *l,
             last,
-        })
-    }
-
-    pub(super) fn route(
-        &mut self,
-        name: &Ident,
-        v: &Expr,
-        pattern: &Pattern,
-        q_expr: &Expr,
-        k_expr: &Expr,
-    ) -> Checked<Route> {
-        let ExprKind::Call {
-            func,
-            over: None,
-            args,
-        } = &v.kind
-        else {
-            return Err(RuleError::new(v.span, "`route:` takes `top(K, by: score)`"));
-        };
-        if func.name != "top" {
-            return Err(RuleError::new(v.span, "`route:` takes `top(K, by: score)`"));
-        }
-        if !matches!(pattern, Pattern::All { .. }) {
-            return Err(
-                RuleError::new(name.span, "routing picks edges among all edges")
-                    .hint("route an attention over `e[k, l]`"),
-            );
-        }
-        let same_tensor = match (&q_expr.kind, &k_expr.kind) {
-            (ExprKind::Index(a), ExprKind::Index(b)) => a.name.name == b.name.name,
-            _ => false,
-        };
-        if !same_tensor {
-            return Err(RuleError::new(
-                q_expr.span.to(k_expr.span),
-                "routed attention needs the query and key to be one tensor",
-            )
-            .hint("the picked edges attend among themselves: `e[i, j] -> e[k, l]`"));
-        }
-        let top = builtins::function("top").expect("a built-in");
-        let mut a = Args::new(top, v.span, args)?;
-        let k = a.positional("how many to pick: `top(64, by: score)`")?;
-        let k = self.count(k, "the number of picks")?;
-        let Some((_, by)) = a.option("by") else {
-            return Err(RuleError::new(
-                v.span,
-                "`top` needs `by:`, the score to rank by",
-            ));
-        };
-        let score = self.tensor(by, "the routing score", false)?;
-        let Pattern::All { q0, q1, .. } = *pattern else {
-            unreachable!()
-        };
-        check_slots_within(&score, &[q0, q1], by.span, &self.st.slots)?;
-        if score.channels != 1 {
-            return Err(RuleError::new(
-                by.span,
-                format!(
-                    "the routing score needs 1 channel, it has {}",
-                    score.channels
-                ),
-            )
-            .hint("project it: `linear(..., 1)`"));
-        }
-        let per = match a.option("per") {
-            Some((_, v)) => self.word(v, "routing scope", &["auto", "all", "row"])?,
-            None => top.word("per").to_string(),
-        };
-        let per_row = match per.as_str() {
-            "row" => true,
-            "all" => false,
-            _ => self.cfg.causal,
-        };
-        if per == "all" && self.cfg.causal {
-            return Err(RuleError::new(
-                v.span,
-                "routing over all edges reads the future in a causal rule",
-            )
-            .hint("use `per: row` (or `per: auto`): each row picks among its visible edges"));
-        }
-        let fetch_ratio = match a.option("fetch") {
-            Some((_, v)) => self.number(v, "`fetch`")?,
-            None => top.num("fetch"),
-        };
-        let n_iters = match a.option("iters") {
-            Some((_, v)) => self.count(v, "`iters`")?,
-            None => top.num("iters") as usize,
-        };
-        let eps = match a.option("eps") {
-            Some((_, v)) => self.number(v, "`eps`")?,
-            None => top.num("eps"),
-        };
-        let straight = match a.option("straight") {
-            Some((_, v)) => self.flag_value(v, "`straight`")?,
-            None => top.flag("straight"),
-        };
-        a.finish()?;
-        if fetch_ratio < 1.0 || eps <= 0.0 {
-            return Err(RuleError::new(
-                v.span,
-                "`fetch` must be ≥ 1 and `eps` positive",
-            ));
-        }
-        Ok(Route {
-            k,
-            score,
-            per_row,
-            fetch_ratio,
-            n_iters,
-            eps,
-            straight,
         })
     }
 }

@@ -81,7 +81,7 @@ impl<'a> Checker<'a> {
             Form::Attend => self.attend(f, args, span, probs),
             Form::Top => Err(RuleError::new(
                 func.span,
-                "`top(...)` is only the value of attend's `route:` option",
+                "`top(...)` is only the value of the `route:` option (of `attend` and `feedforward`)",
             )),
         }
     }
@@ -175,6 +175,10 @@ impl<'a> Checker<'a> {
             Some((_, v)) => self.non_negative(v, "`eps`")?,
             None => f.num("eps"),
         };
+        let route = match a.option("route") {
+            Some((_, v)) => Some(Box::new(self.route(v, &x.slots, None)?)),
+            None => None,
+        };
         a.finish()?;
         let hidden = x.channels as f64 * mult;
         if hidden < 1.0 {
@@ -199,6 +203,7 @@ impl<'a> Checker<'a> {
                 x: Box::new(x),
                 hidden,
                 eps,
+                route,
             },
         }))
     }

@@ -7,6 +7,7 @@ mod calls;
 mod exprs;
 mod params;
 mod reuse;
+mod routing;
 mod statements;
 
 pub use reuse::MAX_EXPANSIONS;

@@ -1,4 +1,5 @@
-//! `attend`: node attention, attention across edges in a pattern, and routed attention.
+//! `attend`: node attention, attention across edges in a pattern and along paths (routed
+//! attention is in `routing`).
 
 use super::*;
 
@@ -356,98 +357,6 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 t.reshape_like(&(b * n, h, n, n))
             }
         })
-    }
-
-    /// Routed attention over all edges: pick `k` edges (globally or per row) by the score's
-    /// soft top-k, attend among the picked ones, and write back only to them, scaled by their
-    /// straight-through gates.
-    pub(super) fn routed(
-        &mut self,
-        st: &PlanStatement,
-        a: &AttendOp,
-        block: &'a AttendBlock<E, D>,
-        q_in: Val<E, D, T>,
-        r: &Route,
-    ) -> Result<Val<E, D, T>> {
-        let Pattern::All { q0, q1, .. } = a.pattern else {
-            unreachable!("the checker routes only attention over all edges")
-        };
-        let (b, n) = (self.ext.batch, self.ext.nodes);
-        let (h, d) = (a.heads, a.dim_head);
-        let axes = [Ax::Batch, Ax::Slot(q0), Ax::Slot(q1), Ax::Chan];
-        let x = self.arrange(q_in, &axes, a.query.channels)?;
-        let score = self.eval(st, &r.score)?;
-        let score = self.arrange(score, &axes, 1)?;
-        let (rows, len) = if r.per_row { (b * n, n) } else { (b, n * n) };
-        let causal = self.plan().causal;
-        let mut selectable = Vec::with_capacity(rows * len);
-        for row in 0..rows {
-            for e in 0..len {
-                let (bb, i, j) = if r.per_row {
-                    (row / n, row % n, e)
-                } else {
-                    (row, e / n, e % n)
-                };
-                let ok = self.mask.edge_valid(bb, i, j) && (!causal || j <= i);
-                selectable.push(ok);
-            }
-        }
-        let k = r.k.min(len);
-        let cfg = CoorDescent {
-            n_iters: r.n_iters,
-            eps: r.eps,
-            eps_init: None,
-            eps_decay: 1.0,
-        };
-        let mut picks = soft_topk_padded(
-            score.t.reshape_like(&(rows, len)),
-            k,
-            r.fetch_ratio,
-            Some(&selectable),
-            &cfg,
-        )?;
-        if !r.straight {
-            // scale by the soft scores themselves: slower to learn, but an exact gradient
-            std::mem::swap(&mut picks.gates, &mut picks.coor_descent_values);
-        }
-        let valid = picks.valid.clone();
-        let dev = self.dev.clone();
-        let scale = a.scale;
-        let talking = block.talking.as_ref().map(|p| p.matrix::<T>());
-        let c_in = a.query.channels;
-        let outputs = a.outputs;
-        let x = x.t.reshape_like(&(rows, len, c_in));
-        let out = route(x, picks, |picked| {
-            let flat = picked.reshape_like(&(rows * k, c_in));
-            let split = |t: T2<E, D, T>| -> T4<E, D, T> {
-                t.reshape_like(&(rows, k, h, d))
-                    .permute::<_, Axes4<0, 2, 1, 3>>()
-            };
-            let q = split(block.to_q.forward(flat.with_empty_tape())?);
-            let kk = split(block.to_k.forward(flat.with_empty_tape())?);
-            let v = split(block.to_v.forward(flat)?);
-            let vis = Visibility::all(rows, k, k).with_key_valid(valid.clone())?;
-            let spec = WeightsSpec {
-                scale,
-                normalizer: Normalizer::Softmax,
-                visibility: vis,
-            };
-            let inputs = AttendInputs {
-                bias: None,
-                talking,
-                gates: None,
-            };
-            let o = attend(q, kk, v, inputs, &spec, false)?.out;
-            let o = o
-                .permute::<_, Axes4<0, 2, 1, 3>>()
-                .reshape_like(&(rows * k, h * d));
-            let o = block.to_out.forward(o)?;
-            let keep: T2<E, D> = constant(&dev, indicator(valid.iter().copied()), (rows * k,))?
-                .broadcast_like::<_, Axis<1>>(&(rows * k, outputs));
-            Ok((o * keep.retaped::<T>()).reshape_like(&(rows, k, outputs)))
-        })?;
-        let out = out.reshape_like(&(rows * len * outputs,));
-        Ok(self.val(out, axes.to_vec(), outputs))
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod attention;
 mod reduce;
+mod routing;
 
 use dfdx::prelude::*;
 
@@ -591,6 +592,12 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 };
                 Ok(self.val(t, x.axes, x.channels))
             }
+            Op::FeedForward {
+                site,
+                x,
+                route: Some(r),
+                ..
+            } => self.routed_feedforward(st, site, x, r),
             Op::Linear { site, x, .. }
             | Op::Norm { site, x, .. }
             | Op::FeedForward { site, x, .. } => {

@@ -1,9 +1,11 @@
 //! Padding and causality of a batch of graphs, and the visibility each attention pattern derives
-//! from them.
+//! from them; while training, the mask also carries the batch's dropout draws, the other thing
+//! every layer must know about the batch beyond its tensors.
 //!
 //! Node i lives at time i; edge (i, j) at time max(i, j). In a causal graph an element reads only
 //! elements whose time is not later than its own. Edge (i, j) is real when i and j both are.
 
+use super::DropoutDraws;
 use crate::error::{Error, Result};
 use crate::spec::visibility::Visibility;
 
@@ -15,6 +17,8 @@ pub struct GraphMask {
     /// `[batch × nodes]`, true for real nodes.
     valid: Vec<bool>,
     causal: bool,
+    /// Present while training: what the rules' dropouts draw from.
+    dropout: Option<DropoutDraws>,
 }
 
 impl GraphMask {
@@ -25,6 +29,7 @@ impl GraphMask {
             nodes,
             valid: vec![true; batch * nodes],
             causal: false,
+            dropout: None,
         }
     }
 
@@ -42,6 +47,7 @@ impl GraphMask {
             nodes,
             valid,
             causal: false,
+            dropout: None,
         })
     }
 
@@ -65,6 +71,36 @@ impl GraphMask {
     pub fn causal(mut self, causal: bool) -> Self {
         self.causal = causal;
         self
+    }
+
+    /// The same mask drawing dropout from `draws` (one seed per graph), as in training;
+    /// without draws every dropout is the identity.
+    pub fn with_dropout(mut self, draws: DropoutDraws) -> Result<Self> {
+        if draws.seeds().len() != self.batch {
+            return Err(Error::shape(
+                "dropout seeds",
+                format!("one per graph ({})", self.batch),
+                draws.seeds().len(),
+            ));
+        }
+        self.dropout = Some(draws);
+        Ok(self)
+    }
+
+    /// The dropout draws, while training.
+    pub fn dropout(&self) -> Option<&DropoutDraws> {
+        self.dropout.as_ref()
+    }
+
+    /// The mask layer `k` of a model reads: the same, with dropout drawn for that layer.
+    pub fn for_layer(&self, k: usize) -> std::borrow::Cow<'_, GraphMask> {
+        match &self.dropout {
+            None => std::borrow::Cow::Borrowed(self),
+            Some(d) => std::borrow::Cow::Owned(GraphMask {
+                dropout: Some(d.for_layer(k)),
+                ..self.clone()
+            }),
+        }
     }
 
     /// Graphs.

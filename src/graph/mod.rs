@@ -4,8 +4,10 @@
 //! They are distinct types, so passing edges where nodes belong does not compile; the views
 //! between the domains (lifting nodes onto edges, the diagonal, reductions) are methods here.
 
+mod dropout;
 mod mask;
 
+pub use dropout::{step_seeds, DropoutDraws};
 pub use mask::GraphMask;
 
 use dfdx::prelude::*;

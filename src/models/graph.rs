@@ -382,8 +382,8 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         let edges = self.add_edge_tokens(edges, edge_tokens, batch, n)?;
         let (mut x, mut edges) = (x, edges);
         if self.hyper.is_empty() {
-            for layer in &self.layers {
-                (x, edges) = layer.forward(x, edges, mask)?;
+            for (k, layer) in self.layers.iter().enumerate() {
+                (x, edges) = layer.forward(x, edges, &mask.for_layer(k))?;
             }
         } else {
             // the nodes repeated into the residual streams, summed back after the last layer
@@ -393,8 +393,9 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
                 .into_tensor()
                 .broadcast_like::<_, Axis<2>>(&(b, n, s, d))
                 .contiguous();
-            for (layer, hyper) in self.layers.iter().zip(&self.hyper) {
-                (streams, edges) = layer.forward_streams(streams, edges, mask, hyper)?;
+            for (k, (layer, hyper)) in self.layers.iter().zip(&self.hyper).enumerate() {
+                (streams, edges) =
+                    layer.forward_streams(streams, edges, &mask.for_layer(k), hyper)?;
             }
             x = Nodes::new(streams.sum::<_, Axis<2>>());
         }

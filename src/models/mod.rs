@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::graph::DropoutDraws;
 use crate::nn::{visit_variants, HasParams, Init};
 use crate::tensor::*;
 
@@ -151,7 +152,7 @@ impl<E: Real, D: Device<E>> Model<E, D> {
     where
         D: Backend<E>,
     {
-        self.forward_io(tokens, None, b, n, valid, Readout::Nodes)
+        self.forward_io(tokens, None, b, n, valid, Readout::Nodes, None)
     }
 
     /// Logits from continuous node features `[b, n, dim]` in place of token ids (a graph
@@ -188,6 +189,9 @@ impl<E: Real, D: Device<E>> Model<E, D> {
 
     /// Like [`Model::forward`], with edge tokens (`[b × n × n]`) for a graph model with edge
     /// inputs, and the logits read from the nodes or (`[b, n·n, classes]`) from the edges.
+    /// `dropout` (one seed per graph, as training draws them) turns the rules' dropouts on;
+    /// without it they are the identity.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_io<T: Tape<E, D>>(
         &self,
         tokens: &[usize],
@@ -196,6 +200,7 @@ impl<E: Real, D: Device<E>> Model<E, D> {
         n: usize,
         valid: Option<&[bool]>,
         readout: Readout,
+        dropout: Option<&DropoutDraws>,
     ) -> Result<Output<E, D, T>>
     where
         D: Backend<E>,
@@ -203,6 +208,10 @@ impl<E: Real, D: Device<E>> Model<E, D> {
         match self {
             Self::Graph(m) => {
                 let mask = m.mask(b, n, valid)?;
+                let mask = match dropout {
+                    Some(d) => mask.with_dropout(d.clone())?,
+                    None => mask,
+                };
                 Ok(Output {
                     logits: m.forward_io(tokens, edge_tokens, b, n, &mask, readout)?,
                     aux: None,

@@ -130,6 +130,7 @@ fn pass(model: &Model<f32, Cpu>, input: &Input, fused: bool) -> Result<Pass> {
         input.n,
         Some(&input.valid),
         input.readout,
+        None,
     )?;
     let logits = out.logits.as_vec();
     // a fixed random projection of the logits, so that every logit's gradient counts

@@ -48,6 +48,8 @@ pub enum Form {
     Top,
     /// `where(cond, a, b)`: `a` where `cond` is not 0, else `b`.
     Where,
+    /// `dropout(x, p: …)`: training only.
+    Dropout,
 }
 
 /// An option's default, as the checker uses it and the README shows it.
@@ -318,6 +320,13 @@ pub const FUNCTIONS: &[Function] = &[
         positional: "cond, a, b",
         options: &[],
         notes: "`a` where `cond` is not 0, else `b` (element-wise, broadcast like `*`); the gradient reaches only the branch taken, so `where(x > 0, log(x), x * 0)` is safe (but for x exactly 0, where log's own gradient is infinite); a NaN `cond` gives NaN",
+    },
+    Function {
+        name: "dropout",
+        form: Form::Dropout,
+        positional: "x",
+        options: &[num("p", 0.1)],
+        notes: "training only: zeros each element with probability p (0 ≤ p < 1) and scales the rest by 1/(1 − p), drawn afresh each step from the run's seed (the same under `--shards` and on `--resume`); the identity in evaluation, `forward` and `generate`",
     },
     Function {
         name: "sum",

@@ -320,6 +320,18 @@ fn node_rows(
                 params: 0.0,
             }));
         }
+        Op::Dropout { x, p, .. } => {
+            node_rows(plan, st, x, b, n, depth + 1, rows);
+            rows.push(mk(
+                "dropout".into(),
+                format!("element-wise, p = {p}, training only"),
+                &|m| Cost {
+                    flops: out(m),
+                    elements: out(m),
+                    params: 0.0,
+                },
+            ));
+        }
         Op::Affine { x, .. } | Op::Pow { x, .. } => {
             node_rows(plan, st, x, b, n, depth + 1, rows);
             rows.push(mk(

@@ -153,6 +153,7 @@ impl Node {
             Op::Where { cond, yes, no } => vec![cond, yes, no],
             Op::Affine { x, .. }
             | Op::Pow { x, .. }
+            | Op::Dropout { x, .. }
             | Op::Act { x, .. }
             | Op::Linear { x, .. }
             | Op::Norm { x, .. }
@@ -362,6 +363,16 @@ pub enum Op {
         eps: f64,
         /// Routing, if only some positions go through it (the others get zeros).
         route: Option<Box<Route>>,
+    },
+    /// Dropout while training (the identity otherwise): keep each element with probability
+    /// 1 − p, scaled by 1/(1 − p).
+    Dropout {
+        /// The input.
+        x: Box<Node>,
+        /// The probability of dropping an element.
+        p: f64,
+        /// Which dropout of the rule it is (in checking order): its draws are its own.
+        stream: usize,
     },
     /// The operands' channels side by side (their index slots broadcast).
     Concat(Vec<Node>),

@@ -238,7 +238,9 @@ pub(crate) fn collect_sites(node: &Node, out: &mut Vec<(String, SiteSpec)>) {
             collect_sites(yes, out);
             collect_sites(no, out);
         }
-        Op::Affine { x, .. } | Op::Pow { x, .. } | Op::Act { x, .. } => collect_sites(x, out),
+        Op::Affine { x, .. } | Op::Pow { x, .. } | Op::Act { x, .. } | Op::Dropout { x, .. } => {
+            collect_sites(x, out)
+        }
         Op::Reduce { x, .. } | Op::Softmax { x, .. } => collect_sites(x, out),
         Op::Dot { a, b, .. } => {
             collect_sites(a, out);

@@ -3,6 +3,7 @@
 //! AdamW with warmup and cosine decay, gradient clipping, periodic held-out evaluation,
 //! checkpoints, a progress bar, a metrics CSV and a plot.
 
+use crate::graph::{step_seeds, DropoutDraws};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -236,6 +237,7 @@ pub fn forward_batch<E: Real, D: Backend<E>, T: Tape<E, D>>(
         bt.n,
         bt.valid.as_deref(),
         readout,
+        bt.dropout.as_ref(),
     )
 }
 
@@ -496,7 +498,8 @@ pub fn train_task<E: Real, D: super::shards::RunShards<E>>(
             interrupted = true;
             break;
         }
-        let bt = batch_for(&task, cfg.seed, step, cfg.batch);
+        let mut bt = batch_for(&task, cfg.seed, step, cfg.batch);
+        bt.dropout = Some(DropoutDraws::new(step_seeds(cfg.seed, step, bt.b)));
         let mut passes = step_gradients(model, &bt, task.readout(), cfg.shards)?;
         let value = passes.loss;
         if !value.is_finite() {

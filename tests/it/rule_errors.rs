@@ -92,6 +92,9 @@ const CORPUS: &[(&str, bool, &str)] = &[
     ("routing_score_over_other_indices", false, "f: nodes[i] += feedforward(nodes[i], route: top(2, by: linear(edges[i, j], 1)))\n"),
     ("causal_feedforward_routing_over_all_edges", true, "f: edges[i, j] += feedforward(edges[i, j], route: top(2, by: linear(edges[i, j], 1), per: all))\n"),
     ("routing_scope_misspelled", false, "f: edges[i, j] += feedforward(edges[i, j], route: top(2, by: linear(edges[i, j], 1), per: colum))\n"),
+    ("dropout_probability_one", false, "nodes[i] += dropout(nodes[i], p: 1)\n"),
+    ("dropout_probability_negative", false, "nodes[i] += dropout(nodes[i], p: -0.1)\n"),
+    ("dropout_probability_a_tensor", false, "nodes[i] += dropout(nodes[i], p: nodes[i])\n"),
 ];
 
 fn load(source: &str, causal: bool, overrides: Vec<(String, Const)>) -> quartic::Result<()> {

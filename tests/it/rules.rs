@@ -132,8 +132,23 @@ fn gradcheck_rule_with(name: &str, causal: bool, extra: Vec<(String, Const)>) {
 /// A finite-difference check of a rule's layer (dim 6, dim_edges 4, two graphs of 4 and 3
 /// nodes): inputs and parameters.
 pub fn gradcheck_loaded_rule(rule: &Rule, causal: bool, overrides: Vec<(String, Const)>) {
+    gradcheck_loaded_rule_drawing(rule, causal, overrides, None)
+}
+
+/// [`gradcheck_loaded_rule`], with the rule's dropouts drawing from `dropout` (training) when
+/// given (two graphs).
+pub fn gradcheck_loaded_rule_drawing(
+    rule: &Rule,
+    causal: bool,
+    overrides: Vec<(String, Const)>,
+    dropout: Option<quartic::graph::DropoutDraws>,
+) {
     let (b, n, dim, de) = (2, 4, 6, 4);
     let mask = GraphMask::from_lengths(n, &[4, 3]).unwrap().causal(causal);
+    let mask = match dropout {
+        Some(d) => mask.with_dropout(d).unwrap(),
+        None => mask,
+    };
     let inputs = vec![randn(11, b * n * dim), randn(12, b * n * n * de)];
     let cfg = RuleConfig {
         dim,

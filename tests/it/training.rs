@@ -48,9 +48,33 @@ fn tmp(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_resumed_run_has_the_losses_of_an_uninterrupted_one() {
+    assert_resumed_run_matches(&tiny_model(false, 16, 12), "taylor");
+}
+
+#[test]
+fn a_resumed_run_draws_the_same_dropout() {
+    let dir = tmp("dropout-rule");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("drop.rule");
+    std::fs::write(
+        &file,
+        "rule drop()\nlet x[i] = rmsnorm(nodes[i])\n\
+         a: nodes[i] += dropout(attend(x[i] -> x[j], heads: 2, dim_head: 4), p: 0.3)\n\
+         f: nodes[i] += dropout(feedforward(nodes[i], mult: 2), p: 0.3)\n",
+    )
+    .unwrap();
+    let ModelConfig::Graph(mut g) = tiny_model(false, 16, 12) else {
+        unreachable!("a graph model")
+    };
+    g.rule = file.display().to_string();
+    g.rule_params.clear();
+    assert_resumed_run_matches(&ModelConfig::Graph(g), "dropout");
+}
+
+fn assert_resumed_run_matches(config: &ModelConfig, name: &str) {
     let dev = Cpu::default();
-    let config = tiny_model(false, 16, 12);
-    let run_all = tmp("all");
+    let config = config.clone();
+    let run_all = tmp(&format!("all-{name}"));
     let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
     let full = trainer::train(
         &mut model,
@@ -62,7 +86,7 @@ fn a_resumed_run_has_the_losses_of_an_uninterrupted_one() {
     .unwrap();
     let full: Vec<f64> = full.records.iter().map(|r| r.loss).collect();
 
-    let run_split = tmp("split");
+    let run_split = tmp(&format!("split-{name}"));
     let cfg = tiny_train(&run_split, 10);
     let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
     let flag = AtomicBool::new(false);
@@ -95,7 +119,7 @@ fn a_resumed_run_has_the_losses_of_an_uninterrupted_one() {
         .collect();
     assert_eq!(
         split, full,
-        "resumed losses differ from the uninterrupted run"
+        "{name}: resumed losses differ from the uninterrupted run"
     );
     // the metrics file holds each step once
     let rows = quartic::train::metrics::Metrics::read(&run_split.join("metrics.csv")).unwrap();

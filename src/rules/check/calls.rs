@@ -78,6 +78,7 @@ impl<'a> Checker<'a> {
             Form::Dot => self.dot(f, args, span),
             Form::Pairwise(arith) => self.pairwise(f, arith, args, span),
             Form::Where => self.where_call(f, args, span),
+            Form::Dropout => self.dropout(f, args, span),
             Form::Attend => self.attend(f, args, span, probs),
             Form::Top => Err(RuleError::new(
                 func.span,
@@ -204,6 +205,44 @@ impl<'a> Checker<'a> {
                 hidden,
                 eps,
                 route,
+            },
+        }))
+    }
+
+    #[inline(never)] // see `call`
+    pub(super) fn dropout(
+        &mut self,
+        f: &'static Function,
+        args: &[Arg],
+        span: Span,
+    ) -> Checked<Value> {
+        let mut a = Args::new(f, span, args)?;
+        let x = a.positional("a tensor")?;
+        let x = self.tensor(x, "dropout", false)?;
+        let p = match a.option("p") {
+            Some((_, v)) => {
+                let p = self.number(v, "`p`")?;
+                if !(0.0..1.0).contains(&p) {
+                    return Err(RuleError::new(
+                        v.span,
+                        format!("`p` is the probability of dropping an element: 0 ≤ p < 1, not {p}"),
+                    )
+                    .hint("e.g. `p: 0.1` drops one element in ten; p = 1 would leave nothing to scale"));
+                }
+                p
+            }
+            None => f.num("p"),
+        };
+        a.finish()?;
+        let stream = self.dropouts;
+        self.dropouts += 1;
+        Ok(Value::Tensor(Node {
+            slots: x.slots.clone(),
+            channels: x.channels,
+            op: Op::Dropout {
+                x: Box::new(x),
+                p,
+                stream,
             },
         }))
     }

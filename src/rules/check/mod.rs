@@ -77,6 +77,7 @@ pub fn check(program: &Program, source: &str, file: &str, cfg: &RuleConfig) -> C
         lazy: HashMap::new(),
         frames: Vec::new(),
         expansions: 0,
+        dropouts: 0,
         st: StatementState::default(),
     };
     ck.resolve_params(program, header_span)?;
@@ -167,6 +168,8 @@ struct Checker<'a> {
     /// The arguments of the function bodies being checked, innermost last.
     frames: Vec<Vec<(String, Value)>>,
     expansions: usize,
+    /// Dropouts checked so far: each draws from its own stream.
+    dropouts: usize,
     st: StatementState,
 }
 

@@ -546,6 +546,20 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 }
                 Ok(self.val(select(c.t, y.t, n.t), canonical(&node.slots), node.channels))
             }
+            Op::Dropout { x, p, stream } => {
+                let x = self.eval(st, x)?;
+                let Some(draws) = self.mask.dropout().filter(|_| *p > 0.0) else {
+                    return Ok(x);
+                };
+                let len = x.t.shape().0;
+                let multipliers = draws.multipliers(*stream, len / self.ext.batch, *p);
+                let m: T1<E, D> = constant(
+                    &self.dev,
+                    multipliers.into_iter().map(E::of).collect(),
+                    (len,),
+                )?;
+                Ok(self.val(x.t * m.retaped::<T>(), x.axes, x.channels))
+            }
             Op::Affine { x, mul, add } => {
                 let x = self.eval(st, x)?;
                 let mut t = x.t;

@@ -21,6 +21,7 @@ pub use labels::*;
 pub use sequence::*;
 pub use text::*;
 
+use crate::graph::DropoutDraws;
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
@@ -46,6 +47,8 @@ pub struct Batch {
     pub edge_tokens: Option<Vec<usize>>,
     /// `[b × n × n]`: the class to predict on edge (i, j), for tasks read from the edges.
     pub edge_targets: Option<Vec<Option<usize>>>,
+    /// What the rules' dropouts draw from, one seed per graph: set for training steps only.
+    pub dropout: Option<DropoutDraws>,
 }
 
 impl Batch {
@@ -67,6 +70,10 @@ impl Batch {
                 .edge_targets
                 .as_ref()
                 .map(|v| v[rows(per_edge)].to_vec()),
+            dropout: self
+                .dropout
+                .as_ref()
+                .map(|d| DropoutDraws::new(d.seeds()[range.clone()].to_vec())),
         }
     }
 }
@@ -395,5 +402,6 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
         targets,
         edge_tokens: has_edge_tokens.then_some(edge_tokens),
         edge_targets: has_edge_targets.then_some(edge_targets),
+        dropout: None,
     }
 }

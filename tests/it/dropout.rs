@@ -14,7 +14,10 @@ use quartic::train::shards::step_gradients;
 use quartic::train::Batch;
 
 use crate::common::*;
-use crate::rules::{gradcheck_loaded_rule_drawing, run};
+use crate::rules::{
+    assert_never_reads_the_future_drawing, assert_padding_is_never_read_drawing,
+    gradcheck_loaded_rule_drawing, run,
+};
 
 fn layer(src: &str, dim: usize) -> RuleLayer<f64, Cpu> {
     let cfg = RuleConfig {
@@ -103,6 +106,28 @@ fn gradcheck_dropout_while_training() {
 }
 
 #[test]
+fn dropout_while_training_keeps_causality_and_padding() {
+    let src = "let x[i] = rmsnorm(nodes[i])\n\
+               a: nodes[i] += dropout(attend(x[i] -> x[j], heads: 2, dim_head: 4), p: 0.5)\n\
+               e: edges[i, j] += dropout(linear(edges[i, j] * linear(x[j], dim_edges), dim_edges), p: 0.5)\n";
+    let draws = DropoutDraws::new(step_seeds(2, 7, 2));
+    for causal in [false, true] {
+        let cfg = RuleConfig {
+            dim: 8,
+            dim_edges: 4,
+            causal,
+            overrides: vec![],
+        };
+        let plan = Rule::parse("d.rule", src).unwrap().plan(&cfg).unwrap();
+        let layer = RuleLayer::<f64, Cpu>::new(plan, &Init::random(&dev(), 8)).unwrap();
+        if causal {
+            assert_never_reads_the_future_drawing(src, &layer, Some(&draws));
+        }
+        assert_padding_is_never_read_drawing(src, &layer, causal, Some(&draws));
+    }
+}
+
+#[test]
 fn a_sharded_step_draws_the_whole_batchs_dropout() {
     let dir = crate::reliability::tmp("dropout-shards");
     let file = dir.join("drop.rule");
@@ -175,4 +200,14 @@ fn a_sharded_step_draws_the_whole_batchs_dropout() {
     // and the draws change the step: without them the gradient differs
     let plain = grads(&batch(None), 1);
     assert!(whole.iter().any(|(k, w)| w != &plain[k]));
+}
+
+#[test]
+fn explain_dropout() {
+    let rule = Rule::parse(
+        "dropout.rule",
+        "let x[i] = rmsnorm(nodes[i])\nff: nodes[i] += dropout(feedforward(x[i]), p: 0.2)\n",
+    )
+    .unwrap();
+    crate::rules::assert_explain_snapshot("explain__dropout", &rule, (64, 16), 16);
 }

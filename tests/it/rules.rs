@@ -478,6 +478,24 @@ fn causal_builtin_rules_never_read_the_future() {
 /// A causal layer's outputs before time t do not change when its inputs from t on do (random
 /// t, padded and not), and do change after it (so the check can fail). dim 8, dim_edges 4.
 pub fn assert_never_reads_the_future(name: &str, layer: &RuleLayer<f64, Cpu>) {
+    assert_never_reads_the_future_drawing(name, layer, None)
+}
+
+/// The mask with dropout drawing from `draws` (training), or as it is.
+fn drawing(mask: GraphMask, draws: Option<&quartic::graph::DropoutDraws>) -> GraphMask {
+    match draws {
+        Some(d) => mask.with_dropout(d.clone()).unwrap(),
+        None => mask,
+    }
+}
+
+/// [`assert_never_reads_the_future`] with the layer's dropouts drawing from `draws` (two
+/// graphs), the same draws in both runs.
+pub fn assert_never_reads_the_future_drawing(
+    name: &str,
+    layer: &RuleLayer<f64, Cpu>,
+    draws: Option<&quartic::graph::DropoutDraws>,
+) {
     use rand::{Rng, SeedableRng};
     let (b, n, dim, de) = (2, 7, 8, 4);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -485,6 +503,7 @@ pub fn assert_never_reads_the_future(name: &str, layer: &RuleLayer<f64, Cpu>) {
         let t = rng.gen_range(1..n);
         let lengths = [n, rng.gen_range(t..=n)];
         let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(true);
+        let mask = drawing(mask, draws);
         let nodes = randn(100 + trial, b * n * dim);
         let edges = randn(200 + trial, b * n * n * de);
         let (n1, e1) = run(layer, nodes.clone(), edges.clone(), &mask);
@@ -528,9 +547,21 @@ fn padding_never_changes_real_positions() {
 /// Real positions' outputs do not change when padded positions' inputs do (graphs of 6 and 4
 /// nodes). dim 8, dim_edges 4.
 pub fn assert_padding_is_never_read(name: &str, layer: &RuleLayer<f64, Cpu>, causal: bool) {
+    assert_padding_is_never_read_drawing(name, layer, causal, None)
+}
+
+/// [`assert_padding_is_never_read`] with the layer's dropouts drawing from `draws` (two
+/// graphs).
+pub fn assert_padding_is_never_read_drawing(
+    name: &str,
+    layer: &RuleLayer<f64, Cpu>,
+    causal: bool,
+    draws: Option<&quartic::graph::DropoutDraws>,
+) {
     let (b, n, dim, de) = (2, 6, 8, 4);
     let lengths = [6, 4];
     let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(causal);
+    let mask = drawing(mask, draws);
     let nodes = randn(41, b * n * dim);
     let edges = randn(42, b * n * n * de);
     let (n1, e1) = run(layer, nodes.clone(), edges.clone(), &mask);

@@ -11,6 +11,7 @@ mod experiment;
 mod flash;
 mod fuzz;
 mod graph;
+mod graph_files;
 mod hyper;
 mod layers;
 mod nn;

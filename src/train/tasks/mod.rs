@@ -12,11 +12,13 @@
 //! or `graph.rs` and one row of [`BUILT_IN`].
 
 mod graph;
+mod graph_files;
 mod labels;
 mod sequence;
 mod text;
 
 pub use graph::*;
+pub use graph_files::{GraphFiles, Level};
 pub use labels::*;
 pub use sequence::*;
 pub use text::*;

@@ -1,0 +1,239 @@
+//! Classification on graph datasets from files (`crate::data::graphs`): node classes from `y`
+//! or edge classes from `edge_label`, trained on one file and held out on another.
+//!
+//! Inputs: node tokens as given; the edge (i, j) carries token 0 when the file lists no edge
+//! from i to j, and 1 + its `edge_tokens` entry (1 without edge tokens) when it does, so a rule
+//! sees the input graph through the edges' embedding.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::{Example, Split, TaskDef, Vocab};
+use crate::data::graphs::{read_graphs, GraphRecord, Inputs, Target};
+use crate::error::{Error, Result};
+
+/// What a graph file's examples are scored on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Every labelled node predicts its class (`y`, one per node).
+    Node,
+    /// Every labelled ordered pair (i, j) predicts its class (`edge_label`).
+    Edge,
+}
+
+impl Level {
+    /// `node` or `edge`; `graph` is named as not yet trainable.
+    pub fn parse(word: &str) -> Result<Self> {
+        match word {
+            "node" => Ok(Level::Node),
+            "edge" => Ok(Level::Edge),
+            "graph" => Err(Error::config(
+                "--target",
+                "graph-level targets need a pooled readout, which training does not have yet; \
+                 train node or edge targets",
+            )),
+            other => Err(Error::config(
+                "--target",
+                format!("`{other}` is not a level: node or edge"),
+            )),
+        }
+    }
+}
+
+/// Graphs from a training file and a held-out file.
+#[derive(Debug)]
+pub struct GraphFiles {
+    name: String,
+    level: Level,
+    train: Arc<Vec<Example>>,
+    valid: Arc<Vec<Example>>,
+    vocab: Vocab,
+    max_len: usize,
+}
+
+impl GraphFiles {
+    /// Reads and converts both files; a graph that cannot be an example of `level` is an error
+    /// naming the file, the graph and the field.
+    pub fn from_files(train: &Path, valid: &Path, level: Level) -> Result<Self> {
+        let train_ex = examples(train, level)?;
+        let valid_ex = examples(valid, level)?;
+        let all = || train_ex.iter().chain(&valid_ex);
+        let max_len = all().map(|e| e.tokens.len()).max().unwrap_or(1);
+        let max_token = all()
+            .flat_map(|e| e.tokens.iter())
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let max_edge_token = all()
+            .flat_map(|e| e.edge_tokens.iter())
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let classes = |f: &dyn Fn(&Example) -> &[Option<usize>]| {
+            all()
+                .flat_map(|e| f(e).iter().flatten())
+                .max()
+                .map_or(0, |c| c + 1)
+        };
+        let (node_classes, edge_classes) = match level {
+            Level::Node => (classes(&|e| &e.targets), 0),
+            Level::Edge => (0, classes(&|e| &e.edge_targets).max(1)),
+        };
+        let stem = train
+            .file_stem()
+            .map_or("graphs".into(), |s| s.to_string_lossy().to_string());
+        Ok(Self {
+            name: format!("graphs:{stem}"),
+            level,
+            train: Arc::new(train_ex),
+            valid: Arc::new(valid_ex),
+            vocab: Vocab {
+                // node classes are read from the node logits, so the vocabulary covers them
+                node_tokens: (max_token + 1).max(node_classes).max(2),
+                edge_tokens: max_edge_token + 1,
+                edge_classes,
+            },
+            max_len,
+        })
+    }
+
+    /// Training and held-out graphs.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.valid.len())
+    }
+}
+
+impl TaskDef for GraphFiles {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn vocab(&self) -> Vocab {
+        self.vocab
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn causal(&self) -> bool {
+        false
+    }
+
+    fn example(&self, rng: &mut StdRng, split: Split) -> Example {
+        let pool = match split {
+            Split::Train => &self.train,
+            _ => &self.valid,
+        };
+        pool[rng.gen_range(0..pool.len())].clone()
+    }
+
+    fn split_note(&self) -> Option<String> {
+        let level = match self.level {
+            Level::Node => "node",
+            Level::Edge => "edge",
+        };
+        Some(format!(
+            "{level} classes; {} training graphs, {} held-out graphs from the --valid file (never trained on)",
+            self.train.len(),
+            self.valid.len()
+        ))
+    }
+}
+
+fn examples(path: &Path, level: Level) -> Result<Vec<Example>> {
+    read_graphs(path)?
+        .iter()
+        .enumerate()
+        .map(|(k, g)| example(g, level).map_err(|m| at(path, k, m)))
+        .collect()
+}
+
+fn at(path: &Path, graph: usize, message: String) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        message: format!("graph {graph}, {message}"),
+    }
+}
+
+/// One graph as an example, or what keeps it from being one.
+fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
+    let n = g.num_nodes;
+    let tokens = match &g.nodes {
+        Inputs::Tokens(t) => t.clone(),
+        Inputs::Features { .. } => {
+            return Err(
+                "field `x`: node features need a linear node embedding, which training \
+                        does not have yet; give node `tokens`"
+                    .into(),
+            )
+        }
+    };
+    let edge_input = match &g.edges {
+        None => None,
+        Some(Inputs::Tokens(t)) => Some(t),
+        Some(Inputs::Features { .. }) => {
+            return Err(
+                "field `edge_attr`: edge features need a linear edge embedding, which \
+                        training does not have yet; give `edge_tokens`"
+                    .into(),
+            )
+        }
+    };
+    let mut edge_tokens = vec![0; n * n];
+    for (e, &[s, t]) in g.edge_index.iter().enumerate() {
+        edge_tokens[s * n + t] = 1 + edge_input.map_or(0, |t| t[e]);
+    }
+    let class = |field: &str, k: usize, v: f64| -> Result<usize, String> {
+        if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
+            Ok(v as usize)
+        } else {
+            Err(format!(
+                "field `{field}`: entry {k} is {v}, not a class id (a non-negative integer)"
+            ))
+        }
+    };
+    let mut targets = vec![None; n];
+    let mut edge_targets = vec![None; n * n];
+    match level {
+        Level::Node => match &g.y {
+            Some(Target::Nodes(v)) => {
+                for (i, y) in v.iter().enumerate() {
+                    targets[i] = y.map(|y| class("y", i, y)).transpose()?;
+                }
+            }
+            Some(Target::Graph(_)) => {
+                return Err(
+                    "field `y`: one value for the graph, but --target node needs one per node"
+                        .into(),
+                )
+            }
+            None => {
+                return Err("field `y`: missing (--target node reads node classes from it)".into())
+            }
+        },
+        Level::Edge => {
+            let labels = g
+                .edge_label
+                .as_ref()
+                .ok_or("field `edge_label`: missing (--target edge reads edge classes from it)")?;
+            for (k, v) in labels.values.iter().enumerate() {
+                let Some(v) = v else { continue };
+                let cell = match &labels.pairs {
+                    Some(p) => p[k][0] * n + p[k][1],
+                    None => k,
+                };
+                edge_targets[cell] = Some(class("edge_label", k, *v)?);
+            }
+        }
+    }
+    Ok(Example {
+        tokens,
+        targets,
+        edge_tokens,
+        edge_targets,
+    })
+}

@@ -23,6 +23,9 @@ pub struct EvalArgs {
     /// Text file for the text task (default: the training text; its held-out end is used)
     #[arg(long)]
     pub data: Option<String>,
+    /// A graph file to evaluate on, for a model trained on graphs (default: its --valid file)
+    #[arg(long)]
+    pub graphs: Option<String>,
     /// Held-out batches
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub batches: u64,
@@ -44,11 +47,25 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
         Some(t) => (t.task.clone(), t.data.clone(), t.context, t.seed),
         None => ("sanity".to_string(), None, 64, 0),
     };
-    let task = Task::from_name(
-        args.task.as_deref().unwrap_or(&task_name),
-        args.data.as_deref().or(data.as_deref()),
-        context,
-    )?;
+    let task = match &trained {
+        // graphs: the training's files, held out on its --valid file or on --graphs
+        Some(t) if t.graphs.is_some() && args.task.is_none() && args.data.is_none() => {
+            let mut t = t.clone();
+            if let Some(g) = &args.graphs {
+                t.valid = Some(g.clone());
+            }
+            t.task()?
+        }
+        _ if args.graphs.is_some() => return Err(quartic::Error::config(
+            "--graphs",
+            "evaluates a model trained on graphs (`quartic train --graphs`) on another graph file",
+        )),
+        _ => Task::from_name(
+            args.task.as_deref().unwrap_or(&task_name),
+            args.data.as_deref().or(data.as_deref()),
+            context,
+        )?,
+    };
     check_fits(&ckpt.config, &task)?;
     let batch = args.batch as usize;
     args.budget.check_model(

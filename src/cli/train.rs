@@ -23,7 +23,7 @@ use super::output::{self, say, signal_name, StopSignals};
 /// `--task`'s help: the built-in tasks, from their registry.
 fn task_help() -> String {
     format!(
-        "Task: {} (or text, with --data) [default: sanity]",
+        "Task: {} (or text, with --data; graphs, with --graphs) [default: sanity]",
         quartic::train::tasks::built_in_names()
     )
 }
@@ -43,6 +43,16 @@ pub struct TrainArgs {
     /// Context length for --data [default: 64]
     #[arg(long)]
     pub context: Option<usize>,
+    /// Train on the graphs of this file (JSON Lines or .safetensors; README: "Bring your own
+    /// graphs"), held out on --valid, predicting --target
+    #[arg(long)]
+    pub graphs: Option<String>,
+    /// The held-out graph file for --graphs (never trained on)
+    #[arg(long)]
+    pub valid: Option<String>,
+    /// What --graphs predicts: node (classes from `y`) or edge (classes from `edge_label`)
+    #[arg(long)]
+    pub target: Option<String>,
     /// Optimizer steps [default: 600]
     #[arg(long)]
     pub steps: Option<usize>,
@@ -125,6 +135,9 @@ impl TrainArgs {
             ("--task", self.task.is_some()),
             ("--data", self.data.is_some()),
             ("--context", self.context.is_some()),
+            ("--graphs", self.graphs.is_some()),
+            ("--valid", self.valid.is_some()),
+            ("--target", self.target.is_some()),
             ("--steps", self.steps.is_some()),
             ("--batch", self.batch.is_some()),
             ("--lr", self.lr.is_some()),
@@ -150,10 +163,31 @@ impl TrainArgs {
         };
         let f = file.train.unwrap_or_default();
         let d = TrainConfig::default();
+        let data = self.data.clone().or(f.data);
+        let graphs = self.graphs.clone().or(f.graphs);
+        let task = self.task.clone().or(f.task);
+        // a file's task is named by the file; another task with it would be ignored
+        let from_file = match (&data, &graphs) {
+            (Some(_), _) => Some("text"),
+            (None, Some(_)) => Some("graphs"),
+            (None, None) => None,
+        };
+        let task = match (task, from_file) {
+            (Some(t), Some(kind)) if t != kind => {
+                return Err(quartic::Error::config(
+                    "--task",
+                    format!("`{t}` and a {kind} file: train one or the other"),
+                ))
+            }
+            (t, kind) => t.or(kind.map(String::from)).unwrap_or(d.task.clone()),
+        };
         let cfg = TrainConfig {
-            task: self.task.clone().or(f.task).unwrap_or(d.task),
-            data: self.data.clone().or(f.data),
+            task,
+            data,
             context: self.context.or(f.context).unwrap_or(d.context),
+            graphs,
+            valid: self.valid.clone().or(f.valid),
+            target: self.target.clone().or(f.target),
             steps: self.steps.or(f.steps).unwrap_or(d.steps),
             batch: self.batch.or(f.batch).unwrap_or(d.batch),
             lr: self.lr.or(f.lr).unwrap_or(d.lr),
@@ -331,7 +365,7 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
         say!("rule parameters: {params}")?;
     }
     if let Some(note) = task.split_note() {
-        say!("text: {note}")?;
+        say!("data: {note}")?;
     }
     // without a terminal (a pipe, a CI log) the bar would draw nothing: print lines instead
     use std::io::IsTerminal;
@@ -374,6 +408,9 @@ struct ResolvedTrain<'a> {
     task: &'a str,
     data: Option<String>,
     context: usize,
+    graphs: Option<String>,
+    valid: Option<String>,
+    target: Option<String>,
     steps: usize,
     batch: usize,
     lr: f64,
@@ -472,6 +509,9 @@ fn write_resolved_config(
             task: &cfg.task,
             data: cfg.data.as_deref().map(absolute),
             context: cfg.context,
+            graphs: cfg.graphs.as_deref().map(absolute),
+            valid: cfg.valid.as_deref().map(absolute),
+            target: cfg.target.clone(),
             steps: cfg.steps,
             batch: cfg.batch,
             lr: cfg.lr,

@@ -42,6 +42,15 @@ pub struct TrainConfig {
     /// Context length of the text task.
     #[serde(default = "d_context")]
     pub context: usize,
+    /// A graph file to train on (`graphs` task; see `crate::data::graphs`).
+    #[serde(default)]
+    pub graphs: Option<String>,
+    /// The held-out graph file of a `graphs` task.
+    #[serde(default)]
+    pub valid: Option<String>,
+    /// What a `graphs` task predicts: `node` or `edge` classes.
+    #[serde(default)]
+    pub target: Option<String>,
     /// Optimizer steps.
     pub steps: usize,
     /// Examples per step.
@@ -78,6 +87,9 @@ impl Default for TrainConfig {
             task: "sanity".into(),
             data: None,
             context: 64,
+            graphs: None,
+            valid: None,
+            target: None,
             steps: 600,
             batch: 32,
             lr: 3e-3,
@@ -96,8 +108,41 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The task this config names, built (reads the text file for `text`).
+    /// The task this config names, built (reads the text file for `text`, the graph files for
+    /// `graphs`).
     pub fn task(&self) -> Result<Task> {
+        if let Some(train) = &self.graphs {
+            if self.data.is_some() {
+                return Err(Error::config(
+                    "training",
+                    "give a text (`data`) or graphs (`graphs`), not both",
+                ));
+            }
+            let valid = self.valid.as_deref().ok_or_else(|| {
+                Error::config(
+                    "training",
+                    "graphs need a held-out file too: `--valid FILE` (`valid` in a config)",
+                )
+            })?;
+            let target = self.target.as_deref().ok_or_else(|| {
+                Error::config(
+                    "training",
+                    "say what the graphs predict: `--target node` or `--target edge`",
+                )
+            })?;
+            let level = super::tasks::Level::parse(target)?;
+            return Ok(Task::new(super::tasks::GraphFiles::from_files(
+                Path::new(train),
+                Path::new(valid),
+                level,
+            )?));
+        }
+        if self.valid.is_some() || self.target.is_some() {
+            return Err(Error::config(
+                "training",
+                "`valid` and `target` go with graph files (`--graphs FILE`)",
+            ));
+        }
         Task::from_name(&self.task, self.data.as_deref(), self.context)
     }
     /// Where the run's checkpoint is: `out/checkpoint.safetensors`.
@@ -417,8 +462,10 @@ pub fn train<E: Real, D: super::shards::RunShards<E>>(
     stop: Option<&AtomicBool>,
     progress: &mut dyn Progress,
 ) -> Result<TrainReport> {
+    // the task is built from `cfg` itself, so it is the one `cfg` names (a text or graph
+    // file's task is named after the file, not after `cfg.task`)
     let task = cfg.task()?;
-    train_task(model, &task, cfg, start, stop, progress)
+    run_task(model, &task, cfg, start, stop, progress)
 }
 
 /// [`train`] on a task given as a value: a built-in, or a user's own type implementing
@@ -434,7 +481,6 @@ pub fn train_task<E: Real, D: super::shards::RunShards<E>>(
     stop: Option<&AtomicBool>,
     progress: &mut dyn Progress,
 ) -> Result<TrainReport> {
-    cfg.validate()?;
     if cfg.task != task.name() {
         return Err(Error::config(
             "training",
@@ -446,6 +492,19 @@ pub fn train_task<E: Real, D: super::shards::RunShards<E>>(
             ),
         ));
     }
+    run_task(model, task, cfg, start, stop, progress)
+}
+
+/// [`train_task`] once the task is known to be the one `cfg` describes.
+fn run_task<E: Real, D: super::shards::RunShards<E>>(
+    model: &mut Model<E, D>,
+    task: &Task,
+    cfg: &TrainConfig,
+    start: Start,
+    stop: Option<&AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<TrainReport> {
+    cfg.validate()?;
     let task = task.clone();
     check_fits(&model.config(), &task)?;
     let opt = AdamW {

@@ -529,3 +529,165 @@ fn help_lists_every_builtin_rule() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("is a list of rules"));
 }
+
+#[test]
+fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
+    let dir = crate::reliability::tmp("cli-graphs");
+    let sample = |f: &str| format!("{}/data/graphs/{f}", env!("CARGO_MANIFEST_DIR"));
+    let out = dir.join("run");
+    let (train_file, valid_file) = (
+        sample("shortest_paths.train.jsonl"),
+        sample("shortest_paths.valid.safetensors"),
+    );
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--graphs", &train_file, "--valid", &valid_file];
+        args.extend_from_slice(extra);
+        quartic(&args)
+    };
+    let common = [
+        "--target",
+        "edge",
+        "--rule",
+        "triangle",
+        "--depth",
+        "1",
+        "--dim",
+        "16",
+        "--dim-edges",
+        "8",
+        "--batch",
+        "4",
+        "--eval-every",
+        "2",
+        "--eval-batches",
+        "1",
+    ];
+    let mut first = common.to_vec();
+    first.extend(["--steps", "2", "--out", out.to_str().unwrap()]);
+    let run = train(&first);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(
+        stdout.contains("task graphs:shortest_paths.train"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("400 training graphs, 100 held-out graphs"),
+        "{stdout}"
+    );
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        config.contains("target = \"edge\"") && config.contains("shortest_paths.valid.safetensors"),
+        "{config}"
+    );
+    // the run's own config trains it again
+    let rerun = quartic(&[
+        "train",
+        "--config",
+        out.join("config.toml").to_str().unwrap(),
+        "--steps",
+        "1",
+        "--out",
+        dir.join("rerun").to_str().unwrap(),
+    ]);
+    assert!(rerun.status.success(), "{}", text(&rerun.stderr));
+    let ckpt = out.join("checkpoint.safetensors");
+    for graphs in [None, Some(sample("shortest_paths.valid.jsonl"))] {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--batches",
+            "2",
+        ];
+        if let Some(g) = &graphs {
+            args.extend(["--graphs", g]);
+        }
+        let eval = quartic(&args);
+        assert!(eval.status.success(), "{}", text(&eval.stderr));
+        assert!(text(&eval.stdout).contains("task graphs:shortest_paths.train"));
+    }
+    // refused: no held-out file, no target, a graph-level target, another task beside graphs
+    let refusals: [(&[&str], &str); 4] = [
+        (
+            &["train", "--graphs", "g.jsonl", "--target", "node"],
+            "--valid FILE",
+        ),
+        (
+            &["train", "--graphs", "g.jsonl", "--valid", "v.jsonl"],
+            "--target node",
+        ),
+        (
+            &[
+                "train",
+                "--graphs",
+                &sample("components.train.jsonl"),
+                "--valid",
+                &sample("components.valid.jsonl"),
+                "--target",
+                "graph",
+            ],
+            "graph-level targets",
+        ),
+        (
+            &["train", "--task", "sanity", "--graphs", "g.jsonl"],
+            "train one or the other",
+        ),
+    ];
+    for (args, want) in refusals {
+        let r = quartic(&[args, &["--out", dir.join("refused").to_str().unwrap()]].concat());
+        assert!(!r.status.success());
+        assert!(
+            text(&r.stderr).contains(want),
+            "{args:?}: {}",
+            text(&r.stderr)
+        );
+    }
+    // node targets on a graph-level file name the graph and the field
+    let r = quartic(&[
+        "train",
+        "--graphs",
+        &sample("components.train.jsonl"),
+        "--valid",
+        &sample("components.valid.jsonl"),
+        "--target",
+        "node",
+        "--out",
+        dir.join("refused").to_str().unwrap(),
+    ]);
+    assert!(
+        text(&r.stderr).contains("graph 0, field `y`: one value for the graph"),
+        "{}",
+        text(&r.stderr)
+    );
+}
+
+#[test]
+fn a_text_file_trains_from_the_command_line() {
+    let dir = crate::reliability::tmp("cli-text");
+    let file = dir.join("t.txt");
+    std::fs::write(&file, "a small text to learn from, repeated. ".repeat(20)).unwrap();
+    let run = quartic(&[
+        "train",
+        "--data",
+        file.to_str().unwrap(),
+        "--context",
+        "16",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--out",
+        dir.join("run").to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stdout).contains("task text:"),
+        "{}",
+        text(&run.stdout)
+    );
+}

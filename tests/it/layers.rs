@@ -16,6 +16,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("memory", 3),
     ("spec", 3),
     ("fixtures", 4),
+    ("data", 4),
     ("graph", 4),
     ("kernels", 4),
     ("backend", 5),

@@ -91,12 +91,14 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
             task.name()
         )));
     }
+    let covered = match task.held_out_set() {
+        Some(set) => format!("all {} held-out examples", set.len()),
+        None => format!("{} × {} held-out sequences", args.batches, args.batch),
+    };
     say!(
-        "{}: task {} | {} × {} held-out sequences | loss {loss:.4} | accuracy {:.2}%",
+        "{}: task {} | {covered} | loss {loss:.4} | accuracy {:.2}%",
         args.checkpoint.display(),
         task.name(),
-        args.batches,
-        args.batch,
         acc * 100.0
     )?;
     match (&ckpt.crate_version, &ckpt.git_commit) {

@@ -349,7 +349,9 @@ pub fn evaluate<E: Real, D: Backend<E>>(
     evaluate_split(model, task, seed, batches, batch, Split::Test)
 }
 
-/// Held-out loss and accuracy over `batches` fixed batches of `split`.
+/// Held-out loss and accuracy over `batches` fixed batches of `split`; for a task with a fixed
+/// held-out set ([`Task::held_out_set`]), over that set, each example once, `batch` at a time
+/// (`batches` and `seed` then play no part).
 pub fn evaluate_split<E: Real, D: Backend<E>>(
     model: &Model<E, D>,
     task: &Task,
@@ -359,9 +361,17 @@ pub fn evaluate_split<E: Real, D: Backend<E>>(
     split: Split,
 ) -> Result<(f64, f64)> {
     let (mut loss, mut correct, mut total) = (0.0, 0, 0);
-    for k in 0..batches {
-        let bt = eval_batch(task, seed, k, batch, split);
-        let (l, c, t) = score_batch(model, &bt, task.readout())?;
+    let fixed: Vec<Batch> = match (split, task.held_out_set()) {
+        (Split::Test, Some(set)) => set
+            .chunks(batch)
+            .map(|c| super::tasks::batch_of(c.to_vec()))
+            .collect(),
+        _ => (0..batches)
+            .map(|k| eval_batch(task, seed, k, batch, split))
+            .collect(),
+    };
+    for bt in &fixed {
+        let (l, c, t) = score_batch(model, bt, task.readout())?;
         loss += l * t as f64;
         correct += c;
         total += t;

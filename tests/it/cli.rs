@@ -605,7 +605,9 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
         }
         let eval = quartic(&args);
         assert!(eval.status.success(), "{}", text(&eval.stderr));
-        assert!(text(&eval.stdout).contains("task graphs:shortest_paths.train"));
+        let said = text(&eval.stdout);
+        assert!(said.contains("task graphs:shortest_paths.train"), "{said}");
+        assert!(said.contains("all 100 held-out examples"), "{said}");
     }
     // refused: no held-out file, no target, a graph-level target, another task beside graphs
     let refusals: [(&[&str], &str); 4] = [

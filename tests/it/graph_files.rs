@@ -231,3 +231,39 @@ fn a_nan_feature_in_safetensors_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn evaluation_covers_every_held_out_graph_once() {
+    use dfdx::prelude::*;
+    use quartic::models::{Model, ModelConfig};
+    use quartic::nn::Init;
+    use quartic::train::tasks::{GraphFiles, Level};
+    use quartic::train::trainer::evaluate;
+    use quartic::train::Task;
+    let task = Task::new(
+        GraphFiles::from_files(
+            &sample("triangles.train.jsonl"),
+            &sample("triangles.valid.jsonl"),
+            Level::Node,
+        )
+        .unwrap(),
+    );
+    assert_eq!(task.held_out_set().map(|s| s.len()), Some(100));
+    let mut g = crate::reliability::graph_config("taylor", 8, task.max_len());
+    g.num_tokens = task.num_tokens();
+    g.io.edge_vocab = task.edge_vocab();
+    let model = Model::<f32, Cpu>::new(
+        &ModelConfig::Graph(g),
+        None,
+        &Init::random(&Cpu::default(), 1),
+    )
+    .unwrap();
+    // the same set whatever the seed, the batch count or the batch size
+    let (l1, a1) = evaluate(&model, &task, 0, 1, 7).unwrap();
+    let (l2, a2) = evaluate(&model, &task, 99, 16, 100).unwrap();
+    assert!(
+        (l1 - l2).abs() < 1e-5 * l1.abs().max(1.0),
+        "{l1} against {l2}"
+    );
+    assert!((a1 - a2).abs() < 1e-9, "{a1} against {a2}");
+}

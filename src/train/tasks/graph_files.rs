@@ -131,13 +131,17 @@ impl TaskDef for GraphFiles {
         pool[rng.gen_range(0..pool.len())].clone()
     }
 
+    fn held_out_set(&self) -> Option<&[Example]> {
+        Some(&self.valid)
+    }
+
     fn split_note(&self) -> Option<String> {
         let level = match self.level {
             Level::Node => "node",
             Level::Edge => "edge",
         };
         Some(format!(
-            "{level} classes; {} training graphs, {} held-out graphs from the --valid file (never trained on)",
+            "{level} classes; {} training graphs, {} held-out graphs from the --valid file (never trained on, each evaluated once)",
             self.train.len(),
             self.valid.len()
         ))

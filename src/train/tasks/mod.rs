@@ -163,6 +163,11 @@ pub trait TaskDef: std::fmt::Debug + Send + Sync {
     fn split_note(&self) -> Option<String> {
         None
     }
+    /// A fixed held-out set that evaluation covers once, each example exactly once, in place
+    /// of sampled batches (tasks read from files).
+    fn held_out_set(&self) -> Option<&[Example]> {
+        None
+    }
 }
 
 /// A built-in task: its name, what it asks, and its constructor.
@@ -325,6 +330,11 @@ impl Task {
     /// See [`TaskDef::split_note`].
     pub fn split_note(&self) -> Option<String> {
         self.0.split_note()
+    }
+
+    /// See [`TaskDef::held_out_set`].
+    pub fn held_out_set(&self) -> Option<&[Example]> {
+        self.0.held_out_set()
     }
 
     /// See [`TaskDef::sizes`].

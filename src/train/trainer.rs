@@ -361,17 +361,16 @@ pub fn evaluate_split<E: Real, D: Backend<E>>(
     split: Split,
 ) -> Result<(f64, f64)> {
     let (mut loss, mut correct, mut total) = (0.0, 0, 0);
-    let fixed: Vec<Batch> = match (split, task.held_out_set()) {
-        (Split::Test, Some(set)) => set
-            .chunks(batch)
-            .map(|c| super::tasks::batch_of(c.to_vec()))
-            .collect(),
-        _ => (0..batches)
-            .map(|k| eval_batch(task, seed, k, batch, split))
-            .collect(),
+    // one batch at a time: only the batch being scored is held
+    let batches: Box<dyn Iterator<Item = Batch>> = match (split, task.held_out_set()) {
+        (Split::Test, Some(set)) => Box::new(
+            set.chunks(batch)
+                .map(|c| super::tasks::batch_of(c.to_vec())),
+        ),
+        _ => Box::new((0..batches).map(|k| eval_batch(task, seed, k, batch, split))),
     };
-    for bt in &fixed {
-        let (l, c, t) = score_batch(model, bt, task.readout())?;
+    for bt in batches {
+        let (l, c, t) = score_batch(model, &bt, task.readout())?;
         loss += l * t as f64;
         correct += c;
         total += t;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use dfdx::prelude::*;
 use quartic::graph::{step_seeds, DropoutDraws, GraphMask, Nodes};
 use quartic::models::{GraphConfig, Model, ModelConfig, Readout, TaskIo};
-use quartic::nn::{HasParams, Init};
+use quartic::nn::Init;
 use quartic::rules::{Rule, RuleConfig, RuleLayer};
 use quartic::train::shards::step_gradients;
 use quartic::train::Batch;
@@ -168,19 +168,8 @@ fn a_sharded_step_draws_the_whole_batchs_dropout() {
     };
     let grads = |bt: &Batch, shards: usize| -> HashMap<String, Vec<f64>> {
         let mut step = step_gradients(&model, bt, Readout::Nodes, shards).unwrap();
-        model
-            .params()
-            .iter()
-            .map(|p| {
-                let mut sum = vec![0.0; p.len()];
-                for g in step.grads.iter_mut() {
-                    g.get_or_alloc_mut(&p.value).unwrap();
-                    for (s, x) in sum.iter_mut().zip(g.get(&p.value).as_vec()) {
-                        *s += x;
-                    }
-                }
-                (p.name.clone(), sum)
-            })
+        crate::shards::summed(&model, &mut step.grads)
+            .into_iter()
             .collect()
     };
     let training = batch(Some(DropoutDraws::new(step_seeds(9, 4, b))));

@@ -53,7 +53,10 @@ fn batch() -> Batch {
 }
 
 /// The step's summed gradient, parameter by parameter.
-fn summed(model: &Model<f64, Cpu>, grads: &mut [Gradients<f64, Cpu>]) -> Vec<(String, Vec<f64>)> {
+pub fn summed(
+    model: &Model<f64, Cpu>,
+    grads: &mut [Gradients<f64, Cpu>],
+) -> Vec<(String, Vec<f64>)> {
     model
         .params()
         .iter()

@@ -338,6 +338,8 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
             Use::Train { shards: cfg.shards },
         )?;
         let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, cfg.seed))?;
+        // refused before the run's folder is touched
+        trainer::check_input_graph(&model, &task)?;
         let start = if args.overwrite {
             Start::overwrite()
         } else {

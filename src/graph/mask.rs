@@ -4,6 +4,10 @@
 //!
 //! Node i lives at time i; edge (i, j) at time max(i, j). In a causal graph an element reads only
 //! elements whose time is not later than its own. Edge (i, j) is real when i and j both are.
+//!
+//! Graphs read from files also carry their input edges (the adjacency), which a rule reads as
+//! `adjacency[i, j]` and restricts attention and reductions to with `mask:`: one more term in
+//! the same visibility rule, so padding, causality and the input graph combine in one place.
 
 use super::DropoutDraws;
 use crate::error::{Error, Result};
@@ -19,6 +23,30 @@ pub struct GraphMask {
     causal: bool,
     /// Present while training: what the rules' dropouts draw from.
     dropout: Option<DropoutDraws>,
+    /// `[batch × nodes × nodes]`: whether the input graph has edge i → j (graphs from files).
+    adjacency: Option<std::sync::Arc<[bool]>>,
+    /// Which keys an attention reads beyond padding and causality (set per call).
+    keys: KeyRestriction,
+}
+
+/// How one attention restricts its keys to the input graph's edges (its `mask:` option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeyRestriction {
+    /// Every real key (padding and causality only).
+    #[default]
+    None,
+    /// Node attention: query i reads key j where the input has edge i → j, or j → i when
+    /// `reversed`.
+    Pairs {
+        /// Read the edge from key to query.
+        reversed: bool,
+    },
+    /// Attention across edges: a key edge (u, v), in the kernel's layout of the key, is read
+    /// where the input has edge u → v, or v → u when `reversed`.
+    KeyEdges {
+        /// Read the key edge the other way round.
+        reversed: bool,
+    },
 }
 
 impl GraphMask {
@@ -30,6 +58,8 @@ impl GraphMask {
             valid: vec![true; batch * nodes],
             causal: false,
             dropout: None,
+            adjacency: None,
+            keys: KeyRestriction::None,
         }
     }
 
@@ -48,6 +78,8 @@ impl GraphMask {
             valid,
             causal: false,
             dropout: None,
+            adjacency: None,
+            keys: KeyRestriction::None,
         })
     }
 
@@ -85,6 +117,56 @@ impl GraphMask {
         }
         self.dropout = Some(draws);
         Ok(self)
+    }
+
+    /// The same mask carrying the input graph: `adjacency` is `[batch × nodes × nodes]`, true
+    /// where graph b has an edge i → j.
+    pub fn with_adjacency(mut self, adjacency: Vec<bool>) -> Result<Self> {
+        let want = self.batch * self.nodes * self.nodes;
+        if adjacency.len() != want {
+            return Err(Error::shape(
+                "adjacency",
+                format!(
+                    "{want} entries (batch {} × {} × {} nodes)",
+                    self.batch, self.nodes, self.nodes
+                ),
+                adjacency.len(),
+            ));
+        }
+        self.adjacency = Some(adjacency.into());
+        Ok(self)
+    }
+
+    /// The input graph's edges `[batch × nodes × nodes]`, for graphs that have one.
+    pub fn adjacency(&self) -> Option<&[bool]> {
+        self.adjacency.as_deref()
+    }
+
+    /// Whether graph b's input has edge i → j (false without an input graph).
+    pub fn has_edge(&self, b: usize, i: usize, j: usize) -> bool {
+        self.adjacency
+            .as_ref()
+            .is_some_and(|a| a[(b * self.nodes + i) * self.nodes + j])
+    }
+
+    /// The same mask with one attention's keys restricted to the input graph's edges; an
+    /// error when the graphs carry none.
+    pub fn restricted(&self, keys: KeyRestriction) -> Result<std::borrow::Cow<'_, GraphMask>> {
+        if keys == KeyRestriction::None {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        if self.adjacency.is_none() {
+            return Err(no_input_graph("`mask:`"));
+        }
+        Ok(std::borrow::Cow::Owned(GraphMask {
+            keys,
+            ..self.clone()
+        }))
+    }
+
+    /// The key restriction in force.
+    pub fn key_restriction(&self) -> KeyRestriction {
+        self.keys
     }
 
     /// The dropout draws, while training.
@@ -162,10 +244,33 @@ impl GraphMask {
     }
 
     /// Node attention: node i reads node j (batch `b`, n queries, n keys).
+    /// Under a [`KeyRestriction::Pairs`], only the pairs the input graph connects.
     pub fn node_visibility(&self) -> Result<Visibility> {
         let n = self.nodes;
-        let vis = Visibility::all(self.batch, n, n).with_key_valid(self.valid.clone())?;
+        let mut vis = Visibility::all(self.batch, n, n).with_key_valid(self.valid.clone())?;
+        if let KeyRestriction::Pairs { reversed } = self.keys {
+            let pairs = (0..self.batch * n * n)
+                .map(|e| {
+                    let (b, i, j) = (e / (n * n), e / n % n, e % n);
+                    if reversed {
+                        self.has_edge(b, j, i)
+                    } else {
+                        self.has_edge(b, i, j)
+                    }
+                })
+                .collect();
+            vis = vis.with_pairs(pairs)?;
+        }
         self.with_times(vis, |_| (0..n).collect(), |_| (0..n).collect())
+    }
+
+    /// Whether key edge (u, v) passes the key restriction.
+    fn key_edge_kept(&self, b: usize, u: usize, v: usize) -> bool {
+        match self.keys {
+            KeyRestriction::KeyEdges { reversed: false } => self.has_edge(b, u, v),
+            KeyRestriction::KeyEdges { reversed: true } => self.has_edge(b, v, u),
+            _ => true,
+        }
     }
 
     /// Every edge over all n² edges (flattened `i·n + j`), batch `b`.
@@ -173,7 +278,7 @@ impl GraphMask {
         let n = self.nodes;
         let valid = (0..self.batch)
             .flat_map(|b| (0..n * n).map(move |e| (b, e / n, e % n)))
-            .map(|(b, i, j)| self.edge_valid(b, i, j))
+            .map(|(b, i, j)| self.edge_valid(b, i, j) && self.key_edge_kept(b, i, j))
             .collect();
         let vis = Visibility::all(self.batch, n * n, n * n).with_key_valid(valid)?;
         let times = |_| (0..n * n).map(|e| Self::edge_time(e / n, e % n)).collect();
@@ -191,12 +296,26 @@ impl GraphMask {
     }
 
     /// Edge (i, j) over its row (i, k); problems are indexed `b·n + i`, queries j, keys k.
-    /// By symmetry of padding and times this is also the column pattern on transposed edges.
+    /// By symmetry of padding and times this is also the column pattern on transposed edges
+    /// ([`GraphMask::column_visibility`] only differs under a key restriction).
     pub fn row_visibility(&self) -> Result<Visibility> {
+        self.axial_visibility(false)
+    }
+
+    /// Edge (i, j) over its column (k, j); problems are indexed `b·n + j`, queries i, keys k
+    /// (the key edge is (k, j)).
+    pub fn column_visibility(&self) -> Result<Visibility> {
+        self.axial_visibility(true)
+    }
+
+    fn axial_visibility(&self, column: bool) -> Result<Visibility> {
         let n = self.nodes;
         let valid = (0..self.batch * n)
             .flat_map(|bi| (0..n).map(move |k| (bi / n, bi % n, k)))
-            .map(|(b, i, k)| self.edge_valid(b, i, k))
+            .map(|(b, s, k)| {
+                let (u, v) = if column { (k, s) } else { (s, k) };
+                self.edge_valid(b, u, v) && self.key_edge_kept(b, u, v)
+            })
             .collect();
         let vis = Visibility::all(self.batch * n, n, n).with_key_valid(valid)?;
         let times = |bi: usize| (0..n).map(|j| Self::edge_time(bi % n, j)).collect();
@@ -227,4 +346,15 @@ impl GraphMask {
         }
         out
     }
+}
+
+/// The error of a rule that reads the input graph where there is none.
+pub(crate) fn no_input_graph(what: &str) -> Error {
+    Error::config(
+        "rule input",
+        format!(
+            "the rule reads the input graph ({what}), but these graphs carry no input edges: \
+             train on graph files (`quartic train --graphs FILE`)"
+        ),
+    )
 }

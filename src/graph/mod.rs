@@ -8,7 +8,8 @@ mod dropout;
 mod mask;
 
 pub use dropout::{step_seeds, DropoutDraws};
-pub use mask::GraphMask;
+pub(crate) use mask::no_input_graph;
+pub use mask::{GraphMask, KeyRestriction};
 
 use dfdx::prelude::*;
 

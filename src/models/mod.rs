@@ -40,6 +40,41 @@ pub fn check_depth(context: &str, depth: usize) -> Result<()> {
     Ok(())
 }
 
+/// A batch of graphs as a model reads it: the tokens of `b` graphs of `n` nodes (after
+/// padding), and what else the task gives.
+#[derive(Clone, Copy, Debug)]
+pub struct GraphInputs<'a> {
+    /// `[b × n]` node token ids.
+    pub tokens: &'a [usize],
+    /// `[b × n × n]` edge token ids, for a model with edge inputs.
+    pub edge_tokens: Option<&'a [usize]>,
+    /// Graphs.
+    pub b: usize,
+    /// Nodes per graph, after padding.
+    pub n: usize,
+    /// `[b × n]`: false at padding (`None`: every node is real).
+    pub valid: Option<&'a [bool]>,
+    /// `[b × n × n]`: whether graph b's input has edge i → j (graphs read from files).
+    pub adjacency: Option<&'a [bool]>,
+    /// The rules' dropout draws, while training.
+    pub dropout: Option<&'a DropoutDraws>,
+}
+
+impl<'a> GraphInputs<'a> {
+    /// Tokens alone (with padding): no edge inputs, input graph or dropout.
+    pub fn tokens(tokens: &'a [usize], b: usize, n: usize, valid: Option<&'a [bool]>) -> Self {
+        Self {
+            tokens,
+            edge_tokens: None,
+            b,
+            n,
+            valid,
+            adjacency: None,
+            dropout: None,
+        }
+    }
+}
+
 /// Any model's configuration, as saved in checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "model", rename_all = "snake_case")]
@@ -152,7 +187,7 @@ impl<E: Real, D: Device<E>> Model<E, D> {
     where
         D: Backend<E>,
     {
-        self.forward_io(tokens, None, b, n, valid, Readout::Nodes, None)
+        self.forward_io(&GraphInputs::tokens(tokens, b, n, valid), Readout::Nodes)
     }
 
     /// Logits from continuous node features `[b, n, dim]` in place of token ids (a graph
@@ -187,41 +222,46 @@ impl<E: Real, D: Device<E>> Model<E, D> {
         }
     }
 
-    /// Like [`Model::forward`], with edge tokens (`[b × n × n]`) for a graph model with edge
-    /// inputs, and the logits read from the nodes or (`[b, n·n, classes]`) from the edges.
-    /// `dropout` (one seed per graph, as training draws them) turns the rules' dropouts on;
-    /// without it they are the identity.
-    #[allow(clippy::too_many_arguments)]
+    /// The logits of one batch of graphs, read from the nodes or (`[b, n·n, classes]`) from
+    /// the edges, as `readout` says. The input graph, when given, is what rules read as
+    /// `adjacency` and `mask:`; dropout draws (one seed per graph, as training draws them)
+    /// turn the rules' dropouts on; without them they are the identity.
     pub fn forward_io<T: Tape<E, D>>(
         &self,
-        tokens: &[usize],
-        edge_tokens: Option<&[usize]>,
-        b: usize,
-        n: usize,
-        valid: Option<&[bool]>,
+        inputs: &GraphInputs<'_>,
         readout: Readout,
-        dropout: Option<&DropoutDraws>,
     ) -> Result<Output<E, D, T>>
     where
         D: Backend<E>,
     {
+        let GraphInputs {
+            tokens,
+            edge_tokens,
+            b,
+            n,
+            valid,
+            adjacency,
+            dropout,
+        } = *inputs;
         match self {
             Self::Graph(m) => {
-                let mask = m.mask(b, n, valid)?;
-                let mask = match dropout {
-                    Some(d) => mask.with_dropout(d.clone())?,
-                    None => mask,
-                };
+                let mut mask = m.mask(b, n, valid)?;
+                if let Some(d) = dropout {
+                    mask = mask.with_dropout(d.clone())?;
+                }
+                if let Some(a) = adjacency {
+                    mask = mask.with_adjacency(a.to_vec())?;
+                }
                 Ok(Output {
                     logits: m.forward_io(tokens, edge_tokens, b, n, &mask, readout)?,
                     aux: None,
                 })
             }
             Self::MultiStream(m) => {
-                if edge_tokens.is_some() || readout == Readout::Edges {
+                if edge_tokens.is_some() || readout == Readout::Edges || adjacency.is_some() {
                     return Err(crate::error::Error::config(
                         "model",
-                        "the multi-stream model has no edge inputs or edge head; use a graph model",
+                        "the multi-stream model has no edge inputs, input graph or edge head; use a graph model",
                     ));
                 }
                 let o = m.forward(tokens, b, n, valid)?;

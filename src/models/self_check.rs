@@ -9,7 +9,7 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{GraphConfig, Model, ModelConfig, MultiStreamConfig, Readout, TaskIo};
+use super::{GraphConfig, GraphInputs, Model, ModelConfig, MultiStreamConfig, Readout, TaskIo};
 use crate::backend::{cpu_fused, set_cpu_fused};
 use crate::error::Result;
 use crate::nn::{HasParams, Init};
@@ -123,15 +123,11 @@ struct Pass {
 fn pass(model: &Model<f32, Cpu>, input: &Input, fused: bool) -> Result<Pass> {
     set_cpu_fused(fused);
     let start = Instant::now();
-    let out = model.forward_io::<OwnedTape<f32, Cpu>>(
-        &input.tokens,
-        input.edge_tokens.as_deref(),
-        input.b,
-        input.n,
-        Some(&input.valid),
-        input.readout,
-        None,
-    )?;
+    let inputs = GraphInputs {
+        edge_tokens: input.edge_tokens.as_deref(),
+        ..GraphInputs::tokens(&input.tokens, input.b, input.n, Some(&input.valid))
+    };
+    let out = model.forward_io::<OwnedTape<f32, Cpu>>(&inputs, input.readout)?;
     let logits = out.logits.as_vec();
     // a fixed random projection of the logits, so that every logit's gradient counts
     let weights = model_weights(out.logits.shape(), input.seed);

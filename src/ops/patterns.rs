@@ -63,7 +63,8 @@ impl<E: Real, D: Device<E>, T> Default for EdgeAttendInputs<E, D, T> {
 pub fn pattern_visibility(pattern: EdgePattern, mask: &GraphMask) -> Result<Visibility> {
     match pattern {
         EdgePattern::All => mask.all_edges_visibility(),
-        EdgePattern::Row | EdgePattern::Column => mask.row_visibility(),
+        EdgePattern::Row => mask.row_visibility(),
+        EdgePattern::Column => mask.column_visibility(),
         EdgePattern::Diagonal => mask.diagonal_visibility(),
     }
 }

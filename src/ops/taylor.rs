@@ -52,7 +52,8 @@ pub fn choose_form(
     vis: &Visibility,
     feature_overhead: f64,
 ) -> TaylorForm {
-    let prefix_ok = vis.times.is_none() || vis.prefix_lengths().is_some();
+    // the feature form sums every key into one state: a pair mask needs the weights
+    let prefix_ok = vis.pairs.is_none() && (vis.times.is_none() || vis.prefix_lengths().is_some());
     let (feature, direct) = form_costs(nq, nk, d, e, vis.times.is_some());
     if prefix_ok && feature * feature_overhead < direct {
         TaylorForm::Feature
@@ -133,6 +134,12 @@ pub fn taylor_features<E: Real, D: Backend<E>, T: Tape<E, D>>(
                 vis.queries,
                 vis.keys
             ),
+        ));
+    }
+    if vis.pairs.is_some() {
+        return Err(Error::config(
+            "taylor feature form",
+            "a pair mask restricts each query to its own keys; use the direct form",
         ));
     }
     let f = 1 + d + d * d;

@@ -8,9 +8,10 @@
 use super::ir::{Activation, Arith, ReduceOp};
 
 /// Names a rule cannot bind.
-pub const RESERVED: [&str; 10] = [
+pub const RESERVED: [&str; 11] = [
     "nodes",
     "edges",
+    "adjacency",
     "dim",
     "dim_edges",
     "causal",
@@ -332,29 +333,29 @@ pub const FUNCTIONS: &[Function] = &[
         name: "sum",
         form: Form::Reduce(ReduceOp::Sum),
         positional: "x",
-        options: &[],
-        notes: "over the visible k (see causality below)",
+        options: &[derived("mask", "none")],
+        notes: "over the visible k (see causality below); `mask: adjacency[k, i]` reads only the k the input graph connects (see the input graph below)",
     },
     Function {
         name: "mean",
         form: Form::Reduce(ReduceOp::Mean),
         positional: "x",
-        options: &[],
-        notes: "over the visible k",
+        options: &[derived("mask", "none")],
+        notes: "over the visible k (`mask:` as for `sum`); 0 where none is visible",
     },
     Function {
         name: "max",
         form: Form::Reduce(ReduceOp::Max),
         positional: "x",
-        options: &[],
-        notes: "over the visible k; `max(a, b)` without an index: element-wise, like `min`",
+        options: &[derived("mask", "none")],
+        notes: "over the visible k (`mask:` as for `sum`); 0 where none is visible; `max(a, b)` without an index: element-wise, like `min`",
     },
     Function {
         name: "softmax",
         form: Form::Softmax,
         positional: "x",
-        options: &[],
-        notes: "normalizes over the visible k, which stays free",
+        options: &[derived("mask", "none")],
+        notes: "normalizes over the visible k, which stays free (`mask:` as for `sum`); all 0 where none is visible",
     },
     Function {
         name: "attend",
@@ -373,8 +374,9 @@ pub const FUNCTIONS: &[Function] = &[
             switch("gate"),
             derived("gates", "none"),
             derived("route", "none"),
+            derived("mask", "none"),
         ],
-        notes: "attention; the key's indices pick the pattern (below)",
+        notes: "attention; the key's indices pick the pattern (below); `mask: adjacency[j, i]` reads only the keys the input graph connects",
     },
     Function {
         name: "top",

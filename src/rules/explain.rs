@@ -280,6 +280,17 @@ fn node_rows(
                 },
             ));
         }
+        Op::Adjacency { .. } => {
+            rows.push(mk(
+                format!("read {}", reference(plan, st, node)),
+                "the input graph's edges as 0/1 (no gradient)".into(),
+                &|m| Cost {
+                    flops: 0.0,
+                    elements: out(m),
+                    params: 0.0,
+                },
+            ));
+        }
         Op::Where { cond, yes, no } => {
             for part in [cond, yes, no] {
                 node_rows(plan, st, part, b, n, depth + 1, rows);
@@ -441,6 +452,7 @@ fn node_rows(
             slot,
             x,
             matmul,
+            mask,
         } => {
             let k = &st.slots[*slot];
             let name = format!("{op:?}[{k}]").to_lowercase();
@@ -460,9 +472,16 @@ fn node_rows(
                 ));
             } else {
                 node_rows(plan, st, x, b, n, depth + 1, rows);
+                let within = match mask {
+                    Some(m) => format!(
+                        " within the input graph (adjacency[{}, {}])",
+                        st.slots[m.from], st.slots[m.to]
+                    ),
+                    None => String::new(),
+                };
                 rows.push(mk(
                     name,
-                    format!("masked reduction over {k} (element-wise)"),
+                    format!("masked reduction over {k}{within} (element-wise)"),
                     &|m| Cost {
                         flops: 2.0 * elements(b, m, &x.slots, x.channels),
                         elements: out(m) + elements(b, m, &x.slots, x.channels),
@@ -471,11 +490,18 @@ fn node_rows(
                 ));
             }
         }
-        Op::Softmax { slot, x } => {
+        Op::Softmax { slot, x, mask } => {
             node_rows(plan, st, x, b, n, depth + 1, rows);
+            let within = match mask {
+                Some(m) => format!(
+                    " within the input graph (adjacency[{}, {}])",
+                    st.slots[m.from], st.slots[m.to]
+                ),
+                None => String::new(),
+            };
             rows.push(mk(
                 format!("softmax[{}]", st.slots[*slot]),
-                format!("masked softmax over {}", st.slots[*slot]),
+                format!("masked softmax over {}{within}", st.slots[*slot]),
                 &|m| Cost {
                     flops: 5.0 * out(m),
                     elements: 2.0 * out(m),
@@ -567,6 +593,7 @@ fn reference(plan: &Plan, st: &PlanStatement, node: &Node) -> String {
             names(st, slots)
         ),
         Op::Let { id, slots } => format!("{}[{}]", plan.lets[*id].name, names(st, slots)),
+        Op::Adjacency { slots } => format!("adjacency[{}]", names(st, slots)),
         _ => String::new(),
     }
 }
@@ -643,6 +670,12 @@ fn attend_lowering(st: &PlanStatement, a: &AttendOp, n: usize) -> String {
     }
     if a.probs {
         extras.push("returns probs".into());
+    }
+    if let Some(m) = a.mask {
+        extras.push(format!(
+            "keys within the input graph (adjacency[{}, {}])",
+            st.slots[m.from], st.slots[m.to]
+        ));
     }
     format!("{pattern}; {}", extras.join(", "))
 }

@@ -67,6 +67,14 @@ impl Plan {
         format!("rule `{}` ({}:{}{name})", self.rule, self.file, st.line)
     }
 
+    /// The first statement that reads the input graph (`adjacency` or a `mask:`), if any: such
+    /// a rule runs only on graphs that carry their input edges.
+    pub fn input_graph_reader(&self) -> Option<&PlanStatement> {
+        self.statements
+            .iter()
+            .find(|st| st.value().reads_input_graph())
+    }
+
     /// Every parameter's value: `heads = 4, dim_head = 16` (`none` for a rule without any).
     pub fn parameter_list(&self) -> String {
         if self.params.is_empty() {
@@ -133,6 +141,15 @@ pub enum PlanKind {
     },
 }
 
+impl PlanStatement {
+    /// The expression it computes.
+    pub fn value(&self) -> &Node {
+        match &self.kind {
+            PlanKind::Let { value, .. } | PlanKind::Update { value, .. } => value,
+        }
+    }
+}
+
 /// A typed expression: its free index slots (ascending) and channels.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -148,7 +165,7 @@ impl Node {
     /// The expressions this one is computed from, in order.
     pub fn children(&self) -> Vec<&Node> {
         match &self.op {
-            Op::State { .. } | Op::Let { .. } => vec![],
+            Op::State { .. } | Op::Let { .. } | Op::Adjacency { .. } => vec![],
             Op::Binary { lhs, rhs, .. } => vec![lhs, rhs],
             Op::Where { cond, yes, no } => vec![cond, yes, no],
             Op::Affine { x, .. }
@@ -178,6 +195,17 @@ impl Node {
                 out
             }
         }
+    }
+
+    /// Whether it reads the input graph anywhere (`adjacency`, or a `mask:`).
+    pub fn reads_input_graph(&self) -> bool {
+        let here = match &self.op {
+            Op::Adjacency { .. } => true,
+            Op::Reduce { mask, .. } | Op::Softmax { mask, .. } => mask.is_some(),
+            Op::Attend(a) => a.mask.is_some(),
+            _ => false,
+        };
+        here || self.children().iter().any(|c| c.reads_input_graph())
     }
 
     /// Whether it reads the node state anywhere.
@@ -279,6 +307,12 @@ pub enum Op {
     State {
         /// Which state.
         domain: Domain,
+        /// Its index slots as written.
+        slots: Vec<Slot>,
+    },
+    /// `adjacency[a, b]`: 1 where the input graph has edge a → b, else 0 (one channel, no
+    /// gradient).
+    Adjacency {
         /// Its index slots as written.
         slots: Vec<Slot>,
     },
@@ -388,6 +422,8 @@ pub enum Op {
         x: Box<Node>,
         /// Computed as batched matrix products.
         matmul: bool,
+        /// `mask:`: only the positions the input graph connects.
+        mask: Option<AdjacencyMask>,
     },
     /// A masked softmax over `slot` (which stays free).
     Softmax {
@@ -395,6 +431,8 @@ pub enum Op {
         slot: Slot,
         /// The logits.
         x: Box<Node>,
+        /// `mask:`: only the positions the input graph connects.
+        mask: Option<AdjacencyMask>,
     },
     /// Per-head dot products of two tensors: `heads` channels.
     Dot {
@@ -407,6 +445,16 @@ pub enum Op {
     },
     /// An attention (`attend(…)`) with its lowering decided.
     Attend(Box<AttendOp>),
+}
+
+/// A `mask: adjacency[from, to]` option: a position is read only where the input graph has the
+/// edge from the node at slot `from` to the node at slot `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdjacencyMask {
+    /// The edge's source index.
+    pub from: Slot,
+    /// The edge's target index.
+    pub to: Slot,
 }
 
 /// How the key indices of an attention relate to its query's.
@@ -541,6 +589,8 @@ pub struct AttendOp {
     pub talking: bool,
     /// Routing, if the attention keeps only some of its edges.
     pub route: Option<Route>,
+    /// `mask:`: keys only where the input graph has the edge (over query and key indices).
+    pub mask: Option<AdjacencyMask>,
     /// Also return the probabilities (node attention only) as an edge tensor `[q, k]`.
     pub probs: bool,
     /// How it runs, decided by [`super::lower::attend`] when it is checked.

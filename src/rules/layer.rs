@@ -228,7 +228,7 @@ pub(crate) enum SiteSpec {
 /// Every parameter site under `node`, in evaluation order.
 pub(crate) fn collect_sites(node: &Node, out: &mut Vec<(String, SiteSpec)>) {
     match &node.op {
-        Op::State { .. } | Op::Let { .. } => {}
+        Op::State { .. } | Op::Let { .. } | Op::Adjacency { .. } => {}
         Op::Binary { lhs, rhs, .. } => {
             collect_sites(lhs, out);
             collect_sites(rhs, out);

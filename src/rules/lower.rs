@@ -12,6 +12,7 @@
 //! of the graph, so the plan keeps the rule ([`AttendOp::taylor_form`]) rather than an answer.
 
 use super::ir::*;
+use crate::graph::KeyRestriction;
 use crate::ops::taylor::{form_costs, TaylorForm};
 use crate::spec::EdgePattern;
 
@@ -71,6 +72,22 @@ pub enum TaylorLowering {
     },
 }
 
+/// How an attention's `mask:` restricts its keys, in the layout its kernel reads them.
+pub fn key_restriction(a: &AttendOp) -> KeyRestriction {
+    let Some(m) = a.mask else {
+        return KeyRestriction::None;
+    };
+    match (a.lowering.core, a.pattern) {
+        (Core::Nodes, Pattern::Nodes { key, .. }) => KeyRestriction::Pairs {
+            reversed: m.from == key,
+        },
+        (Core::Edges(e), _) => KeyRestriction::KeyEdges {
+            reversed: [m.from, m.to] != e.key_axes,
+        },
+        _ => unreachable!("the checker allows `mask:` on node and edge-pattern attention only"),
+    }
+}
+
 /// The lowering of `a` in a rule checked with `causal` (its own `lowering` field is ignored).
 pub fn attend(a: &AttendOp, causal: bool) -> AttendLowering {
     let core = match (a.pattern, &a.route) {
@@ -96,7 +113,9 @@ pub fn attend(a: &AttendOp, causal: bool) -> AttendLowering {
         KernelChoice::Taylor { .. } => {
             // the path kernel normalises its weights itself (no feature form)
             let path = matches!(a.pattern, Pattern::Path { .. });
-            let plain = a.bias.is_none() && !a.talking && !a.probs && !path;
+            // a mask on node attention restricts each query to its own keys: no shared state
+            let pairs = a.mask.is_some() && matches!(a.pattern, Pattern::Nodes { .. });
+            let plain = a.bias.is_none() && !a.talking && !a.probs && !path && !pairs;
             // causal visibility over all edges (time max(i, j)) is not a prefix of the keys
             let prefix = !(causal && matches!(a.pattern, Pattern::All { .. }));
             if plain && prefix {

@@ -24,6 +24,9 @@ pub struct Visibility {
     pub key_valid: Option<Vec<bool>>,
     /// Causal times: `[batch × queries]` for queries and `[batch × keys]` for keys; `None` = not causal.
     pub times: Option<Times>,
+    /// `[batch × queries × keys]`: which pairs an input graph connects (a rule's `mask:` on
+    /// node attention); `None` means every pair.
+    pub pairs: Option<Vec<bool>>,
 }
 
 /// The causal times of queries and keys.
@@ -44,6 +47,7 @@ impl Visibility {
             keys,
             key_valid: None,
             times: None,
+            pairs: None,
         }
     }
 
@@ -87,6 +91,23 @@ impl Visibility {
         Ok(self)
     }
 
+    /// Restricts each query to the keys `pairs` (`[batch × queries × keys]`) allows.
+    pub fn with_pairs(mut self, pairs: Vec<bool>) -> Result<Self> {
+        let want = self.batch * self.queries * self.keys;
+        if pairs.len() != want {
+            return Err(Error::shape(
+                "attention pair mask",
+                format!(
+                    "{want} entries (batch {} × queries {} × keys {})",
+                    self.batch, self.queries, self.keys
+                ),
+                format!("{} entries", pairs.len()),
+            ));
+        }
+        self.pairs = Some(pairs);
+        Ok(self)
+    }
+
     /// The common sequence case: query i at time i, key j at time j, so query i reads keys 0..=i.
     pub fn with_sequence_causality(self) -> Result<Self> {
         let (b, nq, nk) = (self.batch, self.queries, self.keys);
@@ -100,6 +121,11 @@ impl Visibility {
     pub fn visible(&self, b: usize, i: usize, j: usize) -> bool {
         if let Some(valid) = &self.key_valid {
             if !valid[b * self.keys + j] {
+                return false;
+            }
+        }
+        if let Some(pairs) = &self.pairs {
+            if !pairs[(b * self.queries + i) * self.keys + j] {
                 return false;
             }
         }
@@ -117,8 +143,11 @@ impl Visibility {
 
     /// For the linear (feature) form: when key times never decrease along the key axis, the keys
     /// a query sees are a prefix (minus padding). Returns, per `[batch × queries]`, how many keys
-    /// that prefix holds; `None` when the times do not allow it.
+    /// that prefix holds; `None` when the times (or a pair mask) do not allow it.
     pub fn prefix_lengths(&self) -> Option<Vec<usize>> {
+        if self.pairs.is_some() {
+            return None;
+        }
         let times = self.times.as_ref()?;
         let mut lengths = Vec::with_capacity(self.batch * self.queries);
         for b in 0..self.batch {

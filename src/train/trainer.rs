@@ -20,7 +20,7 @@ use super::shards::step_gradients;
 use super::tasks::{Batch, Readout, Split, Task};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::models::{Model, ModelConfig};
+use crate::models::{GraphInputs, Model, ModelConfig};
 use crate::tensor::*;
 
 fn d_context() -> usize {
@@ -275,15 +275,16 @@ pub fn forward_batch<E: Real, D: Backend<E>, T: Tape<E, D>>(
     bt: &Batch,
     readout: Readout,
 ) -> Result<crate::models::Output<E, D, T>> {
-    model.forward_io(
-        &bt.tokens,
-        bt.edge_tokens.as_deref(),
-        bt.b,
-        bt.n,
-        bt.valid.as_deref(),
-        readout,
-        bt.dropout.as_ref(),
-    )
+    let inputs = GraphInputs {
+        tokens: &bt.tokens,
+        edge_tokens: bt.edge_tokens.as_deref(),
+        b: bt.b,
+        n: bt.n,
+        valid: bt.valid.as_deref(),
+        adjacency: bt.adjacency.as_deref(),
+        dropout: bt.dropout.as_ref(),
+    };
+    model.forward_io(&inputs, readout)
 }
 
 /// Loss and (correct, labelled) counts of `model` on one batch, without gradients.
@@ -516,6 +517,7 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
     cfg.validate()?;
     let task = task.clone();
     check_fits(&model.config(), &task)?;
+    check_input_graph(model, &task)?;
     let opt = AdamW {
         lr: cfg.lr,
         weight_decay: cfg.weight_decay,
@@ -671,6 +673,31 @@ fn not_finite<E: Real, D: Device<E>>(
     Error::NotFinite(format!(
         "{what} at step {step}; the run stopped without saving ({saved}); {cause}"
     ))
+}
+
+/// Refuses a model whose rules read the input graph (`adjacency`, `mask:`) on a task whose
+/// graphs carry none, naming the first statement that reads it.
+pub fn check_input_graph<E: Real, D: Device<E>>(model: &Model<E, D>, task: &Task) -> Result<()> {
+    let Model::Graph(g) = model else {
+        return Ok(());
+    };
+    if task.input_graph() {
+        return Ok(());
+    }
+    for (k, layer) in g.layers.iter().enumerate() {
+        if let Some(st) = layer.plan.input_graph_reader() {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "layer {k}: {} reads the input graph (`adjacency` or `mask:`), but task {} \
+                     has none: train it on graph files (`quartic train --graphs FILE`)",
+                    layer.plan.place(st),
+                    task.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The model must cover the task's vocabulary, length and causality.

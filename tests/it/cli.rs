@@ -665,6 +665,81 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
 }
 
 #[test]
+fn rules_that_read_the_input_graph_train_on_graph_files_only() {
+    let dir = crate::reliability::tmp("cli-input-graph");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let sample = |f: &str| format!("{root}/data/graphs/{f}");
+    let small = [
+        "--dim",
+        "16",
+        "--dim-edges",
+        "8",
+        "--heads",
+        "2",
+        "--dim-head",
+        "4",
+    ];
+    let (train_file, valid_file) = (
+        sample("triangles.train.jsonl"),
+        sample("triangles.valid.safetensors"),
+    );
+    for rule in ["gat", "graph_transformer"] {
+        let rule_file = format!("{root}/examples/rules/{rule}.rule");
+        let out = dir.join(rule);
+        let mut args = vec![
+            "train",
+            "--graphs",
+            &train_file,
+            "--valid",
+            &valid_file,
+            "--target",
+            "node",
+            "--rule",
+            &rule_file,
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(small);
+        let run = quartic(&args);
+        assert!(run.status.success(), "{rule}: {}", text(&run.stderr));
+        assert!(
+            text(&run.stdout).contains("held-out: loss"),
+            "{}",
+            text(&run.stdout)
+        );
+        // on a built-in task it is refused, naming the statement, before the folder is made
+        let refused_dir = dir.join(format!("{rule}-refused"));
+        let mut args = vec![
+            "train",
+            "--rule",
+            &rule_file,
+            "--steps",
+            "2",
+            "--out",
+            refused_dir.to_str().unwrap(),
+        ];
+        args.extend(small);
+        let r = quartic(&args);
+        assert!(!r.status.success());
+        let err = text(&r.stderr);
+        assert!(
+            err.contains(&format!("rule `{rule}`"))
+                && err.contains("reads the input graph")
+                && err.contains("--graphs"),
+            "{err}"
+        );
+        assert!(
+            !refused_dir.exists(),
+            "{rule}: the refused run made its folder"
+        );
+    }
+}
+
+#[test]
 fn a_text_file_trains_from_the_command_line() {
     let dir = crate::reliability::tmp("cli-text");
     let file = dir.join("t.txt");

@@ -165,6 +165,7 @@ fn a_sharded_step_draws_the_whole_batchs_dropout() {
         edge_tokens: None,
         edge_targets: None,
         dropout,
+        adjacency: None,
     };
     let grads = |bt: &Batch, shards: usize| -> HashMap<String, Vec<f64>> {
         let mut step = step_gradients(&model, bt, Readout::Nodes, shards).unwrap();

@@ -13,6 +13,7 @@ mod fuzz;
 mod graph;
 mod graph_files;
 mod hyper;
+mod input_graph;
 mod layers;
 mod nn;
 mod parity;

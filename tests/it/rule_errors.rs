@@ -95,6 +95,13 @@ const CORPUS: &[(&str, bool, &str)] = &[
     ("dropout_probability_one", false, "nodes[i] += dropout(nodes[i], p: 1)\n"),
     ("dropout_probability_negative", false, "nodes[i] += dropout(nodes[i], p: -0.1)\n"),
     ("dropout_probability_a_tensor", false, "nodes[i] += dropout(nodes[i], p: nodes[i])\n"),
+    ("adjacency_without_indices", false, "nodes[i] += nodes[i] * sum[j](adjacency)\n"),
+    ("mask_not_the_adjacency", false, "nodes[i] += sum[j](nodes[j], mask: edges[j, i])\n"),
+    ("mask_without_the_reduced_index", false, "nodes[i] += sum[j](edges[j, i], mask: adjacency[i, i])\n"),
+    ("attention_mask_over_the_query_only", false, "a: nodes[i] += attend(nodes[i] -> nodes[j], heads: 2, dim_head: 4, mask: adjacency[i, i])\n"),
+    ("row_attention_mask_over_the_query", false, "a: edges[i, j] += attend(edges[i, j] -> edges[i, k], heads: 2, dim_head: 4, mask: adjacency[i, j])\n"),
+    ("path_with_a_mask", false, "p: edges[i, j] += attend(edges[i, l] -> edges[l, j], heads: 2, dim_head: 4, mask: adjacency[i, l])\n"),
+    ("routing_with_a_mask", false, "a: nodes[i] += attend(nodes[i] -> nodes[j], heads: 2, dim_head: 4, mask: adjacency[j, i], route: top(2, by: linear(nodes[i], 1)))\n"),
 ];
 
 fn load(source: &str, causal: bool, overrides: Vec<(String, Const)>) -> quartic::Result<()> {

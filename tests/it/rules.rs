@@ -156,6 +156,7 @@ pub fn gradcheck_loaded_rule_drawing(
         causal,
         overrides,
     };
+    let mask = with_test_graph(mask, &rule.plan(&cfg).unwrap_or_else(|e| panic!("{e}")));
     gradcheck_block(
         &format!("rule {} (causal {causal})", rule.name),
         |init| RuleLayer::new(rule.plan(&cfg).unwrap_or_else(|e| panic!("{e}")), init).unwrap(),
@@ -481,12 +482,29 @@ pub fn assert_never_reads_the_future(name: &str, layer: &RuleLayer<f64, Cpu>) {
     assert_never_reads_the_future_drawing(name, layer, None)
 }
 
-/// The mask with dropout drawing from `draws` (training), or as it is.
-fn drawing(mask: GraphMask, draws: Option<&quartic::graph::DropoutDraws>) -> GraphMask {
+/// The mask with dropout drawing from `draws` (training), or as it is; with an input graph
+/// when the layer's rule reads one.
+fn drawing(
+    mask: GraphMask,
+    draws: Option<&quartic::graph::DropoutDraws>,
+    layer: &RuleLayer<f64, Cpu>,
+) -> GraphMask {
+    let mask = with_test_graph(mask, &layer.plan);
     match draws {
         Some(d) => mask.with_dropout(d.clone()).unwrap(),
         None => mask,
     }
+}
+
+/// `mask` carrying a fixed input graph (about half of the pairs are edges, some nodes have
+/// none) when `plan` reads the input graph; as it is otherwise.
+pub fn with_test_graph(mask: GraphMask, plan: &quartic::rules::Plan) -> GraphMask {
+    if plan.input_graph_reader().is_none() {
+        return mask;
+    }
+    let (b, n) = (mask.batch(), mask.nodes());
+    let adjacency = crate::input_graph::random_adjacency(b, n, 17, false);
+    mask.with_adjacency(adjacency).unwrap()
 }
 
 /// [`assert_never_reads_the_future`] with the layer's dropouts drawing from `draws` (two
@@ -503,7 +521,7 @@ pub fn assert_never_reads_the_future_drawing(
         let t = rng.gen_range(1..n);
         let lengths = [n, rng.gen_range(t..=n)];
         let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(true);
-        let mask = drawing(mask, draws);
+        let mask = drawing(mask, draws, layer);
         let nodes = randn(100 + trial, b * n * dim);
         let edges = randn(200 + trial, b * n * n * de);
         let (n1, e1) = run(layer, nodes.clone(), edges.clone(), &mask);
@@ -561,7 +579,7 @@ pub fn assert_padding_is_never_read_drawing(
     let (b, n, dim, de) = (2, 6, 8, 4);
     let lengths = [6, 4];
     let mask = GraphMask::from_lengths(n, &lengths).unwrap().causal(causal);
-    let mask = drawing(mask, draws);
+    let mask = drawing(mask, draws, layer);
     let nodes = randn(41, b * n * dim);
     let edges = randn(42, b * n * n * de);
     let (n1, e1) = run(layer, nodes.clone(), edges.clone(), &mask);

@@ -49,6 +49,7 @@ fn batch() -> Batch {
         edge_tokens: Some((0..b * n * n).map(|e| (e * 7 + e / 3) % 3).collect()),
         edge_targets: Some(edge_targets),
         dropout: None,
+        adjacency: None,
     }
 }
 

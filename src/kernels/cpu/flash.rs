@@ -178,6 +178,9 @@ fn prefetch_span<E>(buf: &[E], start: usize, row: usize, rows: usize, span: usiz
 struct ProblemMask<'a> {
     key_valid: Option<&'a [bool]>,
     times: Option<(&'a [usize], &'a [usize])>,
+    /// `[queries × keys]`.
+    pairs: Option<&'a [bool]>,
+    keys: usize,
 }
 
 impl<'a> ProblemMask<'a> {
@@ -189,14 +192,21 @@ impl<'a> ProblemMask<'a> {
                 .times
                 .as_ref()
                 .map(|t| (&t.query[p * nq..(p + 1) * nq], &t.key[p * nk..(p + 1) * nk])),
+            pairs: vis
+                .pairs
+                .as_ref()
+                .map(|v| &v[p * nq * nk..(p + 1) * nq * nk]),
+            keys: nk,
         }
     }
     fn all_visible(&self) -> bool {
-        self.key_valid.is_none() && self.times.is_none()
+        self.key_valid.is_none() && self.times.is_none() && self.pairs.is_none()
     }
     #[inline]
     fn visible(&self, i: usize, j: usize) -> bool {
-        self.key_valid.map_or(true, |v| v[j]) && self.times.map_or(true, |(q, k)| k[j] <= q[i])
+        self.key_valid.map_or(true, |v| v[j])
+            && self.times.map_or(true, |(q, k)| k[j] <= q[i])
+            && self.pairs.map_or(true, |v| v[i * self.keys + j])
     }
 }
 
@@ -323,6 +333,7 @@ impl<E: Real> Problem<E> {
         if std::any::TypeId::of::<E>() != std::any::TypeId::of::<f32>()
             || self.bias.is_some()
             || self.vis.times.is_some()
+            || self.vis.pairs.is_some()
             || self.nq == 0
             || self.nk == 0
             || !super::taylor_lanes::applies(self.d, self.e)

@@ -120,6 +120,10 @@ impl<'a> Checker<'a> {
             Some((_, v)) => Some(self.attention_value(v, &key, path)?),
             None => None,
         };
+        let mask = match a.option("mask") {
+            Some((_, v)) => Some(self.attention_mask(v, &pattern)?),
+            None => None,
+        };
         let talking = a.flag("talking");
         let gate_flag = a.flag("gate");
         // key indices leave scope here: gates and the route's score live on the query
@@ -172,6 +176,10 @@ impl<'a> Checker<'a> {
             return Err(RuleError::new(span, "routed attention takes no `value:`")
                 .hint("its keys and values are the picked positions themselves"));
         }
+        if route.is_some() && mask.is_some() {
+            return Err(RuleError::new(span, "routed attention takes no `mask:`")
+                .hint("the router picks among every real position; fold the input graph into its score"));
+        }
         if route.is_some() {
             if bias.is_some() || gates.is_some() {
                 return Err(
@@ -218,6 +226,7 @@ impl<'a> Checker<'a> {
             gates,
             talking,
             route,
+            mask,
             probs,
             // decided from the op's other fields, just below
             lowering: AttendLowering {

@@ -302,10 +302,15 @@ impl<'a> Checker<'a> {
         let x = a.positional("a tensor")?;
         let x_span = x.span;
         let x = self.tensor(x, name, false)?;
+        let mask = match a.option("mask") {
+            Some((_, v)) => Some(self.reduction_mask(v, slot, &over.name, name)?),
+            None => None,
+        };
         a.finish()?;
+        let slots = self.free_after(&x, x_span, slot, over, name, span, mask)?;
         self.st.scope.pop();
-        let slots = self.free_after(&x, x_span, slot, over, name, span)?;
-        let matmul = op != ReduceOp::Max && matmul_form(&x, slot).is_some();
+        // a masked reduction runs element-wise: the mask is over pairs the products never see
+        let matmul = op != ReduceOp::Max && mask.is_none() && matmul_form(&x, slot).is_some();
         Ok(Value::Tensor(Node {
             slots,
             channels: x.channels,
@@ -314,12 +319,14 @@ impl<'a> Checker<'a> {
                 slot,
                 x: Box::new(x),
                 matmul,
+                mask,
             },
         }))
     }
 
-    /// The indices of `x` other than `slot`, which a reduction or softmax `name[over]` runs
-    /// over: `x` must use it, and a causal rule must leave an index free.
+    /// The indices of `x` (and of its `mask`) other than `slot`, which a reduction or softmax
+    /// `name[over]` runs over: `x` must use it, and a causal rule must leave an index free.
+    #[allow(clippy::too_many_arguments)]
     fn free_after(
         &self,
         x: &Node,
@@ -328,6 +335,7 @@ impl<'a> Checker<'a> {
         over: &Ident,
         name: &str,
         span: Span,
+        mask: Option<AdjacencyMask>,
     ) -> Checked<Vec<Slot>> {
         if !x.slots.contains(&slot) {
             return Err(RuleError::new(
@@ -338,7 +346,12 @@ impl<'a> Checker<'a> {
                 ),
             ));
         }
-        let rest: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != slot).collect();
+        let all = match mask {
+            Some(m) => union(&x.slots, &[m.from, m.to]),
+            None => x.slots.clone(),
+        };
+        self.check_width(&all, span)?;
+        let rest: Vec<Slot> = all.into_iter().filter(|&s| s != slot).collect();
         self.check_causal_query(&rest, span, name)?;
         Ok(rest)
     }
@@ -375,14 +388,19 @@ impl<'a> Checker<'a> {
         let x = a.positional("a tensor")?;
         let x_span = x.span;
         let x = self.tensor(x, "softmax", false)?;
+        let mask = match a.option("mask") {
+            Some((_, v)) => Some(self.reduction_mask(v, slot, &over.name, "softmax")?),
+            None => None,
+        };
         a.finish()?;
-        self.free_after(&x, x_span, slot, over, "softmax", span)?;
+        let rest = self.free_after(&x, x_span, slot, over, "softmax", span, mask)?;
         Ok(Value::Tensor(Node {
-            slots: x.slots.clone(),
+            slots: union(&rest, &[slot]),
             channels: x.channels,
             op: Op::Softmax {
                 slot,
                 x: Box::new(x),
+                mask,
             },
         }))
     }

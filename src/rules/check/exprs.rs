@@ -161,15 +161,15 @@ impl<'a> Checker<'a> {
             "dim" => return Ok(Value::Num(self.cfg.dim as f64)),
             "dim_edges" => return Ok(Value::Num(self.cfg.dim_edges as f64)),
             "causal" => return Ok(Value::Num(if self.cfg.causal { 1.0 } else { 0.0 })),
-            "nodes" | "edges" => {
+            "nodes" | "edges" | "adjacency" => {
                 return Err(RuleError::new(
                     id.span,
                     format!("`{n}` is a tensor: write it with indices"),
                 )
-                .hint(if n == "nodes" {
-                    "e.g. `nodes[i]`"
-                } else {
-                    "e.g. `edges[i, j]`"
+                .hint(match n {
+                    "nodes" => "e.g. `nodes[i]`",
+                    "edges" => "e.g. `edges[i, j]`",
+                    _ => "e.g. `adjacency[i, j]`",
                 }))
             }
             _ => {}
@@ -202,6 +202,9 @@ impl<'a> Checker<'a> {
             let slots = self.bound_slots(ix)?;
             return self.lazy_read(ix, slots);
         }
+        if name == "adjacency" {
+            return self.adjacency_read(ix);
+        }
         let (domain, channels, let_id) = match name {
             "nodes" => (Domain::Nodes, self.cfg.dim, None),
             "edges" => (Domain::Edges, self.cfg.dim_edges, None),
@@ -209,13 +212,13 @@ impl<'a> Checker<'a> {
                 Some(&id) => (self.lets[id].domain, self.lets[id].channels, Some(id)),
                 None => {
                     let err = RuleError::new(ix.name.span, format!("unknown tensor `{name}`"));
-                    let mut names: Vec<&str> = vec!["nodes", "edges"];
+                    let mut names: Vec<&str> = vec!["nodes", "edges", "adjacency"];
                     names.extend(self.let_ids.keys().map(|s| s.as_str()));
                     let err = did_you_mean(err, name, names);
                     return Err(if err.hint.is_some() {
                         err
                     } else {
-                        err.hint("tensors are `nodes`, `edges` and names bound earlier with `let`")
+                        err.hint("tensors are `nodes`, `edges`, `adjacency` and names bound earlier with `let`")
                     });
                 }
             },
@@ -240,7 +243,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The slots of a read's indices, each bound by the target or an enclosing reduction.
-    fn bound_slots(&self, ix: &Indexed) -> Checked<Vec<Slot>> {
+    pub(super) fn bound_slots(&self, ix: &Indexed) -> Checked<Vec<Slot>> {
         let mut slots = Vec::new();
         for i in &ix.indices {
             match self.st.scope.iter().rev().find(|(n, _)| n == &i.name) {

@@ -5,6 +5,7 @@
 mod attention;
 mod calls;
 mod exprs;
+mod input_graph;
 mod params;
 mod reuse;
 mod routing;

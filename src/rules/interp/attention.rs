@@ -129,7 +129,10 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             }
             None => None,
         };
-        let vis = self.mask.node_visibility()?;
+        let vis = self
+            .mask
+            .restricted(lower::key_restriction(a))?
+            .node_visibility()?;
         let (out, weights) = match a.taylor_form(n, D::taylor_feature_overhead()) {
             Some(form) => {
                 let KernelChoice::Taylor { eps } = a.kernel else {
@@ -222,6 +225,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             },
         };
         let q_in = self.arrange(q_in, &q_axes, a.query.channels)?;
+        let mask = self.mask.restricted(lower::key_restriction(a))?;
         let out = if lowering.shared_input {
             let weights = EdgeProjections {
                 to_q: block.to_q.weight.matrix::<T>(),
@@ -229,7 +233,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 to_v: block.to_v.weight.matrix::<T>(),
             };
             let x = edges(q_in, b, n, a.query.channels)?;
-            edge_self_attention(x, weights, h, lowering.pattern, kernel, inputs, self.mask)?
+            edge_self_attention(x, weights, h, lowering.pattern, kernel, inputs, &mask)?
         } else {
             let k_in = if lowering.key_in_place {
                 self.eval_op(st, &a.key)?
@@ -247,7 +251,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             };
             let k = edges(self.project(k_in, &block.to_k)?, b, n, inner)?;
             let v = edges(self.project(v_in, &block.to_v)?, b, n, inner)?;
-            edge_attention(q, k, v, h, lowering.pattern, kernel, inputs, self.mask)?
+            edge_attention(q, k, v, h, lowering.pattern, kernel, inputs, &mask)?
         };
         let out = self.val(
             out.into_tensor().reshape_like(&(b * n * n * inner,)),

@@ -25,7 +25,7 @@ use dfdx::prelude::*;
 use super::ir::*;
 use super::layer::{AttendBlock, Block, RuleLayer};
 use super::layout::*;
-use super::lower::NodeBranch;
+use super::lower::{self, NodeBranch};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
@@ -515,6 +515,20 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 let t = self.lets[*id].as_ref().expect("lets are bound before use");
                 Ok(self.read_stored(t, slots, plan.lets[*id].channels, *id))
             }
+            Op::Adjacency { slots } => {
+                let adjacency = self
+                    .mask
+                    .adjacency()
+                    .ok_or_else(|| crate::graph::no_input_graph("`adjacency`"))?;
+                let t: T1<E, D> = constant(
+                    &self.dev,
+                    indicator(adjacency.iter().copied()),
+                    (adjacency.len(),),
+                )?;
+                let mut v = self.read_stored(&t.retaped::<T>(), slots, 1, 0);
+                v.tag = None;
+                Ok(v)
+            }
             Op::Binary { op, lhs, rhs } => {
                 let l = self.eval(st, lhs)?;
                 let r = self.eval(st, rhs)?;
@@ -654,14 +668,15 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 slot,
                 x,
                 matmul,
+                mask,
             } => {
                 if *matmul {
                     self.reduce_matmul(st, node, *op, *slot, x)
                 } else {
-                    self.reduce_masked(st, node, *op, *slot, x)
+                    self.reduce_masked(st, node, *op, *slot, x, *mask)
                 }
             }
-            Op::Softmax { slot, x } => self.softmax(st, node, *slot, x),
+            Op::Softmax { slot, x, mask } => self.softmax(st, node, *slot, x, *mask),
             Op::Dot { a, b, heads } => {
                 let va = self.eval(st, a)?;
                 let vb = self.eval(st, b)?;

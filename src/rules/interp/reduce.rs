@@ -6,14 +6,23 @@ use super::*;
 impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     /// Whether index `k` may be read at a position whose other indices are `rest`: `k` is a real
     /// node and, in a causal rule, not later than the latest of `rest`.
+    /// With `within`, also only where the input graph has that edge.
     pub(super) fn keep_fn(
         &self,
         k: Slot,
         rest: Vec<Slot>,
-    ) -> impl Fn(usize, &[usize; MAX_SLOTS]) -> bool + 'a {
+        within: Option<AdjacencyMask>,
+    ) -> Result<impl Fn(usize, &[usize; MAX_SLOTS]) -> bool + 'a> {
         let mask = self.mask;
         let causal = self.plan().causal;
-        move |b, s| mask.node_valid(b, s[k]) && (!causal || rest.iter().any(|&r| s[k] <= s[r]))
+        if within.is_some() && mask.adjacency().is_none() {
+            return Err(crate::graph::no_input_graph("`mask:`"));
+        }
+        Ok(move |b, s: &[usize; MAX_SLOTS]| {
+            mask.node_valid(b, s[k])
+                && (!causal || rest.iter().any(|&r| s[k] <= s[r]))
+                && within.map_or(true, |m| mask.has_edge(b, s[m.from], s[m.to]))
+        })
     }
 
     /// `[outer, n, inner]` around slot `k` of a canonical layout over `slots`.
@@ -40,12 +49,16 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         op: ReduceOp,
         k: Slot,
         x: &Node,
+        within: Option<AdjacencyMask>,
     ) -> Result<Val<E, D, T>> {
+        // the operand, broadcast over the mask's indices it does not use
+        let slots = operand_slots(x, k, &node.slots);
         let v = self.eval(st, x)?;
-        let axes = canonical(&x.slots);
-        let keep = self.keep_fn(k, node.slots.clone());
+        let v = self.canonical(v, &slots, x.channels)?;
+        let axes = canonical(&slots);
+        let keep = self.keep_fn(k, node.slots.clone(), within)?;
         let m = mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)?;
-        let (outer, n, inner) = self.split_at(&x.slots, k, x.channels);
+        let (outer, n, inner) = self.split_at(&slots, k, x.channels);
         let out_axes = canonical(&node.slots);
         let t = match op {
             ReduceOp::Sum | ReduceOp::Mean => {
@@ -106,13 +119,16 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         node: &Node,
         k: Slot,
         x: &Node,
+        within: Option<AdjacencyMask>,
     ) -> Result<Val<E, D, T>> {
+        let slots = node.slots.clone();
         let v = self.eval(st, x)?;
-        let rest: Vec<Slot> = x.slots.iter().copied().filter(|&s| s != k).collect();
-        let keep = self.keep_fn(k, rest);
-        let axes = canonical(&x.slots);
+        let v = self.canonical(v, &slots, x.channels)?;
+        let rest: Vec<Slot> = slots.iter().copied().filter(|&s| s != k).collect();
+        let keep = self.keep_fn(k, rest, within)?;
+        let axes = canonical(&slots);
         let m = mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)?;
-        let (outer, n, inner) = self.split_at(&x.slots, k, x.channels);
+        let (outer, n, inner) = self.split_at(&slots, k, x.channels);
         let pushed = v.t + (m.clone() - E::one()).retaped::<T>() * E::of(-MASKED);
         let w = pushed
             .reshape_like(&(outer, n, inner))
@@ -235,7 +251,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             return Ok(v);
         }
         // mean: divide by the number of visible k at each position
-        let keep = self.keep_fn(k, node.slots.clone());
+        let keep = self.keep_fn(k, node.slots.clone(), None)?;
         let axes = canonical(&node.slots);
         let mut inv = Vec::new();
         for_each_position(&axes, self.ext, 1, 1, |b, s, _| {
@@ -257,4 +273,14 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let inv = self.canonical(inv, &node.slots, c)?;
         Ok(self.val(v.t * inv.t, axes, c))
     }
+}
+
+/// The index slots a reduction over `k` runs on: its result's and `k` (the operand's, and the
+/// indices of a `mask:` the operand does not use).
+fn operand_slots(x: &Node, k: Slot, result: &[Slot]) -> Vec<Slot> {
+    let mut slots: Vec<Slot> = result.iter().copied().chain([k]).collect();
+    slots.extend(x.slots.iter().copied());
+    slots.sort_unstable();
+    slots.dedup();
+    slots
 }

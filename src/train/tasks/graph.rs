@@ -54,6 +54,7 @@ impl TaskDef for RelationComposition {
         let n = rng.gen_range(self.min_nodes..=self.max_nodes);
         let a = relation(rng, n, self.p);
         Example {
+            adjacency: Vec::new(),
             tokens: vec![0; n],
             targets: vec![None; n],
             edge_tokens: relation_tokens(&a),
@@ -113,6 +114,7 @@ impl TaskDef for QuotientComposition {
         let a = relation(rng, n, self.p);
         let colour: Vec<usize> = (0..n).map(|_| rng.gen_range(0..self.colours)).collect();
         Example {
+            adjacency: Vec::new(),
             targets: vec![None; n],
             edge_tokens: relation_tokens(&a),
             edge_targets: flat_targets(&quotient_compose(&a, &colour)),
@@ -203,6 +205,7 @@ impl TaskDef for PathComposition {
         let mut edge_targets = vec![None; n * n];
         edge_targets[query] = Some(path_label(&labels));
         Example {
+            adjacency: Vec::new(),
             tokens: vec![0; n],
             targets: vec![None; n],
             edge_tokens,
@@ -287,6 +290,7 @@ impl TaskDef for Triangles {
 fn triangles_example(adj: &[Vec<bool>]) -> Example {
     let n = adj.len();
     Example {
+        adjacency: Vec::new(),
         tokens: vec![0; n],
         targets: on_triangle(adj)
             .into_iter()

@@ -131,6 +131,10 @@ impl TaskDef for GraphFiles {
         pool[rng.gen_range(0..pool.len())].clone()
     }
 
+    fn input_graph(&self) -> bool {
+        true
+    }
+
     fn held_out_set(&self) -> Option<&[Example]> {
         Some(&self.valid)
     }
@@ -188,8 +192,10 @@ fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
         }
     };
     let mut edge_tokens = vec![0; n * n];
+    let mut adjacency = vec![false; n * n];
     for (e, &[s, t]) in g.edge_index.iter().enumerate() {
         edge_tokens[s * n + t] = 1 + edge_input.map_or(0, |t| t[e]);
+        adjacency[s * n + t] = true;
     }
     let class = |field: &str, k: usize, v: f64| -> Result<usize, String> {
         if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
@@ -239,5 +245,6 @@ fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
         targets,
         edge_tokens,
         edge_targets,
+        adjacency,
     })
 }

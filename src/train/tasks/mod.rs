@@ -51,6 +51,8 @@ pub struct Batch {
     pub edge_targets: Option<Vec<Option<usize>>>,
     /// What the rules' dropouts draw from, one seed per graph: set for training steps only.
     pub dropout: Option<DropoutDraws>,
+    /// `[b × n × n]`: whether graph b's input has edge i → j, for graphs read from files.
+    pub adjacency: Option<Vec<bool>>,
 }
 
 impl Batch {
@@ -72,6 +74,7 @@ impl Batch {
                 .edge_targets
                 .as_ref()
                 .map(|v| v[rows(per_edge)].to_vec()),
+            adjacency: self.adjacency.as_ref().map(|v| v[rows(per_edge)].to_vec()),
             dropout: self
                 .dropout
                 .as_ref()
@@ -91,6 +94,8 @@ pub struct Example {
     pub edge_tokens: Vec<usize>,
     /// `n × n`: the class to predict on edge (i, j), if any.
     pub edge_targets: Vec<Option<usize>>,
+    /// `n × n`: whether the input graph has edge i → j (empty: the example has no input graph).
+    pub adjacency: Vec<bool>,
 }
 
 pub use crate::models::heads::Readout;
@@ -167,6 +172,11 @@ pub trait TaskDef: std::fmt::Debug + Send + Sync {
     /// of sampled batches (tasks read from files).
     fn held_out_set(&self) -> Option<&[Example]> {
         None
+    }
+    /// Whether its examples carry an input graph (`Example::adjacency`), which rules may read
+    /// (`adjacency`, `mask:`).
+    fn input_graph(&self) -> bool {
+        false
     }
 }
 
@@ -337,6 +347,11 @@ impl Task {
         self.0.held_out_set()
     }
 
+    /// Whether its examples carry an input graph.
+    pub fn input_graph(&self) -> bool {
+        self.0.input_graph()
+    }
+
     /// See [`TaskDef::sizes`].
     pub fn sizes(&self) -> Option<Sizes> {
         self.0.sizes()
@@ -369,11 +384,13 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
     let n = examples.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
     let has_edge_tokens = examples.iter().any(|e| !e.edge_tokens.is_empty());
     let has_edge_targets = examples.iter().any(|e| !e.edge_targets.is_empty());
+    let has_adjacency = examples.iter().any(|e| !e.adjacency.is_empty());
     let mut tokens = Vec::with_capacity(b * n);
     let mut targets = Vec::with_capacity(b * n);
     let mut valid = Vec::with_capacity(b * n);
     let mut edge_tokens = Vec::with_capacity(if has_edge_tokens { b * n * n } else { 0 });
     let mut edge_targets = Vec::with_capacity(if has_edge_targets { b * n * n } else { 0 });
+    let mut adjacency = Vec::with_capacity(if has_adjacency { b * n * n } else { 0 });
     for e in &examples {
         let len = e.tokens.len();
         let pad = n - len;
@@ -402,6 +419,9 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
                     };
                     edge_targets.push(t.copied().flatten());
                 }
+                if has_adjacency {
+                    adjacency.push(inside && e.adjacency.get(i * len + j) == Some(&true));
+                }
             }
         }
     }
@@ -414,6 +434,7 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
         targets,
         edge_tokens: has_edge_tokens.then_some(edge_tokens),
         edge_targets: has_edge_targets.then_some(edge_targets),
+        adjacency: has_adjacency.then_some(adjacency),
         dropout: None,
     }
 }

@@ -110,6 +110,7 @@ pub fn train_step(model: &mut Model<f32, Cpu>, adam: &mut AdamState, b: usize, n
         edge_targets: None,
         dropout: None,
         adjacency: None,
+        graph_targets: None,
     };
     let mut step = step_gradients(model, &batch, Readout::Nodes, DEFAULT_SHARDS).expect("runs");
     adam.update_sum(model, &mut step.grads, &AdamW::default(), 1e-4, Some(1.0))

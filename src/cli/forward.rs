@@ -72,6 +72,13 @@ pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
             c.model(&dev)?
         }
         None => {
+            if args.model.pool.is_some() {
+                return Err(quartic::Error::config(
+                    "--pool",
+                    "pools the nodes for a graph-level target, which a forward pass of token \
+                     logits has none of; give a graph run's --checkpoint",
+                ));
+            }
             let cfg = args
                 .model
                 .config(args.num_tokens.unwrap_or(16), n, args.causal)?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
-use quartic::models::{GraphConfig, ModelConfig, TaskIo};
+use quartic::models::{GraphConfig, GraphPool, ModelConfig, TaskIo};
 use quartic::rules::Const;
 use serde::Deserialize;
 
@@ -60,6 +60,11 @@ pub struct ModelArgs {
     #[arg(long)]
     #[serde(default)]
     pub pool_edges: bool,
+    /// How a graph-level target (--target graph) pools the nodes: mean, max or attention
+    /// [default: mean]
+    #[arg(long, value_name = "POOL")]
+    #[serde(default)]
+    pub pool: Option<String>,
     /// Any other rule parameter, `name=value` (repeatable)
     #[arg(long = "set", value_name = "NAME=VALUE")]
     #[serde(default)]
@@ -82,6 +87,7 @@ impl ModelArgs {
             ff_mult: self.ff_mult.or(f.ff_mult),
             residual_streams: self.residual_streams.or(f.residual_streams),
             pool_edges: self.pool_edges || f.pool_edges,
+            pool: self.pool.or(f.pool),
             set: if self.set.is_empty() { f.set } else { self.set },
         }
     }
@@ -100,6 +106,7 @@ impl ModelArgs {
             ("--ff-mult", self.ff_mult.is_some()),
             ("--residual-streams", self.residual_streams.is_some()),
             ("--pool-edges", self.pool_edges),
+            ("--pool", self.pool.is_some()),
             ("--set", !self.set.is_empty()),
         ];
         flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
@@ -168,6 +175,10 @@ impl ModelArgs {
             final_norm: Some(1e-5),
             io: TaskIo {
                 pool_edges: self.pool_edges,
+                graph_pool: match &self.pool {
+                    Some(p) => GraphPool::parse(p)?,
+                    None => GraphPool::default(),
+                },
                 ..TaskIo::default()
             },
         }))

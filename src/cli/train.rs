@@ -327,6 +327,14 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
             // a graph task's structure goes in as edge tokens, its answers come from the edges
             g.io.edge_vocab = task.edge_vocab();
             g.io.edge_classes = task.edge_classes();
+            g.io.graph_classes = task.graph_classes();
+        }
+        if model_args.pool.is_some() && task.graph_classes() == 0 {
+            return Err(quartic::Error::config(
+                "--pool",
+                "pools the nodes for a graph-level target (--graphs FILE --target graph); \
+                 this task reads nodes or edges",
+            ));
         }
         cfg.validate()?;
         args.budget.check_model(
@@ -436,6 +444,8 @@ struct ResolvedModel {
     depth: usize,
     residual_streams: usize,
     pool_edges: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<&'static str>,
     set: Vec<String>,
 }
 
@@ -501,6 +511,7 @@ fn write_resolved_config(
                 depth: g.config.depth,
                 residual_streams: g.config.residual_streams,
                 pool_edges: g.config.io.pool_edges,
+                pool: (g.config.io.graph_classes > 0).then(|| g.config.io.graph_pool.name()),
                 set,
             })
         }

@@ -78,7 +78,9 @@ pub fn model_config(
         io: TaskIo {
             edge_vocab: task.edge_vocab(),
             edge_classes: task.edge_classes(),
+            graph_classes: task.graph_classes(),
             pool_edges: true,
+            ..TaskIo::default()
         },
     })
 }

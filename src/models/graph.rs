@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::heads::{EdgeHead, EdgePool, EdgeTokens, Readout, TaskIo};
+use super::heads::{EdgeHead, EdgePool, EdgeTokens, GraphHead, Readout, TaskIo};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
@@ -163,6 +163,8 @@ pub struct GraphTransformer<E: Real, D: Device<E>> {
     pub edge_pool: Option<EdgePool<E, D>>,
     /// Per-edge logits, for tasks read from the edges.
     pub edge_head: Option<EdgeHead<E, D>>,
+    /// Per-graph logits from the pooled nodes, for graph-level tasks.
+    pub graph_head: Option<GraphHead<E, D>>,
 }
 
 impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
@@ -243,6 +245,15 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
             edge_head: match config.io.edge_classes {
                 0 => None,
                 c => Some(EdgeHead::new(&init.pp("edge_head"), dim, de, c)?),
+            },
+            graph_head: match config.io.graph_classes {
+                0 => None,
+                c => Some(GraphHead::new(
+                    &init.pp("graph_head"),
+                    dim,
+                    c,
+                    config.io.graph_pool,
+                )?),
             },
             rules,
             config,
@@ -423,6 +434,17 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
                 let classes = logits.shape().3;
                 Ok(logits.reshape_like(&(batch, n * n, classes)))
             }
+            Readout::Graph => {
+                let head = self.graph_head.as_ref().ok_or_else(|| {
+                    Error::config(
+                        "model",
+                        "the task reads whole graphs but the model has no graph head",
+                    )
+                })?;
+                // the edges' (empty) tape is dropped: the graph head reads the nodes only
+                drop(edges);
+                head.forward(x, mask)
+            }
         }
     }
 }
@@ -440,5 +462,6 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
         edge_tokens,
         edge_pool,
         edge_head,
+        graph_head,
     );
 }

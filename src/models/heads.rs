@@ -24,6 +24,46 @@ pub enum Readout {
     Nodes,
     /// Each edge predicts a class.
     Edges,
+    /// Each graph predicts a class, from its nodes pooled ([`GraphPool`]).
+    Graph,
+}
+
+/// How a graph-level readout pools a graph's (real) nodes into one vector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphPool {
+    /// The mean of the nodes.
+    #[default]
+    Mean,
+    /// The channel-wise maximum of the nodes.
+    Max,
+    /// A softmax over the nodes of a learned score per node, weighting the nodes (global
+    /// attention pooling, Li et al. 2016).
+    Attention,
+}
+
+impl GraphPool {
+    /// `mean`, `max` or `attention`.
+    pub fn parse(word: &str) -> Result<Self> {
+        match word {
+            "mean" => Ok(Self::Mean),
+            "max" => Ok(Self::Max),
+            "attention" => Ok(Self::Attention),
+            other => Err(Error::config(
+                "--pool",
+                format!("`{other}` is not a pooling: mean, max or attention"),
+            )),
+        }
+    }
+
+    /// Its name, as `parse` reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mean => "mean",
+            Self::Max => "max",
+            Self::Attention => "attention",
+        }
+    }
 }
 
 /// The task-facing parts of a graph model (all off by default).
@@ -38,6 +78,12 @@ pub struct TaskIo {
     /// The node head also reads the mean and the max of each node's outgoing edges.
     #[serde(default)]
     pub pool_edges: bool,
+    /// How many classes each graph predicts (0: no graph head).
+    #[serde(default)]
+    pub graph_classes: usize,
+    /// How the graph head pools the nodes.
+    #[serde(default)]
+    pub graph_pool: GraphPool,
 }
 
 /// Edge tokens `[b × n × n]` to an edge tensor `[b, n, n, c]` (parameter `weight`).
@@ -185,6 +231,83 @@ impl<E: Real, D: Device<E>> EdgePool<E, D> {
         let max = map_rows3(max.into_tensor(), |t| self.from_max.forward(t))?;
         Ok(Nodes::new(nodes.into_tensor() + mean + max))
     }
+}
+
+/// Per-graph logits: the graph's real nodes pooled ([`GraphPool`]), then a linear map.
+pub struct GraphHead<E: Real, D: Device<E>> {
+    /// How the nodes are pooled.
+    pub pool: GraphPool,
+    /// Attention pooling's score per node (`None` for mean and max).
+    pub score: Option<Linear<E, D>>,
+    /// The pooled vector to class logits.
+    pub to_logits: Linear<E, D>,
+}
+
+impl<E: Real, D: Device<E>> GraphHead<E, D> {
+    /// A head from nodes of `dim` to `classes` logits.
+    pub fn new(init: &Init<D>, dim: usize, classes: usize, pool: GraphPool) -> Result<Self> {
+        Ok(Self {
+            pool,
+            score: match pool {
+                GraphPool::Attention => Some(Linear::new(&init.pp("score"), dim, 1, true)?),
+                _ => None,
+            },
+            to_logits: Linear::new(&init.pp("to_logits"), dim, classes, true)?,
+        })
+    }
+
+    /// Nodes `[b, n, dim]` (normed; padding as `mask` says) to logits `[b, 1, classes]`.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        nodes: T3<E, D, T>,
+        mask: &GraphMask,
+    ) -> Result<T3<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        let (b, n, dim) = *nodes.shape();
+        let dev = nodes.device().clone();
+        let real: Vec<E> = mask
+            .valid()
+            .iter()
+            .map(|&v| E::of(f64::from(u8::from(v))))
+            .collect();
+        let real: T2<E, D> = constant(&dev, real, (b, n))?;
+        let pooled: T2<E, D, T> = match self.pool {
+            GraphPool::Mean => {
+                let counts: Vec<E> = (0..b)
+                    .map(|g| {
+                        let c = (0..n).filter(|&i| mask.node_valid(g, i)).count();
+                        E::of(1.0 / c.max(1) as f64)
+                    })
+                    .collect();
+                let inv: T1<E, D> = constant(&dev, counts, (b,))?;
+                let summed =
+                    (nodes * real.broadcast_like::<_, Axis<2>>(&(b, n, dim))).sum::<_, Axis<1>>();
+                summed * inv.broadcast_like::<_, Axis<1>>(&(b, dim))
+            }
+            GraphPool::Max => {
+                // padding pushed far below every real node (each graph has one)
+                let push = (real - E::one()) * E::of(-crate::spec::MASKED);
+                (nodes + push.broadcast_like::<_, Axis<2>>(&(b, n, dim))).max::<_, Axis<1>>()
+            }
+            GraphPool::Attention => {
+                let score = self.score.as_ref().expect("attention pooling has a score");
+                let s =
+                    map_rows3(nodes.with_empty_tape(), |t| score.forward(t))?.reshape_like(&(b, n));
+                let s = s + (real - E::one()) * E::of(-crate::spec::MASKED);
+                let w = s.softmax::<Axis<1>>();
+                (nodes * w.broadcast_like::<_, Axis<2>>(&(b, n, dim))).sum::<_, Axis<1>>()
+            }
+        };
+        let logits = self.to_logits.forward(pooled)?;
+        let classes = logits.shape().1;
+        Ok(logits.reshape_like(&(b, 1, classes)))
+    }
+}
+
+impl<E: Real, D: Device<E>> HasParams<E, D> for GraphHead<E, D> {
+    visit_fields!(score, to_logits);
 }
 
 impl<E: Real, D: Device<E>> HasParams<E, D> for EdgeHead<E, D> {

@@ -14,7 +14,7 @@ pub mod self_check;
 pub use builder::GraphConfigBuilder;
 pub use configs::{QuarticConfig, RelationalConfig};
 pub use graph::{GraphConfig, GraphTransformer};
-pub use heads::{Readout, TaskIo};
+pub use heads::{GraphPool, Readout, TaskIo};
 pub use multistream::{MultiStreamConfig, MultiStreamTransformer};
 
 use dfdx::prelude::*;
@@ -258,7 +258,7 @@ impl<E: Real, D: Device<E>> Model<E, D> {
                 })
             }
             Self::MultiStream(m) => {
-                if edge_tokens.is_some() || readout == Readout::Edges || adjacency.is_some() {
+                if edge_tokens.is_some() || readout != Readout::Nodes || adjacency.is_some() {
                     return Err(crate::error::Error::config(
                         "model",
                         "the multi-stream model has no edge inputs, input graph or edge head; use a graph model",

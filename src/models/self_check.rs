@@ -75,6 +75,7 @@ pub fn models(n: usize) -> Result<Vec<(String, ModelConfig)>> {
                     edge_vocab: 3,
                     edge_classes: 2,
                     pool_edges: true,
+                    ..TaskIo::default()
                 },
             };
             let name = format!("{rule}{}", if causal { ", causal" } else { "" });

@@ -256,7 +256,7 @@ pub fn eval_batch(task: &Task, seed: u64, k: usize, batch: usize, split: Split) 
     )
 }
 
-/// The targets a task's readout is scored on: per node, or per edge.
+/// The targets a task's readout is scored on: per node, per edge, or per graph.
 pub fn targets_of(batch: &Batch, readout: Readout) -> Result<&[Option<usize>]> {
     match readout {
         Readout::Nodes => Ok(&batch.targets),
@@ -264,6 +264,12 @@ pub fn targets_of(batch: &Batch, readout: Readout) -> Result<&[Option<usize>]> {
             Error::config(
                 "training batch",
                 "the task reads edges but the batch has no edge targets",
+            )
+        }),
+        Readout::Graph => batch.graph_targets.as_deref().ok_or_else(|| {
+            Error::config(
+                "training batch",
+                "the task reads whole graphs but the batch has no graph targets",
             )
         }),
     }

@@ -609,7 +609,7 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
         assert!(said.contains("task graphs:shortest_paths.train"), "{said}");
         assert!(said.contains("all 100 held-out examples"), "{said}");
     }
-    // refused: no held-out file, no target, a graph-level target, another task beside graphs
+    // refused: no held-out file, no target, a pooling for node targets, another task beside graphs
     let refusals: [(&[&str], &str); 4] = [
         (
             &["train", "--graphs", "g.jsonl", "--target", "node"],
@@ -623,13 +623,15 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
             &[
                 "train",
                 "--graphs",
-                &sample("components.train.jsonl"),
+                &sample("triangles.train.jsonl"),
                 "--valid",
-                &sample("components.valid.jsonl"),
+                &sample("triangles.valid.jsonl"),
                 "--target",
-                "graph",
+                "node",
+                "--pool",
+                "max",
             ],
-            "graph-level targets",
+            "graph-level target",
         ),
         (
             &["train", "--task", "sanity", "--graphs", "g.jsonl"],
@@ -643,6 +645,52 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
             text(&r.stderr).contains(want),
             "{args:?}: {}",
             text(&r.stderr)
+        );
+    }
+    // graph targets: each pooling trains, the config keeps it, and eval reads the run back
+    for pool in ["mean", "max", "attention"] {
+        let out = dir.join(format!("graph-{pool}"));
+        let r = quartic(&[
+            "train",
+            "--graphs",
+            &sample("components.train.jsonl"),
+            "--valid",
+            &sample("components.valid.jsonl"),
+            "--target",
+            "graph",
+            "--pool",
+            pool,
+            "--dim",
+            "16",
+            "--dim-edges",
+            "8",
+            "--depth",
+            "1",
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{pool}: {}", text(&r.stderr));
+        assert!(
+            text(&r.stdout).contains("graph classes; 400 training graphs"),
+            "{}",
+            text(&r.stdout)
+        );
+        let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("pool = \"{pool}\"")), "{config}");
+        let eval = quartic(&[
+            "eval",
+            "--checkpoint",
+            out.join("checkpoint.safetensors").to_str().unwrap(),
+        ]);
+        assert!(eval.status.success(), "{}", text(&eval.stderr));
+        assert!(
+            text(&eval.stdout).contains("all 100 held-out examples"),
+            "{}",
+            text(&eval.stdout)
         );
     }
     // node targets on a graph-level file name the graph and the field

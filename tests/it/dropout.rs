@@ -166,6 +166,7 @@ fn a_sharded_step_draws_the_whole_batchs_dropout() {
         edge_targets: None,
         dropout,
         adjacency: None,
+        graph_targets: None,
     };
     let grads = |bt: &Batch, shards: usize| -> HashMap<String, Vec<f64>> {
         let mut step = step_gradients(&model, bt, Readout::Nodes, shards).unwrap();

@@ -27,6 +27,7 @@ fn io_config(rule: &str) -> GraphConfig {
             edge_vocab: 3,
             edge_classes: 2,
             pool_edges: true,
+            ..TaskIo::default()
         },
     }
 }
@@ -133,6 +134,7 @@ fn parameter_counts_are_matched_within_ten_percent() {
                 edge_vocab: t.edge_vocab(),
                 edge_classes: t.edge_classes(),
                 pool_edges: true,
+                ..TaskIo::default()
             };
             assert_eq!(m.config.io, io, "{task} {}", m.rule);
             assert_eq!(m.config.dim % 4, 0);

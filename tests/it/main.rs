@@ -12,6 +12,7 @@ mod flash;
 mod fuzz;
 mod graph;
 mod graph_files;
+mod graph_readout;
 mod hyper;
 mod input_graph;
 mod layers;

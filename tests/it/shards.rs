@@ -50,6 +50,7 @@ fn batch() -> Batch {
         edge_targets: Some(edge_targets),
         dropout: None,
         adjacency: None,
+        graph_targets: None,
     }
 }
 
@@ -81,6 +82,7 @@ fn sharded_steps_have_the_whole_batch_loss_and_gradient() {
         edge_vocab: 3,
         edge_classes: 2,
         pool_edges: true,
+        ..TaskIo::default()
     };
     let cases = [
         (

@@ -282,6 +282,7 @@ fn a_users_own_task_trains_through_the_task_trait() {
             let tokens: Vec<usize> = (0..6).map(|_| rng.gen_range(0..8)).collect();
             Example {
                 adjacency: Vec::new(),
+                graph_target: None,
                 targets: vec![Some(tokens[0]); 6],
                 tokens,
                 ..Example::default()

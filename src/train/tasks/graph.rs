@@ -39,6 +39,7 @@ impl TaskDef for RelationComposition {
             node_tokens: 2,
             edge_tokens: RELATION_TOKENS,
             edge_classes: 2,
+            graph_classes: 0,
         }
     }
 
@@ -55,6 +56,7 @@ impl TaskDef for RelationComposition {
         let a = relation(rng, n, self.p);
         Example {
             adjacency: Vec::new(),
+            graph_target: None,
             tokens: vec![0; n],
             targets: vec![None; n],
             edge_tokens: relation_tokens(&a),
@@ -98,6 +100,7 @@ impl TaskDef for QuotientComposition {
             node_tokens: self.colours.max(2),
             edge_tokens: RELATION_TOKENS,
             edge_classes: 2,
+            graph_classes: 0,
         }
     }
 
@@ -115,6 +118,7 @@ impl TaskDef for QuotientComposition {
         let colour: Vec<usize> = (0..n).map(|_| rng.gen_range(0..self.colours)).collect();
         Example {
             adjacency: Vec::new(),
+            graph_target: None,
             targets: vec![None; n],
             edge_tokens: relation_tokens(&a),
             edge_targets: flat_targets(&quotient_compose(&a, &colour)),
@@ -167,6 +171,7 @@ impl TaskDef for PathComposition {
             node_tokens: 2,
             edge_tokens: PATH_QUERY_BACKWARD + 1,
             edge_classes: 6,
+            graph_classes: 0,
         }
     }
 
@@ -206,6 +211,7 @@ impl TaskDef for PathComposition {
         edge_targets[query] = Some(path_label(&labels));
         Example {
             adjacency: Vec::new(),
+            graph_target: None,
             tokens: vec![0; n],
             targets: vec![None; n],
             edge_tokens,
@@ -246,6 +252,7 @@ impl TaskDef for Triangles {
             node_tokens: 2,
             edge_tokens: 2,
             edge_classes: 0,
+            graph_classes: 0,
         }
     }
 
@@ -291,6 +298,7 @@ fn triangles_example(adj: &[Vec<bool>]) -> Example {
     let n = adj.len();
     Example {
         adjacency: Vec::new(),
+        graph_target: None,
         tokens: vec![0; n],
         targets: on_triangle(adj)
             .into_iter()

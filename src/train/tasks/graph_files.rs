@@ -1,5 +1,5 @@
-//! Classification on graph datasets from files (`crate::data::graphs`): node classes from `y`
-//! or edge classes from `edge_label`, trained on one file and held out on another.
+//! Classification on graph datasets from files (`crate::data::graphs`): graph or node classes
+//! from `y` or edge classes from `edge_label`, trained on one file and held out on another.
 //!
 //! Inputs: node tokens as given; the edge (i, j) carries token 0 when the file lists no edge
 //! from i to j, and 1 + its `edge_tokens` entry (1 without edge tokens) when it does, so a rule
@@ -22,22 +22,20 @@ pub enum Level {
     Node,
     /// Every labelled ordered pair (i, j) predicts its class (`edge_label`).
     Edge,
+    /// Each graph predicts its class (`y`, one per graph) from its pooled nodes.
+    Graph,
 }
 
 impl Level {
-    /// `node` or `edge`; `graph` is named as not yet trainable.
+    /// `graph`, `node` or `edge`.
     pub fn parse(word: &str) -> Result<Self> {
         match word {
             "node" => Ok(Level::Node),
             "edge" => Ok(Level::Edge),
-            "graph" => Err(Error::config(
-                "--target",
-                "graph-level targets need a pooled readout, which training does not have yet; \
-                 train node or edge targets",
-            )),
+            "graph" => Ok(Level::Graph),
             other => Err(Error::config(
                 "--target",
-                format!("`{other}` is not a level: node or edge"),
+                format!("`{other}` is not a level: graph, node or edge"),
             )),
         }
     }
@@ -78,9 +76,13 @@ impl GraphFiles {
                 .max()
                 .map_or(0, |c| c + 1)
         };
-        let (node_classes, edge_classes) = match level {
-            Level::Node => (classes(&|e| &e.targets), 0),
-            Level::Edge => (0, classes(&|e| &e.edge_targets).max(1)),
+        let (node_classes, edge_classes, graph_classes) = match level {
+            Level::Node => (classes(&|e| &e.targets), 0, 0),
+            Level::Edge => (0, classes(&|e| &e.edge_targets).max(1), 0),
+            Level::Graph => {
+                let most = all().filter_map(|e| e.graph_target).max();
+                (0, 0, most.map_or(0, |c| c + 1).max(2))
+            }
         };
         let stem = train
             .file_stem()
@@ -95,6 +97,7 @@ impl GraphFiles {
                 node_tokens: (max_token + 1).max(node_classes).max(2),
                 edge_tokens: max_edge_token + 1,
                 edge_classes,
+                graph_classes,
             },
             max_len,
         })
@@ -143,6 +146,7 @@ impl TaskDef for GraphFiles {
         let level = match self.level {
             Level::Node => "node",
             Level::Edge => "edge",
+            Level::Graph => "graph",
         };
         Some(format!(
             "{level} classes; {} training graphs, {} held-out graphs from the --valid file (never trained on, each evaluated once)",
@@ -208,7 +212,22 @@ fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
     };
     let mut targets = vec![None; n];
     let mut edge_targets = vec![None; n * n];
+    let mut graph_target = None;
     match level {
+        Level::Graph => match &g.y {
+            Some(Target::Graph(v)) => graph_target = Some(class("y", 0, *v)?),
+            Some(Target::Nodes(_)) => {
+                return Err(
+                    "field `y`: one value per node, but --target graph needs one for the graph"
+                        .into(),
+                )
+            }
+            None => {
+                return Err(
+                    "field `y`: missing (--target graph reads the graph's class from it)".into(),
+                )
+            }
+        },
         Level::Node => match &g.y {
             Some(Target::Nodes(v)) => {
                 for (i, y) in v.iter().enumerate() {
@@ -246,5 +265,6 @@ fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
         edge_tokens,
         edge_targets,
         adjacency,
+        graph_target,
     })
 }

@@ -53,6 +53,8 @@ pub struct Batch {
     pub dropout: Option<DropoutDraws>,
     /// `[b × n × n]`: whether graph b's input has edge i → j, for graphs read from files.
     pub adjacency: Option<Vec<bool>>,
+    /// `[b]`: the class each graph predicts, for graph-level tasks.
+    pub graph_targets: Option<Vec<Option<usize>>>,
 }
 
 impl Batch {
@@ -75,6 +77,10 @@ impl Batch {
                 .as_ref()
                 .map(|v| v[rows(per_edge)].to_vec()),
             adjacency: self.adjacency.as_ref().map(|v| v[rows(per_edge)].to_vec()),
+            graph_targets: self
+                .graph_targets
+                .as_ref()
+                .map(|v| v[range.clone()].to_vec()),
             dropout: self
                 .dropout
                 .as_ref()
@@ -96,6 +102,8 @@ pub struct Example {
     pub edge_targets: Vec<Option<usize>>,
     /// `n × n`: whether the input graph has edge i → j (empty: the example has no input graph).
     pub adjacency: Vec<bool>,
+    /// The class the whole graph predicts, for graph-level tasks.
+    pub graph_target: Option<usize>,
 }
 
 pub use crate::models::heads::Readout;
@@ -122,6 +130,8 @@ pub struct Vocab {
     pub edge_tokens: usize,
     /// Edge classes.
     pub edge_classes: usize,
+    /// Graph classes (0: no graph-level target).
+    pub graph_classes: usize,
 }
 
 impl Vocab {
@@ -131,6 +141,7 @@ impl Vocab {
             node_tokens,
             edge_tokens: 0,
             edge_classes: 0,
+            graph_classes: 0,
         }
     }
 }
@@ -318,9 +329,17 @@ impl Task {
         self.vocab().edge_classes
     }
 
-    /// Where predictions are read: the edges when the task has edge classes, else the nodes.
+    /// How many classes a graph predicts (0: the task reads nodes or edges).
+    pub fn graph_classes(&self) -> usize {
+        self.vocab().graph_classes
+    }
+
+    /// Where predictions are read: the whole graph when the task has graph classes, the edges
+    /// when it has edge classes, else the nodes.
     pub fn readout(&self) -> Readout {
-        if self.edge_classes() > 0 {
+        if self.graph_classes() > 0 {
+            Readout::Graph
+        } else if self.edge_classes() > 0 {
             Readout::Edges
         } else {
             Readout::Nodes
@@ -385,6 +404,8 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
     let has_edge_tokens = examples.iter().any(|e| !e.edge_tokens.is_empty());
     let has_edge_targets = examples.iter().any(|e| !e.edge_targets.is_empty());
     let has_adjacency = examples.iter().any(|e| !e.adjacency.is_empty());
+    let has_graph_targets = examples.iter().any(|e| e.graph_target.is_some());
+    let graph_targets = examples.iter().map(|e| e.graph_target).collect();
     let mut tokens = Vec::with_capacity(b * n);
     let mut targets = Vec::with_capacity(b * n);
     let mut valid = Vec::with_capacity(b * n);
@@ -435,6 +456,7 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
         edge_tokens: has_edge_tokens.then_some(edge_tokens),
         edge_targets: has_edge_targets.then_some(edge_targets),
         adjacency: has_adjacency.then_some(adjacency),
+        graph_targets: has_graph_targets.then_some(graph_targets),
         dropout: None,
     }
 }

@@ -33,6 +33,7 @@ impl TaskDef for Sanity {
         let max = *tokens.iter().max().expect("n ≥ 8");
         Example {
             adjacency: Vec::new(),
+            graph_target: None,
             targets: vec![Some(max); n],
             tokens,
             ..Example::default()
@@ -94,6 +95,7 @@ impl TaskDef for Match3 {
             .collect();
         Example {
             adjacency: Vec::new(),
+            graph_target: None,
             tokens,
             targets,
             ..Example::default()
@@ -155,6 +157,7 @@ impl TaskDef for FunctionComposition {
         targets[0] = Some(function_composition_label(&x) as usize);
         Example {
             adjacency: Vec::new(),
+            graph_target: None,
             tokens: x,
             targets,
             ..Example::default()
@@ -226,6 +229,7 @@ impl TaskDef for KHop {
         targets.extend((0..body.len()).map(|i| Some(k_hop(&body, i, k).unwrap_or(alphabet))));
         Example {
             adjacency: Vec::new(),
+            graph_target: None,
             tokens,
             targets,
             ..Example::default()

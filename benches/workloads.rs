@@ -111,6 +111,8 @@ pub fn train_step(model: &mut Model<f32, Cpu>, adam: &mut AdamState, b: usize, n
         dropout: None,
         adjacency: None,
         graph_targets: None,
+        node_features: None,
+        edge_features: None,
     };
     let mut step = step_gradients(model, &batch, Readout::Nodes, DEFAULT_SHARDS).expect("runs");
     adam.update_sum(model, &mut step.grads, &AdamW::default(), 1e-4, Some(1.0))

@@ -328,6 +328,8 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
             g.io.edge_vocab = task.edge_vocab();
             g.io.edge_classes = task.edge_classes();
             g.io.graph_classes = task.graph_classes();
+            g.io.node_features = task.vocab().node_features;
+            g.io.edge_features = task.vocab().edge_features;
         }
         if model_args.pool.is_some() && task.graph_classes() == 0 {
             return Err(quartic::Error::config(

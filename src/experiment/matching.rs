@@ -79,6 +79,8 @@ pub fn model_config(
             edge_vocab: task.edge_vocab(),
             edge_classes: task.edge_classes(),
             graph_classes: task.graph_classes(),
+            node_features: task.vocab().node_features,
+            edge_features: task.vocab().edge_features,
             pool_edges: true,
             ..TaskIo::default()
         },

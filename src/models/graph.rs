@@ -165,6 +165,10 @@ pub struct GraphTransformer<E: Real, D: Device<E>> {
     pub edge_head: Option<EdgeHead<E, D>>,
     /// Per-graph logits from the pooled nodes, for graph-level tasks.
     pub graph_head: Option<GraphHead<E, D>>,
+    /// Continuous node features to the node width, added to the token embeddings.
+    pub node_features: Option<Linear<E, D>>,
+    /// Continuous edge features to the edge width, added to the edge embeddings.
+    pub edge_features: Option<Linear<E, D>>,
 }
 
 impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
@@ -246,6 +250,14 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
                 0 => None,
                 c => Some(EdgeHead::new(&init.pp("edge_head"), dim, de, c)?),
             },
+            node_features: match config.io.node_features {
+                0 => None,
+                f => Some(Linear::new(&init.pp("node_features"), f, dim, true)?),
+            },
+            edge_features: match config.io.edge_features {
+                0 => None,
+                f => Some(Linear::new(&init.pp("edge_features"), f, de, true)?),
+            },
             graph_head: match config.io.graph_classes {
                 0 => None,
                 c => Some(GraphHead::new(
@@ -325,14 +337,94 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
     where
         D: Backend<E>,
     {
+        let inputs = super::GraphInputs {
+            edge_tokens,
+            ..super::GraphInputs::tokens(tokens, batch, n, None)
+        };
+        self.forward_inputs(&inputs, mask, readout)
+    }
+
+    /// Logits of one batch of graphs with everything a task gives: tokens, edge tokens, and
+    /// continuous node (`[b × n × f]`) and edge (`[b × n × n × f]`) features, each through the
+    /// model's linear embedding, required exactly when the model has it. Padding, the input
+    /// graph and dropout come from `mask` (the inputs' own copies are not read here).
+    pub fn forward_inputs<T: Tape<E, D>>(
+        &self,
+        inputs: &super::GraphInputs<'_>,
+        mask: &GraphMask,
+        readout: Readout,
+    ) -> Result<T3<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        let (batch, n) = (inputs.b, inputs.n);
         if n > self.config.max_seq_len {
             return Err(Error::config(
                 "model input",
                 format!("{n} tokens exceed max_seq_len {}", self.config.max_seq_len),
             ));
         }
-        let x: Nodes<E, D, T> = self.token_emb.forward(tokens, batch, n)?;
-        self.forward_nodes(x, edge_tokens, mask, readout)
+        let x: Nodes<E, D, T> = self.token_emb.forward(inputs.tokens, batch, n)?;
+        let x = match self.embed_features::<T>(
+            &self.node_features,
+            inputs.node_features,
+            "node",
+            batch * n,
+        )? {
+            Some(f) => Nodes::new(x.into_tensor() + f.reshape_like(&(batch, n, self.config.dim))),
+            None => x,
+        };
+        let edge_features = self
+            .embed_features::<T>(
+                &self.edge_features,
+                inputs.edge_features,
+                "edge",
+                batch * n * n,
+            )?
+            .map(|f| f.reshape_like(&(batch, n, n, self.config.dim_edges)));
+        self.forward_embedded(x, inputs.edge_tokens, edge_features, mask, readout)
+    }
+
+    /// `[rows, width]` features through `linear`, which the model has exactly when features
+    /// are to be given.
+    fn embed_features<T: Tape<E, D>>(
+        &self,
+        linear: &Option<Linear<E, D>>,
+        features: Option<&[f32]>,
+        what: &str,
+        rows: usize,
+    ) -> Result<Option<T2<E, D, T>>>
+    where
+        D: Backend<E>,
+    {
+        match (linear, features) {
+            (None, None) => Ok(None),
+            (Some(l), Some(f)) => {
+                let width = l.weight.dims[1];
+                if f.len() != rows * width {
+                    return Err(Error::shape(
+                        &format!("{what} features"),
+                        format!("{rows} rows of {width}"),
+                        format!("{} values", f.len()),
+                    ));
+                }
+                let dev = l.weight.value.device().clone();
+                let t: T2<E, D> = constant(
+                    &dev,
+                    f.iter().map(|&v| E::of(f64::from(v))).collect(),
+                    (rows, width),
+                )?;
+                Ok(Some(l.forward(t.retaped::<T>())?))
+            }
+            (Some(_), None) => Err(Error::config(
+                "model input",
+                format!("the model reads {what} features but none were given"),
+            )),
+            (None, Some(_)) => Err(Error::config(
+                "model input",
+                format!("{what} features were given but the model has no {what} feature embedding"),
+            )),
+        }
     }
 
     /// Like [`GraphTransformer::forward_io`], from node features `[b, n, dim]` in place of the
@@ -343,6 +435,28 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
         &self,
         x: Nodes<E, D, T>,
         edge_tokens: Option<&[usize]>,
+        mask: &GraphMask,
+        readout: Readout,
+    ) -> Result<T3<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        if self.edge_features.is_some() {
+            return Err(Error::config(
+                "model input",
+                "the model reads edge features; give them with `forward_inputs`",
+            ));
+        }
+        self.forward_embedded(x, edge_tokens, None, mask, readout)
+    }
+
+    /// The model after the node embedding: the edges embedded (with edge tokens and embedded
+    /// edge features `[b, n, n, dim_edges]` where given), the layers, and the readout.
+    fn forward_embedded<T: Tape<E, D>>(
+        &self,
+        x: Nodes<E, D, T>,
+        edge_tokens: Option<&[usize]>,
+        edge_features: Option<T4<E, D, T>>,
         mask: &GraphMask,
         readout: Readout,
     ) -> Result<T3<E, D, T>>
@@ -391,6 +505,10 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
             None => edges,
         };
         let edges = self.add_edge_tokens(edges, edge_tokens, batch, n)?;
+        let edges = match edge_features {
+            Some(f) => Edges::new(edges.into_tensor() + f)?,
+            None => edges,
+        };
         let (mut x, mut edges) = (x, edges);
         if self.hyper.is_empty() {
             for (k, layer) in self.layers.iter().enumerate() {
@@ -463,5 +581,7 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
         edge_pool,
         edge_head,
         graph_head,
+        node_features,
+        edge_features,
     );
 }

@@ -84,6 +84,12 @@ pub struct TaskIo {
     /// How the graph head pools the nodes.
     #[serde(default)]
     pub graph_pool: GraphPool,
+    /// Continuous features per node (0: tokens only), through a linear embedding.
+    #[serde(default)]
+    pub node_features: usize,
+    /// Continuous features per edge (0: none), through a linear embedding.
+    #[serde(default)]
+    pub edge_features: usize,
 }
 
 /// Edge tokens `[b × n × n]` to an edge tensor `[b, n, n, c]` (parameter `weight`).

@@ -56,6 +56,10 @@ pub struct GraphInputs<'a> {
     pub valid: Option<&'a [bool]>,
     /// `[b × n × n]`: whether graph b's input has edge i → j (graphs read from files).
     pub adjacency: Option<&'a [bool]>,
+    /// `[b × n × f]` continuous node features, for a model with a node feature embedding.
+    pub node_features: Option<&'a [f32]>,
+    /// `[b × n × n × f]` continuous edge features, for a model with an edge feature embedding.
+    pub edge_features: Option<&'a [f32]>,
     /// The rules' dropout draws, while training.
     pub dropout: Option<&'a DropoutDraws>,
 }
@@ -70,6 +74,8 @@ impl<'a> GraphInputs<'a> {
             n,
             valid,
             adjacency: None,
+            node_features: None,
+            edge_features: None,
             dropout: None,
         }
     }
@@ -241,6 +247,8 @@ impl<E: Real, D: Device<E>> Model<E, D> {
             n,
             valid,
             adjacency,
+            node_features,
+            edge_features,
             dropout,
         } = *inputs;
         match self {
@@ -253,15 +261,19 @@ impl<E: Real, D: Device<E>> Model<E, D> {
                     mask = mask.with_adjacency(a.to_vec())?;
                 }
                 Ok(Output {
-                    logits: m.forward_io(tokens, edge_tokens, b, n, &mask, readout)?,
+                    logits: m.forward_inputs(inputs, &mask, readout)?,
                     aux: None,
                 })
             }
             Self::MultiStream(m) => {
-                if edge_tokens.is_some() || readout != Readout::Nodes || adjacency.is_some() {
+                let graph_inputs = edge_tokens.is_some()
+                    || adjacency.is_some()
+                    || node_features.is_some()
+                    || edge_features.is_some();
+                if graph_inputs || readout != Readout::Nodes {
                     return Err(crate::error::Error::config(
                         "model",
-                        "the multi-stream model has no edge inputs, input graph or edge head; use a graph model",
+                        "the multi-stream model reads node tokens only (no edge inputs, features, input graph or graph and edge heads); use a graph model",
                     ));
                 }
                 let o = m.forward(tokens, b, n, valid)?;

@@ -288,6 +288,8 @@ pub fn forward_batch<E: Real, D: Backend<E>, T: Tape<E, D>>(
         n: bt.n,
         valid: bt.valid.as_deref(),
         adjacency: bt.adjacency.as_deref(),
+        node_features: bt.node_features.as_deref(),
+        edge_features: bt.edge_features.as_deref(),
         dropout: bt.dropout.as_ref(),
     };
     model.forward_io(&inputs, readout)

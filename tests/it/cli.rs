@@ -788,6 +788,52 @@ fn rules_that_read_the_input_graph_train_on_graph_files_only() {
 }
 
 #[test]
+fn graph_files_with_continuous_features_train_from_the_command_line() {
+    use crate::graph_files::featured;
+    let dir = crate::reliability::tmp("cli-features");
+    let graphs: Vec<_> = (0..12)
+        .map(|k| featured(3 + k % 4, k as u64, k % 5 != 0))
+        .collect();
+    let (train, valid) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
+    quartic::data::graphs::write_jsonl(&train, &graphs).unwrap();
+    quartic::data::graphs::write_jsonl(&valid, &graphs[..4]).unwrap();
+    let out = dir.join("run");
+    let run = quartic(&[
+        "train",
+        "--graphs",
+        train.to_str().unwrap(),
+        "--valid",
+        valid.to_str().unwrap(),
+        "--target",
+        "node",
+        "--dim",
+        "16",
+        "--dim-edges",
+        "8",
+        "--depth",
+        "1",
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let eval = quartic(&[
+        "eval",
+        "--checkpoint",
+        out.join("checkpoint.safetensors").to_str().unwrap(),
+    ]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    assert!(
+        text(&eval.stdout).contains("all 4 held-out examples"),
+        "{}",
+        text(&eval.stdout)
+    );
+}
+
+#[test]
 fn a_text_file_trains_from_the_command_line() {
     let dir = crate::reliability::tmp("cli-text");
     let file = dir.join("t.txt");

@@ -167,6 +167,8 @@ fn a_sharded_step_draws_the_whole_batchs_dropout() {
         dropout,
         adjacency: None,
         graph_targets: None,
+        node_features: None,
+        edge_features: None,
     };
     let grads = |bt: &Batch, shards: usize| -> HashMap<String, Vec<f64>> {
         let mut step = step_gradients(&model, bt, Readout::Nodes, shards).unwrap();

@@ -267,3 +267,168 @@ fn evaluation_covers_every_held_out_graph_once() {
     );
     assert!((a1 - a2).abs() < 1e-9, "{a1} against {a2}");
 }
+
+/// A graph of `n` nodes on a path 0 → 1 → … (no edges when `edges` is false) with `x` of two
+/// features and `edge_attr` of three, node classes alternating.
+pub fn featured(n: usize, seed: u64, edges: bool) -> GraphRecord {
+    let x = crate::common::randn(seed, n * 2);
+    let edge_index: Vec<[usize; 2]> = if edges {
+        (0..n - 1).map(|i| [i, i + 1]).collect()
+    } else {
+        vec![]
+    };
+    let attr = crate::common::randn(seed + 1, edge_index.len() * 3);
+    GraphRecord {
+        num_nodes: n,
+        nodes: Inputs::Features {
+            dim: 2,
+            values: x.iter().map(|&v| v as f32).collect(),
+        },
+        edges: Some(Inputs::Features {
+            dim: 3,
+            values: attr.iter().map(|&v| v as f32).collect(),
+        }),
+        edge_index,
+        y: Some(Target::Nodes(
+            (0..n).map(|i| Some((i % 2) as f64)).collect(),
+        )),
+        edge_label: None,
+    }
+}
+
+#[test]
+fn continuous_features_enter_through_linear_embeddings() {
+    use dfdx::prelude::*;
+    use quartic::models::{Model, ModelConfig, Readout};
+    use quartic::nn::Init;
+    use quartic::train::tasks::{batch_of, GraphFiles, Level};
+    use quartic::train::trainer::forward_batch;
+    use quartic::train::Task;
+    let dir = crate::reliability::tmp("graph-features");
+    let graphs = vec![
+        featured(5, 1, true),
+        featured(3, 3, true),
+        featured(4, 5, false),
+    ];
+    let (train, valid) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
+    write_jsonl(&train, &graphs).unwrap();
+    write_jsonl(&valid, &graphs).unwrap();
+    let task = Task::new(GraphFiles::from_files(&train, &valid, Level::Node).unwrap());
+    assert_eq!(
+        (task.vocab().node_features, task.vocab().edge_features),
+        (2, 3)
+    );
+    let batch = batch_of(task.held_out_set().unwrap().to_vec());
+    let (b, n) = (batch.b, batch.n);
+    let nodes = batch.node_features.as_ref().unwrap();
+    let edges = batch.edge_features.as_ref().unwrap();
+    assert_eq!((nodes.len(), edges.len()), (b * n * 2, b * n * n * 3));
+    for (g, record) in graphs.iter().enumerate() {
+        let Inputs::Features { values: x, .. } = &record.nodes else {
+            unreachable!()
+        };
+        let Some(Inputs::Features { values: attr, .. }) = &record.edges else {
+            unreachable!()
+        };
+        for i in 0..n {
+            let want = |c: usize| {
+                if i < record.num_nodes {
+                    x[i * 2 + c]
+                } else {
+                    0.0
+                }
+            };
+            assert_eq!(
+                nodes[(g * n + i) * 2..(g * n + i + 1) * 2],
+                [want(0), want(1)]
+            );
+            for j in 0..n {
+                let at = ((g * n + i) * n + j) * 3;
+                let listed = record.edge_index.iter().position(|&e| e == [i, j]);
+                let want: Vec<f32> = match listed {
+                    Some(e) => attr[e * 3..(e + 1) * 3].to_vec(),
+                    None => vec![0.0; 3],
+                };
+                assert_eq!(edges[at..at + 3], want[..], "graph {g} edge ({i}, {j})");
+            }
+        }
+    }
+    // a model with both embeddings reads them; padded features are never read
+    let mut g = crate::reliability::graph_config("taylor", 8, task.max_len());
+    g.num_tokens = task.num_tokens();
+    g.io.edge_vocab = task.edge_vocab();
+    g.io.node_features = 2;
+    g.io.edge_features = 3;
+    let model = Model::<f64, Cpu>::new(
+        &ModelConfig::Graph(g.clone()),
+        None,
+        &Init::random(&Cpu::default(), 1),
+    )
+    .unwrap();
+    let logits = |bt: &quartic::train::tasks::Batch| {
+        forward_batch::<f64, Cpu, NoneTape>(&model, bt, Readout::Nodes)
+            .unwrap()
+            .logits
+            .as_vec()
+    };
+    let base = logits(&batch);
+    let mut changed = batch.clone();
+    changed.node_features.as_mut().unwrap()[2 * n * 2] += 1.0; // graph 2, node 0
+    let moved = logits(&changed);
+    let v = task.num_tokens();
+    assert_ne!(
+        moved[2 * n * v..(2 * n + 1) * v],
+        base[2 * n * v..(2 * n + 1) * v]
+    );
+    assert_eq!(moved[..2 * n * v], base[..2 * n * v], "another graph moved");
+    let mut edge_moved = batch.clone();
+    edge_moved.edge_features.as_mut().unwrap()[0] += 1.0; // graph 0, edge (0, 0)
+    assert_ne!(logits(&edge_moved)[..n * v], base[..n * v]);
+    let mut padded = batch.clone();
+    padded.node_features.as_mut().unwrap()[(n + 4) * 2] = 50.0; // graph 1 has 3 nodes
+    padded.edge_features.as_mut().unwrap()[((n + 4) * n + 4) * 3] = 50.0;
+    // (the padded node's own logits are never scored; every real node's stay the same)
+    let real = |l: &[f64]| -> Vec<f64> {
+        (0..b * n)
+            .filter(|&r| batch.valid.as_ref().is_none_or(|v| v[r]))
+            .flat_map(|r| l[r * v..(r + 1) * v].to_vec())
+            .collect()
+    };
+    assert_eq!(real(&logits(&padded)), real(&base), "padding read");
+    // a model without the embeddings refuses features, and one with them needs them
+    let mut plain_cfg = g;
+    plain_cfg.io.node_features = 0;
+    let plain = Model::<f64, Cpu>::new(
+        &ModelConfig::Graph(plain_cfg),
+        None,
+        &Init::random(&Cpu::default(), 1),
+    )
+    .unwrap();
+    let err = forward_batch::<f64, Cpu, NoneTape>(&plain, &batch, Readout::Nodes)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("node features were given"), "{err}");
+    let mut bare = batch.clone();
+    bare.edge_features = None;
+    let err = forward_batch::<f64, Cpu, NoneTape>(&model, &bare, Readout::Nodes)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("reads edge features but none were given"),
+        "{err}"
+    );
+    // a graph with edges but no `edge_attr` beside graphs that have it is refused
+    let mut missing = featured(4, 7, true);
+    missing.edges = None;
+    write_jsonl(&train, &[graphs[0].clone(), missing]).unwrap();
+    let err = GraphFiles::from_files(&train, &valid, Level::Node)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("field `edge_attr`") && err.contains("0 features per edge"),
+        "{err}"
+    );
+}

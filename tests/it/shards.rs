@@ -51,6 +51,8 @@ fn batch() -> Batch {
         dropout: None,
         adjacency: None,
         graph_targets: None,
+        node_features: None,
+        edge_features: None,
     }
 }
 

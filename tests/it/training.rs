@@ -283,6 +283,8 @@ fn a_users_own_task_trains_through_the_task_trait() {
             Example {
                 adjacency: Vec::new(),
                 graph_target: None,
+                node_features: Vec::new(),
+                edge_features: Vec::new(),
                 targets: vec![Some(tokens[0]); 6],
                 tokens,
                 ..Example::default()

@@ -40,6 +40,8 @@ impl TaskDef for RelationComposition {
             edge_tokens: RELATION_TOKENS,
             edge_classes: 2,
             graph_classes: 0,
+            node_features: 0,
+            edge_features: 0,
         }
     }
 
@@ -57,6 +59,8 @@ impl TaskDef for RelationComposition {
         Example {
             adjacency: Vec::new(),
             graph_target: None,
+            node_features: Vec::new(),
+            edge_features: Vec::new(),
             tokens: vec![0; n],
             targets: vec![None; n],
             edge_tokens: relation_tokens(&a),
@@ -101,6 +105,8 @@ impl TaskDef for QuotientComposition {
             edge_tokens: RELATION_TOKENS,
             edge_classes: 2,
             graph_classes: 0,
+            node_features: 0,
+            edge_features: 0,
         }
     }
 
@@ -119,6 +125,8 @@ impl TaskDef for QuotientComposition {
         Example {
             adjacency: Vec::new(),
             graph_target: None,
+            node_features: Vec::new(),
+            edge_features: Vec::new(),
             targets: vec![None; n],
             edge_tokens: relation_tokens(&a),
             edge_targets: flat_targets(&quotient_compose(&a, &colour)),
@@ -172,6 +180,8 @@ impl TaskDef for PathComposition {
             edge_tokens: PATH_QUERY_BACKWARD + 1,
             edge_classes: 6,
             graph_classes: 0,
+            node_features: 0,
+            edge_features: 0,
         }
     }
 
@@ -212,6 +222,8 @@ impl TaskDef for PathComposition {
         Example {
             adjacency: Vec::new(),
             graph_target: None,
+            node_features: Vec::new(),
+            edge_features: Vec::new(),
             tokens: vec![0; n],
             targets: vec![None; n],
             edge_tokens,
@@ -253,6 +265,8 @@ impl TaskDef for Triangles {
             edge_tokens: 2,
             edge_classes: 0,
             graph_classes: 0,
+            node_features: 0,
+            edge_features: 0,
         }
     }
 
@@ -299,6 +313,8 @@ fn triangles_example(adj: &[Vec<bool>]) -> Example {
     Example {
         adjacency: Vec::new(),
         graph_target: None,
+        node_features: Vec::new(),
+        edge_features: Vec::new(),
         tokens: vec![0; n],
         targets: on_triangle(adj)
             .into_iter()

@@ -1,9 +1,11 @@
 //! Classification on graph datasets from files (`crate::data::graphs`): graph or node classes
 //! from `y` or edge classes from `edge_label`, trained on one file and held out on another.
 //!
-//! Inputs: node tokens as given; the edge (i, j) carries token 0 when the file lists no edge
+//! Inputs: node tokens as given (or, with `x`, one shared token plus the features through the
+//! model's linear node embedding); the edge (i, j) carries token 0 when the file lists no edge
 //! from i to j, and 1 + its `edge_tokens` entry (1 without edge tokens) when it does, so a rule
-//! sees the input graph through the edges' embedding.
+//! sees the input graph through the edges' embedding as well as through `adjacency`; listed
+//! edges' `edge_attr` go through the linear edge embedding (zeros elsewhere).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -84,6 +86,17 @@ impl GraphFiles {
                 (0, 0, most.map_or(0, |c| c + 1).max(2))
             }
         };
+        let node_features = width(train, "x", &train_ex, &valid_ex, |e| (&e.node_features, 1))?;
+        let edge_features = width(train, "edge_attr", &train_ex, &valid_ex, |e| {
+            (&e.edge_features, 2)
+        })?;
+        // a graph without edges lists no `edge_attr` rows: its features are zeros of that width
+        let (mut train_ex, mut valid_ex) = (train_ex, valid_ex);
+        for e in train_ex.iter_mut().chain(valid_ex.iter_mut()) {
+            if edge_features > 0 && e.adjacency.iter().all(|&a| !a) {
+                e.edge_features = vec![0.0; e.tokens.len().pow(2) * edge_features];
+            }
+        }
         let stem = train
             .file_stem()
             .map_or("graphs".into(), |s| s.to_string_lossy().to_string());
@@ -98,6 +111,8 @@ impl GraphFiles {
                 edge_tokens: max_edge_token + 1,
                 edge_classes,
                 graph_classes,
+                node_features,
+                edge_features,
             },
             max_len,
         })
@@ -156,6 +171,42 @@ impl TaskDef for GraphFiles {
     }
 }
 
+/// The feature width every example of both files has for `field` (0: none has features);
+/// files that disagree (one with features, one without, or two widths) are refused.
+fn width(
+    train: &Path,
+    field: &str,
+    a: &[Example],
+    b: &[Example],
+    of: impl Fn(&Example) -> (&Vec<f32>, u32),
+) -> Result<usize> {
+    let mut seen: Option<usize> = None;
+    for (k, e) in a.iter().chain(b).enumerate() {
+        let (values, order) = of(e);
+        if order == 2 && e.adjacency.iter().all(|&a| !a) {
+            continue; // no edges listed, so no rows to tell the width
+        }
+        let cells = e.tokens.len().pow(order).max(1);
+        let w = values.len() / cells;
+        match seen {
+            None => seen = Some(w),
+            Some(s) if s != w => {
+                return Err(Error::config(
+                    "graph files",
+                    format!(
+                        "field `{field}`: example {k} (counting {} first) has {w} features per \
+                         {}, an earlier one {s}; every graph of both files needs the same",
+                        train.display(),
+                        if order == 1 { "node" } else { "edge" }
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(seen.unwrap_or(0))
+}
+
 fn examples(path: &Path, level: Level) -> Result<Vec<Example>> {
     read_graphs(path)?
         .iter()
@@ -174,32 +225,29 @@ fn at(path: &Path, graph: usize, message: String) -> Error {
 /// One graph as an example, or what keeps it from being one.
 fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
     let n = g.num_nodes;
-    let tokens = match &g.nodes {
-        Inputs::Tokens(t) => t.clone(),
-        Inputs::Features { .. } => {
-            return Err(
-                "field `x`: node features need a linear node embedding, which training \
-                        does not have yet; give node `tokens`"
-                    .into(),
-            )
-        }
+    // node features enter through the model's linear embedding, beside one shared token
+    let (tokens, node_features) = match &g.nodes {
+        Inputs::Tokens(t) => (t.clone(), Vec::new()),
+        Inputs::Features { values, .. } => (vec![0; n], values.clone()),
     };
-    let edge_input = match &g.edges {
-        None => None,
-        Some(Inputs::Tokens(t)) => Some(t),
-        Some(Inputs::Features { .. }) => {
-            return Err(
-                "field `edge_attr`: edge features need a linear edge embedding, which \
-                        training does not have yet; give `edge_tokens`"
-                    .into(),
-            )
-        }
+    let (edge_input, attr) = match &g.edges {
+        None => (None, None),
+        Some(Inputs::Tokens(t)) => (Some(t), None),
+        Some(Inputs::Features { dim, values }) => (None, Some((*dim, values))),
     };
     let mut edge_tokens = vec![0; n * n];
     let mut adjacency = vec![false; n * n];
+    let mut edge_features = match attr {
+        Some((dim, _)) => vec![0.0; n * n * dim],
+        None => Vec::new(),
+    };
     for (e, &[s, t]) in g.edge_index.iter().enumerate() {
         edge_tokens[s * n + t] = 1 + edge_input.map_or(0, |t| t[e]);
         adjacency[s * n + t] = true;
+        if let Some((dim, values)) = attr {
+            let cell = (s * n + t) * dim;
+            edge_features[cell..cell + dim].copy_from_slice(&values[e * dim..(e + 1) * dim]);
+        }
     }
     let class = |field: &str, k: usize, v: f64| -> Result<usize, String> {
         if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
@@ -266,5 +314,7 @@ fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
         edge_targets,
         adjacency,
         graph_target,
+        node_features,
+        edge_features,
     })
 }

@@ -55,6 +55,10 @@ pub struct Batch {
     pub adjacency: Option<Vec<bool>>,
     /// `[b]`: the class each graph predicts, for graph-level tasks.
     pub graph_targets: Option<Vec<Option<usize>>>,
+    /// `[b × n × f]` continuous node features, zeros at padding.
+    pub node_features: Option<Vec<f32>>,
+    /// `[b × n × n × f]` continuous edge features, zeros at padding.
+    pub edge_features: Option<Vec<f32>>,
 }
 
 impl Batch {
@@ -81,6 +85,14 @@ impl Batch {
                 .graph_targets
                 .as_ref()
                 .map(|v| v[range.clone()].to_vec()),
+            node_features: self.node_features.as_ref().map(|v| {
+                let f = v.len() / (self.b * n).max(1);
+                v[rows(n * f)].to_vec()
+            }),
+            edge_features: self.edge_features.as_ref().map(|v| {
+                let f = v.len() / (self.b * per_edge).max(1);
+                v[rows(per_edge * f)].to_vec()
+            }),
             dropout: self
                 .dropout
                 .as_ref()
@@ -104,6 +116,10 @@ pub struct Example {
     pub adjacency: Vec<bool>,
     /// The class the whole graph predicts, for graph-level tasks.
     pub graph_target: Option<usize>,
+    /// `n × f` continuous node features (empty: none).
+    pub node_features: Vec<f32>,
+    /// `n × n × f` continuous edge features, zeros where the input has no edge (empty: none).
+    pub edge_features: Vec<f32>,
 }
 
 pub use crate::models::heads::Readout;
@@ -132,6 +148,10 @@ pub struct Vocab {
     pub edge_classes: usize,
     /// Graph classes (0: no graph-level target).
     pub graph_classes: usize,
+    /// Continuous features per node (0: tokens only).
+    pub node_features: usize,
+    /// Continuous features per edge (0: none).
+    pub edge_features: usize,
 }
 
 impl Vocab {
@@ -142,6 +162,8 @@ impl Vocab {
             edge_tokens: 0,
             edge_classes: 0,
             graph_classes: 0,
+            node_features: 0,
+            edge_features: 0,
         }
     }
 }
@@ -406,6 +428,8 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
     let has_adjacency = examples.iter().any(|e| !e.adjacency.is_empty());
     let has_graph_targets = examples.iter().any(|e| e.graph_target.is_some());
     let graph_targets = examples.iter().map(|e| e.graph_target).collect();
+    let node_features = padded_features(&examples, n, 1, |e| &e.node_features);
+    let edge_features = padded_features(&examples, n, 2, |e| &e.edge_features);
     let mut tokens = Vec::with_capacity(b * n);
     let mut targets = Vec::with_capacity(b * n);
     let mut valid = Vec::with_capacity(b * n);
@@ -457,6 +481,41 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
         edge_targets: has_edge_targets.then_some(edge_targets),
         adjacency: has_adjacency.then_some(adjacency),
         graph_targets: has_graph_targets.then_some(graph_targets),
+        node_features,
+        edge_features,
         dropout: None,
     }
+}
+
+/// Each example's features (`[len^order × f]`, read by `of`) laid out `[b × n^order × f]`,
+/// zeros at padding; `None` when no example has any.
+fn padded_features(
+    examples: &[Example],
+    n: usize,
+    order: u32,
+    of: impl Fn(&Example) -> &Vec<f32>,
+) -> Option<Vec<f32>> {
+    let width = examples.iter().find_map(|e| {
+        let len = e.tokens.len().pow(order);
+        (!of(e).is_empty() && len > 0).then(|| of(e).len() / len)
+    })?;
+    let mut out = vec![0.0; examples.len() * n.pow(order) * width];
+    for (g, e) in examples.iter().enumerate() {
+        let len = e.tokens.len();
+        let values = of(e);
+        if values.is_empty() {
+            continue;
+        }
+        let base = g * n.pow(order) * width;
+        if order == 1 {
+            out[base..base + len * width].copy_from_slice(&values[..len * width]);
+        } else {
+            for i in 0..len {
+                let row = &values[i * len * width..(i + 1) * len * width];
+                let at = base + i * n * width;
+                out[at..at + len * width].copy_from_slice(row);
+            }
+        }
+    }
+    Some(out)
 }

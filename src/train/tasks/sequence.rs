@@ -34,6 +34,8 @@ impl TaskDef for Sanity {
         Example {
             adjacency: Vec::new(),
             graph_target: None,
+            node_features: Vec::new(),
+            edge_features: Vec::new(),
             targets: vec![Some(max); n],
             tokens,
             ..Example::default()
@@ -96,6 +98,8 @@ impl TaskDef for Match3 {
         Example {
             adjacency: Vec::new(),
             graph_target: None,
+            node_features: Vec::new(),
+            edge_features: Vec::new(),
             tokens,
             targets,
             ..Example::default()
@@ -158,6 +162,8 @@ impl TaskDef for FunctionComposition {
         Example {
             adjacency: Vec::new(),
             graph_target: None,
+            node_features: Vec::new(),
+            edge_features: Vec::new(),
             tokens: x,
             targets,
             ..Example::default()
@@ -230,6 +236,8 @@ impl TaskDef for KHop {
         Example {
             adjacency: Vec::new(),
             graph_target: None,
+            node_features: Vec::new(),
+            edge_features: Vec::new(),
             tokens,
             targets,
             ..Example::default()

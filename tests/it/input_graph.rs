@@ -38,16 +38,22 @@ pub fn random_adjacency(b: usize, n: usize, seed: u64, self_loops: bool) -> Vec<
     adjacency
 }
 
-fn layer(text: &str, causal: bool) -> Option<RuleLayer<f64, Cpu>> {
+/// The layer of `text`, or its planning error.
+fn planned(text: &str, causal: bool) -> quartic::Result<RuleLayer<f64, Cpu>> {
     let cfg = RuleConfig {
         dim: DIM,
         dim_edges: DE,
         causal,
         overrides: vec![],
     };
-    let plan = Rule::parse("test.rule", text).unwrap().plan(&cfg);
-    match plan {
-        Ok(p) => Some(RuleLayer::new(p, &Init::random(&dev(), 5)).unwrap()),
+    let plan = Rule::parse("test.rule", text).unwrap().plan(&cfg)?;
+    Ok(RuleLayer::new(plan, &Init::random(&dev(), 5)).unwrap())
+}
+
+/// The layer of `text`; `None` only for a causal rule refused for reading the future.
+fn layer(text: &str, causal: bool) -> Option<RuleLayer<f64, Cpu>> {
+    match planned(text, causal) {
+        Ok(l) => Some(l),
         Err(e) if causal && e.to_string().contains("reads the future") => None,
         Err(e) => panic!("{text}\n{e}"),
     }
@@ -55,14 +61,7 @@ fn layer(text: &str, causal: bool) -> Option<RuleLayer<f64, Cpu>> {
 
 /// The layer of a rule that may not plan (an unmasked form a causal rule refuses).
 fn plain_layer(text: &str, causal: bool) -> Option<RuleLayer<f64, Cpu>> {
-    let cfg = RuleConfig {
-        dim: DIM,
-        dim_edges: DE,
-        causal,
-        overrides: vec![],
-    };
-    let plan = Rule::parse("test.rule", text).unwrap().plan(&cfg).ok()?;
-    Some(RuleLayer::new(plan, &Init::random(&dev(), 5)).unwrap())
+    planned(text, causal).ok()
 }
 
 fn mask(causal: bool, adjacency: Vec<bool>) -> GraphMask {

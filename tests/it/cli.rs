@@ -650,29 +650,24 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
     // graph targets: each pooling trains, the config keeps it, and eval reads the run back
     for pool in ["mean", "max", "attention"] {
         let out = dir.join(format!("graph-{pool}"));
-        let r = quartic(&[
-            "train",
-            "--graphs",
-            &sample("components.train.jsonl"),
-            "--valid",
-            &sample("components.valid.jsonl"),
-            "--target",
-            "graph",
-            "--pool",
-            pool,
-            "--dim",
-            "16",
-            "--dim-edges",
-            "8",
-            "--depth",
-            "1",
-            "--steps",
-            "2",
-            "--batch",
-            "4",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let r = quartic(
+            &[
+                "train",
+                "--graphs",
+                &sample("components.train.jsonl"),
+                "--valid",
+                &sample("components.valid.jsonl"),
+                "--target",
+                "graph",
+                "--pool",
+                pool,
+            ]
+            .iter()
+            .chain(&SMALL_GRAPH_RUN)
+            .chain(&["--out", out.to_str().unwrap()])
+            .copied()
+            .collect::<Vec<_>>(),
+        );
         assert!(r.status.success(), "{pool}: {}", text(&r.stderr));
         assert!(
             text(&r.stdout).contains("graph classes; 400 training graphs"),
@@ -711,6 +706,20 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
         text(&r.stderr)
     );
 }
+
+/// A one-layer model of dim 16 trained for two steps: the graph-file runs that only need to run.
+const SMALL_GRAPH_RUN: [&str; 10] = [
+    "--dim",
+    "16",
+    "--dim-edges",
+    "8",
+    "--depth",
+    "1",
+    "--steps",
+    "2",
+    "--batch",
+    "4",
+];
 
 #[test]
 fn rules_that_read_the_input_graph_train_on_graph_files_only() {
@@ -798,27 +807,22 @@ fn graph_files_with_continuous_features_train_from_the_command_line() {
     quartic::data::graphs::write_jsonl(&train, &graphs).unwrap();
     quartic::data::graphs::write_jsonl(&valid, &graphs[..4]).unwrap();
     let out = dir.join("run");
-    let run = quartic(&[
-        "train",
-        "--graphs",
-        train.to_str().unwrap(),
-        "--valid",
-        valid.to_str().unwrap(),
-        "--target",
-        "node",
-        "--dim",
-        "16",
-        "--dim-edges",
-        "8",
-        "--depth",
-        "1",
-        "--steps",
-        "2",
-        "--batch",
-        "4",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = quartic(
+        &[
+            "train",
+            "--graphs",
+            train.to_str().unwrap(),
+            "--valid",
+            valid.to_str().unwrap(),
+            "--target",
+            "node",
+        ]
+        .iter()
+        .chain(&SMALL_GRAPH_RUN)
+        .chain(&["--out", out.to_str().unwrap()])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
     assert!(run.status.success(), "{}", text(&run.stderr));
     let eval = quartic(&[
         "eval",

@@ -6,6 +6,7 @@ use quartic::graph::{Edges, GraphMask, Nodes};
 use quartic::models::{GraphConfig, Model, ModelConfig, QuarticConfig};
 use quartic::nn::Init;
 use quartic::rules::{Const, Rule, RuleConfig, RuleLayer};
+use quartic::train::objective::Objective;
 use quartic::train::optim::{AdamState, AdamW};
 use quartic::train::shards::{step_gradients, DEFAULT_SHARDS};
 use quartic::train::tasks::{Batch, Readout};
@@ -109,12 +110,16 @@ pub fn train_step(model: &mut Model<f32, Cpu>, adam: &mut AdamState, b: usize, n
         edge_tokens: None,
         edge_targets: None,
         dropout: None,
-        adjacency: None,
-        graph_targets: None,
-        node_features: None,
-        edge_features: None,
+        ..Batch::default()
     };
-    let mut step = step_gradients(model, &batch, Readout::Nodes, DEFAULT_SHARDS).expect("runs");
+    let mut step = step_gradients(
+        model,
+        &batch,
+        Readout::Nodes,
+        &Objective::Classes,
+        DEFAULT_SHARDS,
+    )
+    .expect("runs");
     adam.update_sum(model, &mut step.grads, &AdamW::default(), 1e-4, Some(1.0))
         .expect("update");
 }

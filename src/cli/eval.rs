@@ -1,4 +1,5 @@
-//! `quartic eval`: held-out loss and accuracy of a checkpoint on a task.
+//! `quartic eval`: held-out loss and accuracy (a regression: mean absolute error) of a
+//! checkpoint on a task.
 
 use std::path::PathBuf;
 
@@ -77,7 +78,7 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
         Use::Forward,
     )?;
     let model = ckpt.model::<f32, Cpu>(&dev)?;
-    let (loss, acc) = evaluate(
+    let (loss, value) = evaluate(
         &model,
         &task,
         args.seed.unwrap_or(seed),
@@ -95,11 +96,13 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
         Some(set) => format!("all {} held-out examples", set.len()),
         None => format!("{} × {} held-out sequences", args.batches, args.batch),
     };
+    let metric = task.metric();
     say!(
-        "{}: task {} | {covered} | loss {loss:.4} | accuracy {:.2}%",
+        "{}: task {} | {covered} | loss {loss:.4} | {} {}",
         args.checkpoint.display(),
         task.name(),
-        acc * 100.0
+        super::train::metric_words(metric),
+        metric.show(value)
     )?;
     match (&ckpt.crate_version, &ckpt.git_commit) {
         (Some(v), Some(c)) => say!("written by quartic-transformer {v} (commit {c})"),

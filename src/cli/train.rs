@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quartic::models::footprint::Use;
 use quartic::models::{Model, ModelConfig};
 use quartic::nn::{HasParams, Init};
+use quartic::train::objective::{Metric, Objective};
 use quartic::train::run_dir::RunDir;
 use quartic::train::trainer::{self, Progress, Start, StepRecord, TrainConfig};
 use serde::Deserialize;
@@ -50,9 +51,13 @@ pub struct TrainArgs {
     /// The held-out graph file for --graphs (never trained on)
     #[arg(long)]
     pub valid: Option<String>,
-    /// What --graphs predicts: node (classes from `y`) or edge (classes from `edge_label`)
+    /// What --graphs predicts: graph or node (from `y`), or edge (from `edge_label`)
     #[arg(long)]
     pub target: Option<String>,
+    /// How --graphs targets are learnt: cross-entropy (class ids), or mse or mae (real values:
+    /// a regression, scored by the mean absolute error) [default: cross-entropy]
+    #[arg(long)]
+    pub loss: Option<String>,
     /// Optimizer steps [default: 600]
     #[arg(long)]
     pub steps: Option<usize>,
@@ -138,6 +143,7 @@ impl TrainArgs {
             ("--graphs", self.graphs.is_some()),
             ("--valid", self.valid.is_some()),
             ("--target", self.target.is_some()),
+            ("--loss", self.loss.is_some()),
             ("--steps", self.steps.is_some()),
             ("--batch", self.batch.is_some()),
             ("--lr", self.lr.is_some()),
@@ -188,6 +194,7 @@ impl TrainArgs {
             graphs,
             valid: self.valid.clone().or(f.valid),
             target: self.target.clone().or(f.target),
+            loss: self.loss.clone().or(f.loss),
             steps: self.steps.or(f.steps).unwrap_or(d.steps),
             batch: self.batch.or(f.batch).unwrap_or(d.batch),
             lr: self.lr.or(f.lr).unwrap_or(d.lr),
@@ -220,6 +227,7 @@ impl TrainArgs {
 /// which saves a checkpoint.
 struct Bar {
     bar: Option<ProgressBar>,
+    metric: Metric,
     quiet: bool,
     stop: Arc<AtomicBool>,
 }
@@ -251,13 +259,17 @@ impl Progress for Bar {
         self.bar = Some(bar);
     }
     fn step(&mut self, r: &StepRecord) {
+        let short = |v: f64| match self.metric {
+            Metric::Accuracy => format!("acc {:.1}%", v * 100.0),
+            Metric::MeanAbsoluteError => format!("mae {v:.4}"),
+        };
         let eval = r
             .eval
-            .map(|(l, a)| format!(" | held-out loss {l:.4} acc {:.1}%", a * 100.0))
+            .map(|(l, a)| format!(" | held-out loss {l:.4} {}", short(a)))
             .unwrap_or_default();
         if let Some(bar) = &self.bar {
             bar.set_position(r.step as u64);
-            bar.set_message(format!("loss {:.4} acc {:.1}%", r.loss, r.accuracy * 100.0));
+            bar.set_message(format!("loss {:.4} {}", r.loss, short(r.metric)));
         }
         if !eval.is_empty() {
             let text = format!("step {:>6}: train loss {:.4}{eval}", r.step, r.loss);
@@ -330,6 +342,9 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
             g.io.graph_classes = task.graph_classes();
             g.io.node_features = task.vocab().node_features;
             g.io.edge_features = task.vocab().edge_features;
+            if let Objective::Values { scale, .. } = task.objective() {
+                g.io.values = Some(scale);
+            }
         }
         if model_args.pool.is_some() && task.graph_classes() == 0 {
             return Err(quartic::Error::config(
@@ -383,6 +398,7 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
     use std::io::IsTerminal;
     let mut bar = Bar {
         bar: None,
+        metric: task.metric(),
         quiet: args.quiet || !std::io::stderr().is_terminal(),
         stop: signals.requested.clone(),
     };
@@ -401,8 +417,13 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
             message: "writing to it failed; the run stopped after saving a checkpoint".into(),
         });
     }
-    if let Some((loss, acc)) = report.eval {
-        say!("held-out: loss {loss:.4}, accuracy {:.2}%", acc * 100.0)?;
+    if let Some((loss, value)) = report.eval {
+        let metric = task.metric();
+        say!(
+            "held-out: loss {loss:.4}, {} {}",
+            metric_words(metric),
+            metric.show(value)
+        )?;
     }
     say!(
         "checkpoint {} | metrics {} | plot {}",
@@ -423,6 +444,7 @@ struct ResolvedTrain<'a> {
     graphs: Option<String>,
     valid: Option<String>,
     target: Option<String>,
+    loss: Option<String>,
     steps: usize,
     batch: usize,
     lr: f64,
@@ -527,6 +549,7 @@ fn write_resolved_config(
             graphs: cfg.graphs.as_deref().map(absolute),
             valid: cfg.valid.as_deref().map(absolute),
             target: cfg.target.clone(),
+            loss: cfg.loss.clone(),
             steps: cfg.steps,
             batch: cfg.batch,
             lr: cfg.lr,
@@ -553,6 +576,14 @@ fn write_resolved_config(
         path.display()
     );
     quartic::files::write_atomic(&path, text.as_bytes())
+}
+
+/// A metric as a sentence says it: `accuracy`, `mean absolute error`.
+pub fn metric_words(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Accuracy => "accuracy",
+        Metric::MeanAbsoluteError => "mean absolute error",
+    }
 }
 
 /// Every rule parameter's value, as the model runs it: `heads = 4, dim_head = 16, ...`.

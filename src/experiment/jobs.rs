@@ -272,8 +272,8 @@ fn extra_measures(
     }
     let probe = match task.probe() {
         Some(bt) => {
-            let (_, correct, total) = trainer::score_batch(model, &bt, task.readout())?;
-            Some(correct as f64 / total as f64)
+            let (_, tally) = trainer::score_batch(model, &bt, task.readout(), &task.objective())?;
+            Some(tally.metric())
         }
         None => None,
     };

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::memory::{Estimate, Limit};
 use crate::models::footprint::{estimate, Use};
 use crate::models::ModelConfig;
+use crate::train::objective::Targets;
 use crate::train::tasks::Split;
 use crate::train::trainer;
 use crate::train::Task;
@@ -187,7 +188,16 @@ pub fn base_rate(task: &Task, cfg: &ExperimentConfig) -> Result<f64> {
     let mut counts = std::collections::BTreeMap::<usize, usize>::new();
     for k in 0..cfg.eval_batches {
         let bt = trainer::eval_batch(task, 0, k, cfg.batch, Split::Test);
-        for t in trainer::targets_of(&bt, task.readout())?.iter().flatten() {
+        let Targets::Classes(targets) = trainer::targets_of(&bt, task.readout())? else {
+            return Err(Error::config(
+                "experiment",
+                format!(
+                    "task {} has real-valued targets: no class is a majority",
+                    task.name()
+                ),
+            ));
+        };
+        for t in targets.iter().flatten() {
             *counts.entry(*t).or_default() += 1;
         }
     }

@@ -131,6 +131,18 @@ impl GraphConfig {
                 ),
             ));
         }
+        if let Some(s) = self.io.values {
+            if !(s.mean.is_finite() && s.std.is_finite() && s.std > 0.0) {
+                return Err(Error::config(
+                    "model",
+                    format!(
+                        "`io.values` needs a finite mean and a finite std > 0, got mean {} and \
+                         std {}",
+                        s.mean, s.std
+                    ),
+                ));
+            }
+        }
         super::check_depth("model", self.depth)
     }
 }
@@ -157,6 +169,9 @@ pub struct GraphTransformer<E: Real, D: Device<E>> {
     pub final_norm: Option<RmsNorm<E, D>>,
     /// Node states to token logits.
     pub to_logits: Linear<E, D>,
+    /// Node states to one value each, for node regression (`io.values` with neither an edge
+    /// nor a graph head).
+    pub node_value: Option<Linear<E, D>>,
     /// Edge-token embeddings, for tasks with edge inputs.
     pub edge_tokens: Option<EdgeTokens<E, D>>,
     /// Edges pooled into their nodes, for node readouts of graph tasks.
@@ -237,6 +252,15 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
                 None => None,
             },
             to_logits: Linear::new(&init.pp("to_logits"), dim, config.num_tokens, false)?,
+            node_value: match config.io {
+                TaskIo {
+                    values: Some(_),
+                    edge_classes: 0,
+                    graph_classes: 0,
+                    ..
+                } => Some(Linear::new(&init.pp("node_value"), dim, 1, true)?),
+                _ => None,
+            },
             edge_tokens: match config.io.edge_vocab {
                 0 => None,
                 v => Some(EdgeTokens::new(&init.pp("edge_tokens"), v, de)?),
@@ -539,8 +563,32 @@ impl<E: Real, D: Device<E>> GraphTransformer<E, D> {
             Some(norm) => map_rows3(x, |t| norm.forward(t))?,
             None => x,
         };
+        let out = self.readout(x, edges, mask, readout)?;
+        // a regression's outputs in the targets' units
+        Ok(match self.config.io.values {
+            Some(s) => out * E::of(s.std) + E::of(s.mean),
+            None => out,
+        })
+    }
+
+    /// The final nodes (normed) and edges read where `readout` says: logits, or one value per
+    /// position before the regression's scale.
+    fn readout<T: Tape<E, D>>(
+        &self,
+        x: T3<E, D, T>,
+        edges: Edges<E, D, T>,
+        mask: &GraphMask,
+        readout: Readout,
+    ) -> Result<T3<E, D, T>>
+    where
+        D: Backend<E>,
+    {
+        let (batch, n, _) = *x.shape();
         match readout {
-            Readout::Nodes => map_rows3(x, |t| self.to_logits.forward(t)),
+            Readout::Nodes => match &self.node_value {
+                Some(head) => map_rows3(x, |t| head.forward(t)),
+                None => map_rows3(x, |t| self.to_logits.forward(t)),
+            },
             Readout::Edges => {
                 let head = self.edge_head.as_ref().ok_or_else(|| {
                     Error::config(
@@ -577,6 +625,7 @@ impl<E: Real, D: Device<E>> HasParams<E, D> for GraphTransformer<E, D> {
         hyper,
         final_norm,
         to_logits,
+        node_value,
         edge_tokens,
         edge_pool,
         edge_head,

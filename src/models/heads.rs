@@ -90,6 +90,40 @@ pub struct TaskIo {
     /// Continuous features per edge (0: none), through a linear embedding.
     #[serde(default)]
     pub edge_features: usize,
+    /// The heads predict one real value per node, edge or graph (a regression), in the
+    /// targets' units: `mean + std · output` (`None`: class logits).
+    #[serde(default)]
+    pub values: Option<ValueScale>,
+}
+
+/// The affine map at the end of a regression head, `mean + std · output`, from the training
+/// targets' mean and standard deviation: a fresh head then predicts about the mean, with
+/// errors of about one standard deviation, whatever the targets' units.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValueScale {
+    /// The training targets' mean.
+    pub mean: f64,
+    /// Their standard deviation (1 where they do not vary).
+    pub std: f64,
+}
+
+impl ValueScale {
+    /// The scale of `values`: their mean and standard deviation (1 when there are fewer than
+    /// two or they do not vary); `None` when there are none or one is not finite.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let m = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / m;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
+        let std = if var.sqrt() > 1e-12 * mean.abs().max(1.0) {
+            var.sqrt()
+        } else {
+            1.0
+        };
+        Some(Self { mean, std })
+    }
 }
 
 /// Edge tokens `[b × n × n]` to an edge tensor `[b, n, n, c]` (parameter `weight`).

@@ -14,7 +14,7 @@ pub mod self_check;
 pub use builder::GraphConfigBuilder;
 pub use configs::{QuarticConfig, RelationalConfig};
 pub use graph::{GraphConfig, GraphTransformer};
-pub use heads::{GraphPool, Readout, TaskIo};
+pub use heads::{GraphPool, Readout, TaskIo, ValueScale};
 pub use multistream::{MultiStreamConfig, MultiStreamTransformer};
 
 use dfdx::prelude::*;

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 #[cfg(feature = "plots")]
 pub mod plot;

@@ -1,11 +1,12 @@
-//! `curves.png`: training loss and accuracy (smoothed) with the held-out evaluations, against
-//! steps. Pure Rust (plotters' bitmap backend, the DejaVu font compiled in), no system fonts.
+//! `curves.png`: training loss and metric (accuracy, or a regression's mean absolute error;
+//! smoothed) with the held-out evaluations, against steps. Pure Rust (plotters' bitmap backend, the DejaVu font compiled in), no system fonts.
 
 use std::path::Path;
 use std::sync::Once;
 
 use plotters::prelude::*;
 
+use super::objective::Metric;
 use super::trainer::StepRecord;
 use crate::error::{Error, Result};
 
@@ -30,8 +31,8 @@ fn register_font() {
     });
 }
 
-/// Draws `records` into `path` (PNG) under `title`.
-pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
+/// Draws `records` (of a run scored by `metric`) into `path` (PNG) under `title`.
+pub fn curves(path: &Path, records: &[StepRecord], title: &str, metric: Metric) -> Result<()> {
     register_font();
     if records.is_empty() {
         return Ok(());
@@ -53,9 +54,9 @@ pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
             0usize,
         ),
         (
-            "accuracy",
+            metric.name(),
             smooth(
-                &records.iter().map(|r| r.accuracy).collect::<Vec<_>>(),
+                &records.iter().map(|r| r.metric).collect::<Vec<_>>(),
                 window,
             ),
             1,
@@ -69,7 +70,7 @@ pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
                     .map(|(l, a)| (r.step as f64, if which == 0 { l } else { a }))
             })
             .collect();
-        let (lo, hi) = if which == 1 {
+        let (lo, hi) = if which == 1 && metric == Metric::Accuracy {
             (0.0, 1.0)
         } else {
             let all = train.iter().chain(evals.iter().map(|e| &e.1));
@@ -111,7 +112,7 @@ pub fn curves(path: &Path, records: &[StepRecord], title: &str) -> Result<()> {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
-            .position(if which == 0 {
+            .position(if which == 0 || metric != Metric::Accuracy {
                 SeriesLabelPosition::UpperRight
             } else {
                 SeriesLabelPosition::LowerRight

@@ -9,7 +9,7 @@
 //! ([`RunShards`]; other devices one after another), and the fused kernels inside a
 //! shard still split their work over whichever threads are free.
 //!
-//! The losses are means over the batch (cross-entropy over its labelled positions, a model's
+//! The losses are means over the batch (the objective's over its labelled positions, a model's
 //! auxiliary loss over its graphs), so each shard's loss is weighted by its share of them
 //! before its backward pass, and the shards' gradients add up to the batch's. They are summed
 //! in shard order: a step's result depends on the number of shards (by rounding only), never on
@@ -20,8 +20,9 @@ use std::ops::Range;
 
 use dfdx::prelude::*;
 
+use super::objective::{loss_and_tally, Objective, Tally};
 use super::tasks::{Batch, Readout};
-use super::trainer::{forward_batch, loss_and_accuracy, targets_of};
+use super::trainer::{forward_batch, targets_of};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -37,12 +38,11 @@ pub struct StepGradients<E: Real, D: Device<E>> {
     /// One set per shard that had anything to learn from, in shard order; the step's gradient
     /// is their sum (see [`crate::train::optim::AdamState::update_sum`]).
     pub grads: Vec<Gradients<E, D>>,
-    /// The batch's loss: mean cross-entropy over its labelled positions, plus the auxiliary loss.
+    /// The batch's loss: the objective's mean over its labelled positions, plus the auxiliary
+    /// loss.
     pub loss: f64,
-    /// Labelled positions whose largest logit is the target.
-    pub correct: usize,
-    /// Labelled positions in the batch.
-    pub labelled: usize,
+    /// What the batch's predictions scored, over all its labelled positions.
+    pub tally: Tally,
 }
 
 /// The graphs of each of (at most) `shards` contiguous shards of `b` graphs, as equal as can be.
@@ -59,12 +59,10 @@ pub fn step_gradients<E: Real, D: RunShards<E>>(
     model: &Model<E, D>,
     batch: &Batch,
     readout: Readout,
+    objective: &Objective,
     shards: usize,
 ) -> Result<StepGradients<E, D>> {
-    let labelled = targets_of(batch, readout)?
-        .iter()
-        .filter(|t| t.is_some())
-        .count();
+    let labelled = targets_of(batch, readout)?.labelled();
     if labelled == 0 {
         return Err(Error::config("training batch", "no position has a target"));
     }
@@ -72,20 +70,20 @@ pub fn step_gradients<E: Real, D: RunShards<E>>(
         model,
         batch,
         readout,
+        objective,
         labelled,
     };
     let parts = D::run_shards(&work, &shard_ranges(batch.b, shards));
     let mut step = StepGradients {
         grads: Vec::with_capacity(parts.len()),
         loss: 0.0,
-        correct: 0,
-        labelled,
+        tally: Tally::default(),
     };
     for part in parts {
         if let Some(p) = part? {
             step.grads.push(p.grads);
             step.loss += p.loss;
-            step.correct += p.correct;
+            step.tally.add(p.tally);
         }
     }
     Ok(step)
@@ -125,11 +123,11 @@ where
 #[cfg(feature = "cuda")]
 impl<E: Real> RunShards<E> for Cuda where Cuda: Backend<E> {}
 
-/// One shard's gradients, its weighted loss and its correct positions.
+/// One shard's gradients, its weighted loss and its tally.
 pub struct ShardResult<E: Real, D: Device<E>> {
     grads: Gradients<E, D>,
     loss: f64,
-    correct: usize,
+    tally: Tally,
 }
 
 /// What a shard's passes give: `None` when the shard has no loss at all (no labelled
@@ -141,6 +139,7 @@ pub struct ShardWork<'a, E: Real, D: Device<E>> {
     model: &'a Model<E, D>,
     batch: &'a Batch,
     readout: Readout,
+    objective: &'a Objective,
     /// Labelled positions in the whole batch.
     labelled: usize,
 }
@@ -153,7 +152,7 @@ impl<E: Real, D: Backend<E>> ShardWork<'_, E, D> {
         let owned = (!whole).then(|| batch.graphs(range));
         let part = owned.as_ref().unwrap_or(batch);
         let targets = targets_of(part, readout)?;
-        let own_labelled = targets.iter().filter(|t| t.is_some()).count();
+        let own_labelled = targets.labelled();
         let out = forward_batch::<E, D, OwnedTape<E, D>>(self.model, part, readout)?;
         // this shard's means weighted by its share of the batch's (exactly 1 for the whole
         // batch: no op added)
@@ -165,15 +164,15 @@ impl<E: Real, D: Backend<E>> ShardWork<'_, E, D> {
             }
         };
         let crate::models::Output { logits, aux } = out;
-        let mut correct = 0;
+        let mut tally = Tally::default();
         let mut loss = None;
         // the logits carry the pass's history (the auxiliary loss's joins it); without a
         // cross-entropy to carry it, it moves to the auxiliary loss
         let mut history = None;
         if own_labelled > 0 {
-            let (ce, c, _) = loss_and_accuracy(logits, targets)?;
-            correct = c;
-            loss = Some(weighted(ce, own_labelled as f64 / self.labelled as f64));
+            let (own, t) = loss_and_tally(logits, targets, self.objective)?;
+            tally = t;
+            loss = Some(weighted(own, own_labelled as f64 / self.labelled as f64));
         } else {
             history = Some(logits.split_tape().1);
         }
@@ -193,7 +192,7 @@ impl<E: Real, D: Backend<E>> ShardWork<'_, E, D> {
             ShardResult {
                 grads: l.backward(),
                 loss: value,
-                correct,
+                tally,
             }
         }))
     }

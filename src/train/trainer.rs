@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
+use super::objective::{loss_and_tally, Objective, Tally, Targets, ValueLoss};
 use super::optim::{schedule, AdamState, AdamW};
 use super::run_dir::{Existing, RunDir};
 use super::shards::step_gradients;
@@ -48,9 +49,13 @@ pub struct TrainConfig {
     /// The held-out graph file of a `graphs` task.
     #[serde(default)]
     pub valid: Option<String>,
-    /// What a `graphs` task predicts: `node` or `edge` classes.
+    /// What a `graphs` task predicts: `graph`, `node` or `edge` targets.
     #[serde(default)]
     pub target: Option<String>,
+    /// How a `graphs` task's targets are learnt: `cross-entropy` (class ids; the default),
+    /// `mse` or `mae` (real values, a regression).
+    #[serde(default)]
+    pub loss: Option<String>,
     /// Optimizer steps.
     pub steps: usize,
     /// Examples per step.
@@ -90,6 +95,7 @@ impl Default for TrainConfig {
             graphs: None,
             valid: None,
             target: None,
+            loss: None,
             steps: 600,
             batch: 32,
             lr: 3e-3,
@@ -127,20 +133,22 @@ impl TrainConfig {
             let target = self.target.as_deref().ok_or_else(|| {
                 Error::config(
                     "training",
-                    "say what the graphs predict: `--target node` or `--target edge`",
+                    "say what the graphs predict: `--target graph`, `node` or `edge`",
                 )
             })?;
             let level = super::tasks::Level::parse(target)?;
+            let loss = ValueLoss::parse(self.loss.as_deref().unwrap_or("cross-entropy"))?;
             return Ok(Task::new(super::tasks::GraphFiles::from_files(
                 Path::new(train),
                 Path::new(valid),
                 level,
+                loss,
             )?));
         }
-        if self.valid.is_some() || self.target.is_some() {
+        if self.valid.is_some() || self.target.is_some() || self.loss.is_some() {
             return Err(Error::config(
                 "training",
-                "`valid` and `target` go with graph files (`--graphs FILE`)",
+                "`valid`, `target` and `loss` go with graph files (`--graphs FILE`)",
             ));
         }
         Task::from_name(&self.task, self.data.as_deref(), self.context)
@@ -211,13 +219,14 @@ pub struct StepRecord {
     pub step: usize,
     /// The training batch's mean loss.
     pub loss: f64,
-    /// The training batch's accuracy over scored targets.
-    pub accuracy: f64,
+    /// The training batch's metric over its scored targets: accuracy, or the mean absolute
+    /// error of a regression ([`Task::metric`]).
+    pub metric: f64,
     /// The learning rate the step used.
     pub lr: f64,
     /// The global gradient norm before clipping.
     pub grad_norm: f64,
-    /// The held-out (loss, accuracy), on steps that evaluated.
+    /// The held-out (loss, metric), on steps that evaluated.
     pub eval: Option<(f64, f64)>,
     /// Seconds since the run (or its resumed part) started.
     pub elapsed: f64,
@@ -228,7 +237,7 @@ pub struct StepRecord {
 pub struct TrainReport {
     /// Every step's metrics, in order.
     pub records: Vec<StepRecord>,
-    /// The last evaluation: (loss, accuracy).
+    /// The last evaluation: (loss, metric).
     pub eval: Option<(f64, f64)>,
     /// Whether a stop signal ended it early (its checkpoint is still written).
     pub interrupted: bool,
@@ -256,22 +265,30 @@ pub fn eval_batch(task: &Task, seed: u64, k: usize, batch: usize, split: Split) 
     )
 }
 
-/// The targets a task's readout is scored on: per node, per edge, or per graph.
-pub fn targets_of(batch: &Batch, readout: Readout) -> Result<&[Option<usize>]> {
+/// The targets a task's readout is scored on: per node, per edge, or per graph; real values
+/// where the batch has them at that level, else class ids.
+pub fn targets_of(batch: &Batch, readout: Readout) -> Result<Targets<'_>> {
+    let missing = |what: &str| {
+        Error::config(
+            "training batch",
+            format!("the task reads {what} but the batch has no targets there"),
+        )
+    };
     match readout {
-        Readout::Nodes => Ok(&batch.targets),
-        Readout::Edges => batch.edge_targets.as_deref().ok_or_else(|| {
-            Error::config(
-                "training batch",
-                "the task reads edges but the batch has no edge targets",
-            )
+        Readout::Nodes => Ok(match &batch.node_values {
+            Some(v) => Targets::Values(v),
+            None => Targets::Classes(&batch.targets),
         }),
-        Readout::Graph => batch.graph_targets.as_deref().ok_or_else(|| {
-            Error::config(
-                "training batch",
-                "the task reads whole graphs but the batch has no graph targets",
-            )
-        }),
+        Readout::Edges => match (&batch.edge_values, &batch.edge_targets) {
+            (Some(v), _) => Ok(Targets::Values(v)),
+            (None, Some(c)) => Ok(Targets::Classes(c)),
+            (None, None) => Err(missing("edges")),
+        },
+        Readout::Graph => match (&batch.graph_values, &batch.graph_targets) {
+            (Some(v), _) => Ok(Targets::Values(v)),
+            (None, Some(c)) => Ok(Targets::Classes(c)),
+            (None, None) => Err(missing("whole graphs")),
+        },
     }
 }
 
@@ -295,59 +312,20 @@ pub fn forward_batch<E: Real, D: Backend<E>, T: Tape<E, D>>(
     model.forward_io(&inputs, readout)
 }
 
-/// Loss and (correct, labelled) counts of `model` on one batch, without gradients.
+/// Loss and [`Tally`] of `model` on one batch, without gradients.
 pub fn score_batch<E: Real, D: Backend<E>>(
     model: &Model<E, D>,
     bt: &Batch,
     readout: Readout,
-) -> Result<(f64, usize, usize)> {
+    objective: &Objective,
+) -> Result<(f64, Tally)> {
     let out = forward_batch::<E, D, NoneTape>(model, bt, readout)?;
-    let (l, c, t) = loss_and_accuracy(out.logits, targets_of(bt, readout)?)?;
-    Ok((l.as_vec()[0].as_f64(), c, t))
+    let (l, tally) = loss_and_tally(out.logits, targets_of(bt, readout)?, objective)?;
+    Ok((l.as_vec()[0].as_f64(), tally))
 }
 
-/// Mean cross-entropy over the labelled positions, and (correct, labelled) counts.
-pub fn loss_and_accuracy<E: Real, D: Device<E>, T: Tape<E, D>>(
-    logits: T3<E, D, T>,
-    targets: &[Option<usize>],
-) -> Result<(Tensor<(), E, D, T>, usize, usize)> {
-    let (b, n, v) = *logits.shape();
-    if targets.len() != b * n {
-        return Err(Error::shape("targets", b * n, targets.len()));
-    }
-    let rows: Vec<usize> = (0..b * n).filter(|&i| targets[i].is_some()).collect();
-    if rows.is_empty() {
-        return Err(Error::config("training batch", "no position has a target"));
-    }
-    if let Some(&bad) = targets.iter().flatten().find(|&&t| t >= v) {
-        return Err(Error::config(
-            "targets",
-            format!("class {bad} is outside the {v} logits"),
-        ));
-    }
-    // one copy of the (made-contiguous) buffer: `as_vec` walks an index per element
-    let mut host = vec![E::zero(); b * n * v];
-    logits.with_empty_tape().contiguous().copy_into(&mut host);
-    let mut correct = 0;
-    let mut onehot = vec![E::zero(); rows.len() * v];
-    for (r, &i) in rows.iter().enumerate() {
-        let t = targets[i].expect("filtered");
-        onehot[r * v + t] = E::one();
-        let row = &host[i * v..(i + 1) * v];
-        let best = (0..v).fold(0, |a, c| if row[c] > row[a] { c } else { a });
-        correct += usize::from(best == t);
-    }
-    let dev = logits.device().clone();
-    let m = rows.len();
-    let index = dev.tensor_from_vec(rows, (m,));
-    let picked: T2<E, D, T> = logits.reshape_like(&(b * n, v)).gather(index);
-    let onehot: T2<E, D> = constant(&dev, onehot, (m, v))?;
-    let logp = picked.log_softmax::<Axis<1>>();
-    let loss = (logp * onehot.retaped::<T>()).sum() * E::of(-1.0 / m as f64);
-    Ok((loss, correct, m))
-}
-
-/// Held-out loss and accuracy over `batches` fixed batches of the task's test distribution.
+/// Held-out loss and metric (accuracy, or the mean absolute error of a regression: see
+/// [`Task::metric`]) over `batches` fixed batches of the task's test distribution.
 pub fn evaluate<E: Real, D: Backend<E>>(
     model: &Model<E, D>,
     task: &Task,
@@ -358,7 +336,7 @@ pub fn evaluate<E: Real, D: Backend<E>>(
     evaluate_split(model, task, seed, batches, batch, Split::Test)
 }
 
-/// Held-out loss and accuracy over `batches` fixed batches of `split`; for a task with a fixed
+/// Held-out loss and metric over `batches` fixed batches of `split`; for a task with a fixed
 /// held-out set ([`Task::held_out_set`]), over that set, each example once, `batch` at a time
 /// (`batches` and `seed` then play no part).
 pub fn evaluate_split<E: Real, D: Backend<E>>(
@@ -369,7 +347,7 @@ pub fn evaluate_split<E: Real, D: Backend<E>>(
     batch: usize,
     split: Split,
 ) -> Result<(f64, f64)> {
-    let (mut loss, mut correct, mut total) = (0.0, 0, 0);
+    let (mut loss, mut tally) = (0.0, Tally::default());
     // one batch at a time: only the batch being scored is held
     let batches: Box<dyn Iterator<Item = Batch>> = match (split, task.held_out_set()) {
         (Split::Test, Some(set)) => Box::new(
@@ -379,12 +357,11 @@ pub fn evaluate_split<E: Real, D: Backend<E>>(
         _ => Box::new((0..batches).map(|k| eval_batch(task, seed, k, batch, split))),
     };
     for bt in batches {
-        let (l, c, t) = score_batch(model, &bt, task.readout())?;
-        loss += l * t as f64;
-        correct += c;
-        total += t;
+        let (l, t) = score_batch(model, &bt, task.readout(), &task.objective())?;
+        loss += l * t.labelled as f64;
+        tally.add(t);
     }
-    Ok((loss / total as f64, correct as f64 / total as f64))
+    Ok((loss / tally.labelled as f64, tally.metric()))
 }
 
 /// Receives progress while training (the CLI draws a progress bar from it).
@@ -545,7 +522,7 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
     }
     let ckpt = dir.checkpoint();
     let metrics_path = dir.metrics();
-    let mut metrics = super::metrics::Metrics::open(&metrics_path, start_step)?;
+    let mut metrics = super::metrics::Metrics::open(&metrics_path, start_step, task.metric())?;
     let mut last_saved = (start.existing == Existing::Resume).then_some(start_step);
     let mut previous: Option<(f64, f64)> = None;
     let train_json =
@@ -578,7 +555,7 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
         }
         let mut bt = batch_for(&task, cfg.seed, step, cfg.batch);
         bt.dropout = Some(DropoutDraws::new(step_seeds(cfg.seed, step, bt.b)));
-        let mut passes = step_gradients(model, &bt, task.readout(), cfg.shards)?;
+        let mut passes = step_gradients(model, &bt, task.readout(), &task.objective(), cfg.shards)?;
         let value = passes.loss;
         if !value.is_finite() {
             return Err(not_finite(
@@ -611,7 +588,7 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
         let record = StepRecord {
             step: done,
             loss: value,
-            accuracy: passes.correct as f64 / passes.labelled as f64,
+            metric: passes.tally.metric(),
             lr,
             grad_norm: report.grad_norm,
             eval,
@@ -629,7 +606,7 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
     #[cfg(feature = "plots")]
     {
         let all = super::metrics::Metrics::read(&metrics_path)?;
-        super::plot::curves(&dir.plot(), &all, &task.name())?;
+        super::plot::curves(&dir.plot(), &all, &task.name(), task.metric())?;
     }
     Ok(TrainReport {
         records,
@@ -757,6 +734,32 @@ pub fn check_fits(config: &ModelConfig, task: &Task) -> Result<()> {
                 task.edge_classes()
             ),
         ));
+    }
+    let values = match config {
+        ModelConfig::Graph(g) => g.io.values.is_some(),
+        ModelConfig::MultiStream(_) => false,
+    };
+    match (task.objective(), values) {
+        (Objective::Values { .. }, false) => {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "task {} has real-valued targets, but the model predicts classes (a graph \
+                     model with io.values)",
+                    task.name()
+                ),
+            ))
+        }
+        (Objective::Classes, true) => {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "the model predicts real values (io.values), but task {} has class targets",
+                    task.name()
+                ),
+            ))
+        }
+        _ => {}
     }
     if task.causal() && !config.causal() {
         return Err(Error::config(

@@ -617,7 +617,7 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
         ),
         (
             &["train", "--graphs", "g.jsonl", "--valid", "v.jsonl"],
-            "--target node",
+            "`--target graph`, `node` or `edge`",
         ),
         (
             &[
@@ -865,4 +865,113 @@ fn a_text_file_trains_from_the_command_line() {
         "{}",
         text(&run.stdout)
     );
+}
+
+#[test]
+fn graph_regression_from_the_command_line() {
+    let dir = crate::reliability::tmp("cli-graph-regression");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let sample = |f: &str| format!("{root}/data/graphs/{f}");
+    // one run per level: node values (clustering coefficients), edge values (path lengths),
+    // graph values (component counts read as numbers)
+    let runs = [
+        ("clustering", "node", "mse"),
+        ("shortest_paths", "edge", "mae"),
+        ("components", "graph", "mse"),
+    ];
+    for (data, level, loss) in runs {
+        let out = dir.join(format!("{data}-{loss}"));
+        let train = sample(&format!("{data}.train.jsonl"));
+        let valid = sample(&format!("{data}.valid.jsonl"));
+        let r = quartic(
+            &["train", "--graphs", &train, "--valid", &valid]
+                .iter()
+                .chain(&["--target", level, "--loss", loss])
+                .chain(&SMALL_GRAPH_RUN)
+                .chain(&["--out", out.to_str().unwrap()])
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        assert!(r.status.success(), "{data}: {}", text(&r.stderr));
+        let said = text(&r.stdout);
+        assert!(
+            said.contains(&format!("{level} values (regression, loss {loss};")),
+            "{said}"
+        );
+        assert!(said.contains("held-out: loss"), "{said}");
+        assert!(said.contains("mean absolute error"), "{said}");
+        let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        assert!(
+            metrics.starts_with("step,loss,mae,lr,grad_norm,eval_loss,eval_mae,elapsed_s\n"),
+            "{metrics}"
+        );
+        let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        assert!(lines.contains("\"eval_mae\":"), "{lines}");
+        let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("loss = \"{loss}\"")), "{config}");
+        let eval = quartic(&[
+            "eval",
+            "--checkpoint",
+            out.join("checkpoint.safetensors").to_str().unwrap(),
+        ]);
+        assert!(eval.status.success(), "{}", text(&eval.stderr));
+        assert!(
+            text(&eval.stdout).contains("| mean absolute error "),
+            "{}",
+            text(&eval.stdout)
+        );
+    }
+    // the resolved config trains the same run again
+    let first = dir.join("clustering-mse");
+    let again = quartic(&[
+        "train",
+        "--config",
+        first.join("config.toml").to_str().unwrap(),
+        "--out",
+        dir.join("again").to_str().unwrap(),
+    ]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let metric = |d: &std::path::Path| {
+        let m = std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+        m.lines()
+            .last()
+            .unwrap()
+            .split(',')
+            .nth(6)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(metric(&first), metric(&dir.join("again")));
+    // refused: a loss that is none, a loss for a task without graph files
+    let refusals: [(&[&str], &str); 2] = [
+        (
+            &[
+                "train",
+                "--graphs",
+                &sample("clustering.train.jsonl"),
+                "--valid",
+                &sample("clustering.valid.jsonl"),
+                "--target",
+                "node",
+                "--loss",
+                "huber",
+            ],
+            "`huber` is not a loss",
+        ),
+        (
+            &["train", "--task", "sanity", "--loss", "mse"],
+            "`valid`, `target` and `loss` go with graph files",
+        ),
+    ];
+    for (args, want) in refusals {
+        let out = dir.join("refused");
+        let r = quartic(&[args, &["--out", out.to_str().unwrap()]].concat());
+        assert!(!r.status.success());
+        assert!(
+            text(&r.stderr).contains(want),
+            "{args:?}: {}",
+            text(&r.stderr)
+        );
+        assert!(!out.exists(), "{args:?}: a refused run made its folder");
+    }
 }

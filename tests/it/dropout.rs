@@ -10,6 +10,7 @@ use quartic::graph::{step_seeds, DropoutDraws, GraphMask, Nodes};
 use quartic::models::{GraphConfig, Model, ModelConfig, Readout, TaskIo};
 use quartic::nn::Init;
 use quartic::rules::{Rule, RuleConfig, RuleLayer};
+use quartic::train::objective::Objective;
 use quartic::train::shards::step_gradients;
 use quartic::train::Batch;
 
@@ -165,13 +166,11 @@ fn a_sharded_step_draws_the_whole_batchs_dropout() {
         edge_tokens: None,
         edge_targets: None,
         dropout,
-        adjacency: None,
-        graph_targets: None,
-        node_features: None,
-        edge_features: None,
+        ..Batch::default()
     };
     let grads = |bt: &Batch, shards: usize| -> HashMap<String, Vec<f64>> {
-        let mut step = step_gradients(&model, bt, Readout::Nodes, shards).unwrap();
+        let mut step =
+            step_gradients(&model, bt, Readout::Nodes, &Objective::Classes, shards).unwrap();
         crate::shards::summed(&model, &mut step.grads)
             .into_iter()
             .collect()

@@ -245,6 +245,7 @@ fn evaluation_covers_every_held_out_graph_once() {
             &sample("triangles.train.jsonl"),
             &sample("triangles.valid.jsonl"),
             Level::Node,
+            None,
         )
         .unwrap(),
     );
@@ -313,7 +314,7 @@ fn continuous_features_enter_through_linear_embeddings() {
     let (train, valid) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
     write_jsonl(&train, &graphs).unwrap();
     write_jsonl(&valid, &graphs).unwrap();
-    let task = Task::new(GraphFiles::from_files(&train, &valid, Level::Node).unwrap());
+    let task = Task::new(GraphFiles::from_files(&train, &valid, Level::Node, None).unwrap());
     assert_eq!(
         (task.vocab().node_features, task.vocab().edge_features),
         (2, 3)
@@ -423,7 +424,7 @@ fn continuous_features_enter_through_linear_embeddings() {
     let mut missing = featured(4, 7, true);
     missing.edges = None;
     write_jsonl(&train, &[graphs[0].clone(), missing]).unwrap();
-    let err = GraphFiles::from_files(&train, &valid, Level::Node)
+    let err = GraphFiles::from_files(&train, &valid, Level::Node, None)
         .err()
         .unwrap()
         .to_string();

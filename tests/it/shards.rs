@@ -5,6 +5,7 @@
 use dfdx::prelude::*;
 use quartic::models::{GraphConfig, Model, ModelConfig, Readout, TaskIo};
 use quartic::nn::{HasParams, Init};
+use quartic::train::objective::Objective;
 use quartic::train::shards::step_gradients;
 use quartic::train::Batch;
 
@@ -49,10 +50,7 @@ fn batch() -> Batch {
         edge_tokens: Some((0..b * n * n).map(|e| (e * 7 + e / 3) % 3).collect()),
         edge_targets: Some(edge_targets),
         dropout: None,
-        adjacency: None,
-        graph_targets: None,
-        node_features: None,
-        edge_features: None,
+        ..Batch::default()
     }
 }
 
@@ -110,7 +108,7 @@ fn sharded_steps_have_the_whole_batch_loss_and_gradient() {
             bt.edge_tokens = None;
         }
         let model = Model::<f64, Cpu>::new(&config, None, &Init::random(&dev, 3)).unwrap();
-        let mut whole = step_gradients(&model, &bt, readout, 1).unwrap();
+        let mut whole = step_gradients(&model, &bt, readout, &Objective::Classes, 1).unwrap();
         assert_eq!(whole.grads.len(), 1);
         let want = summed(&model, &mut whole.grads);
         assert!(
@@ -118,7 +116,8 @@ fn sharded_steps_have_the_whole_batch_loss_and_gradient() {
             "{name}: the whole batch's gradient is not zero"
         );
         for shards in [2, 3, 4] {
-            let mut sharded = step_gradients(&model, &bt, readout, shards).unwrap();
+            let mut sharded =
+                step_gradients(&model, &bt, readout, &Objective::Classes, shards).unwrap();
             let what = format!("{name}, {shards} shards");
             assert!(
                 (sharded.loss - whole.loss).abs() < 1e-12 * whole.loss.abs().max(1.0),
@@ -126,11 +125,7 @@ fn sharded_steps_have_the_whole_batch_loss_and_gradient() {
                 sharded.loss,
                 whole.loss
             );
-            assert_eq!(
-                (sharded.correct, sharded.labelled),
-                (whole.correct, whole.labelled),
-                "{what}"
-            );
+            assert_eq!(sharded.tally, whole.tally, "{what}");
             let got = summed(&model, &mut sharded.grads);
             for ((param, g), (_, w)) in got.iter().zip(&want) {
                 for (i, (a, b)) in g.iter().zip(w).enumerate() {
@@ -156,7 +151,7 @@ fn a_batch_without_targets_is_an_error_not_a_panic() {
     let mut bt = batch();
     bt.edge_tokens = None;
     bt.targets = vec![None; bt.targets.len()];
-    let e = step_gradients(&model, &bt, Readout::Nodes, 2)
+    let e = step_gradients(&model, &bt, Readout::Nodes, &Objective::Classes, 2)
         .err()
         .expect("no targets");
     assert!(e.to_string().contains("no position has a target"), "{e}");

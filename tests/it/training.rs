@@ -281,10 +281,6 @@ fn a_users_own_task_trains_through_the_task_trait() {
         fn example(&self, rng: &mut rand::rngs::StdRng, _split: Split) -> Example {
             let tokens: Vec<usize> = (0..6).map(|_| rng.gen_range(0..8)).collect();
             Example {
-                adjacency: Vec::new(),
-                graph_target: None,
-                node_features: Vec::new(),
-                edge_features: Vec::new(),
                 targets: vec![Some(tokens[0]); 6],
                 tokens,
                 ..Example::default()

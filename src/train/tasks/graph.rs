@@ -57,14 +57,11 @@ impl TaskDef for RelationComposition {
         let n = rng.gen_range(self.min_nodes..=self.max_nodes);
         let a = relation(rng, n, self.p);
         Example {
-            adjacency: Vec::new(),
-            graph_target: None,
-            node_features: Vec::new(),
-            edge_features: Vec::new(),
             tokens: vec![0; n],
             targets: vec![None; n],
             edge_tokens: relation_tokens(&a),
             edge_targets: flat_targets(&compose(&a)),
+            ..Example::default()
         }
     }
 }
@@ -123,14 +120,11 @@ impl TaskDef for QuotientComposition {
         let a = relation(rng, n, self.p);
         let colour: Vec<usize> = (0..n).map(|_| rng.gen_range(0..self.colours)).collect();
         Example {
-            adjacency: Vec::new(),
-            graph_target: None,
-            node_features: Vec::new(),
-            edge_features: Vec::new(),
             targets: vec![None; n],
             edge_tokens: relation_tokens(&a),
             edge_targets: flat_targets(&quotient_compose(&a, &colour)),
             tokens: colour,
+            ..Example::default()
         }
     }
 }
@@ -220,14 +214,11 @@ impl TaskDef for PathComposition {
         let mut edge_targets = vec![None; n * n];
         edge_targets[query] = Some(path_label(&labels));
         Example {
-            adjacency: Vec::new(),
-            graph_target: None,
-            node_features: Vec::new(),
-            edge_features: Vec::new(),
             tokens: vec![0; n],
             targets: vec![None; n],
             edge_tokens,
             edge_targets,
+            ..Example::default()
         }
     }
 }
@@ -311,10 +302,6 @@ impl TaskDef for Triangles {
 fn triangles_example(adj: &[Vec<bool>]) -> Example {
     let n = adj.len();
     Example {
-        adjacency: Vec::new(),
-        graph_target: None,
-        node_features: Vec::new(),
-        edge_features: Vec::new(),
         tokens: vec![0; n],
         targets: on_triangle(adj)
             .into_iter()
@@ -322,6 +309,7 @@ fn triangles_example(adj: &[Vec<bool>]) -> Example {
             .collect(),
         edge_tokens: (0..n * n).map(|e| adj[e / n][e % n] as usize).collect(),
         edge_targets: Vec::new(),
+        ..Example::default()
     }
 }
 

@@ -1,5 +1,6 @@
-//! Classification on graph datasets from files (`crate::data::graphs`): graph or node classes
-//! from `y` or edge classes from `edge_label`, trained on one file and held out on another.
+//! Graph datasets from files (`crate::data::graphs`): graph or node targets from `y`, edge
+//! targets from `edge_label`, as class ids (classification) or real values (regression, with
+//! `--loss mse` or `mae`), trained on one file and held out on another.
 //!
 //! Inputs: node tokens as given (or, with `x`, one shared token plus the features through the
 //! model's linear node embedding); the edge (i, j) carries token 0 when the file lists no edge
@@ -16,6 +17,8 @@ use rand::Rng;
 use super::{Example, Split, TaskDef, Vocab};
 use crate::data::graphs::{read_graphs, GraphRecord, Inputs, Target};
 use crate::error::{Error, Result};
+use crate::models::ValueScale;
+use crate::train::objective::{Objective, ValueLoss};
 
 /// What a graph file's examples are scored on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +51,7 @@ impl Level {
 pub struct GraphFiles {
     name: String,
     level: Level,
+    objective: Objective,
     train: Arc<Vec<Example>>,
     valid: Arc<Vec<Example>>,
     vocab: Vocab,
@@ -55,11 +59,18 @@ pub struct GraphFiles {
 }
 
 impl GraphFiles {
-    /// Reads and converts both files; a graph that cannot be an example of `level` is an error
+    /// Reads and converts both files, with targets at `level`: class ids (`loss` `None`,
+    /// cross-entropy) or real values; a graph that cannot be an example of them is an error
     /// naming the file, the graph and the field.
-    pub fn from_files(train: &Path, valid: &Path, level: Level) -> Result<Self> {
-        let train_ex = examples(train, level)?;
-        let valid_ex = examples(valid, level)?;
+    pub fn from_files(
+        train: &Path,
+        valid: &Path,
+        level: Level,
+        loss: Option<ValueLoss>,
+    ) -> Result<Self> {
+        let regression = loss.is_some();
+        let train_ex = examples(train, level, regression)?;
+        let valid_ex = examples(valid, level, regression)?;
         let all = || train_ex.iter().chain(&valid_ex);
         let max_len = all().map(|e| e.tokens.len()).max().unwrap_or(1);
         let max_token = all()
@@ -78,12 +89,37 @@ impl GraphFiles {
                 .max()
                 .map_or(0, |c| c + 1)
         };
-        let (node_classes, edge_classes, graph_classes) = match level {
-            Level::Node => (classes(&|e| &e.targets), 0, 0),
-            Level::Edge => (0, classes(&|e| &e.edge_targets).max(1), 0),
-            Level::Graph => {
+        // a regression's heads give one value per position
+        let (node_classes, edge_classes, graph_classes) = match (level, regression) {
+            (Level::Node, true) => (0, 0, 0),
+            (Level::Edge, true) => (0, 1, 0),
+            (Level::Graph, true) => (0, 0, 1),
+            (Level::Node, false) => (classes(&|e| &e.targets), 0, 0),
+            (Level::Edge, false) => (0, classes(&|e| &e.edge_targets).max(1), 0),
+            (Level::Graph, false) => {
                 let most = all().filter_map(|e| e.graph_target).max();
                 (0, 0, most.map_or(0, |c| c + 1).max(2))
+            }
+        };
+        let objective = match loss {
+            None => Objective::Classes,
+            Some(loss) => {
+                let values: Vec<f64> = train_ex
+                    .iter()
+                    .flat_map(|e| {
+                        e.node_values
+                            .iter()
+                            .chain(&e.edge_values)
+                            .chain(std::iter::once(&e.graph_value))
+                    })
+                    .flatten()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                let scale = ValueScale::of(&values).ok_or_else(|| Error::Io {
+                    path: train.display().to_string(),
+                    message: "no graph has a target value to learn from".into(),
+                })?;
+                Objective::Values { loss, scale }
             }
         };
         let node_features = width(train, "x", &train_ex, &valid_ex, |e| (&e.node_features, 1))?;
@@ -103,6 +139,7 @@ impl GraphFiles {
         Ok(Self {
             name: format!("graphs:{stem}"),
             level,
+            objective,
             train: Arc::new(train_ex),
             valid: Arc::new(valid_ex),
             vocab: Vocab {
@@ -157,14 +194,27 @@ impl TaskDef for GraphFiles {
         Some(&self.valid)
     }
 
+    fn objective(&self) -> Objective {
+        self.objective
+    }
+
     fn split_note(&self) -> Option<String> {
         let level = match self.level {
             Level::Node => "node",
             Level::Edge => "edge",
             Level::Graph => "graph",
         };
+        let what = match self.objective {
+            Objective::Classes => "classes".to_string(),
+            Objective::Values { loss, scale } => format!(
+                "values (regression, loss {}; training targets: mean {:.4}, std {:.4})",
+                loss.name(),
+                scale.mean,
+                scale.std
+            ),
+        };
         Some(format!(
-            "{level} classes; {} training graphs, {} held-out graphs from the --valid file (never trained on, each evaluated once)",
+            "{level} {what}; {} training graphs, {} held-out graphs from the --valid file (never trained on, each evaluated once)",
             self.train.len(),
             self.valid.len()
         ))
@@ -207,11 +257,11 @@ fn width(
     Ok(seen.unwrap_or(0))
 }
 
-fn examples(path: &Path, level: Level) -> Result<Vec<Example>> {
+fn examples(path: &Path, level: Level, regression: bool) -> Result<Vec<Example>> {
     read_graphs(path)?
         .iter()
         .enumerate()
-        .map(|(k, g)| example(g, level).map_err(|m| at(path, k, m)))
+        .map(|(k, g)| example(g, level, regression).map_err(|m| at(path, k, m)))
         .collect()
 }
 
@@ -222,8 +272,114 @@ fn at(path: &Path, graph: usize, message: String) -> Error {
     }
 }
 
-/// One graph as an example, or what keeps it from being one.
-fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
+/// One graph as an example with targets at `level` (real values for a `regression`), or what
+/// keeps it from being one.
+fn example(g: &GraphRecord, level: Level, regression: bool) -> Result<Example, String> {
+    let mut e = inputs(g);
+    let n = g.num_nodes;
+    // every target as a number first, in the layout of its level
+    let (nodes, edges, graph): (Vec<Option<f64>>, Vec<Option<f64>>, Option<f64>) = match level {
+        Level::Graph => match &g.y {
+            Some(Target::Graph(v)) => (Vec::new(), Vec::new(), Some(*v)),
+            Some(Target::Nodes(_)) => {
+                return Err(
+                    "field `y`: one value per node, but --target graph needs one for the graph"
+                        .into(),
+                )
+            }
+            None => {
+                return Err(
+                    "field `y`: missing (--target graph reads each graph's target from it)".into(),
+                )
+            }
+        },
+        Level::Node => match &g.y {
+            Some(Target::Nodes(v)) => (v.clone(), Vec::new(), None),
+            Some(Target::Graph(_)) => {
+                return Err(
+                    "field `y`: one value for the graph, but --target node needs one per node"
+                        .into(),
+                )
+            }
+            None => {
+                return Err(
+                    "field `y`: missing (--target node reads the node targets from it)".into(),
+                )
+            }
+        },
+        Level::Edge => {
+            let labels = g.edge_label.as_ref().ok_or(
+                "field `edge_label`: missing (--target edge reads the edge targets from it)",
+            )?;
+            let mut cells = vec![None; n * n];
+            for (k, v) in labels.values.iter().enumerate() {
+                let cell = match &labels.pairs {
+                    Some(p) => p[k][0] * n + p[k][1],
+                    None => k,
+                };
+                cells[cell] = *v;
+            }
+            (Vec::new(), cells, None)
+        }
+    };
+    let field = if level == Level::Edge {
+        "edge_label"
+    } else {
+        "y"
+    };
+    if regression {
+        let value = |k: usize, v: f64| -> Result<f32, String> {
+            let f = v as f32;
+            if f.is_finite() {
+                Ok(f)
+            } else {
+                Err(format!(
+                    "field `{field}`: entry {k} is {v:e}, beyond what a 32-bit float holds"
+                ))
+            }
+        };
+        let values = |v: &[Option<f64>]| -> Result<Vec<Option<f32>>, String> {
+            v.iter()
+                .enumerate()
+                .map(|(k, v)| v.map(|v| value(k, v)).transpose())
+                .collect()
+        };
+        e.node_values = values(&nodes)?;
+        e.edge_values = values(&edges)?;
+        e.graph_value = graph.map(|v| value(0, v)).transpose()?;
+    } else {
+        let class = |k: usize, v: f64| -> Result<usize, String> {
+            if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
+                Ok(v as usize)
+            } else {
+                Err(format!(
+                    "field `{field}`: entry {k} is {v}, not a class id (a non-negative integer; \
+                     for real values, train with --loss mse or --loss mae)"
+                ))
+            }
+        };
+        let classes = |v: &[Option<f64>], len: usize| -> Result<Vec<Option<usize>>, String> {
+            let mut out: Vec<Option<usize>> = v
+                .iter()
+                .enumerate()
+                .map(|(k, v)| v.map(|v| class(k, v)).transpose())
+                .collect::<Result<_, _>>()?;
+            out.resize(len, None);
+            Ok(out)
+        };
+        e.targets = classes(&nodes, n)?;
+        if level == Level::Edge {
+            e.edge_targets = classes(&edges, n * n)?;
+        }
+        e.graph_target = graph.map(|v| class(0, v)).transpose()?;
+    }
+    Ok(e)
+}
+
+/// A graph's inputs as an example without targets: node tokens (or one shared token and the
+/// features `x`), edge tokens `1 + edge_tokens` (1 without them, 0 where no edge is listed),
+/// the adjacency, and `edge_attr` on the listed edges (zeros elsewhere).
+pub fn inputs(g: &GraphRecord) -> Example {
     let n = g.num_nodes;
     // node features enter through the model's linear embedding, beside one shared token
     let (tokens, node_features) = match &g.nodes {
@@ -249,72 +405,13 @@ fn example(g: &GraphRecord, level: Level) -> Result<Example, String> {
             edge_features[cell..cell + dim].copy_from_slice(&values[e * dim..(e + 1) * dim]);
         }
     }
-    let class = |field: &str, k: usize, v: f64| -> Result<usize, String> {
-        if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
-            Ok(v as usize)
-        } else {
-            Err(format!(
-                "field `{field}`: entry {k} is {v}, not a class id (a non-negative integer)"
-            ))
-        }
-    };
-    let mut targets = vec![None; n];
-    let mut edge_targets = vec![None; n * n];
-    let mut graph_target = None;
-    match level {
-        Level::Graph => match &g.y {
-            Some(Target::Graph(v)) => graph_target = Some(class("y", 0, *v)?),
-            Some(Target::Nodes(_)) => {
-                return Err(
-                    "field `y`: one value per node, but --target graph needs one for the graph"
-                        .into(),
-                )
-            }
-            None => {
-                return Err(
-                    "field `y`: missing (--target graph reads the graph's class from it)".into(),
-                )
-            }
-        },
-        Level::Node => match &g.y {
-            Some(Target::Nodes(v)) => {
-                for (i, y) in v.iter().enumerate() {
-                    targets[i] = y.map(|y| class("y", i, y)).transpose()?;
-                }
-            }
-            Some(Target::Graph(_)) => {
-                return Err(
-                    "field `y`: one value for the graph, but --target node needs one per node"
-                        .into(),
-                )
-            }
-            None => {
-                return Err("field `y`: missing (--target node reads node classes from it)".into())
-            }
-        },
-        Level::Edge => {
-            let labels = g
-                .edge_label
-                .as_ref()
-                .ok_or("field `edge_label`: missing (--target edge reads edge classes from it)")?;
-            for (k, v) in labels.values.iter().enumerate() {
-                let Some(v) = v else { continue };
-                let cell = match &labels.pairs {
-                    Some(p) => p[k][0] * n + p[k][1],
-                    None => k,
-                };
-                edge_targets[cell] = Some(class("edge_label", k, *v)?);
-            }
-        }
-    }
-    Ok(Example {
+    Example {
         tokens,
-        targets,
+        targets: vec![None; n],
         edge_tokens,
-        edge_targets,
         adjacency,
-        graph_target,
         node_features,
         edge_features,
-    })
+        ..Example::default()
+    }
 }

@@ -23,6 +23,7 @@ pub use labels::*;
 pub use sequence::*;
 pub use text::*;
 
+use super::objective::{Metric, Objective};
 use crate::graph::DropoutDraws;
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ use crate::error::{Error, Result};
 
 /// A batch of examples, padded to the longest: `[b × n]` tokens, validity and node targets,
 /// and for graph tasks `[b × n × n]` edge tokens and edge targets.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
     /// `[b × n]` token ids (0 at padding).
     pub tokens: Vec<usize>,
@@ -59,6 +60,12 @@ pub struct Batch {
     pub node_features: Option<Vec<f32>>,
     /// `[b × n × n × f]` continuous edge features, zeros at padding.
     pub edge_features: Option<Vec<f32>>,
+    /// `[b × n]`: the real value to predict at each node, for node regression.
+    pub node_values: Option<Vec<Option<f32>>>,
+    /// `[b × n × n]`: the real value to predict on edge (i, j), for edge regression.
+    pub edge_values: Option<Vec<Option<f32>>>,
+    /// `[b]`: the real value each graph predicts, for graph regression.
+    pub graph_values: Option<Vec<Option<f32>>>,
 }
 
 impl Batch {
@@ -93,6 +100,15 @@ impl Batch {
                 let f = v.len() / (self.b * per_edge).max(1);
                 v[rows(per_edge * f)].to_vec()
             }),
+            node_values: self.node_values.as_ref().map(|v| v[rows(n)].to_vec()),
+            edge_values: self
+                .edge_values
+                .as_ref()
+                .map(|v| v[rows(per_edge)].to_vec()),
+            graph_values: self
+                .graph_values
+                .as_ref()
+                .map(|v| v[range.clone()].to_vec()),
             dropout: self
                 .dropout
                 .as_ref()
@@ -120,6 +136,12 @@ pub struct Example {
     pub node_features: Vec<f32>,
     /// `n × n × f` continuous edge features, zeros where the input has no edge (empty: none).
     pub edge_features: Vec<f32>,
+    /// The real value to predict at each node, for node regression (empty: none).
+    pub node_values: Vec<Option<f32>>,
+    /// `n × n`: the real value to predict on edge (i, j), for edge regression (empty: none).
+    pub edge_values: Vec<Option<f32>>,
+    /// The real value the whole graph predicts, for graph regression.
+    pub graph_value: Option<f32>,
 }
 
 pub use crate::models::heads::Readout;
@@ -210,6 +232,11 @@ pub trait TaskDef: std::fmt::Debug + Send + Sync {
     /// (`adjacency`, `mask:`).
     fn input_graph(&self) -> bool {
         false
+    }
+    /// What its targets are and the loss that trains them (class ids and cross-entropy unless
+    /// it says otherwise).
+    fn objective(&self) -> Objective {
+        Objective::Classes
     }
 }
 
@@ -393,6 +420,16 @@ impl Task {
         self.0.input_graph()
     }
 
+    /// See [`TaskDef::objective`].
+    pub fn objective(&self) -> Objective {
+        self.0.objective()
+    }
+
+    /// How its predictions are scored.
+    pub fn metric(&self) -> Metric {
+        self.objective().metric()
+    }
+
     /// See [`TaskDef::sizes`].
     pub fn sizes(&self) -> Option<Sizes> {
         self.0.sizes()
@@ -428,6 +465,10 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
     let has_adjacency = examples.iter().any(|e| !e.adjacency.is_empty());
     let has_graph_targets = examples.iter().any(|e| e.graph_target.is_some());
     let graph_targets = examples.iter().map(|e| e.graph_target).collect();
+    let has_node_values = examples.iter().any(|e| !e.node_values.is_empty());
+    let has_edge_values = examples.iter().any(|e| !e.edge_values.is_empty());
+    let has_graph_values = examples.iter().any(|e| e.graph_value.is_some());
+    let graph_values = examples.iter().map(|e| e.graph_value).collect();
     let node_features = padded_features(&examples, n, 1, |e| &e.node_features);
     let edge_features = padded_features(&examples, n, 2, |e| &e.edge_features);
     let mut tokens = Vec::with_capacity(b * n);
@@ -436,6 +477,8 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
     let mut edge_tokens = Vec::with_capacity(if has_edge_tokens { b * n * n } else { 0 });
     let mut edge_targets = Vec::with_capacity(if has_edge_targets { b * n * n } else { 0 });
     let mut adjacency = Vec::with_capacity(if has_adjacency { b * n * n } else { 0 });
+    let mut node_values = Vec::with_capacity(if has_node_values { b * n } else { 0 });
+    let mut edge_values = Vec::with_capacity(if has_edge_values { b * n * n } else { 0 });
     for e in &examples {
         let len = e.tokens.len();
         let pad = n - len;
@@ -445,6 +488,9 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
         targets.extend(std::iter::repeat(None).take(pad));
         valid.extend(std::iter::repeat(true).take(len));
         valid.extend(std::iter::repeat(false).take(pad));
+        if has_node_values {
+            node_values.extend((0..n).map(|i| e.node_values.get(i).copied().flatten()));
+        }
         for i in 0..n {
             for j in 0..n {
                 let inside = i < len && j < len;
@@ -467,6 +513,14 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
                 if has_adjacency {
                     adjacency.push(inside && e.adjacency.get(i * len + j) == Some(&true));
                 }
+                if has_edge_values {
+                    let v = if inside {
+                        e.edge_values.get(i * len + j).copied().flatten()
+                    } else {
+                        None
+                    };
+                    edge_values.push(v);
+                }
             }
         }
     }
@@ -483,6 +537,9 @@ pub fn batch_of(examples: Vec<Example>) -> Batch {
         graph_targets: has_graph_targets.then_some(graph_targets),
         node_features,
         edge_features,
+        node_values: has_node_values.then_some(node_values),
+        edge_values: has_edge_values.then_some(edge_values),
+        graph_values: has_graph_values.then_some(graph_values),
         dropout: None,
     }
 }

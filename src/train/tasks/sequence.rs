@@ -32,10 +32,6 @@ impl TaskDef for Sanity {
         let tokens: Vec<usize> = (0..n).map(|_| rng.gen_range(0..16)).collect();
         let max = *tokens.iter().max().expect("n ≥ 8");
         Example {
-            adjacency: Vec::new(),
-            graph_target: None,
-            node_features: Vec::new(),
-            edge_features: Vec::new(),
             targets: vec![Some(max); n],
             tokens,
             ..Example::default()
@@ -96,10 +92,6 @@ impl TaskDef for Match3 {
             .map(|l| Some(l as usize))
             .collect();
         Example {
-            adjacency: Vec::new(),
-            graph_target: None,
-            node_features: Vec::new(),
-            edge_features: Vec::new(),
             tokens,
             targets,
             ..Example::default()
@@ -160,10 +152,6 @@ impl TaskDef for FunctionComposition {
         let mut targets = vec![None; n];
         targets[0] = Some(function_composition_label(&x) as usize);
         Example {
-            adjacency: Vec::new(),
-            graph_target: None,
-            node_features: Vec::new(),
-            edge_features: Vec::new(),
             tokens: x,
             targets,
             ..Example::default()
@@ -234,10 +222,6 @@ impl TaskDef for KHop {
         let mut targets = vec![None];
         targets.extend((0..body.len()).map(|i| Some(k_hop(&body, i, k).unwrap_or(alphabet))));
         Example {
-            adjacency: Vec::new(),
-            graph_target: None,
-            node_features: Vec::new(),
-            edge_features: Vec::new(),
             tokens,
             targets,
             ..Example::default()

@@ -99,10 +99,6 @@ impl TaskDef for Text {
         };
         let window = &self.bytes[start..start + window];
         Example {
-            adjacency: Vec::new(),
-            graph_target: None,
-            node_features: Vec::new(),
-            edge_features: Vec::new(),
             tokens: window[..self.context].iter().map(|&b| b as usize).collect(),
             targets: window[1..].iter().map(|&b| Some(b as usize)).collect(),
             ..Example::default()

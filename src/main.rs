@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Experiment(args) => cli::experiment::run(args),
         Command::Eval(args) => done(cli::eval::run(args)),
         Command::Forward(args) => done(cli::forward::run(args)),
+        Command::Predict(args) => done(cli::predict::run(args)),
         Command::Generate(args) => done(cli::generate::run(args)),
         Command::ImportReference(args) => done(cli::import::run(args)),
         Command::ExportReference(args) => done(cli::export::run(args)),

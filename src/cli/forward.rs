@@ -1,15 +1,19 @@
 //! `quartic forward`: logits of a model for given tokens, as JSON (for snapshot tests from a
-//! shell). The model is a checkpoint, or a rule with random weights from `--seed`. Logits that
-//! are not finite are reported (where, and how many), never printed as numbers or `null`.
+//! shell). The model is a checkpoint, or a rule with random weights from `--seed`. With
+//! `--graphs FILE` a checkpoint trained on graph files reads every graph of the file and prints
+//! one line per graph: its outputs where the model reads them (node, edge or graph logits, or a
+//! regression's values). Outputs that are not finite are reported (where, and how many), never
+//! printed as numbers or `null`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use dfdx::prelude::*;
 use quartic::models::footprint::Use;
-use quartic::models::Model;
+use quartic::models::{Model, Readout};
 use quartic::nn::Init;
 use quartic::train::checkpoint;
+use quartic::train::predict::graph_outputs;
 
 use super::budget::Budget;
 use super::model_args::ModelArgs;
@@ -18,8 +22,15 @@ use super::output::say;
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
     /// Comma-separated token ids, e.g. 3,1,4,1,5
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "graphs")]
     pub tokens: Vec<usize>,
+    /// A graph file (JSON Lines or .safetensors) for a --checkpoint trained on graph files: one
+    /// line of outputs per graph
+    #[arg(long, requires = "checkpoint", conflicts_with = "tokens")]
+    pub graphs: Option<PathBuf>,
+    /// Graphs per forward pass, with --graphs
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
     /// A checkpoint (instead of a rule with random weights); it brings its own model
     #[arg(long, conflicts_with_all = ["rule", "causal", "seed", "num_tokens"])]
     pub checkpoint: Option<PathBuf>,
@@ -39,6 +50,9 @@ pub struct ForwardArgs {
 }
 
 pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
+    if let (Some(graphs), Some(path)) = (&args.graphs, &args.checkpoint) {
+        return run_graphs(args, graphs, path);
+    }
     if args.tokens.is_empty() {
         return Err(quartic::Error::config(
             "--tokens",
@@ -50,16 +64,7 @@ pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
     let what = "this forward pass";
     let model: Model<f32, Cpu> = match &args.checkpoint {
         Some(path) => {
-            let given = args.model.given();
-            if !given.is_empty() {
-                return Err(quartic::Error::config(
-                    "--checkpoint",
-                    format!(
-                        "the checkpoint brings its own model; {} would be ignored",
-                        given.join(", ")
-                    ),
-                ));
-            }
+            refuse_model_flags(args)?;
             let c = checkpoint::load(path)?;
             args.budget.check_model(
                 what,
@@ -110,4 +115,47 @@ pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
         "{}",
         serde_json::to_string(&json).expect("plain data serializes")
     )
+}
+
+/// `--graphs`: every graph's outputs, one JSON line each.
+fn run_graphs(args: &ForwardArgs, graphs: &Path, path: &Path) -> quartic::Result<()> {
+    refuse_model_flags(args)?;
+    let ckpt = super::predict::graph_checkpoint(path)?;
+    let batch = args.batch as usize;
+    let records =
+        super::predict::read_for(graphs, &ckpt, &args.budget, batch, "this forward pass")?;
+    let model = ckpt.model::<f32, Cpu>(&Cpu::default())?;
+    let readout = quartic::train::predict::readout_of(&ckpt.config);
+    let name = match readout {
+        Readout::Nodes => "nodes",
+        Readout::Edges => "edges",
+        Readout::Graph => "graph",
+    };
+    for (k, out) in graph_outputs(&model, &records, batch)?.iter().enumerate() {
+        let rows: Vec<&[f32]> = (0..out.rows).map(|r| out.row(r)).collect();
+        let key = if out.regression { "values" } else { "logits" };
+        let mut line = serde_json::json!({
+            "graph": k,
+            "readout": name,
+            "shape": [out.rows, out.width],
+        });
+        line[key] = serde_json::json!(rows);
+        say!("{line}")?;
+    }
+    Ok(())
+}
+
+/// A checkpoint brings its own model: model flags beside it would be ignored.
+fn refuse_model_flags(args: &ForwardArgs) -> quartic::Result<()> {
+    let given = args.model.given();
+    if given.is_empty() {
+        return Ok(());
+    }
+    Err(quartic::Error::config(
+        "--checkpoint",
+        format!(
+            "the checkpoint brings its own model; {} would be ignored",
+            given.join(", ")
+        ),
+    ))
 }

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod import;
 pub mod model_args;
 pub mod output;
+pub mod predict;
 pub mod train;
 
 use clap::{Args, Parser, Subcommand};
@@ -26,14 +27,16 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a model on a built-in task or a text file
+    /// Train a model on a built-in task, a text file or graph files
     Train(train::TrainArgs),
     /// Compare rules on a task (or a suite) at matched parameter counts over seeds: tables and plots
     Experiment(experiment::ExperimentArgs),
-    /// Held-out loss and accuracy of a checkpoint
+    /// Held-out loss and accuracy (a regression: mean absolute error) of a checkpoint
     Eval(eval::EvalArgs),
-    /// Print a model's logits for given tokens as JSON
+    /// Print a model's logits for given tokens, or for each graph of a file, as JSON
     Forward(forward::ForwardArgs),
+    /// Predict the graphs of a file with a model trained on graph files (JSON Lines)
+    Predict(predict::PredictArgs),
     /// Sample text from a character-level checkpoint
     Generate(generate::GenerateArgs),
     /// Convert the PyTorch original's weights (safetensors state_dict + config JSON) to a checkpoint

@@ -7,6 +7,7 @@ pub mod objective;
 pub mod optim;
 #[cfg(feature = "plots")]
 pub mod plot;
+pub mod predict;
 pub mod run_dir;
 pub mod shards;
 pub mod tasks;

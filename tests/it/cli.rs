@@ -17,6 +17,7 @@ fn help_of_every_subcommand() {
         "experiment report",
         "eval",
         "forward",
+        "predict",
         "explain",
         "generate",
         "import-reference",

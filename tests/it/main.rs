@@ -23,6 +23,7 @@ mod path;
 mod path_by_hand;
 mod patterns;
 mod pointwise;
+mod predict;
 mod regression;
 mod reliability;
 mod reliability_cli;

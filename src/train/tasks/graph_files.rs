@@ -275,7 +275,7 @@ fn at(path: &Path, graph: usize, message: String) -> Error {
 /// One graph as an example with targets at `level` (real values for a `regression`), or what
 /// keeps it from being one.
 fn example(g: &GraphRecord, level: Level, regression: bool) -> Result<Example, String> {
-    let mut e = inputs(g);
+    let mut e = example_inputs(g);
     let n = g.num_nodes;
     // every target as a number first, in the layout of its level
     let (nodes, edges, graph): (Vec<Option<f64>>, Vec<Option<f64>>, Option<f64>) = match level {
@@ -379,7 +379,7 @@ fn example(g: &GraphRecord, level: Level, regression: bool) -> Result<Example, S
 /// A graph's inputs as an example without targets: node tokens (or one shared token and the
 /// features `x`), edge tokens `1 + edge_tokens` (1 without them, 0 where no edge is listed),
 /// the adjacency, and `edge_attr` on the listed edges (zeros elsewhere).
-pub fn inputs(g: &GraphRecord) -> Example {
+pub fn example_inputs(g: &GraphRecord) -> Example {
     let n = g.num_nodes;
     // node features enter through the model's linear embedding, beside one shared token
     let (tokens, node_features) = match &g.nodes {

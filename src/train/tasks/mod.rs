@@ -18,7 +18,7 @@ mod sequence;
 mod text;
 
 pub use graph::*;
-pub use graph_files::{GraphFiles, Level};
+pub use graph_files::{example_inputs, GraphFiles, Level};
 pub use labels::*;
 pub use sequence::*;
 pub use text::*;

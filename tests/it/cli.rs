@@ -677,17 +677,8 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
         );
         let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
         assert!(config.contains(&format!("pool = \"{pool}\"")), "{config}");
-        let eval = quartic(&[
-            "eval",
-            "--checkpoint",
-            out.join("checkpoint.safetensors").to_str().unwrap(),
-        ]);
-        assert!(eval.status.success(), "{}", text(&eval.stderr));
-        assert!(
-            text(&eval.stdout).contains("all 100 held-out examples"),
-            "{}",
-            text(&eval.stdout)
-        );
+        let said = evaluate_run(&out);
+        assert!(said.contains("all 100 held-out examples"), "{said}");
     }
     // node targets on a graph-level file name the graph and the field
     let r = quartic(&[
@@ -706,6 +697,14 @@ fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
         "{}",
         text(&r.stderr)
     );
+}
+
+/// What `quartic eval` says of the run in `out` (which must succeed).
+fn evaluate_run(out: &std::path::Path) -> String {
+    let checkpoint = out.join("checkpoint.safetensors");
+    let eval = quartic(&["eval", "--checkpoint", checkpoint.to_str().unwrap()]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    text(&eval.stdout)
 }
 
 /// A one-layer model of dim 16 trained for two steps: the graph-file runs that only need to run.
@@ -910,17 +909,8 @@ fn graph_regression_from_the_command_line() {
         assert!(lines.contains("\"eval_mae\":"), "{lines}");
         let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
         assert!(config.contains(&format!("loss = \"{loss}\"")), "{config}");
-        let eval = quartic(&[
-            "eval",
-            "--checkpoint",
-            out.join("checkpoint.safetensors").to_str().unwrap(),
-        ]);
-        assert!(eval.status.success(), "{}", text(&eval.stderr));
-        assert!(
-            text(&eval.stdout).contains("| mean absolute error "),
-            "{}",
-            text(&eval.stdout)
-        );
+        let said = evaluate_run(&out);
+        assert!(said.contains("| mean absolute error "), "{said}");
     }
     // the resolved config trains the same run again
     let first = dir.join("clustering-mse");

@@ -1,5 +1,6 @@
 //! The training loop: seeded batches (batch k depends only on the seed and k, so a resumed run
-//! sees the same data), cross-entropy on the labelled positions (+ a model's auxiliary loss),
+//! sees the same data), the task's objective on the labelled positions (cross-entropy, or a
+//! regression's error: `super::objective`; + a model's auxiliary loss),
 //! AdamW with warmup and cosine decay, gradient clipping, periodic held-out evaluation,
 //! checkpoints, a progress bar, a metrics CSV and a plot.
 

@@ -314,3 +314,53 @@ fn a_sharded_regression_step_is_the_whole_step() {
         1e-12,
     );
 }
+
+/// Every parameter of a regression model (the node value head, or the edge or graph head with
+/// one output, and the scale after them) has the finite-difference gradient of both losses.
+#[test]
+fn gradcheck_regression_models() {
+    use quartic::graph::GraphMask;
+    use quartic::models::GraphTransformer;
+    let (b, n) = (2, 4);
+    let mask = GraphMask::from_lengths(n, &[4, 3]).unwrap();
+    let tokens: Vec<usize> = (0..b * n).map(|i| (i * 3 + 1) % 4).collect();
+    let edge_tokens: Vec<usize> = (0..b * n * n).map(|e| (e * 5 + e / 7) % 3).collect();
+    for readout in [Readout::Nodes, Readout::Edges, Readout::Graph] {
+        let positions = match readout {
+            Readout::Nodes => b * n,
+            Readout::Edges => b * n * n,
+            Readout::Graph => b,
+        };
+        let targets: Vec<Option<f32>> = randn(9, positions)
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| (k % 5 != 2).then_some(v as f32))
+            .collect();
+        for loss in [ValueLoss::Mse, ValueLoss::Mae] {
+            gradcheck_block(
+                &format!("{readout:?} regression, {loss:?}"),
+                |init| {
+                    let mut g = crate::reliability::graph_config("taylor", 4, n);
+                    g.io.edge_vocab = 3;
+                    g.io.values = Some(SCALE);
+                    match readout {
+                        Readout::Edges => g.io.edge_classes = 1,
+                        Readout::Graph => g.io.graph_classes = 1,
+                        Readout::Nodes => {}
+                    }
+                    GraphTransformer::<f64, Cpu>::new(g, init).unwrap()
+                },
+                &[],
+                6,
+                |model, _| {
+                    let out: Tensor<(usize, usize, usize), f64, Cpu, Tp> = model
+                        .forward_io(&tokens, Some(&edge_tokens), b, n, &mask, readout)
+                        .unwrap();
+                    loss_and_tally(out, Targets::Values(&targets), &values(loss))
+                        .unwrap()
+                        .0
+                },
+            );
+        }
+    }
+}

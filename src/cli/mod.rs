@@ -53,8 +53,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// A built-in rule (quartic, taylor, routed, relational, triangle, edge_transformer, baseline)
-    /// or a rule file.
+    /// A built-in rule (quartic, quartic_endpoints, taylor, routed, relational, triangle,
+    /// edge_transformer, baseline) or a rule file.
     pub rule: String,
     /// Nodes per graph.
     #[arg(long, default_value_t = 16)]

@@ -22,8 +22,8 @@ pub use quartic::models::builder::{
 #[derive(Args, Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelArgs {
-    /// Rule every layer runs: a built-in (taylor, quartic, routed, relational, triangle,
-    /// edge_transformer, baseline) or a rule file; or one per layer, `taylor,triangle,taylor`
+    /// Rule every layer runs: a built-in (taylor, quartic, quartic_endpoints, routed,
+    /// relational, triangle, edge_transformer, baseline) or a rule file; or one per layer, `taylor,triangle,taylor`
     /// (the list sets the depth) [default: the default model, `taylor` with heads 4, dim_head
     /// 16, edge_heads 4, edge_dim_head 8, ff_mult 2]
     #[arg(long)]

@@ -32,8 +32,12 @@ pub use stack::LayerRules;
 use crate::error::{Error, Result};
 
 /// The built-in rules, compiled into the binary from `dsl/`.
-pub const BUILTINS: [(&str, &str); 7] = [
+pub const BUILTINS: [(&str, &str); 8] = [
     ("quartic", include_str!("../../dsl/quartic.rule")),
+    (
+        "quartic_endpoints",
+        include_str!("../../dsl/quartic_endpoints.rule"),
+    ),
     ("taylor", include_str!("../../dsl/taylor.rule")),
     ("routed", include_str!("../../dsl/routed.rule")),
     ("relational", include_str!("../../dsl/relational.rule")),

@@ -13,7 +13,7 @@ pub fn small_overrides(rule: &str) -> Vec<(String, Const)> {
     let n = |k: &str, v: f64| (k.to_string(), Const::Num(v));
     let mut o = vec![n("ff_mult", 2.0)];
     match rule {
-        "taylor" | "quartic" => o.extend([
+        "taylor" | "quartic" | "quartic_endpoints" => o.extend([
             n("heads", 2.0),
             n("dim_head", 4.0),
             n("edge_heads", 2.0),
@@ -182,6 +182,12 @@ fn gradcheck_taylor_rule() {
 fn gradcheck_quartic_rule() {
     gradcheck_rule("quartic", false);
     gradcheck_rule("quartic", true);
+}
+
+#[test]
+fn gradcheck_quartic_endpoints_rule() {
+    gradcheck_rule("quartic_endpoints", false);
+    gradcheck_rule("quartic_endpoints", true);
 }
 
 #[test]

@@ -171,6 +171,63 @@ fn match3_positives_are_spread_over_bins() {
     assert_eq!(match3_labels(&[1, 2], 37), vec![false, false]);
 }
 
+#[test]
+fn edge_match2_labels_count_partners_by_value() {
+    let t = task("edge-match2");
+    let (mut edges, mut positives, mut disjoint_only) = (0usize, 0usize, 0usize);
+    for seed in 0..4 {
+        let b = t.sample(&mut rng(500 + seed), 64);
+        let n = b.n;
+        for s in 0..b.b {
+            let len = len_of(&b, s);
+            assert!((7..=8).contains(&len), "{len} nodes");
+            let tok = |i: usize, j: usize| b.edge_tokens.as_ref().unwrap()[(s * n + i) * n + j];
+            // how many edges carry each residue, counted once per graph
+            let mut count = [0usize; 17];
+            for i in 0..len {
+                assert_eq!(tok(i, i), 0, "no loops");
+                for j in 0..len {
+                    count[tok(i, j)] += (tok(i, j) > 0) as usize;
+                }
+            }
+            for i in 0..len {
+                for j in 0..len {
+                    let v = tok(i, j);
+                    if v == 0 {
+                        assert_eq!(edge_target(&b, s, i, j), None, "({i}, {j}) is absent");
+                        continue;
+                    }
+                    // 17 is odd, so v ≠ 17 − v and the edge is never its own partner
+                    let want = count[17 - v] > 0;
+                    assert_eq!(edge_target(&b, s, i, j), Some(want as usize), "({i}, {j})");
+                    edges += 1;
+                    positives += want as usize;
+                    let shares_a_node = (0..len).any(|k| {
+                        [(i, k), (k, i), (j, k), (k, j)]
+                            .iter()
+                            .any(|&(a, c)| tok(a, c) == 17 - v)
+                    });
+                    disjoint_only += (want && !shares_a_node) as usize;
+                }
+            }
+        }
+    }
+    let rate = positives as f64 / edges as f64;
+    assert!(
+        (0.45..=0.55).contains(&rate),
+        "{positives} of {edges} positive"
+    );
+    // many positives (43 % over 20 000 sampled graphs) have no partner sharing a node with them
+    assert!(
+        disjoint_only * 100 > positives * 35,
+        "{disjoint_only} of {positives}"
+    );
+    assert_eq!(
+        edge_match2_labels(&[Some(1), None, Some(16), Some(2), Some(2)], 17),
+        vec![Some(true), None, Some(true), Some(false), Some(false)]
+    );
+}
+
 /// Applies permutations of (0, 1, 2) in turn, written out as maps.
 fn apply_all(labels: &[usize]) -> [usize; 3] {
     let mut at = [0, 1, 2];

@@ -12,6 +12,23 @@ pub fn match3_labels(x: &[usize], m: usize) -> Vec<bool> {
     x.iter().map(|&a| pair_sums[(m - a % m) % m]).collect()
 }
 
+/// Edge Match2: each present edge (value `Some(v)`, v a nonzero residue) is positive when some
+/// other present edge carries `-v (mod m)`; absent edges (`None`) have no label.
+pub fn edge_match2_labels(values: &[Option<usize>], m: usize) -> Vec<Option<bool>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(e, v)| {
+            let v = (*v)?;
+            let hit = values
+                .iter()
+                .enumerate()
+                .any(|(f, w)| f != e && w.is_some_and(|w| (v + w) % m == 0));
+            Some(hit)
+        })
+        .collect()
+}
+
 /// The composition A∘A: `(i, j)` when some u has A[i, u] and A[u, j].
 pub fn compose(a: &[Vec<bool>]) -> Vec<Vec<bool>> {
     let n = a.len();

@@ -289,6 +289,11 @@ pub const BUILT_IN: &[BuiltIn] = &[
         make: || Task::new(PathComposition::default()),
     },
     BuiltIn {
+        name: "edge-match2",
+        summary: "edge (i, j) predicts whether another edge carries −x_ij (mod 17)",
+        make: || Task::new(EdgeMatch2::default()),
+    },
+    BuiltIn {
         name: "triangles",
         summary: "every node predicts whether it lies on a triangle",
         make: || Task::new(Triangles::default()),

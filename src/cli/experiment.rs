@@ -43,6 +43,19 @@ pub enum Action {
     Run(RunArgs),
     /// Tables and plots of the jobs of a plan that have finished (summary.md)
     Report(ReportArgs),
+    /// Several experiments side by side: each rule's held-out accuracy against the width (and
+    /// depth) its budget was taken at (compare.md, compare.csv, accuracy-vs-width-TASK.png)
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The experiments' folders (each with finished runs)
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Where the table and plots go
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -206,6 +219,7 @@ pub fn run(args: &ExperimentArgs) -> quartic::Result<u8> {
         Some(Action::Plan(p)) => plan(p).map(|()| 0),
         Some(Action::Run(r)) => run_jobs(r),
         Some(Action::Report(r)) => report(&r.dir).map(|()| 0),
+        Some(Action::Compare(c)) => compare(c).map(|()| 0),
         None => run_all(args),
     }
 }
@@ -279,6 +293,16 @@ fn run_jobs(args: &RunArgs) -> quartic::Result<u8> {
         &log,
     )?;
     ended(&summary, &signals)
+}
+
+fn compare(args: &CompareArgs) -> quartic::Result<()> {
+    let points = experiment::compare::points(&args.dirs)?;
+    let md = experiment::compare::write_all(&points, &args.out)?;
+    say!("{md}")?;
+    say!(
+        "written: {} (compare.md, compare.csv, accuracy-vs-width-TASK.png)",
+        args.out.display()
+    )
 }
 
 /// The report's header: the plan's command and build, and this report's.

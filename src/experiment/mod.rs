@@ -2,6 +2,7 @@
 //! parameter count, over several seeds; a table (Markdown and CSV) and plots of the results.
 //! `--suite separation` runs the tasks built to separate edge rules from the quadratic baseline.
 
+pub mod compare;
 pub mod jobs;
 pub mod matching;
 pub mod plan;

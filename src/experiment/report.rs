@@ -49,6 +49,25 @@ fn thousands(n: usize) -> String {
     out
 }
 
+/// How much a run's held-out accuracy rose over its last third: the final accuracy less the
+/// accuracy at the last evaluation at or before two thirds of `steps` (`None`: no such point).
+/// A curve is called flat when this is within ±1 point.
+pub fn late_gain(run: &super::RunResult, steps: usize) -> Option<f64> {
+    let cut = steps * 2 / 3;
+    let before = run.curve.iter().rev().find(|(s, _)| *s <= cut)?;
+    Some(run.accuracy - before.1)
+}
+
+/// The mean late gain of `runs` in points (`–` when no run has one).
+fn late_gain_cell(runs: &[&super::RunResult], steps: usize) -> String {
+    let gains: Vec<f64> = runs.iter().filter_map(|r| late_gain(r, steps)).collect();
+    if gains.is_empty() {
+        "–".into()
+    } else {
+        format!("{:+.1}", mean_sd(&gains).0 * 100.0)
+    }
+}
+
 /// The task's Markdown section: settings, then one row per rule.
 pub fn markdown(r: &TaskReport) -> String {
     let c = &r.config;
@@ -57,7 +76,9 @@ pub fn markdown(r: &TaskReport) -> String {
     let _ = writeln!(
         out,
         "Depth {}, {} steps × batch {}, lr {}, seeds {}; held-out accuracy over {} batches; \
-         majority-class rate {}%; parameters matched to {}.\n",
+         majority-class rate {}%; parameters matched to {}; \"last third\" is the rise of \
+         held-out accuracy over the last third of training (final less the evaluation at two \
+         thirds of the steps, mean over seeds, in points: within ±1 the curve is flat).\n",
         c.depth,
         c.steps,
         c.batch,
@@ -73,11 +94,11 @@ pub fn markdown(r: &TaskReport) -> String {
     let probe = if r.has_probe { " probe |" } else { "" };
     let _ = writeln!(
         out,
-        "| rule | dim | parameters | vs budget | held-out accuracy % |{probe} per seed | rule GFLOP/step | s/run |"
+        "| rule | dim | parameters | vs budget | held-out accuracy % |{probe} per seed | last third | rule GFLOP/step | s/run |"
     );
     let _ = writeln!(
         out,
-        "| --- | ---: | ---: | ---: | ---: |{} --- | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: |{} --- | ---: | ---: | ---: |",
         if r.has_probe { " ---: |" } else { "" }
     );
     for (m, flops) in r.matched.iter().zip(&r.flops_per_step) {
@@ -93,13 +114,14 @@ pub fn markdown(r: &TaskReport) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:+.1}% | {} |{probe} {} | {:.2} | {:.0} |",
+            "| {} | {} | {} | {:+.1}% | {} |{probe} {} | {} | {:.2} | {:.0} |",
             m.rule,
             m.config.dim,
             thousands(m.params),
             (m.params as f64 / r.budget as f64 - 1.0) * 100.0,
             accuracy_cell(&acc),
             per_seed.join(" / "),
+            late_gain_cell(&runs, c.steps),
             flops / 1e9,
             secs
         );

@@ -212,3 +212,80 @@ fn experiment_runs_and_reports() {
     assert!(t.runs[0].probe.is_some());
     assert!(report::markdown(&t).contains("probe"));
 }
+
+/// `late_gain` reads the curve at two thirds of the steps; `compare` lays experiments at two
+/// widths (and two depths) side by side, one column per width, and names a folder that has no
+/// finished run.
+#[test]
+fn compare_puts_widths_side_by_side() {
+    use quartic::experiment::{compare, RunResult};
+    let run = RunResult {
+        rule: "baseline".into(),
+        seed: 0,
+        loss: 0.5,
+        accuracy: 0.8,
+        curve: vec![(100, 0.5), (200, 0.7), (250, 0.75), (300, 0.8)],
+        by_size: Vec::new(),
+        probe: None,
+        seconds: 1.0,
+    };
+    // 2/3 of 300 steps is step 200: the gain is 0.8 − 0.7
+    assert!((report::late_gain(&run, 300).unwrap() - 0.1).abs() < 1e-12);
+    assert_eq!(
+        report::late_gain(&run, 120),
+        None,
+        "no evaluation before step 80"
+    );
+
+    let dir = std::env::temp_dir().join(format!("quartic-compare-{}", std::process::id()));
+    let out = Scratch(dir);
+    let at = |dim: usize, depth: usize| {
+        let cfg = ExperimentConfig {
+            rules: vec!["baseline".into(), "taylor".into()],
+            seeds: 2,
+            steps: 3,
+            batch: 4,
+            depth,
+            eval_every: 1,
+            eval_batches: 1,
+            jobs: 2,
+            widths: experiment::Widths {
+                dim,
+                dim_edges: dim / 2,
+                ..Default::default()
+            },
+            out: out.path().join(format!("dim{dim}-depth{depth}")),
+            ..ExperimentConfig::default()
+        };
+        experiment::run_task("relation-composition", &cfg, &|_| {}).unwrap();
+        cfg.out
+    };
+    let dirs = vec![at(8, 1), at(16, 1), at(8, 2)];
+    let points = compare::points(&dirs).unwrap();
+    assert_eq!(points.len(), 6, "2 rules × 3 experiments");
+    assert!(points.iter().all(|p| p.accuracies.len() == 2));
+    let md = compare::markdown(&points);
+    assert!(md.contains("| rule | dim 8 | dim 16 |"), "{md}");
+    assert!(md.contains("| baseline · depth 2 |"), "{md}");
+    // depth 2 was not run at dim 16
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| taylor · depth 2 |"))
+        .unwrap();
+    assert!(row.ends_with("| – |"), "{row}");
+    assert_eq!(compare::csv(&points).lines().count(), 1 + 12);
+    compare::write_all(&points, &out.path().join("cmp")).unwrap();
+    for f in [
+        "compare.md",
+        "compare.csv",
+        "accuracy-vs-width-relation-composition.png",
+    ] {
+        assert!(out.path().join("cmp").join(f).exists(), "{f}");
+    }
+    let empty = out.path().join("nothing");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = compare::points(&[dirs[0].clone(), empty.clone()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing"), "{e}");
+}

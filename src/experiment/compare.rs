@@ -229,7 +229,8 @@ pub fn write_all(points: &[Point], out: &Path) -> Result<String> {
     Ok(md)
 }
 
-/// Held-out accuracy (mean over seeds) against the budget width, one line per rule and depth.
+/// Held-out accuracy (mean over seeds) against the budget width, one line per rule and depth
+/// measured at two widths or more.
 #[cfg(feature = "plots")]
 fn plot(points: &[Point], task: &str, path: &Path) -> Result<()> {
     let of_task: Vec<&Point> = points.iter().filter(|p| p.task == task).collect();
@@ -248,6 +249,8 @@ fn plot(points: &[Point], task: &str, path: &Path) -> Result<()> {
             None => lines.push((name, vec![(p.budget_dim as f64, mean)])),
         }
     }
+    // a rule measured at one width only is a row of the table, not a line
+    lines.retain(|l| l.1.len() > 1);
     for line in &mut lines {
         line.1.sort_by(|a, b| a.0.total_cmp(&b.0));
     }

@@ -132,8 +132,8 @@ fn the_scale_is_the_mean_and_standard_deviation() {
     }
 }
 
-/// A small regression model reading `readout` (one output per position).
-fn model(readout: Readout, scale: ValueScale, tokens: usize, n: usize) -> Model<f64, Cpu> {
+/// A small `taylor` regression config reading `readout` (one output per position).
+fn config(readout: Readout, scale: ValueScale, tokens: usize, n: usize) -> GraphConfig {
     let mut g: GraphConfig = crate::reliability::graph_config("taylor", tokens, n);
     g.io.edge_vocab = 3;
     g.io.values = Some(scale);
@@ -142,6 +142,12 @@ fn model(readout: Readout, scale: ValueScale, tokens: usize, n: usize) -> Model<
         Readout::Graph => g.io.graph_classes = 1,
         Readout::Nodes => {}
     }
+    g
+}
+
+/// A small regression model reading `readout`.
+fn model(readout: Readout, scale: ValueScale, tokens: usize, n: usize) -> Model<f64, Cpu> {
+    let g = config(readout, scale, tokens, n);
     Model::new(&ModelConfig::Graph(g), None, &Init::random(&dev(), 5)).unwrap()
 }
 
@@ -340,15 +346,7 @@ fn gradcheck_regression_models() {
             gradcheck_block(
                 &format!("{readout:?} regression, {loss:?}"),
                 |init| {
-                    let mut g = crate::reliability::graph_config("taylor", 4, n);
-                    g.io.edge_vocab = 3;
-                    g.io.values = Some(SCALE);
-                    match readout {
-                        Readout::Edges => g.io.edge_classes = 1,
-                        Readout::Graph => g.io.graph_classes = 1,
-                        Readout::Nodes => {}
-                    }
-                    GraphTransformer::<f64, Cpu>::new(g, init).unwrap()
+                    GraphTransformer::<f64, Cpu>::new(config(readout, SCALE, 4, n), init).unwrap()
                 },
                 &[],
                 6,

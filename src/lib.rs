@@ -15,6 +15,7 @@ pub mod alloc;
 pub mod backend;
 pub mod build_info;
 pub mod data;
+pub mod device;
 pub mod diagnostic;
 pub mod error;
 pub mod experiment;

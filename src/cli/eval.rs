@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use dfdx::prelude::*;
 use quartic::models::footprint::Use;
 use quartic::train::checkpoint;
 use quartic::train::trainer::{check_fits, evaluate, TrainConfig};
 use quartic::train::Task;
 
 use super::budget::Budget;
+use super::device::DeviceArg;
 use super::output::say;
 
 #[derive(Args, Debug)]
@@ -38,10 +38,11 @@ pub struct EvalArgs {
     pub seed: Option<u64>,
     #[command(flatten)]
     pub budget: Budget,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 pub fn run(args: &EvalArgs) -> quartic::Result<()> {
-    let dev = Cpu::default();
     let ckpt = checkpoint::load(&args.checkpoint)?;
     let trained: Option<TrainConfig> = serde_json::from_value(ckpt.train.train_config.clone()).ok();
     let (task_name, data, context, seed) = match &trained {
@@ -77,14 +78,16 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
         task.max_len(),
         Use::Forward,
     )?;
-    let model = ckpt.model::<f32, Cpu>(&dev)?;
-    let (loss, value) = evaluate(
-        &model,
-        &task,
-        args.seed.unwrap_or(seed),
-        args.batches as usize,
-        batch,
-    )?;
+    let (loss, value) = quartic::on_device!(args.device.device, seed, |dev| {
+        let model = ckpt.model::<f32, _>(&dev)?;
+        evaluate(
+            &model,
+            &task,
+            args.seed.unwrap_or(seed),
+            args.batches as usize,
+            batch,
+        )
+    })?;
     if !loss.is_finite() {
         return Err(quartic::Error::NotFinite(format!(
             "the held-out loss of {} on task {} is {loss}",

@@ -31,6 +31,8 @@ pub struct ExperimentArgs {
     pub jobs: Option<usize>,
     #[command(flatten)]
     pub budget: super::budget::Budget,
+    #[command(flatten)]
+    pub device: super::device::DeviceArg,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -82,6 +84,8 @@ pub struct RunArgs {
     pub jobs: Option<usize>,
     #[command(flatten)]
     pub budget: super::budget::Budget,
+    #[command(flatten)]
+    pub device: super::device::DeviceArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -289,6 +293,7 @@ fn run_jobs(args: &RunArgs) -> quartic::Result<u8> {
         &plan,
         &ids,
         threads,
+        args.device.device,
         Some(&signals.requested),
         &log,
     )?;
@@ -339,6 +344,7 @@ fn run_all(args: &ExperimentArgs) -> quartic::Result<u8> {
     let (mut cfg, tasks) = args.sweep.resolve();
     cfg.jobs = threads(args.jobs);
     cfg.memory = args.budget.max_memory;
+    cfg.device = args.device.device;
     let started = Instant::now();
     let signals = StopSignals::install()?;
     let (plan, summary, collected) = experiment::run(

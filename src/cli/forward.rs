@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use dfdx::prelude::*;
+use quartic::backend::Backend;
 use quartic::models::footprint::Use;
 use quartic::models::{Model, Readout};
 use quartic::nn::Init;
@@ -16,6 +17,7 @@ use quartic::train::checkpoint;
 use quartic::train::predict::graph_outputs;
 
 use super::budget::Budget;
+use super::device::DeviceArg;
 use super::model_args::ModelArgs;
 use super::output::say;
 
@@ -47,11 +49,15 @@ pub struct ForwardArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub budget: Budget,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
     if let (Some(graphs), Some(path)) = (&args.graphs, &args.checkpoint) {
-        return run_graphs(args, graphs, path);
+        return quartic::on_device!(args.device.device, 0, |dev| run_graphs(
+            &dev, args, graphs, path
+        ));
     }
     if args.tokens.is_empty() {
         return Err(quartic::Error::config(
@@ -59,10 +65,18 @@ pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
             "give at least one token",
         ));
     }
-    let dev = Cpu::default();
+    quartic::on_device!(
+        args.device.device,
+        args.seed.unwrap_or(0),
+        |dev| run_tokens(&dev, args)
+    )
+}
+
+/// `--tokens`: the logits of one sequence.
+fn run_tokens<D: Backend<f32>>(dev: &D, args: &ForwardArgs) -> quartic::Result<()> {
     let n = args.tokens.len();
     let what = "this forward pass";
-    let model: Model<f32, Cpu> = match &args.checkpoint {
+    let model: Model<f32, D> = match &args.checkpoint {
         Some(path) => {
             refuse_model_flags(args)?;
             let c = checkpoint::load(path)?;
@@ -74,7 +88,7 @@ pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
                 n,
                 Use::Forward,
             )?;
-            c.model(&dev)?
+            c.model(dev)?
         }
         None => {
             if args.model.pool.is_some() {
@@ -89,7 +103,7 @@ pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
                 .config(args.num_tokens.unwrap_or(16), n, args.causal)?;
             args.budget
                 .check_model(what, &cfg, None, 1, n, Use::Forward)?;
-            Model::new(&cfg, None, &Init::random(&dev, args.seed.unwrap_or(0)))?
+            Model::new(&cfg, None, &Init::random(dev, args.seed.unwrap_or(0)))?
         }
     };
     let out = model.forward::<NoneTape>(&args.tokens, 1, n, None)?;
@@ -118,13 +132,18 @@ pub fn run(args: &ForwardArgs) -> quartic::Result<()> {
 }
 
 /// `--graphs`: every graph's outputs, one JSON line each.
-fn run_graphs(args: &ForwardArgs, graphs: &Path, path: &Path) -> quartic::Result<()> {
+fn run_graphs<D: Backend<f32>>(
+    dev: &D,
+    args: &ForwardArgs,
+    graphs: &Path,
+    path: &Path,
+) -> quartic::Result<()> {
     refuse_model_flags(args)?;
     let ckpt = super::predict::graph_checkpoint(path)?;
     let batch = args.batch as usize;
     let records =
         super::predict::read_for(graphs, &ckpt, &args.budget, batch, "this forward pass")?;
-    let model = ckpt.model::<f32, Cpu>(&Cpu::default())?;
+    let model = ckpt.model::<f32, D>(dev)?;
     let readout = quartic::train::predict::readout_of(&ckpt.config);
     let name = match readout {
         Readout::Nodes => "nodes",

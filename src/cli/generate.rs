@@ -4,11 +4,13 @@ use std::path::PathBuf;
 
 use clap::Args;
 use dfdx::prelude::*;
+use quartic::backend::Backend;
 use quartic::models::footprint::Use;
 use quartic::train::checkpoint;
 use rand::{Rng, SeedableRng};
 
 use super::budget::Budget;
+use super::device::DeviceArg;
 use super::output;
 
 #[derive(Args, Debug)]
@@ -29,6 +31,8 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[command(flatten)]
     pub budget: Budget,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 pub fn run(args: &GenerateArgs) -> quartic::Result<()> {
@@ -38,7 +42,6 @@ pub fn run(args: &GenerateArgs) -> quartic::Result<()> {
             format!("{} is not a finite number ≥ 0", args.temperature),
         ));
     }
-    let dev = Cpu::default();
     let ckpt = checkpoint::load(&args.checkpoint)?;
     if !ckpt.config.causal() || ckpt.config.num_tokens() < 256 {
         return Err(quartic::Error::config(
@@ -55,7 +58,19 @@ pub fn run(args: &GenerateArgs) -> quartic::Result<()> {
         context,
         Use::Forward,
     )?;
-    let model = ckpt.model::<f32, Cpu>(&dev)?;
+    quartic::on_device!(args.device.device, args.seed, |dev| sample(
+        &dev, args, &ckpt
+    ))
+}
+
+/// Writes the prompt and `--length` sampled bytes after it.
+fn sample<D: Backend<f32>>(
+    dev: &D,
+    args: &GenerateArgs,
+    ckpt: &checkpoint::Checkpoint,
+) -> quartic::Result<()> {
+    let context = ckpt.config.max_seq_len();
+    let model = ckpt.model::<f32, D>(dev)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut text: Vec<usize> = args.prompt.bytes().map(|b| b as usize).collect();
     if text.is_empty() {

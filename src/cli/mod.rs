@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod check;
+pub mod device;
 pub mod environment;
 pub mod eval;
 pub mod experiment;

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use dfdx::prelude::*;
 use quartic::data::graphs::{read_graphs, GraphRecord};
 use quartic::models::footprint::Use;
 use quartic::models::Readout;
@@ -15,6 +14,7 @@ use quartic::train::predict::{graph_outputs, readout_of, GraphOutputs};
 use quartic::train::trainer::TrainConfig;
 
 use super::budget::Budget;
+use super::device::DeviceArg;
 use super::output::say;
 
 #[derive(Args, Debug)]
@@ -36,6 +36,8 @@ pub struct PredictArgs {
     pub batch: u64,
     #[command(flatten)]
     pub budget: Budget,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// A checkpoint of a run on graph files, or why it is not one.
@@ -101,8 +103,10 @@ pub fn run(args: &PredictArgs) -> quartic::Result<()> {
         batch,
         "these predictions",
     )?;
-    let model = ckpt.model::<f32, Cpu>(&Cpu::default())?;
-    let outputs = graph_outputs(&model, &graphs, batch)?;
+    let outputs = quartic::on_device!(args.device.device, 0, |dev| {
+        let model = ckpt.model::<f32, _>(&dev)?;
+        graph_outputs(&model, &graphs, batch)
+    })?;
     let readout = readout_of(&ckpt.config);
     let mut text = String::new();
     for (k, (g, out)) in graphs.iter().zip(&outputs).enumerate() {

@@ -14,10 +14,12 @@ use quartic::models::{Model, ModelConfig};
 use quartic::nn::{HasParams, Init};
 use quartic::train::objective::{Metric, Objective};
 use quartic::train::run_dir::RunDir;
+use quartic::train::shards::RunShards;
 use quartic::train::trainer::{self, Progress, Start, StepRecord, TrainConfig};
 use serde::Deserialize;
 
 use super::budget::Budget;
+use super::device::DeviceArg;
 use super::model_args::ModelArgs;
 use super::output::{self, say, signal_name, StopSignals};
 
@@ -115,6 +117,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(skip)]
     pub budget: Budget,
+    /// Where the run computes; not a setting of the run (`--resume` may move it)
+    #[command(flatten)]
+    #[serde(skip)]
+    pub device: DeviceArg,
 }
 
 #[derive(Deserialize, Default)]
@@ -295,7 +301,10 @@ impl Progress for Bar {
 /// Trains; the exit status is 0, or 128 + the signal's number when a signal stopped the run
 /// (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
 pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
-    let dev = Cpu::default();
+    quartic::on_device!(args.device.device, 0, |dev| run_on(&dev, args))
+}
+
+fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
     let (cfg, model_args) = args.resolve()?;
     let signals = StopSignals::install()?;
     let (mut model, start, cfg) = if args.resume {
@@ -324,7 +333,7 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
             },
         )?;
         // `saved.out` is the folder the checkpoint was read from (--out), not the saved one
-        let model = checkpoint.model::<f32, Cpu>(&dev)?;
+        let model = checkpoint.model::<f32, D>(dev)?;
         let step = checkpoint.train.step;
         say!(
             "resuming {} at step {step} of {} with the run's saved settings",
@@ -362,7 +371,7 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
             task.max_len(),
             Use::Train { shards: cfg.shards },
         )?;
-        let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, cfg.seed))?;
+        let model = Model::<f32, D>::new(&config, None, &Init::random(dev, cfg.seed))?;
         // refused before the run's folder is touched
         trainer::check_input_graph(&model, &task)?;
         let start = if args.overwrite {
@@ -486,10 +495,10 @@ fn absolute(path: &str) -> String {
 
 /// Writes `config.toml` into the run's folder: the settings the run resolved from its flags,
 /// its `--config` and the defaults, which `quartic train --config` reads back.
-fn write_resolved_config(
+fn write_resolved_config<D: Device<f32>>(
     cfg: &TrainConfig,
     args: &ModelArgs,
-    model: &Model<f32, Cpu>,
+    model: &Model<f32, D>,
 ) -> quartic::Result<()> {
     let model_table = match model {
         Model::Graph(g) => {

@@ -7,16 +7,18 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Job, Plan};
 use super::RunResult;
+use crate::backend::Backend;
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::models::{Model, ModelConfig};
 use crate::nn::Init;
 use crate::train::metrics::Metrics;
 use crate::train::run_dir::{Existing, CHECKPOINT, METRICS};
+use crate::train::shards::RunShards;
 use crate::train::tasks::Split;
 use crate::train::trainer::{self, Silent, Start, TrainConfig};
 use crate::train::Task;
@@ -113,6 +115,7 @@ pub fn run_job(
     plan_dir: &Path,
     plan: &Plan,
     id: usize,
+    device: DeviceChoice,
     stop: Option<&AtomicBool>,
 ) -> Result<Outcome> {
     let job = plan
@@ -149,7 +152,15 @@ pub fn run_job(
         return Ok(Outcome::AlreadyFinished(result));
     }
     let mut continued_from = None;
-    let status = match train_and_measure(plan, job, &out, stop, &mut continued_from) {
+    let trained = crate::on_device!(device, job.seed, |dev| train_and_measure(
+        &dev,
+        plan,
+        job,
+        &out,
+        stop,
+        &mut continued_from
+    ));
+    let status = match trained {
         Ok(None) => return Ok(Outcome::Interrupted),
         Ok(Some(result)) => Status::Finished { result },
         Err(e) => Status::Failed {
@@ -177,17 +188,17 @@ pub fn run_job(
 
 /// The model and where to start: the job's own checkpoint when one of this very job is there,
 /// else a new model (replacing whatever an earlier, different job left in the folder).
-fn starting_point(
+fn starting_point<D: Backend<f32>>(
     plan: &Plan,
     job: &Job,
     train: &TrainConfig,
-    dev: &Cpu,
-) -> Result<(Model<f32, Cpu>, Start)> {
+    dev: &D,
+) -> Result<(Model<f32, D>, Start)> {
     let source = plan.rule_source(&job.rule);
     let config = ModelConfig::Graph(job.model.clone());
     let checkpoint = train.out.join(CHECKPOINT);
     if checkpoint.exists() {
-        if let Ok((model, adam, saved, step)) = trainer::resume::<f32, Cpu>(&checkpoint, dev) {
+        if let Ok((model, adam, saved, step)) = trainer::resume::<f32, D>(&checkpoint, dev) {
             let rule = match source {
                 Some(s) => Some(s.to_string()),
                 None => crate::rules::Rule::resolve(&job.rule)
@@ -205,7 +216,8 @@ fn starting_point(
 }
 
 /// Trains the job and measures it; `None` when asked to stop.
-fn train_and_measure(
+fn train_and_measure<D: RunShards<f32>>(
+    dev: &D,
     plan: &Plan,
     job: &Job,
     out: &Path,
@@ -213,13 +225,12 @@ fn train_and_measure(
     continued_from: &mut Option<usize>,
 ) -> Result<Option<RunResult>> {
     let started = Instant::now();
-    let dev = Cpu::default();
     let train = TrainConfig {
         out: out.to_path_buf(),
         ..job.train.clone()
     };
     let task = train.task()?;
-    let (mut model, start) = starting_point(plan, job, &train, &dev)?;
+    let (mut model, start) = starting_point(plan, job, &train, dev)?;
     if start.existing == Existing::Resume {
         *continued_from = Some(start.step);
     }
@@ -251,8 +262,8 @@ fn train_and_measure(
 }
 
 /// Held-out accuracy per size (tasks with sizes) and on the fixed probe (tasks with one).
-fn extra_measures(
-    model: &Model<f32, Cpu>,
+fn extra_measures<D: Backend<f32>>(
+    model: &Model<f32, D>,
     task: &Task,
     train: &TrainConfig,
 ) -> Result<(Vec<(usize, f64)>, Option<f64>)> {

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::memory::{Estimate, Limit};
 use crate::models::footprint::{estimate, Use};
@@ -61,6 +62,9 @@ pub struct ExperimentConfig {
     /// The memory the runs at once may take, checked against their estimate before any starts.
     #[serde(skip)]
     pub memory: Limit,
+    /// Where the runs compute (not part of the plan: a plan's jobs may run anywhere).
+    #[serde(skip)]
+    pub device: DeviceChoice,
 }
 
 impl Default for ExperimentConfig {
@@ -82,6 +86,7 @@ impl Default for ExperimentConfig {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             out: PathBuf::from("runs/experiment"),
             memory: Limit::Available,
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -272,16 +277,19 @@ pub fn check_memory(plan: &Plan, ids: &[usize], at_once: usize, limit: &Limit) -
     Ok(())
 }
 
-/// Runs the jobs `ids` of the plan in `dir`, `threads` at once; `log` gets a line per job.
-/// A failed job does not stop the others.
+/// Runs the jobs `ids` of the plan in `dir`, `threads` at once on `device`; `log` gets a line
+/// per job. A failed job does not stop the others.
+#[allow(clippy::too_many_arguments)]
 pub fn run_jobs(
     dir: &Path,
     plan: &Plan,
     ids: &[usize],
     threads: usize,
+    device: DeviceChoice,
     stop: Option<&AtomicBool>,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<RunSummary> {
+    crate::device::check_available(device)?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<(usize, Result<Outcome>)>> = Mutex::new(Vec::new());
@@ -293,7 +301,7 @@ pub fn run_jobs(
                 if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
                     break;
                 }
-                let outcome = jobs::run_job(dir, plan, id, stop);
+                let outcome = jobs::run_job(dir, plan, id, device, stop);
                 let finished = done.fetch_add(1, Ordering::SeqCst) + 1;
                 let job = &plan.jobs[id];
                 let what = match &outcome {
@@ -410,11 +418,12 @@ pub fn run(
     stop: Option<&AtomicBool>,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<(Plan, RunSummary, Collected)> {
+    crate::device::check_available(cfg.device)?;
     let plan = Plan::new(tasks, cfg, command)?;
     plan.write(&cfg.out, 1)?;
     let ids: Vec<usize> = (0..plan.jobs.len()).collect();
     check_memory(&plan, &ids, cfg.jobs, &cfg.memory)?;
-    let summary = run_jobs(&cfg.out, &plan, &ids, cfg.jobs, stop, log)?;
+    let summary = run_jobs(&cfg.out, &plan, &ids, cfg.jobs, cfg.device, stop, log)?;
     let collected = collect(&cfg.out, &plan)?;
     Ok((plan, summary, collected))
 }

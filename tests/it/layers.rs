@@ -11,6 +11,9 @@ const LAYERS: &[(&str, usize)] = &[
     ("threads", 0),
     ("build_info", 0),
     ("error", 1),
+    ("device", 2),
+    // a macro of `device`, exported at the crate's root
+    ("on_device", 2),
     ("files", 2),
     ("tensor", 2),
     ("memory", 3),

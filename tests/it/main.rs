@@ -5,6 +5,7 @@ mod api;
 mod attend_value;
 mod cli;
 mod common;
+mod device;
 mod dropout;
 mod edge_self_attention;
 mod experiment;

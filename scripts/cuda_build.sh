@@ -55,6 +55,9 @@ print(next(p["manifest_path"] for p in meta["packages"] if p["name"] == "cudarc"
     } >"$DIR/libcuda_stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$ROOT/lib64/stubs/libcuda.so" "$DIR/libcuda_stub.c"
 fi
+# Under its soname too, so that a CUDA binary starts on this machine (every driver call fails:
+# the stub's functions return CUDA_ERROR_UNKNOWN) with `LD_LIBRARY_PATH=$ROOT/lib64/stubs:$ROOT/lib`.
+ln -sf libcuda.so "$ROOT/lib64/stubs/libcuda.so.1"
 
 # dfdx asks nvidia-smi for the compute capability before reading CUDA_COMPUTE_CAP.
 cat >"$DIR/bin/nvidia-smi" <<EOF

@@ -81,12 +81,35 @@ pub fn check_available(choice: DeviceChoice) -> Result<()> {
 /// device (or without a driver) gets an error naming it.
 #[cfg(feature = "cuda")]
 pub fn open_cuda(ordinal: usize, seed: u64) -> Result<Cuda> {
-    Cuda::try_build(ordinal, seed).map_err(|e| {
+    use cudarc::driver::result as driver;
+    let cannot = |what: String| {
         Error::Device(format!(
-            "cannot open CUDA device {ordinal} ({e:?}): is there a GPU with that number and a \
-             driver on this machine?"
+            "cannot open CUDA device {ordinal} ({what}): is there a GPU with that number and a \
+             working driver on this machine?"
         ))
-    })
+    };
+    // asked first: dfdx's constructor unwraps these two calls (a panic on a machine without a
+    // GPU or with too few of them)
+    driver::init().map_err(|e| cannot(format!("{:?}", e.0)))?;
+    let count = driver::device::get_count().map_err(|e| cannot(format!("{:?}", e.0)))?;
+    if ordinal >= count.max(0) as usize {
+        return Err(cannot(format!("this machine has {count} CUDA device(s)")));
+    }
+    Cuda::try_build(ordinal, seed).map_err(|e| cannot(cuda_error_name(&e)))
+}
+
+/// The error's name, read without calling the driver: cudarc's `Debug` of a driver error asks
+/// the driver for its text and panics when that fails too (no driver, a stub).
+#[cfg(feature = "cuda")]
+fn cuda_error_name(e: &dfdx::tensor::CudaError) -> String {
+    use dfdx::tensor::CudaError;
+    match e {
+        CudaError::Driver(d) => format!("{:?}", d.0),
+        CudaError::Blas(b) => format!("{:?}", b.0),
+        CudaError::Cpu(c) => format!("{c:?}"),
+        #[allow(unreachable_patterns)]
+        _ => "a cuDNN error".to_string(),
+    }
 }
 
 /// `on_device!(choice, seed, |dev| body)`: `body` with `dev` bound to the chosen device

@@ -1,7 +1,9 @@
-//! A self-test of the CPU's fused kernels: every built-in rule's model (causal and not, with
-//! padding, edge inputs and an edge head) and the multi-stream model run one forward and
-//! backward pass with the fused kernels and again with the composite forms built from dfdx ops;
-//! the logits and every parameter's gradient must agree. `quartic check` prints it.
+//! A self-test of a device: every built-in rule's model (causal and not, with padding, edge
+//! inputs and an edge head) and the multi-stream model run one forward and backward pass twice,
+//! and the logits and every parameter's gradient must agree. On the CPU ([`compare`]) the two
+//! passes are the fused kernels and the composite forms built from dfdx ops; on another device
+//! ([`compare_on`]) they are that device and the CPU, with the same weights and inputs.
+//! `quartic check [--device D]` prints it.
 
 use std::time::Instant;
 
@@ -10,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{GraphConfig, GraphInputs, Model, ModelConfig, MultiStreamConfig, Readout, TaskIo};
-use crate::backend::{cpu_fused, set_cpu_fused};
+use crate::backend::{cpu_fused, set_cpu_fused, Backend};
 use crate::error::Result;
 use crate::nn::{HasParams, Init};
 use crate::rules::{Rule, BUILTINS};
@@ -21,7 +23,7 @@ use crate::tensor::device_err;
 /// different orders (and the fused one uses a vectorized `exp`), in f32.
 pub const TOLERANCE: f64 = 1e-4;
 
-/// One model run both ways.
+/// One model run both ways: the form or device tested, and the reference it is held to.
 #[derive(Clone, Debug)]
 pub struct Comparison {
     /// The model's name.
@@ -30,10 +32,10 @@ pub struct Comparison {
     pub logits: f64,
     /// The worst relative difference over the parameters' gradients, and the parameter.
     pub gradients: (f64, String),
-    /// Milliseconds of the fused forward and backward.
-    pub fused_ms: f64,
-    /// Milliseconds of the composite forward and backward.
-    pub composite_ms: f64,
+    /// Milliseconds of the tested forward and backward (the fused CPU kernels, or the device).
+    pub tested_ms: f64,
+    /// Milliseconds of the reference's (the composite CPU forms, or the CPU).
+    pub reference_ms: f64,
 }
 
 impl Comparison {
@@ -121,17 +123,16 @@ struct Pass {
     ms: f64,
 }
 
-fn pass(model: &Model<f32, Cpu>, input: &Input, fused: bool) -> Result<Pass> {
-    set_cpu_fused(fused);
+fn pass<D: Backend<f32>>(model: &Model<f32, D>, input: &Input) -> Result<Pass> {
     let start = Instant::now();
     let inputs = GraphInputs {
         edge_tokens: input.edge_tokens.as_deref(),
         ..GraphInputs::tokens(&input.tokens, input.b, input.n, Some(&input.valid))
     };
-    let out = model.forward_io::<OwnedTape<f32, Cpu>>(&inputs, input.readout)?;
+    let out = model.forward_io::<OwnedTape<f32, D>>(&inputs, input.readout)?;
     let logits = out.logits.as_vec();
     // a fixed random projection of the logits, so that every logit's gradient counts
-    let weights = model_weights(out.logits.shape(), input.seed);
+    let weights = model_weights(out.logits.device(), out.logits.shape(), input.seed);
     let mut loss = (out.logits * weights).sum::<(), _>();
     if let Some(aux) = out.aux {
         loss = loss + aux;
@@ -151,13 +152,14 @@ fn pass(model: &Model<f32, Cpu>, input: &Input, fused: bool) -> Result<Pass> {
     })
 }
 
-fn model_weights(
+fn model_weights<D: Device<f32>>(
+    dev: &D,
     shape: &(usize, usize, usize),
     seed: u64,
-) -> Tensor<(usize, usize, usize), f32, Cpu> {
+) -> Tensor<(usize, usize, usize), f32, D> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let len = shape.0 * shape.1 * shape.2;
-    Cpu::default().tensor_from_vec((0..len).map(|_| rng.gen_range(-1.0..1.0)).collect(), *shape)
+    dev.tensor_from_vec((0..len).map(|_| rng.gen_range(-1.0..1.0)).collect(), *shape)
 }
 
 /// A random batch of two graphs, the second padded.
@@ -230,29 +232,52 @@ pub fn compare(name: &str, config: &ModelConfig, n: usize, seed: u64) -> Result<
     let model = Model::<f32, Cpu>::new(config, None, &Init::random(&Cpu::default(), seed))?;
     let input = input(config, n, seed);
     let was = cpu_fused();
-    let fused = pass(&model, &input, true);
-    let composite = pass(&model, &input, false);
+    set_cpu_fused(true);
+    let fused = pass(&model, &input);
+    set_cpu_fused(false);
+    let composite = pass(&model, &input);
     set_cpu_fused(was);
-    let (fused, composite) = (fused?, composite?);
+    Ok(held_to(name, fused?, composite?))
+}
+
+/// Runs `config` on `n` nodes on `dev` and on the CPU (its default, fused forms), with the
+/// same weights (drawn on the host from `seed`) and the same inputs.
+pub fn compare_on<D: Backend<f32>>(
+    dev: &D,
+    name: &str,
+    config: &ModelConfig,
+    n: usize,
+    seed: u64,
+) -> Result<Comparison> {
+    let input = input(config, n, seed);
+    let tested = Model::<f32, D>::new(config, None, &Init::random(dev, seed))?;
+    let tested = pass(&tested, &input)?;
+    let cpu = Model::<f32, Cpu>::new(config, None, &Init::random(&Cpu::default(), seed))?;
+    let reference = pass(&cpu, &input)?;
+    Ok(held_to(name, tested, reference))
+}
+
+/// The worst differences of `tested` from `reference`.
+fn held_to(name: &str, tested: Pass, reference: Pass) -> Comparison {
     let floor = GRADIENT_FLOOR
-        * composite
+        * reference
             .gradients
             .iter()
             .fold(0f64, |m, (_, g)| m.max(largest(g)));
     let mut gradients = (0f64, String::new());
-    for ((p, f), (_, c)) in fused.gradients.iter().zip(&composite.gradients) {
-        let d = relative_difference(f, c, floor);
+    for ((p, t), (_, r)) in tested.gradients.iter().zip(&reference.gradients) {
+        let d = relative_difference(t, r, floor);
         if d > gradients.0 || gradients.1.is_empty() {
             gradients = (d, p.clone());
         }
     }
-    Ok(Comparison {
+    Comparison {
         model: name.to_string(),
-        logits: relative_difference(&fused.logits, &composite.logits, 0.0),
+        logits: relative_difference(&tested.logits, &reference.logits, 0.0),
         gradients,
-        fused_ms: fused.ms,
-        composite_ms: composite.ms,
-    })
+        tested_ms: tested.ms,
+        reference_ms: reference.ms,
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,224 @@
+"""The GPU check's report (run by `scripts/gpu_check.sh run`): every check of a device against
+the CPU, through the `quartic` binary, into one Markdown file. Standard library only.
+
+    python3 scripts/gpu_report.py --quartic BIN --device cuda --out DIR
+
+Agreement asked of every comparison: |device - cpu| <= 1e-4 + 1e-3 |cpu|, elementwise.
+"""
+import argparse
+import array
+import csv
+import glob
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ATOL, RTOL = 1e-4, 1e-3
+FIXTURES = "tests/fixtures/reference"
+
+
+def read_safetensors(path):
+    """name -> (dtype, shape, flat values) for the F32, F64 and I64 tensors of a file."""
+    codes = {"F32": "f", "F64": "d", "I64": "q"}
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        data = f.read()
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__" or t["dtype"] not in codes:
+            continue
+        begin, end = t["data_offsets"]
+        values = array.array(codes[t["dtype"]])
+        values.frombytes(data[begin:end])
+        if sys.byteorder != "little":
+            values.byteswap()
+        out[name] = (t["dtype"], t["shape"], list(values))
+    return out
+
+
+def worst(got, want):
+    """The largest |got - want| / (ATOL + RTOL |want|): at most 1 passes. NaN never passes."""
+    if len(got) != len(want):
+        return float("inf")
+    w = 0.0
+    for a, b in zip(got, want):
+        d = abs(a - b) / (ATOL + RTOL * abs(b))
+        if d != d:
+            return float("inf")
+        w = max(w, d)
+    return w
+
+
+class Report:
+    def __init__(self, quartic, device):
+        self.quartic, self.device = quartic, device
+        self.lines, self.failed = [], []
+
+    def add(self, text=""):
+        self.lines.append(text)
+
+    def run(self, args, timeout=300):
+        start = time.perf_counter()
+        p = subprocess.run([self.quartic] + args, capture_output=True, text=True, timeout=timeout)
+        return p, time.perf_counter() - start
+
+    def verdict(self, name, ok):
+        if not ok:
+            self.failed.append(name)
+        return "ok" if ok else "**FAILED**"
+
+
+def machine(r):
+    r.add("## Machine")
+    r.add()
+    p, _ = r.run(["--version"])
+    r.add(f"- binary: `{r.quartic}`, {p.stdout.strip()}")
+    if shutil.which("nvidia-smi"):
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                            "--format=csv,noheader"], capture_output=True, text=True)
+        r.add(f"- GPU: {q.stdout.strip() or q.stderr.strip()}")
+    r.add(f"- device checked: `{r.device}`, against the CPU; {os.cpu_count()} CPU cores")
+    r.add()
+
+
+def rules(r):
+    r.add("## Every built-in rule's model, forward and backward, against the CPU")
+    r.add()
+    p, secs = r.run(["check", "8", "--device", r.device])
+    ok = p.returncode == 0
+    r.add(f"`quartic check 8 --device {r.device}` ({secs:.1f} s): {r.verdict('rules', ok)}. "
+          "Batch 2 (one padded), causal and not, edge inputs and an edge head; tolerance 1e-4 of "
+          "each tensor's largest value.")
+    r.add()
+    r.add("```")
+    r.add((p.stdout + p.stderr).strip())
+    r.add("```")
+    r.add()
+
+
+def logits_of(r, checkpoint, tokens, device):
+    p, _ = r.run(["forward", "--checkpoint", checkpoint, "--tokens",
+                  ",".join(map(str, tokens)), "--device", device])
+    if p.returncode != 0:
+        return None, p.stderr.strip()
+    rows = json.loads(p.stdout)["logits"][0]
+    return [x for row in rows for x in row], ""
+
+
+def fixtures(r, tmp):
+    r.add("## The parity fixtures through `import-reference` and `forward`")
+    r.add()
+    r.add("The first sequence of each fixture's batch, without its mask (the command line takes "
+          "none): the device against the CPU, and against the original's output where the "
+          "fixture has no mask. Worst |Δ| / (1e-4 + 1e-3·|x|), ≤ 1 passes.")
+    r.add()
+    r.add("| fixture | device vs CPU | device vs original | |")
+    r.add("| --- | ---: | ---: | --- |")
+    for path in sorted(glob.glob(os.path.join(FIXTURES, "*.json"))):
+        name = os.path.basename(path)[:-5]
+        cls = json.load(open(path)).get("config", {}).get("cls")
+        if cls not in ("QuarticTransformer", "MultiStreamTransformer"):
+            continue  # import-reference takes whole models only
+        ckpt = os.path.join(tmp, name + ".safetensors")
+        p, _ = r.run(["import-reference", "--weights", path[:-5] + ".safetensors",
+                      "--config", path, "--out", ckpt])
+        if p.returncode != 0:
+            r.add(f"| {name} | import failed: {p.stderr.strip()} | | {r.verdict(name, False)} |")
+            continue
+        tensors = read_safetensors(path[:-5] + ".safetensors")
+        _, shape, values = tensors["input.0"]
+        n = shape[1]
+        tokens = values[:n]
+        got, err = logits_of(r, ckpt, tokens, r.device)
+        cpu, cpu_err = logits_of(r, ckpt, tokens, "cpu")
+        if got is None or cpu is None:
+            r.add(f"| {name} | forward failed: {err or cpu_err} | | {r.verdict(name, False)} |")
+            continue
+        vs_cpu = worst(got, cpu)
+        masked = "input.1" in tensors
+        vs_ref = None if masked else worst(got, tensors["output.main"][2][:len(got)])
+        ok = vs_cpu <= 1 and (vs_ref is None or vs_ref <= 1)
+        ref = "– (masked)" if vs_ref is None else f"{vs_ref:.3f}"
+        r.add(f"| {name} | {vs_cpu:.3f} | {ref} | {r.verdict(name, ok)} |")
+    r.add()
+
+
+def losses(csv_path):
+    with open(csv_path) as f:
+        return [float(row["loss"]) for row in csv.DictReader(f) if row.get("loss")]
+
+
+def training(r, tmp):
+    r.add("## The README's default run, `quartic train`")
+    r.add()
+    out = os.path.join(tmp, "train-device")
+    p, secs = r.run(["train", "--device", r.device, "--out", out, "--quiet"], timeout=300)
+    tail = (p.stdout + p.stderr).strip().splitlines()
+    held = next((l for l in tail if l.startswith("held-out")), "no held-out line")
+    ok = p.returncode == 0 and "accuracy 100.0" in held
+    r.add(f"On `{r.device}` to its end ({secs:.1f} s): {held}: {r.verdict('train', ok)} "
+          "(the target is 100 %).")
+    r.add()
+    if p.returncode != 0:
+        r.add("```")
+        r.add("\n".join(tail[-10:]))
+        r.add("```")
+        r.add()
+    # the same 20 steps on both (the schedule depends on the number of steps)
+    runs = []
+    for k, device in enumerate((r.device, "cpu")):
+        d = os.path.join(tmp, f"train20-{k}")
+        p, secs = r.run(["train", "--device", device, "--steps", "20", "--out", d, "--quiet"])
+        runs.append((p, secs, d))
+    (p_dev, s_dev, d_dev), (p_cpu, s_cpu, d_cpu) = runs
+    if p_dev.returncode != 0 or p_cpu.returncode != 0:
+        r.add(f"20 steps: failed ({(p_dev.stderr or p_cpu.stderr).strip()}): "
+              f"{r.verdict('losses', False)}")
+        r.add()
+        return
+    a, b = losses(os.path.join(d_dev, "metrics.csv")), losses(os.path.join(d_cpu, "metrics.csv"))
+    w = worst(a, b)
+    r.add(f"`quartic train --steps 20` on both ({s_dev:.1f} s on `{r.device}`, {s_cpu:.1f} s on "
+          f"the CPU, whole processes): the 20 losses differ by at most {w:.3f} of the tolerance: "
+          f"{r.verdict('losses', w <= 1)}.")
+    r.add()
+    r.add("| step | " + " | ".join(str(k + 1) for k in range(len(a))) + " |")
+    r.add("| --- |" + " ---: |" * len(a))
+    r.add(f"| {r.device} | " + " | ".join(f"{x:.4f}" for x in a) + " |")
+    r.add("| cpu | " + " | ".join(f"{x:.4f}" for x in b) + " |")
+    r.add()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quartic", required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    r = Report(os.path.abspath(args.quartic), args.device)
+    started = time.perf_counter()
+    r.add(f"# GPU check: `{args.device}` against the CPU")
+    r.add()
+    with tempfile.TemporaryDirectory() as tmp:
+        for section in (machine, rules, lambda r: fixtures(r, tmp), lambda r: training(r, tmp)):
+            section(r)
+    r.add("## Verdict")
+    r.add()
+    r.add(f"{len(r.failed)} check(s) failed" + (f": {', '.join(r.failed)}" if r.failed else "")
+          + f"; {time.perf_counter() - started:.0f} s in all.")
+    text = "\n".join(r.lines) + "\n"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu-report.md"), "w") as f:
+        f.write(text)
+    print(text)
+    sys.exit(1 if r.failed else 0)
+
+
+if __name__ == "__main__":
+    main()

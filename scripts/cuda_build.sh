@@ -2,7 +2,7 @@
 # Builds the CUDA binaries on a machine without a GPU: `scripts/cuda_build.sh [cargo build args]`.
 #
 # 1. Installs the CUDA 13.0 compiler, headers, NVRTC and cuBLAS from their Python wheels into
-#    `.cuda/` (once; about 900 MB, ignored by git). 13.0 because the PTX's ISA follows the
+#    `.cuda/` (once; about 1.1 GB, ignored by git). 13.0 because the PTX's ISA follows the
 #    compiler's version and a CUDA 13.0 driver (580) loads no newer PTX.
 # 2. Lays out a CUDA root there the way dfdx's and cudarc's build scripts look for one:
 #    `include/cuda.h`, unversioned `lib64/*.so` links, and `lib64/stubs/libcuda.so`, a stub of the

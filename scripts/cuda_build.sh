@@ -29,7 +29,7 @@ if [[ ! -x $ROOT/bin/nvcc || ! -e $ROOT/lib/libcublas.so.13 ]]; then
     echo "cuda_build: installing the CUDA 13.0 wheels into $DIR" >&2
     # One pip call: `--target` skips a top-level folder (`nvidia/`) that is already there.
     rm -rf "$DIR"
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$DIR" \
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$DIR" \
         "${WHEELS[@]}"
 fi
 

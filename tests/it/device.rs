@@ -11,6 +11,31 @@ fn temp(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A one-run experiment of two steps into `out`.
+fn tiny_experiment(out: &str) -> Vec<&str> {
+    vec![
+        "experiment",
+        "--task",
+        "sanity",
+        "--rules",
+        "baseline",
+        "--seeds",
+        "1",
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--eval-every",
+        "2",
+        "--eval-batches",
+        "1",
+        "--jobs",
+        "1",
+        "--out",
+        out,
+    ]
+}
+
 #[test]
 fn device_cpu_runs_every_computing_subcommand_as_before() {
     let dir = temp("cpu");
@@ -63,29 +88,9 @@ fn device_cpu_runs_every_computing_subcommand_as_before() {
     assert!(forward(Some("cpu")).contains("\"logits\""));
 
     let sweep = dir.join("sweep");
-    let out = quartic(&[
-        "experiment",
-        "--task",
-        "sanity",
-        "--rules",
-        "baseline",
-        "--seeds",
-        "1",
-        "--steps",
-        "2",
-        "--batch",
-        "4",
-        "--eval-every",
-        "2",
-        "--eval-batches",
-        "1",
-        "--jobs",
-        "1",
-        "--out",
-        sweep.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let mut args = tiny_experiment(sweep.to_str().unwrap());
+    args.extend(["--device", "cpu"]);
+    let out = quartic(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(sweep.join("summary.md").exists());
 }
@@ -126,19 +131,8 @@ fn cuda_in_a_build_without_it_is_refused_before_anything_is_written() {
             run.to_str().unwrap(),
         ],
         vec!["forward", "--tokens", "1,2"],
-        vec![
-            "experiment",
-            "--task",
-            "sanity",
-            "--rules",
-            "baseline",
-            "--seeds",
-            "1",
-            "--steps",
-            "2",
-            "--out",
-            sweep.to_str().unwrap(),
-        ],
+        vec!["check", "4"],
+        tiny_experiment(sweep.to_str().unwrap()),
     ];
     for mut args in cases {
         args.extend(["--device", "cuda:1"]);
@@ -154,4 +148,5 @@ fn cuda_in_a_build_without_it_is_refused_before_anything_is_written() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
     assert!(!run.exists(), "train wrote {}", run.display());
+    assert!(!sweep.exists(), "experiment wrote {}", sweep.display());
 }

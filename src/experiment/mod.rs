@@ -279,7 +279,6 @@ pub fn check_memory(plan: &Plan, ids: &[usize], at_once: usize, limit: &Limit) -
 
 /// Runs the jobs `ids` of the plan in `dir`, `threads` at once on `device`; `log` gets a line
 /// per job. A failed job does not stop the others.
-#[allow(clippy::too_many_arguments)]
 pub fn run_jobs(
     dir: &Path,
     plan: &Plan,

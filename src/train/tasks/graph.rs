@@ -35,14 +35,7 @@ impl TaskDef for RelationComposition {
     }
 
     fn vocab(&self) -> Vocab {
-        Vocab {
-            node_tokens: 2,
-            edge_tokens: RELATION_TOKENS,
-            edge_classes: 2,
-            graph_classes: 0,
-            node_features: 0,
-            edge_features: 0,
-        }
+        Vocab::edges(2, RELATION_TOKENS, 2)
     }
 
     fn max_len(&self) -> usize {
@@ -97,14 +90,7 @@ impl TaskDef for QuotientComposition {
     }
 
     fn vocab(&self) -> Vocab {
-        Vocab {
-            node_tokens: self.colours.max(2),
-            edge_tokens: RELATION_TOKENS,
-            edge_classes: 2,
-            graph_classes: 0,
-            node_features: 0,
-            edge_features: 0,
-        }
+        Vocab::edges(self.colours.max(2), RELATION_TOKENS, 2)
     }
 
     fn max_len(&self) -> usize {
@@ -169,14 +155,7 @@ impl TaskDef for PathComposition {
     }
 
     fn vocab(&self) -> Vocab {
-        Vocab {
-            node_tokens: 2,
-            edge_tokens: PATH_QUERY_BACKWARD + 1,
-            edge_classes: 6,
-            graph_classes: 0,
-            node_features: 0,
-            edge_features: 0,
-        }
+        Vocab::edges(2, PATH_QUERY_BACKWARD + 1, 6)
     }
 
     fn max_len(&self) -> usize {
@@ -259,14 +238,7 @@ impl TaskDef for EdgeMatch2 {
     }
 
     fn vocab(&self) -> Vocab {
-        Vocab {
-            node_tokens: 2,
-            edge_tokens: self.modulus,
-            edge_classes: 2,
-            graph_classes: 0,
-            node_features: 0,
-            edge_features: 0,
-        }
+        Vocab::edges(2, self.modulus, 2)
     }
 
     fn max_len(&self) -> usize {
@@ -325,14 +297,7 @@ impl TaskDef for Triangles {
     }
 
     fn vocab(&self) -> Vocab {
-        Vocab {
-            node_tokens: 2,
-            edge_tokens: 2,
-            edge_classes: 0,
-            graph_classes: 0,
-            node_features: 0,
-            edge_features: 0,
-        }
+        Vocab::edges(2, 2, 0)
     }
 
     fn max_len(&self) -> usize {

@@ -188,6 +188,16 @@ impl Vocab {
             edge_features: 0,
         }
     }
+
+    /// A task on graphs given as edge tokens: answered per edge (`edge_classes`), or from the
+    /// nodes when `edge_classes` is 0.
+    pub fn edges(node_tokens: usize, edge_tokens: usize, edge_classes: usize) -> Self {
+        Self {
+            edge_tokens,
+            edge_classes,
+            ..Self::nodes(node_tokens)
+        }
+    }
 }
 
 /// The sizes a task can be tested at one by one ([`Split::Size`]), and what a size is.

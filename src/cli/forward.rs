@@ -108,7 +108,7 @@ fn run_tokens<D: Backend<f32>>(dev: &D, args: &ForwardArgs) -> quartic::Result<(
     };
     let out = model.forward::<NoneTape>(&args.tokens, 1, n, None)?;
     let (_, _, v) = *out.logits.shape();
-    let values = out.logits.as_vec();
+    let values = quartic::tensor::host::values(&out.logits);
     if let Some(first) = values.iter().position(|x| !x.is_finite()) {
         return Err(quartic::Error::NotFinite(format!(
             "{} of the {} logits, the first {} at position {}, class {}",

@@ -80,10 +80,8 @@ fn sample<D: Backend<f32>>(
     for _ in 0..args.length {
         let window = &text[text.len().saturating_sub(context)..];
         let n = window.len();
-        let logits = model
-            .forward::<NoneTape>(window, 1, n, None)?
-            .logits
-            .as_vec();
+        let out = model.forward::<NoneTape>(window, 1, n, None)?;
+        let logits = quartic::tensor::host::values(&out.logits);
         let v = logits.len() / n;
         let last = &logits[(n - 1) * v..];
         if let Some(c) = last.iter().position(|x| !x.is_finite()) {

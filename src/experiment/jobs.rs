@@ -284,7 +284,7 @@ fn extra_measures<D: Backend<f32>>(
     let probe = match task.probe() {
         Some(bt) => {
             let (_, tally) = trainer::score_batch(model, &bt, task.readout(), &task.objective())?;
-            Some(tally.metric())
+            Some(tally.read().metric())
         }
         None => None,
     };

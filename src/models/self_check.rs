@@ -16,7 +16,7 @@ use crate::backend::{cpu_fused, set_cpu_fused, Backend};
 use crate::error::Result;
 use crate::nn::{HasParams, Init};
 use crate::rules::{Rule, BUILTINS};
-use crate::tensor::device_err;
+use crate::tensor::{device_err, host};
 
 /// Largest allowed difference, relative to the largest magnitude of the composite tensor (for a
 /// gradient, at least `GRADIENT_FLOOR` of the model's largest): the two forms sum in
@@ -130,7 +130,7 @@ fn pass<D: Backend<f32>>(model: &Model<f32, D>, input: &Input) -> Result<Pass> {
         ..GraphInputs::tokens(&input.tokens, input.b, input.n, Some(&input.valid))
     };
     let out = model.forward_io::<OwnedTape<f32, D>>(&inputs, input.readout)?;
-    let logits = out.logits.as_vec();
+    let logits = host::values(&out.logits);
     // a fixed random projection of the logits, so that every logit's gradient counts
     let weights = model_weights(out.logits.device(), out.logits.shape(), input.seed);
     let mut loss = (out.logits * weights).sum::<(), _>();
@@ -143,7 +143,7 @@ fn pass<D: Backend<f32>>(model: &Model<f32, D>, input: &Input) -> Result<Pass> {
     for p in model.params() {
         // a parameter the pass does not reach (the node head under an edge readout) gets zeros
         grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
-        gradients.push((p.name.clone(), grads.get(&p.value).as_vec()));
+        gradients.push((p.name.clone(), host::values(&grads.get(&p.value))));
     }
     Ok(Pass {
         logits,

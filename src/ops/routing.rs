@@ -189,7 +189,7 @@ fn topk_with<E: Real, D: Device<E>, T: Tape<E, D>>(
     let gates_full = soft + (detached.negate() + E::one());
     let gates_branch = gates_full.with_empty_tape();
     let scored = x * gates_full;
-    let host = scored.as_vec();
+    let host = host::values(&scored);
     let mut indices = Vec::with_capacity(rows * k);
     let mut valid = Vec::with_capacity(rows * k);
     for r in 0..rows {

@@ -4,6 +4,7 @@
 //! dfdx device and the tape. Shapes are runtime-sized: graphs change size from batch to batch.
 
 pub mod fastmath;
+pub mod host;
 
 use dfdx::prelude::*;
 

@@ -84,9 +84,7 @@ pub fn save<E: Real, D: Device<E>>(
     let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let bytes = |v: &[f32]| crate::files::f32_bytes(v.iter().copied());
     for p in model.params() {
-        let values: Vec<f32> = p
-            .value
-            .as_vec()
+        let values: Vec<f32> = host::values(&p.value)
             .into_iter()
             .map(|x| x.as_f64() as f32)
             .collect();

@@ -2,6 +2,7 @@
 //! and plots.
 
 pub mod checkpoint;
+pub mod device_optim;
 pub mod metrics;
 pub mod objective;
 pub mod optim;

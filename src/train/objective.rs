@@ -160,13 +160,40 @@ impl Tally {
     }
 }
 
+/// A [`Tally`] whose score is still on the device: reading it ([`DeviceTally::read`]) copies one
+/// scalar, so batches can be summed where they were scored.
+pub struct DeviceTally<E: Real, D: Device<E>> {
+    /// Correct positions, or the summed absolute error.
+    pub score: Tensor<(), E, D>,
+    /// Scored positions.
+    pub labelled: usize,
+}
+
+impl<E: Real, D: Device<E>> DeviceTally<E, D> {
+    /// Both tallies' sums, still on the device.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            score: self.score + other.score,
+            labelled: self.labelled + other.labelled,
+        }
+    }
+
+    /// The tally on the host (one scalar read).
+    pub fn read(&self) -> Tally {
+        Tally {
+            score: host::scalar(&self.score),
+            labelled: self.labelled,
+        }
+    }
+}
+
 /// The mean loss over the scored positions of `outputs` `[b, n, width]` (class logits, or one
-/// value per position), and the batch's [`Tally`].
+/// value per position), and the batch's tally, both left on the device.
 pub fn loss_and_tally<E: Real, D: Device<E>, T: Tape<E, D>>(
     outputs: T3<E, D, T>,
     targets: Targets,
     objective: &Objective,
-) -> Result<(Tensor<(), E, D, T>, Tally)> {
+) -> Result<(Tensor<(), E, D, T>, DeviceTally<E, D>)> {
     let (b, n, v) = *outputs.shape();
     if targets.len() != b * n {
         return Err(Error::shape("targets", b * n, targets.len()));
@@ -175,9 +202,6 @@ pub fn loss_and_tally<E: Real, D: Device<E>, T: Tape<E, D>>(
     if rows.is_empty() {
         return Err(Error::config("training batch", "no position has a target"));
     }
-    // one copy of the (made-contiguous) buffer: `as_vec` walks an index per element
-    let mut host = vec![E::zero(); b * n * v];
-    outputs.with_empty_tape().contiguous().copy_into(&mut host);
     let dev = outputs.device().clone();
     let m = rows.len();
     let index = dev.tensor_from_vec(rows.clone(), (m,));
@@ -190,45 +214,41 @@ pub fn loss_and_tally<E: Real, D: Device<E>, T: Tape<E, D>>(
                     format!("class {bad} is outside the {v} logits"),
                 ));
             }
-            let mut correct = 0;
-            let mut onehot = vec![E::zero(); m * v];
-            for (r, &i) in rows.iter().enumerate() {
-                let t = targets[i].expect("filtered");
-                onehot[r * v + t] = E::one();
-                let row = &host[i * v..(i + 1) * v];
-                let best = (0..v).fold(0, |a, c| if row[c] > row[a] { c } else { a });
-                correct += usize::from(best == t);
-            }
-            let onehot: T2<E, D> = constant(&dev, onehot, (m, v))?;
+            let wanted: Vec<usize> = rows
+                .iter()
+                .map(|&i| targets[i].expect("filtered"))
+                .collect();
+            let onehot = constant(
+                &dev,
+                indicator((0..m * v).map(|k| wanted[k / v] == k % v)),
+                (m, v),
+            )?;
+            let before = constant(
+                &dev,
+                indicator((0..m * v).map(|k| k % v < wanted[k / v])),
+                (m, v),
+            )?;
+            let score = first_max_hits(picked.retaped::<NoneTape>(), onehot.clone(), before);
             let logp = picked.log_softmax::<Axis<1>>();
             let loss = (logp * onehot.retaped::<T>()).sum() * E::of(-1.0 / m as f64);
-            let tally = Tally {
-                score: correct as f64,
-                labelled: m,
-            };
-            Ok((loss, tally))
+            Ok((loss, DeviceTally { score, labelled: m }))
         }
         (Targets::Values(targets), Objective::Values { loss, scale }) => {
             if v != 1 {
                 return Err(Error::shape("regression outputs", "1 per position", v));
             }
-            let wanted: Vec<f64> = rows
+            let wanted: Vec<E> = rows
                 .iter()
-                .map(|&i| f64::from(targets[i].expect("filtered")))
+                .map(|&i| E::of(f64::from(targets[i].expect("filtered"))))
                 .collect();
-            let error: f64 = rows
-                .iter()
-                .zip(&wanted)
-                .map(|(&i, y)| (host[i].as_f64() - y).abs())
-                .sum();
-            let wanted: T2<E, D> =
-                constant(&dev, wanted.iter().map(|&y| E::of(y)).collect(), (m, 1))?;
+            let wanted: T2<E, D> = constant(&dev, wanted, (m, 1))?;
+            let error = (picked.retaped::<NoneTape>() - wanted.clone()).abs().sum();
             let scaled = (picked - wanted.retaped::<T>()) * E::of(1.0 / scale.std);
             let per = match loss {
                 ValueLoss::Mse => scaled.square(),
                 ValueLoss::Mae => scaled.abs(),
             };
-            let tally = Tally {
+            let tally = DeviceTally {
                 score: error,
                 labelled: m,
             };
@@ -243,4 +263,30 @@ pub fn loss_and_tally<E: Real, D: Device<E>, T: Tape<E, D>>(
             "the batch has real-valued targets: train them with --loss mse or --loss mae",
         )),
     }
+}
+
+/// Rows of `logits` `[m, v]` whose first largest logit is the wanted class (`onehot` marks it,
+/// `before` marks the classes before it): the host's argmax, ties going to the lower class,
+/// counted on the device.
+fn first_max_hits<E: Real, D: Device<E>>(
+    logits: T2<E, D>,
+    onehot: T2<E, D>,
+    before: T2<E, D>,
+) -> Tensor<(), E, D> {
+    let shape = *logits.shape();
+    let dev = logits.device().clone();
+    let best = logits
+        .clone()
+        .max::<(usize,), Axis<1>>()
+        .broadcast_like::<_, Axis<1>>(&shape);
+    let at_max = logits
+        .eq(&best)
+        .choose(dev.ones_like(&shape), dev.zeros_like(&shape));
+    let wanted_is_max = (at_max.clone() * onehot).sum::<(usize,), Axis<1>>();
+    let earlier_max = (at_max * before).sum::<(usize,), Axis<1>>();
+    let rows = (shape.0,);
+    let first = earlier_max
+        .eq(E::zero())
+        .choose(dev.ones_like(&rows), dev.zeros_like(&rows));
+    (wanted_is_max * first).sum()
 }

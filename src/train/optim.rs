@@ -105,10 +105,10 @@ impl AdamState {
             for (k, grads) in parts.iter_mut().enumerate() {
                 grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
                 if k == 0 {
-                    grads.get(&p.value).copy_into(&mut g);
+                    host::copy_into(&grads.get(&p.value), &mut g);
                 } else {
                     part.resize(p.len(), E::zero());
-                    grads.get(&p.value).copy_into(&mut part);
+                    host::copy_into(&grads.get(&p.value), &mut part);
                     g.iter_mut().zip(&part).for_each(|(g, &x)| *g += x);
                 }
             }
@@ -163,7 +163,7 @@ impl AdamState {
                 0.0
             };
             let mut w = vec![E::zero(); len];
-            p.value.copy_into(&mut w);
+            host::copy_into(&p.value, &mut w);
             w.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
                 .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))

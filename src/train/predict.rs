@@ -89,7 +89,7 @@ pub fn graph_outputs<E: Real, D: Backend<E>>(
         let logits = forward_batch::<E, D, NoneTape>(model, &bt, readout)?.logits;
         let (b, rows, width) = *logits.shape();
         let mut host = vec![E::zero(); b * rows * width];
-        logits.contiguous().copy_into(&mut host);
+        host::copy_into(&logits.contiguous(), &mut host);
         for (g, e) in chunk.iter().enumerate() {
             let len = e.tokens.len();
             let cells: Vec<usize> = match readout {

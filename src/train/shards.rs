@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use dfdx::prelude::*;
 
-use super::objective::{loss_and_tally, Objective, Tally};
+use super::objective::{loss_and_tally, DeviceTally, Objective, Tally};
 use super::tasks::{Batch, Readout};
 use super::trainer::{forward_batch, targets_of};
 use crate::backend::Backend;
@@ -74,25 +74,34 @@ pub fn step_gradients<E: Real, D: RunShards<E>>(
         labelled,
     };
     let parts = D::run_shards(&work, &shard_ranges(batch.b, shards));
-    let mut step = StepGradients {
-        grads: Vec::with_capacity(parts.len()),
-        loss: 0.0,
-        tally: Tally::default(),
-    };
+    let mut grads = Vec::with_capacity(parts.len());
+    // the shards' losses and tallies are summed on the device, then read once
+    let mut sum: Option<(Tensor<(), E, D>, DeviceTally<E, D>)> = None;
     for part in parts {
         if let Some(p) = part? {
-            step.grads.push(p.grads);
-            step.loss += p.loss;
-            step.tally.add(p.tally);
+            grads.push(p.grads);
+            sum = Some(match sum {
+                None => (p.loss, p.tally),
+                Some((loss, tally)) => (loss + p.loss, tally.plus(p.tally)),
+            });
         }
     }
-    Ok(step)
+    let (loss, tally) = match sum {
+        Some((loss, tally)) => (host::scalar(&loss), tally.read()),
+        None => (0.0, Tally::default()),
+    };
+    Ok(StepGradients { grads, loss, tally })
 }
 
 /// How a device runs a step's shards: the CPU at once on its thread pool (its tensors may be
 /// shared between threads), other devices one after another. A trait of the training layer,
 /// implemented per device, since the work is a training step's.
 pub trait RunShards<E: Real>: Backend<E> {
+    /// Whether the device computes in the host's memory (the CPU): the optimizer then updates
+    /// there, in its fused form; other devices keep the moments where the parameters are
+    /// ([`crate::train::device_optim`]).
+    const HOST_MEMORY: bool = false;
+
     /// The passes of each shard, in shard order.
     fn run_shards(
         work: &ShardWork<'_, E, Self>,
@@ -106,6 +115,8 @@ impl<E: Real> RunShards<E> for Cpu
 where
     Cpu: Backend<E>,
 {
+    const HOST_MEMORY: bool = true;
+
     fn run_shards(
         work: &ShardWork<'_, E, Self>,
         shards: &[Range<usize>],
@@ -123,11 +134,11 @@ where
 #[cfg(feature = "cuda")]
 impl<E: Real> RunShards<E> for Cuda where Cuda: Backend<E> {}
 
-/// One shard's gradients, its weighted loss and its tally.
+/// One shard's gradients, its weighted loss and its tally (on the device).
 pub struct ShardResult<E: Real, D: Device<E>> {
     grads: Gradients<E, D>,
-    loss: f64,
-    tally: Tally,
+    loss: Tensor<(), E, D>,
+    tally: DeviceTally<E, D>,
 }
 
 /// What a shard's passes give: `None` when the shard has no loss at all (no labelled
@@ -164,14 +175,14 @@ impl<E: Real, D: Backend<E>> ShardWork<'_, E, D> {
             }
         };
         let crate::models::Output { logits, aux } = out;
-        let mut tally = Tally::default();
+        let mut tally = None;
         let mut loss = None;
         // the logits carry the pass's history (the auxiliary loss's joins it); without a
         // cross-entropy to carry it, it moves to the auxiliary loss
         let mut history = None;
         if own_labelled > 0 {
             let (own, t) = loss_and_tally(logits, targets, self.objective)?;
-            tally = t;
+            tally = Some(t);
             loss = Some(weighted(own, own_labelled as f64 / self.labelled as f64));
         } else {
             history = Some(logits.split_tape().1);
@@ -188,10 +199,13 @@ impl<E: Real, D: Backend<E>> ShardWork<'_, E, D> {
             });
         }
         Ok(loss.map(|l| {
-            let value = l.as_vec()[0].as_f64();
+            let tally = tally.unwrap_or_else(|| DeviceTally {
+                score: l.device().zeros(),
+                labelled: 0,
+            });
             ShardResult {
+                loss: l.retaped::<NoneTape>(),
                 grads: l.backward(),
-                loss: value,
                 tally,
             }
         }))

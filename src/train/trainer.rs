@@ -15,10 +15,11 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
-use super::objective::{loss_and_tally, Objective, Tally, Targets, ValueLoss};
+use super::device_optim::Optimizer;
+use super::objective::{loss_and_tally, DeviceTally, Objective, Targets, ValueLoss};
 use super::optim::{schedule, AdamState, AdamW};
 use super::run_dir::{Existing, RunDir};
-use super::shards::step_gradients;
+use super::shards::{step_gradients, RunShards};
 use super::tasks::{Batch, Readout, Split, Task};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -313,16 +314,15 @@ pub fn forward_batch<E: Real, D: Backend<E>, T: Tape<E, D>>(
     model.forward_io(&inputs, readout)
 }
 
-/// Loss and [`Tally`] of `model` on one batch, without gradients.
+/// Loss and tally of `model` on one batch, without gradients, left on the device.
 pub fn score_batch<E: Real, D: Backend<E>>(
     model: &Model<E, D>,
     bt: &Batch,
     readout: Readout,
     objective: &Objective,
-) -> Result<(f64, Tally)> {
+) -> Result<(Tensor<(), E, D>, DeviceTally<E, D>)> {
     let out = forward_batch::<E, D, NoneTape>(model, bt, readout)?;
-    let (l, tally) = loss_and_tally(out.logits, targets_of(bt, readout)?, objective)?;
-    Ok((l.as_vec()[0].as_f64(), tally))
+    loss_and_tally(out.logits, targets_of(bt, readout)?, objective)
 }
 
 /// Held-out loss and metric (accuracy, or the mean absolute error of a regression: see
@@ -348,7 +348,8 @@ pub fn evaluate_split<E: Real, D: Backend<E>>(
     batch: usize,
     split: Split,
 ) -> Result<(f64, f64)> {
-    let (mut loss, mut tally) = (0.0, Tally::default());
+    // summed on the device (each batch's mean loss weighted by its positions), read once
+    let mut sum: Option<(Tensor<(), E, D>, DeviceTally<E, D>)> = None;
     // one batch at a time: only the batch being scored is held
     let batches: Box<dyn Iterator<Item = Batch>> = match (split, task.held_out_set()) {
         (Split::Test, Some(set)) => Box::new(
@@ -359,10 +360,16 @@ pub fn evaluate_split<E: Real, D: Backend<E>>(
     };
     for bt in batches {
         let (l, t) = score_batch(model, &bt, task.readout(), &task.objective())?;
-        loss += l * t.labelled as f64;
-        tally.add(t);
+        let l = l * E::of(t.labelled as f64);
+        sum = Some(match sum {
+            None => (l, t),
+            Some((loss, tally)) => (loss + l, tally.plus(t)),
+        });
     }
-    Ok((loss / tally.labelled as f64, tally.metric()))
+    let (loss, tally) =
+        sum.ok_or_else(|| Error::config("evaluation", "there is no batch to score"))?;
+    let tally = tally.read();
+    Ok((host::scalar(&loss) / tally.labelled as f64, tally.metric()))
 }
 
 /// Receives progress while training (the CLI draws a progress bar from it).
@@ -504,13 +511,9 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
     let task = task.clone();
     check_fits(&model.config(), &task)?;
     check_input_graph(model, &task)?;
-    let opt = AdamW {
-        lr: cfg.lr,
-        weight_decay: cfg.weight_decay,
-        ..AdamW::default()
-    };
     let dir = RunDir::open(&cfg.out, start.existing)?;
-    let (mut adam, start_step) = (start.adam, start.step);
+    let mut adam = Optimizer::new(start.adam, model, !D::HOST_MEMORY)?;
+    let start_step = start.step;
     if start.existing == Existing::Overwrite {
         for old in [dir.checkpoint(), dir.metrics(), dir.plot()] {
             if old.exists() {
@@ -533,11 +536,11 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
     let mut last_eval = None;
     let mut interrupted = false;
     progress.start(start_step, cfg.steps);
-    let save = |model: &Model<E, D>, adam: &AdamState, step: usize| {
+    let save = |model: &Model<E, D>, adam: &mut Optimizer<E, D>, step: usize| {
         checkpoint::save(
             &ckpt,
             model,
-            Some(adam),
+            Some(adam.state(model)?.as_ref()),
             &TrainState {
                 step,
                 train_config: train_json.clone(),
@@ -546,7 +549,7 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
     };
     for step in start_step..cfg.steps {
         if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-            save(model, &adam, step)?;
+            save(model, &mut adam, step)?;
             progress.message(&format!(
                 "interrupted at step {step}: checkpoint saved to {} (continue with --resume)",
                 ckpt.display()
@@ -554,30 +557,14 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
             interrupted = true;
             break;
         }
-        let mut bt = batch_for(&task, cfg.seed, step, cfg.batch);
-        bt.dropout = Some(DropoutDraws::new(step_seeds(cfg.seed, step, bt.b)));
-        let mut passes = step_gradients(model, &bt, task.readout(), &task.objective(), cfg.shards)?;
-        let value = passes.loss;
-        if !value.is_finite() {
-            return Err(not_finite(
-                &format!("the loss is {value}"),
-                step,
-                previous,
-                model,
-                &ckpt,
-                last_saved,
-            ));
-        }
-        let lr = schedule(cfg.lr, step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
-        let clip = (cfg.clip > 0.0).then_some(cfg.clip);
-        let report = match adam.update_sum(model, &mut passes.grads, &opt, lr, clip) {
-            Ok(r) => r,
+        let done_step = match train_step(model, &mut adam, &task, cfg, step) {
+            Ok(s) => s,
             Err(Error::NotFinite(what)) => {
                 return Err(not_finite(&what, step, previous, model, &ckpt, last_saved))
             }
             Err(e) => return Err(e),
         };
-        previous = Some((value, report.grad_norm));
+        previous = Some((done_step.loss, done_step.grad_norm));
         let done = step + 1;
         let eval = if done % cfg.eval_every == 0 || done == cfg.steps {
             let e = evaluate(model, &task, cfg.seed, cfg.eval_batches, cfg.batch)?;
@@ -588,10 +575,10 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
         };
         let record = StepRecord {
             step: done,
-            loss: value,
-            metric: passes.tally.metric(),
-            lr,
-            grad_norm: report.grad_norm,
+            loss: done_step.loss,
+            metric: done_step.metric,
+            lr: done_step.lr,
+            grad_norm: done_step.grad_norm,
             eval,
             elapsed: started.elapsed().as_secs_f64(),
         };
@@ -599,7 +586,7 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
         progress.step(&record);
         records.push(record);
         if done % cfg.checkpoint_every == 0 || done == cfg.steps {
-            save(model, &adam, done)?;
+            save(model, &mut adam, done)?;
             last_saved = Some(done);
         }
     }
@@ -614,6 +601,52 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
         eval: last_eval,
         interrupted,
         checkpoint: ckpt,
+    })
+}
+
+/// What one training step did (the scalars it logs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepDone {
+    /// The batch's loss.
+    pub loss: f64,
+    /// The batch's metric (accuracy, or mean absolute error).
+    pub metric: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// The gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// Training step `step` of the run `cfg` on `task`: the step's batch, its forward and backward
+/// passes, one AdamW update. Reads back only the scalars it returns (on a device, three: the
+/// loss, the metric's score and the gradient norm). A non-finite loss or gradient norm is an
+/// [`Error::NotFinite`], before anything is updated.
+pub fn train_step<E: Real, D: RunShards<E>>(
+    model: &mut Model<E, D>,
+    optimizer: &mut Optimizer<E, D>,
+    task: &Task,
+    cfg: &TrainConfig,
+    step: usize,
+) -> Result<StepDone> {
+    let mut bt = batch_for(task, cfg.seed, step, cfg.batch);
+    bt.dropout = Some(DropoutDraws::new(step_seeds(cfg.seed, step, bt.b)));
+    let mut passes = step_gradients(model, &bt, task.readout(), &task.objective(), cfg.shards)?;
+    if !passes.loss.is_finite() {
+        return Err(Error::NotFinite(format!("the loss is {}", passes.loss)));
+    }
+    let opt = AdamW {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        ..AdamW::default()
+    };
+    let lr = schedule(cfg.lr, step, cfg.warmup, cfg.steps, cfg.min_lr_ratio);
+    let clip = (cfg.clip > 0.0).then_some(cfg.clip);
+    let report = optimizer.update_sum(model, &mut passes.grads, &opt, lr, clip)?;
+    Ok(StepDone {
+        loss: passes.loss,
+        metric: passes.tally.metric(),
+        lr,
+        grad_norm: report.grad_norm,
     })
 }
 
@@ -637,10 +670,11 @@ fn not_finite<E: Real, D: Device<E>>(
         ),
         _ => "no checkpoint of this run was written".to_string(),
     };
-    let weights_finite = model
-        .params()
-        .iter()
-        .all(|p| p.value.as_vec().iter().all(|x| x.as_f64().is_finite()));
+    let weights_finite = model.params().iter().all(|p| {
+        host::values(&p.value)
+            .iter()
+            .all(|x| x.as_f64().is_finite())
+    });
     let cause = match previous {
         _ if !weights_finite => {
             "the weights are no longer finite: the updates diverged (lower --lr or --clip)"

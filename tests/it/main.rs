@@ -6,6 +6,7 @@ mod attend_value;
 mod cli;
 mod common;
 mod device;
+mod device_step;
 mod dropout;
 mod edge_self_attention;
 mod experiment;

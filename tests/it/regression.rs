@@ -62,7 +62,7 @@ fn regression_losses_are_the_formulas_written_out() {
         // the metric is the mean absolute error in the targets' own units
         let mae: f64 = scored.iter().map(|(p, y)| (p - y).abs()).sum::<f64>() / m;
         assert_eq!(tally.labelled, 4);
-        assert_close("metric", &[tally.metric()], &[mae], 1e-12, 1e-12);
+        assert_close("metric", &[tally.read().metric()], &[mae], 1e-12, 1e-12);
     }
 }
 

@@ -86,7 +86,8 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         Ok(self.val(t, out_axes, node.channels))
     }
 
-    /// `1 / max(visible count, 1)` per `[outer, inner]` position of a mask `[outer, n, inner]`.
+    /// `1 / visible count` per `[outer, inner]` position of a mask `[outer, n, inner]`, and 0
+    /// where no key is visible (1 would read as one visible key). Counted on the device.
     pub(super) fn count_visible(
         &self,
         m: &T1<E, D>,
@@ -94,23 +95,16 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         n: usize,
         inner: usize,
     ) -> Result<T1<E, D>> {
-        let host = m.as_vec();
-        let mut out = Vec::with_capacity(outer * inner);
-        for o in 0..outer {
-            for i in 0..inner {
-                let c: f64 = (0..n).map(|k| host[(o * n + k) * inner + i].as_f64()).sum();
-                out.push(E::of(1.0 / c.max(1.0)));
-            }
-        }
-        // keep "no visible key" distinguishable: 1/max(0,1) = 1 would read as one visible key
-        for o in 0..outer {
-            for i in 0..inner {
-                if (0..n).all(|k| host[(o * n + k) * inner + i] == E::zero()) {
-                    out[o * inner + i] = E::zero();
-                }
-            }
-        }
-        constant(&self.dev, out, (outer * inner,))
+        let counts = m
+            .clone()
+            .reshape_like(&(outer, n, inner))
+            .sum::<(usize, usize), Axis<1>>()
+            .reshape_like(&(outer * inner,));
+        let any = counts.gt(E::of(0.5));
+        let inverse = counts
+            .maximum(self.dev.ones_like(&(outer * inner,)))
+            .recip();
+        Ok(any.choose(inverse, self.dev.zeros_like(&(outer * inner,))))
     }
 
     pub(super) fn softmax(

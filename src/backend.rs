@@ -77,6 +77,11 @@ fn not_fused(op: Fused) -> Error {
 /// the shapes it takes are those of the op of the same name in [`crate::ops`].
 #[allow(clippy::too_many_arguments)]
 pub trait Backend<E: Real>: Device<E> {
+    /// Whether the device computes in the host's memory (the CPU): a choice made on the host
+    /// (an optimizer step, routing's hard top-k) is then no transfer; other devices make it
+    /// where their tensors are.
+    const HOST_MEMORY: bool = false;
+
     /// Whether `op` runs as this device's fused kernel now.
     fn fuses(_op: Fused) -> bool {
         false
@@ -218,6 +223,8 @@ where
     Cpu: Device<E>,
     fused::CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
+    const HOST_MEMORY: bool = true;
+
     /// Every op, unless [`set_cpu_fused`] turned them off; keeps the pool's threads ready (see
     /// [`crate::threads::keep_warm`]) when a fused, parallel kernel is about to run.
     fn fuses(_op: Fused) -> bool {

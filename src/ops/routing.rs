@@ -4,9 +4,16 @@
 //! k per row; they are differentiable in the input scores. Routing picks the hard top-k of the
 //! scores times straight-through gates, runs a block on the picked elements only, and scatters the
 //! results back scaled by the gates, so the gradient reaches the router.
+//!
+//! The CPU picks the hard top-k by sorting on the host; other devices rank the elements with
+//! tensor ops and pick and scatter by products with one-hot rows ([`PickOn`]), so nothing is
+//! read back. Both pick the same positions.
+
+use std::cell::Cell;
 
 use dfdx::prelude::*;
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::*;
 
@@ -122,8 +129,8 @@ pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(
 pub struct TopK<E: Real, D: Device<E>, T> {
     /// `[rows, k]`: the picked scores times their straight-through gates (equal to the scores).
     pub values: T2<E, D, T>,
-    /// `[rows × k]`: the picked positions, best first.
-    pub indices: Vec<usize>,
+    /// The picked positions, best first.
+    pub picks: Picks<E, D>,
     /// `[rows, k]`: the coordinate-descent scores of the picked positions.
     pub coor_descent_values: T2<E, D, T>,
     /// `[rows, k]`: straight-through gates (value 1, gradient of the soft scores).
@@ -135,38 +142,101 @@ pub struct TopK<E: Real, D: Device<E>, T> {
     pub valid: Vec<bool>,
 }
 
+/// Which positions a top-k picked, best first, and where that was worked out.
+pub enum Picks<E: Real, D: Device<E>> {
+    /// `[rows × k]` positions, chosen on the host (the CPU, whose memory it is).
+    Indices(Vec<usize>),
+    /// `[rows, k, n]`: one-hot rows, 1 at the position of each pick, chosen on the device (so
+    /// nothing is read back): picking and scattering are then products with it.
+    OneHot(T3<E, D>),
+}
+
+impl<E: Real, D: Device<E>> Picks<E, D> {
+    /// The `[rows × k]` positions (reads a one-hot choice back from the device).
+    pub fn indices(&self) -> Vec<usize> {
+        match self {
+            Self::Indices(i) => i.clone(),
+            Self::OneHot(onehot) => {
+                let n = onehot.shape().2;
+                host::values(onehot)
+                    .chunks(n)
+                    .map(|row| row.iter().position(|&x| x == E::one()).unwrap_or(n))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Where a top-k is chosen: on the host from the scores read back, or on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PickOn {
+    /// Sort each row on the host (the CPU's way: its memory is the host's).
+    Host,
+    /// Rank the elements on the device, by comparing every pair in a row.
+    Device,
+}
+
+impl PickOn {
+    /// Where a device picks: the host when its memory is the host's (unless
+    /// [`picking_on_device`] says otherwise on this thread).
+    pub fn of<E: Real, D: Backend<E>>() -> Self {
+        if D::HOST_MEMORY && !DEVICE_PICKS_ON_CPU.with(Cell::get) {
+            Self::Host
+        } else {
+            Self::Device
+        }
+    }
+}
+
+thread_local! {
+    static DEVICE_PICKS_ON_CPU: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the CPU picking every top-k the way other devices do, on this thread only
+/// (work handed to other threads picks as usual): lets a test run, and count the host reads
+/// of, a GPU's path on the CPU. Both paths pick the same positions.
+pub fn picking_on_device<R>(f: impl FnOnce() -> R) -> R {
+    let before = DEVICE_PICKS_ON_CPU.with(|d| d.replace(true));
+    let out = f();
+    DEVICE_PICKS_ON_CPU.with(|d| d.set(before));
+    out
+}
+
 /// Differentiable top-k on the last axis of `x` (`[rows, n]`). The soft scores are computed for
 /// `k · fetch_ratio` elements (CoLT5 fetches 9/8 as many for better learning).
-pub fn soft_topk<E: Real, D: Device<E>, T: Tape<E, D>>(
+pub fn soft_topk<E: Real, D: Backend<E>, T: Tape<E, D>>(
     x: T2<E, D, T>,
     k: usize,
     fetch_ratio: f64,
     mask: Option<&[bool]>,
     cfg: &CoorDescent,
 ) -> Result<TopK<E, D, T>> {
-    topk_with(x, k, fetch_ratio, mask, cfg, false)
+    topk_with(x, k, fetch_ratio, mask, cfg, false, PickOn::of::<E, D>())
 }
 
 /// [`soft_topk`] for rows that may have fewer than `k` selectable elements (padding, or a causal
 /// row early in the sequence): such rows are filled up with unselectable elements, marked
 /// invalid in [`TopK::valid`]; their soft scores are 0, so they carry no gradient.
-pub fn soft_topk_padded<E: Real, D: Device<E>, T: Tape<E, D>>(
+pub fn soft_topk_padded<E: Real, D: Backend<E>, T: Tape<E, D>>(
     x: T2<E, D, T>,
     k: usize,
     fetch_ratio: f64,
     mask: Option<&[bool]>,
     cfg: &CoorDescent,
 ) -> Result<TopK<E, D, T>> {
-    topk_with(x, k, fetch_ratio, mask, cfg, true)
+    topk_with(x, k, fetch_ratio, mask, cfg, true, PickOn::of::<E, D>())
 }
 
-fn topk_with<E: Real, D: Device<E>, T: Tape<E, D>>(
+/// [`soft_topk`] (or, with `pad_short_rows`, [`soft_topk_padded`]) picking where `on` says.
+/// Both places pick the same positions: the best scores first, ties to the lower position.
+pub fn topk_with<E: Real, D: Device<E>, T: Tape<E, D>>(
     x: T2<E, D, T>,
     k: usize,
     fetch_ratio: f64,
     mask: Option<&[bool]>,
     cfg: &CoorDescent,
     pad_short_rows: bool,
+    on: PickOn,
 ) -> Result<TopK<E, D, T>> {
     let shape = *x.shape();
     let (rows, n) = shape;
@@ -189,44 +259,126 @@ fn topk_with<E: Real, D: Device<E>, T: Tape<E, D>>(
     let gates_full = soft + (detached.negate() + E::one());
     let gates_branch = gates_full.with_empty_tape();
     let scored = x * gates_full;
-    let host = host::values(&scored);
-    let mut indices = Vec::with_capacity(rows * k);
+    // selectable elements per row: known on the host, whichever side picks
     let mut valid = Vec::with_capacity(rows * k);
     for r in 0..rows {
-        let row = &host[r * n..(r + 1) * n];
-        let mut order: Vec<usize> = (0..n)
-            .filter(|&j| mask.map_or(true, |m| m[r * n + j]))
-            .collect();
+        let selectable = mask.map_or(n, |m| m[r * n..(r + 1) * n].iter().filter(|&&v| v).count());
+        if selectable < k && !pad_short_rows {
+            return Err(Error::config(
+                "top-k routing",
+                format!("row {r} has {selectable} selectable elements, fewer than k = {k}"),
+            ));
+        }
+        valid.extend((0..k).map(|s| s < selectable));
+    }
+    let picks = match on {
+        PickOn::Host => Picks::Indices(pick_on_host(&host::values(&scored), n, k, mask)),
+        PickOn::Device => Picks::OneHot(pick_on_device(scored.retaped::<NoneTape>(), k, mask)?),
+    };
+    let gather = |t: T2<E, D, T>| -> T2<E, D, T> {
+        match &picks {
+            Picks::Indices(indices) => t.gather(dev.tensor_from_vec(indices.clone(), (rows, k))),
+            Picks::OneHot(onehot) => onehot
+                .clone()
+                .retaped::<T>()
+                .matmul(t.reshape_like(&(rows, n, 1)))
+                .reshape_like(&(rows, k)),
+        }
+    };
+    Ok(TopK {
+        values: gather(scored),
+        coor_descent_values: gather(soft_branch),
+        gates: gather(gates_branch),
+        picks,
+        k,
+        valid,
+    })
+}
+
+/// Each row's k best positions of `scores` (`[rows × n]`), best first, ties to the lower
+/// position; the selectable ones (`mask`) first, then, filling short rows, the others in order.
+fn pick_on_host<E: Real>(scores: &[E], n: usize, k: usize, mask: Option<&[bool]>) -> Vec<usize> {
+    let rows = scores.len() / n;
+    let ok = |r: usize, j: usize| mask.map_or(true, |m| m[r * n + j]);
+    let mut indices = Vec::with_capacity(rows * k);
+    for r in 0..rows {
+        let row = &scores[r * n..(r + 1) * n];
+        let mut order: Vec<usize> = (0..n).filter(|&j| ok(r, j)).collect();
+        // stable: equal scores keep their order
         order.sort_by(|&i, &j| {
             row[j]
                 .partial_cmp(&row[i])
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let selectable = order.len().min(k);
-        valid.extend((0..k).map(|s| s < selectable));
-        if order.len() < k && pad_short_rows {
-            order.extend((0..n).filter(|&j| !mask.map_or(true, |m| m[r * n + j])));
-        }
-        if order.len() < k {
-            return Err(Error::config(
-                "top-k routing",
-                format!(
-                    "row {r} has {} selectable elements, fewer than k = {k}",
-                    order.len()
-                ),
-            ));
-        }
+        order.extend((0..n).filter(|&j| !ok(r, j)));
         indices.extend_from_slice(&order[..k]);
     }
-    let index = dev.tensor_from_vec(indices.clone(), (rows, k));
-    Ok(TopK {
-        values: scored.gather(index.clone()),
-        coor_descent_values: soft_branch.gather(index.clone()),
-        gates: gates_branch.gather(index),
-        indices,
-        k,
-        valid,
-    })
+    indices
+}
+
+/// Elements compared per pass of [`pick_on_device`] (`[rows, chunk, n]`): 64 MB of f32.
+const RANK_CHUNK_ELEMENTS: usize = 1 << 24;
+
+/// [`pick_on_host`]'s choice made on the device, as one-hot rows `[rows, k, n]`. Position j's
+/// rank is the number of positions ahead of it: a selectable i with a larger score, or an equal
+/// one and i < j; for an unselectable j, every selectable position and the unselectable ones
+/// before it. The j whose rank is s is the s-th pick.
+fn pick_on_device<E: Real, D: Device<E>>(
+    scores: T2<E, D>,
+    k: usize,
+    mask: Option<&[bool]>,
+) -> Result<T3<E, D>> {
+    let (rows, n) = *scores.shape();
+    let dev = scores.device().clone();
+    let selectable: T2<E, D> = match mask {
+        Some(m) => constant(&dev, indicator(m.iter().copied()), (rows, n))?,
+        None => dev.ones_like(&(rows, n)),
+    };
+    let chunk = (RANK_CHUNK_ELEMENTS / (rows * n).max(1)).clamp(1, n);
+    let mut ranks: Option<T2<E, D>> = None;
+    for start in (0..n).step_by(chunk) {
+        let c = chunk.min(n - start);
+        let shape = (rows, c, n);
+        // [r, j, i]: candidate i against position j (j in this chunk)
+        let of_j = |t: &T2<E, D>| -> T3<E, D> {
+            t.clone()
+                .slice((.., start..start + c))
+                .realize::<(usize, usize)>()
+                .broadcast_like::<_, Axis<2>>(&shape)
+        };
+        let of_i = |t: &T2<E, D>| -> T3<E, D> { t.clone().broadcast_like::<_, Axis<1>>(&shape) };
+        let (s_j, s_i) = (of_j(&scores), of_i(&scores));
+        let (ok_j, ok_i) = (of_j(&selectable), of_i(&selectable));
+        let before: T3<E, D> = constant(
+            &dev,
+            indicator((0..rows * c * n).map(|e| e % n < start + e / n % c)),
+            shape,
+        )?;
+        let ones = dev.ones_like(&shape);
+        let zeros = dev.zeros_like(&shape);
+        let larger = s_i.gt(&s_j).choose(ones.clone(), zeros.clone());
+        let equal = s_i.eq(&s_j).choose(ones.clone(), zeros);
+        let ahead_of_selectable = ok_i.clone() * (larger + equal * before.clone());
+        let ahead_of_other = ok_i.clone() + (ones - ok_i) * before;
+        let ahead =
+            ok_j.clone() * ahead_of_selectable + (ok_j.negate() + E::one()) * ahead_of_other;
+        let rank = ahead.sum::<(usize, usize), Axis<2>>();
+        ranks = Some(match ranks {
+            None => rank,
+            Some(r) => (r, rank).concat_along(Axis::<1>),
+        });
+    }
+    let ranks = ranks.expect("n > 0");
+    let shape = (rows, k, n);
+    let place: T3<E, D> = constant(
+        &dev,
+        (0..rows * k * n)
+            .map(|e| E::of((e / n % k) as f64))
+            .collect(),
+        shape,
+    )?;
+    let at = ranks.broadcast_like::<_, Axis<1>>(&shape).eq(&place);
+    Ok(at.choose(dev.ones_like(&shape), dev.zeros_like(&shape)))
 }
 
 /// Gathers the picked rows of `x` (`[rows, n, c]`, picks from a [`TopK`] over `[rows, n]`), runs
@@ -239,23 +391,44 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
 ) -> Result<T3<E, D, T>> {
     let (rows, n, _) = *x.shape();
     let k = picks.k;
-    if picks.indices.len() != rows * k {
-        return Err(Error::shape(
-            "routing",
-            format!("{} picks ({rows} rows × k {k})", rows * k),
-            picks.indices.len(),
-        ));
-    }
-    if let Some(&bad) = picks.indices.iter().find(|&&i| i >= n) {
-        return Err(Error::shape(
-            "routing",
-            format!("picks below {n} (the routed tensor's length)"),
-            bad,
-        ));
-    }
     let dev = x.device().clone();
-    let index = dev.tensor_from_vec(picks.indices.clone(), (rows, k));
-    let picked: T3<E, D, T> = x.gather(index);
+    let onehot: T3<E, D> = match &picks.picks {
+        Picks::Indices(indices) => {
+            if indices.len() != rows * k {
+                return Err(Error::shape(
+                    "routing",
+                    format!("{} picks ({rows} rows × k {k})", rows * k),
+                    indices.len(),
+                ));
+            }
+            if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
+                return Err(Error::shape(
+                    "routing",
+                    format!("picks below {n} (the routed tensor's length)"),
+                    bad,
+                ));
+            }
+            let mut onehot = vec![E::zero(); rows * k * n];
+            for (p, &i) in indices.iter().enumerate() {
+                onehot[p * n + i] = E::one();
+            }
+            constant(&dev, onehot, (rows, k, n))?
+        }
+        Picks::OneHot(onehot) => {
+            if *onehot.shape() != (rows, k, n) {
+                return Err(Error::shape(
+                    "routing",
+                    format!("one-hot picks [{rows}, {k}, {n}]"),
+                    format!("{:?}", onehot.shape()),
+                ));
+            }
+            onehot.clone()
+        }
+    };
+    let picked: T3<E, D, T> = match &picks.picks {
+        Picks::Indices(indices) => x.gather(dev.tensor_from_vec(indices.clone(), (rows, k))),
+        Picks::OneHot(_) => onehot.clone().retaped::<T>().matmul(x),
+    };
     let y = block(picked)?;
     let (yr, yk, c2) = *y.shape();
     if (yr, yk) != (rows, k) {
@@ -267,13 +440,6 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
     }
     let y = y * picks.gates.broadcast_like::<_, Axis<2>>(&(rows, k, c2));
     // scatter as a matmul with the one-hot pick matrix: out[r, :, m] = Σ_s y[r, s, m] · [pick s = m]
-    let mut onehot = vec![E::zero(); rows * k * n];
-    for r in 0..rows {
-        for s in 0..k {
-            onehot[(r * k + s) * n + picks.indices[r * k + s]] = E::one();
-        }
-    }
-    let onehot: T3<E, D> = constant(&dev, onehot, (rows, k, n))?;
     let scattered = y
         .permute::<_, Axes3<0, 2, 1>>()
         .matmul(onehot.retaped::<T>())

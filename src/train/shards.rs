@@ -97,11 +97,6 @@ pub fn step_gradients<E: Real, D: RunShards<E>>(
 /// shared between threads), other devices one after another. A trait of the training layer,
 /// implemented per device, since the work is a training step's.
 pub trait RunShards<E: Real>: Backend<E> {
-    /// Whether the device computes in the host's memory (the CPU): the optimizer then updates
-    /// there, in its fused form; other devices keep the moments where the parameters are
-    /// ([`crate::train::device_optim`]).
-    const HOST_MEMORY: bool = false;
-
     /// The passes of each shard, in shard order.
     fn run_shards(
         work: &ShardWork<'_, E, Self>,
@@ -115,8 +110,6 @@ impl<E: Real> RunShards<E> for Cpu
 where
     Cpu: Backend<E>,
 {
-    const HOST_MEMORY: bool = true;
-
     fn run_shards(
         work: &ShardWork<'_, E, Self>,
         shards: &[Range<usize>],

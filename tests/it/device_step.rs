@@ -1,11 +1,13 @@
 //! The training step as a GPU runs it, run on the CPU: AdamW with its moments on the device
 //! (`quartic::train::device_optim`) agrees with the host's fused update and round-trips its
-//! moments exactly, and a step (`trainer::train_step`) reads back only the scalars it logs,
-//! as counted by `quartic::tensor::host`, through which library code reads every tensor.
+//! moments exactly, and a step (`trainer::train_step`) of every built-in rule, routing's top-k
+//! included, reads back only the scalars it logs, as counted by `quartic::tensor::host`,
+//! through which library code reads every tensor.
 
 use dfdx::prelude::*;
 use quartic::models::{GraphConfig, Model, ModelConfig, TaskIo};
 use quartic::nn::{HasParams, Init};
+use quartic::ops::routing::picking_on_device;
 use quartic::tensor::host;
 use quartic::train::device_optim::{DeviceAdam, Optimizer};
 use quartic::train::optim::{AdamState, AdamW};
@@ -223,6 +225,13 @@ fn a_training_step_reads_back_only_the_scalars_it_logs() {
                 );
             }
         }
+    }
+    // routing picks its top-k on the device too (on this thread: one shard)
+    for (task, causal) in [("sanity", false), ("match3", true)] {
+        let reads = picking_on_device(|| reads_of_a_step("routed", task, causal, 1));
+        assert_eq!(reads, 3, "routed on {task} (causal: {causal})");
+        // picked on the host, as the CPU does by default, the scores are read back
+        assert!(reads_of_a_step("routed", task, causal, 1) > 3);
     }
     // the host's fused optimizer reads every gradient and parameter: the count sees it
     let cfg = train_config("sanity", 1);

@@ -166,7 +166,7 @@ fn parity_coor_descent() {
     )
     .unwrap();
     let expected_idx = fx.tensor("output.topk_indices").unwrap().as_usize();
-    assert_eq!(top.indices, expected_idx, "hard top-k indices");
+    assert_eq!(top.picks.indices(), expected_idx, "hard top-k indices");
     assert_close(
         "topk values",
         &to64(top.values.as_vec()),

@@ -2,7 +2,7 @@
 //! routed blocks, and the mask semantics.
 
 use dfdx::prelude::*;
-use quartic::ops::routing::{coor_descent, route, soft_topk, CoorDescent};
+use quartic::ops::routing::{coor_descent, route, soft_topk, topk_with, CoorDescent, PickOn};
 
 use crate::common::*;
 
@@ -54,19 +54,27 @@ fn soft_topk_and_route_gradcheck() {
         randn(32, rows * n * c),
         randn(33, c * c),
     ];
-    gradcheck("soft_topk + route", &ins, 24, |x| {
-        let mut it = x.into_iter();
-        let scores = it.next().unwrap().reshape_like(&(rows, n));
-        let feats = it.next().unwrap().reshape_like(&(rows, n, c));
-        let w = it.next().unwrap().reshape_like(&(c, c));
-        let picks = soft_topk(scores, k, 1.125, Some(&mask), &CoorDescent::default()).unwrap();
-        // the block: a linear map of the picked features
-        let out = route(feats, picks, |picked| {
-            Ok(picked.matmul(w.broadcast_like::<_, Axis<0>>(&(rows, c, c))))
-        })
-        .unwrap();
-        probe_loss(out, 34)
-    });
+    for on in [PickOn::Host, PickOn::Device] {
+        gradcheck(
+            &format!("soft_topk + route, picked on the {on:?}"),
+            &ins,
+            24,
+            |x| {
+                let mut it = x.into_iter();
+                let scores = it.next().unwrap().reshape_like(&(rows, n));
+                let feats = it.next().unwrap().reshape_like(&(rows, n, c));
+                let w = it.next().unwrap().reshape_like(&(c, c));
+                let cfg = CoorDescent::default();
+                let picks = topk_with(scores, k, 1.125, Some(&mask), &cfg, false, on).unwrap();
+                // the block: a linear map of the picked features
+                let out = route(feats, picks, |picked| {
+                    Ok(picked.matmul(w.broadcast_like::<_, Axis<0>>(&(rows, c, c))))
+                })
+                .unwrap();
+                probe_loss(out, 34)
+            },
+        );
+    }
 }
 
 #[test]
@@ -89,7 +97,7 @@ fn routing_picks_only_selectable_elements_and_zeros_the_rest() {
     )
     .unwrap();
     assert_eq!(
-        picks.indices,
+        picks.picks.indices(),
         vec![1, 2, 4, 3],
         "per-row positions, best selectable first; masked never picked"
     );
@@ -120,4 +128,53 @@ fn routing_picks_only_selectable_elements_and_zeros_the_rest() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("k = 7"), "{err}");
+}
+
+#[test]
+fn the_device_picks_what_the_host_picks() {
+    let d = dev();
+    let cfg = CoorDescent::default();
+    // scores on a coarse grid (many ties), masks that leave some rows short of k (padded) or
+    // empty, several k
+    for (seed, rows, n) in [(41, 5, 9), (42, 3, 16), (43, 1, 7)] {
+        let scores: Vec<f64> = randn(seed, rows * n)
+            .iter()
+            .map(|x| (x * 2.0).round())
+            .collect();
+        let mask: Vec<bool> = randn(seed + 100, rows * n)
+            .iter()
+            .map(|&x| x > -0.6)
+            .collect();
+        // row 0 has nothing selectable, row 1 at most two positions
+        let mut mask_short = mask.clone();
+        for (i, m) in mask_short.iter_mut().enumerate() {
+            if i / n == 0 || (i / n == 1 && i % n >= 2) {
+                *m = false;
+            }
+        }
+        for k in [1, 3, n] {
+            for (mask, pad) in [
+                (None, false),
+                (Some(&mask), true),
+                (Some(&mask_short), true),
+            ] {
+                let picks = |on| {
+                    let x = d.tensor_from_vec(scores.clone(), (rows, n)).leaky_trace();
+                    topk_with(x, k, 1.0, mask.map(|m| m.as_slice()), &cfg, pad, on).unwrap()
+                };
+                let (host, device) = (picks(PickOn::Host), picks(PickOn::Device));
+                let what = format!("seed {seed}, k {k}, masked {}", mask.is_some());
+                assert_eq!(host.picks.indices(), device.picks.indices(), "{what}");
+                assert_eq!(host.valid, device.valid, "{what}");
+                assert_eq!(host.values.as_vec(), device.values.as_vec(), "{what}");
+                assert_eq!(host.gates.as_vec(), device.gates.as_vec(), "{what}");
+                let feats = randn(seed + 7, rows * n * 2);
+                let routed = |t: quartic::ops::routing::TopK<f64, Cpu, OwnedTape<f64, Cpu>>| {
+                    let x = d.tensor_from_vec(feats.clone(), (rows, n, 2)).leaky_trace();
+                    route(x, t, Ok).unwrap().as_vec()
+                };
+                assert_eq!(routed(host), routed(device), "{what}: routed");
+            }
+        }
+    }
 }

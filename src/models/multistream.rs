@@ -527,7 +527,8 @@ fn masked_softmax<E: Real, D: Device<E>, T: Tape<E, D>>(
     let shape = *x.shape();
     let (p, _, i, j) = shape;
     let dev = x.device().clone();
-    let keep: Tensor<(usize, usize, usize), E, D> = constant(&dev, vis.dense::<E>(), (p, i, j))?;
+    let keep =
+        crate::ops::weights::keep_mask(&dev, vis)?.unwrap_or_else(|| dev.ones_like(&(p, i, j)));
     let keep = keep.broadcast_like::<_, Axis<1>>(&shape);
     let pushed = x + (keep.clone() - E::one()).retaped::<T>() * E::of(-crate::spec::MASKED);
     let w = pushed.softmax::<Axis<3>>();

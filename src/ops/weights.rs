@@ -15,7 +15,7 @@ use dfdx::prelude::*;
 use crate::backend::{Backend, Fused};
 use crate::error::Result;
 use crate::spec::MASKED;
-pub use crate::spec::{check_weights_shapes, Normalizer, WeightsSpec};
+pub use crate::spec::{check_weights_shapes, Normalizer, Visibility, WeightsSpec};
 use crate::tensor::*;
 
 /// Attention weights on the device: the fused kernel on the CPU, else [`weights_composite`].
@@ -78,30 +78,76 @@ pub fn normalize_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
     spec: &WeightsSpec,
 ) -> Result<T4<E, D, T>> {
     let shape = *s.shape();
-    let (b, _, nq, nk) = shape;
     let dev = s.device().clone();
-    let dense: Vec<E> = spec.visibility.dense();
-    let keep: T3<E, D> = constant(&dev, dense.clone(), (b, nq, nk))?;
-    let keep = keep.broadcast_like::<_, Axis<1>>(&shape);
+    let Some(keep) = keep_mask(&dev, &spec.visibility)? else {
+        // every key visible: no mask to build or apply
+        return Ok(match spec.normalizer {
+            Normalizer::Softmax => s.softmax::<Axis<3>>(),
+            Normalizer::Taylor { eps } => taylor_normalize(s, None, eps),
+        });
+    };
+    let keep4 = keep.clone().broadcast_like::<_, Axis<1>>(&shape);
     Ok(match spec.normalizer {
         Normalizer::Softmax => {
             // 0 where visible, MASKED where not (invisible entries then underflow to exactly 0;
             // the final product zeroes rows with no visible key, which softmax made uniform)
-            let additive = dense
-                .into_iter()
-                .map(|k| (E::one() - k) * E::of(MASKED))
-                .collect();
-            let additive: T3<E, D> = constant(&dev, additive, (b, nq, nk))?;
-            (s + additive.broadcast_like::<_, Axis<1>>(&shape)).softmax::<Axis<3>>() * keep
+            let additive = (keep.negate() + E::one()) * E::of(MASKED);
+            (s + additive.broadcast_like::<_, Axis<1>>(&shape)).softmax::<Axis<3>>() * keep4
         }
-        Normalizer::Taylor { eps } => {
-            // 1 + s + s²/2 = (1 + s)²/2 + 1/2: one use of s keeps the tape simple
-            let w = ((s + E::one()).square() * E::of(0.5) + E::of(0.5)) * keep;
-            let den = w
-                .with_empty_tape()
-                .sum::<Shape3, Axis<3>>()
-                .clamp(eps, f64::INFINITY);
-            w / den.broadcast_like::<_, Axis<3>>(&shape)
-        }
+        Normalizer::Taylor { eps } => taylor_normalize(s, Some(keep4), eps),
     })
+}
+
+/// `w = 1 + s + s²/2` over the visible keys (`keep`, or all), divided by `max(Σ w, eps)`.
+fn taylor_normalize<E: Real, D: Device<E>, T: Tape<E, D>>(
+    s: T4<E, D, T>,
+    keep: Option<T4<E, D>>,
+    eps: f64,
+) -> T4<E, D, T> {
+    let shape = *s.shape();
+    // 1 + s + s²/2 = (1 + s)²/2 + 1/2: one use of s keeps the tape simple
+    let w = (s + E::one()).square() * E::of(0.5) + E::of(0.5);
+    let w = match keep {
+        Some(keep) => w * keep,
+        None => w,
+    };
+    let den = w
+        .with_empty_tape()
+        .sum::<Shape3, Axis<3>>()
+        .clamp(eps, f64::INFINITY);
+    w / den.broadcast_like::<_, Axis<3>>(&shape)
+}
+
+/// The 0/1 keep mask `[batch, queries, keys]` of `vis`, built on the device from its parts
+/// (key padding `[batch, keys]`, causal times `[batch, queries]` and `[batch, keys]`, the pair
+/// mask), so only those cross from the host; `None` when every key is visible.
+pub fn keep_mask<E: Real, D: Device<E>>(dev: &D, vis: &Visibility) -> Result<Option<T3<E, D>>> {
+    let shape = (vis.batch, vis.queries, vis.keys);
+    let (b, q, k) = shape;
+    let mut keep: Option<T3<E, D>> = None;
+    let mut and = |factor: T3<E, D>| {
+        keep = Some(match keep.take() {
+            Some(k) => k * factor,
+            None => factor,
+        });
+    };
+    if let Some(valid) = &vis.key_valid {
+        let valid: T2<E, D> = constant(dev, indicator(valid.iter().copied()), (b, k))?;
+        and(valid.broadcast_like::<_, Axis<1>>(&shape));
+    }
+    if let Some(times) = &vis.times {
+        let of = |t: &[usize], len| {
+            constant(dev, t.iter().map(|&x| E::of(x as f64)).collect(), (b, len))
+        };
+        let query: T2<E, D> = of(&times.query, q)?;
+        let key: T2<E, D> = of(&times.key, k)?;
+        let seen = key
+            .broadcast_like::<_, Axis<1>>(&shape)
+            .le(&query.broadcast_like::<_, Axis<2>>(&shape));
+        and(seen.choose(dev.ones_like(&shape), dev.zeros_like(&shape)));
+    }
+    if let Some(pairs) = &vis.pairs {
+        and(constant(dev, indicator(pairs.iter().copied()), shape)?);
+    }
+    Ok(keep)
 }

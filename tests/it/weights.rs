@@ -256,3 +256,52 @@ fn shape_errors_are_reported_not_panicked() {
     let err = Backend::weights_fused(q, k, None, None, &bad_vis).unwrap_err();
     assert!(err.to_string().contains("visibility"), "{err}");
 }
+
+#[test]
+fn the_device_keep_mask_is_the_visibility_rule() {
+    use quartic::ops::weights::{keep_mask, Visibility};
+    let d = dev();
+    let (b, q, k) = (3, 4, 5);
+    let all = Visibility::all(b, q, k);
+    assert!(
+        keep_mask::<f64, Cpu>(&d, &all).unwrap().is_none(),
+        "nothing to mask"
+    );
+    let valid: Vec<bool> = (0..b * k).map(|e| e % 4 != 3).collect();
+    let pairs: Vec<bool> = (0..b * q * k).map(|e| (e * 7 + e / 5) % 3 != 0).collect();
+    let qt: Vec<usize> = (0..b * q).map(|e| (e * 5) % 7).collect();
+    let kt: Vec<usize> = (0..b * k).map(|e| (e * 3) % 6).collect();
+    let cases = [
+        (
+            "padding",
+            all.clone().with_key_valid(valid.clone()).unwrap(),
+        ),
+        (
+            "times",
+            all.clone().with_times(qt.clone(), kt.clone()).unwrap(),
+        ),
+        ("pairs", all.clone().with_pairs(pairs.clone()).unwrap()),
+        (
+            "all three",
+            all.clone()
+                .with_key_valid(valid)
+                .unwrap()
+                .with_times(qt, kt)
+                .unwrap()
+                .with_pairs(pairs)
+                .unwrap(),
+        ),
+    ];
+    for (what, vis) in cases {
+        let got = keep_mask::<f64, Cpu>(&d, &vis)
+            .unwrap()
+            .expect(what)
+            .as_vec();
+        let want = vis.dense::<f64>();
+        assert!(
+            want.iter().any(|&x| x == 0.0) && want.iter().any(|&x| x == 1.0),
+            "{what}"
+        );
+        assert_eq!(got, want, "{what}");
+    }
+}

@@ -11,7 +11,6 @@ static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
-use quartic::train::optim::AdamState;
 
 fn rows(c: &mut Criterion) {
     quartic::alloc::keep_freed_memory();
@@ -24,12 +23,12 @@ fn rows(c: &mut Criterion) {
         b.iter(|| workloads::forward(&readme, 1, 128))
     });
     let mut readme = readme;
-    let mut adam = AdamState::default();
+    let mut adam = workloads::optimizer(&readme);
     g.bench_function("readme_train_step", |b| {
         b.iter(|| workloads::train_step(&mut readme, &mut adam, 1, 128))
     });
     let mut small = workloads::small_model(&dev);
-    let mut adam = AdamState::default();
+    let mut adam = workloads::optimizer(&small);
     g.bench_function("small_train_step", |b| {
         b.iter(|| workloads::train_step(&mut small, &mut adam, 8, 32))
     });

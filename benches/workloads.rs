@@ -2,25 +2,28 @@
 //! (`benches/models.rs`) and the whole-process harness (`examples/speed.rs`).
 
 use dfdx::prelude::*;
+use dfdx::tensor::Synchronize;
+use quartic::backend::Backend;
 use quartic::graph::{Edges, GraphMask, Nodes};
 use quartic::models::{GraphConfig, Model, ModelConfig, QuarticConfig};
-use quartic::nn::Init;
+use quartic::nn::{HasParams, Init};
 use quartic::rules::{Const, Rule, RuleConfig, RuleLayer};
+use quartic::train::device_optim::Optimizer;
 use quartic::train::objective::Objective;
 use quartic::train::optim::{AdamState, AdamW};
-use quartic::train::shards::{step_gradients, DEFAULT_SHARDS};
+use quartic::train::shards::{step_gradients, RunShards, DEFAULT_SHARDS};
 use quartic::train::tasks::{Batch, Readout};
 
-pub type Tp = OwnedTape<f32, Cpu>;
+pub type Tp<D = Cpu> = OwnedTape<f32, D>;
 
 /// The README model (num_tokens 256, dim 512, depth 2, dim_edges 32) with the `taylor` rule and
 /// one residual stream, as the speed table has measured it from the start.
-pub fn readme_model(dev: &Cpu) -> Model<f32, Cpu> {
+pub fn readme_model<D: Backend<f32>>(dev: &D) -> Model<f32, D> {
     readme_model_streams(dev, 1)
 }
 
 /// The README model with `streams` residual streams (4: the original's default).
-pub fn readme_model_streams(dev: &Cpu, streams: usize) -> Model<f32, Cpu> {
+pub fn readme_model_streams<D: Backend<f32>>(dev: &D, streams: usize) -> Model<f32, D> {
     let mut q = QuarticConfig::readme();
     q.num_residual_streams = streams;
     let cfg = q.to_graph("taylor", false).expect("valid config");
@@ -28,7 +31,7 @@ pub fn readme_model_streams(dev: &Cpu, streams: usize) -> Model<f32, Cpu> {
 }
 
 /// The small model: dim 64, dim_edges 16, heads 4 × 16, edge heads 4 × 8, depth 2.
-pub fn small_model(dev: &Cpu) -> Model<f32, Cpu> {
+pub fn small_model<D: Backend<f32>>(dev: &D) -> Model<f32, D> {
     let p = |k: &str, v: f64| (k.to_string(), Const::Num(v));
     let cfg = GraphConfig {
         residual_streams: 1,
@@ -89,16 +92,28 @@ pub fn tokens(b: usize, n: usize) -> Vec<usize> {
     (0..b * n).map(|i| (i * 37 + 11) % 256).collect()
 }
 
-pub fn forward(model: &Model<f32, Cpu>, b: usize, n: usize) {
+pub fn forward<D: Backend<f32>>(model: &Model<f32, D>, b: usize, n: usize) {
     let out = model
         .forward::<NoneTape>(&tokens(b, n), b, n, None)
         .expect("runs");
-    std::hint::black_box(out.logits.as_vec());
+    std::hint::black_box(quartic::tensor::host::values(&out.logits));
+}
+
+/// AdamW as `quartic train` keeps it on `model`'s device: on the host for the CPU, else on the
+/// device.
+pub fn optimizer<D: Backend<f32>>(model: &Model<f32, D>) -> Optimizer<f32, D> {
+    Optimizer::new(AdamState::default(), model, !D::HOST_MEMORY).expect("optimizer")
 }
 
 /// Forward, backward (loss: mean cross-entropy against the next token) and one AdamW step, as
-/// `quartic train` runs them (the batch in shards, see `quartic::train::shards`).
-pub fn train_step(model: &mut Model<f32, Cpu>, adam: &mut AdamState, b: usize, n: usize) {
+/// `quartic train` runs them (the batch in shards, see `quartic::train::shards`); waits for the
+/// device to finish.
+pub fn train_step<D: RunShards<f32> + Synchronize>(
+    model: &mut Model<f32, D>,
+    adam: &mut Optimizer<f32, D>,
+    b: usize,
+    n: usize,
+) {
     let tokens = tokens(b, n);
     let targets = tokens.iter().map(|&t| Some((t + 1) % 256)).collect();
     let batch = Batch {
@@ -122,11 +137,14 @@ pub fn train_step(model: &mut Model<f32, Cpu>, adam: &mut AdamState, b: usize, n
     .expect("runs");
     adam.update_sum(model, &mut step.grads, &AdamW::default(), 1e-4, Some(1.0))
         .expect("update");
+    if let Some(p) = model.params().first() {
+        p.value.device().synchronize();
+    }
 }
 
 /// One `quartic` layer alone: full softmax attention across all n² edges (dim_edges 32,
 /// 4 heads × 16), node block included, forward + backward.
-pub fn quartic_layer(dev: &Cpu) -> RuleLayer<f32, Cpu> {
+pub fn quartic_layer<D: Backend<f32>>(dev: &D) -> RuleLayer<f32, D> {
     let p = |k: &str, v: f64| (k.to_string(), Const::Num(v));
     let cfg = RuleConfig {
         dim: 64,
@@ -146,18 +164,24 @@ pub fn quartic_layer(dev: &Cpu) -> RuleLayer<f32, Cpu> {
     RuleLayer::new(plan, &Init::random(dev, 0)).expect("builds")
 }
 
-pub fn quartic_layer_step(dev: &Cpu, layer: &RuleLayer<f32, Cpu>, n: usize) {
-    let nodes: Tensor<(usize, usize, usize), f32, Cpu> = dev.sample_normal_like(&(1, n, 64));
-    let edges: Tensor<(usize, usize, usize, usize), f32, Cpu> =
+/// [`quartic_layer`]'s forward and backward at `n` nodes; waits for the device to finish.
+pub fn quartic_layer_step<D: Backend<f32> + Synchronize>(
+    dev: &D,
+    layer: &RuleLayer<f32, D>,
+    n: usize,
+) {
+    let nodes: Tensor<(usize, usize, usize), f32, D> = dev.sample_normal_like(&(1, n, 64));
+    let edges: Tensor<(usize, usize, usize, usize), f32, D> =
         dev.sample_normal_like(&(1, n, n, 32));
     let mask = GraphMask::full(1, n);
     let (x, e) = layer
         .forward(
             Nodes::new(nodes.leaky_trace()),
-            Edges::new(edges.retaped::<Tp>()).expect("square"),
+            Edges::new(edges.retaped::<Tp<D>>()).expect("square"),
             &mask,
         )
         .expect("runs");
     let loss = x.into_tensor().square().mean() + e.into_tensor().square().mean();
     std::hint::black_box(loss.backward());
+    dev.synchronize();
 }

@@ -1,8 +1,10 @@
 //! Whole-process timings of the speed workloads (see `benches/workloads.rs`), one per run so
 //! each peak memory is its own: `cargo run --release --example speed -- WORKLOAD`, with WORKLOAD
-//! one of readme-forward, readme-train, small-train, quartic-64, quartic-128 (an optional second
-//! argument sets the number of timed repeats, for profiling). Prints one line:
-//! workload, median seconds over the repeats, peak resident memory (VmHWM). Also `readme-flops`
+//! one of readme-forward, readme-train, small-train, quartic-N (one `quartic` layer at N nodes;
+//! the table has 64 and 128) (an optional second argument sets the number of timed repeats, for
+//! profiling; `--device cuda` runs these on a GPU, in a build with the `cuda` feature). Prints
+//! one line: workload, median seconds over the repeats, peak resident host memory (VmHWM), in
+//! MiB. Also `readme-flops`
 //! (achieved FLOP/s against the matmul peak), `scaling` (one layer of each built-in rule
 //! against n: time and peak live heap, with fitted exponents) and `footprint` (the memory
 //! estimate a run is checked against, next to the run's measured peak heap) and `paths` (the
@@ -77,7 +79,8 @@ fn peak_since(base: usize) -> f64 {
 }
 
 use dfdx::prelude::*;
-use quartic::train::optim::AdamState;
+use quartic::device::DeviceChoice;
+use quartic::train::shards::RunShards;
 
 fn peak_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -165,48 +168,17 @@ fn main() {
             .and_then(|r| r.parse().ok())
             .unwrap_or(default)
     };
+    let device = device_arg();
+    if let Some(times) = timed(&which, device, &repeats) {
+        let times = times.unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        });
+        println!("{which}\t{:.4}\t{:.0}", median(times), peak_mib());
+        return;
+    }
     let dev = Cpu::default();
-    let mut times = Vec::new();
     match which.as_str() {
-        w @ ("readme-forward" | "readme-forward-4s") => {
-            let streams = if w == "readme-forward" { 1 } else { 4 };
-            let m = workloads::readme_model_streams(&dev, streams);
-            workloads::forward(&m, 1, 128);
-            for _ in 0..repeats(3) {
-                let t = Instant::now();
-                workloads::forward(&m, 1, 128);
-                times.push(t.elapsed().as_secs_f64());
-            }
-        }
-        w @ ("readme-train" | "readme-train-4s") => {
-            let streams = if w == "readme-train" { 1 } else { 4 };
-            let mut m = workloads::readme_model_streams(&dev, streams);
-            let mut adam = AdamState::default();
-            // one step first, as the original's script does (the first faults in the buffers)
-            workloads::train_step(&mut m, &mut adam, 1, 128);
-            for _ in 0..repeats(3) {
-                let t = Instant::now();
-                workloads::train_step(&mut m, &mut adam, 1, 128);
-                times.push(t.elapsed().as_secs_f64());
-            }
-        }
-        "small-train" => {
-            let mut m = workloads::small_model(&dev);
-            let mut adam = AdamState::default();
-            workloads::train_step(&mut m, &mut adam, 8, 32);
-            for _ in 0..repeats(5) {
-                let t = Instant::now();
-                workloads::train_step(&mut m, &mut adam, 8, 32);
-                times.push(t.elapsed().as_secs_f64());
-            }
-        }
-        w @ ("quartic-64" | "quartic-128") => {
-            let n = if w == "quartic-64" { 64 } else { 128 };
-            let layer = workloads::quartic_layer(&dev);
-            let t = Instant::now();
-            workloads::quartic_layer_step(&dev, &layer, n);
-            times.push(t.elapsed().as_secs_f64());
-        }
         "readme-flops" => {
             // achieved FLOP/s of the README forward (FLOPs from `explain`'s cost model) against
             // the machine's f32 matmul peak (512³ matmuls through dfdx/gemm, both cores)
@@ -352,7 +324,7 @@ fn main() {
                         match run {
                             Use::Forward => workloads::forward(&model, b, n),
                             Use::Train { .. } => {
-                                let mut adam = AdamState::default();
+                                let mut adam = workloads::optimizer(&model);
                                 workloads::train_step(&mut model, &mut adam, b, n);
                                 workloads::train_step(&mut model, &mut adam, b, n);
                             }
@@ -378,5 +350,96 @@ fn main() {
             std::process::exit(2);
         }
     }
-    println!("{which}\t{:.4}\t{:.0}", median(times), peak_mib());
+}
+
+/// `--device cpu|cuda[:N]` anywhere among the arguments (the CPU when absent).
+fn device_arg() -> DeviceChoice {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--device") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| {
+                eprintln!("--device takes cpu, cuda or cuda:N");
+                std::process::exit(2)
+            }),
+        None => DeviceChoice::Cpu,
+    }
+}
+
+/// The timed workloads, on any device: each one's seconds per repeat (after one untimed run,
+/// as the original's script does: the first faults in the buffers); `None` for another name.
+fn timed(
+    which: &str,
+    device: DeviceChoice,
+    repeats: &dyn Fn(usize) -> usize,
+) -> Option<quartic::Result<Vec<f64>>> {
+    let known = matches!(
+        which,
+        "readme-forward" | "readme-forward-4s" | "readme-train" | "readme-train-4s" | "small-train"
+    ) || quartic_n(which).is_some();
+    if !known {
+        return None;
+    }
+    // a closure: the macro's `?` returns the device's error from it
+    let run = || -> quartic::Result<Vec<f64>> {
+        quartic::on_device!(device, 0, |dev| Ok(time_on(&dev, which, repeats)))
+    };
+    Some(run())
+}
+
+/// `quartic-N`: one `quartic` layer at N nodes.
+fn quartic_n(which: &str) -> Option<usize> {
+    which
+        .strip_prefix("quartic-")?
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+}
+
+fn time_on<D: RunShards<f32> + dfdx::tensor::Synchronize>(
+    dev: &D,
+    which: &str,
+    repeats: &dyn Fn(usize) -> usize,
+) -> Vec<f64> {
+    let time = |count: usize, f: &mut dyn FnMut()| -> Vec<f64> {
+        f();
+        (0..count)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect()
+    };
+    match which {
+        "readme-forward" | "readme-forward-4s" => {
+            let streams = if which == "readme-forward" { 1 } else { 4 };
+            let m = workloads::readme_model_streams(dev, streams);
+            time(repeats(3), &mut || workloads::forward(&m, 1, 128))
+        }
+        "readme-train" | "readme-train-4s" => {
+            let streams = if which == "readme-train" { 1 } else { 4 };
+            let mut m = workloads::readme_model_streams(dev, streams);
+            let mut adam = workloads::optimizer(&m);
+            time(repeats(3), &mut || {
+                workloads::train_step(&mut m, &mut adam, 1, 128)
+            })
+        }
+        "small-train" => {
+            let mut m = workloads::small_model(dev);
+            let mut adam = workloads::optimizer(&m);
+            time(repeats(5), &mut || {
+                workloads::train_step(&mut m, &mut adam, 8, 32)
+            })
+        }
+        _ => {
+            // one timed run, as measured from the start (the first run is the measurement)
+            let n = quartic_n(which).expect("checked by `timed`");
+            let layer = workloads::quartic_layer(dev);
+            let t = Instant::now();
+            workloads::quartic_layer_step(dev, &layer, n);
+            vec![t.elapsed().as_secs_f64()]
+        }
+    }
 }

@@ -3,8 +3,10 @@
 # wheels or a toolkit) and python3 with numpy and safetensors, but no Rust toolchain.
 #
 #   scripts/gpu_check.sh stage        here: build with CUDA (scripts/cuda_build.sh), strip the
-#                                     binary into gpu-check/ (ignored by git; carry it) and list
-#                                     what it loads at run time in gpu-check/manifest.md
+#                                     binary and the `speed` example into gpu-check/ (ignored by
+#                                     git; carry it), list what they load at run time in
+#                                     gpu-check/manifest.md, and put the PyTorch original's
+#                                     pure-Python packages (pinned, no torch) in gpu-check/python
 #   scripts/gpu_check.sh run [OUT]    there: find CUDA's libraries, run every check against the
 #                                     CPU and write OUT/gpu-report.md (OUT defaults to gpu-check/)
 #   DEVICE=cpu scripts/gpu_check.sh run   a dry run of the checks on a machine without a GPU
@@ -14,17 +16,30 @@
 # forward and backward, causal and not, padded, against the CPU (`quartic check --device`);
 # the parity fixtures through `import-reference` and `forward`, against the CPU and the
 # original's outputs; the README's default `quartic train` to its end on the device, and its
-# first 20 losses against the CPU's. Sized to run in a few minutes on an H200.
+# first 20 losses against the CPU's; timings and peak memory of the speed workloads, ours and
+# the original's on the same device. Sized to run in a few minutes on an H200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=$PWD/gpu-check
 
+# The original's packages besides torch, numpy and sympy (which the GPU machine's PyTorch
+# brings), at the versions the parity fixtures were made with.
+ORIGINAL_PACKAGES=(
+    quartic-transformer==0.0.18 einx==0.3.0 einops==0.8.2 hyper-connections==0.4.11
+    colt5-attention==0.11.2 taylor-series-linear-attention==0.2.0 x-transformers==2.31.10
+    local-attention==1.11.2 rotary-embedding-torch==0.9.1 torch-einops-utils==0.2.0
+    frozendict==2.5.1 jaxtyping==0.3.11 wadler-lindig==0.1.8 loguru==0.7.3
+)
+
 stage() {
-    scripts/cuda_build.sh --quiet
+    scripts/cuda_build.sh --quiet --bin quartic --example speed
     local root=${QUARTIC_CUDA_DIR:-$PWD/.cuda}/nvidia/cu13
     local bin=${CARGO_TARGET_DIR:-$PWD/target/cuda}/release/quartic
     rm -rf "$STAGE" && mkdir -p "$STAGE"
     strip -o "$STAGE/quartic" "$bin"
+    strip -o "$STAGE/speed" "$(dirname "$bin")/examples/speed"
+    python3 -m pip install --quiet --root-user-action=ignore --no-deps --target "$STAGE/python" \
+        "${ORIGINAL_PACKAGES[@]}"
     {
         echo "# What gpu-check/quartic needs at run time"
         echo
@@ -37,6 +52,9 @@ stage() {
         echo "- dfdx compiles a few kernels with NVRTC at run time and reads \`cuda_fp16.h\` from the"
         echo "  include folder baked in at build time: \`$root/include\`. \`run\` links that path to"
         echo "  the machine's CUDA include folder when it is missing."
+        echo "- \`speed\` (the \`speed\` example, $(du -h "$STAGE/speed" | cut -f1)) loads the same libraries."
+        echo "- \`python/\`: the PyTorch original's pure-Python packages, for its timings:"
+        echo "  ${ORIGINAL_PACKAGES[*]}."
         echo
         echo '```'
         ldd "$bin" | grep -v -e linux-vdso -e ld-linux
@@ -85,7 +103,13 @@ run() {
             mkdir -p "$(dirname "$baked")" && ln -sfn "$(cd "$inc" && pwd)" "$baked"
         fi
     fi
-    python3 scripts/gpu_report.py --quartic "$bin" --device "$device" --out "$out"
+    local speed=$STAGE/speed
+    if [[ $device == cpu ]]; then
+        speed=$PWD/target/release/examples/speed
+        [[ -x $speed ]] || cargo build --release --quiet --example speed
+    fi
+    python3 scripts/gpu_report.py --quartic "$bin" --device "$device" --out "$out" \
+        --speed "$speed" --original "$STAGE/python"
 }
 
 case "${1:-}" in

@@ -1,7 +1,12 @@
 """The GPU check's report (run by `scripts/gpu_check.sh run`): every check of a device against
 the CPU, through the `quartic` binary, into one Markdown file. Standard library only.
 
-    python3 scripts/gpu_report.py --quartic BIN --device cuda --out DIR
+    python3 scripts/gpu_report.py --quartic BIN --device cuda --out DIR [--speed BIN]
+        [--original DIR]
+
+With `--speed` (the `speed` example's binary), a section of timings and peak memory: ours, and
+the PyTorch original's (scripts/reference_speed.py, with DIR's packages first on its path) when
+it imports.
 
 Agreement asked of every comparison: |device - cpu| <= 1e-4 + 1e-3 |cpu|, elementwise.
 """
@@ -16,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ATOL, RTOL = 1e-4, 1e-3
@@ -195,11 +201,125 @@ def training(r, tmp):
     r.add()
 
 
+class GpuMemory:
+    """The most GPU memory in use (nvidia-smi, every 50 ms) while a block runs, less what was in
+    use before it: the process's context and allocations. None without nvidia-smi."""
+
+    def __init__(self, device):
+        self.on = device.startswith("cuda") and shutil.which("nvidia-smi") is not None
+        self.index = device.split(":")[1] if ":" in device else "0"
+
+    def used(self):
+        p = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                            "-i", self.index], capture_output=True, text=True)
+        try:
+            return float(p.stdout.strip().splitlines()[0])
+        except (ValueError, IndexError):
+            return float("nan")
+
+    def __enter__(self):
+        self.peak, self.done = None, threading.Event()
+        if self.on:
+            self.base = self.used()
+            self.peak = self.base
+            self.thread = threading.Thread(target=self.poll, daemon=True)
+            self.thread.start()
+        return self
+
+    def poll(self):
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, self.used())
+
+    def __exit__(self, *exc):
+        self.done.set()
+        if self.on:
+            self.thread.join()
+
+    def mib(self):
+        return None if self.peak is None else self.peak - self.base
+
+
+SPEED_ROWS = ["small-train", "readme-forward", "readme-train", "quartic-32", "quartic-64",
+              "quartic-128"]
+ORIGINAL_ROWS = {"small-train", "readme-forward", "readme-train"}
+
+
+def timed(cmd, device, env=None, timeout=300):
+    """Runs one speed workload: (seconds, peak host MiB, peak GPU MiB or None, error or None)."""
+    with GpuMemory(device) as mem:
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return None, None, mem.mib(), f"over {timeout} s"
+    if p.returncode != 0:
+        return None, None, mem.mib(), (p.stderr.strip().splitlines() or ["failed"])[-1][:200]
+    _, secs, peak = p.stdout.strip().split("\t")
+    return float(secs), float(peak), mem.mib(), None
+
+
+def speed(r, speed_bin, original):
+    r.add("## Timings and peak memory")
+    r.add()
+    r.add("Each workload in its own process (`speed WORKLOAD --device`; the original through "
+          "`scripts/reference_speed.py`): median seconds of the timed repeats after one untimed "
+          "run, peak host memory, and peak GPU memory in use while it ran (nvidia-smi every "
+          "50 ms, less what was in use before: our figure includes the CUDA context; the "
+          "original's column is PyTorch's own peak allocation).")
+    r.add()
+    env = dict(os.environ)
+    if original:
+        env["PYTHONPATH"] = original + os.pathsep + env.get("PYTHONPATH", "")
+    probe = subprocess.run([sys.executable, "-c", "import quartic_transformer"], env=env,
+                           capture_output=True, text=True)
+    have_original = probe.returncode == 0
+    if not have_original:
+        r.add(f"The original does not import here ({(probe.stderr.strip().splitlines() or ['?'])[-1]}): "
+              "its columns are empty.")
+        r.add()
+    r.add("| workload | ours (s) | host MiB | GPU MiB | original (s) | original GPU MiB | original / ours |")
+    r.add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    fmt = lambda x, f: "–" if x is None else f.format(x)
+    for row in SPEED_ROWS:
+        secs, host, gpu, err = timed([speed_bin, row, "--device", r.device], r.device)
+        o_secs = o_peak = None
+        if have_original and row in ORIGINAL_ROWS:
+            o_secs, o_peak, _, o_err = timed([sys.executable, "scripts/reference_speed.py", row,
+                                              "--device", r.device], r.device, env=env)
+            if o_err:
+                r.add(f"<!-- original {row}: {o_err} -->")
+        ratio = o_secs / secs if secs and o_secs else None
+        ours = fmt(secs, "{:.4f}") if not err else f"failed: {err}"
+        r.add(f"| {row} | {ours} | {fmt(host, '{:.0f}')} | {fmt(gpu, '{:.0f}')} | "
+              f"{fmt(o_secs, '{:.4f}')} | {fmt(o_peak, '{:.0f}')} | {fmt(ratio, '{:.1f}×')} |")
+    r.add()
+    if r.device.startswith("cuda"):
+        # the largest one-layer `quartic` that runs: doubling n until a run fails or takes a minute
+        largest, n = None, 128
+        while n <= 2048:
+            n *= 2
+            secs, _, gpu, err = timed([speed_bin, f"quartic-{n}", "--device", r.device], r.device,
+                                      timeout=90)
+            if err or secs is None or secs > 60:
+                r.add(f"`quartic-{n}`: {err or f'{secs:.1f} s'}; stopped there.")
+                break
+            largest = (n, secs, gpu)
+        if largest:
+            n, secs, gpu = largest
+            r.add(f"Largest `quartic` layer run: n = {n}, {secs:.2f} s forward + backward, "
+                  f"{fmt(gpu, '{:.0f}')} MiB of GPU memory.")
+        r.add()
+    r.add("Targets (issue 17): README train step at least as fast as the original on the same GPU; "
+          "`quartic-128` under 0.5 s and under 8 GB.")
+    r.add()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quartic", required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--speed", help="the speed example's binary: adds the timings section")
+    ap.add_argument("--original", help="a folder with the original's packages, for its timings")
     args = ap.parse_args()
     r = Report(os.path.abspath(args.quartic), args.device)
     started = time.perf_counter()
@@ -208,6 +328,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for section in (machine, rules, lambda r: fixtures(r, tmp), lambda r: training(r, tmp)):
             section(r)
+        if args.speed:
+            speed(r, os.path.abspath(args.speed), args.original and os.path.abspath(args.original))
     r.add("## Verdict")
     r.add()
     r.add(f"{len(r.failed)} check(s) failed" + (f": {', '.join(r.failed)}" if r.failed else "")

@@ -1,8 +1,10 @@
 """Times the PyTorch original (quartic-transformer 0.0.18 with einx 0.3.0) on the speed table's
 workloads, one line per workload: name, median seconds, peak RSS in MiB.
 
-    python3 scripts/reference_speed.py WORKLOAD   (readme-forward, readme-train, small-train,
-    readme-forward-4s, readme-train-4s: the original's default of four residual streams)
+    python3 scripts/reference_speed.py WORKLOAD [REPEATS] [--device cuda]
+    (readme-forward, readme-train, small-train, readme-forward-4s, readme-train-4s: the
+    original's default of four residual streams). On a GPU the peak is the GPU memory PyTorch
+    allocated (torch.cuda.max_memory_allocated), in MiB.
 
 Run it with the interpreter of a virtual environment that has the original installed:
     python3 -m venv ../ref-venv && ../ref-venv/bin/pip install quartic-transformer==0.0.18 einx==0.3.0
@@ -31,8 +33,16 @@ def small_model():
                               edges_diagonal_attn=False, max_seq_len=128)
 
 
+DEVICE = "cpu"
+
+
 def tokens(b, n):
-    return (torch.arange(b * n).reshape(b, n) * 37 + 11) % 256
+    return ((torch.arange(b * n).reshape(b, n) * 37 + 11) % 256).to(DEVICE)
+
+
+def synchronize():
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
 
 
 def train_step(model, opt, b, n):
@@ -43,24 +53,31 @@ def train_step(model, opt, b, n):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+    synchronize()
 
 
 def main():
-    which = sys.argv[1] if len(sys.argv) > 1 else "readme-forward"
+    global DEVICE
+    args = sys.argv[1:]
+    if "--device" in args:
+        i = args.index("--device")
+        DEVICE = args[i + 1]
+        del args[i:i + 2]
+    which = args[0] if args else "readme-forward"
     # optional: the number of timed repeats (defaults below)
-    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    repeats = int(args[1]) if len(args) > 1 else None
     times = []
     streams = 4 if which.endswith("-4s") else 1
     if which in ("readme-forward", "readme-forward-4s"):
-        model = readme_model(streams).eval()
+        model = readme_model(streams).to(DEVICE).eval()
         with torch.no_grad():
             model(tokens(1, 128))
             for _ in range(repeats or 3):
                 t = time.perf_counter()
-                model(tokens(1, 128))
+                model(tokens(1, 128)).cpu()
                 times.append(time.perf_counter() - t)
     elif which in ("readme-train", "readme-train-4s", "small-train"):
-        model = small_model() if which == "small-train" else readme_model(streams)
+        model = (small_model() if which == "small-train" else readme_model(streams)).to(DEVICE)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         b, n, reps = (8, 32, 5) if which == "small-train" else (1, 128, 3)
         train_step(model, opt, b, n)
@@ -70,7 +87,10 @@ def main():
             times.append(time.perf_counter() - t)
     else:
         sys.exit(f"unknown workload {which}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE == "cpu":
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:
+        peak = torch.cuda.max_memory_allocated() / 2**20
     print(f"{which}\t{statistics.median(times):.4f}\t{peak:.0f}")
 
 

@@ -15,6 +15,7 @@ use quartic::train::shards::step_gradients;
 use quartic::train::trainer::{batch_for, train_step, TrainConfig};
 use quartic::train::Task;
 
+use crate::layers::{code, visit};
 use crate::rules::small_overrides;
 
 fn model(rule: &str, causal: bool, task: &Task, seed: u64) -> Model<f32, Cpu> {
@@ -244,25 +245,13 @@ fn a_training_step_reads_back_only_the_scalars_it_logs() {
     assert_eq!(reads, 2 + 2 * m.params().len(), "host optimizer");
 }
 
-/// Every `.rs` file under `dir`.
-fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn library_code_reads_tensors_only_through_the_counted_functions() {
     // the CPU's own kernels work in host memory: their reads are no transfer
     let allowed = ["src/kernels/cpu", "src/tensor/host.rs"];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    sources(&root.join("src"), &mut files);
+    visit(&root.join("src"), &mut files);
     let (mut found, mut in_allowed) = (Vec::new(), 0);
     for file in files {
         let rel = file
@@ -272,7 +261,7 @@ fn library_code_reads_tensors_only_through_the_counted_functions() {
             .replace('\\', "/");
         let text = std::fs::read_to_string(&file).unwrap();
         for (k, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
+            let code = code(line);
             if [".as_vec()", ".copy_into(", ".array()"]
                 .iter()
                 .any(|r| code.contains(r))

@@ -32,7 +32,7 @@ const LAYERS: &[(&str, usize)] = &[
 ];
 
 /// The code of a line: without a `//` comment (doc comments link freely up and down).
-fn code(line: &str) -> &str {
+pub fn code(line: &str) -> &str {
     let trimmed = line.trim_start();
     if trimmed.starts_with("//") {
         return "";
@@ -42,7 +42,8 @@ fn code(line: &str) -> &str {
     line.split(" //").next().unwrap_or(line)
 }
 
-fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+/// Every `.rs` file under `dir`.
+pub fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {

@@ -108,6 +108,23 @@ def rules(r):
     r.add()
 
 
+def ops(r):
+    r.add("## Every backend op, forward and backward, against the CPU")
+    r.add()
+    p, secs = r.run(["check", "--ops", "--device", r.device])
+    ok = p.returncode == 0
+    r.add(f"`quartic check --ops --device {r.device}` ({secs:.1f} s): {r.verdict('ops', ok)}. "
+          "Attention weights (softmax, Taylor), attention, Taylor attention in both forms, the four "
+          "edge patterns, each plain, padded and causal; routing, norms, feedforward, linear; the "
+          "output and every input's gradient; tolerance 1e-4 of each tensor's largest value. (On "
+          "the CPU: the fused kernels against the composite forms a GPU runs.)")
+    r.add()
+    r.add("```")
+    r.add((p.stdout + p.stderr).strip())
+    r.add("```")
+    r.add()
+
+
 def logits_of(r, checkpoint, tokens, device):
     p, _ = r.run(["forward", "--checkpoint", checkpoint, "--tokens",
                   ",".join(map(str, tokens)), "--device", device])
@@ -326,7 +343,8 @@ def main():
     r.add(f"# GPU check: `{args.device}` against the CPU")
     r.add()
     with tempfile.TemporaryDirectory() as tmp:
-        for section in (machine, rules, lambda r: fixtures(r, tmp), lambda r: training(r, tmp)):
+        for section in (machine, ops, rules, lambda r: fixtures(r, tmp),
+                        lambda r: training(r, tmp)):
             section(r)
         if args.speed:
             speed(r, os.path.abspath(args.speed), args.original and os.path.abspath(args.original))

@@ -2,12 +2,14 @@
 //! (causal and not) and the multi-stream model run one forward and backward pass twice: on the
 //! CPU with the fused kernels and with their composite forms, or on the device named (CUDA)
 //! and on the CPU. The logits and every gradient must agree
-//! (`quartic::models::self_check`). Fails when any model does not.
+//! (`quartic::models::self_check`). Fails when any model does not. With `--ops`, each backend
+//! op alone, plain, padded and causal, on the device against the CPU
+//! (`quartic::models::op_check`).
 
 use quartic::device::DeviceChoice;
 use quartic::models::footprint::Use;
+use quartic::models::op_check;
 use quartic::models::self_check::{self, Comparison, TOLERANCE};
-use quartic::models::ModelConfig;
 
 use super::budget::Budget;
 use super::device::DeviceArg;
@@ -22,9 +24,16 @@ pub struct CheckArgs {
     pub budget: Budget,
     #[command(flatten)]
     pub device: DeviceArg,
+    /// Check each backend op alone instead of the models (on the CPU: the fused kernels against
+    /// the composite forms a GPU runs).
+    #[arg(long)]
+    pub ops: bool,
 }
 
 pub fn run(args: &CheckArgs) -> quartic::Result<()> {
+    if args.ops {
+        return run_ops(args.device.device);
+    }
     let n = args.n as usize;
     let models = self_check::models(n)?;
     for (name, config) in &models {
@@ -38,52 +47,76 @@ pub fn run(args: &CheckArgs) -> quartic::Result<()> {
         )?;
     }
     let choice = args.device.device;
+    let names: Vec<String> = models.iter().map(|(name, _)| name.clone()).collect();
+    let shape = format!("batch 2 (one padded), {n} nodes");
     if choice == DeviceChoice::Cpu {
         let what = "fused CPU kernels against their composite forms";
-        return table(
-            n,
-            &models,
-            what,
-            ("fused ms", "composite ms"),
-            |name, config, seed| self_check::compare(name, config, n, seed),
-        );
+        return table(&names, what, &shape, ("fused ms", "composite ms"), |k| {
+            let (name, config) = &models[k];
+            self_check::compare(name, config, n, k as u64)
+        });
     }
     let what = format!("{choice} against the CPU");
     quartic::on_device!(choice, 0, |dev| table(
-        n,
-        &models,
+        &names,
         &what,
+        &shape,
         ("device ms", "CPU ms"),
-        |name, config, seed| self_check::compare_on(&dev, name, config, n, seed)
+        |k| {
+            let (name, config) = &models[k];
+            self_check::compare_on(&dev, name, config, n, k as u64)
+        }
     ))
 }
 
-/// Runs `compare` on every model (the model's position is its seed) and prints one line each.
+/// `quartic check --ops`: every backend op on the device against the CPU (on the CPU: the
+/// fused kernels against the GPU's path).
+fn run_ops(choice: DeviceChoice) -> quartic::Result<()> {
+    let ops = op_check::ops();
+    let names: Vec<String> = ops.iter().map(|(name, _)| name.clone()).collect();
+    let shape = "2 graphs (the second padded where masked), 5 nodes, 2 heads";
+    if choice == DeviceChoice::Cpu {
+        let what = "ops: fused CPU kernels against the composite forms a GPU runs";
+        return table(&names, what, shape, ("fused ms", "composite ms"), |k| {
+            op_check::compare_op(&ops[k].0, ops[k].1, k as u64)
+        });
+    }
+    let what = format!("ops on {choice} against the CPU");
+    quartic::on_device!(choice, 0, |dev| table(
+        &names,
+        &what,
+        shape,
+        ("device ms", "CPU ms"),
+        |k| op_check::compare_op_on(&dev, &ops[k].0, ops[k].1, k as u64)
+    ))
+}
+
+/// Runs `compare` on every item (its position is its seed) and prints one line each.
 fn table(
-    n: usize,
-    models: &[(String, ModelConfig)],
+    names: &[String],
     what: &str,
+    shape: &str,
     (tested, reference): (&str, &str),
-    compare: impl Fn(&str, &ModelConfig, u64) -> quartic::Result<Comparison>,
+    compare: impl Fn(usize) -> quartic::Result<Comparison>,
 ) -> quartic::Result<()> {
     say!(
-        "{what}: batch 2 (one padded), {n} nodes, one forward and backward pass; tolerance \
-         {TOLERANCE:.0e} of each tensor's largest value"
+        "{what}: {shape}, one forward and backward pass; tolerance {TOLERANCE:.0e} of each \
+         tensor's largest value"
     )?;
-    // the name column fits the longest model's name
-    let w = models.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    // the name column fits the longest name
+    let w = names.iter().map(|name| name.len()).max().unwrap_or(0);
     say!(
         "{:<w$} {:>8} {:>9}  {:<40} {:>8} {:>12}",
-        "model",
+        "name",
         "logits",
         "gradients",
-        "(worst parameter)",
+        "(worst gradient)",
         tested,
         reference
     )?;
     let mut failed = Vec::new();
-    for (seed, (name, config)) in models.iter().enumerate() {
-        let c = compare(name, config, seed as u64)?;
+    for k in 0..names.len() {
+        let c = compare(k)?;
         say!(
             "{:<w$} {:>8.1e} {:>9.1e}  {:<40} {:>8.1} {:>12.1}  {}",
             c.model,
@@ -99,7 +132,7 @@ fn table(
         }
     }
     if failed.is_empty() {
-        say!("all {} models agree", models.len())
+        say!("all {} agree", names.len())
     } else {
         Err(quartic::Error::Device(format!(
             "{what} disagree on: {}",

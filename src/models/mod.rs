@@ -8,6 +8,7 @@ pub mod footprint;
 pub mod graph;
 pub mod heads;
 pub mod multistream;
+pub mod op_check;
 pub mod reference;
 pub mod self_check;
 

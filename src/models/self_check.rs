@@ -117,10 +117,13 @@ pub fn models(n: usize) -> Result<Vec<(String, ModelConfig)>> {
 }
 
 /// The logits and every parameter's gradient of one pass, and its time.
-struct Pass {
-    logits: Vec<f32>,
-    gradients: Vec<(String, Vec<f32>)>,
-    ms: f64,
+pub(super) struct Pass {
+    /// The output's values (a model's logits, an op's output).
+    pub(super) logits: Vec<f32>,
+    /// Each gradient asked for, by name.
+    pub(super) gradients: Vec<(String, Vec<f32>)>,
+    /// Milliseconds of the forward and backward pass.
+    pub(super) ms: f64,
 }
 
 fn pass<D: Backend<f32>>(model: &Model<f32, D>, input: &Input) -> Result<Pass> {
@@ -258,7 +261,7 @@ pub fn compare_on<D: Backend<f32>>(
 }
 
 /// The worst differences of `tested` from `reference`.
-fn held_to(name: &str, tested: Pass, reference: Pass) -> Comparison {
+pub(super) fn held_to(name: &str, tested: Pass, reference: Pass) -> Comparison {
     let floor = GRADIENT_FLOOR
         * reference
             .gradients

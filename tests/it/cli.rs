@@ -485,8 +485,39 @@ fn the_kernel_self_test_passes() {
     }
     // each built-in plain and causal, the 4-stream taylor model and the multi-stream model
     let models = 2 * quartic::rules::BUILTINS.len() + 2;
+    assert!(stdout.contains(&format!("all {models} agree")), "{stdout}");
+}
+
+/// `quartic check --ops` runs every backend op, plain, padded and causal, with the fused CPU
+/// kernels and with the composite forms a GPU runs, and they agree (in its own process).
+#[test]
+fn the_op_self_test_passes_and_compares_two_paths() {
+    let out = quartic(&["check", "--ops"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let ops = quartic::models::op_check::ops();
+    let mut differ = 0;
+    for (name, _) in &ops {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {stdout}"));
+        assert!(line.ends_with(" ok"), "{line}");
+        let logits: f64 = line[name.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        differ += usize::from(logits > 0.0);
+    }
+    // the two paths are different code: most ops differ in the last bits
     assert!(
-        stdout.contains(&format!("all {models} models agree")),
+        differ >= ops.len() / 2,
+        "only {differ} ops differ at all: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("all {} agree", ops.len())),
         "{stdout}"
     );
 }

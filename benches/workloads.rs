@@ -102,7 +102,7 @@ pub fn forward<D: Backend<f32>>(model: &Model<f32, D>, b: usize, n: usize) {
 /// AdamW as `quartic train` keeps it on `model`'s device: on the host for the CPU, else on the
 /// device.
 pub fn optimizer<D: Backend<f32>>(model: &Model<f32, D>) -> Optimizer<f32, D> {
-    Optimizer::new(AdamState::default(), model, !D::HOST_MEMORY).expect("optimizer")
+    Optimizer::for_device(AdamState::default(), model).expect("optimizer")
 }
 
 /// Forward, backward (loss: mean cross-entropy against the next token) and one AdamW step, as

@@ -93,36 +93,35 @@ def machine(r):
     r.add()
 
 
-def rules(r):
-    r.add("## Every built-in rule's model, forward and backward, against the CPU")
+def check_section(r, title, args, name, what):
+    """A `quartic check` run against the CPU: its verdict and its table."""
+    r.add(f"## {title}")
     r.add()
-    p, secs = r.run(["check", "8", "--device", r.device])
-    ok = p.returncode == 0
-    r.add(f"`quartic check 8 --device {r.device}` ({secs:.1f} s): {r.verdict('rules', ok)}. "
-          "Batch 2 (one padded), causal and not, edge inputs and an edge head; tolerance 1e-4 of "
-          "each tensor's largest value.")
+    p, secs = r.run(args + ["--device", r.device])
+    r.add(f"`quartic {' '.join(args)} --device {r.device}` ({secs:.1f} s): "
+          f"{r.verdict(name, p.returncode == 0)}. {what}")
     r.add()
     r.add("```")
     r.add((p.stdout + p.stderr).strip())
     r.add("```")
     r.add()
+
+
+def rules(r):
+    check_section(r, "Every built-in rule's model, forward and backward, against the CPU",
+                  ["check", "8"], "rules",
+                  "Batch 2 (one padded), causal and not, edge inputs and an edge head; tolerance "
+                  "1e-4 of each tensor's largest value.")
 
 
 def ops(r):
-    r.add("## Every backend op, forward and backward, against the CPU")
-    r.add()
-    p, secs = r.run(["check", "--ops", "--device", r.device])
-    ok = p.returncode == 0
-    r.add(f"`quartic check --ops --device {r.device}` ({secs:.1f} s): {r.verdict('ops', ok)}. "
-          "Attention weights (softmax, Taylor), attention, Taylor attention in both forms, the four "
-          "edge patterns, each plain, padded and causal; routing, norms, feedforward, linear; the "
-          "output and every input's gradient; tolerance 1e-4 of each tensor's largest value. (On "
-          "the CPU: the fused kernels against the composite forms a GPU runs.)")
-    r.add()
-    r.add("```")
-    r.add((p.stdout + p.stderr).strip())
-    r.add("```")
-    r.add()
+    check_section(r, "Every backend op, forward and backward, against the CPU",
+                  ["check", "--ops"], "ops",
+                  "Attention weights (softmax, Taylor), attention, Taylor attention in both forms, "
+                  "the four edge patterns, each plain, padded and causal; routing, norms, "
+                  "feedforward, linear; the output and every input's gradient; tolerance 1e-4 of "
+                  "each tensor's largest value. (On the CPU: the fused kernels against the "
+                  "composite forms a GPU runs.)")
 
 
 def logits_of(r, checkpoint, tokens, device):

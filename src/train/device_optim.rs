@@ -14,6 +14,7 @@ use dfdx::optim::{AdamConfig, WeightDecay};
 use dfdx::prelude::*;
 
 use super::optim::{AdamState, AdamW, UpdateReport};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::nn::{HasParams, Param};
 use crate::tensor::*;
@@ -120,9 +121,12 @@ impl<E: Real, D: Device<E>> DeviceAdam<E, D> {
             Some(m) if grad_norm > m => Some(m / grad_norm),
             _ => None,
         };
-        self.step += 1;
-        let t = i32::try_from(self.step)
+        let t = i32::try_from(self.step + 1)
             .map_err(|_| Error::config("optimizer", "more than 2^31 updates"))?;
+        self.step += 1;
+        // one part's gradient, unclipped, is used where it lies; otherwise the sum, clipped,
+        // is written to a buffer of its own
+        let as_is = parts.len() == 1 && clip.is_none();
         let mut sums = sums.into_iter();
         let mut failure = None;
         model.visit_params_mut(&mut |p| {
@@ -132,11 +136,25 @@ impl<E: Real, D: Device<E>> DeviceAdam<E, D> {
             let g = sums
                 .next()
                 .expect("one sum per parameter, in visiting order");
-            let g = match clip {
-                Some(c) => g * E::of(c),
-                None => g,
+            let done = if as_is {
+                parts[0]
+                    .get_or_alloc_mut(&p.value)
+                    .map_err(device_err)
+                    .and_then(|buffer| self.apply(p, buffer, cfg, lr, t))
+            } else {
+                let g = match clip {
+                    Some(c) => g * E::of(c),
+                    None => g,
+                };
+                let mut own = Gradients::leaky();
+                own.get_or_alloc_mut(&p.value)
+                    .map_err(device_err)
+                    .and_then(|buffer| {
+                        store(g, buffer)?;
+                        self.apply(p, buffer, cfg, lr, t)
+                    })
             };
-            if let Err(e) = self.apply(p, g, cfg, lr, t) {
+            if let Err(e) = done {
                 failure = Some(e);
             }
         });
@@ -146,31 +164,25 @@ impl<E: Real, D: Device<E>> DeviceAdam<E, D> {
         }
     }
 
+    /// One AdamW step of `p` from its gradient in `grad`.
     fn apply(
         &mut self,
         p: &mut Param<E, D>,
-        g: T1<E, D>,
+        grad: &<D as Storage<E>>::Vec,
         cfg: &AdamW,
         lr: f64,
         t: i32,
     ) -> Result<()> {
-        let decay = if p.dims.len() >= 2 && p.dims[0] > 1 {
-            cfg.weight_decay
-        } else {
-            0.0
-        };
+        let decay = cfg.decay_of(&p.dims);
         let adam = AdamConfig {
             lr,
             betas: [cfg.beta1, cfg.beta2],
             eps: cfg.eps,
             weight_decay: (decay > 0.0).then_some(WeightDecay::Decoupled(decay)),
         };
-        let mut grads = Gradients::leaky();
-        let buffer = grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
-        store(g, buffer)?;
         let m = self.m.get_or_alloc_mut(&p.value).map_err(device_err)?;
         let v = self.v.get_or_alloc_mut(&p.value).map_err(device_err)?;
-        adam.try_update(t, &mut p.value, m, v, buffer)
+        adam.try_update(t, &mut p.value, m, v, grad)
             .map_err(device_err)
     }
 }
@@ -207,6 +219,14 @@ pub enum Optimizer<E: Real, D: Device<E>> {
     Host(AdamState),
     /// Moments on the device.
     Device(DeviceAdam<E, D>),
+}
+
+impl<E: Real, D: Backend<E>> Optimizer<E, D> {
+    /// Starts from `state` where `quartic train` keeps the moments on `D`: on the host for the
+    /// CPU (its fused update), on the device elsewhere.
+    pub fn for_device<M: HasParams<E, D>>(state: AdamState, model: &M) -> Result<Self> {
+        Self::new(state, model, !D::HOST_MEMORY)
+    }
 }
 
 impl<E: Real, D: Device<E>> Optimizer<E, D> {

@@ -43,6 +43,18 @@ impl Default for AdamW {
     }
 }
 
+impl AdamW {
+    /// The weight decay of a parameter of shape `dims`: matrices decay, norms, biases and
+    /// tables of one row do not.
+    pub fn decay_of(&self, dims: &[usize]) -> f64 {
+        if dims.len() >= 2 && dims[0] > 1 {
+            self.weight_decay
+        } else {
+            0.0
+        }
+    }
+}
+
 /// The learning rate at `step`: linear warmup, then cosine decay to `min_ratio · lr`.
 pub fn schedule(lr: f64, step: usize, warmup: usize, total: usize, min_ratio: f64) -> f64 {
     if step < warmup {
@@ -157,11 +169,7 @@ impl AdamState {
                 ));
                 return;
             }
-            let decay = if p.dims.len() >= 2 && p.dims[0] > 1 {
-                cfg.weight_decay
-            } else {
-                0.0
-            };
+            let decay = cfg.decay_of(&p.dims);
             let mut w = vec![E::zero(); len];
             host::copy_into(&p.value, &mut w);
             w.par_chunks_mut(CHUNK)

@@ -512,8 +512,7 @@ fn run_task<E: Real, D: super::shards::RunShards<E>>(
     check_fits(&model.config(), &task)?;
     check_input_graph(model, &task)?;
     let dir = RunDir::open(&cfg.out, start.existing)?;
-    // the CPU updates in its fused host form; other devices keep the moments on the device
-    let mut adam = Optimizer::new(start.adam, model, !D::HOST_MEMORY)?;
+    let mut adam = Optimizer::for_device(start.adam, model)?;
     let start_step = start.step;
     if start.existing == Existing::Overwrite {
         for old in [dir.checkpoint(), dir.metrics(), dir.plot()] {

@@ -41,7 +41,10 @@ pub enum EdgeKernel {
 
 /// Options of an edge attention call beyond q, k, v.
 pub struct EdgeAttendInputs<E: Real, D: Device<E>, T> {
-    /// Additive bias in the pattern's layout `[problems, heads, queries, keys]` (see [`pattern_dims`]).
+    /// Additive bias in the pattern's layout `[problems, heads, queries, keys]` (see
+    /// [`pattern_dims`]), or `[groups, heads, queries, keys]` with each block shared by
+    /// `problems / groups` consecutive problems (along rows or columns, `[b, …]`: one block for
+    /// every row of a graph; see [`expand_bias`]).
     pub bias: Option<T4<E, D, T>>,
     /// Talking heads `[heads, heads]`, mixing the scores across heads before normalising.
     pub talking: Option<T2<E, D, T>>,
@@ -196,10 +199,35 @@ pub fn self_attention_composite<E: Real, D: Backend<E>, T: Tape<E, D>>(
     })
 }
 
+/// A bias of `[groups, h, queries, keys]` blocks as `[problems, h, queries, keys]`, each block
+/// repeated for the `problems / groups` consecutive problems that share it (a copy; the CPU's
+/// kernels read shared blocks in place). Unchanged when there is one block per problem.
+pub fn expand_bias<E: Real, D: Device<E>, T: Tape<E, D>>(
+    bias: T4<E, D, T>,
+    problems: usize,
+) -> Result<T4<E, D, T>> {
+    let (groups, h, nq, nk) = *bias.shape();
+    if groups == problems {
+        return Ok(bias);
+    }
+    if groups == 0 || problems % groups != 0 {
+        return Err(Error::shape(
+            "attention bias",
+            format!("[groups, {h}, {nq}, {nk}] with groups dividing {problems} problems"),
+            format!("{:?}", bias.shape()),
+        ));
+    }
+    let share = problems / groups;
+    Ok(bias
+        .broadcast_like::<_, Axis<1>>(&(groups, share, h, nq, nk))
+        .reshape_like(&(problems, h, nq, nk)))
+}
+
 /// Plain attention (no talking heads) across edges in a pattern: q, k `[b, n, n, h·d]`,
 /// v `[b, n, n, h·e]` → `[b, n, n, h·e]` (zeros off the diagonal for the diagonal pattern);
-/// `bias` in the pattern's layout `[problems, h, queries, keys]`. The CPU reads every pattern as
-/// a strided view of the edges; elsewhere, [`pattern_attention_via_layout`].
+/// `bias` in the pattern's layout `[problems, h, queries, keys]` (or shared blocks, see
+/// [`EdgeAttendInputs::bias`]). The CPU reads every pattern as a strided view of the edges;
+/// elsewhere, [`pattern_attention_via_layout`].
 pub fn pattern_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     q: T4<E, D, T>,
     k: T4<E, D, T>,
@@ -231,6 +259,8 @@ pub fn pattern_attention_via_layout<E: Real, D: Backend<E>, T: Tape<E, D>>(
 ) -> Result<T4<E, D, T>> {
     let (b, n, _, _) = *q.shape();
     let to = |t: T4<E, D, T>| to_pattern_layout(Edges(t), heads, pattern);
+    let problems = pattern_dims(pattern, b, n).0;
+    let bias = bias.map(|t| expand_bias(t, problems)).transpose()?;
     let out = attention(to(q)?, to(k)?, to(v)?, bias, spec)?;
     Ok(from_pattern_layout(out, b, n, pattern).into_tensor())
 }
@@ -363,7 +393,7 @@ pub fn edge_attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
                 visibility: vis,
             };
             let extra = AttendInputs {
-                bias: inputs.bias,
+                bias: inputs.bias.map(|t| expand_bias(t, p)).transpose()?,
                 talking: inputs.talking,
                 gates,
             };

@@ -225,3 +225,100 @@ fn fused_edge_self_attention_without_a_tape_gives_the_same_values() {
         }
     }
 }
+
+/// A bias shared by every row of a graph (`[b, h, n, n]`, triangle attention's bias from the
+/// third side) is read in place by the fused kernel and by the pattern kernel; both agree with
+/// the same bias repeated for every row (`expand_bias`, dfdx's broadcast), values and every
+/// gradient, the shared bias's included; and it passes a finite-difference check.
+#[test]
+fn a_bias_shared_by_the_rows_of_a_graph_equals_it_repeated() {
+    use quartic::ops::patterns::expand_bias;
+    let d = dev();
+    let vals = values();
+    let shared_len = B * H * N * N;
+    let mask = GraphMask::from_lengths(N, &[5, 3]).unwrap().causal(true);
+    for pattern in [EdgePattern::Row, EdgePattern::Column] {
+        for kernel in kernels() {
+            for via_pattern_kernel in [false, true] {
+                let run = |expand: bool| {
+                    let plain: Vec<_> = vals
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            let v = if i == 5 { &v[..shared_len] } else { &v[..] };
+                            d.tensor_from_vec(v.to_vec(), (v.len(),))
+                        })
+                        .collect();
+                    let mut traced: Vec<In> = plain.iter().map(|t| t.leaky_trace()).collect();
+                    let shared = traced.pop().unwrap().reshape_like(&(B, H, N, N));
+                    // `inputs` takes a full-size bias slot; this one is not used
+                    traced.push(traced[0].with_empty_tape());
+                    let mut i = inputs(traced, true, false);
+                    i.bias = Some(if expand {
+                        expand_bias(shared, B * N).unwrap()
+                    } else {
+                        shared
+                    });
+                    let out = if via_pattern_kernel {
+                        unfused(i, pattern, kernel, &mask)
+                    } else {
+                        fused(i, pattern, kernel, &mask)
+                    };
+                    let mut all = vec![out.as_vec()];
+                    let mut g = probe_loss(out, 9).backward();
+                    all.extend(plain.iter().map(|t| grad_of(&mut g, t)));
+                    all
+                };
+                let (a, b) = (run(false), run(true));
+                let names = ["out", "dx", "dWq", "dWk", "dWv", "dgates", "dbias"];
+                for (name, (x, y)) in names.iter().zip(a.iter().zip(&b)) {
+                    let what = format!(
+                        "{pattern:?} {kernel:?} pattern kernel {via_pattern_kernel}: {name}"
+                    );
+                    assert!(y.iter().any(|v| *v != 0.0), "{what}: all zero");
+                    assert_close(&what, x, y, 1e-10, 1e-9);
+                }
+            }
+            let mut v = values();
+            v[5].truncate(shared_len);
+            gradcheck(
+                &format!("shared bias {pattern:?} {kernel:?}"),
+                &v,
+                12,
+                |v| {
+                    let mut v = v;
+                    let shared = v.pop().unwrap().reshape_like(&(B, H, N, N));
+                    let dummy = v[0].with_empty_tape();
+                    v.push(dummy);
+                    let mut i = inputs(v, true, false);
+                    i.bias = Some(shared);
+                    probe_loss(fused(i, pattern, kernel, &mask), 5)
+                },
+            );
+        }
+    }
+    // groups that do not divide the problems are refused, by name
+    let traced: Vec<In> = vals
+        .iter()
+        .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)).leaky_trace())
+        .collect();
+    let mut i = inputs(traced, false, false);
+    i.bias = Some(
+        d.tensor_from_vec(vec![0.0; 3 * H * N * N], (3, H, N, N))
+            .retaped::<Tp>(),
+    );
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let spec = WeightsSpec {
+            scale: 0.5,
+            normalizer: Normalizer::Softmax,
+            visibility: pattern_visibility(EdgePattern::Row, &mask).unwrap(),
+        };
+        let [to_q, to_k, to_v] = i.w;
+        let w = EdgeProjections { to_q, to_k, to_v };
+        Backend::self_attention_fused(i.x, w, None, i.bias, H, EdgePattern::Row, &spec)
+            .err()
+            .expect("three groups over ten rows are an error")
+    }))
+    .expect("no panic");
+    assert!(err.to_string().contains("bias"), "{err}");
+}

@@ -252,3 +252,57 @@ fn bad_path_inputs_are_errors() {
     let e = path_attention(t(H * DH, 4), t(H * DH, 4), t(H * E, 4), t(H * E, 4), H, &s);
     assert!(format!("{}", e.unwrap_err()).contains("visibility"));
 }
+
+/// At n = 19 (two full runs of eight along j plus a tail of three, and each (graph, head)'s
+/// rows split into runs in the backward) the fused kernel agrees with the composite form,
+/// output and every input's gradient, padded and causal, both normalizers.
+#[test]
+fn fused_path_attention_agrees_with_the_composite_at_a_wider_size() {
+    let (b, n, h, dh, e) = (2, 19, 2, 8, 4);
+    let x = [
+        randn(91, b * n * n * h * dh),
+        randn(92, b * n * n * h * dh),
+        randn(93, b * n * n * h * e),
+        randn(94, b * n * n * h * e),
+    ];
+    for causal in [false, true] {
+        let m = GraphMask::from_lengths(n, &[19, 11])
+            .unwrap()
+            .causal(causal);
+        for normalizer in normalizers() {
+            let s = spec(normalizer, &m);
+            let run = |fused: bool| {
+                let d = dev();
+                let plain: Vec<Tensor<(usize, usize, usize, usize), f64, Cpu>> = x
+                    .iter()
+                    .zip([dh, dh, e, e])
+                    .map(|(v, c)| d.tensor_from_vec(v.clone(), (b, n, n, h * c)))
+                    .collect();
+                let t: Vec<_> = plain.iter().map(|p| p.leaky_trace()).collect();
+                let [q, k, v1, v2]: [_; 4] = t.try_into().ok().unwrap();
+                let out = if fused {
+                    path_attention(q, k, v1, v2, h, &s)
+                } else {
+                    path_attention_composite(q, k, v1, v2, h, &s)
+                }
+                .unwrap();
+                let values = out.retaped::<NoneTape>().as_vec();
+                let mut grads = probe_loss(out, 95).backward();
+                let grads: Vec<Vec<f64>> = plain.iter().map(|p| grad_of(&mut grads, p)).collect();
+                (values, grads)
+            };
+            let (fused, composite) = (run(true), run(false));
+            let what = format!("causal {causal}, {normalizer:?}");
+            assert_close(
+                &format!("{what}: output"),
+                &fused.0,
+                &composite.0,
+                1e-12,
+                1e-10,
+            );
+            for (which, (a, c)) in fused.1.iter().zip(&composite.1).enumerate() {
+                assert_close(&format!("{what}: gradient {which}"), a, c, 1e-12, 1e-10);
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::affine::{rows_times_weights, rows_times_weights_backward};
-use super::flash::{edge_layout, Problem, Sizes};
+use super::flash::{bias_share, edge_layout, Problem, Sizes};
 use super::fused::{accumulate, copied, host_copy, zeros, CpuBuffer};
 use super::shared::Shared;
 use super::taped::Taped;
@@ -74,7 +74,7 @@ fn sigmoid<E: Real>(x: E) -> E {
 
 /// Self-attention across the edges `x [b, n, n, c]` in the row or column pattern, with the
 /// projections in `w`, optional per-head gate logits `[b, n, n, h]` and additive bias in the
-/// pattern's layout `[b·n, h, n, n]`. Returns `[b, n, n, h·e]`.
+/// pattern's layout `[b·n, h, n, n]` (or `[b, h, n, n]`, one block shared by a graph's rows). Returns `[b, n, n, h·e]`.
 pub fn edge_self_attention_fused<E: Real, T: Tape<E, Cpu>>(
     x: T4<E, Cpu, T>,
     w: EdgeProjections<E, Cpu, T>,
@@ -124,15 +124,14 @@ where
             ));
         }
     }
-    if let Some(bs) = &bias {
-        if *bs.shape() != (b * n, heads, n, n) {
-            return Err(Error::shape(
-                "edge self-attention bias",
-                format!("{:?}", (b * n, heads, n, n)),
-                format!("{:?}", bs.shape()),
-            ));
-        }
-    }
+    let bias_share = match &bias {
+        Some(bs) => bias_share(
+            "edge self-attention bias",
+            *bs.shape(),
+            (b * n, heads, n, n),
+        )?,
+        None => 1,
+    };
     let vis = &spec.visibility;
     if (vis.batch, vis.queries, vis.keys) != (b * n, n, n) {
         return Err(Error::shape(
@@ -197,6 +196,7 @@ where
         ol: edge_layout(EdgePattern::Row, n, he, e),
         out_len: rows * he,
         bias: bias.as_ref().map(host_copy),
+        bias_share,
     };
     let mut fwd = problem.forward();
     let gate_host = gates.as_ref().map(|g| {

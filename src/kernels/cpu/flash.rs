@@ -8,6 +8,10 @@
 //! the backward's key and value gradients have one writer each. The visibility rule (padding,
 //! causal times) is applied per element; the Taylor normalizer (`1 + s + s²/2` over
 //! `max(Σ, eps)`) accumulates without a running maximum.
+//!
+//! A bias may be shared by consecutive problems (see [`bias_share`]): triangle attention's bias
+//! from the third side of a triangle is the same for every row of a graph, and is read in place
+//! rather than copied n times.
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -231,7 +235,39 @@ pub(super) struct Problem<E> {
     pub(super) ol: Layout,
     pub(super) out_len: usize,
     pub(super) bias: Option<Vec<E>>,
+    /// How many consecutive problems read each `[h, nq, nk]` block of `bias` (1: one block per
+    /// problem).
+    pub(super) bias_share: usize,
 }
+
+/// Bias blocks `[groups, h, nq, nk]` for `p` problems: how many consecutive problems share
+/// each group's block (`p / groups`, which must divide evenly; 1 without problems).
+pub(super) fn bias_share(
+    what: &str,
+    bias: (usize, usize, usize, usize),
+    (p, h, nq, nk): (usize, usize, usize, usize),
+) -> Result<usize> {
+    let (groups, bh, bq, bk) = bias;
+    let fits = (bh, bq, bk) == (h, nq, nk)
+        && if p == 0 {
+            groups == 0
+        } else {
+            groups > 0 && p % groups == 0
+        };
+    if !fits {
+        return Err(Error::shape(
+            what,
+            format!("[groups, {h}, {nq}, {nk}] with groups dividing {p} problems"),
+            format!("{bias:?}"),
+        ));
+    }
+    Ok(if groups == 0 { 1 } else { p / groups })
+}
+
+/// Partial sums kept per shared bias block in the backward pass: the problems sharing a block
+/// are split into at most this many runs, each summed by one task, then added in a fixed order
+/// (so results do not depend on how rayon schedules the tasks).
+const BIAS_RUNS: usize = 8;
 
 /// Buffers reused across the (problem, head) pairs one rayon task runs.
 struct Scratch<E> {
@@ -269,7 +305,8 @@ impl<E: Real> Problem<E> {
         );
         if let Some(bias) = &self.bias {
             for r in 0..bq {
-                let br = &bias[(ph * nq + i0 + r) * nk + j0..][..bk];
+                let block = (p / self.bias_share) * self.h + h;
+                let br = &bias[(block * nq + i0 + r) * nk + j0..][..bk];
                 s[r * bk..(r + 1) * bk]
                     .iter_mut()
                     .zip(br)
@@ -694,6 +731,49 @@ impl<E: Real> Problem<E> {
         }
     }
 
+    /// The backward pass where problems share bias blocks: the problems of one (group, head)
+    /// are split into up to [`BIAS_RUNS`] runs, each run's bias gradient summed in a scratch
+    /// block of its own, the runs then added in order. Returns the bias gradient
+    /// (`len` elements, the bias's shape).
+    fn backward_shared_bias(
+        &self,
+        fwd: &Stats<E>,
+        g: &[E],
+        ptrs: (Shared<'_, E>, Shared<'_, E>, Shared<'_, E>),
+        len: usize,
+    ) -> Vec<E> {
+        let (share, block) = (self.bias_share, self.nq * self.nk);
+        let blocks = len / block.max(1);
+        let runs = share.min(BIAS_RUNS);
+        let per_run = share.div_ceil(runs);
+        // partial[(blk, run)]: bias block blk = group·h + head, summed over one run's problems
+        let mut partial = zeros(blocks * runs * block);
+        partial
+            .par_chunks_mut(block.max(1))
+            .enumerate()
+            .for_each_init(
+                || self.scratch(),
+                |scr, (at, db)| {
+                    let (blk, run) = (at / runs, at % runs);
+                    let (group, head) = (blk / self.h, blk % self.h);
+                    let first = group * share;
+                    for p in first + run * per_run..(first + (run + 1) * per_run).min(first + share)
+                    {
+                        self.backward_pair(p * self.h + head, fwd, g, ptrs, Some(&mut *db), scr);
+                    }
+                },
+            );
+        let mut db = zeros(len);
+        db.par_chunks_mut(block.max(1))
+            .zip(partial.par_chunks(runs * block.max(1)))
+            .for_each(|(out, runs_of_block)| {
+                for run in runs_of_block.chunks(block.max(1)) {
+                    out.iter_mut().zip(run).for_each(|(o, &x)| *o = *o + x);
+                }
+            });
+        db
+    }
+
     pub(super) fn backward(
         &self,
         fwd: &Stats<E>,
@@ -703,25 +783,33 @@ impl<E: Real> Problem<E> {
         let mut dq = zeros(self.q.len());
         let mut dk = zeros(self.k.len());
         let mut dv = zeros(self.v.len());
-        let mut dbias = self.bias.as_ref().map(|_| zeros(pairs * nq * nk));
         let ptrs = (
             Shared::new(&mut dq),
             Shared::new(&mut dk),
             Shared::new(&mut dv),
         );
-        match dbias.as_mut() {
-            Some(db) => db
-                .par_chunks_mut((nq * nk).max(1))
-                .enumerate()
-                .for_each_init(
+        let dbias = match &self.bias {
+            Some(bias) if self.bias_share > 1 => {
+                Some(self.backward_shared_bias(fwd, g, ptrs, bias.len()))
+            }
+            Some(_) => {
+                let mut db = zeros(pairs * nq * nk);
+                db.par_chunks_mut((nq * nk).max(1))
+                    .enumerate()
+                    .for_each_init(
+                        || self.scratch(),
+                        |scr, (ph, db)| self.backward_pair(ph, fwd, g, ptrs, Some(db), scr),
+                    );
+                Some(db)
+            }
+            None => {
+                (0..pairs).into_par_iter().for_each_init(
                     || self.scratch(),
-                    |scr, (ph, db)| self.backward_pair(ph, fwd, g, ptrs, Some(db), scr),
-                ),
-            None => (0..pairs).into_par_iter().for_each_init(
-                || self.scratch(),
-                |scr, ph| self.backward_pair(ph, fwd, g, ptrs, None, scr),
-            ),
-        }
+                    |scr, ph| self.backward_pair(ph, fwd, g, ptrs, None, scr),
+                );
+                None
+            }
+        };
         (dq, dk, dv, dbias)
     }
 }
@@ -739,7 +827,7 @@ pub struct Sizes {
 
 /// Attention over operands stored in any tensors whose elements the [`Layout`]s address:
 /// `out` (shape `out_shape`, laid out by `ol`) = `normalize(scale · q·kᵀ + bias) · v`, `bias`
-/// `[P, H, nq, nk]` contiguous. The weights are never stored.
+/// `[G, H, nq, nk]` contiguous, each of its G blocks read by P / G consecutive problems. The weights are never stored.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_strided<S: Shape, So: Shape, E: Real, T: Tape<E, Cpu>>(
     (q, ql): (Tensor<S, E, Cpu, T>, Layout),
@@ -770,15 +858,10 @@ where
             format!("{:?}", (vis.batch, vis.queries, vis.keys)),
         ));
     }
-    if let Some(b) = &bias {
-        if *b.shape() != (p, h, nq, nk) {
-            return Err(Error::shape(
-                "attention bias",
-                format!("{:?}", (p, h, nq, nk)),
-                format!("{:?}", b.shape()),
-            ));
-        }
-    }
+    let bias_share = match &bias {
+        Some(b) => bias_share("attention bias", *b.shape(), (p, h, nq, nk))?,
+        None => 1,
+    };
     // every addressed element must lie inside its buffer
     let last = |l: &Layout, rows: usize, c: usize| {
         if p * h * rows * c == 0 || l.count == 0 {
@@ -840,6 +923,7 @@ where
         ol,
         out_len: out_shape.num_elements(),
         bias: bias.as_ref().map(host_copy),
+        bias_share,
     };
     let mut fwd = problem.forward();
     // the backward reads the output: copy it when there is a tape, else hand it over

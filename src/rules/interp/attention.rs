@@ -321,7 +321,8 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     }
 
     /// A score bias in the pattern's layout: `[b·n, h, n, n]` along rows and columns (the
-    /// query's shared index leads), `[b, h, n², n²]` over all edges.
+    /// query's shared index leads), or `[b, h, n, n]` there when the bias does not depend on
+    /// the shared index; `[b, h, n², n²]` over all edges.
     fn edge_bias(
         &self,
         bias: Val<E, D, T>,
@@ -350,6 +351,13 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 } else {
                     (q1, q0, k0)
                 };
+                if !bias.axes.contains(&Ax::Slot(shared)) {
+                    // the same for every row (triangle attention's bias from the third side):
+                    // one block per graph, read by each of its rows in place
+                    let axes = [Ax::Batch, Ax::Chan, Ax::Slot(query), Ax::Slot(key)];
+                    let t = self.arrange(bias, &axes, h)?.t;
+                    return Ok(t.reshape_like(&(b, h, n, n)));
+                }
                 let axes = [
                     Ax::Batch,
                     Ax::Slot(shared),

@@ -1,7 +1,8 @@
 //! Criterion benches of the speed table's rows (issue: speed): the README model forward and
-//! train step, the small model's train step, one `quartic` layer (all-edges attention) forward +
-//! backward at n = 64 and 128. `cargo bench --bench models`; whole-process timings with peak
-//! memory: `scripts/speed_table.sh`.
+//! train step, the small model's train step, one layer of `quartic` (all-edges attention),
+//! `triangle` and `edge_transformer` (cubic), forward + backward at n = 64 and 128.
+//! `cargo bench --bench models`; whole-process timings with peak memory:
+//! `scripts/speed_table.sh`.
 
 mod workloads;
 
@@ -32,11 +33,13 @@ fn rows(c: &mut Criterion) {
     g.bench_function("small_train_step", |b| {
         b.iter(|| workloads::train_step(&mut small, &mut adam, 8, 32))
     });
-    for n in [64, 128] {
-        let layer = workloads::quartic_layer(&dev);
-        g.bench_function(format!("quartic_layer_n{n}"), |b| {
-            b.iter(|| workloads::quartic_layer_step(&dev, &layer, n))
-        });
+    for rule in ["quartic", "triangle", "edge_transformer"] {
+        let layer = workloads::rule_layer(&dev, rule);
+        for n in [64, 128] {
+            g.bench_function(format!("{rule}_layer_n{n}"), |b| {
+                b.iter(|| workloads::rule_layer_step(&dev, &layer, n))
+            });
+        }
     }
     g.finish();
 }

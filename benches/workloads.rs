@@ -142,30 +142,55 @@ pub fn train_step<D: RunShards<f32> + Synchronize>(
     }
 }
 
-/// One `quartic` layer alone: full softmax attention across all n² edges (dim_edges 32,
-/// 4 heads × 16), node block included, forward + backward.
-pub fn quartic_layer<D: Backend<f32>>(dev: &D) -> RuleLayer<f32, D> {
-    let p = |k: &str, v: f64| (k.to_string(), Const::Num(v));
+/// One layer of a built-in `rule` alone, node block included, at the widths of the speed
+/// table's layer rows: dim 64, dim_edges 32, 4 heads × 16 on the nodes and on the edges (the
+/// rule's other parameters at its defaults). `quartic`: full softmax attention across all n²
+/// edges; `triangle`, `edge_transformer`: the cubic triangle and path updates.
+pub fn rule_layer<D: Backend<f32>>(dev: &D, rule: &str) -> RuleLayer<f32, D> {
+    let rule = Rule::builtin(rule).expect("built in");
     let cfg = RuleConfig {
         dim: 64,
         dim_edges: 32,
         causal: false,
-        overrides: vec![
-            p("heads", 4.0),
-            p("dim_head", 16.0),
-            p("edge_heads", 4.0),
-            p("edge_dim_head", 16.0),
-        ],
+        overrides: rule
+            .declared_values(&[
+                ("heads", 4.0),
+                ("dim_head", 16.0),
+                ("edge_heads", 4.0),
+                ("edge_dim_head", 16.0),
+            ])
+            .into_iter()
+            .collect(),
     };
-    let plan = Rule::builtin("quartic")
-        .expect("built in")
-        .plan(&cfg)
-        .expect("checks");
+    let plan = rule.plan(&cfg).expect("checks");
     RuleLayer::new(plan, &Init::random(dev, 0)).expect("builds")
 }
 
-/// [`quartic_layer`]'s forward and backward at `n` nodes; waits for the device to finish.
-pub fn quartic_layer_step<D: Backend<f32> + Synchronize>(
+// the FLOP/s columns of examples/speed.rs; the criterion benches do not use it
+#[allow(dead_code)]
+/// The forward FLOPs of a graph model at batch `b`, `n` nodes, from `explain`'s cost model:
+/// its layers and the logits' projection (embeddings and the final norm are a few per cent).
+pub fn model_forward_flops<D: Backend<f32>>(model: &Model<f32, D>, b: usize, n: usize) -> f64 {
+    let Model::Graph(g) = model else {
+        return f64::NAN;
+    };
+    let layers: f64 = g
+        .layers
+        .iter()
+        .map(|l| quartic::rules::explain::plan_cost(&l.plan, b, n).flops)
+        .sum();
+    layers + 2.0 * (b * n * g.config.dim * g.config.num_tokens) as f64
+}
+
+// the FLOP/s columns of examples/speed.rs; the criterion benches do not use it
+#[allow(dead_code)]
+/// The forward FLOPs of [`rule_layer`] at batch 1, `n` nodes, from `explain`'s cost model.
+pub fn layer_forward_flops<D: Backend<f32>>(layer: &RuleLayer<f32, D>, n: usize) -> f64 {
+    quartic::rules::explain::plan_cost(&layer.plan, 1, n).flops
+}
+
+/// A [`rule_layer`]'s forward and backward at `n` nodes; waits for the device to finish.
+pub fn rule_layer_step<D: Backend<f32> + Synchronize>(
     dev: &D,
     layer: &RuleLayer<f32, D>,
     n: usize,

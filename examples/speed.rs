@@ -1,10 +1,12 @@
 //! Whole-process timings of the speed workloads (see `benches/workloads.rs`), one per run so
 //! each peak memory is its own: `cargo run --release --example speed -- WORKLOAD`, with WORKLOAD
-//! one of readme-forward, readme-train, small-train, quartic-N (one `quartic` layer at N nodes;
-//! the table has 64 and 128) (an optional second argument sets the number of timed repeats, for
-//! profiling; `--device cuda` runs these on a GPU, in a build with the `cuda` feature). Prints
-//! one line: workload, median seconds over the repeats, peak resident host memory (VmHWM), in
-//! MiB. Also `readme-flops`
+//! one of readme-forward, readme-train, small-train, RULE-N (one layer of a built-in rule at N
+//! nodes, e.g. quartic-128, triangle-64, edge_transformer-128) (an optional second argument
+//! sets the number of timed repeats, for profiling; `--device cuda` runs these on a GPU, in a
+//! build with the `cuda` feature). Prints one line: workload, median seconds over the repeats,
+//! peak resident host memory (VmHWM) in MiB, and GFLOP per repeat (`explain`'s cost model, a
+//! backward pass counted as twice its forward). `matmul-peak` prints the f32 matrix product
+//! rate in GFLOP/s that the FLOP/s columns are read against. Also `readme-flops`
 //! (achieved FLOP/s against the matmul peak), `scaling` (one layer of each built-in rule
 //! against n: time and peak live heap, with fitted exponents) and `footprint` (the memory
 //! estimate a run is checked against, next to the run's measured peak heap) and `paths` (the
@@ -174,7 +176,12 @@ fn main() {
             eprintln!("error: {e}");
             std::process::exit(1)
         });
-        println!("{which}\t{:.4}\t{:.0}", median(times), peak_mib());
+        println!(
+            "{which}\t{:.4}\t{:.0}\t{:.2}",
+            median(times.seconds),
+            peak_mib(),
+            times.flops / 1e9
+        );
         return;
     }
     let dev = Cpu::default();
@@ -183,23 +190,12 @@ fn main() {
             // achieved FLOP/s of the README forward (FLOPs from `explain`'s cost model) against
             // the machine's f32 matmul peak (512³ matmuls through dfdx/gemm, both cores)
             let m = workloads::readme_model(&dev);
-            let quartic::models::Model::Graph(g) = &m else {
-                unreachable!()
-            };
-            let layer_flops = quartic::rules::explain::plan_cost(&g.layers[0].plan, 1, 128).flops;
-            let flops = 2.0 * layer_flops + 2.0 * 128.0 * 512.0 * 256.0;
+            let flops = workloads::model_forward_flops(&m, 1, 128);
             workloads::forward(&m, 1, 128);
             let t = Instant::now();
             workloads::forward(&m, 1, 128);
             let secs = t.elapsed().as_secs_f64();
-            let a: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&(512, 512));
-            let b: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&(512, 512));
-            std::hint::black_box(a.clone().matmul(b.clone()).as_vec());
-            let t = Instant::now();
-            for _ in 0..20 {
-                std::hint::black_box(a.clone().matmul(b.clone()));
-            }
-            let peak = 20.0 * 2.0 * 512f64.powi(3) / t.elapsed().as_secs_f64();
+            let peak = matmul_peak(&dev);
             let achieved = flops / secs;
             println!(
                 "readme-flops\t{:.1} GFLOP in {secs:.3} s = {:.1} GFLOP/s; matmul peak {:.1} GFLOP/s; {:.0}%",
@@ -208,6 +204,10 @@ fn main() {
                 peak / 1e9,
                 100.0 * achieved / peak
             );
+            return;
+        }
+        "matmul-peak" => {
+            println!("matmul-peak\t{:.1}", matmul_peak(&dev) / 1e9);
             return;
         }
         "scaling" => {
@@ -352,6 +352,19 @@ fn main() {
     }
 }
 
+/// The machine's f32 matrix product rate in FLOP/s: twenty 512³ products through dfdx (gemm,
+/// every core), after one untimed.
+fn matmul_peak(dev: &Cpu) -> f64 {
+    let a: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&(512, 512));
+    let b: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&(512, 512));
+    std::hint::black_box(a.clone().matmul(b.clone()).as_vec());
+    let t = Instant::now();
+    for _ in 0..20 {
+        std::hint::black_box(a.clone().matmul(b.clone()));
+    }
+    20.0 * 2.0 * 512f64.powi(3) / t.elapsed().as_secs_f64()
+}
+
 /// `--device cpu|cuda[:N]` anywhere among the arguments (the CPU when absent).
 fn device_arg() -> DeviceChoice {
     let args: Vec<String> = std::env::args().collect();
@@ -368,40 +381,48 @@ fn device_arg() -> DeviceChoice {
 }
 
 /// The timed workloads, on any device: each one's seconds per repeat (after one untimed run,
-/// as the original's script does: the first faults in the buffers); `None` for another name.
+/// as the original's script does: the first faults in the buffers) and the FLOPs of one
+/// repeat; `None` for another name.
 fn timed(
     which: &str,
     device: DeviceChoice,
     repeats: &dyn Fn(usize) -> usize,
-) -> Option<quartic::Result<Vec<f64>>> {
+) -> Option<quartic::Result<Timed>> {
     let known = matches!(
         which,
         "readme-forward" | "readme-forward-4s" | "readme-train" | "readme-train-4s" | "small-train"
-    ) || quartic_n(which).is_some();
+    ) || rule_layer_n(which).is_some();
     if !known {
         return None;
     }
     // a closure: the macro's `?` returns the device's error from it
-    let run = || -> quartic::Result<Vec<f64>> {
+    let run = || -> quartic::Result<Timed> {
         quartic::on_device!(device, 0, |dev| Ok(time_on(&dev, which, repeats)))
     };
     Some(run())
 }
 
-/// `quartic-N`: one `quartic` layer at N nodes.
-fn quartic_n(which: &str) -> Option<usize> {
-    which
-        .strip_prefix("quartic-")?
-        .parse()
-        .ok()
-        .filter(|&n| n > 0)
+/// `RULE-N` (e.g. `quartic-128`, `triangle-64`, `edge_transformer-128`): one layer of the
+/// built-in RULE at N nodes (see `workloads::rule_layer`).
+fn rule_layer_n(which: &str) -> Option<(&str, usize)> {
+    let (rule, n) = which.rsplit_once('-')?;
+    let n = n.parse().ok().filter(|&n| n > 0)?;
+    quartic::rules::Rule::builtin(rule).ok()?;
+    Some((rule, n))
+}
+
+/// Seconds of each timed repeat, and the FLOPs one repeat does (`explain`'s cost model; a
+/// backward pass counted as twice its forward).
+struct Timed {
+    seconds: Vec<f64>,
+    flops: f64,
 }
 
 fn time_on<D: RunShards<f32> + dfdx::tensor::Synchronize>(
     dev: &D,
     which: &str,
     repeats: &dyn Fn(usize) -> usize,
-) -> Vec<f64> {
+) -> Timed {
     let time = |count: usize, f: &mut dyn FnMut()| -> Vec<f64> {
         f();
         (0..count)
@@ -412,34 +433,45 @@ fn time_on<D: RunShards<f32> + dfdx::tensor::Synchronize>(
             })
             .collect()
     };
+    let readme_streams = |forward_name| if which == forward_name { 1 } else { 4 };
     match which {
         "readme-forward" | "readme-forward-4s" => {
-            let streams = if which == "readme-forward" { 1 } else { 4 };
-            let m = workloads::readme_model_streams(dev, streams);
-            time(repeats(3), &mut || workloads::forward(&m, 1, 128))
+            let m = workloads::readme_model_streams(dev, readme_streams("readme-forward"));
+            Timed {
+                flops: workloads::model_forward_flops(&m, 1, 128),
+                seconds: time(repeats(3), &mut || workloads::forward(&m, 1, 128)),
+            }
         }
         "readme-train" | "readme-train-4s" => {
-            let streams = if which == "readme-train" { 1 } else { 4 };
-            let mut m = workloads::readme_model_streams(dev, streams);
+            let mut m = workloads::readme_model_streams(dev, readme_streams("readme-train"));
+            let flops = 3.0 * workloads::model_forward_flops(&m, 1, 128);
             let mut adam = workloads::optimizer(&m);
-            time(repeats(3), &mut || {
-                workloads::train_step(&mut m, &mut adam, 1, 128)
-            })
+            Timed {
+                flops,
+                seconds: time(repeats(3), &mut || {
+                    workloads::train_step(&mut m, &mut adam, 1, 128)
+                }),
+            }
         }
         "small-train" => {
             let mut m = workloads::small_model(dev);
+            let flops = 3.0 * workloads::model_forward_flops(&m, 8, 32);
             let mut adam = workloads::optimizer(&m);
-            time(repeats(5), &mut || {
-                workloads::train_step(&mut m, &mut adam, 8, 32)
-            })
+            Timed {
+                flops,
+                seconds: time(repeats(5), &mut || {
+                    workloads::train_step(&mut m, &mut adam, 8, 32)
+                }),
+            }
         }
         _ => {
-            // one timed run, as measured from the start (the first run is the measurement)
-            let n = quartic_n(which).expect("checked by `timed`");
-            let layer = workloads::quartic_layer(dev);
-            let t = Instant::now();
-            workloads::quartic_layer_step(dev, &layer, n);
-            vec![t.elapsed().as_secs_f64()]
+            let (rule, n) = rule_layer_n(which).expect("checked by `timed`");
+            let layer = workloads::rule_layer(dev, rule);
+            let flops = 3.0 * workloads::layer_forward_flops(&layer, n);
+            let seconds = time(repeats(3), &mut || {
+                workloads::rule_layer_step(dev, &layer, n)
+            });
+            Timed { flops, seconds }
         }
     }
 }

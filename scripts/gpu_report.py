@@ -256,7 +256,7 @@ class GpuMemory:
 
 
 SPEED_ROWS = ["small-train", "readme-forward", "readme-train", "quartic-32", "quartic-64",
-              "quartic-128"]
+              "quartic-128", "triangle-128", "edge_transformer-128"]
 ORIGINAL_ROWS = {"small-train", "readme-forward", "readme-train"}
 
 
@@ -269,8 +269,9 @@ def timed(cmd, device, env=None, timeout=300):
             return None, None, mem.mib(), f"over {timeout} s"
     if p.returncode != 0:
         return None, None, mem.mib(), (p.stderr.strip().splitlines() or ["failed"])[-1][:200]
-    _, secs, peak = p.stdout.strip().split("\t")
-    return float(secs), float(peak), mem.mib(), None
+    # workload, seconds, peak host MiB[, GFLOP per repeat]
+    fields = p.stdout.strip().split("\t")
+    return float(fields[1]), float(fields[2]), mem.mib(), None
 
 
 def speed(r, speed_bin, original):

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::cpu::{affine, edge_attention, flash, fused, path, rows};
+use crate::kernels::cpu::{affine, edge_attention, flash, fused, gather, path, rows};
 use crate::spec::{
-    pattern_dims, EdgePattern, EdgeProjections, FeedForwardParams, RmsKind, WeightsSpec,
+    pattern_dims, EdgePattern, EdgeProjections, FeedForwardParams, GatherTable, RmsKind,
+    WeightsSpec,
 };
 use crate::tensor::*;
 
@@ -46,6 +47,8 @@ pub enum Fused {
     AddRepeated,
     /// Attention of each edge over the paths through a third node (`ops::path`).
     PathAttention,
+    /// A gather by a host-built table (the rule interpreter's layout moves).
+    Gather,
 }
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
@@ -216,6 +219,14 @@ pub trait Backend<E: Real>: Device<E> {
     ) -> Result<Tensor<S, E, Self, T>> {
         Err(not_fused(Fused::AddRepeated))
     }
+
+    /// `out[i] = x[table.index()[i]]` (see `rules::layout::arrange`).
+    fn gather_fused<T: Tape<E, Self>>(
+        _x: T1<E, Self, T>,
+        _table: &std::sync::Arc<GatherTable>,
+    ) -> Result<T1<E, Self, T>> {
+        Err(not_fused(Fused::Gather))
+    }
 }
 
 impl<E: Real> Backend<E> for Cpu
@@ -374,6 +385,13 @@ where
         y: Tensor<R, E, Self, T>,
     ) -> Result<Tensor<S, E, Self, T>> {
         affine::add_repeated_fused(x, y)
+    }
+
+    fn gather_fused<T: Tape<E, Self>>(
+        x: T1<E, Self, T>,
+        table: &std::sync::Arc<GatherTable>,
+    ) -> Result<T1<E, Self, T>> {
+        gather::gather_fused(x, table)
     }
 }
 

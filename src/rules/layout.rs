@@ -7,12 +7,14 @@
 //! element it reads. Tables are built on the host once per layout pair and cached.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dfdx::prelude::*;
 
 use super::ir::Slot;
+use crate::backend::{Backend, Fused};
 use crate::error::{Error, Result};
+use crate::spec::GatherTable;
 use crate::tensor::*;
 
 /// One logical axis of a value.
@@ -105,7 +107,15 @@ struct LayoutKey {
 /// Gather tables by layout pair, kept across calls (a rule runs the same layouts every step).
 /// Shared by the shards of a batch that run at once (see `train::shards`).
 pub struct LayoutCache<D: Storage<usize>> {
-    tables: Mutex<HashMap<LayoutKey, Tensor<(usize,), usize, D>>>,
+    tables: Mutex<HashMap<LayoutKey, Table<D>>>,
+}
+
+/// One cached table: on the host for a device that gathers with its own kernel
+/// ([`Fused::Gather`]), else as an index tensor for dfdx's gather.
+#[derive(Clone)]
+enum Table<D: Storage<usize>> {
+    Host(Arc<GatherTable>),
+    Device(Tensor<(usize,), usize, D>),
 }
 
 impl<D: Storage<usize>> Default for LayoutCache<D> {
@@ -200,7 +210,7 @@ fn gather_table(key: &LayoutKey) -> Result<Vec<usize>> {
 /// Moves `v` into the layout `dst` with `channels` channels (broadcasting channels as in
 /// `source_channel`) split into blocks of `within` where `dst` has `Head`/`Within`.
 /// A no-op when the layout already matches.
-pub fn arrange<E: Real, D: Device<E>, T: Tape<E, D>>(
+pub fn arrange<E: Real, D: Backend<E>, T: Tape<E, D>>(
     v: Val<E, D, T>,
     dst: &[Ax],
     channels: usize,
@@ -223,23 +233,38 @@ pub fn arrange<E: Real, D: Device<E>, T: Tape<E, D>>(
         dst_within: within,
         ext,
     };
-    let index = {
+    let table = {
         // a panic elsewhere while the lock was held leaves a cache that is still consistent
         let mut tables = cache.tables.lock().unwrap_or_else(|e| e.into_inner());
         match tables.get(&key) {
             Some(t) => t.clone(),
             None => {
-                let table = gather_table(&key)?;
-                let dev = v.t.device().clone();
-                let len = table.len();
-                let t = dev.try_tensor_from_vec(table, (len,)).map_err(device_err)?;
+                let index = gather_table(&key)?;
+                let t = if D::fuses(Fused::Gather) {
+                    Table::Host(Arc::new(GatherTable::new(index, v.t.shape().0)?))
+                } else {
+                    let dev = v.t.device().clone();
+                    let len = index.len();
+                    Table::Device(dev.try_tensor_from_vec(index, (len,)).map_err(device_err)?)
+                };
                 tables.insert(key, t.clone());
                 t
             }
         }
     };
+    let t = match table {
+        // the CPU fuses every op or none (see `backend::set_cpu_fused`)
+        Table::Host(table) if D::fuses(Fused::Gather) => D::gather_fused(v.t, &table)?,
+        Table::Host(table) => {
+            let dev = v.t.device().clone();
+            let index = table.index().to_vec();
+            let len = index.len();
+            v.t.gather(dev.try_tensor_from_vec(index, (len,)).map_err(device_err)?)
+        }
+        Table::Device(index) => v.t.gather(index),
+    };
     Ok(Val {
-        t: v.t.gather(index),
+        t,
         axes: dst.to_vec(),
         channels,
         within,

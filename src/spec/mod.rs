@@ -247,3 +247,56 @@ pub fn repeats<S: Shape, R: Shape>(x: &S, y: &R) -> Result<usize> {
     }
     Ok(len / per)
 }
+
+// ---- gathers ---------------------------------------------------------------------------
+
+/// A gather's index table, built on the host: output element `i` reads source element
+/// `index[i]` (the interpreter's layout moves: transposes, broadcasts, lifts). Whether no two
+/// outputs read one source element is known once, so a backward pass can write each source
+/// gradient from one place, in parallel.
+#[derive(Debug)]
+pub struct GatherTable {
+    index: Vec<usize>,
+    source_len: usize,
+    injective: bool,
+}
+
+impl GatherTable {
+    /// The table `index` into a source of `source_len` elements; refused if an index is out
+    /// of range.
+    pub fn new(index: Vec<usize>, source_len: usize) -> Result<Self> {
+        let mut seen = vec![false; source_len];
+        let mut injective = true;
+        for (at, &i) in index.iter().enumerate() {
+            let Some(s) = seen.get_mut(i) else {
+                return Err(Error::shape(
+                    "gather table",
+                    format!("indices below {source_len}"),
+                    format!("{i} at {at}"),
+                ));
+            };
+            injective &= !*s;
+            *s = true;
+        }
+        Ok(Self {
+            index,
+            source_len,
+            injective,
+        })
+    }
+
+    /// For each output element, the source element it reads.
+    pub fn index(&self) -> &[usize] {
+        &self.index
+    }
+
+    /// The number of source elements.
+    pub fn source_len(&self) -> usize {
+        self.source_len
+    }
+
+    /// Whether every source element is read at most once.
+    pub fn injective(&self) -> bool {
+        self.injective
+    }
+}

@@ -207,3 +207,63 @@ fn fused_outer_sum_matches_composite_and_finite_differences() {
         assert!(err.to_string().contains("targets [2, 3, 2]"), "{err}");
     }
 }
+
+/// The CPU's gather (the rule interpreter's layout moves) against dfdx's, values and the
+/// source's gradient, for a permutation (whose backward writes in parallel) and a table that
+/// reads sources several times (whose backward sums); bad tables are refused.
+#[test]
+fn fused_gather_matches_dfdx() {
+    use quartic::spec::GatherTable;
+    use std::sync::Arc;
+    let d = dev();
+    let len = 40_000; // several parallel chunks
+    let x = randn(61, len);
+    // a transpose of a [200, 200] block: a permutation
+    let transpose: Vec<usize> = (0..len).map(|i| (i % 200) * 200 + i / 200).collect();
+    // each source element read by up to three outputs, some never
+    let broadcast: Vec<usize> = (0..len + len / 2).map(|i| (i * 7919) % (len - 3)).collect();
+    for (name, index, injective) in [
+        ("transpose", transpose, true),
+        ("broadcast", broadcast, false),
+    ] {
+        let table = Arc::new(GatherTable::new(index.clone(), len).unwrap());
+        assert_eq!(table.injective(), injective, "{name}");
+        let run = |fused: bool| {
+            let t = d.tensor_from_vec(x.clone(), (len,));
+            let out = if fused {
+                Backend::gather_fused(t.leaky_trace(), &table).unwrap()
+            } else {
+                let idx = d.tensor_from_vec(index.clone(), (index.len(),));
+                t.leaky_trace().gather(idx)
+            };
+            let values = out.retaped::<NoneTape>().as_vec();
+            let mut g = probe_loss(out, 62).backward();
+            (values, grad_of(&mut g, &t))
+        };
+        let (fused, plain) = (run(true), run(false));
+        assert_close(&format!("{name}: values"), &fused.0, &plain.0, 0.0, 0.0);
+        assert_close(
+            &format!("{name}: gradient"),
+            &fused.1,
+            &plain.1,
+            1e-12,
+            1e-12,
+        );
+    }
+    // and against finite differences, a broadcasting table over a small source
+    let small = Arc::new(GatherTable::new((0..30).map(|i| (i * 7) % 11).collect(), 12).unwrap());
+    gradcheck("gather", &[randn(63, 12)], 12, |v| {
+        let x = v.into_iter().next().unwrap();
+        probe_loss(Backend::gather_fused(x, &small).unwrap(), 64)
+    });
+    let err = GatherTable::new(vec![0, 5], 5)
+        .err()
+        .expect("index 5 of 5 is refused");
+    assert!(err.to_string().contains("gather table"), "{err}");
+    let table = Arc::new(GatherTable::new(vec![0, 1], 2).unwrap());
+    let wrong = d.tensor_from_vec(vec![1.0; 3], (3usize,));
+    let err = Backend::gather_fused(wrong, &table)
+        .err()
+        .expect("a source of 3 for a table over 2");
+    assert!(err.to_string().contains("gather source"), "{err}");
+}

@@ -10,25 +10,21 @@
 //! key-side operands are copied once into `[graph, head, l, channel, j]` rows, and the work of
 //! query row i is `n · d` (scores) and `n · e` (values) multiply-adds of length-n rows, which
 //! vectorize (with AVX2 and FMA where the CPU has them). The forward runs in parallel over
-//! (graph, i, head). The backward's key-side gradients sum over every i: it runs over
-//! (graph, head, run of i), each run summing into a block of its own, the runs then added in
-//! a fixed order.
+//! (graph, i, head) and keeps each query's normaliser. The backward recomputes the weights of
+//! one middle node l at a time from those normalisers (the normaliser's own gradient needs only
+//! `Σ dO · O`, as in flash attention), so it runs over (graph, head, run of l): each task is the
+//! one writer of its gradient entries, and its key-side rows stay in cache while every query row
+//! passes them.
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, host_copy, zeros, CpuBuffer};
+use super::fused::{accumulate, copied, host_copy, zeros, CpuBuffer};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
 use crate::spec::{Normalizer, Visibility, WeightsSpec};
 use crate::tensor::*;
-
-/// The backward pass splits each (graph, head)'s query rows into this many runs, divided by
-/// the number of (graph, head) pairs (at least one run each): enough tasks for a few cores
-/// without a scratch block per row. A function of the shapes alone, so results do not depend
-/// on the machine.
-const BACKWARD_TASKS: usize = 8;
 
 /// The sizes and settings of one call, and its inputs on the host. `q`, `v1` are laid out
 /// `[b, i, l, h, ·]`, `k`, `v2` `[b, l, j, h, ·]`, the output `[b, i, j, h, e]`; `kt` and `v2t`
@@ -49,7 +45,8 @@ struct PathProblem<E> {
 }
 
 /// One query row's weights: `s` the scaled scores and `p` the weights, both `[l, j]`; per
-/// column j the normaliser `z` (Taylor: `max(Σ, eps)`) and whether it was clamped to `eps`.
+/// column j the normaliser `z` (softmax: `log Σ exp`; Taylor: `max(Σ, eps)`) and whether it
+/// was clamped to `eps`.
 struct RowWeights<E> {
     s: Vec<E>,
     p: Vec<E>,
@@ -94,9 +91,23 @@ fn axpy2<E: Real, const FMA: bool>(y: &mut [E], a: E, x1: &[E], x2: &[E]) {
     }
 }
 
-/// `Σ x ⊙ y` in eight interleaved partial sums (so that it vectorizes), added in a fixed order.
+/// `Σ x ⊙ y` in eight interleaved partial sums, added in a fixed order (explicit AVX2 vectors
+/// for f32 where `FMA`: the compiler does not vectorize the reduction well).
 #[inline(always)]
 fn dot<E: Real, const FMA: bool>(x: &[E], y: &[E]) -> E {
+    #[cfg(target_arch = "x86_64")]
+    if FMA && std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() {
+        let n = x.len().min(y.len());
+        // SAFETY: E is f32 (checked above), so the slices reinterpret as they are; FMA code
+        // runs only where the CPU has AVX2 and FMA
+        let sum = unsafe {
+            dot_f32_avx2(
+                std::slice::from_raw_parts(x.as_ptr() as *const f32, n),
+                std::slice::from_raw_parts(y.as_ptr() as *const f32, n),
+            )
+        };
+        return E::of(f64::from(sum));
+    }
     let mut acc = [E::zero(); 8];
     let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
     let (xr, yr) = (xc.remainder(), yc.remainder());
@@ -110,6 +121,42 @@ fn dot<E: Real, const FMA: bool>(x: &[E], y: &[E]) -> E {
         tail = madd::<E, FMA>(x, y, tail);
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `Σ x ⊙ y` over the shorter length: sixteen lanes in two vectors, then the tail.
+///
+/// Safety: the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(x: &[f32], y: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len().min(y.len());
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut k = 0;
+    // SAFETY: every load reads 8 elements below n of both slices
+    unsafe {
+        while k + 16 <= n {
+            let (xp, yp) = (x.as_ptr().add(k), y.as_ptr().add(k));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), _mm256_loadu_ps(yp), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8)), _mm256_loadu_ps(yp.add(8)), a1);
+            k += 16;
+        }
+        if k + 8 <= n {
+            let (xp, yp) = (x.as_ptr().add(k), y.as_ptr().add(k));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp), _mm256_loadu_ps(yp), a0);
+            k += 8;
+        }
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: stores 8 lanes into an array of 8
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1)) };
+    let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (&a, &b) in x[k..n].iter().zip(&y[k..n]) {
+        sum = a.mul_add(b, sum);
+    }
+    sum
 }
 
 impl<E: Real> PathProblem<E> {
@@ -196,6 +243,17 @@ impl<E: Real> PathProblem<E> {
                     let prow = &mut p[l * n..(l + 1) * n];
                     prow.iter_mut().zip(&inv).for_each(|(x, &r)| *x = *x * r);
                 }
+                // kept for the backward: log Σ exp per column (+∞ where nothing is visible,
+                // so that every recomputed weight is 0)
+                for (m, &a) in max.iter_mut().zip(&sum) {
+                    *m = if a > E::zero() {
+                        *m + a.ln()
+                    } else if a.is_nan() {
+                        a
+                    } else {
+                        E::infinity()
+                    };
+                }
             }
             Normalizer::Taylor { eps } => {
                 let half = E::of(0.5);
@@ -232,14 +290,15 @@ impl<E: Real> PathProblem<E> {
     }
 
     /// Output rows of query row i (graph g, head): `o[t, j] = Σ_l p[l, j] · v1(i, l)_t ·
-    /// v2(l, j)_t`, written into `out` (`[b, i, j, h, e]`).
+    /// v2(l, j)_t`, written into `out` (`[b, i, j, h, e]`), and the row's normalisers into
+    /// `stats` (`[b, h, i, j]`).
     #[inline(always)]
     fn forward_row<const FMA: bool>(
         &self,
         (g, i, head): (usize, usize, usize),
         w: &mut RowWeights<E>,
         o: &mut [E],
-        out: Shared<'_, E>,
+        (out, z, clamped): (Shared<'_, E>, Shared<'_, E>, Shared<'_, bool>),
     ) {
         let (n, e) = (self.n, self.e);
         self.weights::<FMA>(g, i, head, w);
@@ -259,6 +318,20 @@ impl<E: Real> PathProblem<E> {
                 unsafe { out.write(at + t, o[t * n + j]) };
             }
         }
+        let row = self.stat_at(g, head, i);
+        for j in 0..n {
+            // SAFETY: and its row of normalisers
+            unsafe {
+                z.write(row + j, w.z[j]);
+                clamped.write(row + j, w.clamped[j]);
+            }
+        }
+    }
+
+    /// Offset of query row i's normalisers (graph g, head) in `[b, h, i, j]`.
+    #[inline]
+    fn stat_at(&self, g: usize, head: usize, i: usize) -> usize {
+        ((g * self.h + head) * self.n + i) * self.n
     }
 
     /// [`Self::forward_row`] compiled for AVX2 and FMA.
@@ -271,15 +344,21 @@ impl<E: Real> PathProblem<E> {
         task: (usize, usize, usize),
         w: &mut RowWeights<E>,
         o: &mut [E],
-        out: Shared<'_, E>,
+        outs: (Shared<'_, E>, Shared<'_, E>, Shared<'_, bool>),
     ) {
-        self.forward_row::<true>(task, w, o, out)
+        self.forward_row::<true>(task, w, o, outs)
     }
 
-    fn forward(&self) -> Vec<E> {
+    fn forward(&self) -> PathForward<E> {
         let (b, n, h, e) = (self.b, self.n, self.h, self.e);
         let mut out = zeros::<E>(b * n * n * h * e);
-        let shared = Shared::new(&mut out);
+        let mut z = zeros::<E>(b * h * n * n);
+        let mut clamped = vec![false; b * h * n * n];
+        let outs = (
+            Shared::new(&mut out),
+            Shared::new(&mut z),
+            Shared::new(&mut clamped),
+        );
         let fma = has_fma();
         (0..b * n * h).into_par_iter().for_each_init(
             || (RowWeights::new(n), zeros::<E>(e * n)),
@@ -288,95 +367,102 @@ impl<E: Real> PathProblem<E> {
                 #[cfg(target_arch = "x86_64")]
                 if fma {
                     // SAFETY: has_fma checked the CPU
-                    unsafe { self.forward_row_fma(task, w, o, shared) };
+                    unsafe { self.forward_row_fma(task, w, o, outs) };
                     return;
                 }
                 let _ = fma;
-                self.forward_row::<false>(task, w, o, shared);
+                self.forward_row::<false>(task, w, o, outs);
             },
         );
-        out
+        PathForward { out, z, clamped }
     }
 
-    /// The gradients of query row i (graph g, head): its rows of dq and dv1 into `dq`, `dv1`
-    /// (`[b, i, l, h, ·]`, this row's task alone writes them), and the key-side gradients
-    /// added into `dkt`, `dv2t`, the (graph, head) blocks `[l, channel, j]` of this task's run.
+    /// The gradients through the paths of query row i over middle nodes `ls` (graph g, head):
+    /// its entries `(i, l)` of dq and dv1, and the key-side rows `l` of `dkt`, `dv2t`
+    /// (`[b, h, l, channel, j]`), which only this task writes. The weights are recomputed from
+    /// the scores and the forward's normalisers; `go` is the output gradient of row i as
+    /// `[t, j]`, `dsum` its `Σ_t dO · O` per column (what the normaliser's gradient needs).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn backward_row<const FMA: bool>(
         &self,
         (g, i, head): (usize, usize, usize),
-        grad: &[E],
-        w: &mut RowWeights<E>,
+        ls: std::ops::Range<usize>,
+        (go, dsum): (&[E], &[E]),
+        fwd: &PathForward<E>,
         scratch: &mut BackwardScratch<E>,
-        (dq, dv1): (Shared<'_, E>, Shared<'_, E>),
-        (dkt, dv2t): (&mut [E], &mut [E]),
+        grads: [Shared<'_, E>; 4],
     ) {
         let (n, d, e) = (self.n, self.d, self.e);
-        self.weights::<FMA>(g, i, head, w);
-        let BackwardScratch { go, dp, tmp, dsum } = scratch;
-        for j in 0..n {
-            let g_row = &grad[self.at(g, i, j, head, e)..][..e];
-            for (t, &x) in g_row.iter().enumerate() {
-                go[t * n + j] = x;
+        let [dq, dkt, dv1, dv2t] = grads;
+        let BackwardScratch { s, p, dp, tmp } = scratch;
+        let row = self.stat_at(g, head, i);
+        let (z, clamped) = (&fwd.z[row..row + n], &fwd.clamped[row..row + n]);
+        let masked = self.masked();
+        for l in ls {
+            let at_q = self.at(g, i, l, head, d);
+            let q = &self.q[at_q..][..d];
+            let (at_k, at_v2) = (self.at_t(g, head, l, 0, d), self.at_t(g, head, l, 0, e));
+            let kt = &self.kt[at_k..][..d * n];
+            let v2t = &self.v2t[at_v2..][..e * n];
+            s.iter_mut().for_each(|x| *x = E::zero());
+            for (t, &qt) in q.iter().enumerate() {
+                axpy::<E, FMA>(s, qt * self.scale, &kt[t * n..(t + 1) * n]);
             }
-        }
-        dp.iter_mut().for_each(|x| *x = E::zero());
-        for l in 0..n {
-            let prow = &w.p[l * n..(l + 1) * n];
-            let dprow = &mut dp[l * n..(l + 1) * n];
+            match self.normalizer {
+                Normalizer::Softmax => {
+                    p.iter_mut()
+                        .zip(s.iter().zip(z))
+                        .for_each(|(w, (&x, &lse))| *w = x - lse);
+                    E::exp_slice(p);
+                }
+                Normalizer::Taylor { .. } => {
+                    let half = E::of(0.5);
+                    p.iter_mut()
+                        .zip(s.iter().zip(z))
+                        .for_each(|(w, (&x, &z))| *w = (E::one() + x + half * x * x) / z);
+                }
+            }
+            if masked {
+                for (j, w) in p.iter_mut().enumerate() {
+                    if !self.vis.visible(g, i * n + j, l) {
+                        *w = E::zero();
+                    }
+                }
+            }
+            // dP[j] = Σ_t v1_t · dO_t[j] · v2_t[j]; dv1_t = Σ_j p · dO_t · v2_t;
+            // dv2_t += v1_t · p ⊙ dO_t
+            dp.iter_mut().for_each(|x| *x = E::zero());
             let at_v1 = self.at(g, i, l, head, e);
             let v1 = &self.v1[at_v1..][..e];
             for (t, &c) in v1.iter().enumerate() {
-                let at = self.at_t(g, head, l, t, e) - self.at_t(g, head, 0, 0, e);
-                let v2 = &self.v2t[self.at_t(g, head, l, t, e)..][..n];
-                let go_t = &go[t * n..(t + 1) * n];
-                // tmp = dO_t ⊙ v2_t: dP += v1_t · tmp, dv1_t = p · tmp
+                let (go_t, v2_t) = (&go[t * n..(t + 1) * n], &v2t[t * n..(t + 1) * n]);
                 tmp.iter_mut()
-                    .zip(go_t.iter().zip(v2))
+                    .zip(go_t.iter().zip(v2_t))
                     .for_each(|(x, (&a, &b))| *x = a * b);
-                axpy::<E, FMA>(dprow, c, tmp);
-                // SAFETY: this task alone writes row i of dv1 (graph g, head)
-                unsafe { dv1.write(at_v1 + t, dot::<E, FMA>(prow, tmp)) };
-                // dv2_t += v1_t · (p ⊙ dO_t)
-                axpy2::<E, FMA>(&mut dv2t[at..at + n], c, prow, go_t);
-            }
-        }
-        // the scores' gradient through the normaliser, written over dp
-        let masked = self.masked();
-        dsum.iter_mut().for_each(|x| *x = E::zero());
-        for l in 0..n {
-            let (prow, dprow) = (&w.p[l * n..(l + 1) * n], &dp[l * n..(l + 1) * n]);
-            axpy2::<E, FMA>(dsum, E::one(), prow, dprow);
-        }
-        match self.normalizer {
-            Normalizer::Softmax => {
-                for l in 0..n {
-                    let prow = &w.p[l * n..(l + 1) * n];
-                    let dprow = &mut dp[l * n..(l + 1) * n];
-                    for ((x, &pw), &ds) in dprow.iter_mut().zip(prow).zip(dsum.iter()) {
-                        *x = pw * (*x - ds) * self.scale;
-                    }
+                axpy::<E, FMA>(dp, c, tmp);
+                // SAFETY: entry (i, l) of dv1 and row l of dv2t belong to this task alone
+                unsafe {
+                    dv1.write(at_v1 + t, dot::<E, FMA>(p, tmp));
+                    let dv2_t = std::slice::from_raw_parts_mut(dv2t.at(at_v2 + t * n), n);
+                    axpy2::<E, FMA>(dv2_t, c, p, go_t);
                 }
             }
-            Normalizer::Taylor { .. } => {
-                // p = w/Z: dw = (dp − [Z > eps]·Σ p·dp) / Z, ds = dw · (1 + s)
-                for (ds, &c) in dsum.iter_mut().zip(&w.clamped) {
-                    if c {
-                        *ds = E::zero();
+            // the scores' gradient through the normaliser (with the scale), written over dp
+            match self.normalizer {
+                Normalizer::Softmax => {
+                    for ((x, &w), &ds) in dp.iter_mut().zip(p.iter()).zip(dsum) {
+                        *x = w * (*x - ds) * self.scale;
                     }
                 }
-                let inv: Vec<E> = w.z.iter().map(|&z| self.scale / z).collect();
-                for l in 0..n {
-                    let srow = &w.s[l * n..(l + 1) * n];
-                    let dprow = &mut dp[l * n..(l + 1) * n];
-                    for (((x, &s), &ds), &r) in
-                        dprow.iter_mut().zip(srow).zip(dsum.iter()).zip(&inv)
-                    {
-                        *x = (*x - ds) * r * (E::one() + s);
+                Normalizer::Taylor { .. } => {
+                    // p = w/Z: dw = (dp − [Z > eps]·Σ p·dp) / Z, ds = dw · (1 + s)
+                    for (j, x) in dp.iter_mut().enumerate() {
+                        let through = if clamped[j] { E::zero() } else { dsum[j] };
+                        *x = (*x - through) * self.scale / z[j] * (E::one() + s[j]);
                     }
                     if masked {
-                        for (j, x) in dprow.iter_mut().enumerate() {
+                        for (j, x) in dp.iter_mut().enumerate() {
                             if !self.vis.visible(g, i * n + j, l) {
                                 *x = E::zero();
                             }
@@ -384,18 +470,15 @@ impl<E: Real> PathProblem<E> {
                     }
                 }
             }
-        }
-        // dq(i, l)_t = Σ_j dS[l, j] k(l, j)_t; dk(l, ·)_t += q(i, l)_t · dS[l, ·]
-        for l in 0..n {
-            let dsrow = &dp[l * n..(l + 1) * n];
-            let at_q = self.at(g, i, l, head, d);
-            let q = &self.q[at_q..][..d];
+            // dq(i, l)_t = Σ_j dS[j] k(l, j)_t; dk(l, ·)_t += q(i, l)_t · dS
             for (t, &qt) in q.iter().enumerate() {
-                let k = &self.kt[self.at_t(g, head, l, t, d)..][..n];
-                // SAFETY: this task alone writes row i of dq (graph g, head)
-                unsafe { dq.write(at_q + t, dot::<E, FMA>(dsrow, k)) };
-                let at = self.at_t(g, head, l, t, d) - self.at_t(g, head, 0, 0, d);
-                axpy::<E, FMA>(&mut dkt[at..at + n], qt, dsrow);
+                let k_t = &kt[t * n..(t + 1) * n];
+                // SAFETY: entry (i, l) of dq and row l of dkt belong to this task alone
+                unsafe {
+                    dq.write(at_q + t, dot::<E, FMA>(dp, k_t));
+                    let dk_t = std::slice::from_raw_parts_mut(dkt.at(at_k + t * n), n);
+                    axpy::<E, FMA>(dk_t, qt, dp);
+                }
             }
         }
     }
@@ -409,110 +492,103 @@ impl<E: Real> PathProblem<E> {
     unsafe fn backward_row_fma(
         &self,
         task: (usize, usize, usize),
-        grad: &[E],
-        w: &mut RowWeights<E>,
+        ls: std::ops::Range<usize>,
+        rows: (&[E], &[E]),
+        fwd: &PathForward<E>,
         scratch: &mut BackwardScratch<E>,
-        rows: (Shared<'_, E>, Shared<'_, E>),
-        keys: (&mut [E], &mut [E]),
+        grads: [Shared<'_, E>; 4],
     ) {
-        self.backward_row::<true>(task, grad, w, scratch, rows, keys)
+        self.backward_row::<true>(task, ls, rows, fwd, scratch, grads)
     }
 
-    /// Gradients of q, k, v1, v2 from the output's gradient `grad`.
-    fn backward(&self, grad: &[E]) -> [Vec<E>; 4] {
+    /// Gradients of q, k, v1, v2 from the output's gradient `grad`. Tasks own runs of
+    /// [`MIDDLE_BLOCK`] middle nodes l of one (graph, head): every gradient entry has one
+    /// writer, and the key-side rows of a run stay in cache while every query row passes.
+    fn backward(&self, grad: &[E], fwd: &PathForward<E>) -> [Vec<E>; 4] {
         let (b, n, h, d, e) = (self.b, self.n, self.h, self.d, self.e);
-        let (mut dq, mut dv1) = (zeros::<E>(self.q.len()), zeros::<E>(self.v1.len()));
-        let pairs = b * h;
-        let runs = BACKWARD_TASKS.div_ceil(pairs.max(1)).clamp(1, n.max(1));
-        let per_run = n.div_ceil(runs);
-        // per (pair, run): the key-side gradients [l, channel, j] of that run's rows
-        let (kb, vb) = (n * d * n, n * e * n);
-        let mut dkt = zeros::<E>(pairs * runs * kb);
-        let mut dv2t = zeros::<E>(pairs * runs * vb);
-        let rows = (Shared::new(&mut dq), Shared::new(&mut dv1));
-        let fma = has_fma();
-        dkt.par_chunks_mut(kb.max(1))
-            .zip(dv2t.par_chunks_mut(vb.max(1)))
+        // per (graph, head, i): the output gradient as [t, j] and Σ_t dO · O per column
+        let mut go = zeros::<E>(b * h * n * e * n);
+        let mut dsum = zeros::<E>(b * h * n * n);
+        go.par_chunks_mut((e * n).max(1))
+            .zip(dsum.par_chunks_mut(n.max(1)))
             .enumerate()
-            .for_each(|(task, (dk_run, dv2_run))| {
-                let (pair, run) = (task / runs, task % runs);
-                let (g, head) = (pair / h, pair % h);
-                let mut w = RowWeights::new(n);
-                let mut scratch = BackwardScratch::new(n, e);
-                for i in run * per_run..((run + 1) * per_run).min(n) {
-                    let keys = (&mut *dk_run, &mut *dv2_run);
+            .for_each(|(ghi, (rows, ds))| {
+                let (g, head, i) = (ghi / (h * n), (ghi / n) % h, ghi % n);
+                for j in 0..n {
+                    let at = self.at(g, i, j, head, e);
+                    let (gr, o) = (&grad[at..][..e], &fwd.out[at..][..e]);
+                    for (t, &x) in gr.iter().enumerate() {
+                        rows[t * n + j] = x;
+                    }
+                    ds[j] = gr.iter().zip(o).fold(E::zero(), |a, (&x, &y)| a + x * y);
+                }
+            });
+        let (mut dq, mut dv1) = (zeros::<E>(self.q.len()), zeros::<E>(self.v1.len()));
+        let (mut dkt, mut dv2t) = (zeros::<E>(self.kt.len()), zeros::<E>(self.v2t.len()));
+        let grads = [
+            Shared::new(&mut dq),
+            Shared::new(&mut dkt),
+            Shared::new(&mut dv1),
+            Shared::new(&mut dv2t),
+        ];
+        let blocks = n.div_ceil(MIDDLE_BLOCK);
+        let fma = has_fma();
+        (0..b * h * blocks).into_par_iter().for_each_init(
+            || BackwardScratch::new(n),
+            |scratch, task| {
+                let (g, head, blk) = (task / (h * blocks), (task / blocks) % h, task % blocks);
+                let ls = blk * MIDDLE_BLOCK..((blk + 1) * MIDDLE_BLOCK).min(n);
+                for i in 0..n {
+                    let at = (g * h + head) * n + i;
+                    let rows = (&go[at * e * n..][..e * n], &dsum[at * n..][..n]);
+                    let task = (g, i, head);
                     #[cfg(target_arch = "x86_64")]
                     if fma {
                         // SAFETY: has_fma checked the CPU
                         unsafe {
-                            self.backward_row_fma(
-                                (g, i, head),
-                                grad,
-                                &mut w,
-                                &mut scratch,
-                                rows,
-                                keys,
-                            )
+                            self.backward_row_fma(task, ls.clone(), rows, fwd, scratch, grads)
                         };
                         continue;
                     }
                     let _ = fma;
-                    self.backward_row::<false>(
-                        (g, i, head),
-                        grad,
-                        &mut w,
-                        &mut scratch,
-                        rows,
-                        keys,
-                    );
+                    self.backward_row::<false>(task, ls.clone(), rows, fwd, scratch, grads);
                 }
-            });
-        // the runs summed in order, back into the `[b, l, j, h, ·]` layouts
-        let gather = |blocks: &[E], per_head: usize| {
-            let block = n * per_head * n;
-            let mut out = zeros::<E>(b * n * n * h * per_head);
-            out.par_chunks_mut((n * h * per_head).max(1))
-                .enumerate()
-                .for_each(|(gl, row)| {
-                    let (g, l) = (gl / n, gl % n);
-                    for head in 0..h {
-                        let pair = g * h + head;
-                        for run in 0..runs {
-                            let src = &blocks[(pair * runs + run) * block + l * per_head * n..]
-                                [..per_head * n];
-                            for t in 0..per_head {
-                                for j in 0..n {
-                                    let o = &mut row[(j * h + head) * per_head + t];
-                                    *o = *o + src[t * n + j];
-                                }
-                            }
-                        }
-                    }
-                });
-            out
-        };
-        let dk = gather(&dkt, d);
-        let dv2 = gather(&dv2t, e);
+            },
+        );
+        let dk = untransposed(&dkt, (b, n, h, d));
+        let dv2 = untransposed(&dv2t, (b, n, h, e));
         [dq, dk, dv1, dv2]
     }
 }
 
-/// Per-task buffers of the backward pass: the output gradient of one query row `[e, j]`, the
-/// weights' gradient `[l, j]`, one row of products and the per-column sums.
+/// What the forward pass keeps for the backward: the output (`[b, i, j, h, e]`) and per query
+/// (`[b, h, i, j]`) the normaliser and whether it was clamped (see [`RowWeights`]).
+struct PathForward<E> {
+    out: Vec<E>,
+    z: Vec<E>,
+    clamped: Vec<bool>,
+}
+
+/// Middle nodes per backward task: their key-side rows (`4 · (d + e)` rows of n) are reused
+/// by every query row.
+const MIDDLE_BLOCK: usize = 4;
+
+/// Per-task rows of the backward pass (each `[j]`): scores, weights, the weights' gradient
+/// and one row of products.
 struct BackwardScratch<E> {
-    go: Vec<E>,
+    s: Vec<E>,
+    p: Vec<E>,
     dp: Vec<E>,
     tmp: Vec<E>,
-    dsum: Vec<E>,
 }
 
 impl<E: Real> BackwardScratch<E> {
-    fn new(n: usize, e: usize) -> Self {
+    fn new(n: usize) -> Self {
         Self {
-            go: zeros(e * n),
-            dp: zeros(n * n),
+            s: zeros(n),
+            p: zeros(n),
+            dp: zeros(n),
             tmp: zeros(n),
-            dsum: zeros(n),
         }
     }
 }
@@ -540,6 +616,26 @@ fn transposed<E: Real>(x: &[E], (b, n, h, per_head): (usize, usize, usize, usize
                 let src = &x[(((g * n + l) * n + j) * h + head) * per_head..][..per_head];
                 for (t, &v) in src.iter().enumerate() {
                     rows[t * n + j] = v;
+                }
+            }
+        });
+    let _ = b;
+    out
+}
+
+/// The inverse of [`transposed`]: `[b, h, l, channel, j]` back to `[b, l, j, h, per_head]`.
+fn untransposed<E: Real>(x: &[E], (b, n, h, per_head): (usize, usize, usize, usize)) -> Vec<E> {
+    let mut out = zeros::<E>(x.len());
+    out.par_chunks_mut((n * h * per_head).max(1))
+        .enumerate()
+        .for_each(|(gl, row)| {
+            let (g, l) = (gl / n, gl % n);
+            for head in 0..h {
+                let src = &x[(((g * h + head) * n + l) * per_head) * n..][..per_head * n];
+                for j in 0..n {
+                    for t in 0..per_head {
+                        row[(j * h + head) * per_head + t] = src[t * n + j];
+                    }
                 }
             }
         });
@@ -592,10 +688,16 @@ where
         kt: transposed(&host_copy(&k), (b, n, heads, hd / heads)),
         v2t: transposed(&host_copy(&v2), (b, n, heads, he / heads)),
     };
-    let out = problem.forward();
+    let mut fwd = problem.forward();
+    // the backward reads the output: copy it when there is a tape, else hand it over
+    let out = if T::OWNS_TAPE {
+        copied(&fwd.out)
+    } else {
+        std::mem::take(&mut fwd.out)
+    };
     let ghosts = [q.ghost(), k.ghost(), v1.ghost(), v2.ghost()];
     taped.output(&dev, out, (b, n, n, he), move |g, grads| {
-        let parts = problem.backward(&g);
+        let parts = problem.backward(&g, &fwd);
         for (ghost, part) in ghosts.iter().zip(parts) {
             accumulate(grads.get_or_alloc_mut(ghost)?, &part);
         }

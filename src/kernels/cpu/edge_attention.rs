@@ -234,7 +234,12 @@ where
     let gates_g = gates.as_ref().map(|t| t.ghost());
     let bias_g = bias.as_ref().map(|t| t.ghost());
     taped.output(&dev, out, (b, n, n, he), move |g, grads| {
-        let mut g = cross(g, he);
+        // the op's own copy: the gates scale it below
+        let mut g = if transposed {
+            transpose_edges(g, n, he)
+        } else {
+            g.to_vec()
+        };
         if let (Some(s), Some(gg)) = (&gate_host, &gates_g) {
             // d logit = Σ_e g · out · σ(1 − σ); the attention sees g · σ
             let mut dlogit = zeros(rows * heads);

@@ -393,7 +393,8 @@ where
     let mut data = host_copy(&x);
     prefix_scan(&mut data, n, w, false);
     let x_g = x.ghost();
-    taped.output(&dev, data, shape, move |mut g, grads| {
+    taped.output(&dev, data, shape, move |g, grads| {
+        let mut g = g.to_vec();
         prefix_scan(&mut g, n, w, true);
         accumulate(grads.get_or_alloc_mut(&x_g)?, &g);
         Ok(())

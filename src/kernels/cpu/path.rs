@@ -555,8 +555,8 @@ impl<E: Real> PathProblem<E> {
                 }
             },
         );
-        let dk = untransposed(&dkt, (b, n, h, d));
-        let dv2 = untransposed(&dv2t, (b, n, h, e));
+        let dk = untransposed(&dkt, (n, h, d));
+        let dv2 = untransposed(&dv2t, (n, h, e));
         [dq, dk, dv1, dv2]
     }
 }
@@ -606,7 +606,7 @@ fn has_fma() -> bool {
 }
 
 /// `x` (`[b, l, j, h, per_head]`) as `[b, h, l, channel, j]`: rows along j.
-fn transposed<E: Real>(x: &[E], (b, n, h, per_head): (usize, usize, usize, usize)) -> Vec<E> {
+fn transposed<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<E> {
     let mut out = zeros::<E>(x.len());
     out.par_chunks_mut((per_head * n).max(1))
         .enumerate()
@@ -619,12 +619,11 @@ fn transposed<E: Real>(x: &[E], (b, n, h, per_head): (usize, usize, usize, usize
                 }
             }
         });
-    let _ = b;
     out
 }
 
 /// The inverse of [`transposed`]: `[b, h, l, channel, j]` back to `[b, l, j, h, per_head]`.
-fn untransposed<E: Real>(x: &[E], (b, n, h, per_head): (usize, usize, usize, usize)) -> Vec<E> {
+fn untransposed<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<E> {
     let mut out = zeros::<E>(x.len());
     out.par_chunks_mut((n * h * per_head).max(1))
         .enumerate()
@@ -639,7 +638,6 @@ fn untransposed<E: Real>(x: &[E], (b, n, h, per_head): (usize, usize, usize, usi
                 }
             }
         });
-    let _ = b;
     out
 }
 
@@ -685,8 +683,8 @@ where
         vis: spec.visibility.clone(),
         q: host_copy(&q),
         v1: host_copy(&v1),
-        kt: transposed(&host_copy(&k), (b, n, heads, hd / heads)),
-        v2t: transposed(&host_copy(&v2), (b, n, heads, he / heads)),
+        kt: transposed(&host_copy(&k), (n, heads, hd / heads)),
+        v2t: transposed(&host_copy(&v2), (n, heads, he / heads)),
     };
     let mut fwd = problem.forward();
     // the backward reads the output: copy it when there is a tape, else hand it over

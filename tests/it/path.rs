@@ -253,9 +253,9 @@ fn bad_path_inputs_are_errors() {
     assert!(format!("{}", e.unwrap_err()).contains("visibility"));
 }
 
-/// At n = 19 (two full runs of eight along j plus a tail of three, and each (graph, head)'s
-/// rows split into runs in the backward) the fused kernel agrees with the composite form,
-/// output and every input's gradient, padded and causal, both normalizers.
+/// At n = 19 (two full runs of eight along j plus a tail of three; in the backward, middle
+/// nodes in four runs of four and a shorter last one) the fused kernel agrees with the
+/// composite form, output and every input's gradient, padded and causal, both normalizers.
 #[test]
 fn fused_path_attention_agrees_with_the_composite_at_a_wider_size() {
     let (b, n, h, dh, e) = (2, 19, 2, 8, 4);

@@ -314,7 +314,8 @@ def speed(r, speed_bin, original):
         largest, n = None, 128
         while n <= 2048:
             n *= 2
-            secs, _, gpu, err = timed([speed_bin, f"quartic-{n}", "--device", r.device], r.device,
+            # one timed run after the untimed one: each doubling must fit in the timeout
+            secs, _, gpu, err = timed([speed_bin, f"quartic-{n}", "1", "--device", r.device], r.device,
                                       timeout=90)
             if err or secs is None or secs > 60:
                 r.add(f"`quartic-{n}`: {err or f'{secs:.1f} s'}; stopped there.")

@@ -445,37 +445,30 @@ fn time_on<D: RunShards<f32> + dfdx::tensor::Synchronize>(
             })
             .collect()
     };
-    let readme_streams = |forward_name| if which == forward_name { 1 } else { 4 };
+    // the README model with the original's four residual streams, or one
+    let readme =
+        || workloads::readme_model_streams(dev, if which.ends_with("-4s") { 4 } else { 1 });
+    // a training step of `m` on b × n tokens, 3 × its forward FLOPs
+    let train = |mut m: quartic::models::Model<f32, D>, (b, n): (usize, usize), count: usize| {
+        let flops = 3.0 * workloads::model_forward_flops(&m, b, n);
+        let mut adam = workloads::optimizer(&m);
+        Timed {
+            flops,
+            seconds: time(count, &mut || {
+                workloads::train_step(&mut m, &mut adam, b, n)
+            }),
+        }
+    };
     match which {
         "readme-forward" | "readme-forward-4s" => {
-            let m = workloads::readme_model_streams(dev, readme_streams("readme-forward"));
+            let m = readme();
             Timed {
                 flops: workloads::model_forward_flops(&m, 1, 128),
                 seconds: time(repeats(3), &mut || workloads::forward(&m, 1, 128)),
             }
         }
-        "readme-train" | "readme-train-4s" => {
-            let mut m = workloads::readme_model_streams(dev, readme_streams("readme-train"));
-            let flops = 3.0 * workloads::model_forward_flops(&m, 1, 128);
-            let mut adam = workloads::optimizer(&m);
-            Timed {
-                flops,
-                seconds: time(repeats(3), &mut || {
-                    workloads::train_step(&mut m, &mut adam, 1, 128)
-                }),
-            }
-        }
-        "small-train" => {
-            let mut m = workloads::small_model(dev);
-            let flops = 3.0 * workloads::model_forward_flops(&m, 8, 32);
-            let mut adam = workloads::optimizer(&m);
-            Timed {
-                flops,
-                seconds: time(repeats(5), &mut || {
-                    workloads::train_step(&mut m, &mut adam, 8, 32)
-                }),
-            }
-        }
+        "readme-train" | "readme-train-4s" => train(readme(), (1, 128), repeats(3)),
+        "small-train" => train(workloads::small_model(dev), (8, 32), repeats(5)),
         _ => {
             let (rule, n) = rule_layer_n(which).expect("checked by `timed`");
             let layer = workloads::rule_layer(dev, rule);

@@ -116,6 +116,11 @@ impl Visibility {
         self.with_times(q, k)
     }
 
+    /// Whether every query sees every key (no padding, times or pairs).
+    pub fn all_visible(&self) -> bool {
+        self.key_valid.is_none() && self.times.is_none() && self.pairs.is_none()
+    }
+
     /// Whether query `i` of problem `b` may read key `j`.
     #[inline]
     pub fn visible(&self, b: usize, i: usize, j: usize) -> bool {

@@ -39,14 +39,11 @@ where
     let x = taped.input(x);
     let src = host_copy(&x);
     let index = table.index();
-    let mut out = vec![E::zero(); index.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(index.par_chunks(CHUNK))
-        .for_each(|(o, idx)| {
-            for (o, &i) in o.iter_mut().zip(idx) {
-                *o = src[i];
-            }
-        });
+    let out: Vec<E> = index
+        .par_iter()
+        .with_min_len(CHUNK)
+        .map(|&i| src[i])
+        .collect();
     drop(src);
     let (x_g, table) = (x.ghost(), table.clone());
     taped.output(&dev, out, (table.index().len(),), move |g, grads| {

@@ -44,22 +44,22 @@ struct PathProblem<E> {
     v2t: Vec<E>,
 }
 
-/// One query row's weights: `s` the scaled scores and `p` the weights, both `[l, j]`; per
-/// column j the normaliser `z` (softmax: `log Σ exp`; Taylor: `max(Σ, eps)`) and whether it
-/// was clamped to `eps`.
+/// One query row's weights `p` (`[l, j]`); per column j the normaliser `z` (softmax:
+/// `log Σ exp`; Taylor: `max(Σ, eps)`) and whether it was clamped to `eps`; `col`, a column
+/// scratch row.
 struct RowWeights<E> {
-    s: Vec<E>,
     p: Vec<E>,
     z: Vec<E>,
+    col: Vec<E>,
     clamped: Vec<bool>,
 }
 
 impl<E: Real> RowWeights<E> {
     fn new(n: usize) -> Self {
         Self {
-            s: zeros(n * n),
             p: zeros(n * n),
             z: zeros(n),
+            col: zeros(n),
             clamped: vec![false; n],
         }
     }
@@ -172,17 +172,14 @@ impl<E: Real> PathProblem<E> {
         (((g * self.h + head) * self.n + l) * per_head + t) * self.n
     }
 
-    fn masked(&self) -> bool {
-        self.vis.key_valid.is_some() || self.vis.times.is_some() || self.vis.pairs.is_some()
-    }
-
     /// The weights of query row i (graph g, head) into `w`: invisible paths get weight 0.
     #[inline(always)]
     fn weights<const FMA: bool>(&self, g: usize, i: usize, head: usize, w: &mut RowWeights<E>) {
         let (n, d) = (self.n, self.d);
-        let RowWeights { s, p, z, clamped } = w;
+        let RowWeights { p, z, col, clamped } = w;
+        // the scaled scores, then the weights in place
         for l in 0..n {
-            let row = &mut s[l * n..(l + 1) * n];
+            let row = &mut p[l * n..(l + 1) * n];
             row.iter_mut().for_each(|x| *x = E::zero());
             let q = &self.q[self.at(g, i, l, head, d)..][..d];
             for (t, &qt) in q.iter().enumerate() {
@@ -193,16 +190,16 @@ impl<E: Real> PathProblem<E> {
                 );
             }
         }
-        let masked = self.masked();
+        let masked = !self.vis.all_visible();
         let visible = |l: usize, j: usize| self.vis.visible(g, i * n + j, l);
+        let sum = col;
         match self.normalizer {
             Normalizer::Softmax => {
                 // per column j: the maximum over visible l, exp, the sum, then the division
                 let max = z;
                 max.iter_mut().for_each(|m| *m = E::neg_infinity());
                 for l in 0..n {
-                    let (srow, prow) = (&s[l * n..(l + 1) * n], &mut p[l * n..(l + 1) * n]);
-                    prow.copy_from_slice(srow);
+                    let prow = &mut p[l * n..(l + 1) * n];
                     if masked {
                         for (j, x) in prow.iter_mut().enumerate() {
                             if !visible(l, j) {
@@ -218,7 +215,7 @@ impl<E: Real> PathProblem<E> {
                 max.iter_mut()
                     .filter(|m| **m == E::neg_infinity())
                     .for_each(|m| *m = E::zero());
-                let mut sum = zeros::<E>(n);
+                sum.iter_mut().for_each(|a| *a = E::zero());
                 for l in 0..n {
                     let prow = &mut p[l * n..(l + 1) * n];
                     prow.iter_mut()
@@ -229,23 +226,9 @@ impl<E: Real> PathProblem<E> {
                         .zip(prow.iter())
                         .for_each(|(a, &x)| *a = *a + x);
                 }
-                let inv: Vec<E> = sum
-                    .iter()
-                    .map(|&a| {
-                        if a > E::zero() {
-                            E::one() / a
-                        } else {
-                            E::one()
-                        }
-                    })
-                    .collect();
-                for l in 0..n {
-                    let prow = &mut p[l * n..(l + 1) * n];
-                    prow.iter_mut().zip(&inv).for_each(|(x, &r)| *x = *x * r);
-                }
                 // kept for the backward: log Σ exp per column (+∞ where nothing is visible,
                 // so that every recomputed weight is 0)
-                for (m, &a) in max.iter_mut().zip(&sum) {
+                for (m, &a) in max.iter_mut().zip(sum.iter()) {
                     *m = if a > E::zero() {
                         *m + a.ln()
                     } else if a.is_nan() {
@@ -254,15 +237,22 @@ impl<E: Real> PathProblem<E> {
                         E::infinity()
                     };
                 }
+                // the sums become their reciprocals (a column summing to 0 stays 0)
+                sum.iter_mut().for_each(|a| {
+                    *a = if *a > E::zero() {
+                        E::one() / *a
+                    } else {
+                        E::one()
+                    }
+                });
             }
             Normalizer::Taylor { eps } => {
                 let half = E::of(0.5);
-                let sum = z;
-                sum.iter_mut().for_each(|a| *a = E::zero());
+                z.iter_mut().for_each(|a| *a = E::zero());
                 for l in 0..n {
-                    let (srow, prow) = (&s[l * n..(l + 1) * n], &mut p[l * n..(l + 1) * n]);
-                    for (w, &x) in prow.iter_mut().zip(srow) {
-                        *w = E::one() + x + half * x * x;
+                    let prow = &mut p[l * n..(l + 1) * n];
+                    for x in prow.iter_mut() {
+                        *x = E::one() + *x + half * *x * *x;
                     }
                     if masked {
                         for (j, w) in prow.iter_mut().enumerate() {
@@ -271,21 +261,23 @@ impl<E: Real> PathProblem<E> {
                             }
                         }
                     }
-                    sum.iter_mut()
+                    z.iter_mut()
                         .zip(prow.iter())
                         .for_each(|(a, &w)| *a = *a + w);
                 }
                 let eps = E::of(eps);
-                for (c, a) in clamped.iter_mut().zip(sum.iter_mut()) {
+                for ((c, a), r) in clamped.iter_mut().zip(z.iter_mut()).zip(sum.iter_mut()) {
                     *c = *a <= eps;
                     *a = a.at_least(eps);
-                }
-                let inv: Vec<E> = sum.iter().map(|&a| E::one() / a).collect();
-                for l in 0..n {
-                    let prow = &mut p[l * n..(l + 1) * n];
-                    prow.iter_mut().zip(&inv).for_each(|(x, &r)| *x = *x * r);
+                    *r = E::one() / *a;
                 }
             }
+        }
+        for l in 0..n {
+            let prow = &mut p[l * n..(l + 1) * n];
+            prow.iter_mut()
+                .zip(sum.iter())
+                .for_each(|(x, &r)| *x = *x * r);
         }
     }
 
@@ -398,7 +390,7 @@ impl<E: Real> PathProblem<E> {
         let BackwardScratch { s, p, dp, tmp } = scratch;
         let row = self.stat_at(g, head, i);
         let (z, clamped) = (&fwd.z[row..row + n], &fwd.clamped[row..row + n]);
-        let masked = self.masked();
+        let masked = !self.vis.all_visible();
         for l in ls {
             let at_q = self.at(g, i, l, head, d);
             let q = &self.q[at_q..][..d];

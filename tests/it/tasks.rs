@@ -171,9 +171,10 @@ fn match3_positives_are_spread_over_bins() {
     assert_eq!(match3_labels(&[1, 2], 37), vec![false, false]);
 }
 
-#[test]
-fn edge_match2_labels_count_partners_by_value() {
-    let t = task("edge-match2");
+/// Edge Match2's labels by counting each residue once per graph; returns how many edges were
+/// seen, how many were positive, and how many positives have no partner sharing a node.
+fn edge_match2_counts(name: &str) -> (usize, usize, usize) {
+    let t = task(name);
     let (mut edges, mut positives, mut disjoint_only) = (0usize, 0usize, 0usize);
     for seed in 0..4 {
         let b = t.sample(&mut rng(500 + seed), 64);
@@ -212,6 +213,12 @@ fn edge_match2_labels_count_partners_by_value() {
             }
         }
     }
+    (edges, positives, disjoint_only)
+}
+
+#[test]
+fn edge_match2_labels_count_partners_by_value() {
+    let (edges, positives, disjoint_only) = edge_match2_counts("edge-match2");
     let rate = positives as f64 / edges as f64;
     assert!(
         (0.45..=0.55).contains(&rate),
@@ -225,6 +232,21 @@ fn edge_match2_labels_count_partners_by_value() {
     assert_eq!(
         edge_match2_labels(&[Some(1), None, Some(16), Some(2), Some(2)], 17),
         vec![Some(true), None, Some(true), Some(false), Some(false)]
+    );
+}
+
+#[test]
+fn edge_match2_disjoint_partners_never_share_a_node() {
+    let (edges, positives, disjoint_only) = edge_match2_counts("edge-match2-disjoint");
+    let rate = positives as f64 / edges as f64;
+    eprintln!("{positives} of {edges} positive");
+    assert!(
+        (0.42..=0.58).contains(&rate),
+        "{positives} of {edges} positive"
+    );
+    assert_eq!(
+        disjoint_only, positives,
+        "a positive edge has a partner next to it"
     );
 }
 

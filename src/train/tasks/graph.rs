@@ -207,7 +207,8 @@ impl TaskDef for PathComposition {
 /// other edge, anywhere in the graph, carries −v. For 43 % of the positive edges every partner
 /// is disjoint from the edge, so a rule whose edges read only the edges that share a node with
 /// them must route the partner's value through an intermediate edge; attention across all edges
-/// finds it directly (docs/experiments/edge-pairs.md).
+/// finds it directly (docs/experiments/edge-pairs.md). With `disjoint_partners`, no two edges
+/// that share a node are partners, so every positive edge's partners are disjoint from it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EdgeMatch2 {
     /// Fewest nodes of a graph.
@@ -218,6 +219,8 @@ pub struct EdgeMatch2 {
     pub p: f64,
     /// Values are nonzero residues mod this (odd, so that no value is its own partner).
     pub modulus: usize,
+    /// Draw each edge's residue so that no edge sharing a node with it carries its negative.
+    pub disjoint_partners: bool,
 }
 
 impl Default for EdgeMatch2 {
@@ -228,13 +231,67 @@ impl Default for EdgeMatch2 {
             max_nodes: 8,
             p: 0.23,
             modulus: 17,
+            disjoint_partners: false,
+        }
+    }
+}
+
+impl EdgeMatch2 {
+    /// The variant whose partners never share a node (`edge-match2-disjoint`): the same graphs'
+    /// sizes, denser so that about half the edges still have a partner.
+    pub fn disjoint() -> Self {
+        Self {
+            p: 0.5,
+            disjoint_partners: true,
+            ..Self::default()
+        }
+    }
+
+    /// Each ordered pair's residue (`None`: no edge) of one graph on `n` nodes.
+    fn values(&self, rng: &mut StdRng, n: usize) -> Vec<Option<usize>> {
+        let m = self.modulus;
+        if !self.disjoint_partners {
+            // presence and residue drawn together, pair by pair (the stream the published
+            // edge-match2 runs were made with)
+            return (0..n * n)
+                .map(|e| (e / n != e % n && rng.gen_bool(self.p)).then(|| rng.gen_range(1..m)))
+                .collect();
+        }
+        let present: Vec<bool> = (0..n * n)
+            .map(|e| e / n != e % n && rng.gen_bool(self.p))
+            .collect();
+        // Residues in pair order, each avoiding the negatives of those already on edges that
+        // share a node with it; should some edge have none left, the residues are drawn again.
+        loop {
+            let mut values: Vec<Option<usize>> = vec![None; n * n];
+            let drawn = (0..n * n).filter(|&e| present[e]).all(|e| {
+                let (i, j) = (e / n, e % n);
+                let shares_a_node = |f: usize| [f / n, f % n].iter().any(|&a| a == i || a == j);
+                let taken: Vec<usize> = (0..n * n)
+                    .filter(|&f| shares_a_node(f))
+                    .filter_map(|f| values[f].map(|w| m - w))
+                    .collect();
+                let allowed: Vec<usize> = (1..m).filter(|v| !taken.contains(v)).collect();
+                if allowed.is_empty() {
+                    return false;
+                }
+                values[e] = Some(allowed[rng.gen_range(0..allowed.len())]);
+                true
+            });
+            if drawn {
+                return values;
+            }
         }
     }
 }
 
 impl TaskDef for EdgeMatch2 {
     fn name(&self) -> String {
-        "edge-match2".into()
+        if self.disjoint_partners {
+            "edge-match2-disjoint".into()
+        } else {
+            "edge-match2".into()
+        }
     }
 
     fn vocab(&self) -> Vocab {
@@ -251,11 +308,7 @@ impl TaskDef for EdgeMatch2 {
 
     fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
         let n = rng.gen_range(self.min_nodes..=self.max_nodes);
-        let values: Vec<Option<usize>> = (0..n * n)
-            .map(|e| {
-                (e / n != e % n && rng.gen_bool(self.p)).then(|| rng.gen_range(1..self.modulus))
-            })
-            .collect();
+        let values = self.values(rng, n);
         Example {
             tokens: vec![0; n],
             targets: vec![None; n],

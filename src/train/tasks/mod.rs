@@ -304,6 +304,11 @@ pub const BUILT_IN: &[BuiltIn] = &[
         make: || Task::new(EdgeMatch2::default()),
     },
     BuiltIn {
+        name: "edge-match2-disjoint",
+        summary: "edge-match2 where partners never share a node",
+        make: || Task::new(EdgeMatch2::disjoint()),
+    },
+    BuiltIn {
         name: "triangles",
         summary: "every node predicts whether it lies on a triangle",
         make: || Task::new(Triangles::default()),

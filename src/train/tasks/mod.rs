@@ -279,6 +279,11 @@ pub const BUILT_IN: &[BuiltIn] = &[
         make: || Task::new(Match3::default()),
     },
     BuiltIn {
+        name: "match3-distinct",
+        summary: "match3 where every witness is three distinct residues",
+        make: || Task::new(Match3::distinct()),
+    },
+    BuiltIn {
         name: "relation-composition",
         summary: "edge (i, j) predicts (A∘A)[i, j] of a random relation A",
         make: || Task::new(RelationComposition::default()),

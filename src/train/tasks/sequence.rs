@@ -41,7 +41,10 @@ impl TaskDef for Sanity {
 
 /// Values mod `modulus`, lengths `min_len..=max_len`; position i is positive when some j, k
 /// (any positions) give `x_i + x_j + x_k ≡ 0`. Each sequence draws its values from a random
-/// subset of residues (2–10 of them), which spreads the fraction of positives.
+/// subset of `min_values..=max_values` residues. The default (2–10) spreads the fraction of
+/// positives. With `distinct_witnesses` the subset has no a, b (a = b allowed) with
+/// a + 2b ≡ 0, so that every witness is three distinct residues: no label can be decided by
+/// comparing two values (`match3-distinct`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Match3 {
     /// Values are residues mod this.
@@ -50,6 +53,12 @@ pub struct Match3 {
     pub min_len: usize,
     /// Longest sequence.
     pub max_len: usize,
+    /// Fewest distinct residues a sequence draws from.
+    pub min_values: usize,
+    /// Most distinct residues a sequence draws from.
+    pub max_values: usize,
+    /// Draw only subsets whose positives need three distinct residues.
+    pub distinct_witnesses: bool,
 }
 
 impl Default for Match3 {
@@ -58,13 +67,45 @@ impl Default for Match3 {
             modulus: 37,
             min_len: 30,
             max_len: 35,
+            min_values: 2,
+            max_values: 10,
+            distinct_witnesses: false,
         }
+    }
+}
+
+impl Match3 {
+    /// `match3-distinct`: 24–32 values from 7–8 residues with no two-value witness (48 % of
+    /// the positions positive).
+    pub fn distinct() -> Self {
+        Self {
+            min_len: 24,
+            max_len: 32,
+            min_values: 7,
+            max_values: 8,
+            distinct_witnesses: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `values` has a witness of two values: x + 2y ≡ 0 with x, y in it (x = y allowed,
+    /// which covers 3x ≡ 0). Such a position is decided by one comparison, i + j + j or
+    /// i + i + k, which a quadratic model can make.
+    fn has_two_value_witness(&self, values: &[usize]) -> bool {
+        let m = self.modulus;
+        values
+            .iter()
+            .any(|&x| values.iter().any(|&y| (x + 2 * y) % m == 0))
     }
 }
 
 impl TaskDef for Match3 {
     fn name(&self) -> String {
-        "match3".into()
+        if self.distinct_witnesses {
+            "match3-distinct".into()
+        } else {
+            "match3".into()
+        }
     }
 
     fn vocab(&self) -> Vocab {
@@ -82,8 +123,13 @@ impl TaskDef for Match3 {
     fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
         let m = self.modulus;
         let n = rng.gen_range(self.min_len..=self.max_len);
-        let size = rng.gen_range(2..=10.min(m));
-        let subset: Vec<usize> = shuffled(rng, m).into_iter().take(size).collect();
+        let size = rng.gen_range(self.min_values..=self.max_values.min(m));
+        let subset = loop {
+            let subset: Vec<usize> = shuffled(rng, m).into_iter().take(size).collect();
+            if !self.distinct_witnesses || !self.has_two_value_witness(&subset) {
+                break subset;
+            }
+        };
         let tokens: Vec<usize> = (0..n)
             .map(|_| subset[rng.gen_range(0..subset.len())])
             .collect();

@@ -219,7 +219,9 @@ pub struct EdgeMatch2 {
     pub p: f64,
     /// Values are nonzero residues mod this (odd, so that no value is its own partner).
     pub modulus: usize,
-    /// Draw each edge's residue so that no edge sharing a node with it carries its negative.
+    /// Draw each edge's residue so that no edge sharing a node with it carries its negative
+    /// (by rejection: an edge touches up to 4·(n − 2) + 1 others, so keep the graphs sparse
+    /// enough, against `modulus`, that some residue is usually left).
     pub disjoint_partners: bool,
 }
 

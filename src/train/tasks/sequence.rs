@@ -57,7 +57,8 @@ pub struct Match3 {
     pub min_values: usize,
     /// Most distinct residues a sequence draws from.
     pub max_values: usize,
-    /// Draw only subsets whose positives need three distinct residues.
+    /// Draw only subsets whose positives need three distinct residues (by rejection: keep
+    /// `max_values` well below the largest such subset, about half the residues).
     pub distinct_witnesses: bool,
 }
 

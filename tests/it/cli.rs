@@ -42,8 +42,7 @@ fn help_of_every_subcommand() {
 /// Bad input: non-zero exit, an `error:` message naming the problem, no panic.
 #[test]
 fn bad_input_exits_with_one_clear_line() {
-    let dir = std::env::temp_dir().join(format!("quartic-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch("cli");
     let corrupt = dir.join("corrupt.safetensors");
     std::fs::write(&corrupt, b"garbage").unwrap();
     let corrupt = corrupt.to_str().unwrap().to_string();
@@ -204,8 +203,7 @@ fn cli_parity(name: &str) {
 /// `state_dict` (every tensor, bit for bit in f32) and its constructor arguments.
 #[test]
 fn export_reference_gives_back_what_import_reference_read() {
-    let dir = std::env::temp_dir().join(format!("quartic-export-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch("export");
     for name in ["quartic_hyper", "relational", "multistream"] {
         let ckpt = dir.join(format!("{name}.safetensors"));
         import_fixture(name, &ckpt);
@@ -276,8 +274,7 @@ fn export_reference_gives_back_what_import_reference_read() {
 /// `train --config FILE.toml` reads `[train]` and `[model]`; flags win over the file.
 #[test]
 fn train_reads_a_toml_config() {
-    let dir = std::env::temp_dir().join(format!("quartic-toml-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch("toml");
     let out = dir.join("run");
     let config = dir.join("run.toml");
     std::fs::write(

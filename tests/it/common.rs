@@ -205,3 +205,12 @@ pub fn quartic(args: &[&str]) -> std::process::Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// An empty folder of the temporary directory for one test: `quartic-NAME-PID`, emptied first,
+/// since a folder left by an earlier run whose process had the same id would break the test.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("quartic-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}

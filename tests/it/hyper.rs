@@ -120,8 +120,7 @@ fn models_with_residual_streams_compute_each_sequence_as_if_alone() {
 
 #[test]
 fn a_rule_that_overwrites_the_nodes_has_no_residual_to_connect() {
-    let dir = std::env::temp_dir().join(format!("quartic-hyper-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch("hyper");
     let path = dir.join("overwrite.rule");
     std::fs::write(
         &path,

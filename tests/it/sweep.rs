@@ -11,10 +11,7 @@ use quartic::experiment::{ExperimentConfig, Plan, TaskSettings};
 use crate::common::{quartic, text};
 
 fn scratch(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("quartic-sweep-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
+    crate::common::scratch(&format!("sweep-{name}"))
 }
 
 fn ok(args: &[&str]) -> String {

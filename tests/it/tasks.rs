@@ -307,7 +307,6 @@ fn edge_match2_labels_count_partners_by_value() {
 fn edge_match2_disjoint_partners_never_share_a_node() {
     let (edges, positives, disjoint_only) = edge_match2_counts("edge-match2-disjoint");
     let rate = positives as f64 / edges as f64;
-    eprintln!("{positives} of {edges} positive");
     assert!(
         (0.42..=0.58).contains(&rate),
         "{positives} of {edges} positive"

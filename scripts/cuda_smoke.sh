@@ -12,8 +12,11 @@ export LD_LIBRARY_PATH=$ROOT/lib64/stubs:$ROOT/lib
 
 fail() { echo "cuda_smoke: $*" >&2; exit 1; }
 
+# ldd's output is read whole first: `ldd | grep -q` under pipefail fails at random when grep
+# stops at the first match and ldd is killed by the closed pipe.
+links=$(ldd "$CUDA_BIN") || fail "ldd cannot read $CUDA_BIN"
 for lib in libcuda.so.1 libcublas.so.13 libnvrtc.so.13; do
-    ldd "$CUDA_BIN" | grep -q "$lib" || fail "$CUDA_BIN does not link $lib"
+    [[ $links == *"$lib => $ROOT/"* ]] || fail "$CUDA_BIN does not link $lib from $ROOT: $links"
 done
 
 args=(forward --tokens 3,1,4,1,5 --seed 7)

@@ -146,8 +146,9 @@ pub struct Example {
 
 pub use crate::models::heads::Readout;
 
-/// Which distribution an example comes from. Most tasks test on their training distribution;
-/// `path-composition` tests on longer paths than it trains on.
+/// Which distribution an example comes from. Every built-in task's held-out examples come from
+/// its training distribution (a text's from its held-out part); `path-composition`'s sizes also
+/// test chains longer than it trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
     /// The training distribution.
@@ -300,8 +301,13 @@ pub const BUILT_IN: &[BuiltIn] = &[
     },
     BuiltIn {
         name: "path-composition",
-        summary: "the query edge composes S3 labels along a chain (tested on longer chains)",
+        summary: "the query edge composes two S3 labels (sizes: chains of 2 to 10)",
         make: || Task::new(PathComposition::default()),
+    },
+    BuiltIn {
+        name: "path-composition-long",
+        summary: "path-composition trained on chains of 2 and 3 edges (depth 2)",
+        make: || Task::new(PathComposition::long()),
     },
     BuiltIn {
         name: "edge-match2",

@@ -140,12 +140,12 @@ impl TrainConfig {
             })?;
             let level = super::tasks::Level::parse(target)?;
             let loss = ValueLoss::parse(self.loss.as_deref().unwrap_or("cross-entropy"))?;
-            return Ok(Task::new(super::tasks::GraphFiles::from_files(
+            return Task::new(super::tasks::GraphFiles::from_files(
                 Path::new(train),
                 Path::new(valid),
                 level,
                 loss,
-            )?));
+            )?);
         }
         if self.valid.is_some() || self.target.is_some() || self.loss.is_some() {
             return Err(Error::config(

@@ -248,7 +248,8 @@ fn evaluation_covers_every_held_out_graph_once() {
             None,
         )
         .unwrap(),
-    );
+    )
+    .unwrap();
     assert_eq!(task.held_out_set().map(|s| s.len()), Some(100));
     let mut g = crate::reliability::graph_config("taylor", 8, task.max_len());
     g.num_tokens = task.num_tokens();
@@ -314,7 +315,8 @@ fn continuous_features_enter_through_linear_embeddings() {
     let (train, valid) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
     write_jsonl(&train, &graphs).unwrap();
     write_jsonl(&valid, &graphs).unwrap();
-    let task = Task::new(GraphFiles::from_files(&train, &valid, Level::Node, None).unwrap());
+    let task =
+        Task::new(GraphFiles::from_files(&train, &valid, Level::Node, None).unwrap()).unwrap();
     assert_eq!(
         (task.vocab().node_features, task.vocab().edge_features),
         (2, 3)

@@ -189,6 +189,7 @@ fn regression_task(level: Level, loss: ValueLoss) -> Task {
         Level::Graph => ("components.train.jsonl", "components.valid.jsonl"),
     };
     Task::new(GraphFiles::from_files(&sample(train), &sample(valid), level, Some(loss)).unwrap())
+        .unwrap()
 }
 
 #[test]
@@ -293,7 +294,8 @@ fn a_model_must_predict_what_the_task_scores() {
             None,
         )
         .unwrap(),
-    );
+    )
+    .unwrap();
     g.io.values = Some(SCALE);
     g.num_tokens = classes.num_tokens();
     let err = check_fits(&ModelConfig::Graph(g), &classes)

@@ -360,7 +360,7 @@ fn held_out_text_windows_come_from_the_end_of_the_file_only() {
     let context = 8;
     let text = Text::from_file(path.to_str().unwrap(), context).unwrap();
     let held_out = text.held_out();
-    let task = Task::new(text);
+    let task = Task::new(text).unwrap();
     assert_eq!(held_out, 256 - 25, "the last 10 % is held out");
     assert!(task.split_note().unwrap().contains("the last 25"));
     let (mut first_test, mut last_train) = (usize::MAX, 0);

@@ -558,3 +558,124 @@ fn the_readme_task_table_lists_every_built_in_task() {
         );
     }
 }
+
+/// The error of making `task`, which must be refused.
+fn refusal(task: impl TaskDef + 'static) -> String {
+    Task::new(task).expect_err("refused").to_string()
+}
+
+#[test]
+fn impossible_match3_sizes_are_refused_not_sampled_forever() {
+    // no 18 residues mod 37 avoid every x + 2y ≡ 0 often: the sampler would draw forever
+    let e = refusal(Match3 {
+        min_values: 18,
+        max_values: 18,
+        ..Match3::distinct()
+    });
+    assert!(
+        e.contains("match3-distinct") && e.contains("18 residues"),
+        "{e}"
+    );
+    assert!(e.contains("fewer than 1 in 1000"), "{e}");
+    // without the witness rule the same sizes are fine
+    assert!(Task::new(Match3 {
+        min_values: 18,
+        max_values: 18,
+        ..Match3::default()
+    })
+    .is_ok());
+    let e = refusal(Match3 {
+        min_values: 40,
+        max_values: 40,
+        ..Match3::default()
+    });
+    assert!(
+        e.contains("`min_values` (40) is above `modulus` (37)"),
+        "{e}"
+    );
+    let e = refusal(Match3 {
+        min_len: 9,
+        max_len: 8,
+        ..Match3::default()
+    });
+    assert!(e.contains("`min_len` (9) is above `max_len` (8)"), "{e}");
+}
+
+#[test]
+fn impossible_edge_match2_settings_are_refused() {
+    // mod 3 every connected set of edges must carry one residue; on 150 sparse nodes, edges
+    // drawn apart with 1 and 2 almost surely meet later
+    let e = refusal(EdgeMatch2 {
+        min_nodes: 150,
+        max_nodes: 150,
+        p: 0.01,
+        modulus: 3,
+        ..EdgeMatch2::disjoint()
+    });
+    assert!(
+        e.contains("edge-match2-disjoint") && e.contains("150 nodes"),
+        "{e}"
+    );
+    // the same graphs mod 17 fit
+    assert!(Task::new(EdgeMatch2 {
+        min_nodes: 150,
+        max_nodes: 150,
+        p: 0.01,
+        ..EdgeMatch2::disjoint()
+    })
+    .is_ok());
+    // mod 2 the only residue is its own negative: touching edges can never both be drawn
+    let e = refusal(EdgeMatch2 {
+        modulus: 2,
+        ..EdgeMatch2::disjoint()
+    });
+    assert!(e.contains("`modulus` is 2; it must be ≥ 3"), "{e}");
+    let e = refusal(EdgeMatch2 {
+        p: f64::NAN,
+        ..EdgeMatch2::default()
+    });
+    assert!(e.contains("`p` is NaN"), "{e}");
+}
+
+#[test]
+fn other_tasks_refuse_empty_ranges_and_bad_probabilities() {
+    let e = refusal(Triangles {
+        p: 1.5,
+        ..Triangles::default()
+    });
+    assert!(e.contains("triangles") && e.contains("`p` is 1.5"), "{e}");
+    let e = refusal(RelationComposition {
+        min_nodes: 0,
+        ..RelationComposition::default()
+    });
+    assert!(e.contains("`min_nodes` is 0; it must be ≥ 1"), "{e}");
+    let e = refusal(QuotientComposition {
+        colours: 0,
+        ..QuotientComposition::default()
+    });
+    assert!(e.contains("`colours` is 0"), "{e}");
+    let e = refusal(FunctionComposition {
+        min_len: 1,
+        max_len: 4,
+    });
+    assert!(e.contains("`min_len` is 1; it must be ≥ 2"), "{e}");
+    let e = refusal(KHop {
+        max_k: 0,
+        ..KHop::default()
+    });
+    assert!(e.contains("`max_k` is 0"), "{e}");
+    // chains of up to 10 edges need 11 nodes
+    let e = refusal(PathComposition {
+        nodes: 6,
+        ..PathComposition::default()
+    });
+    assert!(
+        e.contains("a chain of 10 edges needs 11 nodes; `nodes` is 6"),
+        "{e}"
+    );
+    let e = refusal(PathComposition {
+        train_k: (1, 2),
+        ..PathComposition::default()
+    });
+    assert!(e.contains("`train_k.0` is 1; it must be ≥ 2"), "{e}");
+}

@@ -287,7 +287,7 @@ fn a_users_own_task_trains_through_the_task_trait() {
             }
         }
     }
-    let task = Task::new(CopyFirst);
+    let task = Task::new(CopyFirst).unwrap();
     let dir = tmp("user-task");
     let cfg = TrainConfig {
         task: "copy-first".into(),

@@ -4,8 +4,16 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::checks;
 use super::labels::{compose, edge_match2_labels, on_triangle, path_label, quotient_compose};
 use super::{batch_of, shuffled, Batch, Example, Sizes, Split, TaskDef, Vocab};
+use crate::error::{Error, Result};
+
+/// Checks shared by the tasks on random graphs: `min_nodes..=max_nodes` and `p`.
+fn check_random_graphs(task: &str, min_nodes: usize, max_nodes: usize, p: f64) -> Result<()> {
+    checks::range(task, ("min_nodes", min_nodes), ("max_nodes", max_nodes), 1)?;
+    checks::probability(task, "p", p)
+}
 
 /// A random relation A (edge probability `p`) on `min_nodes..=max_nodes` nodes; edge (i, j)
 /// gets the token A[i, j] + 2·A[j, i] and predicts (A∘A)[i, j].
@@ -32,6 +40,10 @@ impl Default for RelationComposition {
 impl TaskDef for RelationComposition {
     fn name(&self) -> String {
         "relation-composition".into()
+    }
+
+    fn check(&self) -> Result<()> {
+        check_random_graphs(&self.name(), self.min_nodes, self.max_nodes, self.p)
     }
 
     fn vocab(&self) -> Vocab {
@@ -87,6 +99,12 @@ impl Default for QuotientComposition {
 impl TaskDef for QuotientComposition {
     fn name(&self) -> String {
         "quotient-composition".into()
+    }
+
+    fn check(&self) -> Result<()> {
+        let name = self.name();
+        check_random_graphs(&name, self.min_nodes, self.max_nodes, self.p)?;
+        checks::at_least(&name, "colours", self.colours, 1)
     }
 
     fn vocab(&self) -> Vocab {
@@ -178,6 +196,30 @@ impl TaskDef for PathComposition {
 
     fn vocab(&self) -> Vocab {
         Vocab::edges(2, PATH_QUERY_BACKWARD + 1, 6)
+    }
+
+    fn check(&self) -> Result<()> {
+        let name = self.name();
+        // a chain of k edges passes k + 1 distinct nodes; a chain of 1 would be its own query
+        checks::range(
+            &name,
+            ("train_k.0", self.train_k.0),
+            ("train_k.1", self.train_k.1),
+            2,
+        )?;
+        checks::at_least(&name, "test_max_k", self.test_max_k, 2)?;
+        let longest = self.train_k.1.max(self.test_max_k);
+        if longest + 1 > self.nodes {
+            return Err(Error::config(
+                format!("task `{name}`"),
+                format!(
+                    "a chain of {longest} edges needs {} nodes; `nodes` is {}",
+                    longest + 1,
+                    self.nodes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn max_len(&self) -> usize {
@@ -280,31 +322,49 @@ impl EdgeMatch2 {
                 .map(|e| (e / n != e % n && rng.gen_bool(self.p)).then(|| rng.gen_range(1..m)))
                 .collect();
         }
-        let present: Vec<bool> = (0..n * n)
-            .map(|e| e / n != e % n && rng.gen_bool(self.p))
-            .collect();
-        // Residues in pair order, each avoiding the negatives of those already on edges that
-        // share a node with it; should some edge have none left, the residues are drawn again.
+        let present = self.present(rng, n);
+        // Some draw always fits (every edge carrying 1 does, as m ≥ 3), and `check` saw
+        // draws fit often enough.
         loop {
-            let mut values: Vec<Option<usize>> = vec![None; n * n];
-            let drawn = (0..n * n).filter(|&e| present[e]).all(|e| {
-                let (i, j) = (e / n, e % n);
-                let shares_a_node = |f: usize| [f / n, f % n].iter().any(|&a| a == i || a == j);
-                let taken: Vec<usize> = (0..n * n)
-                    .filter(|&f| shares_a_node(f))
-                    .filter_map(|f| values[f].map(|w| m - w))
-                    .collect();
-                let allowed: Vec<usize> = (1..m).filter(|v| !taken.contains(v)).collect();
-                if allowed.is_empty() {
-                    return false;
-                }
-                values[e] = Some(allowed[rng.gen_range(0..allowed.len())]);
-                true
-            });
-            if drawn {
+            if let Some(values) = self.draw_disjoint(rng, n, &present) {
                 return values;
             }
         }
+    }
+
+    /// Which ordered pairs of `n` nodes are edges.
+    fn present(&self, rng: &mut StdRng, n: usize) -> Vec<bool> {
+        (0..n * n)
+            .map(|e| e / n != e % n && rng.gen_bool(self.p))
+            .collect()
+    }
+
+    /// Residues for the `present` edges in pair order, each avoiding the negatives of those
+    /// already drawn on edges that share a node with it; `None` when some edge has none left.
+    fn draw_disjoint(
+        &self,
+        rng: &mut StdRng,
+        n: usize,
+        present: &[bool],
+    ) -> Option<Vec<Option<usize>>> {
+        let m = self.modulus;
+        // at_node[a][w]: edges drawn so far that touch node a and carry w
+        let mut at_node = vec![vec![0u32; m]; n];
+        let mut values: Vec<Option<usize>> = vec![None; n * n];
+        for e in (0..n * n).filter(|&e| present[e]) {
+            let (i, j) = (e / n, e % n);
+            let allowed: Vec<usize> = (1..m)
+                .filter(|&v| at_node[i][m - v] == 0 && at_node[j][m - v] == 0)
+                .collect();
+            if allowed.is_empty() {
+                return None;
+            }
+            let v = allowed[rng.gen_range(0..allowed.len())];
+            values[e] = Some(v);
+            at_node[i][v] += 1;
+            at_node[j][v] += 1;
+        }
+        Some(values)
     }
 }
 
@@ -315,6 +375,30 @@ impl TaskDef for EdgeMatch2 {
         } else {
             "edge-match2".into()
         }
+    }
+
+    fn check(&self) -> Result<()> {
+        let name = self.name();
+        check_random_graphs(&name, self.min_nodes, self.max_nodes, self.p)?;
+        // residues 1..m; with disjoint partners, 2 would leave no two touching edges a pair
+        let least = if self.disjoint_partners { 3 } else { 2 };
+        checks::at_least(&name, "modulus", self.modulus, least)?;
+        if !self.disjoint_partners {
+            return Ok(());
+        }
+        // the largest graphs have the most edges meeting, so their draws fit least often
+        let n = self.max_nodes;
+        checks::draws_fit(
+            &name,
+            &format!(
+                "residues mod {} on graphs of {n} nodes with edge probability {}",
+                self.modulus, self.p
+            ),
+            |rng| {
+                let present = self.present(rng, n);
+                self.draw_disjoint(rng, n, &present).is_some()
+            },
+        )
     }
 
     fn vocab(&self) -> Vocab {
@@ -370,6 +454,10 @@ impl Default for Triangles {
 impl TaskDef for Triangles {
     fn name(&self) -> String {
         "triangles".into()
+    }
+
+    fn check(&self) -> Result<()> {
+        check_random_graphs(&self.name(), self.min_nodes, self.max_nodes, self.p)
     }
 
     fn vocab(&self) -> Vocab {

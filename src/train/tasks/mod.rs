@@ -11,6 +11,7 @@
 //! help and `experiment`'s suites come from that list. A new task is a type in `sequence.rs`
 //! or `graph.rs` and one row of [`BUILT_IN`].
 
+mod checks;
 mod graph;
 mod graph_files;
 mod labels;
@@ -222,6 +223,12 @@ pub trait TaskDef: std::fmt::Debug + Send + Sync {
     fn causal(&self) -> bool;
     /// One example of the given split.
     fn example(&self, rng: &mut StdRng, split: Split) -> Example;
+    /// Whether its settings can be sampled: ranges non-empty, probabilities in [0, 1], and
+    /// rejection samplers likely enough to fit. [`Task::new`] refuses a task that fails it, so
+    /// `example` may assume it passed.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
     /// The sizes it can be tested at one by one, for tasks that test beyond their training sizes.
     fn sizes(&self) -> Option<Sizes> {
         None
@@ -257,12 +264,12 @@ pub struct BuiltIn {
     pub name: &'static str,
     /// One line on what it asks.
     pub summary: &'static str,
-    make: fn() -> Task,
+    make: fn() -> Result<Task>,
 }
 
 impl BuiltIn {
-    /// A fresh instance.
-    pub fn task(&self) -> Task {
+    /// A fresh instance (checked like any task: see [`TaskDef::check`]).
+    pub fn task(&self) -> Result<Task> {
         (self.make)()
     }
 }
@@ -359,21 +366,23 @@ pub(super) fn shuffled(rng: &mut StdRng, n: usize) -> Vec<usize> {
 }
 
 impl Task {
-    /// Wraps a task of one's own (any [`TaskDef`]).
-    pub fn new(task: impl TaskDef + 'static) -> Self {
-        Self(Arc::new(task))
+    /// Wraps a task of one's own (any [`TaskDef`]), once its settings pass
+    /// [`TaskDef::check`].
+    pub fn new(task: impl TaskDef + 'static) -> Result<Self> {
+        task.check()?;
+        Ok(Self(Arc::new(task)))
     }
 
     /// A built-in task by name, or a text file for `text` (`data`, windows of `context` bytes).
     pub fn from_name(name: &str, data: Option<&str>, context: usize) -> Result<Self> {
         if let Some(path) = data {
-            return Ok(Self::new(Text::from_file(path, context)?));
+            return Self::new(Text::from_file(path, context)?);
         }
         if name == "text" {
             return Err(Error::config("task", "the text task needs `--data FILE`"));
         }
         match built_in(name) {
-            Some(t) => Ok(t.task()),
+            Some(t) => t.task(),
             None => Err(Error::config(
                 "task",
                 format!(

@@ -3,8 +3,10 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::checks;
 use super::labels::{function_composition_label, k_hop, match3_labels};
 use super::{shuffled, Example, Sizes, Split, TaskDef, Vocab};
+use crate::error::{Error, Result};
 
 /// Sequences of 8–12 values below 16; every position predicts the sequence's maximum.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,6 +100,13 @@ impl Match3 {
             .iter()
             .any(|&x| values.iter().any(|&y| (x + 2 * y) % m == 0))
     }
+
+    /// One draw of `size` residues, or `None` when it does not fit: with `distinct_witnesses`
+    /// a draw with a two-value witness is rejected (and the caller draws again).
+    fn draw_values(&self, rng: &mut StdRng, size: usize) -> Option<Vec<usize>> {
+        let subset: Vec<usize> = shuffled(rng, self.modulus).into_iter().take(size).collect();
+        (!self.distinct_witnesses || !self.has_two_value_witness(&subset)).then_some(subset)
+    }
 }
 
 impl TaskDef for Match3 {
@@ -121,13 +130,51 @@ impl TaskDef for Match3 {
         false
     }
 
+    fn check(&self) -> Result<()> {
+        let name = self.name();
+        checks::at_least(&name, "modulus", self.modulus, 1)?;
+        checks::range(
+            &name,
+            ("min_len", self.min_len),
+            ("max_len", self.max_len),
+            1,
+        )?;
+        checks::range(
+            &name,
+            ("min_values", self.min_values),
+            ("max_values", self.max_values),
+            1,
+        )?;
+        if self.min_values > self.modulus {
+            return Err(Error::config(
+                format!("task `{name}`"),
+                format!(
+                    "`min_values` ({}) is above `modulus` ({}): there are not that many residues",
+                    self.min_values, self.modulus
+                ),
+            ));
+        }
+        if !self.distinct_witnesses {
+            return Ok(());
+        }
+        // Every subset of a fitting draw fits, so the largest size fits least often.
+        let largest = self.max_values.min(self.modulus);
+        checks::draws_fit(
+            &name,
+            &format!(
+                "{largest} residues mod {} without a two-value witness",
+                self.modulus
+            ),
+            |rng| self.draw_values(rng, largest).is_some(),
+        )
+    }
+
     fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
         let m = self.modulus;
         let n = rng.gen_range(self.min_len..=self.max_len);
         let size = rng.gen_range(self.min_values..=self.max_values.min(m));
         let subset = loop {
-            let subset: Vec<usize> = shuffled(rng, m).into_iter().take(size).collect();
-            if !self.distinct_witnesses || !self.has_two_value_witness(&subset) {
+            if let Some(subset) = self.draw_values(rng, size) {
                 break subset;
             }
         };
@@ -168,6 +215,16 @@ impl Default for FunctionComposition {
 impl TaskDef for FunctionComposition {
     fn name(&self) -> String {
         "function-composition".into()
+    }
+
+    fn check(&self) -> Result<()> {
+        // x[0] must be able to point at another position
+        checks::range(
+            &self.name(),
+            ("min_len", self.min_len),
+            ("max_len", self.max_len),
+            2,
+        )
     }
 
     fn vocab(&self) -> Vocab {
@@ -235,6 +292,18 @@ impl Default for KHop {
 impl TaskDef for KHop {
     fn name(&self) -> String {
         "k-hop".into()
+    }
+
+    fn check(&self) -> Result<()> {
+        let name = self.name();
+        checks::at_least(&name, "alphabet", self.alphabet, 1)?;
+        checks::at_least(&name, "max_k", self.max_k, 1)?;
+        checks::range(
+            &name,
+            ("min_len", self.min_len),
+            ("max_len", self.max_len),
+            1,
+        )
     }
 
     fn vocab(&self) -> Vocab {

@@ -26,7 +26,7 @@ pub struct ExperimentArgs {
     pub action: Option<Action>,
     #[command(flatten)]
     pub sweep: SweepArgs,
-    /// Runs trained at once [default: the number of cores]
+    /// Runs trained at once, at most one per core [default: the number of cores]
     #[arg(long)]
     pub jobs: Option<usize>,
     #[command(flatten)]
@@ -79,7 +79,7 @@ pub struct RunArgs {
     /// Every job of the plan
     #[arg(long)]
     pub all: bool,
-    /// Jobs run at once [default: the number of cores]
+    /// Jobs run at once, at most one per core [default: the number of cores]
     #[arg(long)]
     pub jobs: Option<usize>,
     #[command(flatten)]

@@ -279,8 +279,9 @@ pub fn check_memory(plan: &Plan, ids: &[usize], at_once: usize, limit: &Limit) -
     Ok(())
 }
 
-/// Runs the jobs `ids` of the plan in `dir`, `threads` at once on `device`; `log` gets a line
-/// per job. A failed job does not stop the others.
+/// Runs the jobs `ids` of the plan in `dir`, `threads` at once (at most one per thread of
+/// rayon's pool, which has one per core) on `device`; `log` gets a line per job. A failed job
+/// does not stop the others.
 pub fn run_jobs(
     dir: &Path,
     plan: &Plan,
@@ -294,9 +295,18 @@ pub fn run_jobs(
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<(usize, Result<Outcome>)>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.clamp(1, ids.len().max(1)) {
-            scope.spawn(|| loop {
+    // The jobs run on the pool's own threads, at most one per thread: a job's parallel
+    // kernels then start on its own thread, and the others help when they idle. Jobs on
+    // threads outside the pool sent every kernel to the pool, whose first thread (the program's
+    // own, waiting here) never ran one: two jobs shared about one core.
+    let runners = threads
+        .clamp(1, ids.len().max(1))
+        .min(rayon::current_num_threads());
+    // every thread is busy with a job of its own: none should sit polling for work
+    let _busy = (runners > 1).then(crate::threads::pause_polling);
+    rayon::scope(|scope| {
+        for _ in 0..runners {
+            scope.spawn(|_| loop {
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&id) = ids.get(k) else { break };
                 if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {

@@ -2,7 +2,9 @@
 # The path-composition tables (docs/experiments/path-composition.md): `path-composition` (one
 # composition, k = 2) at depth 1 with the separation suite's rules and `edge_transformer`, and
 # `path-composition-long` (k ∈ {2, 3}, two compositions) at depth 2; 3 seeds, 2 000 steps × 32
-# each (`triangle` at depth 2 also 6 000), then both side by side. About 35 minutes on 2 cores;
+# each (`triangle` at depth 2 also 6 000), then both side by side. About 35 minutes on 2
+# cores (before the experiment runner's fix of 7486c16, which took the separation suite from
+# 20 to 12 min);
 # STEPS=N for longer runs, JOBS=N runs at once. The depth-1 runs include the suite's own
 # path-composition row (same settings, same seeds, same budget: `edge_transformer` is under
 # `triangle`'s count at dim 32).

@@ -130,11 +130,7 @@ pub fn markdown(points: &[Point]) -> String {
                         .filter(|p| p.budget_dim == d && series(p, mixed) == *name)
                         .flat_map(|p| p.accuracies.iter().map(|a| a.1))
                         .collect();
-                    if acc.is_empty() {
-                        "–".into()
-                    } else {
-                        accuracy_cell(&acc)
-                    }
+                    accuracy_cell(&acc)
                 })
                 .collect();
             let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));

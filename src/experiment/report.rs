@@ -24,8 +24,12 @@ fn percent(x: f64) -> String {
     format!("{:.1}", x * 100.0)
 }
 
-/// `mean ± sd` in percent.
+/// `mean ± sd` in percent; `–` when there is no value (no run of that rule finished), never a
+/// number made up for it.
 pub fn accuracy_cell(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "–".into();
+    }
     let (m, s) = mean_sd(values);
     format!("{} ± {}", percent(m), percent(s))
 }
@@ -105,7 +109,14 @@ pub fn markdown(r: &TaskReport) -> String {
         let runs: Vec<_> = r.runs_of(&m.rule).collect();
         let acc: Vec<f64> = runs.iter().map(|x| x.accuracy).collect();
         let per_seed: Vec<String> = acc.iter().map(|&a| percent(a)).collect();
-        let secs = mean_sd(&runs.iter().map(|x| x.seconds).collect::<Vec<_>>()).0;
+        let secs = if runs.is_empty() {
+            "–".into()
+        } else {
+            format!(
+                "{:.0}",
+                mean_sd(&runs.iter().map(|x| x.seconds).collect::<Vec<_>>()).0
+            )
+        };
         let probe = if r.has_probe {
             let p: Vec<f64> = runs.iter().filter_map(|x| x.probe).collect();
             format!(" {} |", accuracy_cell(&p))
@@ -114,7 +125,7 @@ pub fn markdown(r: &TaskReport) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:+.1}% | {} |{probe} {} | {} | {:.2} | {:.0} |",
+            "| {} | {} | {} | {:+.1}% | {} |{probe} {} | {} | {:.2} | {} |",
             m.rule,
             m.config.dim,
             thousands(m.params),
@@ -151,7 +162,11 @@ pub fn markdown(r: &TaskReport) -> String {
                         .runs_of(&m.rule)
                         .filter_map(|x| x.by_size.iter().find(|b| b.0 == s).map(|b| b.1))
                         .collect();
-                    percent(mean_sd(&v).0)
+                    if v.is_empty() {
+                        "–".into()
+                    } else {
+                        percent(mean_sd(&v).0)
+                    }
                 })
                 .collect();
             let _ = writeln!(out, "| {} | {} |", m.rule, cells.join(" | "));
@@ -284,11 +299,7 @@ pub fn suite_markdown(reports: &[TaskReport]) -> String {
             .iter()
             .map(|rule| {
                 let acc: Vec<f64> = r.runs_of(rule).map(|x| x.accuracy).collect();
-                if acc.is_empty() {
-                    "–".into()
-                } else {
-                    accuracy_cell(&acc)
-                }
+                accuracy_cell(&acc)
             })
             .collect();
         let _ = writeln!(

@@ -193,6 +193,18 @@ fn experiment_runs_and_reports() {
     );
     let csv = report::csv(&r);
     assert_eq!(csv.lines().count(), 3);
+    // a rule none of whose runs finished reads `–` in every cell, not a made-up 0 (an empty
+    // sum of floats is −0.0, which the table printed as "-0.0 ± 0.0" before)
+    let mut partial = r.clone();
+    partial.runs.retain(|x| x.rule == "baseline");
+    let md = report::markdown(&partial);
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| triangle |"))
+        .expect("the unfinished rule keeps its row");
+    assert!(row.contains("| – |") && !row.contains("0.0 ±"), "{row}");
+    assert!(row.ends_with("| – |"), "no seconds for no run: {row}");
+    assert!(report::suite_markdown(&[partial]).contains("| – |"));
     // a task with sizes and one with a probe
     // a plan's folder holds one plan: each of these gets its own
     let small = |dir: &str| ExperimentConfig {

@@ -59,7 +59,7 @@ pub(super) fn probability(task: &str, name: &str, p: f64) -> Result<()> {
 /// Draws tried when estimating how often a rejection sampler's draw fits.
 const TRIAL_DRAWS: usize = 2_000;
 /// The rarest fit a rejection sampler may have: 1 draw in this many.
-pub(super) const RAREST_FIT: usize = 1_000;
+const RAREST_FIT: usize = 1_000;
 
 /// Whether `fits` (one draw from its own random stream: does it fit?) fits often enough:
 /// at least `TRIAL_DRAWS / RAREST_FIT` of `TRIAL_DRAWS` draws from a fixed seed. `what` says

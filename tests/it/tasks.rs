@@ -584,13 +584,13 @@ fn impossible_match3_sizes_are_refused_not_sampled_forever() {
         ..Match3::default()
     })
     .is_ok());
+    // more residues than there are is refused, not quietly cut to 37
     let e = refusal(Match3 {
-        min_values: 40,
         max_values: 40,
         ..Match3::default()
     });
     assert!(
-        e.contains("`min_values` (40) is above `modulus` (37)"),
+        e.contains("`max_values` (40) is above `modulus` (37)"),
         "{e}"
     );
     let e = refusal(Match3 {

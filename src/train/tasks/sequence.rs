@@ -57,7 +57,7 @@ pub struct Match3 {
     pub max_len: usize,
     /// Fewest distinct residues a sequence draws from.
     pub min_values: usize,
-    /// Most distinct residues a sequence draws from.
+    /// Most distinct residues a sequence draws from (at most `modulus`).
     pub max_values: usize,
     /// Draw only subsets whose positives need three distinct residues (by rejection: keep
     /// `max_values` well below the largest such subset, about half the residues).
@@ -145,12 +145,12 @@ impl TaskDef for Match3 {
             ("max_values", self.max_values),
             1,
         )?;
-        if self.min_values > self.modulus {
+        if self.max_values > self.modulus {
             return Err(Error::config(
                 format!("task `{name}`"),
                 format!(
-                    "`min_values` ({}) is above `modulus` ({}): there are not that many residues",
-                    self.min_values, self.modulus
+                    "`max_values` ({}) is above `modulus` ({}): there are not that many residues",
+                    self.max_values, self.modulus
                 ),
             ));
         }
@@ -158,7 +158,7 @@ impl TaskDef for Match3 {
             return Ok(());
         }
         // Every subset of a fitting draw fits, so the largest size fits least often.
-        let largest = self.max_values.min(self.modulus);
+        let largest = self.max_values;
         checks::draws_fit(
             &name,
             &format!(
@@ -172,7 +172,7 @@ impl TaskDef for Match3 {
     fn example(&self, rng: &mut StdRng, _split: Split) -> Example {
         let m = self.modulus;
         let n = rng.gen_range(self.min_len..=self.max_len);
-        let size = rng.gen_range(self.min_values..=self.max_values.min(m));
+        let size = rng.gen_range(self.min_values..=self.max_values);
         let subset = loop {
             if let Some(subset) = self.draw_values(rng, size) {
                 break subset;

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use crate::error::{Error, Result};
 
 /// The error for one of `task`'s settings.
-fn refuse(task: &str, message: String) -> Error {
+pub(super) fn refuse(task: &str, message: String) -> Error {
     Error::config(format!("task `{task}`"), message)
 }
 

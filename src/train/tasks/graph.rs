@@ -7,7 +7,7 @@ use rand::Rng;
 use super::checks;
 use super::labels::{compose, edge_match2_labels, on_triangle, path_label, quotient_compose};
 use super::{batch_of, shuffled, Batch, Example, Sizes, Split, TaskDef, Vocab};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Checks shared by the tasks on random graphs: `min_nodes..=max_nodes` and `p`.
 fn check_random_graphs(task: &str, min_nodes: usize, max_nodes: usize, p: f64) -> Result<()> {
@@ -210,8 +210,8 @@ impl TaskDef for PathComposition {
         checks::at_least(&name, "test_max_k", self.test_max_k, 2)?;
         let longest = self.train_k.1.max(self.test_max_k);
         if longest + 1 > self.nodes {
-            return Err(Error::config(
-                format!("task `{name}`"),
+            return Err(checks::refuse(
+                &name,
                 format!(
                     "a chain of {longest} edges needs {} nodes; `nodes` is {}",
                     longest + 1,

@@ -6,7 +6,7 @@ use rand::Rng;
 use super::checks;
 use super::labels::{function_composition_label, k_hop, match3_labels};
 use super::{shuffled, Example, Sizes, Split, TaskDef, Vocab};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Sequences of 8–12 values below 16; every position predicts the sequence's maximum.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,8 +146,8 @@ impl TaskDef for Match3 {
             1,
         )?;
         if self.max_values > self.modulus {
-            return Err(Error::config(
-                format!("task `{name}`"),
+            return Err(checks::refuse(
+                &name,
                 format!(
                     "`max_values` ({}) is above `modulus` ({}): there are not that many residues",
                     self.max_values, self.modulus

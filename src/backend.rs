@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::cpu::{affine, edge_attention, flash, fused, gather, path, rows};
+use crate::kernels::cpu::{affine, edge_attention, flash, fused, gather, path, pointwise, rows};
+use crate::spec::pointwise::Program;
 use crate::spec::{
     pattern_dims, EdgePattern, EdgeProjections, FeedForwardParams, GatherTable, RmsKind,
     WeightsSpec,
@@ -49,6 +50,8 @@ pub enum Fused {
     PathAttention,
     /// A gather by a host-built table (the rule interpreter's layout moves).
     Gather,
+    /// An element-wise program (`ops::pointwise`).
+    Pointwise,
 }
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
@@ -227,6 +230,14 @@ pub trait Backend<E: Real>: Device<E> {
     ) -> Result<T1<E, Self, T>> {
         Err(not_fused(Fused::Gather))
     }
+
+    /// [`crate::ops::pointwise::pointwise`].
+    fn pointwise_fused<T: Tape<E, Self>>(
+        _inputs: Vec<T1<E, Self, T>>,
+        _program: &Program,
+    ) -> Result<T1<E, Self, T>> {
+        Err(not_fused(Fused::Pointwise))
+    }
 }
 
 impl<E: Real> Backend<E> for Cpu
@@ -392,6 +403,13 @@ where
         table: &std::sync::Arc<GatherTable>,
     ) -> Result<T1<E, Self, T>> {
         gather::gather_fused(x, table)
+    }
+
+    fn pointwise_fused<T: Tape<E, Self>>(
+        inputs: Vec<T1<E, Self, T>>,
+        program: &Program,
+    ) -> Result<T1<E, Self, T>> {
+        pointwise::pointwise_fused(inputs, program)
     }
 }
 

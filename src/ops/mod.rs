@@ -15,6 +15,7 @@ pub mod feedforward;
 pub mod norms;
 pub mod path;
 pub mod patterns;
+pub mod pointwise;
 pub mod routing;
 pub mod select;
 pub mod taylor;

@@ -4,6 +4,7 @@
 //! the fused and the composite forms run alike. A leaf: it imports only the element type and
 //! the errors.
 
+pub mod pointwise;
 pub mod visibility;
 
 use dfdx::prelude::*;

@@ -26,6 +26,7 @@ mod path_by_hand;
 mod patterns;
 mod pointwise;
 mod predict;
+mod programs;
 mod regression;
 mod reliability;
 mod reliability_cli;

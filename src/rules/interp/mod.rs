@@ -17,6 +17,7 @@
 //! update, the streams' sum), and a node update adds into the streams.
 
 mod attention;
+mod pointwise;
 mod reduce;
 mod routing;
 
@@ -30,7 +31,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
 use crate::nn::hyper::HyperConnection;
-use crate::ops::activations::{gelu_exact, silu};
+use crate::ops::activations::gelu_exact;
 use crate::ops::attention::{attend, AttendInputs};
 use crate::ops::path::path_attention;
 use crate::ops::patterns::{
@@ -500,6 +501,9 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
 
     fn eval_op(&mut self, st: &PlanStatement, node: &Node) -> Result<Val<E, D, T>> {
         let plan = self.plan();
+        if pointwise::is_pointwise(&node.op) {
+            return self.pointwise(st, node);
+        }
         match &node.op {
             Op::State { domain, slots } => Ok(match domain {
                 Domain::Nodes => {
@@ -529,25 +533,6 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 v.tag = None;
                 Ok(v)
             }
-            Op::Binary { op, lhs, rhs } => {
-                let l = self.eval(st, lhs)?;
-                let r = self.eval(st, rhs)?;
-                let l = self.canonical(l, &node.slots, node.channels)?;
-                let mut r = self.canonical(r, &node.slots, node.channels)?;
-                if l.tag.is_some() && l.tag == r.tag {
-                    // the same tensor on both sides: give one side its own id
-                    r.t = r.t * E::one();
-                }
-                let t = match op {
-                    Arith::Add => l.t + r.t,
-                    Arith::Sub => l.t - r.t,
-                    Arith::Mul => l.t * r.t,
-                    Arith::Div => l.t / r.t,
-                    Arith::Min => l.t.minimum(r.t),
-                    Arith::Max => l.t.maximum(r.t),
-                };
-                Ok(self.val(t, canonical(&node.slots), node.channels))
-            }
             Op::Where { cond, yes, no } => {
                 let c = self.eval(st, cond)?;
                 let c = self.canonical(c, &node.slots, node.channels)?;
@@ -574,51 +559,26 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 )?;
                 Ok(self.val(x.t * m.retaped::<T>(), x.axes, x.channels))
             }
-            Op::Affine { x, mul, add } => {
-                let x = self.eval(st, x)?;
-                let mut t = x.t;
-                if *mul != 1.0 {
-                    t = t * E::of(*mul);
-                }
-                if *add != 0.0 {
-                    t = t + E::of(*add);
-                }
-                Ok(self.val(t, x.axes, x.channels))
-            }
-            Op::Pow { x, exponent } => {
-                let x = self.eval(st, x)?;
-                let t = if *exponent == 2.0 {
-                    x.t.square()
-                } else {
-                    x.t.powf(*exponent)
-                };
-                Ok(self.val(t, x.axes, x.channels))
-            }
             Op::Act { f, x } => {
                 let x = self.eval(st, x)?;
                 let t = match f {
-                    Activation::Relu => x.t.relu(),
                     Activation::Gelu => gelu_exact(x.t)?,
-                    Activation::Silu => silu(x.t),
-                    Activation::Sigmoid => x.t.sigmoid(),
-                    Activation::Tanh => x.t.tanh(),
-                    Activation::Exp => x.t.exp(),
-                    Activation::Abs => x.t.abs(),
-                    Activation::Square => x.t.square(),
-                    Activation::Sqrt => x.t.sqrt(),
                     Activation::LeakyRelu => {
                         let below = x.t.with_empty_tape().negate().relu() * E::of(0.01);
                         x.t.relu() - below
                     }
-                    Activation::Log => x.t.ln(),
                     Activation::Step { strict } => step(x.t, *strict),
                     Activation::Softplus => {
                         // relu(x) + log(1 + exp(-|x|)): no overflow for large |x|
                         let tail = (x.t.with_empty_tape().abs().negate().exp() + E::one()).ln();
                         x.t.relu() + tail
                     }
+                    _ => unreachable!("the other functions run as element-wise programs"),
                 };
                 Ok(self.val(t, x.axes, x.channels))
+            }
+            Op::Binary { .. } | Op::Affine { .. } | Op::Pow { .. } => {
+                unreachable!("element-wise operators run as programs (above)")
             }
             Op::FeedForward {
                 site,

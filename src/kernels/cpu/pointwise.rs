@@ -1,0 +1,347 @@
+//! Element-wise programs (`spec::pointwise`) in one parallel pass each way. dfdx runs each
+//! element-wise op as its own single-threaded pass with its own output and, backward, its own
+//! gradient buffers: `sigmoid(a) · b` over a `[b, n, n, c]` edge tensor was two passes forward
+//! and two back, each over the whole tensor, on one core. Here the elements are cut into
+//! blocks that stay in the L1 cache: every step of the program runs over one block before the
+//! next block starts, and the backward recomputes a block's steps, then sends its gradient back
+//! through them, adding into each input's gradient once.
+//!
+//! The arithmetic follows dfdx's op by op (a tie of `min` / `max` sends half the gradient each
+//! way, `relu` and `abs` have slope 0 at 0), except that NaN stays NaN through `relu`, `min`
+//! and `max` (dfdx's, like `f32::max`, return the other operand), as it does in the composite
+//! form (`ops::pointwise`).
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::fused::{host_copy, CpuBuffer};
+use super::shared::Shared;
+use super::taped::Taped;
+use crate::error::Result;
+use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn};
+use crate::tensor::*;
+
+/// Elements per block: a block's values of every step (and, backward, their gradients) stay
+/// in cache while the steps run over it.
+const BLOCK: usize = 256;
+
+/// Elements per rayon task.
+const TASK: usize = 64 * BLOCK;
+
+/// `program` over `inputs` (vectors of one length, distinct tensors) in one pass; the
+/// backward recomputes the steps and writes every input's gradient in one pass.
+pub fn pointwise_fused<E: Real, T: Tape<E, Cpu>>(
+    inputs: Vec<T1<E, Cpu, T>>,
+    program: &Program,
+) -> Result<T1<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let lengths: Vec<usize> = inputs.iter().map(|t| t.shape().0).collect();
+    let len = check_inputs(program, &lengths)?;
+    let dev = inputs[0].device().clone();
+    let mut taped = Taped::new();
+    let inputs: Vec<T1<E, Cpu>> = inputs.into_iter().map(|t| taped.input(t)).collect();
+    let data: Vec<Vec<E>> = inputs.iter().map(host_copy).collect();
+    let ghosts: Vec<_> = inputs.iter().map(|t| t.ghost()).collect();
+    drop(inputs);
+
+    let mut out = Vec::with_capacity(len);
+    {
+        let dst = Shared::spare(&mut out);
+        let data = &data;
+        (0..len.div_ceil(TASK)).into_par_iter().for_each_init(
+            || Scratch::new(program),
+            |scratch, task| {
+                for start in (task * TASK..len.min((task + 1) * TASK)).step_by(BLOCK) {
+                    let n = BLOCK.min(len - start);
+                    scratch.forward(program, data, start, n);
+                    // SAFETY: each task writes its own range of the spare capacity
+                    let o = unsafe { std::slice::from_raw_parts_mut(dst.at(start), n) };
+                    o.copy_from_slice(scratch.value(program.steps().len() - 1, n));
+                }
+            },
+        );
+    }
+    // SAFETY: the tasks above wrote every element of 0..len
+    unsafe { out.set_len(len) };
+
+    let program = program.clone();
+    taped.output(&dev, out, (len,), move |g, grads| {
+        // every input's gradient is taken out of `grads` for the pass and put back after
+        let mut sums = Vec::with_capacity(ghosts.len());
+        for ghost in &ghosts {
+            sums.push(std::mem::take(&mut **grads.get_or_alloc_mut(ghost)?));
+        }
+        // one tensor passed twice would leave an empty buffer at its second place
+        let distinct = sums.iter().all(|s| s.len() == len);
+        if distinct {
+            let targets: Vec<Shared<E>> = sums.iter_mut().map(|s| Shared::new(s)).collect();
+            let (targets, data) = (&targets, &data);
+            (0..len.div_ceil(TASK)).into_par_iter().for_each_init(
+                || Scratch::new(&program),
+                |scratch, task| {
+                    for start in (task * TASK..len.min((task + 1) * TASK)).step_by(BLOCK) {
+                        let n = BLOCK.min(len - start);
+                        scratch.forward(&program, data, start, n);
+                        scratch.backward(&program, &g[start..start + n], targets, start, n);
+                    }
+                },
+            );
+        }
+        // in reverse, so that a tensor passed twice gets back its buffer, not the empty one
+        for (ghost, sum) in ghosts.iter().zip(sums).rev() {
+            **grads.get_or_alloc_mut(ghost)? = sum;
+        }
+        if distinct {
+            Ok(())
+        } else {
+            Err(CpuError::WrongNumElements)
+        }
+    })
+}
+
+/// One task's blocks: every step's values and their gradients, `BLOCK` apart.
+struct Scratch<E> {
+    values: Vec<E>,
+    grads: Vec<E>,
+    tmp: Vec<E>,
+}
+
+impl<E: Real> Scratch<E> {
+    fn new(program: &Program) -> Self {
+        let len = program.steps().len() * BLOCK;
+        Self {
+            values: vec![E::zero(); len],
+            grads: vec![E::zero(); len],
+            tmp: vec![E::zero(); BLOCK],
+        }
+    }
+
+    fn value(&self, step: usize, n: usize) -> &[E] {
+        &self.values[step * BLOCK..][..n]
+    }
+
+    /// Every step's values over elements `start..start + n`.
+    fn forward(&mut self, program: &Program, data: &[Vec<E>], start: usize, n: usize) {
+        for (s, step) in program.steps().iter().enumerate() {
+            let (done, rest) = self.values.split_at_mut(s * BLOCK);
+            let out = &mut rest[..n];
+            let v = |i: usize| &done[i * BLOCK..][..n];
+            match *step {
+                Step::Input(k) => out.copy_from_slice(&data[k][start..start + n]),
+                Step::Binary(f, a, b) => binary(f, v(a), v(b), out),
+                Step::Unary(f, x) => unary(f, v(x), out, &mut self.tmp[..n]),
+                Step::Affine { x, mul, add } => {
+                    let (m, c) = (E::of(mul), E::of(add));
+                    out.copy_from_slice(v(x));
+                    // as the composite form: a multiply by 1 or an add of 0 is left out
+                    if mul != 1.0 {
+                        out.iter_mut().for_each(|o| *o = *o * m);
+                    }
+                    if add != 0.0 {
+                        out.iter_mut().for_each(|o| *o = *o + c);
+                    }
+                }
+                Step::Powf { x, exponent } => {
+                    let e = E::of(exponent);
+                    zip_map(out, v(x), |x| x.powf(e));
+                }
+            }
+        }
+    }
+
+    /// Sends `g`, the gradient of the last step over `start..start + n`, back through the
+    /// steps (their values from [`Scratch::forward`]) and adds each input's share into
+    /// `targets`.
+    fn backward(
+        &mut self,
+        program: &Program,
+        g: &[E],
+        targets: &[Shared<E>],
+        start: usize,
+        n: usize,
+    ) {
+        let steps = program.steps();
+        for s in 0..steps.len() {
+            self.grads[s * BLOCK..][..n].fill(E::zero());
+        }
+        self.grads[(steps.len() - 1) * BLOCK..][..n].copy_from_slice(g);
+        for (s, step) in steps.iter().enumerate().rev() {
+            let (before, rest) = self.grads.split_at_mut(s * BLOCK);
+            let d = &rest[..n];
+            let v = |i: usize| &self.values[i * BLOCK..][..n];
+            match *step {
+                Step::Input(k) => {
+                    // SAFETY: each task adds into its own range of every input's gradient
+                    let t = unsafe { std::slice::from_raw_parts_mut(targets[k].at(start), n) };
+                    add_into(t, d, |_, d| d);
+                }
+                Step::Binary(f, a, b) => {
+                    let (x, y) = (v(a), v(b));
+                    // operands are distinct steps (a program is a tree)
+                    let ga = &mut before[a * BLOCK..][..n];
+                    match f {
+                        BinaryFn::Add | BinaryFn::Sub => add_into(ga, d, |_, d| d),
+                        BinaryFn::Mul => add_into(ga, d, |e, d| d * y[e]),
+                        BinaryFn::Div => add_into(ga, d, |e, d| d * y[e].recip()),
+                        BinaryFn::Min => add_into(ga, d, |e, d| d * tie(x[e] < y[e], x[e] > y[e])),
+                        BinaryFn::Max => add_into(ga, d, |e, d| d * tie(x[e] > y[e], x[e] < y[e])),
+                    }
+                    let gb = &mut before[b * BLOCK..][..n];
+                    match f {
+                        BinaryFn::Add => add_into(gb, d, |_, d| d),
+                        BinaryFn::Sub => add_into(gb, d, |_, d| -d),
+                        BinaryFn::Mul => add_into(gb, d, |e, d| d * x[e]),
+                        BinaryFn::Div => add_into(gb, d, |e, d| d * (-x[e] / y[e].powi(2))),
+                        BinaryFn::Min => add_into(gb, d, |e, d| d * tie(y[e] < x[e], y[e] > x[e])),
+                        BinaryFn::Max => add_into(gb, d, |e, d| d * tie(y[e] > x[e], y[e] < x[e])),
+                    }
+                }
+                Step::Unary(f, x) => {
+                    let (xs, fx) = (v(x), v(s));
+                    let gx = &mut before[x * BLOCK..][..n];
+                    add_into(gx, d, |e, d| d * unary_slope(f, xs[e], fx[e]));
+                }
+                Step::Affine { x, mul, .. } => {
+                    let m = E::of(mul);
+                    let gx = &mut before[x * BLOCK..][..n];
+                    if mul != 1.0 {
+                        add_into(gx, d, |_, d| d * m);
+                    } else {
+                        add_into(gx, d, |_, d| d);
+                    }
+                }
+                Step::Powf { x, exponent } => {
+                    let (p, xs) = (E::of(exponent), v(x));
+                    let gx = &mut before[x * BLOCK..][..n];
+                    add_into(gx, d, |e, d| d * (p * xs[e].powf(p - E::one())));
+                }
+            }
+        }
+    }
+}
+
+/// `acc[e] += f(e, d[e])` over the block.
+#[inline(always)]
+fn add_into<E: Real>(acc: &mut [E], d: &[E], f: impl Fn(usize, E) -> E) {
+    acc.iter_mut()
+        .zip(d)
+        .enumerate()
+        .for_each(|(e, (a, &d))| *a = *a + f(e, d));
+}
+
+#[inline(always)]
+fn zip_map<E: Real>(out: &mut [E], x: &[E], f: impl Fn(E) -> E) {
+    out.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x));
+}
+
+fn binary<E: Real>(f: BinaryFn, x: &[E], y: &[E], out: &mut [E]) {
+    let mut run = |f: &dyn Fn(E, E) -> E| {
+        out.iter_mut()
+            .zip(x.iter().zip(y))
+            .for_each(|(o, (&x, &y))| *o = f(x, y))
+    };
+    match f {
+        BinaryFn::Add => run(&|x, y| x + y),
+        BinaryFn::Sub => run(&|x, y| x - y),
+        BinaryFn::Mul => run(&|x, y| x * y),
+        BinaryFn::Div => run(&|x, y| x / y),
+        BinaryFn::Min => run(&|x, y| nan_or(x, y, x.min(y))),
+        BinaryFn::Max => run(&|x, y| nan_or(x, y, x.max(y))),
+    }
+}
+
+/// `value`, or NaN where `x` or `y` is NaN.
+#[inline(always)]
+fn nan_or<E: Real>(x: E, y: E, value: E) -> E {
+    if x.is_nan() {
+        x
+    } else if y.is_nan() {
+        y
+    } else {
+        value
+    }
+}
+
+/// 1 when `wins`, 0 when `loses`, ½ for a tie (or a NaN).
+#[inline(always)]
+fn tie<E: Real>(wins: bool, loses: bool) -> E {
+    if wins {
+        E::one()
+    } else if loses {
+        E::zero()
+    } else {
+        E::of(0.5)
+    }
+}
+
+fn unary<E: Real>(f: UnaryFn, x: &[E], out: &mut [E], tmp: &mut [E]) {
+    match f {
+        UnaryFn::Sigmoid | UnaryFn::Silu => {
+            sigmoid(x, out, tmp);
+            if f == UnaryFn::Silu {
+                out.iter_mut().zip(x).for_each(|(o, &x)| *o = x * *o);
+            }
+        }
+        UnaryFn::Tanh => zip_map(out, x, |x| x.tanh()),
+        UnaryFn::Exp => zip_map(out, x, |x| x.exp()),
+        UnaryFn::Relu => zip_map(out, x, |x| {
+            if x > E::zero() || x.is_nan() {
+                x
+            } else {
+                E::zero()
+            }
+        }),
+        UnaryFn::Abs => zip_map(out, x, |x| x.abs()),
+        UnaryFn::Sqrt => zip_map(out, x, |x| x.sqrt()),
+        UnaryFn::Ln => zip_map(out, x, |x| x.ln()),
+        UnaryFn::Square => zip_map(out, x, |x| x * x),
+    }
+}
+
+/// `1 / (1 + e^−x)` from `e^−|x|` (never overflows, so the vectorized `exp` serves): `1 / (1 +
+/// e)` for x ≥ 0, `e / (1 + e)` below; NaN stays NaN.
+fn sigmoid<E: Real>(x: &[E], out: &mut [E], e: &mut [E]) {
+    zip_map(e, x, |x| -x.abs());
+    E::exp_slice(e);
+    out.iter_mut()
+        .zip(x.iter().zip(e.iter()))
+        .for_each(|(o, (&x, &e))| {
+            let r = (E::one() + e).recip();
+            *o = if x >= E::zero() { r } else { e * r };
+        });
+}
+
+/// The slope of `f` at `x`, whose value there is `fx` (dfdx's).
+#[inline(always)]
+fn unary_slope<E: Real>(f: UnaryFn, x: E, fx: E) -> E {
+    match f {
+        UnaryFn::Sigmoid => fx * (E::one() - fx),
+        UnaryFn::Tanh => E::one() - fx * fx,
+        UnaryFn::Exp => fx,
+        UnaryFn::Relu => {
+            if x > E::zero() {
+                E::one()
+            } else {
+                E::zero()
+            }
+        }
+        UnaryFn::Abs => {
+            if x == E::zero() {
+                E::zero()
+            } else {
+                x.signum()
+            }
+        }
+        UnaryFn::Sqrt => (fx + fx).recip(),
+        UnaryFn::Ln => x.recip(),
+        UnaryFn::Square => x + x,
+        UnaryFn::Silu => {
+            // x · σ(x): σ + x · σ (1 − σ), σ recomputed as dfdx computes it
+            let s = (E::one() + (-x).exp()).recip();
+            s + x * (s * (E::one() - s))
+        }
+    }
+}

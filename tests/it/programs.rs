@@ -1,0 +1,255 @@
+//! Element-wise programs (`spec::pointwise`): the fused CPU kernel against the composite form
+//! (one dfdx op per step), values and gradients, in f64 and f32, across the kernel's blocks
+//! and tasks; a finite-difference check; NaN kept through `relu`, `min` and `max`; the
+//! program checks; and a rule whose element-wise expressions read one tensor several times.
+
+use dfdx::prelude::*;
+use quartic::backend::Backend;
+use quartic::ops::pointwise::pointwise_composite;
+use quartic::rules::Rule;
+use quartic::spec::pointwise::{BinaryFn, Program, Step, UnaryFn};
+
+use crate::common::*;
+
+/// Every step kind, inputs read several times:
+/// `min(max((a·b + σ(c) − tanh a) / (1.5 b² + 0.25), silu c), exp a) · √(|b| + 0.5)
+///  + relu c + ln(2|a| + 1) − (|b| + 1)^1.5`.
+fn every_step() -> Program {
+    use BinaryFn::*;
+    use Step::*;
+    use UnaryFn::*;
+    Program::new(vec![
+        Input(0),
+        Input(1),
+        Binary(Mul, 0, 1),
+        Input(2),
+        Unary(Sigmoid, 3),
+        Binary(Add, 2, 4),
+        Input(0),
+        Unary(Tanh, 6),
+        Binary(Sub, 5, 7),
+        Input(1),
+        Unary(Square, 9),
+        Affine {
+            x: 10,
+            mul: 1.5,
+            add: 0.25,
+        },
+        Binary(Div, 8, 11),
+        Input(2),
+        Unary(Silu, 13),
+        Binary(Max, 12, 14),
+        Input(0),
+        Unary(Exp, 16),
+        Binary(Min, 15, 17),
+        Input(1),
+        Unary(Abs, 19),
+        Affine {
+            x: 20,
+            mul: 1.0,
+            add: 0.5,
+        },
+        Unary(Sqrt, 21),
+        Binary(Mul, 18, 22),
+        Input(2),
+        Unary(Relu, 24),
+        Binary(Add, 23, 25),
+        Input(0),
+        Unary(Abs, 27),
+        Affine {
+            x: 28,
+            mul: 2.0,
+            add: 1.0,
+        },
+        Unary(Ln, 29),
+        Binary(Add, 26, 30),
+        Input(1),
+        Unary(Abs, 32),
+        Affine {
+            x: 33,
+            mul: 1.0,
+            add: 1.0,
+        },
+        Powf {
+            x: 34,
+            exponent: 1.5,
+        },
+        Binary(Sub, 31, 35),
+    ])
+    .unwrap()
+}
+
+/// Values and the three inputs' gradients under a probe loss, fused or composite, in `E`.
+fn run<E: quartic::tensor::Real>(
+    fused: bool,
+    program: &Program,
+    inputs: &[Vec<f64>],
+) -> Vec<Vec<f64>>
+where
+    Cpu: Backend<E>,
+{
+    let d = dev();
+    let len = inputs[0].len();
+    let plain: Vec<Tensor<(usize,), E, Cpu>> = inputs
+        .iter()
+        .map(|v| d.tensor_from_vec(v.iter().map(|&x| E::of(x)).collect(), (len,)))
+        .collect();
+    let traced: Vec<_> = plain.iter().map(|t| t.leaky_trace()).collect();
+    let out = if fused {
+        Backend::pointwise_fused(traced, program).unwrap()
+    } else {
+        pointwise_composite(traced, program).unwrap()
+    };
+    let values: Vec<f64> = out.as_vec().iter().map(|x| x.as_f64()).collect();
+    let probe = d.tensor_from_vec(randn(9, len).iter().map(|&x| E::of(x)).collect(), (len,));
+    let grads = (out * probe).sum().backward();
+    let mut all = vec![values];
+    for t in &plain {
+        all.push(grads.get(t).as_vec().iter().map(|x| x.as_f64()).collect());
+    }
+    all
+}
+
+#[test]
+fn fused_programs_match_their_composite_form() {
+    // 3 tasks of the kernel and a part block at the end
+    let len = 2 * 16384 + 3000 + 17;
+    let inputs: Vec<Vec<f64>> = (0..3).map(|k| randn(20 + k, len)).collect();
+    let program = every_step();
+    let names = ["values", "d a", "d b", "d c"];
+    let (f, c) = (
+        run::<f64>(true, &program, &inputs),
+        run::<f64>(false, &program, &inputs),
+    );
+    for ((f, c), name) in f.iter().zip(&c).zip(names) {
+        assert_close(&format!("f64 {name}"), f, c, 1e-12, 1e-10);
+    }
+    let (f, c) = (
+        run::<f32>(true, &program, &inputs),
+        run::<f32>(false, &program, &inputs),
+    );
+    for ((f, c), name) in f.iter().zip(&c).zip(names) {
+        assert_close(&format!("f32 {name}"), f, c, 1e-5, 1e-4);
+    }
+}
+
+#[test]
+fn fused_program_gradients_match_finite_differences() {
+    let inputs: Vec<Vec<f64>> = (0..3).map(|k| randn(30 + k, 700)).collect();
+    let program = every_step();
+    gradcheck("element-wise program", &inputs, 40, |v| {
+        probe_loss(Backend::pointwise_fused(v, &program).unwrap(), 3)
+    });
+}
+
+#[test]
+fn ties_of_min_and_max_split_the_gradient_in_both_forms() {
+    for f in [BinaryFn::Min, BinaryFn::Max] {
+        let program =
+            Program::new(vec![Step::Input(0), Step::Input(1), Step::Binary(f, 0, 1)]).unwrap();
+        let a = vec![0.5, -1.0, 2.0, 3.0];
+        let b = vec![0.5, -1.0, 1.0, 4.0];
+        let fused = run::<f64>(true, &program, &[a.clone(), b.clone()]);
+        let composite = run::<f64>(false, &program, &[a, b]);
+        assert_eq!(fused, composite, "{f:?}");
+        let probe = randn(9, 4);
+        // the first two entries tie: half the gradient each way
+        assert_eq!(fused[1][0], 0.5 * probe[0], "{f:?}");
+        assert_eq!(fused[2][1], 0.5 * probe[1], "{f:?}");
+    }
+}
+
+#[test]
+fn nan_stays_nan_through_relu_min_max_and_sigmoid() {
+    let one = |f: UnaryFn| Program::new(vec![Step::Input(0), Step::Unary(f, 0)]).unwrap();
+    let two = |f: BinaryFn| {
+        Program::new(vec![Step::Input(0), Step::Input(1), Step::Binary(f, 0, 1)]).unwrap()
+    };
+    let x = vec![f64::NAN, -1.0, 2.0, f64::NAN];
+    let y = vec![1.0, f64::NAN, -3.0, f64::NAN];
+    for fused in [true, false] {
+        for f in [UnaryFn::Relu, UnaryFn::Sigmoid, UnaryFn::Tanh, UnaryFn::Abs] {
+            let out = &run::<f64>(fused, &one(f), &[x.clone()])[0];
+            assert!(
+                out[0].is_nan() && out[3].is_nan(),
+                "{f:?} fused {fused}: {out:?}"
+            );
+            assert!(out[1].is_finite() && out[2].is_finite(), "{f:?}: {out:?}");
+        }
+        for f in [BinaryFn::Min, BinaryFn::Max] {
+            let out = &run::<f64>(fused, &two(f), &[x.clone(), y.clone()])[0];
+            assert!(
+                out[0].is_nan() && out[1].is_nan() && out[3].is_nan(),
+                "{f:?}: {out:?}"
+            );
+            assert_eq!(out[2], if f == BinaryFn::Min { -3.0 } else { 2.0 });
+        }
+    }
+    // the f32 kernel's vectorized exp keeps NaN too, and saturates without overflow
+    let out = &run::<f32>(
+        true,
+        &one(UnaryFn::Sigmoid),
+        &[vec![f64::NAN, -200.0, 200.0, 0.0]],
+    )[0];
+    assert!(out[0].is_nan(), "{out:?}");
+    assert_eq!(&out[1..], &[0.0, 1.0, 0.5]);
+}
+
+#[test]
+fn malformed_programs_are_refused_with_the_step() {
+    use Step::*;
+    let refused = |steps: Vec<Step>, what: &str| {
+        let err = Program::new(steps).unwrap_err().to_string();
+        assert!(err.contains(what), "{err}");
+    };
+    refused(vec![], "no steps");
+    refused(
+        vec![Input(0), Unary(UnaryFn::Exp, 1)],
+        "step 1 reads step 1",
+    );
+    refused(vec![Input(1)], "step 0 reads input 1 before input 0");
+    refused(
+        vec![Input(0), Binary(BinaryFn::Mul, 0, 0)],
+        "step 0 is read 2 times",
+    );
+    refused(vec![Input(0), Input(0)], "step 0 is read 0 times");
+    refused(
+        vec![
+            Input(0),
+            Affine {
+                x: 0,
+                mul: f64::NAN,
+                add: 0.0,
+            },
+        ],
+        "step 1 has a non-finite constant",
+    );
+    // inputs of different lengths, or too few, are refused before anything runs
+    let d = dev();
+    let program = Program::new(vec![Input(0), Input(1), Binary(BinaryFn::Add, 0, 1)]).unwrap();
+    let t = |n: usize| d.zeros_like(&(n,)).leaky_trace();
+    let pointwise = quartic::ops::pointwise::pointwise::<f64, Cpu, Tp>;
+    let err = pointwise(vec![t(3), t(4)], &program).unwrap_err();
+    assert!(err.to_string().contains("input 1 of 3 elements"), "{err}");
+    let err = pointwise(vec![t(3)], &program).unwrap_err();
+    assert!(err.to_string().contains("2 input tensors"), "{err}");
+}
+
+/// A rule whose element-wise expressions read one stored tensor several times (one input of
+/// the program, read twice) and broadcast node values over edges, checked against finite
+/// differences through the layer.
+#[test]
+fn rules_with_repeated_reads_pass_a_gradient_check() {
+    let rule = Rule::parse(
+        "reads.rule",
+        "rule reads()
+let e[i, j] = edges[i, j] * 0.5
+mix: edges[i, j] += sigmoid(e[i, j]) * e[i, j] - min(e[i, j], e[j, i]) / 2 + tanh(linear(nodes[i], dim_edges)) * e[j, i]
+nodes[i] += relu(nodes[i]) * nodes[i] + max(nodes[i], 0.1 * nodes[i]) ** 3
+",
+    );
+    match rule {
+        Ok(rule) => crate::rules::gradcheck_loaded_rule(&rule, false, vec![]),
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -1,5 +1,6 @@
 //! Criterion benches of the core kernels, fused (CPU) and composite forms, forward + backward,
-//! at n = 16, 32, 64: the softmax attention kernel, each edge pattern, both Taylor forms.
+//! at n = 16, 32, 64: the softmax attention kernel, each edge pattern, both Taylor forms; and an
+//! element-wise program over the edges at n = 64, 128.
 //!
 //! `cargo bench --bench kernels` (all) or e.g. `cargo bench --bench kernels -- pattern/row`.
 
@@ -208,5 +209,52 @@ fn taylor_forms(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, softmax_kernel, patterns, taylor_forms);
+/// An element-wise program, `sigmoid(a) · b` (the gated projections of `triangle`) over the
+/// edges of a graph of n nodes × 32 channels: the fused pass against one dfdx op per step.
+fn pointwise_programs(c: &mut Criterion) {
+    use quartic::ops::pointwise::pointwise_composite;
+    use quartic::spec::pointwise::{BinaryFn, Program, Step, UnaryFn};
+    quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
+    let dev = Cpu::default();
+    let program = Program::new(vec![
+        Step::Input(0),
+        Step::Unary(UnaryFn::Sigmoid, 0),
+        Step::Input(1),
+        Step::Binary(BinaryFn::Mul, 1, 2),
+    ])
+    .expect("a tree");
+    let mut group = c.benchmark_group("pointwise");
+    group.sample_size(10);
+    for n in [64, 128] {
+        let len = n * n * 32;
+        let (a, b) = (
+            random(&dev, (1, 1, 1, len), 10).reshape_like(&(len,)),
+            random(&dev, (1, 1, 1, len), 11).reshape_like(&(len,)),
+        );
+        for fused in [true, false] {
+            let name = if fused { "fused" } else { "composite" };
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
+                bench.iter(|| {
+                    let inputs = vec![a.leaky_trace(), b.clone().retaped::<OwnedTape<f32, Cpu>>()];
+                    let out = if fused {
+                        Backend::pointwise_fused(inputs, &program)
+                    } else {
+                        pointwise_composite(inputs, &program)
+                    };
+                    out.unwrap().sum::<(), _>().backward()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    softmax_kernel,
+    patterns,
+    taylor_forms,
+    pointwise_programs
+);
 criterion_main!(benches);

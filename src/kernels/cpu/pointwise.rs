@@ -238,19 +238,23 @@ fn zip_map<E: Real>(out: &mut [E], x: &[E], f: impl Fn(E) -> E) {
 }
 
 fn binary<E: Real>(f: BinaryFn, x: &[E], y: &[E], out: &mut [E]) {
-    let mut run = |f: &dyn Fn(E, E) -> E| {
-        out.iter_mut()
-            .zip(x.iter().zip(y))
-            .for_each(|(o, (&x, &y))| *o = f(x, y))
-    };
     match f {
-        BinaryFn::Add => run(&|x, y| x + y),
-        BinaryFn::Sub => run(&|x, y| x - y),
-        BinaryFn::Mul => run(&|x, y| x * y),
-        BinaryFn::Div => run(&|x, y| x / y),
-        BinaryFn::Min => run(&|x, y| nan_or(x, y, x.min(y))),
-        BinaryFn::Max => run(&|x, y| nan_or(x, y, x.max(y))),
+        BinaryFn::Add => zip2(out, x, y, |x, y| x + y),
+        BinaryFn::Sub => zip2(out, x, y, |x, y| x - y),
+        BinaryFn::Mul => zip2(out, x, y, |x, y| x * y),
+        BinaryFn::Div => zip2(out, x, y, |x, y| x / y),
+        BinaryFn::Min => zip2(out, x, y, |x, y| nan_or(x, y, x.min(y))),
+        BinaryFn::Max => zip2(out, x, y, |x, y| nan_or(x, y, x.max(y))),
     }
+}
+
+/// `out[e] = f(x[e], y[e])` (generic, so that each operator's loop is compiled, and
+/// vectorized, on its own).
+#[inline(always)]
+fn zip2<E: Real>(out: &mut [E], x: &[E], y: &[E], f: impl Fn(E, E) -> E) {
+    out.iter_mut()
+        .zip(x.iter().zip(y))
+        .for_each(|(o, (&x, &y))| *o = f(x, y));
 }
 
 /// `value`, or NaN where `x` or `y` is NaN.

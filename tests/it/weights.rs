@@ -305,3 +305,48 @@ fn the_device_keep_mask_is_the_visibility_rule() {
         assert_eq!(got, want, "{what}");
     }
 }
+
+/// The talking-heads weights' gradient sums over every query row; its order, and so its last
+/// bits, must not depend on how many threads run the rows or who steals which (a resumed
+/// training run would drift from an uninterrupted one). The same backward in pools of 1, 2
+/// and 5 threads gives the same bits.
+#[test]
+fn the_talking_heads_gradient_does_not_depend_on_the_threads() {
+    let (b, h, n, d) = (4, 4, 64, 8);
+    let spec = WeightsSpec {
+        scale: 0.35,
+        normalizer: Normalizer::Softmax,
+        visibility: Visibility::all(b, n, n),
+    };
+    let (qv, kv, wv) = (
+        randn(31, b * h * n * d),
+        randn(32, b * h * n * d),
+        randn(33, h * h),
+    );
+    let talking_grad = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let dv = dev();
+            let q = dv.tensor_from_vec(qv.clone(), (b, h, n, d));
+            let k = dv.tensor_from_vec(kv.clone(), (b, h, n, d));
+            let w = dv.tensor_from_vec(wv.clone(), (h, h));
+            let out = Backend::weights_fused(
+                q.leaky_trace(),
+                k.retaped::<Tp>(),
+                None,
+                Some(w.retaped::<Tp>()),
+                &spec,
+            )
+            .unwrap();
+            let mut grads = probe_loss(out, 34).backward();
+            grad_of(&mut grads, &w)
+        })
+    };
+    let one = talking_grad(1);
+    for threads in [2, 5] {
+        assert_eq!(talking_grad(threads), one, "{threads} threads against one");
+    }
+}

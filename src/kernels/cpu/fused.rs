@@ -18,6 +18,9 @@ use crate::spec::Visibility;
 use crate::spec::{check_weights_shapes, Normalizer, WeightsSpec};
 use crate::tensor::*;
 
+/// Query rows per run of the talking-heads gradient's sum (see `Weights::backward`).
+const TALKING_ROWS: usize = 8;
+
 /// The gradient buffer type of the CPU device (a `Vec` behind dfdx's allocation cache).
 pub type CpuBuffer<E> = <Cpu as Storage<E>>::Vec;
 
@@ -206,95 +209,103 @@ impl<E: Real> WeightsProblem<E> {
         let dq_ptr = Shared::new(&mut dq);
         let ds_ptr = Shared::new(&mut ds_all);
         let hh2 = h * h;
-        let dtalking = (0..b * nq)
-            .into_par_iter()
-            .fold(
-                || {
-                    (
-                        vec![E::zero(); hh2],
-                        vec![E::zero(); h * nk],
-                        vec![E::zero(); h * nk],
-                        vec![E::zero(); nk],
-                        vec![E::zero(); h * nk],
-                        vec![E::zero(); d],
-                    )
-                },
-                |(mut dw, mut s, mut t, mut p, mut dt, mut dqrow), row| {
-                    let (bb, i) = (row / nq, row % nq);
-                    self.scores(bb, i, &mut s, &mut t);
-                    for hh in 0..h {
-                        let tr = &t[hh * nk..(hh + 1) * nk];
-                        let sum = self.normalize(bb, i, tr, &mut p);
-                        let gr = &g[((bb * h + hh) * nq + i) * nk..][..nk];
-                        let dtr = &mut dt[hh * nk..(hh + 1) * nk];
-                        let pg = dot(&p, gr);
-                        match self.normalizer {
-                            Normalizer::Softmax => {
-                                for j in 0..nk {
-                                    dtr[j] = p[j] * (gr[j] - pg);
-                                }
-                            }
-                            Normalizer::Taylor { eps } => {
-                                let eps = E::of(eps);
-                                let z = sum.at_least(eps);
-                                // clamp passes the gradient only where Σw ≥ eps
-                                let through = if sum >= eps { pg } else { E::zero() };
-                                for j in 0..nk {
-                                    dtr[j] = if self.vis.visible(bb, i, j) {
-                                        (gr[j] - through) / z * (E::one() + tr[j])
-                                    } else {
-                                        E::zero()
-                                    };
-                                }
-                            }
-                        }
-                    }
-                    // undo the head mixing: ds[h] = Σ_h' W[h',h] dt[h'], dW[h',h] += dt[h'] · s[h]
-                    let ds: &[E] = match &self.talking {
-                        Some(w) => {
-                            // t is not needed again for this row: it becomes ds
-                            t.iter_mut().for_each(|x| *x = E::zero());
-                            for ho in 0..h {
-                                let dto = &dt[ho * nk..(ho + 1) * nk];
-                                for hi in 0..h {
-                                    let si = &s[hi * nk..(hi + 1) * nk];
-                                    dw[ho * h + hi] = dw[ho * h + hi] + dot(dto, si);
-                                    let c = w[ho * h + hi];
-                                    axpy(&mut t[hi * nk..(hi + 1) * nk], c, dto);
-                                }
-                            }
-                            &t
-                        }
-                        None => &dt,
-                    };
-                    for hh in 0..h {
-                        let dsr = &ds[hh * nk..(hh + 1) * nk];
-                        let base = ((bb * h + hh) * nq + i) * nk;
-                        let kb = &self.k[(bb * h + hh) * nk * d..][..nk * d];
-                        let qbase = ((bb * h + hh) * nq + i) * d;
-                        for (j, &x) in dsr.iter().enumerate() {
-                            // Safety: row (bb, i) owns these indices of ds_all and dq.
-                            unsafe { ds_ptr.write(base + j, x) };
-                        }
-                        // dq row = scale · Σ_j ds[j] k[j], accumulated row-wise (contiguous in k)
-                        dqrow.iter_mut().for_each(|x| *x = E::zero());
-                        for (j, &c) in dsr.iter().enumerate() {
-                            if c != E::zero() {
-                                axpy(&mut dqrow, c, &kb[j * d..(j + 1) * d]);
-                            }
-                        }
-                        for (c, &x) in dqrow.iter().enumerate() {
-                            unsafe { dq_ptr.write(qbase + c, x * self.scale) };
-                        }
-                    }
-                    (dw, s, t, p, dt, dqrow)
-                },
+        // Rows in fixed runs, each run's talking-heads gradient summed in order, then the runs'
+        // sums in run order: a rayon fold would split where work is stolen, so the sum's order,
+        // and its last bits, would depend on scheduling (and a resumed run would drift from
+        // an uninterrupted one).
+        let start = || {
+            (
+                vec![E::zero(); hh2],
+                vec![E::zero(); h * nk],
+                vec![E::zero(); h * nk],
+                vec![E::zero(); nk],
+                vec![E::zero(); h * nk],
+                vec![E::zero(); d],
             )
-            .map(|acc| acc.0)
-            .reduce(
-                || vec![E::zero(); hh2],
-                |a, b| a.iter().zip(&b).map(|(&x, &y)| x + y).collect(),
-            );
+        };
+        type Acc<E> = (Vec<E>, Vec<E>, Vec<E>, Vec<E>, Vec<E>, Vec<E>);
+        let row_step = |(mut dw, mut s, mut t, mut p, mut dt, mut dqrow): Acc<E>, row: usize| {
+            let (bb, i) = (row / nq, row % nq);
+            self.scores(bb, i, &mut s, &mut t);
+            for hh in 0..h {
+                let tr = &t[hh * nk..(hh + 1) * nk];
+                let sum = self.normalize(bb, i, tr, &mut p);
+                let gr = &g[((bb * h + hh) * nq + i) * nk..][..nk];
+                let dtr = &mut dt[hh * nk..(hh + 1) * nk];
+                let pg = dot(&p, gr);
+                match self.normalizer {
+                    Normalizer::Softmax => {
+                        for j in 0..nk {
+                            dtr[j] = p[j] * (gr[j] - pg);
+                        }
+                    }
+                    Normalizer::Taylor { eps } => {
+                        let eps = E::of(eps);
+                        let z = sum.at_least(eps);
+                        // clamp passes the gradient only where Σw ≥ eps
+                        let through = if sum >= eps { pg } else { E::zero() };
+                        for j in 0..nk {
+                            dtr[j] = if self.vis.visible(bb, i, j) {
+                                (gr[j] - through) / z * (E::one() + tr[j])
+                            } else {
+                                E::zero()
+                            };
+                        }
+                    }
+                }
+            }
+            // undo the head mixing: ds[h] = Σ_h' W[h',h] dt[h'], dW[h',h] += dt[h'] · s[h]
+            let ds: &[E] = match &self.talking {
+                Some(w) => {
+                    // t is not needed again for this row: it becomes ds
+                    t.iter_mut().for_each(|x| *x = E::zero());
+                    for ho in 0..h {
+                        let dto = &dt[ho * nk..(ho + 1) * nk];
+                        for hi in 0..h {
+                            let si = &s[hi * nk..(hi + 1) * nk];
+                            dw[ho * h + hi] = dw[ho * h + hi] + dot(dto, si);
+                            let c = w[ho * h + hi];
+                            axpy(&mut t[hi * nk..(hi + 1) * nk], c, dto);
+                        }
+                    }
+                    &t
+                }
+                None => &dt,
+            };
+            for hh in 0..h {
+                let dsr = &ds[hh * nk..(hh + 1) * nk];
+                let base = ((bb * h + hh) * nq + i) * nk;
+                let kb = &self.k[(bb * h + hh) * nk * d..][..nk * d];
+                let qbase = ((bb * h + hh) * nq + i) * d;
+                for (j, &x) in dsr.iter().enumerate() {
+                    // Safety: row (bb, i) owns these indices of ds_all and dq.
+                    unsafe { ds_ptr.write(base + j, x) };
+                }
+                // dq row = scale · Σ_j ds[j] k[j], accumulated row-wise (contiguous in k)
+                dqrow.iter_mut().for_each(|x| *x = E::zero());
+                for (j, &c) in dsr.iter().enumerate() {
+                    if c != E::zero() {
+                        axpy(&mut dqrow, c, &kb[j * d..(j + 1) * d]);
+                    }
+                }
+                for (c, &x) in dqrow.iter().enumerate() {
+                    unsafe { dq_ptr.write(qbase + c, x * self.scale) };
+                }
+            }
+            (dw, s, t, p, dt, dqrow)
+        };
+        let rows = b * nq;
+        let runs: Vec<Vec<E>> = (0..rows.div_ceil(TALKING_ROWS))
+            .into_par_iter()
+            .map(|run| {
+                let rows = run * TALKING_ROWS..rows.min((run + 1) * TALKING_ROWS);
+                rows.fold(start(), &row_step).0
+            })
+            .collect();
+        let dtalking = runs.iter().fold(vec![E::zero(); hh2], |mut sum, run| {
+            accumulate(&mut sum, run);
+            sum
+        });
 
         // dk[b,h,j] = scale · Σ_i ds[b,h,i,j] q[b,h,i]: parallel over (b, h), no write conflicts
         let mut dk = vec![E::zero(); b * h * nk * d];

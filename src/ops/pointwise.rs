@@ -84,6 +84,11 @@ pub fn pointwise_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
                     UnaryFn::Ln => x.ln(),
                     UnaryFn::Square => x.square(),
                     UnaryFn::Silu => silu(x),
+                    UnaryFn::LeakyRelu => {
+                        let values = x.retaped();
+                        let below = x.with_empty_tape().negate().relu() * E::of(0.01);
+                        nan_kept(values, x.relu() - below)
+                    }
                 }
             }
             Step::Affine { x, mul, add } => {

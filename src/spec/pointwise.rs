@@ -43,6 +43,8 @@ pub enum UnaryFn {
     Square,
     /// `x · sigmoid(x)`.
     Silu,
+    /// `x` above 0, `0.01 · x` below (PyTorch's slope); slope 0 at 0.
+    LeakyRelu,
 }
 
 /// One step of a program; operands are indices of earlier steps.

@@ -13,7 +13,7 @@ use crate::common::*;
 
 /// Every step kind, inputs read several times:
 /// `min(max((a·b + σ(c) − tanh a) / (1.5 b² + 0.25), silu c), exp a) · √(|b| + 0.5)
-///  + relu c + ln(2|a| + 1) − (|b| + 1)^1.5`.
+///  + relu c + ln(2|a| + 1) − (|b| + 1)^1.5 + leaky_relu c`.
 fn every_step() -> Program {
     use BinaryFn::*;
     use Step::*;
@@ -75,6 +75,9 @@ fn every_step() -> Program {
             exponent: 1.5,
         },
         Binary(Sub, 31, 35),
+        Input(2),
+        Unary(LeakyRelu, 37),
+        Binary(Add, 36, 38),
     ])
     .unwrap()
 }
@@ -168,7 +171,13 @@ fn nan_stays_nan_through_relu_min_max_and_sigmoid() {
     let x = vec![f64::NAN, -1.0, 2.0, f64::NAN];
     let y = vec![1.0, f64::NAN, -3.0, f64::NAN];
     for fused in [true, false] {
-        for f in [UnaryFn::Relu, UnaryFn::Sigmoid, UnaryFn::Tanh, UnaryFn::Abs] {
+        for f in [
+            UnaryFn::Relu,
+            UnaryFn::LeakyRelu,
+            UnaryFn::Sigmoid,
+            UnaryFn::Tanh,
+            UnaryFn::Abs,
+        ] {
             let out = &run::<f64>(fused, &one(f), &[x.clone()])[0];
             assert!(
                 out[0].is_nan() && out[3].is_nan(),
@@ -245,7 +254,7 @@ fn rules_with_repeated_reads_pass_a_gradient_check() {
         "rule reads()
 let e[i, j] = edges[i, j] * 0.5
 mix: edges[i, j] += sigmoid(e[i, j]) * e[i, j] - min(e[i, j], e[j, i]) / 2 + tanh(linear(nodes[i], dim_edges)) * e[j, i]
-nodes[i] += relu(nodes[i]) * nodes[i] + max(nodes[i], 0.1 * nodes[i]) ** 3
+nodes[i] += relu(nodes[i]) * nodes[i] + max(nodes[i], 0.1 * nodes[i]) ** 3 + leaky_relu(nodes[i])
 ",
     );
     match rule {

@@ -7,8 +7,8 @@
 //! through them, adding into each input's gradient once.
 //!
 //! The arithmetic follows dfdx's op by op (a tie of `min` / `max` sends half the gradient each
-//! way, `relu` and `abs` have slope 0 at 0), except that NaN stays NaN through `relu`, `min`
-//! and `max` (dfdx's, like `f32::max`, return the other operand), as it does in the composite
+//! way, `relu`, `leaky_relu` and `abs` have slope 0 at 0), except that NaN stays NaN through
+//! `relu`, `leaky_relu`, `min` and `max` (dfdx's, like `f32::max`, return the other operand), as it does in the composite
 //! form (`ops::pointwise`).
 
 use dfdx::prelude::*;
@@ -298,6 +298,16 @@ fn unary<E: Real>(f: UnaryFn, x: &[E], out: &mut [E], tmp: &mut [E]) {
                 E::zero()
             }
         }),
+        UnaryFn::LeakyRelu => {
+            let slope = E::of(0.01);
+            zip_map(out, x, |x| {
+                if x > E::zero() || x.is_nan() {
+                    x
+                } else {
+                    x * slope
+                }
+            })
+        }
         UnaryFn::Abs => zip_map(out, x, |x| x.abs()),
         UnaryFn::Sqrt => zip_map(out, x, |x| x.sqrt()),
         UnaryFn::Ln => zip_map(out, x, |x| x.ln()),
@@ -328,6 +338,15 @@ fn unary_slope<E: Real>(f: UnaryFn, x: E, fx: E) -> E {
         UnaryFn::Relu => {
             if x > E::zero() {
                 E::one()
+            } else {
+                E::zero()
+            }
+        }
+        UnaryFn::LeakyRelu => {
+            if x > E::zero() {
+                E::one()
+            } else if x < E::zero() {
+                E::of(0.01)
             } else {
                 E::zero()
             }

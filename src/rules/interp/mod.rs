@@ -563,10 +563,6 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 let x = self.eval(st, x)?;
                 let t = match f {
                     Activation::Gelu => gelu_exact(x.t)?,
-                    Activation::LeakyRelu => {
-                        let below = x.t.with_empty_tape().negate().relu() * E::of(0.01);
-                        x.t.relu() - below
-                    }
                     Activation::Step { strict } => step(x.t, *strict),
                     Activation::Softplus => {
                         // relu(x) + log(1 + exp(-|x|)): no overflow for large |x|

@@ -30,11 +30,9 @@ fn step_of(op: &Op) -> Option<StepKind> {
             Activation::Square => UnaryFn::Square,
             Activation::Sqrt => UnaryFn::Sqrt,
             Activation::Log => UnaryFn::Ln,
+            Activation::LeakyRelu => UnaryFn::LeakyRelu,
             // their own kernels or compositions
-            Activation::Gelu
-            | Activation::LeakyRelu
-            | Activation::Softplus
-            | Activation::Step { .. } => return None,
+            Activation::Gelu | Activation::Softplus | Activation::Step { .. } => return None,
         }),
         _ => return None,
     })

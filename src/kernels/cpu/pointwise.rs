@@ -8,8 +8,8 @@
 //!
 //! The arithmetic follows dfdx's op by op (a tie of `min` / `max` sends half the gradient each
 //! way, `relu`, `leaky_relu` and `abs` have slope 0 at 0), except that NaN stays NaN through
-//! `relu`, `leaky_relu`, `min` and `max` (dfdx's, like `f32::max`, return the other operand), as it does in the composite
-//! form (`ops::pointwise`).
+//! `relu`, `leaky_relu`, `min` and `max` (dfdx's, like `f32::max`, return the other operand),
+//! as it does in the composite form (`ops::pointwise`).
 
 use dfdx::prelude::*;
 use rayon::prelude::*;

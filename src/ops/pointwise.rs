@@ -9,13 +9,12 @@ use crate::ops::activations::silu;
 use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn};
 use crate::tensor::*;
 
-/// `program` over `inputs` (vectors of one length), fused where the device fuses it.
+/// `program` over `inputs` (vectors of one length), fused where the device fuses it; both
+/// forms check the inputs against the program.
 pub fn pointwise<E: Real, D: Backend<E>, T: Tape<E, D>>(
     inputs: Vec<T1<E, D, T>>,
     program: &Program,
 ) -> Result<T1<E, D, T>> {
-    let lengths: Vec<usize> = inputs.iter().map(|t| t.shape().0).collect();
-    check_inputs(program, &lengths)?;
     if D::fuses(Fused::Pointwise) {
         D::pointwise_fused(inputs, program)
     } else {
@@ -33,12 +32,11 @@ pub fn pointwise_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
     let lengths: Vec<usize> = inputs.iter().map(|t| t.shape().0).collect();
     check_inputs(program, &lengths)?;
     let mut inputs: Vec<Option<T1<E, D, T>>> = inputs.into_iter().map(Some).collect();
-    // a copy for each later read of an input
-    let mut reads = vec![0usize; inputs.len()];
-    let mut last_read = vec![0usize; inputs.len()];
+    // each read of an input but its last takes a copy; the last takes the input itself
+    let mut reads_left = vec![0usize; inputs.len()];
     for step in program.steps() {
         if let Step::Input(k) = *step {
-            last_read[k] += 1;
+            reads_left[k] += 1;
         }
     }
     let mut values: Vec<Option<T1<E, D, T>>> = Vec::with_capacity(program.steps().len());
@@ -46,9 +44,9 @@ pub fn pointwise_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
         let mut take = |i: usize| values[i].take().expect("each step is read once");
         let v = match *step {
             Step::Input(k) => {
-                reads[k] += 1;
+                reads_left[k] -= 1;
                 let input = &mut inputs[k];
-                if reads[k] == last_read[k] {
+                if reads_left[k] == 0 {
                     input.take().expect("an input stays until its last read")
                 } else {
                     let t = input.as_ref().expect("an input stays until its last read");

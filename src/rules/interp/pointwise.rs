@@ -6,48 +6,42 @@
 use super::*;
 use crate::spec::pointwise::{BinaryFn, Program, Step, UnaryFn};
 
-/// The program step `op` becomes with its operands at `a` (and `b`), if it is element-wise.
-fn step_of(op: &Op) -> Option<StepKind> {
-    Some(match op {
-        Op::Binary { op, .. } => StepKind::Binary(match op {
-            Arith::Add => BinaryFn::Add,
-            Arith::Sub => BinaryFn::Sub,
-            Arith::Mul => BinaryFn::Mul,
-            Arith::Div => BinaryFn::Div,
-            Arith::Min => BinaryFn::Min,
-            Arith::Max => BinaryFn::Max,
-        }),
-        Op::Affine { mul, add, .. } => StepKind::Affine(*mul, *add),
-        Op::Pow { exponent, .. } if *exponent == 2.0 => StepKind::Unary(UnaryFn::Square),
-        Op::Pow { exponent, .. } => StepKind::Powf(*exponent),
-        Op::Act { f, .. } => StepKind::Unary(match f {
-            Activation::Relu => UnaryFn::Relu,
-            Activation::Silu => UnaryFn::Silu,
-            Activation::Sigmoid => UnaryFn::Sigmoid,
-            Activation::Tanh => UnaryFn::Tanh,
-            Activation::Exp => UnaryFn::Exp,
-            Activation::Abs => UnaryFn::Abs,
-            Activation::Square => UnaryFn::Square,
-            Activation::Sqrt => UnaryFn::Sqrt,
-            Activation::Log => UnaryFn::Ln,
-            Activation::LeakyRelu => UnaryFn::LeakyRelu,
-            // their own kernels or compositions
-            Activation::Gelu | Activation::Softplus | Activation::Step { .. } => return None,
-        }),
-        _ => return None,
-    })
+fn binary_of(op: Arith) -> BinaryFn {
+    match op {
+        Arith::Add => BinaryFn::Add,
+        Arith::Sub => BinaryFn::Sub,
+        Arith::Mul => BinaryFn::Mul,
+        Arith::Div => BinaryFn::Div,
+        Arith::Min => BinaryFn::Min,
+        Arith::Max => BinaryFn::Max,
+    }
 }
 
-enum StepKind {
-    Binary(BinaryFn),
-    Unary(UnaryFn),
-    Affine(f64, f64),
-    Powf(f64),
+/// The program's function for `f`, if a program runs it.
+fn unary_of(f: Activation) -> Option<UnaryFn> {
+    Some(match f {
+        Activation::Relu => UnaryFn::Relu,
+        Activation::Silu => UnaryFn::Silu,
+        Activation::Sigmoid => UnaryFn::Sigmoid,
+        Activation::Tanh => UnaryFn::Tanh,
+        Activation::Exp => UnaryFn::Exp,
+        Activation::Abs => UnaryFn::Abs,
+        Activation::Square => UnaryFn::Square,
+        Activation::Sqrt => UnaryFn::Sqrt,
+        Activation::Log => UnaryFn::Ln,
+        Activation::LeakyRelu => UnaryFn::LeakyRelu,
+        // their own kernels or compositions
+        Activation::Gelu | Activation::Softplus | Activation::Step { .. } => return None,
+    })
 }
 
 /// Whether `op` is an element-wise operator a program runs.
 pub(super) fn is_pointwise(op: &Op) -> bool {
-    step_of(op).is_some()
+    match op {
+        Op::Binary { .. } | Op::Affine { .. } | Op::Pow { .. } => true,
+        Op::Act { f, .. } => unary_of(*f).is_some(),
+        _ => false,
+    }
 }
 
 impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
@@ -72,20 +66,26 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         steps: &mut Vec<Step>,
         leaves: &mut Vec<Val<E, D, T>>,
     ) -> Result<usize> {
-        let step = match (step_of(&node.op), &node.op) {
-            (Some(StepKind::Binary(f)), Op::Binary { lhs, rhs, .. }) => {
-                let a = self.lower_pointwise(st, root, lhs, steps, leaves)?;
-                let b = self.lower_pointwise(st, root, rhs, steps, leaves)?;
-                Step::Binary(f, a, b)
+        let mut operand = |x: &Node| self.lower_pointwise(st, root, x, steps, leaves);
+        let step = match &node.op {
+            Op::Binary { op, lhs, rhs } => {
+                let a = operand(lhs)?;
+                Step::Binary(binary_of(*op), a, operand(rhs)?)
             }
-            (Some(kind), Op::Affine { x, .. } | Op::Pow { x, .. } | Op::Act { x, .. }) => {
-                let x = self.lower_pointwise(st, root, x, steps, leaves)?;
-                match kind {
-                    StepKind::Unary(f) => Step::Unary(f, x),
-                    StepKind::Affine(mul, add) => Step::Affine { x, mul, add },
-                    StepKind::Powf(exponent) => Step::Powf { x, exponent },
-                    StepKind::Binary(_) => unreachable!("a binary step is an Op::Binary"),
-                }
+            Op::Affine { x, mul, add } => Step::Affine {
+                x: operand(x)?,
+                mul: *mul,
+                add: *add,
+            },
+            Op::Pow { x, exponent } if *exponent == 2.0 => {
+                Step::Unary(UnaryFn::Square, operand(x)?)
+            }
+            Op::Pow { x, exponent } => Step::Powf {
+                x: operand(x)?,
+                exponent: *exponent,
+            },
+            Op::Act { f, x } if unary_of(*f).is_some() => {
+                Step::Unary(unary_of(*f).expect("checked in the guard"), operand(x)?)
             }
             _ => {
                 let v = self.eval(st, node)?;

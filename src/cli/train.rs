@@ -102,6 +102,11 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "overwrite")]
     #[serde(skip)]
     pub resume: bool,
+    /// Start from this checkpoint's model and weights, with a fresh optimizer at step 0 and
+    /// this run's task and schedule (fine-tuning, or a curriculum of tasks); the model's
+    /// shape comes from the checkpoint, so model flags are refused with it
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
     /// Start afresh in --out even if it holds a run (its checkpoint, metrics and plot are
     /// replaced); without it such a folder is refused
     #[arg(long)]
@@ -161,14 +166,16 @@ impl TrainArgs {
             ("--seed", self.seed.is_some()),
             ("--checkpoint-every", self.checkpoint_every.is_some()),
             ("--shards", self.shards.is_some()),
+            ("--init", self.init.is_some()),
         ];
         let mut given: Vec<&str> = flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
         given.extend(self.model.given());
         given
     }
 
-    /// Flags over the config file over the defaults.
-    pub fn resolve(&self) -> quartic::Result<(TrainConfig, ModelArgs)> {
+    /// Flags over the config file over the defaults: the run's settings, the model's, and
+    /// the checkpoint the weights start from (`--init`).
+    pub fn resolve(&self) -> quartic::Result<(TrainConfig, ModelArgs, Option<PathBuf>)> {
         let file = match &self.config {
             Some(p) => read_config(p)?,
             None => ConfigFile::default(),
@@ -224,7 +231,8 @@ impl TrainArgs {
             out: self.out.clone().or(f.out).unwrap_or(d.out),
             shards: self.shards.or(f.shards).unwrap_or(d.shards),
         };
-        Ok((cfg, self.model.clone().or(file.model)))
+        let init = self.init.clone().or(f.init);
+        Ok((cfg, self.model.clone().or(file.model), init))
     }
 }
 
@@ -304,8 +312,50 @@ pub fn run(args: &TrainArgs) -> quartic::Result<u8> {
     quartic::on_device!(args.device.device, 0, |dev| run_on(&dev, args))
 }
 
+/// The model of `--init`: the checkpoint's, with its weights, checked against this run's
+/// task and memory budget before anything is written.
+fn initial_model<D: RunShards<f32>>(
+    dev: &D,
+    path: &std::path::Path,
+    cfg: &TrainConfig,
+    model_args: &ModelArgs,
+    budget: &Budget,
+) -> quartic::Result<Model<f32, D>> {
+    let flags = model_args.given();
+    if !flags.is_empty() {
+        return Err(quartic::Error::config(
+            "--init",
+            format!(
+                "the model comes from the checkpoint; {} would be ignored (drop it, or train a \
+                 new model without --init)",
+                flags.join(", ")
+            ),
+        ));
+    }
+    let checkpoint = quartic::train::checkpoint::load(path)?;
+    let task = cfg.task()?;
+    trainer::check_fits(&checkpoint.config, &task).map_err(|e| {
+        quartic::Error::config(
+            "--init",
+            format!("{} cannot learn task {}: {e}", path.display(), task.name()),
+        )
+    })?;
+    cfg.validate()?;
+    budget.check_model(
+        "training",
+        &checkpoint.config,
+        checkpoint.rule_source.as_deref(),
+        cfg.batch,
+        task.max_len(),
+        Use::Train { shards: cfg.shards },
+    )?;
+    let model = checkpoint.model::<f32, D>(dev)?;
+    trainer::check_input_graph(&model, &task)?;
+    Ok(model)
+}
+
 fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
-    let (cfg, model_args) = args.resolve()?;
+    let (cfg, model_args, init) = args.resolve()?;
     let signals = StopSignals::install()?;
     let (mut model, start, cfg) = if args.resume {
         let given = args.given();
@@ -341,6 +391,14 @@ fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
             saved.steps
         )?;
         (model, Start::resume(checkpoint.adam, step), saved)
+    } else if let Some(path) = &init {
+        let model = initial_model(dev, path, &cfg, &model_args, &args.budget)?;
+        let start = if args.overwrite {
+            Start::overwrite()
+        } else {
+            Start::fresh()
+        };
+        (model, start, cfg)
     } else {
         let task = cfg.task()?;
         let mut config = model_args.config(task.num_tokens(), task.max_len(), task.causal())?;
@@ -385,7 +443,7 @@ fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
     // anything (the trainer takes the folder's lock again for the run itself)
     drop(RunDir::open(&cfg.out, start.existing)?);
     if !args.resume {
-        write_resolved_config(&cfg, &model_args, &model)?;
+        write_resolved_config(&cfg, &model_args, &model, init.as_deref())?;
     }
     let task = cfg.task()?;
     say!(
@@ -399,6 +457,12 @@ fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
     )?;
     if let Some(params) = rule_parameters(&model) {
         say!("rule parameters: {params}")?;
+    }
+    if let Some(path) = &init {
+        say!(
+            "weights from {} (a fresh optimizer, from step 0)",
+            path.display()
+        )?;
     }
     if let Some(note) = task.split_note() {
         say!("data: {note}")?;
@@ -465,6 +529,8 @@ struct ResolvedTrain<'a> {
     seed: u64,
     checkpoint_every: usize,
     shards: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init: Option<String>,
 }
 
 /// The `[model]` table: the widths, and every rule parameter as the model runs it (so a change
@@ -499,8 +565,11 @@ fn write_resolved_config<D: Device<f32>>(
     cfg: &TrainConfig,
     args: &ModelArgs,
     model: &Model<f32, D>,
+    init: Option<&std::path::Path>,
 ) -> quartic::Result<()> {
     let model_table = match model {
+        // the checkpoint names the model (a `[model]` table beside `init` would be refused)
+        _ if init.is_some() => None,
         Model::Graph(g) => {
             // rule files by their absolute paths, so the config works from any folder
             let rule = match &args.rule {
@@ -570,6 +639,7 @@ fn write_resolved_config<D: Device<f32>>(
             seed: cfg.seed,
             checkpoint_every: cfg.checkpoint_every,
             shards: cfg.shards,
+            init: init.map(|p| absolute(&p.display().to_string())),
         },
         model: model_table,
     };

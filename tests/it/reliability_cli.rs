@@ -510,3 +510,124 @@ fn deep_rules_in_a_checkpoint_are_refused_not_a_stack_overflow() {
         "nests more than",
     );
 }
+
+/// `train --init` on another task: the weights start where the checkpoint left them, the
+/// optimizer and the step count start afresh, and the written config trains it again.
+#[test]
+fn init_starts_from_a_checkpoints_weights_on_another_task() {
+    let first = tmp("cli-init-a");
+    let small = ["--rule", "baseline", "--dim", "16", "--batch", "4"];
+    let run = |args: &[&str]| {
+        let out = quartic(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    let mut args = vec![
+        "train",
+        "--task",
+        "match3",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+    ];
+    args.extend(small);
+    args.extend(["--out", first.to_str().unwrap()]);
+    run(&args);
+    let from = first.join("checkpoint.safetensors");
+    let (from_s, lr) = (from.to_str().unwrap(), 1e-3);
+    let second = tmp("cli-init-b");
+    let second_args = [
+        "train",
+        "--task",
+        "match3-distinct",
+        "--init",
+        from_s,
+        "--steps",
+        "1",
+        "--batch",
+        "4",
+        "--eval-every",
+        "1",
+        "--lr",
+        "0.001",
+        "--warmup",
+        "0",
+        "--out",
+        second.to_str().unwrap(),
+    ];
+    let text = stdout(&run(&second_args));
+    assert!(text.contains("weights from"), "{text}");
+    let a = quartic::train::checkpoint::load(&from).unwrap();
+    let b = quartic::train::checkpoint::load(&second.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(b.train.step, 1, "the step count starts afresh");
+    assert_eq!(a.config, b.config, "the checkpoint's model");
+    // one AdamW step moves a weight by at most about the learning rate (plus its decay);
+    // a fresh random initialisation would be O(1) away
+    let mut moved = 0;
+    for (name, (shape, values)) in &a.params {
+        let (shape_b, values_b) = &b.params[name];
+        assert_eq!(shape, shape_b, "{name}");
+        for (x, y) in values.iter().zip(values_b) {
+            assert!(
+                (x - y).abs() <= 1.5 * lr * (1.0 + x.abs()),
+                "{name}: {x} → {y}"
+            );
+            moved += usize::from(x != y);
+        }
+    }
+    assert!(moved > 0, "the step trained");
+    // the written config names the checkpoint and no model, and trains the same run again
+    let config = std::fs::read_to_string(second.join("config.toml")).unwrap();
+    assert!(config.contains("init = "), "{config}");
+    assert!(!config.contains("[model]"), "{config}");
+    let third = tmp("cli-init-c");
+    let config_path = second.join("config.toml");
+    run(&[
+        "train",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--out",
+        third.to_str().unwrap(),
+    ]);
+    let c = quartic::train::checkpoint::load(&third.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(c.params, b.params, "the config reruns the same run");
+
+    // model flags would be ignored; a task the model cannot read is refused by name
+    let fourth = tmp("cli-init-d");
+    let out_d = fourth.to_str().unwrap();
+    refused(
+        &["train", "--init", from_s, "--dim", "32", "--out", out_d],
+        "--dim would be ignored",
+    );
+    let err = refused(
+        &[
+            "train",
+            "--init",
+            from_s,
+            "--task",
+            "relation-composition",
+            "--out",
+            out_d,
+        ],
+        "cannot learn task relation-composition",
+    );
+    assert!(err.contains("--init"), "{err}");
+    refused(
+        &[
+            "train",
+            "--init",
+            "/nonexistent/checkpoint.safetensors",
+            "--out",
+            out_d,
+        ],
+        "/nonexistent/checkpoint.safetensors",
+    );
+    assert!(
+        !fourth.join("checkpoint.safetensors").exists() && !fourth.join("config.toml").exists(),
+        "a refused run writes nothing"
+    );
+    // with --resume it is a contradiction, which the parser refuses
+    let out = quartic(&["train", "--resume", "--init", from_s, "--out", out_d]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -105,7 +105,7 @@ pub struct TrainArgs {
     /// Start from this checkpoint's model and weights, with a fresh optimizer at step 0 and
     /// this run's task and schedule (fine-tuning, or a curriculum of tasks); the model's
     /// shape comes from the checkpoint, so model flags are refused with it
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, value_name = "CHECKPOINT", conflicts_with = "resume")]
     pub init: Option<PathBuf>,
     /// Start afresh in --out even if it holds a run (its checkpoint, metrics and plot are
     /// replaced); without it such a folder is refused

@@ -399,3 +399,106 @@ fn train_takes_a_rule_per_layer_and_the_list_sets_the_depth() {
         "{config}"
     );
 }
+
+/// `examples/rules/strassen.rule` splits Strassen attention's softmax over the pairs (j, k)
+/// into a softmax over j, biased by the log-mass of each j's pairs, and a softmax over k for
+/// each j: its attention equals the joint softmax over every visible pair, computed here by
+/// hand from the layer's weights (padding included).
+#[test]
+fn strassen_rule_equals_the_joint_softmax_over_pairs() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/rules/strassen.rule"
+    ))
+    .unwrap();
+    // the attention alone, without the feedforward after it
+    let src: String = text
+        .lines()
+        .filter(|l| !l.starts_with("ff:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(src.len() < text.len(), "the feedforward line was found");
+    let (heads, dh, dim, n) = (2, 3, 5, 4);
+    let cfg = RuleConfig {
+        dim,
+        dim_edges: 2,
+        causal: false,
+        overrides: vec![
+            ("heads".into(), Const::Num(heads as f64)),
+            ("dim_head".into(), Const::Num(dh as f64)),
+        ],
+    };
+    let plan = Rule::parse("strassen.rule", &src)
+        .unwrap()
+        .plan(&cfg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let layer = RuleLayer::<f64, Cpu>::new(plan, &Init::random(&dev(), 5)).unwrap();
+    let p: HashMap<String, Vec<f64>> = layer
+        .params()
+        .into_iter()
+        .map(|p| (p.name.clone(), p.value.as_vec()))
+        .collect();
+    let mask = GraphMask::from_lengths(n, &[4, 3]).unwrap();
+    let nodes: Vec<f64> = randn(81, 2 * n * dim).iter().map(|v| 2.0 * v).collect();
+    let (out, _) = crate::rules::run(&layer, nodes.clone(), randn(82, 2 * n * n * 2), &mask);
+
+    let matvec = |w: &[f64], x: &[f64]| -> Vec<f64> {
+        w.chunks(x.len())
+            .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
+    };
+    let dot = |a: &[f64], b: &[f64], h: usize| -> f64 {
+        (h * dh..(h + 1) * dh).map(|c| a[c] * b[c]).sum::<f64>() / (dh as f64).sqrt()
+    };
+    for (g, len) in [(0, 4), (1, 3)] {
+        // rmsnorm, then the eight projections of every visible node
+        let x: Vec<Vec<f64>> = (0..len)
+            .map(|i| {
+                let row = &nodes[(g * n + i) * dim..(g * n + i + 1) * dim];
+                let ms = row.iter().map(|v| v * v).sum::<f64>() / dim as f64;
+                let gamma = &p["x.rmsnorm0.weight"];
+                row.iter()
+                    .zip(gamma)
+                    .map(|(v, s)| v / (ms + 1e-5).sqrt() * s)
+                    .collect()
+            })
+            .collect();
+        let proj = |name: &str| -> Vec<Vec<f64>> {
+            x.iter()
+                .map(|xi| matvec(&p[&format!("{name}.linear0.weight")], xi))
+                .collect()
+        };
+        let [f1, f2, g1, g2, h1, h2, v, w] =
+            ["f1", "f2", "g1", "g2", "h1", "h2", "v", "w"].map(proj);
+        for i in 0..len {
+            let mut merged = vec![0.0; heads * dh];
+            for h in 0..heads {
+                let mut scores = Vec::new();
+                for j in 0..len {
+                    for k in 0..len {
+                        let s = dot(&f1[i], &f2[j], h)
+                            + dot(&g1[j], &g2[k], h)
+                            + dot(&h1[k], &h2[i], h);
+                        scores.push((s, j, k));
+                    }
+                }
+                let top = scores.iter().map(|s| s.0).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s.0 - top).exp()).sum();
+                for &(s, j, k) in &scores {
+                    for c in h * dh..(h + 1) * dh {
+                        merged[c] += (s - top).exp() / z * v[j][c] * w[k][c];
+                    }
+                }
+            }
+            let update = matvec(&p["attn.linear0.weight"], &merged);
+            let at = (g * n + i) * dim;
+            for c in 0..dim {
+                let (got, want) = (out[at + c], nodes[at + c] + update[c]);
+                assert!(
+                    (got - want).abs() <= 1e-10 * (1.0 + want.abs()),
+                    "graph {g}, node {i}, channel {c}: {got} against {want}"
+                );
+            }
+        }
+    }
+}

@@ -357,6 +357,14 @@ fn initial_model<D: RunShards<f32>>(
 fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
     let (cfg, model_args, init) = args.resolve()?;
     let signals = StopSignals::install()?;
+    // a new run: into an empty folder, or replacing the run there with --overwrite
+    let new_run = || {
+        if args.overwrite {
+            Start::overwrite()
+        } else {
+            Start::fresh()
+        }
+    };
     let (mut model, start, cfg) = if args.resume {
         let given = args.given();
         if !given.is_empty() {
@@ -393,12 +401,7 @@ fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
         (model, Start::resume(checkpoint.adam, step), saved)
     } else if let Some(path) = &init {
         let model = initial_model(dev, path, &cfg, &model_args, &args.budget)?;
-        let start = if args.overwrite {
-            Start::overwrite()
-        } else {
-            Start::fresh()
-        };
-        (model, start, cfg)
+        (model, new_run(), cfg)
     } else {
         let task = cfg.task()?;
         let mut config = model_args.config(task.num_tokens(), task.max_len(), task.causal())?;
@@ -432,12 +435,7 @@ fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
         let model = Model::<f32, D>::new(&config, None, &Init::random(dev, cfg.seed))?;
         // refused before the run's folder is touched
         trainer::check_input_graph(&model, &task)?;
-        let start = if args.overwrite {
-            Start::overwrite()
-        } else {
-            Start::fresh()
-        };
-        (model, start, cfg)
+        (model, new_run(), cfg)
     };
     // refuse a folder that holds another run, or that another run holds, before printing
     // anything (the trainer takes the folder's lock again for the run itself)

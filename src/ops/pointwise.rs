@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 use crate::backend::{Backend, Fused};
 use crate::error::Result;
 use crate::ops::activations::silu;
-use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn};
+use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn, LEAKY_RELU_SLOPE};
 use crate::tensor::*;
 
 /// `program` over `inputs` (vectors of one length), fused where the device fuses it; both
@@ -84,7 +84,7 @@ pub fn pointwise_composite<E: Real, D: Device<E>, T: Tape<E, D>>(
                     UnaryFn::Silu => silu(x),
                     UnaryFn::LeakyRelu => {
                         let values = x.retaped();
-                        let below = x.with_empty_tape().negate().relu() * E::of(0.01);
+                        let below = x.with_empty_tape().negate().relu() * E::of(LEAKY_RELU_SLOPE);
                         nan_kept(values, x.relu() - below)
                     }
                 }

@@ -43,9 +43,12 @@ pub enum UnaryFn {
     Square,
     /// `x · sigmoid(x)`.
     Silu,
-    /// `x` above 0, `0.01 · x` below (PyTorch's slope); slope 0 at 0.
+    /// `x` above 0, [`LEAKY_RELU_SLOPE`] · `x` below; slope 0 at 0.
     LeakyRelu,
 }
+
+/// `leaky_relu`'s slope below 0 (PyTorch's default).
+pub const LEAKY_RELU_SLOPE: f64 = 0.01;
 
 /// One step of a program; operands are indices of earlier steps.
 #[derive(Clone, Copy, Debug, PartialEq)]

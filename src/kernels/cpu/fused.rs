@@ -209,13 +209,10 @@ impl<E: Real> WeightsProblem<E> {
         let dq_ptr = Shared::new(&mut dq);
         let ds_ptr = Shared::new(&mut ds_all);
         let hh2 = h * h;
-        // Rows in fixed runs, each run's talking-heads gradient summed in order, then the runs'
-        // sums in run order: a rayon fold would split where work is stolen, so the sum's order,
-        // and its last bits, would depend on scheduling (and a resumed run would drift from
-        // an uninterrupted one).
-        let start = || {
+        // a row's scratch (scores, mixed scores, weights, their gradient, a dq row): every
+        // buffer is written before it is read, so one set serves all the rows a thread runs
+        let scratch = || {
             (
-                vec![E::zero(); hh2],
                 vec![E::zero(); h * nk],
                 vec![E::zero(); h * nk],
                 vec![E::zero(); nk],
@@ -223,16 +220,16 @@ impl<E: Real> WeightsProblem<E> {
                 vec![E::zero(); d],
             )
         };
-        type Acc<E> = (Vec<E>, Vec<E>, Vec<E>, Vec<E>, Vec<E>, Vec<E>);
-        let row_step = |(mut dw, mut s, mut t, mut p, mut dt, mut dqrow): Acc<E>, row: usize| {
+        type Scratch<E> = (Vec<E>, Vec<E>, Vec<E>, Vec<E>, Vec<E>);
+        let row_step = |dw: &mut [E], (s, t, p, dt, dqrow): &mut Scratch<E>, row: usize| {
             let (bb, i) = (row / nq, row % nq);
-            self.scores(bb, i, &mut s, &mut t);
+            self.scores(bb, i, s, t);
             for hh in 0..h {
                 let tr = &t[hh * nk..(hh + 1) * nk];
-                let sum = self.normalize(bb, i, tr, &mut p);
+                let sum = self.normalize(bb, i, tr, p);
                 let gr = &g[((bb * h + hh) * nq + i) * nk..][..nk];
                 let dtr = &mut dt[hh * nk..(hh + 1) * nk];
-                let pg = dot(&p, gr);
+                let pg = dot(p, gr);
                 match self.normalizer {
                     Normalizer::Softmax => {
                         for j in 0..nk {
@@ -268,9 +265,9 @@ impl<E: Real> WeightsProblem<E> {
                             axpy(&mut t[hi * nk..(hi + 1) * nk], c, dto);
                         }
                     }
-                    &t
+                    t
                 }
-                None => &dt,
+                None => dt,
             };
             for hh in 0..h {
                 let dsr = &ds[hh * nk..(hh + 1) * nk];
@@ -285,21 +282,27 @@ impl<E: Real> WeightsProblem<E> {
                 dqrow.iter_mut().for_each(|x| *x = E::zero());
                 for (j, &c) in dsr.iter().enumerate() {
                     if c != E::zero() {
-                        axpy(&mut dqrow, c, &kb[j * d..(j + 1) * d]);
+                        axpy(dqrow, c, &kb[j * d..(j + 1) * d]);
                     }
                 }
                 for (c, &x) in dqrow.iter().enumerate() {
                     unsafe { dq_ptr.write(qbase + c, x * self.scale) };
                 }
             }
-            (dw, s, t, p, dt, dqrow)
         };
+        // Rows in fixed runs, each run's talking-heads gradient summed in order, then the runs'
+        // sums in run order: a rayon fold would split where work is stolen, so the sum's order,
+        // and its last bits, would depend on scheduling (and a resumed run would drift from
+        // an uninterrupted one).
         let rows = b * nq;
         let runs: Vec<Vec<E>> = (0..rows.div_ceil(TALKING_ROWS))
             .into_par_iter()
-            .map(|run| {
-                let rows = run * TALKING_ROWS..rows.min((run + 1) * TALKING_ROWS);
-                rows.fold(start(), &row_step).0
+            .map_init(scratch, |scratch, run| {
+                let mut dw = vec![E::zero(); hh2];
+                for row in run * TALKING_ROWS..rows.min((run + 1) * TALKING_ROWS) {
+                    row_step(&mut dw, scratch, row);
+                }
+                dw
             })
             .collect();
         let dtalking = runs.iter().fold(vec![E::zero(); hh2], |mut sum, run| {

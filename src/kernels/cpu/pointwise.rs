@@ -18,7 +18,7 @@ use super::fused::{host_copy, CpuBuffer};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
-use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn};
+use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn, LEAKY_RELU_SLOPE};
 use crate::tensor::*;
 
 /// Elements per block: a block's values of every step (and, backward, their gradients) stay
@@ -299,7 +299,7 @@ fn unary<E: Real>(f: UnaryFn, x: &[E], out: &mut [E], tmp: &mut [E]) {
             }
         }),
         UnaryFn::LeakyRelu => {
-            let slope = E::of(0.01);
+            let slope = E::of(LEAKY_RELU_SLOPE);
             zip_map(out, x, |x| {
                 if x > E::zero() || x.is_nan() {
                     x
@@ -346,7 +346,7 @@ fn unary_slope<E: Real>(f: UnaryFn, x: E, fx: E) -> E {
             if x > E::zero() {
                 E::one()
             } else if x < E::zero() {
-                E::of(0.01)
+                E::of(LEAKY_RELU_SLOPE)
             } else {
                 E::zero()
             }

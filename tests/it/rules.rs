@@ -225,7 +225,8 @@ fn gradcheck_baseline_rule() {
 
 /// A rule touching every lowering without parameters, against a direct loop implementation of
 /// the language's definitions (masked softmax and reductions, per-head broadcasting, matrix
-/// product reductions, transposes, lifting, concat, diagonal writes).
+/// product reductions (one factor over three indices, either side), transposes, lifting,
+/// concat, diagonal writes).
 const PROBE_RULE: &str = "rule probe()
 let s[i, j] = dot(nodes[i], nodes[j], heads: 2) * 0.5
 let a[i, j] = softmax[j](s[i, j])
@@ -235,6 +236,8 @@ edges[i, j] += mean[k](edges[i, k] * edges[j, k])
 edges[i, j] += tanh(edges[j, i]) * 0.5 + concat(nodes[i], nodes[j]) - 1
 edges[i, i] += max[k](edges[i, k] - edges[k, i])
 nodes[i] += sum[j](a[i, j] * s[i, j])
+edges[i, j] += sum[k](edges[i, k] * edges[k, j] * nodes[k])
+edges[i, j] += sum[k](nodes[k] * (edges[k, i] * edges[j, k]))
 ";
 
 struct Naive {
@@ -356,6 +359,27 @@ impl Naive {
                         .map(|j| a[sd(b, i, j, c)] * s[sd(b, i, j, c)])
                         .sum();
                     nodes[nd(b, i, c)] = old[nd(b, i, c)] + add;
+                }
+            }
+        }
+        // the products over three indices, with per-head broadcasting of the node factor
+        let three: [&dyn Fn(&[f64], usize, usize, usize, usize, usize) -> f64; 2] = [
+            &|e, b, i, j, k, c| e[ed(b, i, k, c)] * e[ed(b, k, j, c)],
+            &|e, b, i, j, k, c| e[ed(b, k, i, c)] * e[ed(b, j, k, c)],
+        ];
+        for product in three {
+            let old = edges.to_vec();
+            for b in 0..bn {
+                for i in 0..n {
+                    for j in 0..n {
+                        for c in 0..de {
+                            let add: f64 = (0..n)
+                                .filter(|&k| self.keep(b, k, &[i, j]))
+                                .map(|k| product(&old, b, i, j, k, c) * nodes[nd(b, k, c / 2)])
+                                .sum();
+                            edges[ed(b, i, j, c)] += add;
+                        }
+                    }
                 }
             }
         }

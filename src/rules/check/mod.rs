@@ -438,7 +438,8 @@ fn free_index_names(e: &Expr, bound: &mut Vec<String>, out: &mut Vec<String>) {
 }
 
 /// When `sum[k](a * b)` can run as batched matrix products: both factors use `k`, their other
-/// indices are disjoint (at most one each), and their channels match or split per head.
+/// indices are disjoint (any number each: `sum[k](p[i, j, k] * w[k])` is `[n², n] × [n, c]`),
+/// and their channels match or split per head.
 pub fn matmul_form(x: &Node, k: Slot) -> Option<(&Node, &Node)> {
     let Op::Binary {
         op: Arith::Mul,
@@ -451,7 +452,7 @@ pub fn matmul_form(x: &Node, k: Slot) -> Option<(&Node, &Node)> {
     let others = |n: &Node| -> Vec<Slot> { n.slots.iter().copied().filter(|&s| s != k).collect() };
     let (la, lb) = (others(lhs), others(rhs));
     let disjoint = la.iter().all(|s| !lb.contains(s));
-    let fits = lhs.slots.contains(&k) && rhs.slots.contains(&k) && la.len() <= 1 && lb.len() <= 1;
+    let fits = lhs.slots.contains(&k) && rhs.slots.contains(&k);
     let chans = lhs.channels == rhs.channels
         || lhs.channels % rhs.channels == 0
         || rhs.channels % lhs.channels == 0;

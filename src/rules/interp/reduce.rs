@@ -151,8 +151,9 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         if va.tag.is_some() && va.tag == vb.tag {
             vb.t = vb.t * E::one();
         }
-        let other = |n: &Node| n.slots.iter().copied().find(|&s| s != k);
-        let (p, q) = (other(lhs), other(rhs));
+        let others =
+            |n: &Node| -> Vec<Slot> { n.slots.iter().copied().filter(|&s| s != k).collect() };
+        let (p, q) = (others(lhs), others(rhs));
         let (ca, cb) = (lhs.channels, rhs.channels);
         let g = ca.min(cb);
         let (da, db) = (ca / g, cb / g);
@@ -160,33 +161,35 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let bsz = self.ext.batch;
 
         let mut a_axes = vec![Ax::Batch, Ax::Head];
-        a_axes.extend(p.map(Ax::Slot));
+        a_axes.extend(p.iter().map(|&s| Ax::Slot(s)));
         if da > 1 {
             a_axes.push(Ax::Within);
         }
         a_axes.push(Ax::Slot(k));
         let mut b_axes = vec![Ax::Batch, Ax::Head, Ax::Slot(k)];
-        b_axes.extend(q.map(Ax::Slot));
+        b_axes.extend(q.iter().map(|&s| Ax::Slot(s)));
         if db > 1 {
             b_axes.push(Ax::Within);
         }
         let va = arrange(va, &a_axes, ca, da, self.ext, &self.layer.cache)?;
         let vb = arrange(vb, &b_axes, cb, db, self.ext, &self.layer.cache)?;
-        let rows_a = p.map_or(1, |_| n) * da;
-        let cols_b = q.map_or(1, |_| n) * db;
+        let rows_a = n.pow(p.len() as u32) * da;
+        let cols_b = n.pow(q.len() as u32) * db;
         let batch = bsz * g;
         let causal = self.plan().causal;
         let valid = |b: usize, s: &[usize; MAX_SLOTS]| self.mask.node_valid(b, s[k]);
+        // the latest of a factor's other indices: in a causal rule k may not pass it
+        let latest = |slots: &[Slot], s: &[usize; MAX_SLOTS]| slots.iter().map(|&x| s[x]).max();
         let mask_a = |ext, axes: &[Ax], c, w, f: &dyn Fn(usize, &[usize; MAX_SLOTS]) -> bool| {
             mask_tensor::<E, D>(&self.dev, axes, ext, c, w, f)
         };
 
         let mut r_axes = vec![Ax::Batch, Ax::Head];
-        r_axes.extend(p.map(Ax::Slot));
+        r_axes.extend(p.iter().map(|&s| Ax::Slot(s)));
         if da > 1 {
             r_axes.push(Ax::Within);
         }
-        r_axes.extend(q.map(Ax::Slot));
+        r_axes.extend(q.iter().map(|&s| Ax::Slot(s)));
         if db > 1 {
             r_axes.push(Ax::Within);
         }
@@ -195,17 +198,17 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 .matmul(b.reshape_like(&(batch, n, cols_b)))
                 .reshape_like(&(batch * rows_a * cols_b,))
         };
-        let t = match (causal, p, q) {
-            (true, Some(ps), Some(qs)) => {
+        let t = match (causal, p.is_empty(), q.is_empty()) {
+            (true, false, false) => {
                 // k ≤ max(p, q): where p ≥ q the bound is p (mask a), elsewhere q (mask b)
                 let ma = mask_a(self.ext, &a_axes, ca, da, &|b, s| {
-                    valid(b, s) && s[k] <= s[ps]
+                    valid(b, s) && Some(s[k]) <= latest(&p, s)
                 })?;
                 let mb = mask_a(self.ext, &b_axes, cb, db, &|b, s| {
-                    valid(b, s) && s[k] <= s[qs]
+                    valid(b, s) && Some(s[k]) <= latest(&q, s)
                 })?;
                 let sel = mask_a(self.ext, &r_axes, ca.max(cb), da.max(db), &|_, s| {
-                    s[ps] >= s[qs]
+                    latest(&p, s) >= latest(&q, s)
                 })?;
                 let first = product(
                     va.t.with_empty_tape() * ma.retaped::<T>(),
@@ -215,15 +218,15 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 let not_sel = sel.clone().negate() + E::one();
                 first * sel.retaped::<T>() + second * not_sel.retaped::<T>()
             }
-            (true, Some(ps), None) => {
+            (true, false, true) => {
                 let ma = mask_a(self.ext, &a_axes, ca, da, &|b, s| {
-                    valid(b, s) && s[k] <= s[ps]
+                    valid(b, s) && Some(s[k]) <= latest(&p, s)
                 })?;
                 product(va.t * ma.retaped::<T>(), vb.t)
             }
-            (true, None, Some(qs)) => {
+            (true, true, false) => {
                 let mb = mask_a(self.ext, &b_axes, cb, db, &|b, s| {
-                    valid(b, s) && s[k] <= s[qs]
+                    valid(b, s) && Some(s[k]) <= latest(&q, s)
                 })?;
                 product(va.t, vb.t * mb.retaped::<T>())
             }

@@ -136,31 +136,47 @@ pub fn for_each_position(
     mut f: impl FnMut(usize, &[usize; MAX_SLOTS], usize),
 ) {
     let dims: Vec<usize> = axes.iter().map(|&a| ext.of(a, channels, within)).collect();
-    let total: usize = dims.iter().product();
-    if total == 0 {
+    if dims.contains(&0) {
         return;
     }
     let mut pos = vec![0usize; axes.len()];
-    for _ in 0..total {
-        let mut batch = 0;
-        let mut slots = [0usize; MAX_SLOTS];
-        let (mut head, mut inner, mut chan) = (0, 0, None);
-        for (a, &p) in axes.iter().zip(&pos) {
-            match a {
+    let mut batch = 0;
+    let mut slots = [0usize; MAX_SLOTS];
+    let (mut head, mut inner, mut chan) = (0, 0, 0);
+    let has_chan = axes.contains(&Ax::Chan);
+    loop {
+        f(
+            batch,
+            &slots,
+            if has_chan {
+                chan
+            } else {
+                head * within + inner
+            },
+        );
+        // an odometer: only the digits that roll over are written again
+        let mut d = pos.len();
+        loop {
+            let Some(prev) = d.checked_sub(1) else {
+                return;
+            };
+            d = prev;
+            pos[d] += 1;
+            let carry = pos[d] == dims[d];
+            if carry {
+                pos[d] = 0;
+            }
+            let p = pos[d];
+            match axes[d] {
                 Ax::Batch => batch = p,
-                Ax::Slot(s) => slots[*s] = p,
-                Ax::Chan => chan = Some(p),
+                Ax::Slot(s) => slots[s] = p,
+                Ax::Chan => chan = p,
                 Ax::Head => head = p,
                 Ax::Within => inner = p,
             }
-        }
-        f(batch, &slots, chan.unwrap_or(head * within + inner));
-        for d in (0..pos.len()).rev() {
-            pos[d] += 1;
-            if pos[d] < dims[d] {
+            if !carry {
                 break;
             }
-            pos[d] = 0;
         }
     }
 }
@@ -283,8 +299,16 @@ pub fn mask_tensor<E: Real, D: Device<E>>(
     keep: impl Fn(usize, &[usize; MAX_SLOTS]) -> bool,
 ) -> Result<T1<E, D>> {
     let mut data = Vec::with_capacity(ext.size(axes, channels, within));
-    for_each_position(axes, ext, channels, within, |b, slots, _| {
-        data.push(if keep(b, slots) { E::one() } else { E::zero() });
+    // `keep` never reads the channel: decide once per position of the leading axes and repeat
+    // it over the trailing channel axes
+    let lead = axes
+        .iter()
+        .rposition(|a| matches!(a, Ax::Batch | Ax::Slot(_)))
+        .map_or(0, |p| p + 1);
+    let repeat = ext.size(&axes[lead..], channels, within);
+    for_each_position(&axes[..lead], ext, channels, within, |b, slots, _| {
+        let v = if keep(b, slots) { E::one() } else { E::zero() };
+        data.extend(std::iter::repeat(v).take(repeat));
     });
     let len = data.len();
     constant(dev, data, (len,))

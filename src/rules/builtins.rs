@@ -351,6 +351,13 @@ pub const FUNCTIONS: &[Function] = &[
         notes: "over the visible k (`mask:` as for `sum`); 0 where none is visible; `max(a, b)` without an index: element-wise, like `min`",
     },
     Function {
+        name: "logsumexp",
+        form: Form::Reduce(ReduceOp::LogSumExp),
+        positional: "x",
+        options: &[derived("mask", "none")],
+        notes: "log Σ exp over the visible k (`mask:` as for `sum`), from the largest term so that it cannot overflow; 0 where none is visible; its gradient is `softmax[k](x)`",
+    },
+    Function {
         name: "softmax",
         form: Form::Softmax,
         positional: "x",

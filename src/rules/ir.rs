@@ -298,6 +298,8 @@ pub enum ReduceOp {
     Mean,
     /// `max[k](…)`.
     Max,
+    /// `logsumexp[k](…)`: `log Σ exp`, taken from the largest term so that it cannot overflow.
+    LogSumExp,
 }
 
 /// The operation that computes a [`Node`], with its operands.

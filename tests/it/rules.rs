@@ -225,8 +225,8 @@ fn gradcheck_baseline_rule() {
 
 /// A rule touching every lowering without parameters, against a direct loop implementation of
 /// the language's definitions (masked softmax and reductions, per-head broadcasting, matrix
-/// product reductions (one factor over three indices, either side), transposes, lifting,
-/// concat, diagonal writes).
+/// product reductions (one factor over three indices, either side), log-sum-exp, transposes,
+/// lifting, concat, diagonal writes).
 const PROBE_RULE: &str = "rule probe()
 let s[i, j] = dot(nodes[i], nodes[j], heads: 2) * 0.5
 let a[i, j] = softmax[j](s[i, j])
@@ -238,6 +238,7 @@ edges[i, i] += max[k](edges[i, k] - edges[k, i])
 nodes[i] += sum[j](a[i, j] * s[i, j])
 edges[i, j] += sum[k](edges[i, k] * edges[k, j] * nodes[k])
 edges[i, j] += sum[k](nodes[k] * (edges[k, i] * edges[j, k]))
+edges[i, j] += logsumexp[k](edges[i, k] + edges[k, j] * 3)
 ";
 
 struct Naive {
@@ -379,6 +380,22 @@ impl Naive {
                                 .sum();
                             edges[ed(b, i, j, c)] += add;
                         }
+                    }
+                }
+            }
+        }
+        // log Σ exp over the visible k, written the naive way (the values are small)
+        let old = edges.to_vec();
+        for b in 0..bn {
+            for i in 0..n {
+                for j in 0..n {
+                    let ks: Vec<usize> = (0..n).filter(|&k| self.keep(b, k, &[i, j])).collect();
+                    for c in 0..de {
+                        let sum: f64 = ks
+                            .iter()
+                            .map(|&k| (old[ed(b, i, k, c)] + old[ed(b, k, j, c)] * 3.0).exp())
+                            .sum();
+                        edges[ed(b, i, j, c)] += if ks.is_empty() { 0.0 } else { sum.ln() };
                     }
                 }
             }
@@ -1417,6 +1434,36 @@ n: nodes[i] += a[i] + b[i]
     );
     assert!(big.iter().all(|v| (v - 1001.0).abs() < 1e-9));
     gradcheck_pointwise("element-wise functions", src, x, e);
+}
+
+/// `logsumexp[k]`: log Σ exp over k against its definition, finite where every exp overflows
+/// (from the largest term), and its gradient (the softmax) against finite differences.
+#[test]
+fn logsumexp_matches_its_definition_and_cannot_overflow() {
+    let src = "rule f()
+e: edges[i, j] += logsumexp[k](edges[i, k] + nodes[k])
+";
+    let (n, dim) = POINTWISE;
+    let x = randn(55, n * dim);
+    let e = randn(56, n * n * dim);
+    let (_, edges) = run_pointwise(src, x.clone(), e.clone());
+    let at = |i: usize, j: usize, c: usize| (i * n + j) * dim + c;
+    let want: Vec<f64> = (0..e.len())
+        .map(|p| {
+            let (i, c) = (p / (n * dim), p % dim);
+            let sum: f64 = (0..n)
+                .map(|k| (e[at(i, k, c)] + x[k * dim + c]).exp())
+                .sum();
+            e[p] + sum.ln()
+        })
+        .collect();
+    assert_close("edges", &edges, &want, 1e-12, 1e-12);
+    // exp(1000) is inf in f64; log(3 · exp(1000)) is 1000 + ln 3
+    let (_, big) = run_pointwise(src, vec![1000.0; n * dim], vec![0.0; n * n * dim]);
+    for v in &big {
+        assert!((v - (1000.0 + 3f64.ln())).abs() < 1e-9, "{v}");
+    }
+    gradcheck_pointwise("logsumexp", src, x, e);
 }
 
 /// Comparisons (1 where they hold, else 0) and `where(cond, a, b)`: values against their

@@ -310,7 +310,8 @@ impl<'a> Checker<'a> {
         let slots = self.free_after(&x, x_span, slot, over, name, span, mask)?;
         self.st.scope.pop();
         // a masked reduction runs element-wise: the mask is over pairs the products never see
-        let matmul = op != ReduceOp::Max && mask.is_none() && matmul_form(&x, slot).is_some();
+        let sums = matches!(op, ReduceOp::Sum | ReduceOp::Mean);
+        let matmul = sums && mask.is_none() && matmul_form(&x, slot).is_some();
         Ok(Value::Tensor(Node {
             slots,
             channels: x.channels,

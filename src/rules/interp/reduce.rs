@@ -73,14 +73,21 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     s * counts
                 }
             }
-            ReduceOp::Max => {
+            ReduceOp::Max | ReduceOp::LogSumExp => {
+                // hidden terms pushed far below the rest: they never win a max and their exp is
+                // 0; where none is visible the result is 0, not the pushed value
                 let pushed = v.t + (m.clone() - E::one()).retaped::<T>() * E::of(-MASKED);
                 let pushed = pushed.reshape_like(&(outer, n, inner));
                 let any = self.count_visible(&m, outer, n, inner)?.gt(E::of(0.0));
                 let zeros = self.dev.zeros_like(&(outer * inner,));
                 let ones = self.dev.ones_like(&(outer * inner,));
                 let any = any.choose(ones, zeros);
-                pushed.max::<_, Axis<1>>().reshape_like(&(outer * inner,)) * any.retaped::<T>()
+                let reduced = if op == ReduceOp::Max {
+                    pushed.max::<_, Axis<1>>()
+                } else {
+                    pushed.logsumexp::<_, Axis<1>>()
+                };
+                reduced.reshape_like(&(outer * inner,)) * any.retaped::<T>()
             }
         };
         Ok(self.val(t, out_axes, node.channels))

@@ -162,6 +162,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// Its free index slots other than `k`.
+    pub fn slots_besides(&self, k: Slot) -> Vec<Slot> {
+        self.slots.iter().copied().filter(|&s| s != k).collect()
+    }
+
     /// The expressions this one is computed from, in order.
     pub fn children(&self) -> Vec<&Node> {
         match &self.op {

@@ -449,8 +449,7 @@ pub fn matmul_form(x: &Node, k: Slot) -> Option<(&Node, &Node)> {
     else {
         return None;
     };
-    let others = |n: &Node| -> Vec<Slot> { n.slots.iter().copied().filter(|&s| s != k).collect() };
-    let (la, lb) = (others(lhs), others(rhs));
+    let (la, lb) = (lhs.slots_besides(k), rhs.slots_besides(k));
     let disjoint = la.iter().all(|s| !lb.contains(s));
     let fits = lhs.slots.contains(&k) && rhs.slots.contains(&k);
     let chans = lhs.channels == rhs.channels

@@ -158,9 +158,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         if va.tag.is_some() && va.tag == vb.tag {
             vb.t = vb.t * E::one();
         }
-        let others =
-            |n: &Node| -> Vec<Slot> { n.slots.iter().copied().filter(|&s| s != k).collect() };
-        let (p, q) = (others(lhs), others(rhs));
+        let (p, q) = (lhs.slots_besides(k), rhs.slots_besides(k));
         let (ca, cb) = (lhs.channels, rhs.channels);
         let g = ca.min(cb);
         let (da, db) = (ca / g, cb / g);

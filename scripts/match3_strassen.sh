@@ -2,8 +2,9 @@
 # Strassen attention (examples/rules/strassen.rule) on match3 and match3-distinct, the same
 # schedule as scripts/match3_curriculum.sh (docs/experiments/match3.md): `match3` for 12 000
 # steps × 16 at the separation suite's budget (one seed), that checkpoint scored on
-# `match3-distinct` as it is and trained on it from those weights for 6 000 steps × 16, and
-# `match3-distinct` from scratch for 6 000 steps × 16. About an hour on 2 cores.
+# `match3-distinct` as it is and trained on it from those weights for 6 000 steps × 16 (and,
+# last, for 20 000), and `match3-distinct` from scratch for 6 000 steps × 16. About two hours
+# on 2 cores.
 # Usage: scripts/match3_strassen.sh [OUT] (runs/match3-strassen)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,6 @@ curriculum=$!
 scratch=$!
 wait "$curriculum"
 wait "$scratch"
+unset RAYON_NUM_THREADS
+"$q" train --task match3-distinct --init "$ckpt" --steps 20000 --batch 16 --warmup 40 \
+  --eval-every 500 --quiet --out "$out/distinct-curriculum-20000"

@@ -268,7 +268,6 @@ fn export_reference_gives_back_what_import_reference_read() {
         "{err}"
     );
     assert!(!weights.exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `train --config FILE.toml` reads `[train]` and `[model]`; flags win over the file.
@@ -311,8 +310,7 @@ fn train_reads_a_toml_config() {
 /// the build that wrote it.
 #[test]
 fn a_run_folder_holds_a_config_that_reproduces_it() {
-    let dir = std::env::temp_dir().join(format!("quartic-resolved-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crate::common::scratch("resolved");
     let (first, again) = (dir.join("first"), dir.join("again"));
     let run = quartic(&[
         "train",
@@ -395,14 +393,13 @@ fn a_run_folder_holds_a_config_that_reproduces_it() {
         )) && said.contains("(commit "),
         "{said}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A graph task through `train` (edge inputs and the edge head set from the task) and a tiny
 /// `experiment`, end to end.
 #[test]
 fn graph_tasks_train_and_experiment_end_to_end() {
-    let dir = std::env::temp_dir().join(format!("quartic-graph-{}", std::process::id()));
+    let dir = crate::common::scratch("graph");
     let out_dir = dir.to_str().unwrap().to_string();
     let run = quartic(&[
         "train",
@@ -461,7 +458,6 @@ fn graph_tasks_train_and_experiment_end_to_end() {
     for f in ["results.md", "results.csv", "accuracy-vs-steps.png"] {
         assert!(dir.join("exp/triangles").join(f).exists(), "{f}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `quartic check` runs every built-in rule's model with the fused kernels and with their
@@ -561,7 +557,7 @@ fn help_lists_every_builtin_rule() {
 
 #[test]
 fn graph_files_train_rerun_and_evaluate_from_the_command_line() {
-    let dir = crate::reliability::tmp("cli-graphs");
+    let dir = crate::common::scratch("cli-graphs");
     let sample = |f: &str| format!("{}/data/graphs/{f}", env!("CARGO_MANIFEST_DIR"));
     let out = dir.join("run");
     let (train_file, valid_file) = (
@@ -751,7 +747,7 @@ const SMALL_GRAPH_RUN: [&str; 10] = [
 
 #[test]
 fn rules_that_read_the_input_graph_train_on_graph_files_only() {
-    let dir = crate::reliability::tmp("cli-input-graph");
+    let dir = crate::common::scratch("cli-input-graph");
     let root = env!("CARGO_MANIFEST_DIR");
     let sample = |f: &str| format!("{root}/data/graphs/{f}");
     let small = [
@@ -827,7 +823,7 @@ fn rules_that_read_the_input_graph_train_on_graph_files_only() {
 #[test]
 fn graph_files_with_continuous_features_train_from_the_command_line() {
     use crate::graph_files::featured;
-    let dir = crate::reliability::tmp("cli-features");
+    let dir = crate::common::scratch("cli-features");
     let graphs: Vec<_> = (0..12)
         .map(|k| featured(3 + k % 4, k as u64, k % 5 != 0))
         .collect();
@@ -867,7 +863,7 @@ fn graph_files_with_continuous_features_train_from_the_command_line() {
 
 #[test]
 fn a_text_file_trains_from_the_command_line() {
-    let dir = crate::reliability::tmp("cli-text");
+    let dir = crate::common::scratch("cli-text");
     let file = dir.join("t.txt");
     std::fs::write(&file, "a small text to learn from, repeated. ".repeat(20)).unwrap();
     let run = quartic(&[
@@ -897,7 +893,7 @@ fn a_text_file_trains_from_the_command_line() {
 
 #[test]
 fn graph_regression_from_the_command_line() {
-    let dir = crate::reliability::tmp("cli-graph-regression");
+    let dir = crate::common::scratch("cli-graph-regression");
     let root = env!("CARGO_MANIFEST_DIR");
     let sample = |f: &str| format!("{root}/data/graphs/{f}");
     // one run per level: node values (clustering coefficients), edge values (path lengths),

@@ -206,11 +206,36 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// An empty folder of the temporary directory for one test: `quartic-NAME-PID`, emptied first,
-/// since a folder left by an earlier run whose process had the same id would break the test.
-pub fn scratch(name: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("quartic-{name}-{}", std::process::id()));
+/// An empty folder of the temporary directory for one test, `quartic-test-PID-NAME`: emptied
+/// first (a folder left by a failed run whose process had the same id would break the test),
+/// removed when the test passes, kept when it fails so that what it wrote can be read.
+pub struct Scratch(std::path::PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A [`Scratch`] folder named `name` (unique among the tests).
+pub fn scratch(name: &str) -> Scratch {
+    let p = std::env::temp_dir().join(format!("quartic-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
-    p
+    Scratch(p)
 }

@@ -2,14 +2,7 @@
 //! name is refused by the parser, and in a build without CUDA a `cuda` device is refused with
 //! how to get one, before anything is written.
 
-use crate::common::{quartic, text};
-
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("quartic-device-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::common::{quartic, scratch, text};
 
 /// A one-run experiment of two steps into `out`.
 fn tiny_experiment(out: &str) -> Vec<&str> {
@@ -38,7 +31,7 @@ fn tiny_experiment(out: &str) -> Vec<&str> {
 
 #[test]
 fn device_cpu_runs_every_computing_subcommand_as_before() {
-    let dir = temp("cpu");
+    let dir = scratch("cpu");
     let run = dir.join("run");
     let run = run.to_str().unwrap();
     let small = [
@@ -117,7 +110,7 @@ fn cuda_in_a_build_without_it_is_refused_before_anything_is_written() {
     if quartic::device::CUDA_BUILT {
         return;
     }
-    let dir = temp("cuda");
+    let dir = scratch("cuda");
     let run = dir.join("run");
     let sweep = dir.join("sweep");
     let cases: Vec<Vec<&str>> = vec![

@@ -130,7 +130,7 @@ fn dropout_while_training_keeps_causality_and_padding() {
 
 #[test]
 fn a_sharded_step_draws_the_whole_batchs_dropout() {
-    let dir = crate::reliability::tmp("dropout-shards");
+    let dir = crate::common::scratch("dropout-shards");
     let file = dir.join("drop.rule");
     std::fs::write(
         &file,

@@ -146,26 +146,12 @@ fn parameter_counts_are_matched_within_ten_percent() {
     }
 }
 
-/// A directory removed when the test ends.
-struct Scratch(std::path::PathBuf);
-impl Scratch {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A short run of the whole runner: every file is written, and the edge rule built for the
 /// task (triangle updates compute A∘A directly) learns relation composition while the baseline
 /// does not reach it in the same steps.
 #[test]
 fn experiment_runs_and_reports() {
-    let dir = std::env::temp_dir().join(format!("quartic-experiment-{}", std::process::id()));
-    let out = Scratch(dir);
+    let out = scratch("experiment");
     let cfg = ExperimentConfig {
         rules: vec!["baseline".into(), "triangle".into()],
         seeds: 1,
@@ -174,13 +160,13 @@ fn experiment_runs_and_reports() {
         eval_every: 40,
         eval_batches: 4,
         jobs: 2,
-        out: out.path().to_path_buf(),
+        out: out.to_path_buf(),
         ..ExperimentConfig::default()
     };
     let r = experiment::run_task("relation-composition", &cfg, &|_| {}).unwrap();
-    report::write_task(&r, &out.path().join("rc")).unwrap();
+    report::write_task(&r, &out.join("rc")).unwrap();
     for f in ["results.md", "results.csv", "accuracy-vs-steps.png"] {
-        assert!(out.path().join("rc").join(f).exists(), "{f}");
+        assert!(out.join("rc").join(f).exists(), "{f}");
     }
     let acc = |rule: &str| r.runs_of(rule).next().unwrap().accuracy;
     assert!(acc("triangle") > 0.95, "triangle {}", acc("triangle"));
@@ -213,13 +199,13 @@ fn experiment_runs_and_reports() {
         eval_every: 1,
         eval_batches: 1,
         batch: 4,
-        out: out.path().join(dir),
+        out: out.join(dir),
         ..cfg.clone()
     };
     let p = experiment::run_task("path-composition", &small("p"), &|_| {}).unwrap();
     assert_eq!(p.runs[0].by_size.len(), 9);
-    report::write_task(&p, &out.path().join("pc")).unwrap();
-    assert!(out.path().join("pc/accuracy-vs-size.png").exists());
+    report::write_task(&p, &out.join("pc")).unwrap();
+    assert!(out.join("pc/accuracy-vs-size.png").exists());
     let t = experiment::run_task("triangles", &small("t"), &|_| {}).unwrap();
     assert!(t.runs[0].probe.is_some());
     assert!(report::markdown(&t).contains("probe"));
@@ -249,8 +235,7 @@ fn compare_puts_widths_side_by_side() {
         "no evaluation before step 80"
     );
 
-    let dir = std::env::temp_dir().join(format!("quartic-compare-{}", std::process::id()));
-    let out = Scratch(dir);
+    let out = scratch("compare");
     let at = |dim: usize, depth: usize| {
         let cfg = ExperimentConfig {
             rules: vec!["baseline".into(), "taylor".into()],
@@ -266,7 +251,7 @@ fn compare_puts_widths_side_by_side() {
                 dim_edges: dim / 2,
                 ..Default::default()
             },
-            out: out.path().join(format!("dim{dim}-depth{depth}")),
+            out: out.join(format!("dim{dim}-depth{depth}")),
             ..ExperimentConfig::default()
         };
         experiment::run_task("relation-composition", &cfg, &|_| {}).unwrap();
@@ -286,15 +271,15 @@ fn compare_puts_widths_side_by_side() {
         .unwrap();
     assert!(row.ends_with("| – |"), "{row}");
     assert_eq!(compare::csv(&points).lines().count(), 1 + 12);
-    compare::write_all(&points, &out.path().join("cmp")).unwrap();
+    compare::write_all(&points, &out.join("cmp")).unwrap();
     for f in [
         "compare.md",
         "compare.csv",
         "accuracy-vs-width-relation-composition.png",
     ] {
-        assert!(out.path().join("cmp").join(f).exists(), "{f}");
+        assert!(out.join("cmp").join(f).exists(), "{f}");
     }
-    let empty = out.path().join("nothing");
+    let empty = out.join("nothing");
     std::fs::create_dir_all(&empty).unwrap();
     let e = compare::points(&[dirs[0].clone(), empty.clone()])
         .unwrap_err()

@@ -17,7 +17,8 @@ use quartic::Error;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::reliability::{graph_config, tmp};
+use crate::common::scratch;
+use crate::reliability::graph_config;
 
 const SNIPPETS: [&str; 30] = [
     "(",
@@ -244,7 +245,7 @@ fn try_checkpoint(path: &std::path::Path) -> Result<(), Error> {
 
 #[test]
 fn mutated_checkpoints_load_or_give_an_error() {
-    let dir = tmp("fuzz-checkpoints");
+    let dir = scratch("fuzz-checkpoints");
     let dev = Cpu::default();
     let config = quartic::models::ModelConfig::Graph(graph_config("taylor", 8, 6));
     let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();

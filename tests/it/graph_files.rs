@@ -54,7 +54,7 @@ fn graphs_written_are_read_back_the_same() {
             }),
         },
     ];
-    let dir = crate::reliability::tmp("graph-round-trip");
+    let dir = crate::common::scratch("graph-round-trip");
     let path = dir.join("g.jsonl");
     write_jsonl(&path, &graphs).unwrap();
     assert_eq!(read_graphs(&path).unwrap(), graphs);
@@ -175,7 +175,7 @@ const MALFORMED: &[(&str, &str, &str)] = &[
 
 #[test]
 fn malformed_graphs_are_refused_naming_the_graph_and_the_field() {
-    let dir = crate::reliability::tmp("graph-malformed");
+    let dir = crate::common::scratch("graph-malformed");
     let good = r#"{"tokens": [1, 2], "edge_index": [[0], [1]], "y": 1}"#;
     for (what, bad, want) in MALFORMED {
         let path = dir.join("bad.jsonl");
@@ -203,7 +203,7 @@ fn malformed_graphs_are_refused_naming_the_graph_and_the_field() {
 #[test]
 fn a_nan_feature_in_safetensors_is_refused() {
     use quartic::files::{encode_safetensors, f32_bytes};
-    let dir = crate::reliability::tmp("graph-nan");
+    let dir = crate::common::scratch("graph-nan");
     let path = dir.join("nan.safetensors");
     // offsets and indices are stored as f32 here (the reader takes any number type)
     let tensors = vec![
@@ -306,7 +306,7 @@ fn continuous_features_enter_through_linear_embeddings() {
     use quartic::train::tasks::{batch_of, GraphFiles, Level};
     use quartic::train::trainer::forward_batch;
     use quartic::train::Task;
-    let dir = crate::reliability::tmp("graph-features");
+    let dir = crate::common::scratch("graph-features");
     let graphs = vec![
         featured(5, 1, true),
         featured(3, 3, true),

@@ -139,7 +139,6 @@ fn a_rule_that_overwrites_the_nodes_has_no_residual_to_connect() {
             && err.contains("residual streams need node updates that add"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

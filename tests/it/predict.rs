@@ -94,7 +94,7 @@ fn numbers(v: &Value) -> Vec<f64> {
 
 #[test]
 fn predictions_agree_with_forward_and_with_eval() {
-    let dir = crate::reliability::tmp("predict");
+    let dir = crate::common::scratch("predict");
     let valid = |data: &str| sample(&format!("{data}.valid.jsonl"));
     // node classes: one class id per node; scored against `y` here, the accuracy eval reports
     let ckpt = trained(&dir, "triangles", "node", "cross-entropy");
@@ -183,7 +183,7 @@ fn predictions_agree_with_forward_and_with_eval() {
 
 #[test]
 fn predict_refuses_what_it_cannot_do_safely() {
-    let dir = crate::reliability::tmp("predict-refusals");
+    let dir = crate::common::scratch("predict-refusals");
     let ckpt = trained(&dir, "triangles", "node", "cross-entropy");
     let graphs = sample("triangles.valid.jsonl");
     // an existing file is kept unless --overwrite

@@ -252,7 +252,7 @@ fn real_valued_targets_are_read_from_graph_files() {
 
 #[test]
 fn a_value_beyond_a_float_names_the_graph_and_the_field() {
-    let dir = crate::reliability::tmp("regression-overflow");
+    let dir = crate::common::scratch("regression-overflow");
     let mut graphs = read_graphs(&sample("clustering.valid.jsonl")).unwrap();
     graphs.truncate(3);
     if let Some(Target::Nodes(y)) = &mut graphs[2].y {

@@ -15,17 +15,10 @@ use quartic::train::run_dir::RunDir;
 use quartic::train::tasks::{Split, Text};
 use quartic::train::trainer::{self, Start, TrainConfig};
 
-use crate::common::StopAt;
+use crate::common::{scratch, StopAt};
 use quartic::train::Task;
 use quartic::Error;
 use rand::SeedableRng;
-
-pub fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("quartic-rel-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
 
 fn cfg(dim: usize, dim_edges: usize) -> RuleConfig {
     RuleConfig {
@@ -352,7 +345,7 @@ fn a_nan_parameter_gives_nan_logits_in_every_builtin_rule() {
 
 #[test]
 fn held_out_text_windows_come_from_the_end_of_the_file_only() {
-    let dir = tmp("text");
+    let dir = scratch("text");
     let path = dir.join("text.txt");
     // 256 distinct bytes: a window's first token is where it starts
     let text: Vec<u8> = (0..=255u8).collect();
@@ -435,7 +428,7 @@ pub fn interrupted_run(out: &Path, at: usize, steps: usize) {
 
 #[test]
 fn a_fresh_run_refuses_a_folder_holding_a_run_and_overwrite_replaces_it() {
-    let out = tmp("refuse");
+    let out = scratch("refuse");
     interrupted_run(&out, 2, 6);
     let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
     let dev = Cpu::default();
@@ -477,7 +470,7 @@ fn a_fresh_run_refuses_a_folder_holding_a_run_and_overwrite_replaces_it() {
 
 #[test]
 fn two_runs_cannot_hold_one_folder() {
-    let out = tmp("lock");
+    let out = scratch("lock");
     let first = RunDir::open(&out, Default::default()).unwrap();
     let e = RunDir::open(&out, Default::default())
         .err()
@@ -490,9 +483,9 @@ fn two_runs_cannot_hold_one_folder() {
 
 #[test]
 fn a_resumed_run_writes_where_its_checkpoint_was_read_not_where_it_was_saved() {
-    let original = tmp("resume-a");
+    let original = scratch("resume-a");
     interrupted_run(&original, 2, 5);
-    let copy = tmp("resume-b");
+    let copy = scratch("resume-b");
     for f in ["checkpoint.safetensors", "metrics.csv"] {
         std::fs::copy(original.join(f), copy.join(f)).unwrap();
     }
@@ -502,7 +495,7 @@ fn a_resumed_run_writes_where_its_checkpoint_was_read_not_where_it_was_saved() {
         trainer::resume::<f32, Cpu>(&copy.join("checkpoint.safetensors"), &dev).unwrap();
     assert_eq!(
         saved.out,
-        copy,
+        copy.to_path_buf(),
         "the saved config said {}",
         original.display()
     );
@@ -553,7 +546,7 @@ fn rewrite_v1(
 
 #[test]
 fn resume_refuses_state_that_does_not_belong_together() {
-    let base = tmp("corrupt");
+    let base = scratch("corrupt");
     interrupted_run(&base, 2, 5);
     let good = std::fs::read(base.join("checkpoint.safetensors")).unwrap();
     let dev = Cpu::default();
@@ -638,7 +631,7 @@ fn resume_refuses_state_that_does_not_belong_together() {
 #[test]
 fn a_non_finite_loss_names_the_step_and_only_a_checkpoint_that_exists() {
     // a rule that computes NaN from any weights: sqrt of a negative number
-    let dir = tmp("nan-rule");
+    let dir = scratch("nan-rule");
     let rule = dir.join("nan.rule");
     std::fs::write(&rule, "nodes[i] += sqrt(square(nodes[i]) * 0 - 1)\n").unwrap();
     let task = Task::from_name("sanity", None, 64).unwrap();
@@ -667,7 +660,7 @@ fn a_non_finite_loss_names_the_step_and_only_a_checkpoint_that_exists() {
 
 #[test]
 fn checkpoint_writes_leave_no_temporary_file_even_when_they_fail() {
-    let dir = tmp("atomic");
+    let dir = scratch("atomic");
     let dev = Cpu::default();
     let model = Model::<f32, Cpu>::new(&tiny_model(), None, &Init::random(&dev, 0)).unwrap();
     // the target is a folder: the rename fails after the temporary file was written
@@ -700,7 +693,7 @@ fn files_that_never_end_or_are_too_large_are_refused_before_they_fill_memory() {
     let e = Rule::load("/dev/zero").err().unwrap().to_string();
     assert!(e.contains("larger than"), "{e}");
     // a truncated checkpoint and one with bytes past its data
-    let dir = tmp("files");
+    let dir = scratch("files");
     let dev = Cpu::default();
     let model = Model::<f32, Cpu>::new(&tiny_model(), None, &Init::random(&dev, 0)).unwrap();
     let path = dir.join("c.safetensors");

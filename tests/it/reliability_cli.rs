@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::reliability::{interrupted_run, tmp};
+use crate::reliability::interrupted_run;
 
-use crate::common::quartic;
+use crate::common::{quartic, scratch};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -90,7 +90,7 @@ fn finish(child: &mut Child) -> (std::process::ExitStatus, String) {
 #[test]
 fn signals_save_a_checkpoint_and_exit_with_128_plus_the_signal() {
     for (signal, code) in [("TERM", 143), ("HUP", 129), ("INT", 130)] {
-        let out = tmp(&format!("signal-{signal}"));
+        let out = scratch(&format!("signal-{signal}"));
         let (mut child, mut lines) = started_train(&out);
         let sent = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
@@ -123,7 +123,7 @@ fn a_closed_standard_output_ends_the_command_quietly() {
     assert_eq!(status.code(), Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     // train: stops at the next line it would print, saving its checkpoint
-    let out = tmp("pipe");
+    let out = scratch("pipe");
     let (mut child, stdout) = started_train(&out);
     drop(stdout);
     let (status, err) = finish(&mut child);
@@ -135,9 +135,9 @@ fn a_closed_standard_output_ends_the_command_quietly() {
 
 #[test]
 fn resume_writes_to_out_and_refuses_flags_it_would_ignore() {
-    let original = tmp("cli-resume-a");
+    let original = scratch("cli-resume-a");
     interrupted_run(&original, 2, 4);
-    let copy = tmp("cli-resume-b");
+    let copy = scratch("cli-resume-b");
     for f in ["checkpoint.safetensors", "metrics.csv"] {
         std::fs::copy(original.join(f), copy.join(f)).unwrap();
     }
@@ -176,7 +176,7 @@ fn resume_writes_to_out_and_refuses_flags_it_would_ignore() {
 
 #[test]
 fn a_fresh_train_refuses_a_folder_that_holds_a_run() {
-    let out = tmp("cli-fresh");
+    let out = scratch("cli-fresh");
     interrupted_run(&out, 1, 3);
     let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
     let err = refused(
@@ -207,7 +207,7 @@ fn a_fresh_train_refuses_a_folder_that_holds_a_run() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // a run holding the folder keeps a second one out
-    let held = tmp("cli-held");
+    let held = scratch("cli-held");
     let (mut child, _stdout) = started_train(&held);
     refused(
         &[
@@ -270,7 +270,7 @@ fn files_that_never_end_are_refused() {
     );
     refused(&["train", "--config", "/dev/zero"], "larger than 16.0 MiB");
     refused(&["train", "--data", "/dev/zero"], "larger than 1.0 GiB");
-    let dir = tmp("cli-import-zero");
+    let dir = scratch("cli-import-zero");
     let out = dir.join("x.safetensors");
     refused(
         &[
@@ -288,7 +288,7 @@ fn files_that_never_end_are_refused() {
 
 #[test]
 fn bad_numbers_and_options_are_refused_with_their_place() {
-    let dir = tmp("cli-numbers");
+    let dir = scratch("cli-numbers");
     refused(
         &["train", "--set", "ff_mult=inf", "--steps", "1"],
         "not a finite number",
@@ -340,7 +340,7 @@ fn bad_numbers_and_options_are_refused_with_their_place() {
 
 #[test]
 fn only_the_flags_given_override_a_rules_defaults() {
-    let dir = tmp("cli-defaults");
+    let dir = scratch("cli-defaults");
     let rule = dir.join("mine.rule");
     std::fs::write(
         &rule,
@@ -408,7 +408,7 @@ fn only_the_flags_given_override_a_rules_defaults() {
 
 #[test]
 fn errors_escape_control_characters() {
-    let dir = tmp("cli-escape");
+    let dir = scratch("cli-escape");
     let rule = dir.join("esc.rule");
     std::fs::write(
         &rule,
@@ -427,7 +427,7 @@ fn errors_escape_control_characters() {
 
 #[test]
 fn a_failed_import_leaves_nothing_behind() {
-    let dir = tmp("cli-import");
+    let dir = scratch("cli-import");
     let fixtures = quartic::fixtures::fixture_dir();
     let weights = fixtures.join("quartic.safetensors");
     let config = fixtures.join("quartic.json");
@@ -477,7 +477,7 @@ fn a_failed_import_leaves_nothing_behind() {
 
 #[test]
 fn deep_rules_in_a_checkpoint_are_refused_not_a_stack_overflow() {
-    let dir = tmp("cli-deep");
+    let dir = scratch("cli-deep");
     let out = dir.join("run");
     interrupted_run(&out, 1, 2);
     // replace the stored rule with a deeply nested one, in the first checkpoint format (no
@@ -515,7 +515,7 @@ fn deep_rules_in_a_checkpoint_are_refused_not_a_stack_overflow() {
 /// optimizer and the step count start afresh, and the written config trains it again.
 #[test]
 fn init_starts_from_a_checkpoints_weights_on_another_task() {
-    let first = tmp("cli-init-a");
+    let first = scratch("cli-init-a");
     let small = ["--rule", "baseline", "--dim", "16", "--batch", "4"];
     let run = |args: &[&str]| {
         let out = quartic(args);
@@ -536,7 +536,7 @@ fn init_starts_from_a_checkpoints_weights_on_another_task() {
     run(&args);
     let from = first.join("checkpoint.safetensors");
     let (from_s, lr) = (from.to_str().unwrap(), 1e-3);
-    let second = tmp("cli-init-b");
+    let second = scratch("cli-init-b");
     let second_args = [
         "train",
         "--task",
@@ -581,7 +581,7 @@ fn init_starts_from_a_checkpoints_weights_on_another_task() {
     let config = std::fs::read_to_string(second.join("config.toml")).unwrap();
     assert!(config.contains("init = "), "{config}");
     assert!(!config.contains("[model]"), "{config}");
-    let third = tmp("cli-init-c");
+    let third = scratch("cli-init-c");
     let config_path = second.join("config.toml");
     run(&[
         "train",
@@ -594,7 +594,7 @@ fn init_starts_from_a_checkpoints_weights_on_another_task() {
     assert_eq!(c.params, b.params, "the config reruns the same run");
 
     // model flags would be ignored; a task the model cannot read is refused by name
-    let fourth = tmp("cli-init-d");
+    let fourth = scratch("cli-init-d");
     let out_d = fourth.to_str().unwrap();
     refused(
         &["train", "--init", from_s, "--dim", "32", "--out", out_d],

@@ -285,7 +285,7 @@ fn mixed_config(file: &std::path::Path) -> quartic::models::GraphConfig {
 fn layers_run_the_rules_listed_and_checkpoints_keep_them() {
     use quartic::models::{Model, ModelConfig};
     use quartic::train::checkpoint::{self, TrainState};
-    let dir = crate::reliability::tmp("layer-rules");
+    let dir = crate::common::scratch("layer-rules");
     let file = dir.join("gated.rule");
     std::fs::write(
         &file,
@@ -366,7 +366,7 @@ fn a_rule_list_that_does_not_fit_the_model_is_refused() {
 
 #[test]
 fn train_takes_a_rule_per_layer_and_the_list_sets_the_depth() {
-    let dir = crate::reliability::tmp("layer-rules-cli");
+    let dir = crate::common::scratch("layer-rules-cli");
     let out = crate::common::quartic(&[
         "train",
         "--rule",

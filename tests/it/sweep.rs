@@ -2,17 +2,13 @@
 //! processes at once, give the one-command run's tables; a job killed midway is finished by
 //! the next run, which leaves the finished jobs alone.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quartic::experiment::{ExperimentConfig, Plan, TaskSettings};
 
-use crate::common::{quartic, text};
-
-fn scratch(name: &str) -> PathBuf {
-    crate::common::scratch(&format!("sweep-{name}"))
-}
+use crate::common::{quartic, scratch, text};
 
 fn ok(args: &[&str]) -> String {
     let out = quartic(args);
@@ -50,7 +46,7 @@ fn without_last_column(md: &str) -> String {
 /// own inside the output folder.
 #[test]
 fn a_sweep_in_parts_equals_the_one_command_run() {
-    let dir = scratch("parts");
+    let dir = scratch("sweep-parts");
     let rule_path = dir.join("my rule.rule");
     let (_, source) = quartic::rules::BUILTINS
         .iter()
@@ -159,7 +155,6 @@ fn a_sweep_in_parts_equals_the_one_command_run() {
         "{}",
         text(&refused.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A job killed (SIGKILL) after its first checkpoint leaves no result; running the plan again
@@ -167,7 +162,7 @@ fn a_sweep_in_parts_equals_the_one_command_run() {
 /// checkpoint, to the result of a run that was never stopped.
 #[test]
 fn a_rerun_finishes_only_what_is_missing() {
-    let dir = scratch("killed");
+    let dir = scratch("sweep-killed");
     let plan_args = |out: &Path| {
         vec![
             "experiment".to_string(),
@@ -254,18 +249,17 @@ fn a_rerun_finishes_only_what_is_missing() {
     assert_eq!(resumed.accuracy, uninterrupted.accuracy);
     assert_eq!(resumed.curve, uninterrupted.curve);
     assert_eq!(resumed.curve.len(), 4);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--job` takes what `sbatch --array` takes and names a job that does not exist; a plan whose
 /// job folder leaves the plan's folder is refused.
 #[test]
 fn job_selection_and_plan_files_are_checked() {
-    let dir = scratch("select");
+    let dir = scratch("sweep-select");
     let cfg = ExperimentConfig {
         rules: vec!["baseline".into()],
         seeds: 3,
-        out: dir.clone(),
+        out: dir.to_path_buf(),
         ..ExperimentConfig::default()
     };
     let task = TaskSettings {
@@ -300,5 +294,4 @@ fn job_selection_and_plan_files_are_checked() {
     );
     let missing = Plan::read(&dir.join("nothing")).unwrap_err().to_string();
     assert!(missing.contains("no plan here"), "{missing}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,7 @@ use quartic::train::checkpoint::{self, TrainState};
 
 use quartic::train::trainer::{self, Start, TrainConfig};
 
-use crate::common::StopAt;
+use crate::common::{scratch, StopAt};
 
 fn tiny_model(causal: bool, num_tokens: usize, max_len: usize) -> ModelConfig {
     let mut q = QuarticConfig::readme();
@@ -40,12 +40,6 @@ fn tiny_train(out: &std::path::Path, steps: usize) -> TrainConfig {
     }
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("quartic-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
-
 #[test]
 fn a_resumed_run_has_the_losses_of_an_uninterrupted_one() {
     assert_resumed_run_matches(&tiny_model(false, 16, 12), "taylor");
@@ -53,7 +47,7 @@ fn a_resumed_run_has_the_losses_of_an_uninterrupted_one() {
 
 #[test]
 fn a_resumed_run_draws_the_same_dropout() {
-    let dir = tmp("dropout-rule");
+    let dir = scratch("dropout-rule");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("drop.rule");
     std::fs::write(
@@ -74,7 +68,7 @@ fn a_resumed_run_draws_the_same_dropout() {
 fn assert_resumed_run_matches(config: &ModelConfig, name: &str) {
     let dev = Cpu::default();
     let config = config.clone();
-    let run_all = tmp(&format!("all-{name}"));
+    let run_all = scratch(&format!("all-{name}"));
     let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
     let full = trainer::train(
         &mut model,
@@ -86,7 +80,7 @@ fn assert_resumed_run_matches(config: &ModelConfig, name: &str) {
     .unwrap();
     let full: Vec<f64> = full.records.iter().map(|r| r.loss).collect();
 
-    let run_split = tmp(&format!("split-{name}"));
+    let run_split = scratch(&format!("split-{name}"));
     let cfg = tiny_train(&run_split, 10);
     let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
     let flag = AtomicBool::new(false);
@@ -135,10 +129,11 @@ fn first_twenty_losses_of_a_fixed_seed_run() {
     let dev = Cpu::default();
     let config = tiny_model(false, 16, 12);
     let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 7)).unwrap();
+    let dir = scratch("twenty");
     let cfg = TrainConfig {
         seed: 7,
         eval_every: 20,
-        ..tiny_train(&tmp("twenty"), 20)
+        ..tiny_train(&dir, 20)
     };
     let report =
         trainer::train(&mut model, &cfg, Start::fresh(), None, &mut trainer::Silent).unwrap();
@@ -159,7 +154,7 @@ fn first_twenty_losses_of_a_fixed_seed_run() {
 #[test]
 fn checkpoints_round_trip_exactly_and_leave_no_temporary_file() {
     let dev = Cpu::default();
-    let dir = tmp("ckpt");
+    let dir = scratch("ckpt");
     let path = dir.join("model.safetensors");
     let config = tiny_model(true, 16, 8);
     let model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 3)).unwrap();
@@ -188,7 +183,7 @@ fn checkpoints_round_trip_exactly_and_leave_no_temporary_file() {
 fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let dev = Cpu::default();
     let config = tiny_model(false, 16, 12);
-    let out = tmp("nan");
+    let out = scratch("nan");
     let mut model = Model::<f32, Cpu>::new(&config, None, &Init::random(&dev, 0)).unwrap();
     let cfg = TrainConfig {
         lr: 1e12,
@@ -288,7 +283,7 @@ fn a_users_own_task_trains_through_the_task_trait() {
         }
     }
     let task = Task::new(CopyFirst).unwrap();
-    let dir = tmp("user-task");
+    let dir = scratch("user-task");
     let cfg = TrainConfig {
         task: "copy-first".into(),
         steps: 300,
@@ -297,7 +292,7 @@ fn a_users_own_task_trains_through_the_task_trait() {
         eval_every: 300,
         eval_batches: 2,
         checkpoint_every: 300,
-        out: dir.clone(),
+        out: dir.to_path_buf(),
         ..TrainConfig::default()
     };
     let dev = Cpu::default();
@@ -330,5 +325,4 @@ fn a_users_own_task_trains_through_the_task_trait() {
     let (_, accuracy) = report.eval.unwrap();
     // chance is 1/8
     assert!(accuracy > 0.6, "held-out accuracy {accuracy}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,12 +1,15 @@
 //! `quartic eval`: held-out loss and accuracy (a regression: mean absolute error) of a
-//! checkpoint on a task.
+//! checkpoint on a task, and for tasks that have them, the accuracy at each size (by length)
+//! and on the task's fixed probe.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use quartic::models::footprint::Use;
 use quartic::train::checkpoint;
-use quartic::train::trainer::{check_fits, evaluate, TrainConfig};
+use quartic::train::trainer::{
+    check_fits, evaluate, evaluate_by_size, evaluate_probe, TrainConfig,
+};
 use quartic::train::Task;
 
 use super::budget::Budget;
@@ -78,15 +81,14 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
         task.max_len(),
         Use::Forward,
     )?;
-    let (loss, value) = quartic::on_device!(args.device.device, seed, |dev| {
+    let held_out_seed = args.seed.unwrap_or(seed);
+    let (loss, value, by_size, probe) = quartic::on_device!(args.device.device, seed, |dev| {
         let model = ckpt.model::<f32, _>(&dev)?;
-        evaluate(
-            &model,
-            &task,
-            args.seed.unwrap_or(seed),
-            args.batches as usize,
-            batch,
-        )
+        let batches = args.batches as usize;
+        let (loss, value) = evaluate(&model, &task, held_out_seed, batches, batch)?;
+        let by_size = evaluate_by_size(&model, &task, held_out_seed, batches, batch)?;
+        let probe = evaluate_probe(&model, &task)?;
+        Ok::<_, quartic::Error>((loss, value, by_size, probe))
     })?;
     if !loss.is_finite() {
         return Err(quartic::Error::NotFinite(format!(
@@ -107,8 +109,36 @@ pub fn run(args: &EvalArgs) -> quartic::Result<()> {
         super::train::metric_words(metric),
         metric.show(value)
     )?;
+    say_by_size_and_probe(&task, &by_size, probe, args.batches as usize, batch)?;
     match (&ckpt.crate_version, &ckpt.git_commit) {
         (Some(v), Some(c)) => say!("written by quartic-transformer {v} (commit {c})"),
         _ => say!("written by a build that did not record its version"),
     }
+}
+
+/// The metric at each size of a task that tests beyond its training sizes, and on its fixed
+/// probe, as `eval` and `train` print them (nothing for a task with neither).
+pub(super) fn say_by_size_and_probe(
+    task: &Task,
+    by_size: &[(usize, f64)],
+    probe: Option<f64>,
+    batches: usize,
+    batch: usize,
+) -> quartic::Result<()> {
+    let metric = task.metric();
+    if let Some(sizes) = task.sizes() {
+        let each: Vec<String> = by_size
+            .iter()
+            .map(|(size, v)| format!("{size}: {}", metric.show(*v)))
+            .collect();
+        say!(
+            "by {} ({batches} × {batch} held-out sequences each): {}",
+            sizes.what,
+            each.join(" | ")
+        )?;
+    }
+    if let Some(p) = probe {
+        say!("on the task's fixed probe: {}", metric.show(p))?;
+    }
+    Ok(())
 }

@@ -495,6 +495,10 @@ fn run_on<D: RunShards<f32>>(dev: &D, args: &TrainArgs) -> quartic::Result<u8> {
             metric_words(metric),
             metric.show(value)
         )?;
+        let by_size =
+            trainer::evaluate_by_size(&model, &task, cfg.seed, cfg.eval_batches, cfg.batch)?;
+        let probe = trainer::evaluate_probe(&model, &task)?;
+        super::eval::say_by_size_and_probe(&task, &by_size, probe, cfg.eval_batches, cfg.batch)?;
     }
     say!(
         "checkpoint {} | metrics {} | plot {}",

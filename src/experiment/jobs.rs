@@ -19,9 +19,7 @@ use crate::nn::Init;
 use crate::train::metrics::Metrics;
 use crate::train::run_dir::{Existing, CHECKPOINT, METRICS};
 use crate::train::shards::RunShards;
-use crate::train::tasks::Split;
 use crate::train::trainer::{self, Silent, Start, TrainConfig};
-use crate::train::Task;
 
 /// The file a job writes when it ends: its results, or its error.
 pub const RESULT: &str = "result.json";
@@ -248,7 +246,9 @@ fn train_and_measure<D: RunShards<f32>>(
         .iter()
         .filter_map(|r| r.eval.map(|(_, a)| (r.step, a)))
         .collect();
-    let (by_size, probe) = extra_measures(&model, &task, &train)?;
+    let by_size =
+        trainer::evaluate_by_size(&model, &task, train.seed, train.eval_batches, train.batch)?;
+    let probe = trainer::evaluate_probe(&model, &task)?;
     Ok(Some(RunResult {
         rule: job.rule.clone(),
         seed: job.seed,
@@ -259,34 +259,4 @@ fn train_and_measure<D: RunShards<f32>>(
         probe,
         seconds: started.elapsed().as_secs_f64(),
     }))
-}
-
-/// Held-out accuracy per size (tasks with sizes) and on the fixed probe (tasks with one).
-fn extra_measures<D: Backend<f32>>(
-    model: &Model<f32, D>,
-    task: &Task,
-    train: &TrainConfig,
-) -> Result<(Vec<(usize, f64)>, Option<f64>)> {
-    let mut by_size = Vec::new();
-    if let Some(sizes) = task.sizes() {
-        for size in sizes.values {
-            let (_, acc) = trainer::evaluate_split(
-                model,
-                task,
-                train.seed,
-                train.eval_batches,
-                train.batch,
-                Split::Size(size),
-            )?;
-            by_size.push((size, acc));
-        }
-    }
-    let probe = match task.probe() {
-        Some(bt) => {
-            let (_, tally) = trainer::score_batch(model, &bt, task.readout(), &task.objective())?;
-            Some(tally.read().metric())
-        }
-        None => None,
-    };
-    Ok((by_size, probe))
 }

@@ -372,6 +372,39 @@ pub fn evaluate_split<E: Real, D: Backend<E>>(
     Ok((host::scalar(&loss) / tally.labelled as f64, tally.metric()))
 }
 
+/// Held-out metric at each size of a task that tests beyond its training sizes
+/// ([`Task::sizes`]), `batches` fixed batches a size; empty for other tasks.
+pub fn evaluate_by_size<E: Real, D: Backend<E>>(
+    model: &Model<E, D>,
+    task: &Task,
+    seed: u64,
+    batches: usize,
+    batch: usize,
+) -> Result<Vec<(usize, f64)>> {
+    let sizes = task.sizes().map_or(Vec::new(), |s| s.values);
+    sizes
+        .into_iter()
+        .map(|size| {
+            let (_, metric) = evaluate_split(model, task, seed, batches, batch, Split::Size(size))?;
+            Ok((size, metric))
+        })
+        .collect()
+}
+
+/// The metric on the task's fixed probe ([`Task::probe`]), for tasks with one.
+pub fn evaluate_probe<E: Real, D: Backend<E>>(
+    model: &Model<E, D>,
+    task: &Task,
+) -> Result<Option<f64>> {
+    match task.probe() {
+        Some(bt) => {
+            let (_, tally) = score_batch(model, &bt, task.readout(), &task.objective())?;
+            Ok(Some(tally.read().metric()))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Receives progress while training (the CLI draws a progress bar from it).
 pub trait Progress {
     /// Training begins at `_first_step` (after a resume) of `_total`.

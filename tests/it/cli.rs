@@ -423,13 +423,36 @@ fn graph_tasks_train_and_experiment_end_to_end() {
         &format!("{out_dir}/train"),
     ]);
     assert!(run.status.success(), "{}", text(&run.stderr));
-    assert!(text(&run.stdout).contains("held-out: loss"));
+    let trained = text(&run.stdout);
+    assert!(trained.contains("held-out: loss"));
+    // the accuracy at each path length, the same from `train` and from `eval` with the
+    // training's held-out batches
+    let by_length = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("by path length k (1 × 4 held-out sequences each): "))
+            .unwrap_or_else(|| panic!("no by-length line in {out}"))
+            .to_string()
+    };
+    let line = by_length(&trained);
+    let lengths: Vec<&str> = line
+        .split_once("each): ")
+        .unwrap()
+        .1
+        .split(" | ")
+        .map(|part| part.split_once(": ").unwrap().0)
+        .collect();
+    assert_eq!(lengths, ["2", "3", "4", "5", "6", "7", "8", "9", "10"]);
     let eval = quartic(&[
         "eval",
         "--checkpoint",
         &format!("{out_dir}/train/checkpoint.safetensors"),
+        "--batches",
+        "1",
+        "--batch",
+        "4",
     ]);
     assert!(eval.status.success(), "{}", text(&eval.stderr));
+    assert_eq!(by_length(&text(&eval.stdout)), by_length(&trained));
     let exp = quartic(&[
         "experiment",
         "--task",

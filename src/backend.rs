@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::cpu::{affine, edge_attention, flash, fused, gather, path, pointwise, rows};
+use crate::kernels::cpu::{
+    affine, axis, edge_attention, flash, fused, gather, path, pointwise, rows,
+};
+use crate::spec::axis::AxisOp;
 use crate::spec::pointwise::Program;
 use crate::spec::{
     pattern_dims, EdgePattern, EdgeProjections, FeedForwardParams, GatherTable, RmsKind,
@@ -52,6 +55,8 @@ pub enum Fused {
     Gather,
     /// An element-wise program (`ops::pointwise`).
     Pointwise,
+    /// Softmax and log-sum-exp along an axis over the visible entries (`ops::axis`).
+    OverAxis,
 }
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
@@ -238,6 +243,16 @@ pub trait Backend<E: Real>: Device<E> {
     ) -> Result<T1<E, Self, T>> {
         Err(not_fused(Fused::Pointwise))
     }
+
+    /// [`crate::ops::axis::over_axis`].
+    fn over_axis_fused<T: Tape<E, Self>>(
+        _x: T1<E, Self, T>,
+        _visible: Option<&T1<E, Self>>,
+        _dims: (usize, usize, usize),
+        _op: AxisOp,
+    ) -> Result<T1<E, Self, T>> {
+        Err(not_fused(Fused::OverAxis))
+    }
 }
 
 impl<E: Real> Backend<E> for Cpu
@@ -410,6 +425,15 @@ where
         program: &Program,
     ) -> Result<T1<E, Self, T>> {
         pointwise::pointwise_fused(inputs, program)
+    }
+
+    fn over_axis_fused<T: Tape<E, Self>>(
+        x: T1<E, Self, T>,
+        visible: Option<&T1<E, Self>>,
+        dims: (usize, usize, usize),
+        op: AxisOp,
+    ) -> Result<T1<E, Self, T>> {
+        axis::over_axis_fused(x, visible, dims, op)
     }
 }
 

@@ -5,11 +5,13 @@
 //! Attention: weights (softmax and Taylor) and attention over batched sequences, edge patterns,
 //! attention over paths (triangular), Taylor linear attention, coordinate-descent routing; pointwise and affine ops: activations,
 //! norms, the feedforward block, linear layers, repeated adds, the outer sum, prefix sums; the
-//! step and select that comparisons and `where` lower to.
+//! step and select that comparisons and `where` lower to; softmax and log-sum-exp along an
+//! axis over the visible entries (the rule language's `softmax[k]` and `logsumexp[k]`).
 
 pub mod activations;
 pub mod affine;
 pub mod attention;
+pub mod axis;
 pub mod cumsum;
 pub mod feedforward;
 pub mod norms;

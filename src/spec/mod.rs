@@ -1,9 +1,10 @@
 //! The specifications both sides of the backend share: what a kernel is asked to compute
 //! (the edge pattern, how scores become weights, which RMSNorm, the tensors of a feedforward
-//! block and of an edge self-attention's projections, who sees whom), and the shape checks
+//! block and of an edge self-attention's projections, who sees whom, a softmax along an axis), and the shape checks
 //! the fused and the composite forms run alike. A leaf: it imports only the element type and
 //! the errors.
 
+pub mod axis;
 pub mod pointwise;
 pub mod visibility;
 

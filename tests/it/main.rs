@@ -3,6 +3,7 @@
 mod affine;
 mod api;
 mod attend_value;
+mod axis;
 mod cli;
 mod common;
 mod device;

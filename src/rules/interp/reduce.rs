@@ -2,6 +2,7 @@
 //! run as batched matrix products.
 
 use super::*;
+use crate::ops::axis::{over_axis, AxisOp};
 
 impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     /// Whether index `k` may be read at a position whose other indices are `rest`: `k` is a real
@@ -56,10 +57,15 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let v = self.eval(st, x)?;
         let v = self.canonical(v, &slots, x.channels)?;
         let axes = canonical(&slots);
-        let keep = self.keep_fn(k, node.slots.clone(), within)?;
-        let m = mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)?;
         let (outer, n, inner) = self.split_at(&slots, k, x.channels);
         let out_axes = canonical(&node.slots);
+        if op == ReduceOp::LogSumExp {
+            let m = self.visibility(&axes, k, node.slots.clone(), within, x.channels)?;
+            let t = over_axis(v.t, m.as_ref(), (outer, n, inner), AxisOp::LogSumExp)?;
+            return Ok(self.val(t, out_axes, node.channels));
+        }
+        let keep = self.keep_fn(k, node.slots.clone(), within)?;
+        let m = mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)?;
         let t = match op {
             ReduceOp::Sum | ReduceOp::Mean => {
                 let s = (v.t * m.clone().retaped::<T>())
@@ -74,20 +80,15 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 }
             }
             ReduceOp::Max | ReduceOp::LogSumExp => {
-                // hidden terms pushed far below the rest: they never win a max and their exp is
-                // 0; where none is visible the result is 0, not the pushed value
+                // hidden terms pushed far below the rest: they never win a max; where none is
+                // visible the result is 0, not the pushed value
                 let pushed = v.t + (m.clone() - E::one()).retaped::<T>() * E::of(-MASKED);
                 let pushed = pushed.reshape_like(&(outer, n, inner));
                 let any = self.count_visible(&m, outer, n, inner)?.gt(E::of(0.0));
                 let zeros = self.dev.zeros_like(&(outer * inner,));
                 let ones = self.dev.ones_like(&(outer * inner,));
                 let any = any.choose(ones, zeros);
-                let reduced = if op == ReduceOp::Max {
-                    pushed.max::<_, Axis<1>>()
-                } else {
-                    pushed.logsumexp::<_, Axis<1>>()
-                };
-                reduced.reshape_like(&(outer * inner,)) * any.retaped::<T>()
+                pushed.max::<_, Axis<1>>().reshape_like(&(outer * inner,)) * any.retaped::<T>()
             }
         };
         Ok(self.val(t, out_axes, node.channels))
@@ -126,17 +127,32 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let v = self.eval(st, x)?;
         let v = self.canonical(v, &slots, x.channels)?;
         let rest: Vec<Slot> = slots.iter().copied().filter(|&s| s != k).collect();
-        let keep = self.keep_fn(k, rest, within)?;
         let axes = canonical(&slots);
-        let m = mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)?;
-        let (outer, n, inner) = self.split_at(&slots, k, x.channels);
-        let pushed = v.t + (m.clone() - E::one()).retaped::<T>() * E::of(-MASKED);
-        let w = pushed
-            .reshape_like(&(outer, n, inner))
-            .softmax::<Axis<1>>()
-            .reshape_like(&(outer * n * inner,));
-        // rows with no visible key come out uniform; the mask zeroes them
-        Ok(self.val(w * m.retaped::<T>(), axes, node.channels))
+        let m = self.visibility(&axes, k, rest, within, x.channels)?;
+        let dims = self.split_at(&slots, k, x.channels);
+        let w = over_axis(v.t, m.as_ref(), dims, AxisOp::Softmax)?;
+        Ok(self.val(w, axes, node.channels))
+    }
+
+    /// Which entries of an operand over `axes` a reduction over `k` may read (see
+    /// [`Self::keep_fn`]), or `None` when it may read them all: no padding, not causal and no
+    /// `mask:` (then no mask is built).
+    fn visibility(
+        &self,
+        axes: &[Ax],
+        k: Slot,
+        rest: Vec<Slot>,
+        within: Option<AdjacencyMask>,
+        channels: usize,
+    ) -> Result<Option<T1<E, D>>> {
+        let padded = !self.mask.valid().iter().all(|&v| v);
+        if !padded && !self.plan().causal && within.is_none() {
+            return Ok(None);
+        }
+        let keep = self.keep_fn(k, rest, within)?;
+        Ok(Some(mask_tensor::<E, D>(
+            &self.dev, axes, self.ext, channels, 1, &keep,
+        )?))
     }
 
     /// `sum[k](a * b)` (or mean) as batched matrix products: `a` over `{p, k}` and `b` over

@@ -1,0 +1,168 @@
+//! Softmax and log-sum-exp along the middle axis of `[outer, n, inner]` over the visible
+//! entries (`ops::axis`), one parallel pass each way. The composite pushes hidden entries
+//! down with mask arithmetic and runs dfdx's softmax: about ten passes over the operand
+//! forward and as many back, each allocating, where a three-index rule's operand holds n³
+//! entries per channel.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::fused::{host_copy, zeros, CpuBuffer};
+use super::taped::Taped;
+use crate::error::Result;
+use crate::spec::axis::AxisOp;
+use crate::tensor::*;
+
+/// Elements per parallel task, at the least.
+const CHUNK: usize = 1 << 12;
+
+/// The fused CPU form of [`crate::ops::axis::over_axis`] (its lengths already checked).
+pub fn over_axis_fused<E: Real, T: Tape<E, Cpu>>(
+    x: T1<E, Cpu, T>,
+    visible: Option<&T1<E, Cpu>>,
+    dims: (usize, usize, usize),
+    op: AxisOp,
+) -> Result<T1<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    let (outer, n, inner) = dims;
+    let dev = x.device().clone();
+    let mut taped = Taped::new();
+    let x = taped.input(x);
+    let xs = host_copy(&x);
+    let visible: Option<Vec<bool>> =
+        visible.map(|m| host_copy(m).par_iter().map(|&v| v > E::of(0.5)).collect());
+    let block = n * inner;
+    let per_task = (CHUNK / block.max(1)).max(1);
+    // the softmax of every row, which is also log-sum-exp's gradient
+    let mut probs = zeros(xs.len());
+    let mut lse = zeros(if op == AxisOp::LogSumExp {
+        outer * inner
+    } else {
+        0
+    });
+    let row = |o: usize, p: &mut [E], l: Option<&mut [E]>| {
+        let xb = &xs[o * block..][..block];
+        let vb = visible.as_ref().map(|v| &v[o * block..][..block]);
+        softmax_block(xb, vb, n, inner, p, l);
+    };
+    match op {
+        AxisOp::Softmax => probs
+            .par_chunks_mut(block.max(1))
+            .with_min_len(per_task)
+            .enumerate()
+            .for_each(|(o, p)| row(o, p, None)),
+        AxisOp::LogSumExp => probs
+            .par_chunks_mut(block.max(1))
+            .zip(lse.par_chunks_mut(inner.max(1)))
+            .with_min_len(per_task)
+            .enumerate()
+            .for_each(|(o, (p, l))| row(o, p, Some(l))),
+    }
+    let x_g = x.ghost();
+    match op {
+        AxisOp::Softmax => {
+            // the backward reads the output, which the tensor takes
+            let kept = if T::OWNS_TAPE {
+                probs.clone()
+            } else {
+                Vec::new()
+            };
+            taped.output(&dev, probs, (outer * block,), move |g, grads| {
+                let dx = grads.get_or_alloc_mut(&x_g)?;
+                dx.par_chunks_mut(block.max(1))
+                    .zip(
+                        kept.par_chunks(block.max(1))
+                            .zip(g.par_chunks(block.max(1))),
+                    )
+                    .with_min_len(per_task)
+                    .for_each(|(dx, (p, g))| softmax_backward_block(dx, p, g, n, inner));
+                Ok(())
+            })
+        }
+        AxisOp::LogSumExp => taped.output(&dev, lse, (outer * inner,), move |g, grads| {
+            let dx = grads.get_or_alloc_mut(&x_g)?;
+            dx.par_chunks_mut(block.max(1))
+                .zip(
+                    probs
+                        .par_chunks(block.max(1))
+                        .zip(g.par_chunks(inner.max(1))),
+                )
+                .with_min_len(per_task)
+                .for_each(|(dx, (p, g))| {
+                    for k in 0..n {
+                        for c in 0..inner {
+                            let i = k * inner + c;
+                            dx[i] = dx[i] + p[i] * g[c];
+                        }
+                    }
+                });
+            Ok(())
+        }),
+    }
+}
+
+/// The softmax over the visible entries of each of a `[n, inner]` block's `inner` columns into
+/// `p` (hidden entries, and columns with none visible, stay 0), and with `lse` each column's
+/// log-sum-exp (0 where none is visible). A NaN among the visible entries makes its column NaN.
+fn softmax_block<E: Real>(
+    x: &[E],
+    visible: Option<&[bool]>,
+    n: usize,
+    inner: usize,
+    p: &mut [E],
+    mut lse: Option<&mut [E]>,
+) {
+    let seen = |i: usize| visible.map_or(true, |v| v[i]);
+    for c in 0..inner {
+        let mut max = E::neg_infinity();
+        let mut any = false;
+        for k in 0..n {
+            let i = k * inner + c;
+            if seen(i) {
+                any = true;
+                // a NaN never wins here; it reaches every output through the sum below
+                if x[i] > max {
+                    max = x[i];
+                }
+            }
+        }
+        if !any {
+            continue;
+        }
+        let mut sum = E::zero();
+        for k in 0..n {
+            let i = k * inner + c;
+            if seen(i) {
+                let e = (x[i] - max).exp();
+                p[i] = e;
+                sum = sum + e;
+            }
+        }
+        let inv = sum.recip();
+        for k in 0..n {
+            let i = k * inner + c;
+            p[i] = p[i] * inv;
+        }
+        if let Some(l) = lse.as_deref_mut() {
+            l[c] = max + sum.ln();
+        }
+    }
+}
+
+/// `dx += p ⊙ (g − Σ p·g)` down each column of a `[n, inner]` block (hidden entries have p = 0).
+fn softmax_backward_block<E: Real>(dx: &mut [E], p: &[E], g: &[E], n: usize, inner: usize) {
+    for c in 0..inner {
+        let mut dot = E::zero();
+        for k in 0..n {
+            let i = k * inner + c;
+            dot = dot + p[i] * g[i];
+        }
+        for k in 0..n {
+            let i = k * inner + c;
+            dx[i] = dx[i] + p[i] * (g[i] - dot);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Softmax and log-sum-exp along an axis over the visible entries (`ops::axis`): the fused CPU
+//! form against loops written from the definition and against the composite form, values and
+//! gradients, with and without a visibility mask (rows with none visible, rows with one),
+//! across rayon task boundaries; its gradients against finite differences; a NaN reported,
+//! bad lengths refused.
+
+use dfdx::prelude::*;
+use quartic::backend::Backend;
+use quartic::ops::axis::{over_axis, over_axis_composite, AxisOp};
+
+use crate::common::*;
+
+/// The definition, in loops: per `(o, c)` column of `[outer, n, inner]`, the softmax of the
+/// visible entries (hidden ones 0) or their log-sum-exp; a column with none visible gives 0.
+fn by_definition(x: &[f64], seen: &[bool], dims: (usize, usize, usize), op: AxisOp) -> Vec<f64> {
+    let (outer, n, inner) = dims;
+    let at = |o: usize, k: usize, c: usize| (o * n + k) * inner + c;
+    let mut out = match op {
+        AxisOp::Softmax => vec![0.0; x.len()],
+        AxisOp::LogSumExp => vec![0.0; outer * inner],
+    };
+    for o in 0..outer {
+        for c in 0..inner {
+            let ks: Vec<usize> = (0..n).filter(|&k| seen[at(o, k, c)]).collect();
+            if ks.is_empty() {
+                continue;
+            }
+            let total: f64 = ks.iter().map(|&k| x[at(o, k, c)].exp()).sum();
+            match op {
+                AxisOp::Softmax => {
+                    for &k in &ks {
+                        out[at(o, k, c)] = x[at(o, k, c)].exp() / total;
+                    }
+                }
+                AxisOp::LogSumExp => out[o * inner + c] = total.ln(),
+            }
+        }
+    }
+    out
+}
+
+/// A mask over `[outer, n, inner]` with about a third hidden, column (0, 0) all hidden and
+/// column (1, 0) with one entry visible.
+fn some_hidden(dims: (usize, usize, usize)) -> Vec<bool> {
+    let (outer, n, inner) = dims;
+    let r = randn(77, outer * n * inner);
+    let mut seen: Vec<bool> = r.iter().map(|v| *v > -0.4).collect();
+    for k in 0..n {
+        seen[k * inner] = false;
+        seen[(n + k) * inner] = k == 2;
+    }
+    seen
+}
+
+/// Values and the operand's gradient under a random probe loss, fused or composite.
+fn run(
+    fused: bool,
+    xv: &[f64],
+    seen: Option<&[bool]>,
+    dims: (usize, usize, usize),
+    op: AxisOp,
+) -> (Vec<f64>, Vec<f64>) {
+    let d = dev();
+    let x = d.tensor_from_vec(xv.to_vec(), (xv.len(),));
+    let mask = seen.map(|s| {
+        let m: Vec<f64> = s.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
+        d.tensor_from_vec(m, (s.len(),))
+    });
+    let out = if fused {
+        Backend::over_axis_fused(x.leaky_trace(), mask.as_ref(), dims, op).unwrap()
+    } else {
+        over_axis_composite(x.leaky_trace(), mask.as_ref(), dims, op)
+    };
+    let values = out.as_vec();
+    let mut g = probe_loss(out, 9).backward();
+    (values, grad_of(&mut g, &x))
+}
+
+#[test]
+fn fused_softmax_and_logsumexp_match_the_definition_and_the_composite() {
+    // 300 columns blocks of 7 × 3: several rayon tasks; and inner 1
+    for dims in [(300, 7, 3), (40, 35, 1)] {
+        let len = dims.0 * dims.1 * dims.2;
+        let xv: Vec<f64> = randn(5, len).iter().map(|v| 3.0 * v).collect();
+        let hidden = some_hidden(dims);
+        let all = vec![true; len];
+        for op in [AxisOp::Softmax, AxisOp::LogSumExp] {
+            for seen in [Some(&hidden[..]), None] {
+                let what = format!("{op:?} {dims:?}, mask {}", seen.is_some());
+                let (fv, fg) = run(true, &xv, seen, dims, op);
+                let (cv, cg) = run(false, &xv, seen, dims, op);
+                let want = by_definition(&xv, seen.unwrap_or(&all), dims, op);
+                assert_close(&format!("{what}: fused values"), &fv, &want, 1e-12, 1e-10);
+                assert_close(
+                    &format!("{what}: composite values"),
+                    &cv,
+                    &want,
+                    1e-12,
+                    1e-10,
+                );
+                assert_close(&format!("{what}: gradients"), &fg, &cg, 1e-12, 1e-10);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_softmax_and_logsumexp_gradients_match_finite_differences() {
+    let dims = (6, 5, 2);
+    let seen = some_hidden(dims);
+    let mask: Vec<f64> = seen.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
+    for op in [AxisOp::Softmax, AxisOp::LogSumExp] {
+        gradcheck(&format!("fused {op:?}"), &[randn(3, 60)], 60, |v| {
+            let x = v.into_iter().next().unwrap();
+            let m = dev().tensor_from_vec(mask.clone(), (60,));
+            probe_loss(Backend::over_axis_fused(x, Some(&m), dims, op).unwrap(), 4)
+        });
+    }
+}
+
+#[test]
+fn logsumexp_cannot_overflow_and_a_nan_is_reported() {
+    let dims = (2, 3, 1);
+    // exp(1000) overflows f64: the result must still be 1000 + ln 3
+    let x = vec![1000.0, 1000.0, 1000.0, 0.5, f64::NAN, -1.0];
+    let (v, _) = run(true, &x, None, dims, AxisOp::LogSumExp);
+    assert!((v[0] - (1000.0 + 3f64.ln())).abs() < 1e-9, "{v:?}");
+    // a NaN among the visible entries makes its column NaN, in both ops and both forms
+    for op in [AxisOp::Softmax, AxisOp::LogSumExp] {
+        for fused in [true, false] {
+            let (v, _) = run(fused, &x, None, dims, op);
+            let second = if op == AxisOp::Softmax {
+                &v[3..]
+            } else {
+                &v[1..]
+            };
+            assert!(
+                second.iter().all(|v| v.is_nan()),
+                "{op:?} fused {fused}: {v:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_lengths_are_refused() {
+    let d = dev();
+    let x: Tensor<(usize,), f64, Cpu> = d.zeros_like(&(12,));
+    let short: Tensor<(usize,), f64, Cpu> = d.ones_like(&(11,));
+    let err = over_axis(x.clone(), None, (2, 3, 3), AxisOp::Softmax).unwrap_err();
+    assert!(
+        err.to_string().contains("the operand") && err.to_string().contains("18 entries"),
+        "{err}"
+    );
+    let err = over_axis(x, Some(&short), (2, 3, 2), AxisOp::LogSumExp).unwrap_err();
+    assert!(
+        err.to_string().contains("the visibility mask") && err.to_string().contains("11"),
+        "{err}"
+    );
+}

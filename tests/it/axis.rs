@@ -152,9 +152,12 @@ fn bad_lengths_are_refused() {
         err.to_string().contains("the operand") && err.to_string().contains("18 entries"),
         "{err}"
     );
-    let err = over_axis(x, Some(&short), (2, 3, 2), AxisOp::LogSumExp).unwrap_err();
+    let err = over_axis(x.clone(), Some(&short), (2, 3, 2), AxisOp::LogSumExp).unwrap_err();
     assert!(
         err.to_string().contains("the visibility mask") && err.to_string().contains("11"),
         "{err}"
     );
+    // the fused form checks too, called directly
+    let err = Backend::over_axis_fused(x, Some(&short), (2, 3, 2), AxisOp::Softmax).unwrap_err();
+    assert!(err.to_string().contains("the visibility mask"), "{err}");
 }

@@ -10,13 +10,13 @@ use rayon::prelude::*;
 use super::fused::{host_copy, zeros, CpuBuffer};
 use super::taped::Taped;
 use crate::error::Result;
-use crate::spec::axis::AxisOp;
+use crate::spec::axis::{check, AxisOp};
 use crate::tensor::*;
 
 /// Elements per parallel task, at the least.
 const CHUNK: usize = 1 << 12;
 
-/// The fused CPU form of [`crate::ops::axis::over_axis`] (its lengths already checked).
+/// The fused CPU form of [`crate::ops::axis::over_axis`].
 pub fn over_axis_fused<E: Real, T: Tape<E, Cpu>>(
     x: T1<E, Cpu, T>,
     visible: Option<&T1<E, Cpu>>,
@@ -27,6 +27,7 @@ where
     Cpu: Device<E>,
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
+    check(x.shape().0, visible.map(|v| v.shape().0), dims)?;
     let (outer, n, inner) = dims;
     let dev = x.device().clone();
     let mut taped = Taped::new();

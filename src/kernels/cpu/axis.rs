@@ -33,8 +33,7 @@ where
     let mut taped = Taped::new();
     let x = taped.input(x);
     let xs = host_copy(&x);
-    let visible: Option<Vec<bool>> =
-        visible.map(|m| host_copy(m).par_iter().map(|&v| v > E::of(0.5)).collect());
+    let visible: Option<Vec<E>> = visible.map(host_copy);
     let block = n * inner;
     let per_task = (CHUNK / block.max(1)).max(1);
     // the softmax of every row, which is also log-sum-exp's gradient
@@ -110,13 +109,15 @@ where
 /// log-sum-exp (0 where none is visible). A NaN among the visible entries makes its column NaN.
 fn softmax_block<E: Real>(
     x: &[E],
-    visible: Option<&[bool]>,
+    visible: Option<&[E]>,
     n: usize,
     inner: usize,
     p: &mut [E],
     mut lse: Option<&mut [E]>,
 ) {
-    let seen = |i: usize| visible.map_or(true, |v| v[i]);
+    // the mask holds 1 (visible) and 0 (hidden)
+    let half = E::of(0.5);
+    let seen = |i: usize| visible.map_or(true, |v| v[i] > half);
     for c in 0..inner {
         let mut max = E::neg_infinity();
         let mut any = false;

@@ -59,15 +59,17 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let axes = canonical(&slots);
         let (outer, n, inner) = self.split_at(&slots, k, x.channels);
         let out_axes = canonical(&node.slots);
-        if op == ReduceOp::LogSumExp {
-            let m = self.visibility(&axes, k, node.slots.clone(), within, x.channels)?;
-            let t = over_axis(v.t, m.as_ref(), (outer, n, inner), AxisOp::LogSumExp)?;
-            return Ok(self.val(t, out_axes, node.channels));
-        }
-        let keep = self.keep_fn(k, node.slots.clone(), within)?;
-        let m = mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)?;
+        let mask = || -> Result<T1<E, D>> {
+            let keep = self.keep_fn(k, node.slots.clone(), within)?;
+            mask_tensor::<E, D>(&self.dev, &axes, self.ext, x.channels, 1, &keep)
+        };
         let t = match op {
+            ReduceOp::LogSumExp => {
+                let m = self.visibility(&axes, k, node.slots.clone(), within, x.channels)?;
+                over_axis(v.t, m.as_ref(), (outer, n, inner), AxisOp::LogSumExp)?
+            }
             ReduceOp::Sum | ReduceOp::Mean => {
+                let m = mask()?;
                 let s = (v.t * m.clone().retaped::<T>())
                     .reshape_like(&(outer, n, inner))
                     .sum::<_, Axis<1>>()
@@ -79,9 +81,10 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                     s * counts
                 }
             }
-            ReduceOp::Max | ReduceOp::LogSumExp => {
+            ReduceOp::Max => {
                 // hidden terms pushed far below the rest: they never win a max; where none is
                 // visible the result is 0, not the pushed value
+                let m = mask()?;
                 let pushed = v.t + (m.clone() - E::one()).retaped::<T>() * E::of(-MASKED);
                 let pushed = pushed.reshape_like(&(outer, n, inner));
                 let any = self.count_visible(&m, outer, n, inner)?.gt(E::of(0.0));

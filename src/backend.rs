@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::kernels::cpu::{
     affine, axis, edge_attention, flash, fused, gather, path, pointwise, rows,
 };
-use crate::spec::axis::AxisOp;
+use crate::spec::axis::{AxisOp, Visible};
 use crate::spec::pointwise::Program;
 use crate::spec::{
     pattern_dims, EdgePattern, EdgeProjections, FeedForwardParams, GatherTable, RmsKind,
@@ -247,7 +247,7 @@ pub trait Backend<E: Real>: Device<E> {
     /// [`crate::ops::axis::over_axis`].
     fn over_axis_fused<T: Tape<E, Self>>(
         _x: T1<E, Self, T>,
-        _visible: Option<&T1<E, Self>>,
+        _visible: Visible<'_, T1<E, Self>>,
         _dims: (usize, usize, usize),
         _op: AxisOp,
     ) -> Result<T1<E, Self, T>> {
@@ -429,7 +429,7 @@ where
 
     fn over_axis_fused<T: Tape<E, Self>>(
         x: T1<E, Self, T>,
-        visible: Option<&T1<E, Self>>,
+        visible: Visible<'_, T1<E, Self>>,
         dims: (usize, usize, usize),
         op: AxisOp,
     ) -> Result<T1<E, Self, T>> {

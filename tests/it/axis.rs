@@ -1,12 +1,12 @@
 //! Softmax and log-sum-exp along an axis over the visible entries (`ops::axis`): the fused CPU
 //! form against loops written from the definition and against the composite form, values and
-//! gradients, with and without a visibility mask (rows with none visible, rows with one),
-//! across rayon task boundaries; its gradients against finite differences; a NaN reported,
-//! bad lengths refused.
+//! gradients, with and without a visibility mask (rows with none visible, rows with one), and
+//! with key padding given as per-graph key validity, across rayon task boundaries; its
+//! gradients against finite differences; a NaN reported, bad lengths refused.
 
 use dfdx::prelude::*;
 use quartic::backend::Backend;
-use quartic::ops::axis::{over_axis, over_axis_composite, AxisOp};
+use quartic::ops::axis::{over_axis, over_axis_composite, AxisOp, Visible};
 
 use crate::common::*;
 
@@ -52,24 +52,76 @@ fn some_hidden(dims: (usize, usize, usize)) -> Vec<bool> {
     seen
 }
 
+/// Key validity `[graphs × n]` for `[outer, n, inner]`: about a third of the keys padding,
+/// graph 0 all padding and graph 1 with one real key.
+fn some_padding(graphs: usize, n: usize) -> Vec<bool> {
+    let r = randn(78, graphs * n);
+    let mut valid: Vec<bool> = r.iter().map(|v| *v > -0.4).collect();
+    for k in 0..n {
+        valid[k] = false;
+        valid[n + k] = k == 1;
+    }
+    valid
+}
+
+/// What takes part, as the test states it.
+enum Vis {
+    All,
+    /// Per entry of `[outer, n, inner]`.
+    Mask(Vec<bool>),
+    /// Per key of each graph, `[graphs × n]`.
+    Keys(Vec<bool>),
+}
+
+impl Vis {
+    /// Whether each entry takes part, written out.
+    fn entries(&self, dims: (usize, usize, usize)) -> Vec<bool> {
+        let (outer, n, inner) = dims;
+        match self {
+            Vis::All => vec![true; outer * n * inner],
+            Vis::Mask(m) => m.clone(),
+            Vis::Keys(valid) => {
+                let per_graph = outer / (valid.len() / n);
+                let mut e = Vec::new();
+                for o in 0..outer {
+                    for k in 0..n {
+                        e.extend(std::iter::repeat(valid[(o / per_graph) * n + k]).take(inner));
+                    }
+                }
+                e
+            }
+        }
+    }
+}
+
+fn as_mask(seen: &[bool]) -> Tensor<(usize,), f64, Cpu> {
+    let m: Vec<f64> = seen.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
+    dev().tensor_from_vec(m, (seen.len(),))
+}
+
 /// Values and the operand's gradient under a random probe loss, fused or composite.
 fn run(
     fused: bool,
     xv: &[f64],
-    seen: Option<&[bool]>,
+    seen: &Vis,
     dims: (usize, usize, usize),
     op: AxisOp,
 ) -> (Vec<f64>, Vec<f64>) {
     let d = dev();
     let x = d.tensor_from_vec(xv.to_vec(), (xv.len(),));
-    let mask = seen.map(|s| {
-        let m: Vec<f64> = s.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
-        d.tensor_from_vec(m, (s.len(),))
-    });
+    let mask = match seen {
+        Vis::Mask(m) => Some(as_mask(m)),
+        _ => None,
+    };
+    let visible = match (seen, &mask) {
+        (Vis::Mask(_), Some(m)) => Visible::Mask(m),
+        (Vis::Keys(valid), _) => Visible::Keys(valid),
+        _ => Visible::All,
+    };
     let out = if fused {
-        Backend::over_axis_fused(x.leaky_trace(), mask.as_ref(), dims, op).unwrap()
+        Backend::over_axis_fused(x.leaky_trace(), visible, dims, op).unwrap()
     } else {
-        over_axis_composite(x.leaky_trace(), mask.as_ref(), dims, op)
+        over_axis_composite(x.leaky_trace(), visible, dims, op).unwrap()
     };
     let values = out.as_vec();
     let mut g = probe_loss(out, 9).backward();
@@ -78,18 +130,21 @@ fn run(
 
 #[test]
 fn fused_softmax_and_logsumexp_match_the_definition_and_the_composite() {
-    // 300 columns blocks of 7 × 3: several rayon tasks; and inner 1
-    for dims in [(300, 7, 3), (40, 35, 1)] {
+    // 300 columns blocks of 7 × 3: several rayon tasks (in 4 graphs of 75 rows); and inner 1
+    for (dims, graphs) in [((300, 7, 3), 4), ((40, 35, 1), 5)] {
         let len = dims.0 * dims.1 * dims.2;
         let xv: Vec<f64> = randn(5, len).iter().map(|v| 3.0 * v).collect();
-        let hidden = some_hidden(dims);
-        let all = vec![true; len];
+        let cases = [
+            Vis::Mask(some_hidden(dims)),
+            Vis::All,
+            Vis::Keys(some_padding(graphs, dims.1)),
+        ];
         for op in [AxisOp::Softmax, AxisOp::LogSumExp] {
-            for seen in [Some(&hidden[..]), None] {
-                let what = format!("{op:?} {dims:?}, mask {}", seen.is_some());
+            for seen in &cases {
+                let what = format!("{op:?} {dims:?}, {:?}", std::mem::discriminant(seen));
                 let (fv, fg) = run(true, &xv, seen, dims, op);
                 let (cv, cg) = run(false, &xv, seen, dims, op);
-                let want = by_definition(&xv, seen.unwrap_or(&all), dims, op);
+                let want = by_definition(&xv, &seen.entries(dims), dims, op);
                 assert_close(&format!("{what}: fused values"), &fv, &want, 1e-12, 1e-10);
                 assert_close(
                     &format!("{what}: composite values"),
@@ -99,6 +154,13 @@ fn fused_softmax_and_logsumexp_match_the_definition_and_the_composite() {
                     1e-10,
                 );
                 assert_close(&format!("{what}: gradients"), &fg, &cg, 1e-12, 1e-10);
+                // key padding reads as the same padding written out entry by entry
+                if let Vis::Keys(_) = seen {
+                    let written = Vis::Mask(seen.entries(dims));
+                    let (mv, mg) = run(true, &xv, &written, dims, op);
+                    assert_eq!(fv, mv, "{what}: keys against their mask, values");
+                    assert_eq!(fg, mg, "{what}: keys against their mask, gradients");
+                }
             }
         }
     }
@@ -108,12 +170,22 @@ fn fused_softmax_and_logsumexp_match_the_definition_and_the_composite() {
 fn fused_softmax_and_logsumexp_gradients_match_finite_differences() {
     let dims = (6, 5, 2);
     let seen = some_hidden(dims);
-    let mask: Vec<f64> = seen.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
+    let keys = some_padding(3, 5);
     for op in [AxisOp::Softmax, AxisOp::LogSumExp] {
         gradcheck(&format!("fused {op:?}"), &[randn(3, 60)], 60, |v| {
             let x = v.into_iter().next().unwrap();
-            let m = dev().tensor_from_vec(mask.clone(), (60,));
-            probe_loss(Backend::over_axis_fused(x, Some(&m), dims, op).unwrap(), 4)
+            let m = as_mask(&seen);
+            probe_loss(
+                Backend::over_axis_fused(x, Visible::Mask(&m), dims, op).unwrap(),
+                4,
+            )
+        });
+        gradcheck(&format!("fused {op:?}, keys"), &[randn(4, 60)], 60, |v| {
+            let x = v.into_iter().next().unwrap();
+            probe_loss(
+                Backend::over_axis_fused(x, Visible::Keys(&keys), dims, op).unwrap(),
+                4,
+            )
         });
     }
 }
@@ -123,12 +195,12 @@ fn logsumexp_cannot_overflow_and_a_nan_is_reported() {
     let dims = (2, 3, 1);
     // exp(1000) overflows f64: the result must still be 1000 + ln 3
     let x = vec![1000.0, 1000.0, 1000.0, 0.5, f64::NAN, -1.0];
-    let (v, _) = run(true, &x, None, dims, AxisOp::LogSumExp);
+    let (v, _) = run(true, &x, &Vis::All, dims, AxisOp::LogSumExp);
     assert!((v[0] - (1000.0 + 3f64.ln())).abs() < 1e-9, "{v:?}");
     // a NaN among the visible entries makes its column NaN, in both ops and both forms
     for op in [AxisOp::Softmax, AxisOp::LogSumExp] {
         for fused in [true, false] {
-            let (v, _) = run(fused, &x, None, dims, op);
+            let (v, _) = run(fused, &x, &Vis::All, dims, op);
             let second = if op == AxisOp::Softmax {
                 &v[3..]
             } else {
@@ -147,17 +219,53 @@ fn bad_lengths_are_refused() {
     let d = dev();
     let x: Tensor<(usize,), f64, Cpu> = d.zeros_like(&(12,));
     let short: Tensor<(usize,), f64, Cpu> = d.ones_like(&(11,));
-    let err = over_axis(x.clone(), None, (2, 3, 3), AxisOp::Softmax).unwrap_err();
+    let err = over_axis(x.clone(), Visible::All, (2, 3, 3), AxisOp::Softmax).unwrap_err();
     assert!(
         err.to_string().contains("the operand") && err.to_string().contains("18 entries"),
         "{err}"
     );
-    let err = over_axis(x.clone(), Some(&short), (2, 3, 2), AxisOp::LogSumExp).unwrap_err();
+    let err = over_axis(
+        x.clone(),
+        Visible::Mask(&short),
+        (2, 3, 2),
+        AxisOp::LogSumExp,
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("the visibility mask") && err.to_string().contains("11"),
         "{err}"
     );
     // the fused form checks too, called directly
-    let err = Backend::over_axis_fused(x, Some(&short), (2, 3, 2), AxisOp::Softmax).unwrap_err();
+    let err =
+        Backend::over_axis_fused(x.clone(), Visible::Mask(&short), (2, 3, 2), AxisOp::Softmax)
+            .unwrap_err();
     assert!(err.to_string().contains("the visibility mask"), "{err}");
+    // key padding: a whole number of graphs of n keys each, a number that divides the rows
+    for (valid, what) in [
+        (vec![true; 5], "not a multiple of 3"),
+        (vec![true; 9], "3 graphs of 2 rows"),
+    ] {
+        let keys = || Visible::Keys(&valid);
+        let (dims, op) = ((2, 3, 2), AxisOp::Softmax);
+        for (form, err) in [
+            (
+                "dispatch",
+                over_axis(x.clone(), keys(), dims, op).unwrap_err(),
+            ),
+            (
+                "composite",
+                over_axis_composite(x.clone(), keys(), dims, op).unwrap_err(),
+            ),
+            (
+                "fused",
+                Backend::over_axis_fused(x.clone(), keys(), dims, op).unwrap_err(),
+            ),
+        ] {
+            let text = err.to_string();
+            assert!(
+                text.contains("key padding") && text.contains(&valid.len().to_string()),
+                "{what}, {form}: {text}"
+            );
+        }
+    }
 }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::fused::{host_copy, zeros, CpuBuffer};
 use super::taped::Taped;
 use crate::error::Result;
-use crate::spec::axis::{check, AxisOp};
+use crate::spec::axis::{check, AxisOp, Visible};
 use crate::tensor::*;
 
 /// Elements per parallel task, at the least.
@@ -19,7 +19,7 @@ const CHUNK: usize = 1 << 12;
 /// The fused CPU form of [`crate::ops::axis::over_axis`].
 pub fn over_axis_fused<E: Real, T: Tape<E, Cpu>>(
     x: T1<E, Cpu, T>,
-    visible: Option<&T1<E, Cpu>>,
+    visible: Visible<'_, T1<E, Cpu>>,
     dims: (usize, usize, usize),
     op: AxisOp,
 ) -> Result<T1<E, Cpu, T>>
@@ -27,13 +27,17 @@ where
     Cpu: Device<E>,
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
-    check(x.shape().0, visible.map(|v| v.shape().0), dims)?;
+    check(x.shape().0, &visible, |m| m.shape().0, dims)?;
     let (outer, n, inner) = dims;
     let dev = x.device().clone();
     let mut taped = Taped::new();
     let x = taped.input(x);
     let xs = host_copy(&x);
-    let visible: Option<Vec<E>> = visible.map(host_copy);
+    let keys = visible.key_rows(dims);
+    let mask: Option<Vec<E>> = match visible {
+        Visible::Mask(m) => Some(host_copy(m)),
+        _ => None,
+    };
     let block = n * inner;
     let per_task = (CHUNK / block.max(1)).max(1);
     // the softmax of every row, which is also log-sum-exp's gradient
@@ -45,8 +49,12 @@ where
     });
     let row = |o: usize, p: &mut [E], l: Option<&mut [E]>| {
         let xb = &xs[o * block..][..block];
-        let vb = visible.as_ref().map(|v| &v[o * block..][..block]);
-        softmax_block(xb, vb, n, inner, p, l);
+        let seen = match (&mask, keys) {
+            (Some(m), _) => Seen::Mask(&m[o * block..][..block]),
+            (None, Some(keys)) => Seen::Keys(keys.row(o)),
+            (None, None) => Seen::All,
+        };
+        softmax_block(xb, seen, n, inner, p, l);
     };
     match op {
         AxisOp::Softmax => probs
@@ -104,26 +112,40 @@ where
     }
 }
 
+/// Which entries of one `[n, inner]` block take part.
+#[derive(Clone, Copy)]
+enum Seen<'a, E> {
+    All,
+    /// Whether each of the `n` keys is real (the same for every column).
+    Keys(&'a [bool]),
+    /// 1 (visible) or 0 (hidden) per entry.
+    Mask(&'a [E]),
+}
+
 /// The softmax over the visible entries of each of a `[n, inner]` block's `inner` columns into
 /// `p` (hidden entries, and columns with none visible, stay 0), and with `lse` each column's
 /// log-sum-exp (0 where none is visible). A NaN among the visible entries makes its column NaN.
 fn softmax_block<E: Real>(
     x: &[E],
-    visible: Option<&[E]>,
+    visible: Seen<'_, E>,
     n: usize,
     inner: usize,
     p: &mut [E],
     mut lse: Option<&mut [E]>,
 ) {
-    // the mask holds 1 (visible) and 0 (hidden)
     let half = E::of(0.5);
-    let seen = |i: usize| visible.map_or(true, |v| v[i] > half);
+    // entry i = k · inner + c
+    let seen = |k: usize, i: usize| match visible {
+        Seen::All => true,
+        Seen::Keys(real) => real[k],
+        Seen::Mask(m) => m[i] > half,
+    };
     for c in 0..inner {
         let mut max = E::neg_infinity();
         let mut any = false;
         for k in 0..n {
             let i = k * inner + c;
-            if seen(i) {
+            if seen(k, i) {
                 any = true;
                 // a NaN never wins here; it reaches every output through the sum below
                 if x[i] > max {
@@ -137,7 +159,7 @@ fn softmax_block<E: Real>(
         let mut sum = E::zero();
         for k in 0..n {
             let i = k * inner + c;
-            if seen(i) {
+            if seen(k, i) {
                 let e = (x[i] - max).exp();
                 p[i] = e;
                 sum = sum + e;

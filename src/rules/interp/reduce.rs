@@ -2,7 +2,25 @@
 //! run as batched matrix products.
 
 use super::*;
-use crate::ops::axis::{over_axis, AxisOp};
+use crate::ops::axis::{over_axis, AxisOp, Visible};
+
+/// What a softmax or log-sum-exp over an index may read, owned (see `Run::visibility`).
+enum Shown<E: Real, D: Device<E>> {
+    All,
+    /// Only padding hides: whether each node of each graph is real, `[batch × n]`.
+    Keys(Vec<bool>),
+    Mask(T1<E, D>),
+}
+
+impl<E: Real, D: Device<E>> Shown<E, D> {
+    fn visible(&self) -> Visible<'_, T1<E, D>> {
+        match self {
+            Shown::All => Visible::All,
+            Shown::Keys(valid) => Visible::Keys(valid),
+            Shown::Mask(m) => Visible::Mask(m),
+        }
+    }
+}
 
 impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     /// Whether index `k` may be read at a position whose other indices are `rest`: `k` is a real
@@ -66,7 +84,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let t = match op {
             ReduceOp::LogSumExp => {
                 let m = self.visibility(&axes, k, node.slots.clone(), within, x.channels)?;
-                over_axis(v.t, m.as_ref(), (outer, n, inner), AxisOp::LogSumExp)?
+                over_axis(v.t, m.visible(), (outer, n, inner), AxisOp::LogSumExp)?
             }
             ReduceOp::Sum | ReduceOp::Mean => {
                 let m = mask()?;
@@ -133,13 +151,14 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let axes = canonical(&slots);
         let m = self.visibility(&axes, k, rest, within, x.channels)?;
         let dims = self.split_at(&slots, k, x.channels);
-        let w = over_axis(v.t, m.as_ref(), dims, AxisOp::Softmax)?;
+        let w = over_axis(v.t, m.visible(), dims, AxisOp::Softmax)?;
         Ok(self.val(w, axes, node.channels))
     }
 
-    /// Which entries of an operand over `axes` a reduction over `k` may read (see
-    /// [`Self::keep_fn`]), or `None` when it may read them all: no padding, not causal and no
-    /// `mask:` (then no mask is built).
+    /// Which entries of an operand over `axes` (canonical: the batch leads) a reduction over
+    /// `k` may read (see [`Self::keep_fn`]). With no padding, not causal and no `mask:` it reads
+    /// them all; with padding alone, the real nodes. Only a causal rule or a `mask:` builds a
+    /// mask over the operand's entries.
     fn visibility(
         &self,
         axes: &[Ax],
@@ -147,13 +166,17 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         rest: Vec<Slot>,
         within: Option<AdjacencyMask>,
         channels: usize,
-    ) -> Result<Option<T1<E, D>>> {
+    ) -> Result<Shown<E, D>> {
         let padded = !self.mask.valid().iter().all(|&v| v);
-        if !padded && !self.plan().causal && within.is_none() {
-            return Ok(None);
+        if !self.plan().causal && within.is_none() {
+            return Ok(if padded {
+                Shown::Keys(self.mask.valid().to_vec())
+            } else {
+                Shown::All
+            });
         }
         let keep = self.keep_fn(k, rest, within)?;
-        Ok(Some(mask_tensor::<E, D>(
+        Ok(Shown::Mask(mask_tensor::<E, D>(
             &self.dev, axes, self.ext, channels, 1, &keep,
         )?))
     }
@@ -256,6 +279,11 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             }
             // no padding: nothing to hide (a host-built mask and a product fewer)
             _ if self.mask.valid().iter().all(|&v| v) => product(va.t, vb.t),
+            // padding: hiding k in either factor hides the term; the smaller one is masked
+            _ if self.ext.size(&b_axes, cb, db) < self.ext.size(&a_axes, ca, da) => {
+                let mb = mask_a(self.ext, &b_axes, cb, db, &|b, s| valid(b, s))?;
+                product(va.t, vb.t * mb.retaped::<T>())
+            }
             _ => {
                 let ma = mask_a(self.ext, &a_axes, ca, da, &|b, s| valid(b, s))?;
                 product(va.t * ma.retaped::<T>(), vb.t)

@@ -209,8 +209,10 @@ fn fused_outer_sum_matches_composite_and_finite_differences() {
 }
 
 /// The CPU's gather (the rule interpreter's layout moves) against dfdx's, values and the
-/// source's gradient, for a permutation (whose backward writes in parallel) and a table that
-/// reads sources several times (whose backward sums); bad tables are refused.
+/// source's gradient, for a permutation (whose backward writes in parallel), a table that
+/// reads sources several times (whose backward sums) and one that reads each forty times
+/// (whose backward sums in parts, in parallel: the same bits on one thread and on three); bad
+/// tables are refused.
 #[test]
 fn fused_gather_matches_dfdx() {
     use quartic::spec::GatherTable;
@@ -222,14 +224,18 @@ fn fused_gather_matches_dfdx() {
     let transpose: Vec<usize> = (0..len).map(|i| (i % 200) * 200 + i / 200).collect();
     // each source element read by up to three outputs, some never
     let broadcast: Vec<usize> = (0..len + len / 2).map(|i| (i * 7919) % (len - 3)).collect();
-    for (name, index, injective) in [
-        ("transpose", transpose, true),
-        ("broadcast", broadcast, false),
+    // a source of 1 000 read forty times each, scattered: eight parts
+    let wide: Vec<usize> = (0..len).map(|i| (i * 7919) % 1000).collect();
+    for (name, index, injective, source) in [
+        ("transpose", transpose, true, len),
+        ("broadcast", broadcast, false, len),
+        ("wide broadcast", wide, false, 1000),
     ] {
-        let table = Arc::new(GatherTable::new(index.clone(), len).unwrap());
+        let x = &x[..source];
+        let table = Arc::new(GatherTable::new(index.clone(), source).unwrap());
         assert_eq!(table.injective(), injective, "{name}");
         let run = |fused: bool| {
-            let t = d.tensor_from_vec(x.clone(), (len,));
+            let t = d.tensor_from_vec(x.to_vec(), (source,));
             let out = if fused {
                 Backend::gather_fused(t.leaky_trace(), &table).unwrap()
             } else {
@@ -241,6 +247,17 @@ fn fused_gather_matches_dfdx() {
             (values, grad_of(&mut g, &t))
         };
         let (fused, plain) = (run(true), run(false));
+        let threads = |k: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(k)
+                .build()
+                .unwrap()
+        };
+        let (one, three) = (
+            threads(1).install(|| run(true)),
+            threads(3).install(|| run(true)),
+        );
+        assert_eq!(one.1, three.1, "{name}: one thread against three");
         assert_close(&format!("{name}: values"), &fused.0, &plain.0, 0.0, 0.0);
         assert_close(
             &format!("{name}: gradient"),

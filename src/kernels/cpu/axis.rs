@@ -47,27 +47,27 @@ where
     } else {
         0
     });
-    let row = |o: usize, p: &mut [E], l: Option<&mut [E]>| {
+    let row = |cols: &mut Columns<E>, o: usize, p: &mut [E], l: Option<&mut [E]>| {
         let xb = &xs[o * block..][..block];
         let seen = match (&mask, keys) {
             (Some(m), _) => Seen::Mask(&m[o * block..][..block]),
             (None, Some(keys)) => Seen::Keys(keys.row(o)),
             (None, None) => Seen::All,
         };
-        softmax_block(xb, seen, n, inner, p, l);
+        softmax_block(xb, seen, n, inner, p, l, cols);
     };
     match op {
         AxisOp::Softmax => probs
             .par_chunks_mut(block.max(1))
             .with_min_len(per_task)
             .enumerate()
-            .for_each(|(o, p)| row(o, p, None)),
+            .for_each_init(Columns::new, |cols, (o, p)| row(cols, o, p, None)),
         AxisOp::LogSumExp => probs
             .par_chunks_mut(block.max(1))
             .zip(lse.par_chunks_mut(inner.max(1)))
             .with_min_len(per_task)
             .enumerate()
-            .for_each(|(o, (p, l))| row(o, p, Some(l))),
+            .for_each_init(Columns::new, |cols, (o, (p, l))| row(cols, o, p, Some(l))),
     }
     let x_g = x.ghost();
     match op {
@@ -86,7 +86,9 @@ where
                             .zip(g.par_chunks(block.max(1))),
                     )
                     .with_min_len(per_task)
-                    .for_each(|(dx, (p, g))| softmax_backward_block(dx, p, g, n, inner));
+                    .for_each_init(Vec::new, |dot, (dx, (p, g))| {
+                        softmax_backward_block(dx, p, g, inner, dot)
+                    });
                 Ok(())
             })
         }
@@ -122,71 +124,120 @@ enum Seen<'a, E> {
     Mask(&'a [E]),
 }
 
+/// Per-column state of one block, kept by a task across its blocks.
+struct Columns<E> {
+    max: Vec<E>,
+    sum: Vec<E>,
+    any: Vec<bool>,
+}
+
+impl<E: Real> Columns<E> {
+    fn new() -> Self {
+        Self {
+            max: Vec::new(),
+            sum: Vec::new(),
+            any: Vec::new(),
+        }
+    }
+}
+
 /// The softmax over the visible entries of each of a `[n, inner]` block's `inner` columns into
-/// `p` (hidden entries, and columns with none visible, stay 0), and with `lse` each column's
+/// `p` (hidden entries, and columns with none visible, are 0), and with `lse` each column's
 /// log-sum-exp (0 where none is visible). A NaN among the visible entries makes its column NaN.
+/// The block is walked row by row (a row's columns are contiguous) and its exps are taken in
+/// one vectorized pass.
 fn softmax_block<E: Real>(
     x: &[E],
     visible: Seen<'_, E>,
     n: usize,
     inner: usize,
     p: &mut [E],
-    mut lse: Option<&mut [E]>,
+    lse: Option<&mut [E]>,
+    cols: &mut Columns<E>,
 ) {
     let half = E::of(0.5);
-    // entry i = k · inner + c
     let seen = |k: usize, i: usize| match visible {
         Seen::All => true,
         Seen::Keys(real) => real[k],
         Seen::Mask(m) => m[i] > half,
     };
-    for c in 0..inner {
-        let mut max = E::neg_infinity();
-        let mut any = false;
-        for k in 0..n {
-            let i = k * inner + c;
+    let Columns { max, sum, any } = cols;
+    max.clear();
+    max.resize(inner, E::neg_infinity());
+    any.clear();
+    any.resize(inner, false);
+    for k in 0..n {
+        let row = k * inner;
+        for c in 0..inner {
+            let i = row + c;
             if seen(k, i) {
-                any = true;
+                any[c] = true;
                 // a NaN never wins here; it reaches every output through the sum below
-                if x[i] > max {
-                    max = x[i];
+                if x[i] > max[c] {
+                    max[c] = x[i];
                 }
             }
         }
-        if !any {
-            continue;
+    }
+    // hidden entries at −∞, whose exp is exactly 0
+    for k in 0..n {
+        let row = k * inner;
+        for c in 0..inner {
+            let i = row + c;
+            p[i] = if seen(k, i) {
+                x[i] - max[c]
+            } else {
+                E::neg_infinity()
+            };
         }
-        let mut sum = E::zero();
-        for k in 0..n {
-            let i = k * inner + c;
-            if seen(k, i) {
-                let e = (x[i] - max).exp();
-                p[i] = e;
-                sum = sum + e;
-            }
+    }
+    E::exp_slice(p);
+    sum.clear();
+    sum.resize(inner, E::zero());
+    for row in p.chunks_exact(inner.max(1)) {
+        for (s, &e) in sum.iter_mut().zip(row) {
+            *s = *s + e;
         }
-        let inv = sum.recip();
-        for k in 0..n {
-            let i = k * inner + c;
-            p[i] = p[i] * inv;
+    }
+    // the reciprocal, 0 for a column with none visible (its entries are 0 already)
+    let inv: &mut [E] = max.as_mut_slice();
+    if let Some(l) = lse {
+        for c in 0..inner {
+            l[c] = if any[c] {
+                inv[c] + sum[c].ln()
+            } else {
+                E::zero()
+            };
         }
-        if let Some(l) = lse.as_deref_mut() {
-            l[c] = max + sum.ln();
+    }
+    for c in 0..inner {
+        inv[c] = if any[c] { sum[c].recip() } else { E::zero() };
+    }
+    for row in p.chunks_exact_mut(inner.max(1)) {
+        for (v, &r) in row.iter_mut().zip(inv.iter()) {
+            *v = *v * r;
         }
     }
 }
 
-/// `dx += p ⊙ (g − Σ p·g)` down each column of a `[n, inner]` block (hidden entries have p = 0).
-fn softmax_backward_block<E: Real>(dx: &mut [E], p: &[E], g: &[E], n: usize, inner: usize) {
-    for c in 0..inner {
-        let mut dot = E::zero();
-        for k in 0..n {
-            let i = k * inner + c;
-            dot = dot + p[i] * g[i];
+/// `dx += p ⊙ (g − Σ p·g)` down each column of a `[n, inner]` block (hidden entries have p = 0),
+/// row by row; `dot` holds the columns' sums.
+fn softmax_backward_block<E: Real>(dx: &mut [E], p: &[E], g: &[E], inner: usize, dot: &mut Vec<E>) {
+    let width = inner.max(1);
+    dot.clear();
+    dot.resize(inner, E::zero());
+    for (p, g) in p.chunks_exact(width).zip(g.chunks_exact(width)) {
+        for c in 0..inner {
+            dot[c] = dot[c] + p[c] * g[c];
         }
-        for k in 0..n {
-            let i = k * inner + c;
-            dx[i] = dx[i] + p[i] * (g[i] - dot);
+    }
+    for ((dx, p), g) in dx
+        .chunks_exact_mut(width)
+        .zip(p.chunks_exact(width))
+        .zip(g.chunks_exact(width))
+    {
+        for c in 0..inner {
+            dx[c] = dx[c] + p[c] * (g[c] - dot[c]);
         }
     }
 }

@@ -3,7 +3,10 @@
 //! the source gradient one element at a time; a rule's transposes of n² · c edges then cost
 //! as much as its matrix products. Here the forward copies in parallel chunks, and the backward
 //! of a table that reads each source element at most once (a permutation) writes each source
-//! gradient from its one reader, also in parallel; a broadcasting table sums on one thread.
+//! gradient from its one reader, also in parallel. A broadcasting table (a rule's n² terms read
+//! at n³ positions) sums over fixed parts of the output in parallel, each into its own copy of
+//! the source gradient, and then adds the copies up in order: the same sums in the same order
+//! whatever the number of threads.
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -17,6 +20,10 @@ use crate::tensor::*;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
+
+/// The most parts a broadcasting table's backward is cut into (each holds a copy of the source
+/// gradient).
+const MAX_PARTS: usize = 8;
 
 /// `out[i] = x[table.index()[i]]`.
 pub fn gather_fused<E: Real, T: Tape<E, Cpu>>(
@@ -61,10 +68,42 @@ where
                     }
                 });
         } else {
-            for (&g, &i) in g.iter().zip(index) {
-                dx[i] = dx[i] + g;
-            }
+            add_broadcast(dx, g, index);
         }
         Ok(())
     })
+}
+
+/// `dx[index[i]] += g[i]` for a table that reads source elements more than once. The output
+/// is cut into parts fixed by the sizes alone (at most [`MAX_PARTS`], each at least as long as
+/// the source, so the copies cost no more than the reads); each part sums into its own copy,
+/// and the copies are added to `dx` in order, in parallel over the source.
+fn add_broadcast<E: Real>(dx: &mut [E], g: &[E], index: &[usize]) {
+    let parts = (index.len() / dx.len().max(1)).clamp(1, MAX_PARTS);
+    if parts == 1 || index.len() < CHUNK {
+        for (&g, &i) in g.iter().zip(index) {
+            dx[i] = dx[i] + g;
+        }
+        return;
+    }
+    let part = index.len().div_ceil(parts);
+    let len = dx.len();
+    let sums: Vec<Vec<E>> = g
+        .par_chunks(part)
+        .zip(index.par_chunks(part))
+        .map(|(g, idx)| {
+            let mut sum = vec![E::zero(); len];
+            for (&g, &i) in g.iter().zip(idx) {
+                sum[i] = sum[i] + g;
+            }
+            sum
+        })
+        .collect();
+    dx.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dx)| {
+        for sum in &sums {
+            for (d, &s) in dx.iter_mut().zip(&sum[c * CHUNK..]) {
+                *d = *d + s;
+            }
+        }
+    });
 }

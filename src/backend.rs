@@ -7,6 +7,7 @@
 //! composes the op itself. It imports nothing above the kernels and the specs they share.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use dfdx::prelude::*;
 
@@ -244,6 +245,15 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::Pointwise))
     }
 
+    /// [`crate::ops::pointwise::pointwise_gathered`].
+    fn pointwise_gathered_fused<T: Tape<E, Self>>(
+        _inputs: Vec<T1<E, Self, T>>,
+        _tables: Vec<Option<Arc<GatherTable>>>,
+        _program: &Program,
+    ) -> Result<T1<E, Self, T>> {
+        Err(not_fused(Fused::Pointwise))
+    }
+
     /// [`crate::ops::axis::over_axis`].
     fn over_axis_fused<T: Tape<E, Self>>(
         _x: T1<E, Self, T>,
@@ -425,6 +435,14 @@ where
         program: &Program,
     ) -> Result<T1<E, Self, T>> {
         pointwise::pointwise_fused(inputs, program)
+    }
+
+    fn pointwise_gathered_fused<T: Tape<E, Self>>(
+        inputs: Vec<T1<E, Self, T>>,
+        tables: Vec<Option<Arc<GatherTable>>>,
+        program: &Program,
+    ) -> Result<T1<E, Self, T>> {
+        pointwise::pointwise_gathered(inputs, tables, program)
     }
 
     fn over_axis_fused<T: Tape<E, Self>>(

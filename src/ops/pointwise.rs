@@ -1,12 +1,15 @@
 //! Element-wise programs (`spec::pointwise`): the dispatch and the composite form, one dfdx op
 //! per step.
 
+use std::sync::Arc;
+
 use dfdx::prelude::*;
 
 use crate::backend::{Backend, Fused};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::activations::silu;
 use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn, LEAKY_RELU_SLOPE};
+use crate::spec::GatherTable;
 use crate::tensor::*;
 
 /// `program` over `inputs` (vectors of one length), fused where the device fuses it; both
@@ -20,6 +23,46 @@ pub fn pointwise<E: Real, D: Backend<E>, T: Tape<E, D>>(
     } else {
         pointwise_composite(inputs, program)
     }
+}
+
+/// `program` over `inputs`, input k read through `tables[k]` where one is given (element e
+/// reads `inputs[k][index[e]]`): fused, without moving the inputs, where the device fuses it;
+/// else each such input is gathered first and the composite runs.
+pub fn pointwise_gathered<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    inputs: Vec<T1<E, D, T>>,
+    tables: Vec<Option<Arc<GatherTable>>>,
+    program: &Program,
+) -> Result<T1<E, D, T>> {
+    if D::fuses(Fused::Pointwise) {
+        return D::pointwise_gathered_fused(inputs, tables, program);
+    }
+    if tables.len() != inputs.len() {
+        return Err(Error::shape(
+            "element-wise program: gather tables",
+            inputs.len(),
+            tables.len(),
+        ));
+    }
+    let mut moved = Vec::with_capacity(inputs.len());
+    for (t, table) in inputs.into_iter().zip(tables) {
+        moved.push(match table {
+            None => t,
+            Some(table) => {
+                if t.shape().0 != table.source_len() {
+                    return Err(Error::shape(
+                        "element-wise program: a gathered input",
+                        table.source_len(),
+                        t.shape().0,
+                    ));
+                }
+                let index = table.index().to_vec();
+                let len = index.len();
+                let dev = t.device().clone();
+                t.gather(dev.try_tensor_from_vec(index, (len,)).map_err(device_err)?)
+            }
+        });
+    }
+    pointwise_composite(moved, program)
 }
 
 /// `program` from dfdx ops. The inputs must be distinct tensors (a tensor read twice is one

@@ -234,39 +234,8 @@ pub fn arrange<E: Real, D: Backend<E>, T: Tape<E, D>>(
     ext: Extents,
     cache: &LayoutCache<D>,
 ) -> Result<Val<E, D, T>> {
-    let splits = dst.contains(&Ax::Head) || dst.contains(&Ax::Within);
-    let within = if splits { within } else { 1 };
-    let same_split = v.within == within || !(splits || v.axes.contains(&Ax::Head));
-    if v.axes == dst && v.channels == channels && same_split {
+    let Some((table, within)) = move_table(&v, dst, channels, within, ext, cache)? else {
         return Ok(v);
-    }
-    let key = LayoutKey {
-        src: v.axes.clone(),
-        src_c: v.channels,
-        src_within: v.within,
-        dst: dst.to_vec(),
-        dst_c: channels,
-        dst_within: within,
-        ext,
-    };
-    let table = {
-        // a panic elsewhere while the lock was held leaves a cache that is still consistent
-        let mut tables = cache.tables.lock().unwrap_or_else(|e| e.into_inner());
-        match tables.get(&key) {
-            Some(t) => t.clone(),
-            None => {
-                let index = gather_table(&key)?;
-                let t = if D::fuses(Fused::Gather) {
-                    Table::Host(Arc::new(GatherTable::new(index, v.t.shape().0)?))
-                } else {
-                    let dev = v.t.device().clone();
-                    let len = index.len();
-                    Table::Device(dev.try_tensor_from_vec(index, (len,)).map_err(device_err)?)
-                };
-                tables.insert(key, t.clone());
-                t
-            }
-        }
     };
     let t = match table {
         // the CPU fuses every op or none (see `backend::set_cpu_fused`)
@@ -286,6 +255,67 @@ pub fn arrange<E: Real, D: Backend<E>, T: Tape<E, D>>(
         within,
         tag: None,
     })
+}
+
+/// The gather table that moves `v` into `dst` as [`arrange`] would, for a device that gathers
+/// with its own kernel (the CPU), so that a fused op can read `v` through it in place of a
+/// moved copy; `None` when the layout already matches or the device has no such kernel.
+pub fn read_table<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    v: &Val<E, D, T>,
+    dst: &[Ax],
+    channels: usize,
+    ext: Extents,
+    cache: &LayoutCache<D>,
+) -> Result<Option<Arc<GatherTable>>> {
+    if !D::fuses(Fused::Gather) {
+        return Ok(None);
+    }
+    Ok(match move_table(v, dst, channels, 1, ext, cache)? {
+        Some((Table::Host(table), _)) => Some(table),
+        _ => None,
+    })
+}
+
+/// The cached table that moves `v` into `dst`, and the destination's block size; `None` when
+/// the layout already matches.
+fn move_table<E: Real, D: Backend<E>, T: Tape<E, D>>(
+    v: &Val<E, D, T>,
+    dst: &[Ax],
+    channels: usize,
+    within: usize,
+    ext: Extents,
+    cache: &LayoutCache<D>,
+) -> Result<Option<(Table<D>, usize)>> {
+    let splits = dst.contains(&Ax::Head) || dst.contains(&Ax::Within);
+    let within = if splits { within } else { 1 };
+    let same_split = v.within == within || !(splits || v.axes.contains(&Ax::Head));
+    if v.axes == dst && v.channels == channels && same_split {
+        return Ok(None);
+    }
+    let key = LayoutKey {
+        src: v.axes.clone(),
+        src_c: v.channels,
+        src_within: v.within,
+        dst: dst.to_vec(),
+        dst_c: channels,
+        dst_within: within,
+        ext,
+    };
+    // a panic elsewhere while the lock was held leaves a cache that is still consistent
+    let mut tables = cache.tables.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = tables.get(&key) {
+        return Ok(Some((t.clone(), within)));
+    }
+    let index = gather_table(&key)?;
+    let t = if D::fuses(Fused::Gather) {
+        Table::Host(Arc::new(GatherTable::new(index, v.t.shape().0)?))
+    } else {
+        let dev = v.t.device().clone();
+        let len = index.len();
+        Table::Device(dev.try_tensor_from_vec(index, (len,)).map_err(device_err)?)
+    };
+    tables.insert(key, t.clone());
+    Ok(Some((t, within)))
 }
 
 /// A host-built 0/1 tensor over a layout: `keep(batch, slot values)` per position (the same for

@@ -1,7 +1,9 @@
 //! Element-wise programs (`spec::pointwise`): the fused CPU kernel against the composite form
 //! (one dfdx op per step), values and gradients, in f64 and f32, across the kernel's blocks
 //! and tasks; a finite-difference check; NaN kept through `relu`, `min` and `max`; the
-//! program checks; and a rule whose element-wise expressions read one tensor several times.
+//! program checks; inputs read through gather tables (a permutation, broadcasts) against
+//! the same inputs moved first; and a rule whose element-wise expressions read one tensor
+//! several times.
 
 use dfdx::prelude::*;
 use quartic::backend::Backend;
@@ -242,6 +244,192 @@ fn malformed_programs_are_refused_with_the_step() {
     assert!(err.to_string().contains("input 1 of 3 elements"), "{err}");
     let err = pointwise(vec![t(3)], &program).unwrap_err();
     assert!(err.to_string().contains("2 input tensors"), "{err}");
+}
+
+/// Three inputs of a `[b, i, j, k]` program, as a three-index rule's terms reach it: `a` over
+/// (j, k) and `b` over (k, i), each read n times (broadcasts), and `c` over (i, j, k) stored
+/// as (k, j, i) (a permutation).
+fn three_index_tables(batch: usize, n: usize) -> Vec<Vec<usize>> {
+    let mut tables = vec![Vec::new(), Vec::new(), Vec::new()];
+    for b in 0..batch {
+        for i in 0..n {
+            for j in 0..n {
+                for k in 0..n {
+                    tables[0].push((b * n + j) * n + k);
+                    tables[1].push((b * n + k) * n + i);
+                    tables[2].push(((b * n + k) * n + j) * n + i);
+                }
+            }
+        }
+    }
+    tables
+}
+
+/// `program` with input k read through `tables[k]` (fused, in place; or each moved first and
+/// the composite run): values and every input's gradient under a probe loss.
+fn run_gathered(
+    fused: bool,
+    program: &Program,
+    inputs: &[Vec<f64>],
+    tables: &[Option<Vec<usize>>],
+) -> Vec<Vec<f64>> {
+    use quartic::spec::GatherTable;
+    use std::sync::Arc;
+    let d = dev();
+    let plain: Vec<Tensor<(usize,), f64, Cpu>> = inputs
+        .iter()
+        .map(|v| d.tensor_from_vec(v.clone(), (v.len(),)))
+        .collect();
+    let out = if fused {
+        let tables = tables
+            .iter()
+            .zip(inputs)
+            .map(|(t, x)| {
+                t.as_ref()
+                    .map(|t| Arc::new(GatherTable::new(t.clone(), x.len()).unwrap()))
+            })
+            .collect();
+        let traced = plain.iter().map(|t| t.leaky_trace()).collect();
+        Backend::pointwise_gathered_fused(traced, tables, program).unwrap()
+    } else {
+        let moved = plain
+            .iter()
+            .zip(tables)
+            .map(|(t, table)| match table {
+                Some(idx) => t
+                    .leaky_trace()
+                    .gather(d.tensor_from_vec(idx.clone(), (idx.len(),))),
+                None => t.leaky_trace(),
+            })
+            .collect();
+        pointwise_composite(moved, program).unwrap()
+    };
+    let len = out.shape().0;
+    let values = out.retaped::<NoneTape>().as_vec();
+    let grads = (out * d.tensor_from_vec(randn(9, len), (len,)))
+        .sum()
+        .backward();
+    let mut all = vec![values];
+    for t in &plain {
+        all.push(grads.get(t).as_vec());
+    }
+    all
+}
+
+/// `(a · b + σ(c)) · d − a`: inputs 0 and 1 broadcast, 2 permuted, 3 read directly.
+fn gathered_program() -> Program {
+    use BinaryFn::*;
+    use Step::*;
+    Program::new(vec![
+        Input(0),
+        Input(1),
+        Binary(Mul, 0, 1),
+        Input(2),
+        Unary(UnaryFn::Sigmoid, 3),
+        Binary(Add, 2, 4),
+        Input(3),
+        Binary(Mul, 5, 6),
+        Input(0),
+        Binary(Sub, 7, 8),
+    ])
+    .unwrap()
+}
+
+/// Inputs read through tables (two broadcasts read n times each, a permutation, and one read
+/// directly) give what the same inputs moved first give, values and gradients, over several
+/// parts of the backward; the same bits on one thread and on three; finite differences; bad
+/// tables refused.
+#[test]
+fn inputs_read_through_tables_match_the_moved_inputs() {
+    // 3 graphs of n = 24: 41 472 elements, several tasks and all eight parts
+    let (batch, n) = (3, 24);
+    let t = three_index_tables(batch, n);
+    let len = t[0].len();
+    let inputs = vec![
+        randn(40, batch * n * n),
+        randn(41, batch * n * n),
+        randn(42, len),
+        randn(43, len),
+    ];
+    let tables = vec![
+        Some(t[0].clone()),
+        Some(t[1].clone()),
+        Some(t[2].clone()),
+        None,
+    ];
+    let program = gathered_program();
+    let fused = run_gathered(true, &program, &inputs, &tables);
+    let moved = run_gathered(false, &program, &inputs, &tables);
+    for (k, (f, m)) in fused.iter().zip(&moved).enumerate() {
+        assert_close(
+            &format!("output {k} (0: values, then gradients)"),
+            f,
+            m,
+            1e-12,
+            1e-10,
+        );
+    }
+    let threads = |k: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(k)
+            .build()
+            .unwrap()
+    };
+    let one = threads(1).install(|| run_gathered(true, &program, &inputs, &tables));
+    let three = threads(3).install(|| run_gathered(true, &program, &inputs, &tables));
+    assert_eq!(one, three, "one thread against three");
+
+    // finite differences at n = 4 (each broadcast term read four times)
+    let (batch, n) = (2, 4);
+    let t = three_index_tables(batch, n);
+    let small = vec![
+        Some(t[0].clone()),
+        Some(t[1].clone()),
+        Some(t[2].clone()),
+        None,
+    ];
+    let lens = [batch * n * n, batch * n * n, t[0].len(), t[0].len()];
+    let xs: Vec<Vec<f64>> = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &l)| randn(50 + k as u64, l))
+        .collect();
+    gradcheck("program through tables", &xs, 40, |v| {
+        use quartic::spec::GatherTable;
+        use std::sync::Arc;
+        let tables = small
+            .iter()
+            .zip(&lens)
+            .map(|(t, &l)| {
+                t.as_ref()
+                    .map(|t| Arc::new(GatherTable::new(t.clone(), l).unwrap()))
+            })
+            .collect();
+        probe_loss(
+            Backend::pointwise_gathered_fused(v, tables, &program).unwrap(),
+            3,
+        )
+    });
+
+    // a table over a source of another length, and a table too few, are refused
+    use quartic::spec::GatherTable;
+    use std::sync::Arc;
+    let d = dev();
+    let x = |l: usize| -> Tensor<(usize,), f64, Cpu, Tp> { d.zeros_like(&(l,)).leaky_trace() };
+    let add = Program::new(vec![
+        Step::Input(0),
+        Step::Input(1),
+        Step::Binary(BinaryFn::Add, 0, 1),
+    ])
+    .unwrap();
+    let table = Arc::new(GatherTable::new(vec![0, 1, 0, 1], 2).unwrap());
+    let err =
+        Backend::pointwise_gathered_fused(vec![x(3), x(4)], vec![Some(table.clone()), None], &add)
+            .unwrap_err();
+    assert!(err.to_string().contains("a gathered input"), "{err}");
+    let err =
+        Backend::pointwise_gathered_fused(vec![x(2), x(4)], vec![Some(table)], &add).unwrap_err();
+    assert!(err.to_string().contains("gather tables"), "{err}");
 }
 
 /// A rule whose element-wise expressions read one stored tensor several times (one input of

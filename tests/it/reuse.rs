@@ -403,9 +403,15 @@ fn train_takes_a_rule_per_layer_and_the_list_sets_the_depth() {
 /// `examples/rules/strassen.rule` splits Strassen attention's softmax over the pairs (j, k)
 /// into a softmax over j, biased by the log-mass of each j's pairs, and a softmax over k for
 /// each j: its attention equals the joint softmax over every visible pair, computed here by
-/// hand from the layer's weights (padding included).
+/// hand from the layer's weights (padding included), at n = 4 and at n = 9 (where the n²
+/// score terms are read in place at the n³ positions, not moved: see `rules::interp::pointwise`).
 #[test]
 fn strassen_rule_equals_the_joint_softmax_over_pairs() {
+    strassen_against_pairs(4, &[4, 3]);
+    strassen_against_pairs(9, &[9, 6]);
+}
+
+fn strassen_against_pairs(n: usize, lengths: &[usize; 2]) {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/rules/strassen.rule"
@@ -418,7 +424,7 @@ fn strassen_rule_equals_the_joint_softmax_over_pairs() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(src.len() < text.len(), "the feedforward line was found");
-    let (heads, dh, dim, n) = (2, 3, 5, 4);
+    let (heads, dh, dim) = (2, 3, 5);
     let cfg = RuleConfig {
         dim,
         dim_edges: 2,
@@ -438,7 +444,7 @@ fn strassen_rule_equals_the_joint_softmax_over_pairs() {
         .into_iter()
         .map(|p| (p.name.clone(), p.value.as_vec()))
         .collect();
-    let mask = GraphMask::from_lengths(n, &[4, 3]).unwrap();
+    let mask = GraphMask::from_lengths(n, lengths).unwrap();
     let nodes: Vec<f64> = randn(81, 2 * n * dim).iter().map(|v| 2.0 * v).collect();
     let (out, _) = crate::rules::run(&layer, nodes.clone(), randn(82, 2 * n * n * 2), &mask);
 
@@ -450,7 +456,7 @@ fn strassen_rule_equals_the_joint_softmax_over_pairs() {
     let dot = |a: &[f64], b: &[f64], h: usize| -> f64 {
         (h * dh..(h + 1) * dh).map(|c| a[c] * b[c]).sum::<f64>() / (dh as f64).sqrt()
     };
-    for (g, len) in [(0, 4), (1, 3)] {
+    for (g, len) in [(0, lengths[0]), (1, lengths[1])] {
         // rmsnorm, then the eight projections of every visible node
         let x: Vec<Vec<f64>> = (0..len)
             .map(|i| {

@@ -11,14 +11,17 @@
 //! `relu`, `leaky_relu`, `min` and `max` (dfdx's, like `f32::max`, return the other operand),
 //! as it does in the composite form (`ops::pointwise`).
 
+use std::sync::Arc;
+
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::fused::{host_copy, CpuBuffer};
 use super::shared::Shared;
 use super::taped::Taped;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn, LEAKY_RELU_SLOPE};
+use crate::spec::GatherTable;
 use crate::tensor::*;
 
 /// Elements per block: a block's values of every step (and, backward, their gradients) stay
@@ -27,6 +30,10 @@ const BLOCK: usize = 256;
 
 /// Elements per rayon task.
 const TASK: usize = 64 * BLOCK;
+
+/// The most parts the backward of a program with a broadcast input is cut into (each holds a
+/// copy of every broadcast input's gradient).
+const MAX_PARTS: usize = 8;
 
 /// `program` over `inputs` (vectors of one length, distinct tensors) in one pass; the
 /// backward recomputes the steps and writes every input's gradient in one pass.
@@ -38,8 +45,75 @@ where
     Cpu: Device<E>,
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
-    let lengths: Vec<usize> = inputs.iter().map(|t| t.shape().0).collect();
+    let tables = vec![None; inputs.len()];
+    pointwise_gathered(inputs, tables, program)
+}
+
+/// How the program reads one input.
+#[derive(Clone)]
+enum Read {
+    /// Element e at e.
+    Direct,
+    /// Element e at `index[e]`, each source element by one element at most: the backward
+    /// writes each source gradient from its one reader.
+    Permuted(Arc<GatherTable>),
+    /// Element e at `index[e]`, source elements read many times: the backward sums into a
+    /// copy of the source gradient per part of the elements (see [`backward`]).
+    Broadcast(Arc<GatherTable>),
+}
+
+impl Read {
+    fn index(&self) -> Option<&[usize]> {
+        match self {
+            Read::Direct => None,
+            Read::Permuted(t) | Read::Broadcast(t) => Some(t.index()),
+        }
+    }
+}
+
+/// [`pointwise_fused`] with inputs read through gather tables (`tables[k]`: element e of the
+/// program reads `inputs[k][table.index()[e]]`), in place of the moved copies the rule
+/// interpreter would otherwise make: a three-index rule's n² terms are read at n³ positions
+/// without an n³ copy of each, forward or back.
+pub fn pointwise_gathered<E: Real, T: Tape<E, Cpu>>(
+    inputs: Vec<T1<E, Cpu, T>>,
+    tables: Vec<Option<Arc<GatherTable>>>,
+    program: &Program,
+) -> Result<T1<E, Cpu, T>>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
+    if tables.len() != inputs.len() {
+        return Err(Error::shape(
+            "element-wise program: gather tables",
+            inputs.len(),
+            tables.len(),
+        ));
+    }
+    let mut lengths = Vec::with_capacity(inputs.len());
+    for (t, table) in inputs.iter().zip(&tables) {
+        lengths.push(match table {
+            Some(table) if t.shape().0 != table.source_len() => {
+                return Err(Error::shape(
+                    "element-wise program: a gathered input",
+                    table.source_len(),
+                    t.shape().0,
+                ))
+            }
+            Some(table) => table.index().len(),
+            None => t.shape().0,
+        });
+    }
     let len = check_inputs(program, &lengths)?;
+    let reads: Vec<Read> = tables
+        .into_iter()
+        .map(|t| match t {
+            None => Read::Direct,
+            Some(t) if t.injective() => Read::Permuted(t),
+            Some(t) => Read::Broadcast(t),
+        })
+        .collect();
     let dev = inputs[0].device().clone();
     let mut taped = Taped::new();
     let inputs: Vec<T1<E, Cpu>> = inputs.into_iter().map(|t| taped.input(t)).collect();
@@ -50,13 +124,13 @@ where
     let mut out = Vec::with_capacity(len);
     {
         let dst = Shared::spare(&mut out);
-        let data = &data;
+        let (data, reads) = (&data, &reads);
         (0..len.div_ceil(TASK)).into_par_iter().for_each_init(
             || Scratch::new(program),
             |scratch, task| {
                 for start in (task * TASK..len.min((task + 1) * TASK)).step_by(BLOCK) {
                     let n = BLOCK.min(len - start);
-                    scratch.forward(program, data, start, n);
+                    scratch.forward(program, data, reads, start, n);
                     // SAFETY: each task writes its own range of the spare capacity
                     let o = unsafe { std::slice::from_raw_parts_mut(dst.at(start), n) };
                     o.copy_from_slice(scratch.value(program.steps().len() - 1, n));
@@ -75,20 +149,9 @@ where
             sums.push(std::mem::take(&mut **grads.get_or_alloc_mut(ghost)?));
         }
         // one tensor passed twice would leave an empty buffer at its second place
-        let distinct = sums.iter().all(|s| s.len() == len);
+        let distinct = sums.iter().zip(&data).all(|(s, d)| s.len() == d.len());
         if distinct {
-            let targets: Vec<Shared<E>> = sums.iter_mut().map(|s| Shared::new(s)).collect();
-            let (targets, data) = (&targets, &data);
-            (0..len.div_ceil(TASK)).into_par_iter().for_each_init(
-                || Scratch::new(&program),
-                |scratch, task| {
-                    for start in (task * TASK..len.min((task + 1) * TASK)).step_by(BLOCK) {
-                        let n = BLOCK.min(len - start);
-                        scratch.forward(&program, data, start, n);
-                        scratch.backward(&program, &g[start..start + n], targets, start, n);
-                    }
-                },
-            );
+            backward(&program, &data, &reads, g, &mut sums);
         }
         // in reverse, so that a tensor passed twice gets back its buffer, not the empty one
         for (ghost, sum) in ghosts.iter().zip(sums).rev() {
@@ -100,6 +163,72 @@ where
             Err(CpuError::WrongNumElements)
         }
     })
+}
+
+/// Adds the gradient `g` of the program's output into every input's gradient in `sums`.
+/// With no input read by broadcast, tasks of [`TASK`] elements write disjoint parts of every
+/// gradient. Otherwise the elements are cut into at most [`MAX_PARTS`] parts, fixed by the
+/// length alone: each part sums its broadcast inputs' gradients into its own copies, added up
+/// in order after, so that the sums are the same whatever the number of threads.
+fn backward<E: Real>(
+    program: &Program,
+    data: &[Vec<E>],
+    reads: &[Read],
+    g: &[E],
+    sums: &mut [Vec<E>],
+) {
+    let len = g.len();
+    let broadcast: Vec<usize> = (0..reads.len())
+        .filter(|&k| matches!(reads[k], Read::Broadcast(_)))
+        .collect();
+    let targets: Vec<Shared<E>> = sums.iter_mut().map(|s| Shared::new(s)).collect();
+    let blocks =
+        |scratch: &mut Scratch<E>, targets: &[Shared<E>], range: std::ops::Range<usize>| {
+            for start in range.clone().step_by(BLOCK) {
+                let n = BLOCK.min(range.end - start);
+                scratch.forward(program, data, reads, start, n);
+                scratch.backward(program, reads, &g[start..start + n], targets, start, n);
+            }
+        };
+    if broadcast.is_empty() {
+        (0..len.div_ceil(TASK)).into_par_iter().for_each_init(
+            || Scratch::new(program),
+            |scratch, task| blocks(scratch, &targets, task * TASK..len.min((task + 1) * TASK)),
+        );
+        return;
+    }
+    let parts = len.div_ceil(BLOCK).clamp(1, MAX_PARTS);
+    let part = len.div_ceil(BLOCK).div_ceil(parts) * BLOCK;
+    let copies: Vec<Vec<Vec<E>>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let mut own: Vec<Vec<E>> = broadcast
+                .iter()
+                .map(|&k| vec![E::zero(); data[k].len()])
+                .collect();
+            let mut mine = targets.clone();
+            for (&k, buf) in broadcast.iter().zip(own.iter_mut()) {
+                mine[k] = Shared::new(buf);
+            }
+            let range = (p * part).min(len)..((p + 1) * part).min(len);
+            blocks(&mut Scratch::new(program), &mine, range);
+            drop(mine);
+            own
+        })
+        .collect();
+    drop(targets);
+    for (b, &k) in broadcast.iter().enumerate() {
+        sums[k]
+            .par_chunks_mut(TASK)
+            .enumerate()
+            .for_each(|(c, dx)| {
+                for copy in &copies {
+                    for (d, &s) in dx.iter_mut().zip(&copy[b][c * TASK..]) {
+                        *d = *d + s;
+                    }
+                }
+            });
+    }
 }
 
 /// One task's blocks: every step's values and their gradients, `BLOCK` apart.
@@ -124,13 +253,28 @@ impl<E: Real> Scratch<E> {
     }
 
     /// Every step's values over elements `start..start + n`.
-    fn forward(&mut self, program: &Program, data: &[Vec<E>], start: usize, n: usize) {
+    fn forward(
+        &mut self,
+        program: &Program,
+        data: &[Vec<E>],
+        reads: &[Read],
+        start: usize,
+        n: usize,
+    ) {
         for (s, step) in program.steps().iter().enumerate() {
             let (done, rest) = self.values.split_at_mut(s * BLOCK);
             let out = &mut rest[..n];
             let v = |i: usize| &done[i * BLOCK..][..n];
             match *step {
-                Step::Input(k) => out.copy_from_slice(&data[k][start..start + n]),
+                Step::Input(k) => match reads[k].index() {
+                    None => out.copy_from_slice(&data[k][start..start + n]),
+                    Some(index) => {
+                        let src = &data[k];
+                        for (o, &i) in out.iter_mut().zip(&index[start..start + n]) {
+                            *o = src[i];
+                        }
+                    }
+                },
                 Step::Binary(f, a, b) => binary(f, v(a), v(b), out),
                 Step::Unary(f, x) => unary(f, v(x), out, &mut self.tmp[..n]),
                 Step::Affine { x, mul, add } => {
@@ -158,6 +302,7 @@ impl<E: Real> Scratch<E> {
     fn backward(
         &mut self,
         program: &Program,
+        reads: &[Read],
         g: &[E],
         targets: &[Shared<E>],
         start: usize,
@@ -173,11 +318,23 @@ impl<E: Real> Scratch<E> {
             let d = &rest[..n];
             let v = |i: usize| &self.values[i * BLOCK..][..n];
             match *step {
-                Step::Input(k) => {
-                    // SAFETY: each task adds into its own range of every input's gradient
-                    let t = unsafe { std::slice::from_raw_parts_mut(targets[k].at(start), n) };
-                    add_into(t, d, |_, d| d);
-                }
+                Step::Input(k) => match reads[k].index() {
+                    None => {
+                        // SAFETY: each task adds into its own range of every input's gradient
+                        let t = unsafe { std::slice::from_raw_parts_mut(targets[k].at(start), n) };
+                        add_into(t, d, |_, d| d);
+                    }
+                    Some(index) => {
+                        let t = targets[k];
+                        for (&d, &i) in d.iter().zip(&index[start..start + n]) {
+                            assert!(i < t.len(), "a gather table reads within its source");
+                            // SAFETY: in bounds (checked); a permutation's source element has
+                            // one reader, so one task; a broadcast's target is this part's own
+                            // copy (see `backward`)
+                            unsafe { *t.at(i) = *t.at(i) + d };
+                        }
+                    }
+                },
                 Step::Binary(f, a, b) => {
                     let (x, y) = (v(a), v(b));
                     // operands are distinct steps (a program is a tree)

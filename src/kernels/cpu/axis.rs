@@ -155,66 +155,80 @@ fn softmax_block<E: Real>(
     lse: Option<&mut [E]>,
     cols: &mut Columns<E>,
 ) {
+    // one copy of the loops per kind of visibility, so that `All` tests nothing
     let half = E::of(0.5);
-    let seen = |k: usize, i: usize| match visible {
-        Seen::All => true,
-        Seen::Keys(real) => real[k],
-        Seen::Mask(m) => m[i] > half,
-    };
+    match visible {
+        Seen::All => softmax_block_with(x, |_, _| true, n, inner, p, lse, cols),
+        Seen::Keys(real) => softmax_block_with(x, |k, _| real[k], n, inner, p, lse, cols),
+        Seen::Mask(m) => {
+            softmax_block_with(x, |k, c| m[k * inner + c] > half, n, inner, p, lse, cols)
+        }
+    }
+}
+
+/// [`softmax_block`] with `seen(k, c)` telling whether entry (k, c) takes part.
+#[inline(always)]
+fn softmax_block_with<E: Real>(
+    x: &[E],
+    seen: impl Fn(usize, usize) -> bool,
+    n: usize,
+    inner: usize,
+    p: &mut [E],
+    lse: Option<&mut [E]>,
+    cols: &mut Columns<E>,
+) {
+    let width = inner.max(1);
+    let (x, p) = (&x[..n * inner], &mut p[..n * inner]);
     let Columns { max, sum, any } = cols;
     max.clear();
     max.resize(inner, E::neg_infinity());
     any.clear();
     any.resize(inner, false);
-    for k in 0..n {
-        let row = k * inner;
-        for c in 0..inner {
-            let i = row + c;
-            if seen(k, i) {
-                any[c] = true;
+    for (k, row) in x.chunks_exact(width).enumerate() {
+        for (c, ((&v, m), a)) in row
+            .iter()
+            .zip(max.iter_mut())
+            .zip(any.iter_mut())
+            .enumerate()
+        {
+            if seen(k, c) {
+                *a = true;
                 // a NaN never wins here; it reaches every output through the sum below
-                if x[i] > max[c] {
-                    max[c] = x[i];
+                if v > *m {
+                    *m = v;
                 }
             }
         }
     }
     // hidden entries at −∞, whose exp is exactly 0
-    for k in 0..n {
-        let row = k * inner;
-        for c in 0..inner {
-            let i = row + c;
-            p[i] = if seen(k, i) {
-                x[i] - max[c]
-            } else {
-                E::neg_infinity()
-            };
+    for (k, (row, out)) in x
+        .chunks_exact(width)
+        .zip(p.chunks_exact_mut(width))
+        .enumerate()
+    {
+        for (c, ((&v, o), &m)) in row.iter().zip(out.iter_mut()).zip(max.iter()).enumerate() {
+            *o = if seen(k, c) { v - m } else { E::neg_infinity() };
         }
     }
     E::exp_slice(p);
     sum.clear();
     sum.resize(inner, E::zero());
-    for row in p.chunks_exact(inner.max(1)) {
+    for row in p.chunks_exact(width) {
         for (s, &e) in sum.iter_mut().zip(row) {
             *s = *s + e;
         }
     }
-    // the reciprocal, 0 for a column with none visible (its entries are 0 already)
-    let inv: &mut [E] = max.as_mut_slice();
     if let Some(l) = lse {
-        for c in 0..inner {
-            l[c] = if any[c] {
-                inv[c] + sum[c].ln()
-            } else {
-                E::zero()
-            };
+        for (((l, &m), &s), &a) in l.iter_mut().zip(max.iter()).zip(sum.iter()).zip(any.iter()) {
+            *l = if a { m + s.ln() } else { E::zero() };
         }
     }
-    for c in 0..inner {
-        inv[c] = if any[c] { sum[c].recip() } else { E::zero() };
+    // the reciprocal, 0 for a column with none visible (its entries are 0 already)
+    for (s, &a) in sum.iter_mut().zip(any.iter()) {
+        *s = if a { s.recip() } else { E::zero() };
     }
-    for row in p.chunks_exact_mut(inner.max(1)) {
-        for (v, &r) in row.iter_mut().zip(inv.iter()) {
+    for row in p.chunks_exact_mut(width) {
+        for (v, &r) in row.iter_mut().zip(sum.iter()) {
             *v = *v * r;
         }
     }

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use dfdx::prelude::*;
 
 use crate::backend::{Backend, Fused};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::activations::silu;
-use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn, LEAKY_RELU_SLOPE};
+use crate::spec::pointwise::{
+    check_gathered, check_inputs, BinaryFn, Program, Step, UnaryFn, LEAKY_RELU_SLOPE,
+};
 use crate::spec::GatherTable;
 use crate::tensor::*;
 
@@ -36,25 +38,14 @@ pub fn pointwise_gathered<E: Real, D: Backend<E>, T: Tape<E, D>>(
     if D::fuses(Fused::Pointwise) {
         return D::pointwise_gathered_fused(inputs, tables, program);
     }
-    if tables.len() != inputs.len() {
-        return Err(Error::shape(
-            "element-wise program: gather tables",
-            inputs.len(),
-            tables.len(),
-        ));
-    }
+    let lengths: Vec<usize> = inputs.iter().map(|t| t.shape().0).collect();
+    let refs: Vec<Option<&GatherTable>> = tables.iter().map(|t| t.as_deref()).collect();
+    check_gathered(program, &lengths, &refs)?;
     let mut moved = Vec::with_capacity(inputs.len());
     for (t, table) in inputs.into_iter().zip(tables) {
         moved.push(match table {
             None => t,
             Some(table) => {
-                if t.shape().0 != table.source_len() {
-                    return Err(Error::shape(
-                        "element-wise program: a gathered input",
-                        table.source_len(),
-                        t.shape().0,
-                    ));
-                }
                 let index = table.index().to_vec();
                 let len = index.len();
                 let dev = t.device().clone();

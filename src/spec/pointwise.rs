@@ -3,6 +3,7 @@
 //! interpreter builds one from each element-wise expression of a rule (`sigmoid(a) * b`,
 //! `x + linear(y, …)`); `ops::pointwise` runs it fused or as dfdx ops.
 
+use super::GatherTable;
 use crate::error::{Error, Result};
 
 /// An element-wise function of two operands (the rule language's arithmetic).
@@ -153,6 +154,38 @@ impl Program {
     pub fn inputs(&self) -> usize {
         self.inputs
     }
+}
+
+/// The common length a program reads its inputs at, some through gather tables (`tables[k]`
+/// for input k of `lengths[k]` elements: read at the table's length, over a source of its
+/// length), or the error naming what does not fit.
+pub fn check_gathered(
+    program: &Program,
+    lengths: &[usize],
+    tables: &[Option<&GatherTable>],
+) -> Result<usize> {
+    if tables.len() != lengths.len() {
+        return Err(Error::shape(
+            "element-wise program: gather tables",
+            lengths.len(),
+            tables.len(),
+        ));
+    }
+    let mut read = Vec::with_capacity(lengths.len());
+    for (&len, table) in lengths.iter().zip(tables) {
+        read.push(match table {
+            Some(table) if len != table.source_len() => {
+                return Err(Error::shape(
+                    "element-wise program: a gathered input",
+                    table.source_len(),
+                    len,
+                ))
+            }
+            Some(table) => table.index().len(),
+            None => len,
+        });
+    }
+    check_inputs(program, &read)
 }
 
 /// The common length of a program's inputs, or the error naming the one that differs (or a

@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use super::fused::{host_copy, CpuBuffer};
 use super::shared::Shared;
 use super::taped::Taped;
-use crate::error::{Error, Result};
-use crate::spec::pointwise::{check_inputs, BinaryFn, Program, Step, UnaryFn, LEAKY_RELU_SLOPE};
+use crate::error::Result;
+use crate::spec::pointwise::{check_gathered, BinaryFn, Program, Step, UnaryFn, LEAKY_RELU_SLOPE};
 use crate::spec::GatherTable;
 use crate::tensor::*;
 
@@ -84,28 +84,9 @@ where
     Cpu: Device<E>,
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
-    if tables.len() != inputs.len() {
-        return Err(Error::shape(
-            "element-wise program: gather tables",
-            inputs.len(),
-            tables.len(),
-        ));
-    }
-    let mut lengths = Vec::with_capacity(inputs.len());
-    for (t, table) in inputs.iter().zip(&tables) {
-        lengths.push(match table {
-            Some(table) if t.shape().0 != table.source_len() => {
-                return Err(Error::shape(
-                    "element-wise program: a gathered input",
-                    table.source_len(),
-                    t.shape().0,
-                ))
-            }
-            Some(table) => table.index().len(),
-            None => t.shape().0,
-        });
-    }
-    let len = check_inputs(program, &lengths)?;
+    let lengths: Vec<usize> = inputs.iter().map(|t| t.shape().0).collect();
+    let refs: Vec<Option<&GatherTable>> = tables.iter().map(|t| t.as_deref()).collect();
+    let len = check_gathered(program, &lengths, &refs)?;
     let reads: Vec<Read> = tables
         .into_iter()
         .map(|t| match t {

@@ -334,6 +334,21 @@ pub fn accumulate<E: Real>(dst: &mut [E], src: &[E]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
 }
 
+/// The most copies of a source's gradient a broadcasting backward sums into (parts of the
+/// output fixed by the sizes alone, so the sums do not depend on the number of threads).
+pub const MAX_PARTS: usize = 8;
+
+/// `dst += Σ copies`, the copies added in order, in parallel over chunks of `dst`: the same
+/// bits whatever the number of threads.
+pub fn add_copies<E: Real>(dst: &mut [E], copies: &[Vec<E>]) {
+    const CHUNK: usize = 1 << 14;
+    dst.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
+        for copy in copies {
+            accumulate(dst, &copy[c * CHUNK..]);
+        }
+    });
+}
+
 /// The fused CPU form of [`super::weights::weights_composite`].
 pub fn weights_fused<E: Real, T: Tape<E, Cpu>>(
     q: T4<E, Cpu, T>,

@@ -11,7 +11,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{host_copy, CpuBuffer};
+use super::fused::{add_copies, host_copy, CpuBuffer, MAX_PARTS};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::{Error, Result};
@@ -20,10 +20,6 @@ use crate::tensor::*;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
-
-/// The most parts a broadcasting table's backward is cut into (each holds a copy of the source
-/// gradient).
-const MAX_PARTS: usize = 8;
 
 /// `out[i] = x[table.index()[i]]`.
 pub fn gather_fused<E: Real, T: Tape<E, Cpu>>(
@@ -99,11 +95,5 @@ fn add_broadcast<E: Real>(dx: &mut [E], g: &[E], index: &[usize]) {
             sum
         })
         .collect();
-    dx.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dx)| {
-        for sum in &sums {
-            for (d, &s) in dx.iter_mut().zip(&sum[c * CHUNK..]) {
-                *d = *d + s;
-            }
-        }
-    });
+    add_copies(dx, &sums);
 }

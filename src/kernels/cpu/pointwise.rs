@@ -16,7 +16,7 @@ use std::sync::Arc;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{host_copy, CpuBuffer};
+use super::fused::{add_copies, host_copy, CpuBuffer, MAX_PARTS};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
@@ -30,10 +30,6 @@ const BLOCK: usize = 256;
 
 /// Elements per rayon task.
 const TASK: usize = 64 * BLOCK;
-
-/// The most parts the backward of a program with a broadcast input is cut into (each holds a
-/// copy of every broadcast input's gradient).
-const MAX_PARTS: usize = 8;
 
 /// `program` over `inputs` (vectors of one length, distinct tensors) in one pass; the
 /// backward recomputes the steps and writes every input's gradient in one pass.
@@ -50,7 +46,6 @@ where
 }
 
 /// How the program reads one input.
-#[derive(Clone)]
 enum Read {
     /// Element e at e.
     Direct,
@@ -180,7 +175,7 @@ fn backward<E: Real>(
     }
     let parts = len.div_ceil(BLOCK).clamp(1, MAX_PARTS);
     let part = len.div_ceil(BLOCK).div_ceil(parts) * BLOCK;
-    let copies: Vec<Vec<Vec<E>>> = (0..parts)
+    let mut copies: Vec<Vec<Vec<E>>> = (0..parts)
         .into_par_iter()
         .map(|p| {
             let mut own: Vec<Vec<E>> = broadcast
@@ -199,16 +194,11 @@ fn backward<E: Real>(
         .collect();
     drop(targets);
     for (b, &k) in broadcast.iter().enumerate() {
-        sums[k]
-            .par_chunks_mut(TASK)
-            .enumerate()
-            .for_each(|(c, dx)| {
-                for copy in &copies {
-                    for (d, &s) in dx.iter_mut().zip(&copy[b][c * TASK..]) {
-                        *d = *d + s;
-                    }
-                }
-            });
+        let mine: Vec<Vec<E>> = copies
+            .iter_mut()
+            .map(|c| std::mem::take(&mut c[b]))
+            .collect();
+        add_copies(&mut sums[k], &mine);
     }
 }
 

@@ -82,11 +82,20 @@ fn flash_attention_equals_the_composite_form() {
     }
 }
 
-/// f32 attention with Taylor weights and head widths that are multiples of eight (the kernel
-/// that keeps eight queries per vector, on CPUs with AVX2) against the composite form in f64:
-/// values and the gradients of q, k and v, with query and key counts that leave partial
-/// blocks, key padding, and rows far enough apart that the kernel copies them first.
-fn check_f32_taylor(nq: usize, nk: usize, (dk, e): (usize, usize), masked: bool) {
+/// f32 attention with head widths that are multiples of eight (the kernel that keeps sixteen
+/// queries in two vectors, on CPUs with AVX2) against the composite form in f64, Taylor and
+/// softmax: values and the gradients of q, k, v and the bias, with query and key counts that
+/// leave partial blocks, key padding, rows far enough apart that the kernel copies them first,
+/// and a bias of one block per problem (`groups` 2) or one shared by both problems (1), whose
+/// gradient sums over them.
+fn check_f32_lanes(
+    nq: usize,
+    nk: usize,
+    (dk, e): (usize, usize),
+    masked: bool,
+    normalizer: Normalizer,
+    bias_groups: Option<usize>,
+) {
     type Tp32 = OwnedTape<f32, Cpu>;
     let d = dev();
     let (p, h) = (2, 3);
@@ -100,7 +109,7 @@ fn check_f32_taylor(nq: usize, nk: usize, (dk, e): (usize, usize), masked: bool)
     }
     let spec = WeightsSpec {
         scale: 0.3,
-        normalizer: Normalizer::Taylor { eps: 1e-5 },
+        normalizer,
         visibility: vis,
     };
     let (qv, kv, vv) = (
@@ -108,6 +117,8 @@ fn check_f32_taylor(nq: usize, nk: usize, (dk, e): (usize, usize), masked: bool)
         randn(12, p * h * nk * dk),
         randn(13, p * h * nk * e),
     );
+    let groups = bias_groups.unwrap_or(p);
+    let bv: Vec<f64> = randn(15, groups * h * nq * nk);
     let probe = randn(14, p * h * nq * e);
     let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let to64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
@@ -115,30 +126,39 @@ fn check_f32_taylor(nq: usize, nk: usize, (dk, e): (usize, usize), masked: bool)
     let q = d.tensor_from_vec(to32(&qv), (p, h, nq, dk));
     let k = d.tensor_from_vec(to32(&kv), (p, h, nk, dk));
     let v = d.tensor_from_vec(to32(&vv), (p, h, nk, e));
+    let b = d.tensor_from_vec(to32(&bv), (groups, h, nq, nk));
     let out = Backend::attention_fused(
         q.leaky_trace(),
         k.clone().retaped::<Tp32>(),
         v.clone().retaped::<Tp32>(),
-        None,
+        bias_groups.map(|_| b.clone().retaped::<Tp32>()),
         &spec,
     )
     .unwrap();
     let values = to64(out.as_vec());
     let weights = d.tensor_from_vec(to32(&probe), (p, h, nq, e));
     let mut g = (out * weights).sum().backward();
-    let grads: Vec<Vec<f64>> = vec![
+    let mut grads: Vec<Vec<f64>> = vec![
         to64(g.get_or_alloc_mut(&q).unwrap().to_vec()),
         to64(g.get_or_alloc_mut(&k).unwrap().to_vec()),
         to64(g.get_or_alloc_mut(&v).unwrap().to_vec()),
     ];
-    // the composite form in f64
+    if bias_groups.is_some() {
+        grads.push(to64(g.get_or_alloc_mut(&b).unwrap().to_vec()));
+    }
+    // the composite form in f64, the bias repeated for every problem of its group
     let q = d.tensor_from_vec(qv, (p, h, nq, dk));
     let k = d.tensor_from_vec(kv, (p, h, nk, dk));
     let v = d.tensor_from_vec(vv, (p, h, nk, e));
+    let block = h * nq * nk;
+    let expanded: Vec<f64> = (0..p)
+        .flat_map(|pi| bv[pi / (p / groups) * block..][..block].to_vec())
+        .collect();
+    let b = d.tensor_from_vec(expanded, (p, h, nq, nk));
     let out = weights_composite(
         q.leaky_trace(),
         k.clone().retaped::<Tp>(),
-        None,
+        bias_groups.map(|_| b.clone().retaped::<Tp>()),
         None,
         &spec,
     )
@@ -147,22 +167,53 @@ fn check_f32_taylor(nq: usize, nk: usize, (dk, e): (usize, usize), masked: bool)
     let expected = out.as_vec();
     let weights = d.tensor_from_vec(probe, (p, h, nq, e));
     let mut ge = (out * weights).sum().backward();
-    let what = format!("f32 taylor nq {nq} nk {nk} d {dk} e {e} masked {masked}");
+    let what = format!(
+        "f32 {normalizer:?} nq {nq} nk {nk} d {dk} e {e} masked {masked} bias groups {bias_groups:?}"
+    );
     assert_close(&format!("{what}: output"), &values, &expected, 2e-6, 2e-5);
     for (name, (x, t)) in ["q", "k", "v"].iter().zip(grads.iter().zip([&q, &k, &v])) {
         let y = grad_of(&mut ge, t);
         assert_close(&format!("{what}: gradient of {name}"), x, &y, 2e-5, 1e-4);
     }
+    if bias_groups.is_some() {
+        // the shared block's gradient: the sum over the problems that read it
+        let per_problem = grad_of(&mut ge, &b);
+        let mut want = vec![0.0; groups * block];
+        for (pi, chunk) in per_problem.chunks(block).enumerate() {
+            let at = pi / (p / groups) * block;
+            want[at..at + block]
+                .iter_mut()
+                .zip(chunk)
+                .for_each(|(w, x)| *w += x);
+        }
+        assert_close(
+            &format!("{what}: gradient of the bias"),
+            &grads[3],
+            &want,
+            2e-5,
+            1e-4,
+        );
+    }
 }
 
 #[test]
-fn f32_taylor_attention_equals_the_composite_form() {
-    check_f32_taylor(32, 32, (8, 8), false);
-    check_f32_taylor(13, 13, (8, 8), true);
-    check_f32_taylor(5, 3, (16, 8), true);
-    check_f32_taylor(21, 45, (8, 24), false);
-    check_f32_taylor(9, 130, (16, 16), true);
-    // rows 128 or more apart: keys and values are copied contiguously first
-    check_f32_taylor(7, 19, (128, 8), true);
-    check_f32_taylor(18, 6, (8, 128), false);
+fn f32_lane_attention_equals_the_composite_form() {
+    for normalizer in [Normalizer::Taylor { eps: 1e-5 }, Normalizer::Softmax] {
+        let check =
+            |nq, nk, dims, masked, bias| check_f32_lanes(nq, nk, dims, masked, normalizer, bias);
+        check(32, 32, (8, 8), false, None);
+        check(13, 13, (8, 8), true, None);
+        check(5, 3, (16, 8), true, None);
+        check(21, 45, (8, 24), false, None);
+        check(9, 130, (16, 16), true, None);
+        // rows 128 or more apart: keys and values are copied contiguously first
+        check(7, 19, (128, 8), true, None);
+        check(18, 6, (8, 128), false, None);
+        // a bias per problem and one shared by both, with key counts that leave partial groups
+        // of eight (transposed element by element) and whole ones (in registers)
+        check(21, 45, (8, 8), true, Some(2));
+        check(16, 32, (16, 8), false, Some(1));
+        check(5, 3, (8, 16), true, Some(1));
+        check(40, 24, (8, 8), true, Some(2));
+    }
 }

@@ -279,7 +279,7 @@ struct Scratch<E> {
     run_sum: Vec<E>,
     g: Vec<E>,
     #[cfg(target_arch = "x86_64")]
-    lanes: super::taylor_lanes::Scratch,
+    lanes: super::lanes::Scratch,
 }
 
 /// Per-query statistics kept from the forward pass: softmax `log Σ exp` (−∞ when no key is
@@ -358,29 +358,29 @@ impl<E: Real> Problem<E> {
         }
     }
 
-    /// Pair `ph` as the operands of the f32 Taylor kernel that runs sixteen queries in two
-    /// vectors, when that kernel applies: f32, Taylor weights, no bias, no causal times, some
-    /// queries and keys, head widths that are nonzero multiples of eight, and a CPU with AVX2
-    /// and FMA.
+    /// Pair `ph` as the operands of the f32 kernel that runs sixteen queries in two vectors,
+    /// when that kernel applies: f32, some queries and keys, no causal times or per-pair
+    /// visibility, head widths that are nonzero multiples of eight, and a CPU with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    fn lanes_pair(&self, ph: usize) -> Option<super::taylor_lanes::Pair<'_>> {
-        let Normalizer::Taylor { eps } = self.normalizer else {
-            return None;
+    fn lanes_pair(&self, ph: usize) -> Option<super::lanes::Pair<'_>> {
+        let weights = match self.normalizer {
+            Normalizer::Taylor { eps } => super::lanes::Weights::Taylor { eps: eps as f32 },
+            Normalizer::Softmax => super::lanes::Weights::Softmax,
         };
         if std::any::TypeId::of::<E>() != std::any::TypeId::of::<f32>()
-            || self.bias.is_some()
             || self.vis.times.is_some()
             || self.vis.pairs.is_some()
             || self.nq == 0
             || self.nk == 0
-            || !super::taylor_lanes::applies(self.d, self.e)
+            || !super::lanes::applies(self.d, self.e)
         {
             return None;
         }
         let (p, h, nk) = (ph / self.h, ph % self.h, self.nk);
         // E is f32 (checked above)
         let at = |buf: &[E], base: usize| buf[base..].as_ptr() as *const f32;
-        Some(super::taylor_lanes::Pair {
+        let bias_block = (p / self.bias_share) * self.h + h;
+        Some(super::lanes::Pair {
             q: at(&self.q, self.ql.base(p, h)),
             q_row: self.ql.row,
             k: at(&self.k, self.kl.base(p, h)),
@@ -392,7 +392,8 @@ impl<E: Real> Problem<E> {
             d: self.d,
             e: self.e,
             scale: self.scale.as_f64() as f32,
-            eps: eps as f32,
+            weights,
+            bias: self.bias.as_ref().map(|b| at(b, bias_block * self.nq * nk)),
             key_valid: self
                 .vis
                 .key_valid
@@ -422,7 +423,7 @@ impl<E: Real> Problem<E> {
             unsafe {
                 let stat = std::slice::from_raw_parts_mut(stat.as_mut_ptr() as *mut f32, nq);
                 let out = out.at(o_base) as *mut f32;
-                super::taylor_lanes::forward(&pair, out, self.ol.row, stat, &mut scratch.lanes);
+                super::lanes::forward(&pair, out, self.ol.row, stat, &mut scratch.lanes);
             }
             return;
         }
@@ -569,10 +570,12 @@ impl<E: Real> Problem<E> {
         self.prefetch_next(ph, &fwd.out, &self.ol, (nq, e));
         self.prefetch_next(ph, g_all, &self.ol, (nq, e));
         #[cfg(target_arch = "x86_64")]
-        if let (Some(pair), None) = (self.lanes_pair(ph), dbias.as_ref()) {
+        if let Some(pair) = self.lanes_pair(ph) {
             // Safety: E is f32 (lanes_pair checked); this pair alone writes its rows of dq,
-            // dk and dv; g and the output share the layout `ol`.
+            // dk and dv, and the bias gradient block it was given; g and the output share the
+            // layout `ol`.
             unsafe {
+                let dbias = dbias.map(|db| db[..nq * nk].as_mut_ptr() as *mut f32);
                 let stat = std::slice::from_raw_parts(stat.as_ptr() as *const f32, nq);
                 let o = fwd.out[ob..].as_ptr() as *const f32;
                 let g = g_all[ob..].as_ptr() as *const f32;
@@ -581,11 +584,12 @@ impl<E: Real> Problem<E> {
                     dk.at(kb) as *mut f32,
                     dv.at(vb) as *mut f32,
                 );
-                super::taylor_lanes::backward(
+                super::lanes::backward(
                     &pair,
                     (o, g, self.ol.row),
                     stat,
                     grads,
+                    dbias,
                     &mut scratch.lanes,
                 );
             }

@@ -15,11 +15,11 @@ pub mod flash;
 pub mod fused;
 pub mod gather;
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 pub mod path;
 pub mod pointwise;
 pub mod rows;
 mod shared;
 mod small_mm;
 mod taped;
-#[cfg(target_arch = "x86_64")]
-mod taylor_lanes;

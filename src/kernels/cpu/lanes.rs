@@ -1,5 +1,6 @@
-//! Taylor attention (`w = 1 + s + s²/2`, normalized by `max(Σw, eps)`) for one (problem, head)
-//! pair in f32 with AVX2, sixteen queries at a time in two vectors.
+//! Attention for one (problem, head) pair in f32 with AVX2, sixteen queries at a time in two
+//! vectors: Taylor weights (`w = 1 + s + s²/2`, normalized by `max(Σw, eps)`) or softmax, with
+//! an optional additive score bias and its gradient.
 //!
 //! Why: the per-row and per-column attention of a small model is thousands of tiny products
 //! (32 × 32 × 8 per pair) with element-wise passes between them; as separate matrix products
@@ -7,10 +8,12 @@
 //! held transposed (channel by channel, one lane per query), so every product is a run of
 //! broadcast multiply-adds ([`fma_block`]) whose results stay in lanes: two vectors of scores
 //! per key, weighted, summed and multiplied by the values without leaving the block's scratch.
+//! A block holds all of a pair's keys at once, so softmax needs no running maximum: the
+//! block's scores are formed, their maximum taken, then exponentiated in one pass.
 //!
-//! The same arithmetic as `flash::Problem`'s Taylor path (which remains the general form
-//! and the f64 path); taken only when head widths are multiples of eight, with no score bias
-//! and no causal times (key padding is supported).
+//! The same arithmetic as `flash::Problem`'s general path (which remains the general form
+//! and the f64 path); taken only when head widths are multiples of eight, with no causal times
+//! and no per-pair visibility (key padding is supported).
 
 use std::arch::x86_64::*;
 
@@ -37,9 +40,20 @@ pub(super) struct Pair<'a> {
     pub d: usize,
     pub e: usize,
     pub scale: f32,
-    pub eps: f32,
+    pub weights: Weights,
+    /// The additive score bias of the pair, `[nq][nk]` (rows `nk` apart); `None`: none.
+    pub bias: Option<*const f32>,
     /// `[nk]`: whether each key is real; `None`: all are.
     pub key_valid: Option<&'a [bool]>,
+}
+
+/// How a block's scores become weights.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Weights {
+    /// `1 + s + s²/2`, normalized by `max(Σw, eps)`.
+    Taylor { eps: f32 },
+    /// `exp(s − max)`, normalized by their sum.
+    Softmax,
 }
 
 /// Whether heads of `d` query/key and `e` value channels take this kernel.
@@ -409,7 +423,163 @@ fn inverse_clamped(z: __m256, eps: f32) -> __m256 {
     _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), zc), positive)
 }
 
-/// The pair's output rows (`out + i · out_row`, `e` channels) and per-query sums Σw (`stat`).
+/// `w[j][l] += bias[(i0 + l) · nk + j]` for the block's first `m` queries (lanes) and every key
+/// `j < nk`: the bias rows transposed into lanes, eight by eight in registers.
+///
+/// Safety: AVX2; `bias` addresses rows `i0 .. i0 + m` of nk; `w` holds `16 · nk`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_bias(bias: *const f32, nk: usize, (i0, m): (usize, usize), w: &mut [f32]) {
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let whole = nk - nk % LANES;
+        let w = w.as_mut_ptr();
+        for l0 in (0..m).step_by(LANES) {
+            let lanes = LANES.min(m - l0);
+            let row = |l: usize| bias.add((i0 + l0 + l) * nk);
+            for j0 in (0..whole).step_by(LANES) {
+                let rows: [__m256; LANES] = std::array::from_fn(|l| {
+                    if l < lanes {
+                        _mm256_loadu_ps(row(l).add(j0))
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
+                // key j0 + t across the eight queries
+                for (t, col) in transpose8(rows).iter().enumerate() {
+                    let at = w.add((j0 + t) * BLOCK + l0);
+                    _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), *col));
+                }
+            }
+            for j in whole..nk {
+                for l in 0..lanes {
+                    *w.add(j * BLOCK + l0 + l) += *row(l).add(j);
+                }
+            }
+        }
+    }
+}
+
+/// `dbias[(i0 + l) · nk + j] += ds[j][l]` for the block's first `m` queries and every key: the
+/// score gradients transposed back into rows, eight by eight in registers.
+///
+/// Safety: AVX2; `dbias` addresses rows `i0 .. i0 + m` of nk and aliases nothing else read
+/// here; `ds` holds `16 · nk`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_bias_gradient(ds: &[f32], nk: usize, (i0, m): (usize, usize), dbias: *mut f32) {
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let whole = nk - nk % LANES;
+        let ds = ds.as_ptr();
+        for l0 in (0..m).step_by(LANES) {
+            let lanes = LANES.min(m - l0);
+            let row = |l: usize| dbias.add((i0 + l0 + l) * nk);
+            for j0 in (0..whole).step_by(LANES) {
+                let keys: [__m256; LANES] =
+                    std::array::from_fn(|t| _mm256_loadu_ps(ds.add((j0 + t) * BLOCK + l0)));
+                // query l0 + l across the eight keys
+                for (l, x) in transpose8(keys).iter().enumerate().take(lanes) {
+                    let at = row(l).add(j0);
+                    _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), *x));
+                }
+            }
+            for j in whole..nk {
+                for l in 0..lanes {
+                    *row(l).add(j) += *ds.add(j * BLOCK + l0 + l);
+                }
+            }
+        }
+    }
+}
+
+/// Scores (`[nk][16]` in `w`) to Taylor weights, zero at padded keys; returns Σw per query.
+///
+/// Safety: AVX2; `w` holds `16 · nk`, `key_weight` nk when `padded`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn taylor_weights(w: &mut [f32], nk: usize, key_weight: Option<&[f32]>) -> [__m256; HALVES] {
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let mut z = [_mm256_setzero_ps(); HALVES];
+        for j in 0..nk {
+            for (h, z) in z.iter_mut().enumerate() {
+                let at = w.as_mut_ptr().add(j * BLOCK + h * LANES);
+                let mut x = taylor_weight(_mm256_loadu_ps(at));
+                if let Some(kw) = key_weight {
+                    x = _mm256_mul_ps(x, _mm256_set1_ps(kw[j]));
+                }
+                *z = _mm256_add_ps(*z, x);
+                _mm256_storeu_ps(at, x);
+            }
+        }
+        z
+    }
+}
+
+/// Scores (`[nk][16]` in `w`) to `exp(s − shift)` per query, padded keys hidden (−∞, so 0).
+/// `shift`: the query's largest visible score (`None`: computed here, and 0 where no key is
+/// visible) or a given one (the backward's log-sum). Returns the shift used.
+///
+/// A NaN score is not the largest (`max` passes the other operand) but its weight is NaN,
+/// which reaches the query's sum and output: a NaN is never dropped.
+///
+/// Safety: AVX2; `w` holds `16 · nk`, `key_valid` nk.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_weights(
+    w: &mut [f32],
+    nk: usize,
+    key_valid: Option<&[bool]>,
+    shift: Option<[__m256; HALVES]>,
+) -> [__m256; HALVES] {
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let hidden = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut max = [hidden; HALVES];
+        for j in 0..nk {
+            let shown = key_valid.is_none_or(|v| v[j]);
+            for (h, max) in max.iter_mut().enumerate() {
+                let at = w.as_mut_ptr().add(j * BLOCK + h * LANES);
+                if shown {
+                    *max = _mm256_max_ps(_mm256_loadu_ps(at), *max);
+                } else {
+                    _mm256_storeu_ps(at, hidden);
+                }
+            }
+        }
+        let shift = shift.unwrap_or_else(|| {
+            max.map(|m| {
+                let none = _mm256_cmp_ps::<_CMP_EQ_OQ>(m, hidden);
+                _mm256_blendv_ps(m, _mm256_setzero_ps(), none)
+            })
+        });
+        for j in 0..nk {
+            for (h, s) in shift.iter().enumerate() {
+                let at = w.as_mut_ptr().add(j * BLOCK + h * LANES);
+                _mm256_storeu_ps(at, _mm256_sub_ps(_mm256_loadu_ps(at), *s));
+            }
+        }
+        crate::tensor::fastmath::exp_f32(&mut w[..nk * BLOCK]);
+        shift
+    }
+}
+
+/// Σ_j w[j] per query.
+///
+/// Safety: AVX2; `w` holds `16 · nk`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lane_sums(w: &[f32], nk: usize) -> [__m256; HALVES] {
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let mut z = [_mm256_setzero_ps(); HALVES];
+        for j in 0..nk {
+            for (h, z) in z.iter_mut().enumerate() {
+                *z = _mm256_add_ps(*z, _mm256_loadu_ps(w.as_ptr().add(j * BLOCK + h * LANES)));
+            }
+        }
+        z
+    }
+}
+
+/// The pair's output rows (`out + i · out_row`, `e` channels) and per-query statistics
+/// (`stat`): Σw for Taylor weights, the log of the softmax's sum (−∞ where no key is visible).
 ///
 /// Safety: AVX2 and FMA ([`applies`]); the pair's pointers address its rows; `out` addresses
 /// nq rows of e and is written by this call alone; `stat` holds nq.
@@ -438,44 +608,60 @@ pub(super) unsafe fn forward(
             );
             // sixteen scores per key, turned into weights and summed per query
             row_vectors(kv.k, nk, d, &scr.qt, &mut scr.w);
-            let mut z = [_mm256_setzero_ps(); HALVES];
-            for j in 0..nk {
-                for (h, z) in z.iter_mut().enumerate() {
-                    let at = scr.w.as_mut_ptr().add(j * BLOCK + h * LANES);
-                    let s = _mm256_loadu_ps(at);
-                    let mut w = taylor_weight(s);
-                    if pair.key_valid.is_some() {
-                        w = _mm256_mul_ps(w, _mm256_set1_ps(scr.key_weight[j]));
-                    }
-                    *z = _mm256_add_ps(*z, w);
-                    _mm256_storeu_ps(at, w);
-                }
-            }
-            channel_vectors(kv.v, nk, e, &scr.w, &mut scr.ct);
-            let inv = z.map(|z| inverse_clamped(z, pair.eps));
-            for c0 in (0..e).step_by(LANES) {
-                store_block(&scr.ct, c0, inv, (out, out_row, false), (i0, m));
+            if let Some(bias) = pair.bias {
+                add_bias(bias, nk, (i0, m), &mut scr.w);
             }
             let mut sums = [0f32; BLOCK];
-            for (h, z) in z.iter().enumerate() {
-                _mm256_storeu_ps(sums.as_mut_ptr().add(h * LANES), *z);
+            let inv = match pair.weights {
+                Weights::Taylor { eps } => {
+                    let key_weight = pair.key_valid.map(|_| &scr.key_weight[..nk]);
+                    let z = taylor_weights(&mut scr.w, nk, key_weight);
+                    for (h, z) in z.iter().enumerate() {
+                        _mm256_storeu_ps(sums.as_mut_ptr().add(h * LANES), *z);
+                    }
+                    z.map(|z| inverse_clamped(z, eps))
+                }
+                Weights::Softmax => {
+                    let shift = softmax_weights(&mut scr.w, nk, pair.key_valid, None);
+                    let z = lane_sums(&scr.w, nk);
+                    let (mut zs, mut ms) = ([0f32; BLOCK], [0f32; BLOCK]);
+                    for h in 0..HALVES {
+                        _mm256_storeu_ps(zs.as_mut_ptr().add(h * LANES), z[h]);
+                        _mm256_storeu_ps(ms.as_mut_ptr().add(h * LANES), shift[h]);
+                    }
+                    // log Σ exp(s): a NaN sum passes through, no visible key gives −∞
+                    for ((s, &z), &m) in sums.iter_mut().zip(&zs).zip(&ms) {
+                        *s = if z <= 0.0 {
+                            f32::NEG_INFINITY
+                        } else {
+                            m + z.ln()
+                        };
+                    }
+                    z.map(|z| inverse_clamped(z, 0.0))
+                }
+            };
+            channel_vectors(kv.v, nk, e, &scr.w, &mut scr.ct);
+            for c0 in (0..e).step_by(LANES) {
+                store_block(&scr.ct, c0, inv, (out, out_row, false), (i0, m));
             }
             stat[i0..i0 + m].copy_from_slice(&sums[..m]);
         }
     }
 }
 
-/// Gradients of one pair, added into `dq`, `dk`, `dv` (laid out as q, k, v), from the output
-/// gradient `g` and the forward's output `o` (both rows of e, `o_row` apart) and sums `stat`.
+/// Gradients of one pair, added into `dq`, `dk`, `dv` (laid out as q, k, v) and, with a bias,
+/// `dbias` (`[nq][nk]`, the pair's block), from the output gradient `g` and the forward's
+/// output `o` (both rows of e, `o_row` apart) and statistics `stat`.
 ///
-/// Safety: as [`forward`]; `dq`, `dk`, `dv` address the pair's rows and are written by this
-/// call alone.
+/// Safety: as [`forward`]; `dq`, `dk`, `dv` address the pair's rows and `dbias` its block,
+/// each written by this call alone.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward(
     pair: &Pair,
     (o, g, o_row): (*const f32, *const f32, usize),
     stat: &[f32],
     (dq, dk, dv): (*mut f32, *mut f32, *mut f32),
+    dbias: Option<*mut f32>,
     scr: &mut Scratch,
 ) {
     // SAFETY: the caller upholds this function's contract (its doc)
@@ -507,13 +693,13 @@ pub(super) unsafe fn backward(
             );
             load_block(g, o_row, block, e, 1.0, Some(&mut scr.g_rows), &mut scr.gt);
             load_block(o, o_row, block, e, 1.0, None, &mut scr.ct);
-            // per query: 1 / max(Σw, eps), and dO·O where the clamp passes the gradient
-            let mut z = [1f32; BLOCK];
-            z[..m].copy_from_slice(&stat[i0..i0 + m]);
-            let z: [__m256; HALVES] =
-                std::array::from_fn(|h| _mm256_loadu_ps(z.as_ptr().add(h * LANES)));
-            let inv = z.map(|z| inverse_clamped(z, pair.eps));
-            let through: [__m256; HALVES] = std::array::from_fn(|h| {
+            // the forward's statistics; lanes past the block's queries have zero rows
+            let mut st = [1f32; BLOCK];
+            st[..m].copy_from_slice(&stat[i0..i0 + m]);
+            let st: [__m256; HALVES] =
+                std::array::from_fn(|h| _mm256_loadu_ps(st.as_ptr().add(h * LANES)));
+            // dO·O per query
+            let dot: [__m256; HALVES] = std::array::from_fn(|h| {
                 let mut sum = _mm256_setzero_ps();
                 for c in 0..e {
                     let at = c * BLOCK + h * LANES;
@@ -523,28 +709,63 @@ pub(super) unsafe fn backward(
                         sum,
                     );
                 }
-                let passes = _mm256_cmp_ps::<_CMP_GE_OQ>(z[h], _mm256_set1_ps(pair.eps));
-                _mm256_and_ps(sum, passes)
+                sum
             });
             // scores (recomputed) and dO · vᵀ, per key; then weights and dS over them
             row_vectors(kv.k, nk, d, &scr.qt, &mut scr.w);
+            if let Some(bias) = pair.bias {
+                add_bias(bias, nk, block, &mut scr.w);
+            }
             row_vectors(kv.v, nk, e, &scr.gt, &mut scr.dw);
-            for j in 0..nk {
-                for h in 0..HALVES {
-                    let at = j * BLOCK + h * LANES;
-                    let (wp, dwp) = (scr.w.as_mut_ptr().add(at), scr.dw.as_mut_ptr().add(at));
-                    let s = _mm256_loadu_ps(wp);
-                    let mut w = _mm256_mul_ps(taylor_weight(s), inv[h]);
-                    let mut ds =
-                        _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(dwp), through[h]), inv[h]);
-                    ds = _mm256_mul_ps(ds, _mm256_add_ps(one, s));
-                    if pair.key_valid.is_some() {
-                        let kw = _mm256_set1_ps(scr.key_weight[j]);
-                        w = _mm256_mul_ps(w, kw);
-                        ds = _mm256_mul_ps(ds, kw);
+            match pair.weights {
+                Weights::Taylor { eps } => {
+                    // 1 / max(Σw, eps), and dO·O where the clamp passes the gradient
+                    let inv = st.map(|z| inverse_clamped(z, eps));
+                    let through: [__m256; HALVES] = std::array::from_fn(|h| {
+                        let passes = _mm256_cmp_ps::<_CMP_GE_OQ>(st[h], _mm256_set1_ps(eps));
+                        _mm256_and_ps(dot[h], passes)
+                    });
+                    for j in 0..nk {
+                        for h in 0..HALVES {
+                            let at = j * BLOCK + h * LANES;
+                            let (wp, dwp) =
+                                (scr.w.as_mut_ptr().add(at), scr.dw.as_mut_ptr().add(at));
+                            let s = _mm256_loadu_ps(wp);
+                            let mut w = _mm256_mul_ps(taylor_weight(s), inv[h]);
+                            let mut ds = _mm256_mul_ps(
+                                _mm256_sub_ps(_mm256_loadu_ps(dwp), through[h]),
+                                inv[h],
+                            );
+                            ds = _mm256_mul_ps(ds, _mm256_add_ps(one, s));
+                            if pair.key_valid.is_some() {
+                                let kw = _mm256_set1_ps(scr.key_weight[j]);
+                                w = _mm256_mul_ps(w, kw);
+                                ds = _mm256_mul_ps(ds, kw);
+                            }
+                            _mm256_storeu_ps(wp, w);
+                            _mm256_storeu_ps(dwp, ds);
+                        }
                     }
-                    _mm256_storeu_ps(wp, w);
-                    _mm256_storeu_ps(dwp, ds);
+                }
+                Weights::Softmax => {
+                    // w = exp(s − log Σ): the normalized weights; a query with no visible key
+                    // (−∞) gets none (+∞ makes every exp 0)
+                    let shift = st.map(|l| {
+                        let none =
+                            _mm256_cmp_ps::<_CMP_EQ_OQ>(l, _mm256_set1_ps(f32::NEG_INFINITY));
+                        _mm256_blendv_ps(l, _mm256_set1_ps(f32::INFINITY), none)
+                    });
+                    softmax_weights(&mut scr.w, nk, pair.key_valid, Some(shift));
+                    // dS = w ⊙ (dO·v − dO·O)
+                    for j in 0..nk {
+                        for (h, dot) in dot.iter().enumerate() {
+                            let at = j * BLOCK + h * LANES;
+                            let dwp = scr.dw.as_mut_ptr().add(at);
+                            let w = _mm256_loadu_ps(scr.w.as_ptr().add(at));
+                            let ds = _mm256_mul_ps(w, _mm256_sub_ps(_mm256_loadu_ps(dwp), *dot));
+                            _mm256_storeu_ps(dwp, ds);
+                        }
+                    }
                 }
             }
             // dv += Wᵀ · dO; dk += dSᵀ · (scale · q) (padded lanes have zero rows)
@@ -555,6 +776,10 @@ pub(super) unsafe fn backward(
             let scale = [_mm256_set1_ps(pair.scale); HALVES];
             for c0 in (0..d).step_by(LANES) {
                 store_block(&scr.ct, c0, scale, (dq, pair.q_row, true), block);
+            }
+            // the bias enters the scores as they are: its gradient is dS
+            if let Some(dbias) = dbias {
+                add_bias_gradient(&scr.dw, nk, block, dbias);
             }
         }
         if kv.packed {

@@ -217,3 +217,60 @@ fn f32_lane_attention_equals_the_composite_form() {
         check(40, 24, (8, 8), true, Some(2));
     }
 }
+
+/// The f32 lane kernel with softmax keeps what the general kernel keeps: a NaN in one query's
+/// scores makes that query's output NaN (and no other's), and a query whose every key a −∞ bias
+/// hides gets 0, with finite gradients everywhere else.
+#[test]
+fn f32_lane_softmax_reports_a_nan_and_zeroes_a_query_with_no_key() {
+    type Tp32 = OwnedTape<f32, Cpu>;
+    let d = dev();
+    let (p, h, nq, nk, w) = (2, 2, 20, 24, 8);
+    let spec = WeightsSpec {
+        scale: 0.3,
+        normalizer: Normalizer::Softmax,
+        visibility: Visibility::all(p, nq, nk),
+    };
+    let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let mut qv = to32(randn(21, p * h * nq * w));
+    let (kv, vv) = (
+        to32(randn(22, p * h * nk * w)),
+        to32(randn(23, p * h * nk * w)),
+    );
+    let mut bv = to32(randn(24, p * h * nq * nk));
+    // a NaN in query 3 of (problem 0, head 1); every key of query 17 of (problem 1, head 0) hidden
+    let nan_query = (h + 1) * nq + 3;
+    qv[nan_query * w + 5] = f32::NAN;
+    let hidden_query = h * nq + 17;
+    bv[hidden_query * nk..(hidden_query + 1) * nk].fill(f32::NEG_INFINITY);
+    let q = d.tensor_from_vec(qv, (p, h, nq, w));
+    let k = d.tensor_from_vec(kv, (p, h, nk, w));
+    let v = d.tensor_from_vec(vv, (p, h, nk, w));
+    let b = d.tensor_from_vec(bv, (p, h, nq, nk));
+    let out = Backend::attention_fused(
+        q.leaky_trace(),
+        k.clone().retaped::<Tp32>(),
+        v.clone().retaped::<Tp32>(),
+        Some(b.clone().retaped::<Tp32>()),
+        &spec,
+    )
+    .unwrap();
+    let values = out.as_vec();
+    for (row, x) in values.chunks(w).enumerate() {
+        if row == nan_query {
+            assert!(x.iter().all(|x| x.is_nan()), "query {row}: {x:?}");
+        } else if row == hidden_query {
+            assert!(x.iter().all(|&x| x == 0.0), "query {row}: {x:?}");
+        } else {
+            assert!(x.iter().all(|x| x.is_finite()), "query {row}: {x:?}");
+        }
+    }
+    // gradients: the other problem and head are untouched by the NaN
+    let mut g = out.sum().backward();
+    let dv = g.get_or_alloc_mut(&v).unwrap().to_vec();
+    let pair = nk * w;
+    for (ph, block) in dv.chunks(pair).enumerate() {
+        let finite = block.iter().all(|x| x.is_finite());
+        assert_eq!(finite, ph != h + 1, "value gradients of pair {ph}");
+    }
+}

@@ -6,17 +6,20 @@
 # 6 000 and (a separate run, its own schedule) for 20 000 steps × 16, and from those 20 000-step
 # weights 30 000 steps more at a third of the learning rate (50 000 in all). The two rules at once,
 # one core each: about 4 hours (docs/experiments/match3.md, "Wider").
-# Usage: scripts/match3_strassen_wide.sh [OUT] [SEED] (runs/match3-strassen-wide, seed 0: the
-# seed of the data and the initial weights, the same in every stage)
+# Usage: scripts/match3_strassen_wide.sh [OUT] [SEED] [RULE] (runs/match3-strassen-wide, seed 0:
+# the seed of the data and the initial weights, the same in every stage;
+# examples/rules/strassen.rule, or another rule file such as strassen_sharp.rule)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/match3-strassen-wide}"
 seed="${2:-0}"
+rule="${3:-examples/rules/strassen.rule}"
+name="$(basename "$rule" .rule)"
 cargo build --release -q
 # a copy, so that a rebuild during the run does not change its later parts
 q="$out/quartic"
 mkdir -p "$out" && cp target/release/quartic "$q"
-"$q" experiment plan --task match3 --rules baseline,examples/rules/strassen.rule --seeds 1 \
+"$q" experiment plan --task match3 --rules "baseline,$rule" --seeds 1 \
   --first-seed "$seed" --steps 12000 --batch 16 --dim 64 --dim-head 16 --eval-every 500 \
   --out "$out/plan"
 export QUARTIC_STAY_WARM_MS=0 RAYON_NUM_THREADS=1
@@ -34,7 +37,7 @@ curriculum() { # job, rule
 }
 curriculum 0 baseline > "$out/baseline.log" 2>&1 &
 baseline=$!
-curriculum 1 strassen > "$out/strassen.log" 2>&1 &
+curriculum 1 "$name" > "$out/$name.log" 2>&1 &
 strassen=$!
 wait "$baseline"
 wait "$strassen"

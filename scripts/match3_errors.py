@@ -64,7 +64,8 @@ def bucket_positions(p):
     """The row of a positive with p witnessing position pairs, and its place in the table."""
     for place, top in enumerate(POSITION_BUCKETS):
         if p <= top:
-            low = POSITION_BUCKETS[place - 1] + 1 if place else 1
+            # the fewest is 2: one witnessing pair of residues at one position each, (j, k) and (k, j)
+            low = POSITION_BUCKETS[place - 1] + 1 if place else 2
             return f"{low}-{top}", place
     return f"> {POSITION_BUCKETS[-1]}", len(POSITION_BUCKETS)
 

@@ -38,7 +38,7 @@ curriculum() { # job, rule
 curriculum 0 baseline > "$out/baseline.log" 2>&1 &
 baseline=$!
 curriculum 1 "$name" > "$out/$name.log" 2>&1 &
-strassen=$!
+other=$!
 wait "$baseline"
-wait "$strassen"
+wait "$other"
 "$q" experiment report "$out/plan"

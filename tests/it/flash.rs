@@ -273,4 +273,18 @@ fn f32_lane_softmax_reports_a_nan_and_zeroes_a_query_with_no_key() {
         let finite = block.iter().all(|x| x.is_finite());
         assert_eq!(finite, ph != h + 1, "value gradients of pair {ph}");
     }
+    // query gradients: NaN only in the NaN query's row, 0 for the query that sees no key
+    let dq = g.get_or_alloc_mut(&q).unwrap().to_vec();
+    for (row, x) in dq.chunks(w).enumerate() {
+        if row == nan_query {
+            assert!(x.iter().any(|x| x.is_nan()), "query gradient {row}: {x:?}");
+        } else if row == hidden_query {
+            assert!(x.iter().all(|&x| x == 0.0), "query gradient {row}: {x:?}");
+        } else {
+            assert!(
+                x.iter().all(|x| x.is_finite()),
+                "query gradient {row}: {x:?}"
+            );
+        }
+    }
 }

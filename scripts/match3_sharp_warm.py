@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""A strassen_sharp.rule checkpoint that computes what a strassen.rule checkpoint computes.
+
+strassen_sharp.rule multiplies every score of query i by beta[i] = (softplus(a[i]) + 1) / sqrt(dim_head),
+with a[i] a linear map of x[i]; strassen.rule uses 1 / sqrt(dim_head). With that map's weights and
+bias at zero, beta = (1 + ln 2) / sqrt(dim_head) for every query; dividing the first factor of each
+score (f1, g1, h1) by 1 + ln 2 undoes it exactly (each score is a sum of dot products, linear in
+that factor). So training the sharp rule from this checkpoint starts from the plain rule's function
+and learns only whether a sharpness per query helps (docs/experiments/match3.md).
+
+Usage: scripts/match3_sharp_warm.py STRASSEN.safetensors RULE_FILE OUT.safetensors
+The output holds the parameters only (no optimizer moments): use it with `quartic train --init`.
+Standard library only; reads and writes the checkpoint format of src/train/checkpoint.rs.
+"""
+import array
+import json
+import math
+import os
+import struct
+import sys
+import zlib
+
+FORMAT = "quartic-checkpoint-2"
+
+
+def read(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__")
+    if meta.get("format") != FORMAT:
+        sys.exit(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    body = data[8 + n :]
+    tensors = {}
+    for name, t in header.items():
+        if t["dtype"] != "F32":
+            sys.exit(f"{path}: tensor {name} is {t['dtype']}, expected F32")
+        a, b = t["data_offsets"]
+        values = array.array("f")
+        values.frombytes(body[a:b])
+        if sys.byteorder != "little":
+            values.byteswap()
+        tensors[name] = (t["shape"], values)
+    return meta, tensors
+
+
+def metadata_crc(meta):
+    # the CRC-32 of every entry but the checksums, in key order, each part ended by a zero byte
+    crc = 0
+    for key in sorted(k for k in meta if k != "checksums"):
+        for part in (key.encode(), b"\0", meta[key].encode(), b"\0"):
+            crc = zlib.crc32(part, crc)
+    return crc
+
+
+def write(path, meta, tensors):
+    blobs = {}
+    for name, (shape, values) in tensors.items():
+        v = array.array("f", values)
+        if sys.byteorder != "little":
+            v.byteswap()
+        blobs[name] = (shape, v.tobytes())
+    sums = {name: zlib.crc32(b) for name, (_, b) in blobs.items()}
+    sums["__metadata__"] = metadata_crc(meta)
+    meta = dict(meta, checksums=json.dumps(sums, sort_keys=True, separators=(",", ":")))
+    header, offset, body = {"__metadata__": meta}, 0, []
+    for name in sorted(blobs):
+        shape, b = blobs[name]
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        body.append(b)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    if os.path.exists(path):
+        sys.exit(f"{path} exists; not replacing it")
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(body))
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__.split("\n\n")[2])
+    source, rule_file, out = sys.argv[1:]
+    meta, tensors = read(source)
+    config = json.loads(meta["config"])
+    if not config["rule"].endswith("strassen.rule"):
+        sys.exit(f"{source}: rule {config['rule']}, expected strassen.rule")
+    params = {k: v for k, v in tensors.items() if k.startswith("param/")}
+    scale = 1 / (1 + math.log(2))
+    dim = config["dim"]
+    heads = int(config["rule_params"]["heads"])
+    for layer in range(config["depth"]):
+        pre = f"param/layers.{layer}."
+        for factor in ("f1", "g1", "h1"):
+            shape, values = params[f"{pre}{factor}.linear0.weight"]
+            params[f"{pre}{factor}.linear0.weight"] = (shape, [x * scale for x in values])
+        params[f"{pre}beta.linear0.weight"] = ([heads, dim], [0.0] * (heads * dim))
+        params[f"{pre}beta.linear0.bias"] = ([heads], [0.0] * heads)
+    with open(rule_file) as f:
+        rule_source = f.read()
+    config["rule"] = rule_file
+    train = json.loads(meta["train"])
+    new_meta = {
+        "format": FORMAT,
+        "crate_version": meta.get("crate_version", ""),
+        "git_commit": meta.get("git_commit", ""),
+        "config": json.dumps(config, separators=(",", ":")),
+        "rule_source": rule_source,
+        "train": json.dumps({"step": 0, "train_config": train["train_config"]}),
+        "adam_step": "0",
+    }
+    write(out, new_meta, params)
+    print(f"{out}: {source} as {rule_file} (f1, g1, h1 × {scale:.6f}; beta's map at zero)")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,24 @@ pub fn gelu_composite<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(
     x.accurate_gelu() + correction
 }
 
+/// `softplus(x) = log(1 + exp(x))`, finite wherever `x` is, with the gradient `sigmoid(x)`
+/// everywhere.
+///
+/// Computed as `m + log(exp(−m) + exp(x − m))` with `m = max(x, 0)` held constant: no exp
+/// overflows, and m's two terms cancel in the derivative, which is therefore
+/// `exp(x − m) / (exp(−m) + exp(x − m)) = sigmoid(x)` at every x. The textbook stable form
+/// `relu(x) + log(1 + exp(−|x|))` has the same value, but as composite ops its pieces'
+/// derivatives are both 0 at x = 0 (relu' and |x|' there), where sigmoid is ½: a softplus of an
+/// exact 0, such as a linear map started at zero, never got a gradient.
+pub fn softplus<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> Tensor<S, E, D, T> {
+    // untaped, under a new id: a constant shift
+    let m = x.with_empty_tape().split_tape().0.relu();
+    let shifted = (x - m.clone()).exp() + m.clone().negate().exp();
+    shifted.ln() + m
+}
+
 /// SiLU, `x · sigmoid(x)`.
 pub fn silu<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(
     x: Tensor<S, E, D, T>,

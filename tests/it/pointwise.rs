@@ -214,3 +214,56 @@ fn fused_layer_norm_matches_composite_and_finite_differences() {
         )
     });
 }
+
+/// `softplus` against `log(1 + exp(x))` and its gradient against `sigmoid(x)`, in f64 and f32,
+/// at exact 0 (where relu(x) + log(1 + exp(−|x|)) written as ops gave no gradient), at large
+/// |x| (where exp overflows in f32) and in between; a NaN stays NaN.
+#[test]
+fn softplus_has_the_sigmoid_gradient_everywhere_and_cannot_overflow() {
+    use quartic::ops::activations::softplus;
+    let d = dev();
+    let xs = [
+        0.0, -0.0, 1e-8, -1e-8, 0.5, -2.0, 3.0, 30.0, -30.0, 100.0, -100.0, 1e4, -1e4,
+    ];
+    let sigmoid = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let exact = |v: f64| v.max(0.0) + (-v.abs()).exp().ln_1p();
+    let x = d.tensor_from_vec(xs.to_vec(), (xs.len(),));
+    let y = softplus(x.leaky_trace());
+    let values = y.as_vec();
+    let grads = y.sum().backward();
+    let dx = grads.get(&x).as_vec();
+    for (k, &v) in xs.iter().enumerate() {
+        assert!(
+            (values[k] - exact(v)).abs() <= 1e-12 * exact(v).max(1.0),
+            "f64 softplus({v})"
+        );
+        assert!(
+            (dx[k] - sigmoid(v)).abs() <= 1e-15,
+            "f64 d softplus({v}): {}",
+            dx[k]
+        );
+    }
+    let x32 = d.tensor_from_vec(xs.iter().map(|&v| v as f32).collect(), (xs.len(),));
+    let y32 = softplus(x32.leaky_trace());
+    let values32 = y32.as_vec();
+    let dx32 = y32.sum().backward().get(&x32).as_vec();
+    for (k, &v) in xs.iter().enumerate() {
+        let v32 = v as f32 as f64;
+        assert!(
+            values32[k].is_finite(),
+            "f32 softplus({v}) = {}",
+            values32[k]
+        );
+        let want = exact(v32);
+        assert!(
+            (values32[k] as f64 - want).abs() <= 1e-6 * want.max(1.0),
+            "f32 softplus({v})"
+        );
+        assert!(
+            (dx32[k] as f64 - sigmoid(v32)).abs() <= 1e-7,
+            "f32 d softplus({v})"
+        );
+    }
+    let nan = softplus(d.tensor_from_vec(vec![f64::NAN], (1,)));
+    assert!(nan.as_vec()[0].is_nan(), "a NaN stays NaN");
+}

@@ -1436,6 +1436,36 @@ n: nodes[i] += a[i] + b[i]
     gradcheck_pointwise("element-wise functions", src, x, e);
 }
 
+/// A softplus of an exact 0 has the gradient ½, as everywhere else sigmoid(x): its stable form
+/// written as ops (relu(x) + log(1 + exp(−|x|))) gave 0 there, so a linear map started at
+/// zero under a softplus never moved (found training `strassen_sharp.rule` from a warm start).
+#[test]
+fn softplus_of_an_exact_zero_has_gradient_one_half() {
+    let (n, dim) = POINTWISE;
+    let d = dev();
+    let layer = RuleLayer::<f64, Cpu>::new(
+        pointwise_plan("rule f()\nn: nodes[i] += softplus(nodes[i])\n"),
+        &Init::random(&d, 0),
+    )
+    .unwrap();
+    let x = d.tensor_from_vec(vec![0.0; n * dim], (1, n, dim));
+    let edges = d.tensor_from_vec(vec![0.0; n * n * dim], (1, n, n, dim));
+    let (no, _) = layer
+        .forward(
+            Nodes::new(x.leaky_trace()),
+            Edges::new(edges.leaky_trace()).unwrap(),
+            &GraphMask::full(1, n),
+        )
+        .unwrap();
+    let grads = no.into_tensor().sum().backward();
+    // the residual's 1 plus softplus'(0) = ½
+    assert!(grads
+        .get(&x)
+        .as_vec()
+        .iter()
+        .all(|&g| (g - 1.5).abs() < 1e-12));
+}
+
 /// `logsumexp[k]`: log Σ exp over k against its definition, finite where every exp overflows
 /// (from the largest term), and its gradient (the softmax) against finite differences.
 #[test]

@@ -31,7 +31,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Edges, GraphMask, Nodes};
 use crate::nn::hyper::HyperConnection;
-use crate::ops::activations::gelu_exact;
+use crate::ops::activations::{gelu_exact, softplus};
 use crate::ops::attention::{attend, AttendInputs};
 use crate::ops::path::path_attention;
 use crate::ops::patterns::{
@@ -564,11 +564,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 let t = match f {
                     Activation::Gelu => gelu_exact(x.t)?,
                     Activation::Step { strict } => step(x.t, *strict),
-                    Activation::Softplus => {
-                        // relu(x) + log(1 + exp(-|x|)): no overflow for large |x|
-                        let tail = (x.t.with_empty_tape().abs().negate().exp() + E::one()).ln();
-                        x.t.relu() + tail
-                    }
+                    Activation::Softplus => softplus(x.t),
                     _ => unreachable!("the other functions run as element-wise programs"),
                 };
                 Ok(self.val(t, x.axes, x.channels))

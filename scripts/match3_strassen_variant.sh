@@ -15,9 +15,13 @@ rule="${1:?usage: scripts/match3_strassen_variant.sh RULE [FROM] [OUT]}"
 from="${2:-runs/match3-strassen-wide}"
 name="$(basename "$rule" .rule)"
 out="${3:-$from/$name-distinct-50000}"
-# the binary of the plain rule's stages (a copy kept beside them), so that only the rule differs
-q="$from/quartic"
-[ -x "$q" ] || { cargo build --release -q; q=target/release/quartic; }
+# this build (a copy, so that a rebuild during the run does not change it): the variant may
+# need what the plain rule's build lacked (strassen_sharp needs softplus's gradient at 0, fixed
+# after the first run of it)
+cargo build --release -q
+mkdir -p "$(dirname "$out")"
+q="$out.quartic"
+cp target/release/quartic "$q"
 plain="$from/strassen-distinct-20000/checkpoint.safetensors"
 warm="$from/$name-warm-20000.safetensors"
 [ -e "$warm" ] || scripts/match3_warm_start.py "$plain" "$rule" "$warm"

@@ -182,29 +182,36 @@ fn example_rules() -> Vec<(Rule, Vec<(String, Const)>)> {
         .into_iter()
         .map(|f| {
             let rule = Rule::load(&f).unwrap();
-            let small = rule
-                .declared_values(&[
-                    ("heads", 2.0),
-                    ("dim_head", 3.0),
-                    ("edge_heads", 2.0),
-                    ("edge_dim_head", 2.0),
-                    ("hidden", 4.0),
-                    ("ff_mult", 1.0),
-                    ("light_heads", 1.0),
-                    ("light_mult", 1.0),
-                    ("picks", 3.0),
-                ])
-                .into_iter()
-                .collect();
-            let mut small: Vec<(String, Const)> = small;
-            if rule.parameters().iter().any(|(name, _)| name == "straight") {
-                // straight-through gates are an estimator, not the derivative (see the routed
-                // rule's gradient check): check the soft-gated form
-                small.push(("straight".into(), Const::Word("false".into())));
-            }
+            let small = widths(&rule, 3.0, 2.0, 4.0);
             (rule, small)
         })
         .collect()
+}
+
+/// The values `rule` declares among the widths the example-rule tests use: heads of
+/// `dim_head` (edge heads of `edge_dim_head`), `hidden` channels, the smallest multipliers;
+/// straight-through gates off.
+fn widths(rule: &Rule, dim_head: f64, edge_dim_head: f64, hidden: f64) -> Vec<(String, Const)> {
+    let mut values: Vec<(String, Const)> = rule
+        .declared_values(&[
+            ("heads", 2.0),
+            ("dim_head", dim_head),
+            ("edge_heads", 2.0),
+            ("edge_dim_head", edge_dim_head),
+            ("hidden", hidden),
+            ("ff_mult", 1.0),
+            ("light_heads", 1.0),
+            ("light_mult", 1.0),
+            ("picks", 3.0),
+        ])
+        .into_iter()
+        .collect();
+    if rule.parameters().iter().any(|(name, _)| name == "straight") {
+        // straight-through gates are an estimator, not the derivative (see the routed
+        // rule's gradient check): check the soft-gated form
+        values.push(("straight".into(), Const::Word("false".into())));
+    }
+    values
 }
 
 /// Whether `rule` plans in a causal model; a rule that cannot is refused for reading the future.
@@ -563,25 +570,8 @@ where
 #[test]
 fn example_rules_give_the_same_parameter_gradients_in_f32_and_f64() {
     for (rule, _) in example_rules() {
-        let overrides: Vec<(String, Const)> = rule
-            .declared_values(&[
-                ("heads", 2.0),
-                ("dim_head", 8.0),
-                ("edge_heads", 2.0),
-                ("edge_dim_head", 8.0),
-                ("hidden", 8.0),
-                ("ff_mult", 1.0),
-                ("light_heads", 1.0),
-                ("light_mult", 1.0),
-                ("picks", 3.0),
-            ])
-            .into_iter()
-            .collect();
-        let mut overrides = overrides;
-        if rule.parameters().iter().any(|(name, _)| name == "straight") {
-            // as in the gradient checks: the soft-gated form
-            overrides.push(("straight".into(), Const::Word("false".into())));
-        }
+        // head widths of 8: the f32 kernels' AVX2 lanes
+        let overrides = widths(&rule, 8.0, 8.0, 8.0);
         let cfg = RuleConfig {
             dim: 16,
             dim_edges: 8,

@@ -18,20 +18,14 @@ seconds per hundred sequences per head.
 
 Usage: scripts/match3_scores.py CHECKPOINT SEQUENCES SEED
 """
-import importlib.util
+import json
 import math
-import os
 import random
 import statistics
 import sys
 
-
-def sibling(name):
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location(name, os.path.join(here, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import checkpoint_io as io
+import match3_errors as errors
 
 
 def matrix(params, name):
@@ -63,10 +57,7 @@ def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__.split("\n\n")[2])
     source, sequences, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    io, errors = sibling("match3_warm_start"), sibling("match3_errors")
     meta, tensors = io.read(source)
-    import json
-
     config = json.loads(meta["config"])
     # strassen_evidence.rule scores pairs the same way (it only reads more of them)
     if config["depth"] != 1 or not config["rule"].endswith(("strassen.rule", "strassen_evidence.rule")):

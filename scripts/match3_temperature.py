@@ -12,23 +12,15 @@ Usage: scripts/match3_temperature.py CHECKPOINT [QUARTIC] [KEEP]
 (QUARTIC: target/release/quartic; KEEP: a new folder that keeps the scaled checkpoints,
 scaled-C.safetensors, e.g. for scripts/match3_errors.py)
 """
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 import tempfile
 
+import checkpoint_io as io
+
 SCALES = [0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0]
-
-
-def checkpoint_io():
-    # the reader and writer of the checkpoint format, from the warm-start script beside this one
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("warm", os.path.join(here, "match3_warm_start.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main():
@@ -39,7 +31,6 @@ def main():
     keep = sys.argv[3] if len(sys.argv) == 4 else None
     if keep is not None:
         os.makedirs(keep)  # a new folder: refuses one that exists
-    io = checkpoint_io()
     meta, tensors = io.read(source)
     params = {k: v for k, v in tensors.items() if k.startswith("param/")}
     meta = {k: v for k, v in meta.items() if k != "checksums"}

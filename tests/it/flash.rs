@@ -255,16 +255,20 @@ fn f32_lane_softmax_reports_a_nan_and_zeroes_a_query_with_no_key() {
         &spec,
     )
     .unwrap();
-    let values = out.as_vec();
-    for (row, x) in values.chunks(w).enumerate() {
-        if row == nan_query {
-            assert!(x.iter().all(|x| x.is_nan()), "query {row}: {x:?}");
-        } else if row == hidden_query {
-            assert!(x.iter().all(|&x| x == 0.0), "query {row}: {x:?}");
-        } else {
-            assert!(x.iter().all(|x| x.is_finite()), "query {row}: {x:?}");
+    // per query row: `nan_row` holds for the NaN query's, all 0 for the hidden one's, finite else
+    let check_rows = |what: &str, rows: &[f32], nan_row: fn(&[f32]) -> bool| {
+        for (row, x) in rows.chunks(w).enumerate() {
+            let ok = if row == nan_query {
+                nan_row(x)
+            } else if row == hidden_query {
+                x.iter().all(|&x| x == 0.0)
+            } else {
+                x.iter().all(|x| x.is_finite())
+            };
+            assert!(ok, "{what} {row}: {x:?}");
         }
-    }
+    };
+    check_rows("query", &out.as_vec(), |x| x.iter().all(|x| x.is_nan()));
     // gradients: the other problem and head are untouched by the NaN
     let mut g = out.sum().backward();
     let dv = g.get_or_alloc_mut(&v).unwrap().to_vec();
@@ -275,16 +279,5 @@ fn f32_lane_softmax_reports_a_nan_and_zeroes_a_query_with_no_key() {
     }
     // query gradients: NaN only in the NaN query's row, 0 for the query that sees no key
     let dq = g.get_or_alloc_mut(&q).unwrap().to_vec();
-    for (row, x) in dq.chunks(w).enumerate() {
-        if row == nan_query {
-            assert!(x.iter().any(|x| x.is_nan()), "query gradient {row}: {x:?}");
-        } else if row == hidden_query {
-            assert!(x.iter().all(|&x| x == 0.0), "query gradient {row}: {x:?}");
-        } else {
-            assert!(
-                x.iter().all(|x| x.is_finite()),
-                "query gradient {row}: {x:?}"
-            );
-        }
-    }
+    check_rows("query gradient", &dq, |x| x.iter().any(|x| x.is_nan()));
 }

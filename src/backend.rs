@@ -116,6 +116,12 @@ pub trait Backend<E: Real>: Device<E> {
         Err(not_fused(Fused::Weights))
     }
 
+    /// Whether [`Backend::attention_fused`] takes heads `d` wide (queries, keys) and `e` wide
+    /// (values); asked after [`Backend::fuses`] said yes.
+    fn attention_fits(_d: usize, _e: usize) -> bool {
+        true
+    }
+
     /// [`crate::ops::attention::attention`].
     fn attention_fused<T: Tape<E, Self>>(
         _q: T4<E, Self, T>,
@@ -455,6 +461,29 @@ where
     }
 }
 
-/// CUDA fuses nothing yet: every op takes its composite form.
+/// CUDA fuses attention without stored weights (every edge pattern reaches it); every other op
+/// takes its composite form.
 #[cfg(feature = "cuda")]
-impl<E: Real> Backend<E> for Cuda where Cuda: Device<E> {}
+impl<E: Real> Backend<E> for Cuda
+where
+    Cuda: Device<E>,
+    crate::kernels::cuda::CudaBuffer<E>: crate::kernels::cuda::Launchable<E>,
+{
+    fn fuses(op: Fused) -> bool {
+        op == Fused::Attention
+    }
+
+    fn attention_fits(d: usize, e: usize) -> bool {
+        crate::kernels::cuda::attention::width(d, e).is_some()
+    }
+
+    fn attention_fused<T: Tape<E, Self>>(
+        q: T4<E, Self, T>,
+        k: T4<E, Self, T>,
+        v: T4<E, Self, T>,
+        bias: Option<T4<E, Self, T>>,
+        spec: &WeightsSpec,
+    ) -> Result<T4<E, Self, T>> {
+        crate::kernels::cuda::attention::attention_fused(q, k, v, bias, spec)
+    }
+}

@@ -83,7 +83,7 @@ pub fn attend<E: Real, D: Backend<E>, T: Tape<E, D>>(
 }
 
 /// Attention output `weights(q, k, bias) · v` (no talking heads), without keeping the weights
-/// where the device has a memory-efficient kernel (the CPU's blocked kernel).
+/// where the device has a memory-efficient kernel (the CPU's blocked kernel, CUDA's online softmax).
 pub fn attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     q: T4<E, D, T>,
     k: T4<E, D, T>,
@@ -91,7 +91,7 @@ pub fn attention<E: Real, D: Backend<E>, T: Tape<E, D>>(
     bias: Option<T4<E, D, T>>,
     spec: &WeightsSpec,
 ) -> Result<T4<E, D, T>> {
-    if D::fuses(Fused::Attention) {
+    if D::fuses(Fused::Attention) && D::attention_fits(q.shape().3, v.shape().3) {
         D::attention_fused(q, k, v, bias, spec)
     } else {
         attention_composite(q, k, v, bias, spec)

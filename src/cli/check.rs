@@ -74,7 +74,7 @@ pub fn run(args: &CheckArgs) -> quartic::Result<()> {
 fn run_ops(choice: DeviceChoice) -> quartic::Result<()> {
     let ops = op_check::ops();
     let names: Vec<String> = ops.iter().map(|(name, _)| name.clone()).collect();
-    let shape = "2 graphs (the second padded where masked), 5 nodes, 2 heads";
+    let shape = "2 graphs (the second padded where masked), 5 nodes (100 for `long`), 2 heads";
     if choice == DeviceChoice::Cpu {
         let what = "ops: fused CPU kernels against the composite forms a GPU runs";
         return table(&names, what, shape, ("fused ms", "composite ms"), |k| {

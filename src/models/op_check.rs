@@ -42,6 +42,11 @@ pub enum Op {
     Weights(Normalizer, Masking),
     /// `ops::attention::attend`, softmax.
     Attend(Masking),
+    /// `ops::attention::attend`, softmax, with an additive bias.
+    AttendBiased(Masking),
+    /// `ops::attention::attend` with a bias over [`LONG`] queries and keys (more than one block
+    /// of a GPU kernel's rows and tiles), heads [`LONG_DK`] and [`LONG_DV`] wide.
+    AttendLong(Normalizer, Masking),
     /// `ops::taylor::taylor_attend` in one form.
     Taylor(TaylorForm, Masking),
     /// `ops::patterns::pattern_attention` over edges, softmax.
@@ -64,6 +69,10 @@ const H: usize = 2;
 const N: usize = 5;
 const DK: usize = 4;
 const DV: usize = 3;
+/// Queries and keys of [`Op::AttendLong`], and its heads' widths.
+const LONG: usize = 100;
+const LONG_DK: usize = 24;
+const LONG_DV: usize = 40;
 
 /// Every op the check runs, with its name.
 pub fn ops() -> Vec<(String, Op)> {
@@ -78,6 +87,12 @@ pub fn ops() -> Vec<(String, Op)> {
         let taylor = Normalizer::Taylor { eps: 1e-6 };
         out.push((name("weights taylor", m), Op::Weights(taylor, m)));
         out.push((name("attend", m), Op::Attend(m)));
+        out.push((name("attend biased", m), Op::AttendBiased(m)));
+        out.push((
+            name("attend long softmax", m),
+            Op::AttendLong(Normalizer::Softmax, m),
+        ));
+        out.push((name("attend long taylor", m), Op::AttendLong(taylor, m)));
         out.push((name("taylor direct", m), Op::Taylor(TaylorForm::Direct, m)));
         out.push((
             name("taylor feature", m),
@@ -121,6 +136,19 @@ fn node_visibility(m: Masking) -> Result<Visibility> {
     Ok(vis)
 }
 
+/// [`Op::AttendLong`]'s visibility under `m`: B problems of [`LONG`] queries and keys, the
+/// second's last 7 keys padding.
+fn long_visibility(m: Masking) -> Result<Visibility> {
+    let mut vis = Visibility::all(B, LONG, LONG);
+    if m != Masking::Plain {
+        vis = vis.with_key_valid((0..B * LONG).map(|i| i < B * LONG - 7).collect())?;
+    }
+    if m == Masking::Causal {
+        vis = vis.with_sequence_causality()?;
+    }
+    Ok(vis)
+}
+
 /// The inputs' names and lengths.
 fn inputs(op: Op) -> Vec<(&'static str, usize)> {
     let (rows, c, hidden) = (6, 8, 12);
@@ -133,6 +161,18 @@ fn inputs(op: Op) -> Vec<(&'static str, usize)> {
                 ("v", B * H * N * DV),
             ]
         }
+        Op::AttendBiased(_) => vec![
+            ("q", B * H * N * DK),
+            ("k", B * H * N * DK),
+            ("v", B * H * N * DV),
+            ("bias", B * H * N * N),
+        ],
+        Op::AttendLong(..) => vec![
+            ("q", B * H * LONG * LONG_DK),
+            ("k", B * H * LONG * LONG_DK),
+            ("v", B * H * LONG * LONG_DV),
+            ("bias", B * H * LONG * LONG),
+        ],
         Op::Pattern(..) => vec![
             ("q", B * N * N * H * DK),
             ("k", B * N * N * H * DK),
@@ -182,6 +222,37 @@ fn run<D: Backend<f32>>(op: Op, xs: Vec<T1<f32, D, Tp<D>>>) -> Result<T1<f32, D,
             };
             let (q, k, v) = (heads(next(), DK), heads(next(), DK), heads(next(), DV));
             flat(attend(q, k, v, AttendInputs::default(), &spec, false)?.out)
+        }
+        Op::AttendBiased(m) => {
+            let spec = WeightsSpec {
+                scale: 0.5,
+                normalizer: Normalizer::Softmax,
+                visibility: node_visibility(m)?,
+            };
+            let (q, k, v) = (heads(next(), DK), heads(next(), DK), heads(next(), DV));
+            let inputs = AttendInputs {
+                bias: Some(next().reshape_like(&(B, H, N, N))),
+                ..AttendInputs::default()
+            };
+            flat(attend(q, k, v, inputs, &spec, false)?.out)
+        }
+        Op::AttendLong(normalizer, m) => {
+            let spec = WeightsSpec {
+                scale: 0.3,
+                normalizer,
+                visibility: long_visibility(m)?,
+            };
+            let long = |x: T1<f32, D, Tp<D>>, d: usize| x.reshape_like(&(B, H, LONG, d));
+            let (q, k, v) = (
+                long(next(), LONG_DK),
+                long(next(), LONG_DK),
+                long(next(), LONG_DV),
+            );
+            let inputs = AttendInputs {
+                bias: Some(next().reshape_like(&(B, H, LONG, LONG))),
+                ..AttendInputs::default()
+            };
+            flat(attend(q, k, v, inputs, &spec, false)?.out)
         }
         Op::Taylor(form, m) => {
             let (q, k, v) = (heads(next(), DK), heads(next(), DK), heads(next(), DV));

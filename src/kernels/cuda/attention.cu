@@ -37,6 +37,10 @@ struct Args {
     int taylor;
     double scale, eps;
 };
+// the layout src/kernels/cuda/attention.rs asserts for its copy of the struct
+static_assert(sizeof(Args) == 176 && __builtin_offsetof(Args, problems) == 128 &&
+                  __builtin_offsetof(Args, taylor) == 152 && __builtin_offsetof(Args, scale) == 160,
+              "Args differs from src/kernels/cuda/attention.rs");
 
 template <typename T> __device__ __forceinline__ T neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return -__int_as_float(0x7f800000); }

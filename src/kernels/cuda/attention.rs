@@ -99,9 +99,16 @@ struct Args {
     eps: f64,
 }
 
-// SAFETY: `Args` is `repr(C)`, plain data, laid out as the kernels' `struct Args`; it is passed
-// by value.
+// SAFETY: `Args` is `repr(C)`, plain data, laid out as the kernels' `struct Args` (both sides
+// assert the same layout); it is passed by value.
 unsafe impl DeviceRepr for Args {}
+
+const _: () = {
+    assert!(std::mem::size_of::<Args>() == 176);
+    assert!(std::mem::offset_of!(Args, problems) == 128);
+    assert!(std::mem::offset_of!(Args, taylor) == 152);
+    assert!(std::mem::offset_of!(Args, scale) == 160);
+};
 
 /// A visibility's masks copied to the device, each absent where it hides nothing.
 struct DeviceVisibility {

@@ -117,8 +117,9 @@ def rules(r):
 def ops(r):
     check_section(r, "Every backend op, forward and backward, against the CPU",
                   ["check", "--ops"], "ops",
-                  "Attention weights (softmax, Taylor), attention, Taylor attention in both forms, "
-                  "the four edge patterns, each plain, padded and causal; routing, norms, "
+                  "Attention weights (softmax, Taylor), attention (plain, with a bias, and with a "
+                  "bias over 100 queries and keys in softmax and Taylor), Taylor attention in both "
+                  "forms, the four edge patterns, each plain, padded and causal; routing, norms, "
                   "feedforward, linear; the output and every input's gradient; tolerance 1e-4 of "
                   "each tensor's largest value. (On the CPU: the fused kernels against the "
                   "composite forms a GPU runs.)")

@@ -96,6 +96,22 @@ pub struct WeightsSpec {
     pub visibility: Visibility,
 }
 
+/// Checks attention keys `[P, H, nk, d]` and values `[P, H, nk, e]` against queries
+/// `[P, H, nq, d]`.
+pub fn check_attention_shapes(q: Shape4, k: Shape4, v: Shape4) -> Result<()> {
+    let (p, h, _, d) = q;
+    let (kp, kh, nk, kd) = k;
+    let (vp, vh, vn, _) = v;
+    if (kp, kh, kd) != (p, h, d) || (vp, vh, vn) != (p, h, nk) {
+        return Err(Error::shape(
+            "attention keys and values",
+            format!("[{p}, {h}, nk, {d}] and [{p}, {h}, nk, e]"),
+            format!("{k:?} and {v:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the inputs of a path attention (`ops::path`): `q`, `k` `[b, n, n, h·d]`, `v1`, `v2`
 /// `[b, n, n, h·e]`, channels divisible by `heads`, and a visibility of `b` problems with n²
 /// queries (the edges) and n keys (the middle nodes).

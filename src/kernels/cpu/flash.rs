@@ -23,7 +23,7 @@ use super::taped::Taped;
 use crate::error::{Error, Result};
 use crate::spec::EdgePattern;
 use crate::spec::Visibility;
-use crate::spec::{Normalizer, WeightsSpec};
+use crate::spec::{check_attention_shapes, Normalizer, WeightsSpec};
 use crate::tensor::*;
 
 const BLOCK_Q: usize = 128;
@@ -964,16 +964,9 @@ where
     Cpu: Device<E>,
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
+    check_attention_shapes(*q.shape(), *k.shape(), *v.shape())?;
     let (p, h, nq, d) = *q.shape();
-    let (kp, kh, nk, kd) = *k.shape();
-    let (vp, vh, vn, e) = *v.shape();
-    if (kp, kh, kd) != (p, h, d) || (vp, vh, vn) != (p, h, nk) {
-        return Err(Error::shape(
-            "attention keys and values",
-            format!("[{p}, {h}, nk, {d}] and [{p}, {h}, nk, e]"),
-            format!("{:?} and {:?}", k.shape(), v.shape()),
-        ));
-    }
+    let (nk, e) = (k.shape().2, v.shape().3);
     let sizes = Sizes {
         problems: p,
         heads: h,

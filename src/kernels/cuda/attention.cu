@@ -84,6 +84,19 @@ __device__ __forceinline__ void stage(T *dst, const T *src, int n, int width) {
     for (int x = threadIdx.x; x < n * width; x += blockDim.x) dst[(x / width) * W + x % width] = src[x];
 }
 
+// Row `row` of a [rows, width] buffer into registers, zero past `width` (or everywhere for a
+// thread past the last row).
+template <typename T, int W>
+__device__ __forceinline__ void load_row(T (&r)[W], unsigned long long buffer, size_t row, int width, bool live) {
+#pragma unroll
+    for (int c = 0; c < W; c++) r[c] = (live && c < width) ? ((const T *)buffer)[row * width + c] : T(0);
+}
+
+template <typename T, int W> __device__ __forceinline__ void zero_row(T (&r)[W]) {
+#pragma unroll
+    for (int c = 0; c < W; c++) r[c] = T(0);
+}
+
 // The weight of score x (scaled, biased) under the normaliser, before dividing by the sum.
 template <typename T> __device__ __forceinline__ T taylor_of(T x) { return T(1) + x + x * x * T(0.5); }
 
@@ -102,11 +115,8 @@ template <typename T, int W> __device__ void forward(const Args &a) {
     const T *V = (const T *)a.v + (size_t)ph * a.nk * a.e;
     const T *bias = a.bias ? (const T *)a.bias + ((size_t)ph * a.nq + i) * a.nk : 0;
     T qr[W], acc[W];
-#pragma unroll
-    for (int c = 0; c < W; c++) {
-        qr[c] = (live && c < a.d) ? ((const T *)a.q)[((size_t)ph * a.nq + i) * a.d + c] : T(0);
-        acc[c] = T(0);
-    }
+    load_row(qr, a.q, (size_t)ph * a.nq + i, a.d, live);
+    zero_row(acc);
     T m = neg_inf<T>(), l = T(0);
     bool nan = false;
     for (int j0 = 0; j0 < a.nk; j0 += BK) {
@@ -226,12 +236,9 @@ template <typename T, int W> __device__ void grad_queries(const Args &a) {
     const T *bias = a.bias ? (const T *)a.bias + row * a.nk : 0;
     T *dbias = a.dbias ? (T *)a.dbias + row * a.nk : 0;
     T qr[W], g[W], dq[W];
-#pragma unroll
-    for (int c = 0; c < W; c++) {
-        qr[c] = (live && c < a.d) ? ((const T *)a.q)[row * a.d + c] : T(0);
-        g[c] = (live && c < a.e) ? ((const T *)a.grad_out)[row * a.e + c] : T(0);
-        dq[c] = T(0);
-    }
+    load_row(qr, a.q, row, a.d, live);
+    load_row(g, a.grad_out, row, a.e, live);
+    zero_row(dq);
     const T stat = live ? ((const T *)a.stat)[row] : T(0);
     const T dsum_i = live ? ((const T *)a.dsum)[row] : T(0);
     for (int j0 = 0; j0 < a.nk; j0 += BK) {
@@ -281,13 +288,10 @@ template <typename T, int W> __device__ void grad_keys(const Args &a) {
     const T *G = (const T *)a.grad_out + (size_t)ph * a.nq * a.e;
     const T *bias = a.bias ? (const T *)a.bias + (size_t)ph * a.nq * a.nk : 0;
     T kr[W], vr[W], dk[W], dv[W];
-#pragma unroll
-    for (int c = 0; c < W; c++) {
-        kr[c] = (live && c < a.d) ? ((const T *)a.k)[row * a.d + c] : T(0);
-        vr[c] = (live && c < a.e) ? ((const T *)a.v)[row * a.e + c] : T(0);
-        dk[c] = T(0);
-        dv[c] = T(0);
-    }
+    load_row(kr, a.k, row, a.d, live);
+    load_row(vr, a.v, row, a.e, live);
+    zero_row(dk);
+    zero_row(dv);
     for (int i0 = 0; i0 < a.nq; i0 += BQ) {
         const int bq = min(BQ, a.nq - i0);
         __syncthreads();

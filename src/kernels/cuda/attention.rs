@@ -13,7 +13,9 @@ use dfdx::tensor::Cuda;
 
 use super::{driver_err, element_name, load, CudaBuffer, Launchable};
 use crate::error::{Error, Result};
-use crate::spec::{check_weights_shapes, Normalizer, Visibility, WeightsSpec};
+use crate::spec::{
+    check_attention_shapes, check_weights_shapes, Normalizer, Visibility, WeightsSpec,
+};
 use crate::tensor::*;
 
 /// The head widths the kernels are compiled for: each thread keeps its rows in registers of
@@ -236,8 +238,7 @@ where
     Cuda: Device<E>,
     CudaBuffer<E>: Launchable<E>,
 {
-    let (p, h, nq, d) = *q.shape();
-    let (vp, vh, nk, e) = *v.shape();
+    check_attention_shapes(*q.shape(), *k.shape(), *v.shape())?;
     check_weights_shapes(
         *q.shape(),
         *k.shape(),
@@ -245,13 +246,8 @@ where
         None,
         &spec.visibility,
     )?;
-    if (vp, vh, nk) != (p, h, k.shape().2) {
-        return Err(Error::shape(
-            "attention values",
-            format!("[{p}, {h}, {}, _]", k.shape().2),
-            format!("{:?}", v.shape()),
-        ));
-    }
+    let (p, h, nq, d) = *q.shape();
+    let (nk, e) = (k.shape().2, v.shape().3);
     let w = width(d, e).ok_or_else(|| {
         Error::config(
             "attention",

@@ -44,8 +44,8 @@ pub enum Op {
     Attend(Masking),
     /// `ops::attention::attend`, softmax, with an additive bias.
     AttendBiased(Masking),
-    /// `ops::attention::attend` with a bias over [`LONG`] queries and keys (more than one block
-    /// of a GPU kernel's rows and tiles), heads [`LONG_DK`] and [`LONG_DV`] wide.
+    /// `ops::attention::attend` with a bias over 100 queries and keys (more than one block of
+    /// a GPU kernel's rows and tiles), heads 24 (queries, keys) and 40 (values) wide.
     AttendLong(Normalizer, Masking),
     /// `ops::taylor::taylor_attend` in one form.
     Taylor(TaylorForm, Masking),

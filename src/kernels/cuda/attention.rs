@@ -275,8 +275,10 @@ where
         Normalizer::Taylor { eps } => (1, eps),
     };
     let alloc_err = |e| driver_err("allocating the attention output", e);
-    let out: CudaSlice<E> = cu.alloc_zeros(rows * e).map_err(alloc_err)?;
-    let stat: CudaSlice<E> = cu.alloc_zeros(rows).map_err(alloc_err)?;
+    // SAFETY: uninitialized, and not read before the forward kernel writes every element
+    // (each of the `rows` queries writes its `e` outputs and its statistic): no memset first
+    let out: CudaSlice<E> = unsafe { cu.alloc(rows * e) }.map_err(alloc_err)?;
+    let stat: CudaSlice<E> = unsafe { cu.alloc(rows) }.map_err(alloc_err)?;
     let mut args = Args {
         q: q_ptr,
         k: k_ptr,
@@ -327,7 +329,8 @@ where
             if let Some(b) = &bias_ghost {
                 args.dbias = pointer(&*grads.get_or_alloc_mut(b)?);
             }
-            let dsum: CudaSlice<E> = kept.0.device().cuda_device().alloc_zeros(rows)?;
+            // SAFETY: the `dsum` kernel writes every row before the gradient kernels read it
+            let dsum: CudaSlice<E> = unsafe { kept.0.device().cuda_device().alloc(rows) }?;
             args.dsum = pointer(&dsum);
             let [f_dsum, f_queries, f_keys] = functions;
             let [c_dsum, c_queries, c_keys] = configs;

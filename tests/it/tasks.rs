@@ -173,13 +173,23 @@ fn match3_positives_are_spread_over_bins() {
 
 #[test]
 fn match3_distinct_needs_three_distinct_residues_and_labels_by_brute_force() {
-    let t = task("match3-distinct");
+    check_match3_distinct("match3-distinct", 24..=32, 0.4..=0.56);
+    check_match3_distinct("match3-distinct-short", 12..=16, 0.28..=0.44);
+}
+
+fn check_match3_distinct(
+    name: &str,
+    lengths: std::ops::RangeInclusive<usize>,
+    positive_rate: std::ops::RangeInclusive<f64>,
+) {
+    let t = task(name);
+    assert_eq!(t.max_len(), *lengths.end(), "{name}");
     let (mut positives, mut total) = (0usize, 0usize);
     for seed in 0..30 {
         let b = t.sample(&mut rng(400 + seed), 8);
         for s in 0..b.b {
             let len = len_of(&b, s);
-            assert!((24..=32).contains(&len), "{len} values");
+            assert!(lengths.contains(&len), "{name}: {len} values");
             let x: Vec<usize> = (0..len).map(|i| b.tokens[s * b.n + i]).collect();
             let mut distinct = x.clone();
             distinct.sort_unstable();
@@ -205,7 +215,10 @@ fn match3_distinct_needs_three_distinct_residues_and_labels_by_brute_force() {
         }
     }
     let rate = positives as f64 / total as f64;
-    assert!((0.4..=0.56).contains(&rate), "positive rate {rate}");
+    assert!(
+        positive_rate.contains(&rate),
+        "{name}: positive rate {rate}"
+    );
 }
 
 /// How often "positive exactly when a witness repeats a value" (x_i + 2·x_j ≡ 0 or 2·x_i + x_k ≡ 0,

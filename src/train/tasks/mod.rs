@@ -292,6 +292,11 @@ pub const BUILT_IN: &[BuiltIn] = &[
         make: || Task::new(Match3::distinct()),
     },
     BuiltIn {
+        name: "match3-distinct-short",
+        summary: "match3-distinct at 12-16 values (a length curriculum's first stage)",
+        make: || Task::new(Match3::distinct_short()),
+    },
+    BuiltIn {
         name: "relation-composition",
         summary: "edge (i, j) predicts (A∘A)[i, j] of a random relation A",
         make: || Task::new(RelationComposition::default()),

@@ -91,6 +91,17 @@ impl Match3 {
         }
     }
 
+    /// `match3-distinct-short`: `match3-distinct` at 12–16 values (144–256 position pairs where
+    /// the full task has 576–1 024; 36 % of the positions positive), the first stage of a
+    /// length curriculum: a witness among fewer pairs is less diluted in a softmax over them.
+    pub fn distinct_short() -> Self {
+        Self {
+            min_len: 12,
+            max_len: 16,
+            ..Self::distinct()
+        }
+    }
+
     /// Whether `values` has a witness of two values: x + 2y ≡ 0 with x, y in it (x = y allowed,
     /// which covers 3x ≡ 0). Such a position is decided by one comparison, i + j + j or
     /// i + i + k, which a quadratic model can make.
@@ -111,7 +122,9 @@ impl Match3 {
 
 impl TaskDef for Match3 {
     fn name(&self) -> String {
-        if self.distinct_witnesses {
+        if *self == Self::distinct_short() {
+            "match3-distinct-short".into()
+        } else if self.distinct_witnesses {
             "match3-distinct".into()
         } else {
             "match3".into()

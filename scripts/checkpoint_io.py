@@ -64,3 +64,16 @@ def write(path, meta, tensors):
         sys.exit(f"{path} exists; not replacing it")
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + b"".join(body))
+
+
+def write_start(path, meta, params, config=None):
+    """`params` as a fresh start for `quartic train --init`: the source's metadata (the model,
+    its rule's source, the build it came from) at step 0, with `config` in place of the model's
+    settings where given, and no optimizer moments."""
+    train = json.loads(meta["train"])
+    start = dict(meta)
+    if config is not None:
+        start["config"] = json.dumps(config, separators=(",", ":"))
+    start["train"] = json.dumps({"step": 0, "train_config": train["train_config"]})
+    start["adam_step"] = "0"
+    write(path, start, params)

@@ -34,7 +34,7 @@ import json
 import math
 import sys
 
-from checkpoint_io import read, write
+from checkpoint_io import read, write_start
 
 BETA = 20 * 37 * 37  # the nearest miss, (1/37)² away, scores -20
 DELTA = 1e-5  # evidence into the residual stream
@@ -150,11 +150,7 @@ def main():
             logits[cls * dim + 2] = -100.0
     setp("param/to_logits.weight", logits)
 
-    train = json.loads(meta["train"])
-    new_meta = dict(meta)
-    new_meta["train"] = json.dumps({"step": 0, "train_config": train["train_config"]})
-    new_meta["adam_step"] = "0"
-    write(target, new_meta, params)
+    write_start(target, meta, params)
     print(f"{target}: match3 by hand (beta {BETA}, {inner} channels per map)")
 
 

@@ -16,7 +16,7 @@ Standard library only (checkpoint_io.py).
 import json
 import sys
 
-from checkpoint_io import read, write
+from checkpoint_io import read, write_start
 
 
 def main():
@@ -37,12 +37,7 @@ def main():
         grown = [values[(p % old) * dim + c] for p in range(length) for c in range(dim)]
         params[key] = ([length, dim], grown)
     config["max_seq_len"] = length
-    train = json.loads(meta["train"])
-    new_meta = dict(meta)
-    new_meta["config"] = json.dumps(config, separators=(",", ":"))
-    new_meta["train"] = json.dumps({"step": 0, "train_config": train["train_config"]})
-    new_meta["adam_step"] = "0"
-    write(target, new_meta, params)
+    write_start(target, meta, params, config)
     print(f"{target}: positions {old} -> {length}")
 
 

@@ -24,7 +24,7 @@ import json
 import math
 import sys
 
-from checkpoint_io import read, write
+from checkpoint_io import read, write_start
 
 
 def number_line_rows(rows, dim, modulus, alpha):
@@ -57,11 +57,7 @@ def main():
     params["param/token_emb.weight"] = (shape, number_line_rows(rows, dim, modulus, alpha))
     shape, _ = params["param/pos_emb.weight"]
     params["param/pos_emb.weight"] = (shape, [0.0] * (shape[0] * shape[1]))
-    train = json.loads(meta["train"])
-    new_meta = dict(meta)  # the model, its rule's source and the build it came from
-    new_meta["train"] = json.dumps({"step": 0, "train_config": train["train_config"]})
-    new_meta["adam_step"] = "0"
-    write(target, new_meta, params)
+    write_start(target, meta, params)
     print(f"{target}: token embedding on a number line (alpha {alpha}), positions at zero")
 
 

@@ -138,7 +138,8 @@ fn by_hand(sums: &[f64]) -> Params {
     set("layers.0.ff.feedforward0.proj_out.weight", &|dims, w| {
         let hidden = dims[1];
         for unit in 0..2 * sums.len() {
-            w[total * hidden + unit] = if unit % 2 == 0 { 1.0 } else { -1.0 } / RAMP;
+            let sign = if unit % 2 == 0 { 1.0 } else { -1.0 };
+            w[total * hidden + unit] = sign / RAMP;
         }
     });
     // class 1 where the steps sum to 1 or more, class 0 otherwise, never another

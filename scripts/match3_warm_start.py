@@ -21,7 +21,7 @@ import json
 import math
 import sys
 
-from checkpoint_io import FORMAT, read, write
+from checkpoint_io import read, write_start
 
 
 def rule_name(source):
@@ -61,17 +61,7 @@ def main():
         else:
             sys.exit(f"{rule_file}: rule {name!r}; this script knows strassen_sharp and strassen_evidence")
     config["rule"] = rule_file
-    train = json.loads(meta["train"])
-    new_meta = {
-        "format": FORMAT,
-        "crate_version": meta.get("crate_version", ""),
-        "git_commit": meta.get("git_commit", ""),
-        "config": json.dumps(config, separators=(",", ":")),
-        "rule_source": rule_source,
-        "train": json.dumps({"step": 0, "train_config": train["train_config"]}),
-        "adam_step": "0",
-    }
-    write(out, new_meta, params)
+    write_start(out, dict(meta, rule_source=rule_source), params, config)
     print(f"{out}: {source} as {rule_file} ({what})")
 
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Strassen attention with a multiplicative readout (examples/rules/strassen_gated.rule, dim 64,
+# 4 heads × 16, ff_mult 2) against the baseline at about its parameter count (dim 80), each from
+# scratch and with the token embedding started on match3's Fourier features
+# (scripts/match3_fourier.py: cos and sin of 2π·t·x/37 for t = 1…18; positions at zero), trained
+# on `match3-distinct` directly (no curriculum): docs/experiments/match3.md, "Fourier features".
+# Two runs at a time, one core each: about 2 × STEPS × 0.12 s.
+# Usage: scripts/match3_fourier.sh [OUT] [SEED] [STEPS] (runs/match3-fourier, seed 0, 20 000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-runs/match3-fourier}"
+seed="${2:-0}"
+steps="${3:-20000}"
+cargo build --release -q
+# a copy, so that a rebuild during the run does not change its later parts
+q="$out/quartic"
+mkdir -p "$out" && cp target/release/quartic "$q"
+export QUARTIC_STAY_WARM_MS=0 RAYON_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1
+model() { # name → model flags
+  case "$1" in
+    gated) echo "--rule examples/rules/strassen_gated.rule --dim 64" ;;
+    baseline) echo "--rule baseline --dim 80" ;;
+  esac
+}
+start() { # name: a 1-step run's weights (shared by both starts) and their Fourier version
+  local name="$1"
+  # shellcheck disable=SC2046 # the flags are words
+  "$q" train --task match3-distinct $(model "$name") --depth 1 --heads 4 --dim-head 16 \
+    --ff-mult 2 --steps 1 --batch 16 --seed "$seed" --quiet --out "$out/$name-init"
+  scripts/match3_fourier.py "$out/$name-init/checkpoint.safetensors" "$out/$name-fourier.safetensors"
+}
+run() { # name, start (scratch: the 1-step weights | fourier)
+  local name="$1" from="$out/$1-fourier.safetensors"
+  [ "$2" = fourier ] || from="$out/$1-init/checkpoint.safetensors"
+  "$q" train --task match3-distinct --init "$from" --steps "$steps" --batch 16 --warmup 40 \
+    --seed "$seed" --eval-every 500 --quiet --out "$out/$name-$2-$steps"
+}
+for name in gated baseline; do start "$name" > "$out/$name-start.log" 2>&1; done
+run gated fourier > "$out/gated-fourier.log" 2>&1 &
+run gated scratch > "$out/gated-scratch.log" 2>&1 &
+wait
+run baseline fourier > "$out/baseline-fourier.log" 2>&1 &
+run baseline scratch > "$out/baseline-scratch.log" 2>&1 &
+wait

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Strassen attention with a multiplicative readout (examples/rules/strassen_gated.rule, dim 64,
-# 4 heads × 16, ff_mult 2) against the baseline at about its parameter count (dim 80), each from
+# 4 heads × 16, ff_mult 2) against the baseline at about its parameter count (dim 80) and the
+# quadratic control with the same readout (examples/rules/means_gated.rule, dim 64), each from
 # scratch and with the token embedding started on match3's Fourier features
 # (scripts/match3_fourier.py: cos and sin of 2π·t·x/37 for t = 1…18; positions at zero), trained
 # on `match3-distinct` directly (no curriculum): docs/experiments/match3.md, "Fourier features".
-# Two runs at a time, one core each: about 2 × STEPS × 0.12 s.
+# Two runs at a time, one core each: about STEPS × (0.12 + 0.02 + 0.04) s.
 # Usage: scripts/match3_fourier.sh [OUT] [SEED] [STEPS] (runs/match3-fourier, seed 0, 20 000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ model() { # name → model flags
   case "$1" in
     gated) echo "--rule examples/rules/strassen_gated.rule --dim 64" ;;
     baseline) echo "--rule baseline --dim 80" ;;
+    means) echo "--rule examples/rules/means_gated.rule --dim 64" ;;
   esac
 }
 start() { # name: a 1-step run's weights (shared by both starts) and their Fourier version
@@ -35,10 +37,13 @@ run() { # name, start (scratch: the 1-step weights | fourier)
   "$q" train --task match3-distinct --init "$from" --steps "$steps" --batch 16 --warmup 40 \
     --seed "$seed" --eval-every 500 --quiet --out "$out/$name-$2-$steps"
 }
-for name in gated baseline; do start "$name" > "$out/$name-start.log" 2>&1; done
+for name in gated baseline means; do start "$name" > "$out/$name-start.log" 2>&1; done
 run gated fourier > "$out/gated-fourier.log" 2>&1 &
 run gated scratch > "$out/gated-scratch.log" 2>&1 &
 wait
 run baseline fourier > "$out/baseline-fourier.log" 2>&1 &
 run baseline scratch > "$out/baseline-scratch.log" 2>&1 &
+wait
+run means fourier > "$out/means-fourier.log" 2>&1 &
+run means scratch > "$out/means-scratch.log" 2>&1 &
 wait

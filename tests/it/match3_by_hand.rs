@@ -4,7 +4,7 @@
 //! - `strassen_evidence.rule` with sharp scores on a number line ("The construction, by hand";
 //!   `scripts/match3_construct.py` writes the same weights as a checkpoint);
 //! - `strassen_gated.rule` with uniform weights counting witnesses through Fourier coefficients
-//!   ("Fourier features").
+//!   ("Fourier features"), and the same weights in its quadratic control `means_gated.rule`.
 //!
 //! The labels they are scored against are the task's, computed by brute force over all pairs;
 //! leaving out a part of each construction must cost accuracy, so the checks can fail.
@@ -19,6 +19,7 @@ use quartic::train::trainer::evaluate;
 
 const EVIDENCE: &str = "examples/rules/strassen_evidence.rule";
 const GATED: &str = "examples/rules/strassen_gated.rule";
+const MEANS_GATED: &str = "examples/rules/means_gated.rule";
 const DIM: usize = 64;
 const HEADS: usize = 4;
 const DIM_HEAD: usize = 16;
@@ -202,14 +203,15 @@ const GATED_DELTA: f64 = 1e-3;
 const GATED_THRESHOLD: f64 = 0.49245;
 const GATED_SLOPE: f64 = 2000.0;
 
-/// The hand-set weights of `strassen_gated` with frequencies `frequencies`: every score zero,
-/// so the pair attention returns mean_j v(j) ⊙ mean_k w(k), the products of the Fourier
+/// The hand-set weights of `strassen_gated` (or `means_gated`, whose two attentions return the
+/// same under uniform weights) with frequencies `frequencies`: every score zero, so the pair
+/// attention returns mean_j v(j) ⊙ mean_k w(k), the products of the Fourier
 /// coefficients F_t = mean_j ω^(t·x_j) (ω = e^(2πi/37)), and the gate u turns them into
 /// Re(ω^(t·x_i) F_t²) = cos_i (C² − S²) − sin_i · 2CS, three channels per frequency. Summed
 /// over t = 1…18 that is S_i = (37·N_i/n² − 1)/2, N_i the pairs (j, k) with
 /// x_i + x_j + x_k ≡ 0: positive exactly when position i has a witness.
-fn gated_by_hand(frequencies: &[usize]) -> Params {
-    let mut p = random(GATED);
+fn gated_by_hand(rule: &str, frequencies: &[usize]) -> Params {
+    let mut p = random(rule);
     let cos = |t: usize| FOURIER + 2 * (t - 1);
     let sin = |t: usize| FOURIER + 2 * (t - 1) + 1;
     set(&mut p, "token_emb.weight", &|_, e| {
@@ -225,12 +227,12 @@ fn gated_by_hand(frequencies: &[usize]) -> Params {
     });
     set(&mut p, "pos_emb.weight", &|_, _| {});
     unit_norms(&mut p);
-    for zero in ["f1", "f2", "g1", "g2", "h1", "h2"] {
-        set(
-            &mut p,
-            &format!("layers.0.{zero}.linear0.weight"),
-            &|_, _| {},
-        );
+    let scores = ["f1", "f2", "g1", "g2", "h1", "h2"];
+    for zero in scores.map(|s| format!("layers.0.{s}.linear0.weight")) {
+        // means_gated has no h1, h2
+        if p.contains_key(&zero) {
+            set(&mut p, &zero, &|_, _| {});
+        }
     }
     set(&mut p, "layers.0.u.linear0.bias", &|_, _| {});
     // channel 3·n + m for the n-th frequency t: m = 0 cos·cos gated by cos_i, m = 1 sin·sin
@@ -307,12 +309,15 @@ fn strassen_evidence_by_hand_decides_match3_exactly() {
 }
 
 #[test]
-fn strassen_gated_by_hand_counts_match3_witnesses_exactly() {
+fn gated_readouts_by_hand_count_match3_witnesses_exactly() {
     let every: Vec<usize> = (1..=(MODULUS - 1) / 2).collect();
-    for task in ["match3", "match3-distinct"] {
-        assert_eq!(accuracy(task, GATED, gated_by_hand(&every)), 1.0, "{task}");
+    for rule in [GATED, MEANS_GATED] {
+        for task in ["match3", "match3-distinct"] {
+            let exact = accuracy(task, rule, gated_by_hand(rule, &every));
+            assert_eq!(exact, 1.0, "{rule} on {task}");
+        }
+        // without the highest frequency the count is no longer exact
+        let without = accuracy("match3-distinct", rule, gated_by_hand(rule, &every[..17]));
+        assert!(without < 0.9, "{rule}: {without}");
     }
-    // without the highest frequency the count is no longer exact
-    let without = accuracy("match3-distinct", GATED, gated_by_hand(&every[..17]));
-    assert!(without < 0.9, "{without}");
 }

@@ -1,6 +1,6 @@
-//! One layer of a Strassen-attention rule with weights set by hand decides `match3` and
-//! `match3-distinct` exactly, in the shape the trained models have (dim 64, 4 heads × 16,
-//! ff_mult 2): docs/experiments/match3.md.
+//! One layer with weights set by hand decides `match3` and `match3-distinct` exactly, in the
+//! shape the trained models have (dim 64, 4 heads × 16, ff_mult 2), for three rules
+//! (docs/experiments/match3.md):
 //! - `strassen_evidence.rule` with sharp scores on a number line ("The construction, by hand";
 //!   `scripts/match3_construct.py` writes the same weights as a checkpoint);
 //! - `strassen_gated.rule` with uniform weights counting witnesses through Fourier coefficients

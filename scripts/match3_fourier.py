@@ -18,54 +18,33 @@ Usage: scripts/match3_fourier.py IN.safetensors OUT.safetensors [T [A]]
 IN is a checkpoint of any rule on match3 or match3-distinct (for instance a 1-step run's);
 T defaults to (modulus - 1) / 2, every frequency up to its conjugates, and A to 1.5. The output
 holds the parameters only (no optimizer moments), for `quartic train --init OUT`. Standard
-library only (checkpoint_io.py).
+library only (residue_embedding.py).
 """
-import json
 import math
 import sys
 
-from checkpoint_io import read, write_start
-
-
-def fourier_rows(rows, dim, modulus, frequencies, amplitude):
-    """The token embedding's rows with the features in their first 2 T channels."""
-    out = []
-    width = 2 * frequencies
-    for x in range(modulus):
-        features = []
-        for t in range(1, frequencies + 1):
-            angle = 2 * math.pi * t * x / modulus
-            features += [amplitude * math.cos(angle), amplitude * math.sin(angle)]
-        rest = rows[x * dim + width : (x + 1) * dim]
-        room = dim - sum(c * c for c in features)
-        if room <= 0 or not rest:
-            sys.exit(f"{frequencies} frequencies at amplitude {amplitude} do not fit in dim {dim}")
-        norm = math.sqrt(sum(c * c for c in rest))
-        out.extend(features + [c * math.sqrt(room) / norm for c in rest])
-    return out
+from residue_embedding import start
 
 
 def main():
     if len(sys.argv) not in (3, 4, 5):
         sys.exit(__doc__.split("\n\n")[2])
     source, target = sys.argv[1:3]
-    meta, tensors = read(source)
-    config = json.loads(meta["config"])
-    modulus, dim = config["num_tokens"], config["dim"]
-    frequencies = int(sys.argv[3]) if len(sys.argv) >= 4 else (modulus - 1) // 2
+    frequencies = int(sys.argv[3]) if len(sys.argv) >= 4 else None
     amplitude = float(sys.argv[4]) if len(sys.argv) == 5 else 1.5
-    params = {k: v for k, v in tensors.items() if k.startswith("param/")}
-    shape, rows = params["param/token_emb.weight"]
-    if shape != [modulus, dim]:
-        sys.exit(f"{source}: token embedding {shape}, expected [{modulus}, {dim}]")
-    params["param/token_emb.weight"] = (
-        shape,
-        fourier_rows(rows, dim, modulus, frequencies, amplitude),
-    )
-    shape, _ = params["param/pos_emb.weight"]
-    params["param/pos_emb.weight"] = (shape, [0.0] * (shape[0] * shape[1]))
-    write_start(target, meta, params)
-    print(f"{target}: token embedding on {frequencies} Fourier frequencies (amplitude "
+
+    def count(modulus):  # every frequency up to its conjugates unless T is given
+        return (modulus - 1) // 2 if frequencies is None else frequencies
+
+    def features(x, modulus):
+        out = []
+        for t in range(1, count(modulus) + 1):
+            angle = 2 * math.pi * t * x / modulus
+            out += [amplitude * math.cos(angle), amplitude * math.sin(angle)]
+        return out
+
+    modulus = start(source, target, features)
+    print(f"{target}: token embedding on {count(modulus)} Fourier frequencies (amplitude "
           f"{amplitude}), positions at zero")
 
 

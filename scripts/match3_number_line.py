@@ -18,28 +18,11 @@ labels do not depend on positions). Both stay trainable; nothing else changes.
 Usage: scripts/match3_number_line.py IN.safetensors OUT.safetensors [ALPHA]
 IN is a checkpoint of any rule on match3 or match3-distinct (for instance a 1-step run's);
 ALPHA defaults to 2. The output holds the parameters only (no optimizer moments), for
-`quartic train --init OUT`. Standard library only (checkpoint_io.py).
+`quartic train --init OUT`. Standard library only (residue_embedding.py).
 """
-import json
-import math
 import sys
 
-from checkpoint_io import read, write_start
-
-
-def number_line_rows(rows, dim, modulus, alpha):
-    """The token embedding's rows with the line in their first three channels."""
-    out = []
-    for x in range(modulus):
-        u = x / modulus
-        line = [alpha * u, alpha * u * u, alpha]
-        rest = rows[x * dim + 3 : (x + 1) * dim]
-        room = dim - sum(c * c for c in line)
-        if room <= 0:
-            sys.exit(f"alpha {alpha} is too large for dim {dim}: the line alone exceeds the norm")
-        norm = math.sqrt(sum(c * c for c in rest))
-        out.extend(line + [c * math.sqrt(room) / norm for c in rest])
-    return out
+from residue_embedding import start
 
 
 def main():
@@ -47,17 +30,12 @@ def main():
         sys.exit(__doc__.split("\n\n")[2])
     source, target = sys.argv[1:3]
     alpha = float(sys.argv[3]) if len(sys.argv) == 4 else 2.0
-    meta, tensors = read(source)
-    config = json.loads(meta["config"])
-    modulus, dim = config["num_tokens"], config["dim"]
-    params = {k: v for k, v in tensors.items() if k.startswith("param/")}
-    shape, rows = params["param/token_emb.weight"]
-    if shape != [modulus, dim]:
-        sys.exit(f"{source}: token embedding {shape}, expected [{modulus}, {dim}]")
-    params["param/token_emb.weight"] = (shape, number_line_rows(rows, dim, modulus, alpha))
-    shape, _ = params["param/pos_emb.weight"]
-    params["param/pos_emb.weight"] = (shape, [0.0] * (shape[0] * shape[1]))
-    write_start(target, meta, params)
+
+    def line(x, modulus):
+        u = x / modulus
+        return [alpha * u, alpha * u * u, alpha]
+
+    start(source, target, line)
     print(f"{target}: token embedding on a number line (alpha {alpha}), positions at zero")
 
 

@@ -5,13 +5,17 @@
 # scratch and with the token embedding started on match3's Fourier features
 # (scripts/match3_fourier.py: cos and sin of 2π·t·x/37 for t = 1…18; positions at zero), trained
 # on `match3-distinct` directly (no curriculum): docs/experiments/match3.md, "Fourier features".
-# Two runs at a time, one core each: about STEPS × (0.12 + 0.02 + 0.04) s.
-# Usage: scripts/match3_fourier.sh [OUT] [SEED] [STEPS] (runs/match3-fourier, seed 0, 20 000)
+# Then each Fourier run trains MORE steps on from its last weights (a fresh optimizer and its
+# own schedule; MORE = 0 skips it).
+# Two runs at a time, one core each: about STEPS × (0.12 + 0.02 + 0.04) s + MORE × 0.12 s.
+# Usage: scripts/match3_fourier.sh [OUT] [SEED] [STEPS] [MORE]
+#        (runs/match3-fourier, seed 0, 20 000, 30 000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/match3-fourier}"
 seed="${2:-0}"
 steps="${3:-20000}"
+more="${4:-30000}"
 cargo build --release -q
 # a copy, so that a rebuild during the run does not change its later parts
 q="$out/quartic"
@@ -37,6 +41,11 @@ run() { # name, start (scratch: the 1-step weights | fourier)
   "$q" train --task match3-distinct --init "$from" --steps "$steps" --batch 16 --warmup 40 \
     --seed "$seed" --eval-every 500 --quiet --out "$out/$name-$2-$steps"
 }
+train_on() { # name: MORE steps on from its Fourier run's last weights
+  "$q" train --task match3-distinct --init "$out/$1-fourier-$steps/checkpoint.safetensors" \
+    --steps "$more" --batch 16 --warmup 40 --seed "$seed" --eval-every 500 --quiet \
+    --out "$out/$1-fourier-then-$more"
+}
 for name in gated baseline means; do start "$name" > "$out/$name-start.log" 2>&1; done
 run gated fourier > "$out/gated-fourier.log" 2>&1 &
 run gated scratch > "$out/gated-scratch.log" 2>&1 &
@@ -46,4 +55,11 @@ run baseline scratch > "$out/baseline-scratch.log" 2>&1 &
 wait
 run means fourier > "$out/means-fourier.log" 2>&1 &
 run means scratch > "$out/means-scratch.log" 2>&1 &
+wait
+[ "$more" -gt 0 ] || exit 0
+train_on gated > "$out/gated-fourier-then.log" 2>&1 &
+{
+  train_on baseline > "$out/baseline-fourier-then.log" 2>&1
+  train_on means > "$out/means-fourier-then.log" 2>&1
+} &
 wait

@@ -35,16 +35,17 @@ start() { # name: a 1-step run's weights (shared by both starts) and their Fouri
     --ff-mult 2 --steps 1 --batch 16 --seed "$seed" --quiet --out "$out/$name-init"
   scripts/match3_fourier.py "$out/$name-init/checkpoint.safetensors" "$out/$name-fourier.safetensors"
 }
+fit() { # init weights, steps, out folder: the training settings every run shares
+  "$q" train --task match3-distinct --init "$1" --steps "$2" --batch 16 --warmup 40 \
+    --seed "$seed" --eval-every 500 --quiet --out "$3"
+}
 run() { # name, start (scratch: the 1-step weights | fourier)
-  local name="$1" from="$out/$1-fourier.safetensors"
+  local from="$out/$1-fourier.safetensors"
   [ "$2" = fourier ] || from="$out/$1-init/checkpoint.safetensors"
-  "$q" train --task match3-distinct --init "$from" --steps "$steps" --batch 16 --warmup 40 \
-    --seed "$seed" --eval-every 500 --quiet --out "$out/$name-$2-$steps"
+  fit "$from" "$steps" "$out/$1-$2-$steps"
 }
 train_on() { # name: MORE steps on from its Fourier run's last weights
-  "$q" train --task match3-distinct --init "$out/$1-fourier-$steps/checkpoint.safetensors" \
-    --steps "$more" --batch 16 --warmup 40 --seed "$seed" --eval-every 500 --quiet \
-    --out "$out/$1-fourier-then-$more"
+  fit "$out/$1-fourier-$steps/checkpoint.safetensors" "$more" "$out/$1-fourier-then-$more"
 }
 for name in gated baseline means; do start "$name" > "$out/$name-start.log" 2>&1; done
 run gated fourier > "$out/gated-fourier.log" 2>&1 &

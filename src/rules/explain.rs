@@ -512,15 +512,24 @@ fn node_rows(
         Op::Dot { a, b: bb, heads } => {
             node_rows(plan, st, a, b, n, depth + 1, rows);
             node_rows(plan, st, bb, b, n, depth + 1, rows);
-            rows.push(mk(
-                format!("dot ({heads} heads)"),
-                "element-wise product, sum per head".into(),
-                &|m| Cost {
-                    flops: 2.0 * elements(b, m, &node.slots, a.channels),
-                    elements: elements(b, m, &node.slots, a.channels) + out(m),
-                    params: 0.0,
-                },
-            ));
+            let matmul = crate::rules::ir::dot_is_matmul(a, bb);
+            let how = if matmul {
+                "batched matmul per head"
+            } else {
+                "element-wise product, sum per head"
+            };
+            // kept: the factors laid out per head, or their broadcast product
+            let kept = |m| match matmul {
+                true => {
+                    elements(b, m, &a.slots, a.channels) + elements(b, m, &bb.slots, a.channels)
+                }
+                false => elements(b, m, &node.slots, a.channels),
+            };
+            rows.push(mk(format!("dot ({heads} heads)"), how.into(), &|m| Cost {
+                flops: 2.0 * elements(b, m, &node.slots, a.channels),
+                elements: kept(m) + out(m),
+                params: 0.0,
+            }));
         }
         Op::Attend(a) => {
             node_rows(plan, st, &a.query, b, n, depth + 1, rows);

@@ -162,6 +162,15 @@ pub struct Node {
 }
 
 impl Node {
+    /// Its free index slots that `other` does not have.
+    pub fn own_slots(&self, other: &Node) -> Vec<Slot> {
+        self.slots
+            .iter()
+            .copied()
+            .filter(|s| !other.slots.contains(s))
+            .collect()
+    }
+
     /// Its free index slots other than `k`.
     pub fn slots_besides(&self, k: Slot) -> Vec<Slot> {
         self.slots.iter().copied().filter(|&s| s != k).collect()
@@ -441,7 +450,8 @@ pub enum Op {
         /// `mask:`: only the positions the input graph connects.
         mask: Option<AdjacencyMask>,
     },
-    /// Per-head dot products of two tensors: `heads` channels.
+    /// Per-head dot products of two tensors: `heads` channels. Where each factor has an index
+    /// the other lacks ([`dot_is_matmul`]), batched matrix products; else element-wise.
     Dot {
         /// The left factor.
         a: Box<Node>,
@@ -602,4 +612,10 @@ pub struct AttendOp {
     pub probs: bool,
     /// How it runs, decided by [`super::lower::attend`] when it is checked.
     pub lowering: AttendLowering,
+}
+
+/// Whether `dot(a, b)` runs as batched matrix products: each factor has an index the other
+/// lacks, so that the element-wise form would broadcast both over each other's indices.
+pub fn dot_is_matmul(a: &Node, b: &Node) -> bool {
+    !a.own_slots(b).is_empty() && !b.own_slots(a).is_empty()
 }

@@ -630,6 +630,9 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
             }
             Op::Softmax { slot, x, mask } => self.softmax(st, node, *slot, x, *mask),
             Op::Dot { a, b, heads } => {
+                if let Some(v) = self.dot_matmul(st, node, a, b, *heads)? {
+                    return Ok(v);
+                }
                 let va = self.eval(st, a)?;
                 let vb = self.eval(st, b)?;
                 let va = self.canonical(va, &node.slots, a.channels)?;

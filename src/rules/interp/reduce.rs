@@ -326,6 +326,61 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     }
 }
 
+impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
+    /// `dot(a, b)` where each factor has an index the other lacks, as batched matrix products
+    /// per head: `[b·h·shared, a's own, d] × [b·h·shared, d, b's own]`. Spelled out element
+    /// by element, both factors would first be broadcast to every pair of their own indices
+    /// (`dot(g[j], h[k])` copies g and h n times over, all channels). `None` where a factor
+    /// has no index of its own: there the element-wise product broadcasts nothing large.
+    pub(super) fn dot_matmul(
+        &mut self,
+        st: &PlanStatement,
+        node: &Node,
+        a: &Node,
+        b: &Node,
+        heads: usize,
+    ) -> Result<Option<Val<E, D, T>>> {
+        if !crate::rules::ir::dot_is_matmul(a, b) {
+            return Ok(None);
+        }
+        let (own_a, own_b) = (a.own_slots(b), b.own_slots(a));
+        let shared: Vec<Slot> = a
+            .slots
+            .iter()
+            .copied()
+            .filter(|s| b.slots.contains(s))
+            .collect();
+        let va = self.eval(st, a)?;
+        let mut vb = self.eval(st, b)?;
+        if va.tag.is_some() && va.tag == vb.tag {
+            vb.t = vb.t * E::one();
+        }
+        let d = a.channels / heads;
+        let slot_axes = |slots: &[Slot]| slots.iter().map(|&s| Ax::Slot(s)).collect::<Vec<_>>();
+        let lead = [vec![Ax::Batch, Ax::Head], slot_axes(&shared)].concat();
+        let within = if d > 1 { vec![Ax::Within] } else { vec![] };
+        let a_axes = [lead.clone(), slot_axes(&own_a), within.clone()].concat();
+        let b_axes = [lead.clone(), within, slot_axes(&own_b)].concat();
+        let va = arrange(va, &a_axes, a.channels, d, self.ext, &self.layer.cache)?;
+        let vb = arrange(vb, &b_axes, b.channels, d, self.ext, &self.layer.cache)?;
+        let n = self.ext.nodes;
+        let batch = self.ext.batch * heads * n.pow(shared.len() as u32);
+        let (rows, cols) = (n.pow(own_a.len() as u32), n.pow(own_b.len() as u32));
+        let t =
+            va.t.reshape_like(&(batch, rows, d))
+                .matmul(vb.t.reshape_like(&(batch, d, cols)))
+                .reshape_like(&(batch * rows * cols,));
+        let v = Val {
+            t,
+            axes: [lead, slot_axes(&own_a), slot_axes(&own_b)].concat(),
+            channels: heads,
+            within: 1,
+            tag: None,
+        };
+        Ok(Some(self.canonical(v, &node.slots, heads)?))
+    }
+}
+
 /// The index slots a reduction over `k` runs on: its result's and `k` (the operand's, and the
 /// indices of a `mask:` the operand does not use).
 fn operand_slots(x: &Node, k: Slot, result: &[Slot]) -> Vec<Slot> {

@@ -5,6 +5,10 @@
 //! Also the Edge Transformer's path attention, fused against the same attention written out
 //! with `softmax[l]` / `sum[l]` (`path_by_hand.rs`, equal outputs checked in the tests).
 //!
+//! And one layer of a rule from a file, `examples/rules/strassen_gated.rule` (pair attention
+//! over (j, k) whose scores are dots of node projections: batched matrix products per head),
+//! at match3's training shape.
+//!
 //! `cargo bench --bench rules`
 
 mod path_by_hand;
@@ -148,5 +152,56 @@ fn path_fused_vs_by_hand(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rule_vs_hand, path_fused_vs_by_hand);
+/// One `strassen_gated` layer (dim 64, 4 heads × 16, ff_mult 2), 8 graphs of n nodes with a
+/// quarter of them padded in half the graphs (a shard of match3's training batch), forward +
+/// backward.
+fn strassen_gated_layer(c: &mut Criterion) {
+    quartic::alloc::keep_freed_memory();
+    quartic::threads::include_calling_thread();
+    let dev = Cpu::default();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/rules/strassen_gated.rule"
+    );
+    let rule = Rule::load(path).unwrap();
+    let num = |k: &str, v: usize| (k.to_string(), Const::Num(v as f64));
+    let cfg = RuleConfig {
+        dim: 64,
+        dim_edges: 16,
+        causal: false,
+        overrides: vec![num("heads", 4), num("dim_head", 16), num("ff_mult", 2)],
+    };
+    let layer =
+        RuleLayer::<f32, Cpu>::new(rule.plan(&cfg).unwrap(), &Init::random(&dev, 0)).unwrap();
+    let b = 8;
+    let mut group = c.benchmark_group("strassen_gated");
+    group.sample_size(10);
+    for n in [16, 32] {
+        let lengths: Vec<usize> = (0..b)
+            .map(|g| if g % 2 == 0 { n } else { n - n / 4 })
+            .collect();
+        let mask = GraphMask::from_lengths(n, &lengths).unwrap();
+        let nodes = dev.tensor_from_vec(random(b * n * 64, 1), (b, n, 64));
+        let edges = dev.tensor_from_vec(random(b * n * n * 16, 2), (b, n, n, 16));
+        let run = || {
+            let (x, e) = layer
+                .forward(
+                    Nodes::new(nodes.leaky_trace()),
+                    Edges::new(edges.clone().retaped::<Tp>()).unwrap(),
+                    &mask,
+                )
+                .unwrap();
+            (x.into_tensor().sum::<(), _>() + e.into_tensor().sum::<(), _>()).backward()
+        };
+        group.bench_with_input(BenchmarkId::new("layer", n), &n, |bch, _| bch.iter(run));
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    rule_vs_hand,
+    path_fused_vs_by_hand,
+    strassen_gated_layer
+);
 criterion_main!(benches);

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# strassen_gated (examples/rules/strassen_gated.rule, dim 64, 4 heads × 16, ff_mult 2) on
+# match3-distinct from the Fourier start (scripts/match3_fourier.py), trained in stages that
+# each start from the last one's weights with a fresh optimizer and its own schedule: 20 000
+# steps, then 30 000 three times (docs/experiments/match3.md, "Trained on"; the same flags as
+# scripts/match3_fourier.sh). One run at a time on every core (RAYON_NUM_THREADS, default 2).
+#
+# Resumable: a finished stage (its `done` file) is skipped and an interrupted one (Ctrl-C,
+# SIGTERM: the trainer saves a checkpoint) continues with `--resume`, so the chain can go on
+# over several sessions from a saved copy of OUT (scripts/match3_chain.sh save OUT DEST keeps
+# what it needs to go on: every stage's metrics and settings, and the unfinished stage's
+# checkpoint; `restore DEST OUT` puts it back).
+# Usage: scripts/match3_chain.sh [OUT] [SEED]     (runs/match3-chain, seed 0)
+#        scripts/match3_chain.sh save OUT DEST | restore DEST OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stages=(s1-20000 s2-30000 s3-30000 s4-30000)
+case "${1:-}" in
+  save)
+    src="$2" dest="$3"
+    mkdir -p "$dest"
+    cp "$src/gated-fourier.safetensors" "$dest/"
+    for s in "${stages[@]}"; do
+      [ -d "$src/$s" ] || continue
+      mkdir -p "$dest/$s"
+      cp "$src/$s"/{config.toml,metrics.csv,metrics.jsonl} "$dest/$s/"
+      if [ -f "$src/$s/done" ]; then touch "$dest/$s/done"; else cp "$src/$s/checkpoint.safetensors" "$dest/$s/"; fi
+    done
+    exit 0 ;;
+  restore)
+    mkdir -p "$3" && cp -r "$2"/. "$3"/
+    exit 0 ;;
+esac
+out="${1:-runs/match3-chain}"
+seed="${2:-0}"
+cargo build --release -q
+mkdir -p "$out" && cp target/release/quartic "$out/quartic"
+out="$(cd "$out" && pwd)"
+export QUARTIC_STAY_WARM_MS=0 RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}" PYTHONDONTWRITEBYTECODE=1
+if [ ! -f "$out/gated-fourier.safetensors" ]; then
+  "$out/quartic" train --task match3-distinct --rule examples/rules/strassen_gated.rule --dim 64 \
+    --depth 1 --heads 4 --dim-head 16 --ff-mult 2 --steps 1 --batch 16 --seed "$seed" --quiet \
+    --out "$out/gated-init"
+  scripts/match3_fourier.py "$out/gated-init/checkpoint.safetensors" "$out/gated-fourier.safetensors"
+fi
+stage() { # init weights, steps, folder
+  [ -f "$3/done" ] && return 0
+  if [ -f "$3/checkpoint.safetensors" ] && [ -f "$3/config.toml" ]; then
+    "$out/quartic" train --resume --out "$3" --quiet
+  else
+    "$out/quartic" train --task match3-distinct --init "$1" --steps "$2" --batch 16 --warmup 40 \
+      --seed "$seed" --eval-every 500 --quiet --out "$3"
+  fi
+  touch "$3/done"
+}
+from="$out/gated-fourier.safetensors"
+for s in "${stages[@]}"; do
+  stage "$from" "${s#*-}" "$out/$s"
+  from="$out/$s/checkpoint.safetensors"
+done

@@ -36,8 +36,9 @@ fn rows(c: &mut Criterion) {
     for rule in ["quartic", "triangle", "edge_transformer"] {
         let layer = workloads::rule_layer(&dev, rule);
         for n in [64, 128] {
+            let inputs = workloads::rule_layer_inputs(&dev, n);
             g.bench_function(format!("{rule}_layer_n{n}"), |b| {
-                b.iter(|| workloads::rule_layer_step(&dev, &layer, n))
+                b.iter(|| workloads::rule_layer_step(&dev, &layer, &inputs))
             });
         }
     }

@@ -189,21 +189,34 @@ pub fn layer_forward_flops<D: Backend<f32>>(layer: &RuleLayer<f32, D>, n: usize)
     quartic::rules::explain::plan_cost(&layer.plan, 1, n).flops
 }
 
-/// A [`rule_layer`]'s forward and backward at `n` nodes; waits for the device to finish.
+/// Random inputs of a [`rule_layer`] at `n` nodes, batch 1: nodes `[1, n, 64]`, edges
+/// `[1, n, n, 32]`, no padding. Drawn once, outside the timings, which are of the layer alone
+/// (n² · 32 normal draws are not part of a layer's work).
+pub struct LayerInputs<D: Backend<f32>> {
+    nodes: Tensor<(usize, usize, usize), f32, D>,
+    edges: Tensor<(usize, usize, usize, usize), f32, D>,
+    mask: GraphMask,
+}
+
+pub fn rule_layer_inputs<D: Backend<f32>>(dev: &D, n: usize) -> LayerInputs<D> {
+    LayerInputs {
+        nodes: dev.sample_normal_like(&(1, n, 64)),
+        edges: dev.sample_normal_like(&(1, n, n, 32)),
+        mask: GraphMask::full(1, n),
+    }
+}
+
+/// A [`rule_layer`]'s forward and backward on `inputs`; waits for the device to finish.
 pub fn rule_layer_step<D: Backend<f32> + Synchronize>(
     dev: &D,
     layer: &RuleLayer<f32, D>,
-    n: usize,
+    inputs: &LayerInputs<D>,
 ) {
-    let nodes: Tensor<(usize, usize, usize), f32, D> = dev.sample_normal_like(&(1, n, 64));
-    let edges: Tensor<(usize, usize, usize, usize), f32, D> =
-        dev.sample_normal_like(&(1, n, n, 32));
-    let mask = GraphMask::full(1, n);
     let (x, e) = layer
         .forward(
-            Nodes::new(nodes.leaky_trace()),
-            Edges::new(edges.retaped::<Tp<D>>()).expect("square"),
-            &mask,
+            Nodes::new(inputs.nodes.leaky_trace()),
+            Edges::new(inputs.edges.clone().retaped::<Tp<D>>()).expect("square"),
+            &inputs.mask,
         )
         .expect("runs");
     let loss = x.into_tensor().square().mean() + e.into_tensor().square().mean();

@@ -473,8 +473,9 @@ fn time_on<D: RunShards<f32> + dfdx::tensor::Synchronize>(
             let (rule, n) = rule_layer_n(which).expect("checked by `timed`");
             let layer = workloads::rule_layer(dev, rule);
             let flops = 3.0 * workloads::layer_forward_flops(&layer, n);
+            let inputs = workloads::rule_layer_inputs(dev, n);
             let seconds = time(repeats(3), &mut || {
-                workloads::rule_layer_step(dev, &layer, n)
+                workloads::rule_layer_step(dev, &layer, &inputs)
             });
             Timed { flops, seconds }
         }

@@ -452,7 +452,8 @@ nodes[i] += relu(nodes[i]) * nodes[i] + max(nodes[i], 0.1 * nodes[i]) ** 3 + lea
 }
 
 /// `dot` whose factors each have an index the other lacks runs as batched matrix products
-/// (with no index shared, with one shared, and one tensor on both sides, read transposed too),
+/// (with no index shared, with one shared, one channel per head, and one tensor on both
+/// sides, read transposed too),
 /// checked against finite differences through the layer; the values against the definitions
 /// are `rules::every_lowering_matches_the_definitions` and the path attention's by-hand form.
 #[test]
@@ -464,6 +465,7 @@ let s[i, j] = dot(nodes[i], linear(nodes[j], dim), heads: 2)
 nodes[i] += sum[j](softmax[j](s[i, j]) * nodes[j])
 edges[i, j] += sum[l](softmax[l](dot(edges[i, l], edges[l, j], heads: 2)) * edges[l, j])
 edges[i, j] += tanh(dot(edges[j, i], edges[i, i], heads: 4)) * edges[i, j]
+edges[i, j] += sum[k](softmax[k](dot(edges[i, k], edges[j, k], heads: 4)) * edges[k, j])
 ",
     );
     match rule {

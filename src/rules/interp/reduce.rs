@@ -1,5 +1,5 @@
-//! Reductions and softmax over an index, masked by visibility, and reductions of products
-//! run as batched matrix products.
+//! Reductions and softmax over an index, masked by visibility; reductions of products, and
+//! dots between factors over different indices, run as batched matrix products.
 
 use super::*;
 use crate::ops::axis::{over_axis, AxisOp, Visible};
@@ -324,9 +324,7 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
         let inv = self.canonical(inv, &node.slots, c)?;
         Ok(self.val(v.t * inv.t, axes, c))
     }
-}
 
-impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
     /// `dot(a, b)` where each factor has an index the other lacks, as batched matrix products
     /// per head: `[b·h·shared, a's own, d] × [b·h·shared, d, b's own]`. Spelled out element
     /// by element, both factors would first be broadcast to every pair of their own indices

@@ -286,7 +286,7 @@ pub const FUNCTIONS: &[Function] = &[
         form: Form::Dot,
         positional: "a, b",
         options: &[num("heads", 1.0)],
-        notes: "per-head dot products: `heads` channels",
+        notes: "per-head dot products: `heads` channels; where each factor has an index the other lacks (`dot(q[i], k[j])`), batched matrix products, with no broadcast copy of either",
     },
     activation("relu", Activation::Relu, "element-wise"),
     activation("gelu", Activation::Gelu, "element-wise (exact, erf)"),

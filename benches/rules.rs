@@ -33,6 +33,23 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect()
 }
 
+/// One forward and backward of `layer` on fresh tapes of `nodes` and `edges`.
+fn forward_backward(
+    layer: &RuleLayer<f32, Cpu>,
+    nodes: &Tensor<(usize, usize, usize), f32, Cpu>,
+    edges: &Tensor<(usize, usize, usize, usize), f32, Cpu>,
+    mask: &GraphMask,
+) -> Gradients<f32, Cpu> {
+    let (x, e) = layer
+        .forward(
+            Nodes::new(nodes.leaky_trace()),
+            Edges::new(edges.clone().retaped::<Tp>()).unwrap(),
+            mask,
+        )
+        .unwrap();
+    (x.into_tensor().sum::<(), _>() + e.into_tensor().sum::<(), _>()).backward()
+}
+
 fn rule_vs_hand(c: &mut Criterion) {
     quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
@@ -132,16 +149,7 @@ fn path_fused_vs_by_hand(c: &mut Criterion) {
         let mask = GraphMask::full(1, n);
         let nodes = dev.tensor_from_vec(random(n * 8, 1), (1, n, 8));
         let edges = dev.tensor_from_vec(random(n * n * 16, 2), (1, n, n, 16));
-        let run = |layer: &RuleLayer<f32, Cpu>| {
-            let (x, e) = layer
-                .forward(
-                    Nodes::new(nodes.leaky_trace()),
-                    Edges::new(edges.clone().retaped::<Tp>()).unwrap(),
-                    &mask,
-                )
-                .unwrap();
-            (x.into_tensor().sum::<(), _>() + e.into_tensor().sum::<(), _>()).backward()
-        };
+        let run = |layer: &RuleLayer<f32, Cpu>| forward_backward(layer, &nodes, &edges, &mask);
         group.bench_with_input(BenchmarkId::new("fused", n), &n, |bch, _| {
             bch.iter(|| run(&fused))
         });
@@ -183,17 +191,9 @@ fn strassen_gated_layer(c: &mut Criterion) {
         let mask = GraphMask::from_lengths(n, &lengths).unwrap();
         let nodes = dev.tensor_from_vec(random(b * n * 64, 1), (b, n, 64));
         let edges = dev.tensor_from_vec(random(b * n * n * 16, 2), (b, n, n, 16));
-        let run = || {
-            let (x, e) = layer
-                .forward(
-                    Nodes::new(nodes.leaky_trace()),
-                    Edges::new(edges.clone().retaped::<Tp>()).unwrap(),
-                    &mask,
-                )
-                .unwrap();
-            (x.into_tensor().sum::<(), _>() + e.into_tensor().sum::<(), _>()).backward()
-        };
-        group.bench_with_input(BenchmarkId::new("layer", n), &n, |bch, _| bch.iter(run));
+        group.bench_with_input(BenchmarkId::new("layer", n), &n, |bch, _| {
+            bch.iter(|| forward_backward(&layer, &nodes, &edges, &mask))
+        });
     }
     group.finish();
 }

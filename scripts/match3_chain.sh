@@ -8,8 +8,8 @@
 # Resumable: a finished stage (its `done` file) is skipped and an interrupted one (Ctrl-C,
 # SIGTERM: the trainer saves a checkpoint) continues with `--resume`, so the chain can go on
 # over several sessions from a saved copy of OUT (scripts/match3_chain.sh save OUT DEST keeps
-# what it needs to go on: every stage's metrics and settings, and the unfinished stage's
-# checkpoint; `restore DEST OUT` puts it back).
+# what it needs to go on: every stage's metrics (compressed) and settings, and the unfinished
+# stage's checkpoint; `restore DEST OUT` puts it back).
 # Usage: scripts/match3_chain.sh [OUT] [SEED]     (runs/match3-chain, seed 0)
 #        scripts/match3_chain.sh save OUT DEST | restore DEST OUT
 set -euo pipefail
@@ -23,12 +23,19 @@ case "${1:-}" in
     for s in "${stages[@]}"; do
       [ -d "$src/$s" ] || continue
       mkdir -p "$dest/$s"
-      cp "$src/$s"/{config.toml,metrics.csv,metrics.jsonl} "$dest/$s/"
-      if [ -f "$src/$s/done" ]; then touch "$dest/$s/done"; else cp "$src/$s/checkpoint.safetensors" "$dest/$s/"; fi
+      cp "$src/$s/config.toml" "$dest/$s/"
+      gzip -9c "$src/$s/metrics.csv" > "$dest/$s/metrics.csv.gz"
+      if [ -f "$src/$s/done" ]; then
+        touch "$dest/$s/done"
+      else # what --resume reads
+        gzip -9c "$src/$s/metrics.jsonl" > "$dest/$s/metrics.jsonl.gz"
+        cp "$src/$s/checkpoint.safetensors" "$dest/$s/"
+      fi
     done
     exit 0 ;;
   restore)
     mkdir -p "$3" && cp -r "$2"/. "$3"/
+    find "$3" -name '*.gz' -exec gunzip -f {} +
     exit 0 ;;
 esac
 out="${1:-runs/match3-chain}"

@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench kernels` (all) or e.g. `cargo bench --bench kernels -- pattern/row`.
 
-// see quartic::alloc: freed tensors stay in the process for the next op
+// see quartic::alloc: freed tensors stay in the process for the next op, no huge pages
 #[global_allocator]
 static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 
@@ -37,7 +37,6 @@ const DIM_HEAD: usize = 16;
 
 /// Node-style softmax attention: batch 8, 4 heads × 16, causal, fused vs composite weights.
 fn softmax_kernel(c: &mut Criterion) {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let mut group = c.benchmark_group("softmax_attention");
@@ -107,7 +106,6 @@ fn softmax_kernel(c: &mut Criterion) {
 /// Edge attention per pattern on one graph of n nodes, dim_edges 32 split 4 × 8, softmax,
 /// causal; the CPU backend's fused form against the composite form.
 fn patterns(c: &mut Criterion) {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     for pattern in [
@@ -162,7 +160,6 @@ fn patterns(c: &mut Criterion) {
 /// Taylor attention over a row of n edges (batch n·1 problems, 16 heads × 16 as the original's
 /// axial attention), both forms, non-causal and causal.
 fn taylor_forms(c: &mut Criterion) {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let mut group = c.benchmark_group("taylor");
@@ -214,7 +211,6 @@ fn taylor_forms(c: &mut Criterion) {
 fn pointwise_programs(c: &mut Criterion) {
     use quartic::ops::pointwise::pointwise_composite;
     use quartic::spec::pointwise::{BinaryFn, Program, Step, UnaryFn};
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let program = Program::new(vec![

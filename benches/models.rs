@@ -6,7 +6,7 @@
 
 mod workloads;
 
-// see quartic::alloc: freed tensors stay in the process for the next op
+// see quartic::alloc: freed tensors stay in the process for the next op, no huge pages
 #[global_allocator]
 static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 
@@ -14,7 +14,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
 
 fn rows(c: &mut Criterion) {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let mut g = c.benchmark_group("speed");

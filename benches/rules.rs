@@ -14,7 +14,7 @@
 mod path_by_hand;
 mod taylor_by_hand;
 
-// see quartic::alloc: freed tensors stay in the process for the next op
+// see quartic::alloc: freed tensors stay in the process for the next op, no huge pages
 #[global_allocator]
 static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 
@@ -51,7 +51,6 @@ fn forward_backward(
 }
 
 fn rule_vs_hand(c: &mut Criterion) {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let (b, dim, de) = (2, 64, 16);
@@ -139,7 +138,6 @@ fn rule_vs_hand(c: &mut Criterion) {
 }
 
 fn path_fused_vs_by_hand(c: &mut Criterion) {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let (fused, by_hand) = path_by_hand::layers::<f32>(&dev, 16, 4, 8, false, 0);
@@ -164,7 +162,6 @@ fn path_fused_vs_by_hand(c: &mut Criterion) {
 /// quarter of them padded in half the graphs (a shard of match3's training batch), forward +
 /// backward.
 fn strassen_gated_layer(c: &mut Criterion) {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     let dev = Cpu::default();
     let path = concat!(

@@ -21,7 +21,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-// The CLI's allocator (see quartic::alloc: freed tensors stay in the process for the next op),
+// The CLI's allocator (see quartic::alloc: freed tensors stay in the process, no huge pages),
 // counting the bytes live so that the scaling table can report each run's peak.
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -163,7 +163,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     // as the `quartic` command: QUARTIC_STAY_WARM_MS sets how long idle threads poll
     if let Some(ms) = std::env::var(quartic::threads::STAY_WARM_ENV)

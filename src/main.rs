@@ -8,12 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use cli::{Cli, Command};
 
-// see quartic::alloc: freed tensors stay in the process for the next op
+// see quartic::alloc: freed tensors stay in the process for the next op, no huge pages
 #[global_allocator]
 static GLOBAL: quartic::alloc::Allocator = quartic::alloc::Allocator;
 
 fn main() -> ExitCode {
-    quartic::alloc::keep_freed_memory();
     quartic::threads::include_calling_thread();
     if let Err(e) = cli::environment::stay_warm() {
         eprintln!("error: {}", cli::output::escaped(&e.to_string()));

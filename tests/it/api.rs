@@ -99,3 +99,17 @@ fn a_model_runs_on_continuous_features() {
         .to_string();
     assert!(e.contains("[b, n, 16]") && e.contains("[2, 4, 8]"), "{e}");
 }
+
+#[test]
+fn the_allocator_keeps_freed_memory_and_turns_off_huge_pages() {
+    use std::alloc::{GlobalAlloc, Layout};
+    let layout = Layout::from_size_align(1 << 20, 64).unwrap();
+    let allocator = quartic::alloc::Allocator;
+    // Safety: one allocation, freed with its own layout.
+    unsafe {
+        let p = allocator.alloc(layout);
+        assert!(!p.is_null());
+        allocator.dealloc(p, layout);
+    }
+    assert!(quartic::alloc::configured());
+}

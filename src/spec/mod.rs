@@ -277,6 +277,97 @@ pub struct GatherTable {
     index: Vec<usize>,
     source_len: usize,
     injective: bool,
+    strides: Option<Strides>,
+}
+
+/// A gather table as strides: output element e, written in the mixed radix of `dims`
+/// (outermost first), reads `base + Σ digit_d(e) · strides[d]`. The interpreter's layout moves
+/// are of this form (a slot missing from the source has stride 0), and reading runs of the
+/// innermost digit (contiguous, repeated or strided) replaces reading an 8-byte index per
+/// element: for a rule's n² terms read at n³ positions the index table is most of the memory
+/// traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Strides {
+    base: usize,
+    dims: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+impl Strides {
+    /// The strides `index` follows, if it follows any: each digit is the longest run of
+    /// equal steps at the period of the digits inside it (so digits that run on contiguously
+    /// merge into one), then the whole table is checked against them.
+    fn of(index: &[usize]) -> Option<Self> {
+        let len = index.len();
+        let base = *index.first()?;
+        let (mut dims, mut strides) = (Vec::new(), Vec::new());
+        let mut period = 1;
+        while period < len {
+            let count = len / period;
+            let stride = index[period].checked_sub(base)?;
+            let mut run = 2;
+            while run < count && index[run * period] == base + run * stride {
+                run += 1;
+            }
+            if count % run != 0 {
+                return None;
+            }
+            dims.push(run);
+            strides.push(stride);
+            period *= run;
+        }
+        dims.reverse();
+        strides.reverse();
+        let found = Self {
+            base,
+            dims,
+            strides,
+        };
+        let mut same = true;
+        found.runs(0, len, |at, src, count, stride| {
+            same &= (0..count).all(|r| index[at + r] == src + r * stride);
+        });
+        same.then_some(found)
+    }
+
+    /// Calls `f(at, src, count, stride)` for each run of the innermost digit within output
+    /// elements `start..start + len`: elements `at..at + count` (counted from `start`) read
+    /// `src, src + stride, …`.
+    pub fn runs(&self, start: usize, len: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let Some((&inner, &step)) = self.dims.last().zip(self.strides.last()) else {
+            // a table of one element
+            if len > 0 {
+                f(0, self.base, len, 0);
+            }
+            return;
+        };
+        let last = self.dims.len() - 1;
+        let mut pos = vec![0; self.dims.len()];
+        let mut rest = start;
+        let mut src = self.base;
+        for d in (0..self.dims.len()).rev() {
+            pos[d] = rest % self.dims[d];
+            rest /= self.dims[d];
+            src += pos[d] * self.strides[d];
+        }
+        let mut at = 0;
+        while at < len {
+            let count = (inner - pos[last]).min(len - at);
+            f(at, src, count, step);
+            at += count;
+            pos[last] += count;
+            src += count * step;
+            // carry into the outer digits
+            let mut d = last;
+            while pos[d] == self.dims[d] && d > 0 {
+                src -= self.dims[d] * self.strides[d];
+                pos[d] = 0;
+                d -= 1;
+                pos[d] += 1;
+                src += self.strides[d];
+            }
+        }
+    }
 }
 
 impl GatherTable {
@@ -296,11 +387,18 @@ impl GatherTable {
             injective &= !*s;
             *s = true;
         }
+        let strides = Strides::of(&index);
         Ok(Self {
             index,
             source_len,
             injective,
+            strides,
         })
+    }
+
+    /// The table as strides, when it is of that form.
+    pub fn strides(&self) -> Option<&Strides> {
+        self.strides.as_ref()
     }
 
     /// For each output element, the source element it reads.

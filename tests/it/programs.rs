@@ -265,6 +265,76 @@ fn three_index_tables(batch: usize, n: usize) -> Vec<Vec<usize>> {
     tables
 }
 
+/// 0..len in an order drawn from `seed`.
+fn shuffled(len: usize, seed: u64) -> Vec<usize> {
+    use rand::{seq::SliceRandom, SeedableRng};
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    order
+}
+
+/// A table's strides reproduce it over any range of its elements: transposes, broadcasts
+/// (stride 0), merged contiguous digits, one element; a table of no such form has none.
+#[test]
+fn gather_tables_read_by_strides_reproduce_their_index() {
+    use quartic::spec::GatherTable;
+    let (batch, n) = (2, 5);
+    let mut tables = three_index_tables(batch, n);
+    // a channel axis of 3 inside: contiguous runs of 3, and of n · 3 where k is innermost
+    tables.push(
+        tables[0]
+            .iter()
+            .flat_map(|&i| (0..3).map(move |c| i * 3 + c))
+            .collect(),
+    );
+    tables.push(vec![4]);
+    tables.push(vec![0, 0, 0, 0]);
+    for (t, table) in tables.iter().enumerate() {
+        let source = table.iter().max().unwrap() + 1;
+        let read = GatherTable::new(table.clone(), source).unwrap();
+        let strides = read
+            .strides()
+            .unwrap_or_else(|| panic!("table {t} has strides"));
+        for (start, len) in [
+            (0, table.len()),
+            (1, table.len() - 1),
+            (7, 0),
+            (3, 11),
+            (table.len() - 1, 1),
+        ] {
+            if start + len > table.len() {
+                continue;
+            }
+            let mut got = vec![usize::MAX; len];
+            strides.runs(start, len, |at, from, count, stride| {
+                for r in 0..count {
+                    got[at + r] = from + r * stride;
+                }
+            });
+            assert_eq!(
+                got,
+                table[start..start + len],
+                "table {t}, elements {start}+{len}"
+            );
+        }
+    }
+    let mut runs = 0;
+    let contiguous = GatherTable::new(tables[3].clone(), batch * n * n * 3).unwrap();
+    contiguous
+        .strides()
+        .unwrap()
+        .runs(0, tables[3].len(), |_, _, _, _| runs += 1);
+    assert_eq!(
+        runs,
+        batch * n,
+        "j, k and the channels in one run per (b, i)"
+    );
+    let scrambled = GatherTable::new(vec![0, 3, 1, 2], 4).unwrap();
+    assert!(scrambled.strides().is_none());
+    let uneven = GatherTable::new(vec![0, 1, 2, 0, 1], 3).unwrap();
+    assert!(uneven.strides().is_none());
+}
+
 /// `program` with input k read through `tables[k]` (fused, in place; or each moved first and
 /// the composite run): values and every input's gradient under a probe loss.
 fn run_gathered(
@@ -343,41 +413,64 @@ fn gathered_program() -> Program {
 fn inputs_read_through_tables_match_the_moved_inputs() {
     // 3 graphs of n = 24: 41 472 elements, several tasks and all eight parts
     let (batch, n) = (3, 24);
-    let t = three_index_tables(batch, n);
-    let len = t[0].len();
-    let inputs = vec![
-        randn(40, batch * n * n),
-        randn(41, batch * n * n),
-        randn(42, len),
-        randn(43, len),
-    ];
-    let tables = vec![
-        Some(t[0].clone()),
-        Some(t[1].clone()),
-        Some(t[2].clone()),
-        None,
-    ];
     let program = gathered_program();
-    let fused = run_gathered(true, &program, &inputs, &tables);
-    let moved = run_gathered(false, &program, &inputs, &tables);
-    for (k, (f, m)) in fused.iter().zip(&moved).enumerate() {
-        assert_close(
-            &format!("output {k} (0: values, then gradients)"),
-            f,
-            m,
-            1e-12,
-            1e-10,
+    // the layout moves' tables are read by strides; the same tables with their sources
+    // relabelled by a shuffle have none and are read index by index
+    for scrambled in [false, true] {
+        let mut t = three_index_tables(batch, n);
+        if scrambled {
+            for table in &mut t {
+                let source = table.iter().max().unwrap() + 1;
+                let relabel = shuffled(source, 61);
+                table.iter_mut().for_each(|i| *i = relabel[*i]);
+            }
+        }
+        let sources = [batch * n * n, batch * n * n, t[2].len()];
+        for (table, &source) in t.iter().zip(&sources) {
+            let read = quartic::spec::GatherTable::new(table.clone(), source).unwrap();
+            assert_eq!(
+                read.strides().is_some(),
+                !scrambled,
+                "scrambled {scrambled}"
+            );
+        }
+        let len = t[0].len();
+        let inputs = vec![
+            randn(40, batch * n * n),
+            randn(41, batch * n * n),
+            randn(42, len),
+            randn(43, len),
+        ];
+        let tables = vec![
+            Some(t[0].clone()),
+            Some(t[1].clone()),
+            Some(t[2].clone()),
+            None,
+        ];
+        let fused = run_gathered(true, &program, &inputs, &tables);
+        let moved = run_gathered(false, &program, &inputs, &tables);
+        for (k, (f, m)) in fused.iter().zip(&moved).enumerate() {
+            assert_close(
+                &format!("scrambled {scrambled}: output {k} (0: values, then gradients)"),
+                f,
+                m,
+                1e-12,
+                1e-10,
+            );
+        }
+        let threads = |k: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(k)
+                .build()
+                .unwrap()
+        };
+        let one = threads(1).install(|| run_gathered(true, &program, &inputs, &tables));
+        let three = threads(3).install(|| run_gathered(true, &program, &inputs, &tables));
+        assert_eq!(
+            one, three,
+            "scrambled {scrambled}: one thread against three"
         );
     }
-    let threads = |k: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build()
-            .unwrap()
-    };
-    let one = threads(1).install(|| run_gathered(true, &program, &inputs, &tables));
-    let three = threads(3).install(|| run_gathered(true, &program, &inputs, &tables));
-    assert_eq!(one, three, "one thread against three");
 
     // finite differences at n = 4 (each broadcast term read four times)
     let (batch, n) = (2, 4);

@@ -58,10 +58,10 @@ enum Read {
 }
 
 impl Read {
-    fn index(&self) -> Option<&[usize]> {
+    fn table(&self) -> Option<&GatherTable> {
         match self {
             Read::Direct => None,
-            Read::Permuted(t) | Read::Broadcast(t) => Some(t.index()),
+            Read::Permuted(t) | Read::Broadcast(t) => Some(t),
         }
     }
 }
@@ -237,14 +237,9 @@ impl<E: Real> Scratch<E> {
             let out = &mut rest[..n];
             let v = |i: usize| &done[i * BLOCK..][..n];
             match *step {
-                Step::Input(k) => match reads[k].index() {
+                Step::Input(k) => match reads[k].table() {
                     None => out.copy_from_slice(&data[k][start..start + n]),
-                    Some(index) => {
-                        let src = &data[k];
-                        for (o, &i) in out.iter_mut().zip(&index[start..start + n]) {
-                            *o = src[i];
-                        }
-                    }
+                    Some(table) => read_gathered(table, &data[k], start, out),
                 },
                 Step::Binary(f, a, b) => binary(f, v(a), v(b), out),
                 Step::Unary(f, x) => unary(f, v(x), out, &mut self.tmp[..n]),
@@ -289,22 +284,15 @@ impl<E: Real> Scratch<E> {
             let d = &rest[..n];
             let v = |i: usize| &self.values[i * BLOCK..][..n];
             match *step {
-                Step::Input(k) => match reads[k].index() {
+                Step::Input(k) => match reads[k].table() {
                     None => {
                         // SAFETY: each task adds into its own range of every input's gradient
                         let t = unsafe { std::slice::from_raw_parts_mut(targets[k].at(start), n) };
                         add_into(t, d, |_, d| d);
                     }
-                    Some(index) => {
-                        let t = targets[k];
-                        for (&d, &i) in d.iter().zip(&index[start..start + n]) {
-                            assert!(i < t.len(), "a gather table reads within its source");
-                            // SAFETY: in bounds (checked); a permutation's source element has
-                            // one reader, so one task; a broadcast's target is this part's own
-                            // copy (see `backward`)
-                            unsafe { *t.at(i) = *t.at(i) + d };
-                        }
-                    }
+                    // a permutation's source element has one reader, so one task; a
+                    // broadcast's target is this part's own copy (see `backward`)
+                    Some(table) => add_gathered(table, d, start, targets[k]),
                 },
                 Step::Binary(f, a, b) => {
                     let (x, y) = (v(a), v(b));
@@ -349,6 +337,64 @@ impl<E: Real> Scratch<E> {
             }
         }
     }
+}
+
+/// `out[e] = src[index[start + e]]`, by runs where the table has strides.
+fn read_gathered<E: Real>(table: &GatherTable, src: &[E], start: usize, out: &mut [E]) {
+    let Some(strides) = table.strides() else {
+        let index = &table.index()[start..start + out.len()];
+        for (o, &i) in out.iter_mut().zip(index) {
+            *o = src[i];
+        }
+        return;
+    };
+    strides.runs(start, out.len(), |at, from, count, stride| {
+        let out = &mut out[at..at + count];
+        match stride {
+            0 => out.fill(src[from]),
+            1 => out.copy_from_slice(&src[from..from + count]),
+            _ => {
+                for (o, i) in out.iter_mut().zip((from..).step_by(stride)) {
+                    *o = src[i];
+                }
+            }
+        }
+    });
+}
+
+/// `target[index[start + e]] += d[e]`, by runs where the table has strides (a repeated read's
+/// gradients summed first). The caller owns the elements of `target` this block reads.
+fn add_gathered<E: Real>(table: &GatherTable, d: &[E], start: usize, target: Shared<E>) {
+    assert!(
+        table.source_len() <= target.len(),
+        "a gather table reads within its source"
+    );
+    let Some(strides) = table.strides() else {
+        for (&d, &i) in d.iter().zip(&table.index()[start..start + d.len()]) {
+            // SAFETY: the table's indices are below its source length (checked when it was
+            // made), within `target` (checked above); the caller owns them
+            unsafe { *target.at(i) = *target.at(i) + d };
+        }
+        return;
+    };
+    strides.runs(start, d.len(), |at, from, count, stride| {
+        let d = &d[at..at + count];
+        match stride {
+            // SAFETY (all three): as above
+            0 => unsafe {
+                *target.at(from) = *target.at(from) + d.iter().fold(E::zero(), |a, &d| a + d)
+            },
+            1 => {
+                let t = unsafe { std::slice::from_raw_parts_mut(target.at(from), count) };
+                add_into(t, d, |_, d| d);
+            }
+            _ => {
+                for (&d, i) in d.iter().zip((from..).step_by(stride)) {
+                    unsafe { *target.at(i) = *target.at(i) + d };
+                }
+            }
+        }
+    });
 }
 
 /// `acc[e] += f(e, d[e])` over the block.

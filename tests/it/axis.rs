@@ -130,8 +130,15 @@ fn run(
 
 #[test]
 fn fused_softmax_and_logsumexp_match_the_definition_and_the_composite() {
-    // 300 columns blocks of 7 × 3: several rayon tasks (in 4 graphs of 75 rows); and inner 1
-    for (dims, graphs) in [((300, 7, 3), 4), ((40, 35, 1), 5)] {
+    // 300 columns blocks of 7 × 3: several rayon tasks (in 4 graphs of 75 rows); inner 1, 4
+    // and 8 (the kernel's fixed widths; 3 takes its general loops)
+    let blocks = [
+        ((300, 7, 3), 4),
+        ((40, 35, 1), 5),
+        ((60, 11, 4), 3),
+        ((24, 6, 8), 4),
+    ];
+    for (dims, graphs) in blocks {
         let len = dims.0 * dims.1 * dims.2;
         let xv: Vec<f64> = randn(5, len).iter().map(|v| 3.0 * v).collect();
         let cases = [

@@ -155,13 +155,84 @@ fn softmax_block<E: Real>(
     lse: Option<&mut [E]>,
     cols: &mut Columns<E>,
 ) {
-    // one copy of the loops per kind of visibility, so that `All` tests nothing
+    // one copy of the loops per kind of visibility, so that `All` tests nothing, and per
+    // common width (a rule's heads), so that a row's columns sit in registers
     let half = E::of(0.5);
+    macro_rules! widths {
+        ($seen:expr) => {
+            match inner {
+                1 => softmax_fixed::<E, 1>(x, $seen, n, p, lse),
+                2 => softmax_fixed::<E, 2>(x, $seen, n, p, lse),
+                4 => softmax_fixed::<E, 4>(x, $seen, n, p, lse),
+                8 => softmax_fixed::<E, 8>(x, $seen, n, p, lse),
+                16 => softmax_fixed::<E, 16>(x, $seen, n, p, lse),
+                _ => softmax_block_with(x, $seen, n, inner, p, lse, cols),
+            }
+        };
+    }
     match visible {
-        Seen::All => softmax_block_with(x, |_, _| true, n, inner, p, lse, cols),
-        Seen::Keys(real) => softmax_block_with(x, |k, _| real[k], n, inner, p, lse, cols),
-        Seen::Mask(m) => {
-            softmax_block_with(x, |k, c| m[k * inner + c] > half, n, inner, p, lse, cols)
+        Seen::All => widths!(|_, _| true),
+        Seen::Keys(real) => widths!(|k, _| real[k]),
+        Seen::Mask(m) => widths!(|k, c| m[k * inner + c] > half),
+    }
+}
+
+/// [`softmax_block_with`] for blocks `W` columns wide: the columns' state in arrays.
+#[inline(always)]
+fn softmax_fixed<E: Real, const W: usize>(
+    x: &[E],
+    seen: impl Fn(usize, usize) -> bool,
+    n: usize,
+    p: &mut [E],
+    lse: Option<&mut [E]>,
+) {
+    let (x, p) = (&x[..n * W], &mut p[..n * W]);
+    let mut max = [E::neg_infinity(); W];
+    let mut any = [false; W];
+    for (k, row) in x.chunks_exact(W).enumerate() {
+        for c in 0..W {
+            if seen(k, c) {
+                any[c] = true;
+                // a NaN never wins here; it reaches every output through the sum below
+                if row[c] > max[c] {
+                    max[c] = row[c];
+                }
+            }
+        }
+    }
+    // hidden entries at −∞, whose exp is exactly 0
+    for (k, (row, out)) in x.chunks_exact(W).zip(p.chunks_exact_mut(W)).enumerate() {
+        for c in 0..W {
+            out[c] = if seen(k, c) {
+                row[c] - max[c]
+            } else {
+                E::neg_infinity()
+            };
+        }
+    }
+    E::exp_slice(p);
+    let mut sum = [E::zero(); W];
+    for row in p.chunks_exact(W) {
+        for c in 0..W {
+            sum[c] = sum[c] + row[c];
+        }
+    }
+    if let Some(l) = lse {
+        for c in 0..W {
+            l[c] = if any[c] {
+                max[c] + sum[c].ln()
+            } else {
+                E::zero()
+            };
+        }
+    }
+    // the reciprocal, 0 for a column with none visible (its entries are 0 already)
+    for c in 0..W {
+        sum[c] = if any[c] { sum[c].recip() } else { E::zero() };
+    }
+    for row in p.chunks_exact_mut(W) {
+        for c in 0..W {
+            row[c] = row[c] * sum[c];
         }
     }
 }
@@ -237,6 +308,14 @@ fn softmax_block_with<E: Real>(
 /// `dx += p ⊙ (g − Σ p·g)` down each column of a `[n, inner]` block (hidden entries have p = 0),
 /// row by row; `dot` holds the columns' sums.
 fn softmax_backward_block<E: Real>(dx: &mut [E], p: &[E], g: &[E], inner: usize, dot: &mut Vec<E>) {
+    match inner {
+        1 => return softmax_backward_fixed::<E, 1>(dx, p, g),
+        2 => return softmax_backward_fixed::<E, 2>(dx, p, g),
+        4 => return softmax_backward_fixed::<E, 4>(dx, p, g),
+        8 => return softmax_backward_fixed::<E, 8>(dx, p, g),
+        16 => return softmax_backward_fixed::<E, 16>(dx, p, g),
+        _ => {}
+    }
     let width = inner.max(1);
     dot.clear();
     dot.resize(inner, E::zero());
@@ -251,6 +330,25 @@ fn softmax_backward_block<E: Real>(dx: &mut [E], p: &[E], g: &[E], inner: usize,
         .zip(g.chunks_exact(width))
     {
         for c in 0..inner {
+            dx[c] = dx[c] + p[c] * (g[c] - dot[c]);
+        }
+    }
+}
+
+/// [`softmax_backward_block`] for blocks `W` columns wide.
+fn softmax_backward_fixed<E: Real, const W: usize>(dx: &mut [E], p: &[E], g: &[E]) {
+    let mut dot = [E::zero(); W];
+    for (p, g) in p.chunks_exact(W).zip(g.chunks_exact(W)) {
+        for c in 0..W {
+            dot[c] = dot[c] + p[c] * g[c];
+        }
+    }
+    for ((dx, p), g) in dx
+        .chunks_exact_mut(W)
+        .zip(p.chunks_exact(W))
+        .zip(g.chunks_exact(W))
+    {
+        for c in 0..W {
             dx[c] = dx[c] + p[c] * (g[c] - dot[c]);
         }
     }

@@ -210,9 +210,9 @@ fn fused_outer_sum_matches_composite_and_finite_differences() {
 
 /// The CPU's gather (the rule interpreter's layout moves) against dfdx's, values and the
 /// source's gradient, for a permutation (whose backward writes in parallel), a table that
-/// reads sources several times (whose backward sums) and one that reads each forty times
-/// (whose backward sums in parts, in parallel: the same bits on one thread and on three); bad
-/// tables are refused.
+/// reads sources several times (whose backward sums) and ones that read each forty times
+/// (whose backward sums in parts, in parallel: the same bits on one thread and on three),
+/// with strides and without; bad tables are refused.
 #[test]
 fn fused_gather_matches_dfdx() {
     use quartic::spec::GatherTable;
@@ -226,14 +226,21 @@ fn fused_gather_matches_dfdx() {
     let broadcast: Vec<usize> = (0..len + len / 2).map(|i| (i * 7919) % (len - 3)).collect();
     // a source of 1 000 read forty times each, scattered: eight parts
     let wide: Vec<usize> = (0..len).map(|i| (i * 7919) % 1000).collect();
-    for (name, index, injective, source) in [
-        ("transpose", transpose, true, len),
-        ("broadcast", broadcast, false, len),
-        ("wide broadcast", wide, false, 1000),
+    // the same source read as forty copies of itself, and each element forty times in a row
+    // (tables with strides: 0 on the repeat, read by runs)
+    let repeated: Vec<usize> = (0..len).map(|i| i % 1000).collect();
+    let lifted: Vec<usize> = (0..len).map(|i| i / 40).collect();
+    for (name, index, injective, source, strided) in [
+        ("transpose", transpose, true, len, true),
+        ("broadcast", broadcast, false, len, false),
+        ("wide broadcast", wide, false, 1000, false),
+        ("repeated", repeated, false, 1000, true),
+        ("lifted", lifted, false, 1000, true),
     ] {
         let x = &x[..source];
         let table = Arc::new(GatherTable::new(index.clone(), source).unwrap());
         assert_eq!(table.injective(), injective, "{name}");
+        assert_eq!(table.strides().is_some(), strided, "{name}");
         let run = |fused: bool| {
             let t = d.tensor_from_vec(x.to_vec(), (source,));
             let out = if fused {

@@ -6,7 +6,8 @@
 //! gradient from its one reader, also in parallel. A broadcasting table (a rule's n² terms read
 //! at n³ positions) sums over fixed parts of the output in parallel, each into its own copy of
 //! the source gradient, and then adds the copies up in order: the same sums in the same order
-//! whatever the number of threads.
+//! whatever the number of threads. A table with strides (`spec::Strides`, as layout moves' tables
+//! usually are) is read by runs, copies and fills, not an index per element, both ways.
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -41,30 +42,33 @@ where
     let mut taped = Taped::new();
     let x = taped.input(x);
     let src = host_copy(&x);
-    let index = table.index();
-    let out: Vec<E> = index
-        .par_iter()
-        .with_min_len(CHUNK)
-        .map(|&i| src[i])
-        .collect();
+    let len = table.index().len();
+    let mut out = Vec::with_capacity(len);
+    {
+        let dst = Shared::spare(&mut out);
+        (0..len.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
+            let start = c * CHUNK;
+            // SAFETY: each task writes its own range of the spare capacity
+            let o =
+                unsafe { std::slice::from_raw_parts_mut(dst.at(start), CHUNK.min(len - start)) };
+            read_gathered(table, &src, start, o);
+        });
+    }
+    // SAFETY: the tasks above wrote every element of 0..len
+    unsafe { out.set_len(len) };
     drop(src);
     let (x_g, table) = (x.ghost(), table.clone());
-    taped.output(&dev, out, (table.index().len(),), move |g, grads| {
+    taped.output(&dev, out, (len,), move |g, grads| {
         let dx = grads.get_or_alloc_mut(&x_g)?;
-        let index = table.index();
         if table.injective() {
             let dx = Shared::new(dx);
+            // an injective table has one reader of each source element, so each task alone
+            // writes the elements its chunk reads
             g.par_chunks(CHUNK)
-                .zip(index.par_chunks(CHUNK))
-                .for_each(|(g, idx)| {
-                    for (&g, &i) in g.iter().zip(idx) {
-                        // SAFETY: an injective table has one reader of each source element,
-                        // so this task alone writes dx[i]
-                        unsafe { *dx.at(i) = *dx.at(i) + g };
-                    }
-                });
+                .enumerate()
+                .for_each(|(c, g)| add_gathered(&table, g, c * CHUNK, dx));
         } else {
-            add_broadcast(dx, g, index);
+            add_broadcast(dx, g, &table);
         }
         Ok(())
     })
@@ -74,26 +78,80 @@ where
 /// is cut into parts fixed by the sizes alone (at most [`MAX_PARTS`], each at least as long as
 /// the source, so the copies cost no more than the reads); each part sums into its own copy,
 /// and the copies are added to `dx` in order, in parallel over the source.
-fn add_broadcast<E: Real>(dx: &mut [E], g: &[E], index: &[usize]) {
-    let parts = (index.len() / dx.len().max(1)).clamp(1, MAX_PARTS);
-    if parts == 1 || index.len() < CHUNK {
-        for (&g, &i) in g.iter().zip(index) {
-            dx[i] = dx[i] + g;
-        }
+fn add_broadcast<E: Real>(dx: &mut [E], g: &[E], table: &GatherTable) {
+    let parts = (g.len() / dx.len().max(1)).clamp(1, MAX_PARTS);
+    if parts == 1 || g.len() < CHUNK {
+        add_gathered(table, g, 0, Shared::new(dx));
         return;
     }
-    let part = index.len().div_ceil(parts);
+    let part = g.len().div_ceil(parts);
     let len = dx.len();
     let sums: Vec<Vec<E>> = g
         .par_chunks(part)
-        .zip(index.par_chunks(part))
-        .map(|(g, idx)| {
+        .enumerate()
+        .map(|(p, g)| {
             let mut sum = vec![E::zero(); len];
-            for (&g, &i) in g.iter().zip(idx) {
-                sum[i] = sum[i] + g;
-            }
+            add_gathered(table, g, p * part, Shared::new(&mut sum));
             sum
         })
         .collect();
     add_copies(dx, &sums);
+}
+
+/// `out[e] = src[index[start + e]]`, by runs where the table has strides.
+pub(super) fn read_gathered<E: Real>(table: &GatherTable, src: &[E], start: usize, out: &mut [E]) {
+    let Some(strides) = table.strides() else {
+        let index = &table.index()[start..start + out.len()];
+        for (o, &i) in out.iter_mut().zip(index) {
+            *o = src[i];
+        }
+        return;
+    };
+    strides.runs(start, out.len(), |at, from, count, stride| {
+        let out = &mut out[at..at + count];
+        match stride {
+            0 => out.fill(src[from]),
+            1 => out.copy_from_slice(&src[from..from + count]),
+            _ => {
+                for (o, i) in out.iter_mut().zip((from..).step_by(stride)) {
+                    *o = src[i];
+                }
+            }
+        }
+    });
+}
+
+/// `target[index[start + e]] += d[e]`, by runs where the table has strides (a repeated read's
+/// gradients summed first). The caller owns the elements of `target` this block reads.
+pub(super) fn add_gathered<E: Real>(table: &GatherTable, d: &[E], start: usize, target: Shared<E>) {
+    assert!(
+        table.source_len() <= target.len(),
+        "a gather table reads within its source"
+    );
+    let Some(strides) = table.strides() else {
+        for (&d, &i) in d.iter().zip(&table.index()[start..start + d.len()]) {
+            // SAFETY: the table's indices are below its source length (checked when it was
+            // made), within `target` (checked above); the caller owns them
+            unsafe { *target.at(i) = *target.at(i) + d };
+        }
+        return;
+    };
+    strides.runs(start, d.len(), |at, from, count, stride| {
+        let d = &d[at..at + count];
+        match stride {
+            // SAFETY (all three): as above
+            0 => unsafe {
+                *target.at(from) = *target.at(from) + d.iter().fold(E::zero(), |a, &d| a + d)
+            },
+            1 => {
+                let t = unsafe { std::slice::from_raw_parts_mut(target.at(from), count) };
+                t.iter_mut().zip(d).for_each(|(t, &d)| *t = *t + d);
+            }
+            _ => {
+                for (&d, i) in d.iter().zip((from..).step_by(stride)) {
+                    unsafe { *target.at(i) = *target.at(i) + d };
+                }
+            }
+        }
+    });
 }

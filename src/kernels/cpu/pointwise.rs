@@ -17,6 +17,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::fused::{add_copies, host_copy, CpuBuffer, MAX_PARTS};
+use super::gather::{add_gathered, read_gathered};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
@@ -337,64 +338,6 @@ impl<E: Real> Scratch<E> {
             }
         }
     }
-}
-
-/// `out[e] = src[index[start + e]]`, by runs where the table has strides.
-fn read_gathered<E: Real>(table: &GatherTable, src: &[E], start: usize, out: &mut [E]) {
-    let Some(strides) = table.strides() else {
-        let index = &table.index()[start..start + out.len()];
-        for (o, &i) in out.iter_mut().zip(index) {
-            *o = src[i];
-        }
-        return;
-    };
-    strides.runs(start, out.len(), |at, from, count, stride| {
-        let out = &mut out[at..at + count];
-        match stride {
-            0 => out.fill(src[from]),
-            1 => out.copy_from_slice(&src[from..from + count]),
-            _ => {
-                for (o, i) in out.iter_mut().zip((from..).step_by(stride)) {
-                    *o = src[i];
-                }
-            }
-        }
-    });
-}
-
-/// `target[index[start + e]] += d[e]`, by runs where the table has strides (a repeated read's
-/// gradients summed first). The caller owns the elements of `target` this block reads.
-fn add_gathered<E: Real>(table: &GatherTable, d: &[E], start: usize, target: Shared<E>) {
-    assert!(
-        table.source_len() <= target.len(),
-        "a gather table reads within its source"
-    );
-    let Some(strides) = table.strides() else {
-        for (&d, &i) in d.iter().zip(&table.index()[start..start + d.len()]) {
-            // SAFETY: the table's indices are below its source length (checked when it was
-            // made), within `target` (checked above); the caller owns them
-            unsafe { *target.at(i) = *target.at(i) + d };
-        }
-        return;
-    };
-    strides.runs(start, d.len(), |at, from, count, stride| {
-        let d = &d[at..at + count];
-        match stride {
-            // SAFETY (all three): as above
-            0 => unsafe {
-                *target.at(from) = *target.at(from) + d.iter().fold(E::zero(), |a, &d| a + d)
-            },
-            1 => {
-                let t = unsafe { std::slice::from_raw_parts_mut(target.at(from), count) };
-                add_into(t, d, |_, d| d);
-            }
-            _ => {
-                for (&d, i) in d.iter().zip((from..).step_by(stride)) {
-                    unsafe { *target.at(i) = *target.at(i) + d };
-                }
-            }
-        }
-    });
 }
 
 /// `acc[e] += f(e, d[e])` over the block.

@@ -9,7 +9,8 @@
 # SIGTERM: the trainer saves a checkpoint) continues with `--resume`, so the chain can go on
 # over several sessions from a saved copy of OUT (scripts/match3_chain.sh save OUT DEST keeps
 # what it needs to go on: every stage's metrics (compressed) and settings, and the unfinished
-# stage's checkpoint; `restore DEST OUT` puts it back).
+# stage's checkpoint, or the last stage's weights once the chain is done; `restore DEST OUT`
+# puts it back).
 # Usage: scripts/match3_chain.sh [OUT] [SEED]     (runs/match3-chain, seed 0)
 #        scripts/match3_chain.sh save OUT DEST | restore DEST OUT
 set -euo pipefail
@@ -27,6 +28,8 @@ case "${1:-}" in
       gzip -9c "$src/$s/metrics.csv" > "$dest/$s/metrics.csv.gz"
       if [ -f "$src/$s/done" ]; then
         touch "$dest/$s/done"
+        # the finished chain's weights, for `quartic eval`
+        if [ "$s" = "${stages[-1]}" ]; then cp "$src/$s/checkpoint.safetensors" "$dest/$s/"; fi
       else # what --resume reads
         gzip -9c "$src/$s/metrics.jsonl" > "$dest/$s/metrics.jsonl.gz"
         cp "$src/$s/checkpoint.safetensors" "$dest/$s/"

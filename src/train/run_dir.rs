@@ -21,6 +21,8 @@ pub const CONFIG: &str = "config.toml";
 /// The training curves' file name.
 pub const PLOT: &str = "curves.png";
 const LOCK: &str = ".lock";
+/// How long a busy lock is tried again before another run is reported (see [`RunDir::open`]).
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What to do with a run already in the folder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,17 +61,26 @@ impl RunDir {
             .write(true)
             .open(&lock_path)
             .map_err(|e| io(&lock_path, e.to_string()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(io(
-                    path,
-                    "another run is writing to this folder (it holds .lock); wait for it, \
-                     or give this run its own --out",
-                ))
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(io(&lock_path, format!("cannot lock the run folder: {e}")))
+        // A lock just released can still be held for a moment: a process that forks (to run
+        // a command) holds copies of every open file until its child executes, the lock's
+        // included. So a busy lock is tried again for a short while before it is reported.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io(
+                        path,
+                        "another run is writing to this folder (it holds .lock); wait for it, \
+                         or give this run its own --out",
+                    ))
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(io(&lock_path, format!("cannot lock the run folder: {e}")))
+                }
             }
         }
         let dir = Self {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# strassen_gated (examples/rules/strassen_gated.rule, dim 64, 4 heads × 16, ff_mult 2) on
-# match3-distinct from the Fourier start (scripts/match3_fourier.py), trained in stages that
+# strassen_gated (examples/rules/strassen_gated.rule, dim 64, 4 heads × 16, ff_mult 2), or the
+# baseline at about its parameter count (MODEL=baseline: dim 80), on match3-distinct from the
+# Fourier start (scripts/match3_fourier.py), trained in stages that
 # each start from the last one's weights with a fresh optimizer and its own schedule: 20 000
 # steps, then 30 000 three times (docs/experiments/match3.md, "Trained on"; the same flags as
 # scripts/match3_fourier.sh). One run at a time on every core (RAYON_NUM_THREADS, default 2).
@@ -11,7 +12,7 @@
 # what it needs to go on: every stage's metrics (compressed) and settings, and the unfinished
 # stage's checkpoint, or the last stage's weights once the chain is done; `restore DEST OUT`
 # puts it back).
-# Usage: scripts/match3_chain.sh [OUT] [SEED]     (runs/match3-chain, seed 0)
+# Usage: scripts/match3_chain.sh [OUT] [SEED] [MODEL]  (runs/match3-chain, seed 0, gated)
 #        scripts/match3_chain.sh save OUT DEST | restore DEST OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ case "${1:-}" in
   save)
     src="$2" dest="$3"
     mkdir -p "$dest"
-    cp "$src/gated-fourier.safetensors" "$dest/"
+    cp "$src"/*-fourier.safetensors "$dest/"
     for s in "${stages[@]}"; do
       [ -d "$src/$s" ] || continue
       mkdir -p "$dest/$s"
@@ -43,15 +44,21 @@ case "${1:-}" in
 esac
 out="${1:-runs/match3-chain}"
 seed="${2:-0}"
+model="${3:-gated}"
+case "$model" in
+  gated) flags=(--rule examples/rules/strassen_gated.rule --dim 64) ;;
+  baseline) flags=(--rule baseline --dim 80) ;;
+  *) echo "MODEL is gated or baseline, not $model" >&2; exit 2 ;;
+esac
 cargo build --release -q
 mkdir -p "$out" && cp target/release/quartic "$out/quartic"
 out="$(cd "$out" && pwd)"
 export QUARTIC_STAY_WARM_MS=0 RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}" PYTHONDONTWRITEBYTECODE=1
-if [ ! -f "$out/gated-fourier.safetensors" ]; then
-  "$out/quartic" train --task match3-distinct --rule examples/rules/strassen_gated.rule --dim 64 \
-    --depth 1 --heads 4 --dim-head 16 --ff-mult 2 --steps 1 --batch 16 --seed "$seed" --quiet \
-    --out "$out/gated-init"
-  scripts/match3_fourier.py "$out/gated-init/checkpoint.safetensors" "$out/gated-fourier.safetensors"
+if [ ! -f "$out/$model-fourier.safetensors" ]; then
+  "$out/quartic" train --task match3-distinct "${flags[@]}" --depth 1 --heads 4 --dim-head 16 \
+    --ff-mult 2 --steps 1 --batch 16 --seed "$seed" --quiet --out "$out/$model-init"
+  scripts/match3_fourier.py "$out/$model-init/checkpoint.safetensors" \
+    "$out/$model-fourier.safetensors"
 fi
 stage() { # init weights, steps, folder
   [ -f "$3/done" ] && return 0
@@ -63,7 +70,7 @@ stage() { # init weights, steps, folder
   fi
   touch "$3/done"
 }
-from="$out/gated-fourier.safetensors"
+from="$out/$model-fourier.safetensors"
 for s in "${stages[@]}"; do
   stage "$from" "${s#*-}" "$out/$s"
   from="$out/$s/checkpoint.safetensors"

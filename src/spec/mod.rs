@@ -294,6 +294,11 @@ pub struct Strides {
 }
 
 impl Strides {
+    /// The most digits a table may have and still be read by strides: `runs` keeps its
+    /// position on the stack, as it is called once per block of a kernel's loop. Layout moves
+    /// have one digit per axis of the rule's terms, after merging.
+    const MAX_DIGITS: usize = 12;
+
     /// The strides `index` follows, if it follows any: each digit is the longest run of
     /// equal steps at the period of the digits inside it (so digits that run on contiguously
     /// merge into one), then the whole table is checked against them.
@@ -315,6 +320,9 @@ impl Strides {
             dims.push(run);
             strides.push(stride);
             period *= run;
+        }
+        if dims.len() > Self::MAX_DIGITS {
+            return None;
         }
         dims.reverse();
         strides.reverse();
@@ -342,7 +350,7 @@ impl Strides {
             return;
         };
         let last = self.dims.len() - 1;
-        let mut pos = vec![0; self.dims.len()];
+        let mut pos = [0; Self::MAX_DIGITS];
         let mut rest = start;
         let mut src = self.base;
         for d in (0..self.dims.len()).rev() {

@@ -333,6 +333,29 @@ fn gather_tables_read_by_strides_reproduce_their_index() {
     assert!(scrambled.strides().is_none());
     let uneven = GatherTable::new(vec![0, 1, 2, 0, 1], 3).unwrap();
     assert!(uneven.strides().is_none());
+    // digits that cannot merge (binary digits at strides 3^d): twelve are read by strides,
+    // and exactly, a thirteenth leaves the table to its index
+    let digits = |count: u32| -> Vec<usize> {
+        (0..1usize << count)
+            .map(|e| (0..count).map(|d| (e >> d & 1) * 3usize.pow(d)).sum())
+            .collect()
+    };
+    let twelve = digits(12);
+    let read = GatherTable::new(twelve.clone(), *twelve.iter().max().unwrap() + 1).unwrap();
+    let mut got = vec![usize::MAX; twelve.len() - 5];
+    read.strides().expect("twelve digits have strides").runs(
+        5,
+        got.len(),
+        |at, from, count, stride| {
+            for r in 0..count {
+                got[at + r] = from + r * stride;
+            }
+        },
+    );
+    assert_eq!(got, twelve[5..]);
+    let thirteen = digits(13);
+    let read = GatherTable::new(thirteen.clone(), *thirteen.iter().max().unwrap() + 1).unwrap();
+    assert!(read.strides().is_none(), "13 digits: read by index");
 }
 
 /// `program` with input k read through `tables[k]` (fused, in place; or each moved first and

@@ -8,7 +8,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, host_copy, CpuBuffer};
+use super::fused::{accumulate, host_copy, CpuBuffer, Host};
 use super::gemm::{mm_with, Mat, MatMut};
 use super::taped::Taped;
 use crate::error::{Error, Result};
@@ -163,8 +163,8 @@ where
     let dev = x.device().clone();
     let mut taped = Taped::new();
     let (x, w, b) = (taped.input(x), taped.input(w), taped.optional(b));
-    let (xs, ws) = (host_copy(&x), host_copy(&w));
-    let bs = b.as_ref().map(host_copy);
+    let (xs, ws) = (Host::read(&x), Host::read(&w));
+    let bs = b.as_ref().map(Host::read);
     let out = rows_times_weights(&xs, &ws, bs.as_deref(), c_in);
     let (x_g, w_g, b_g) = (x.ghost(), w.ghost(), b.as_ref().map(|b| b.ghost()));
     taped.output(&dev, out, (rows, c_out), move |g, grads| {
@@ -198,7 +198,7 @@ where
     let mut taped = Taped::new();
     let (x, y) = (taped.input(x), taped.input(y));
     let mut out = host_copy(&x);
-    let ys = host_copy(&y);
+    let ys = Host::read(&y);
     if per >= ADD_CHUNK {
         // each repeat in chunks
         out.par_chunks_mut(per).for_each(|rep| {
@@ -252,7 +252,7 @@ where
     let dev = sources.device().clone();
     let mut taped = Taped::new();
     let (src, tgt) = (taped.input(sources), taped.input(targets));
-    let (ss, ts) = (host_copy(&src), host_copy(&tgt));
+    let (ss, ts) = (Host::read(&src), Host::read(&tgt));
     let row = n * c;
     let mut out = vec![E::zero(); b * n * row];
     if row > 0 {

@@ -7,7 +7,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{host_copy, zeros, CpuBuffer};
+use super::fused::{zeros, CpuBuffer, Host};
 use super::taped::Taped;
 use crate::error::Result;
 use crate::spec::axis::{check, AxisOp, Visible};
@@ -32,10 +32,10 @@ where
     let dev = x.device().clone();
     let mut taped = Taped::new();
     let x = taped.input(x);
-    let xs = host_copy(&x);
+    let xs = Host::read(&x);
     let keys = visible.key_rows(dims);
-    let mask: Option<Vec<E>> = match visible {
-        Visible::Mask(m) => Some(host_copy(m)),
+    let mask: Option<Host<E>> = match visible {
+        Visible::Mask(m) => Some(Host::read(m)),
         _ => None,
     };
     let block = n * inner;

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::affine::{rows_times_weights, rows_times_weights_backward};
 use super::flash::{bias_share, edge_layout, Problem, Sizes};
-use super::fused::{accumulate, copied, host_copy, zeros, CpuBuffer};
+use super::fused::{accumulate, copied, zeros, CpuBuffer, Host};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::{Error, Result};
@@ -155,20 +155,20 @@ where
     // (read in place by the products) instead of n·c apart. Inputs, output and the gradients
     // of the edges and gates cross over; the weights do not care.
     let transposed = pattern == EdgePattern::Column;
-    let cross = move |v: Vec<E>, channels: usize| {
+    let cross = move |v: Host<E>, channels: usize| {
         if transposed {
-            transpose_edges(&v, n, channels)
+            transpose_edges(&v, n, channels).into()
         } else {
             v
         }
     };
     let (xs, wq_h, wk_h, wv_h) = (
-        cross(host_copy(&x), c),
-        host_copy(&wq),
-        host_copy(&wk),
-        host_copy(&wv),
+        cross(Host::read(&x), c),
+        Host::read(&wq),
+        Host::read(&wk),
+        Host::read(&wv),
     );
-    let [q, k, v] = [&wq_h, &wk_h, &wv_h].map(|w| rows_times_weights(&xs, w, None, c));
+    let [q, k, v] = [&wq_h, &wk_h, &wv_h].map(|w| rows_times_weights(&xs, w, None, c).into());
     let sizes = Sizes {
         problems: b * n,
         heads,
@@ -195,14 +195,13 @@ where
         vl: edge_layout(EdgePattern::Row, n, he, e),
         ol: edge_layout(EdgePattern::Row, n, he, e),
         out_len: rows * he,
-        bias: bias.as_ref().map(host_copy),
+        bias: bias.as_ref().map(Host::read),
         bias_share,
     };
     let mut fwd = problem.forward();
     let gate_host = gates.as_ref().map(|g| {
-        let mut s = cross(host_copy(g), heads);
-        s.par_iter_mut().for_each(|x| *x = sigmoid(*x));
-        s
+        let logits = cross(Host::read(g), heads);
+        logits.par_iter().map(|&x| sigmoid(x)).collect::<Vec<_>>()
     });
     // the backward reads the ungated output: keep it when there is a tape, else reuse it
     let mut out = if T::OWNS_TAPE {

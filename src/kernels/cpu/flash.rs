@@ -16,7 +16,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, copied, host_copy, zeros, CpuBuffer};
+use super::fused::{accumulate, copied, zeros, CpuBuffer, Host};
 use super::gemm::{mm, Mat, MatMut};
 use super::shared::Shared;
 use super::taped::Taped;
@@ -214,8 +214,8 @@ impl<'a> ProblemMask<'a> {
     }
 }
 
-/// Host copies and sizes of one attention call.
-pub(super) struct Problem<E> {
+/// Host data and sizes of one attention call.
+pub(super) struct Problem<E: Real> {
     pub(super) p: usize,
     pub(super) h: usize,
     pub(super) nq: usize,
@@ -225,16 +225,16 @@ pub(super) struct Problem<E> {
     pub(super) scale: E,
     pub(super) normalizer: Normalizer,
     pub(super) vis: Visibility,
-    pub(super) q: Vec<E>,
-    pub(super) k: Vec<E>,
-    pub(super) v: Vec<E>,
+    pub(super) q: Host<E>,
+    pub(super) k: Host<E>,
+    pub(super) v: Host<E>,
     pub(super) ql: Layout,
     pub(super) kl: Layout,
     pub(super) vl: Layout,
     /// The output's layout (its buffer has `out_len` elements).
     pub(super) ol: Layout,
     pub(super) out_len: usize,
-    pub(super) bias: Option<Vec<E>>,
+    pub(super) bias: Option<Host<E>>,
     /// How many consecutive problems read each `[h, nq, nk]` block of `bias` (1: one block per
     /// problem).
     pub(super) bias_share: usize,
@@ -918,15 +918,15 @@ where
         scale: E::of(spec.scale),
         normalizer: spec.normalizer,
         vis: vis.clone(),
-        q: host_copy(&q),
-        k: host_copy(&k),
-        v: host_copy(&v),
+        q: Host::read(&q),
+        k: Host::read(&k),
+        v: Host::read(&v),
         ql,
         kl,
         vl,
         ol,
         out_len: out_shape.num_elements(),
-        bias: bias.as_ref().map(host_copy),
+        bias: bias.as_ref().map(Host::read),
         bias_share,
     };
     let mut fwd = problem.forward();

@@ -24,15 +24,54 @@ const TALKING_ROWS: usize = 8;
 /// The gradient buffer type of the CPU device (a `Vec` behind dfdx's allocation cache).
 pub type CpuBuffer<E> = <Cpu as Storage<E>>::Vec;
 
-/// The elements of a contiguous tensor (as `.contiguous()` returns it), copied in one memcpy
-/// (dfdx's `as_vec` walks an index per element).
-pub fn host_copy<S: Shape, E: Real, T>(t: &Tensor<S, E, Cpu, T>) -> Vec<E>
+/// Elements a kernel reads on the host: a tensor's buffer read where dfdx keeps it, or a
+/// buffer the kernel computed. Either reads as a slice.
+#[derive(Clone, Debug)]
+pub enum Host<E: Unit> {
+    /// A tape-free handle on a contiguous tensor's buffer, flattened: dfdx shares the buffer
+    /// (and copies it before any write while this handle lives), so nothing is copied here.
+    Tensor(Tensor<(usize,), E, Cpu>),
+    /// A buffer of the kernel's own.
+    Owned(Vec<E>),
+}
+
+impl<E: Real> Host<E>
 where
     Cpu: Device<E>,
 {
-    let mut out = zeros(t.shape().num_elements());
-    t.copy_into(&mut out);
-    out
+    /// `t`'s elements in buffer order, read in place: the fused ops take their inputs made
+    /// contiguous ([`super::taped::Taped::input`]), so logical and buffer order agree (a
+    /// tensor that is not would be made contiguous here, by a copy).
+    pub fn read<S: Shape, T: Tape<E, Cpu>>(t: &Tensor<S, E, Cpu, T>) -> Self {
+        let len = t.shape().num_elements();
+        Self::Tensor(t.retaped::<NoneTape>().reshape_like(&(len,)))
+    }
+}
+
+impl<E: Unit> std::ops::Deref for Host<E> {
+    type Target = [E];
+    fn deref(&self) -> &[E] {
+        match self {
+            Self::Tensor(t) => t.storage(),
+            Self::Owned(v) => v,
+        }
+    }
+}
+
+impl<E: Unit> From<Vec<E>> for Host<E> {
+    fn from(v: Vec<E>) -> Self {
+        Self::Owned(v)
+    }
+}
+
+/// The elements of a contiguous tensor (as `.contiguous()` returns it) as a buffer of the
+/// caller's to write, copied by every thread (dfdx's `as_vec` walks an index per element).
+/// Read-only uses take [`Host::read`], which copies nothing.
+pub fn host_copy<S: Shape, E: Real, T: Tape<E, Cpu>>(t: &Tensor<S, E, Cpu, T>) -> Vec<E>
+where
+    Cpu: Device<E>,
+{
+    copied(&Host::read(t))
 }
 
 /// `n` zeros, written by every thread (a large single-threaded `vec!` is a serial memset and
@@ -49,8 +88,11 @@ pub fn zeros<E: Real>(n: usize) -> Vec<E> {
 /// Fewer elements than this are zeroed on the calling thread: splitting costs more.
 const PARALLEL_FILL: usize = 1 << 14;
 
-/// A copy of `src`, written by every thread.
+/// A copy of `src`, written by every thread (a short one by the calling thread).
 pub fn copied<E: Real>(src: &[E]) -> Vec<E> {
+    if src.len() < PARALLEL_FILL {
+        return src.to_vec();
+    }
     let mut v = Vec::with_capacity(src.len());
     v.par_extend(src.par_iter().copied());
     v
@@ -81,8 +123,8 @@ fn axpy<E: Real>(y: &mut [E], c: E, x: &[E]) {
     y.iter_mut().zip(x).for_each(|(o, &v)| *o = *o + c * v);
 }
 
-/// Sizes and host copies of one weights problem.
-struct WeightsProblem<E> {
+/// Sizes and host data of one weights problem.
+struct WeightsProblem<E: Real> {
     b: usize,
     h: usize,
     nq: usize,
@@ -91,10 +133,10 @@ struct WeightsProblem<E> {
     scale: E,
     normalizer: Normalizer,
     vis: Visibility,
-    q: Vec<E>,
-    k: Vec<E>,
-    bias: Option<Vec<E>>,
-    talking: Option<Vec<E>>,
+    q: Host<E>,
+    k: Host<E>,
+    bias: Option<Host<E>>,
+    talking: Option<Host<E>>,
 }
 
 impl<E: Real> WeightsProblem<E> {
@@ -385,10 +427,10 @@ where
         scale: E::of(spec.scale),
         normalizer: spec.normalizer,
         vis: spec.visibility.clone(),
-        q: host_copy(&q),
-        k: host_copy(&k),
-        bias: bias.as_ref().map(host_copy),
-        talking: talking.as_ref().map(host_copy),
+        q: Host::read(&q),
+        k: Host::read(&k),
+        bias: bias.as_ref().map(Host::read),
+        talking: talking.as_ref().map(Host::read),
     };
     let out = problem.forward();
     let (q_g, k_g) = (q.ghost(), k.ghost());

@@ -12,7 +12,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{add_copies, host_copy, CpuBuffer, MAX_PARTS};
+use super::fused::{add_copies, CpuBuffer, Host, MAX_PARTS};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ where
     let dev = x.device().clone();
     let mut taped = Taped::new();
     let x = taped.input(x);
-    let src = host_copy(&x);
+    let src = Host::read(&x);
     let len = table.index().len();
     let mut out = Vec::with_capacity(len);
     {

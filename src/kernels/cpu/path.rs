@@ -19,7 +19,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, copied, host_copy, zeros, CpuBuffer};
+use super::fused::{accumulate, copied, zeros, CpuBuffer, Host};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
@@ -29,7 +29,7 @@ use crate::tensor::*;
 /// The sizes and settings of one call, and its inputs on the host. `q`, `v1` are laid out
 /// `[b, i, l, h, ·]`, `k`, `v2` `[b, l, j, h, ·]`, the output `[b, i, j, h, e]`; `kt` and `v2t`
 /// are `k` and `v2` as `[b, h, l, channel, j]`.
-struct PathProblem<E> {
+struct PathProblem<E: Real> {
     b: usize,
     n: usize,
     h: usize,
@@ -38,8 +38,8 @@ struct PathProblem<E> {
     scale: E,
     normalizer: Normalizer,
     vis: Visibility,
-    q: Vec<E>,
-    v1: Vec<E>,
+    q: Host<E>,
+    v1: Host<E>,
     kt: Vec<E>,
     v2t: Vec<E>,
 }
@@ -673,10 +673,10 @@ where
         scale: E::of(spec.scale),
         normalizer: spec.normalizer,
         vis: spec.visibility.clone(),
-        q: host_copy(&q),
-        v1: host_copy(&v1),
-        kt: transposed(&host_copy(&k), (n, heads, hd / heads)),
-        v2t: transposed(&host_copy(&v2), (n, heads, he / heads)),
+        q: Host::read(&q),
+        v1: Host::read(&v1),
+        kt: transposed(&Host::read(&k), (n, heads, hd / heads)),
+        v2t: transposed(&Host::read(&v2), (n, heads, he / heads)),
     };
     let mut fwd = problem.forward();
     // the backward reads the output: copy it when there is a tape, else hand it over

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{add_copies, host_copy, CpuBuffer, MAX_PARTS};
+use super::fused::{add_copies, CpuBuffer, Host, MAX_PARTS};
 use super::gather::{add_gathered, read_gathered};
 use super::shared::Shared;
 use super::taped::Taped;
@@ -94,7 +94,7 @@ where
     let dev = inputs[0].device().clone();
     let mut taped = Taped::new();
     let inputs: Vec<T1<E, Cpu>> = inputs.into_iter().map(|t| taped.input(t)).collect();
-    let data: Vec<Vec<E>> = inputs.iter().map(host_copy).collect();
+    let data: Vec<Host<E>> = inputs.iter().map(Host::read).collect();
     let ghosts: Vec<_> = inputs.iter().map(|t| t.ghost()).collect();
     drop(inputs);
 
@@ -149,7 +149,7 @@ where
 /// in order after, so that the sums are the same whatever the number of threads.
 fn backward<E: Real>(
     program: &Program,
-    data: &[Vec<E>],
+    data: &[Host<E>],
     reads: &[Read],
     g: &[E],
     sums: &mut [Vec<E>],
@@ -228,7 +228,7 @@ impl<E: Real> Scratch<E> {
     fn forward(
         &mut self,
         program: &Program,
-        data: &[Vec<E>],
+        data: &[Host<E>],
         reads: &[Read],
         start: usize,
         n: usize,

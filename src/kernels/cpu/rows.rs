@@ -6,7 +6,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, host_copy, zeros, CpuBuffer};
+use super::fused::{accumulate, zeros, CpuBuffer, Host};
 use super::gemm::{mm_with, Mat, MatMut};
 use super::taped::Taped;
 use crate::error::Result;
@@ -28,7 +28,7 @@ where
     let dev = x.device().clone();
     let mut taped = Taped::new();
     let x = taped.input(x);
-    let xs = host_copy(&x);
+    let xs = Host::read(&x);
     let mut out = zeros(xs.len());
     out.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
@@ -175,7 +175,7 @@ where
     let dev = x.device().clone();
     let mut taped = Taped::new();
     let (x, gamma) = (taped.input(x), taped.input(gamma));
-    let (xs, gs) = (host_copy(&x), host_copy(&gamma));
+    let (xs, gs) = (Host::read(&x), Host::read(&gamma));
     let out = map_rows(&xs, c, |o, x| {
         let (inv, _) = norm_factor(kind, sum_sq(x), c);
         for k in 0..c {
@@ -236,7 +236,7 @@ where
     let dev = x.device().clone();
     let mut taped = Taped::new();
     let (x, w, b) = (taped.input(x), taped.input(w), taped.input(b));
-    let (xs, ws, bs) = (host_copy(&x), host_copy(&w), host_copy(&b));
+    let (xs, ws, bs) = (Host::read(&x), Host::read(&w), Host::read(&b));
     let out = map_rows(&xs, c, |o, x| {
         let (mean, inv) = mean_inv_std(x, eps);
         for k in 0..c {
@@ -378,10 +378,10 @@ where
         taped.input(p.w_out),
     );
     let (xs, gs, wi, wo) = (
-        host_copy(&x),
-        host_copy(&gamma),
-        host_copy(&w_in),
-        host_copy(&w_out),
+        Host::read(&x),
+        Host::read(&gamma),
+        Host::read(&w_in),
+        Host::read(&w_out),
     );
     // Many rows (the edges): chunks in parallel, each product on one thread. Few rows (the
     // nodes, with a wide hidden layer): one chunk, its products on every thread.

@@ -5,8 +5,8 @@
 //! query row computes scores, talking heads, the mask rule and the normalization, in parallel
 //! over rows. The backward recomputes the scores instead of storing them.
 //!
-//! Each op copies its inputs out of dfdx (`as_vec`), computes, and registers a backward closure
-//! that `+=`s into the input gradients, as dfdx's own ops do.
+//! Each op reads its inputs where dfdx keeps them ([`Host`]), computes, and registers a
+//! backward closure that `+=`s into the input gradients, as dfdx's own ops do.
 
 use dfdx::prelude::*;
 use rayon::prelude::*;

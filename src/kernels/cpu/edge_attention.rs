@@ -200,8 +200,10 @@ where
     };
     let mut fwd = problem.forward();
     let gate_host = gates.as_ref().map(|g| {
-        let logits = cross(Host::read(g), heads);
-        logits.par_iter().map(|&x| sigmoid(x)).collect::<Vec<_>>()
+        // a transpose is already the op's own buffer
+        let mut s = cross(Host::read(g), heads).into_vec();
+        s.par_iter_mut().for_each(|x| *x = sigmoid(*x));
+        s
     });
     // the backward reads the ungated output: keep it when there is a tape, else reuse it
     let mut out = if T::OWNS_TAPE {

@@ -48,6 +48,17 @@ where
     }
 }
 
+impl<E: Real> Host<E> {
+    /// The elements as a buffer of the caller's to write: the kernel's own buffer as it is,
+    /// a tensor's copied.
+    pub fn into_vec(self) -> Vec<E> {
+        match self {
+            Self::Tensor(t) => copied(t.storage()),
+            Self::Owned(v) => v,
+        }
+    }
+}
+
 impl<E: Unit> std::ops::Deref for Host<E> {
     type Target = [E];
     fn deref(&self) -> &[E] {
@@ -71,7 +82,7 @@ pub fn host_copy<S: Shape, E: Real, T: Tape<E, Cpu>>(t: &Tensor<S, E, Cpu, T>) -
 where
     Cpu: Device<E>,
 {
-    copied(&Host::read(t))
+    Host::read(t).into_vec()
 }
 
 /// `n` zeros, written by every thread (a large single-threaded `vec!` is a serial memset and

@@ -3,11 +3,13 @@
 
 For each chain folder (a run folder such as runs/match3-chain-seed1, or a saved copy such as
 docs/experiments/match3/chain-seed1) it reads the model and the seed from the last stage's
-checkpoint, counts the parameters in it, takes the held-out accuracy at each stage's end and
-the mean over the last third of the last stage from the stages' metrics (8 × 16 sequences,
-evaluated during training), estimates the rule layer's FLOPs per training step as
-`quartic experiment` does (3 × `quartic explain`'s forward total at batch 16, n = 32), and
-evaluates the final weights on 256 × 32 held-out sequences with `quartic eval`.
+checkpoint and counts the parameters in it; from the stages' metrics (8 × 16 held-out
+sequences, evaluated during training) it takes the accuracy at each stage's end and the mean
+over the last third of each of the last two stages (every stage starts with a fresh optimizer
+and schedule, so the ends of their schedules are what compare: flat, or still rising); it
+estimates the rule layer's FLOPs per training step as `quartic experiment` does (3 ×
+`quartic explain`'s forward total at batch 16, n = 32) and evaluates the final weights on
+256 × 32 held-out sequences with `quartic eval`.
 
 Usage: scripts/match3_chain_table.py [--quartic BIN] CHAIN... > table.md
 BIN defaults to target/release/quartic. A chain whose last stage has not finished is listed
@@ -80,14 +82,15 @@ def evaluate(quartic, checkpoint):
 
 
 def row(quartic, chain):
-    ends, curve, steps = [], [], 0
+    ends, thirds, steps = [], [], 0
     for s in STAGES:
         points = metrics(os.path.join(chain, s))
         if not points:
             break
         ends.append(points[-1][1] * 100)
         steps += points[-1][0]
-        curve = points
+        third = [a for step, a in points if step > points[-1][0] * 2 / 3]
+        thirds.append(100 * sum(third) / len(third))
     if not ends:
         sys.exit(f"{chain}: no stage of {', '.join(STAGES)} has held-out metrics")
     last = os.path.join(chain, STAGES[len(ends) - 1])
@@ -101,12 +104,12 @@ def row(quartic, chain):
     seed = json.loads(meta["train"])["train_config"]["seed"]
     params = sum(math.prod(v["shape"]) for k, v in h.items() if k.startswith("param/"))
     rule = os.path.basename(config["rule"]).removesuffix(".rule")
-    third = [a for step, a in curve if step > curve[-1][0] * 2 / 3]
     final = evaluate(quartic, checkpoint) if finished else None
     return {
         "rule": rule, "seed": seed, "dim": config["dim"], "params": params,
         "flops": flops_per_step(quartic, config, meta["rule_source"]),
-        "steps": steps, "ends": ends, "last_third": 100 * sum(third) / len(third),
+        "steps": steps, "ends": ends,
+        "thirds": thirds[-2:],
         "final": final, "chain": chain,
     }
 
@@ -121,14 +124,15 @@ def main():
     rows = [row(quartic, chain) for chain in args]
     rows.sort(key=lambda r: (r["rule"] == "baseline", r["rule"], r["seed"]))
     print(f"| rule | seed | dim | parameters | rule FLOPs / step | steps | held-out % at the "
-          f"stages' ends (8 × 16) | last third of the last stage | final weights, "
+          f"stages' ends (8 × 16) | mean over the last third of the last two stages | final weights, "
           f"{EVAL_BATCHES} × {EVAL_BATCH} held-out: accuracy % (loss) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     for r in rows:
         final = f"**{r['final'][1]:.1f}** ({r['final'][0]:.3f})" if r["final"] else "unfinished"
         ends = " / ".join(f"{a:.1f}" for a in r["ends"])
         print(f"| {r['rule']} | {r['seed']} | {r['dim']} | {r['params']:,} | "
-              f"{r['flops'] / 1e6:.0f} M | {r['steps']:,} | {ends} | {r['last_third']:.1f} | "
+              f"{r['flops'] / 1e6:.0f} M | {r['steps']:,} | {ends} | "
+              f"{' → '.join(f'{a:.1f}' for a in r['thirds'])} | "
               f"{final} |")
 
 

@@ -13,7 +13,7 @@ estimates the rule layer's FLOPs per training step as `quartic experiment` does 
 
 Usage: scripts/match3_chain_table.py [--quartic BIN] CHAIN... > table.md
 BIN defaults to target/release/quartic. A chain whose last stage has not finished is listed
-with the stages it has, without the final evaluation. Standard library only.
+with the stages it has, without the final evaluation. Standard library only (checkpoint_io.py).
 """
 import csv
 import gzip
@@ -22,10 +22,11 @@ import json
 import math
 import os
 import re
-import struct
 import subprocess
 import sys
 import tempfile
+
+from checkpoint_io import read
 
 STAGES = ["s1-20000", "s2-30000", "s3-30000", "s4-30000"]
 EVAL_BATCHES = 256
@@ -43,12 +44,6 @@ def metrics(stage_dir):
         return []
     rows = csv.DictReader(io.StringIO(text))
     return [(int(r["step"]), float(r["eval_accuracy"])) for r in rows if r["eval_accuracy"]]
-
-
-def header(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n))
 
 
 def flops_per_step(quartic, config, rule_source):
@@ -98,19 +93,16 @@ def row(quartic, chain):
     checkpoint = os.path.join(last, "checkpoint.safetensors")
     if not os.path.exists(checkpoint):
         sys.exit(f"{chain}: {checkpoint} is missing")
-    h = header(checkpoint)
-    meta = h["__metadata__"]
+    meta, tensors = read(checkpoint)
     config = json.loads(meta["config"])
     seed = json.loads(meta["train"])["train_config"]["seed"]
-    params = sum(math.prod(v["shape"]) for k, v in h.items() if k.startswith("param/"))
+    params = sum(math.prod(shape) for k, (shape, _) in tensors.items() if k.startswith("param/"))
     rule = os.path.basename(config["rule"]).removesuffix(".rule")
     final = evaluate(quartic, checkpoint) if finished else None
     return {
         "rule": rule, "seed": seed, "dim": config["dim"], "params": params,
         "flops": flops_per_step(quartic, config, meta["rule_source"]),
-        "steps": steps, "ends": ends,
-        "thirds": thirds[-2:],
-        "final": final, "chain": chain,
+        "steps": steps, "ends": ends, "thirds": thirds[-2:], "final": final,
     }
 
 

@@ -157,6 +157,8 @@ fn layer_step(
     (t.elapsed().as_secs_f64(), peak_since(base))
 }
 
+type T4f = Tensor<(usize, usize, usize, usize), f32, Cpu>;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     v[v.len() / 2]
@@ -215,6 +217,57 @@ fn main() {
                 peak / 1e9,
                 100.0 * achieved / peak
             );
+            return;
+        }
+        w if w.starts_with("path-kernel-") => {
+            // the fused path attention alone (batch 1, 4 heads × 16 for scores and values,
+            // softmax): forward, then forward + backward; GFLOP/s from explain's count of its
+            // paths, n³ · heads · (5 · 16 + 6) a forward, a backward counted as twice that
+            let n: usize = w["path-kernel-".len()..].parse().expect("path-kernel-N");
+            let (h, d) = (4, 16);
+            let paths = (n * n * n * h) as f64 * (5.0 * d as f64 + 6.0);
+            let shape = (1, n, n, h * d);
+            let (q, k, v1, v2): (T4f, T4f, T4f, T4f) = (
+                dev.sample_normal_like(&shape),
+                dev.sample_normal_like(&shape),
+                dev.sample_normal_like(&shape),
+                dev.sample_normal_like(&shape),
+            );
+            let spec = quartic::ops::weights::WeightsSpec {
+                scale: 0.25,
+                normalizer: quartic::ops::weights::Normalizer::Softmax,
+                visibility: quartic::spec::visibility::Visibility::all(1, n * n, n),
+            };
+            use quartic::ops::path::path_attention as attend;
+            let run = |backward: bool| {
+                let (k, v1, v2) = (k.clone(), v1.clone(), v2.clone());
+                if backward {
+                    let (k, v1, v2) = (k.retaped(), v1.retaped(), v2.retaped());
+                    let out = attend(q.leaky_trace(), k, v1, v2, h, &spec).expect("runs");
+                    std::hint::black_box(out.square().mean().backward());
+                } else {
+                    std::hint::black_box(attend(q.clone(), k, v1, v2, h, &spec).expect("runs"));
+                }
+            };
+            for (name, backward, flops) in [
+                ("forward", false, paths),
+                ("forward + backward", true, 3.0 * paths),
+            ] {
+                run(backward);
+                let times: Vec<f64> = (0..repeats(5))
+                    .map(|_| {
+                        let t = Instant::now();
+                        run(backward);
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+                let secs = median(times);
+                println!(
+                    "{w} {name}\t{secs:.4}\t{:.1} GFLOP/s\tbest {best:.4}",
+                    flops / secs / 1e9
+                );
+            }
             return;
         }
         "matmul-peak" => {

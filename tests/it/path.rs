@@ -254,11 +254,19 @@ fn bad_path_inputs_are_errors() {
 }
 
 /// At n = 19 (two full runs of eight along j plus a tail of three; in the backward, middle
-/// nodes in four runs of four and a shorter last one) the fused kernel agrees with the
-/// composite form, output and every input's gradient, padded and causal, both normalizers.
+/// nodes in four runs of four and a shorter last one) and n = 37 (a register block of 32
+/// lanes along j plus a tail of five; an odd number of middle nodes; query rows in blocks of
+/// eight with a shorter last one) the fused kernel agrees with the composite form, output and
+/// every input's gradient, padded and causal, both normalizers.
 #[test]
-fn fused_path_attention_agrees_with_the_composite_at_a_wider_size() {
-    let (b, n, h, dh, e) = (2, 19, 2, 8, 4);
+fn fused_path_attention_agrees_with_the_composite_at_wider_sizes() {
+    for (n, short) in [(19, 11), (37, 30)] {
+        agrees_with_the_composite_at(n, short);
+    }
+}
+
+fn agrees_with_the_composite_at(n: usize, short: usize) {
+    let (b, h, dh, e) = (2, 2, 8, 4);
     let x = [
         randn(91, b * n * n * h * dh),
         randn(92, b * n * n * h * dh),
@@ -266,7 +274,7 @@ fn fused_path_attention_agrees_with_the_composite_at_a_wider_size() {
         randn(94, b * n * n * h * e),
     ];
     for causal in [false, true] {
-        let m = GraphMask::from_lengths(n, &[19, 11])
+        let m = GraphMask::from_lengths(n, &[n, short])
             .unwrap()
             .causal(causal);
         for normalizer in normalizers() {
@@ -292,7 +300,7 @@ fn fused_path_attention_agrees_with_the_composite_at_a_wider_size() {
                 (values, grads)
             };
             let (fused, composite) = (run(true), run(false));
-            let what = format!("causal {causal}, {normalizer:?}");
+            let what = format!("n {n}, causal {causal}, {normalizer:?}");
             assert_close(
                 &format!("{what}: output"),
                 &fused.0,

@@ -26,9 +26,10 @@ use crate::error::Result;
 use crate::spec::{Normalizer, Visibility, WeightsSpec};
 use crate::tensor::*;
 
-/// The sizes and settings of one call, and its inputs on the host. `q`, `v1` are laid out
-/// `[b, i, l, h, ·]`, `k`, `v2` `[b, l, j, h, ·]`, the output `[b, i, j, h, e]`; `kt` and `v2t`
-/// are `k` and `v2` as `[b, h, l, channel, j]`.
+/// The sizes and settings of one call, and its inputs on the host. The inputs arrive laid out
+/// `[b, row, column, h, ·]` and the output leaves as `[b, i, j, h, e]`; the query-side inputs
+/// are kept heads first (`qh`, `v1h`: `[b, h, i, l, ·]`, so that a head's rows are contiguous)
+/// and the key-side ones as rows along j (`kt`, `v2t`: `[b, h, l, channel, j]`).
 struct PathProblem<E: Real> {
     b: usize,
     n: usize,
@@ -38,29 +39,117 @@ struct PathProblem<E: Real> {
     scale: E,
     normalizer: Normalizer,
     vis: Visibility,
-    q: Host<E>,
-    v1: Host<E>,
+    qh: Vec<E>,
+    v1h: Vec<E>,
     kt: Vec<E>,
     v2t: Vec<E>,
 }
 
-/// One query row's weights `p` (`[l, j]`); per column j the normaliser `z` (softmax:
-/// `log Σ exp`; Taylor: `max(Σ, eps)`) and whether it was clamped to `eps`; `col`, a column
-/// scratch row.
-struct RowWeights<E> {
-    p: Vec<E>,
+/// Per column j of one query row: the normaliser `z` (softmax: `log Σ exp`; Taylor:
+/// `max(Σ, eps)`) and whether it was clamped to `eps`; `col`, a column scratch row.
+struct ColumnStats<E> {
     z: Vec<E>,
     col: Vec<E>,
     clamped: Vec<bool>,
 }
 
-impl<E: Real> RowWeights<E> {
+impl<E: Real> ColumnStats<E> {
     fn new(n: usize) -> Self {
         Self {
-            p: zeros(n * n),
             z: zeros(n),
             col: zeros(n),
             clamped: vec![false; n],
+        }
+    }
+}
+
+/// A forward task's scratch: the weights of its query rows (`[row, l, j]`), their output rows
+/// (`[row, t, j]`), one row's column statistics and two scaled queries.
+struct ForwardScratch<E> {
+    p: Vec<E>,
+    o: Vec<E>,
+    stats: ColumnStats<E>,
+    qs: Vec<E>,
+}
+
+/// Lanes of j in one register block of scores: four AVX2 vectors of f32, so that the block's
+/// sums stay in registers while the channel loop runs (each key-side row is read once per
+/// block instead of being read and written back once per channel).
+const J_BLOCK: usize = 32;
+
+/// Query rows per forward task at `n` nodes: their weights (`rows · n²` entries) stay within
+/// about 256 KiB (the second-level cache), and the key-side rows of each middle node l, read
+/// once per task, serve every row in it.
+fn forward_rows<E>(n: usize) -> usize {
+    let entries = (256 << 10) / std::mem::size_of::<E>();
+    (entries / (n * n).max(1)).clamp(1, 8)
+}
+
+/// Middle nodes whose values one pass of [`add_values`] adds.
+const VALUE_RUN: usize = 2;
+
+/// `o[t, j] += Σ_l c[l, t] · p[l, j] · v[l, t, j]` over `L` middle nodes l (`o`: `[e, n]`,
+/// `c`: `[L, e]`, `p`: `[L, n]`, `v`: `[L, e, n]`): each [`J_BLOCK`] lanes of `o` are read and
+/// written once per `L` nodes, the nodes added in order as repeated [`axpy2`]s would.
+#[inline(always)]
+fn add_values<E: Real, const FMA: bool, const L: usize>(o: &mut [E], c: &[E], p: &[E], v: &[E]) {
+    let e = c.len() / L;
+    let n = p.len() / L;
+    let full = n - n % J_BLOCK;
+    for (t, orow) in o.chunks_exact_mut(n).enumerate().take(e) {
+        let ct: [E; L] = std::array::from_fn(|l| c[l * e + t]);
+        for j0 in (0..full).step_by(J_BLOCK) {
+            let mut acc: [E; J_BLOCK] = orow[j0..j0 + J_BLOCK].try_into().expect("a block");
+            for (l, &cl) in ct.iter().enumerate() {
+                let pl = &p[l * n + j0..][..J_BLOCK];
+                let vl = &v[(l * e + t) * n + j0..][..J_BLOCK];
+                for ((s, &pj), &vj) in acc.iter_mut().zip(pl).zip(vl) {
+                    *s = madd::<E, FMA>(cl, pj * vj, *s);
+                }
+            }
+            orow[j0..j0 + J_BLOCK].copy_from_slice(&acc);
+        }
+        for (l, &cl) in ct.iter().enumerate() {
+            let pl = &p[l * n + full..][..n - full];
+            let vl = &v[(l * e + t) * n + full..][..n - full];
+            axpy2::<E, FMA>(&mut orow[full..], cl, pl, vl);
+        }
+    }
+}
+
+/// For each of `M` coefficient rows `a[m]` (`a`: `[M, d]`), `out[m · out_stride + j] =
+/// Σ_t a[m, t] · rows[t · stride + j]` for j below `n`: the sums of [`J_BLOCK`] lanes of every
+/// m stay in registers while t runs (independent sums, and each row of `rows` read once for
+/// all m), in the same order as repeated [`axpy`]s.
+#[inline(always)]
+fn combine_rows<E: Real, const FMA: bool, const M: usize>(
+    (out, out_stride): (&mut [E], usize),
+    n: usize,
+    a: &[E],
+    (rows, stride): (&[E], usize),
+) {
+    let d = a.len() / M;
+    let full = n - n % J_BLOCK;
+    for j0 in (0..full).step_by(J_BLOCK) {
+        let mut acc = [[E::zero(); J_BLOCK]; M];
+        for t in 0..d {
+            let row = &rows[t * stride + j0..][..J_BLOCK];
+            for (m, acc) in acc.iter_mut().enumerate() {
+                let am = a[m * d + t];
+                for (s, &x) in acc.iter_mut().zip(row) {
+                    *s = madd::<E, FMA>(am, x, *s);
+                }
+            }
+        }
+        for (m, acc) in acc.iter().enumerate() {
+            out[m * out_stride + j0..][..J_BLOCK].copy_from_slice(acc);
+        }
+    }
+    for m in 0..M {
+        let tail = &mut out[m * out_stride + full..][..n - full];
+        tail.iter_mut().for_each(|x| *x = E::zero());
+        for t in 0..d {
+            axpy::<E, FMA>(tail, a[m * d + t], &rows[t * stride + full..][..n - full]);
         }
     }
 }
@@ -166,30 +255,56 @@ impl<E: Real> PathProblem<E> {
         (((g * self.n + r) * self.n + c) * self.h + head) * per_head
     }
 
+    /// Offset of channel block (r, c) of `head`, graph g, in the heads-first copies.
+    #[inline]
+    fn at_h(&self, g: usize, head: usize, r: usize, c: usize, per_head: usize) -> usize {
+        (((g * self.h + head) * self.n + r) * self.n + c) * per_head
+    }
+
     /// Offset of the row `[j]` of channel t of node l in the `[b, h, l, channel, j]` copies.
     #[inline]
     fn at_t(&self, g: usize, head: usize, l: usize, t: usize, per_head: usize) -> usize {
         (((g * self.h + head) * self.n + l) * per_head + t) * self.n
     }
 
-    /// The weights of query row i (graph g, head) into `w`: invisible paths get weight 0.
+    /// The scores of query rows `rows` (graph g, head) into `p` (`[row, l, j]`): for each middle
+    /// node l, its key-side rows serve every query row of the block while they are in cache.
     #[inline(always)]
-    fn weights<const FMA: bool>(&self, g: usize, i: usize, head: usize, w: &mut RowWeights<E>) {
+    fn scores<const FMA: bool>(
+        &self,
+        (g, head): (usize, usize),
+        rows: std::ops::Range<usize>,
+        p: &mut [E],
+        qs: &mut [E],
+    ) {
         let (n, d) = (self.n, self.d);
-        let RowWeights { p, z, col, clamped } = w;
-        // the scaled scores, then the weights in place
         for l in 0..n {
-            let row = &mut p[l * n..(l + 1) * n];
-            row.iter_mut().for_each(|x| *x = E::zero());
-            let q = &self.q[self.at(g, i, l, head, d)..][..d];
-            for (t, &qt) in q.iter().enumerate() {
-                axpy::<E, FMA>(
-                    row,
-                    qt * self.scale,
-                    &self.kt[self.at_t(g, head, l, t, d)..][..n],
-                );
+            let kt = (&self.kt[self.at_t(g, head, l, 0, d)..][..d * n], n);
+            let mut r = 0;
+            while r < rows.len() {
+                // two query rows at a time where two are left
+                let m = if rows.len() - r >= 2 { 2 } else { 1 };
+                for (u, s) in qs.chunks_exact_mut(d).take(m).enumerate() {
+                    let q = &self.qh[self.at_h(g, head, rows.start + r + u, l, d)..][..d];
+                    s.iter_mut().zip(q).for_each(|(s, &x)| *s = x * self.scale);
+                }
+                let out = (&mut p[(r * n + l) * n..], n * n);
+                if m == 2 {
+                    combine_rows::<E, FMA, 2>(out, n, &qs[..2 * d], kt);
+                } else {
+                    combine_rows::<E, FMA, 1>(out, n, &qs[..d], kt);
+                }
+                r += m;
             }
         }
+    }
+
+    /// Query row i's scores `p` (`[l, j]`, graph g, head) normalised over l per column j in
+    /// place: invisible paths get weight 0; the column statistics go to `w`.
+    #[inline(always)]
+    fn normalize(&self, g: usize, i: usize, p: &mut [E], w: &mut ColumnStats<E>) {
+        let n = self.n;
+        let ColumnStats { z, col, clamped } = w;
         let masked = !self.vis.all_visible();
         let visible = |l: usize, j: usize| self.vis.visible(g, i * n + j, l);
         let sum = col;
@@ -281,41 +396,59 @@ impl<E: Real> PathProblem<E> {
         }
     }
 
-    /// Output rows of query row i (graph g, head): `o[t, j] = Σ_l p[l, j] · v1(i, l)_t ·
-    /// v2(l, j)_t`, written into `out` (`[b, i, j, h, e]`), and the row's normalisers into
+    /// Output rows of query rows `rows` (graph g, head): `o[t, j] = Σ_l p[l, j] · v1(i, l)_t ·
+    /// v2(l, j)_t`, written into `out` (`[b, i, j, h, e]`), and the rows' normalisers into
     /// `stats` (`[b, h, i, j]`).
     #[inline(always)]
-    fn forward_row<const FMA: bool>(
+    fn forward_block<const FMA: bool>(
         &self,
-        (g, i, head): (usize, usize, usize),
-        w: &mut RowWeights<E>,
-        o: &mut [E],
+        (g, head): (usize, usize),
+        rows: std::ops::Range<usize>,
+        scratch: &mut ForwardScratch<E>,
         (out, z, clamped): (Shared<'_, E>, Shared<'_, E>, Shared<'_, bool>),
     ) {
         let (n, e) = (self.n, self.e);
-        self.weights::<FMA>(g, i, head, w);
+        let ForwardScratch { p, o, stats, qs } = scratch;
+        let (p, o) = (&mut p[..rows.len() * n * n], &mut o[..rows.len() * e * n]);
+        self.scores::<FMA>((g, head), rows.clone(), p, qs);
+        for (r, i) in rows.clone().enumerate() {
+            let p = &mut p[r * n * n..][..n * n];
+            self.normalize(g, i, p, stats);
+            let at = self.stat_at(g, head, i);
+            for j in 0..n {
+                // SAFETY: the task of (g, head, rows) alone writes these rows of normalisers
+                unsafe {
+                    z.write(at + j, stats.z[j]);
+                    clamped.write(at + j, stats.clamped[j]);
+                }
+            }
+        }
+        // the values, two middle nodes at a time: their rows of v2 serve every query row
         o.iter_mut().for_each(|x| *x = E::zero());
-        for l in 0..n {
-            let prow = &w.p[l * n..(l + 1) * n];
-            let v1 = &self.v1[self.at(g, i, l, head, e)..][..e];
-            for (t, &c) in v1.iter().enumerate() {
-                let v2 = &self.v2t[self.at_t(g, head, l, t, e)..][..n];
-                axpy2::<E, FMA>(&mut o[t * n..(t + 1) * n], c, prow, v2);
+        let mut l0 = 0;
+        while l0 < n {
+            let run = if n - l0 >= VALUE_RUN { VALUE_RUN } else { 1 };
+            for (r, i) in rows.clone().enumerate() {
+                let o = &mut o[r * e * n..][..e * n];
+                let prows = &p[(r * n + l0) * n..][..run * n];
+                let v1 = &self.v1h[self.at_h(g, head, i, l0, e)..][..run * e];
+                let v2t = &self.v2t[self.at_t(g, head, l0, 0, e)..][..run * e * n];
+                if run == VALUE_RUN {
+                    add_values::<E, FMA, VALUE_RUN>(o, v1, prows, v2t);
+                } else {
+                    add_values::<E, FMA, 1>(o, v1, prows, v2t);
+                }
             }
+            l0 += run;
         }
-        for j in 0..n {
-            let at = self.at(g, i, j, head, e);
-            for t in 0..e {
-                // SAFETY: the task of (g, i, head) alone writes out[g, i, ·, head, ·]
-                unsafe { out.write(at + t, o[t * n + j]) };
-            }
-        }
-        let row = self.stat_at(g, head, i);
-        for j in 0..n {
-            // SAFETY: and its row of normalisers
-            unsafe {
-                z.write(row + j, w.z[j]);
-                clamped.write(row + j, w.clamped[j]);
+        for (r, i) in rows.enumerate() {
+            let o = &o[r * e * n..][..e * n];
+            for j in 0..n {
+                let at = self.at(g, i, j, head, e);
+                for t in 0..e {
+                    // SAFETY: the task of (g, head, rows) alone writes out[g, rows, ·, head, ·]
+                    unsafe { out.write(at + t, o[t * n + j]) };
+                }
             }
         }
     }
@@ -326,21 +459,22 @@ impl<E: Real> PathProblem<E> {
         ((g * self.h + head) * self.n + i) * self.n
     }
 
-    /// [`Self::forward_row`] compiled for AVX2 and FMA.
+    /// [`Self::forward_block`] compiled for AVX2 and FMA.
     ///
     /// Safety: the CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_row_fma(
+    unsafe fn forward_block_fma(
         &self,
-        task: (usize, usize, usize),
-        w: &mut RowWeights<E>,
-        o: &mut [E],
+        task: (usize, usize),
+        rows: std::ops::Range<usize>,
+        scratch: &mut ForwardScratch<E>,
         outs: (Shared<'_, E>, Shared<'_, E>, Shared<'_, bool>),
     ) {
-        self.forward_row::<true>(task, w, o, outs)
+        self.forward_block::<true>(task, rows, scratch, outs)
     }
 
+    /// Runs over (graph, head, block of query rows; see [`forward_rows`]).
     fn forward(&self) -> PathForward<E> {
         let (b, n, h, e) = (self.b, self.n, self.h, self.e);
         let mut out = zeros::<E>(b * n * n * h * e);
@@ -352,18 +486,26 @@ impl<E: Real> PathProblem<E> {
             Shared::new(&mut clamped),
         );
         let fma = has_fma();
-        (0..b * n * h).into_par_iter().for_each_init(
-            || (RowWeights::new(n), zeros::<E>(e * n)),
-            |(w, o), task| {
-                let task = (task / (n * h), (task / h) % n, task % h);
+        let rows = forward_rows::<E>(n);
+        let blocks = n.div_ceil(rows);
+        (0..b * h * blocks).into_par_iter().for_each_init(
+            || ForwardScratch {
+                p: zeros::<E>(rows * n * n),
+                o: zeros::<E>(rows * e * n),
+                stats: ColumnStats::new(n),
+                qs: zeros::<E>(2 * self.d),
+            },
+            |scratch, task| {
+                let (g, head, blk) = (task / (h * blocks), (task / blocks) % h, task % blocks);
+                let range = blk * rows..((blk + 1) * rows).min(n);
                 #[cfg(target_arch = "x86_64")]
                 if fma {
                     // SAFETY: has_fma checked the CPU
-                    unsafe { self.forward_row_fma(task, w, o, outs) };
+                    unsafe { self.forward_block_fma((g, head), range, scratch, outs) };
                     return;
                 }
                 let _ = fma;
-                self.forward_row::<false>(task, w, o, outs);
+                self.forward_block::<false>((g, head), range, scratch, outs);
             },
         );
         PathForward { out, z, clamped }
@@ -392,8 +534,8 @@ impl<E: Real> PathProblem<E> {
         let (z, clamped) = (&fwd.z[row..row + n], &fwd.clamped[row..row + n]);
         let masked = !self.vis.all_visible();
         for l in ls {
-            let at_q = self.at(g, i, l, head, d);
-            let q = &self.q[at_q..][..d];
+            let at_q = self.at_h(g, head, i, l, d);
+            let q = &self.qh[at_q..][..d];
             let (at_k, at_v2) = (self.at_t(g, head, l, 0, d), self.at_t(g, head, l, 0, e));
             let kt = &self.kt[at_k..][..d * n];
             let v2t = &self.v2t[at_v2..][..e * n];
@@ -425,8 +567,8 @@ impl<E: Real> PathProblem<E> {
             // dP[j] = Σ_t v1_t · dO_t[j] · v2_t[j]; dv1_t = Σ_j p · dO_t · v2_t;
             // dv2_t += v1_t · p ⊙ dO_t
             dp.iter_mut().for_each(|x| *x = E::zero());
-            let at_v1 = self.at(g, i, l, head, e);
-            let v1 = &self.v1[at_v1..][..e];
+            let at_v1 = self.at_h(g, head, i, l, e);
+            let v1 = &self.v1h[at_v1..][..e];
             for (t, &c) in v1.iter().enumerate() {
                 let (go_t, v2_t) = (&go[t * n..(t + 1) * n], &v2t[t * n..(t + 1) * n]);
                 tmp.iter_mut()
@@ -515,7 +657,7 @@ impl<E: Real> PathProblem<E> {
                     ds[j] = gr.iter().zip(o).fold(E::zero(), |a, (&x, &y)| a + x * y);
                 }
             });
-        let (mut dq, mut dv1) = (zeros::<E>(self.q.len()), zeros::<E>(self.v1.len()));
+        let (mut dq, mut dv1) = (zeros::<E>(self.qh.len()), zeros::<E>(self.v1h.len()));
         let (mut dkt, mut dv2t) = (zeros::<E>(self.kt.len()), zeros::<E>(self.v2t.len()));
         let grads = [
             Shared::new(&mut dq),
@@ -549,12 +691,17 @@ impl<E: Real> PathProblem<E> {
         );
         let dk = untransposed(&dkt, (n, h, d));
         let dv2 = untransposed(&dv2t, (n, h, e));
-        [dq, dk, dv1, dv2]
+        [
+            heads_last(&dq, (n, h, d)),
+            dk,
+            heads_last(&dv1, (n, h, e)),
+            dv2,
+        ]
     }
 }
 
 /// What the forward pass keeps for the backward: the output (`[b, i, j, h, e]`) and per query
-/// (`[b, h, i, j]`) the normaliser and whether it was clamped (see [`RowWeights`]).
+/// (`[b, h, i, j]`) the normaliser and whether it was clamped (see [`ColumnStats`]).
 struct PathForward<E> {
     out: Vec<E>,
     z: Vec<E>,
@@ -608,6 +755,39 @@ fn transposed<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<
                 let src = &x[(((g * n + l) * n + j) * h + head) * per_head..][..per_head];
                 for (t, &v) in src.iter().enumerate() {
                     rows[t * n + j] = v;
+                }
+            }
+        });
+    out
+}
+
+/// `x` (`[b, r, c, h, per_head]`) heads first: `[b, h, r, c, per_head]`.
+fn heads_first<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<E> {
+    let mut out = zeros::<E>(x.len());
+    out.par_chunks_mut((n * per_head).max(1))
+        .enumerate()
+        .for_each(|(ghr, row)| {
+            let (g, head, r) = (ghr / (h * n), (ghr / n) % h, ghr % n);
+            for c in 0..n {
+                let src = &x[(((g * n + r) * n + c) * h + head) * per_head..][..per_head];
+                row[c * per_head..][..per_head].copy_from_slice(src);
+            }
+        });
+    out
+}
+
+/// The inverse of [`heads_first`].
+fn heads_last<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<E> {
+    let mut out = zeros::<E>(x.len());
+    out.par_chunks_mut((n * h * per_head).max(1))
+        .enumerate()
+        .for_each(|(gr, row)| {
+            let (g, r) = (gr / n, gr % n);
+            for head in 0..h {
+                let src = &x[((g * h + head) * n + r) * n * per_head..][..n * per_head];
+                for c in 0..n {
+                    row[(c * h + head) * per_head..][..per_head]
+                        .copy_from_slice(&src[c * per_head..][..per_head]);
                 }
             }
         });
@@ -673,8 +853,8 @@ where
         scale: E::of(spec.scale),
         normalizer: spec.normalizer,
         vis: spec.visibility.clone(),
-        q: Host::read(&q),
-        v1: Host::read(&v1),
+        qh: heads_first(&Host::read(&q), (n, heads, hd / heads)),
+        v1h: heads_first(&Host::read(&v1), (n, heads, he / heads)),
         kt: transposed(&Host::read(&k), (n, heads, hd / heads)),
         v2t: transposed(&Host::read(&v2), (n, heads, he / heads)),
     };

@@ -511,16 +511,18 @@ impl<E: Real> PathProblem<E> {
         PathForward { out, z, clamped }
     }
 
-    /// The gradients through the paths of query row i over middle nodes `ls` (graph g, head):
-    /// its entries `(i, l)` of dq and dv1, and the key-side rows `l` of `dkt`, `dv2t`
-    /// (`[b, h, l, channel, j]`), which only this task writes. The weights are recomputed from
-    /// the scores and the forward's normalisers; `go` is the output gradient of row i as
-    /// `[t, j]`, `dsum` its `Σ_t dO · O` per column (what the normaliser's gradient needs).
+    /// The gradients through the paths of the `M` query rows from `i0` over middle nodes `ls`
+    /// (graph g, head): their entries `(i, l)` of dq and dv1, and the key-side rows `l` of
+    /// `dkt`, `dv2t` (`[b, h, l, channel, j]`), which only this task writes. The weights are
+    /// recomputed from the scores and the forward's normalisers; `go` is the rows' output
+    /// gradient as `[row, t, j]`, `dsum` their `Σ_t dO · O` per column (`[row, j]`, what the
+    /// normaliser's gradient needs). The rows share every read of the key-side rows and every
+    /// update of their gradients.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn backward_row<const FMA: bool>(
+    fn backward_rows<const FMA: bool, const M: usize>(
         &self,
-        (g, i, head): (usize, usize, usize),
+        (g, head, i0): (usize, usize, usize),
         ls: std::ops::Range<usize>,
         (go, dsum): (&[E], &[E]),
         fwd: &PathForward<E>,
@@ -529,20 +531,28 @@ impl<E: Real> PathProblem<E> {
     ) {
         let (n, d, e) = (self.n, self.d, self.e);
         let [dq, dkt, dv1, dv2t] = grads;
-        let BackwardScratch { s, p, dp, tmp } = scratch;
-        let row = self.stat_at(g, head, i);
-        let (z, clamped) = (&fwd.z[row..row + n], &fwd.clamped[row..row + n]);
+        let BackwardScratch { s, p, dp, qs } = scratch;
+        let (s, p, dp, qs) = (
+            &mut s[..M * n],
+            &mut p[..M * n],
+            &mut dp[..M * n],
+            &mut qs[..M * d],
+        );
+        let row = self.stat_at(g, head, i0);
+        let (z, clamped) = (&fwd.z[row..][..M * n], &fwd.clamped[row..][..M * n]);
         let masked = !self.vis.all_visible();
+        let go: [&[E]; M] = std::array::from_fn(|m| &go[m * e * n..][..e * n]);
         for l in ls {
-            let at_q = self.at_h(g, head, i, l, d);
-            let q = &self.qh[at_q..][..d];
+            let at_q: [usize; M] = std::array::from_fn(|m| self.at_h(g, head, i0 + m, l, d));
+            let at_v1: [usize; M] = std::array::from_fn(|m| self.at_h(g, head, i0 + m, l, e));
             let (at_k, at_v2) = (self.at_t(g, head, l, 0, d), self.at_t(g, head, l, 0, e));
             let kt = &self.kt[at_k..][..d * n];
             let v2t = &self.v2t[at_v2..][..e * n];
-            s.iter_mut().for_each(|x| *x = E::zero());
-            for (t, &qt) in q.iter().enumerate() {
-                axpy::<E, FMA>(s, qt * self.scale, &kt[t * n..(t + 1) * n]);
+            for (m, qs) in qs.chunks_exact_mut(d).enumerate() {
+                let q = &self.qh[at_q[m]..][..d];
+                qs.iter_mut().zip(q).for_each(|(x, &y)| *x = y * self.scale);
             }
+            combine_rows::<E, FMA, M>((s, n), n, qs, (kt, n));
             match self.normalizer {
                 Normalizer::Softmax => {
                     p.iter_mut()
@@ -558,28 +568,28 @@ impl<E: Real> PathProblem<E> {
                 }
             }
             if masked {
-                for (j, w) in p.iter_mut().enumerate() {
-                    if !self.vis.visible(g, i * n + j, l) {
-                        *w = E::zero();
+                for (m, p) in p.chunks_exact_mut(n).enumerate() {
+                    for (j, w) in p.iter_mut().enumerate() {
+                        if !self.vis.visible(g, (i0 + m) * n + j, l) {
+                            *w = E::zero();
+                        }
                     }
                 }
             }
             // dP[j] = Σ_t v1_t · dO_t[j] · v2_t[j]; dv1_t = Σ_j p · dO_t · v2_t;
             // dv2_t += v1_t · p ⊙ dO_t
             dp.iter_mut().for_each(|x| *x = E::zero());
-            let at_v1 = self.at_h(g, head, i, l, e);
-            let v1 = &self.v1h[at_v1..][..e];
-            for (t, &c) in v1.iter().enumerate() {
-                let (go_t, v2_t) = (&go[t * n..(t + 1) * n], &v2t[t * n..(t + 1) * n]);
-                tmp.iter_mut()
-                    .zip(go_t.iter().zip(v2_t))
-                    .for_each(|(x, (&a, &b))| *x = a * b);
-                axpy::<E, FMA>(dp, c, tmp);
-                // SAFETY: entry (i, l) of dv1 and row l of dv2t belong to this task alone
+            for t in 0..e {
+                let c: [E; M] = std::array::from_fn(|m| self.v1h[at_v1[m] + t]);
+                let go_t: [&[E]; M] = std::array::from_fn(|m| &go[m][t * n..][..n]);
+                // SAFETY: entries (rows, l) of dv1 and row l of dv2t belong to this task alone
                 unsafe {
-                    dv1.write(at_v1 + t, dot::<E, FMA>(p, tmp));
                     let dv2_t = std::slice::from_raw_parts_mut(dv2t.at(at_v2 + t * n), n);
-                    axpy2::<E, FMA>(dv2_t, c, p, go_t);
+                    let sums =
+                        value_grads::<E, FMA, M>((dp, dv2_t), c, p, go_t, &v2t[t * n..][..n]);
+                    for (m, &x) in sums.iter().enumerate() {
+                        dv1.write(at_v1[m] + t, x);
+                    }
                 }
             }
             // the scores' gradient through the normaliser (with the scale), written over dp
@@ -596,34 +606,39 @@ impl<E: Real> PathProblem<E> {
                         *x = (*x - through) * self.scale / z[j] * (E::one() + s[j]);
                     }
                     if masked {
-                        for (j, x) in dp.iter_mut().enumerate() {
-                            if !self.vis.visible(g, i * n + j, l) {
-                                *x = E::zero();
+                        for (m, dp) in dp.chunks_exact_mut(n).enumerate() {
+                            for (j, x) in dp.iter_mut().enumerate() {
+                                if !self.vis.visible(g, (i0 + m) * n + j, l) {
+                                    *x = E::zero();
+                                }
                             }
                         }
                     }
                 }
             }
             // dq(i, l)_t = Σ_j dS[j] k(l, j)_t; dk(l, ·)_t += q(i, l)_t · dS
-            for (t, &qt) in q.iter().enumerate() {
-                let k_t = &kt[t * n..(t + 1) * n];
-                // SAFETY: entry (i, l) of dq and row l of dkt belong to this task alone
+            for t in 0..d {
+                let c: [E; M] = std::array::from_fn(|m| self.qh[at_q[m] + t]);
+                // SAFETY: entries (rows, l) of dq and row l of dkt belong to this task alone
                 unsafe {
-                    dq.write(at_q + t, dot::<E, FMA>(dp, k_t));
                     let dk_t = std::slice::from_raw_parts_mut(dkt.at(at_k + t * n), n);
-                    axpy::<E, FMA>(dk_t, qt, dp);
+                    let k_t = &kt[t * n..][..n];
+                    for m in 0..M {
+                        dq.write(at_q[m] + t, dot::<E, FMA>(&dp[m * n..][..n], k_t));
+                    }
+                    add_key_grads::<E, FMA, M>(dk_t, c, dp);
                 }
             }
         }
     }
 
-    /// [`Self::backward_row`] compiled for AVX2 and FMA.
+    /// [`Self::backward_rows`] compiled for AVX2 and FMA.
     ///
     /// Safety: the CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn backward_row_fma(
+    unsafe fn backward_rows_fma<const M: usize>(
         &self,
         task: (usize, usize, usize),
         ls: std::ops::Range<usize>,
@@ -632,7 +647,30 @@ impl<E: Real> PathProblem<E> {
         scratch: &mut BackwardScratch<E>,
         grads: [Shared<'_, E>; 4],
     ) {
-        self.backward_row::<true>(task, ls, rows, fwd, scratch, grads)
+        self.backward_rows::<true, M>(task, ls, rows, fwd, scratch, grads)
+    }
+
+    /// [`Self::backward_rows`] for the `M` rows from `task.2`, with the fast build where the
+    /// CPU has one.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_rows_any<const M: usize>(
+        &self,
+        fma: bool,
+        task: (usize, usize, usize),
+        ls: std::ops::Range<usize>,
+        rows: (&[E], &[E]),
+        fwd: &PathForward<E>,
+        scratch: &mut BackwardScratch<E>,
+        grads: [Shared<'_, E>; 4],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if fma {
+            // SAFETY: the caller's has_fma checked the CPU
+            unsafe { self.backward_rows_fma::<M>(task, ls, rows, fwd, scratch, grads) };
+            return;
+        }
+        let _ = fma;
+        self.backward_rows::<false, M>(task, ls, rows, fwd, scratch, grads);
     }
 
     /// Gradients of q, k, v1, v2 from the output's gradient `grad`. Tasks own runs of
@@ -668,24 +706,39 @@ impl<E: Real> PathProblem<E> {
         let blocks = n.div_ceil(MIDDLE_BLOCK);
         let fma = has_fma();
         (0..b * h * blocks).into_par_iter().for_each_init(
-            || BackwardScratch::new(n),
+            || BackwardScratch::new(n, d),
             |scratch, task| {
                 let (g, head, blk) = (task / (h * blocks), (task / blocks) % h, task % blocks);
                 let ls = blk * MIDDLE_BLOCK..((blk + 1) * MIDDLE_BLOCK).min(n);
-                for i in 0..n {
+                // query rows two at a time, the last alone when n is odd
+                let mut i = 0;
+                while i < n {
+                    let m = if n - i >= 2 { 2 } else { 1 };
                     let at = (g * h + head) * n + i;
-                    let rows = (&go[at * e * n..][..e * n], &dsum[at * n..][..n]);
-                    let task = (g, i, head);
-                    #[cfg(target_arch = "x86_64")]
-                    if fma {
-                        // SAFETY: has_fma checked the CPU
-                        unsafe {
-                            self.backward_row_fma(task, ls.clone(), rows, fwd, scratch, grads)
-                        };
-                        continue;
+                    let rows = (&go[at * e * n..][..m * e * n], &dsum[at * n..][..m * n]);
+                    let task = (g, head, i);
+                    if m == 2 {
+                        self.backward_rows_any::<2>(
+                            fma,
+                            task,
+                            ls.clone(),
+                            rows,
+                            fwd,
+                            scratch,
+                            grads,
+                        );
+                    } else {
+                        self.backward_rows_any::<1>(
+                            fma,
+                            task,
+                            ls.clone(),
+                            rows,
+                            fwd,
+                            scratch,
+                            grads,
+                        );
                     }
-                    let _ = fma;
-                    self.backward_row::<false>(task, ls.clone(), rows, fwd, scratch, grads);
+                    i += m;
                 }
             },
         );
@@ -712,23 +765,96 @@ struct PathForward<E> {
 /// by every query row.
 const MIDDLE_BLOCK: usize = 4;
 
-/// Per-task rows of the backward pass (each `[j]`): scores, weights, the weights' gradient
-/// and one row of products.
+/// Per-task rows of the backward pass (each `[row, j]` for up to two query rows): scores,
+/// weights and the weights' gradient; and the rows' scaled queries.
 struct BackwardScratch<E> {
     s: Vec<E>,
     p: Vec<E>,
     dp: Vec<E>,
-    tmp: Vec<E>,
+    qs: Vec<E>,
 }
 
 impl<E: Real> BackwardScratch<E> {
-    fn new(n: usize) -> Self {
+    fn new(n: usize, d: usize) -> Self {
         Self {
-            s: zeros(n),
-            p: zeros(n),
-            dp: zeros(n),
-            tmp: zeros(n),
+            s: zeros(2 * n),
+            p: zeros(2 * n),
+            dp: zeros(2 * n),
+            qs: zeros(2 * d),
         }
+    }
+}
+
+/// Lanes of the partial sums in [`value_grads`] and [`key_grads`].
+const LANES: usize = 8;
+
+/// `Σ` of eight partial sums in a fixed order (as [`dot`]'s generic form adds them).
+#[inline(always)]
+fn lanes_sum<E: Real>(a: &[E; LANES]) -> E {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
+/// One channel t of the values' gradients for `M` query rows, in one pass over j: with
+/// `x_m = go_m[j] · v[j]`, `dp_m[j] += c_m · x_m` and `dv2[j] += Σ_m c_m · p_m[j] · go_m[j]`
+/// (`dp`, `p`: `[M, n]`); returns `Σ_j p_m[j] · x_m` per row (summed in [`LANES`] partial
+/// sums).
+#[inline(always)]
+fn value_grads<E: Real, const FMA: bool, const M: usize>(
+    (dp, dv2): (&mut [E], &mut [E]),
+    c: [E; M],
+    p: &[E],
+    go: [&[E]; M],
+    v: &[E],
+) -> [E; M] {
+    let n = v.len();
+    let full = n - n % LANES;
+    let mut acc = [[E::zero(); LANES]; M];
+    for j0 in (0..full).step_by(LANES) {
+        let lanes = |x: &[E]| -> [E; LANES] { x[j0..j0 + LANES].try_into().expect("lanes") };
+        let vj = lanes(v);
+        let mut d2 = lanes(dv2);
+        for (m, acc) in acc.iter_mut().enumerate() {
+            let (g, w) = (lanes(go[m]), lanes(&p[m * n..]));
+            let dpm = &mut dp[m * n + j0..][..LANES];
+            // one statement per loop: each loop is one vector operation
+            let mut x = [E::zero(); LANES];
+            for ((x, &g), &v) in x.iter_mut().zip(&g).zip(&vj) {
+                *x = g * v;
+            }
+            for (d, &x) in dpm.iter_mut().zip(&x) {
+                *d = madd::<E, FMA>(c[m], x, *d);
+            }
+            for ((a, &w), &x) in acc.iter_mut().zip(&w).zip(&x) {
+                *a = madd::<E, FMA>(w, x, *a);
+            }
+            for ((d, &w), &g) in d2.iter_mut().zip(&w).zip(&g) {
+                *d = madd::<E, FMA>(c[m], w * g, *d);
+            }
+        }
+        dv2[j0..j0 + LANES].copy_from_slice(&d2);
+    }
+    let mut tail = [E::zero(); M];
+    for j in full..n {
+        let mut d2 = dv2[j];
+        for m in 0..M {
+            let (g, w) = (go[m][j], p[m * n + j]);
+            let x = g * v[j];
+            dp[m * n + j] = madd::<E, FMA>(c[m], x, dp[m * n + j]);
+            tail[m] = madd::<E, FMA>(w, x, tail[m]);
+            d2 = madd::<E, FMA>(c[m], w * g, d2);
+        }
+        dv2[j] = d2;
+    }
+    std::array::from_fn(|m| lanes_sum(&acc[m]) + tail[m])
+}
+
+/// One channel t of the keys' gradients for `M` query rows: `dk[j] += Σ_m c_m · ds_m[j]`
+/// (`ds`: `[M, n]`), the rows added in order.
+#[inline(always)]
+fn add_key_grads<E: Real, const FMA: bool, const M: usize>(dk: &mut [E], c: [E; M], ds: &[E]) {
+    let n = dk.len();
+    for (m, &cm) in c.iter().enumerate() {
+        axpy::<E, FMA>(dk, cm, &ds[m * n..][..n]);
     }
 }
 

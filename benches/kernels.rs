@@ -1,6 +1,6 @@
 //! Criterion benches of the core kernels, fused (CPU) and composite forms, forward + backward,
-//! at n = 16, 32, 64: the softmax attention kernel, each edge pattern, both Taylor forms; and an
-//! element-wise program over the edges at n = 64, 128.
+//! at n = 16, 32, 64: the softmax attention kernel, each edge pattern, both Taylor forms; an
+//! element-wise program over the edges at n = 64, 128; path attention at n = 32, 64, 128.
 //!
 //! `cargo bench --bench kernels` (all) or e.g. `cargo bench --bench kernels -- pattern/row`.
 
@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 use quartic::backend::Backend;
 use quartic::graph::{Edges, GraphMask};
 use quartic::ops::attention::{attend, AttendInputs};
+use quartic::ops::path::{path_attention, path_attention_composite};
 use quartic::ops::patterns::{edge_attention, EdgeAttendInputs, EdgeKernel, EdgePattern};
 use quartic::ops::taylor::{taylor_attend, TaylorForm};
 use quartic::ops::weights::{weights_composite, Normalizer, WeightsSpec};
@@ -246,11 +247,50 @@ fn pointwise_programs(c: &mut Criterion) {
     group.finish();
 }
 
+/// Path attention (edge (i, j) over the paths i → l → j) on one graph of n nodes, 4 heads × 16
+/// for scores and values, softmax: the fused kernel against the composite form (n³ scores
+/// from batched products), forward + backward; the fused kernel alone at n = 128 too.
+fn path_kernel(c: &mut Criterion) {
+    quartic::threads::include_calling_thread();
+    let dev = Cpu::default();
+    let mut group = c.benchmark_group("path_attention");
+    group.sample_size(10);
+    for n in [32, 64, 128] {
+        let shape = (1, n, n, HEADS * DIM_HEAD);
+        let [q, k, v1, v2] = [1, 2, 3, 4].map(|seed| random(&dev, shape, seed));
+        let spec = WeightsSpec {
+            scale: 0.25,
+            normalizer: Normalizer::Softmax,
+            visibility: Visibility::all(1, n * n, n),
+        };
+        for fused in [true, false] {
+            if !fused && n > 64 {
+                continue;
+            }
+            let name = if fused { "fused" } else { "composite" };
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    let tape = |x: &T4| x.clone().retaped::<OwnedTape<f32, Cpu>>();
+                    let (k, v1, v2) = (tape(&k), tape(&v1), tape(&v2));
+                    let out = if fused {
+                        path_attention(q.leaky_trace(), k, v1, v2, HEADS, &spec)
+                    } else {
+                        path_attention_composite(q.leaky_trace(), k, v1, v2, HEADS, &spec)
+                    };
+                    out.unwrap().sum::<(), _>().backward()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     softmax_kernel,
     patterns,
     taylor_forms,
-    pointwise_programs
+    pointwise_programs,
+    path_kernel
 );
 criterion_main!(benches);

@@ -9,8 +9,10 @@
 //! rate in GFLOP/s that the FLOP/s columns are read against. Also `readme-flops`
 //! (achieved FLOP/s against the matmul peak), `scaling` (one layer of each built-in rule
 //! against n: time and peak live heap, with fitted exponents) and `footprint` (the memory
-//! estimate a run is checked against, next to the run's measured peak heap) and `paths` (the
-//! Edge Transformer's path attention, fused against written out by hand: time and peak heap).
+//! estimate a run is checked against, next to the run's measured peak heap), `paths` (the
+//! Edge Transformer's path attention, fused against written out by hand: time and peak heap)
+//! and `path-kernel-N` (the fused path attention alone at N nodes: forward, then forward +
+//! backward, median and best of the repeats, GFLOP/s of its paths).
 
 #[path = "../benches/path_by_hand.rs"]
 mod path_by_hand;

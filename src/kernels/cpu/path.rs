@@ -2,19 +2,21 @@
 //! i → l → j, with score `q(i, l) · k(l, j)` and value `v1(i, l) ⊙ v2(l, j)` (the Edge
 //! Transformer's attention, Bergen et al. 2021).
 //!
-//! Cost n³ per head; memory O(n²): the forward keeps one `[n (l), n (j)]` score block per task
-//! and the backward recomputes it instead of storing the n³ weights.
+//! Cost n³ per head; memory O(n²): the forward keeps the `[n (l), n (j)]` weights of a few query
+//! rows per task and the backward recomputes them instead of storing the n³ weights.
 //!
 //! Neither the scores nor the values are matrix products (the value is a product of three
 //! factors, elementwise in the channel), so every step runs as multiply-adds along `j`: the
-//! key-side operands are copied once into `[graph, head, l, channel, j]` rows, and the work of
-//! query row i is `n · d` (scores) and `n · e` (values) multiply-adds of length-n rows, which
-//! vectorize (with AVX2 and FMA where the CPU has them). The forward runs in parallel over
-//! (graph, i, head) and keeps each query's normaliser. The backward recomputes the weights of
-//! one middle node l at a time from those normalisers (the normaliser's own gradient needs only
-//! `Σ dO · O`, as in flash attention), so it runs over (graph, head, run of l): each task is the
-//! one writer of its gradient entries, and its key-side rows stay in cache while every query row
-//! passes them.
+//! key-side operands are copied once into `[graph, head, l, channel, j]` rows (the query side
+//! into `[graph, head, i, l, channel]`), and the work of query row i is `n · d` (scores) and
+//! `n · e` (values) multiply-adds of length-n rows, which vectorize (with AVX2 and FMA where the
+//! CPU has them). The forward runs in parallel over (graph, head, block of query rows), so that
+//! each middle node's key-side rows serve the whole block while in cache, and keeps each
+//! query's normaliser. The backward recomputes the weights of one middle node l at a time from
+//! those normalisers (the normaliser's own gradient needs only `Σ dO · O`, as in flash
+//! attention), so it runs over (graph, head, run of l): each task is the one writer of its
+//! gradient entries, and its key-side rows stay in cache while the query rows pass them two at
+//! a time.
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -785,7 +787,7 @@ impl<E: Real> BackwardScratch<E> {
     }
 }
 
-/// Lanes of the partial sums in [`value_grads`] and [`key_grads`].
+/// Lanes of the partial sums in [`value_grads`].
 const LANES: usize = 8;
 
 /// `Σ` of eight partial sums in a fixed order (as [`dot`]'s generic form adds them).

@@ -744,13 +744,11 @@ impl<E: Real> PathProblem<E> {
                 }
             },
         );
-        let dk = untransposed(&dkt, (n, h, d));
-        let dv2 = untransposed(&dv2t, (n, h, e));
         [
-            heads_last(&dq, (n, h, d)),
-            dk,
-            heads_last(&dv1, (n, h, e)),
-            dv2,
+            heads_back(&dq, (n, h, d), |c, t| c * d + t),
+            heads_back(&dkt, (n, h, d), |c, t| t * n + c),
+            heads_back(&dv1, (n, h, e), |c, t| c * e + t),
+            heads_back(&dv2t, (n, h, e), |c, t| t * n + c),
         ]
     }
 }
@@ -904,8 +902,14 @@ fn heads_first<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec
     out
 }
 
-/// The inverse of [`heads_first`].
-fn heads_last<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<E> {
+/// `x` heads first back to the edges' layout `[b, r, c, h, per_head]`: each (graph, head, r)
+/// block of `n · per_head` values of `x` holds channel t of column c at `within(c, t)` (the
+/// inverse of [`heads_first`] with `c · per_head + t`, of [`transposed`] with `t · n + c`).
+fn heads_back<E: Real>(
+    x: &[E],
+    (n, h, per_head): (usize, usize, usize),
+    within: impl Fn(usize, usize) -> usize + Sync,
+) -> Vec<E> {
     let mut out = zeros::<E>(x.len());
     out.par_chunks_mut((n * h * per_head).max(1))
         .enumerate()
@@ -914,26 +918,8 @@ fn heads_last<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<
             for head in 0..h {
                 let src = &x[((g * h + head) * n + r) * n * per_head..][..n * per_head];
                 for c in 0..n {
-                    row[(c * h + head) * per_head..][..per_head]
-                        .copy_from_slice(&src[c * per_head..][..per_head]);
-                }
-            }
-        });
-    out
-}
-
-/// The inverse of [`transposed`]: `[b, h, l, channel, j]` back to `[b, l, j, h, per_head]`.
-fn untransposed<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<E> {
-    let mut out = zeros::<E>(x.len());
-    out.par_chunks_mut((n * h * per_head).max(1))
-        .enumerate()
-        .for_each(|(gl, row)| {
-            let (g, l) = (gl / n, gl % n);
-            for head in 0..h {
-                let src = &x[(((g * h + head) * n + l) * per_head) * n..][..per_head * n];
-                for j in 0..n {
                     for t in 0..per_head {
-                        row[(j * h + head) * per_head + t] = src[t * n + j];
+                        row[(c * h + head) * per_head + t] = src[within(c, t)];
                     }
                 }
             }

@@ -520,13 +520,10 @@ impl<E: Real> PathProblem<E> {
     /// gradient as `[row, t, j]`, `dsum` their `Σ_t dO · O` per column (`[row, j]`, what the
     /// normaliser's gradient needs). The rows share every read of the key-side rows and every
     /// update of their gradients.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn backward_rows<const FMA: bool, const M: usize>(
         &self,
-        (g, head, i0): (usize, usize, usize),
-        ls: std::ops::Range<usize>,
-        (go, dsum): (&[E], &[E]),
+        ((g, head, i0), ls, (go, dsum)): RowsJob<'_, E>,
         fwd: &PathForward<E>,
         scratch: &mut BackwardScratch<E>,
         grads: [Shared<'_, E>; 4],
@@ -639,28 +636,22 @@ impl<E: Real> PathProblem<E> {
     /// Safety: the CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn backward_rows_fma<const M: usize>(
         &self,
-        task: (usize, usize, usize),
-        ls: std::ops::Range<usize>,
-        rows: (&[E], &[E]),
+        job: RowsJob<'_, E>,
         fwd: &PathForward<E>,
         scratch: &mut BackwardScratch<E>,
         grads: [Shared<'_, E>; 4],
     ) {
-        self.backward_rows::<true, M>(task, ls, rows, fwd, scratch, grads)
+        self.backward_rows::<true, M>(job, fwd, scratch, grads)
     }
 
-    /// [`Self::backward_rows`] for the `M` rows from `task.2`, with the fast build where the
+    /// [`Self::backward_rows`] for the `M` rows of `job`, with the fast build where the
     /// CPU has one.
-    #[allow(clippy::too_many_arguments)]
     fn backward_rows_any<const M: usize>(
         &self,
         fma: bool,
-        task: (usize, usize, usize),
-        ls: std::ops::Range<usize>,
-        rows: (&[E], &[E]),
+        job: RowsJob<'_, E>,
         fwd: &PathForward<E>,
         scratch: &mut BackwardScratch<E>,
         grads: [Shared<'_, E>; 4],
@@ -668,11 +659,11 @@ impl<E: Real> PathProblem<E> {
         #[cfg(target_arch = "x86_64")]
         if fma {
             // SAFETY: the caller's has_fma checked the CPU
-            unsafe { self.backward_rows_fma::<M>(task, ls, rows, fwd, scratch, grads) };
+            unsafe { self.backward_rows_fma::<M>(job, fwd, scratch, grads) };
             return;
         }
         let _ = fma;
-        self.backward_rows::<false, M>(task, ls, rows, fwd, scratch, grads);
+        self.backward_rows::<false, M>(job, fwd, scratch, grads);
     }
 
     /// Gradients of q, k, v1, v2 from the output's gradient `grad`. Tasks own runs of
@@ -718,27 +709,11 @@ impl<E: Real> PathProblem<E> {
                     let m = if n - i >= 2 { 2 } else { 1 };
                     let at = (g * h + head) * n + i;
                     let rows = (&go[at * e * n..][..m * e * n], &dsum[at * n..][..m * n]);
-                    let task = (g, head, i);
+                    let job = ((g, head, i), ls.clone(), rows);
                     if m == 2 {
-                        self.backward_rows_any::<2>(
-                            fma,
-                            task,
-                            ls.clone(),
-                            rows,
-                            fwd,
-                            scratch,
-                            grads,
-                        );
+                        self.backward_rows_any::<2>(fma, job, fwd, scratch, grads);
                     } else {
-                        self.backward_rows_any::<1>(
-                            fma,
-                            task,
-                            ls.clone(),
-                            rows,
-                            fwd,
-                            scratch,
-                            grads,
-                        );
+                        self.backward_rows_any::<1>(fma, job, fwd, scratch, grads);
                     }
                     i += m;
                 }
@@ -760,6 +735,14 @@ struct PathForward<E> {
     z: Vec<E>,
     clamped: Vec<bool>,
 }
+
+/// One call of [`PathProblem::backward_rows`]: (graph, head, first query row), the middle
+/// nodes, and the rows' output gradient and `Σ_t dO · O`.
+type RowsJob<'a, E> = (
+    (usize, usize, usize),
+    std::ops::Range<usize>,
+    (&'a [E], &'a [E]),
+);
 
 /// Middle nodes per backward task: their key-side rows (`4 · (d + e)` rows of n) are reused
 /// by every query row.
@@ -870,33 +853,24 @@ fn has_fma() -> bool {
     }
 }
 
-/// `x` (`[b, l, j, h, per_head]`) as `[b, h, l, channel, j]`: rows along j.
-fn transposed<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<E> {
-    let mut out = zeros::<E>(x.len());
-    out.par_chunks_mut((per_head * n).max(1))
-        .enumerate()
-        .for_each(|(ghl, rows)| {
-            let (g, head, l) = (ghl / (h * n), (ghl / n) % h, ghl % n);
-            for j in 0..n {
-                let src = &x[(((g * n + l) * n + j) * h + head) * per_head..][..per_head];
-                for (t, &v) in src.iter().enumerate() {
-                    rows[t * n + j] = v;
-                }
-            }
-        });
-    out
-}
-
-/// `x` (`[b, r, c, h, per_head]`) heads first: `[b, h, r, c, per_head]`.
-fn heads_first<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec<E> {
+/// `x` (the edges' layout `[b, r, c, h, per_head]`) heads first: each (graph, head, r) block of
+/// `n · per_head` values holds channel t of column c at `within(c, t)` (`c · per_head + t`
+/// keeps the channels together; `t · n + c` makes rows along c, as the key side needs).
+fn heads_first<E: Real>(
+    x: &[E],
+    (n, h, per_head): (usize, usize, usize),
+    within: impl Fn(usize, usize) -> usize + Sync,
+) -> Vec<E> {
     let mut out = zeros::<E>(x.len());
     out.par_chunks_mut((n * per_head).max(1))
         .enumerate()
-        .for_each(|(ghr, row)| {
+        .for_each(|(ghr, block)| {
             let (g, head, r) = (ghr / (h * n), (ghr / n) % h, ghr % n);
             for c in 0..n {
                 let src = &x[(((g * n + r) * n + c) * h + head) * per_head..][..per_head];
-                row[c * per_head..][..per_head].copy_from_slice(src);
+                for (t, &v) in src.iter().enumerate() {
+                    block[within(c, t)] = v;
+                }
             }
         });
     out
@@ -904,7 +878,7 @@ fn heads_first<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize)) -> Vec
 
 /// `x` heads first back to the edges' layout `[b, r, c, h, per_head]`: each (graph, head, r)
 /// block of `n · per_head` values of `x` holds channel t of column c at `within(c, t)` (the
-/// inverse of [`heads_first`] with `c · per_head + t`, of [`transposed`] with `t · n + c`).
+/// inverse of [`heads_first`] with the same `within`).
 fn heads_back<E: Real>(
     x: &[E],
     (n, h, per_head): (usize, usize, usize),
@@ -958,19 +932,20 @@ where
         taped.input(v1),
         taped.input(v2),
     );
+    let (d, e) = (hd / heads, he / heads);
     let problem = PathProblem {
         b,
         n,
         h: heads,
-        d: hd / heads,
-        e: he / heads,
+        d,
+        e,
         scale: E::of(spec.scale),
         normalizer: spec.normalizer,
         vis: spec.visibility.clone(),
-        qh: heads_first(&Host::read(&q), (n, heads, hd / heads)),
-        v1h: heads_first(&Host::read(&v1), (n, heads, he / heads)),
-        kt: transposed(&Host::read(&k), (n, heads, hd / heads)),
-        v2t: transposed(&Host::read(&v2), (n, heads, he / heads)),
+        qh: heads_first(&Host::read(&q), (n, heads, d), |c, t| c * d + t),
+        v1h: heads_first(&Host::read(&v1), (n, heads, e), |c, t| c * e + t),
+        kt: heads_first(&Host::read(&k), (n, heads, d), |c, t| t * n + c),
+        v2t: heads_first(&Host::read(&v2), (n, heads, e), |c, t| t * n + c),
     };
     let mut fwd = problem.forward();
     // the backward reads the output: copy it when there is a tape, else hand it over

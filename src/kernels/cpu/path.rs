@@ -720,10 +720,10 @@ impl<E: Real> PathProblem<E> {
             },
         );
         [
-            heads_back(&dq, (n, h, d), |c, t| c * d + t),
-            heads_back(&dkt, (n, h, d), |c, t| t * n + c),
-            heads_back(&dv1, (n, h, e), |c, t| c * e + t),
-            heads_back(&dv2t, (n, h, e), |c, t| t * n + c),
+            heads_back(&dq, (n, h, d), Block::Channels),
+            heads_back(&dkt, (n, h, d), Block::Rows),
+            heads_back(&dv1, (n, h, e), Block::Channels),
+            heads_back(&dv2t, (n, h, e), Block::Rows),
         ]
     }
 }
@@ -853,37 +853,40 @@ fn has_fma() -> bool {
     }
 }
 
-/// `x` (the edges' layout `[b, r, c, h, per_head]`) heads first: each (graph, head, r) block of
-/// `n · per_head` values holds channel t of column c at `within(c, t)` (`c · per_head + t`
-/// keeps the channels together; `t · n + c` makes rows along c, as the key side needs).
-fn heads_first<E: Real>(
-    x: &[E],
-    (n, h, per_head): (usize, usize, usize),
-    within: impl Fn(usize, usize) -> usize + Sync,
-) -> Vec<E> {
+/// How a heads-first copy lays out each (graph, head, r) block of `n · per_head` values.
+#[derive(Clone, Copy, PartialEq)]
+enum Block {
+    /// `[c, channel]`: each column's channels together (the query side).
+    Channels,
+    /// `[channel, c]`: rows along the columns (the key side, read along j).
+    Rows,
+}
+
+/// `x` (the edges' layout `[b, r, c, h, per_head]`) heads first, `[b, h, r, ·]`, each block
+/// laid out as `block` says.
+fn heads_first<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize), block: Block) -> Vec<E> {
     let mut out = zeros::<E>(x.len());
     out.par_chunks_mut((n * per_head).max(1))
         .enumerate()
-        .for_each(|(ghr, block)| {
+        .for_each(|(ghr, dst)| {
             let (g, head, r) = (ghr / (h * n), (ghr / n) % h, ghr % n);
             for c in 0..n {
                 let src = &x[(((g * n + r) * n + c) * h + head) * per_head..][..per_head];
-                for (t, &v) in src.iter().enumerate() {
-                    block[within(c, t)] = v;
+                if block == Block::Channels {
+                    dst[c * per_head..][..per_head].copy_from_slice(src);
+                } else {
+                    for (t, &v) in src.iter().enumerate() {
+                        dst[t * n + c] = v;
+                    }
                 }
             }
         });
     out
 }
 
-/// `x` heads first back to the edges' layout `[b, r, c, h, per_head]`: each (graph, head, r)
-/// block of `n · per_head` values of `x` holds channel t of column c at `within(c, t)` (the
-/// inverse of [`heads_first`] with the same `within`).
-fn heads_back<E: Real>(
-    x: &[E],
-    (n, h, per_head): (usize, usize, usize),
-    within: impl Fn(usize, usize) -> usize + Sync,
-) -> Vec<E> {
+/// `x` heads first (blocks laid out as `block` says) back to the edges' layout
+/// `[b, r, c, h, per_head]`: the inverse of [`heads_first`].
+fn heads_back<E: Real>(x: &[E], (n, h, per_head): (usize, usize, usize), block: Block) -> Vec<E> {
     let mut out = zeros::<E>(x.len());
     out.par_chunks_mut((n * h * per_head).max(1))
         .enumerate()
@@ -892,8 +895,13 @@ fn heads_back<E: Real>(
             for head in 0..h {
                 let src = &x[((g * h + head) * n + r) * n * per_head..][..n * per_head];
                 for c in 0..n {
-                    for t in 0..per_head {
-                        row[(c * h + head) * per_head + t] = src[within(c, t)];
+                    let dst = &mut row[(c * h + head) * per_head..][..per_head];
+                    if block == Block::Channels {
+                        dst.copy_from_slice(&src[c * per_head..][..per_head]);
+                    } else {
+                        for (t, v) in dst.iter_mut().enumerate() {
+                            *v = src[t * n + c];
+                        }
                     }
                 }
             }
@@ -942,10 +950,10 @@ where
         scale: E::of(spec.scale),
         normalizer: spec.normalizer,
         vis: spec.visibility.clone(),
-        qh: heads_first(&Host::read(&q), (n, heads, d), |c, t| c * d + t),
-        v1h: heads_first(&Host::read(&v1), (n, heads, e), |c, t| c * e + t),
-        kt: heads_first(&Host::read(&k), (n, heads, d), |c, t| t * n + c),
-        v2t: heads_first(&Host::read(&v2), (n, heads, e), |c, t| t * n + c),
+        qh: heads_first(&Host::read(&q), (n, heads, d), Block::Channels),
+        v1h: heads_first(&Host::read(&v1), (n, heads, e), Block::Channels),
+        kt: heads_first(&Host::read(&k), (n, heads, d), Block::Rows),
+        v2t: heads_first(&Host::read(&v2), (n, heads, e), Block::Rows),
     };
     let mut fwd = problem.forward();
     // the backward reads the output: copy it when there is a tape, else hand it over

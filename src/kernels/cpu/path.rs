@@ -199,11 +199,11 @@ fn dot<E: Real, const FMA: bool>(x: &[E], y: &[E]) -> E {
         };
         return E::of(f64::from(sum));
     }
-    let mut acc = [E::zero(); 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let mut acc = [E::zero(); LANES];
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
     let (xr, yr) = (xc.remainder(), yc.remainder());
     for (x8, y8) in xc.zip(yc) {
-        for k in 0..8 {
+        for k in 0..LANES {
             acc[k] = madd::<E, FMA>(x8[k], y8[k], acc[k]);
         }
     }
@@ -211,7 +211,7 @@ fn dot<E: Real, const FMA: bool>(x: &[E], y: &[E]) -> E {
     for (&x, &y) in xr.iter().zip(yr) {
         tail = madd::<E, FMA>(x, y, tail);
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    lanes_sum(&acc) + tail
 }
 
 /// `Σ x ⊙ y` over the shorter length: sixteen lanes in two vectors, then the tail.
@@ -269,6 +269,17 @@ impl<E: Real> PathProblem<E> {
         (((g * self.h + head) * self.n + l) * per_head + t) * self.n
     }
 
+    /// The queries of the `qs.len() / d` rows from `i0` at middle node l (graph g, head), scaled,
+    /// into `qs` (`[row, d]`).
+    #[inline(always)]
+    fn scaled_queries(&self, (g, head, i0): (usize, usize, usize), l: usize, qs: &mut [E]) {
+        let d = self.d;
+        for (u, s) in qs.chunks_exact_mut(d).enumerate() {
+            let q = &self.qh[self.at_h(g, head, i0 + u, l, d)..][..d];
+            s.iter_mut().zip(q).for_each(|(s, &x)| *s = x * self.scale);
+        }
+    }
+
     /// The scores of query rows `rows` (graph g, head) into `p` (`[row, l, j]`): for each middle
     /// node l, its key-side rows serve every query row of the block while they are in cache.
     #[inline(always)]
@@ -286,10 +297,7 @@ impl<E: Real> PathProblem<E> {
             while r < rows.len() {
                 // two query rows at a time where two are left
                 let m = if rows.len() - r >= 2 { 2 } else { 1 };
-                for (u, s) in qs.chunks_exact_mut(d).take(m).enumerate() {
-                    let q = &self.qh[self.at_h(g, head, rows.start + r + u, l, d)..][..d];
-                    s.iter_mut().zip(q).for_each(|(s, &x)| *s = x * self.scale);
-                }
+                self.scaled_queries((g, head, rows.start + r), l, &mut qs[..m * d]);
                 let out = (&mut p[(r * n + l) * n..], n * n);
                 if m == 2 {
                     combine_rows::<E, FMA, 2>(out, n, &qs[..2 * d], kt);
@@ -547,10 +555,7 @@ impl<E: Real> PathProblem<E> {
             let (at_k, at_v2) = (self.at_t(g, head, l, 0, d), self.at_t(g, head, l, 0, e));
             let kt = &self.kt[at_k..][..d * n];
             let v2t = &self.v2t[at_v2..][..e * n];
-            for (m, qs) in qs.chunks_exact_mut(d).enumerate() {
-                let q = &self.qh[at_q[m]..][..d];
-                qs.iter_mut().zip(q).for_each(|(x, &y)| *x = y * self.scale);
-            }
+            self.scaled_queries((g, head, i0), l, qs);
             combine_rows::<E, FMA, M>((s, n), n, qs, (kt, n));
             match self.normalizer {
                 Normalizer::Softmax => {
@@ -768,10 +773,10 @@ impl<E: Real> BackwardScratch<E> {
     }
 }
 
-/// Lanes of the partial sums in [`value_grads`].
+/// Lanes of the partial sums in [`dot`] and [`value_grads`].
 const LANES: usize = 8;
 
-/// `Σ` of eight partial sums in a fixed order (as [`dot`]'s generic form adds them).
+/// `Σ` of eight partial sums in a fixed order.
 #[inline(always)]
 fn lanes_sum<E: Real>(a: &[E; LANES]) -> E {
     ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))

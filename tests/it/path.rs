@@ -266,40 +266,21 @@ fn fused_path_attention_agrees_with_the_composite_at_wider_sizes() {
 }
 
 fn agrees_with_the_composite_at(n: usize, short: usize) {
-    let (b, h, dh, e) = (2, 2, 8, 4);
-    let x = [
-        randn(91, b * n * n * h * dh),
-        randn(92, b * n * n * h * dh),
-        randn(93, b * n * n * h * e),
-        randn(94, b * n * n * h * e),
-    ];
+    let sizes = PathSizes {
+        b: 2,
+        n,
+        h: 2,
+        dh: 8,
+        e: 4,
+    };
+    let x = sizes.inputs();
     for causal in [false, true] {
         let m = GraphMask::from_lengths(n, &[n, short])
             .unwrap()
             .causal(causal);
         for normalizer in normalizers() {
             let s = spec(normalizer, &m);
-            let run = |fused: bool| {
-                let d = dev();
-                let plain: Vec<Tensor<(usize, usize, usize, usize), f64, Cpu>> = x
-                    .iter()
-                    .zip([dh, dh, e, e])
-                    .map(|(v, c)| d.tensor_from_vec(v.clone(), (b, n, n, h * c)))
-                    .collect();
-                let t: Vec<_> = plain.iter().map(|p| p.leaky_trace()).collect();
-                let [q, k, v1, v2]: [_; 4] = t.try_into().ok().unwrap();
-                let out = if fused {
-                    path_attention(q, k, v1, v2, h, &s)
-                } else {
-                    path_attention_composite(q, k, v1, v2, h, &s)
-                }
-                .unwrap();
-                let values = out.retaped::<NoneTape>().as_vec();
-                let mut grads = probe_loss(out, 95).backward();
-                let grads: Vec<Vec<f64>> = plain.iter().map(|p| grad_of(&mut grads, p)).collect();
-                (values, grads)
-            };
-            let (fused, composite) = (run(true), run(false));
+            let (fused, composite) = (sizes.run_f64(&x, &s, true), sizes.run_f64(&x, &s, false));
             let what = format!("n {n}, causal {causal}, {normalizer:?}");
             assert_close(
                 &format!("{what}: output"),
@@ -312,5 +293,113 @@ fn agrees_with_the_composite_at(n: usize, short: usize) {
                 assert_close(&format!("{what}: gradient {which}"), a, c, 1e-12, 1e-10);
             }
         }
+    }
+}
+
+/// The f32 build of the kernel (its AVX2 lanes, the 32-lane register blocks, the two-row
+/// backward) against the composite form in f64 at n = 37, to f32's precision: output and every
+/// input's gradient, padded and causal, both normalizers.
+#[test]
+fn fused_path_attention_in_f32_agrees_with_the_composite_in_f64() {
+    let (n, short) = (37, 30);
+    let sizes = PathSizes {
+        b: 2,
+        n,
+        h: 2,
+        dh: 8,
+        e: 4,
+    };
+    let x = sizes.inputs();
+    for causal in [false, true] {
+        let m = GraphMask::from_lengths(n, &[n, short])
+            .unwrap()
+            .causal(causal);
+        for normalizer in normalizers() {
+            let (fused, exact) = (
+                sizes.run_fused_f32(&x, &m, normalizer),
+                sizes.run_f64(&x, &spec(normalizer, &m), false),
+            );
+            let what = format!("f32, n {n}, causal {causal}, {normalizer:?}");
+            assert_close(&format!("{what}: output"), &fused.0, &exact.0, 1e-5, 1e-4);
+            for (which, (a, c)) in fused.1.iter().zip(&exact.1).enumerate() {
+                assert_close(&format!("{what}: gradient {which}"), a, c, 1e-5, 1e-4);
+            }
+        }
+    }
+}
+
+/// Sizes of a path attention problem: graphs, nodes, heads, score and value channels per head.
+struct PathSizes {
+    b: usize,
+    n: usize,
+    h: usize,
+    dh: usize,
+    e: usize,
+}
+
+type Run = (Vec<f64>, Vec<Vec<f64>>);
+
+impl PathSizes {
+    fn widths(&self) -> [usize; 4] {
+        [self.dh, self.dh, self.e, self.e].map(|c| self.h * c)
+    }
+
+    fn inputs(&self) -> [Vec<f64>; 4] {
+        let edges = self.b * self.n * self.n;
+        let [q, k, v1, v2] = self.widths();
+        [
+            randn(91, edges * q),
+            randn(92, edges * k),
+            randn(93, edges * v1),
+            randn(94, edges * v2),
+        ]
+    }
+
+    /// Output and the gradients of a fixed probe loss, fused or composite, in f64.
+    fn run_f64(&self, x: &[Vec<f64>; 4], s: &WeightsSpec, fused: bool) -> Run {
+        let (b, n, h) = (self.b, self.n, self.h);
+        let d = dev();
+        let plain: Vec<Tensor<(usize, usize, usize, usize), f64, Cpu>> = x
+            .iter()
+            .zip(self.widths())
+            .map(|(v, c)| d.tensor_from_vec(v.clone(), (b, n, n, c)))
+            .collect();
+        let t: Vec<_> = plain.iter().map(|p| p.leaky_trace()).collect();
+        let [q, k, v1, v2]: [_; 4] = t.try_into().ok().unwrap();
+        let out = if fused {
+            path_attention(q, k, v1, v2, h, s)
+        } else {
+            path_attention_composite(q, k, v1, v2, h, s)
+        }
+        .unwrap();
+        let values = out.retaped::<NoneTape>().as_vec();
+        let mut grads = probe_loss(out, 95).backward();
+        let grads = plain.iter().map(|p| grad_of(&mut grads, p)).collect();
+        (values, grads)
+    }
+
+    /// The same through the fused kernel in f32 (inputs and probe rounded to f32), widened.
+    fn run_fused_f32(&self, x: &[Vec<f64>; 4], m: &GraphMask, normalizer: Normalizer) -> Run {
+        let (b, n, h) = (self.b, self.n, self.h);
+        let d = dev();
+        let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+        let plain: Vec<Tensor<(usize, usize, usize, usize), f32, Cpu>> = x
+            .iter()
+            .zip(self.widths())
+            .map(|(v, c)| d.tensor_from_vec(narrow(v), (b, n, n, c)))
+            .collect();
+        let t: Vec<_> = plain.iter().map(|p| p.leaky_trace()).collect();
+        let [q, k, v1, v2]: [_; 4] = t.try_into().ok().unwrap();
+        let out = path_attention(q, k, v1, v2, h, &spec(normalizer, m)).unwrap();
+        let shape = *out.shape();
+        let values = widen(out.retaped::<NoneTape>().as_vec());
+        let probe = d.tensor_from_vec(narrow(&randn(95, shape.num_elements())), shape);
+        let mut grads = (out * probe).sum().backward();
+        let grads = plain
+            .iter()
+            .map(|p| widen(grads.get_or_alloc_mut(p).unwrap().to_vec()))
+            .collect();
+        (values, grads)
     }
 }

@@ -338,6 +338,16 @@ impl Strides {
         same.then_some(found)
     }
 
+    /// The source element the first output element reads.
+    pub fn base(&self) -> usize {
+        self.base
+    }
+
+    /// The output's digits, outermost first (their extents), and the source stride of each.
+    pub fn digits(&self) -> (&[usize], &[usize]) {
+        (&self.dims, &self.strides)
+    }
+
     /// Calls `f(at, src, count, stride)` for each run of the innermost digit within output
     /// elements `start..start + len`: elements `at..at + count` (counted from `start`) read
     /// `src, src + stride, …`.

@@ -230,8 +230,38 @@ fn fused_gather_matches_dfdx() {
     // (tables with strides: 0 on the repeat, read by runs)
     let repeated: Vec<usize> = (0..len).map(|i| i % 1000).collect();
     let lifted: Vec<usize> = (0..len).map(|i| i / 40).collect();
+    // a rule's edges [3, 29, 31, 13] (graphs, i, j, channels) moved: channels before the
+    // nodes, and channels first with the nodes swapped around the graphs (tiles of a
+    // transposed plane with partial tiles on every side, repeated over outer digits)
+    let (g, ni, nj, c) = (3, 29, 31, 13);
+    let edges = g * ni * nj * c;
+    let at = |b: usize, i: usize, j: usize, k: usize| ((b * ni + i) * nj + j) * c + k;
+    let mut channels_first = Vec::with_capacity(edges);
+    for b in 0..g {
+        for k in 0..c {
+            for i in 0..ni {
+                channels_first.extend((0..nj).map(|j| at(b, i, j, k)));
+            }
+        }
+    }
+    let mut scrambled = Vec::with_capacity(edges);
+    for k in 0..c {
+        for j in 0..nj {
+            for b in 0..g {
+                scrambled.extend((0..ni).map(|i| at(b, i, j, k)));
+            }
+        }
+    }
     for (name, index, injective, source, strided) in [
         ("transpose", transpose, true, len, true),
+        ("channels first", channels_first, true, edges, true),
+        (
+            "channels first, nodes swapped",
+            scrambled,
+            true,
+            edges,
+            true,
+        ),
         ("broadcast", broadcast, false, len, false),
         ("wide broadcast", wide, false, 1000, false),
         ("repeated", repeated, false, 1000, true),

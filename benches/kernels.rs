@@ -1,6 +1,7 @@
 //! Criterion benches of the core kernels, fused (CPU) and composite forms, forward + backward,
 //! at n = 16, 32, 64: the softmax attention kernel, each edge pattern, both Taylor forms; an
-//! element-wise program over the edges at n = 64, 128; path attention at n = 32, 64, 128.
+//! element-wise program over the edges at n = 64, 128; path attention at n = 32, 64, 128; the
+//! fused LayerNorm and RMSNorm over the edges (32 channels) at n = 64, 128.
 //!
 //! `cargo bench --bench kernels` (all) or e.g. `cargo bench --bench kernels -- pattern/row`.
 
@@ -285,12 +286,50 @@ fn path_kernel(c: &mut Criterion) {
     group.finish();
 }
 
+/// LayerNorm and RMSNorm over the n² edges of one graph with 32 channels (the `triangle`
+/// layer's norms), forward + backward, fused.
+fn norms(c: &mut Criterion) {
+    use quartic::ops::norms::{layer_norm, rms_norm};
+    use quartic::spec::RmsKind;
+    quartic::threads::include_calling_thread();
+    let dev = Cpu::default();
+    let mut group = c.benchmark_group("norms");
+    group.sample_size(20);
+    let channels = 32;
+    for n in [64, 128] {
+        let rows = n * n;
+        let x = random(&dev, (1, 1, rows, channels), 20).reshape_like(&(rows, channels));
+        let w = random(&dev, (1, 1, 1, channels), 21).reshape_like(&(channels,));
+        let b = random(&dev, (1, 1, 1, channels), 22).reshape_like(&(channels,));
+        group.bench_with_input(BenchmarkId::new("layer_norm", n), &n, |bench, _| {
+            bench.iter(|| {
+                let out = layer_norm(
+                    x.leaky_trace(),
+                    w.clone().retaped(),
+                    b.clone().retaped(),
+                    1e-5,
+                );
+                out.unwrap().sum::<(), _>().backward()
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("rms_norm", n), &n, |bench, _| {
+            bench.iter(|| {
+                let kind = RmsKind::Scaled { eps: 1e-8 };
+                let out = rms_norm(x.leaky_trace(), w.clone().retaped(), kind);
+                out.unwrap().sum::<(), _>().backward()
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     softmax_kernel,
     patterns,
     taylor_forms,
     pointwise_programs,
-    path_kernel
+    path_kernel,
+    norms
 );
 criterion_main!(benches);

@@ -3,6 +3,8 @@
 //! dfdx ops each, every one a single-threaded pass that allocates its output, and as many in the
 //! backward; these take one parallel pass forward and one backward.
 
+use std::mem::MaybeUninit;
+
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
@@ -44,8 +46,10 @@ where
             .for_each(|(dx, (x, g))| {
                 let (mut phi, mut pdf) = (vec![E::zero(); x.len()], vec![E::zero(); x.len()]);
                 E::normal_cdf_pdf(x, &mut phi, Some(&mut pdf));
-                for i in 0..x.len() {
-                    dx[i] = dx[i] + g[i] * (phi[i] + x[i] * pdf[i]);
+                for (((d, &g), &x), (&c, &p)) in
+                    dx.iter_mut().zip(g).zip(x).zip(phi.iter().zip(&pdf))
+                {
+                    *d = *d + g * (c + x * p);
                 }
             });
         Ok(())
@@ -69,7 +73,34 @@ fn norm_factor<E: Real>(kind: RmsKind, sum_sq: E, c: usize) -> (E, bool) {
 
 #[inline]
 fn sum_sq<E: Real>(row: &[E]) -> E {
-    row.iter().fold(E::zero(), |a, &v| a + v * v)
+    sum8([row], |[x]| x * x)
+}
+
+/// `Σ_k term([row[k] for row in rows])` over the rows' common length, as eight interleaved
+/// partial sums added in a fixed order. A single chain of adds waits out each add's latency:
+/// summing a row of 32 channels that way took longer than normalizing it. Blocks of eight are
+/// whole arrays, so the lanes are vectors. The order depends on the length alone.
+#[inline(always)]
+fn sum8<E: Real, const N: usize>(rows: [&[E]; N], term: impl Fn([E; N]) -> E) -> E {
+    let len = rows.iter().map(|r| r.len()).min().unwrap_or(0);
+    let whole = len - len % 8;
+    let mut lanes = [E::zero(); 8];
+    for k in (0..whole).step_by(8) {
+        let blocks: [&[E; 8]; N] = std::array::from_fn(|i| {
+            rows[i][k..k + 8]
+                .try_into()
+                .expect("a block of eight within the row")
+        });
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane = *lane + term(std::array::from_fn(|i| blocks[i][l]));
+        }
+    }
+    let tail = (whole..len).fold(E::zero(), |a, k| {
+        a + term(std::array::from_fn(|i| rows[i][k]))
+    });
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        + tail
 }
 
 /// One row of the RMSNorm backward: `dx += inv · gγ − x · (inv³/c) · Σ(gγx)` (the second
@@ -84,34 +115,48 @@ fn rms_backward_row<E: Real>(
     (inv, live): (E, bool),
 ) {
     let c = x.len();
-    let mut dot = E::zero();
-    for k in 0..c {
-        dot = dot + g[k] * gamma[k] * x[k];
-        dgamma[k] = dgamma[k] + g[k] * x[k] * inv;
+    let (dx, dgamma, g, gamma) = (&mut dx[..c], &mut dgamma[..c], &g[..c], &gamma[..c]);
+    let dot = sum8([g, gamma, x], |[g, gm, x]| g * gm * x);
+    for ((d, &g), &x) in dgamma.iter_mut().zip(g).zip(x) {
+        *d = *d + g * x * inv;
     }
     let coef = if live {
         inv * inv * inv / E::of(c as f64) * dot
     } else {
         E::zero()
     };
-    for k in 0..c {
-        dx[k] = dx[k] + inv * g[k] * gamma[k] - x[k] * coef;
+    for (((d, &g), &gm), &x) in dx.iter_mut().zip(g).zip(gamma).zip(x) {
+        *d = *d + inv * g * gm - x * coef;
     }
 }
 
 /// `out` row by row from `xs` (`[rows, c]` both), whole rows per parallel task.
-fn map_rows<E: Real>(xs: &[E], c: usize, row: impl Fn(&mut [E], &[E]) + Sync) -> Vec<E> {
-    let mut out = zeros(xs.len());
-    if c > 0 {
-        let task = c * (CHUNK / c).max(1);
-        out.par_chunks_mut(task)
-            .zip(xs.par_chunks(task))
-            .for_each(|(o, x)| {
-                o.chunks_exact_mut(c)
-                    .zip(x.chunks_exact(c))
-                    .for_each(|(o, x)| row(o, x))
-            });
+/// `row` writes every element of its output row (the buffer is not cleared first).
+fn map_rows<E: Real>(
+    xs: &[E],
+    c: usize,
+    row: impl Fn(&mut [MaybeUninit<E>], &[E]) + Sync,
+) -> Vec<E> {
+    if c == 0 {
+        return zeros(xs.len());
     }
+    assert!(
+        xs.len().is_multiple_of(c),
+        "map_rows: {} values are not whole rows of {c}",
+        xs.len()
+    );
+    let mut out = Vec::with_capacity(xs.len());
+    let task = c * (CHUNK / c).max(1);
+    out.spare_capacity_mut()[..xs.len()]
+        .par_chunks_mut(task)
+        .zip(xs.par_chunks(task))
+        .for_each(|(o, x)| {
+            o.chunks_exact_mut(c)
+                .zip(x.chunks_exact(c))
+                .for_each(|(o, x)| row(o, x))
+        });
+    // SAFETY: whole rows (asserted), and `row` wrote every element of each
+    unsafe { out.set_len(xs.len()) };
     out
 }
 
@@ -178,8 +223,8 @@ where
     let (xs, gs) = (Host::read(&x), Host::read(&gamma));
     let out = map_rows(&xs, c, |o, x| {
         let (inv, _) = norm_factor(kind, sum_sq(x), c);
-        for k in 0..c {
-            o[k] = x[k] * inv * gs[k];
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(&gs[..]) {
+            o.write(x * inv * g);
         }
     });
     let (x_g, gamma_g) = (x.ghost(), gamma.ghost());
@@ -201,11 +246,8 @@ where
 #[inline]
 fn mean_inv_std<E: Real>(row: &[E], eps: E) -> (E, E) {
     let c = E::of(row.len() as f64);
-    let mean = row.iter().fold(E::zero(), |a, &v| a + v) / c;
-    let var = row
-        .iter()
-        .fold(E::zero(), |a, &v| a + (v - mean) * (v - mean))
-        / c;
+    let mean = sum8([row], |[x]| x) / c;
+    let var = sum8([row], |[x]| (x - mean) * (x - mean)) / c;
     (mean, (var + eps).sqrt().recip())
 }
 
@@ -239,8 +281,8 @@ where
     let (xs, ws, bs) = (Host::read(&x), Host::read(&w), Host::read(&b));
     let out = map_rows(&xs, c, |o, x| {
         let (mean, inv) = mean_inv_std(x, eps);
-        for k in 0..c {
-            o[k] = (x[k] - mean) * inv * ws[k] + bs[k];
+        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(&ws[..]).zip(&bs[..]) {
+            o.write((x - mean) * inv * w + b);
         }
     });
     let (x_g, w_g, b_g) = (x.ghost(), w.ghost(), b.ghost());
@@ -253,19 +295,20 @@ where
         // parameter gradients: [dw, db]
         let sums = backward_rows(dx, &xs, &g, c, 2, |dx, dp, x, g| {
             let (mean, inv) = mean_inv_std(x, eps);
-            let (mut mean_h, mut mean_hx) = (E::zero(), E::zero());
-            for k in 0..c {
-                let xhat = (x[k] - mean) * inv;
-                let h = g[k] * ws[k];
-                mean_h = mean_h + h;
-                mean_hx = mean_hx + h * xhat;
-                dp[0][k] = dp[0][k] + g[k] * xhat;
-                dp[1][k] = dp[1][k] + g[k];
+            let (g, ws) = (&g[..c], &ws[..c]);
+            let mean_h = sum8([g, ws], |[g, w]| g * w) / cf;
+            let mean_hx = sum8([g, ws, x], |[g, w, x]| g * w * ((x - mean) * inv)) / cf;
+            let [dw, db] = dp else {
+                unreachable!("two parameter gradients")
+            };
+            for ((d, &g), &x) in dw.iter_mut().zip(g).zip(x) {
+                *d = *d + g * ((x - mean) * inv);
             }
-            let (mean_h, mean_hx) = (mean_h / cf, mean_hx / cf);
-            for k in 0..c {
-                let xhat = (x[k] - mean) * inv;
-                dx[k] = dx[k] + inv * (g[k] * ws[k] - mean_h - xhat * mean_hx);
+            for (d, &g) in db.iter_mut().zip(g) {
+                *d = *d + g;
+            }
+            for (((d, &g), &w), &x) in dx.iter_mut().zip(g).zip(ws).zip(x) {
+                *d = *d + inv * (g * w - mean_h - (x - mean) * inv * mean_hx);
             }
         });
         accumulate(grads.get_or_alloc_mut(&w_g)?, &sums[0]);
@@ -327,19 +370,25 @@ fn ff_chunk<E: Real>(
     for (o, x) in xn.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
         let (f, live) = norm_factor(kind, sum_sq(x), c);
         inv.push((f, live));
-        for k in 0..c {
-            o[k] = x[k] * f * gs[k];
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(gs) {
+            *o = x * f * g;
         }
     }
-    let mut h = vec![E::zero(); rows * hidden];
+    let mut h = Vec::with_capacity(rows * hidden);
     mm_with(
-        MatMut::rows(&mut h, (rows, hidden), hidden),
+        MatMut::uninit(
+            &mut h.spare_capacity_mut()[..rows * hidden],
+            (rows, hidden),
+            hidden,
+        ),
         false,
         Mat::rows(&xn, (rows, c), c),
         Mat::rows(w_in, (hidden, c), c).t(),
         E::one(),
         par,
     );
+    // SAFETY: a product that does not accumulate writes every element of its destination
+    unsafe { h.set_len(rows * hidden) };
     FfChunk { xn, inv, h }
 }
 

@@ -261,38 +261,7 @@ fn bad_path_inputs_are_errors() {
 #[test]
 fn fused_path_attention_agrees_with_the_composite_at_wider_sizes() {
     for (n, short) in [(19, 11), (37, 30)] {
-        agrees_with_the_composite_at(n, short);
-    }
-}
-
-fn agrees_with_the_composite_at(n: usize, short: usize) {
-    let sizes = PathSizes {
-        b: 2,
-        n,
-        h: 2,
-        dh: 8,
-        e: 4,
-    };
-    let x = sizes.inputs();
-    for causal in [false, true] {
-        let m = GraphMask::from_lengths(n, &[n, short])
-            .unwrap()
-            .causal(causal);
-        for normalizer in normalizers() {
-            let s = spec(normalizer, &m);
-            let (fused, composite) = (sizes.run_f64(&x, &s, true), sizes.run_f64(&x, &s, false));
-            let what = format!("n {n}, causal {causal}, {normalizer:?}");
-            assert_close(
-                &format!("{what}: output"),
-                &fused.0,
-                &composite.0,
-                1e-12,
-                1e-10,
-            );
-            for (which, (a, c)) in fused.1.iter().zip(&composite.1).enumerate() {
-                assert_close(&format!("{what}: gradient {which}"), a, c, 1e-12, 1e-10);
-            }
-        }
+        fused_agrees_with_the_composite(n, short, false);
     }
 }
 
@@ -301,7 +270,12 @@ fn agrees_with_the_composite_at(n: usize, short: usize) {
 /// input's gradient, padded and causal, both normalizers.
 #[test]
 fn fused_path_attention_in_f32_agrees_with_the_composite_in_f64() {
-    let (n, short) = (37, 30);
+    fused_agrees_with_the_composite(37, 30, true);
+}
+
+/// The fused kernel (in f64, or in f32 when `in_f32`) against the composite form in f64 on two
+/// graphs of `n` and `short` nodes, padded and causal, both normalizers.
+fn fused_agrees_with_the_composite(n: usize, short: usize, in_f32: bool) {
     let sizes = PathSizes {
         b: 2,
         n,
@@ -310,19 +284,29 @@ fn fused_path_attention_in_f32_agrees_with_the_composite_in_f64() {
         e: 4,
     };
     let x = sizes.inputs();
+    let (atol, rtol) = if in_f32 { (1e-5, 1e-4) } else { (1e-12, 1e-10) };
     for causal in [false, true] {
         let m = GraphMask::from_lengths(n, &[n, short])
             .unwrap()
             .causal(causal);
         for normalizer in normalizers() {
-            let (fused, exact) = (
-                sizes.run_fused_f32(&x, &m, normalizer),
-                sizes.run_f64(&x, &spec(normalizer, &m), false),
+            let s = spec(normalizer, &m);
+            let fused = if in_f32 {
+                sizes.run_fused_f32(&x, &m, normalizer)
+            } else {
+                sizes.run_f64(&x, &s, true)
+            };
+            let composite = sizes.run_f64(&x, &s, false);
+            let what = format!("f32 {in_f32}, n {n}, causal {causal}, {normalizer:?}");
+            assert_close(
+                &format!("{what}: output"),
+                &fused.0,
+                &composite.0,
+                atol,
+                rtol,
             );
-            let what = format!("f32, n {n}, causal {causal}, {normalizer:?}");
-            assert_close(&format!("{what}: output"), &fused.0, &exact.0, 1e-5, 1e-4);
-            for (which, (a, c)) in fused.1.iter().zip(&exact.1).enumerate() {
-                assert_close(&format!("{what}: gradient {which}"), a, c, 1e-5, 1e-4);
+            for (which, (a, c)) in fused.1.iter().zip(&composite.1).enumerate() {
+                assert_close(&format!("{what}: gradient {which}"), a, c, atol, rtol);
             }
         }
     }

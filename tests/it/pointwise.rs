@@ -30,8 +30,9 @@ fn rms_run(fused: bool, kind: RmsKind, xv: &[f64], gv: &[f64], rows: usize) -> V
 
 #[test]
 fn fused_rms_norm_matches_composite() {
-    // 300 rows × 48 channels spans several rayon tasks; row 7 is all zeros
-    let (rows, c) = (300, 48);
+    // 300 rows × 45 channels spans several rayon tasks, and a row's sums five blocks of eight
+    // lanes and a tail of five; row 7 is all zeros
+    let (rows, c) = (300, 45);
     let mut xv = randn(1, rows * c);
     xv[7 * c..8 * c].iter_mut().for_each(|v| *v = 0.0);
     let gv: Vec<f64> = randn(2, c).iter().map(|v| 1.0 + 0.3 * v).collect();
@@ -188,8 +189,9 @@ fn ln_run(fused: bool, vals: &[Vec<f64>], rows: usize) -> Vec<Vec<f64>> {
 
 #[test]
 fn fused_layer_norm_matches_composite_and_finite_differences() {
-    // 300 rows × 48 channels spans several rayon tasks; row 7 is constant (zero variance)
-    let (rows, c) = (300, 48);
+    // 300 rows × 45 channels spans several rayon tasks, and a row's sums five blocks of eight
+    // lanes and a tail of five; row 7 is constant (zero variance)
+    let (rows, c) = (300, 45);
     let mut x = randn(131, rows * c);
     x[7 * c..8 * c].iter_mut().for_each(|v| *v = 0.25);
     let vals = vec![
@@ -213,6 +215,23 @@ fn fused_layer_norm_matches_composite_and_finite_differences() {
             14,
         )
     });
+}
+
+/// A norm's parameters of another width than the rows are an error naming them, not a panic
+/// or a short write.
+#[test]
+fn fused_norms_refuse_parameters_of_another_width() {
+    let d = dev();
+    let x = d.tensor_from_vec(randn(151, 4 * 6), (4usize, 6usize));
+    let short = |n: usize| d.tensor_from_vec(vec![1.0; n], (n,)).retaped::<Tp>();
+    let err = Backend::rms_norm_fused(x.leaky_trace(), short(5), RmsKind::Unit)
+        .err()
+        .expect("a gamma of 5 for rows of 6");
+    assert!(err.to_string().contains("rms norm"), "{err}");
+    let err = Backend::layer_norm_fused(x.leaky_trace(), short(6), short(7), 1e-5)
+        .err()
+        .expect("a bias of 7 for rows of 6");
+    assert!(err.to_string().contains("layer norm"), "{err}");
 }
 
 /// `softplus` against `log(1 + exp(x))` and its gradient against `sigmoid(x)`, in f64 and f32,

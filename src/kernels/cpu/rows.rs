@@ -217,6 +217,13 @@ where
 {
     let shape = *x.shape();
     let c = shape.1;
+    if gamma.shape().0 != c {
+        return Err(crate::error::Error::shape(
+            "rms norm",
+            format!("gamma [{c}]"),
+            format!("[{}]", gamma.shape().0),
+        ));
+    }
     let dev = x.device().clone();
     let mut taped = Taped::new();
     let (x, gamma) = (taped.input(x), taped.input(gamma));

@@ -109,6 +109,12 @@ pub fn copied<E: Real>(src: &[E]) -> Vec<E> {
     v
 }
 
+/// `Σ` of eight partial sums in a fixed order (the same bits on every run).
+#[inline(always)]
+pub(super) fn lanes_sum<E: Real>(a: &[E; 8]) -> E {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
 /// Dot product with eight independent partial sums: a strict left-to-right sum cannot be
 /// vectorized, eight lanes can.
 #[inline]

@@ -21,7 +21,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, copied, zeros, CpuBuffer, Host};
+use super::fused::{accumulate, copied, lanes_sum, zeros, CpuBuffer, Host};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
@@ -775,12 +775,6 @@ impl<E: Real> BackwardScratch<E> {
 
 /// Lanes of the partial sums in [`dot`] and [`value_grads`].
 const LANES: usize = 8;
-
-/// `Σ` of eight partial sums in a fixed order.
-#[inline(always)]
-fn lanes_sum<E: Real>(a: &[E; LANES]) -> E {
-    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
-}
 
 /// One channel t of the values' gradients for `M` query rows, in one pass over j: with
 /// `x_m = go_m[j] · v[j]`, `dp_m[j] += c_m · x_m` and `dv2[j] += Σ_m c_m · p_m[j] · go_m[j]`

@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, zeros, CpuBuffer, Host};
+use super::fused::{accumulate, lanes_sum, zeros, CpuBuffer, Host};
 use super::gemm::{mm_with, Mat, MatMut};
 use super::taped::Taped;
 use crate::error::Result;
@@ -98,9 +98,7 @@ fn sum8<E: Real, const N: usize>(rows: [&[E]; N], term: impl Fn([E; N]) -> E) ->
     let tail = (whole..len).fold(E::zero(), |a, k| {
         a + term(std::array::from_fn(|i| rows[i][k]))
     });
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail
+    lanes_sum(&lanes) + tail
 }
 
 /// One row of the RMSNorm backward: `dx += inv · gγ − x · (inv³/c) · Σ(gγx)` (the second

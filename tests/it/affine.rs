@@ -147,6 +147,45 @@ fn fused_add_gradients_match_finite_differences_and_reject_bad_shapes() {
     }
 }
 
+/// `x` feeds three ops: `z = (x·wᵀ + x) + x`, the adds repeated over one row. Values and the
+/// gradients of `x` and `w`.
+fn shared_input_run(fused: bool, xv: &[f64], wv: &[f64], rows: usize, c: usize) -> Vec<Vec<f64>> {
+    let d = dev();
+    let x = d.tensor_from_vec(xv.to_vec(), (rows, c));
+    let w = d.tensor_from_vec(wv.to_vec(), (c, c));
+    let wt = w.clone().retaped::<Tp>();
+    let z = if fused {
+        let y = Backend::linear_fused(x.leaky_trace(), wt, None).unwrap();
+        let y = Backend::add_repeated_fused(y, x.leaky_trace()).unwrap();
+        Backend::add_repeated_fused(y, x.leaky_trace()).unwrap()
+    } else {
+        let y = linear_composite(x.leaky_trace(), wt, None).unwrap();
+        let y = add_repeated_composite(y, x.leaky_trace()).unwrap();
+        add_repeated_composite(y, x.leaky_trace()).unwrap()
+    };
+    let values = z.as_vec();
+    let mut g = probe_loss(z, 91).backward();
+    vec![values, grad_of(&mut g, &x), grad_of(&mut g, &w)]
+}
+
+#[test]
+fn fused_ops_add_into_a_gradient_their_input_already_has() {
+    // the fused ops hand dfdx a gradient they computed whole when the input has none yet, and
+    // add into the one it has otherwise: here the last add meets x without a gradient, the
+    // first add and the linear layer find one; sizes on both sides of the parallel add's
+    // split (2 × 16 384 elements)
+    for (rows, c) in [(5, 3), (3000, 16)] {
+        let (xv, wv) = (randn(93, rows * c), randn(94, c * c));
+        let (a, b) = (
+            shared_input_run(true, &xv, &wv, rows, c),
+            shared_input_run(false, &xv, &wv, rows, c),
+        );
+        for (what, (x, y)) in ["values", "dx", "dw"].iter().zip(a.iter().zip(&b)) {
+            assert_close(&format!("x shared, {rows}×{c}: {what}"), x, y, 1e-10, 1e-9);
+        }
+    }
+}
+
 /// Values and both gradients of the outer sum of `[b, n, c]` sources and targets in one form.
 fn outer_run(
     fused: bool,

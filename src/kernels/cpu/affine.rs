@@ -8,8 +8,9 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, host_copy, CpuBuffer, Host};
+use super::fused::{accumulate, host_copy, sum_parts, CpuBuffer, Host};
 use super::gemm::{mm_with, Mat, MatMut};
+use super::grads::{add_borrowed, add_owned, gradient_mut};
 use super::taped::Taped;
 use crate::error::{Error, Result};
 use crate::spec::{check_outer_sum, repeats};
@@ -91,9 +92,8 @@ pub(super) fn rows_times_weights_backward<E: Real>(
 ) -> (Vec<E>, Vec<E>) {
     let out = w.len() / c.max(1);
     let rows = x.len() / c.max(1);
-    let (mut dw, mut db) = (vec![E::zero(); out * c], vec![E::zero(); out]);
     if c == 0 || out == 0 || rows == 0 {
-        return (dw, db);
+        return (vec![E::zero(); out * c], vec![E::zero(); out]);
     }
     let (chunk, par) = linear_split(rows);
     let chunk_grads = |dx: Option<&mut [E]>, x: &[E], g: &[E]| {
@@ -130,11 +130,8 @@ pub(super) fn rows_times_weights_backward<E: Real>(
             .map(|(x, g)| chunk_grads(None, x, g))
             .collect(),
     };
-    for (pw, pb) in &partials {
-        accumulate(&mut dw, pw);
-        accumulate(&mut db, pb);
-    }
-    (dw, db)
+    let (pw, pb): (Vec<&[E]>, Vec<&[E]>) = partials.iter().map(|(w, b)| (&w[..], &b[..])).unzip();
+    (sum_parts(&pw, out * c), sum_parts(&pb, out))
 }
 
 /// `y = x · wᵀ + b` over `x [rows, in]`, `w [out, in]`, `b [out]`.
@@ -171,11 +168,11 @@ where
         if c_in == 0 || c_out == 0 {
             return Ok(());
         }
-        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let dx = gradient_mut(grads, &x_g)?;
         let (dw, db) = rows_times_weights_backward(Some(dx), &g, &xs, &ws, c_in);
-        accumulate(grads.get_or_alloc_mut(&w_g)?, &dw);
+        add_owned(grads, &w_g, dw)?;
         if let Some(b_g) = &b_g {
-            accumulate(grads.get_or_alloc_mut(b_g)?, &db);
+            add_owned(grads, b_g, db)?;
         }
         Ok(())
     })
@@ -213,11 +210,12 @@ where
     }
     let (x_g, y_g) = (x.ghost(), y.ghost());
     taped.output(&dev, out, shape, move |g, grads| {
-        let dx = grads.get_or_alloc_mut(&x_g)?;
-        dx.par_chunks_mut(ADD_CHUNK)
-            .zip(g.par_chunks(ADD_CHUNK))
-            .for_each(|(d, g)| accumulate(d, g));
-        let dy = grads.get_or_alloc_mut(&y_g)?;
+        add_borrowed(grads, &x_g, g)?;
+        if per == g.len() {
+            // one repeat: y's gradient is g too
+            return add_borrowed(grads, &y_g, g);
+        }
+        let dy = gradient_mut(grads, &y_g)?;
         if per >= ADD_CHUNK {
             // chunks of y, each summed over the repeats
             dy.par_chunks_mut(ADD_CHUNK).enumerate().for_each(|(i, d)| {
@@ -272,7 +270,7 @@ where
         if row == 0 {
             return Ok(());
         }
-        let ds = grads.get_or_alloc_mut(&src_g)?;
+        let ds = gradient_mut(grads, &src_g)?;
         // per graph, per block of its edge rows: their source gradients in place, a
         // partial target sum
         let block = OUTER_ROWS * c;
@@ -294,7 +292,7 @@ where
                     .collect()
             })
             .collect();
-        let dt = grads.get_or_alloc_mut(&tgt_g)?;
+        let dt = gradient_mut(grads, &tgt_g)?;
         for (graph, blocks) in parts.iter().enumerate() {
             let dt = &mut dt[graph * row..][..row];
             blocks.iter().for_each(|part| accumulate(dt, part));

@@ -8,6 +8,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::fused::{zeros, CpuBuffer, Host};
+use super::grads::gradient_mut;
 use super::taped::Taped;
 use crate::error::Result;
 use crate::spec::axis::{check, AxisOp, Visible};
@@ -79,7 +80,7 @@ where
                 Vec::new()
             };
             taped.output(&dev, probs, (outer * block,), move |g, grads| {
-                let dx = grads.get_or_alloc_mut(&x_g)?;
+                let dx = gradient_mut(grads, &x_g)?;
                 dx.par_chunks_mut(block.max(1))
                     .zip(
                         kept.par_chunks(block.max(1))
@@ -93,7 +94,7 @@ where
             })
         }
         AxisOp::LogSumExp => taped.output(&dev, lse, (outer * inner,), move |g, grads| {
-            let dx = grads.get_or_alloc_mut(&x_g)?;
+            let dx = gradient_mut(grads, &x_g)?;
             dx.par_chunks_mut(block.max(1))
                 .zip(
                     probs

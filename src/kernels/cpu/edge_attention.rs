@@ -13,7 +13,8 @@ use rayon::prelude::*;
 
 use super::affine::{rows_times_weights, rows_times_weights_backward};
 use super::flash::{bias_share, edge_layout, Problem, Sizes};
-use super::fused::{accumulate, copied, zeros, CpuBuffer, Host};
+use super::fused::{copied, zeros, CpuBuffer, Host};
+use super::grads::{add_owned, gradient_mut};
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::{Error, Result};
@@ -58,14 +59,6 @@ fn transpose_edges<E: Real>(src: &[E], n: usize, c: usize) -> Vec<E> {
     // Safety: the rows × n × c = len entries were all written above.
     unsafe { dst.set_len(src.len()) };
     dst
-}
-
-/// `dst += transpose_edges(src)`.
-fn add_transposed<E: Real>(dst: &mut [E], src: &[E], n: usize, c: usize) {
-    let t = transpose_edges(src, n, c);
-    dst.par_chunks_mut(1 << 16)
-        .zip(t.par_chunks(1 << 16))
-        .for_each(|(d, t)| accumulate(d, t));
 }
 
 fn sigmoid<E: Real>(x: E) -> E {
@@ -262,32 +255,31 @@ where
                         }
                     }
                 });
-            let dst = grads.get_or_alloc_mut(gg)?;
-            if transposed {
-                add_transposed(dst, &dlogit, n, heads);
+            let dlogit = if transposed {
+                transpose_edges(&dlogit, n, heads)
             } else {
-                accumulate(dst, &dlogit);
-            }
+                dlogit
+            };
+            add_owned(grads, gg, dlogit)?;
         }
         let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
-        {
-            let dx = grads.get_or_alloc_mut(&x_g)?;
-            let mut crossed = transposed.then(|| zeros(rows * c));
-            let target = crossed.as_deref_mut().unwrap_or(dx);
-            let mut dws = Vec::with_capacity(3);
-            for (d, w) in [(&dq, &wq_h), (&dk, &wk_h), (&dv, &wv_h)] {
-                dws.push(rows_times_weights_backward(Some(&mut *target), d, &xs, w, c).0);
-            }
-            if let Some(t) = &crossed {
-                add_transposed(dx, t, n, c);
-            }
-            for (w_g, dw) in [&wq_g, &wk_g, &wv_g].into_iter().zip(&dws) {
-                accumulate(grads.get_or_alloc_mut(w_g)?, dw);
-            }
+        // the projections' input gradients: columns sum in the transposed layout, then cross
+        // back as a buffer of their own
+        let mut crossed = transposed.then(|| zeros(rows * c));
+        let target = match crossed.as_deref_mut() {
+            Some(t) => t,
+            None => gradient_mut(grads, &x_g)?,
+        };
+        let dws = [(&dq, &wq_h), (&dk, &wk_h), (&dv, &wv_h)]
+            .map(|(d, w)| rows_times_weights_backward(Some(&mut *target), d, &xs, w, c).0);
+        if let Some(t) = crossed {
+            add_owned(grads, &x_g, transpose_edges(&t, n, c))?;
         }
-        if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
-            let dst = grads.get_or_alloc_mut(bg)?;
-            accumulate(dst, db);
+        for (w_g, dw) in [&wq_g, &wk_g, &wv_g].into_iter().zip(dws) {
+            add_owned(grads, w_g, dw)?;
+        }
+        if let (Some(bg), Some(db)) = (&bias_g, dbias) {
+            add_owned(grads, bg, db)?;
         }
         Ok(())
     })

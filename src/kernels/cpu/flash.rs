@@ -16,8 +16,9 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, copied, zeros, CpuBuffer, Host};
+use super::fused::{copied, zeros, CpuBuffer, Host};
 use super::gemm::{mm, Mat, MatMut};
+use super::grads::add_owned;
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::{Error, Result};
@@ -940,11 +941,11 @@ where
     let bias_g = bias.as_ref().map(|t| t.ghost());
     taped.output(&dev, out, out_shape, move |g, grads| {
         let (dq, dk, dv, dbias) = problem.backward(&fwd, &g);
-        accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
-        accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
-        accumulate(grads.get_or_alloc_mut(&v_g)?, &dv);
-        if let (Some(bg), Some(db)) = (&bias_g, &dbias) {
-            accumulate(grads.get_or_alloc_mut(bg)?, db);
+        add_owned(grads, &q_g, dq)?;
+        add_owned(grads, &k_g, dk)?;
+        add_owned(grads, &v_g, dv)?;
+        if let (Some(bg), Some(db)) = (&bias_g, dbias) {
+            add_owned(grads, bg, db)?;
         }
         Ok(())
     })

@@ -11,6 +11,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use super::grads::add_owned;
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
@@ -408,6 +409,22 @@ pub fn add_copies<E: Real>(dst: &mut [E], copies: &[Vec<E>]) {
     });
 }
 
+/// `Σ parts`, each of `len` elements, added in the parts' order (the same bits whatever the
+/// number of threads), split over every thread by ranges of the sum: the per-chunk partial
+/// weight gradients of a backward, summed on one thread, left the other threads idle.
+pub fn sum_parts<E: Real>(parts: &[&[E]], len: usize) -> Vec<E> {
+    // about this many additions per task
+    const WORK: usize = 1 << 15;
+    let span = (WORK / parts.len().max(1)).clamp(64, len.max(64));
+    let mut sum = zeros(len);
+    sum.par_chunks_mut(span).enumerate().for_each(|(i, dst)| {
+        for part in parts {
+            accumulate(dst, &part[i * span..][..dst.len()]);
+        }
+    });
+    sum
+}
+
 /// The fused CPU form of [`super::weights::weights_composite`].
 pub fn weights_fused<E: Real, T: Tape<E, Cpu>>(
     q: T4<E, Cpu, T>,
@@ -455,13 +472,13 @@ where
     let talking_g = talking.as_ref().map(|t| t.ghost());
     taped.output(&dev, out, shape, move |g, grads| {
         let (dq, dk, dbias, dw) = problem.backward(&g);
-        accumulate(grads.get_or_alloc_mut(&q_g)?, &dq);
-        accumulate(grads.get_or_alloc_mut(&k_g)?, &dk);
+        add_owned(grads, &q_g, dq)?;
+        add_owned(grads, &k_g, dk)?;
         if let Some(bg) = &bias_g {
-            accumulate(grads.get_or_alloc_mut(bg)?, &dbias);
+            add_owned(grads, bg, dbias)?;
         }
         if let Some(wg) = &talking_g {
-            accumulate(grads.get_or_alloc_mut(wg)?, &dw);
+            add_owned(grads, wg, dw)?;
         }
         Ok(())
     })
@@ -484,7 +501,7 @@ where
     taped.output(&dev, data, shape, move |g, grads| {
         let mut g = g.to_vec();
         prefix_scan(&mut g, n, w, true);
-        accumulate(grads.get_or_alloc_mut(&x_g)?, &g);
+        add_owned(grads, &x_g, g)?;
         Ok(())
     })
 }

@@ -14,6 +14,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::fused::{add_copies, CpuBuffer, Host, MAX_PARTS};
+use super::grads::gradient_mut;
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::{Error, Result};
@@ -73,7 +74,7 @@ where
     drop(src);
     let (x_g, table) = (x.ghost(), table.clone());
     taped.output(&dev, out, (len,), move |g, grads| {
-        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let dx = gradient_mut(grads, &x_g)?;
         if let Some(plane) = &plane {
             let dx = Shared::new(dx);
             (0..plane.tasks()).into_par_iter().for_each(|t| {

@@ -206,6 +206,23 @@ pub(super) fn mm_with<E: Real>(
     }
 }
 
+/// `beta · lhs · rhs` into a new buffer of rows, written without being cleared first.
+pub(super) fn mm_new<E: Real>(
+    lhs: Mat<E>,
+    rhs: Mat<E>,
+    beta: E,
+    parallelism: gemm::Parallelism,
+) -> Vec<E> {
+    let (m, n) = (lhs.dims.0, rhs.dims.1);
+    let mut out = Vec::with_capacity(m * n);
+    let dst = MatMut::uninit(&mut out.spare_capacity_mut()[..m * n], (m, n), n);
+    mm_with(dst, false, lhs, rhs, beta, parallelism);
+    // SAFETY: a product that does not accumulate writes every element of its destination
+    // (zeros when the inner dimension is empty); with no rows or columns there are none
+    unsafe { out.set_len(m * n) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,8 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, copied, lanes_sum, zeros, CpuBuffer, Host};
+use super::fused::{copied, lanes_sum, zeros, CpuBuffer, Host};
+use super::grads::add_owned;
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
@@ -965,7 +966,7 @@ where
     taped.output(&dev, out, (b, n, n, he), move |g, grads| {
         let parts = problem.backward(&g, &fwd);
         for (ghost, part) in ghosts.iter().zip(parts) {
-            accumulate(grads.get_or_alloc_mut(ghost)?, &part);
+            add_owned(grads, ghost, part)?;
         }
         Ok(())
     })

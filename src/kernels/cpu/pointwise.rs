@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::fused::{add_copies, CpuBuffer, Host, MAX_PARTS};
 use super::gather::{add_gathered, read_gathered};
+use super::grads::gradient_mut;
 use super::shared::Shared;
 use super::taped::Taped;
 use crate::error::Result;
@@ -123,7 +124,7 @@ where
         // every input's gradient is taken out of `grads` for the pass and put back after
         let mut sums = Vec::with_capacity(ghosts.len());
         for ghost in &ghosts {
-            sums.push(std::mem::take(&mut **grads.get_or_alloc_mut(ghost)?));
+            sums.push(std::mem::take(&mut **gradient_mut(grads, ghost)?));
         }
         // one tensor passed twice would leave an empty buffer at its second place
         let distinct = sums.iter().zip(&data).all(|(s, d)| s.len() == d.len());

@@ -8,8 +8,9 @@ use std::mem::MaybeUninit;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::fused::{accumulate, lanes_sum, zeros, CpuBuffer, Host};
-use super::gemm::{mm_with, Mat, MatMut};
+use super::fused::{accumulate, lanes_sum, sum_parts, zeros, CpuBuffer, Host};
+use super::gemm::{mm_new, mm_with, Mat, MatMut};
+use super::grads::{add_owned, gradient_mut};
 use super::taped::Taped;
 use crate::error::Result;
 use crate::spec::{FeedForwardParams, RmsKind};
@@ -40,7 +41,7 @@ where
         });
     let x_g = x.ghost();
     taped.output(&dev, out, shape, move |g, grads| {
-        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let dx = gradient_mut(grads, &x_g)?;
         dx.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(dx, (x, g))| {
@@ -237,12 +238,13 @@ where
         if c == 0 {
             return Ok(());
         }
-        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let dx = gradient_mut(grads, &x_g)?;
         let sums = backward_rows(dx, &xs, &g, c, 1, |dx, dgamma, x, g| {
             let factor = norm_factor(kind, sum_sq(x), c);
             rms_backward_row(dx, &mut dgamma[0], x, g, &gs, factor);
         });
-        accumulate(grads.get_or_alloc_mut(&gamma_g)?, &sums[0]);
+        let [dgamma] = <[Vec<E>; 1]>::try_from(sums).expect("one parameter gradient");
+        add_owned(grads, &gamma_g, dgamma)?;
         Ok(())
     })
 }
@@ -295,7 +297,7 @@ where
         if c == 0 {
             return Ok(());
         }
-        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let dx = gradient_mut(grads, &x_g)?;
         let cf = E::of(c as f64);
         // parameter gradients: [dw, db]
         let sums = backward_rows(dx, &xs, &g, c, 2, |dx, dp, x, g| {
@@ -316,8 +318,9 @@ where
                 *d = *d + inv * (g * w - mean_h - (x - mean) * inv * mean_hx);
             }
         });
-        accumulate(grads.get_or_alloc_mut(&w_g)?, &sums[0]);
-        accumulate(grads.get_or_alloc_mut(&b_g)?, &sums[1]);
+        let [dw, db] = <[Vec<E>; 2]>::try_from(sums).expect("two parameter gradients");
+        add_owned(grads, &w_g, dw)?;
+        add_owned(grads, &b_g, db)?;
         Ok(())
     })
 }
@@ -379,21 +382,12 @@ fn ff_chunk<E: Real>(
             *o = x * f * g;
         }
     }
-    let mut h = Vec::with_capacity(rows * hidden);
-    mm_with(
-        MatMut::uninit(
-            &mut h.spare_capacity_mut()[..rows * hidden],
-            (rows, hidden),
-            hidden,
-        ),
-        false,
+    let h = mm_new(
         Mat::rows(&xn, (rows, c), c),
         Mat::rows(w_in, (hidden, c), c).t(),
         E::one(),
         par,
     );
-    // SAFETY: a product that does not accumulate writes every element of its destination
-    unsafe { h.set_len(rows * hidden) };
     FfChunk { xn, inv, h }
 }
 
@@ -481,7 +475,7 @@ where
         if c == 0 || hidden == 0 {
             return Ok(());
         }
-        let dx = grads.get_or_alloc_mut(&x_g)?;
+        let dx = gradient_mut(grads, &x_g)?;
         // per chunk: its input gradient in place, and partial dγ, dW_in, dW_out
         let partials: Vec<(Vec<E>, Vec<E>, Vec<E>)> = dx
             .par_chunks_mut(chunk)
@@ -490,57 +484,22 @@ where
             .zip(kept.par_iter())
             .map(|(((dx, x), dy), FfKept { xn, inv, a, slope })| {
                 let r = x.len() / c;
-                let n = a.len();
-                let (mut da, mut dwo, mut dwi, mut dxn) = (
-                    vec![E::zero(); n],
-                    vec![E::zero(); c * hidden],
-                    vec![E::zero(); hidden * c],
-                    vec![E::zero(); r * c],
-                );
                 let dy = Mat::rows(dy, (r, c), c);
                 // da = dy · W_out
                 let wo = Mat::rows(&wo, (c, hidden), hidden);
-                mm_with(
-                    MatMut::rows(&mut da, (r, hidden), hidden),
-                    false,
-                    dy,
-                    wo,
-                    E::one(),
-                    par,
-                );
+                let mut da = mm_new(dy, wo, E::one(), par);
                 // dW_out = dyᵀ · a
                 let a = Mat::rows(a, (r, hidden), hidden);
-                mm_with(
-                    MatMut::rows(&mut dwo, (c, hidden), hidden),
-                    false,
-                    dy.t(),
-                    a,
-                    E::one(),
-                    par,
-                );
+                let dwo = mm_new(dy.t(), a, E::one(), par);
                 // dh = da · GELU'(h), over da
                 da.iter_mut().zip(slope).for_each(|(d, &s)| *d = *d * s);
                 let dh = Mat::rows(&da, (r, hidden), hidden);
                 // dW_in = dhᵀ · xn
                 let xn = Mat::rows(xn, (r, c), c);
-                mm_with(
-                    MatMut::rows(&mut dwi, (hidden, c), c),
-                    false,
-                    dh.t(),
-                    xn,
-                    E::one(),
-                    par,
-                );
+                let dwi = mm_new(dh.t(), xn, E::one(), par);
                 // dxn = dh · W_in
                 let wi = Mat::rows(&wi, (hidden, c), c);
-                mm_with(
-                    MatMut::rows(&mut dxn, (r, c), c),
-                    false,
-                    dh,
-                    wi,
-                    E::one(),
-                    par,
-                );
+                let dxn = mm_new(dh, wi, E::one(), par);
                 // the norm's backward
                 let mut dgamma = vec![E::zero(); c];
                 let rowwise = dx
@@ -553,19 +512,12 @@ where
                 (dgamma, dwi, dwo)
             })
             .collect();
-        let mut sums = (
-            vec![E::zero(); c],
-            vec![E::zero(); hidden * c],
-            vec![E::zero(); c * hidden],
-        );
-        for (dg, dwi, dwo) in partials {
-            accumulate(&mut sums.0, &dg);
-            accumulate(&mut sums.1, &dwi);
-            accumulate(&mut sums.2, &dwo);
-        }
-        accumulate(grads.get_or_alloc_mut(&gamma_g)?, &sums.0);
-        accumulate(grads.get_or_alloc_mut(&wi_g)?, &sums.1);
-        accumulate(grads.get_or_alloc_mut(&wo_g)?, &sums.2);
+        let dg: Vec<&[E]> = partials.iter().map(|p| &p.0[..]).collect();
+        let dwi: Vec<&[E]> = partials.iter().map(|p| &p.1[..]).collect();
+        let dwo: Vec<&[E]> = partials.iter().map(|p| &p.2[..]).collect();
+        add_owned(grads, &gamma_g, sum_parts(&dg, c))?;
+        add_owned(grads, &wi_g, sum_parts(&dwi, hidden * c))?;
+        add_owned(grads, &wo_g, sum_parts(&dwo, c * hidden))?;
         Ok(())
     })
 }

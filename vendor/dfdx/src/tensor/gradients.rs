@@ -60,6 +60,21 @@ impl<E, D: Storage<E>> Gradients<E, D> {
         Ok(())
     }
 
+    /// The gradient of `t` if it has one; allocates nothing. (Added for quartic-transformer:
+    /// a kernel that computes a whole gradient can then write it in place of a zeroed buffer.)
+    pub fn get_mut_if_present<S: Shape>(
+        &mut self,
+        t: &impl Tensorlike<S, E, D>,
+    ) -> Option<&mut D::Vec> {
+        self.gradient_by_id.get_mut(&t.id())
+    }
+
+    /// Makes `buffer` the gradient of `t`, replacing any it had. The caller makes sure that
+    /// `buffer` holds as many elements as `t`. (Added for quartic-transformer.)
+    pub fn insert<S: Shape>(&mut self, t: &impl Tensorlike<S, E, D>, buffer: D::Vec) {
+        self.gradient_by_id.insert(t.id(), buffer);
+    }
+
     /// Drops all gradients except for the ids specified in the parameter.
     pub fn retain_leafs(&mut self, ids: &[UniqueId]) {
         self.leaf_ids

@@ -155,9 +155,9 @@ mod unique_id;
 pub(crate) mod storage_traits;
 mod tensor_impls;
 
-pub(crate) use ghost::GhostTensor;
+pub use ghost::GhostTensor;
 pub(crate) use storage_traits::{OneFillStorage, ZeroFillStorage};
-pub(crate) use tensorlike::Tensorlike;
+pub use tensorlike::Tensorlike;
 
 pub use cpu::{Cpu, CpuError};
 #[cfg(not(feature = "cuda"))]

@@ -77,6 +77,17 @@ pub struct AdamState {
     pub v: HashMap<String, Vec<f32>>,
 }
 
+/// One parameter's update: its summed gradient and values on the host, its moments (taken
+/// out of the state's maps while it runs) and its weight decay.
+struct UpdateJob<E> {
+    name: String,
+    decay: f64,
+    g: Vec<E>,
+    w: Vec<E>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
 /// What one update did.
 pub struct UpdateReport {
     /// The global gradient norm before clipping.
@@ -107,32 +118,71 @@ impl AdamState {
         max_norm: Option<f64>,
     ) -> Result<UpdateReport> {
         crate::threads::keep_warm();
-        // gradients to the host (`copy_into`: one memcpy on the CPU); the norm is summed in
-        // fixed chunks, in order, so it does not depend on the number of threads
-        let mut host: Vec<(String, Vec<E>)> = Vec::new();
-        let mut sq = 0.0f64;
+        // gradients and values to the host (`copy_into`: one memcpy on the CPU), with each
+        // parameter's moments taken out of the maps for the update
+        let mut jobs: Vec<UpdateJob<E>> = Vec::new();
         let mut part = Vec::new();
         for p in model.params() {
-            let mut g = vec![E::zero(); p.len()];
+            let len = p.len();
+            let mut g = vec![E::zero(); len];
             for (k, grads) in parts.iter_mut().enumerate() {
                 grads.get_or_alloc_mut(&p.value).map_err(device_err)?;
                 if k == 0 {
                     host::copy_into(&grads.get(&p.value), &mut g);
                 } else {
-                    part.resize(p.len(), E::zero());
+                    part.resize(len, E::zero());
                     host::copy_into(&grads.get(&p.value), &mut part);
                     g.iter_mut().zip(&part).for_each(|(g, &x)| *g += x);
                 }
             }
-            let partial: Vec<f64> = g
-                .par_chunks(CHUNK)
-                .map(|c| c.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>())
-                .collect();
-            sq += partial.into_iter().sum::<f64>();
-            host.push((p.name.clone(), g));
+            let m = self.m.remove(&p.name).unwrap_or_else(|| vec![0.0; len]);
+            let v = self.v.remove(&p.name).unwrap_or_else(|| vec![0.0; len]);
+            let mut w = vec![E::zero(); len];
+            host::copy_into(&p.value, &mut w);
+            jobs.push(UpdateJob {
+                name: p.name.clone(),
+                decay: cfg.decay_of(&p.dims),
+                g,
+                w,
+                m,
+                v,
+            });
         }
-        let grad_norm = sq.sqrt();
+        // every parameter's moments go back into the maps, whatever happens below
+        let restore = |state: &mut Self, jobs: &mut Vec<UpdateJob<E>>| {
+            for j in jobs.iter_mut() {
+                state.m.insert(j.name.clone(), std::mem::take(&mut j.m));
+                state.v.insert(j.name.clone(), std::mem::take(&mut j.v));
+            }
+        };
+        if let Some(j) = jobs
+            .iter()
+            .find(|j| j.m.len() != j.g.len() || j.v.len() != j.g.len())
+        {
+            let err = Error::shape(
+                format!("optimizer state of `{}`", j.name),
+                j.g.len(),
+                j.m.len().min(j.v.len()),
+            );
+            restore(self, &mut jobs);
+            return Err(err);
+        }
+        // the norm in fixed chunks per parameter, added in order: the same on any number of
+        // threads; the parameters in parallel (a small model's are each one chunk, which
+        // left every other thread idle)
+        let norms: Vec<f64> = jobs
+            .par_iter()
+            .map(|j| {
+                let partial: Vec<f64> =
+                    j.g.par_chunks(CHUNK)
+                        .map(|c| c.iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>())
+                        .collect();
+                partial.into_iter().sum::<f64>()
+            })
+            .collect();
+        let grad_norm = norms.into_iter().sum::<f64>().sqrt();
         if !grad_norm.is_finite() {
+            restore(self, &mut jobs);
             return Err(Error::NotFinite(format!(
                 "the gradient norm is {grad_norm}"
             )));
@@ -145,36 +195,11 @@ impl AdamState {
         let t = self.step as i32;
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        let mut grads_by_name: HashMap<String, Vec<E>> = host.into_iter().collect();
-        let mut failure = None;
-        model.visit_params_mut(&mut |p| {
-            if failure.is_some() {
-                return;
-            }
-            let g = grads_by_name.remove(&p.name).unwrap_or_default();
-            let len = p.len();
-            let m = self
-                .m
-                .entry(p.name.clone())
-                .or_insert_with(|| vec![0.0; len]);
-            let v = self
-                .v
-                .entry(p.name.clone())
-                .or_insert_with(|| vec![0.0; len]);
-            if m.len() != len || v.len() != len || g.len() != len {
-                failure = Some(Error::shape(
-                    format!("optimizer state of `{}`", p.name),
-                    len,
-                    m.len(),
-                ));
-                return;
-            }
-            let decay = cfg.decay_of(&p.dims);
-            let mut w = vec![E::zero(); len];
-            host::copy_into(&p.value, &mut w);
-            w.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
-                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        jobs.par_iter_mut().for_each(|j| {
+            let decay = j.decay;
+            j.w.par_chunks_mut(CHUNK)
+                .zip(j.g.par_chunks(CHUNK))
+                .zip(j.m.par_chunks_mut(CHUNK).zip(j.v.par_chunks_mut(CHUNK)))
                 .for_each(|((w, g), (m, v))| {
                     for i in 0..w.len() {
                         let gi = g[i].as_f64() * clip;
@@ -188,7 +213,19 @@ impl AdamState {
                         w[i] = E::of(wi - lr * (mh / (vh.sqrt() + cfg.eps) + decay * wi));
                     }
                 });
-            p.value.copy_from(&w);
+        });
+        restore(self, &mut jobs);
+        let mut updated: HashMap<String, Vec<E>> =
+            jobs.into_iter().map(|j| (j.name, j.w)).collect();
+        let mut failure = None;
+        model.visit_params_mut(&mut |p| {
+            if failure.is_some() {
+                return;
+            }
+            match updated.remove(&p.name) {
+                Some(w) if w.len() == p.len() => p.value.copy_from(&w),
+                _ => failure = Some(Error::shape(format!("update of `{}`", p.name), p.len(), 0)),
+            }
         });
         match failure {
             Some(e) => Err(e),

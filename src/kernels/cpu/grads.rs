@@ -9,6 +9,8 @@
 //! no pass), and is added in parallel when it has one; a buffer the op writes in place is
 //! zeroed by every thread.
 
+use std::borrow::Cow;
+
 use dfdx::prelude::*;
 use dfdx::tensor::{GhostTensor, Tensorlike};
 use rayon::prelude::*;
@@ -63,12 +65,7 @@ where
     Cpu: Device<E>,
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
-    check_len(t, g.len());
-    match grads.get_mut_if_present(t) {
-        Some(d) => add_into(d, &g),
-        None => grads.insert(t, buffer(t.dev(), g)?),
-    }
-    Ok(())
+    add(grads, t, Cow::Owned(g))
 }
 
 /// `t`'s gradient `+= g`: a copy of `g` (by every thread) when `t` has none yet.
@@ -81,10 +78,28 @@ where
     Cpu: Device<E>,
     CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
 {
+    add(grads, t, Cow::Borrowed(g))
+}
+
+fn add<S: Shape, E: Real>(
+    grads: &mut Gradients<E, Cpu>,
+    t: &GhostTensor<S, E, Cpu>,
+    g: Cow<'_, [E]>,
+) -> Result<(), CpuError>
+where
+    Cpu: Device<E>,
+    CpuBuffer<E>: std::ops::DerefMut<Target = Vec<E>>,
+{
     check_len(t, g.len());
     match grads.get_mut_if_present(t) {
-        Some(d) => add_into(d, g),
-        None => grads.insert(t, buffer(t.dev(), copied(g))?),
+        Some(d) => add_into(d, &g),
+        None => {
+            let g = match g {
+                Cow::Owned(g) => g,
+                Cow::Borrowed(g) => copied(g),
+            };
+            grads.insert(t, buffer(t.dev(), g)?);
+        }
     }
     Ok(())
 }

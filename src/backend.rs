@@ -13,7 +13,7 @@ use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::cpu::{
-    affine, axis, edge_attention, flash, fused, gather, path, pointwise, rows,
+    affine, axis, edge_attention, flash, fused, gather, loss, path, pointwise, rows,
 };
 use crate::spec::axis::{AxisOp, Visible};
 use crate::spec::pointwise::Program;
@@ -58,6 +58,8 @@ pub enum Fused {
     Pointwise,
     /// Softmax and log-sum-exp along an axis over the visible entries (`ops::axis`).
     OverAxis,
+    /// The classification loss with its tally (`ops::loss`).
+    CrossEntropy,
 }
 
 static CPU_FUSED: AtomicBool = AtomicBool::new(true);
@@ -269,6 +271,14 @@ pub trait Backend<E: Real>: Device<E> {
     ) -> Result<T1<E, Self, T>> {
         Err(not_fused(Fused::OverAxis))
     }
+
+    /// [`crate::ops::loss::cross_entropy`].
+    fn cross_entropy_fused<T: Tape<E, Self>>(
+        _logits: T2<E, Self, T>,
+        _wanted: &[usize],
+    ) -> Result<(T0<E, Self, T>, T0<E, Self>)> {
+        Err(not_fused(Fused::CrossEntropy))
+    }
 }
 
 impl<E: Real> Backend<E> for Cpu
@@ -458,6 +468,13 @@ where
         op: AxisOp,
     ) -> Result<T1<E, Self, T>> {
         axis::over_axis_fused(x, visible, dims, op)
+    }
+
+    fn cross_entropy_fused<T: Tape<E, Self>>(
+        logits: T2<E, Self, T>,
+        wanted: &[usize],
+    ) -> Result<(T0<E, Self, T>, T0<E, Self>)> {
+        loss::cross_entropy_fused(logits, wanted)
     }
 }
 

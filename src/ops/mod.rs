@@ -6,7 +6,8 @@
 //! attention over paths (triangular), Taylor linear attention, coordinate-descent routing; pointwise and affine ops: activations,
 //! norms, the feedforward block, linear layers, repeated adds, the outer sum, prefix sums; the
 //! step and select that comparisons and `where` lower to; softmax and log-sum-exp along an
-//! axis over the visible entries (the rule language's `softmax[k]` and `logsumexp[k]`).
+//! axis over the visible entries (the rule language's `softmax[k]` and `logsumexp[k]`); the
+//! classification loss with its tally.
 
 pub mod activations;
 pub mod affine;
@@ -14,6 +15,7 @@ pub mod attention;
 pub mod axis;
 pub mod cumsum;
 pub mod feedforward;
+pub mod loss;
 pub mod norms;
 pub mod path;
 pub mod patterns;

@@ -233,6 +233,24 @@ pub struct FeedForwardParams<E: Real, D: Device<E>, T> {
 
 // ---- shape checks both forms run -----------------------------------------------------------
 
+/// Checks the cross-entropy's wanted classes: one per row of `[rows, classes]` logits, each
+/// one of the classes, and at least one row.
+pub fn check_classes((rows, classes): (usize, usize), wanted: &[usize]) -> Result<()> {
+    if wanted.len() != rows {
+        return Err(Error::shape("wanted classes", rows, wanted.len()));
+    }
+    if rows == 0 {
+        return Err(Error::config("cross-entropy", "no row has a target"));
+    }
+    if let Some(&bad) = wanted.iter().find(|&&c| c >= classes) {
+        return Err(Error::config(
+            "targets",
+            format!("class {bad} is outside the {classes} logits"),
+        ));
+    }
+    Ok(())
+}
+
 /// Sources and targets of an outer sum must have one shape `[b, n, c]`.
 pub fn check_outer_sum(
     sources: (usize, usize, usize),

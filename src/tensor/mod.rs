@@ -17,6 +17,8 @@ pub type Shape3 = (usize, usize, usize);
 /// A runtime-sized 4-axis shape.
 pub type Shape4 = (usize, usize, usize, usize);
 
+/// A scalar.
+pub type T0<E, D, T = NoneTape> = Tensor<(), E, D, T>;
 /// A runtime-sized vector.
 pub type T1<E, D, T = NoneTape> = Tensor<(usize,), E, D, T>;
 /// A runtime-sized matrix.

@@ -10,8 +10,10 @@
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::models::heads::ValueScale;
+use crate::ops::loss::cross_entropy;
 use crate::tensor::*;
 
 /// The loss of a regression.
@@ -189,7 +191,7 @@ impl<E: Real, D: Device<E>> DeviceTally<E, D> {
 
 /// The mean loss over the scored positions of `outputs` `[b, n, width]` (class logits, or one
 /// value per position), and the batch's tally, both left on the device.
-pub fn loss_and_tally<E: Real, D: Device<E>, T: Tape<E, D>>(
+pub fn loss_and_tally<E: Real, D: Backend<E>, T: Tape<E, D>>(
     outputs: T3<E, D, T>,
     targets: Targets,
     objective: &Objective,
@@ -208,29 +210,11 @@ pub fn loss_and_tally<E: Real, D: Device<E>, T: Tape<E, D>>(
     let picked: T2<E, D, T> = outputs.reshape_like(&(b * n, v)).gather(index);
     match (targets, objective) {
         (Targets::Classes(targets), Objective::Classes) => {
-            if let Some(&bad) = targets.iter().flatten().find(|&&t| t >= v) {
-                return Err(Error::config(
-                    "targets",
-                    format!("class {bad} is outside the {v} logits"),
-                ));
-            }
             let wanted: Vec<usize> = rows
                 .iter()
                 .map(|&i| targets[i].expect("filtered"))
                 .collect();
-            let onehot = constant(
-                &dev,
-                indicator((0..m * v).map(|k| wanted[k / v] == k % v)),
-                (m, v),
-            )?;
-            let before = constant(
-                &dev,
-                indicator((0..m * v).map(|k| k % v < wanted[k / v])),
-                (m, v),
-            )?;
-            let score = first_max_hits(picked.retaped::<NoneTape>(), onehot.clone(), before);
-            let logp = picked.log_softmax::<Axis<1>>();
-            let loss = (logp * onehot.retaped::<T>()).sum() * E::of(-1.0 / m as f64);
+            let (loss, score) = cross_entropy(picked, &wanted)?;
             Ok((loss, DeviceTally { score, labelled: m }))
         }
         (Targets::Values(targets), Objective::Values { loss, scale }) => {
@@ -263,30 +247,4 @@ pub fn loss_and_tally<E: Real, D: Device<E>, T: Tape<E, D>>(
             "the batch has real-valued targets: train them with --loss mse or --loss mae",
         )),
     }
-}
-
-/// Rows of `logits` `[m, v]` whose first largest logit is the wanted class (`onehot` marks it,
-/// `before` marks the classes before it): the host's argmax, ties going to the lower class,
-/// counted on the device.
-fn first_max_hits<E: Real, D: Device<E>>(
-    logits: T2<E, D>,
-    onehot: T2<E, D>,
-    before: T2<E, D>,
-) -> Tensor<(), E, D> {
-    let shape = *logits.shape();
-    let dev = logits.device().clone();
-    let best = logits
-        .clone()
-        .max::<(usize,), Axis<1>>()
-        .broadcast_like::<_, Axis<1>>(&shape);
-    let at_max = logits
-        .eq(&best)
-        .choose(dev.ones_like(&shape), dev.zeros_like(&shape));
-    let wanted_is_max = (at_max.clone() * onehot).sum::<(usize,), Axis<1>>();
-    let earlier_max = (at_max * before).sum::<(usize,), Axis<1>>();
-    let rows = (shape.0,);
-    let first = earlier_max
-        .eq(E::zero())
-        .choose(dev.ones_like(&rows), dev.zeros_like(&rows));
-    (wanted_is_max * first).sum()
 }

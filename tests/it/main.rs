@@ -19,6 +19,7 @@ mod graph_readout;
 mod hyper;
 mod input_graph;
 mod layers;
+mod loss;
 mod match3_by_hand;
 mod nn;
 mod parity;

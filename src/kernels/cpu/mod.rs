@@ -2,7 +2,7 @@
 //! cumulative sums (`fused`), blocked attention with a recomputing backward (`flash`), edge
 //! self-attention with its projections (`edge_attention`), attention over paths (`path`), the row-wise chains (`rows`:
 //! RMSNorm, LayerNorm, GELU, the feedforward block), the affine ops (`affine`: linear layers,
-//! repeated adds, the outer sum), the interpreter's layout moves (`gather`), element-wise programs (`pointwise`), softmax and log-sum-exp along an axis (`axis`), and what they share: the tape bookkeeping (`taped`), the hand-off of gradients to dfdx (`grads`), matrix
+//! repeated adds, the outer sum), the interpreter's layout moves (`gather`), element-wise programs (`pointwise`), softmax and log-sum-exp along an axis (`axis`), the classification loss (`loss`), and what they share: the tape bookkeeping (`taped`), the hand-off of gradients to dfdx (`grads`), matrix
 //! products over checked strided views (`gemm`, with `small_mm` for the small ones), the one
 //! pointer parallel tasks write through (`shared`), and the AVX2 pieces.
 
@@ -18,6 +18,7 @@ mod gemm;
 mod grads;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
+pub mod loss;
 pub mod path;
 pub mod pointwise;
 pub mod rows;

@@ -118,8 +118,7 @@ impl AdamState {
         max_norm: Option<f64>,
     ) -> Result<UpdateReport> {
         crate::threads::keep_warm();
-        // gradients and values to the host (`copy_into`: one memcpy on the CPU), with each
-        // parameter's moments taken out of the maps for the update
+        // gradients and values to the host (`copy_into`: one memcpy on the CPU)
         let mut jobs: Vec<UpdateJob<E>> = Vec::new();
         let mut part = Vec::new();
         for p in model.params() {
@@ -135,8 +134,6 @@ impl AdamState {
                     g.iter_mut().zip(&part).for_each(|(g, &x)| *g += x);
                 }
             }
-            let m = self.m.remove(&p.name).unwrap_or_else(|| vec![0.0; len]);
-            let v = self.v.remove(&p.name).unwrap_or_else(|| vec![0.0; len]);
             let mut w = vec![E::zero(); len];
             host::copy_into(&p.value, &mut w);
             jobs.push(UpdateJob {
@@ -144,9 +141,15 @@ impl AdamState {
                 decay: cfg.decay_of(&p.dims),
                 g,
                 w,
-                m,
-                v,
+                m: Vec::new(),
+                v: Vec::new(),
             });
+        }
+        // the moments leave the maps only once nothing above can fail
+        for j in &mut jobs {
+            let len = j.g.len();
+            j.m = self.m.remove(&j.name).unwrap_or_else(|| vec![0.0; len]);
+            j.v = self.v.remove(&j.name).unwrap_or_else(|| vec![0.0; len]);
         }
         // every parameter's moments go back into the maps, whatever happens below
         let restore = |state: &mut Self, jobs: &mut Vec<UpdateJob<E>>| {

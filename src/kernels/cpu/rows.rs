@@ -346,19 +346,25 @@ struct FfKept<E> {
 }
 
 /// `h ← GELU(h) = h·Φ(h)` in place, and with `slope` the derivative `Φ(h) + h·φ(h)` there.
-fn gelu_in_place<E: Real>(h: &mut [E], slope: Option<&mut [E]>) {
-    let mut cdf = vec![E::zero(); h.len()];
-    match slope {
-        Some(slope) => {
-            E::normal_cdf_pdf(h, &mut cdf, Some(&mut *slope));
-            for ((v, s), &f) in h.iter_mut().zip(slope.iter_mut()).zip(&cdf) {
-                *s = f + *v * *s;
-                *v = *v * f;
+/// By blocks, so that Φ stays on the stack and each block's passes in L1.
+fn gelu_in_place<E: Real>(h: &mut [E], mut slope: Option<&mut [E]>) {
+    const BLOCK: usize = 256;
+    let mut cdf = [E::zero(); BLOCK];
+    for (b, h) in h.chunks_mut(BLOCK).enumerate() {
+        let cdf = &mut cdf[..h.len()];
+        match slope.as_deref_mut() {
+            Some(slope) => {
+                let slope = &mut slope[b * BLOCK..b * BLOCK + h.len()];
+                E::normal_cdf_pdf(h, cdf, Some(&mut *slope));
+                for ((v, s), &f) in h.iter_mut().zip(slope.iter_mut()).zip(&*cdf) {
+                    *s = f + *v * *s;
+                    *v = *v * f;
+                }
             }
-        }
-        None => {
-            E::normal_cdf_pdf(h, &mut cdf, None);
-            h.iter_mut().zip(&cdf).for_each(|(v, &f)| *v = *v * f);
+            None => {
+                E::normal_cdf_pdf(h, cdf, None);
+                h.iter_mut().zip(&*cdf).for_each(|(v, &f)| *v = *v * f);
+            }
         }
     }
 }

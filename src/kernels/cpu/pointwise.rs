@@ -290,7 +290,7 @@ impl<E: Real> Scratch<E> {
                     None => {
                         // SAFETY: each task adds into its own range of every input's gradient
                         let t = unsafe { std::slice::from_raw_parts_mut(targets[k].at(start), n) };
-                        add_into(t, d, |_, d| d);
+                        add_into(t, d, (d, d), |d, _, _| d);
                     }
                     // a permutation's source element has one reader, so one task; a
                     // broadcast's target is this part's own copy (see `backward`)
@@ -300,54 +300,85 @@ impl<E: Real> Scratch<E> {
                     let (x, y) = (v(a), v(b));
                     // operands are distinct steps (a program is a tree)
                     let ga = &mut before[a * BLOCK..][..n];
-                    match f {
-                        BinaryFn::Add | BinaryFn::Sub => add_into(ga, d, |_, d| d),
-                        BinaryFn::Mul => add_into(ga, d, |e, d| d * y[e]),
-                        BinaryFn::Div => add_into(ga, d, |e, d| d * y[e].recip()),
-                        BinaryFn::Min => add_into(ga, d, |e, d| d * tie(x[e] < y[e], x[e] > y[e])),
-                        BinaryFn::Max => add_into(ga, d, |e, d| d * tie(x[e] > y[e], x[e] < y[e])),
-                    }
+                    add_binary_slopes(f, Operand::Left, ga, d, (x, y));
                     let gb = &mut before[b * BLOCK..][..n];
-                    match f {
-                        BinaryFn::Add => add_into(gb, d, |_, d| d),
-                        BinaryFn::Sub => add_into(gb, d, |_, d| -d),
-                        BinaryFn::Mul => add_into(gb, d, |e, d| d * x[e]),
-                        BinaryFn::Div => add_into(gb, d, |e, d| d * (-x[e] / y[e].powi(2))),
-                        BinaryFn::Min => add_into(gb, d, |e, d| d * tie(y[e] < x[e], y[e] > x[e])),
-                        BinaryFn::Max => add_into(gb, d, |e, d| d * tie(y[e] > x[e], y[e] < x[e])),
-                    }
+                    add_binary_slopes(f, Operand::Right, gb, d, (x, y));
                 }
                 Step::Unary(f, x) => {
                     let (xs, fx) = (v(x), v(s));
                     let gx = &mut before[x * BLOCK..][..n];
-                    add_into(gx, d, |e, d| d * unary_slope(f, xs[e], fx[e]));
+                    add_unary_slope(f, gx, d, (xs, fx));
                 }
                 Step::Affine { x, mul, .. } => {
                     let m = E::of(mul);
                     let gx = &mut before[x * BLOCK..][..n];
                     if mul != 1.0 {
-                        add_into(gx, d, |_, d| d * m);
+                        add_into(gx, d, (d, d), |d, _, _| d * m);
                     } else {
-                        add_into(gx, d, |_, d| d);
+                        add_into(gx, d, (d, d), |d, _, _| d);
                     }
                 }
                 Step::Powf { x, exponent } => {
                     let (p, xs) = (E::of(exponent), v(x));
                     let gx = &mut before[x * BLOCK..][..n];
-                    add_into(gx, d, |e, d| d * (p * xs[e].powf(p - E::one())));
+                    add_into(gx, d, (xs, xs), |d, x, _| d * (p * x.powf(p - E::one())));
                 }
             }
         }
     }
 }
 
-/// `acc[e] += f(e, d[e])` over the block.
+/// `acc[e] += f(d[e], x[e], y[e])` over the block: no index and no dispatch inside the loop,
+/// so that each call's loop is compiled, and vectorized, on its own. Not inlined: as a
+/// function of its own its slices are known not to overlap (inlined, they were parts of one
+/// scratch and the loop stayed scalar).
+#[inline(never)]
+fn add_into<E: Real>(acc: &mut [E], d: &[E], (x, y): (&[E], &[E]), f: impl Fn(E, E, E) -> E) {
+    for (a, ((&d, &x), &y)) in acc.iter_mut().zip(d.iter().zip(x).zip(y)) {
+        *a = *a + f(d, x, y);
+    }
+}
+
+/// Which operand of a binary step a gradient is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Operand {
+    Left,
+    Right,
+}
+
+/// `g[e] += d[e] · ∂f(x, y)/∂operand` over the block, one loop per operator (the match is
+/// outside the loop; each arm's slope is the expression the composite form's gradient uses).
 #[inline(always)]
-fn add_into<E: Real>(acc: &mut [E], d: &[E], f: impl Fn(usize, E) -> E) {
-    acc.iter_mut()
-        .zip(d)
-        .enumerate()
-        .for_each(|(e, (a, &d))| *a = *a + f(e, d));
+fn add_binary_slopes<E: Real>(f: BinaryFn, side: Operand, g: &mut [E], d: &[E], xy: (&[E], &[E])) {
+    let left = side == Operand::Left;
+    match (f, left) {
+        (BinaryFn::Add, _) | (BinaryFn::Sub, true) => add_into(g, d, xy, |d, _, _| d),
+        (BinaryFn::Sub, false) => add_into(g, d, xy, |d, _, _| -d),
+        (BinaryFn::Mul, true) => add_into(g, d, xy, |d, _, y| d * y),
+        (BinaryFn::Mul, false) => add_into(g, d, xy, |d, x, _| d * x),
+        (BinaryFn::Div, true) => add_into(g, d, xy, |d, _, y| d * y.recip()),
+        (BinaryFn::Div, false) => add_into(g, d, xy, |d, x, y| d * (-x / y.powi(2))),
+        (BinaryFn::Min, true) => add_into(g, d, xy, |d, x, y| d * tie(x < y, x > y)),
+        (BinaryFn::Min, false) => add_into(g, d, xy, |d, x, y| d * tie(y < x, y > x)),
+        (BinaryFn::Max, true) => add_into(g, d, xy, |d, x, y| d * tie(x > y, x < y)),
+        (BinaryFn::Max, false) => add_into(g, d, xy, |d, x, y| d * tie(y > x, y < x)),
+    }
+}
+
+/// `g[e] += d[e] · f'(x[e])` over the block (`fx`: the step's values), one loop per function:
+/// each arm calls [`unary_slope`] with a constant function, which folds its match away.
+#[inline(always)]
+fn add_unary_slope<E: Real>(f: UnaryFn, g: &mut [E], d: &[E], (xs, fx): (&[E], &[E])) {
+    macro_rules! per_function {
+        ($($f:ident),* $(,)?) => {
+            match f {
+                $(UnaryFn::$f => {
+                    add_into(g, d, (xs, fx), |d, x, fx| d * unary_slope(UnaryFn::$f, x, fx))
+                })*
+            }
+        };
+    }
+    per_function!(Sigmoid, Tanh, Exp, Relu, Abs, Sqrt, Ln, Square, Silu, LeakyRelu);
 }
 
 #[inline(always)]

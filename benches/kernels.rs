@@ -1,7 +1,8 @@
 //! Criterion benches of the core kernels, fused (CPU) and composite forms, forward + backward,
 //! at n = 16, 32, 64: the softmax attention kernel, each edge pattern, both Taylor forms; an
 //! element-wise program over the edges at n = 64, 128; path attention at n = 32, 64, 128; the
-//! fused LayerNorm and RMSNorm over the edges (32 channels) at n = 64, 128.
+//! fused LayerNorm and RMSNorm over the edges (32 channels) at n = 64, 128; the vectorized
+//! `exp` and the normal CDF and density (GELU's) over as many values.
 //!
 //! `cargo bench --bench kernels` (all) or e.g. `cargo bench --bench kernels -- pattern/row`.
 
@@ -323,6 +324,32 @@ fn norms(c: &mut Criterion) {
     group.finish();
 }
 
+/// The vectorized `exp` (softmax weights, sigmoid gates) and Φ with φ (GELU and its slope)
+/// over the n² × 32 values of one graph's edges, in place, one thread.
+fn fastmath(c: &mut Criterion) {
+    use quartic::tensor::fastmath::{exp_f32, normal_cdf_pdf_f32};
+    let mut group = c.benchmark_group("fastmath");
+    group.sample_size(20);
+    for n in [64, 128] {
+        let len = n * n * 32;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(30);
+        // scores minus their maximum for exp; pre-activations for Φ
+        let scores: Vec<f32> = (0..len).map(|_| rng.gen_range(-20.0..0.0)).collect();
+        let pre: Vec<f32> = (0..len).map(|_| rng.gen_range(-4.0..4.0)).collect();
+        let (mut out, mut cdf, mut pdf) = (vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+        group.bench_with_input(BenchmarkId::new("exp", n), &n, |bench, _| {
+            bench.iter(|| {
+                out.copy_from_slice(&scores);
+                exp_f32(&mut out);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("normal_cdf_pdf", n), &n, |bench, _| {
+            bench.iter(|| normal_cdf_pdf_f32(&pre, &mut cdf, Some(&mut pdf)))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     softmax_kernel,
@@ -330,6 +357,7 @@ criterion_group!(
     taylor_forms,
     pointwise_programs,
     path_kernel,
-    norms
+    norms,
+    fastmath
 );
 criterion_main!(benches);

@@ -266,22 +266,31 @@ fn fused_path_attention_agrees_with_the_composite_at_wider_sizes() {
 }
 
 /// The f32 build of the kernel (its AVX2 lanes, the 32-lane register blocks, the two-row
-/// backward) against the composite form in f64 at n = 37, to f32's precision: output and every
-/// input's gradient, padded and causal, both normalizers.
+/// backward, the values' tiles of 4 channels × 16 lanes) against the composite form in f64 at
+/// n = 37, to f32's precision: output and every input's gradient, padded and causal, both
+/// normalizers; with 4 value channels a head (whole tiles, lanes 32..37 left over) and with 6
+/// (two channels past the last whole tile).
 #[test]
 fn fused_path_attention_in_f32_agrees_with_the_composite_in_f64() {
-    fused_agrees_with_the_composite(37, 30, true);
+    for e in [4, 6] {
+        fused_agrees_with_the_composite_with(37, 30, true, e);
+    }
 }
 
 /// The fused kernel (in f64, or in f32 when `in_f32`) against the composite form in f64 on two
 /// graphs of `n` and `short` nodes, padded and causal, both normalizers.
 fn fused_agrees_with_the_composite(n: usize, short: usize, in_f32: bool) {
+    fused_agrees_with_the_composite_with(n, short, in_f32, 4)
+}
+
+/// [`fused_agrees_with_the_composite`] with `e` value channels a head.
+fn fused_agrees_with_the_composite_with(n: usize, short: usize, in_f32: bool, e: usize) {
     let sizes = PathSizes {
         b: 2,
         n,
         h: 2,
         dh: 8,
-        e: 4,
+        e,
     };
     let x = sizes.inputs();
     let (atol, rtol) = if in_f32 { (1e-5, 1e-4) } else { (1e-12, 1e-10) };
@@ -297,7 +306,7 @@ fn fused_agrees_with_the_composite(n: usize, short: usize, in_f32: bool) {
                 sizes.run_f64(&x, &s, true)
             };
             let composite = sizes.run_f64(&x, &s, false);
-            let what = format!("f32 {in_f32}, n {n}, causal {causal}, {normalizer:?}");
+            let what = format!("f32 {in_f32}, n {n}, e {e}, causal {causal}, {normalizer:?}");
             assert_close(
                 &format!("{what}: output"),
                 &fused.0,

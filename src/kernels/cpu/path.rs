@@ -88,34 +88,149 @@ fn forward_rows<E>(n: usize) -> usize {
     (entries / (n * n).max(1)).clamp(1, 8)
 }
 
-/// Middle nodes whose values one pass of [`add_values`] adds.
-const VALUE_RUN: usize = 2;
+/// Middle nodes per pass of [`add_values`]: their key-side values (`VALUE_CHUNK · e · n`
+/// entries, 128 KiB at e = 16, n = 128) stay in the second-level cache while every query row
+/// of the task passes them, and each output entry is read and written once per pass.
+const VALUE_CHUNK: usize = 16;
 
-/// `o[t, j] += Σ_l c[l, t] · p[l, j] · v[l, t, j]` over `L` middle nodes l (`o`: `[e, n]`,
-/// `c`: `[L, e]`, `p`: `[L, n]`, `v`: `[L, e, n]`): each [`J_BLOCK`] lanes of `o` are read and
-/// written once per `L` nodes, the nodes added in order as repeated [`axpy2`]s would.
+/// A register tile of [`add_values`]: `VALUE_T` channels × `VALUE_J` lanes of j (two AVX2
+/// vectors of f32 each: eight sums, and each key-side weight row loaded once for four
+/// channels).
+const VALUE_T: usize = 4;
+const VALUE_J: usize = 16;
+
+/// `o[r, t, j] += Σ_l c[r, l, t] · p[r, l, j] · v[l, t, j]` over the middle nodes `ls`, for
+/// every query row r (`o`: `[rows, e, n]`, `p`: `[rows, n (l), n (j)]`, `c`: `[rows, n, e]`,
+/// `v`: `[n, e, n]`). Tiles of [`VALUE_T`] × [`VALUE_J`] sums stay in registers while l runs
+/// (per node: two vectors of weights, four coefficients and eight vectors of values for eight
+/// multiplies and eight multiply-adds; before, the weights and the sums were reloaded for every
+/// channel); the nodes are added in order, as repeated [`axpy2`]s would.
 #[inline(always)]
-fn add_values<E: Real, const FMA: bool, const L: usize>(o: &mut [E], c: &[E], p: &[E], v: &[E]) {
-    let e = c.len() / L;
-    let n = p.len() / L;
-    let full = n - n % J_BLOCK;
-    for (t, orow) in o.chunks_exact_mut(n).enumerate().take(e) {
-        let ct: [E; L] = std::array::from_fn(|l| c[l * e + t]);
-        for j0 in (0..full).step_by(J_BLOCK) {
-            let mut acc: [E; J_BLOCK] = orow[j0..j0 + J_BLOCK].try_into().expect("a block");
-            for (l, &cl) in ct.iter().enumerate() {
-                let pl = &p[l * n + j0..][..J_BLOCK];
-                let vl = &v[(l * e + t) * n + j0..][..J_BLOCK];
-                for ((s, &pj), &vj) in acc.iter_mut().zip(pl).zip(vl) {
-                    *s = madd::<E, FMA>(cl, pj * vj, *s);
+fn add_values<E: Real, const FMA: bool>(
+    o: &mut [E],
+    p: &[E],
+    c: &[E],
+    v: &[E],
+    (n, e): (usize, usize),
+    ls: std::ops::Range<usize>,
+) {
+    let rows = o.len() / (e * n).max(1);
+    let (full_j, full_t) = (n - n % VALUE_J, e - e % VALUE_T);
+    assert!(
+        p.len() >= rows * n * n && c.len() >= rows * n * e && v.len() >= n * e * n && ls.end <= n,
+        "value operands too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    let tiled = FMA && std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>();
+    #[cfg(not(target_arch = "x86_64"))]
+    let tiled = false;
+    for j0 in (0..full_j).step_by(VALUE_J) {
+        for t0 in (0..full_t).step_by(VALUE_T) {
+            // the rows innermost: the tile's rows of values serve them all from the first-level cache
+            for r in 0..rows {
+                let (o, p, c) = (
+                    &mut o[r * e * n..][..e * n],
+                    &p[r * n * n..][..n * n],
+                    &c[r * n * e..][..n * e],
+                );
+                #[cfg(target_arch = "x86_64")]
+                if tiled {
+                    // SAFETY: E is f32 (checked above) and FMA code runs only where the CPU has
+                    // AVX2 and FMA; every offset read or written lies within the slices (the
+                    // tile within the rows, ls within n: asserted above)
+                    unsafe {
+                        value_tile_f32_avx2(
+                            o.as_mut_ptr() as *mut f32,
+                            p.as_ptr() as *const f32,
+                            c.as_ptr() as *const f32,
+                            v.as_ptr() as *const f32,
+                            (n, e, t0, j0),
+                            ls.clone(),
+                        )
+                    };
+                    continue;
+                }
+                let mut acc: [[E; VALUE_J]; VALUE_T] = std::array::from_fn(|t| {
+                    o[(t0 + t) * n + j0..][..VALUE_J]
+                        .try_into()
+                        .expect("a tile row")
+                });
+                for l in ls.clone() {
+                    let pl = &p[l * n + j0..][..VALUE_J];
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let cl = c[l * e + t0 + t];
+                        let vl = &v[(l * e + t0 + t) * n + j0..][..VALUE_J];
+                        for ((s, &pj), &vj) in acc.iter_mut().zip(pl).zip(vl) {
+                            *s = madd::<E, FMA>(cl, pj * vj, *s);
+                        }
+                    }
+                }
+                for (t, acc) in acc.iter().enumerate() {
+                    o[(t0 + t) * n + j0..][..VALUE_J].copy_from_slice(acc);
                 }
             }
-            orow[j0..j0 + J_BLOCK].copy_from_slice(&acc);
         }
-        for (l, &cl) in ct.iter().enumerate() {
-            let pl = &p[l * n + full..][..n - full];
-            let vl = &v[(l * e + t) * n + full..][..n - full];
-            axpy2::<E, FMA>(&mut orow[full..], cl, pl, vl);
+    }
+    // what the tiles leave: the channels past the last whole tile (lanes below full_j), and
+    // every channel's lanes from full_j
+    for r in 0..rows {
+        let (o, p, c) = (
+            &mut o[r * e * n..][..e * n],
+            &p[r * n * n..][..n * n],
+            &c[r * n * e..][..n * e],
+        );
+        for t in 0..e {
+            let lanes = if t < full_t { full_j..n } else { 0..n };
+            for l in ls.clone() {
+                axpy2::<E, FMA>(
+                    &mut o[t * n..][lanes.clone()],
+                    c[l * e + t],
+                    &p[l * n..][lanes.clone()],
+                    &v[(l * e + t) * n..][lanes.clone()],
+                );
+            }
+        }
+    }
+}
+
+/// One [`VALUE_T`] × [`VALUE_J`] tile of [`add_values`] at channel `t0`, lane `j0` of one
+/// query row, in AVX2 registers: eight sums, and per middle node two loads of weights, four
+/// broadcast coefficients and eight loads of values for eight multiplies and eight
+/// multiply-adds (as the generic loop computes them: `s + c · (p · v)`, rounded alike).
+///
+/// Safety: the CPU has AVX2 and FMA; `o` (`[e, n]`), `p` (`[n, n]`), `c` (`[n, e]`) and `v`
+/// (`[n, e, n]`) address their whole rows, `t0 + VALUE_T ≤ e`, `j0 + VALUE_J ≤ n`, `ls.end ≤ n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn value_tile_f32_avx2(
+    o: *mut f32,
+    p: *const f32,
+    c: *const f32,
+    v: *const f32,
+    (n, e, t0, j0): (usize, usize, usize, usize),
+    ls: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let row = |t: usize| o.add((t0 + t) * n + j0);
+        let mut acc: [[__m256; 2]; VALUE_T] =
+            std::array::from_fn(|t| [_mm256_loadu_ps(row(t)), _mm256_loadu_ps(row(t).add(8))]);
+        for l in ls {
+            let pl = p.add(l * n + j0);
+            let (p0, p1) = (_mm256_loadu_ps(pl), _mm256_loadu_ps(pl.add(8)));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let cl = _mm256_broadcast_ss(&*c.add(l * e + t0 + t));
+                let vl = v.add((l * e + t0 + t) * n + j0);
+                let x0 = _mm256_mul_ps(p0, _mm256_loadu_ps(vl));
+                let x1 = _mm256_mul_ps(p1, _mm256_loadu_ps(vl.add(8)));
+                acc[0] = _mm256_fmadd_ps(cl, x0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(cl, x1, acc[1]);
+            }
+        }
+        for (t, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(row(t), acc[0]);
+            _mm256_storeu_ps(row(t).add(8), acc[1]);
         }
     }
 }
@@ -434,23 +549,13 @@ impl<E: Real> PathProblem<E> {
                 }
             }
         }
-        // the values, two middle nodes at a time: their rows of v2 serve every query row
+        // the values, a chunk of middle nodes at a time: their rows of v2 serve every query row
         o.iter_mut().for_each(|x| *x = E::zero());
-        let mut l0 = 0;
-        while l0 < n {
-            let run = if n - l0 >= VALUE_RUN { VALUE_RUN } else { 1 };
-            for (r, i) in rows.clone().enumerate() {
-                let o = &mut o[r * e * n..][..e * n];
-                let prows = &p[(r * n + l0) * n..][..run * n];
-                let v1 = &self.v1h[self.at_h(g, head, i, l0, e)..][..run * e];
-                let v2t = &self.v2t[self.at_t(g, head, l0, 0, e)..][..run * e * n];
-                if run == VALUE_RUN {
-                    add_values::<E, FMA, VALUE_RUN>(o, v1, prows, v2t);
-                } else {
-                    add_values::<E, FMA, 1>(o, v1, prows, v2t);
-                }
-            }
-            l0 += run;
+        let v1 = &self.v1h[self.at_h(g, head, rows.start, 0, e)..][..rows.len() * n * e];
+        let v2t = &self.v2t[self.at_t(g, head, 0, 0, e)..][..n * e * n];
+        for l0 in (0..n).step_by(VALUE_CHUNK) {
+            let ls = l0..(l0 + VALUE_CHUNK).min(n);
+            add_values::<E, FMA>(o, p, v1, v2t, (n, e), ls);
         }
         for (r, i) in rows.enumerate() {
             let o = &o[r * e * n..][..e * n];

@@ -261,7 +261,7 @@ fn bad_path_inputs_are_errors() {
 #[test]
 fn fused_path_attention_agrees_with_the_composite_at_wider_sizes() {
     for (n, short) in [(19, 11), (37, 30)] {
-        fused_agrees_with_the_composite(n, short, false);
+        fused_agrees_with_the_composite(n, short, false, 4);
     }
 }
 
@@ -273,18 +273,14 @@ fn fused_path_attention_agrees_with_the_composite_at_wider_sizes() {
 #[test]
 fn fused_path_attention_in_f32_agrees_with_the_composite_in_f64() {
     for e in [4, 6] {
-        fused_agrees_with_the_composite_with(37, 30, true, e);
+        fused_agrees_with_the_composite(37, 30, true, e);
     }
 }
 
 /// The fused kernel (in f64, or in f32 when `in_f32`) against the composite form in f64 on two
-/// graphs of `n` and `short` nodes, padded and causal, both normalizers.
-fn fused_agrees_with_the_composite(n: usize, short: usize, in_f32: bool) {
-    fused_agrees_with_the_composite_with(n, short, in_f32, 4)
-}
-
-/// [`fused_agrees_with_the_composite`] with `e` value channels a head.
-fn fused_agrees_with_the_composite_with(n: usize, short: usize, in_f32: bool, e: usize) {
+/// graphs of `n` and `short` nodes with `e` value channels a head, padded and causal, both
+/// normalizers.
+fn fused_agrees_with_the_composite(n: usize, short: usize, in_f32: bool, e: usize) {
     let sizes = PathSizes {
         b: 2,
         n,

@@ -8,11 +8,11 @@
 //! backward pass counted as twice its forward). `matmul-peak` prints the f32 matrix product
 //! rate in GFLOP/s that the FLOP/s columns are read against. Also `readme-flops`
 //! (achieved FLOP/s against the matmul peak), `scaling` (one layer of each built-in rule
-//! against n: time and peak live heap, with fitted exponents) and `footprint` (the memory
-//! estimate a run is checked against, next to the run's measured peak heap), `paths` (the
-//! Edge Transformer's path attention, fused against written out by hand: time and peak heap)
-//! and `path-kernel-N` (the fused path attention alone at N nodes: forward, then forward +
-//! backward, median and best of the repeats, GFLOP/s of its paths).
+//! against n: time and peak live heap, with fitted exponents and the FLOP rate at n = 128)
+//! and `footprint` (the memory estimate a run is checked against, next to the run's measured
+//! peak heap), `paths` (the Edge Transformer's path attention, fused against written out by
+//! hand: time and peak heap) and `path-kernel-N` (the fused path attention alone at N nodes:
+//! forward, then forward + backward, median and best of the repeats, GFLOP/s of its paths).
 
 #[path = "../benches/path_by_hand.rs"]
 mod path_by_hand;
@@ -279,9 +279,13 @@ fn main() {
         "scaling" => {
             // one layer of each built-in rule, forward + backward, against n: median time and
             // the peak heap above the inputs; exponents fitted over n = 32, 64, 128 (least
-            // squares in log-log) next to the one explain predicts for FLOPs
-            println!("| rule | n = 16 | n = 32 | n = 64 | n = 128 | fitted exponent: time | memory | explain's FLOPs |");
-            println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+            // squares in log-log) next to the one explain predicts for FLOPs, and the rate at
+            // n = 128 (explain's FLOPs, backward counted as twice the forward) against the f32
+            // matmul peak read before the table
+            let peak = matmul_peak(&dev);
+            println!("matmul peak {:.1} GFLOP/s", peak / 1e9);
+            println!("| rule | n = 16 | n = 32 | n = 64 | n = 128 | n = 128: GFLOP, GFLOP/s (of peak) | fitted exponent: time | memory | explain's FLOPs |");
+            println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
             for rule in SCALING_RULES {
                 let rule_src = quartic::rules::Rule::builtin(rule).expect("built in");
                 let overrides = rule_src
@@ -302,6 +306,7 @@ fn main() {
                     overrides,
                 };
                 let plan = rule_src.plan(&cfg).expect("checks");
+                let flops_128 = 3.0 * quartic::rules::explain::plan_cost(&plan, 1, 128).flops;
                 let fit_sizes = [32.0, 64.0, 128.0];
                 let predicted = slope(
                     &fit_sizes,
@@ -325,12 +330,16 @@ fn main() {
                     cells.push((median(ts), peak));
                 }
                 let cell = |(t, m): (f64, f64)| format!("{:.1} ms, {m:.1} MiB", t * 1e3);
+                let rate = flops_128 / cells[3].0;
                 println!(
-                    "| {rule} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                    "| {rule} | {} | {} | {} | {} | {:.3}, {:.1} ({:.0} %) | {:.2} | {:.2} | {:.2} |",
                     cell(cells[0]),
                     cell(cells[1]),
                     cell(cells[2]),
                     cell(cells[3]),
+                    flops_128 / 1e9,
+                    rate / 1e9,
+                    100.0 * rate / peak,
                     slope(&fit_sizes, &[cells[1].0, cells[2].0, cells[3].0]),
                     slope(&fit_sizes, &[cells[1].1, cells[2].1, cells[3].1]),
                     predicted

@@ -279,7 +279,7 @@ pub const FUNCTIONS: &[Function] = &[
         form: Form::Concat,
         positional: "a, b, ...",
         options: &[],
-        notes: "along channels",
+        notes: "along channels; `linear(concat(…), out)` copies nothing: each part is projected by its own columns of the one weight, where it lives (`x[i]` in a statement over (i, j) at n rows, not n²), and the projections summed",
     },
     Function {
         name: "dot",

@@ -373,6 +373,59 @@ fn node_rows(
             x,
             outputs,
             bias,
+        } if matches!(x.op, Op::Concat(_)) => {
+            // as the interpreter runs it: each part projected by its columns of the weight
+            // where it lives, the projections summed (no concatenation)
+            let Op::Concat(parts) = &x.op else {
+                unreachable!("matched above")
+            };
+            let o = *outputs;
+            let params = (x.channels * o + if *bias { o } else { 0 }) as f64;
+            let mut first = 0;
+            for (k, part) in parts.iter().enumerate() {
+                node_rows(plan, st, part, b, n, depth + 2, rows);
+                let c = part.channels;
+                let projected = Node {
+                    channels: o,
+                    ..part.clone()
+                };
+                let plus_bias = if k == 0 && *bias { " + bias" } else { "" };
+                rows.push(Row {
+                    depth: depth + 1,
+                    what: format!("{}.{site}", st.name),
+                    lowering: format!(
+                        "matmul [rows, {c}] × [{c}, {o}]{plus_bias}, columns {first}..{}",
+                        first + c
+                    ),
+                    shape: shape(b, n, &projected),
+                    cost: Cost {
+                        flops: 2.0 * rows_of(n, part) * (c * o) as f64,
+                        elements: elements(b, n, &part.slots, o),
+                        params: if k == 0 { params } else { 0.0 },
+                    },
+                    cost_2n: Cost {
+                        flops: 2.0 * rows_of(2 * n, part) * (c * o) as f64,
+                        elements: elements(b, 2 * n, &part.slots, o),
+                        params: if k == 0 { params } else { 0.0 },
+                    },
+                });
+                first += c;
+            }
+            rows.push(mk(
+                "+".into(),
+                format!("element-wise sum of the {} projections", parts.len()),
+                &|m| Cost {
+                    flops: (parts.len() - 1) as f64 * out(m),
+                    elements: out(m),
+                    params: 0.0,
+                },
+            ));
+        }
+        Op::Linear {
+            site,
+            x,
+            outputs,
+            bias,
         } => {
             node_rows(plan, st, x, b, n, depth + 1, rows);
             let (i, o) = (x.channels, *outputs);

@@ -1242,6 +1242,52 @@ let t[i, j] = c[j, i]
     }
 }
 
+/// `linear(concat(…))` runs as each part's projection by its own columns of the weight, the
+/// projections summed (a part over fewer indices projected where it lives); the same rule with
+/// the concatenation made first (`* 1` keeps it from that lowering, one product of the whole)
+/// computes the same, and a finite-difference check covers the weight's columns, a part read
+/// twice, a transposed part and the input graph's 0/1 part.
+#[test]
+fn a_linear_of_a_concatenation_equals_the_product_of_the_concatenation() {
+    let parts = "x[i], x[j], e[i, j], e[j, i], e[i, j], adjacency[i, j]";
+    let head = "rule probe()\nlet x[i] = rmsnorm(nodes[i])\nlet e[i, j] = edges[i, j] * 0.5\n";
+    let split =
+        format!("{head}to: edges[i, j] += linear(concat({parts}), dim_edges, bias: true)\n");
+    let whole =
+        format!("{head}to: edges[i, j] += linear(concat({parts}) * 1, dim_edges, bias: true)\n");
+    let d = dev();
+    let (b, n, dim, de) = (2, 5, 3, 4);
+    for causal in [false, true] {
+        let mask = GraphMask::from_lengths(n, &[5, 3]).unwrap().causal(causal);
+        let results: Vec<Vec<f64>> = [(&split, true), (&whole, false)]
+            .into_iter()
+            .map(|(src, splits)| {
+                let rule = Rule::parse("probe.rule", src).unwrap();
+                let cfg = RuleConfig {
+                    dim,
+                    dim_edges: de,
+                    causal,
+                    overrides: vec![],
+                };
+                let plan = rule.plan(&cfg).unwrap();
+                let explained = quartic::rules::explain::explain(&plan, 1, n);
+                assert_eq!(explained.contains(", columns 0.."), splits, "{explained}");
+                let mask = with_test_graph(mask.clone(), &plan);
+                let layer = RuleLayer::<f64, Cpu>::new(plan, &Init::random(&d, 9)).unwrap();
+                edges_and_their_gradient(&layer, &mask, (b, n, dim, de))
+            })
+            .collect();
+        assert_close(
+            &format!("causal {causal}: split against whole"),
+            &results[0],
+            &results[1],
+            1e-12,
+            1e-10,
+        );
+        gradcheck_loaded_rule(&Rule::parse("probe.rule", &split).unwrap(), causal, vec![]);
+    }
+}
+
 #[test]
 fn a_failure_while_a_rule_runs_names_the_rule_file_and_line() {
     use quartic::rules::ir::{Op, PlanKind, TaylorLowering};

@@ -17,6 +17,7 @@
 //! update, the streams' sum), and a node update adds into the streams.
 
 mod attention;
+mod concat;
 mod pointwise;
 mod reduce;
 mod routing;
@@ -578,6 +579,12 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
                 route: Some(r),
                 ..
             } => self.routed_feedforward(st, site, x, r),
+            Op::Linear { site, x, .. } if matches!(x.op, Op::Concat(_)) => {
+                let Op::Concat(parts) = &x.op else {
+                    unreachable!("matched above")
+                };
+                self.linear_of_concat(st, node, site, parts)
+            }
             Op::Linear { site, x, .. }
             | Op::Norm { site, x, .. }
             | Op::FeedForward { site, x, .. } => {

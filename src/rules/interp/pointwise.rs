@@ -143,6 +143,32 @@ impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
 }
 
 impl<'a, E: Real, D: Backend<E>, T: Tape<E, D>> Run<'a, E, D, T> {
+    /// The sum of `terms` (fresh values, none a stored tensor) in `root`'s layout, as one
+    /// program: each term read in place where [`Self::leaf`] says so (a term over fewer
+    /// indices than `root` is not copied out to all of them first).
+    pub(super) fn sum_in_layout(
+        &self,
+        terms: Vec<Val<E, D, T>>,
+        root: &Node,
+    ) -> Result<Val<E, D, T>> {
+        let mut steps = Vec::new();
+        let mut leaves = Vec::new();
+        let mut sum = None;
+        for (k, v) in terms.into_iter().enumerate() {
+            leaves.push(self.leaf(v, root)?);
+            steps.push(Step::Input(k));
+            let term = steps.len() - 1;
+            if let Some(acc) = sum {
+                steps.push(Step::Binary(BinaryFn::Add, acc, term));
+            }
+            sum = Some(steps.len() - 1);
+        }
+        let program = Program::new(steps)?;
+        let (inputs, tables) = leaves.into_iter().map(|(v, table)| (v.t, table)).unzip();
+        let t = crate::ops::pointwise::pointwise_gathered(inputs, tables, &program)?;
+        Ok(self.val(t, canonical(&root.slots), root.channels))
+    }
+
     /// `v` as a program under `root` reads it: in place through its move's table where that
     /// spares work (a permutation, or a broadcast of at least [`MIN_READS`] reads per source
     /// element), else moved into `root`'s layout.

@@ -390,6 +390,11 @@ fn node_rows(
                     ..part.clone()
                 };
                 let plus_bias = if k == 0 && *bias { " + bias" } else { "" };
+                let cost = |m: usize| Cost {
+                    flops: 2.0 * rows_of(m, part) * (c * o) as f64,
+                    elements: elements(b, m, &part.slots, o),
+                    params: if k == 0 { params } else { 0.0 },
+                };
                 rows.push(Row {
                     depth: depth + 1,
                     what: format!("{}.{site}", st.name),
@@ -398,16 +403,8 @@ fn node_rows(
                         first + c
                     ),
                     shape: shape(b, n, &projected),
-                    cost: Cost {
-                        flops: 2.0 * rows_of(n, part) * (c * o) as f64,
-                        elements: elements(b, n, &part.slots, o),
-                        params: if k == 0 { params } else { 0.0 },
-                    },
-                    cost_2n: Cost {
-                        flops: 2.0 * rows_of(2 * n, part) * (c * o) as f64,
-                        elements: elements(b, 2 * n, &part.slots, o),
-                        params: if k == 0 { params } else { 0.0 },
-                    },
+                    cost: cost(n),
+                    cost_2n: cost(2 * n),
                 });
                 first += c;
             }

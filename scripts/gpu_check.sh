@@ -61,6 +61,11 @@ stage() {
         echo '```'
     } >"$STAGE/manifest.md"
     echo "$root/include" >"$STAGE/include-dir"
+    # the headers NVRTC reads at run time (cuda_fp16.h and what it includes), 5 MB, for a
+    # machine whose toolkit is elsewhere or absent
+    mkdir -p "$STAGE/include"
+    (cd "$root/include" && find . -maxdepth 1 -type f -print0 | xargs -0 cp -t "$STAGE/include" &&
+        cp -r crt nv "$STAGE/include/")
     echo "staged: $(du -sh "$STAGE" | cut -f1) in $STAGE (carry gpu-check)"
 }
 
@@ -98,9 +103,8 @@ run() {
         local baked
         baked=$(cat "$STAGE/include-dir")
         if [[ ! -e $baked/cuda_fp16.h ]]; then
-            local inc
-            inc=$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")/../include
-            mkdir -p "$(dirname "$baked")" && ln -sfn "$(cd "$inc" && pwd)" "$baked"
+            # the staged copy of the build's headers
+            mkdir -p "$(dirname "$baked")" && ln -sfn "$STAGE/include" "$baked"
         fi
     fi
     local speed=$STAGE/speed
@@ -109,7 +113,7 @@ run() {
         [[ -x $speed ]] || cargo build --release --quiet --example speed
     fi
     python3 scripts/gpu_report.py --quartic "$bin" --device "$device" --out "$out" \
-        --speed "$speed" --original "$STAGE/python"
+        --speed "$speed" --original "$STAGE/python" --budget "${BUDGET:-300}"
 }
 
 case "${1:-}" in

@@ -62,16 +62,36 @@ def worst(got, want):
 
 
 class Report:
-    def __init__(self, quartic, device):
-        self.quartic, self.device = quartic, device
+    """The report's lines, written out after every section (a check cut short by the GPU
+    machine's time limit still leaves what ran), and the time left of its budget."""
+
+    def __init__(self, quartic, device, out, budget):
+        self.quartic, self.device, self.out = quartic, device, out
         self.lines, self.failed = [], []
+        self.deadline = time.perf_counter() + budget
 
     def add(self, text=""):
         self.lines.append(text)
 
+    def left(self):
+        return self.deadline - time.perf_counter()
+
+    def write(self):
+        os.makedirs(self.out, exist_ok=True)
+        with open(os.path.join(self.out, "gpu-report.md"), "w") as f:
+            f.write("\n".join(self.lines) + "\n")
+
     def run(self, args, timeout=300):
+        """Runs the binary; a run past its timeout (or the budget's end) comes back as a failed
+        process whose stderr says so, not as an exception that would end the report."""
+        timeout = max(1.0, min(timeout, self.left()))
         start = time.perf_counter()
-        p = subprocess.run([self.quartic] + args, capture_output=True, text=True, timeout=timeout)
+        try:
+            p = subprocess.run([self.quartic] + args, capture_output=True, text=True,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            p = subprocess.CompletedProcess(e.cmd, -1, out, f"stopped after {timeout:.0f} s")
         return p, time.perf_counter() - start
 
     def verdict(self, name, ok):
@@ -91,13 +111,19 @@ def machine(r):
         r.add(f"- GPU: {q.stdout.strip() or q.stderr.strip()}")
     r.add(f"- device checked: `{r.device}`, against the CPU; {os.cpu_count()} CPU cores")
     r.add()
+    if shutil.which("ldd"):
+        missing = [l.strip() for l in subprocess.run(["ldd", r.quartic], capture_output=True,
+                                                     text=True).stdout.splitlines() if "not found" in l]
+        if missing:
+            r.add("Libraries not found: " + "; ".join(f"`{m}`" for m in missing))
+            r.add()
 
 
 def check_section(r, title, args, name, what):
     """A `quartic check` run against the CPU: its verdict and its table."""
     r.add(f"## {title}")
     r.add()
-    p, secs = r.run(args + ["--device", r.device])
+    p, secs = r.run(args + ["--device", r.device], timeout=90)
     r.add(f"`quartic {' '.join(args)} --device {r.device}` ({secs:.1f} s): "
           f"{r.verdict(name, p.returncode == 0)}. {what}")
     r.add()
@@ -177,11 +203,11 @@ def losses(csv_path):
         return [float(row["loss"]) for row in csv.DictReader(f) if row.get("loss")]
 
 
-def training(r, tmp):
+def default_run(r, tmp):
     r.add("## The README's default run, `quartic train`")
     r.add()
     out = os.path.join(tmp, "train-device")
-    p, secs = r.run(["train", "--device", r.device, "--out", out, "--quiet"], timeout=300)
+    p, secs = r.run(["train", "--device", r.device, "--out", out, "--quiet"], timeout=150)
     tail = (p.stdout + p.stderr).strip().splitlines()
     held = next((l for l in tail if l.startswith("held-out")), "no held-out line")
     ok = p.returncode == 0 and "accuracy 100.0" in held
@@ -193,11 +219,17 @@ def training(r, tmp):
         r.add("\n".join(tail[-10:]))
         r.add("```")
         r.add()
-    # the same 20 steps on both (the schedule depends on the number of steps)
+
+
+def first_losses(r, tmp):
+    """The same 20 steps on both devices (the schedule depends on the number of steps)."""
+    r.add("## The first 20 losses of `quartic train`, against the CPU")
+    r.add()
     runs = []
     for k, device in enumerate((r.device, "cpu")):
         d = os.path.join(tmp, f"train20-{k}")
-        p, secs = r.run(["train", "--device", device, "--steps", "20", "--out", d, "--quiet"])
+        p, secs = r.run(["train", "--device", device, "--steps", "20", "--out", d, "--quiet"],
+                        timeout=90)
         runs.append((p, secs, d))
     (p_dev, s_dev, d_dev), (p_cpu, s_cpu, d_cpu) = runs
     if p_dev.returncode != 0 or p_cpu.returncode != 0:
@@ -261,8 +293,12 @@ SPEED_ROWS = ["small-train", "readme-forward", "readme-train", "quartic-32", "qu
 ORIGINAL_ROWS = {"small-train", "readme-forward", "readme-train"}
 
 
-def timed(cmd, device, env=None, timeout=300):
+def timed(r, cmd, env=None, timeout=60):
     """Runs one speed workload: (seconds, peak host MiB, peak GPU MiB or None, error or None)."""
+    timeout = min(timeout, r.left())
+    if timeout < 5:
+        return None, None, None, "skipped: the check's time budget is spent"
+    device = r.device
     with GpuMemory(device) as mem:
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -297,20 +333,35 @@ def speed(r, speed_bin, original):
     r.add("| workload | ours (s) | host MiB | GPU MiB | original (s) | original GPU MiB | original / ours |")
     r.add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     fmt = lambda x, f: "–" if x is None else f.format(x)
+    notes = []
     for row in SPEED_ROWS:
-        secs, host, gpu, err = timed([speed_bin, row, "--device", r.device], r.device)
+        secs, host, gpu, err = timed(r, [speed_bin, row, "--device", r.device])
         o_secs = o_peak = None
         if have_original and row in ORIGINAL_ROWS:
-            o_secs, o_peak, _, o_err = timed([sys.executable, "scripts/reference_speed.py", row,
-                                              "--device", r.device], r.device, env=env)
+            o_secs, o_peak, _, o_err = timed(r, [sys.executable, "scripts/reference_speed.py", row,
+                                                 "--device", r.device], env=env)
             if o_err:
-                r.add(f"<!-- original {row}: {o_err} -->")
+                notes.append(f"- the original's `{row}`: {o_err}")
         ratio = o_secs / secs if secs and o_secs else None
         ours = fmt(secs, "{:.4f}") if not err else f"failed: {err}"
         r.add(f"| {row} | {ours} | {fmt(host, '{:.0f}')} | {fmt(gpu, '{:.0f}')} | "
               f"{fmt(o_secs, '{:.4f}')} | {fmt(o_peak, '{:.0f}')} | {fmt(ratio, '{:.1f}×')} |")
+        r.write()
+    r.add()
+    for note in notes:
+        r.add(note)
+    if notes:
+        r.add()
+    r.add("Targets (issue 17): README train step at least as fast as the original on the same GPU; "
+          "`quartic-128` under 0.5 s and under 8 GB.")
+    r.add()
+
+
+def largest(r, speed_bin):
+    r.add("## The largest `quartic` layer that runs")
     r.add()
     if r.device.startswith("cuda"):
+        fmt = lambda x, f: "–" if x is None else f.format(x)
         # the largest one-layer `quartic` that runs: doubling n until a run fails or takes 20 s.
         # With the memory-efficient attention, time (n⁴) rather than memory ends it: each
         # doubling costs 16×, so the last one is bounded by the timeout (the check stays
@@ -319,7 +370,7 @@ def speed(r, speed_bin, original):
         while n <= 2048:
             n *= 2
             # one timed run after the untimed one: each doubling must fit in the timeout
-            secs, _, gpu, err = timed([speed_bin, f"quartic-{n}", "1", "--device", r.device], r.device,
+            secs, _, gpu, err = timed(r, [speed_bin, f"quartic-{n}", "1", "--device", r.device],
                                       timeout=45)
             if err or secs is None or secs > 20:
                 r.add(f"`quartic-{n}`: {err or f'{secs:.1f} s'}; stopped there.")
@@ -330,9 +381,6 @@ def speed(r, speed_bin, original):
             r.add(f"Largest `quartic` layer run: n = {n}, {secs:.2f} s forward + backward, "
                   f"{fmt(gpu, '{:.0f}')} MiB of GPU memory.")
         r.add()
-    r.add("Targets (issue 17): README train step at least as fast as the original on the same GPU; "
-          "`quartic-128` under 0.5 s and under 8 GB.")
-    r.add()
 
 
 def main():
@@ -342,26 +390,46 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--speed", help="the speed example's binary: adds the timings section")
     ap.add_argument("--original", help="a folder with the original's packages, for its timings")
+    ap.add_argument("--budget", type=float, default=300,
+                    help="seconds for the whole check: a run is cut at the budget's end, and "
+                         "what is left is reported as skipped")
     args = ap.parse_args()
-    r = Report(os.path.abspath(args.quartic), args.device)
+    r = Report(os.path.abspath(args.quartic), args.device, args.out, args.budget)
     started = time.perf_counter()
     r.add(f"# GPU check: `{args.device}` against the CPU")
     r.add()
     with tempfile.TemporaryDirectory() as tmp:
-        for section in (machine, ops, rules, lambda r: fixtures(r, tmp),
-                        lambda r: training(r, tmp)):
-            section(r)
-        if args.speed:
-            speed(r, os.path.abspath(args.speed), args.original and os.path.abspath(args.original))
+        sections = [("machine", machine), ("ops", ops), ("rules", rules),
+                    ("fixtures", lambda r: fixtures(r, tmp)),
+                    ("losses", lambda r: first_losses(r, tmp))]
+        speed_bin = args.speed and os.path.abspath(args.speed)
+        if speed_bin:
+            sections.append(("speed", lambda r: speed(r, speed_bin, args.original
+                                                      and os.path.abspath(args.original))))
+        sections.append(("train", lambda r: default_run(r, tmp)))
+        if speed_bin:
+            sections.append(("largest", lambda r: largest(r, speed_bin)))
+        for name, section in sections:
+            if r.left() < 5:
+                r.add(f"## {name}: skipped, the check's {args.budget:.0f} s budget is spent")
+                r.add()
+                r.failed.append(name + " (skipped)")
+                continue
+            try:
+                section(r)
+            except Exception as e:  # one section's breakage must not lose the others' results
+                r.add(f"**{name} broke**: `{type(e).__name__}: {e}`")
+                r.add()
+                r.failed.append(name)
+            r.write()
+            print(f"gpu_report: {name} done at {time.perf_counter() - started:.0f} s", file=sys.stderr,
+                  flush=True)
     r.add("## Verdict")
     r.add()
     r.add(f"{len(r.failed)} check(s) failed" + (f": {', '.join(r.failed)}" if r.failed else "")
           + f"; {time.perf_counter() - started:.0f} s in all.")
-    text = "\n".join(r.lines) + "\n"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu-report.md"), "w") as f:
-        f.write(text)
-    print(text)
+    r.write()
+    print("\n".join(r.lines))
     sys.exit(1 if r.failed else 0)
 
 

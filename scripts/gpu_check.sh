@@ -66,6 +66,8 @@ stage() {
     mkdir -p "$STAGE/include"
     (cd "$root/include" && find . -maxdepth 1 -type f -print0 | xargs -0 cp -t "$STAGE/include" &&
         cp -r crt nv "$STAGE/include/")
+    # and dfdx's own headers, which its run-time kernels include from its build folder
+    cp "$(dirname "$bin")"/build/dfdx-*/out/*.cuh "$STAGE/include/"
     echo "staged: $(du -sh "$STAGE" | cut -f1) in $STAGE (carry gpu-check)"
 }
 

@@ -178,7 +178,7 @@ def fixtures(r, tmp):
         p, _ = r.run(["import-reference", "--weights", path[:-5] + ".safetensors",
                       "--config", path, "--out", ckpt])
         if p.returncode != 0:
-            r.add(f"| {name} | import failed: {p.stderr.strip()} | | {r.verdict(name, False)} |")
+            r.add(f"| {name} | import failed: {why(p.stderr)} | | {r.verdict(name, False)} |")
             continue
         tensors = read_safetensors(path[:-5] + ".safetensors")
         _, shape, values = tensors["input.0"]
@@ -187,7 +187,7 @@ def fixtures(r, tmp):
         got, err = logits_of(r, ckpt, tokens, r.device)
         cpu, cpu_err = logits_of(r, ckpt, tokens, "cpu")
         if got is None or cpu is None:
-            r.add(f"| {name} | forward failed: {err or cpu_err} | | {r.verdict(name, False)} |")
+            r.add(f"| {name} | forward failed: {why(err or cpu_err)} | | {r.verdict(name, False)} |")
             continue
         vs_cpu = worst(got, cpu)
         masked = "input.1" in tensors
@@ -233,7 +233,7 @@ def first_losses(r, tmp):
         runs.append((p, secs, d))
     (p_dev, s_dev, d_dev), (p_cpu, s_cpu, d_cpu) = runs
     if p_dev.returncode != 0 or p_cpu.returncode != 0:
-        r.add(f"20 steps: failed ({(p_dev.stderr or p_cpu.stderr).strip()}): "
+        r.add(f"20 steps: failed ({why(p_dev.stderr if p_dev.returncode else p_cpu.stderr)}): "
               f"{r.verdict('losses', False)}")
         r.add()
         return
@@ -293,6 +293,13 @@ SPEED_ROWS = ["small-train", "readme-forward", "readme-train", "quartic-32", "qu
 ORIGINAL_ROWS = {"small-train", "readme-forward", "readme-train"}
 
 
+def why(stderr):
+    """A failed run's reason in one line: the panic's place and message, or the last line."""
+    lines = [l for l in stderr.strip().splitlines()
+             if l and not l.startswith(("note:", "stack backtrace:"))]
+    return " ".join(lines[-3:])[:300] or "failed"
+
+
 def timed(r, cmd, env=None, timeout=60):
     """Runs one speed workload: (seconds, peak host MiB, peak GPU MiB or None, error or None)."""
     timeout = min(timeout, r.left())
@@ -305,7 +312,7 @@ def timed(r, cmd, env=None, timeout=60):
         except subprocess.TimeoutExpired:
             return None, None, mem.mib(), f"over {timeout} s"
     if p.returncode != 0:
-        return None, None, mem.mib(), (p.stderr.strip().splitlines() or ["failed"])[-1][:200]
+        return None, None, mem.mib(), why(p.stderr)
     # workload, seconds, peak host MiB[, GFLOP per repeat]
     fields = p.stdout.strip().split("\t")
     return float(fields[1]), float(fields[2]), mem.mib(), None

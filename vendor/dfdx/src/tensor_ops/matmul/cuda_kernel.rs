@@ -9,7 +9,7 @@ use cudarc::{
         result::CublasError, sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig,
         StridedBatchedConfig,
     },
-    driver::{DevicePtr, DevicePtrMut},
+    driver::{CudaSlice, DevicePtr, DevicePtrMut},
 };
 
 const TRANS: cublasOperation_t = cublasOperation_t::CUBLAS_OP_T;
@@ -235,6 +235,52 @@ impl Cuda {
             self.blas.gemm_strided_batched(cfg, rhs, lhs, out)
         }
     }
+
+    /// `gemm_batch` on `lhs`, `rhs` and `out` from the given offsets, where `out` may be broadcast
+    /// along the batch (stride 0: the gradient of an operand broadcast along it). cuBLAS cannot
+    /// write a batch into one matrix, so that case is one product per batch item, summed into
+    /// `out` in turn on the current stream (the first with `beta`, the rest with one).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_batch_at<E: Dtype, Batch: Dim, M: Dim, K: Dim, N: Dim>(
+        &self,
+        (batch, m, k, n): (Batch, M, K, N),
+        (lhs, lhs_at): (&CudaSlice<E>, usize),
+        lhs_strides: [usize; 3],
+        (rhs, rhs_at): (&CudaSlice<E>, usize),
+        rhs_strides: [usize; 3],
+        beta: E,
+        (out, out_at): (&mut CudaSlice<E>, usize),
+        out_strides: [usize; 3],
+    ) -> Result<(), CublasError>
+    where
+        CudaBlas: Gemm<E>,
+    {
+        if out_strides[0] != 0 {
+            return self.gemm_batch(
+                (batch, m, k, n),
+                &lhs.slice(lhs_at..),
+                lhs_strides,
+                &rhs.slice(rhs_at..),
+                rhs_strides,
+                beta,
+                &mut out.slice_mut(out_at..),
+                out_strides,
+            );
+        }
+        for i in 0..batch.size() {
+            self.gemm(
+                (m, k, n),
+                &lhs.slice(lhs_at + i * lhs_strides[0]..),
+                [lhs_strides[1], lhs_strides[2]],
+                &rhs.slice(rhs_at + i * rhs_strides[0]..),
+                [rhs_strides[1], rhs_strides[2]],
+                if i == 0 { beta } else { E::ONE },
+                &mut out.slice_mut(out_at..),
+                [out_strides[1], out_strides[2]],
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl<E: Dtype> super::MatMatKernel<E> for Cuda
@@ -397,8 +443,7 @@ where
         lhs: &Tensor<(B, M, K), E, Self>,
         rhs: &Tensor<(B, K, N), E, Self>,
     ) -> Result<Tensor<(B, M, N), E, Self>, Self::Err> {
-        assert_ne!(lhs.strides[0], 0);
-        assert_ne!(rhs.strides[0], 0);
+        // a batch stride of 0 (an operand broadcast along the batch) is fine for cuBLAS's inputs
         let (batch, m, _) = lhs.shape;
         let (_, k, n) = rhs.shape;
         let shape = (batch, m, n);
@@ -433,27 +478,27 @@ where
         unsafe {
             // grad_lhs += grad_out * rhs^T
             self.blas.set_stream(Some(self.par_stream.as_ref()))?;
-            self.gemm_batch(
+            self.gemm_batch_at(
                 (batch, m, n, k),
-                grad_out,
+                (grad_out, 0),
                 strides,
-                rhs.data.as_ref(),
+                (rhs.data.as_ref(), 0),
                 [rhs.strides[0], rhs.strides[2], rhs.strides[1]],
                 E::ONE,
-                grad_lhs,
+                (grad_lhs, 0),
                 lhs.strides,
             )?;
             self.blas.set_stream(None)?;
 
             // grad_rhs += lhs^T * grad_out
-            self.gemm_batch(
+            self.gemm_batch_at(
                 (batch, k, m, n),
-                lhs.data.as_ref(),
+                (lhs.data.as_ref(), 0),
                 [lhs.strides[0], lhs.strides[2], lhs.strides[1]],
-                grad_out,
+                (grad_out, 0),
                 strides,
                 E::ONE,
-                grad_rhs,
+                (grad_rhs, 0),
                 rhs.strides,
             )?;
         }
@@ -471,10 +516,7 @@ where
         lhs: &Tensor<(B, S, M, K), E, Self>,
         rhs: &Tensor<(B, S, K, N), E, Self>,
     ) -> Result<Tensor<(B, S, M, N), E, Self>, Self::Err> {
-        assert_ne!(lhs.strides[0], 0);
-        assert_ne!(rhs.strides[0], 0);
-        assert_ne!(lhs.strides[1], 0);
-        assert_ne!(rhs.strides[1], 0);
+        // batch strides of 0 (operands broadcast along a batch axis) are fine for cuBLAS's inputs
 
         let (batch, seq, m, _) = lhs.shape;
         let (_, _, k, n) = rhs.shape;
@@ -536,14 +578,14 @@ where
             // gl += go * rhs^T
             self.blas.set_stream(Some(self.par_stream.as_ref()))?;
             for i in 0..batch.size() {
-                self.gemm_batch(
+                self.gemm_batch_at(
                     (seq, m, n, k),
-                    &grad_out.slice(i * strides[0]..),
+                    (grad_out, i * strides[0]),
                     [strides[1], strides[2], strides[3]],
-                    &rhs.data.slice(i * rhs.strides[0]..),
+                    (rhs.data.as_ref(), i * rhs.strides[0]),
                     [rhs.strides[1], rhs.strides[3], rhs.strides[2]],
                     E::ONE,
-                    &mut grad_lhs.slice_mut(i * lhs.strides[0]..),
+                    (grad_lhs, i * lhs.strides[0]),
                     [lhs.strides[1], lhs.strides[2], lhs.strides[3]],
                 )?;
             }
@@ -551,14 +593,14 @@ where
 
             // gr += lhs^T * go
             for i in 0..batch.size() {
-                self.gemm_batch(
+                self.gemm_batch_at(
                     (seq, k, m, n),
-                    &lhs.data.slice(i * lhs.strides[0]..),
+                    (lhs.data.as_ref(), i * lhs.strides[0]),
                     [lhs.strides[1], lhs.strides[3], lhs.strides[2]],
-                    &grad_out.slice(i * strides[0]..),
+                    (grad_out, i * strides[0]),
                     [strides[1], strides[2], strides[3]],
                     E::ONE,
-                    &mut grad_rhs.slice_mut(i * rhs.strides[0]..),
+                    (grad_rhs, i * rhs.strides[0]),
                     [rhs.strides[1], rhs.strides[2], rhs.strides[3]],
                 )?;
             }

@@ -79,7 +79,9 @@ impl<E: Dtype + CudaTypeName> super::ReshapeKernel<E> for Cuda {
         }
         let bwd_fn = self.dev.get_func(&module, "reshape_bwd").unwrap();
 
-        let numel = grad_inp.len();
+        // every element of the output, not of the input's buffer: a broadcast input's buffer is
+        // smaller, and each of its elements sums the gradients of all the places it was read
+        let numel = inp.shape.num_elements();
 
         let mut info = Vec::with_capacity(Src::NUM_DIMS * 2 + Dst::NUM_DIMS * 2);
         info.extend(inp.shape.concrete());

@@ -8,7 +8,9 @@
 #                                     gpu-check/manifest.md, and put the PyTorch original's
 #                                     pure-Python packages (pinned, no torch) in gpu-check/python
 #   scripts/gpu_check.sh run [OUT]    there: find CUDA's libraries, run every check against the
-#                                     CPU and write OUT/gpu-report.md (OUT defaults to gpu-check/)
+#                                     CPU and write OUT/gpu-report.md (OUT defaults to gpu-check/);
+#                                     BUDGET=seconds caps the whole check (default 300),
+#                                     GPU_CHECK_SKIP=name,... leaves sections out
 #   DEVICE=cpu scripts/gpu_check.sh run   a dry run of the checks on a machine without a GPU
 #                                     (CPU against CPU), with the CPU build's binary
 #
@@ -50,8 +52,9 @@ stage() {
         echo "  \`libcublas.so.13\` (which loads \`libcublasLt.so.13\`) from CUDA 13: \`run\` looks for"
         echo "  them in python3's \`nvidia/cu13/lib\` and the toolkit's \`lib64\`."
         echo "- dfdx compiles a few kernels with NVRTC at run time and reads \`cuda_fp16.h\` from the"
-        echo "  include folder baked in at build time: \`$root/include\`. \`run\` links that path to"
-        echo "  the machine's CUDA include folder when it is missing."
+        echo "  include folder baked in at build time (\`$root/include\`), and dfdx's \`cuda_utils.cuh\`"
+        echo "  from its build folder: both are copied to \`include/\`, and \`run\` links the baked"
+        echo "  path to that copy when the path is missing."
         echo "- \`speed\` (the \`speed\` example, $(du -h "$STAGE/speed" | cut -f1)) loads the same libraries."
         echo "- \`python/\`: the PyTorch original's pure-Python packages, for its timings:"
         echo "  ${ORIGINAL_PACKAGES[*]}."

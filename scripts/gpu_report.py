@@ -400,7 +400,10 @@ def main():
     ap.add_argument("--budget", type=float, default=300,
                     help="seconds for the whole check: a run is cut at the budget's end, and "
                          "what is left is reported as skipped")
+    ap.add_argument("--skip", default=os.environ.get("GPU_CHECK_SKIP", ""),
+                    help="sections to leave out, comma-separated (default: $GPU_CHECK_SKIP)")
     args = ap.parse_args()
+    skip = {name for name in args.skip.split(",") if name}
     r = Report(os.path.abspath(args.quartic), args.device, args.out, args.budget)
     started = time.perf_counter()
     r.add(f"# GPU check: `{args.device}` against the CPU")
@@ -417,6 +420,10 @@ def main():
         if speed_bin:
             sections.append(("largest", lambda r: largest(r, speed_bin)))
         for name, section in sections:
+            if name in skip:
+                r.add(f"## {name}: left out this run")
+                r.add()
+                continue
             if r.left() < 5:
                 r.add(f"## {name}: skipped, the check's {args.budget:.0f} s budget is spent")
                 r.add()

@@ -35,6 +35,17 @@ pub enum Masking {
     Causal,
 }
 
+/// The element type an op runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32, as models train.
+    F32,
+    /// f64: for an op whose f32 result carries rounding amplified past the tolerance
+    /// (routing's 20 unrolled steps of coordinate descent), so that the devices' agreement
+    /// shows what they compute rather than how each rounds.
+    F64,
+}
+
 /// An op under test.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Op {
@@ -74,10 +85,10 @@ const LONG: usize = 100;
 const LONG_DK: usize = 24;
 const LONG_DV: usize = 40;
 
-/// Every op the check runs, with its name.
-pub fn ops() -> Vec<(String, Op)> {
+/// Every op the check runs, with its name and element type.
+pub fn ops() -> Vec<(String, Op, Precision)> {
     let maskings = [Masking::Plain, Masking::Padded, Masking::Causal];
-    let mut out = Vec::new();
+    let mut out: Vec<(String, Op)> = Vec::new();
     let name = |op: &str, m: Masking| format!("{op} {}", format!("{m:?}").to_lowercase());
     for m in maskings {
         out.push((
@@ -113,7 +124,13 @@ pub fn ops() -> Vec<(String, Op)> {
     out.push(("layer norm".into(), Op::LayerNorm));
     out.push(("feedforward".into(), Op::FeedForward));
     out.push(("linear".into(), Op::Linear));
-    out
+    let mut cases: Vec<_> = out
+        .into_iter()
+        .map(|(n, op)| (n, op, Precision::F32))
+        .collect();
+    // last, so that every other case keeps its seed (its position)
+    cases.push(("routing f64".into(), Op::Routing, Precision::F64));
+    cases
 }
 
 /// The graph mask of `m` over B graphs of N nodes.
@@ -191,18 +208,18 @@ fn inputs(op: Op) -> Vec<(&'static str, usize)> {
     }
 }
 
-type Tp<D> = OwnedTape<f32, D>;
+type Tp<E, D> = OwnedTape<E, D>;
 
 /// `op` on `xs` (one flat tensor per input, in [`inputs`]' order), its output flattened.
-fn run<D: Backend<f32>>(op: Op, xs: Vec<T1<f32, D, Tp<D>>>) -> Result<T1<f32, D, Tp<D>>> {
+fn run<E: Real, D: Backend<E>>(op: Op, xs: Vec<T1<E, D, Tp<E, D>>>) -> Result<T1<E, D, Tp<E, D>>> {
     let mut xs = xs.into_iter();
     let mut next = || xs.next().expect("one tensor per input");
-    let flat = |t: T4<f32, D, Tp<D>>| {
+    let flat = |t: T4<E, D, Tp<E, D>>| {
         let len = t.shape().num_elements();
         t.reshape_like(&(len,))
     };
-    let heads = |x: T1<f32, D, Tp<D>>, d: usize| x.reshape_like(&(B, H, N, d));
-    let edges = |x: T1<f32, D, Tp<D>>, d: usize| x.reshape_like(&(B, N, N, H * d));
+    let heads = |x: T1<E, D, Tp<E, D>>, d: usize| x.reshape_like(&(B, H, N, d));
+    let edges = |x: T1<E, D, Tp<E, D>>, d: usize| x.reshape_like(&(B, N, N, H * d));
     let (rows, c, hidden) = (6, 8, 12);
     Ok(match op {
         Op::Weights(normalizer, m) => {
@@ -242,7 +259,7 @@ fn run<D: Backend<f32>>(op: Op, xs: Vec<T1<f32, D, Tp<D>>>) -> Result<T1<f32, D,
                 normalizer,
                 visibility: long_visibility(m)?,
             };
-            let long = |x: T1<f32, D, Tp<D>>, d: usize| x.reshape_like(&(B, H, LONG, d));
+            let long = |x: T1<E, D, Tp<E, D>>, d: usize| x.reshape_like(&(B, H, LONG, d));
             let (q, k, v) = (
                 long(next(), LONG_DK),
                 long(next(), LONG_DK),
@@ -279,7 +296,7 @@ fn run<D: Backend<f32>>(op: Op, xs: Vec<T1<f32, D, Tp<D>>>) -> Result<T1<f32, D,
         }
         Op::Routing => {
             let (r, l, ch) = (3, 10, 4);
-            let scores = next().reshape_like(&(r, l)) * 3.0;
+            let scores = next().reshape_like(&(r, l)) * E::of(3.0);
             let x = next().reshape_like(&(r, l, ch));
             let w = next().reshape_like(&(ch, ch));
             // the second row has only four selectable positions (padded up to k)
@@ -319,28 +336,32 @@ fn run<D: Backend<f32>>(op: Op, xs: Vec<T1<f32, D, Tp<D>>>) -> Result<T1<f32, D,
     })
 }
 
-/// One forward and backward pass of `op` on `dev` from `values`, the loss a fixed random
-/// weighting of the output (drawn from `seed`, so every device weighs alike).
-fn pass<D: Backend<f32>>(dev: &D, op: Op, values: &[Vec<f32>], seed: u64) -> Result<Pass> {
+/// One forward and backward pass of `op` on `dev` from `values` (in E), the loss a fixed
+/// random weighting of the output (drawn from `seed`, so every device weighs alike).
+fn pass<E: Real, D: Backend<E>>(dev: &D, op: Op, values: &[Vec<f32>], seed: u64) -> Result<Pass> {
     let start = Instant::now();
-    let leaves: Vec<T1<f32, D>> = values
+    let widen = |v: &[f32]| v.iter().map(|&x| E::of(f64::from(x))).collect::<Vec<E>>();
+    let leaves: Vec<T1<E, D>> = values
         .iter()
-        .map(|v| constant(dev, v.clone(), (v.len(),)))
+        .map(|v| constant(dev, widen(v), (v.len(),)))
         .collect::<Result<_>>()?;
     let out = run(op, leaves.iter().map(|l| l.leaky_trace()).collect())?;
     let len = out.shape().0;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let probe: T1<f32, D> = constant(
-        dev,
-        (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect(),
-        (len,),
-    )?;
-    let output = host::values(&out.retaped::<NoneTape>());
+    let weights: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let probe: T1<E, D> = constant(dev, widen(&weights), (len,))?;
+    // compared in f32: an f64 pass rounds its results once, at the end
+    let narrow = |v: Vec<E>| {
+        v.into_iter()
+            .map(|x| x.as_f64() as f32)
+            .collect::<Vec<f32>>()
+    };
+    let output = narrow(host::values(&out.retaped::<NoneTape>()));
     let grads = (out * probe).sum().backward();
     let gradients = inputs(op)
         .iter()
         .zip(&leaves)
-        .map(|((name, _), leaf)| (name.to_string(), host::values(&grads.get(leaf))))
+        .map(|((name, _), leaf)| (name.to_string(), narrow(host::values(&grads.get(leaf)))))
         .collect();
     Ok(Pass {
         logits: output,
@@ -358,30 +379,50 @@ fn values(op: Op, seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// `op` on `dev` against the CPU (its default, fused forms), from the same inputs drawn
-/// from `seed`.
-pub fn compare_op_on<D: Backend<f32>>(
+/// `op` on `dev` against the CPU (its default, fused forms), in `precision`, from the same
+/// inputs drawn from `seed`.
+pub fn compare_op_on<D: Backend<f32> + Backend<f64>>(
     dev: &D,
     name: &str,
     op: Op,
+    precision: Precision,
     seed: u64,
 ) -> Result<Comparison> {
     let values = values(op, seed);
-    let tested = pass(dev, op, &values, seed)?;
-    let reference = pass(&Cpu::default(), op, &values, seed)?;
-    Ok(held_to(name, tested, reference))
+    let cpu = Cpu::default();
+    Ok(match precision {
+        Precision::F32 => {
+            let tested = pass::<f32, D>(dev, op, &values, seed)?;
+            let reference = pass::<f32, Cpu>(&cpu, op, &values, seed)?;
+            // how far the CPU's own f32 result is from its f64 one on these inputs: two
+            // devices that each round as much may differ by up to twice that
+            let exact = pass::<f64, Cpu>(&cpu, op, &values, seed)?;
+            let rounding = held_to(name, reference.clone(), exact);
+            held_to(name, tested, reference).allowing_rounding(rounding.worst())
+        }
+        Precision::F64 => held_to(
+            name,
+            pass::<f64, D>(dev, op, &values, seed)?,
+            pass::<f64, Cpu>(&cpu, op, &values, seed)?,
+        ),
+    })
 }
 
 /// On the CPU: `op` with the fused kernels against the path a GPU takes, the composite forms
-/// with routing's top-k picked by tensor ops, from the same inputs drawn from `seed`.
-pub fn compare_op(name: &str, op: Op, seed: u64) -> Result<Comparison> {
+/// with routing's top-k picked by tensor ops, in `precision`, from the same inputs drawn from
+/// `seed`.
+pub fn compare_op(name: &str, op: Op, precision: Precision, seed: u64) -> Result<Comparison> {
     let values = values(op, seed);
     let dev = Cpu::default();
+    let once = || match precision {
+        Precision::F32 => pass::<f32, Cpu>(&dev, op, &values, seed),
+        Precision::F64 => pass::<f64, Cpu>(&dev, op, &values, seed),
+    };
     let was = cpu_fused();
     set_cpu_fused(true);
-    let fused = pass(&dev, op, &values, seed);
+    let fused = once();
     set_cpu_fused(false);
-    let composite = picking_on_device(|| pass(&dev, op, &values, seed));
+    let composite = picking_on_device(once);
     set_cpu_fused(was);
     Ok(held_to(name, fused?, composite?))
 }

@@ -513,7 +513,7 @@ fn the_op_self_test_passes_and_compares_two_paths() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     let ops = quartic::models::op_check::ops();
     let mut differ = 0;
-    for (name, _) in &ops {
+    for (name, ..) in &ops {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("{name} ")))

@@ -143,3 +143,30 @@ fn cuda_in_a_build_without_it_is_refused_before_anything_is_written() {
     assert!(!run.exists(), "train wrote {}", run.display());
     assert!(!sweep.exists(), "experiment wrote {}", sweep.display());
 }
+
+/// The op check's path for another device, run with the CPU in that place: every case
+/// passes, each f32 case carries the CPU's own f32 rounding against f64 on its inputs, which
+/// can only raise its tolerance, and the f64 case (routing) is held to the plain tolerance.
+#[test]
+fn the_op_check_against_a_device_measures_the_cpus_own_rounding_in_f32() {
+    use dfdx::prelude::Cpu;
+    use quartic::models::op_check::{compare_op_on, ops, Precision};
+    use quartic::models::self_check::TOLERANCE;
+
+    let cases = ops();
+    assert!(cases.iter().any(|(_, _, p)| *p == Precision::F64));
+    for (k, (name, op, precision)) in cases.into_iter().enumerate() {
+        let c = compare_op_on(&Cpu::default(), &name, op, precision, k as u64).unwrap();
+        assert!(c.passes(), "{name}: {c:?}");
+        match precision {
+            Precision::F32 => {
+                let r = c
+                    .rounding
+                    .unwrap_or_else(|| panic!("{name}: no rounding measured"));
+                assert!(r.is_finite() && r >= 0.0, "{name}: rounding {r}");
+                assert!(c.tolerance() >= TOLERANCE, "{name}");
+            }
+            Precision::F64 => assert_eq!(c.tolerance(), TOLERANCE, "{name}"),
+        }
+    }
+}

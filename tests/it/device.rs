@@ -145,8 +145,8 @@ fn cuda_in_a_build_without_it_is_refused_before_anything_is_written() {
 }
 
 /// The op check's path for another device, run with the CPU in that place: every case
-/// passes, each f32 case carries the CPU's own f32 rounding against f64 on its inputs, which
-/// can only raise its tolerance, and the f64 case (routing) is held to the plain tolerance.
+/// passes, each f32 case carries the CPU's own f32 rounding against f64 on its inputs, and
+/// the f64 case (routing) is held to the plain tolerance, with no rounding allowance.
 #[test]
 fn the_op_check_against_a_device_measures_the_cpus_own_rounding_in_f32() {
     use dfdx::prelude::Cpu;
@@ -164,7 +164,6 @@ fn the_op_check_against_a_device_measures_the_cpus_own_rounding_in_f32() {
                     .rounding
                     .unwrap_or_else(|| panic!("{name}: no rounding measured"));
                 assert!(r.is_finite() && r >= 0.0, "{name}: rounding {r}");
-                assert!(c.tolerance() >= TOLERANCE, "{name}");
             }
             Precision::F64 => assert_eq!(c.tolerance(), TOLERANCE, "{name}"),
         }

@@ -293,6 +293,11 @@ SPEED_ROWS = ["small-train", "readme-forward", "readme-train", "quartic-32", "qu
 ORIGINAL_ROWS = {"small-train", "readme-forward", "readme-train"}
 
 
+def fmt(x, spec):
+    """`x` formatted by `spec`, or a dash for a figure that is missing."""
+    return "–" if x is None else spec.format(x)
+
+
 def why(stderr):
     """A failed run's reason in one line: the panic's place and message, or the last line."""
     lines = [l for l in stderr.strip().splitlines()
@@ -305,8 +310,7 @@ def timed(r, cmd, env=None, timeout=60):
     timeout = min(timeout, r.left())
     if timeout < 5:
         return None, None, None, "skipped: the check's time budget is spent"
-    device = r.device
-    with GpuMemory(device) as mem:
+    with GpuMemory(r.device) as mem:
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
@@ -339,7 +343,6 @@ def speed(r, speed_bin, original):
         r.add()
     r.add("| workload | ours (s) | host MiB | GPU MiB | original (s) | original GPU MiB | original / ours |")
     r.add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    fmt = lambda x, f: "–" if x is None else f.format(x)
     notes = []
     for row in SPEED_ROWS:
         secs, host, gpu, err = timed(r, [speed_bin, row, "--device", r.device])
@@ -368,7 +371,6 @@ def largest(r, speed_bin):
     r.add("## The largest `quartic` layer that runs")
     r.add()
     if r.device.startswith("cuda"):
-        fmt = lambda x, f: "–" if x is None else f.format(x)
         # the largest one-layer `quartic` that runs: doubling n until a run fails or takes 20 s.
         # With the memory-efficient attention, time (n⁴) rather than memory ends it: each
         # doubling costs 16×, so the last one is bounded by the timeout (the check stays

@@ -161,6 +161,27 @@ struct Args<E> {
     beta: E,
 }
 
+#[cfg(target_arch = "x86_64")]
+impl<E: Real> Args<E> {
+    /// The same product as f32, when `E` is f32.
+    fn as_f32(&self) -> Option<Args<f32>> {
+        (std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()).then(|| Args {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            dst: self.dst as *mut f32,
+            dst_rs: self.dst_rs,
+            accumulate: self.accumulate,
+            lhs: self.lhs as *const f32,
+            lhs_strides: self.lhs_strides,
+            rhs: self.rhs as *const f32,
+            rhs_rs: self.rhs_rs,
+            // exact: E is f32
+            beta: self.beta.as_f64() as f32,
+        })
+    }
+}
+
 /// [`rows`] compiled for AVX2 and FMA.
 ///
 /// Safety: the CPU has AVX2 and FMA; as [`mm_direct`] for the pointers in `args`.
@@ -189,35 +210,92 @@ unsafe fn rows<E: Real, const FUSED: bool>(a: Args<E>) {
     unsafe {
         let mut c0 = 0;
         while c0 + WIDE_TILE.1 <= a.n {
-            panel::<E, FUSED, { WIDE_TILE.0 }, { WIDE_TILE.1 }>(&a, c0, WIDE_TILE.1);
+            panel::<E, FUSED, { WIDE_TILE.0 }, { WIDE_TILE.1 }, { WIDE_TILE.1 / 8 }>(
+                &a,
+                c0,
+                WIDE_TILE.1,
+            );
             c0 += WIDE_TILE.1;
         }
         while c0 < a.n {
             let cols = TILE_COLS.min(a.n - c0);
-            panel::<E, FUSED, { NARROW_TILE.0 }, { NARROW_TILE.1 }>(&a, c0, cols);
+            panel::<E, FUSED, { NARROW_TILE.0 }, { NARROW_TILE.1 }, { NARROW_TILE.1 / 8 }>(
+                &a, c0, cols,
+            );
             c0 += TILE_COLS;
         }
     }
 }
 
-/// One panel of `cols ≤ C` columns at `c0`, in tiles of R rows.
+/// One panel of `cols ≤ C` columns at `c0`, in tiles of R rows; `V = C / 8` (vectors of f32
+/// per tile row).
 ///
-/// Safety: as [`mm_direct`]; the panel lies within the destination.
+/// Safety: as [`mm_direct`]; the panel lies within the destination; `FUSED`: the CPU has AVX2
+/// and FMA.
 #[inline(always)]
-unsafe fn panel<E: Real, const FUSED: bool, const R: usize, const C: usize>(
+unsafe fn panel<E: Real, const FUSED: bool, const R: usize, const C: usize, const V: usize>(
     a: &Args<E>,
     c0: usize,
     cols: usize,
 ) {
+    const { assert!(C == 8 * V) };
     // SAFETY: the caller upholds this function's contract (its doc)
     unsafe {
+        #[cfg(target_arch = "x86_64")]
+        let f32_tiles = FUSED.then(|| a.as_f32()).flatten();
         for i0 in (0..a.m).step_by(R) {
             let rows = R.min(a.m - i0);
             if rows == R && cols == C {
+                // f32 with AVX2: written with the vector type (the array form below was, in some
+                // builds, vectorized by the compiler into shuffles and stack spills at half the
+                // rate, depending on unrelated code elsewhere in the crate)
+                #[cfg(target_arch = "x86_64")]
+                if let Some(a) = &f32_tiles {
+                    full_tile_f32::<R, V>(a, i0, c0);
+                    continue;
+                }
                 // constant sizes: the compiler unrolls the tile into registers
                 tile::<E, FUSED, R, C>(a, (i0, R), (c0, C));
             } else {
                 tile::<E, FUSED, R, C>(a, (i0, rows), (c0, cols));
+            }
+        }
+    }
+}
+
+/// A whole f32 tile of R × 8V at `(i0, c0)`: the same sums in the same order as [`tile`]
+/// (one multiply-add per product, along k), then `dst = [dst +] beta · sum`, a multiply and
+/// an add as there, so both give the same bits.
+///
+/// Safety: the CPU has AVX2 and FMA; as [`mm_direct`]; the tile lies within the destination.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn full_tile_f32<const R: usize, const V: usize>(a: &Args<f32>, i0: usize, c0: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller upholds this function's contract (its doc)
+    unsafe {
+        let (lrs, lcs) = a.lhs_strides;
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        super::avx2::fma_block(
+            &mut acc,
+            a.lhs.add(i0 * lrs),
+            (lrs, lcs),
+            a.rhs.add(c0),
+            a.rhs_rs,
+            a.k,
+        );
+        let beta = _mm256_set1_ps(a.beta);
+        for (r, sums) in acc.iter().enumerate() {
+            let row = a.dst.add((i0 + r) * a.dst_rs + c0);
+            for (v, s) in sums.iter().enumerate() {
+                let d = row.add(8 * v);
+                let before = if a.accumulate {
+                    _mm256_loadu_ps(d)
+                } else {
+                    _mm256_setzero_ps()
+                };
+                _mm256_storeu_ps(d, _mm256_add_ps(before, _mm256_mul_ps(beta, *s)));
             }
         }
     }
@@ -327,6 +405,83 @@ mod tests {
                 } else {
                     beta * sum
                 };
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn whole_f32_tiles_in_vectors_give_the_bits_of_the_array_form() {
+        if !super::super::avx2::available() {
+            return;
+        }
+        let value = |i: usize| ((i * 7919 % 113) as f32 - 56.0) / 17.0;
+        // whole tiles of both kinds (4 × 16, 8 × 8), both left layouts, with and without
+        // accumulation
+        for &(m, n, k) in &[(8, 32, 5), (16, 24, 33), (4, 16, 1)] {
+            for lhs_t in [false, true] {
+                for accumulate in [false, true] {
+                    let ls = if lhs_t { (1, m) } else { (k, 1) };
+                    let lhs: Vec<f32> = (0..m * k).map(value).collect();
+                    let rhs: Vec<f32> = (0..k * n).map(|i| value(i + 1000)).collect();
+                    let start: Vec<f32> = (0..m * n).map(|i| value(i + 5000)).collect();
+                    let (mut vectors, mut arrays) = (start.clone(), start);
+                    let args = |dst: &mut Vec<f32>| Args {
+                        m,
+                        n,
+                        k,
+                        dst: dst.as_mut_ptr(),
+                        dst_rs: n,
+                        accumulate,
+                        lhs: lhs.as_ptr(),
+                        lhs_strides: ls,
+                        rhs: rhs.as_ptr(),
+                        rhs_rs: n,
+                        beta: 0.75,
+                    };
+                    // Safety: the buffers hold the matrices; the CPU has AVX2 and FMA (checked).
+                    unsafe {
+                        mm_direct(
+                            (m, n, k),
+                            vectors.as_mut_ptr(),
+                            n,
+                            accumulate,
+                            lhs.as_ptr(),
+                            ls,
+                            rhs.as_ptr(),
+                            (n, 1),
+                            0.75,
+                        );
+                        let a = args(&mut arrays);
+                        let mut c0 = 0;
+                        while c0 + WIDE_TILE.1 <= n {
+                            for i0 in (0..m).step_by(WIDE_TILE.0) {
+                                tile::<f32, true, { WIDE_TILE.0 }, { WIDE_TILE.1 }>(
+                                    &a,
+                                    (i0, WIDE_TILE.0),
+                                    (c0, WIDE_TILE.1),
+                                );
+                            }
+                            c0 += WIDE_TILE.1;
+                        }
+                        while c0 < n {
+                            for i0 in (0..m).step_by(NARROW_TILE.0) {
+                                tile::<f32, true, { NARROW_TILE.0 }, { NARROW_TILE.1 }>(
+                                    &a,
+                                    (i0, NARROW_TILE.0),
+                                    (c0, NARROW_TILE.1),
+                                );
+                            }
+                            c0 += NARROW_TILE.1;
+                        }
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&vectors),
+                        bits(&arrays),
+                        "{m}×{n}×{k} lhsᵀ {lhs_t} acc {accumulate}"
+                    );
+                }
             }
         }
     }

@@ -392,28 +392,12 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
     let (rows, n, _) = *x.shape();
     let k = picks.k;
     let dev = x.device().clone();
-    let onehot: T3<E, D> = match &picks.picks {
-        Picks::Indices(indices) => {
-            if indices.len() != rows * k {
-                return Err(Error::shape(
-                    "routing",
-                    format!("{} picks ({rows} rows × k {k})", rows * k),
-                    indices.len(),
-                ));
-            }
-            if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-                return Err(Error::shape(
-                    "routing",
-                    format!("picks below {n} (the routed tensor's length)"),
-                    bad,
-                ));
-            }
-            let mut onehot = vec![E::zero(); rows * k * n];
-            for (p, &i) in indices.iter().enumerate() {
-                onehot[p * n + i] = E::one();
-            }
-            constant(&dev, onehot, (rows, k, n))?
-        }
+    // Scattering back: picks on the host become a gather from the block's outputs with one
+    // zero row appended (position m reads the output of the pick that chose it, or the zero
+    // row); a one-hot choice made on the device stays a product with it (nothing read back).
+    // Each writes every output exactly once: no sum, so both give the same values.
+    let scatter = match &picks.picks {
+        Picks::Indices(indices) => Scatter::Gather(scatter_sources(indices, rows, n, k)?),
         Picks::OneHot(onehot) => {
             if *onehot.shape() != (rows, k, n) {
                 return Err(Error::shape(
@@ -422,12 +406,12 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
                     format!("{:?}", onehot.shape()),
                 ));
             }
-            onehot.clone()
+            Scatter::Product(onehot.clone())
         }
     };
     let picked: T3<E, D, T> = match &picks.picks {
         Picks::Indices(indices) => x.gather(dev.tensor_from_vec(indices.clone(), (rows, k))),
-        Picks::OneHot(_) => onehot.clone().retaped::<T>().matmul(x),
+        Picks::OneHot(onehot) => onehot.clone().retaped::<T>().matmul(x),
     };
     let y = block(picked)?;
     let (yr, yk, c2) = *y.shape();
@@ -439,13 +423,64 @@ pub fn route<E: Real, D: Device<E>, T: Tape<E, D>>(
         ));
     }
     let y = y * picks.gates.broadcast_like::<_, Axis<2>>(&(rows, k, c2));
-    // scatter as a matmul with the one-hot pick matrix: out[r, :, m] = Σ_s y[r, s, m] · [pick s = m]
-    let scattered = y
-        .permute::<_, Axes3<0, 2, 1>>()
-        .matmul(onehot.retaped::<T>())
-        .permute::<_, Axes3<0, 2, 1>>();
+    let scattered: T3<E, D, T> = match scatter {
+        Scatter::Gather(sources) => {
+            let zero_row: T3<E, D> = dev.zeros_like(&(rows, 1, c2));
+            (y, zero_row)
+                .concat_along(Axis::<1>)
+                .gather(dev.tensor_from_vec(sources, (rows, n)))
+        }
+        // out[r, :, m] = Σ_s y[r, s, m] · [pick s = m]
+        Scatter::Product(onehot) => y
+            .permute::<_, Axes3<0, 2, 1>>()
+            .matmul(onehot.retaped::<T>())
+            .permute::<_, Axes3<0, 2, 1>>(),
+    };
     // the routing history lives on `values`' tape: merge it so the router gets its gradients
     let (scattered, tape) = scattered.split_tape();
     let (_, history) = picks.values.split_tape();
     Ok(scattered.put_tape(tape.merge(history)))
+}
+
+/// How [`route`] writes the block's outputs back to their positions.
+enum Scatter<E: Real, D: Device<E>> {
+    /// `[rows × n]`: the pick (0..k) whose output each position takes, or k (a zero row).
+    Gather(Vec<usize>),
+    /// `[rows, k, n]` one-hot picks.
+    Product(T3<E, D>),
+}
+
+/// For picks `[rows × k]` of positions below `n`: each position's pick, or `k` where none
+/// chose it. Refuses a position out of range or picked twice in a row (its outputs would sum).
+fn scatter_sources(indices: &[usize], rows: usize, n: usize, k: usize) -> Result<Vec<usize>> {
+    if indices.len() != rows * k {
+        return Err(Error::shape(
+            "routing",
+            format!("{} picks ({rows} rows × k {k})", rows * k),
+            indices.len(),
+        ));
+    }
+    let mut sources = vec![k; rows * n];
+    for (p, &m) in indices.iter().enumerate() {
+        let (r, s) = (p / k, p % k);
+        if m >= n {
+            return Err(Error::shape(
+                "routing",
+                format!("picks below {n} (the routed tensor's length)"),
+                m,
+            ));
+        }
+        let source = &mut sources[r * n + m];
+        if *source != k {
+            return Err(Error::config(
+                "routing",
+                format!(
+                    "row {r} picks position {m} twice (picks {} and {s})",
+                    *source
+                ),
+            ));
+        }
+        *source = s;
+    }
+    Ok(sources)
 }

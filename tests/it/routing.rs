@@ -178,3 +178,30 @@ fn the_device_picks_what_the_host_picks() {
         }
     }
 }
+
+#[test]
+fn route_refuses_picks_out_of_range_or_repeated() {
+    use quartic::ops::routing::{Picks, TopK};
+    let d = dev();
+    let (rows, n, k) = (2, 5, 2);
+    let picks_of = |indices: Vec<usize>| TopK::<f64, Cpu, OwnedTape<f64, Cpu>> {
+        values: d.ones_like(&(rows, k)).leaky_traced(),
+        picks: Picks::Indices(indices),
+        coor_descent_values: d.ones_like(&(rows, k)).leaky_traced(),
+        gates: d.ones_like(&(rows, k)).leaky_traced(),
+        k,
+        valid: vec![true; rows * k],
+    };
+    let x = || d.ones_like(&(rows, n, 3)).leaky_traced();
+    // distinct positions within each row (the same one in two rows is fine)
+    let ok = route(x(), picks_of(vec![4, 0, 4, 1]), Ok).unwrap().as_vec();
+    assert_eq!(ok.iter().filter(|&&v| v != 0.0).count(), 4 * 3);
+    for (indices, says) in [
+        (vec![0, 5, 1, 2], "picks below 5"),
+        (vec![0, 1, 3, 3], "row 1 picks position 3 twice"),
+        (vec![0, 1, 3], "4 picks"),
+    ] {
+        let err = route(x(), picks_of(indices.clone()), Ok).err().unwrap();
+        assert!(err.to_string().contains(says), "{indices:?}: {err}");
+    }
+}

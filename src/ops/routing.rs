@@ -80,6 +80,8 @@ pub fn coor_descent<E: Real, D: Device<E>, T: Tape<E, D>>(
         Some(m) if m.len() != rows * n => {
             return Err(Error::shape("coordinate descent mask", rows * n, m.len()))
         }
+        // everything selectable: no fill in each iteration (the same values either way)
+        Some(m) if m.iter().all(|&selectable| selectable) => None,
         Some(m) => Some(constant(&dev, indicator(m.iter().copied()), shape)?.gt(E::of(0.5))),
         None => None,
     };

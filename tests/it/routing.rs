@@ -205,3 +205,21 @@ fn route_refuses_picks_out_of_range_or_repeated() {
         assert!(err.to_string().contains(says), "{indices:?}: {err}");
     }
 }
+
+#[test]
+fn a_mask_that_keeps_everything_routes_as_no_mask() {
+    let d = dev();
+    let (rows, n) = (3, 9);
+    let scores = randn(51, rows * n);
+    let all = vec![true; rows * n];
+    let run = |mask: Option<&[bool]>| {
+        let x = d.tensor_from_vec(scores.clone(), (rows, n));
+        let soft = coor_descent(x.leaky_trace(), 2.5, mask, &CoorDescent::default()).unwrap();
+        let values = soft.as_vec();
+        let grads = (soft * d.tensor_from_vec(randn(52, rows * n), (rows, n)))
+            .sum()
+            .backward();
+        (values, grads.get(&x).as_vec())
+    };
+    assert_eq!(run(Some(&all)), run(None));
+}

@@ -409,6 +409,16 @@ mod tests {
         }
     }
 
+    /// A panel of whole R × C tiles at `c0` in the array form, whatever the CPU.
+    ///
+    /// Safety: as [`mm_direct`]; `a.m` is a multiple of R and the panel lies within `a`.
+    unsafe fn array_panel<const R: usize, const C: usize>(a: &Args<f32>, c0: usize) {
+        for i0 in (0..a.m).step_by(R) {
+            // SAFETY: the caller upholds this function's contract (its doc)
+            unsafe { tile::<f32, true, R, C>(a, (i0, R), (c0, C)) };
+        }
+    }
+
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn whole_f32_tiles_in_vectors_give_the_bits_of_the_array_form() {
@@ -455,23 +465,11 @@ mod tests {
                         let a = args(&mut arrays);
                         let mut c0 = 0;
                         while c0 + WIDE_TILE.1 <= n {
-                            for i0 in (0..m).step_by(WIDE_TILE.0) {
-                                tile::<f32, true, { WIDE_TILE.0 }, { WIDE_TILE.1 }>(
-                                    &a,
-                                    (i0, WIDE_TILE.0),
-                                    (c0, WIDE_TILE.1),
-                                );
-                            }
+                            array_panel::<{ WIDE_TILE.0 }, { WIDE_TILE.1 }>(&a, c0);
                             c0 += WIDE_TILE.1;
                         }
                         while c0 < n {
-                            for i0 in (0..m).step_by(NARROW_TILE.0) {
-                                tile::<f32, true, { NARROW_TILE.0 }, { NARROW_TILE.1 }>(
-                                    &a,
-                                    (i0, NARROW_TILE.0),
-                                    (c0, NARROW_TILE.1),
-                                );
-                            }
+                            array_panel::<{ NARROW_TILE.0 }, { NARROW_TILE.1 }>(&a, c0);
                             c0 += NARROW_TILE.1;
                         }
                     }

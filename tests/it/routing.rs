@@ -192,10 +192,28 @@ fn route_refuses_picks_out_of_range_or_repeated() {
         k,
         valid: vec![true; rows * k],
     };
-    let x = || d.ones_like(&(rows, n, 3)).leaky_traced();
-    // distinct positions within each row (the same one in two rows is fine)
-    let ok = route(x(), picks_of(vec![4, 0, 4, 1]), Ok).unwrap().as_vec();
-    assert_eq!(ok.iter().filter(|&&v| v != 0.0).count(), 4 * 3);
+    let c = 3;
+    // every element its own value, so that a picked row written to the wrong place shows
+    let values: Vec<f64> = (0..rows * n * c).map(|i| i as f64 + 1.0).collect();
+    let x = || {
+        d.tensor_from_vec(values.clone(), (rows, n, c))
+            .leaky_traced()
+    };
+    // distinct positions within each row (the same one in two rows is fine); the identity
+    // block writes each picked row back where it was read, zeros elsewhere
+    let picked = [vec![4, 0], vec![4, 1]];
+    let ok = route(x(), picks_of(picked.concat()), Ok).unwrap().as_vec();
+    let want: Vec<f64> = (0..rows * n * c)
+        .map(|i| {
+            let (r, m) = (i / (n * c), i / c % n);
+            if picked[r].contains(&m) {
+                values[i]
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    assert_eq!(ok, want);
     for (indices, says) in [
         (vec![0, 5, 1, 2], "picks below 5"),
         (vec![0, 1, 3, 3], "row 1 picks position 3 twice"),
